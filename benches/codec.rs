@@ -1,0 +1,2 @@
+//! Codec benchmarks (placeholder until the criterion benches land).
+fn main() {}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, builds, and runs every test.
+# This is the README's test command and what .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Tools the build needs from Debian (glommio's build script wants git and a C compiler).
+need_apt=()
+command -v git >/dev/null || need_apt+=(git)
+command -v cc >/dev/null || need_apt+=(gcc)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -q && apt-get install -y -q "${need_apt[@]}"
+fi
+
+# Python clients used as independent peers in end-to-end tests.
+if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
+  python3 -m pip install -q 'paho-mqtt>=2,<3' || echo "warning: paho-mqtt could not be installed" >&2
+fi
+
+cargo test --workspace --all-targets --locked
+cargo test --workspace --doc --locked

@@ -1,0 +1,286 @@
+//! The [`Packet`] model to bytes, for every version. Fields that a version does not have
+//! (properties and reason codes before v5) are left out when encoding for it.
+
+use bytes::{BufMut, BytesMut};
+
+use super::error::EncodeError;
+use super::primitives::{put_bytes, put_varint, varint_len, VARINT_MAX};
+use super::*;
+
+/// Bytes the whole packet takes when encoded for `version`, or why it cannot be encoded. A broker
+/// calls this before sending to honour the peer's Maximum Packet Size.
+pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeError> {
+    let remaining = body_len(packet, version)?;
+    if remaining > VARINT_MAX {
+        return Err(EncodeError::TooLarge(remaining));
+    }
+    Ok(1 + varint_len(remaining) + remaining)
+}
+
+/// Appends `packet`, encoded for `version`, to `buf`; returns the bytes written.
+pub fn encode(
+    packet: &Packet,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<usize, EncodeError> {
+    let remaining = body_len(packet, version)?;
+    if remaining > VARINT_MAX {
+        return Err(EncodeError::TooLarge(remaining));
+    }
+    let total = 1 + varint_len(remaining) + remaining;
+    buf.reserve(total);
+    let start = buf.len();
+    buf.put_u8(first_byte(packet));
+    put_varint(buf, remaining);
+    let body_start = buf.len();
+    write_body(packet, version, buf);
+    // Paired with body_len: what was written is exactly what was announced.
+    assert_eq!(buf.len() - body_start, remaining, "invariant: body_len matches write_body");
+    debug_assert_eq!(buf.len() - start, total);
+    Ok(total)
+}
+
+fn first_byte(packet: &Packet) -> u8 {
+    let pt = packet.packet_type();
+    let flags = match packet {
+        Packet::Publish(p) => (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain),
+        _ => pt.required_flags().unwrap_or(0),
+    };
+    ((pt as u8) << 4) | flags
+}
+
+fn str_len(s: &str) -> Result<usize, EncodeError> {
+    bin_len(s.as_bytes())
+}
+
+fn bin_len(b: &[u8]) -> Result<usize, EncodeError> {
+    if b.len() > u16::MAX as usize {
+        return Err(EncodeError::FieldTooLong(b.len()));
+    }
+    Ok(2 + b.len())
+}
+
+fn props_len(props: &Properties, v5: bool) -> Result<usize, EncodeError> {
+    if !v5 {
+        return Ok(0);
+    }
+    for p in props.iter() {
+        let field = match p {
+            Property::ContentType(s)
+            | Property::ResponseTopic(s)
+            | Property::AssignedClientIdentifier(s)
+            | Property::AuthenticationMethod(s)
+            | Property::ResponseInformation(s)
+            | Property::ServerReference(s)
+            | Property::ReasonString(s) => s.len(),
+            Property::CorrelationData(b) | Property::AuthenticationData(b) => b.len(),
+            Property::UserProperty(k, v) => k.len().max(v.len()),
+            _ => 0,
+        };
+        if field > u16::MAX as usize {
+            return Err(EncodeError::FieldTooLong(field));
+        }
+    }
+    let len = props.encoded_len();
+    if len > VARINT_MAX {
+        return Err(EncodeError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// v5 acknowledgements drop a trailing Success reason and empty properties (§3.4.2.1, §3.14.2.1).
+fn reason_tail_len(reason: ReasonCode, props: &Properties) -> Result<usize, EncodeError> {
+    Ok(match (reason, props.is_empty()) {
+        (ReasonCode::Success, true) => 0,
+        (_, true) => 1,
+        (_, false) => 1 + props_len(props, true)?,
+    })
+}
+
+fn body_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeError> {
+    let v5 = version.is_v5();
+    Ok(match packet {
+        Packet::Connect(c) => {
+            // CONNECT is encoded in its own version, whatever the connection's.
+            let v5 = c.version.is_v5();
+            let mut n = str_len(c.version.protocol_name())? + 1 + 1 + 2;
+            n += props_len(&c.properties, v5)?;
+            n += str_len(&c.client_id)?;
+            if let Some(w) = &c.will {
+                n += props_len(&w.properties, v5)? + str_len(&w.topic)? + bin_len(&w.payload)?;
+            }
+            if let Some(u) = &c.username {
+                n += str_len(u)?;
+            }
+            if let Some(p) = &c.password {
+                n += bin_len(p)?;
+            }
+            n
+        }
+        Packet::ConnAck(c) => 2 + props_len(&c.properties, v5)?,
+        Packet::Publish(p) => {
+            if p.qos == QoS::AtMostOnce && p.packet_id.is_some()
+                || p.qos != QoS::AtMostOnce && p.packet_id.is_none()
+            {
+                return Err(EncodeError::PacketIdMismatch);
+            }
+            let id = if p.packet_id.is_some() { 2 } else { 0 };
+            str_len(&p.topic)? + id + props_len(&p.properties, v5)? + p.payload.len()
+        }
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            2 + if v5 { reason_tail_len(r.reason, &r.properties)? } else { 0 }
+        }
+        Packet::Subscribe(s) => {
+            let mut n = 2 + props_len(&s.properties, v5)?;
+            for (f, _) in &s.filters {
+                n += str_len(f)? + 1;
+            }
+            n
+        }
+        Packet::SubAck(s) => 2 + props_len(&s.properties, v5)? + s.reasons.len(),
+        Packet::Unsubscribe(u) => {
+            let mut n = 2 + props_len(&u.properties, v5)?;
+            for f in &u.filters {
+                n += str_len(f)?;
+            }
+            n
+        }
+        Packet::UnsubAck(u) => {
+            2 + if v5 { props_len(&u.properties, v5)? + u.reasons.len() } else { 0 }
+        }
+        Packet::PingReq | Packet::PingResp => 0,
+        Packet::Disconnect(d) => {
+            if v5 {
+                reason_tail_len(d.reason, &d.properties)?
+            } else {
+                0
+            }
+        }
+        Packet::Auth(a) => {
+            if !v5 {
+                return Err(EncodeError::NotInVersion("AUTH"));
+            }
+            reason_tail_len(a.reason, &a.properties)?
+        }
+    })
+}
+
+fn put_props(buf: &mut BytesMut, props: &Properties, v5: bool) {
+    if v5 {
+        props.encode(buf);
+    }
+}
+
+fn put_reason_tail(buf: &mut BytesMut, reason: ReasonCode, props: &Properties) {
+    if reason == ReasonCode::Success && props.is_empty() {
+        return;
+    }
+    buf.put_u8(reason as u8);
+    if !props.is_empty() {
+        props.encode(buf);
+    }
+}
+
+fn subscription_options_byte(o: &SubscriptionOptions, v5: bool) -> u8 {
+    let mut b = o.qos as u8;
+    if v5 {
+        b |= u8::from(o.no_local) << 2;
+        b |= u8::from(o.retain_as_published) << 3;
+        b |= (o.retain_handling as u8) << 4;
+    }
+    b
+}
+
+fn write_body(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
+    let v5 = version.is_v5();
+    match packet {
+        Packet::Connect(c) => write_connect(c, buf),
+        Packet::ConnAck(c) => {
+            let present = c.session_present && version != ProtocolVersion::V31;
+            buf.put_u8(u8::from(present));
+            buf.put_u8(if v5 { c.reason as u8 } else { c.reason.to_v3_connack() });
+            put_props(buf, &c.properties, v5);
+        }
+        Packet::Publish(p) => {
+            put_bytes(buf, p.topic.as_bytes());
+            if let Some(id) = p.packet_id {
+                buf.put_u16(id.get());
+            }
+            put_props(buf, &p.properties, v5);
+            buf.put_slice(&p.payload);
+        }
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            buf.put_u16(r.packet_id.get());
+            if v5 {
+                put_reason_tail(buf, r.reason, &r.properties);
+            }
+        }
+        Packet::Subscribe(s) => {
+            buf.put_u16(s.packet_id.get());
+            put_props(buf, &s.properties, v5);
+            for (f, o) in &s.filters {
+                put_bytes(buf, f.as_bytes());
+                buf.put_u8(subscription_options_byte(o, v5));
+            }
+        }
+        Packet::SubAck(s) => {
+            buf.put_u16(s.packet_id.get());
+            put_props(buf, &s.properties, v5);
+            for r in &s.reasons {
+                buf.put_u8(if v5 { *r as u8 } else { r.to_v3_suback() });
+            }
+        }
+        Packet::Unsubscribe(u) => {
+            buf.put_u16(u.packet_id.get());
+            put_props(buf, &u.properties, v5);
+            for f in &u.filters {
+                put_bytes(buf, f.as_bytes());
+            }
+        }
+        Packet::UnsubAck(u) => {
+            buf.put_u16(u.packet_id.get());
+            if v5 {
+                u.properties.encode(buf);
+                buf.extend(u.reasons.iter().map(|r| *r as u8));
+            }
+        }
+        Packet::PingReq | Packet::PingResp => {}
+        Packet::Disconnect(d) | Packet::Auth(d) => {
+            if v5 {
+                put_reason_tail(buf, d.reason, &d.properties);
+            }
+        }
+    }
+}
+
+fn write_connect(c: &Connect, buf: &mut BytesMut) {
+    // CONNECT is encoded in its own version, whatever the connection's.
+    let v5 = c.version.is_v5();
+    put_bytes(buf, c.version.protocol_name().as_bytes());
+    buf.put_u8(c.version.level());
+    let mut flags = u8::from(c.clean_start) << 1;
+    if let Some(w) = &c.will {
+        flags |= 0x04 | ((w.qos as u8) << 3) | (u8::from(w.retain) << 5);
+    }
+    if c.password.is_some() {
+        flags |= 0x40;
+    }
+    if c.username.is_some() {
+        flags |= 0x80;
+    }
+    buf.put_u8(flags);
+    buf.put_u16(c.keep_alive_secs);
+    put_props(buf, &c.properties, v5);
+    put_bytes(buf, c.client_id.as_bytes());
+    if let Some(w) = &c.will {
+        put_props(buf, &w.properties, v5);
+        put_bytes(buf, w.topic.as_bytes());
+        put_bytes(buf, &w.payload);
+    }
+    if let Some(u) = &c.username {
+        put_bytes(buf, u.as_bytes());
+    }
+    if let Some(p) = &c.password {
+        put_bytes(buf, p);
+    }
+}
