@@ -1,7 +1,36 @@
-//! Tern: a thread-per-core MQTT broker.
+//! Tern: a thread-per-core MQTT 3.1 / 3.1.1 / 5.0 broker on io_uring (glommio).
+//!
+//! # Architecture
+//!
+//! One shard per core. A shard owns a disjoint set of connections and their sessions, a replica
+//! of the subscription trie, a replica of the retained messages and one partition of the
+//! client-id registry. Shards never share mutable state: they exchange [`shard::ShardMsg`]s over
+//! bounded lock-free channels (glommio's channel mesh). A publish is matched on the publishing
+//! shard; local subscribers get it directly, and each other shard with a matching subscriber
+//! gets one copy, which it fans out locally. See `docs/ARCHITECTURE.md`.
+//!
+//! # Layout
+//!
+//! - [`codec`]: the wire codec, no IO.
+//! - [`topic`]: topic filters and the subscription trie, no IO.
+//! - [`session`]: the state of one MQTT session, no IO.
+//! - [`shard`]: the broker logic of one core, no IO: bytes and shard messages in, bytes and
+//!   shard messages out, time passed in.
+//! - [`net`], [`runtime`]: glommio: sockets, executors, the mesh. The only modules that import
+//!   glommio.
+//! - [`config`], [`broker`]: the configuration file and its mapping onto the layers.
+//! - [`metrics`]: per-shard counters.
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod codec;
+pub mod config;
+pub mod metrics;
+pub mod net;
+pub mod runtime;
+pub mod session;
+pub mod shard;
+pub mod topic;
 
 /// The crate version, as published in `$SYS/broker/version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,10 +1,100 @@
-//! The `tern` binary: parses arguments and starts the broker. It holds no broker logic.
+//! The `tern` binary: parses arguments, loads the configuration, starts the broker and waits
+//! for SIGINT/SIGTERM. It holds no broker logic.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
 use mimalloc::MiMalloc;
+use tern::config::Config;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {
-    println!("tern {}", tern::VERSION);
+const USAGE: &str = "usage: tern [--config FILE] [--shards N] [--version] [--help]
+
+With no arguments, tern listens on 127.0.0.1:1883 with anonymous access and
+embedded defaults. See tern.toml for every setting and its default.";
+
+struct Args {
+    config: Option<PathBuf>,
+    shards: Option<u16>,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args { config: None, shards: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => {
+                args.config = Some(it.next().ok_or("--config needs a file")?.into());
+            }
+            "--shards" => {
+                let v = it.next().ok_or("--shards needs a number")?;
+                let n: u16 = v.parse().map_err(|_| format!("--shards: not a number: {v}"))?;
+                if n == 0 {
+                    return Err("--shards must be at least 1".into());
+                }
+                args.shards = Some(n);
+            }
+            "--version" | "-V" => {
+                println!("tern {}", tern::VERSION);
+                return Ok(None);
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument: {other}\n{USAGE}")),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tern: configuration error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(n) = args.shards {
+        config.broker.shards = Some(n);
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log.level.as_str()));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+
+    let broker = match tern::broker::start(&config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = broker.stop_flag();
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)) {
+            eprintln!("tern: cannot install signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    for addr in &broker.local_addrs {
+        tracing::info!(%addr, shards = config.shard_count(), "tern {} listening", tern::VERSION);
+    }
+    broker.join();
+    tracing::info!(stopped = stop.load(Ordering::Relaxed), "tern stopped");
+    ExitCode::SUCCESS
 }

@@ -45,10 +45,10 @@ pub fn decode_frame(
         PacketType::Connect => Packet::Connect(Box::new(decode_connect(&mut r)?)),
         PacketType::ConnAck => Packet::ConnAck(d.connack(&mut r)?),
         PacketType::Publish => Packet::Publish(d.publish(header.flags, &mut r)?),
-        PacketType::PubAck => Packet::PubAck(d.pub_resp(&mut r, ReasonContext::PubAckRec)?),
-        PacketType::PubRec => Packet::PubRec(d.pub_resp(&mut r, ReasonContext::PubAckRec)?),
-        PacketType::PubRel => Packet::PubRel(d.pub_resp(&mut r, ReasonContext::PubRelComp)?),
-        PacketType::PubComp => Packet::PubComp(d.pub_resp(&mut r, ReasonContext::PubRelComp)?),
+        PacketType::PubAck => Packet::PubAck(d.pub_resp(&mut r, header.packet_type)?),
+        PacketType::PubRec => Packet::PubRec(d.pub_resp(&mut r, header.packet_type)?),
+        PacketType::PubRel => Packet::PubRel(d.pub_resp(&mut r, header.packet_type)?),
+        PacketType::PubComp => Packet::PubComp(d.pub_resp(&mut r, header.packet_type)?),
         PacketType::Subscribe => Packet::Subscribe(d.subscribe(&mut r)?),
         PacketType::SubAck => Packet::SubAck(d.suback(&mut r)?),
         PacketType::Unsubscribe => Packet::Unsubscribe(d.unsubscribe(&mut r)?),
@@ -154,9 +154,13 @@ impl Dec {
         })
     }
 
-    fn pub_resp(&self, r: &mut Reader, ctx: ReasonContext) -> Result<PubResp, DecodeError> {
+    fn pub_resp(&self, r: &mut Reader, packet_type: PacketType) -> Result<PubResp, DecodeError> {
         let packet_id = self.packet_id(r)?;
-        let pt = if ctx == ReasonContext::PubAckRec { 4 } else { 6 };
+        let ctx = match packet_type {
+            PacketType::PubAck | PacketType::PubRec => ReasonContext::PubAckRec,
+            _ => ReasonContext::PubRelComp,
+        };
+        let pt = packet_type as u8;
         // v5 §3.4.2.1: the reason code and properties may be omitted (Success, none).
         let reason = if self.v5 && r.remaining() > 0 {
             self.reason(r.u8()?, ctx, pt)?
@@ -198,8 +202,13 @@ impl Dec {
         if byte & reserved_mask != 0 {
             return Err(DecodeError::new(ErrorKind::SubscriptionOptionsReserved, reserved_spec));
         }
+        // v5 makes Maximum QoS 3 a Protocol Error; 3.1.1 makes it malformed.
         let qos = QoS::from_u8(byte & 0b11).ok_or_else(|| {
-            DecodeError::new(ErrorKind::InvalidQoS, self.spec("§3.8.3.1", "MQTT-3-8.3-4"))
+            if self.v5 {
+                DecodeError::new(ErrorKind::InvalidMaximumQoS, "§3.8.3.1")
+            } else {
+                DecodeError::new(ErrorKind::InvalidQoS, "MQTT-3-8.3-4")
+            }
         })?;
         let no_local = byte & 0b0100 != 0;
         if no_local && is_shared(filter) {

@@ -43,7 +43,7 @@ pub fn encode(
 fn first_byte(packet: &Packet) -> u8 {
     let pt = packet.packet_type();
     let flags = match packet {
-        Packet::Publish(p) => (u8::from(p.dup) << 3) | ((p.qos as u8) << 1) | u8::from(p.retain),
+        Packet::Publish(p) => PublishView::of(p).first_byte() & 0x0F,
         _ => pt.required_flags().unwrap_or(0),
     };
     ((pt as u8) << 4) | flags
@@ -118,15 +118,7 @@ fn body_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeEr
             n
         }
         Packet::ConnAck(c) => 2 + props_len(&c.properties, v5)?,
-        Packet::Publish(p) => {
-            if p.qos == QoS::AtMostOnce && p.packet_id.is_some()
-                || p.qos != QoS::AtMostOnce && p.packet_id.is_none()
-            {
-                return Err(EncodeError::PacketIdMismatch);
-            }
-            let id = if p.packet_id.is_some() { 2 } else { 0 };
-            str_len(&p.topic)? + id + props_len(&p.properties, v5)? + p.payload.len()
-        }
+        Packet::Publish(p) => publish_body_len(&PublishView::of(p), v5)?,
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
             2 + if v5 { reason_tail_len(r.reason, &r.properties)? } else { 0 }
         }
@@ -201,14 +193,7 @@ fn write_body(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) {
             buf.put_u8(if v5 { c.reason as u8 } else { c.reason.to_v3_connack() });
             put_props(buf, &c.properties, v5);
         }
-        Packet::Publish(p) => {
-            put_bytes(buf, p.topic.as_bytes());
-            if let Some(id) = p.packet_id {
-                buf.put_u16(id.get());
-            }
-            put_props(buf, &p.properties, v5);
-            buf.put_slice(&p.payload);
-        }
+        Packet::Publish(p) => write_publish_body(&PublishView::of(p), v5, buf),
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
             buf.put_u16(r.packet_id.get());
             if v5 {
@@ -283,4 +268,95 @@ fn write_connect(c: &Connect, buf: &mut BytesMut) {
     if let Some(p) = &c.password {
         put_bytes(buf, p);
     }
+}
+
+/// A PUBLISH by reference: lets the broker encode one stored message for many subscribers
+/// without building an owned [`Publish`] (and copying the topic) for each.
+#[derive(Clone, Copy, Debug)]
+pub struct PublishView<'a> {
+    /// DUP flag.
+    pub dup: bool,
+    /// QoS.
+    pub qos: QoS,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// Topic name.
+    pub topic: &'a str,
+    /// Packet id; present exactly when QoS > 0.
+    pub packet_id: Option<PacketId>,
+    /// Properties (v5 only).
+    pub properties: &'a Properties,
+    /// Payload.
+    pub payload: &'a [u8],
+}
+
+impl<'a> PublishView<'a> {
+    /// A view of an owned PUBLISH.
+    pub fn of(p: &'a Publish) -> Self {
+        Self {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic: &p.topic,
+            packet_id: p.packet_id,
+            properties: &p.properties,
+            payload: &p.payload,
+        }
+    }
+
+    fn first_byte(&self) -> u8 {
+        ((PacketType::Publish as u8) << 4)
+            | (u8::from(self.dup) << 3)
+            | ((self.qos as u8) << 1)
+            | u8::from(self.retain)
+    }
+}
+
+fn publish_body_len(p: &PublishView, v5: bool) -> Result<usize, EncodeError> {
+    if p.qos == QoS::AtMostOnce && p.packet_id.is_some()
+        || p.qos != QoS::AtMostOnce && p.packet_id.is_none()
+    {
+        return Err(EncodeError::PacketIdMismatch);
+    }
+    let id = if p.packet_id.is_some() { 2 } else { 0 };
+    Ok(str_len(p.topic)? + id + props_len(p.properties, v5)? + p.payload.len())
+}
+
+fn write_publish_body(p: &PublishView, v5: bool, buf: &mut BytesMut) {
+    put_bytes(buf, p.topic.as_bytes());
+    if let Some(id) = p.packet_id {
+        buf.put_u16(id.get());
+    }
+    put_props(buf, p.properties, v5);
+    buf.put_slice(p.payload);
+}
+
+/// Bytes a PUBLISH view takes when encoded for `version`.
+pub fn publish_len(p: &PublishView, version: ProtocolVersion) -> Result<usize, EncodeError> {
+    let remaining = publish_body_len(p, version.is_v5())?;
+    if remaining > VARINT_MAX {
+        return Err(EncodeError::TooLarge(remaining));
+    }
+    Ok(1 + varint_len(remaining) + remaining)
+}
+
+/// Appends a PUBLISH view encoded for `version`; returns the bytes written.
+pub fn encode_publish(
+    p: &PublishView,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<usize, EncodeError> {
+    let v5 = version.is_v5();
+    let remaining = publish_body_len(p, v5)?;
+    if remaining > VARINT_MAX {
+        return Err(EncodeError::TooLarge(remaining));
+    }
+    let total = 1 + varint_len(remaining) + remaining;
+    buf.reserve(total);
+    buf.put_u8(p.first_byte());
+    put_varint(buf, remaining);
+    let body_start = buf.len();
+    write_publish_body(p, v5, buf);
+    assert_eq!(buf.len() - body_start, remaining, "invariant: publish_body_len matches the write");
+    Ok(total)
 }

@@ -67,6 +67,9 @@ pub enum ErrorKind {
     SubscriptionOptionsReserved,
     /// Retain Handling 3.
     InvalidRetainHandling,
+    /// Maximum QoS 3 in v5 subscription options: a Protocol Error there (§3.8.3.1), where QoS 3
+    /// in a PUBLISH or a will is a Malformed Packet.
+    InvalidMaximumQoS,
     /// No Local set on a shared subscription.
     NoLocalOnSharedSubscription,
     /// A `$share/` filter without a valid share name or filter.
@@ -113,6 +116,8 @@ impl ErrorKind {
             | ErrorKind::InvalidPropertyValue { .. }
             | ErrorKind::EmptyTopicWithoutAlias
             | ErrorKind::InvalidRetainHandling
+            | ErrorKind::InvalidMaximumQoS
+            | ErrorKind::NoTopicFilters
             | ErrorKind::NoLocalOnSharedSubscription
             | ErrorKind::ReservedPacketType(_) => ReasonCode::ProtocolError,
             ErrorKind::InvalidSharedSubscription
@@ -164,6 +169,7 @@ impl fmt::Display for ErrorKind {
                 f.write_str("reserved bits of the subscription options are set")
             }
             ErrorKind::InvalidRetainHandling => f.write_str("retain handling 3"),
+            ErrorKind::InvalidMaximumQoS => f.write_str("subscription Maximum QoS 3"),
             ErrorKind::NoLocalOnSharedSubscription => {
                 f.write_str("No Local set on a shared subscription")
             }

@@ -101,7 +101,9 @@ pub fn check(
     let packet_type = PacketType::from_nibble(nibble)
         .ok_or_else(|| DecodeError::new(ErrorKind::ReservedPacketType(nibble), "§2.1.2"))?;
     if let Some(required) = packet_type.required_flags() {
-        if flags != required {
+        // MQTT 3.1 marks these bits "not used" and sets DUP when it re-sends a PUBREL, SUBSCRIBE
+        // or UNSUBSCRIBE; only 3.1.1 and 5.0 reserve them with a value that must match.
+        if flags != required && version != Some(ProtocolVersion::V31) {
             let spec = if v5 { "MQTT-2.1.3-1" } else { "MQTT-2.2.2-2" };
             return Err(DecodeError::new(
                 ErrorKind::InvalidHeaderFlags { packet_type: nibble, flags },

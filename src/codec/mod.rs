@@ -29,7 +29,7 @@ use std::num::NonZeroU16;
 use bytes::Bytes;
 
 pub use decode::decode;
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encode_publish, encoded_len, publish_len, PublishView};
 pub use error::{DecodeError, EncodeError, ErrorKind};
 pub use header::{check, FixedHeader, PacketType};
 pub use properties::{Properties, Property, PropertyContext};

@@ -19,7 +19,8 @@ pub struct Reader {
 }
 
 fn end() -> DecodeError {
-    DecodeError::new(ErrorKind::UnexpectedEnd, "MQTT-1.5.5")
+    // A field that runs past the Remaining Length (§2.1.4).
+    DecodeError::new(ErrorKind::UnexpectedEnd, "§2.1.4")
 }
 
 impl Reader {

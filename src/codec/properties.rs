@@ -284,7 +284,10 @@ impl Property {
             id::RESPONSE_TOPIC => {
                 let topic = r.string()?;
                 // [MQTT-3.3.2-14]: the Response Topic is a topic name, no wildcards.
-                super::topic::validate_topic_name(&topic, true)?;
+                super::topic::validate_topic_name(&topic, true).map_err(|e| match e.kind {
+                    ErrorKind::WildcardInTopicName => DecodeError::new(e.kind, "MQTT-3.3.2-14"),
+                    _ => e,
+                })?;
                 Property::ResponseTopic(topic)
             }
             id::CORRELATION_DATA => Property::CorrelationData(r.binary()?),

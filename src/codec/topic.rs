@@ -29,8 +29,11 @@ pub fn validate_topic_filter(filter: &str, v5: bool) -> Result<(), DecodeError> 
         Some(rest) => {
             let invalid = || DecodeError::new(ErrorKind::InvalidSharedSubscription, "MQTT-4.8.2-2");
             let (name, inner) = rest.split_once('/').ok_or_else(invalid)?;
-            if name.is_empty() || name.contains(['+', '#']) {
+            if name.is_empty() {
                 return Err(DecodeError::new(ErrorKind::InvalidSharedSubscription, "MQTT-4.8.2-1"));
+            }
+            if name.contains(['+', '#']) {
+                return Err(invalid());
             }
             if inner.is_empty() {
                 return Err(invalid());

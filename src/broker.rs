@@ -1,0 +1,75 @@
+//! Turns a validated [`Config`] into the settings each layer takes, and starts the broker.
+//! The only place that knows both the configuration file's shape and the layers' inputs.
+
+use std::time::Duration;
+
+use crate::config::{Config, QueueOverflow};
+use crate::runtime::{Broker, RuntimeOptions, StartError};
+use crate::session::{OverflowPolicy, SessionLimits};
+use crate::shard::{ListenerPolicy, ShardConfig};
+
+/// Output buffered for one connection before QoS 0 deliveries to it are dropped: room for a
+/// few maximum-size packets, at least 64 KiB, at most 4 MiB.
+fn tx_bytes_max(packet_max: usize) -> usize {
+    (packet_max * 2).clamp(64 * 1024, 4 << 20)
+}
+
+/// The shard settings for `config`.
+pub fn shard_config(config: &Config) -> ShardConfig {
+    let l = &config.limits;
+    let shards = config.shard_count() as u16;
+    ShardConfig {
+        shards,
+        listeners: config
+            .listeners
+            .iter()
+            .map(|x| ListenerPolicy {
+                allow_anonymous: x.allow_anonymous,
+                // The listener bound is per process; each shard takes its share (rounded up).
+                connections_max: (x.connections_max as usize).div_ceil(usize::from(shards)),
+            })
+            .collect(),
+        packet_size_bytes_max: l.packet_size_bytes_max as usize,
+        session: SessionLimits {
+            inflight_max: l.inflight_max,
+            queue_messages_max: l.session_queue_messages_max as usize,
+            queue_bytes_max: l.session_queue_bytes_max as usize,
+            overflow: match l.queue_overflow {
+                QueueOverflow::DropOldest => OverflowPolicy::DropOldest,
+                QueueOverflow::DropNewest => OverflowPolicy::DropNewest,
+            },
+        },
+        retained_messages_max: l.retained_messages_max as usize,
+        retained_bytes_max: l.retained_bytes_max as usize,
+        topic_levels_max: usize::from(l.topic_levels_max),
+        topic_bytes_max: usize::from(l.topic_bytes_max),
+        client_id_bytes_max: usize::from(l.client_id_bytes_max),
+        subscriptions_per_client_max: l.subscriptions_per_client_max as usize,
+        connect_timeout: Duration::from_secs(u64::from(l.connect_timeout_secs)),
+        keepalive_secs_max: l.keepalive_secs_max,
+        sessions_max: (l.sessions_max as usize).div_ceil(usize::from(shards)),
+        session_expiry_secs_max: l.session_expiry_secs_max,
+        topic_alias_max: l.topic_alias_max,
+        tx_bytes_max: tx_bytes_max(l.packet_size_bytes_max as usize),
+        outbox_messages_max: (l.mesh_channel_capacity as usize) * (l.mesh_batch_max as usize),
+    }
+}
+
+/// The runtime settings for `config`.
+pub fn runtime_options(config: &Config) -> RuntimeOptions {
+    RuntimeOptions {
+        io_memory_bytes: config.runtime.io_memory_bytes,
+        ring_depth: config.runtime.ring_depth,
+        spin_before_park: config.runtime.spin_before_park().unwrap_or(Duration::ZERO),
+        pin_cores: config.runtime.pin_cores,
+        mesh_channel_capacity: config.limits.mesh_channel_capacity as usize,
+        mesh_batch_max: config.limits.mesh_batch_max as usize,
+        listeners: config.listeners.iter().map(|l| l.bind).collect(),
+        shard_ports: false,
+    }
+}
+
+/// Starts a broker for `config`.
+pub fn start(config: &Config) -> Result<Broker, StartError> {
+    Broker::start(runtime_options(config), shard_config(config))
+}

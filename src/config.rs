@@ -1,0 +1,1596 @@
+//! Tern's configuration: a TOML file → serde raw structs → range and cross-field checks → an
+//! immutable, validated [`Config`].
+//!
+//! This module owns the meaning, default and bound of every setting. It must not do IO beyond
+//! reading the one file in [`Config::load`], must not touch the runtime or any global state, and
+//! must never "fix" a bad value by clamping it: a value outside its bound is refused with an
+//! error that names the file, line, column, dotted key and reason, e.g.
+//!
+//! ```text
+//! tern.toml:12:16: limits.inflight_max: must be between 1 and 65535 (got 0)
+//! ```
+//!
+//! Rules every setting follows (STYLE rules 4 and 16):
+//!
+//! - Every limit has a documented default and a maximum. **0 never means unlimited.** Exactly two
+//!   settings accept 0 as a real value: [`LimitsConfig::topic_alias_max`] (0 = the client may not
+//!   use topic aliases) and [`RuntimeConfig::spin_before_park_us`] (0 = park without spinning).
+//! - Limits are named `<thing>_<unit>_max`.
+//! - Unknown keys are errors, so a typo is never silently ignored.
+//!
+//! The example `tern.toml` at the repository root lists every key with its default; a unit test
+//! checks that it parses to exactly [`Config::default()`].
+//!
+//! How errors get their position: TOML syntax, unknown-key and wrong-type errors come from the
+//! `toml` crate with a byte span; the dotted key at that span is recovered by a small line scanner
+//! ([`key_path_at`]) that follows `[table]` / `[[array]]` headers, dotted keys and inline tables.
+//! Range and cross-field errors use the spans recorded from `toml::Spanned` raw fields.
+
+use std::fmt;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+// ------------------------------------------------------------------------------------------------
+// The validated configuration.
+// ------------------------------------------------------------------------------------------------
+
+/// The whole, validated broker configuration. Built by [`Config::load`],
+/// [`Config::from_str_named`] or [`Config::default`]; cloned once into each shard at startup and
+/// never changed afterwards (there is no hot reload).
+///
+/// The fields are public so tests can build variants; code that builds one by hand should call
+/// [`Config::validate`] before using it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `[broker]`: process-wide settings.
+    pub broker: BrokerConfig,
+    /// `[[listener]]`: the sockets to accept clients on, in file order. Default: one TCP listener
+    /// on `127.0.0.1:1883` with anonymous access (local-only, like Mosquitto 2). A file that has
+    /// any `[[listener]]` replaces the default list entirely. Bound: 1..=16 listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// `[limits]`: protocol and resource limits.
+    pub limits: LimitsConfig,
+    /// `[runtime]`: options passed explicitly to the io_uring runtime (glommio).
+    pub runtime: RuntimeConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+}
+
+/// `[broker]`: process-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Number of shards (one thread and one io_uring each). Default: absent, meaning one shard per
+    /// available core (see [`Config::shard_count`]). Bound: 1..=256.
+    pub shards: Option<u16>,
+    /// Seconds between two publications of the `$SYS/broker/...` statistics topics.
+    /// Default 10. Bound: 1..=3600.
+    pub sys_interval_secs: u32,
+}
+
+/// One `[[listener]]`: a socket clients connect to, and what it allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Address and port to bind, e.g. `127.0.0.1:1883` or `[::]:1883`. Host names are not
+    /// accepted (no DNS at startup). Port 0 picks a free port (tests). Default `127.0.0.1:1883`.
+    /// Two listeners may not overlap (same port and the same or an unspecified address), because
+    /// with `SO_REUSEPORT` both binds would succeed and silently split the clients.
+    pub bind: SocketAddr,
+    /// Wire transport. Default [`Transport::Tcp`], the only one implemented so far.
+    pub transport: Transport,
+    /// Whether a client may connect without a user name. Default `true`, which is safe only
+    /// because the default listener is bound to the loopback address.
+    pub allow_anonymous: bool,
+    /// Connections accepted on this listener, summed over all shards; one more is refused at
+    /// accept. Default 100_000. Bound: 1..=10_000_000. Worst-case memory: each connection
+    /// holds its buffers plus one session (see [`LimitsConfig`] for the per-session bounds).
+    pub connections_max: u32,
+    /// MQTT v5 server redirection for every client of this listener (CONNACK with a Server
+    /// Reference). Default: absent. Kept as data; acting on it is the session's job.
+    pub redirect: Option<Redirect>,
+}
+
+/// Wire transport of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Transport {
+    /// MQTT over plain TCP.
+    Tcp,
+    /// MQTT over TLS. Parsed but refused by validation: not supported yet.
+    Tls,
+    /// MQTT over WebSocket. Parsed but refused by validation: not supported yet.
+    Ws,
+    /// MQTT over WebSocket over TLS. Parsed but refused by validation: not supported yet.
+    Wss,
+}
+
+impl Transport {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
+        }
+    }
+}
+
+/// MQTT v5 server redirection (a `[listener.redirect]` table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// The Server Reference sent to the client, e.g. `"other.example.com:1883"`. Required.
+    /// Bound: 1..=1024 bytes, because it is copied into every CONNACK of the listener.
+    pub reference: String,
+    /// `true`: reason code 0x9D (Server moved); `false`: 0x9C (Use another server).
+    /// Default `false`.
+    pub permanent: bool,
+}
+
+/// `[limits]`: protocol and resource limits. None of them can be 0 except
+/// [`topic_alias_max`](Self::topic_alias_max).
+///
+/// Worst-case memory per client session is roughly `session_queue_bytes_max` (queued messages,
+/// in-flight ones included) + `subscriptions_per_client_max * topic_bytes_max` (filters) +
+/// `topic_alias_max * topic_bytes_max` (aliases) + one packet of `packet_size_bytes_max` being
+/// read. At the defaults that is about 16 MiB + 256 KiB + 64 KiB + 1 MiB. The broker-wide sum
+/// over `sessions_max` sessions is NOT a realistic bound (16 TiB at the defaults): these limits
+/// stop one client from taking everything, they are not a global memory budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Largest MQTT packet accepted or sent, fixed header included; checked at the fixed header,
+    /// before the body is buffered, and advertised as v5 Maximum Packet Size. Default 1 MiB
+    /// (1_048_576). Bound: 64..=268_435_460 (the protocol maximum). Worst-case memory: one
+    /// packet of this size per connection being read.
+    pub packet_size_bytes_max: u32,
+    /// Outgoing QoS 1/2 window per client: messages sent and not yet acknowledged. Also
+    /// advertised to v5 clients as Receive Maximum (their window towards us). Default 32.
+    /// Bound: 1..=65535. In-flight messages count towards the session queue limits.
+    pub inflight_max: u16,
+    /// Messages queued for one session (offline, or online but beyond the in-flight window).
+    /// Default 1000. Bound: 1..=1_000_000. On overflow, [`queue_overflow`](Self::queue_overflow)
+    /// applies.
+    pub session_queue_messages_max: u32,
+    /// Payload bytes queued for one session. Default 16 MiB. Bound: 1..=1 GiB, and at least
+    /// `packet_size_bytes_max` so one maximum-size message always fits. Worst-case memory: this
+    /// much per session.
+    pub session_queue_bytes_max: u64,
+    /// What to drop when a session queue is full. Default [`QueueOverflow::DropNewest`].
+    pub queue_overflow: QueueOverflow,
+    /// Retained messages kept by the whole broker. Default 100_000. Bound: 1..=100_000_000.
+    /// A retained message beyond this is not stored (the publish itself still goes through).
+    pub retained_messages_max: u32,
+    /// Retained payload bytes kept by the whole broker. Default 256 MiB. Bound: 1..=64 GiB, and
+    /// at least `packet_size_bytes_max`. Worst-case memory: this much, plus the topics.
+    pub retained_bytes_max: u64,
+    /// Levels (`/`-separated parts) in a topic name or filter. Default 32. Bound: 1..=256.
+    /// Also the depth of the explicit stack used to walk the subscription trie.
+    pub topic_levels_max: u16,
+    /// Bytes in a topic name or filter. Default 1024. Bound: 1..=65535 (the MQTT string
+    /// maximum).
+    pub topic_bytes_max: u16,
+    /// Bytes in a client identifier. Default 256. Bound: 23..=65535: the spec requires every
+    /// server to accept 1 to 23 bytes [MQTT-3.1.3-5].
+    pub client_id_bytes_max: u16,
+    /// Subscriptions (topic filters) one client may hold; more are refused with 0x97 (Quota
+    /// exceeded). Default 256. Bound: 1..=100_000. Worst-case memory: this times
+    /// `topic_bytes_max` per client (256 KiB at the defaults).
+    pub subscriptions_per_client_max: u32,
+    /// Seconds a new connection may take to send its CONNECT before it is closed. Default 10.
+    /// Bound: 1..=300.
+    pub connect_timeout_secs: u32,
+    /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by this
+    /// (v5 Server Keep Alive) so no connection can sit idle longer. Default 3600.
+    /// Bound: 1..=65535.
+    pub keepalive_secs_max: u16,
+    /// Persistent sessions kept, connected or not; a new one beyond this is refused with 0x97.
+    /// Default 1_000_000. Bound: 1..=100_000_000.
+    pub sessions_max: u32,
+    /// Cap on the v5 Session Expiry Interval a client may ask for (and the expiry given to v3
+    /// clean_session=0 sessions). Default 604_800 (7 days). Bound: 1..=31_536_000 (365 days);
+    /// "never expires" (0xFFFFFFFF) is therefore not available.
+    pub session_expiry_secs_max: u32,
+    /// Inbound topic aliases a v5 client may use (advertised as Topic Alias Maximum). Default 64.
+    /// Bound: 0..=4096. **0 is a real value here: the client may not use topic aliases.** This
+    /// is the one limit where 0 is allowed. Worst-case memory: this times `topic_bytes_max` per
+    /// client (64 KiB at the defaults).
+    pub topic_alias_max: u16,
+    /// Slots in each cross-shard channel (one channel per ordered pair of shards). When full,
+    /// the publisher's connection gets backpressure. Default 1024. Bound: 1..=65536, and at least
+    /// `mesh_batch_max`. Worst-case memory: `shards^2` channels of this many messages each.
+    pub mesh_channel_capacity: u32,
+    /// Messages a shard takes from one mesh channel per turn before it yields (bounded work per
+    /// turn). Default 64. Bound: 1..=4096.
+    pub mesh_batch_max: u32,
+}
+
+/// What a full session queue drops.
+///
+/// The default is [`DropNewest`](Self::DropNewest): it is what Mosquitto does, costs nothing
+/// (the new message is simply not queued, and counted), and never discards a message the broker
+/// had already accepted for the session, so what the client eventually receives is an
+/// uninterrupted prefix of the stream. Choose [`DropOldest`](Self::DropOldest) for telemetry
+/// where only recent values matter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum QueueOverflow {
+    /// Drop the oldest queued message (not one already in flight) to make room.
+    DropOldest,
+    /// Drop the message that does not fit.
+    DropNewest,
+}
+
+impl QueueOverflow {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            QueueOverflow::DropOldest => "drop_oldest",
+            QueueOverflow::DropNewest => "drop_newest",
+        }
+    }
+}
+
+/// `[runtime]`: options handed explicitly to the io_uring runtime instead of trusting its
+/// defaults (glommio reserves 10 MiB of locked io memory by default, more than `ulimit -l`
+/// allows on many machines).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Locked memory each shard registers with io_uring for its buffers. Default 65536.
+    /// Bound: 4096..=1 GiB. Worst-case memory: this times the shard count, all of it locked,
+    /// which must fit in `ulimit -l` (memlock).
+    pub io_memory_bytes: usize,
+    /// Entries in each io_uring submission ring. Default 256. Bound: a power of two in
+    /// 8..=32768.
+    pub ring_depth: usize,
+    /// Microseconds a shard spins looking for work before it parks its thread. Default 50.
+    /// Bound: 0..=100_000. **0 is a real value: park at once, without spinning** (saves CPU,
+    /// costs latency).
+    pub spin_before_park_us: u32,
+    /// Pin each shard's thread to its own core. Default `true`.
+    pub pin_cores: bool,
+}
+
+/// `[log]`: logging.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The most verbose level emitted. Default [`LogLevel::Info`].
+    pub level: LogLevel,
+}
+
+/// A log level, from most to least verbose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LogLevel {
+    /// Everything, including per-packet detail.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected that the broker handled.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+impl LogLevel {
+    /// The name used in the configuration file (also a valid `tracing` filter directive).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig { shards: None, sys_interval_secs: 10 }
+    }
+}
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            transport: Transport::Tcp,
+            allow_anonymous: true,
+            connections_max: 100_000,
+            redirect: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            packet_size_bytes_max: 1 << 20,
+            inflight_max: 32,
+            session_queue_messages_max: 1000,
+            session_queue_bytes_max: 16 << 20,
+            queue_overflow: QueueOverflow::DropNewest,
+            retained_messages_max: 100_000,
+            retained_bytes_max: 256 << 20,
+            topic_levels_max: 32,
+            topic_bytes_max: 1024,
+            client_id_bytes_max: 256,
+            subscriptions_per_client_max: 256,
+            connect_timeout_secs: 10,
+            keepalive_secs_max: 3600,
+            sessions_max: 1_000_000,
+            session_expiry_secs_max: 7 * 24 * 3600,
+            topic_alias_max: 64,
+            mesh_channel_capacity: 1024,
+            mesh_batch_max: 64,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            io_memory_bytes: 64 << 10,
+            ring_depth: 256,
+            spin_before_park_us: 50,
+            pin_cores: true,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: LogLevel::Info }
+    }
+}
+
+impl Default for Config {
+    /// The embedded defaults: one TCP listener on `127.0.0.1:1883` allowing anonymous clients,
+    /// and every limit at its documented default.
+    fn default() -> Self {
+        Config {
+            broker: BrokerConfig::default(),
+            listeners: vec![ListenerConfig::default()],
+            limits: LimitsConfig::default(),
+            runtime: RuntimeConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`. Errors name the file as given.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let io_error =
+            |e: std::io::Error| ConfigError::whole_file(&name, format!("cannot read: {e}"));
+        let file = std::fs::File::open(path).map_err(io_error)?;
+        let mut text = String::new();
+        // Read one byte more than allowed, so an oversized file is detected, not truncated.
+        file.take(CONFIG_FILE_BYTES_MAX + 1).read_to_string(&mut text).map_err(io_error)?;
+        if text.len() as u64 > CONFIG_FILE_BYTES_MAX {
+            let message = format!("file is larger than {CONFIG_FILE_BYTES_MAX} bytes");
+            return Err(ConfigError::whole_file(&name, message));
+        }
+        Config::from_str_named(&text, &name)
+    }
+
+    /// Parses and validates `text`; `name` stands for the file in error messages.
+    pub fn from_str_named(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let source = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
+        let mut spans = Spans::default();
+        let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
+        config.check(&spans).map_err(|issue| source.error(issue))?;
+        Ok(config)
+    }
+
+    /// Checks every bound and cross-field rule. Configs from [`Config::load`] and
+    /// [`Config::from_str_named`] already passed; call this on one built or changed by hand.
+    /// Errors name the file `<built-in>` with line 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let source = Source { name: "<built-in>", text: "" };
+        self.check(&Spans::default()).map_err(|issue| source.error(issue))
+    }
+
+    /// The number of shards to start: `broker.shards`, or one per available core (at most 256,
+    /// at least 1) when it is absent.
+    pub fn shard_count(&self) -> usize {
+        match self.broker.shards {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, SHARDS.hi as usize),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// [`spin_before_park_us`](Self::spin_before_park_us) as the runtime wants it: `None` when
+    /// it is 0 (do not spin).
+    pub fn spin_before_park(&self) -> Option<Duration> {
+        match self.spin_before_park_us {
+            0 => None,
+            us => Some(Duration::from_micros(u64::from(us))),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Errors.
+// ------------------------------------------------------------------------------------------------
+
+/// A configuration that was refused: where, which key, and why.
+///
+/// Displays as `file:line:column: key: message`. When the position is unknown (line 0, e.g. an
+/// I/O error or a config built in code) the position is left out, and so is an empty key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given to [`Config::load`] or [`Config::from_str_named`].
+    pub file: String,
+    /// 1-based line, or 0 when unknown.
+    pub line: usize,
+    /// 1-based column in characters, or 0 when unknown.
+    pub column: usize,
+    /// Dotted path of the offending key, e.g. `limits.inflight_max` or `listener[1].bind`
+    /// (array indices are 0-based). Empty when the error is not about one key.
+    pub key: String,
+    /// What is wrong, e.g. `must be between 1 and 65535 (got 0)`.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn whole_file(file: &str, message: String) -> ConfigError {
+        ConfigError { file: file.to_owned(), line: 0, column: 0, key: String::new(), message }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ------------------------------------------------------------------------------------------------
+// Bounds. Each is written once and used both when converting the file and by `check`.
+// ------------------------------------------------------------------------------------------------
+
+/// Largest configuration file read, so a wrong path (a log file, a device) cannot eat memory.
+const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// An inclusive range of allowed values.
+#[derive(Clone, Copy)]
+struct Bound {
+    lo: i64,
+    hi: i64,
+}
+
+const fn bound(lo: i64, hi: i64) -> Bound {
+    Bound { lo, hi }
+}
+
+const GIB: i64 = 1 << 30;
+const SHARDS: Bound = bound(1, 256);
+const SYS_INTERVAL_SECS: Bound = bound(1, 3600);
+const LISTENERS: Bound = bound(1, 16);
+const CONNECTIONS: Bound = bound(1, 10_000_000);
+const REDIRECT_REFERENCE_BYTES: Bound = bound(1, 1024);
+/// The protocol maximum: a remaining length of 268_435_455 plus a 5-byte fixed header.
+const PACKET_SIZE_BYTES: Bound = bound(64, 268_435_460);
+const INFLIGHT: Bound = bound(1, 65535);
+const SESSION_QUEUE_MESSAGES: Bound = bound(1, 1_000_000);
+const SESSION_QUEUE_BYTES: Bound = bound(1, GIB);
+const RETAINED_MESSAGES: Bound = bound(1, 100_000_000);
+const RETAINED_BYTES: Bound = bound(1, 64 * GIB);
+const TOPIC_LEVELS: Bound = bound(1, 256);
+const TOPIC_BYTES: Bound = bound(1, 65535);
+const CLIENT_ID_BYTES: Bound = bound(23, 65535);
+const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
+const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
+const KEEPALIVE_SECS: Bound = bound(1, 65535);
+const SESSIONS: Bound = bound(1, 100_000_000);
+const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
+const TOPIC_ALIASES: Bound = bound(0, 4096);
+const MESH_CHANNEL_CAPACITY: Bound = bound(1, 65536);
+const MESH_BATCH: Bound = bound(1, 4096);
+const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
+const RING_DEPTH: Bound = bound(8, 32768);
+const SPIN_BEFORE_PARK_US: Bound = bound(0, 100_000);
+
+impl Bound {
+    fn check(self, key: &str, value: i64, spans: &Spans) -> Result<(), Issue> {
+        if (self.lo..=self.hi).contains(&value) {
+            return Ok(());
+        }
+        let message = format!("must be between {} and {} (got {value})", self.lo, self.hi);
+        Err(spans.issue(&[key], message))
+    }
+}
+
+/// Widens any config integer for a bound check; values that do not fit `i64` are out of every
+/// bound, so saturating is exact.
+fn wide<T: TryInto<i64>>(value: T) -> i64 {
+    value.try_into().unwrap_or(i64::MAX)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Validation of the typed config.
+// ------------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Every bound and cross-field rule. `spans` locates the keys that came from a file.
+    fn check(&self, spans: &Spans) -> Result<(), Issue> {
+        let b = &self.broker;
+        if let Some(shards) = b.shards {
+            SHARDS.check("broker.shards", wide(shards), spans)?;
+        }
+        SYS_INTERVAL_SECS.check("broker.sys_interval_secs", wide(b.sys_interval_secs), spans)?;
+        self.check_listeners(spans)?;
+        self.limits.check(spans)?;
+        let r = &self.runtime;
+        IO_MEMORY_BYTES.check("runtime.io_memory_bytes", wide(r.io_memory_bytes), spans)?;
+        RING_DEPTH.check("runtime.ring_depth", wide(r.ring_depth), spans)?;
+        if !r.ring_depth.is_power_of_two() {
+            let message = format!("must be a power of two (got {})", r.ring_depth);
+            return Err(spans.issue(&["runtime.ring_depth"], message));
+        }
+        let spin = wide(r.spin_before_park_us);
+        SPIN_BEFORE_PARK_US.check("runtime.spin_before_park_us", spin, spans)
+    }
+
+    fn check_listeners(&self, spans: &Spans) -> Result<(), Issue> {
+        let count = wide(self.listeners.len());
+        if !(LISTENERS.lo..=LISTENERS.hi).contains(&count) {
+            let message = format!(
+                "must have between {} and {} [[listener]] entries (got {count})",
+                LISTENERS.lo, LISTENERS.hi
+            );
+            return Err(spans.issue(&["listener"], message));
+        }
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let key = |field: &str| format!("listener[{i}].{field}");
+            if listener.transport != Transport::Tcp {
+                let message = format!(
+                    "transport \"{}\" is not supported yet (only \"tcp\" is implemented)",
+                    listener.transport.as_str()
+                );
+                return Err(spans.issue(&[&key("transport")], message));
+            }
+            CONNECTIONS.check(&key("connections_max"), wide(listener.connections_max), spans)?;
+            if let Some(redirect) = &listener.redirect {
+                let len = wide(redirect.reference.len());
+                let keys = [key("redirect.reference"), key("redirect")];
+                if !(REDIRECT_REFERENCE_BYTES.lo..=REDIRECT_REFERENCE_BYTES.hi).contains(&len) {
+                    let message = format!(
+                        "must be between {} and {} bytes long (got {len})",
+                        REDIRECT_REFERENCE_BYTES.lo, REDIRECT_REFERENCE_BYTES.hi
+                    );
+                    return Err(spans.issue(&[&keys[0], &keys[1]], message));
+                }
+            }
+            if let Some(j) =
+                self.listeners[..i].iter().position(|o| overlaps(o.bind, listener.bind))
+            {
+                let message = format!(
+                    "{} overlaps listener[{j}].bind ({}): both binds would succeed with \
+                     SO_REUSEPORT and split the clients between them",
+                    listener.bind, self.listeners[j].bind
+                );
+                return Err(spans.issue(&[&key("bind")], message));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two listener addresses would accept the same connections: same port (other than 0,
+/// which picks a fresh port per bind) and the same address, or either is the unspecified address
+/// (`0.0.0.0` / `[::]`, which may also cover the other family on a dual-stack host).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+impl LimitsConfig {
+    fn check(&self, spans: &Spans) -> Result<(), Issue> {
+        let key = |field: &str| format!("limits.{field}");
+        let checks: [(&str, i64, Bound); 17] = [
+            ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
+            ("inflight_max", wide(self.inflight_max), INFLIGHT),
+            (
+                "session_queue_messages_max",
+                wide(self.session_queue_messages_max),
+                SESSION_QUEUE_MESSAGES,
+            ),
+            ("session_queue_bytes_max", wide(self.session_queue_bytes_max), SESSION_QUEUE_BYTES),
+            ("retained_messages_max", wide(self.retained_messages_max), RETAINED_MESSAGES),
+            ("retained_bytes_max", wide(self.retained_bytes_max), RETAINED_BYTES),
+            ("topic_levels_max", wide(self.topic_levels_max), TOPIC_LEVELS),
+            ("topic_bytes_max", wide(self.topic_bytes_max), TOPIC_BYTES),
+            ("client_id_bytes_max", wide(self.client_id_bytes_max), CLIENT_ID_BYTES),
+            (
+                "subscriptions_per_client_max",
+                wide(self.subscriptions_per_client_max),
+                SUBSCRIPTIONS_PER_CLIENT,
+            ),
+            ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
+            ("keepalive_secs_max", wide(self.keepalive_secs_max), KEEPALIVE_SECS),
+            ("sessions_max", wide(self.sessions_max), SESSIONS),
+            ("session_expiry_secs_max", wide(self.session_expiry_secs_max), SESSION_EXPIRY_SECS),
+            ("topic_alias_max", wide(self.topic_alias_max), TOPIC_ALIASES),
+            ("mesh_channel_capacity", wide(self.mesh_channel_capacity), MESH_CHANNEL_CAPACITY),
+            ("mesh_batch_max", wide(self.mesh_batch_max), MESH_BATCH),
+        ];
+        for (field, value, bound) in checks {
+            bound.check(&key(field), value, spans)?;
+        }
+        let packet = u64::from(self.packet_size_bytes_max);
+        // A queue or store smaller than one packet could never hold a maximum-size message.
+        let stores = [
+            ("session_queue_bytes_max", self.session_queue_bytes_max),
+            ("retained_bytes_max", self.retained_bytes_max),
+        ];
+        for (field, value) in stores {
+            if value < packet {
+                let message = format!(
+                    "{field} ({value}) must be at least packet_size_bytes_max ({packet}), so one \
+                     maximum-size message fits"
+                );
+                return Err(spans.issue(&[&key(field), &key("packet_size_bytes_max")], message));
+            }
+        }
+        // A shard drains up to one batch at a time from a channel; a smaller channel could never
+        // fill a batch.
+        if self.mesh_channel_capacity < self.mesh_batch_max {
+            let message = format!(
+                "mesh_channel_capacity ({}) must be at least mesh_batch_max ({})",
+                self.mesh_channel_capacity, self.mesh_batch_max
+            );
+            let keys = [key("mesh_channel_capacity"), key("mesh_batch_max")];
+            return Err(spans.issue(&[&keys[0], &keys[1]], message));
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Raw structs: the file as serde sees it. Every field is optional (absent = default), integers
+// are read as i64 so an out-of-range value gets the same message as any other bound violation,
+// and unknown keys are refused.
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    broker: Option<RawBroker>,
+    listener: Option<Spanned<Vec<RawListener>>>,
+    limits: Option<RawLimits>,
+    runtime: Option<RawRuntime>,
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    shards: Option<Spanned<i64>>,
+    sys_interval_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    bind: Option<Spanned<String>>,
+    transport: Option<Spanned<Transport>>,
+    allow_anonymous: Option<Spanned<bool>>,
+    connections_max: Option<Spanned<i64>>,
+    redirect: Option<Spanned<RawRedirect>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedirect {
+    reference: Option<Spanned<String>>,
+    permanent: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    packet_size_bytes_max: Option<Spanned<i64>>,
+    inflight_max: Option<Spanned<i64>>,
+    session_queue_messages_max: Option<Spanned<i64>>,
+    session_queue_bytes_max: Option<Spanned<i64>>,
+    queue_overflow: Option<Spanned<QueueOverflow>>,
+    retained_messages_max: Option<Spanned<i64>>,
+    retained_bytes_max: Option<Spanned<i64>>,
+    topic_levels_max: Option<Spanned<i64>>,
+    topic_bytes_max: Option<Spanned<i64>>,
+    client_id_bytes_max: Option<Spanned<i64>>,
+    subscriptions_per_client_max: Option<Spanned<i64>>,
+    connect_timeout_secs: Option<Spanned<i64>>,
+    keepalive_secs_max: Option<Spanned<i64>>,
+    sessions_max: Option<Spanned<i64>>,
+    session_expiry_secs_max: Option<Spanned<i64>>,
+    topic_alias_max: Option<Spanned<i64>>,
+    mesh_channel_capacity: Option<Spanned<i64>>,
+    mesh_batch_max: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRuntime {
+    io_memory_bytes: Option<Spanned<i64>>,
+    ring_depth: Option<Spanned<i64>>,
+    spin_before_park_us: Option<Spanned<i64>>,
+    pin_cores: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<Spanned<LogLevel>>,
+}
+
+impl RawConfig {
+    /// Fills in defaults and converts to the typed config, recording where each present key is.
+    /// Integers are bound-checked here, before narrowing, so a value too big for its type gets
+    /// the same message as any other out-of-range value.
+    fn build(self, spans: &mut Spans) -> Result<Config, Issue> {
+        let mut config = Config::default();
+        if let Some(raw) = self.broker {
+            let b = &mut config.broker;
+            b.shards = raw.shards.map(|v| spans.int("broker.shards", v, SHARDS)).transpose()?;
+            let v = raw.sys_interval_secs;
+            spans.set_int(
+                &mut b.sys_interval_secs,
+                "broker.sys_interval_secs",
+                v,
+                SYS_INTERVAL_SECS,
+            )?;
+        }
+        if let Some(list) = self.listener {
+            spans.insert("listener", list.span());
+            config.listeners.clear();
+            for (i, raw) in list.into_inner().into_iter().enumerate() {
+                config.listeners.push(raw.build(i, spans)?);
+            }
+        }
+        if let Some(raw) = self.limits {
+            raw.build(&mut config.limits, spans)?;
+        }
+        if let Some(raw) = self.runtime {
+            let r = &mut config.runtime;
+            spans.set_int(
+                &mut r.io_memory_bytes,
+                "runtime.io_memory_bytes",
+                raw.io_memory_bytes,
+                IO_MEMORY_BYTES,
+            )?;
+            spans.set_int(&mut r.ring_depth, "runtime.ring_depth", raw.ring_depth, RING_DEPTH)?;
+            let v = raw.spin_before_park_us;
+            spans.set_int(
+                &mut r.spin_before_park_us,
+                "runtime.spin_before_park_us",
+                v,
+                SPIN_BEFORE_PARK_US,
+            )?;
+            spans.set(&mut r.pin_cores, "runtime.pin_cores", raw.pin_cores);
+        }
+        if let Some(raw) = self.log {
+            spans.set(&mut config.log.level, "log.level", raw.level);
+        }
+        Ok(config)
+    }
+}
+
+impl RawListener {
+    fn build(self, i: usize, spans: &mut Spans) -> Result<ListenerConfig, Issue> {
+        let key = |field: &str| format!("listener[{i}].{field}");
+        let mut l = ListenerConfig::default();
+        if let Some(bind) = self.bind {
+            let k = key("bind");
+            spans.insert(&k, bind.span());
+            l.bind = bind.get_ref().parse().map_err(|_| {
+                let message = format!(
+                    "not an IP address and port like \"127.0.0.1:1883\" or \"[::]:1883\" \
+                     (got {:?}; host names are not accepted)",
+                    bind.get_ref()
+                );
+                spans.issue(&[&k], message)
+            })?;
+        }
+        spans.set(&mut l.transport, &key("transport"), self.transport);
+        spans.set(&mut l.allow_anonymous, &key("allow_anonymous"), self.allow_anonymous);
+        spans.set_int(
+            &mut l.connections_max,
+            &key("connections_max"),
+            self.connections_max,
+            CONNECTIONS,
+        )?;
+        if let Some(raw) = self.redirect {
+            spans.insert(&key("redirect"), raw.span());
+            let raw = raw.into_inner();
+            let mut permanent = false;
+            spans.set(&mut permanent, &key("redirect.permanent"), raw.permanent);
+            let Some(reference) = raw.reference else {
+                let message = "missing required key \"reference\"".to_owned();
+                return Err(spans.issue(&[&key("redirect")], message));
+            };
+            spans.insert(&key("redirect.reference"), reference.span());
+            l.redirect = Some(Redirect { reference: reference.into_inner(), permanent });
+        }
+        Ok(l)
+    }
+}
+
+impl RawLimits {
+    fn build(self, l: &mut LimitsConfig, spans: &mut Spans) -> Result<(), Issue> {
+        // One line per key; the macro only removes the repetition of the key's name.
+        macro_rules! int {
+            ($field:ident, $bound:expr) => {
+                spans.set_int(
+                    &mut l.$field,
+                    concat!("limits.", stringify!($field)),
+                    self.$field,
+                    $bound,
+                )?
+            };
+        }
+        int!(packet_size_bytes_max, PACKET_SIZE_BYTES);
+        int!(inflight_max, INFLIGHT);
+        int!(session_queue_messages_max, SESSION_QUEUE_MESSAGES);
+        int!(session_queue_bytes_max, SESSION_QUEUE_BYTES);
+        spans.set(&mut l.queue_overflow, "limits.queue_overflow", self.queue_overflow);
+        int!(retained_messages_max, RETAINED_MESSAGES);
+        int!(retained_bytes_max, RETAINED_BYTES);
+        int!(topic_levels_max, TOPIC_LEVELS);
+        int!(topic_bytes_max, TOPIC_BYTES);
+        int!(client_id_bytes_max, CLIENT_ID_BYTES);
+        int!(subscriptions_per_client_max, SUBSCRIPTIONS_PER_CLIENT);
+        int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
+        int!(keepalive_secs_max, KEEPALIVE_SECS);
+        int!(sessions_max, SESSIONS);
+        int!(session_expiry_secs_max, SESSION_EXPIRY_SECS);
+        int!(topic_alias_max, TOPIC_ALIASES);
+        int!(mesh_channel_capacity, MESH_CHANNEL_CAPACITY);
+        int!(mesh_batch_max, MESH_BATCH);
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Positions: spans of the keys present in the file, and turning spans into errors.
+// ------------------------------------------------------------------------------------------------
+
+/// A problem with one key, before it is placed in a file.
+#[derive(Debug)]
+struct Issue {
+    key: String,
+    span: Option<Range<usize>>,
+    message: String,
+}
+
+/// Where each key present in the file has its value. A few dozen entries at most, so a list.
+#[derive(Default)]
+struct Spans(Vec<(String, Range<usize>)>);
+
+impl Spans {
+    fn insert(&mut self, key: &str, span: Range<usize>) {
+        self.0.push((key.to_owned(), span));
+    }
+
+    fn get(&self, key: &str) -> Option<Range<usize>> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, span)| span.clone())
+    }
+
+    /// An issue about the first of `keys` present in the file, or about `keys[0]` (without a
+    /// position) when none is: a cross-field rule is reported where the user wrote something.
+    fn issue(&self, keys: &[&str], message: String) -> Issue {
+        let found = keys.iter().find_map(|k| self.get(k).map(|span| (*k, span)));
+        let (key, span) = match found {
+            Some((key, span)) => (key, Some(span)),
+            None => (keys.first().copied().unwrap_or_default(), None),
+        };
+        Issue { key: key.to_owned(), span, message }
+    }
+
+    /// Overwrites `slot` with the value from the file, if present.
+    fn set<T>(&mut self, slot: &mut T, key: &str, raw: Option<Spanned<T>>) {
+        if let Some(raw) = raw {
+            self.insert(key, raw.span());
+            *slot = raw.into_inner();
+        }
+    }
+
+    /// Bound-checks and narrows an integer from the file.
+    fn int<T: TryFrom<i64>>(&mut self, key: &str, raw: Spanned<i64>, b: Bound) -> Result<T, Issue> {
+        self.insert(key, raw.span());
+        let value = raw.into_inner();
+        b.check(key, value, self)?;
+        // Every bound lies inside its field's type (the defaults test checks the maxima), so
+        // this only fails on a programming error; report it like an out-of-range value anyway.
+        T::try_from(value).map_err(|_| self.issue(&[key], format!("out of range (got {value})")))
+    }
+
+    /// [`Spans::int`], overwriting `slot` if the key is present.
+    fn set_int<T: TryFrom<i64>>(
+        &mut self,
+        slot: &mut T,
+        key: &str,
+        raw: Option<Spanned<i64>>,
+        b: Bound,
+    ) -> Result<(), Issue> {
+        if let Some(raw) = raw {
+            *slot = self.int(key, raw, b)?;
+        }
+        Ok(())
+    }
+}
+
+/// The text being parsed and its name, to turn spans into lines and columns.
+struct Source<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, issue: Issue) -> ConfigError {
+        let (line, column) = match issue.span {
+            Some(span) => line_column(self.text, span.start),
+            None => (0, 0),
+        };
+        ConfigError {
+            file: self.name.to_owned(),
+            line,
+            column,
+            key: issue.key,
+            message: issue.message,
+        }
+    }
+
+    /// A syntax, unknown-key or wrong-type error from the `toml` crate.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span();
+        let key = span.as_ref().map(|s| key_path_at(self.text, s.start)).unwrap_or_default();
+        // The crate's messages speak serde ("field", "i64"); say it in TOML terms, on one line.
+        let mut message = e
+            .message()
+            .trim()
+            .replace('\n', "; ")
+            .replace("unknown field", "unknown key")
+            .replace("expected i64", "expected an integer");
+        if key == "listener" && message.contains("expected a sequence") {
+            message.push_str(" (write each listener as a [[listener]] table)");
+        }
+        self.error(Issue { key, span, message })
+    }
+}
+
+/// 1-based line and character column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = floor_char_boundary(text, offset);
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+fn floor_char_boundary(text: &str, offset: usize) -> usize {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
+
+// ------------------------------------------------------------------------------------------------
+// The dotted key at a byte offset, for errors from the `toml` crate (which gives only a span).
+// ------------------------------------------------------------------------------------------------
+
+/// Best-effort dotted path (`limits.inflight_max`, `listener[1].bind`) of the key at byte
+/// `offset` of `text`, found by scanning lines: it follows `[table]` and `[[array]]` headers
+/// (numbering array entries from 0), dotted keys and one line of inline tables. A value that
+/// continues over several lines is attributed to the last key above it. Multi-line strings can
+/// mislead it; no Tern setting is one.
+fn key_path_at(text: &str, offset: usize) -> String {
+    let offset = floor_char_boundary(text, offset);
+    let mut table = String::new();
+    let mut arrays: Vec<(String, usize)> = Vec::new(); // `[[name]]` → entries seen so far
+    let mut last_key = String::new();
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let line_end = line_start + line.len();
+        let here = offset < line_end || line_end == text.len();
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            table = header_path(trimmed, &mut arrays);
+            last_key.clear();
+        } else {
+            let limit = if here { offset - line_start } else { line.len() };
+            let keys = line_keys(line, limit);
+            if !keys.is_empty() {
+                last_key = keys.join(".");
+            }
+        }
+        if here {
+            break;
+        }
+        line_start = line_end;
+    }
+    match (table.is_empty(), last_key.is_empty()) {
+        (_, true) => table,
+        (true, false) => last_key,
+        (false, false) => format!("{table}.{last_key}"),
+    }
+}
+
+/// The resolved path of a `[a.b]` or `[[a]]` header line; counts `[[a]]` entries in `arrays`.
+fn header_path(line: &str, arrays: &mut Vec<(String, usize)>) -> String {
+    let is_array = line.starts_with("[[");
+    let inner = line.trim_start_matches('[');
+    let inner = inner.split(']').next().unwrap_or_default();
+    let parts: Vec<String> = inner.split('.').map(clean_key).collect();
+    let name = parts.join(".");
+    if is_array {
+        match arrays.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += 1,
+            None => arrays.push((name, 1)),
+        }
+    }
+    // Index every prefix that is an array of tables: `[listener.redirect]` after the second
+    // `[[listener]]` is `listener[1].redirect`.
+    let mut raw = String::new();
+    let mut path = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            raw.push('.');
+            path.push('.');
+        }
+        raw.push_str(part);
+        path.push_str(part);
+        if let Some((_, count)) = arrays.iter().find(|(n, _)| *n == raw) {
+            path.push_str(&format!("[{}]", count - 1));
+        }
+    }
+    path
+}
+
+/// The keys leading to byte `limit` of one `key = value` line: `["a"]` for `a = 1`,
+/// `["r", "reference"]` inside `r = { reference = 5 }`. Scanning stops at the first delimiter at
+/// or after `limit`, after taking the key that `limit` falls in, if any.
+fn line_keys(line: &str, limit: usize) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut depth = 0usize;
+    let mut token_start = 0;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' && q == '"' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        let delimiter = matches!(c, '=' | '{' | '}' | ',' | '#' | '\n');
+        if i >= limit && delimiter {
+            if c == '=' && token_start <= limit {
+                push_key(&mut keys, depth, &line[token_start..i]);
+            }
+            break;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '#' => break,
+            '=' => {
+                push_key(&mut keys, depth, &line[token_start..i]);
+                token_start = i + 1;
+            }
+            '{' => {
+                depth += 1;
+                token_start = i + 1;
+            }
+            '}' => {
+                depth = depth.saturating_sub(1);
+                keys.truncate(depth + 1);
+                token_start = i + 1;
+            }
+            ',' => token_start = i + 1,
+            _ => {}
+        }
+    }
+    keys
+}
+
+fn push_key(keys: &mut Vec<String>, depth: usize, token: &str) {
+    let key = token.split('.').map(clean_key).collect::<Vec<_>>().join(".");
+    if !key.is_empty() {
+        keys.truncate(depth);
+        keys.push(key);
+    }
+}
+
+fn clean_key(part: &str) -> String {
+    part.trim().trim_matches(|c| c == '"' || c == '\'').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_named(text, "tern.toml")
+    }
+
+    fn parse_err(text: &str) -> ConfigError {
+        match parse(text) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts the position and key of an error, and that the message contains `needle`.
+    #[track_caller]
+    fn assert_err(e: &ConfigError, line: usize, column: usize, key: &str, needle: &str) {
+        assert_eq!(e.file, "tern.toml", "{e}");
+        assert_eq!((e.line, e.column), (line, column), "{e}");
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.message.contains(needle), "{e:?} should contain {needle:?}");
+    }
+
+    #[test]
+    fn defaults_validate_and_empty_file_is_defaults() {
+        let defaults = Config::default();
+        assert_eq!(defaults.validate(), Ok(()));
+        assert_eq!(parse("").expect("empty file"), defaults);
+        assert_eq!(parse("# only a comment\n").expect("comment only"), defaults);
+        let l = &defaults.listeners[..];
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].bind, "127.0.0.1:1883".parse().expect("literal"));
+        assert_eq!(l[0].transport, Transport::Tcp);
+        assert!(l[0].allow_anonymous);
+    }
+
+    #[test]
+    fn example_file_equals_defaults() {
+        let text = include_str!("../tern.toml");
+        let config = Config::from_str_named(text, "tern.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn every_key_of_the_example_is_honoured() {
+        // Uncomment the optional keys of the example and change every value, to prove each key
+        // is read into its own field (a mix-up would not show when the values equal defaults).
+        let text = r#"
+            [broker]
+            shards = 3
+            sys_interval_secs = 11
+            [[listener]]
+            bind = "0.0.0.0:1884"
+            transport = "tcp"
+            allow_anonymous = false
+            connections_max = 12
+            redirect = { reference = "b.example:1883", permanent = true }
+            [[listener]]
+            bind = "[::1]:1885"
+            [limits]
+            packet_size_bytes_max = 1000
+            inflight_max = 13
+            session_queue_messages_max = 14
+            session_queue_bytes_max = 1001
+            queue_overflow = "drop_oldest"
+            retained_messages_max = 15
+            retained_bytes_max = 1002
+            topic_levels_max = 16
+            topic_bytes_max = 17
+            client_id_bytes_max = 23
+            subscriptions_per_client_max = 19
+            connect_timeout_secs = 20
+            keepalive_secs_max = 21
+            sessions_max = 22
+            session_expiry_secs_max = 24
+            topic_alias_max = 0
+            mesh_channel_capacity = 26
+            mesh_batch_max = 25
+            [runtime]
+            io_memory_bytes = 8192
+            ring_depth = 8
+            spin_before_park_us = 0
+            pin_cores = false
+            [log]
+            level = "debug"
+        "#;
+        let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.broker, BrokerConfig { shards: Some(3), sys_interval_secs: 11 });
+        assert_eq!(c.shard_count(), 3);
+        assert_eq!(
+            c.listeners,
+            vec![
+                ListenerConfig {
+                    bind: "0.0.0.0:1884".parse().expect("literal"),
+                    transport: Transport::Tcp,
+                    allow_anonymous: false,
+                    connections_max: 12,
+                    redirect: Some(Redirect {
+                        reference: "b.example:1883".to_owned(),
+                        permanent: true
+                    }),
+                },
+                ListenerConfig {
+                    bind: "[::1]:1885".parse().expect("literal"),
+                    ..Default::default()
+                },
+            ]
+        );
+        let expected = LimitsConfig {
+            packet_size_bytes_max: 1000,
+            inflight_max: 13,
+            session_queue_messages_max: 14,
+            session_queue_bytes_max: 1001,
+            queue_overflow: QueueOverflow::DropOldest,
+            retained_messages_max: 15,
+            retained_bytes_max: 1002,
+            topic_levels_max: 16,
+            topic_bytes_max: 17,
+            client_id_bytes_max: 23,
+            subscriptions_per_client_max: 19,
+            connect_timeout_secs: 20,
+            keepalive_secs_max: 21,
+            sessions_max: 22,
+            session_expiry_secs_max: 24,
+            topic_alias_max: 0,
+            mesh_channel_capacity: 26,
+            mesh_batch_max: 25,
+        };
+        assert_eq!(c.limits, expected);
+        let runtime = RuntimeConfig {
+            io_memory_bytes: 8192,
+            ring_depth: 8,
+            spin_before_park_us: 0,
+            pin_cores: false,
+        };
+        assert_eq!(c.runtime, runtime);
+        assert_eq!(c.runtime.spin_before_park(), None);
+        assert_eq!(RuntimeConfig::default().spin_before_park(), Some(Duration::from_micros(50)));
+        assert_eq!(c.log.level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn out_of_range_names_file_line_key_and_reason() {
+        let mut text = String::new();
+        for i in 1..=10 {
+            text.push_str(&format!("# comment line {i}\n"));
+        }
+        text.push_str("[limits]\ninflight_max = 0\n");
+        let e = parse_err(&text);
+        assert_err(&e, 12, 16, "limits.inflight_max", "must be between 1 and 65535 (got 0)");
+        assert_eq!(
+            e.to_string(),
+            "tern.toml:12:16: limits.inflight_max: must be between 1 and 65535 (got 0)"
+        );
+    }
+
+    #[test]
+    fn out_of_range_beyond_the_type_and_negative() {
+        let e = parse_err("[limits]\ninflight_max = 70000\n");
+        assert_err(&e, 2, 16, "limits.inflight_max", "must be between 1 and 65535 (got 70000)");
+        let e = parse_err("[limits]\nretained_bytes_max = -5\n");
+        assert_err(&e, 2, 22, "limits.retained_bytes_max", "(got -5)");
+        let e = parse_err("[broker]\nshards = 0\n");
+        assert_err(&e, 2, 10, "broker.shards", "must be between 1 and 256 (got 0)");
+        let e = parse_err("[limits]\nclient_id_bytes_max = 22\n");
+        assert_err(&e, 2, 23, "limits.client_id_bytes_max", "between 23 and 65535");
+        let e = parse_err("[runtime]\nspin_before_park_us = 100001\n");
+        assert_err(&e, 2, 23, "runtime.spin_before_park_us", "between 0 and 100000");
+    }
+
+    #[test]
+    fn zero_is_refused_for_every_limit_but_topic_aliases_and_spin() {
+        let limits = [
+            "packet_size_bytes_max",
+            "inflight_max",
+            "session_queue_messages_max",
+            "session_queue_bytes_max",
+            "retained_messages_max",
+            "retained_bytes_max",
+            "topic_levels_max",
+            "topic_bytes_max",
+            "client_id_bytes_max",
+            "subscriptions_per_client_max",
+            "connect_timeout_secs",
+            "keepalive_secs_max",
+            "sessions_max",
+            "session_expiry_secs_max",
+            "mesh_channel_capacity",
+            "mesh_batch_max",
+        ];
+        for field in limits {
+            let e = parse_err(&format!("[limits]\n{field} = 0\n"));
+            assert_err(&e, 2, field.len() + 4, &format!("limits.{field}"), "(got 0)");
+        }
+        for (section, field) in [
+            ("broker", "sys_interval_secs"),
+            ("runtime", "io_memory_bytes"),
+            ("runtime", "ring_depth"),
+        ] {
+            let e = parse_err(&format!("[{section}]\n{field} = 0\n"));
+            assert_err(&e, 2, field.len() + 4, &format!("{section}.{field}"), "(got 0)");
+        }
+        let e = parse_err("[[listener]]\nconnections_max = 0\n");
+        assert_err(&e, 2, 19, "listener[0].connections_max", "(got 0)");
+
+        let c = parse("[limits]\ntopic_alias_max = 0\n[runtime]\nspin_before_park_us = 0\n");
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.limits.topic_alias_max, c.runtime.spin_before_park_us), (0, 0));
+    }
+
+    #[test]
+    fn ring_depth_must_be_a_power_of_two() {
+        let e = parse_err("[runtime]\nring_depth = 100\n");
+        assert_err(&e, 2, 14, "runtime.ring_depth", "power of two (got 100)");
+    }
+
+    #[test]
+    fn syntax_errors() {
+        let e = parse_err("[broker]\nsys_interval_secs = 10\n[limits\ninflight_max = 3\n");
+        assert_err(&e, 3, 8, "limits", "invalid table header");
+        let e = parse_err("[limits]\ninflight_max = = 3\n");
+        assert_eq!((e.line, e.key.as_str()), (2, "limits.inflight_max"), "{e}");
+        let e = parse_err("[limits]\ninflight_max = 3\ninflight_max = 4\n");
+        assert_err(&e, 3, 1, "limits.inflight_max", "duplicate key");
+        assert!(!e.message.contains('\n'), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = parse_err("[limits]\ninflight_max = 3\ninflight_maxx = 3\n");
+        assert_err(&e, 3, 1, "limits.inflight_maxx", "unknown key `inflight_maxx`");
+        let e = parse_err("# x\n[limitz]\n");
+        assert_err(&e, 2, 2, "limitz", "unknown key `limitz`");
+        let e = parse_err("[[listener]]\n[[listener]]\nbnid = \"127.0.0.1:1\"\n");
+        assert_err(&e, 3, 1, "listener[1].bnid", "unknown key `bnid`");
+        let e = parse_err("shards = 4\n");
+        assert_err(&e, 1, 1, "shards", "unknown key `shards`");
+        let e = parse_err("[[listener]]\nredirect = { reference = \"x\", parmanent = true }\n");
+        assert_err(&e, 2, 31, "listener[0].redirect.parmanent", "unknown key `parmanent`");
+        let e = parse_err("[[listener]]\n[listener.redirect]\nreference = \"x\"\nperm = true\n");
+        assert_err(&e, 4, 1, "listener[0].redirect.perm", "unknown key `perm`");
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        let e = parse_err("[limits]\ninflight_max = \"32\"\n");
+        assert_err(&e, 2, 16, "limits.inflight_max", "invalid type: string \"32\"");
+        let e = parse_err("[limits]\ninflight_max = 1.5\n");
+        assert_err(&e, 2, 16, "limits.inflight_max", "expected an integer");
+        let e = parse_err("[runtime]\npin_cores = \"yes\"\n");
+        assert_err(&e, 2, 13, "runtime.pin_cores", "expected a boolean");
+        let e = parse_err("[[listener]]\nbind = 1883\n");
+        assert_err(&e, 2, 8, "listener[0].bind", "invalid type: integer `1883`");
+        let e = parse_err("[[listener]]\ntransport = \"quic\"\n");
+        assert_err(&e, 2, 13, "listener[0].transport", "unknown variant `quic`");
+        let e = parse_err("[limits]\nqueue_overflow = \"drop_all\"\n");
+        assert_err(&e, 2, 18, "limits.queue_overflow", "unknown variant `drop_all`");
+        let e = parse_err("[log]\nlevel = \"verbose\"\n");
+        assert_err(&e, 2, 9, "log.level", "unknown variant `verbose`");
+        let e = parse_err("limits = 5\n");
+        assert_err(&e, 1, 10, "limits", "invalid type: integer `5`");
+        let e = parse_err("[[listener]]\nredirect = { reference = 5 }\n");
+        assert_err(&e, 2, 26, "listener[0].redirect.reference", "invalid type: integer `5`");
+        let e = parse_err("[listener]\nbind = \"127.0.0.1:1883\"\n");
+        assert_eq!((e.line, e.key.as_str()), (1, "listener"), "{e}");
+        assert!(e.message.contains("[[listener]]"), "{e}");
+    }
+
+    #[test]
+    fn dotted_keys_are_located() {
+        let e = parse_err("# top\nlimits.inflight_max = 0\n");
+        assert_err(&e, 2, 23, "limits.inflight_max", "(got 0)");
+        let e = parse_err("limits.inflight_maxx = 1\n");
+        assert_err(&e, 1, 8, "limits.inflight_maxx", "unknown key");
+    }
+
+    #[test]
+    fn bad_bind_address() {
+        let e = parse_err(
+            "[[listener]]\nbind = \"127.0.0.1:1883\"\n[[listener]]\nbind = \"localhost:1884\"\n",
+        );
+        assert_err(&e, 4, 8, "listener[1].bind", "host names are not accepted");
+        let e = parse_err("[[listener]]\nbind = \"127.0.0.1\"\n");
+        assert_err(&e, 2, 8, "listener[0].bind", "not an IP address and port");
+    }
+
+    #[test]
+    fn duplicate_listeners_are_refused() {
+        let text =
+            "[[listener]]\nbind = \"127.0.0.1:1883\"\n\n[[listener]]\nbind = \"127.0.0.1:1883\"\n";
+        let e = parse_err(text);
+        assert_err(&e, 5, 8, "listener[1].bind", "overlaps listener[0].bind (127.0.0.1:1883)");
+        // The wildcard address covers every other address on the same port.
+        let text = "[[listener]]\nbind = \"0.0.0.0:1883\"\n[[listener]]\nbind = \"[::1]:1883\"\n";
+        assert_err(&parse_err(text), 4, 8, "listener[1].bind", "overlaps listener[0].bind");
+        // Different ports, or port 0 (a fresh port per bind), are fine.
+        let ok = "[[listener]]\nbind = \"0.0.0.0:1883\"\n[[listener]]\nbind = \"0.0.0.0:8883\"\n";
+        assert_eq!(parse(ok).map(|c| c.listeners.len()), Ok(2));
+        let ok = "[[listener]]\nbind = \"127.0.0.1:0\"\n[[listener]]\nbind = \"127.0.0.1:0\"\n";
+        assert_eq!(parse(ok).map(|c| c.listeners.len()), Ok(2));
+        // Two listeners both relying on the default address collide too; no line is known.
+        let e = parse_err("[[listener]]\nallow_anonymous = true\n[[listener]]\n");
+        assert_eq!((e.line, e.key.as_str()), (0, "listener[1].bind"), "{e}");
+    }
+
+    #[test]
+    fn unimplemented_transports_are_refused() {
+        for transport in ["tls", "ws", "wss"] {
+            let text =
+                format!("[[listener]]\nbind = \"0.0.0.0:8883\"\ntransport = \"{transport}\"\n");
+            let e = parse_err(&text);
+            assert_err(&e, 3, 13, "listener[0].transport", "is not supported yet");
+            assert_eq!(
+                e.message,
+                format!(
+                    "transport \"{transport}\" is not supported yet (only \"tcp\" is implemented)"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn listener_list_bounds() {
+        let e = parse_err("listener = []\n");
+        assert_err(&e, 1, 12, "listener", "between 1 and 16 [[listener]] entries (got 0)");
+        let text: String =
+            (0..17).map(|i| format!("[[listener]]\nbind = \"127.0.0.1:{}\"\n", 2000 + i)).collect();
+        assert_err(&parse_err(&text), 1, 1, "listener", "(got 17)");
+    }
+
+    #[test]
+    fn redirect_needs_a_reference() {
+        let e = parse_err("[[listener]]\n[listener.redirect]\npermanent = true\n");
+        assert_eq!((e.key.as_str(), e.line), ("listener[0].redirect", 2), "{e}");
+        assert!(e.message.contains("missing required key \"reference\""), "{e}");
+        let e = parse_err("[[listener]]\nredirect = { reference = \"\" }\n");
+        assert_err(&e, 2, 26, "listener[0].redirect.reference", "between 1 and 1024 bytes");
+    }
+
+    #[test]
+    fn cross_field_rules() {
+        // Reported at the key the user wrote, whichever side of the rule it is.
+        let e = parse_err("[limits]\npacket_size_bytes_max = 33554432\n");
+        assert_err(
+            &e,
+            2,
+            25,
+            "limits.packet_size_bytes_max",
+            "session_queue_bytes_max (16777216) must be at least packet_size_bytes_max (33554432)",
+        );
+        let e = parse_err("[limits]\nsession_queue_bytes_max = 1000\n");
+        assert_err(&e, 2, 27, "limits.session_queue_bytes_max", "at least packet_size_bytes_max");
+        let e = parse_err("[limits]\nretained_bytes_max = 1000\n");
+        assert_err(&e, 2, 22, "limits.retained_bytes_max", "at least packet_size_bytes_max");
+        let e = parse_err("[limits]\nmesh_batch_max = 2048\n");
+        assert_err(
+            &e,
+            2,
+            18,
+            "limits.mesh_batch_max",
+            "mesh_channel_capacity (1024) must be at least",
+        );
+        let e = parse_err("[limits]\nmesh_batch_max = 8\nmesh_channel_capacity = 4\n");
+        assert_err(
+            &e,
+            3,
+            25,
+            "limits.mesh_channel_capacity",
+            "must be at least mesh_batch_max (8)",
+        );
+    }
+
+    #[test]
+    fn validate_catches_configs_built_in_code() {
+        let mut c = Config::default();
+        c.limits.inflight_max = 0;
+        let e = c.validate().expect_err("inflight_max = 0");
+        assert_eq!(e.key, "limits.inflight_max");
+        assert_eq!(
+            e.to_string(),
+            "<built-in>: limits.inflight_max: must be between 1 and 65535 (got 0)"
+        );
+        let mut c = Config::default();
+        c.listeners[0].transport = Transport::Wss;
+        assert_eq!(c.validate().map_err(|e| e.key), Err("listener[0].transport".to_owned()));
+        let mut c = Config::default();
+        c.listeners.clear();
+        assert_eq!(c.validate().map_err(|e| e.key), Err("listener".to_owned()));
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let path = Path::new("/nonexistent/dir/tern.toml");
+        let e = Config::load(path).expect_err("missing file");
+        assert_eq!((e.file.as_str(), e.line, e.column), ("/nonexistent/dir/tern.toml", 0, 0));
+        assert!(e.to_string().starts_with("/nonexistent/dir/tern.toml: cannot read: "), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("tern-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[limits]\n\ninflight_max = 0\n").expect("write");
+        let e = Config::load(&path).expect_err("bad value");
+        assert_eq!(e.file, path.display().to_string());
+        assert_eq!((e.line, e.column, e.key.as_str()), (3, 16, "limits.inflight_max"));
+        std::fs::write(&path, "#".repeat(CONFIG_FILE_BYTES_MAX as usize + 1)).expect("write");
+        let e = Config::load(&path).expect_err("too big");
+        assert!(e.message.contains("larger than"), "{e}");
+        std::fs::write(&path, "[limits]\ninflight_max = 7\n").expect("write");
+        assert_eq!(Config::load(&path).map(|c| c.limits.inflight_max), Ok(7));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn bounds_fit_their_field_types() {
+        // `Spans::int` narrows after the bound check; this is what makes that infallible.
+        assert!(SHARDS.hi <= i64::from(u16::MAX));
+        assert!(PACKET_SIZE_BYTES.hi <= i64::from(u32::MAX));
+        for b in
+            [INFLIGHT, TOPIC_LEVELS, TOPIC_BYTES, CLIENT_ID_BYTES, KEEPALIVE_SECS, TOPIC_ALIASES]
+        {
+            assert!(b.lo >= 0 && b.hi <= i64::from(u16::MAX));
+        }
+        for b in [
+            SYS_INTERVAL_SECS,
+            CONNECTIONS,
+            SESSION_QUEUE_MESSAGES,
+            RETAINED_MESSAGES,
+            SUBSCRIPTIONS_PER_CLIENT,
+            CONNECT_TIMEOUT_SECS,
+            SESSIONS,
+            SESSION_EXPIRY_SECS,
+            MESH_CHANNEL_CAPACITY,
+            MESH_BATCH,
+            SPIN_BEFORE_PARK_US,
+        ] {
+            assert!(b.lo >= 0 && b.hi <= i64::from(u32::MAX));
+        }
+        // 0 is allowed only where it is a documented real value.
+        assert_eq!((TOPIC_ALIASES.lo, SPIN_BEFORE_PARK_US.lo), (0, 0));
+    }
+
+    #[test]
+    fn key_path_scanner() {
+        let text = "a = 1\n[t]\nx = { y = 1, z = { w = 2 } }\n[[arr]]\n[[arr]]\n[arr.sub]\nk = 3\n";
+        let at = |needle: &str| {
+            let offset = text.find(needle).expect("needle");
+            key_path_at(text, offset)
+        };
+        assert_eq!(at("1\n"), "a");
+        assert_eq!(at("y"), "t.x.y");
+        assert_eq!(at("2 }"), "t.x.z.w");
+        assert_eq!(at("k ="), "arr[1].sub.k");
+        assert_eq!(at("sub"), "arr[1].sub");
+        assert_eq!(key_path_at(text, text.len()), "arr[1].sub.k");
+    }
+}

@@ -1,0 +1,355 @@
+//! The glommio bootstrap: one executor thread per shard, pinned to a core when the host has one
+//! for each shard, the cross-shard mesh, and graceful shutdown.
+//!
+//! io_uring settings are explicit ([`RuntimeOptions`]): glommio's defaults reserve 10 MiB of
+//! locked memory per executor for file DMA, which Tern does not use, and would not start under
+//! the common 8 MiB `ulimit -l` of a non-root user.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::net::TcpListener;
+use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
+
+use crate::net::{accept_loop, Notify, ShardIo, SCRATCH_BYTES};
+use crate::shard::{Shard, ShardConfig, ShardMsg};
+
+/// How the executors are built.
+#[derive(Clone, Debug)]
+pub struct RuntimeOptions {
+    /// io_uring registered-buffer memory per executor, bytes.
+    pub io_memory_bytes: usize,
+    /// io_uring ring depth.
+    pub ring_depth: usize,
+    /// Busy-poll before sleeping; lowers cross-shard latency at the cost of CPU while idle.
+    pub spin_before_park: Duration,
+    /// Pin each shard to a core when there are enough cores.
+    pub pin_cores: bool,
+    /// Slots in each cross-shard channel (each slot carries a batch).
+    pub mesh_channel_capacity: usize,
+    /// Messages per batch sent to a peer shard.
+    pub mesh_batch_max: usize,
+    /// Listener addresses, in listener order.
+    pub listeners: Vec<SocketAddr>,
+    /// Also give every shard a listener of its own on an ephemeral port of the first
+    /// listener's IP (same policy as listener 0), reported in [`Broker::shard_addrs`]. For tests
+    /// that must place a client on a given shard, and for operators who balance by shard.
+    pub shard_ports: bool,
+}
+
+/// A batch of messages from one shard to another.
+type Batch = Vec<ShardMsg>;
+
+/// What a shard reports once it serves: its id and its private listener, or why it failed.
+type Ready = Result<(u16, Option<SocketAddr>), StartError>;
+
+/// A running broker.
+pub struct Broker {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// The bound address of each listener (port 0 resolved).
+    pub local_addrs: Vec<SocketAddr>,
+    /// With [`RuntimeOptions::shard_ports`]: the private listener of each shard, by shard id.
+    pub shard_addrs: Vec<SocketAddr>,
+}
+
+/// Why the broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// An executor could not be created (io_uring setup, locked memory).
+    #[error(
+        "shard {shard}: cannot create the io_uring executor: {reason}. io_uring needs locked \
+         memory (io_memory_bytes plus the rings, about {need_kib} KiB per shard): raise \
+         `ulimit -l` (LimitMEMLOCK= in a systemd unit) or lower runtime.io_memory_bytes / \
+         runtime.ring_depth; the kernel must be 5.8 or newer"
+    )]
+    Executor {
+        /// Shard index.
+        shard: u16,
+        /// glommio's error.
+        reason: String,
+        /// Rough locked-memory need, KiB.
+        need_kib: usize,
+    },
+    /// A shard failed during start-up.
+    #[error("shard {0} failed to start: {1}")]
+    Shard(u16, String),
+}
+
+impl Broker {
+    /// Starts `cfg.shards` shards and returns once every listener accepts connections.
+    pub fn start(opts: RuntimeOptions, cfg: ShardConfig) -> Result<Broker, StartError> {
+        let n = cfg.shards;
+        assert!(n >= 1, "invariant: config validates shards >= 1");
+        assert!(opts.mesh_channel_capacity >= 1 && opts.mesh_batch_max >= 1);
+        // Resolve port 0 once, so every shard's SO_REUSEPORT listener shares the same port. The
+        // reserving sockets are bound but never listen, so the kernel routes no connection to them.
+        let mut reserve = Vec::new();
+        let mut addrs = Vec::new();
+        for addr in &opts.listeners {
+            let sock =
+                reserve_port(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
+            let bound = sock.local_addr().ok().and_then(|a| a.as_socket()).ok_or_else(|| {
+                StartError::Bind { addr: *addr, source: std::io::ErrorKind::Other.into() }
+            })?;
+            addrs.push(bound);
+            reserve.push(sock);
+        }
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let pin = opts.pin_cores && cores.len() >= usize::from(n);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mesh: Option<MeshBuilder<Batch, Full>> =
+            (n > 1).then(|| MeshBuilder::full(usize::from(n), opts.mesh_channel_capacity));
+        let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let core = if pin { Some(cores[usize::from(i)]) } else { None };
+            let (opts, cfg, mesh, stop, ready) =
+                (opts.clone(), cfg.clone(), mesh.clone(), Arc::clone(&stop), ready_tx.clone());
+            let addrs = addrs.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("tern-shard-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let builder = LocalExecutorBuilder::new(Placement::Unbound)
+                        .name(&format!("tern-{i}"))
+                        .io_memory(opts.io_memory_bytes)
+                        .ring_depth(opts.ring_depth)
+                        .spin_before_park(opts.spin_before_park);
+                    let ex = match builder.make() {
+                        Ok(ex) => ex,
+                        Err(e) => {
+                            let need_kib =
+                                (opts.io_memory_bytes * 3 + opts.ring_depth * 400) / 1024;
+                            let err =
+                                StartError::Executor { shard: i, reason: e.to_string(), need_kib };
+                            let _ = ready.send(Err(err));
+                            return;
+                        }
+                    };
+                    ex.run(shard_main(i, opts, cfg, addrs, mesh, stop, ready));
+                })
+                .map_err(|e| StartError::Shard(i, e.to_string()))?;
+            threads.push(handle);
+        }
+        drop(ready_tx);
+        let mut shard_addrs = vec![None; usize::from(n)];
+        for _ in 0..n {
+            match ready_rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok((id, addr))) => shard_addrs[usize::from(id)] = addr,
+                Ok(Err(e)) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+                Err(_) => {
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(StartError::Shard(0, "start-up timed out".into()));
+                }
+            }
+        }
+        drop(reserve);
+        let shard_addrs = shard_addrs.into_iter().flatten().collect();
+        Ok(Broker { threads, stop, local_addrs: addrs, shard_addrs })
+    }
+
+    /// The flag that stops the broker when set (signal handlers set it).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Asks every shard to shut down gracefully.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for every shard thread to finish.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&addr.into())?;
+    Ok(sock)
+}
+
+/// The life of one shard.
+async fn shard_main(
+    id_hint: u16,
+    opts: RuntimeOptions,
+    cfg: ShardConfig,
+    addrs: Vec<SocketAddr>,
+    mesh: Option<MeshBuilder<Batch, Full>>,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Ready>,
+) {
+    let (senders, receivers) = match mesh {
+        Some(m) => match m.join().await {
+            Ok((s, r)) => (Some(s), Some(r)),
+            Err(e) => {
+                let _ = ready.send(Err(StartError::Shard(id_hint, format!("mesh join: {e}"))));
+                return;
+            }
+        },
+        None => (None, None),
+    };
+    // The mesh numbers peers in join order: that number is the shard id everywhere.
+    let id = senders.as_ref().map_or(0, |s| s.peer_id() as u16);
+    let io = Rc::new(ShardIo {
+        shard: std::cell::RefCell::new(Shard::new(id, cfg)),
+        scratch: std::cell::RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
+        outbox_ready: Notify::default(),
+        stopping: std::cell::Cell::new(false),
+    });
+    let mut listeners = Vec::new();
+    for addr in &addrs {
+        match TcpListener::bind(addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                let err =
+                    StartError::Bind { addr: *addr, source: std::io::Error::other(e.to_string()) };
+                let _ = ready.send(Err(err));
+                return;
+            }
+        }
+    }
+    let mut private = None;
+    if opts.shard_ports {
+        let ip = addrs.first().map_or([127, 0, 0, 1].into(), |a| a.ip());
+        match TcpListener::bind(SocketAddr::new(ip, 0)) {
+            Ok(l) => {
+                private = l.local_addr().ok();
+                tasks_push_private(&io, l);
+            }
+            Err(e) => {
+                let err = StartError::Shard(id, format!("private listener: {e}"));
+                let _ = ready.send(Err(err));
+                return;
+            }
+        }
+    }
+    let mut tasks = Vec::new();
+    for (index, l) in listeners.into_iter().enumerate() {
+        tasks.push(glommio::spawn_local(accept_loop(Rc::clone(&io), l, index)));
+    }
+    if let (Some(s), Some(r)) = (senders, receivers) {
+        tasks.push(glommio::spawn_local(flush_outbox(Rc::clone(&io), s, opts.mesh_batch_max)));
+        spawn_receivers(&io, r);
+    }
+    let _ = ready.send(Ok((id, private)));
+    drop(ready);
+    tracing::info!(shard = id, "shard started");
+    // Tick: timeouts and expiry every second; the stop flag every 100 ms.
+    let mut last_tick = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+        let now = Instant::now();
+        if now.duration_since(last_tick) >= Duration::from_secs(1) {
+            last_tick = now;
+            io.shard.borrow_mut().tick(now);
+            io.outbox_ready.notify();
+        }
+    }
+    shutdown_shard(&io).await;
+}
+
+fn tasks_push_private(io: &Rc<ShardIo>, l: TcpListener) {
+    glommio::spawn_local(accept_loop(Rc::clone(io), l, 0)).detach();
+}
+
+/// Graceful shutdown: stop accepting, tell clients, give writes a bounded time to drain.
+async fn shutdown_shard(io: &Rc<ShardIo>) {
+    io.stopping.set(true);
+    io.shard.borrow_mut().shutdown(Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while io.shard.borrow().connection_count() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let shard = io.shard.borrow();
+    let undelivered = shard.undelivered_messages();
+    if undelivered > 0 {
+        // Accepted (acknowledged) messages held in sessions: they are not silently dropped.
+        tracing::warn!(shard = shard.id(), undelivered, "shutting down with undelivered messages");
+    }
+    tracing::info!(shard = shard.id(), "shard stopped");
+}
+
+/// Drains the shard's outboxes into the mesh, a batch per peer per turn. A full channel makes
+/// `send_to` wait: meanwhile the outbox grows past its bound and publishers pause reading.
+async fn flush_outbox(io: Rc<ShardIo>, senders: Senders<Batch>, batch_max: usize) {
+    let peers = senders.nr_consumers();
+    let me = senders.peer_id();
+    loop {
+        io.outbox_ready.wait().await;
+        // Bounded: every pass moves at least one batch or finds the outboxes empty.
+        loop {
+            let mut sent_any = false;
+            for peer in (0..peers).filter(|p| *p != me) {
+                let batch: Batch = {
+                    let mut shard = io.shard.borrow_mut();
+                    let q = &mut shard.outbox()[peer];
+                    let n = q.len().min(batch_max);
+                    q.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    continue;
+                }
+                sent_any = true;
+                match senders.try_send_to(peer, batch) {
+                    Ok(()) => {}
+                    Err(GlommioError::WouldBlock(ResourceType::Channel(b))) => {
+                        io.shard.borrow_mut().metrics.mesh_backpressure += 1;
+                        if senders.send_to(peer, b).await.is_err() {
+                            return; // peer gone: shutting down
+                        }
+                    }
+                    Err(_) => return, // closed: shutting down
+                }
+            }
+            if !sent_any {
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+}
+
+fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>) {
+    for (from, rx) in receivers.streams() {
+        let io = Rc::clone(io);
+        glommio::spawn_local(async move {
+            while let Some(batch) = rx.recv().await {
+                let now = Instant::now();
+                {
+                    let mut shard = io.shard.borrow_mut();
+                    for msg in batch {
+                        shard.handle_peer(from as u16, msg, now);
+                    }
+                }
+                io.outbox_ready.notify();
+                glommio::yield_if_needed().await;
+            }
+        })
+        .detach();
+    }
+}

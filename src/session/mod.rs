@@ -1,0 +1,357 @@
+//! The persistent state of one MQTT session (§4.1), with no IO and no clock of its own.
+//!
+//! A [`Session`] outlives its network connection when the client asked for a persistent
+//! session: its subscriptions, the QoS 1/2 messages in flight toward the client, the queue of
+//! messages not yet sent, and the packet ids of inbound QoS 2 messages awaiting PUBREL. The
+//! shard that owns the session calls the methods here; nothing in this module touches sockets,
+//! glommio or `Instant::now()`: time is an argument.
+//!
+//! Bounds: the in-flight window is `inflight_max` messages; the queue is bounded in messages and
+//! bytes, with a configured overflow policy; inbound QoS 2 ids are bounded by the Receive
+//! Maximum the broker advertises (a client that exceeds it is disconnected by the shard).
+
+pub mod message;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::codec::{PacketId, QoS, SubscriptionOptions};
+pub use message::{Message, SessionState, TransferredInflight};
+
+/// What to do when a session queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverflowPolicy {
+    /// Drop the oldest queued message to make room for the new one.
+    DropOldest,
+    /// Refuse the new message.
+    DropNewest,
+}
+
+/// Bounds of one session, copied from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    /// Outbound QoS 1/2 messages in flight (unacknowledged) at once.
+    pub inflight_max: u16,
+    /// Messages waiting in the queue.
+    pub queue_messages_max: usize,
+    /// Payload and topic bytes waiting in the queue.
+    pub queue_bytes_max: usize,
+    /// What to drop when the queue is full.
+    pub overflow: OverflowPolicy,
+}
+
+/// One subscription of this session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The options of the SUBSCRIBE.
+    pub options: SubscriptionOptions,
+    /// v5 Subscription Identifier, if the SUBSCRIBE had one.
+    pub identifier: Option<u32>,
+}
+
+/// A message waiting to be sent, with the QoS and flags it will be sent with.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The message.
+    pub msg: Rc<Message>,
+    /// QoS granted for this delivery: min(publish QoS, subscription QoS).
+    pub qos: QoS,
+    /// RETAIN flag on the wire for this delivery.
+    pub retain: bool,
+    /// Subscription identifiers that matched (v5).
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Outgoing {
+    /// Bytes this delivery counts against the queue's byte bound.
+    pub fn cost_bytes(&self) -> usize {
+        self.msg.cost_bytes()
+    }
+}
+
+/// Where an outbound QoS 1/2 message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InflightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitAck,
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP (QoS 2).
+    AwaitComp,
+}
+
+/// An outbound message the client has not yet acknowledged.
+#[derive(Clone, Debug)]
+pub struct Inflight {
+    /// The delivery.
+    pub out: Outgoing,
+    /// Its progress.
+    pub state: InflightState,
+}
+
+/// Why a message was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// The queue was full and the policy dropped the new message.
+    QueueFull,
+    /// The queue was full and the oldest message was dropped for this one.
+    EvictedOldest,
+    /// QoS 0 message for a session without a connection.
+    QoS0Offline,
+    /// The message expired before it could be sent.
+    Expired,
+}
+
+/// The persistent state of a session.
+#[derive(Debug)]
+pub struct Session {
+    /// Client identifier.
+    pub client_id: String,
+    /// Topic filter → subscription.
+    pub subscriptions: HashMap<String, Subscription>,
+    /// Outbound QoS 1/2 in flight, by packet id (ordered, for resend in order).
+    pub inflight: BTreeMap<u16, Inflight>,
+    /// Messages not yet sent.
+    pub queue: VecDeque<Outgoing>,
+    /// Bytes in `queue`.
+    pub queue_bytes: usize,
+    /// Inbound QoS 2 packet ids received and not yet released (exactly-once, §4.3.3).
+    pub inbound_qos2: HashSet<u16>,
+    /// Next packet id to try.
+    next_packet_id: u16,
+    /// Session Expiry Interval in seconds; 0 ends the session with the connection,
+    /// `u32::MAX` never expires.
+    pub expiry_secs: u32,
+    /// Bounds.
+    pub limits: SessionLimits,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: String, limits: SessionLimits, expiry_secs: u32) -> Self {
+        assert!(limits.inflight_max > 0, "invariant: config validates inflight_max >= 1");
+        Self {
+            client_id,
+            subscriptions: HashMap::new(),
+            inflight: BTreeMap::new(),
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            inbound_qos2: HashSet::new(),
+            next_packet_id: 1,
+            expiry_secs,
+            limits,
+        }
+    }
+
+    /// Whether another QoS 1/2 message may be sent now, given the client's receive maximum.
+    pub fn window_open(&self, client_receive_max: u16) -> bool {
+        self.inflight.len() < usize::from(self.limits.inflight_max.min(client_receive_max))
+    }
+
+    /// A free packet id for an outbound message, or `None` when all 65535 are in flight.
+    fn allocate_packet_id(&mut self) -> Option<PacketId> {
+        for _ in 0..u16::MAX {
+            let candidate = self.next_packet_id;
+            self.next_packet_id = if candidate == u16::MAX { 1 } else { candidate + 1 };
+            if !self.inflight.contains_key(&candidate) {
+                return PacketId::new(candidate);
+            }
+        }
+        None
+    }
+
+    /// Starts sending `out` (QoS 1/2): assigns a packet id and records it in flight.
+    pub fn begin_inflight(&mut self, out: Outgoing) -> Option<PacketId> {
+        debug_assert!(out.qos != QoS::AtMostOnce);
+        let id = self.allocate_packet_id()?;
+        self.inflight.insert(id.get(), Inflight { out, state: InflightState::AwaitAck });
+        Some(id)
+    }
+
+    /// Appends a message to the queue under the bounds. Returns what was dropped, if anything.
+    pub fn enqueue(&mut self, out: Outgoing) -> Result<(), Dropped> {
+        let cost = out.cost_bytes();
+        let full = |s: &Self| {
+            s.queue.len() >= s.limits.queue_messages_max
+                || s.queue_bytes + cost > s.limits.queue_bytes_max
+        };
+        if !full(self) {
+            self.queue_bytes += cost;
+            self.queue.push_back(out);
+            return Ok(());
+        }
+        match self.limits.overflow {
+            OverflowPolicy::DropNewest => Err(Dropped::QueueFull),
+            OverflowPolicy::DropOldest => {
+                // Evict from the front until the new message fits; bounded by the queue length.
+                while full(self) {
+                    match self.queue.pop_front() {
+                        Some(old) => self.queue_bytes -= old.cost_bytes(),
+                        None => return Err(Dropped::QueueFull), // larger than the whole bound
+                    }
+                }
+                self.queue_bytes += cost;
+                self.queue.push_back(out);
+                Err(Dropped::EvictedOldest)
+            }
+        }
+    }
+
+    /// Takes the next queued message, skipping (and counting in `expired`) expired ones.
+    pub fn dequeue(&mut self, now: Instant, expired: &mut u64) -> Option<Outgoing> {
+        while let Some(out) = self.queue.pop_front() {
+            self.queue_bytes -= out.cost_bytes();
+            if out.msg.is_expired(now) {
+                *expired += 1;
+                continue;
+            }
+            return Some(out);
+        }
+        None
+    }
+
+    /// PUBACK for an outbound QoS 1 message: frees its slot. False if the id is unknown.
+    pub fn handle_puback(&mut self, id: PacketId) -> bool {
+        match self.inflight.get(&id.get()) {
+            Some(f) if f.out.qos == QoS::AtLeastOnce => {
+                self.inflight.remove(&id.get());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC for an outbound QoS 2 message: it moves to AwaitComp. False if unknown.
+    pub fn handle_pubrec(&mut self, id: PacketId) -> bool {
+        match self.inflight.get_mut(&id.get()) {
+            Some(f) if f.out.qos == QoS::ExactlyOnce => {
+                f.state = InflightState::AwaitComp;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBCOMP for an outbound QoS 2 message: frees its slot. False if unknown.
+    pub fn handle_pubcomp(&mut self, id: PacketId) -> bool {
+        match self.inflight.get(&id.get()) {
+            Some(f) if f.state == InflightState::AwaitComp => {
+                self.inflight.remove(&id.get());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops a PUBREC'd message whose PUBREC carried an error reason (v5 §4.3.3): its id is free.
+    pub fn abandon(&mut self, id: PacketId) {
+        self.inflight.remove(&id.get());
+    }
+
+    /// Bytes held by this session's messages (queue plus in flight).
+    pub fn held_bytes(&self) -> usize {
+        self.queue_bytes + self.inflight.values().map(|f| f.out.cost_bytes()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn limits(policy: OverflowPolicy) -> SessionLimits {
+        SessionLimits {
+            inflight_max: 2,
+            queue_messages_max: 3,
+            queue_bytes_max: 1 << 20,
+            overflow: policy,
+        }
+    }
+
+    fn out(n: u8, qos: QoS) -> Outgoing {
+        let msg = Message::new("t".into(), Bytes::from(vec![n]), qos, false);
+        Outgoing { msg: Rc::new(msg), qos, retain: false, subscription_ids: Vec::new() }
+    }
+
+    #[test]
+    fn queue_drop_newest_keeps_old_messages() {
+        let mut s = Session::new("c".into(), limits(OverflowPolicy::DropNewest), 0);
+        for n in 0..3 {
+            assert_eq!(s.enqueue(out(n, QoS::AtLeastOnce)), Ok(()));
+        }
+        assert_eq!(s.enqueue(out(9, QoS::AtLeastOnce)), Err(Dropped::QueueFull));
+        let mut expired = 0;
+        let first = s.dequeue(Instant::now(), &mut expired).expect("queued");
+        assert_eq!(first.msg.payload[0], 0);
+    }
+
+    #[test]
+    fn queue_drop_oldest_evicts_front() {
+        let mut s = Session::new("c".into(), limits(OverflowPolicy::DropOldest), 0);
+        for n in 0..3 {
+            s.enqueue(out(n, QoS::AtLeastOnce)).expect("room");
+        }
+        assert_eq!(s.enqueue(out(9, QoS::AtLeastOnce)), Err(Dropped::EvictedOldest));
+        assert_eq!(s.queue.len(), 3);
+        let mut expired = 0;
+        assert_eq!(s.dequeue(Instant::now(), &mut expired).expect("q").msg.payload[0], 1);
+    }
+
+    #[test]
+    fn queue_byte_bound_is_enforced() {
+        let mut l = limits(OverflowPolicy::DropNewest);
+        l.queue_bytes_max = out(0, QoS::AtLeastOnce).cost_bytes() * 2;
+        let mut s = Session::new("c".into(), l, 0);
+        s.enqueue(out(0, QoS::AtLeastOnce)).expect("room");
+        s.enqueue(out(1, QoS::AtLeastOnce)).expect("room");
+        assert_eq!(s.enqueue(out(2, QoS::AtLeastOnce)), Err(Dropped::QueueFull));
+        assert_eq!(s.queue_bytes, l.queue_bytes_max);
+    }
+
+    #[test]
+    fn qos2_outbound_flow_and_window() {
+        let mut s = Session::new("c".into(), limits(OverflowPolicy::DropNewest), 0);
+        assert!(s.window_open(u16::MAX));
+        let a = s.begin_inflight(out(0, QoS::ExactlyOnce)).expect("id");
+        let b = s.begin_inflight(out(1, QoS::AtLeastOnce)).expect("id");
+        assert_ne!(a, b);
+        assert!(!s.window_open(u16::MAX), "inflight_max = 2");
+        assert!(!s.handle_pubcomp(a), "PUBCOMP before PUBREC is unknown");
+        assert!(!s.handle_puback(a), "PUBACK for a QoS 2 id is unknown");
+        assert!(s.handle_pubrec(a));
+        assert!(s.handle_pubcomp(a));
+        assert!(s.handle_puback(b));
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn packet_ids_skip_ids_in_flight_and_wrap() {
+        let mut l = limits(OverflowPolicy::DropNewest);
+        l.inflight_max = u16::MAX;
+        let mut s = Session::new("c".into(), l, 0);
+        s.next_packet_id = u16::MAX;
+        let a = s.begin_inflight(out(0, QoS::AtLeastOnce)).expect("id");
+        assert_eq!(a.get(), u16::MAX);
+        let b = s.begin_inflight(out(0, QoS::AtLeastOnce)).expect("id");
+        assert_eq!(b.get(), 1, "wraps to 1, never 0 ([MQTT-2.2.1-3])");
+    }
+
+    #[test]
+    fn expired_messages_are_skipped() {
+        let mut s = Session::new("c".into(), limits(OverflowPolicy::DropNewest), 0);
+        let now = Instant::now();
+        let mut m = Message::new("t".into(), Bytes::new(), QoS::AtLeastOnce, false);
+        m.expires_at = Some(now);
+        let o = Outgoing {
+            msg: Rc::new(m),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+        };
+        s.enqueue(o).expect("room");
+        s.enqueue(out(7, QoS::AtLeastOnce)).expect("room");
+        let mut expired = 0;
+        let got = s.dequeue(now + std::time::Duration::from_secs(1), &mut expired).expect("one");
+        assert_eq!(got.msg.payload[0], 7);
+        assert_eq!(expired, 1);
+    }
+}

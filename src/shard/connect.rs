@@ -1,0 +1,375 @@
+//! CONNECT: validation, the client-id registry, session takeover across shards, CONNACK.
+//!
+//! Ownership protocol. The registry is partitioned: client id `c` is recorded on shard
+//! `hash(c) % shards`. A shard that receives CONNECT for `c` sends `Claim` there; the registry
+//! records the new owner and answers with the previous one. If there was one, the new shard asks
+//! it (`Takeover`) to close the old connection and hand over the session; the answer carries the
+//! session state. Claims for one client id are serialised by its registry shard, so two
+//! connections with one client id never both stay connected ([MQTT-3.1.4-2]).
+
+use std::hash::{Hash, Hasher};
+use std::time::Instant;
+
+use super::{CloseReason, Conn, ConnId, PendingConnect, Phase, SessionSlot, Shard, ShardMsg};
+use crate::codec::{
+    ConnAck, Connect, DecodeError, ErrorKind, Packet, Properties, Property, ProtocolVersion,
+    ReasonCode,
+};
+use crate::session::{Session, SessionState};
+
+/// The registry shard of a client id.
+pub(crate) fn registry_shard(client_id: &str, shards: u16) -> u16 {
+    // FNV-1a: stable across processes and shards, unlike the std RandomState.
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    client_id.hash(&mut h);
+    (h.finish() % u64::from(shards)) as u16
+}
+
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+impl Shard {
+    pub(super) fn send_to_registry(&mut self, msg: ShardMsg) {
+        let client_id = match &msg {
+            ShardMsg::Claim { client_id, .. } | ShardMsg::Release { client_id, .. } => client_id,
+            _ => unreachable!("invariant: only claims and releases go to the registry"),
+        };
+        let target = registry_shard(client_id, self.cfg.shards);
+        self.send_to_peer(target, msg, Instant::now());
+    }
+
+    /// A CONNECT that failed to decode: v3.x answers CONNACK 0x01 for an unsupported level
+    /// ([MQTT-3.1.2-2]); v5 answers CONNACK with the reason; anything else just closes.
+    pub(super) fn refuse_connect_error(&mut self, id: ConnId, e: &DecodeError) {
+        let now = Instant::now();
+        if let ErrorKind::UnsupportedProtocolLevel(_) = e.kind {
+            // Answer in the 3.1.1 format every client can parse.
+            self.send(id, &connack(false, ReasonCode::UnsupportedProtocolVersion));
+        }
+        self.close(id, CloseReason::Refused, now);
+    }
+
+    fn refuse(&mut self, id: ConnId, version: ProtocolVersion, reason: ReasonCode, now: Instant) {
+        if let Some(c) = self.conn_mut(id) {
+            c.version = version;
+        }
+        self.metrics.connect_refused += 1;
+        self.send(id, &connack(false, reason));
+        self.close(id, CloseReason::Refused, now);
+    }
+
+    pub(super) fn handle_connect(&mut self, id: ConnId, mut connect: Box<Connect>, now: Instant) {
+        let version = connect.version;
+        let v5 = version.is_v5();
+        let Some(c) = self.conn_mut(id) else { return };
+        c.version = version;
+        c.phase = Phase::Connecting;
+        let listener = c.listener;
+
+        // Client identifier rules ([MQTT-3.1.3-5..9] in 3.1.1, §3.1.3.1 in 5.0).
+        let mut assigned_id = false;
+        if connect.client_id.is_empty() {
+            let allowed = v5 || (version == ProtocolVersion::V311 && connect.clean_start);
+            if !allowed {
+                // [MQTT-3.1.3-8]: zero-byte id without clean session → 0x02.
+                return self.refuse(id, version, ReasonCode::ClientIdentifierNotValid, now);
+            }
+            connect.client_id = self.generate_client_id();
+            assigned_id = true;
+        }
+        let id_len = connect.client_id.len();
+        if id_len > self.cfg.client_id_bytes_max || (version == ProtocolVersion::V31 && id_len > 23)
+        {
+            return self.refuse(id, version, ReasonCode::ClientIdentifierNotValid, now);
+        }
+        if connect.keep_alive_secs > self.cfg.keepalive_secs_max && !v5 {
+            // v3 has no way to impose a keep alive: refuse, as Mosquitto does.
+            return self.refuse(id, version, ReasonCode::ClientIdentifierNotValid, now);
+        }
+        if !self.cfg.listeners[listener].allow_anonymous && connect.username.is_none() {
+            self.metrics.auth_failures += 1;
+            return self.refuse(id, version, ReasonCode::NotAuthorized, now);
+        }
+        if let Some(w) = &connect.will {
+            if !self.topic_name_allowed(&w.topic) {
+                return self.refuse(id, version, ReasonCode::TopicNameInvalid, now);
+            }
+        }
+        if v5 && connect.properties.authentication_method().is_some() {
+            // Enhanced authentication is not offered on this listener.
+            return self.refuse(id, version, ReasonCode::BadAuthenticationMethod, now);
+        }
+        if self.by_client.len() >= self.cfg.sessions_max
+            && !self.by_client.contains_key(&connect.client_id)
+        {
+            return self.refuse(id, version, ReasonCode::QuotaExceeded, now);
+        }
+        let req = self.next_req;
+        self.next_req += 1;
+        let client_id = connect.client_id.clone();
+        self.pending.insert(req, PendingConnect { conn: id, connect, assigned_id });
+        self.send_to_registry(ShardMsg::Claim { client_id, req });
+    }
+
+    fn generate_client_id(&mut self) -> String {
+        self.next_req += 1;
+        format!("tern-{}-{:x}-{:x}", self.id, self.next_req, self.metrics.connections_total)
+    }
+
+    /// On the registry shard: record `from` as the owner, answer with the previous owner.
+    pub(super) fn registry_claim(&mut self, from: u16, client_id: String, req: u64, now: Instant) {
+        let previous = self.registry.insert(client_id, from);
+        self.send_to_peer(from, ShardMsg::ClaimReply { req, previous }, now);
+    }
+
+    pub(super) fn claim_reply(&mut self, req: u64, previous: Option<u16>, now: Instant) {
+        let Some(p) = self.pending.get(&req) else { return };
+        let client_id = p.connect.client_id.clone();
+        let clean = p.connect.clean_start;
+        match previous {
+            Some(owner) if owner != self.id => {
+                self.metrics.takeovers += 1;
+                let msg = ShardMsg::Takeover { client_id, req, clean_start: clean };
+                self.send_to_peer(owner, msg, now);
+            }
+            _ => {
+                // No owner, or this shard: take the local session over, if any.
+                let state = self.take_local_session(&client_id, clean, now);
+                self.finish_connect(req, state, now);
+            }
+        }
+    }
+
+    /// Detaches (and closes the connection of) a local session for `client_id`; returns its
+    /// state unless `clean_start` discards it.
+    fn take_local_session(
+        &mut self,
+        client_id: &str,
+        clean_start: bool,
+        now: Instant,
+    ) -> Option<Box<SessionState>> {
+        let slot = *self.by_client.get(client_id)?;
+        if let Some(old) = self.slot_mut(slot).and_then(|s| s.conn.take()) {
+            // [MQTT-3.1.4-2]: the existing connection is closed; its will is published because
+            // it did not end with DISCONNECT. The session itself is handed over below.
+            if let Some((_, Some(will))) = self.close_conn_only(old, CloseReason::TakenOver) {
+                self.publish_will(slot, will, now);
+            }
+        }
+        // Remove without releasing the registry (the new connection owns the id now).
+        let s = self.sessions[slot as usize].take().expect("invariant: slot checked above");
+        self.free_sessions.push(slot);
+        for filter in s.session.subscriptions.keys() {
+            self.remove_subscription_entry(slot, filter);
+        }
+        self.by_client.remove(client_id);
+        if clean_start {
+            self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;
+            return None;
+        }
+        Some(Box::new(s.session.into_state()))
+    }
+
+    /// On the previous owner: close the old connection and send the session over.
+    pub(super) fn handle_takeover(
+        &mut self,
+        from: u16,
+        client_id: String,
+        req: u64,
+        clean_start: bool,
+        now: Instant,
+    ) {
+        let connecting_here = self.pending.values().any(|p| p.connect.client_id == client_id);
+        if connecting_here {
+            // Our own connect for this id is in flight: answer once it has finished.
+            self.deferred.push((from, ShardMsg::Takeover { client_id, req, clean_start }));
+            return;
+        }
+        let state = self.take_local_session(&client_id, clean_start, now);
+        self.send_to_peer(from, ShardMsg::TakeoverReply { req, state }, now);
+    }
+
+    pub(super) fn takeover_reply(
+        &mut self,
+        req: u64,
+        state: Option<Box<SessionState>>,
+        now: Instant,
+    ) {
+        self.finish_connect(req, state, now);
+    }
+
+    /// Installs the session (resumed from `state` or new) and answers CONNACK.
+    fn finish_connect(&mut self, req: u64, state: Option<Box<SessionState>>, now: Instant) {
+        let Some(p) = self.pending.remove(&req) else { return };
+        let PendingConnect { conn, connect, assigned_id } = p;
+        let connect = *connect;
+        let still_open = matches!(self.conn(conn).map(|c| &c.phase), Some(Phase::Connecting));
+        let v5 = connect.version.is_v5();
+        let expiry = if v5 {
+            connect.properties.session_expiry_interval().unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        }
+        .min(self.cfg.session_expiry_secs_max);
+        let resumed = state.is_some() && !connect.clean_start;
+        let session = match state.filter(|_| !connect.clean_start) {
+            Some(st) => Session::from_state(connect.client_id.clone(), *st, self.cfg.session),
+            None => Session::new(connect.client_id.clone(), self.cfg.session, expiry),
+        };
+        let req = self.next_req;
+        self.next_req += 1;
+        let (slot, told) = self.install_session(session, Some(req));
+        self.replay_deferred(&connect.client_id, now);
+        if !still_open {
+            // The connection went away while we waited: keep a persistent session offline.
+            self.detach_session(slot, now);
+            return;
+        }
+        let keep_alive = if v5 {
+            connect.keep_alive_secs.min(self.cfg.keepalive_secs_max)
+        } else {
+            connect.keep_alive_secs
+        };
+        // The phase stays Connecting until CONNACK is sent: packets the client pipelines after
+        // CONNECT wait in `rx` ([MQTT-3.1.4-5] allows them), deliveries wait in the session.
+        let c = self.conn_mut(conn).expect("invariant: still_open checked the connection");
+        c.keep_alive_secs = keep_alive;
+        c.will = connect.will.clone();
+        c.client_id = connect.client_id.clone();
+        if v5 {
+            apply_client_limits(c, &connect.properties);
+        }
+        let mut ack = ConnAck {
+            session_present: resumed,
+            reason: ReasonCode::Success,
+            properties: Properties::new(),
+        };
+        if v5 {
+            self.connack_properties(&mut ack.properties, &connect, keep_alive, assigned_id, expiry);
+        }
+        let peer = self.conn(conn).map(|c| c.peer);
+        tracing::debug!(conn = conn.0, ?peer, client_id = %connect.client_id, resumed, "connected");
+        let peers = usize::from(self.cfg.shards) - 1;
+        if told == 0 || peers == 0 {
+            self.complete_connack(conn, slot, ack, now);
+        } else {
+            // The moved subscriptions must be live on every shard before the client is told.
+            let pending = super::subscribe::PendingAck::Conn { conn, slot, ack };
+            self.pending_acks.insert(req, (pending, told * peers));
+        }
+    }
+
+    /// Sends CONNACK, then what the resumed session owes the client.
+    pub(super) fn complete_connack(&mut self, conn: ConnId, slot: u32, ack: ConnAck, now: Instant) {
+        let Some(c) = self.conn_mut(conn).filter(|c| matches!(c.phase, Phase::Connecting)) else {
+            // The connection went away while the subscriptions moved: the session stays
+            // offline (or ends, with expiry 0).
+            self.detach_session(slot, now);
+            return;
+        };
+        c.phase = Phase::Active { slot };
+        self.slot_mut(slot).expect("invariant: installed by finish_connect").conn = Some(conn);
+        let resumed = ack.session_present;
+        self.send(conn, &Packet::ConnAck(ack));
+        self.metrics.connects += 1;
+        // [MQTT-4.4.0-1]: resend unacknowledged messages on resume, then drain the queue.
+        if resumed {
+            self.resend_inflight(conn, slot);
+        }
+        self.pump(conn, slot, now);
+        // Packets the client sent right after CONNECT.
+        self.handle_read(conn, &[], now);
+    }
+
+    fn connack_properties(
+        &self,
+        props: &mut Properties,
+        connect: &Connect,
+        keep_alive: u16,
+        assigned_id: bool,
+        expiry: u32,
+    ) {
+        let requested = connect.properties.session_expiry_interval().unwrap_or(0);
+        if requested != expiry {
+            props.push(Property::SessionExpiryInterval(expiry));
+        }
+        props.push(Property::ReceiveMaximum(self.cfg.session.inflight_max));
+        props.push(Property::MaximumPacketSize(self.cfg.packet_size_bytes_max as u32));
+        props.push(Property::TopicAliasMaximum(self.cfg.topic_alias_max));
+        if assigned_id {
+            props.push(Property::AssignedClientIdentifier(connect.client_id.clone()));
+        }
+        if keep_alive != connect.keep_alive_secs {
+            props.push(Property::ServerKeepAlive(keep_alive));
+        }
+    }
+
+    /// Installs a session and its subscriptions; returns its slot and how many subscription
+    /// deltas were broadcast with `ack`.
+    fn install_session(&mut self, session: Session, ack: Option<u64>) -> (u32, usize) {
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let client_id = session.client_id.clone();
+        let filters: Vec<(String, crate::session::Subscription)> =
+            session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
+        let entry = SessionSlot { session, generation, conn: None, expires_at: None };
+        let slot = match self.free_sessions.pop() {
+            Some(i) => {
+                self.sessions[i as usize] = Some(entry);
+                i
+            }
+            None => {
+                self.sessions.push(Some(entry));
+                (self.sessions.len() - 1) as u32
+            }
+        };
+        self.by_client.insert(client_id, slot);
+        self.metrics.sessions_current = self.by_client.len() as u64;
+        let mut told = 0;
+        for (filter, sub) in filters {
+            told += usize::from(self.add_subscription_entry(slot, &filter, &sub, ack));
+        }
+        (slot, told)
+    }
+
+    fn replay_deferred(&mut self, client_id: &str, now: Instant) {
+        let (matching, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.deferred).into_iter().partition(
+                |(_, m)| matches!(m, ShardMsg::Takeover { client_id: c, .. } if c == client_id),
+            );
+        self.deferred = rest;
+        for (from, msg) in matching {
+            self.handle_peer(from, msg, now);
+        }
+    }
+}
+
+fn connack(session_present: bool, reason: ReasonCode) -> Packet {
+    Packet::ConnAck(ConnAck { session_present, reason, properties: Properties::new() })
+}
+
+/// Records what a v5 client said it can take.
+fn apply_client_limits(c: &mut Conn, props: &Properties) {
+    if let Some(r) = props.receive_maximum() {
+        c.client_receive_max = r;
+    }
+    if let Some(m) = props.maximum_packet_size() {
+        c.client_packet_max = m as usize;
+    }
+    if props.request_problem_information() == Some(0) {
+        c.problem_info = false;
+    }
+}

@@ -1,0 +1,138 @@
+//! Messages between shards. Every variant is `Send`: it crosses threads through the mesh.
+//!
+//! Data plane: [`ShardMsg::Publish`]. Control plane: subscription deltas, retained updates,
+//! client-id claims and session takeover.
+
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::session::{Message, SessionState};
+
+/// A member of a shared subscription group, as every shard's replica records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Shard that owns the member's session.
+    pub shard: u16,
+    /// Session slot on that shard.
+    pub slot: u32,
+    /// Generation of the slot.
+    pub generation: u32,
+    /// Subscription options of the member.
+    pub options: SubscriptionOptions,
+    /// v5 Subscription Identifier.
+    pub identifier: Option<u32>,
+}
+
+/// A delivery chosen by the publishing shard for one shared-subscription member.
+#[derive(Clone, Debug)]
+pub struct SharedDelivery {
+    /// Full `$share/{group}/{filter}` text, to find the group again on the receiving side.
+    pub group: String,
+    /// The chosen member.
+    pub member: Member,
+}
+
+/// One message from a shard to another.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A publish with subscribers on the receiving shard. `normal`: match the receiving shard's
+    /// local non-shared subscriptions; `shared`: deliveries already chosen for shared groups.
+    Publish {
+        /// The message.
+        msg: Message,
+        /// Whether non-shared local subscribers may match.
+        normal: bool,
+        /// Shared-subscription deliveries picked by the publisher's shard.
+        shared: Vec<SharedDelivery>,
+    },
+    /// The sending shard now has at least one subscriber on `filter`.
+    SubAdd {
+        /// Topic filter (never `$share/`).
+        filter: String,
+        /// Ask the receiver to answer [`ShardMsg::DeltaAck`] with this request id.
+        ack: Option<u64>,
+    },
+    /// The sending shard has no subscriber left on `filter`.
+    SubRemove {
+        /// Topic filter.
+        filter: String,
+    },
+    /// A shared-subscription member joined (`$share/{group}/{filter}` in `group`).
+    SharedAdd {
+        /// Full shared filter.
+        group: String,
+        /// The member.
+        member: Member,
+        /// Ask the receiver to answer [`ShardMsg::DeltaAck`] with this request id.
+        ack: Option<u64>,
+    },
+    /// A subscription delta with an `ack` id was applied: the sender's SUBACK may go out once
+    /// every peer has answered, so a publish on any shard after the SUBACK reaches the new
+    /// subscriber.
+    DeltaAck {
+        /// Request id of the delta.
+        req: u64,
+    },
+    /// A shared-subscription member left.
+    SharedRemove {
+        /// Full shared filter.
+        group: String,
+        /// Shard of the member.
+        shard: u16,
+        /// Slot of the member.
+        slot: u32,
+    },
+    /// A retained message was set (non-empty payload) or cleared (empty payload).
+    Retain {
+        /// The retained message.
+        msg: Message,
+    },
+    /// To the registry shard of `client_id`: the sender wants to own it.
+    Claim {
+        /// Client identifier.
+        client_id: String,
+        /// Request id, echoed in the reply.
+        req: u64,
+    },
+    /// Reply to a claim: which shard owned the client id before (None: nobody).
+    ClaimReply {
+        /// Request id of the claim.
+        req: u64,
+        /// Previous owner.
+        previous: Option<u16>,
+    },
+    /// To the previous owner: close the client's connection and hand its session over.
+    Takeover {
+        /// Client identifier.
+        client_id: String,
+        /// Request id, echoed in the reply.
+        req: u64,
+        /// The new connection asked for a clean start: the old session is discarded.
+        clean_start: bool,
+    },
+    /// Reply to a takeover with the session, if there was one to keep.
+    TakeoverReply {
+        /// Request id of the takeover.
+        req: u64,
+        /// The session state, boxed to keep the enum small.
+        state: Option<Box<SessionState>>,
+    },
+    /// To the registry shard: `owner` no longer holds a session for `client_id`.
+    Release {
+        /// Client identifier.
+        client_id: String,
+        /// The shard releasing it.
+        owner: u16,
+    },
+}
+
+impl ShardMsg {
+    /// Data-plane messages may be refused under backpressure; control messages may not.
+    pub fn is_data(&self) -> bool {
+        matches!(self, ShardMsg::Publish { .. })
+    }
+}
+
+/// The QoS of a delivery: the publish QoS downgraded to the subscription's maximum
+/// ([MQTT-3.8.4-8] in 3.1.1, §3.8.4 in 5.0).
+pub fn delivery_qos(publish: QoS, subscription: QoS) -> QoS {
+    publish.min(subscription)
+}

@@ -1,0 +1,486 @@
+//! PUBLISH in both directions: inbound QoS flows, routing through the trie replica to local
+//! sessions and to other shards, outbound delivery under the in-flight window, and wills.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::message::{delivery_qos, SharedDelivery};
+use super::subscribe::{SubKey, SubVal};
+use super::{CloseReason, ConnId, Shard, ShardMsg};
+use crate::codec::{
+    self, Packet, PacketId, Properties, Property, PubResp, Publish, PublishView, QoS, ReasonCode,
+    SubscriptionOptions, Will,
+};
+use crate::session::message::Origin;
+use crate::session::{Dropped, InflightState, Message, Outgoing};
+
+/// One local subscription that matched a topic.
+#[derive(Clone, Debug)]
+pub(crate) struct LocalMatch {
+    slot: u32,
+    options: SubscriptionOptions,
+    identifier: Option<u32>,
+}
+
+impl Shard {
+    fn origin(&self, slot: u32) -> Option<Origin> {
+        let s = self.slot(slot)?;
+        Some(Origin { shard: self.id, session: slot, generation: s.generation })
+    }
+
+    fn ack(&mut self, id: ConnId, qos: QoS, packet_id: Option<PacketId>, reason: ReasonCode) {
+        let Some(pid) = packet_id else { return };
+        let resp = PubResp { packet_id: pid, reason, properties: Properties::new() };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(id, &Packet::PubAck(resp)),
+            QoS::ExactlyOnce => self.send(id, &Packet::PubRec(resp)),
+        }
+    }
+
+    pub(super) fn handle_publish(&mut self, id: ConnId, slot: u32, mut p: Publish, now: Instant) {
+        self.metrics.messages_received += 1;
+        let Some(c) = self.conn_mut(id) else { return };
+        let v5 = c.version.is_v5();
+        if v5 {
+            // Topic Alias (§3.3.2.3.4): resolve it, then forget it (aliases are per hop).
+            if let Some(alias) = p.properties.topic_alias() {
+                if alias > self.cfg.topic_alias_max {
+                    // [MQTT-3.3.2-9]: alias above the maximum we advertised.
+                    return self.close(
+                        id,
+                        CloseReason::Protocol(ReasonCode::TopicAliasInvalid),
+                        now,
+                    );
+                }
+                let c = self.conn_mut(id).expect("invariant: checked above");
+                if p.topic.is_empty() {
+                    match c.aliases.get(&alias) {
+                        Some(t) => p.topic = t.clone(),
+                        None => {
+                            return self.close(
+                                id,
+                                CloseReason::Protocol(ReasonCode::ProtocolError),
+                                now,
+                            )
+                        }
+                    }
+                } else {
+                    c.aliases.insert(alias, p.topic.clone());
+                }
+                p.properties.remove(codec::properties::id::TOPIC_ALIAS);
+            }
+            // [MQTT-3.3.4-6]: a client must not send a Subscription Identifier.
+            if p.properties.subscription_identifiers().next().is_some() {
+                return self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
+            }
+        }
+        if !self.topic_name_allowed(&p.topic) {
+            if v5 && p.qos != QoS::AtMostOnce {
+                return self.ack(id, p.qos, p.packet_id, ReasonCode::TopicNameInvalid);
+            }
+            // v3 cannot refuse a PUBLISH: close rather than acknowledge and lose it.
+            return self.close(id, CloseReason::Protocol(ReasonCode::TopicNameInvalid), now);
+        }
+        if p.topic.starts_with("$SYS") {
+            // `$SYS/` is the broker's: refused (v5) or dropped (v3) like an ACL denial.
+            self.metrics.publish_denied += 1;
+            let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
+            return self.ack(id, p.qos, p.packet_id, reason);
+        }
+        if p.qos == QoS::ExactlyOnce {
+            let pid = p.packet_id.expect("invariant: codec requires an id for QoS 2").get();
+            let receive_max = usize::from(self.cfg.session.inflight_max);
+            let Some(s) = self.slot_mut(slot) else { return };
+            if s.session.inbound_qos2.contains(&pid) {
+                // Exactly once (§4.3.3): a resent PUBLISH before PUBREL is not routed again.
+                self.metrics.inbound_qos2_duplicates += 1;
+                return self.ack(id, p.qos, p.packet_id, ReasonCode::Success);
+            }
+            if s.session.inbound_qos2.len() >= receive_max {
+                // [MQTT-3.3.4-9]: more unacknowledged QoS 2 than our Receive Maximum.
+                return self.close(
+                    id,
+                    CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded),
+                    now,
+                );
+            }
+            s.session.inbound_qos2.insert(pid);
+        }
+        let expires_at = p
+            .properties
+            .message_expiry_interval()
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        p.properties.remove(codec::properties::id::MESSAGE_EXPIRY_INTERVAL);
+        let msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties: p.properties,
+            expires_at,
+            origin: self.origin(slot),
+        };
+        if msg.retain {
+            self.retain_local_and_broadcast(&msg);
+        }
+        let matched = self.route(msg, now);
+        let reason =
+            if v5 && !matched { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
+        self.ack(id, p.qos, p.packet_id, reason);
+    }
+
+    /// Publishes a will as if its client had sent it ([MQTT-3.1.2-8]).
+    pub(super) fn publish_will(&mut self, slot: u32, will: Will, now: Instant) {
+        self.metrics.wills_published += 1;
+        let mut properties = will.properties;
+        let expires_at = properties
+            .message_expiry_interval()
+            .map(|secs| now + Duration::from_secs(u64::from(secs)));
+        properties.retain(|p| {
+            !matches!(p, Property::WillDelayInterval(_) | Property::MessageExpiryInterval(_))
+        });
+        let msg = Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            expires_at,
+            origin: self.origin(slot),
+        };
+        if msg.retain {
+            self.retain_local_and_broadcast(&msg);
+        }
+        self.route(msg, now);
+    }
+
+    /// Routes a message to every matching subscriber: local ones directly, other shards by one
+    /// message each. Returns whether anyone matched.
+    pub(crate) fn route(&mut self, msg: Message, now: Instant) -> bool {
+        let shards = usize::from(self.cfg.shards);
+        let mut peer_normal = vec![false; shards];
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        self.trie.for_each_match(&msg.topic, |key, val| match (key, val) {
+            (SubKey::Local(slot), SubVal::Local { options, identifier }) => {
+                scratch.push(LocalMatch { slot: *slot, options: *options, identifier: *identifier })
+            }
+            (SubKey::Remote(shard), _) => peer_normal[usize::from(*shard)] = true,
+            _ => {}
+        });
+        let mut peer_shared: Vec<Vec<SharedDelivery>> = vec![Vec::new(); shards];
+        for (group, member) in self.shared.pick(&msg.topic) {
+            if member.shard == self.id {
+                scratch.push(LocalMatch {
+                    slot: member.slot,
+                    options: member.options,
+                    identifier: member.identifier,
+                });
+            } else {
+                peer_shared[usize::from(member.shard)].push(SharedDelivery { group, member });
+            }
+        }
+        let mut matched = !scratch.is_empty();
+        for peer in 0..shards {
+            let shared = std::mem::take(&mut peer_shared[peer]);
+            if peer_normal[peer] || !shared.is_empty() {
+                matched = true;
+                self.metrics.messages_forwarded += 1;
+                let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
+                self.outbox[peer].push_back(m);
+            }
+        }
+        let rc = Rc::new(msg);
+        self.deliver_matches(&rc, &mut scratch, now);
+        self.scratch = scratch;
+        matched
+    }
+
+    /// A publish routed here by another shard.
+    pub(super) fn deliver_forwarded(
+        &mut self,
+        msg: Message,
+        normal: bool,
+        shared: Vec<SharedDelivery>,
+        now: Instant,
+    ) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        if normal {
+            self.trie.for_each_match(&msg.topic, |key, val| {
+                if let (SubKey::Local(slot), SubVal::Local { options, identifier }) = (key, val) {
+                    scratch.push(LocalMatch {
+                        slot: *slot,
+                        options: *options,
+                        identifier: *identifier,
+                    });
+                }
+            });
+        }
+        for d in shared {
+            let valid = self.slot(d.member.slot).is_some_and(|s| {
+                s.generation == d.member.generation
+                    && s.session.subscriptions.contains_key(&d.group)
+            });
+            let member =
+                if valid { Some(d.member) } else { self.shared.local_member(&d.group, self.id) };
+            match member {
+                Some(m) => scratch.push(LocalMatch {
+                    slot: m.slot,
+                    options: m.options,
+                    identifier: m.identifier,
+                }),
+                None => self.metrics.messages_dropped_no_member += 1,
+            }
+        }
+        let rc = Rc::new(msg);
+        self.deliver_matches(&rc, &mut scratch, now);
+        self.scratch = scratch;
+    }
+
+    /// Delivers to each matched session once, at the highest QoS of its matching subscriptions
+    /// and with all their identifiers (§3.3.4 of 5.0).
+    fn deliver_matches(&mut self, msg: &Rc<Message>, matches: &mut Vec<LocalMatch>, now: Instant) {
+        let origin = msg.origin;
+        let me = self.id;
+        let generation_of = |shard: &Shard, slot: u32| shard.slot(slot).map(|s| s.generation);
+        // No Local (v5): never back to the publishing session ([MQTT-3.8.3-3]).
+        matches.retain(|m| {
+            !(m.options.no_local
+                && origin.is_some_and(|o| {
+                    o.shard == me
+                        && o.session == m.slot
+                        && Some(o.generation) == generation_of(self, m.slot)
+                }))
+        });
+        matches.sort_unstable_by_key(|m| m.slot);
+        let mut i = 0;
+        while i < matches.len() {
+            let slot = matches[i].slot;
+            let mut qos = QoS::AtMostOnce;
+            let mut retain_as_published = false;
+            let mut ids = Vec::new();
+            while i < matches.len() && matches[i].slot == slot {
+                qos = qos.max(matches[i].options.qos);
+                retain_as_published |= matches[i].options.retain_as_published;
+                ids.extend(matches[i].identifier);
+                i += 1;
+            }
+            let out = Outgoing {
+                msg: Rc::clone(msg),
+                qos: delivery_qos(msg.qos, qos),
+                // [MQTT-3.3.1-9] (3.1.1): RETAIN is 0 for established subscriptions; v5 keeps it
+                // when Retain As Published is set ([MQTT-3.3.1-13]).
+                retain: retain_as_published && msg.retain,
+                subscription_ids: ids,
+            };
+            self.deliver(slot, out, now);
+        }
+    }
+
+    /// Hands one delivery to a session: written at once if its connection can take it, queued
+    /// otherwise (QoS 1/2), or dropped and counted (QoS 0 to a slow or absent connection).
+    pub(super) fn deliver(&mut self, slot: u32, out: Outgoing, now: Instant) {
+        let tx_max = self.cfg.tx_bytes_max;
+        let Some(s) = self.slot_mut(slot) else { return };
+        let conn = s.conn;
+        match conn {
+            Some(conn) if out.qos == QoS::AtMostOnce => {
+                if self.conn(conn).is_some_and(|c| c.tx.len() >= tx_max) {
+                    self.metrics.messages_dropped_qos0_slow += 1;
+                    return;
+                }
+                self.write_publish(conn, &out, None, false, now);
+            }
+            Some(conn) => {
+                let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
+                let s = self.slot_mut(slot).expect("invariant: slot checked above");
+                if s.session.queue.is_empty() && s.session.window_open(receive_max) {
+                    self.send_inflight(conn, slot, out, now);
+                } else {
+                    self.enqueue(slot, out);
+                }
+            }
+            None if out.qos == QoS::AtMostOnce => self.metrics.messages_dropped_qos0_offline += 1,
+            None => self.enqueue(slot, out),
+        }
+    }
+
+    fn enqueue(&mut self, slot: u32, out: Outgoing) {
+        let Some(s) = self.slot_mut(slot) else { return };
+        match s.session.enqueue(out) {
+            Ok(()) => {}
+            Err(Dropped::EvictedOldest) => self.metrics.messages_dropped_queue_full += 1,
+            Err(_) => self.metrics.messages_dropped_queue_full += 1,
+        }
+    }
+
+    /// Starts a QoS 1/2 delivery: assigns a packet id and writes the PUBLISH.
+    fn send_inflight(&mut self, conn: ConnId, slot: u32, out: Outgoing, now: Instant) {
+        if !self.fits_client(conn, &out, now) {
+            self.metrics.messages_dropped_too_large += 1;
+            return;
+        }
+        let Some(s) = self.slot_mut(slot) else { return };
+        let Some(pid) = s.session.begin_inflight(out.clone()) else {
+            // All 65535 ids in flight: cannot happen below inflight_max, but never lose it.
+            self.enqueue(slot, out);
+            return;
+        };
+        self.write_publish(conn, &out, Some(pid), false, now);
+    }
+
+    /// Whether the encoded PUBLISH fits the client's Maximum Packet Size ([MQTT-3.1.2-25]).
+    fn fits_client(&self, conn: ConnId, out: &Outgoing, now: Instant) -> bool {
+        let Some(c) = self.conn(conn) else { return false };
+        if c.client_packet_max == usize::MAX {
+            return true;
+        }
+        let props = outgoing_properties(out, c.version.is_v5(), now);
+        let view = PublishView {
+            dup: false,
+            qos: out.qos,
+            retain: out.retain,
+            topic: &out.msg.topic,
+            packet_id: PacketId::new(1).filter(|_| out.qos != QoS::AtMostOnce),
+            properties: props.as_ref().unwrap_or(&out.msg.properties),
+            payload: &out.msg.payload,
+        };
+        codec::publish_len(&view, c.version).is_ok_and(|n| n <= c.client_packet_max)
+    }
+
+    fn write_publish(
+        &mut self,
+        conn: ConnId,
+        out: &Outgoing,
+        packet_id: Option<PacketId>,
+        dup: bool,
+        now: Instant,
+    ) {
+        if out.qos == QoS::AtMostOnce && !self.fits_client(conn, out, now) {
+            self.metrics.messages_dropped_too_large += 1;
+            return;
+        }
+        let Some(c) = self.conn_mut(conn) else { return };
+        let v5 = c.version.is_v5();
+        let props = outgoing_properties(out, v5, now);
+        let view = PublishView {
+            dup,
+            qos: out.qos,
+            retain: out.retain,
+            topic: &out.msg.topic,
+            packet_id,
+            properties: props.as_ref().unwrap_or(&out.msg.properties),
+            payload: &out.msg.payload,
+        };
+        match codec::encode_publish(&view, c.version, &mut c.tx) {
+            Ok(n) => {
+                if let Some(w) = &c.waker {
+                    w.wake_by_ref();
+                }
+                self.metrics.bytes_sent += n as u64;
+                self.metrics.messages_sent += 1;
+            }
+            Err(e) => tracing::error!(conn = conn.0, error = %e, "could not encode PUBLISH"),
+        }
+    }
+
+    /// Sends queued messages while the in-flight window has room (and QoS 0 ones directly).
+    pub(super) fn pump(&mut self, conn: ConnId, slot: u32, now: Instant) {
+        let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
+        // Bounded by the queue length.
+        loop {
+            let Some(s) = self.slot_mut(slot) else { return };
+            if !s.session.window_open(receive_max) {
+                return;
+            }
+            let mut expired = 0;
+            let next = s.session.dequeue(now, &mut expired);
+            self.metrics.messages_dropped_expired += expired;
+            let Some(out) = next else { return };
+            if out.qos == QoS::AtMostOnce {
+                self.write_publish(conn, &out, None, false, now);
+            } else {
+                self.send_inflight(conn, slot, out, now);
+            }
+        }
+    }
+
+    /// On session resume: PUBLISH again with DUP for unacknowledged messages, PUBREL again for
+    /// released ones, in their original order ([MQTT-4.4.0-1]).
+    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32) {
+        let now = Instant::now();
+        let Some(s) = self.slot(slot) else { return };
+        let items: Vec<(u16, Outgoing, InflightState)> =
+            s.session.inflight.iter().map(|(id, f)| (*id, f.out.clone(), f.state)).collect();
+        for (id, out, state) in items {
+            let pid = PacketId::new(id).expect("invariant: inflight ids are non-zero");
+            match state {
+                InflightState::AwaitAck => self.write_publish(conn, &out, Some(pid), true, now),
+                InflightState::AwaitComp => self.send(conn, &Packet::PubRel(PubResp::success(pid))),
+            }
+        }
+    }
+
+    pub(super) fn handle_puback(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
+        if let Some(s) = self.slot_mut(slot) {
+            s.session.handle_puback(r.packet_id);
+        }
+        self.pump(id, slot, now);
+    }
+
+    pub(super) fn handle_pubrec(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
+        let Some(s) = self.slot_mut(slot) else { return };
+        if r.reason.is_error() {
+            // v5 §4.3.3: an error PUBREC ends the exchange; the id is free again.
+            s.session.abandon(r.packet_id);
+            return self.pump(id, slot, now);
+        }
+        let known = s.session.handle_pubrec(r.packet_id);
+        let reason = if known || !self.conn(id).is_some_and(|c| c.version.is_v5()) {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        let resp = PubResp { packet_id: r.packet_id, reason, properties: Properties::new() };
+        self.send(id, &Packet::PubRel(resp));
+    }
+
+    pub(super) fn handle_pubrel(&mut self, id: ConnId, slot: u32, r: PubResp) {
+        let Some(s) = self.slot_mut(slot) else { return };
+        let known = s.session.inbound_qos2.remove(&r.packet_id.get());
+        let reason = if known || !self.conn(id).is_some_and(|c| c.version.is_v5()) {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        let resp = PubResp { packet_id: r.packet_id, reason, properties: Properties::new() };
+        self.send(id, &Packet::PubComp(resp));
+    }
+
+    pub(super) fn handle_pubcomp(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
+        if let Some(s) = self.slot_mut(slot) {
+            s.session.handle_pubcomp(r.packet_id);
+        }
+        self.pump(id, slot, now);
+    }
+}
+
+/// The v5 properties of an outgoing PUBLISH when they differ from the stored message's: the
+/// remaining Message Expiry Interval ([MQTT-3.3.2-6]) and the matching Subscription
+/// Identifiers. `None` means "send the stored properties as they are" (and always for v3).
+fn outgoing_properties(out: &Outgoing, v5: bool, now: Instant) -> Option<Properties> {
+    if !v5 || (out.msg.expires_at.is_none() && out.subscription_ids.is_empty()) {
+        return None;
+    }
+    let mut props = out.msg.properties.clone();
+    if let Some(at) = out.msg.expires_at {
+        let left = at.saturating_duration_since(now).as_secs().max(1);
+        props.push(Property::MessageExpiryInterval(left.min(u64::from(u32::MAX)) as u32));
+    }
+    for id in &out.subscription_ids {
+        props.push(Property::SubscriptionIdentifier(*id));
+    }
+    Some(props)
+}

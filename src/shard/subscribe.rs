@@ -1,0 +1,376 @@
+//! SUBSCRIBE and UNSUBSCRIBE, the trie replica's entries, and shared-subscription groups.
+//!
+//! Trie entries: a local subscription is `Local(slot)` with its options; another shard's
+//! subscriptions on one filter collapse into one `Remote(shard)` entry with a count, kept up to
+//! date by `SubAdd`/`SubRemove` deltas. A publish therefore reaches each other shard once,
+//! whatever its number of subscribers there.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::message::Member;
+use super::{ConnId, Shard, ShardMsg};
+use crate::codec::topic::is_shared;
+use crate::codec::{
+    Packet, Properties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::session::{Outgoing, Subscription};
+use crate::topic::{levels, parse_shared, SubscriptionTrie};
+
+/// Key of a trie entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum SubKey {
+    /// A session on this shard.
+    Local(u32),
+    /// Every subscription of another shard on this filter.
+    Remote(u16),
+}
+
+/// Value of a trie entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SubVal {
+    /// A local subscription.
+    Local {
+        /// Its options.
+        options: crate::codec::SubscriptionOptions,
+        /// v5 Subscription Identifier.
+        identifier: Option<u32>,
+    },
+    /// How many of the remote shard's sessions subscribe to this filter.
+    Remote {
+        /// Count, at least 1.
+        count: u32,
+    },
+}
+
+/// An acknowledgement held until every other shard has applied the subscriptions it covers,
+/// so that a publish accepted anywhere after the client sees it reaches the client.
+#[derive(Debug)]
+pub(crate) enum PendingAck {
+    /// A SUBACK (and the retained messages that follow it).
+    Sub(PendingSubAck),
+    /// The CONNACK of a resumed session whose subscriptions moved here.
+    Conn {
+        /// Connection.
+        conn: ConnId,
+        /// Session slot.
+        slot: u32,
+        /// The CONNACK.
+        ack: crate::codec::ConnAck,
+    },
+}
+
+/// A SUBACK held until every other shard has applied the new subscriptions.
+#[derive(Debug)]
+pub(crate) struct PendingSubAck {
+    conn: ConnId,
+    slot: u32,
+    ack: SubAck,
+    retained_for: Vec<(String, QoS)>,
+    identifier: Option<u32>,
+}
+
+/// One shared group `$share/{name}/{filter}`.
+#[derive(Debug)]
+struct Group {
+    key: u64,
+    filter: String,
+    members: Vec<Member>,
+    next: usize,
+}
+
+/// The replica of every shared-subscription group.
+#[derive(Default)]
+pub(crate) struct SharedGroups {
+    groups: HashMap<String, Group>,
+    names: HashMap<u64, String>,
+    trie: SubscriptionTrie<u64, ()>,
+    next_key: u64,
+}
+
+impl SharedGroups {
+    fn add(&mut self, group: &str, member: Member) {
+        let Some((_, filter)) = parse_shared(group) else { return };
+        if !self.groups.contains_key(group) {
+            self.next_key += 1;
+            let key = self.next_key;
+            self.trie.insert(filter, key, ());
+            self.names.insert(key, group.to_owned());
+            let g = Group { key, filter: filter.to_owned(), members: Vec::new(), next: 0 };
+            self.groups.insert(group.to_owned(), g);
+        }
+        let g = self.groups.get_mut(group).expect("invariant: inserted above");
+        match g.members.iter_mut().find(|m| m.shard == member.shard && m.slot == member.slot) {
+            Some(m) => *m = member,
+            None => g.members.push(member),
+        }
+    }
+
+    fn remove(&mut self, group: &str, shard: u16, slot: u32) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        g.members.retain(|m| !(m.shard == shard && m.slot == slot));
+        if g.members.is_empty() {
+            let g = self.groups.remove(group).expect("invariant: found above");
+            self.trie.remove(&g.filter, &g.key);
+            self.names.remove(&g.key);
+        }
+    }
+
+    /// One member per matching group, round robin ([MQTT-4.8.2-4]: each message goes to one
+    /// member of each group).
+    pub(crate) fn pick(&mut self, topic: &str) -> Vec<(String, Member)> {
+        if self.groups.is_empty() {
+            return Vec::new();
+        }
+        let mut keys = Vec::new();
+        self.trie.for_each_match(topic, |k, _| keys.push(*k));
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(name) = self.names.get(&key) else { continue };
+            let Some(g) = self.groups.get_mut(name) else { continue };
+            if g.members.is_empty() {
+                continue;
+            }
+            let m = g.members[g.next % g.members.len()];
+            g.next = g.next.wrapping_add(1);
+            out.push((name.clone(), m));
+        }
+        out
+    }
+
+    /// A member of `group` on `shard`, for a delivery whose chosen member has left.
+    pub(crate) fn local_member(&self, group: &str, shard: u16) -> Option<Member> {
+        self.groups.get(group)?.members.iter().find(|m| m.shard == shard).copied()
+    }
+}
+
+impl Shard {
+    /// Whether a topic name is within the configured bounds.
+    pub(super) fn topic_name_allowed(&self, topic: &str) -> bool {
+        topic.len() <= self.cfg.topic_bytes_max && levels(topic) <= self.cfg.topic_levels_max
+    }
+
+    pub(super) fn handle_subscribe(&mut self, id: ConnId, slot: u32, s: Subscribe, now: Instant) {
+        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let identifier = s.properties.subscription_identifiers().next();
+        let req = self.next_req;
+        self.next_req += 1;
+        let mut told = 0usize;
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained_for = Vec::new();
+        for (filter, options) in s.filters {
+            let inner = parse_shared(&filter).map_or(filter.as_str(), |(_, f)| f);
+            let reason = if filter.len() > self.cfg.topic_bytes_max
+                || levels(inner) > self.cfg.topic_levels_max
+            {
+                ReasonCode::TopicFilterInvalid
+            } else {
+                let subs_max = self.cfg.subscriptions_per_client_max;
+                let Some(sess) = self.slot_mut(slot) else { return };
+                let existing = sess.session.subscriptions.contains_key(&filter);
+                if !existing && sess.session.subscriptions.len() >= subs_max {
+                    self.metrics.subscriptions_refused_limit += 1;
+                    ReasonCode::QuotaExceeded
+                } else {
+                    let sub = Subscription { options, identifier };
+                    sess.session.subscriptions.insert(filter.clone(), sub.clone());
+                    if existing {
+                        // [MQTT-3.8.4-3]: replaces the old subscription.
+                        self.remove_subscription_entry(slot, &filter);
+                    }
+                    told +=
+                        usize::from(self.add_subscription_entry(slot, &filter, &sub, Some(req)));
+                    let send_retained = match options.retain_handling {
+                        RetainHandling::SendAtSubscribe => true,
+                        RetainHandling::SendIfNew => !existing,
+                        RetainHandling::DoNotSend => false,
+                    };
+                    // Retained messages are not sent for shared subscriptions (§4.8.2).
+                    if send_retained && !is_shared(&filter) {
+                        retained_for.push((filter.clone(), options.qos));
+                    }
+                    match options.qos {
+                        QoS::AtMostOnce => ReasonCode::Success,
+                        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+                    }
+                }
+            };
+            if reason.is_error() && !v5 {
+                reasons.push(ReasonCode::UnspecifiedError);
+            } else {
+                reasons.push(reason);
+            }
+        }
+        let ack = SubAck { packet_id: s.packet_id, reasons, properties: Properties::new() };
+        self.metrics.subscriptions_current = self.trie_local_count();
+        let pending = PendingSubAck { conn: id, slot, ack, retained_for, identifier };
+        let peers = usize::from(self.cfg.shards) - 1;
+        if told == 0 || peers == 0 {
+            self.complete_suback(pending, now);
+        } else {
+            self.pending_acks.insert(req, (PendingAck::Sub(pending), told * peers));
+            if let Some(c) = self.conn_mut(id) {
+                c.awaiting_peers = true;
+            }
+        }
+    }
+
+    /// A peer applied one of our subscription deltas.
+    pub(super) fn delta_acked(&mut self, req: u64, now: Instant) {
+        let Some((_, left)) = self.pending_acks.get_mut(&req) else { return };
+        *left -= 1;
+        if *left == 0 {
+            match self.pending_acks.remove(&req).expect("invariant: found above").0 {
+                PendingAck::Sub(p) => self.complete_suback(p, now),
+                PendingAck::Conn { conn, slot, ack } => self.complete_connack(conn, slot, ack, now),
+            }
+        }
+    }
+
+    /// Sends the SUBACK, then the retained messages for the new subscriptions.
+    fn complete_suback(&mut self, p: PendingSubAck, now: Instant) {
+        let still_bound = matches!(
+            self.conn(p.conn).map(|c| &c.phase),
+            Some(super::Phase::Active { slot }) if *slot == p.slot
+        );
+        if !still_bound {
+            return;
+        }
+        if let Some(c) = self.conn_mut(p.conn) {
+            c.awaiting_peers = false;
+        }
+        self.send(p.conn, &Packet::SubAck(p.ack));
+        let (slot, identifier) = (p.slot, p.identifier);
+        // Retained messages follow the SUBACK, with RETAIN set ([MQTT-3.3.1-8]).
+        for (filter, qos) in p.retained_for {
+            let msgs = self.retained.matching(&filter, now);
+            for msg in msgs {
+                let out = Outgoing {
+                    qos: crate::shard::message::delivery_qos(msg.qos, qos),
+                    msg: Rc::clone(&msg),
+                    retain: true,
+                    subscription_ids: identifier.into_iter().collect(),
+                };
+                self.deliver(slot, out, now);
+            }
+        }
+        // Packets that arrived behind the SUBSCRIBE.
+        self.handle_read(p.conn, &[], now);
+    }
+
+    fn trie_local_count(&self) -> u64 {
+        self.sessions.iter().flatten().map(|s| s.session.subscriptions.len() as u64).sum()
+    }
+
+    pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: u32, u: Unsubscribe) {
+        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let Some(s) = self.slot_mut(slot) else { return };
+            if s.session.subscriptions.remove(filter).is_some() {
+                self.remove_subscription_entry(slot, filter);
+                reasons.push(ReasonCode::Success);
+            } else {
+                reasons.push(ReasonCode::NoSubscriptionExisted);
+            }
+        }
+        if !v5 {
+            reasons.clear();
+        }
+        let ack = UnsubAck { packet_id: u.packet_id, reasons, properties: Properties::new() };
+        self.send(id, &Packet::UnsubAck(ack));
+        self.metrics.subscriptions_current = self.trie_local_count();
+    }
+
+    /// Adds a session's subscription to the trie (or the shared groups) and tells the other
+    /// shards when this shard gains its first subscriber on the filter.
+    /// Returns whether other shards were told (and, with `ack`, will answer).
+    pub(super) fn add_subscription_entry(
+        &mut self,
+        slot: u32,
+        filter: &str,
+        sub: &Subscription,
+        ack: Option<u64>,
+    ) -> bool {
+        if is_shared(filter) {
+            let Some(generation) = self.slot(slot).map(|s| s.generation) else { return false };
+            let member = Member {
+                shard: self.id,
+                slot,
+                generation,
+                options: sub.options,
+                identifier: sub.identifier,
+            };
+            self.shared.add(filter, member);
+            let group = filter.to_owned();
+            self.broadcast(|| ShardMsg::SharedAdd { group: group.clone(), member, ack });
+            return true;
+        }
+        let val = SubVal::Local { options: sub.options, identifier: sub.identifier };
+        if self.trie.insert(filter, SubKey::Local(slot), val).is_some() {
+            return false; // replaced in place: the filter count is unchanged
+        }
+        let refs = self.local_filter_refs.entry(filter.to_owned()).or_insert(0);
+        *refs += 1;
+        if *refs == 1 {
+            let f = filter.to_owned();
+            self.broadcast(|| ShardMsg::SubAdd { filter: f.clone(), ack });
+            return true;
+        }
+        false
+    }
+
+    /// Removes a session's subscription entry; tells the other shards when this shard has no
+    /// subscriber left on the filter.
+    pub(super) fn remove_subscription_entry(&mut self, slot: u32, filter: &str) {
+        if is_shared(filter) {
+            self.shared.remove(filter, self.id, slot);
+            let (group, shard) = (filter.to_owned(), self.id);
+            self.broadcast(|| ShardMsg::SharedRemove { group: group.clone(), shard, slot });
+            return;
+        }
+        if self.trie.remove(filter, &SubKey::Local(slot)).is_none() {
+            return;
+        }
+        let Some(refs) = self.local_filter_refs.get_mut(filter) else { return };
+        *refs -= 1;
+        if *refs == 0 {
+            self.local_filter_refs.remove(filter);
+            let f = filter.to_owned();
+            self.broadcast(|| ShardMsg::SubRemove { filter: f.clone() });
+        }
+    }
+
+    pub(super) fn remote_sub_add(&mut self, from: u16, filter: &str) {
+        let key = SubKey::Remote(from);
+        let count = match self.trie.get(filter, &key) {
+            Some(SubVal::Remote { count }) => count + 1,
+            _ => 1,
+        };
+        self.trie.insert(filter, key, SubVal::Remote { count });
+    }
+
+    pub(super) fn remote_sub_remove(&mut self, from: u16, filter: &str) {
+        let key = SubKey::Remote(from);
+        match self.trie.get(filter, &key) {
+            Some(SubVal::Remote { count }) if *count > 1 => {
+                let count = count - 1;
+                self.trie.insert(filter, key, SubVal::Remote { count });
+            }
+            Some(_) => {
+                self.trie.remove(filter, &key);
+            }
+            None => {}
+        }
+    }
+
+    pub(super) fn shared_add(&mut self, group: &str, member: Member) {
+        self.shared.add(group, member);
+    }
+
+    pub(super) fn shared_remove(&mut self, group: &str, shard: u16, slot: u32) {
+        self.shared.remove(group, shard, slot);
+    }
+}
