@@ -23,7 +23,7 @@
 //!
 //! How errors get their position: TOML syntax, unknown-key and wrong-type errors come from the
 //! `toml` crate with a byte span; the dotted key at that span is recovered by a small line scanner
-//! ([`key_path_at`]) that follows `[table]` / `[[array]]` headers, dotted keys and inline tables.
+//! (`key_path_at`) that follows `[table]` / `[[array]]` headers, dotted keys and inline tables.
 //! Range and cross-field errors use the spans recorded from `toml::Spanned` raw fields.
 
 use std::fmt;
