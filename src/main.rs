@@ -72,6 +72,10 @@ fn main() -> ExitCode {
     };
     if let Some(n) = args.shards {
         config.broker.shards = Some(n);
+        if let Err(e) = config.validate() {
+            eprintln!("tern: --shards: {e}");
+            return ExitCode::from(2);
+        }
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log.level.as_str()));

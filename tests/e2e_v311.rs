@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, pid, publish, start, start_with, RawClient};
+use common::{connect, pid, start, start_with, RawClient};
 use tern::codec::{Packet, ProtocolVersion, PubResp, QoS, ReasonCode, Will};
 
 const V4: ProtocolVersion = ProtocolVersion::V311;
@@ -256,5 +256,4 @@ fn graceful_shutdown_disconnects_clients() {
     broker.shutdown();
     assert!(c.closed_within(Duration::from_secs(4)));
     broker.join();
-    let _unused = publish("x", b"", QoS::AtMostOnce, 0, false);
 }
