@@ -27,6 +27,10 @@ pub fn shard_config(config: &Config) -> ShardConfig {
                 allow_anonymous: x.allow_anonymous,
                 // The listener bound is per process; each shard takes its share (rounded up).
                 connections_max: (x.connections_max as usize).div_ceil(usize::from(shards)),
+                redirect: x.redirect.as_ref().map(|r| crate::shard::Redirect {
+                    reference: r.reference.clone(),
+                    permanent: r.permanent,
+                }),
             })
             .collect(),
         packet_size_bytes_max: l.packet_size_bytes_max as usize,
@@ -52,6 +56,9 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         topic_alias_max: l.topic_alias_max,
         tx_bytes_max: tx_bytes_max(l.packet_size_bytes_max as usize),
         outbox_messages_max: (l.mesh_channel_capacity as usize) * (l.mesh_batch_max as usize),
+        response_information_prefix: Some(config.broker.response_information_prefix.clone())
+            .filter(|p| !p.is_empty()),
+        check_payload_format: config.broker.check_payload_format,
     }
 }
 

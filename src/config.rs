@@ -71,6 +71,14 @@ pub struct BrokerConfig {
     /// Seconds between two publications of the `$SYS/broker/...` statistics topics.
     /// Default 10. Bound: 1..=3600.
     pub sys_interval_secs: u32,
+    /// MQTT v5 Response Information (§3.2.2.3.15) given to clients that ask for it: this prefix
+    /// followed by the client id and `/`. An empty string means "not offered".
+    /// Default `"responses/"`. Bound: at most 256 bytes.
+    pub response_information_prefix: String,
+    /// Refuse v5 messages whose Payload Format Indicator says UTF-8 when the payload is not
+    /// (PUBACK/PUBREC or DISCONNECT 0x99, CONNACK 0x99 for a will; §3.3.2.3.2 lets a server
+    /// check). Default true.
+    pub check_payload_format: bool,
 }
 
 /// One `[[listener]]`: a socket clients connect to, and what it allows.
@@ -296,7 +304,12 @@ impl LogLevel {
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { shards: None, sys_interval_secs: 10 }
+        BrokerConfig {
+            shards: None,
+            sys_interval_secs: 10,
+            response_information_prefix: "responses/".into(),
+            check_payload_format: true,
+        }
     }
 }
 
@@ -694,6 +707,8 @@ struct RawConfig {
 struct RawBroker {
     shards: Option<Spanned<i64>>,
     sys_interval_secs: Option<Spanned<i64>>,
+    response_information_prefix: Option<Spanned<String>>,
+    check_payload_format: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -767,6 +782,13 @@ impl RawConfig {
                 v,
                 SYS_INTERVAL_SECS,
             )?;
+            let key = "broker.response_information_prefix";
+            spans.set(&mut b.response_information_prefix, key, raw.response_information_prefix);
+            if b.response_information_prefix.len() > 256 {
+                return Err(spans.issue(&[key], "must be at most 256 bytes".into()));
+            }
+            let key = "broker.check_payload_format";
+            spans.set(&mut b.check_payload_format, key, raw.check_payload_format);
         }
         if let Some(list) = self.listener {
             spans.insert("listener", list.span());
@@ -1225,7 +1247,8 @@ mod tests {
             level = "debug"
         "#;
         let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.broker, BrokerConfig { shards: Some(3), sys_interval_secs: 11 });
+        assert_eq!(c.broker.shards, Some(3));
+        assert_eq!(c.broker.sys_interval_secs, 11);
         assert_eq!(c.shard_count(), 3);
         assert_eq!(
             c.listeners,

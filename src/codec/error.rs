@@ -109,6 +109,8 @@ impl ErrorKind {
     pub const fn reason_code(&self) -> ReasonCode {
         match self {
             ErrorKind::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            // [MQTT-3.3.2-8]: Topic Alias 0 is "Topic Alias invalid".
+            ErrorKind::InvalidPropertyValue { id: 0x23 } => ReasonCode::TopicAliasInvalid,
             ErrorKind::UnsupportedProtocolLevel(_) | ErrorKind::InvalidProtocolName => {
                 ReasonCode::UnsupportedProtocolVersion
             }

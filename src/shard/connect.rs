@@ -69,6 +69,23 @@ impl Shard {
         self.close(id, CloseReason::Refused, now);
     }
 
+    /// Server redirection (§4.11): v5 CONNACK 0x9C/0x9D with a Server Reference; v3 clients,
+    /// which cannot be told where to go, get "server unavailable".
+    fn redirect(&mut self, id: ConnId, version: ProtocolVersion, r: super::Redirect, now: Instant) {
+        if let Some(c) = self.conn_mut(id) {
+            c.version = version;
+        }
+        let reason =
+            if r.permanent { ReasonCode::ServerMoved } else { ReasonCode::UseAnotherServer };
+        let mut ack = ConnAck { session_present: false, reason, properties: Properties::new() };
+        if version.is_v5() {
+            ack.properties.push(Property::ServerReference(r.reference));
+        }
+        self.metrics.connect_refused += 1;
+        self.send(id, &Packet::ConnAck(ack));
+        self.close(id, CloseReason::Refused, now);
+    }
+
     pub(super) fn handle_connect(&mut self, id: ConnId, mut connect: Box<Connect>, now: Instant) {
         let version = connect.version;
         let v5 = version.is_v5();
@@ -97,6 +114,9 @@ impl Shard {
             // v3 has no way to impose a keep alive: refuse, as Mosquitto does.
             return self.refuse(id, version, ReasonCode::ClientIdentifierNotValid, now);
         }
+        if let Some(r) = self.cfg.listeners[listener].redirect.clone() {
+            return self.redirect(id, version, r, now);
+        }
         if !self.cfg.listeners[listener].allow_anonymous && connect.username.is_none() {
             self.metrics.auth_failures += 1;
             return self.refuse(id, version, ReasonCode::NotAuthorized, now);
@@ -104,6 +124,9 @@ impl Shard {
         if let Some(w) = &connect.will {
             if !self.topic_name_allowed(&w.topic) {
                 return self.refuse(id, version, ReasonCode::TopicNameInvalid, now);
+            }
+            if v5 && !self.payload_format_ok(&w.properties, &w.payload) {
+                return self.refuse(id, version, ReasonCode::PayloadFormatInvalid, now);
             }
         }
         if v5 && connect.properties.authentication_method().is_some() {
@@ -162,8 +185,19 @@ impl Shard {
         let slot = *self.by_client.get(client_id)?;
         if let Some(old) = self.slot_mut(slot).and_then(|s| s.conn.take()) {
             // [MQTT-3.1.4-2]: the existing connection is closed; its will is published because
-            // it did not end with DISCONNECT. The session itself is handed over below.
+            // it did not end with DISCONNECT, unless it has a Will Delay and the session lives
+            // on in the new connection ([MQTT-3.1.3-9]). The session is handed over below.
             if let Some((_, Some(will))) = self.close_conn_only(old, CloseReason::TakenOver) {
+                let delayed = will.properties.will_delay_interval().unwrap_or(0) > 0;
+                if !delayed || clean_start {
+                    self.publish_will(slot, will, now);
+                }
+            }
+        }
+        // A will waiting for its delay: the client is back, so it is not sent — unless the new
+        // connection starts clean and the old session ends here.
+        if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
+            if clean_start {
                 self.publish_will(slot, will, now);
             }
         }
@@ -243,6 +277,7 @@ impl Shard {
         } else {
             connect.keep_alive_secs
         };
+        let alias_cap = self.cfg.topic_alias_max;
         // The phase stays Connecting until CONNACK is sent: packets the client pipelines after
         // CONNECT wait in `rx` ([MQTT-3.1.4-5] allows them), deliveries wait in the session.
         let c = self.conn_mut(conn).expect("invariant: still_open checked the connection");
@@ -250,7 +285,7 @@ impl Shard {
         c.will = connect.will.clone();
         c.client_id = connect.client_id.clone();
         if v5 {
-            apply_client_limits(c, &connect.properties);
+            apply_client_limits(c, &connect.properties, alias_cap);
         }
         let mut ack = ConnAck {
             session_present: resumed,
@@ -309,6 +344,18 @@ impl Shard {
         props.push(Property::ReceiveMaximum(self.cfg.session.inflight_max));
         props.push(Property::MaximumPacketSize(self.cfg.packet_size_bytes_max as u32));
         props.push(Property::TopicAliasMaximum(self.cfg.topic_alias_max));
+        // Maximum QoS is absent: QoS 2 is supported ([MQTT-3.2.2-9]). The rest are said
+        // explicitly although 1 is their default, so clients need not guess.
+        props.push(Property::RetainAvailable(1));
+        props.push(Property::WildcardSubscriptionAvailable(1));
+        props.push(Property::SubscriptionIdentifierAvailable(1));
+        props.push(Property::SharedSubscriptionAvailable(1));
+        if connect.properties.request_response_information() == Some(1) {
+            if let Some(prefix) = &self.cfg.response_information_prefix {
+                let info = format!("{prefix}{}/", connect.client_id);
+                props.push(Property::ResponseInformation(info));
+            }
+        }
         if assigned_id {
             props.push(Property::AssignedClientIdentifier(connect.client_id.clone()));
         }
@@ -325,7 +372,8 @@ impl Shard {
         let client_id = session.client_id.clone();
         let filters: Vec<(String, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
-        let entry = SessionSlot { session, generation, conn: None, expires_at: None };
+        let entry =
+            SessionSlot { session, generation, conn: None, expires_at: None, pending_will: None };
         let slot = match self.free_sessions.pop() {
             Some(i) => {
                 self.sessions[i as usize] = Some(entry);
@@ -362,7 +410,9 @@ fn connack(session_present: bool, reason: ReasonCode) -> Packet {
 }
 
 /// Records what a v5 client said it can take.
-fn apply_client_limits(c: &mut Conn, props: &Properties) {
+fn apply_client_limits(c: &mut Conn, props: &Properties, alias_cap: u16) {
+    // Outbound aliases: as many as the client takes, bounded by our own maximum.
+    c.out_alias_max = props.topic_alias_maximum().unwrap_or(0).min(alias_cap);
     if let Some(r) = props.receive_maximum() {
         c.client_receive_max = r;
     }

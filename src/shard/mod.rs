@@ -46,6 +46,18 @@ pub struct ListenerPolicy {
     pub allow_anonymous: bool,
     /// Connections this listener accepts on this shard at once.
     pub connections_max: usize,
+    /// v5 server redirection: refuse every CONNECT with Use Another Server (0x9C), or Server
+    /// Moved (0x9D) when `permanent`, naming `reference` (MQTT 3.x clients get CONNACK 3).
+    pub redirect: Option<Redirect>,
+}
+
+/// Where a listener sends its clients (§4.11).
+#[derive(Clone, Debug)]
+pub struct Redirect {
+    /// Server Reference sent to the client.
+    pub reference: String,
+    /// Server Moved (permanent) rather than Use Another Server.
+    pub permanent: bool,
 }
 
 /// Everything a shard needs from the configuration, copied in at start.
@@ -86,6 +98,12 @@ pub struct ShardConfig {
     pub tx_bytes_max: usize,
     /// Messages waiting for one peer shard before publishers on this shard are paused.
     pub outbox_messages_max: usize,
+    /// v5 Response Information returned to clients that request it: this prefix followed by
+    /// the client id and `/` (§3.2.2.3.15). `None`: not offered.
+    pub response_information_prefix: Option<String>,
+    /// Refuse v5 PUBLISH (and wills) whose Payload Format Indicator says UTF-8 when the payload
+    /// is not (0x99, §3.3.2.3.2).
+    pub check_payload_format: bool,
 }
 
 impl ShardConfig {
@@ -93,7 +111,11 @@ impl ShardConfig {
     pub fn for_tests(shards: u16) -> Self {
         Self {
             shards,
-            listeners: vec![ListenerPolicy { allow_anonymous: true, connections_max: 1000 }],
+            listeners: vec![ListenerPolicy {
+                allow_anonymous: true,
+                connections_max: 1000,
+                redirect: None,
+            }],
             packet_size_bytes_max: 1 << 20,
             session: SessionLimits {
                 inflight_max: 16,
@@ -114,6 +136,8 @@ impl ShardConfig {
             topic_alias_max: 8,
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
+            response_information_prefix: Some("responses/".into()),
+            check_payload_format: true,
         }
     }
 }
@@ -144,6 +168,28 @@ pub enum CloseReason {
 impl CloseReason {
     fn publishes_will(self) -> bool {
         !matches!(self, CloseReason::ClientDisconnect | CloseReason::Refused)
+    }
+
+    /// Reason String for the server's DISCONNECT (always allowed there, [MQTT-3.1.2-29]).
+    fn description(self) -> &'static str {
+        match self {
+            CloseReason::Protocol(ReasonCode::PacketTooLarge) => {
+                "packet exceeds maximum packet size"
+            }
+            CloseReason::Protocol(ReasonCode::ReceiveMaximumExceeded) => {
+                "more QoS 2 messages unacknowledged than Receive Maximum"
+            }
+            CloseReason::Protocol(ReasonCode::TopicAliasInvalid) => "topic alias out of range",
+            CloseReason::Protocol(ReasonCode::MalformedPacket) => "malformed packet",
+            CloseReason::Protocol(ReasonCode::PayloadFormatInvalid) => {
+                "payload is not valid UTF-8 but its format indicator says it is"
+            }
+            CloseReason::Protocol(_) => "protocol error",
+            CloseReason::KeepAliveTimeout => "no packet within 1.5 times the keep alive",
+            CloseReason::TakenOver => "another connection took this client id over",
+            CloseReason::Shutdown => "server shutting down",
+            _ => "",
+        }
     }
 
     fn disconnect_reason(self) -> Option<ReasonCode> {
@@ -196,8 +242,13 @@ pub(crate) struct Conn {
     client_receive_max: u16,
     /// Client's Maximum Packet Size (v5), unlimited for v3.
     client_packet_max: usize,
-    /// Inbound topic aliases (v5): alias → topic.
+    /// Inbound topic aliases (v5): alias → topic. At most `topic_alias_max` entries.
     aliases: HashMap<u16, String>,
+    /// Outbound topic aliases (v5): topic → alias, assigned on first use up to
+    /// min(client's Topic Alias Maximum, our `topic_alias_max`).
+    out_aliases: HashMap<String, u16>,
+    /// Outbound aliases this connection may hold.
+    out_alias_max: u16,
     /// Client id once known.
     client_id: String,
     /// Whether the client asked for problem information (v5), default true.
@@ -215,6 +266,8 @@ pub(crate) struct SessionSlot {
     conn: Option<ConnId>,
     /// When an unconnected session expires.
     expires_at: Option<Instant>,
+    /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
+    pending_will: Option<(Will, Instant)>,
 }
 
 /// A CONNECT waiting for the registry or a takeover.
@@ -330,6 +383,8 @@ impl Shard {
             client_receive_max: u16::MAX,
             client_packet_max: usize::MAX,
             aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            out_alias_max: 0,
             client_id: String::new(),
             problem_info: true,
             awaiting_peers: false,
@@ -534,7 +589,7 @@ impl Shard {
         let Some((phase, will)) = self.close_conn_only(id, reason) else { return };
         if let Phase::Active { slot } = phase {
             if let Some(w) = will.filter(|_| reason.publishes_will()) {
-                self.publish_will(slot, w, now);
+                self.will_or_delay(slot, w, now);
             }
             self.detach_session(slot, now);
         }
@@ -566,10 +621,27 @@ impl Shard {
         }
         if v5 && matches!(phase, Phase::Active { .. }) {
             if let Some(code) = reason.disconnect_reason() {
-                self.send(id, &Packet::Disconnect(ReasonPacket::new(code)));
+                let mut d = ReasonPacket::new(code);
+                d.properties.push(codec::Property::ReasonString(reason.description().into()));
+                self.send(id, &Packet::Disconnect(d));
             }
         }
         Some((phase, will))
+    }
+
+    /// Publishes a will now, or holds it for its v5 Will Delay Interval: it goes out when the
+    /// delay or the session ends, whichever is first, unless the client reconnects before
+    /// ([MQTT-3.1.3-9]).
+    fn will_or_delay(&mut self, slot: u32, will: Will, now: Instant) {
+        let delay = will.properties.will_delay_interval().unwrap_or(0);
+        let expiry = self.slot(slot).map_or(0, |s| s.session.expiry_secs);
+        if delay == 0 || expiry == 0 {
+            return self.publish_will(slot, will, now);
+        }
+        let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
+        if let Some(s) = self.slot_mut(slot) {
+            s.pending_will = Some((will, due));
+        }
     }
 
     /// The connection of a session went away: end the session or start its expiry clock.
@@ -596,6 +668,10 @@ impl Shard {
     /// Removes a session: its subscriptions leave the trie (and the other shards' replicas),
     /// and the registry forgets this shard as the owner.
     fn destroy_session(&mut self, slot: u32) {
+        // A delayed will goes out when its session ends ([MQTT-3.1.3-9]).
+        if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
+            self.publish_will(slot, will, Instant::now());
+        }
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
         self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
@@ -643,6 +719,20 @@ impl Shard {
         for slot in expired {
             self.metrics.sessions_expired += 1;
             self.destroy_session(slot);
+        }
+        let due: Vec<u32> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let (_, at) = s.as_ref()?.pending_will.as_ref()?;
+                (now >= *at).then_some(i as u32)
+            })
+            .collect();
+        for slot in due {
+            if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
+                self.publish_will(slot, will, now);
+            }
         }
     }
 

@@ -28,9 +28,21 @@ impl Shard {
         Some(Origin { shard: self.id, session: slot, generation: s.generation })
     }
 
+    /// Whether a v5 payload matches its Payload Format Indicator (1 = UTF-8), when checked.
+    pub(super) fn payload_format_ok(&self, props: &Properties, payload: &[u8]) -> bool {
+        !self.cfg.check_payload_format
+            || props.payload_format_indicator() != Some(1)
+            || std::str::from_utf8(payload).is_ok()
+    }
+
     fn ack(&mut self, id: ConnId, qos: QoS, packet_id: Option<PacketId>, reason: ReasonCode) {
         let Some(pid) = packet_id else { return };
-        let resp = PubResp { packet_id: pid, reason, properties: Properties::new() };
+        let mut resp = PubResp { packet_id: pid, reason, properties: Properties::new() };
+        // A Reason String only if the client did not turn problem information off
+        // ([MQTT-3.1.2-29]).
+        if reason.is_error() && self.conn(id).is_some_and(|c| c.problem_info && c.version.is_v5()) {
+            resp.properties.push(Property::ReasonString(refusal_text(reason).into()));
+        }
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(id, &Packet::PubAck(resp)),
@@ -87,6 +99,17 @@ impl Shard {
             self.metrics.publish_denied += 1;
             let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
             return self.ack(id, p.qos, p.packet_id, reason);
+        }
+        if v5 && !self.payload_format_ok(&p.properties, &p.payload) {
+            self.metrics.publish_denied += 1;
+            if p.qos == QoS::AtMostOnce {
+                return self.close(
+                    id,
+                    CloseReason::Protocol(ReasonCode::PayloadFormatInvalid),
+                    now,
+                );
+            }
+            return self.ack(id, p.qos, p.packet_id, ReasonCode::PayloadFormatInvalid);
         }
         if p.qos == QoS::ExactlyOnce {
             let pid = p.packet_id.expect("invariant: codec requires an id for QoS 2").get();
@@ -337,7 +360,7 @@ impl Shard {
         if c.client_packet_max == usize::MAX {
             return true;
         }
-        let props = outgoing_properties(out, c.version.is_v5(), now);
+        let props = outgoing_properties(out, c.version.is_v5(), now, None);
         let view = PublishView {
             dup: false,
             qos: out.qos,
@@ -364,12 +387,13 @@ impl Shard {
         }
         let Some(c) = self.conn_mut(conn) else { return };
         let v5 = c.version.is_v5();
-        let props = outgoing_properties(out, v5, now);
+        let (alias, with_topic) = outbound_alias(c, &out.msg.topic);
+        let props = outgoing_properties(out, v5, now, alias);
         let view = PublishView {
             dup,
             qos: out.qos,
             retain: out.retain,
-            topic: &out.msg.topic,
+            topic: if with_topic { &out.msg.topic } else { "" },
             packet_id,
             properties: props.as_ref().unwrap_or(&out.msg.properties),
             payload: &out.msg.payload,
@@ -467,14 +491,50 @@ impl Shard {
     }
 }
 
+/// The outbound Topic Alias for `topic` on this connection (§3.3.2.3.4), assigning the next
+/// one on first use while the client's maximum allows; and whether the topic name must still
+/// be sent (true when the alias is new or there is none).
+fn outbound_alias(c: &mut super::Conn, topic: &str) -> (Option<u16>, bool) {
+    if c.out_alias_max == 0 || !c.version.is_v5() {
+        return (None, true);
+    }
+    if let Some(&a) = c.out_aliases.get(topic) {
+        return (Some(a), false);
+    }
+    if c.out_aliases.len() < usize::from(c.out_alias_max) {
+        let a = c.out_aliases.len() as u16 + 1;
+        c.out_aliases.insert(topic.to_owned(), a);
+        return (Some(a), true);
+    }
+    (None, true)
+}
+
+/// Human-readable text for a refused PUBLISH.
+fn refusal_text(reason: ReasonCode) -> &'static str {
+    match reason {
+        ReasonCode::NotAuthorized => "not authorized to publish to this topic",
+        ReasonCode::TopicNameInvalid => "topic exceeds the configured length or levels",
+        ReasonCode::PayloadFormatInvalid => "payload is not the UTF-8 its format indicator says",
+        _ => "publish refused",
+    }
+}
+
 /// The v5 properties of an outgoing PUBLISH when they differ from the stored message's: the
 /// remaining Message Expiry Interval ([MQTT-3.3.2-6]) and the matching Subscription
 /// Identifiers. `None` means "send the stored properties as they are" (and always for v3).
-fn outgoing_properties(out: &Outgoing, v5: bool, now: Instant) -> Option<Properties> {
-    if !v5 || (out.msg.expires_at.is_none() && out.subscription_ids.is_empty()) {
+fn outgoing_properties(
+    out: &Outgoing,
+    v5: bool,
+    now: Instant,
+    alias: Option<u16>,
+) -> Option<Properties> {
+    if !v5 || (out.msg.expires_at.is_none() && out.subscription_ids.is_empty() && alias.is_none()) {
         return None;
     }
     let mut props = out.msg.properties.clone();
+    if let Some(a) = alias {
+        props.push(Property::TopicAlias(a));
+    }
     if let Some(at) = out.msg.expires_at {
         let left = at.saturating_duration_since(now).as_secs().max(1);
         props.push(Property::MessageExpiryInterval(left.min(u64::from(u32::MAX)) as u32));
