@@ -73,10 +73,22 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         mesh_batch_max: config.limits.mesh_batch_max as usize,
         listeners: config.listeners.iter().map(|l| l.bind).collect(),
         shard_ports: false,
+        stats: std::sync::Arc::new(crate::metrics::StatsBoard::new(config.shard_count())),
+        sys_interval: Duration::from_secs(u64::from(config.broker.sys_interval_secs)),
+        metrics_bind: config.broker.metrics_bind,
     }
 }
 
-/// Starts a broker for `config`.
+/// Starts a broker for `config`, and its metrics endpoint if configured.
 pub fn start(config: &Config) -> Result<Broker, StartError> {
-    Broker::start(runtime_options(config), shard_config(config))
+    let opts = runtime_options(config);
+    let stats = std::sync::Arc::clone(&opts.stats);
+    let broker = Broker::start(opts, shard_config(config))?;
+    if let Some(addr) = config.broker.metrics_bind {
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| StartError::Bind { addr, source })?;
+        crate::metrics::serve_http(listener, stats, broker.stop_flag())
+            .map_err(|source| StartError::Bind { addr, source })?;
+    }
+    Ok(broker)
 }

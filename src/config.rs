@@ -79,6 +79,9 @@ pub struct BrokerConfig {
     /// (PUBACK/PUBREC or DISCONNECT 0x99, CONNACK 0x99 for a will; §3.3.2.3.2 lets a server
     /// check). Default true.
     pub check_payload_format: bool,
+    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). Default absent: off.
+    /// Keep it on a loopback or management address: it has no authentication.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// One `[[listener]]`: a socket clients connect to, and what it allows.
@@ -309,6 +312,7 @@ impl Default for BrokerConfig {
             sys_interval_secs: 10,
             response_information_prefix: "responses/".into(),
             check_payload_format: true,
+            metrics_bind: None,
         }
     }
 }
@@ -709,6 +713,7 @@ struct RawBroker {
     sys_interval_secs: Option<Spanned<i64>>,
     response_information_prefix: Option<Spanned<String>>,
     check_payload_format: Option<Spanned<bool>>,
+    metrics_bind: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -789,6 +794,18 @@ impl RawConfig {
             }
             let key = "broker.check_payload_format";
             spans.set(&mut b.check_payload_format, key, raw.check_payload_format);
+            if let Some(bind) = raw.metrics_bind {
+                let key = "broker.metrics_bind";
+                spans.insert(key, bind.span());
+                let parsed = bind.get_ref().parse().map_err(|_| {
+                    let message = format!(
+                        "not an IP address and port like \"127.0.0.1:9883\" (got {:?})",
+                        bind.get_ref()
+                    );
+                    spans.issue(&[key], message)
+                })?;
+                b.metrics_bind = Some(parsed);
+            }
         }
         if let Some(list) = self.listener {
             spans.insert("listener", list.span());

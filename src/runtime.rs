@@ -16,6 +16,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 
+use crate::metrics::StatsBoard;
 use crate::net::{accept_loop, Notify, ShardIo, SCRATCH_BYTES};
 use crate::shard::{Shard, ShardConfig, ShardMsg};
 
@@ -40,6 +41,12 @@ pub struct RuntimeOptions {
     /// listener's IP (same policy as listener 0), reported in [`Broker::shard_addrs`]. For tests
     /// that must place a client on a given shard, and for operators who balance by shard.
     pub shard_ports: bool,
+    /// Where shards report their counters once a second (read by `$SYS` and `/metrics`).
+    pub stats: Arc<StatsBoard>,
+    /// Interval of the `$SYS/broker/...` publications (by shard 0).
+    pub sys_interval: Duration,
+    /// Address of the Prometheus endpoint (`GET /metrics`), if enabled.
+    pub metrics_bind: Option<SocketAddr>,
 }
 
 /// A batch of messages from one shard to another.
@@ -261,12 +268,20 @@ async fn shard_main(
     tracing::info!(shard = id, "shard started");
     // Tick: timeouts and expiry every second; the stop flag every 100 ms.
     let mut last_tick = Instant::now();
+    let mut last_sys = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
         let now = Instant::now();
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             last_tick = now;
-            io.shard.borrow_mut().tick(now);
+            let mut shard = io.shard.borrow_mut();
+            shard.tick(now);
+            opts.stats.update(usize::from(id), &shard.metrics, &shard.latency);
+            if id == 0 && now.duration_since(last_sys) >= opts.sys_interval {
+                last_sys = now;
+                shard.publish_sys(opts.stats.sys_topics(), now);
+            }
+            drop(shard);
             io.outbox_ready.notify();
         }
     }

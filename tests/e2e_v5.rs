@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{pid, start, start_with, RawClient};
 use tern::codec::{
-    Connect, Packet, Properties, Property, ProtocolVersion, PubResp, Publish, QoS, ReasonCode,
-    ReasonPacket, RetainHandling, Subscribe, SubscriptionOptions, Will,
+    Connect, Packet, Property, ProtocolVersion, PubResp, Publish, QoS, ReasonCode, ReasonPacket,
+    RetainHandling, Subscribe, SubscriptionOptions, Will,
 };
 
 const V5: ProtocolVersion = ProtocolVersion::V5;

@@ -39,6 +39,8 @@ pub struct Message {
     pub expires_at: Option<Instant>,
     /// The publisher, if a client (None for wills of gone sessions and broker messages).
     pub origin: Option<Origin>,
+    /// When the broker received it, for the publish-to-deliver latency histogram.
+    pub received_at: Option<Instant>,
 }
 
 /// Fixed per-message overhead counted against queue byte bounds (struct and allocator slack).
@@ -55,6 +57,7 @@ impl Message {
             properties: Properties::new(),
             expires_at: None,
             origin: None,
+            received_at: None,
         }
     }
 

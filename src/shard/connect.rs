@@ -93,6 +93,10 @@ impl Shard {
         c.version = version;
         c.phase = Phase::Connecting;
         let listener = c.listener;
+        // The transport's identity (TLS client certificate CN) wins over the CONNECT user name.
+        if let Some(name) = c.tls_username.take() {
+            connect.username = Some(name.into());
+        }
 
         // Client identifier rules ([MQTT-3.1.3-5..9] in 3.1.1, §3.1.3.1 in 5.0).
         let mut assigned_id = false;

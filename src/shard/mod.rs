@@ -253,6 +253,10 @@ pub(crate) struct Conn {
     client_id: String,
     /// Whether the client asked for problem information (v5), default true.
     problem_info: bool,
+    /// The user name the transport vouches for (TLS listener with `use_identity_as_username`:
+    /// the client certificate's CN). When set, it replaces the CONNECT user name. Set only by
+    /// [`Shard::accept_with_identity`]; the shard knows nothing else about transports.
+    tls_username: Option<Box<str>>,
     /// A SUBSCRIBE waits for the other shards: later packets wait in `rx` so that responses
     /// keep the order of requests.
     awaiting_peers: bool,
@@ -316,6 +320,8 @@ pub struct Shard {
     outbox: Vec<VecDeque<ShardMsg>>,
     /// Counters, read by the metrics endpoint and `$SYS`.
     pub metrics: Metrics,
+    /// Publish-to-deliver latency of deliveries written by this shard, microseconds.
+    pub latency: hdrhistogram::Histogram<u64>,
     /// Reused per publish: local deliveries (slot, options, subscription id).
     scratch: Vec<publish::LocalMatch>,
 }
@@ -347,6 +353,7 @@ impl Shard {
             next_req: 1,
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
             metrics: Metrics::default(),
+            latency: crate::metrics::new_latency_histogram(),
             scratch: Vec::new(),
         }
     }
@@ -364,6 +371,19 @@ impl Shard {
     /// Registers a new connection from `peer` on `listener`; `None` when the listener's
     /// connection bound is reached (the caller closes the socket and it is counted).
     pub fn accept(&mut self, listener: usize, peer: SocketAddr, now: Instant) -> Option<ConnId> {
+        self.accept_with_identity(listener, peer, now, None)
+    }
+
+    /// [`Shard::accept`] for a transport that authenticated the client itself: `tls_username`
+    /// (the client certificate's CN, when the listener uses it as the identity) replaces the
+    /// user name of the CONNECT that follows.
+    pub fn accept_with_identity(
+        &mut self,
+        listener: usize,
+        peer: SocketAddr,
+        now: Instant,
+        tls_username: Option<String>,
+    ) -> Option<ConnId> {
         if self.conns_per_listener[listener] >= self.cfg.listeners[listener].connections_max {
             self.metrics.connections_refused_limit += 1;
             return None;
@@ -388,6 +408,7 @@ impl Shard {
             client_id: String::new(),
             problem_info: true,
             awaiting_peers: false,
+            tls_username: tls_username.map(String::into_boxed_str),
         };
         self.metrics.connections_total += 1;
         self.metrics.connections_current += 1;

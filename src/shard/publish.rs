@@ -143,6 +143,7 @@ impl Shard {
             properties: p.properties,
             expires_at,
             origin: self.origin(slot),
+            received_at: Some(now),
         };
         if msg.retain {
             self.retain_local_and_broadcast(&msg);
@@ -171,11 +172,22 @@ impl Shard {
             properties,
             expires_at,
             origin: self.origin(slot),
+            received_at: None,
         };
         if msg.retain {
             self.retain_local_and_broadcast(&msg);
         }
         self.route(msg, now);
+    }
+
+    /// Publishes the `$SYS/broker/...` statistics as retained messages (as Mosquitto does), so a
+    /// subscriber gets the latest values at once.
+    pub fn publish_sys(&mut self, topics: Vec<(String, String)>, now: Instant) {
+        for (topic, value) in topics {
+            let msg = Message::new(topic, value.into(), QoS::AtMostOnce, true);
+            self.retain_local_and_broadcast(&msg);
+            self.route(msg, now);
+        }
     }
 
     /// Routes a message to every matching subscriber: local ones directly, other shards by one
@@ -405,6 +417,10 @@ impl Shard {
                 }
                 self.metrics.bytes_sent += n as u64;
                 self.metrics.messages_sent += 1;
+                if let Some(t) = out.msg.received_at {
+                    let us = now.saturating_duration_since(t).as_micros() as u64;
+                    let _ = self.latency.record(us.clamp(1, 60_000_000));
+                }
             }
             Err(e) => tracing::error!(conn = conn.0, error = %e, "could not encode PUBLISH"),
         }

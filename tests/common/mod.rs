@@ -22,6 +22,8 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// Each shard's private listener, by shard id.
     pub shard_addrs: Vec<SocketAddr>,
+    /// Where the shards report their counters.
+    pub stats: std::sync::Arc<tern::metrics::StatsBoard>,
 }
 
 impl Drop for TestBroker {
@@ -47,11 +49,12 @@ pub fn start_with(shards: u16, edit: impl FnOnce(&mut Config)) -> TestBroker {
     edit(&mut config);
     let mut opts = tern::broker::runtime_options(&config);
     opts.shard_ports = true;
+    let stats = std::sync::Arc::clone(&opts.stats);
     let broker = Broker::start(opts, tern::broker::shard_config(&config)).expect("broker starts");
     let addr = broker.local_addrs[0];
     let shard_addrs = broker.shard_addrs.clone();
     assert_eq!(shard_addrs.len(), usize::from(shards));
-    TestBroker { broker: Some(broker), addr, shard_addrs }
+    TestBroker { broker: Some(broker), addr, shard_addrs, stats }
 }
 
 /// Starts a broker with two shards and default limits.

@@ -1,0 +1,74 @@
+//! `$SYS/broker/...` topics and the Prometheus endpoint, end to end on a two-shard broker.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{start_with, RawClient};
+use tern::codec::{Packet, ProtocolVersion, QoS};
+
+const V4: ProtocolVersion = ProtocolVersion::V311;
+
+#[test]
+fn sys_topics_are_published_and_retained() {
+    let b = start_with(2, |c| c.broker.sys_interval_secs = 1);
+    let (mut p, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "sys-pub", true);
+    for i in 0..5u16 {
+        p.publish("data/x", b"v", QoS::AtLeastOnce, i + 1, false);
+        assert!(matches!(p.recv(), Packet::PubAck(_)));
+    }
+    // Wait for one $SYS round after the publishes, then subscribe: retained values arrive.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (mut s, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "sys-sub", true);
+    s.subscribe("$SYS/broker/#", QoS::AtMostOnce);
+    let mut seen = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.len() < 13 && Instant::now() < deadline {
+        if let Some(Packet::Publish(m)) = s.recv_timeout(Duration::from_millis(500)) {
+            seen.insert(m.topic.clone(), String::from_utf8_lossy(&m.payload).to_string());
+        }
+    }
+    assert!(seen["$SYS/broker/version"].starts_with("tern "));
+    let received: u64 = seen["$SYS/broker/messages/received"].parse().expect("a number");
+    assert!(received >= 5, "{received}");
+    let connected: u64 = seen["$SYS/broker/clients/connected"].parse().expect("a number");
+    assert!(connected >= 1);
+    assert!(seen.contains_key("$SYS/broker/uptime"));
+    assert!(seen.contains_key("$SYS/broker/subscriptions/count"));
+}
+
+#[test]
+fn wildcard_subscriptions_do_not_see_sys() {
+    // [MQTT-4.7.2-1]: '#' does not match topics beginning with '$'.
+    let b = start_with(2, |c| c.broker.sys_interval_secs = 1);
+    let (mut s, _) = RawClient::mqtt_connect(b.addr, V4, "hash", true);
+    s.subscribe("#", QoS::AtMostOnce);
+    assert!(s.recv_timeout(Duration::from_millis(1500)).is_none());
+}
+
+#[test]
+fn prometheus_endpoint_serves_per_shard_and_total_counters() {
+    let b = start_with(2, |_| {});
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handle = tern::metrics::serve_http(listener, b.stats.clone(), stop.clone()).expect("serve");
+    let (mut s, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "m-sub", true);
+    s.subscribe("m", QoS::AtMostOnce);
+    let (mut p, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "m-pub", true);
+    p.publish("m", b"x", QoS::AtMostOnce, 0, false);
+    assert!(matches!(s.recv(), Packet::Publish(_)));
+    std::thread::sleep(Duration::from_millis(1300)); // one report per second
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
+    let mut body = String::new();
+    conn.read_to_string(&mut body).expect("read");
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("tern_messages_received_total{shard=\"1\"} 1"), "{body}");
+    assert!(body.contains("tern_messages_sent_total{shard=\"0\"} 1"), "{body}");
+    assert!(body.contains("tern_connections_current{shard=\"total\"} 2"), "{body}");
+    assert!(body.contains("tern_publish_latency_seconds_count 1"), "{body}");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    handle.join().expect("endpoint thread");
+}
