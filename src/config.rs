@@ -2,7 +2,8 @@
 //! immutable, validated [`Config`].
 //!
 //! This module owns the meaning, default and bound of every setting. It must not do IO beyond
-//! reading the one file in [`Config::load`], must not touch the runtime or any global state, and
+//! reading the one file in [`Config::load`] and, to validate them, the `[auth]` files it names
+//! (parsed by [`crate::auth`]); it must not touch the runtime or any global state, and
 //! must never "fix" a bad value by clamping it: a value outside its bound is refused with an
 //! error that names the file, line, column, dotted key and reason, e.g.
 //!
@@ -30,7 +31,7 @@ use std::fmt;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -60,6 +61,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[auth]`: the password and ACL files.
+    pub auth: AuthConfig,
 }
 
 /// `[broker]`: process-wide settings.
@@ -275,6 +278,25 @@ pub struct LogConfig {
     pub level: LogLevel,
 }
 
+/// `[auth]`: where user names, passwords and permissions come from. Both files are in
+/// Mosquitto's formats, so existing files work unchanged (see [`crate::auth`]). A relative path
+/// is relative to the working directory, as in Mosquitto. Validation reads and parses both
+/// files, so a missing or malformed file stops the broker at start with the file, line and
+/// reason; the broker reads them again on reload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// The password file: `username:hash` lines as written by `tern passwd` or Mosquitto's
+    /// `mosquitto_passwd` (`$7$` PBKDF2-SHA512, `$6$` SHA-512, Argon2id). A client that sends a
+    /// user name must send that user's password. Whether a client may send no user name at all
+    /// is each listener's `allow_anonymous`. Default: absent.
+    pub password_file: Option<PathBuf>,
+    /// The ACL file: `user`, `topic` and `pattern` lines in Mosquitto's syntax, deciding who may
+    /// publish, subscribe to and receive which topics. Default: absent, and then every client
+    /// may use every topic. When set, whatever the file does not grant is refused, so an
+    /// empty file denies everything.
+    pub acl_file: Option<PathBuf>,
+}
+
 /// A log level, from most to least verbose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -381,6 +403,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -409,15 +432,17 @@ impl Config {
         let mut spans = Spans::default();
         let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
         config.check(&spans).map_err(|issue| source.error(issue))?;
+        config.auth.check_files(&spans).map_err(|issue| source.error(issue))?;
         Ok(config)
     }
 
-    /// Checks every bound and cross-field rule. Configs from [`Config::load`] and
-    /// [`Config::from_str_named`] already passed; call this on one built or changed by hand.
-    /// Errors name the file `<built-in>` with line 0.
+    /// Checks every bound and cross-field rule, and that the `[auth]` files can be read and
+    /// parsed. Configs from [`Config::load`] and [`Config::from_str_named`] already passed; call
+    /// this on one built or changed by hand. Errors name the file `<built-in>` with line 0.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let source = Source { name: "<built-in>", text: "" };
-        self.check(&Spans::default()).map_err(|issue| source.error(issue))
+        self.check(&Spans::default()).map_err(|issue| source.error(issue))?;
+        self.auth.check_files(&Spans::default()).map_err(|issue| source.error(issue))
     }
 
     /// The number of shards to start: `broker.shards`, or one per available core (at most 256,
@@ -628,6 +653,23 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+impl AuthConfig {
+    /// Reads and parses each configured file, so a missing or malformed one is a configuration
+    /// error at start: reported at the key, with the file's own name, line and reason in the
+    /// message, e.g. `auth.acl_file: /etc/tern/acl:7: unknown access type "reed" ...`.
+    fn check_files(&self, spans: &Spans) -> Result<(), Issue> {
+        if let Some(path) = &self.password_file {
+            crate::auth::PasswordDb::load(path)
+                .map_err(|e| spans.issue(&["auth.password_file"], e.to_string()))?;
+        }
+        if let Some(path) = &self.acl_file {
+            crate::auth::Acl::load(path)
+                .map_err(|e| spans.issue(&["auth.acl_file"], e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
@@ -704,6 +746,7 @@ struct RawConfig {
     limits: Option<RawLimits>,
     runtime: Option<RawRuntime>,
     log: Option<RawLog>,
+    auth: Option<RawAuth>,
 }
 
 #[derive(Deserialize)]
@@ -769,6 +812,13 @@ struct RawRuntime {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     level: Option<Spanned<LogLevel>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    password_file: Option<Spanned<PathBuf>>,
+    acl_file: Option<Spanned<PathBuf>>,
 }
 
 impl RawConfig {
@@ -837,6 +887,17 @@ impl RawConfig {
         }
         if let Some(raw) = self.log {
             spans.set(&mut config.log.level, "log.level", raw.level);
+        }
+        if let Some(raw) = self.auth {
+            for (key, raw, slot) in [
+                ("auth.password_file", raw.password_file, &mut config.auth.password_file),
+                ("auth.acl_file", raw.acl_file, &mut config.auth.acl_file),
+            ] {
+                if let Some(path) = raw {
+                    spans.insert(key, path.span());
+                    *slot = Some(path.into_inner());
+                }
+            }
         }
         Ok(config)
     }
@@ -1632,5 +1693,83 @@ mod tests {
         assert_eq!(at("k ="), "arr[1].sub.k");
         assert_eq!(at("sub"), "arr[1].sub");
         assert_eq!(key_path_at(text, text.len()), "arr[1].sub.k");
+    }
+
+    /// A scratch directory for tests that write auth files; removed on drop.
+    struct AuthDir(std::path::PathBuf);
+
+    impl AuthDir {
+        fn new(tag: &str) -> AuthDir {
+            let dir =
+                std::env::temp_dir().join(format!("tern-config-auth-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            AuthDir(dir)
+        }
+
+        fn file(&self, name: &str, text: &str) -> String {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).expect("write");
+            path.display().to_string()
+        }
+    }
+
+    impl Drop for AuthDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn auth_files_are_read_and_checked() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth");
+        let pw = fixtures.join("mosquitto.passwd");
+        let acl = fixtures.join("acl.conf");
+        let text = format!(
+            "[auth]\npassword_file = {:?}\nacl_file = {:?}\n",
+            pw.display().to_string(),
+            acl.display().to_string()
+        );
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.auth.password_file.as_deref(), Some(pw.as_path()));
+        assert_eq!(c.auth.acl_file.as_deref(), Some(acl.as_path()));
+        assert_eq!(Config::default().auth, AuthConfig::default());
+        assert_eq!(c.validate(), Ok(()));
+
+        // An empty ACL file is valid: it denies everything.
+        let dir = AuthDir::new("ok");
+        let empty = dir.file("empty.acl", "");
+        let c = parse(&format!("[auth]\nacl_file = {empty:?}\n")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.auth.password_file.is_none());
+    }
+
+    #[test]
+    fn auth_file_errors_name_the_file_line_and_reason() {
+        let dir = AuthDir::new("bad");
+        let acl = dir.file("acl", "# acl\ntopic read a\ntopik read b\n");
+        let e = parse_err(&format!("# x\n[auth]\nacl_file = {acl:?}\n"));
+        assert_err(&e, 3, 12, "auth.acl_file", &format!("{acl}:3: unknown keyword \"topik\""));
+        let pw = dir.file("pw", "# users\nalice\n");
+        let e = parse_err(&format!("[auth]\npassword_file = {pw:?}\n"));
+        assert_err(&e, 2, 17, "auth.password_file", &format!("{pw}:2: missing ':'"));
+        let pw = dir.file("pw2", "alice:\n");
+        let e = parse_err(&format!("[auth]\npassword_file = {pw:?}\n"));
+        assert_err(&e, 2, 17, "auth.password_file", "pw2:1: empty hash for user \"alice\"");
+
+        let e = parse_err("[auth]\nacl_file = \"/nonexistent/tern/acl\"\n");
+        assert_err(&e, 2, 12, "auth.acl_file", "/nonexistent/tern/acl: cannot read: ");
+        let e = parse_err("[auth]\npassword_file = \"/nonexistent/tern/pw\"\n");
+        assert_err(&e, 2, 17, "auth.password_file", "/nonexistent/tern/pw: cannot read: ");
+
+        let e = parse_err("[auth]\npasword_file = \"x\"\n");
+        assert_err(&e, 2, 1, "auth.pasword_file", "unknown key `pasword_file`");
+        let e = parse_err("[auth]\nacl_file = 5\n");
+        assert_err(&e, 2, 12, "auth.acl_file", "invalid type: integer `5`");
+
+        // A config built in code is checked the same way, without a position.
+        let mut c = Config::default();
+        c.auth.acl_file = Some("/nonexistent/tern/acl".into());
+        let e = c.validate().expect_err("missing acl file");
+        assert_eq!((e.key.as_str(), e.line), ("auth.acl_file", 0));
+        assert!(e.message.starts_with("/nonexistent/tern/acl: cannot read: "), "{e}");
     }
 }

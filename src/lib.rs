@@ -22,6 +22,7 @@
 //! - [`metrics`]: per-shard counters.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;

@@ -52,6 +52,17 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 fn main() -> ExitCode {
+    // `tern passwd ...` edits a password file and exits (src/auth/passwd_cmd.rs).
+    if std::env::args().nth(1).as_deref() == Some("passwd") {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return match tern::auth::passwd_cmd::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern passwd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,

@@ -1,0 +1,137 @@
+//! Authentication and authorisation: Mosquitto-compatible password files and ACL files, and the
+//! `tern passwd` command that edits password files.
+//!
+//! This module owns the *files* and the *decisions*; it does not own when they are made. It does
+//! IO only in the `load` functions (once at start, and again on reload) and in
+//! [`passwd_cmd`]; every check at match time is pure and works on data parsed at load. It never
+//! touches sockets, the runtime or a clock. The broker decides when to call it:
+//!
+//! | event | call |
+//! |---|---|
+//! | CONNECT with a user name | [`PasswordDb::check`] (slow on purpose: a key derivation) |
+//! | SUBSCRIBE, per filter | [`Acl::can_subscribe`] |
+//! | PUBLISH received (and a Will, at CONNECT) | [`Acl::can_publish`] |
+//! | each message delivered, retained ones included | [`Acl::can_read`] |
+//!
+//! Both files are in Mosquitto's formats so that existing files can be used unchanged; where
+//! Tern is stricter than Mosquitto (refusing a file Mosquitto would accept, or denying where
+//! Mosquitto would allow), the item's documentation says so and why. The rule throughout is
+//! *fail closed*: a line that cannot be understood is an error naming the file and line, never
+//! something skipped or an entry with an empty field; an ACL file with no entries denies
+//! everything.
+//!
+//! # Layout
+//!
+//! - [`password`]: the password file ([`PasswordDb`]) and its hash formats ([`PasswordHash`]).
+//! - [`acl`]: the ACL file ([`Acl`]) and its [`Decision`]s.
+//! - [`passwd_cmd`]: `tern passwd`, which creates and edits password files.
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+pub mod acl;
+pub mod passwd_cmd;
+pub mod password;
+
+pub use acl::{Access, Acl, Decision};
+pub use password::{PasswordDb, PasswordHash};
+
+/// Largest password or ACL file read. Both are small text files; the bound keeps a wrong path
+/// (a log file, a device) from filling memory. Worst-case memory: about three times this while a
+/// file is parsed (the text, plus the parsed entries).
+pub const AUTH_FILE_BYTES_MAX: u64 = 16 << 20;
+
+/// A password or ACL file that was refused: which file, which line, and why.
+///
+/// Displays as `file:line: reason`, or `file: reason` when the problem is not on one line (the
+/// file cannot be read, or is too large).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthFileError {
+    /// The file, as given to the `load` function (or the name given to `parse`).
+    pub file: String,
+    /// 1-based line number, or 0 when the error is about the whole file.
+    pub line: usize,
+    /// What is wrong, e.g. `empty user name`. Never contains a password or a hash.
+    pub reason: String,
+}
+
+impl AuthFileError {
+    pub(crate) fn at(file: &str, line: usize, reason: impl Into<String>) -> AuthFileError {
+        AuthFileError { file: file.to_owned(), line, reason: reason.into() }
+    }
+}
+
+impl fmt::Display for AuthFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.file, self.line, self.reason)
+        } else {
+            write!(f, "{}: {}", self.file, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for AuthFileError {}
+
+/// Reads a whole auth file as UTF-8, at most [`AUTH_FILE_BYTES_MAX`] bytes. Errors name the file
+/// as given; a non-UTF-8 byte is reported with its line number.
+pub(crate) fn read_file(path: &Path) -> Result<(String, String), AuthFileError> {
+    let name = path.display().to_string();
+    let io_error = |e: std::io::Error| AuthFileError::at(&name, 0, format!("cannot read: {e}"));
+    let file = std::fs::File::open(path).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    // One byte more than allowed, so an oversized file is detected instead of truncated.
+    file.take(AUTH_FILE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(io_error)?;
+    if bytes.len() as u64 > AUTH_FILE_BYTES_MAX {
+        let reason = format!("file is larger than {AUTH_FILE_BYTES_MAX} bytes");
+        return Err(AuthFileError::at(&name, 0, reason));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok((name, text)),
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
+            Err(AuthFileError::at(&name, line, "not valid UTF-8"))
+        }
+    }
+}
+
+/// The lines of `text` with their 1-based numbers, `\r\n` and `\n` endings removed.
+pub(crate) fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines().enumerate().map(|(i, line)| (i + 1, line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_display() {
+        let e = AuthFileError::at("pw", 3, "empty user name");
+        assert_eq!(e.to_string(), "pw:3: empty user name");
+        let e = AuthFileError::at("pw", 0, "cannot read: gone");
+        assert_eq!(e.to_string(), "pw: cannot read: gone");
+    }
+
+    #[test]
+    fn read_file_errors() {
+        let e = read_file(Path::new("/nonexistent/tern/pw")).expect_err("missing");
+        assert_eq!((e.file.as_str(), e.line), ("/nonexistent/tern/pw", 0));
+        assert!(e.reason.starts_with("cannot read: "), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("tern-auth-mod-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("bad-utf8");
+        std::fs::write(&path, b"a:b\nc:\xff\n").expect("write");
+        let e = read_file(&path).expect_err("bad utf-8");
+        assert_eq!((e.line, e.reason.as_str()), (2, "not valid UTF-8"));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn lines_are_numbered_from_one_without_crlf() {
+        let lines: Vec<_> = numbered_lines("a\r\nb\n\nc").collect();
+        assert_eq!(lines, [(1, "a"), (2, "b"), (3, ""), (4, "c")]);
+    }
+}
