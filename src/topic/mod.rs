@@ -11,7 +11,7 @@
 
 mod trie;
 
-pub use trie::SubscriptionTrie;
+pub use trie::{SubscriptionTrie, MATCH_STACK_INLINE};
 
 use crate::codec::topic::SHARE_PREFIX;
 

@@ -11,8 +11,8 @@
 //! checks, whatever the number of wildcard filters. A `#` node never has children (`#` is always
 //! the last level of a valid filter).
 //!
-//! Nothing here recurses, including `Drop`: a topic name can have 32 768 levels (65 535 bytes),
-//! and the default drop glue of a chain that deep would overflow a thread stack.
+//! Nothing here recurses, including `Drop`: a filter of 65 535 bytes can have 65 536 levels (all
+//! of them empty), and the default drop glue of a chain that deep would overflow a thread stack.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,14 +21,14 @@ use std::mem;
 
 use crate::codec::topic::validate_topic_filter;
 
-/// Topic depth up to which matching uses only the stack. The walk keeps at most one pending
-/// sibling per level (the `+` branch while the literal branch is explored), so it needs at most
-/// `levels + 1` frames; deeper topics spill to a `Vec`, which allocates. Keep this at or above
-/// the broker's `topic_levels_max` so the spill never happens in practice.
+/// Topic depth up to which matching uses only the thread's stack. The walk keeps at most one
+/// pending `+` branch per level, so a topic of up to this many levels never spills to the heap;
+/// a deeper one with `+` filters at every level allocates. Matches the default
+/// `topic_levels_max`, which caps topic depth before a topic gets here.
 pub const MATCH_STACK_INLINE: usize = 32;
 
 /// Largest subscriber set kept as a plain `Vec` with linear lookup. Beyond it the set gains a
-/// hash index (see [`Subscribers`]). 32 pairs scan in about the time of one hash lookup.
+/// hash index (see [`Subscribers`]). Scanning 32 small keys costs about one SipHash lookup.
 const SUBSCRIBERS_VEC_MAX: usize = 32;
 
 /// An indexed subscriber set that shrinks below this goes back to a plain `Vec`. Lower than
@@ -37,7 +37,7 @@ const SUBSCRIBERS_VEC_MAX: usize = 32;
 const SUBSCRIBERS_INDEXED_MIN: usize = 8;
 
 const _: () = assert!(SUBSCRIBERS_INDEXED_MIN < SUBSCRIBERS_VEC_MAX);
-const _: () = assert!(MATCH_STACK_INLINE >= 2);
+const _: () = assert!(MATCH_STACK_INLINE >= 1);
 
 /// An index from topic filters to subscriptions, answering "who is subscribed to this topic
 /// name" (§4.7).
@@ -173,11 +173,13 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
     /// is compared literally and matches only wildcards.
     pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(&K, &V)) {
         // A frame is a node whose path matched the topic up to byte `pos`: the next level starts
-        // there, and `done` means every level has been matched.
+        // there, and `done` means every level has been matched. The literal child is followed
+        // in place; only `+` branches wait on the stack, so it holds at most one frame per level.
         let done = topic.len() + 1;
         let dollar = topic.starts_with('$');
-        let mut stack = MatchStack::new((&self.root, 0));
-        while let Some((node, pos)) = stack.pop() {
+        let mut plus_branches = MatchStack::new();
+        let mut literal = Some((&self.root, 0));
+        while let Some((node, pos)) = literal.take().or_else(|| plus_branches.pop()) {
             if pos == done {
                 node.subscribers.visit(&mut visit);
                 // `#` also matches its parent level: `sport/#` matches `sport`.
@@ -193,18 +195,17 @@ impl<K: Copy + Eq + Hash, V> SubscriptionTrie<K, V> {
                     hash.subscribers.visit(&mut visit);
                 }
             }
-            let (level, next) = match topic[pos..].find('/') {
-                Some(slash) => (&topic[pos..pos + slash], pos + slash + 1),
+            // A byte loop: levels are short, and `str::find` pays memchr's set-up on each.
+            let (level, next) = match topic.as_bytes()[pos..].iter().position(|&b| b == b'/') {
+                Some(len) => (&topic[pos..pos + len], pos + len + 1),
                 None => (&topic[pos..], done),
             };
             if wildcards {
                 if let Some(plus) = &node.plus {
-                    stack.push((plus, next));
+                    plus_branches.push((plus, next));
                 }
             }
-            if let Some(child) = node.children.get(level) {
-                stack.push((child, next));
-            }
+            literal = node.children.get(level).map(|child| (child, next));
         }
     }
 
@@ -463,25 +464,27 @@ impl<K, V> Subscribers<K, V> {
     }
 }
 
-/// The explicit stack of [`SubscriptionTrie::for_each_match`]: [`MATCH_STACK_INLINE`] frames
-/// in an array, then a `Vec` that only allocates if a topic is deeper than that.
+/// The pending `+` branches of [`SubscriptionTrie::for_each_match`]: [`MATCH_STACK_INLINE`]
+/// frames in an array, then a `Vec` that only allocates for a topic deeper than that.
+///
+/// Frames on it have strictly increasing depths from bottom to top (a popped branch only pushes
+/// deeper ones), so a topic of `n` levels needs at most `n` frames.
 struct MatchStack<'t, K, V> {
-    /// Frames `0..inline_len`. Unused slots hold copies of the first frame, which avoids both
-    /// `Option` and `unsafe` for uninitialised slots.
-    inline: [(&'t Node<K, V>, usize); MATCH_STACK_INLINE],
+    /// Frames `0..inline_len`; `None` beyond.
+    inline: [Option<(&'t Node<K, V>, usize)>; MATCH_STACK_INLINE],
     inline_len: usize,
     /// Frames pushed while `inline` was full; popped before any inline frame.
     spill: Vec<(&'t Node<K, V>, usize)>,
 }
 
 impl<'t, K, V> MatchStack<'t, K, V> {
-    fn new(first: (&'t Node<K, V>, usize)) -> Self {
-        MatchStack { inline: [first; MATCH_STACK_INLINE], inline_len: 1, spill: Vec::new() }
+    fn new() -> Self {
+        MatchStack { inline: [None; MATCH_STACK_INLINE], inline_len: 0, spill: Vec::new() }
     }
 
     fn push(&mut self, frame: (&'t Node<K, V>, usize)) {
         if self.inline_len < MATCH_STACK_INLINE {
-            self.inline[self.inline_len] = frame;
+            self.inline[self.inline_len] = Some(frame);
             self.inline_len += 1;
         } else {
             self.spill.push(frame);
@@ -493,7 +496,7 @@ impl<'t, K, V> MatchStack<'t, K, V> {
             return Some(frame);
         }
         self.inline_len = self.inline_len.checked_sub(1)?;
-        Some(self.inline[self.inline_len])
+        self.inline[self.inline_len].take()
     }
 }
 
@@ -751,17 +754,25 @@ mod tests {
         trie.for_each_match(&filter, |k, ()| keys.push(*k));
         keys.sort_unstable();
         assert_eq!(keys, [1, 2]);
-        // A topic longer than the inline stack, matched only by `+` chains of that length.
-        let pluses = vec!["+"; MATCH_STACK_INLINE * 2].join("/");
-        trie.insert(&pluses, 3, ());
-        let topic = vec!["y"; MATCH_STACK_INLINE * 2].join("/");
+        // A topic deeper than the inline stack with a `+` branch pending at every level: `+`
+        // after every prefix `y/…/y/` of the topic, so the stack spills to the heap.
+        let n = MATCH_STACK_INLINE * 2;
+        let mut prefix = String::new();
+        for key in 100..100 + n as u32 {
+            trie.insert(&format!("{prefix}+"), key, ());
+            prefix.push_str("y/");
+        }
+        let topic = vec!["y"; n].join("/");
+        trie.insert(&topic, 3, ());
         keys.clear();
         trie.for_each_match(&topic, |k, ()| keys.push(*k));
         keys.sort_unstable();
-        assert_eq!(keys, [2, 3]);
-        assert_eq!(trie.node_count(), 1 + depth + 2 + MATCH_STACK_INLINE * 2 - 1);
+        assert_eq!(keys, [2, 3, 100 + n as u32 - 1]);
+        // Root, the `x` chain, `+/#`, the `y` chain and the `+` after each `y` (the first `+`
+        // is shared with `+/#`).
+        assert_eq!(trie.node_count(), 1 + depth + 2 + n + (n - 1));
         trie.remove(&filter, &1);
-        assert_eq!(trie.node_count(), 1 + 2 + MATCH_STACK_INLINE * 2 - 1);
+        assert_eq!(trie.node_count(), 1 + 2 + n + (n - 1));
         trie.insert(&filter, 1_u32, ());
         drop(trie);
     }
