@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Runs the same scenario set against Tern, Mosquitto, rumqttd and the harness's raw relay
+# (the loopback ceiling), one broker at a time, and prints a Markdown table with Tern/peer ratios.
+#
+#   scripts/compare-peers.sh [OUTDIR]
+#
+# Each broker is restarted for every scenario (fresh memory, no leftover sessions), pinned to
+# CPU $BROKER_CPU (default 0); the generator is pinned to CPU $GEN_CPU (default 1). Everything
+# listens on 127.0.0.1 only. Output: OUTDIR/<broker>/<scenario>.json|.svg, OUTDIR/<scenario>.svg
+# (all brokers on one plot), OUTDIR/table.md.
+#
+# Environment:
+#   PEERS="tern mosquitto rumqttd relay"   which brokers to run
+#   ONLY="p2p-q1 fanout-q0"                run only these scenario labels
+#   DURATION=10                            seconds of publishing per scenario
+#   CONNS=5000                             connections of the conn-* row
+#   CARGO_TARGET_DIR                       where the release build goes (default: target)
+# Installs mosquitto (apt) and rumqttd (cargo install, ~6 min) when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${1:-target/compare-peers/$(date -u +%Y%m%dT%H%M%SZ)}
+PEERS=${PEERS:-"tern mosquitto rumqttd relay"}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-5000}
+BROKER_CPU=${BROKER_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+BIN=$CARGO_TARGET_DIR/release
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+# --- Installs -------------------------------------------------------------------------------
+if [[ " $PEERS " == *" mosquitto "* ]] && ! command -v mosquitto >/dev/null; then
+    echo "installing mosquitto (Debian package)" >&2
+    apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+if [[ " $PEERS " == *" rumqttd "* ]] && ! command -v rumqttd >/dev/null; then
+    echo "installing rumqttd (cargo install, ~6 min)" >&2
+    cargo install rumqttd --locked
+fi
+echo "building tern and tern-loadtest (release)" >&2
+cargo build --release -q -p tern -p tern-loadtest
+
+# --- Brokers --------------------------------------------------------------------------------
+PORT_TERN=18830 PORT_MOSQ=18831 PORT_RUMQ4=18832 PORT_RUMQ5=18833 PORT_RELAY=18834
+BROKER_PID=""
+
+cat >"$OUT/tern.toml" <<EOF
+[broker]
+shards = 1
+[[listener]]
+bind = "127.0.0.1:$PORT_TERN"
+connections_max = 100000
+[log]
+level = "warn"
+EOF
+
+cat >"$OUT/mosquitto.conf" <<EOF
+listener $PORT_MOSQ 127.0.0.1
+allow_anonymous true
+persistence false
+set_tcp_nodelay true
+log_dest stderr
+log_type error
+EOF
+
+if command -v rumqttd >/dev/null; then
+    # The generated default config, moved to loopback ports. rumqttd serves v4 and v5 on
+    # separate listeners; its console and prometheus endpoints go to loopback too.
+    rumqttd generate-config >"$OUT/rumqttd.toml"
+    sed -i -E \
+        -e "s/^listen = \"0\.0\.0\.0:1883\"/listen = \"127.0.0.1:$PORT_RUMQ4\"/" \
+        -e "s/^listen = \"0\.0\.0\.0:1884\"/listen = \"127.0.0.1:$PORT_RUMQ5\"/" \
+        -e 's/0\.0\.0\.0:([0-9]+)/127.0.0.1:1\1/' \
+        -e 's/max_connections = [0-9]+/max_connections = 100000/' \
+        "$OUT/rumqttd.toml"
+fi
+
+port_of() { # broker mqtt-version
+    case $1 in
+    tern) echo $PORT_TERN ;;
+    mosquitto) echo $PORT_MOSQ ;;
+    rumqttd) if [[ $2 == 5 ]]; then echo $PORT_RUMQ5; else echo $PORT_RUMQ4; fi ;;
+    relay) echo $PORT_RELAY ;;
+    esac
+}
+
+wait_port() { # port: up to 10 s
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+start_broker() { # name
+    case $1 in
+    tern) taskset -c "$BROKER_CPU" "$BIN/tern" --config "$OUT/tern.toml" 2>>"$OUT/tern.log" &
+        BROKER_PID=$! ;;
+    mosquitto) taskset -c "$BROKER_CPU" mosquitto -c "$OUT/mosquitto.conf" 2>>"$OUT/mosquitto.log" &
+        BROKER_PID=$! ;;
+    rumqttd) taskset -c "$BROKER_CPU" rumqttd -c "$OUT/rumqttd.toml" -q >>"$OUT/rumqttd.log" 2>&1 &
+        BROKER_PID=$! ;;
+    relay) taskset -c "$BROKER_CPU" "$BIN/tern-loadtest" relay --listen "127.0.0.1:$PORT_RELAY" \
+        --max-secs 900 2>>"$OUT/relay.log" &
+        BROKER_PID=$! ;;
+    esac
+    wait_port "$(port_of "$1" 4)"
+    if [[ $1 == rumqttd ]]; then wait_port $PORT_RUMQ5; fi
+    sleep 0.5 # let it settle before the RSS baseline is read
+}
+
+stop_broker() {
+    if [[ -n $BROKER_PID ]]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=""
+    fi
+}
+trap stop_broker EXIT
+
+# --- Scenarios ------------------------------------------------------------------------------
+# label|arguments. 64-byte payloads; as fast as possible unless --rate is given. Every run is
+# bounded by --duration and --messages.
+D="--duration $DURATION --messages 20000000"
+SCENARIOS=(
+    "fanout-q0|fanout --qos 0 --publishers 1 --subscribers 8 $D"
+    "fanin-q0|fanin --qos 0 --publishers 8 --subscribers 1 $D"
+    "p2p-q1|p2p --qos 1 --publishers 8 --subscribers 8 $D"
+    "p2p-q1-5k|p2p --qos 1 --publishers 8 --subscribers 8 --rate 5000 $D"
+    "p2p-q2|p2p --qos 2 --publishers 8 --subscribers 8 $D"
+    "p2p-q0-1k|p2p --qos 0 --publishers 8 --subscribers 8 --payload 1024 $D"
+    "sharedsub-q1|sharedsub --qos 1 --publishers 8 --subscribers 4 $D"
+    "fanout-q1-v5|fanout --qos 1 --mqtt 5 --publishers 1 --subscribers 8 $D"
+    "p2p-q1-persist|p2p --qos 1 --clean 0 --publishers 8 --subscribers 8 $D"
+    "retained-10k|retained --qos 1 --retained 10000 --subscribers 4 --duration 30"
+    "conn-$CONNS|conn --connections $CONNS --hold 6 --connect-timeout 60"
+)
+
+echo "load before the run: $(cat /proc/loadavg)" | tee "$OUT/loadavg.txt" >&2
+for entry in "${SCENARIOS[@]}"; do
+    label=${entry%%|*}
+    args=${entry#*|}
+    if [[ -n ${ONLY:-} && " $ONLY " != *" $label "* ]]; then continue; fi
+    mqtt=4
+    if [[ $args == *"--mqtt 5"* ]]; then mqtt=5; fi
+    for b in $PEERS; do
+        # The relay stores nothing: it has no retained messages to deliver.
+        if [[ $b == relay && $label == retained* ]]; then continue; fi
+        mkdir -p "$OUT/$b"
+        start_broker "$b"
+        echo "=== $label against $b (pid $BROKER_PID) ===" >&2
+        # shellcheck disable=SC2086
+        taskset -c "$GEN_CPU" "$BIN/tern-loadtest" $args --port "$(port_of "$b" $mqtt)" \
+            --broker-pid "$BROKER_PID" --target "$b" --label "$label" \
+            --json "$OUT/$b/$label.json" --svg "$OUT/$b/$label.svg" --hdr "$OUT/$b/$label.hdr" \
+            || echo "!!! $label against $b failed" >&2
+        stop_broker
+    done
+    # One plot per scenario with every broker on it.
+    files=()
+    for b in $PEERS; do [[ -f $OUT/$b/$label.json ]] && files+=("$OUT/$b/$label.json"); done
+    if [[ ${#files[@]} -gt 0 && $label != conn* ]]; then
+        "$BIN/tern-loadtest" plot --out "$OUT/$label.svg" --title "$label latency" "${files[@]}"
+    fi
+done
+echo "load after the run: $(cat /proc/loadavg)" | tee -a "$OUT/loadavg.txt" >&2
+
+{
+    echo "Tern $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo '+dirty'), $(date -u +%F), $(nproc) CPUs, broker on CPU $BROKER_CPU, generator on CPU $GEN_CPU"
+    echo "$(cat "$OUT/loadavg.txt" | tr '\n' ';')"
+    echo
+    "$BIN/tern-loadtest" table --primary tern "$OUT"/*/*.json
+} | tee "$OUT/table.md"
+echo "results in $OUT" >&2
