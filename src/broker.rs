@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, QueueOverflow};
+use crate::config::{Config, ListenerConfig, QueueOverflow, Transport};
+use crate::net::{ListenerSpec, TlsSpec, TransportSpec, WsSpec};
 use crate::runtime::{Broker, RuntimeOptions, StartError};
 use crate::session::{OverflowPolicy, SessionLimits};
 use crate::shard::{ListenerPolicy, ShardConfig};
@@ -71,12 +72,39 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         pin_cores: config.runtime.pin_cores,
         mesh_channel_capacity: config.limits.mesh_channel_capacity as usize,
         mesh_batch_max: config.limits.mesh_batch_max as usize,
-        listeners: config.listeners.iter().map(|l| l.bind).collect(),
+        listeners: config
+            .listeners
+            .iter()
+            .map(|l| listener_spec(l, config.limits.packet_size_bytes_max as usize))
+            .collect(),
+        handshake_timeout: Duration::from_secs(u64::from(config.limits.connect_timeout_secs)),
         shard_ports: false,
         stats: std::sync::Arc::new(crate::metrics::StatsBoard::new(config.shard_count())),
         sys_interval: Duration::from_secs(u64::from(config.broker.sys_interval_secs)),
         metrics_bind: config.broker.metrics_bind,
     }
+}
+
+/// The runtime's view of one validated listener.
+fn listener_spec(l: &ListenerConfig, packet_size_bytes_max: usize) -> ListenerSpec {
+    let tls = || TlsSpec {
+        // Validation guarantees both files for TLS transports; an empty path would fail to
+        // open at start with the file named, never be silently accepted.
+        certfile: l.certfile.clone().unwrap_or_default(),
+        keyfile: l.keyfile.clone().unwrap_or_default(),
+        cafile: l.cafile.clone(),
+        require_certificate: l.require_certificate,
+        use_identity_as_username: l.use_identity_as_username,
+    };
+    // A maximum-size packet fits in one frame: packet bytes plus the 14-byte frame header.
+    let ws = || WsSpec { path: l.ws_path.clone(), frame_bytes_max: packet_size_bytes_max + 14 };
+    let transport = match l.transport {
+        Transport::Tls => TransportSpec::Tls(tls()),
+        Transport::Ws => TransportSpec::Ws(ws()),
+        Transport::Wss => TransportSpec::Wss(tls(), ws()),
+        Transport::Tcp => TransportSpec::Tcp,
+    };
+    ListenerSpec { addr: l.bind, transport }
 }
 
 /// Starts a broker for `config`, and its metrics endpoint if configured.

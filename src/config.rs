@@ -43,7 +43,8 @@ use toml::Spanned;
 
 /// The whole, validated broker configuration. Built by [`Config::load`],
 /// [`Config::from_str_named`] or [`Config::default`]; cloned once into each shard at startup and
-/// never changed afterwards (there is no hot reload).
+/// never changed afterwards (there is no hot reload of the configuration; only the files it
+/// names, the TLS certificates, are read again on SIGHUP).
 ///
 /// The fields are public so tests can build variants; code that builds one by hand should call
 /// [`Config::validate`] before using it.
@@ -95,7 +96,7 @@ pub struct ListenerConfig {
     /// Two listeners may not overlap (same port and the same or an unspecified address), because
     /// with `SO_REUSEPORT` both binds would succeed and silently split the clients.
     pub bind: SocketAddr,
-    /// Wire transport. Default [`Transport::Tcp`], the only one implemented so far.
+    /// Wire transport. Default [`Transport::Tcp`].
     pub transport: Transport,
     /// Whether a client may connect without a user name. Default `true`, which is safe only
     /// because the default listener is bound to the loopback address.
@@ -107,6 +108,28 @@ pub struct ListenerConfig {
     /// MQTT v5 server redirection for every client of this listener (CONNACK with a Server
     /// Reference). Default: absent. Kept as data; acting on it is the session's job.
     pub redirect: Option<Redirect>,
+    /// `tls` / `wss` only, required there: the server's PEM certificate chain, leaf first.
+    /// Read at start and again on SIGHUP; a relative path is relative to the working directory.
+    pub certfile: Option<PathBuf>,
+    /// `tls` / `wss` only, required there: the PEM private key of `certfile` (PKCS#8, PKCS#1
+    /// or SEC1). Read at start and on SIGHUP.
+    pub keyfile: Option<PathBuf>,
+    /// `tls` / `wss` only: PEM CA certificates that client certificates must chain to. With it,
+    /// a client certificate is requested and verified when presented; required by
+    /// [`require_certificate`](Self::require_certificate). Default: absent (no client
+    /// certificates are requested).
+    pub cafile: Option<PathBuf>,
+    /// `tls` / `wss` only: refuse a TLS client that presents no valid certificate (mutual TLS).
+    /// Needs `cafile`. Default `false`.
+    pub require_certificate: bool,
+    /// `tls` / `wss` only: the subject CN of the client certificate becomes the client's user
+    /// name, replacing any user name in CONNECT. Needs `require_certificate`. A certificate
+    /// without a CN is refused at the handshake. Default `false`.
+    pub use_identity_as_username: bool,
+    /// `ws` / `wss` only: the HTTP path the WebSocket upgrade must ask for; any other path gets
+    /// 404. Default `"/mqtt"` (what mqtt.js and paho use). Bound: 1..=256 bytes, starting with
+    /// `/`, printable ASCII without spaces, `?` or `#`.
+    pub ws_path: String,
 }
 
 /// Wire transport of a listener.
@@ -116,12 +139,24 @@ pub struct ListenerConfig {
 pub enum Transport {
     /// MQTT over plain TCP.
     Tcp,
-    /// MQTT over TLS. Parsed but refused by validation: not supported yet.
+    /// MQTT over TLS 1.2 or 1.3 (rustls). Needs `certfile` and `keyfile`.
     Tls,
-    /// MQTT over WebSocket. Parsed but refused by validation: not supported yet.
+    /// MQTT over WebSocket (RFC 6455), subprotocol `mqtt`, on the path `ws_path`.
     Ws,
-    /// MQTT over WebSocket over TLS. Parsed but refused by validation: not supported yet.
+    /// MQTT over WebSocket over TLS. Needs `certfile` and `keyfile`.
     Wss,
+}
+
+impl Transport {
+    /// Whether the transport runs over TLS (and so takes the certificate settings).
+    pub const fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// Whether the transport is WebSocket (and so takes `ws_path`).
+    pub const fn is_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
 }
 
 impl Transport {
@@ -347,6 +382,12 @@ impl Default for ListenerConfig {
             allow_anonymous: true,
             connections_max: 100_000,
             redirect: None,
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            require_certificate: false,
+            use_identity_as_username: false,
+            ws_path: DEFAULT_WS_PATH.to_owned(),
         }
     }
 }
@@ -536,6 +577,9 @@ const SYS_INTERVAL_SECS: Bound = bound(1, 3600);
 const LISTENERS: Bound = bound(1, 16);
 const CONNECTIONS: Bound = bound(1, 10_000_000);
 const REDIRECT_REFERENCE_BYTES: Bound = bound(1, 1024);
+const WS_PATH_BYTES: Bound = bound(1, 256);
+/// The WebSocket path mqtt.js, paho and Mosquitto users expect.
+const DEFAULT_WS_PATH: &str = "/mqtt";
 /// The protocol maximum: a remaining length of 268_435_455 plus a 5-byte fixed header.
 const PACKET_SIZE_BYTES: Bound = bound(64, 268_435_460);
 const INFLIGHT: Bound = bound(1, 65535);
@@ -610,13 +654,7 @@ impl Config {
         }
         for (i, listener) in self.listeners.iter().enumerate() {
             let key = |field: &str| format!("listener[{i}].{field}");
-            if listener.transport != Transport::Tcp {
-                let message = format!(
-                    "transport \"{}\" is not supported yet (only \"tcp\" is implemented)",
-                    listener.transport.as_str()
-                );
-                return Err(spans.issue(&[&key("transport")], message));
-            }
+            listener.check_transport(i, spans)?;
             CONNECTIONS.check(&key("connections_max"), wide(listener.connections_max), spans)?;
             if let Some(redirect) = &listener.redirect {
                 let len = wide(redirect.reference.len());
@@ -639,6 +677,78 @@ impl Config {
                 );
                 return Err(spans.issue(&[&key("bind")], message));
             }
+        }
+        Ok(())
+    }
+}
+
+impl ListenerConfig {
+    /// The transport-specific keys: each belongs to some transports only, and TLS needs its
+    /// files. A missing key is reported at the listener's `transport` line.
+    fn check_transport(&self, i: usize, spans: &Spans) -> Result<(), Issue> {
+        let key = |field: &str| format!("listener[{i}].{field}");
+        let t = self.transport;
+        let name = t.as_str();
+        let missing = |field: &str, why: &str| {
+            let message = format!("missing: {why}");
+            spans.issue_near(&key(field), &[&key("transport"), "listener"], message)
+        };
+        let tls_keys = [
+            ("certfile", self.certfile.is_some()),
+            ("keyfile", self.keyfile.is_some()),
+            ("cafile", self.cafile.is_some()),
+            ("require_certificate", self.require_certificate),
+            ("use_identity_as_username", self.use_identity_as_username),
+        ];
+        if t.is_tls() {
+            if self.certfile.is_none() {
+                let why = format!(
+                    "transport \"{name}\" needs certfile (the PEM certificate chain) and keyfile"
+                );
+                return Err(missing("certfile", &why));
+            }
+            if self.keyfile.is_none() {
+                let why = format!("transport \"{name}\" needs keyfile (the PEM private key)");
+                return Err(missing("keyfile", &why));
+            }
+            if self.require_certificate && self.cafile.is_none() {
+                let why = "require_certificate needs cafile (the CA client certificates chain to)";
+                return Err(spans.issue(&[&key("require_certificate")], format!("missing: {why}")));
+            }
+            if self.use_identity_as_username && !self.require_certificate {
+                let message = "needs require_certificate = true (every client must then have \
+                               a certificate to take the name from)"
+                    .to_owned();
+                return Err(spans.issue(&[&key("use_identity_as_username")], message));
+            }
+        } else if let Some((field, _)) = tls_keys.iter().find(|(_, set)| *set) {
+            let message = format!(
+                "only for transport \"tls\" or \"wss\" (this listener's transport is \"{name}\")"
+            );
+            return Err(spans.issue(&[&key(field)], message));
+        }
+        if !t.is_websocket() {
+            if self.ws_path != DEFAULT_WS_PATH {
+                let message = format!(
+                    "only for transport \"ws\" or \"wss\" (this listener's transport is \"{name}\")"
+                );
+                return Err(spans.issue(&[&key("ws_path")], message));
+            }
+            return Ok(());
+        }
+        let path = &self.ws_path;
+        let len = wide(path.len());
+        let printable = path.bytes().all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        if !(WS_PATH_BYTES.lo..=WS_PATH_BYTES.hi).contains(&len)
+            || !path.starts_with('/')
+            || !printable
+        {
+            let message = format!(
+                "must be an HTTP path of {} to {} bytes starting with '/', printable ASCII \
+                 without spaces, '?' or '#' (got {path:?})",
+                WS_PATH_BYTES.lo, WS_PATH_BYTES.hi
+            );
+            return Err(spans.issue(&[&key("ws_path")], message));
         }
         Ok(())
     }
@@ -767,6 +877,12 @@ struct RawListener {
     allow_anonymous: Option<Spanned<bool>>,
     connections_max: Option<Spanned<i64>>,
     redirect: Option<Spanned<RawRedirect>>,
+    certfile: Option<Spanned<PathBuf>>,
+    keyfile: Option<Spanned<PathBuf>>,
+    cafile: Option<Spanned<PathBuf>>,
+    require_certificate: Option<Spanned<bool>>,
+    use_identity_as_username: Option<Spanned<bool>>,
+    ws_path: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -939,6 +1055,24 @@ impl RawListener {
             spans.insert(&key("redirect.reference"), reference.span());
             l.redirect = Some(Redirect { reference: reference.into_inner(), permanent });
         }
+        for (field, raw, slot) in [
+            ("certfile", self.certfile, &mut l.certfile),
+            ("keyfile", self.keyfile, &mut l.keyfile),
+            ("cafile", self.cafile, &mut l.cafile),
+        ] {
+            if let Some(raw) = raw {
+                spans.insert(&key(field), raw.span());
+                *slot = Some(raw.into_inner());
+            }
+        }
+        spans.set(
+            &mut l.require_certificate,
+            &key("require_certificate"),
+            self.require_certificate,
+        );
+        let v = self.use_identity_as_username;
+        spans.set(&mut l.use_identity_as_username, &key("use_identity_as_username"), v);
+        spans.set(&mut l.ws_path, &key("ws_path"), self.ws_path);
         Ok(l)
     }
 }
@@ -1011,6 +1145,13 @@ impl Spans {
             Some((key, span)) => (key, Some(span)),
             None => (keys.first().copied().unwrap_or_default(), None),
         };
+        Issue { key: key.to_owned(), span, message }
+    }
+
+    /// An issue about `key`, placed at the first of `near` present in the file: for a required
+    /// key that is missing, so has no position of its own.
+    fn issue_near(&self, key: &str, near: &[&str], message: String) -> Issue {
+        let span = near.iter().find_map(|k| self.get(k));
         Issue { key: key.to_owned(), span, message }
     }
 
@@ -1340,6 +1481,7 @@ mod tests {
                         reference: "b.example:1883".to_owned(),
                         permanent: true
                     }),
+                    ..Default::default()
                 },
                 ListenerConfig {
                     bind: "[::1]:1885".parse().expect("literal"),
@@ -1545,19 +1687,81 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_transports_are_refused() {
-        for transport in ["tls", "ws", "wss"] {
+    fn transports_and_their_keys() {
+        let text = "[[listener]]\nbind = \"0.0.0.0:8883\"\ntransport = \"tls\"\n\
+                    certfile = \"/etc/tern/chain.pem\"\nkeyfile = \"/etc/tern/key.pem\"\n\
+                    cafile = \"/etc/tern/ca.pem\"\nrequire_certificate = true\n\
+                    use_identity_as_username = true\n\
+                    [[listener]]\nbind = \"0.0.0.0:8080\"\ntransport = \"ws\"\n\
+                    ws_path = \"/broker/mqtt\"\n\
+                    [[listener]]\nbind = \"0.0.0.0:8443\"\ntransport = \"wss\"\n\
+                    certfile = \"c.pem\"\nkeyfile = \"k.pem\"\n";
+        let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let tls = &c.listeners[0];
+        assert_eq!(tls.transport, Transport::Tls);
+        assert_eq!(tls.certfile.as_deref(), Some(Path::new("/etc/tern/chain.pem")));
+        assert_eq!(tls.keyfile.as_deref(), Some(Path::new("/etc/tern/key.pem")));
+        assert_eq!(tls.cafile.as_deref(), Some(Path::new("/etc/tern/ca.pem")));
+        assert!(tls.require_certificate && tls.use_identity_as_username);
+        assert_eq!(tls.ws_path, "/mqtt");
+        assert_eq!(
+            (c.listeners[1].transport, c.listeners[1].ws_path.as_str()),
+            (Transport::Ws, "/broker/mqtt")
+        );
+        let wss = &c.listeners[2];
+        assert_eq!((wss.transport, wss.ws_path.as_str()), (Transport::Wss, "/mqtt"));
+        assert!(wss.cafile.is_none() && !wss.require_certificate);
+    }
+
+    #[test]
+    fn tls_needs_its_files() {
+        for transport in ["tls", "wss"] {
             let text =
                 format!("[[listener]]\nbind = \"0.0.0.0:8883\"\ntransport = \"{transport}\"\n");
             let e = parse_err(&text);
-            assert_err(&e, 3, 13, "listener[0].transport", "is not supported yet");
+            assert_err(&e, 3, 13, "listener[0].certfile", "needs certfile");
             assert_eq!(
-                e.message,
+                e.to_string(),
                 format!(
-                    "transport \"{transport}\" is not supported yet (only \"tcp\" is implemented)"
+                    "tern.toml:3:13: listener[0].certfile: missing: transport \"{transport}\" needs \
+                     certfile (the PEM certificate chain) and keyfile"
                 )
             );
         }
+        let e = parse_err("[[listener]]\ntransport = \"tls\"\ncertfile = \"c.pem\"\n");
+        assert_err(&e, 2, 13, "listener[0].keyfile", "missing: transport \"tls\" needs keyfile");
+        let base = "[[listener]]\ntransport = \"tls\"\ncertfile = \"c\"\nkeyfile = \"k\"\n";
+        let e = parse_err(&format!("{base}require_certificate = true\n"));
+        assert_err(&e, 5, 23, "listener[0].require_certificate", "needs cafile");
+        let e = parse_err(&format!("{base}cafile = \"ca\"\nuse_identity_as_username = true\n"));
+        assert_err(&e, 6, 28, "listener[0].use_identity_as_username", "require_certificate");
+        // Optional client certificates: a CA without require_certificate is fine.
+        let c = parse(&format!("{base}cafile = \"ca\"\n")).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.listeners[0].cafile.is_some() && !c.listeners[0].require_certificate);
+    }
+
+    #[test]
+    fn keys_of_other_transports_are_refused() {
+        let e = parse_err("[[listener]]\ncertfile = \"c.pem\"\n");
+        assert_err(&e, 2, 12, "listener[0].certfile", "only for transport \"tls\" or \"wss\"");
+        assert!(e.message.contains("transport is \"tcp\""), "{e}");
+        let e = parse_err("[[listener]]\ntransport = \"ws\"\nrequire_certificate = true\n");
+        assert_err(&e, 3, 23, "listener[0].require_certificate", "transport is \"ws\"");
+        let e = parse_err("[[listener]]\ntransport = \"tls\"\ncertfile = \"c\"\nkeyfile = \"k\"\nws_path = \"/x\"\n");
+        assert_err(&e, 5, 11, "listener[0].ws_path", "only for transport \"ws\" or \"wss\"");
+    }
+
+    #[test]
+    fn ws_path_must_be_a_path() {
+        for bad in ["mqtt", "", "/a b", "/a?b", "/a#b", "/\u{e9}"] {
+            let text = format!("[[listener]]\ntransport = \"ws\"\nws_path = {bad:?}\n");
+            let e = parse_err(&text);
+            assert_err(&e, 3, 11, "listener[0].ws_path", "must be an HTTP path");
+        }
+        let long = format!("/{}", "a".repeat(256));
+        let e = parse_err(&format!("[[listener]]\ntransport = \"ws\"\nws_path = \"{long}\"\n"));
+        assert_err(&e, 3, 11, "listener[0].ws_path", "of 1 to 256 bytes");
+        assert!(parse("[[listener]]\ntransport = \"ws\"\nws_path = \"/\"\n").is_ok());
     }
 
     #[test]
@@ -1623,7 +1827,7 @@ mod tests {
         );
         let mut c = Config::default();
         c.listeners[0].transport = Transport::Wss;
-        assert_eq!(c.validate().map_err(|e| e.key), Err("listener[0].transport".to_owned()));
+        assert_eq!(c.validate().map_err(|e| e.key), Err("listener[0].certfile".to_owned()));
         let mut c = Config::default();
         c.listeners.clear();
         assert_eq!(c.validate().map_err(|e| e.key), Err("listener".to_owned()));

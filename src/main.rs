@@ -1,5 +1,5 @@
 //! The `tern` binary: parses arguments, loads the configuration, starts the broker and waits
-//! for SIGINT/SIGTERM. It holds no broker logic.
+//! for SIGINT/SIGTERM (SIGHUP re-reads the TLS certificates). It holds no broker logic.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +103,23 @@ fn main() -> ExitCode {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)) {
             eprintln!("tern: cannot install signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    // SIGHUP: re-read the TLS certificate files (the shards poll the counter). A thread of
+    // its own, because a signal handler may only set flags.
+    let reload = broker.reload_counter();
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for _ in signals.forever() {
+                    tracing::info!("SIGHUP: reloading certificates");
+                    reload.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        Err(e) => {
+            eprintln!("tern: cannot install the SIGHUP handler: {e}");
             return ExitCode::FAILURE;
         }
     }

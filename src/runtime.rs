@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,8 +16,10 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 
+use rustls::ServerConfig;
+
 use crate::metrics::StatsBoard;
-use crate::net::{accept_loop, Notify, ShardIo, SCRATCH_BYTES};
+use crate::net::{accept_loop, tls, ListenerCtx, ListenerSpec, Notify, ShardIo, SCRATCH_BYTES};
 use crate::shard::{Shard, ShardConfig, ShardMsg};
 
 /// How the executors are built.
@@ -35,8 +37,10 @@ pub struct RuntimeOptions {
     pub mesh_channel_capacity: usize,
     /// Messages per batch sent to a peer shard.
     pub mesh_batch_max: usize,
-    /// Listener addresses, in listener order.
-    pub listeners: Vec<SocketAddr>,
+    /// Listeners (address and transport), in listener order.
+    pub listeners: Vec<ListenerSpec>,
+    /// Time a TLS or WebSocket handshake may take before the connection is dropped.
+    pub handshake_timeout: Duration,
     /// Also give every shard a listener of its own on an ephemeral port of the first
     /// listener's IP (same policy as listener 0), reported in [`Broker::shard_addrs`]. For tests
     /// that must place a client on a given shard, and for operators who balance by shard.
@@ -59,6 +63,11 @@ type Ready = Result<(u16, Option<SocketAddr>), StartError>;
 pub struct Broker {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    /// Reload requests: incremented by SIGHUP (see `main.rs`) or [`Broker::reload`]; each
+    /// shard polls it with the stop flag and re-reads its listeners' certificate files.
+    reload: Arc<AtomicU64>,
+    /// The last reload generation each shard has applied, by shard id.
+    reloaded: Arc<[AtomicU64]>,
     /// The bound address of each listener (port 0 resolved).
     pub local_addrs: Vec<SocketAddr>,
     /// With [`RuntimeOptions::shard_ports`]: the private listener of each shard, by shard id.
@@ -94,6 +103,16 @@ pub enum StartError {
     /// A shard failed during start-up.
     #[error("shard {0} failed to start: {1}")]
     Shard(u16, String),
+    /// A TLS listener's certificate, key or CA file is unusable.
+    #[error("listener {listener} ({addr}): {source}")]
+    Tls {
+        /// Listener index.
+        listener: usize,
+        /// Its address.
+        addr: SocketAddr,
+        /// What is wrong, naming the file.
+        source: tls::TlsError,
+    },
 }
 
 impl Broker {
@@ -104,17 +123,33 @@ impl Broker {
         assert!(opts.mesh_channel_capacity >= 1 && opts.mesh_batch_max >= 1);
         // Resolve port 0 once, so every shard's SO_REUSEPORT listener shares the same port. The
         // reserving sockets are bound but never listen, so the kernel routes no connection to them.
+        // TLS files are read once here so a bad one stops the start with a clear error; the
+        // shards share the resulting configurations until a reload.
+        let mut tls_configs = Vec::new();
+        for (listener, spec) in opts.listeners.iter().enumerate() {
+            let config = match spec.transport.tls() {
+                None => None,
+                Some(t) => Some(tls::server_config(t).map_err(|source| StartError::Tls {
+                    listener,
+                    addr: spec.addr,
+                    source,
+                })?),
+            };
+            tls_configs.push(config);
+        }
         let mut reserve = Vec::new();
         let mut addrs = Vec::new();
-        for addr in &opts.listeners {
-            let sock =
-                reserve_port(*addr).map_err(|source| StartError::Bind { addr: *addr, source })?;
+        for spec in &opts.listeners {
+            let addr = spec.addr;
+            let sock = reserve_port(addr).map_err(|source| StartError::Bind { addr, source })?;
             let bound = sock.local_addr().ok().and_then(|a| a.as_socket()).ok_or_else(|| {
-                StartError::Bind { addr: *addr, source: std::io::ErrorKind::Other.into() }
+                StartError::Bind { addr, source: std::io::ErrorKind::Other.into() }
             })?;
             addrs.push(bound);
             reserve.push(sock);
         }
+        let reload = Arc::new(AtomicU64::new(0));
+        let reloaded: Arc<[AtomicU64]> = (0..n).map(|_| AtomicU64::new(0)).collect();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = opts.pin_cores && cores.len() >= usize::from(n);
         let stop = Arc::new(AtomicBool::new(false));
@@ -127,6 +162,8 @@ impl Broker {
             let (opts, cfg, mesh, stop, ready) =
                 (opts.clone(), cfg.clone(), mesh.clone(), Arc::clone(&stop), ready_tx.clone());
             let addrs = addrs.clone();
+            let tls_configs = tls_configs.clone();
+            let reload = Reload { requested: Arc::clone(&reload), applied: Arc::clone(&reloaded) };
             let handle = std::thread::Builder::new()
                 .name(format!("tern-shard-{i}"))
                 .spawn(move || {
@@ -149,7 +186,8 @@ impl Broker {
                             return;
                         }
                     };
-                    ex.run(shard_main(i, opts, cfg, addrs, mesh, stop, ready));
+                    let listeners = Listeners { addrs, tls_configs };
+                    ex.run(shard_main(i, opts, cfg, listeners, mesh, stop, reload, ready));
                 })
                 .map_err(|e| StartError::Shard(i, e.to_string()))?;
             threads.push(handle);
@@ -171,12 +209,36 @@ impl Broker {
         }
         drop(reserve);
         let shard_addrs = shard_addrs.into_iter().flatten().collect();
-        Ok(Broker { threads, stop, local_addrs: addrs, shard_addrs })
+        Ok(Broker { threads, stop, reload, reloaded, local_addrs: addrs, shard_addrs })
     }
 
     /// The flag that stops the broker when set (signal handlers set it).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.stop)
+    }
+
+    /// The reload counter: incrementing it makes every shard re-read its TLS certificate files
+    /// within about 100 ms (what SIGHUP does; see `main.rs`).
+    pub fn reload_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.reload)
+    }
+
+    /// Asks every shard to re-read its TLS certificate files, and waits up to `timeout` until
+    /// all have done so. Returns whether they all did. New connections then get the new
+    /// certificates; existing connections are not affected. A bad file keeps the previous
+    /// certificates (the shard logs why).
+    pub fn reload(&self, timeout: Duration) -> bool {
+        let generation = self.reload.fetch_add(1, Ordering::SeqCst) + 1;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.reloaded.iter().all(|g| g.load(Ordering::SeqCst) >= generation) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Asks every shard to shut down gracefully.
@@ -200,16 +262,32 @@ fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     Ok(sock)
 }
 
+/// The listeners a shard binds: resolved addresses and the TLS configurations built at start,
+/// both in listener order.
+struct Listeners {
+    addrs: Vec<SocketAddr>,
+    tls_configs: Vec<Option<Arc<ServerConfig>>>,
+}
+
+/// The reload counter and where each shard reports the generation it applied.
+struct Reload {
+    requested: Arc<AtomicU64>,
+    applied: Arc<[AtomicU64]>,
+}
+
 /// The life of one shard.
+#[allow(clippy::too_many_arguments)] // each is one piece of start-up state, moved in once
 async fn shard_main(
     id_hint: u16,
     opts: RuntimeOptions,
     cfg: ShardConfig,
-    addrs: Vec<SocketAddr>,
+    listeners: Listeners,
     mesh: Option<MeshBuilder<Batch, Full>>,
     stop: Arc<AtomicBool>,
+    reload: Reload,
     ready: mpsc::Sender<Ready>,
 ) {
+    let Listeners { addrs, tls_configs } = listeners;
     let (senders, receivers) = match mesh {
         Some(m) => match m.join().await {
             Ok((s, r)) => (Some(s), Some(r)),
@@ -240,13 +318,24 @@ async fn shard_main(
             }
         }
     }
+    let ctxs: Vec<Rc<ListenerCtx>> = opts
+        .listeners
+        .iter()
+        .zip(tls_configs)
+        .enumerate()
+        .map(|(index, (spec, tls))| {
+            let ctx = ListenerCtx::new(index, spec.transport.clone(), tls, opts.handshake_timeout);
+            Rc::new(ctx)
+        })
+        .collect();
     let mut private = None;
     if opts.shard_ports {
         let ip = addrs.first().map_or([127, 0, 0, 1].into(), |a| a.ip());
         match TcpListener::bind(SocketAddr::new(ip, 0)) {
             Ok(l) => {
                 private = l.local_addr().ok();
-                tasks_push_private(&io, l);
+                // Same transport and policy as listener 0.
+                glommio::spawn_local(accept_loop(Rc::clone(&io), l, Rc::clone(&ctxs[0]))).detach();
             }
             Err(e) => {
                 let err = StartError::Shard(id, format!("private listener: {e}"));
@@ -256,8 +345,8 @@ async fn shard_main(
         }
     }
     let mut tasks = Vec::new();
-    for (index, l) in listeners.into_iter().enumerate() {
-        tasks.push(glommio::spawn_local(accept_loop(Rc::clone(&io), l, index)));
+    for (l, ctx) in listeners.into_iter().zip(&ctxs) {
+        tasks.push(glommio::spawn_local(accept_loop(Rc::clone(&io), l, Rc::clone(ctx))));
     }
     if let (Some(s), Some(r)) = (senders, receivers) {
         tasks.push(glommio::spawn_local(flush_outbox(Rc::clone(&io), s, opts.mesh_batch_max)));
@@ -266,11 +355,20 @@ async fn shard_main(
     let _ = ready.send(Ok((id, private)));
     drop(ready);
     tracing::info!(shard = id, "shard started");
-    // Tick: timeouts and expiry every second; the stop flag every 100 ms.
+    // Tick: timeouts and expiry every second; the stop flag and reload requests every 100 ms.
     let mut last_tick = Instant::now();
     let mut last_sys = Instant::now();
+    let mut reload_seen = 0;
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
+        let requested = reload.requested.load(Ordering::SeqCst);
+        if requested != reload_seen {
+            reload_seen = requested;
+            for ctx in &ctxs {
+                ctx.reload_tls(id);
+            }
+            reload.applied[usize::from(id)].store(requested, Ordering::SeqCst);
+        }
         let now = Instant::now();
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             last_tick = now;
@@ -286,10 +384,6 @@ async fn shard_main(
         }
     }
     shutdown_shard(&io).await;
-}
-
-fn tasks_push_private(io: &Rc<ShardIo>, l: TcpListener) {
-    glommio::spawn_local(accept_loop(Rc::clone(io), l, 0)).detach();
 }
 
 /// Graceful shutdown: stop accepting, tell clients, give writes a bounded time to drain.

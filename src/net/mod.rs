@@ -1,10 +1,21 @@
-//! IO only: accept loops and the connection driver. Moves bytes between sockets and the shard;
-//! all protocol decisions are the shard's (`crate::shard`).
+//! IO only: accept loops, the transports (TCP, TLS, WebSocket, WebSocket over TLS) and the
+//! connection driver. Moves bytes between sockets and the shard; all protocol decisions are the
+//! shard's (`crate::shard`), which does not know which transport a connection uses.
 //!
 //! Memory per idle connection: the driver reads into one scratch buffer per shard and hands the
 //! bytes to the shard at once, so a connection waiting for data holds no read buffer of its own
 //! (glommio's `poll_read` arms a readiness poll that holds only a waker). A partial packet is
-//! kept in the connection's `rx` until it completes.
+//! kept in the connection's `rx` until it completes. WebSocket frames are decoded in that same
+//! scratch buffer ([`ws_stream`]); TLS is the exception: rustls keeps its own receive buffer
+//! ([`tls`]).
+//!
+//! - [`ws`]: the WebSocket handshake parser and frame codec, no IO.
+//! - [`ws_stream`]: the WebSocket stream adapter over TCP or TLS.
+//! - [`tls`]: rustls configuration from PEM files, client certificate identity.
+
+pub mod tls;
+pub mod ws;
+pub mod ws_stream;
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
@@ -13,13 +24,22 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_lite::io::{AsyncRead, AsyncWriteExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use rustls::ServerConfig;
 
 use crate::shard::{ConnId, Shard};
+pub use tls::TlsSpec;
+use ws_stream::WsStream;
 
 /// Size of the per-shard scratch read buffer.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Time a connection's orderly close (TLS close_notify, WebSocket close frame) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A one-waiter wake-up flag, local to a shard.
 #[derive(Default)]
@@ -63,8 +83,104 @@ pub struct ShardIo {
     pub stopping: Cell<bool>,
 }
 
+/// What a listener speaks, as the runtime needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransportSpec {
+    /// MQTT over TCP.
+    Tcp,
+    /// MQTT over TLS.
+    Tls(TlsSpec),
+    /// MQTT over WebSocket.
+    Ws(WsSpec),
+    /// MQTT over WebSocket over TLS.
+    Wss(TlsSpec, WsSpec),
+}
+
+impl TransportSpec {
+    /// The TLS settings, for `Tls` and `Wss`.
+    pub fn tls(&self) -> Option<&TlsSpec> {
+        match self {
+            TransportSpec::Tls(t) | TransportSpec::Wss(t, _) => Some(t),
+            TransportSpec::Tcp | TransportSpec::Ws(_) => None,
+        }
+    }
+}
+
+/// WebSocket settings of a listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WsSpec {
+    /// The upgrade path, e.g. `/mqtt`.
+    pub path: String,
+    /// Largest frame payload accepted: the packet size limit plus the largest fixed header,
+    /// so a maximum-size packet fits in one frame.
+    pub frame_bytes_max: usize,
+}
+
+/// One listener: where and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSpec {
+    /// Address to bind (port 0: an ephemeral port, resolved once for all shards).
+    pub addr: SocketAddr,
+    /// Transport.
+    pub transport: TransportSpec,
+}
+
+/// A listener as one shard runs it.
+pub struct ListenerCtx {
+    /// Listener index, as the shard's policies are indexed.
+    pub index: usize,
+    /// Transport.
+    pub transport: TransportSpec,
+    /// TLS configuration handed to new connections; replaced by [`ListenerCtx::reload_tls`].
+    /// Connections already up keep the `Arc` they started with.
+    pub tls: RefCell<Option<Arc<ServerConfig>>>,
+    /// Time a TLS or WebSocket handshake may take.
+    pub handshake_timeout: Duration,
+    /// Handshakes in progress on this shard; bounded by the listener's per-shard connection
+    /// limit, so slow handshakes cannot pile up before the shard counts them.
+    handshakes: Cell<usize>,
+}
+
+impl ListenerCtx {
+    /// A listener context; `tls` is the configuration built at start for TLS transports.
+    pub fn new(
+        index: usize,
+        transport: TransportSpec,
+        tls: Option<Arc<ServerConfig>>,
+        handshake_timeout: Duration,
+    ) -> Self {
+        assert_eq!(tls.is_some(), transport.tls().is_some(), "invariant: TLS config iff TLS");
+        Self {
+            index,
+            transport,
+            tls: RefCell::new(tls),
+            handshake_timeout,
+            handshakes: Cell::new(0),
+        }
+    }
+
+    /// Reads the certificate files again and, if they make a valid configuration, uses it for
+    /// new connections. A bad file keeps the current configuration and logs why.
+    pub fn reload_tls(&self, shard: u16) {
+        let Some(spec) = self.transport.tls() else { return };
+        match tls::server_config(spec) {
+            Ok(config) => {
+                *self.tls.borrow_mut() = Some(config);
+                tracing::info!(shard, listener = self.index, "TLS certificates reloaded");
+            }
+            Err(e) => tracing::error!(
+                shard,
+                listener = self.index,
+                error = %e,
+                "TLS reload failed; keeping the previous certificates"
+            ),
+        }
+    }
+}
+
 /// Accepts connections on `listener` until the shard stops.
-pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, index: usize) {
+pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<ListenerCtx>) {
     let mut backoff = Duration::from_millis(5);
     while !io.stopping.get() {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -87,10 +203,112 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, index: usize) {
             }
         };
         let Ok(peer) = stream.peer_addr() else { continue };
-        let id = io.shard.borrow_mut().accept(index, peer, Instant::now());
-        let Some(id) = id else { continue }; // over the limit: dropping closes it
         let _ = stream.set_nodelay(true);
-        glommio::spawn_local(serve(Rc::clone(&io), stream, id)).detach();
+        if ctx.transport == TransportSpec::Tcp {
+            // No handshake: the shard takes the connection now (and refuses it over the limit).
+            let id = io.shard.borrow_mut().accept(ctx.index, peer, Instant::now());
+            let Some(id) = id else { continue }; // over the limit: dropping closes it
+            glommio::spawn_local(serve(Rc::clone(&io), stream, id)).detach();
+            continue;
+        }
+        let limit = io.shard.borrow().config().listeners[ctx.index].connections_max;
+        if ctx.handshakes.get() >= limit {
+            io.shard.borrow_mut().metrics.connections_refused_limit += 1;
+            continue;
+        }
+        ctx.handshakes.set(ctx.handshakes.get() + 1);
+        glommio::spawn_local(handshake_and_serve(Rc::clone(&io), Rc::clone(&ctx), stream, peer))
+            .detach();
+    }
+}
+
+/// A transport established and ready for MQTT bytes.
+enum Established {
+    Tls(futures_rustls::server::TlsStream<TcpStream>),
+    Ws(WsStream<TcpStream>),
+    Wss(WsStream<futures_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// Runs the TLS and/or WebSocket handshake within the listener's time bound, then registers
+/// the connection with the shard and serves it.
+async fn handshake_and_serve(
+    io: Rc<ShardIo>,
+    ctx: Rc<ListenerCtx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let timeout = ctx.handshake_timeout;
+    let result = futures_lite::future::or(async { Some(establish(&ctx, stream).await) }, async {
+        glommio::timer::sleep(timeout).await;
+        None
+    })
+    .await;
+    ctx.handshakes.set(ctx.handshakes.get() - 1);
+    let (established, identity) = match result {
+        Some(Ok(x)) => x,
+        Some(Err(e)) => {
+            tracing::debug!(%peer, listener = ctx.index, error = %e, "handshake failed");
+            io.shard.borrow_mut().metrics.protocol_errors += 1;
+            return;
+        }
+        None => {
+            tracing::debug!(%peer, listener = ctx.index, "handshake timed out");
+            return;
+        }
+    };
+    if io.stopping.get() {
+        return;
+    }
+    let id = io.shard.borrow_mut().accept_with_identity(ctx.index, peer, Instant::now(), identity);
+    let Some(id) = id else { return }; // over the limit: dropping closes it
+    match established {
+        Established::Tls(s) => serve(io, s, id).await,
+        Established::Ws(s) => serve(io, s, id).await,
+        Established::Wss(s) => serve(io, s, id).await,
+    }
+}
+
+/// The handshakes of a listener's transport; returns the stream and, with
+/// `use_identity_as_username`, the client certificate's CN.
+async fn establish(
+    ctx: &ListenerCtx,
+    mut stream: TcpStream,
+) -> Result<(Established, Option<String>), std::io::Error> {
+    let ws = match &ctx.transport {
+        TransportSpec::Tcp => unreachable!("invariant: TCP has no handshake"),
+        TransportSpec::Ws(ws) => {
+            let early =
+                ws_stream::handshake(&mut stream, &ws.path).await.map_err(std::io::Error::other)?;
+            return Ok((Established::Ws(WsStream::new(stream, early, ws.frame_bytes_max)), None));
+        }
+        TransportSpec::Tls(_) => None,
+        TransportSpec::Wss(_, ws) => Some(ws),
+    };
+    let spec = ctx.transport.tls().expect("invariant: Tls and Wss carry TLS settings");
+    // The configuration current at accept; a reload later does not affect this connection.
+    let config = ctx.tls.borrow().clone().expect("invariant: TLS listeners have a config");
+    let mut tls = futures_rustls::TlsAcceptor::from(config).accept(stream).await?;
+    let identity = if spec.use_identity_as_username {
+        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        // require_certificate is validated to be on, so rustls refused a client without one.
+        let cn = cert.and_then(|c| tls::subject_common_name(c.as_ref()));
+        match cn {
+            Some(cn) => Some(cn),
+            None => {
+                let _ = tls.close().await;
+                return Err(std::io::Error::other("client certificate has no subject CN"));
+            }
+        }
+    } else {
+        None
+    };
+    match ws {
+        None => Ok((Established::Tls(tls), identity)),
+        Some(ws) => {
+            let early =
+                ws_stream::handshake(&mut tls, &ws.path).await.map_err(std::io::Error::other)?;
+            Ok((Established::Wss(WsStream::new(tls, early, ws.frame_bytes_max)), identity))
+        }
     }
 }
 
@@ -104,11 +322,16 @@ enum Event {
     Closed,
 }
 
-/// Drives one connection until it closes.
-async fn serve(io: Rc<ShardIo>, mut stream: TcpStream, id: ConnId) {
+/// Drives one connection until it closes. Generic over the transport: plain TCP, TLS and
+/// WebSocket streams all read into the shard's scratch buffer and write what the shard returns.
+async fn serve<S>(io: Rc<ShardIo>, mut stream: S, id: ConnId)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         let tx = io.shard.borrow_mut().take_tx(id);
-        if !tx.is_empty() && stream.write_all(&tx).await.is_err() {
+        // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
+        if !tx.is_empty() && write_all_flush(&mut stream, &tx).await.is_err() {
             io.shard.borrow_mut().handle_closed(id, Instant::now());
             io.outbox_ready.notify();
             break;
@@ -158,7 +381,21 @@ async fn serve(io: Rc<ShardIo>, mut stream: TcpStream, id: ConnId) {
             }
         }
     }
-    let _ = stream.close().await;
+    // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
+    // WebSocket close frame that never drains.
+    let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
+        glommio::timer::sleep(CLOSE_TIMEOUT).await;
+        false
+    })
+    .await;
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
+}
+
+async fn write_all_flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }

@@ -1,0 +1,254 @@
+//! The WebSocket IO adapter: the upgrade handshake over any byte stream, then [`WsStream`], an
+//! `AsyncRead + AsyncWrite` that carries the MQTT byte stream in binary frames, so the
+//! connection driver serves WebSocket connections exactly like TCP ones.
+//!
+//! Reading decodes in the caller's buffer (the shard's scratch buffer): a WebSocket connection
+//! waiting for data holds no read buffer, as a TCP one. Writing frames each chunk of MQTT bytes
+//! into `out`, which is freed once written. Pings are answered and a close frame is answered and
+//! ends the stream; a protocol error sends a close frame with its code and ends the stream.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::ws::{self, close_code, FrameDecoder, HandshakeError};
+
+/// Largest binary frame written: each write of MQTT bytes becomes frames of at most this size.
+const FRAME_OUT_BYTES_MAX: usize = 64 * 1024;
+
+/// Decode passes one `poll_read` makes (each reads once from the socket) before yielding, when
+/// what arrives is only frame headers and control frames.
+const READ_PASSES_MAX: usize = 16;
+
+/// Performs the server side of the upgrade on `stream`: reads the request (at most
+/// [`ws::HANDSHAKE_BYTES_MAX`] bytes), answers 101 or an HTTP error. On success returns the bytes
+/// that followed the request (the first frames, if the client did not wait). The caller bounds
+/// the time.
+pub async fn handshake<S>(stream: &mut S, path: &str) -> Result<Vec<u8>, HandshakeFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        // Bounded: `parse_request` refuses a request once it reaches HANDSHAKE_BYTES_MAX.
+        let n = stream.read(&mut chunk).await.map_err(HandshakeFailure::Io)?;
+        if n == 0 {
+            return Err(HandshakeFailure::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match ws::parse_request(&buf, path) {
+            Ok(None) => continue,
+            Ok(Some((upgrade, used))) => {
+                stream.write_all(&upgrade.response()).await.map_err(HandshakeFailure::Io)?;
+                stream.flush().await.map_err(HandshakeFailure::Io)?;
+                buf.drain(..used);
+                buf.shrink_to_fit();
+                return Ok(buf);
+            }
+            Err(e) => {
+                // Best effort: the client learns why; the connection closes either way.
+                let _ = stream.write_all(&e.response()).await;
+                let _ = stream.flush().await;
+                let _ = stream.close().await;
+                return Err(HandshakeFailure::Refused(e));
+            }
+        }
+    }
+}
+
+/// Why an upgrade did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    /// The request was refused with an HTTP error.
+    #[error("{0}")]
+    Refused(HandshakeError),
+    /// The socket failed or closed.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+/// Where the WebSocket is in its closing handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Open,
+    /// We sent (or queued) a close frame: no more data is written or read.
+    Closing,
+}
+
+/// MQTT bytes over WebSocket frames on `S` (TCP or TLS).
+pub struct WsStream<S> {
+    inner: S,
+    dec: FrameDecoder,
+    /// Bytes that arrived with the upgrade request; decoded before reading the socket.
+    early: Vec<u8>,
+    /// Encoded frames not yet written, from `out_pos`. Freed when empty.
+    out: Vec<u8>,
+    out_pos: usize,
+    state: State,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
+    /// Wraps an upgraded stream. `early` are the bytes that followed the upgrade request;
+    /// frames with more than `frame_bytes_max` payload bytes are refused (close 1009).
+    pub fn new(inner: S, early: Vec<u8>, frame_bytes_max: usize) -> Self {
+        Self {
+            inner,
+            dec: FrameDecoder::new(frame_bytes_max),
+            early,
+            out: Vec::new(),
+            out_pos: 0,
+            state: State::Open,
+        }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Writes `out` to the socket. `Ready(Ok)` once it is all written.
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &self.out[self.out_pos..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        // An idle connection keeps no write buffer.
+        self.out = Vec::new();
+        self.out_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Queues a close frame and stops reading and writing data.
+    fn start_close(&mut self, code: u16, reason: &str) {
+        if self.state == State::Open {
+            ws::encode_close(code, reason, &mut self.out);
+            self.state = State::Closing;
+        }
+    }
+
+    /// One read from the socket (or the early bytes) into `buf`, decoded in place. `Ok(Some(n))`
+    /// with n > 0: MQTT bytes; `Ok(Some(0))`: only frame overhead, read again; `Ok(None)`: the
+    /// stream ended (EOF, close frame, or protocol error).
+    fn poll_read_once(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<Option<usize>>> {
+        let n = if self.early.is_empty() {
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?
+        } else {
+            let n = self.early.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.early[..n]);
+            self.early.drain(..n);
+            if self.early.is_empty() {
+                self.early = Vec::new();
+            }
+            n
+        };
+        if n == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        let data = match self.dec.decode_in_place(&mut buf[..n]) {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket protocol error");
+                self.start_close(e.code, e.reason);
+                return Poll::Ready(Ok(None));
+            }
+        };
+        if let Some(payload) = self.dec.take_pong() {
+            if self.state == State::Open {
+                ws::encode_pong(&payload, &mut self.out);
+            }
+        }
+        if let Some(code) = self.dec.close_received() {
+            // Echo the code (RFC 6455 §5.5.1); 1005 means none was given and is never sent.
+            let code = if code == 1005 { close_code::NORMAL } else { code };
+            self.start_close(code, "");
+            // Data before the close frame is still delivered; the next read reports the end.
+            return Poll::Ready(Ok(if data > 0 { Some(data) } else { None }));
+        }
+        Poll::Ready(Ok(Some(data)))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        for _ in 0..READ_PASSES_MAX {
+            // Pongs and close replies go out as soon as the socket takes them. A blocked write
+            // does not stop reading: its waker is the same task's.
+            if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if this.state == State::Closing {
+                return Poll::Ready(Ok(0));
+            }
+            match std::task::ready!(this.poll_read_once(cx, buf))? {
+                None => {
+                    // Best effort to send the close frame now; `poll_close` finishes it.
+                    let _ = this.poll_flush_out(cx);
+                    return Poll::Ready(Ok(0));
+                }
+                Some(0) => continue,
+                Some(n) => {
+                    let _ = this.poll_flush_out(cx);
+                    return Poll::Ready(Ok(n));
+                }
+            }
+        }
+        // Only overhead so far (e.g. a run of pings): let other connections run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_flush_out(cx))?;
+        if this.state != State::Open {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = data.len().min(FRAME_OUT_BYTES_MAX);
+        this.out.reserve_exact(n + 10);
+        ws::encode_binary(&data[..n], &mut this.out);
+        // The bytes are accepted; a write that would block finishes in the next call or flush.
+        if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_flush_out(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.start_close(close_code::NORMAL, "");
+        std::task::ready!(this.poll_flush_out(cx))?;
+        Pin::new(&mut this.inner).poll_close(cx)
+    }
+}

@@ -1,0 +1,579 @@
+//! Helpers shared by the transport tests (`tests/tls.rs`, `tests/ws.rs`, `tests/browser.rs`):
+//! test certificates generated at run time with rcgen (no private key is committed), a blocking
+//! MQTT client over any `Read + Write`, a rustls client, and a small WebSocket client that can
+//! split and pack frames as the tests need.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use tern::codec::{self, Packet, ProtocolVersion, QoS, SubscriptionOptions};
+
+// ------------------------------------------------------------------------------------------------
+// Certificates.
+// ------------------------------------------------------------------------------------------------
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tern-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A certificate authority that issues server and client certificates, all written as PEM
+/// files into `dir`.
+pub struct Pki {
+    pub dir: TempDir,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+    /// The CA certificate, PEM file.
+    pub ca_file: PathBuf,
+    /// A server certificate for `localhost` and `127.0.0.1`.
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// A client certificate with subject CN `device-42`.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, format!("Tern test CA {tag}"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = params.self_signed(&ca_key).expect("CA cert");
+        let ca_file = dir.path("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write CA");
+        let pki = Pki {
+            ca_file,
+            server_cert: dir.path("server.pem"),
+            server_key: dir.path("server-key.pem"),
+            client_cert: dir.path("client.pem"),
+            client_key: dir.path("client-key.pem"),
+            dir,
+            ca,
+            ca_key,
+        };
+        let (cert, key) = pki.issue_server("tern-test-server");
+        std::fs::write(&pki.server_cert, cert).expect("write");
+        std::fs::write(&pki.server_key, key).expect("write");
+        let (cert, key) = pki.issue_client("device-42");
+        std::fs::write(&pki.client_cert, cert).expect("write");
+        std::fs::write(&pki.client_key, key).expect("write");
+        pki
+    }
+
+    /// A server certificate (PEM chain, PEM key) for localhost and 127.0.0.1 with subject `cn`.
+    pub fn issue_server(&self, cn: &str) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into().expect("dns name")),
+            SanType::IpAddress([127, 0, 0, 1].into()),
+        ];
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.sign(params)
+    }
+
+    /// A client certificate (PEM, PEM key) with subject CN `cn`.
+    pub fn issue_client(&self, cn: &str) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::OrganizationName, "Tern tests");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a client certificate for `cn` and returns (cert file, key file).
+    pub fn client_files(&self, cn: &str) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.issue_client(cn);
+        let (c, k) = (self.dir.path(&format!("{cn}.pem")), self.dir.path(&format!("{cn}-key.pem")));
+        std::fs::write(&c, cert).expect("write");
+        std::fs::write(&k, key).expect("write");
+        (c, k)
+    }
+}
+
+fn pem_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .expect("read PEM")
+        .collect::<Result<_, _>>()
+        .expect("PEM certs")
+}
+
+// ------------------------------------------------------------------------------------------------
+// A rustls client.
+// ------------------------------------------------------------------------------------------------
+
+pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Client options: which TLS versions, and an optional client certificate.
+#[derive(Default, Clone)]
+pub struct TlsClient {
+    pub tls12_only: bool,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsClient {
+    pub fn config(&self, ca_file: &Path) -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in pem_certs(ca_file) {
+            roots.add(c).expect("CA");
+        }
+        let versions: &[&rustls::SupportedProtocolVersion] = if self.tls12_only {
+            &[&rustls::version::TLS12]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots);
+        let config = match &self.client_cert {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                use rustls::pki_types::pem::PemObject;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+                builder.with_client_auth_cert(pem_certs(cert), key).expect("client cert")
+            }
+        };
+        Arc::new(config)
+    }
+
+    /// Connects and completes the handshake (an error if the server refuses it).
+    pub fn connect(&self, addr: SocketAddr, ca_file: &Path) -> io::Result<TlsStream> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let conn =
+            rustls::ClientConnection::new(self.config(ca_file), name).map_err(io::Error::other)?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        Ok(s)
+    }
+}
+
+/// The DER of the certificate the server presented.
+pub fn server_cert_der(s: &TlsStream) -> Vec<u8> {
+    s.conn.peer_certificates().and_then(|c| c.first()).expect("server certificate").to_vec()
+}
+
+/// The DER of the first certificate in a PEM file.
+pub fn file_cert_der(path: &Path) -> Vec<u8> {
+    pem_certs(path)[0].to_vec()
+}
+
+// ------------------------------------------------------------------------------------------------
+// A blocking MQTT client over any stream.
+// ------------------------------------------------------------------------------------------------
+
+pub struct Mqtt<S> {
+    pub stream: S,
+    pub version: ProtocolVersion,
+    buf: BytesMut,
+}
+
+impl<S: Read + Write> Mqtt<S> {
+    pub fn new(stream: S, version: ProtocolVersion) -> Self {
+        Self { stream, version, buf: BytesMut::new() }
+    }
+
+    pub fn encode(p: &Packet, version: ProtocolVersion) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        codec::encode(p, version, &mut out).expect("encode");
+        out.to_vec()
+    }
+
+    pub fn send(&mut self, p: &Packet) {
+        let bytes = Self::encode(p, self.version);
+        self.stream.write_all(&bytes).expect("write");
+        self.stream.flush().expect("flush");
+    }
+
+    /// The next packet, or None on EOF, error or timeout (the socket's read timeout bounds
+    /// each read; the deadline bounds the whole).
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Packet> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = codec::decode(&mut self.buf, self.version, usize::MAX)
+                .expect("broker output decodes")
+            {
+                return Some(p);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn recv(&mut self) -> Packet {
+        self.recv_timeout(Duration::from_secs(5)).expect("a packet within 5 s")
+    }
+
+    /// Sends CONNECT and returns the CONNACK.
+    pub fn connect(&mut self, id: &str, username: Option<&str>) -> codec::ConnAck {
+        let Packet::Connect(mut c) = common_connect(self.version, id) else { unreachable!() };
+        c.username = username.map(str::to_owned);
+        self.send(&Packet::Connect(c));
+        match self.recv() {
+            Packet::ConnAck(a) => a,
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// CONNECT that must succeed.
+    pub fn connect_ok(&mut self, id: &str) {
+        let a = self.connect(id, None);
+        assert_eq!(a.reason, codec::ReasonCode::Success, "CONNACK refused: {a:?}");
+    }
+
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.send(&subscribe_packet(filter, qos, 1));
+        match self.recv() {
+            Packet::SubAck(a) => assert!(!a.reasons[0].is_error(), "SUBACK refused: {a:?}"),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    pub fn publish(&mut self, topic: &str, payload: &[u8]) {
+        self.send(&publish_packet(topic, payload));
+    }
+
+    pub fn recv_publish(&mut self) -> codec::Publish {
+        for _ in 0..100 {
+            if let Packet::Publish(p) = self.recv() {
+                return p;
+            }
+        }
+        panic!("no PUBLISH in 100 packets");
+    }
+}
+
+fn common_connect(version: ProtocolVersion, id: &str) -> Packet {
+    Packet::Connect(Box::new(codec::Connect {
+        version,
+        clean_start: true,
+        keep_alive_secs: 30,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: codec::Properties::new(),
+    }))
+}
+
+pub fn connect_packet(version: ProtocolVersion, id: &str) -> Packet {
+    common_connect(version, id)
+}
+
+pub fn subscribe_packet(filter: &str, qos: QoS, id: u16) -> Packet {
+    Packet::Subscribe(codec::Subscribe {
+        packet_id: codec::PacketId::new(id).expect("non-zero"),
+        filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+        properties: codec::Properties::new(),
+    })
+}
+
+/// A QoS 0 publish.
+pub fn publish_packet(topic: &str, payload: &[u8]) -> Packet {
+    Packet::Publish(codec::Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: topic.into(),
+        packet_id: None,
+        properties: codec::Properties::new(),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// A WebSocket client.
+// ------------------------------------------------------------------------------------------------
+
+pub const OP_CONT: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// One server frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub fin: bool,
+    pub op: u8,
+    pub payload: Vec<u8>,
+}
+
+/// A masked client frame.
+pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x7E, 0xC3, 0x05];
+    let mut out = vec![if fin { 0x80 } else { 0 } | op];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// A WebSocket client over `S`. As `Read + Write` it carries MQTT bytes: each write is one
+/// binary frame, reads return binary payloads, answer nothing, and end (Ok(0)) at a close frame.
+pub struct WsClient<S> {
+    pub s: S,
+    /// Payload bytes of received binary frames not yet read.
+    pending: Vec<u8>,
+    /// Control frames received (pongs, close), in order.
+    pub control: Vec<Frame>,
+}
+
+/// The upgrade request for `path` offering `protocols` (e.g. "mqtt").
+pub fn upgrade_request(path: &str, protocols: Option<&str>) -> String {
+    let mut r = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    if let Some(p) = protocols {
+        r.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    r.push_str("\r\n");
+    r
+}
+
+/// Reads an HTTP response head (up to the blank line) byte by byte, so nothing after it is
+/// consumed.
+pub fn read_http_head<S: Read>(s: &mut S) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+        assert!(head.len() < 16 * 1024, "response head too long");
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+impl<S: Read + Write> WsClient<S> {
+    /// Sends the upgrade request and checks the 101 response.
+    pub fn upgrade(mut s: S, path: &str) -> Self {
+        s.write_all(upgrade_request(path, Some("mqtt")).as_bytes()).expect("write");
+        s.flush().expect("flush");
+        let head = read_http_head(&mut s);
+        assert!(head.starts_with("HTTP/1.1 101 "), "upgrade refused: {head}");
+        assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{head}");
+        assert!(head.contains("Sec-WebSocket-Protocol: mqtt\r\n"), "{head}");
+        Self { s, pending: Vec::new(), control: Vec::new() }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("write");
+        self.s.flush().expect("flush");
+    }
+
+    pub fn send_frame(&mut self, fin: bool, op: u8, payload: &[u8]) {
+        self.send_raw(&client_frame(fin, op, payload));
+    }
+
+    /// The next frame from the server, or None on EOF / error.
+    pub fn read_frame(&mut self) -> Option<Frame> {
+        let mut h = [0u8; 2];
+        self.s.read_exact(&mut h).ok()?;
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7F {
+            126 => {
+                let mut l = [0u8; 2];
+                self.s.read_exact(&mut l).ok()?;
+                u64::from(u16::from_be_bytes(l))
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                self.s.read_exact(&mut l).ok()?;
+                u64::from_be_bytes(l)
+            }
+            l => u64::from(l),
+        };
+        let mut payload = vec![0u8; len as usize];
+        self.s.read_exact(&mut payload).ok()?;
+        Some(Frame { fin: h[0] & 0x80 != 0, op: h[0] & 0x0F, payload })
+    }
+
+    /// Reads frames until a control frame arrives (binary payloads are kept for `read`).
+    pub fn next_control(&mut self) -> Option<Frame> {
+        loop {
+            let f = self.read_frame()?;
+            if f.op == OP_BINARY || f.op == OP_CONT {
+                self.pending.extend_from_slice(&f.payload);
+            } else {
+                return Some(f);
+            }
+        }
+    }
+}
+
+impl<S: Read + Write> Read for WsClient<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pending.is_empty() {
+            let Some(f) = self.read_frame() else {
+                return Err(io::ErrorKind::TimedOut.into());
+            };
+            match f.op {
+                OP_BINARY | OP_CONT => self.pending = f.payload,
+                OP_CLOSE => {
+                    self.control.push(f);
+                    return Ok(0);
+                }
+                _ => self.control.push(f),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+}
+
+impl<S: Read + Write> Write for WsClient<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.s.write_all(&client_frame(true, OP_BINARY, buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.s.flush()
+    }
+}
+
+/// A TCP connection to `addr` with a 5 s read timeout.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s
+}
+
+// ------------------------------------------------------------------------------------------------
+// Child processes (openssl, python, chromium), always bounded in time.
+// ------------------------------------------------------------------------------------------------
+
+/// Runs `cmd` to completion within `timeout`, killing it otherwise. Returns (status success,
+/// stdout, stderr).
+pub fn run_bounded(cmd: &mut std::process::Command, timeout: Duration) -> (bool, String, String) {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, mut err) = (out_t.join().expect("join"), err_t.join().expect("join"));
+    if status.is_none() {
+        err.push_str(&format!("\n[killed after {timeout:?}]"));
+    }
+    (status.is_some_and(|s| s.success()), out, err)
+}
+
+/// The directory of the interop scripts.
+pub fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Python 3 with paho-mqtt 2, or a panic that says how to get it (scripts/test.sh installs it).
+pub fn python_with_paho() -> &'static str {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import paho.mqtt; assert paho.mqtt.__version__.startswith('2')"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 with paho-mqtt 2.x is required (scripts/test.sh installs it: \
+         python3 -m pip install 'paho-mqtt>=2,<3')"
+    );
+    "python3"
+}
