@@ -261,11 +261,14 @@ async fn handshake_and_serve(
     }
     let id = io.shard.borrow_mut().accept_with_identity(ctx.index, peer, Instant::now(), identity);
     let Some(id) = id else { return }; // over the limit: dropping closes it
+
+    // A task of its own, so the memory of this handshake future is freed now rather than held
+    // for the life of the connection (it is laid out to hold the streams of every transport).
     match established {
-        Established::Tls(s) => serve(io, s, id).await,
-        Established::Ws(s) => serve(io, s, id).await,
-        Established::Wss(s) => serve(io, s, id).await,
-    }
+        Established::Tls(s) => glommio::spawn_local(serve(io, s, id)).detach(),
+        Established::Ws(s) => glommio::spawn_local(serve(io, s, id)).detach(),
+        Established::Wss(s) => glommio::spawn_local(serve(io, s, id)).detach(),
+    };
 }
 
 /// The handshakes of a listener's transport; returns the stream and, with
