@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::auth::Security;
 use crate::config::{Config, ListenerConfig, QueueOverflow, Transport};
 use crate::net::{ListenerSpec, TlsSpec, TransportSpec, WsSpec};
 use crate::runtime::{Broker, RuntimeOptions, StartError};
@@ -60,7 +61,23 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         response_information_prefix: Some(config.broker.response_information_prefix.clone())
             .filter(|p| !p.is_empty()),
         check_payload_format: config.broker.check_payload_format,
+        mechanisms: Default::default(),
+        security: std::sync::Arc::new(load_security(config)),
+        auth_files: config.auth.clone(),
     }
+}
+
+/// The password file and ACL of `config`. They were parsed when the configuration was
+/// validated; if they cannot be read now, Tern fails closed: no user name is accepted and the
+/// ACL denies everything, and the error is logged.
+fn load_security(config: &Config) -> Security {
+    Security::load(&config.auth).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot load auth files: denying every client until reload");
+        Security {
+            passwords: Some(std::sync::Arc::new(crate::auth::PasswordDb::new())),
+            acl: Some(crate::auth::Acl::deny_all()),
+        }
+    })
 }
 
 /// The runtime settings for `config`.

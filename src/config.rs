@@ -219,7 +219,8 @@ pub struct LimitsConfig {
     /// at least `packet_size_bytes_max`. Worst-case memory: this much, plus the topics.
     pub retained_bytes_max: u64,
     /// Levels (`/`-separated parts) in a topic name or filter. Default 32. Bound: 1..=256.
-    /// Also the depth of the explicit stack used to walk the subscription trie.
+    /// Topics up to 32 levels are matched with no allocation (the trie's inline stack); deeper
+    /// ones, when allowed here, spill the match stack to the heap.
     pub topic_levels_max: u16,
     /// Bytes in a topic name or filter. Default 1024. Bound: 1..=65535 (the MQTT string
     /// maximum).

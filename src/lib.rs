@@ -26,6 +26,7 @@ pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;
+pub mod enhanced_auth;
 pub mod metrics;
 pub mod net;
 pub mod runtime;

@@ -274,32 +274,6 @@ impl StatsBoard {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn totals_add_up_and_render() {
-        let board = StatsBoard::new(2);
-        let mut a = Metrics { messages_received: 3, connections_current: 1, ..Default::default() };
-        let mut h = new_latency_histogram();
-        h.record(120).expect("in range");
-        board.update(0, &a, &h);
-        a.messages_received = 4;
-        board.update(1, &a, &new_latency_histogram());
-        assert_eq!(board.total().messages_received, 7);
-        let text = board.prometheus();
-        assert!(text.contains("tern_messages_received_total{shard=\"0\"} 3"), "{text}");
-        assert!(text.contains("tern_messages_received_total{shard=\"total\"} 7"));
-        assert!(text.contains("tern_connections_current{shard=\"total\"} 2"));
-        assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.00025\"} 1"));
-        assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.0001\"} 0"));
-        let sys = board.sys_topics();
-        assert!(sys.contains(&("$SYS/broker/messages/received".into(), "7".into())));
-        assert!(sys.contains(&("$SYS/broker/clients/maximum".into(), "2".into())));
-    }
-}
-
 /// Serves `GET /metrics` (Prometheus text format) on `listener` from a plain thread until `stop`
 /// is set. Control plane only: one request at a time, requests bounded to 8 KiB and 2 s.
 pub fn serve_http(
@@ -350,4 +324,30 @@ pub fn serve_http(
             let _ = conn.write_all(reply.as_bytes());
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_add_up_and_render() {
+        let board = StatsBoard::new(2);
+        let mut a = Metrics { messages_received: 3, connections_current: 1, ..Default::default() };
+        let mut h = new_latency_histogram();
+        h.record(120).expect("in range");
+        board.update(0, &a, &h);
+        a.messages_received = 4;
+        board.update(1, &a, &new_latency_histogram());
+        assert_eq!(board.total().messages_received, 7);
+        let text = board.prometheus();
+        assert!(text.contains("tern_messages_received_total{shard=\"0\"} 3"), "{text}");
+        assert!(text.contains("tern_messages_received_total{shard=\"total\"} 7"));
+        assert!(text.contains("tern_connections_current{shard=\"total\"} 2"));
+        assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.00025\"} 1"));
+        assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.0001\"} 0"));
+        let sys = board.sys_topics();
+        assert!(sys.contains(&("$SYS/broker/messages/received".into(), "7".into())));
+        assert!(sys.contains(&("$SYS/broker/clients/maximum".into(), "2".into())));
+    }
 }

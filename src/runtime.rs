@@ -223,10 +223,10 @@ impl Broker {
         Arc::clone(&self.reload)
     }
 
-    /// Asks every shard to re-read its TLS certificate files, and waits up to `timeout` until
-    /// all have done so. Returns whether they all did. New connections then get the new
-    /// certificates; existing connections are not affected. A bad file keeps the previous
-    /// certificates (the shard logs why).
+    /// Asks every shard to re-read its TLS certificate files, password file and ACL, and waits
+    /// up to `timeout` until all have done so. Returns whether they all did. New connections
+    /// then get the new certificates and every client the new rules; existing connections stay.
+    /// A bad file keeps the previous one (the shard logs why).
     pub fn reload(&self, timeout: Duration) -> bool {
         let generation = self.reload.fetch_add(1, Ordering::SeqCst) + 1;
         let deadline = Instant::now() + timeout;
@@ -367,6 +367,7 @@ async fn shard_main(
             for ctx in &ctxs {
                 ctx.reload_tls(id);
             }
+            reload_security(&io, id);
             reload.applied[usize::from(id)].store(requested, Ordering::SeqCst);
         }
         let now = Instant::now();
@@ -384,6 +385,22 @@ async fn shard_main(
         }
     }
     shutdown_shard(&io).await;
+}
+
+/// Reads the password file and ACL again (SIGHUP). A file that no longer parses keeps the
+/// previous ones in force and logs why, like a bad new certificate.
+fn reload_security(io: &Rc<ShardIo>, id: u16) {
+    let files = io.shard.borrow().config().auth_files.clone();
+    if files.password_file.is_none() && files.acl_file.is_none() {
+        return;
+    }
+    match crate::auth::Security::load(&files) {
+        Ok(s) => {
+            io.shard.borrow_mut().set_security(Arc::new(s));
+            tracing::info!(shard = id, "password file and ACL reloaded");
+        }
+        Err(e) => tracing::error!(shard = id, error = %e, "reload refused; keeping the old files"),
+    }
 }
 
 /// Graceful shutdown: stop accepting, tell clients, give writes a bounded time to drain.

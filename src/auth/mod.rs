@@ -135,3 +135,51 @@ mod tests {
         assert_eq!(lines, [(1, "a"), (2, "b"), (3, ""), (4, "c")]);
     }
 }
+
+/// What a shard checks clients against: the password file, the ACL file, and the SCRAM-SHA-256
+/// mechanism over the password file's `$scram-sha-256$` entries. Immutable; a reload builds a
+/// new one and each shard swaps its `Arc` (no lock on the hot path).
+#[derive(Default)]
+pub struct Security {
+    /// The password file, if configured.
+    pub passwords: Option<std::sync::Arc<PasswordDb>>,
+    /// The ACL file, if configured (absent: everything allowed).
+    pub acl: Option<Acl>,
+}
+
+impl fmt::Debug for Security {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Security")
+            .field("passwords", &self.passwords.as_ref().map(|p| p.len()))
+            .field("acl", &self.acl.is_some())
+            .finish()
+    }
+}
+
+impl Security {
+    /// Loads the configured files.
+    pub fn load(cfg: &crate::config::AuthConfig) -> Result<Security, AuthFileError> {
+        let passwords = match &cfg.password_file {
+            Some(p) => Some(std::sync::Arc::new(PasswordDb::load(p)?)),
+            None => None,
+        };
+        let acl = match &cfg.acl_file {
+            Some(p) => {
+                let acl = Acl::load(p)?;
+                for w in acl.warnings() {
+                    tracing::warn!(file = %p.display(), "{w}");
+                }
+                Some(acl)
+            }
+            None => None,
+        };
+        Ok(Security { passwords, acl })
+    }
+
+    /// The SCRAM-SHA-256 mechanism over the password file, if there is one.
+    pub fn scram(&self) -> Option<std::sync::Arc<dyn crate::enhanced_auth::Mechanism>> {
+        let db = std::sync::Arc::clone(self.passwords.as_ref()?);
+        let lookup = std::sync::Arc::new(move |user: &str| db.scram(user));
+        Some(std::sync::Arc::new(crate::enhanced_auth::ScramSha256::new(lookup)))
+    }
+}

@@ -1,8 +1,8 @@
 //! `tern passwd`: creates and edits password files, like Mosquitto's `mosquitto_passwd`.
 //!
 //! ```text
-//! tern passwd [-c | -D] [-H sha512-pbkdf2|argon2id] [--argon2] [-I ITERATIONS] FILE USER
-//! tern passwd [-c] -b [-H sha512-pbkdf2|argon2id] [--argon2] [-I ITERATIONS] FILE USER PASSWORD
+//! tern passwd [-c | -D] [-H sha512-pbkdf2|argon2id|scram-sha-256] [--argon2] [-I ITERATIONS] FILE USER
+//! tern passwd [-c] -b [-H sha512-pbkdf2|argon2id|scram-sha-256] [--argon2] [-I ITERATIONS] FILE USER PASSWORD
 //! ```
 //!
 //! - no flag: add USER, or replace its password, in the existing FILE; the password is asked on
@@ -30,8 +30,8 @@ use super::password::{
 };
 
 const USAGE: &str = "\
-usage: tern passwd [-c | -D] [-H sha512-pbkdf2|argon2id] [--argon2] [-I ITERATIONS] FILE USER
-       tern passwd [-c] -b [-H sha512-pbkdf2|argon2id] [--argon2] [-I ITERATIONS] FILE USER PASSWORD
+usage: tern passwd [-c | -D] [-H sha512-pbkdf2|argon2id|scram-sha-256] [--argon2] [-I ITERATIONS] FILE USER
+       tern passwd [-c] -b [-H sha512-pbkdf2|argon2id|scram-sha-256] [--argon2] [-I ITERATIONS] FILE USER PASSWORD
 
  -b : batch mode: the password is given on the command line
  -c : create FILE, replacing it if it exists
@@ -71,6 +71,7 @@ enum Action {
 enum Scheme {
     Pbkdf2 { iterations: u32 },
     Argon2id,
+    ScramSha256,
 }
 
 /// Where the password comes from.
@@ -153,6 +154,10 @@ fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
             return Err(usage_error("-I applies to sha512-pbkdf2 only"));
         }
         Some("argon2id") => Scheme::Argon2id,
+        Some("scram-sha-256") if iterations.is_some() => {
+            return Err(usage_error("-I applies to sha512-pbkdf2 only"));
+        }
+        Some("scram-sha-256") => Scheme::ScramSha256,
         Some("sha512") => {
             return Err("-H sha512 is not written: a single round of SHA-512 is too fast to \
                         resist guessing; use sha512-pbkdf2 (the default) or argon2id"
@@ -226,6 +231,7 @@ fn execute(cmd: &Command, password: Option<&str>) -> Result<(), String> {
                     PasswordHash::new_pbkdf2_sha512(password.as_bytes(), iterations)
                 }
                 Scheme::Argon2id => PasswordHash::new_argon2id(password.as_bytes()),
+                Scheme::ScramSha256 => PasswordHash::new_scram_sha256(password.as_bytes()),
             }
             .map_err(|e| format!("cannot hash the password: {e}"))?;
             db.upsert(&cmd.user, hash).map_err(|e| format!("invalid user name: {e}"))?;

@@ -197,6 +197,15 @@ impl PasswordDb {
         }
     }
 
+    /// The SCRAM-SHA-256 credential of `username`, if its entry is one.
+    pub fn scram(&self, username: &str) -> Option<crate::enhanced_auth::ScramCredential> {
+        let i = *self.index.get(username)?;
+        match &self.lines[i] {
+            Line::Entry { hash, .. } => hash.scram().cloned(),
+            Line::Verbatim(_) => None,
+        }
+    }
+
     /// Whether `username` has an entry.
     pub fn contains(&self, username: &str) -> bool {
         self.index.contains_key(username)
@@ -325,6 +334,9 @@ pub enum HashScheme {
     Pbkdf2Sha512,
     /// `$argon2id$`: Argon2id, as a PHC string.
     Argon2id,
+    /// `$scram-sha-256$`: a SCRAM-SHA-256 credential (RFC 5802 StoredKey/ServerKey). Serves
+    /// both user name/password CONNECTs and MQTT 5 enhanced authentication (SCRAM-SHA-256).
+    ScramSha256,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -338,6 +350,7 @@ enum Scheme {
         salt: Vec<u8>,
         hash: [u8; SHA512_BYTES],
     },
+    ScramSha256(crate::enhanced_auth::ScramCredential),
     Argon2id {
         version: u32,
         memory_kib: u32,
@@ -374,13 +387,20 @@ impl PasswordHash {
             parse_sha512(rest)?
         } else if let Some(rest) = text.strip_prefix("$argon2id$") {
             parse_argon2id(rest)?
+        } else if text.starts_with("$scram-sha-256$") {
+            let cred = crate::enhanced_auth::ScramCredential::parse(text)
+                .ok_or_else(|| bad("malformed $scram-sha-256$ credential"))?;
+            check_iterations(cred.iterations)?;
+            Scheme::ScramSha256(cred)
         } else if !text.starts_with('$') {
             return Err(bad(
                 "not a hashed password (plain text? hash it with `tern passwd`, or Mosquitto's \
                  `mosquitto_passwd -U`)",
             ));
         } else {
-            return Err(bad("unknown hash type (expected $7$, $6$ or $argon2id$)"));
+            return Err(bad(
+                "unknown hash type (expected $7$, $6$, $argon2id$ or $scram-sha-256$)",
+            ));
         };
         Ok(PasswordHash { encoded: text.to_owned(), scheme })
     }
@@ -439,10 +459,29 @@ impl PasswordHash {
         PasswordHash::parse(&encoded)
     }
 
+    /// A new `$scram-sha-256$` credential with a fresh random 16-byte salt and
+    /// [`crate::enhanced_auth::SCRAM_ITERATIONS`] iterations.
+    pub fn new_scram_sha256(password: &[u8]) -> Result<PasswordHash, HashError> {
+        let mut salt = [0u8; 16];
+        getrandom::getrandom(&mut salt).map_err(|e| bad(format!("no random salt: {e}")))?;
+        let iterations = crate::enhanced_auth::SCRAM_ITERATIONS;
+        let cred = crate::enhanced_auth::ScramCredential::derive(password, &salt, iterations);
+        PasswordHash::parse(&cred.to_hash_string())
+    }
+
+    /// The SCRAM-SHA-256 credential, for a `$scram-sha-256$` entry.
+    pub fn scram(&self) -> Option<&crate::enhanced_auth::ScramCredential> {
+        match &self.scheme {
+            Scheme::ScramSha256(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Whether `password` hashes to this hash. Pure computation; the comparison is
     /// constant-time.
     pub fn verify(&self, password: &[u8]) -> bool {
         match &self.scheme {
+            Scheme::ScramSha256(cred) => cred.verify_password(password),
             Scheme::Sha512 { salt, hash } => {
                 let mut digest = Sha512::new();
                 digest.update(password);
@@ -478,6 +517,7 @@ impl PasswordHash {
             Scheme::Sha512 { .. } => HashScheme::Sha512,
             Scheme::Pbkdf2Sha512 { .. } => HashScheme::Pbkdf2Sha512,
             Scheme::Argon2id { .. } => HashScheme::Argon2id,
+            Scheme::ScramSha256(_) => HashScheme::ScramSha256,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! 1. [`check`] reads the fixed header and answers "need more bytes" (`Ok(None)`), "malformed",
 //!    or "packet too large", before any of the body is buffered. The maximum packet size is
 //!    enforced here, so a peer can never make the decoder hold more than that.
-//! 2. [`decode`] splits exactly one whole frame off the buffer and parses it. Payloads and binary
+//! 2. [`decode()`] splits exactly one whole frame off the buffer and parses it. Payloads and binary
 //!    fields are slices of the receive buffer (`Bytes`), never copies.
 //!
 //! Every rule the spec makes on the wire format is checked, and each failure carries the

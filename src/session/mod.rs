@@ -106,6 +106,8 @@ pub enum Dropped {
 pub struct Session {
     /// Client identifier.
     pub client_id: String,
+    /// User name of the connection that owns the session (for ACL checks on delivery).
+    pub username: Option<String>,
     /// Topic filter → subscription.
     pub subscriptions: HashMap<String, Subscription>,
     /// Outbound QoS 1/2 in flight, by packet id (ordered, for resend in order).
@@ -131,6 +133,7 @@ impl Session {
         assert!(limits.inflight_max > 0, "invariant: config validates inflight_max >= 1");
         Self {
             client_id,
+            username: None,
             subscriptions: HashMap::new(),
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),

@@ -13,8 +13,9 @@ use std::time::Instant;
 use super::{CloseReason, Conn, ConnId, PendingConnect, Phase, SessionSlot, Shard, ShardMsg};
 use crate::codec::{
     ConnAck, Connect, DecodeError, ErrorKind, Packet, Properties, Property, ProtocolVersion,
-    ReasonCode,
+    ReasonCode, ReasonPacket,
 };
+use crate::enhanced_auth::{Exchange, Step};
 use crate::session::{Session, SessionState};
 
 /// The registry shard of a client id.
@@ -96,6 +97,7 @@ impl Shard {
         // The transport's identity (TLS client certificate CN) wins over the CONNECT user name.
         if let Some(name) = c.tls_username.take() {
             connect.username = Some(name.into());
+            c.identity_verified = true;
         }
 
         // Client identifier rules ([MQTT-3.1.3-5..9] in 3.1.1, §3.1.3.1 in 5.0).
@@ -121,10 +123,6 @@ impl Shard {
         if let Some(r) = self.cfg.listeners[listener].redirect.clone() {
             return self.redirect(id, version, r, now);
         }
-        if !self.cfg.listeners[listener].allow_anonymous && connect.username.is_none() {
-            self.metrics.auth_failures += 1;
-            return self.refuse(id, version, ReasonCode::NotAuthorized, now);
-        }
         if let Some(w) = &connect.will {
             if !self.topic_name_allowed(&w.topic) {
                 return self.refuse(id, version, ReasonCode::TopicNameInvalid, now);
@@ -133,9 +131,45 @@ impl Shard {
                 return self.refuse(id, version, ReasonCode::PayloadFormatInvalid, now);
             }
         }
-        if v5 && connect.properties.authentication_method().is_some() {
-            // Enhanced authentication is not offered on this listener.
-            return self.refuse(id, version, ReasonCode::BadAuthenticationMethod, now);
+        if let Some(method) = connect.properties.authentication_method().filter(|_| v5) {
+            return self.start_auth(id, connect, method, assigned_id, now);
+        }
+        if connect.properties.authentication_data().is_some() {
+            // §3.1.2.11.10: Authentication Data without a method is a Protocol Error.
+            return self.refuse(id, version, ReasonCode::ProtocolError, now);
+        }
+        self.begin_claim(id, connect, assigned_id, None, now);
+    }
+
+    /// After authentication: anonymous access, the session quota, then the client-id claim.
+    fn begin_claim(
+        &mut self,
+        id: ConnId,
+        connect: Box<Connect>,
+        assigned_id: bool,
+        auth_done: Option<(String, bytes::Bytes)>,
+        now: Instant,
+    ) {
+        let version = connect.version;
+        let listener = self.conn(id).map_or(0, |c| c.listener);
+        let verified = auth_done.is_some() || self.conn(id).is_some_and(|c| c.identity_verified);
+        if let Some(reason) = self.authenticate(listener, &connect, verified) {
+            self.metrics.auth_failures += 1;
+            // Logged without the password.
+            tracing::info!(conn = id.0, user = ?connect.username, client_id = %connect.client_id,
+                ?reason, "authentication failed");
+            return self.refuse(id, version, reason, now);
+        }
+        if let Some(w) = &connect.will {
+            let acl = self.cfg.security.acl.as_ref();
+            if acl.is_some_and(|a| {
+                !a.can_publish(connect.username.as_deref(), &connect.client_id, &w.topic)
+            }) {
+                return self.refuse(id, version, ReasonCode::NotAuthorized, now);
+            }
+        }
+        if let Some(c) = self.conn_mut(id) {
+            c.phase = Phase::Connecting;
         }
         if self.by_client.len() >= self.cfg.sessions_max
             && !self.by_client.contains_key(&connect.client_id)
@@ -145,7 +179,7 @@ impl Shard {
         let req = self.next_req;
         self.next_req += 1;
         let client_id = connect.client_id.clone();
-        self.pending.insert(req, PendingConnect { conn: id, connect, assigned_id });
+        self.pending.insert(req, PendingConnect { conn: id, connect, assigned_id, auth_done });
         self.send_to_registry(ShardMsg::Claim { client_id, req });
     }
 
@@ -250,7 +284,7 @@ impl Shard {
     /// Installs the session (resumed from `state` or new) and answers CONNACK.
     fn finish_connect(&mut self, req: u64, state: Option<Box<SessionState>>, now: Instant) {
         let Some(p) = self.pending.remove(&req) else { return };
-        let PendingConnect { conn, connect, assigned_id } = p;
+        let PendingConnect { conn, connect, assigned_id, auth_done } = p;
         let connect = *connect;
         let still_open = matches!(self.conn(conn).map(|c| &c.phase), Some(Phase::Connecting));
         let v5 = connect.version.is_v5();
@@ -263,10 +297,14 @@ impl Shard {
         }
         .min(self.cfg.session_expiry_secs_max);
         let resumed = state.is_some() && !connect.clean_start;
-        let session = match state.filter(|_| !connect.clean_start) {
+        let mut session = match state.filter(|_| !connect.clean_start) {
             Some(st) => Session::from_state(connect.client_id.clone(), *st, self.cfg.session),
             None => Session::new(connect.client_id.clone(), self.cfg.session, expiry),
         };
+        session.username = connect.username.clone();
+        if resumed {
+            self.recheck_acl(&mut session);
+        }
         let req = self.next_req;
         self.next_req += 1;
         let (slot, told) = self.install_session(session, Some(req));
@@ -298,6 +336,13 @@ impl Shard {
         };
         if v5 {
             self.connack_properties(&mut ack.properties, &connect, keep_alive, assigned_id, expiry);
+            if let Some((method, data)) = auth_done {
+                ack.properties.push(Property::AuthenticationMethod(method.clone()));
+                ack.properties.push(Property::AuthenticationData(data));
+                if let Some(c) = self.conn_mut(conn) {
+                    c.auth_method = Some(method);
+                }
+            }
         }
         let peer = self.conn(conn).map(|c| c.peer);
         tracing::debug!(conn = conn.0, ?peer, client_id = %connect.client_id, resumed, "connected");
@@ -309,6 +354,24 @@ impl Shard {
             let pending = super::subscribe::PendingAck::Conn { conn, slot, ack };
             self.pending_acks.insert(req, (pending, told * peers));
         }
+    }
+
+    /// A resumed session may belong to a user with other rights now: subscriptions and queued
+    /// messages the ACL no longer allows are dropped (and counted).
+    fn recheck_acl(&mut self, session: &mut Session) {
+        let Some(acl) = &self.cfg.security.acl else { return };
+        let user = session.username.clone();
+        let cid = session.client_id.clone();
+        let before = session.subscriptions.len();
+        session.subscriptions.retain(|filter, _| {
+            let inner = crate::topic::parse_shared(filter).map_or(filter.as_str(), |(_, f)| f);
+            acl.can_subscribe(user.as_deref(), &cid, inner)
+        });
+        self.metrics.subscribe_denied += (before - session.subscriptions.len()) as u64;
+        let before = session.queue.len();
+        session.queue.retain(|o| acl.can_read(user.as_deref(), &cid, &o.msg.topic));
+        session.queue_bytes = session.queue.iter().map(|o| o.cost_bytes()).sum();
+        self.metrics.publish_denied += (before - session.queue.len()) as u64;
     }
 
     /// Sends CONNACK, then what the resumed session owes the client.
@@ -405,6 +468,180 @@ impl Shard {
         self.deferred = rest;
         for (from, msg) in matching {
             self.handle_peer(from, msg, now);
+        }
+    }
+}
+
+/// An enhanced-authentication exchange waiting for the client's next AUTH.
+pub(crate) struct AuthInProgress {
+    exchange: Box<dyn Exchange>,
+    method: String,
+    /// For an exchange started by CONNECT: the CONNECT to continue with on success.
+    connect: Option<(Box<Connect>, bool)>,
+}
+
+impl std::fmt::Debug for AuthInProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthInProgress").field("method", &self.method).finish_non_exhaustive()
+    }
+}
+
+fn auth_packet(reason: ReasonCode, method: &str, data: Vec<u8>) -> Packet {
+    let mut a = ReasonPacket::new(reason);
+    a.properties.push(Property::AuthenticationMethod(method.to_owned()));
+    if !data.is_empty() || reason == ReasonCode::ContinueAuthentication {
+        a.properties.push(Property::AuthenticationData(data.into()));
+    }
+    Packet::Auth(a)
+}
+
+impl Shard {
+    /// Who may connect (Mosquitto's rules): a user name proven by TLS or enhanced
+    /// authentication passes; a claimed user name needs its password when a password file is
+    /// configured, and is refused outright on a listener without anonymous access that has no
+    /// way to check it; no user name needs anonymous access. Returns the refusal, if any.
+    fn authenticate(
+        &self,
+        listener: usize,
+        connect: &Connect,
+        verified: bool,
+    ) -> Option<ReasonCode> {
+        let anonymous_ok = self.cfg.listeners[listener].allow_anonymous;
+        match (&connect.username, verified, &self.cfg.security.passwords) {
+            (Some(_), true, _) => None,
+            (Some(user), false, Some(db)) => {
+                let ok = db.check(user, connect.password.as_deref());
+                (!ok).then_some(ReasonCode::BadUserNameOrPassword)
+            }
+            // A user name nobody can check: only where anonymous access is allowed anyway.
+            (Some(_), false, None) => (!anonymous_ok).then_some(ReasonCode::NotAuthorized),
+            (None, _, _) => (!anonymous_ok).then_some(ReasonCode::NotAuthorized),
+        }
+    }
+
+    /// The mechanism called `method`: SCRAM-SHA-256 over the password file, or a configured one.
+    fn mechanism(
+        &self,
+        method: &str,
+    ) -> Option<std::sync::Arc<dyn crate::enhanced_auth::Mechanism>> {
+        if method == crate::enhanced_auth::SCRAM_SHA_256 {
+            if let Some(m) = self.cfg.security.scram() {
+                return Some(m);
+            }
+        }
+        self.cfg.mechanisms.find(method).cloned()
+    }
+
+    /// CONNECT with an Authentication Method: start the exchange (§4.12).
+    fn start_auth(
+        &mut self,
+        id: ConnId,
+        mut connect: Box<Connect>,
+        method: String,
+        assigned_id: bool,
+        now: Instant,
+    ) {
+        let version = connect.version;
+        let Some(mech) = self.mechanism(&method) else {
+            self.metrics.auth_failures += 1;
+            return self.refuse(id, version, ReasonCode::BadAuthenticationMethod, now);
+        };
+        let data = connect.properties.authentication_data().unwrap_or_default();
+        match mech.start(&data) {
+            Ok(Step::Continue(out, exchange)) => {
+                let deadline = now + self.cfg.connect_timeout;
+                let Some(c) = self.conn_mut(id) else { return };
+                c.phase = Phase::Authenticating { deadline };
+                let connect = Some((connect, assigned_id));
+                c.auth = Some(AuthInProgress { exchange, method: method.clone(), connect });
+                self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
+            }
+            Ok(Step::Success { username, data }) => {
+                connect.username = Some(username);
+                self.begin_claim(id, connect, assigned_id, Some((method, data.into())), now);
+            }
+            Err(e) => {
+                tracing::debug!(conn = id.0, error = %e, "enhanced authentication failed");
+                self.metrics.auth_failures += 1;
+                self.refuse(id, version, ReasonCode::NotAuthorized, now);
+            }
+        }
+    }
+
+    /// An AUTH packet: the next step of an exchange, or the start of re-authentication.
+    pub(super) fn handle_auth(&mut self, id: ConnId, a: ReasonPacket, now: Instant) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let method = a.properties.authentication_method();
+        let data = a.properties.authentication_data().unwrap_or_default();
+        let authenticating = matches!(c.phase, Phase::Authenticating { .. });
+        let reauth_method = c.auth_method.clone();
+        match (a.reason, c.auth.take()) {
+            (ReasonCode::ContinueAuthentication, Some(progress))
+                if method.as_deref() == Some(progress.method.as_str()) =>
+            {
+                self.auth_step(id, progress, &data, now)
+            }
+            // §4.12.1: re-authentication repeats the CONNECT's method, while connected.
+            (ReasonCode::ReAuthenticate, None)
+                if !authenticating && method.is_some() && method == reauth_method =>
+            {
+                self.reauth_start(id, method.expect("invariant: checked is_some"), &data, now)
+            }
+            // Any other AUTH is a Protocol Error (§4.12, §3.15.2.1).
+            _ => {
+                self.metrics.protocol_errors += 1;
+                if authenticating {
+                    self.refuse(id, ProtocolVersion::V5, ReasonCode::ProtocolError, now);
+                } else {
+                    self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
+                }
+            }
+        }
+    }
+
+    fn reauth_start(&mut self, id: ConnId, method: String, data: &[u8], now: Instant) {
+        let Some(mech) = self.mechanism(&method) else { return };
+        match mech.start(data) {
+            Ok(Step::Continue(out, exchange)) => {
+                let Some(c) = self.conn_mut(id) else { return };
+                c.auth = Some(AuthInProgress { exchange, method: method.clone(), connect: None });
+                self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
+            }
+            Ok(Step::Success { data, .. }) => {
+                self.send(id, &auth_packet(ReasonCode::Success, &method, data));
+            }
+            Err(_) => {
+                self.metrics.auth_failures += 1;
+                self.close(id, CloseReason::Protocol(ReasonCode::NotAuthorized), now);
+            }
+        }
+    }
+
+    fn auth_step(&mut self, id: ConnId, progress: AuthInProgress, data: &[u8], now: Instant) {
+        let AuthInProgress { exchange, method, connect } = progress;
+        match (exchange.step(data), connect) {
+            (Ok(Step::Continue(out, exchange)), connect) => {
+                let Some(c) = self.conn_mut(id) else { return };
+                c.auth = Some(AuthInProgress { exchange, method: method.clone(), connect });
+                self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
+            }
+            (Ok(Step::Success { username, data }), Some((mut connect, assigned_id))) => {
+                connect.username = Some(username);
+                self.begin_claim(id, connect, assigned_id, Some((method, data.into())), now);
+            }
+            (Ok(Step::Success { data, .. }), None) => {
+                // Re-authentication succeeded: AUTH 0x00 with the final data.
+                self.send(id, &auth_packet(ReasonCode::Success, &method, data));
+            }
+            (Err(e), connect) => {
+                tracing::debug!(conn = id.0, error = %e, "enhanced authentication failed");
+                self.metrics.auth_failures += 1;
+                if connect.is_some() {
+                    self.refuse(id, ProtocolVersion::V5, ReasonCode::NotAuthorized, now);
+                } else {
+                    self.close(id, CloseReason::Protocol(ReasonCode::NotAuthorized), now);
+                }
+            }
         }
     }
 }

@@ -93,6 +93,13 @@ pub struct ShardConfig {
     pub session_expiry_secs_max: u32,
     /// Inbound topic aliases per v5 connection.
     pub topic_alias_max: u16,
+    /// Enhanced authentication methods offered to v5 clients (§4.12), besides the
+    /// SCRAM-SHA-256 that [`ShardConfig::security`] provides over the password file.
+    pub mechanisms: crate::enhanced_auth::Mechanisms,
+    /// Password file and ACL; replaced on reload with [`Shard::set_security`].
+    pub security: std::sync::Arc<crate::auth::Security>,
+    /// Where the password file and ACL are read from again on reload.
+    pub auth_files: crate::config::AuthConfig,
     /// Bytes waiting to be written to one connection before QoS 0 deliveries to it are dropped
     /// and reading from it pauses.
     pub tx_bytes_max: usize,
@@ -134,6 +141,9 @@ impl ShardConfig {
             sessions_max: 1000,
             session_expiry_secs_max: 3600,
             topic_alias_max: 8,
+            mechanisms: Default::default(),
+            security: Default::default(),
+            auth_files: Default::default(),
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
             response_information_prefix: Some("responses/".into()),
@@ -208,6 +218,8 @@ impl CloseReason {
 enum Phase {
     /// Accepted, waiting for CONNECT until the deadline.
     AwaitConnect { deadline: Instant },
+    /// CONNECT with an Authentication Method received; AUTH exchange under way (§4.12).
+    Authenticating { deadline: Instant },
     /// CONNECT received; waiting for the registry and maybe a takeover.
     Connecting,
     /// Bound to a session slot.
@@ -260,6 +272,13 @@ pub(crate) struct Conn {
     /// A SUBSCRIBE waits for the other shards: later packets wait in `rx` so that responses
     /// keep the order of requests.
     awaiting_peers: bool,
+    /// Enhanced authentication exchange under way (CONNECT or re-authentication).
+    auth: Option<connect::AuthInProgress>,
+    /// The Authentication Method of the CONNECT, which re-authentication must repeat.
+    auth_method: Option<String>,
+    /// The user name was proven by the transport (TLS client certificate) or by enhanced
+    /// authentication, not just claimed in CONNECT.
+    identity_verified: bool,
 }
 
 /// A session slot: the session and whatever binds it to a connection.
@@ -280,6 +299,8 @@ struct PendingConnect {
     conn: ConnId,
     connect: Box<codec::Connect>,
     assigned_id: bool,
+    /// Enhanced authentication that succeeded: method and final data for the CONNACK.
+    auth_done: Option<(String, bytes::Bytes)>,
 }
 
 /// A connection's state as the IO driver sees it.
@@ -358,6 +379,19 @@ impl Shard {
         }
     }
 
+    /// Replaces the password file and ACL (reload). Connected clients keep their session; the
+    /// new ACL applies from the next packet and delivery.
+    pub fn set_security(&mut self, security: std::sync::Arc<crate::auth::Security>) {
+        self.cfg.security = security;
+    }
+
+    /// Whether the ACL lets `slot`'s client receive `topic` (true without an ACL).
+    pub(crate) fn can_read(&self, slot: u32, topic: &str) -> bool {
+        let Some(acl) = &self.cfg.security.acl else { return true };
+        let Some(s) = self.slot(slot) else { return false };
+        acl.can_read(s.session.username.as_deref(), &s.session.client_id, topic)
+    }
+
     /// This shard's id.
     pub fn id(&self) -> u16 {
         self.id
@@ -408,6 +442,9 @@ impl Shard {
             client_id: String::new(),
             problem_info: true,
             awaiting_peers: false,
+            auth: None,
+            auth_method: None,
+            identity_verified: false,
             tls_username: tls_username.map(String::into_boxed_str),
         };
         self.metrics.connections_total += 1;
@@ -539,6 +576,10 @@ impl Shard {
             (Packet::Connect(connect), None) if matches!(c.phase, Phase::AwaitConnect { .. }) => {
                 self.handle_connect(id, connect, now)
             }
+            (Packet::Auth(a), None) if matches!(c.phase, Phase::Authenticating { .. }) => {
+                self.handle_auth(id, a, now)
+            }
+            (Packet::Auth(a), Some(_)) => self.handle_auth(id, a, now),
             // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
             (Packet::Connect(_), _) => {
                 self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now)
@@ -712,7 +753,9 @@ impl Shard {
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
             match c.phase {
-                Phase::AwaitConnect { deadline } if now >= deadline => {
+                Phase::AwaitConnect { deadline } | Phase::Authenticating { deadline }
+                    if now >= deadline =>
+                {
                     to_close.push((i as u32, CloseReason::ConnectTimeout))
                 }
                 // [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0): 1.5 times the keep alive.

@@ -94,7 +94,13 @@ impl Shard {
             // v3 cannot refuse a PUBLISH: close rather than acknowledge and lose it.
             return self.close(id, CloseReason::Protocol(ReasonCode::TopicNameInvalid), now);
         }
-        if p.topic.starts_with("$SYS") {
+        let denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
+            let s = self.slot(slot);
+            let user = s.and_then(|s| s.session.username.as_deref());
+            let cid = s.map_or("", |s| s.session.client_id.as_str());
+            !acl.can_publish(user, cid, &p.topic)
+        });
+        if p.topic.starts_with("$SYS") || denied {
             // `$SYS/` is the broker's: refused (v5) or dropped (v3) like an ACL denial.
             self.metrics.publish_denied += 1;
             let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
@@ -318,6 +324,10 @@ impl Shard {
     /// otherwise (QoS 1/2), or dropped and counted (QoS 0 to a slow or absent connection).
     pub(super) fn deliver(&mut self, slot: u32, out: Outgoing, now: Instant) {
         let tx_max = self.cfg.tx_bytes_max;
+        // Read access is checked on every delivery, retained ones included.
+        if !self.can_read(slot, &out.msg.topic) {
+            return;
+        }
         let Some(s) = self.slot_mut(slot) else { return };
         let conn = s.conn;
         match conn {

@@ -161,10 +161,19 @@ impl Shard {
         let mut retained_for = Vec::new();
         for (filter, options) in s.filters {
             let inner = parse_shared(&filter).map_or(filter.as_str(), |(_, f)| f);
+            let acl_denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
+                let s = self.slot(slot);
+                let user = s.and_then(|s| s.session.username.as_deref());
+                let cid = s.map_or("", |s| s.session.client_id.as_str());
+                !acl.can_subscribe(user, cid, inner)
+            });
             let reason = if filter.len() > self.cfg.topic_bytes_max
                 || levels(inner) > self.cfg.topic_levels_max
             {
                 ReasonCode::TopicFilterInvalid
+            } else if acl_denied {
+                self.metrics.subscribe_denied += 1;
+                ReasonCode::NotAuthorized
             } else {
                 let subs_max = self.cfg.subscriptions_per_client_max;
                 let Some(sess) = self.slot_mut(slot) else { return };

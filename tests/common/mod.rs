@@ -37,6 +37,16 @@ impl Drop for TestBroker {
 
 /// Starts a broker with `shards` shards and the given config edits.
 pub fn start_with(shards: u16, edit: impl FnOnce(&mut Config)) -> TestBroker {
+    start_custom(shards, edit, |_| {})
+}
+
+/// Starts a broker with config edits and edits of the derived shard settings (for what the
+/// configuration file cannot express, such as an in-memory credential store).
+pub fn start_custom(
+    shards: u16,
+    edit: impl FnOnce(&mut Config),
+    edit_shard: impl FnOnce(&mut tern::shard::ShardConfig),
+) -> TestBroker {
     // RUST_LOG=debug shows the broker's logs in a failing test.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -50,7 +60,9 @@ pub fn start_with(shards: u16, edit: impl FnOnce(&mut Config)) -> TestBroker {
     let mut opts = tern::broker::runtime_options(&config);
     opts.shard_ports = true;
     let stats = std::sync::Arc::clone(&opts.stats);
-    let broker = Broker::start(opts, tern::broker::shard_config(&config)).expect("broker starts");
+    let mut shard_cfg = tern::broker::shard_config(&config);
+    edit_shard(&mut shard_cfg);
+    let broker = Broker::start(opts, shard_cfg).expect("broker starts");
     let addr = broker.local_addrs[0];
     let shard_addrs = broker.shard_addrs.clone();
     assert_eq!(shard_addrs.len(), usize::from(shards));
