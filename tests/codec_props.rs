@@ -20,6 +20,7 @@ use proptest::prelude::*;
 use proptest::strategy::{Union, ValueTree};
 use proptest::test_runner::TestRunner;
 use tern::codec::fuzzing::{check_round_trip, decode_stream};
+use tern::codec::primitives::put_varint;
 use tern::codec::properties::{id, SUBSCRIPTION_IDENTIFIER_MAX};
 use tern::codec::reason::ALL_REASON_CODES;
 use tern::codec::{
@@ -517,20 +518,10 @@ fn fixed_header(type_nibble: u8, publish_flags: u8, remaining: usize) -> Vec<u8>
         6 | 8 | 10 => 0b0010,
         _ => 0,
     };
-    let mut out = vec![(type_nibble << 4) | flags];
-    let mut value = remaining;
-    loop {
-        let mut byte = (value & 0x7F) as u8;
-        value >>= 7;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if value == 0 {
-            break;
-        }
-    }
-    out
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&[(type_nibble << 4) | flags]);
+    put_varint(&mut out, remaining);
+    out.to_vec()
 }
 
 // ---------------------------------------------------------------------------------------------
