@@ -305,6 +305,7 @@ async fn shard_main(
         scratch: std::cell::RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
         outbox_ready: Notify::default(),
         stopping: std::cell::Cell::new(false),
+        stop_waiters: Default::default(),
     });
     let mut listeners = Vec::new();
     for addr in &addrs {
@@ -405,7 +406,7 @@ fn reload_security(io: &Rc<ShardIo>, id: u16) {
 
 /// Graceful shutdown: stop accepting, tell clients, give writes a bounded time to drain.
 async fn shutdown_shard(io: &Rc<ShardIo>) {
-    io.stopping.set(true);
+    io.stop();
     io.shard.borrow_mut().shutdown(Instant::now());
     let deadline = Instant::now() + Duration::from_secs(2);
     while io.shard.borrow().connection_count() > 0 && Instant::now() < deadline {

@@ -389,7 +389,8 @@ fn sighup_reloads_the_certificates_of_the_tern_binary() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut seen_new = 0;
     while seen_new < 4 && Instant::now() < deadline {
-        let s = TlsClient::default().connect(addr, &pki.ca_file).expect("tls");
+        // A handshake can time out on a loaded 2-core machine; only answers count.
+        let Ok(s) = TlsClient::default().connect(addr, &pki.ca_file) else { continue };
         if server_cert_der(&s) == new_der {
             seen_new += 1;
         }

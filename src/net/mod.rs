@@ -81,6 +81,34 @@ pub struct ShardIo {
     pub outbox_ready: Notify,
     /// Set when the shard is shutting down: accept loops stop.
     pub stopping: Cell<bool>,
+    /// Tasks waiting for `stopping` (the accept loops).
+    pub stop_waiters: RefCell<Vec<Waker>>,
+}
+
+impl ShardIo {
+    /// Marks the shard as stopping and wakes every task waiting for it.
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        for w in self.stop_waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Completes once [`ShardIo::stop`] has been called.
+    pub async fn stopped(&self) {
+        poll_fn(|cx| {
+            if self.stopping.get() {
+                Poll::Ready(())
+            } else {
+                let mut waiters = self.stop_waiters.borrow_mut();
+                if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// What a listener speaks, as the runtime needs it.
@@ -183,13 +211,16 @@ impl ListenerCtx {
 pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<ListenerCtx>) {
     let mut backoff = Duration::from_millis(5);
     while !io.stopping.get() {
+        // The accept is raced only against shutdown, never against a timer: dropping an
+        // io_uring accept that has already completed would lose that connection (its client
+        // would wait for a CONNACK that never comes).
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            glommio::timer::sleep(Duration::from_millis(100)).await;
+            io.stopped().await;
             None
         })
         .await;
         let stream = match accepted {
-            None => continue, // periodic check of `stopping`
+            None => break, // shutting down
             Some(Ok(s)) => {
                 backoff = Duration::from_millis(5);
                 s
