@@ -72,3 +72,69 @@ fn prometheus_endpoint_serves_per_shard_and_total_counters() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     handle.join().expect("endpoint thread");
 }
+
+/// Reads the child's stdout lines on a thread.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needles: &[&str]) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if needles.iter().all(|n| line.contains(n)) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn logs_have_a_connection_span_and_connect_disconnect_events() {
+    // The real binary, with its own logging setup: RUST_LOG picks the level.
+    let dir = std::env::temp_dir().join(format!("tern-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("tern.toml");
+    std::fs::write(&config, "[[listener]]\nbind = \"127.0.0.1:0\"\n").expect("write");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["--config", &config.display().to_string(), "--shards", "2"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tern");
+    let rx = lines_of(&mut child);
+    let line = wait_line(&rx, &["listening"]).expect("listening line");
+    let addr: std::net::SocketAddr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .expect("address in the listening line");
+    let (mut c, _) = RawClient::mqtt_connect(addr, V4, "log-probe", true);
+    let connected = wait_line(&rx, &["connected", "log-probe"]);
+    c.send(&Packet::Disconnect(tern::codec::ReasonPacket::new(tern::codec::ReasonCode::Success)));
+    let disconnected = wait_line(&rx, &["disconnected", "ClientDisconnect"]);
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let connected = connected.expect("a connect event");
+    assert!(connected.contains("conn{shard="), "span with shard: {connected}");
+    assert!(connected.contains("peer="), "span with peer: {connected}");
+    assert!(connected.contains("client_id=\"log-probe\""), "span records client id: {connected}");
+    let disconnected = disconnected.expect("a disconnect event with its reason");
+    assert!(
+        disconnected.contains("client_id=\"log-probe\""),
+        "span records client id: {disconnected}"
+    );
+}

@@ -358,11 +358,39 @@ enum Event {
 
 /// Drives one connection until it closes. Generic over the transport: plain TCP, TLS and
 /// WebSocket streams all read into the shard's scratch buffer and write what the shard returns.
-async fn serve<S>(io: Rc<ShardIo>, mut stream: S, id: ConnId)
+async fn serve<S>(io: Rc<ShardIo>, stream: S, id: ConnId)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    use tracing::Instrument;
+    // One span per connection: shard, peer address, and the client id once CONNECT names it.
+    // Everything the shard logs while handling this connection's packets is inside it.
+    let (shard, peer) = {
+        let s = io.shard.borrow();
+        (s.id(), s.peer(id))
+    };
+    let span = tracing::info_span!(
+        "conn",
+        shard,
+        peer = ?peer,
+        client_id = tracing::field::Empty
+    );
+    serve_in_span(io, stream, id).instrument(span).await
+}
+
+async fn serve_in_span<S>(io: Rc<ShardIo>, mut stream: S, id: ConnId)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut client_id_known = false;
     loop {
+        if !client_id_known {
+            if let Some(cid) = io.shard.borrow().client_id(id) {
+                tracing::Span::current().record("client_id", cid);
+                tracing::info!("connected");
+                client_id_known = true;
+            }
+        }
         let tx = io.shard.borrow_mut().take_tx(id);
         // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
         if !tx.is_empty() && write_all_flush(&mut stream, &tx).await.is_err() {

@@ -345,7 +345,7 @@ impl Shard {
             }
         }
         let peer = self.conn(conn).map(|c| c.peer);
-        tracing::debug!(conn = conn.0, ?peer, client_id = %connect.client_id, resumed, "connected");
+        tracing::debug!(conn = conn.0, ?peer, client_id = %connect.client_id, resumed, "session bound");
         let peers = usize::from(self.cfg.shards) - 1;
         if told == 0 || peers == 0 {
             self.complete_connack(conn, slot, ack, now);

@@ -470,6 +470,16 @@ impl Shard {
         self.conns.get_mut(id.0 as usize).and_then(Option::as_mut)
     }
 
+    /// The peer address of a connection, for logs.
+    pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
+        self.conn(id).map(|c| c.peer)
+    }
+
+    /// The client id of a connection once its CONNECT was accepted, for logs.
+    pub fn client_id(&self, id: ConnId) -> Option<&str> {
+        self.conn(id).map(|c| c.client_id.as_str()).filter(|c| !c.is_empty())
+    }
+
     /// Stores the waker of the connection's task.
     pub fn register_waker(&mut self, id: ConnId, waker: &Waker) {
         if let Some(c) = self.conn_mut(id) {
@@ -674,7 +684,7 @@ impl Shard {
         if let Some(w) = &c.waker {
             w.wake_by_ref();
         }
-        tracing::debug!(conn = id.0, ?reason, "closing connection");
+        tracing::info!(conn = id.0, ?reason, "disconnected");
         match reason {
             CloseReason::KeepAliveTimeout => self.metrics.keepalive_timeouts += 1,
             CloseReason::ConnectTimeout => self.metrics.connect_timeouts += 1,
