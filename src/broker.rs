@@ -10,11 +10,12 @@ use crate::runtime::{Broker, RuntimeOptions, StartError};
 use crate::session::{OverflowPolicy, SessionLimits};
 use crate::shard::{ListenerPolicy, ShardConfig};
 
-/// Output buffered for one connection before QoS 0 deliveries to it are dropped: room for a
-/// few maximum-size packets, at least 64 KiB, at most 4 MiB.
-fn tx_bytes_max(packet_max: usize) -> usize {
-    (packet_max * 2).clamp(64 * 1024, 4 << 20)
-}
+/// Output buffered for one connection before QoS 0 deliveries to it are dropped and reading
+/// from it pauses. The check is made before a packet is appended, so one packet of any allowed
+/// size always fits; 64 KiB (about 1000 small messages, Mosquitto's default queue for an online
+/// client) keeps a slow subscriber's backlog, and so its latency, bounded. Measured: 2 MiB per
+/// subscriber let a QoS 0 flood queue seconds of messages (p50 9 s, 273 MiB RSS, 100 subs).
+const TX_BYTES_MAX: usize = 64 * 1024;
 
 /// The shard settings for `config`.
 pub fn shard_config(config: &Config) -> ShardConfig {
@@ -56,7 +57,7 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         sessions_max: (l.sessions_max as usize).div_ceil(usize::from(shards)),
         session_expiry_secs_max: l.session_expiry_secs_max,
         topic_alias_max: l.topic_alias_max,
-        tx_bytes_max: tx_bytes_max(l.packet_size_bytes_max as usize),
+        tx_bytes_max: TX_BYTES_MAX,
         outbox_messages_max: (l.mesh_channel_capacity as usize) * (l.mesh_batch_max as usize),
         response_information_prefix: Some(config.broker.response_information_prefix.clone())
             .filter(|p| !p.is_empty()),
