@@ -44,7 +44,7 @@ echo "building tern and tern-loadtest (release)" >&2
 cargo build --release -q -p tern -p tern-loadtest
 
 # --- Brokers --------------------------------------------------------------------------------
-PORT_TERN=18830 PORT_MOSQ=18831 PORT_RUMQ4=18832 PORT_RUMQ5=18833 PORT_RELAY=18834
+PORT_TERN=27830 PORT_MOSQ=27831 PORT_RUMQ4=27832 PORT_RUMQ5=27833 PORT_RELAY=27834
 BROKER_PID=""
 
 cat >"$OUT/tern.toml" <<EOF
@@ -96,7 +96,17 @@ wait_port() { # port: up to 10 s
     return 1
 }
 
+port_free() { # port: refuse to start when something already listens there. Tern binds with
+    # SO_REUSEPORT, so a second listener on the same port would silently get half the clients.
+    if ss -Hltn "sport = :$1" | grep -q .; then
+        echo "127.0.0.1:$1 is already in use: stop that process first" >&2
+        return 1
+    fi
+}
+
 start_broker() { # name
+    port_free "$(port_of "$1" 4)"
+    if [[ $1 == rumqttd ]]; then port_free $PORT_RUMQ5; fi
     case $1 in
     tern) taskset -c "$BROKER_CPU" "$BIN/tern" --config "$OUT/tern.toml" 2>>"$OUT/tern.log" &
         BROKER_PID=$! ;;
@@ -173,6 +183,11 @@ echo "load after the run: $(cat /proc/loadavg)" | tee -a "$OUT/loadavg.txt" >&2
     echo "Tern $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo '+dirty'), $(date -u +%F), $(nproc) CPUs, broker on CPU $BROKER_CPU, generator on CPU $GEN_CPU"
     echo "$(cat "$OUT/loadavg.txt" | tr '\n' ';')"
     echo
-    "$BIN/tern-loadtest" table --primary tern "$OUT"/*/*.json
+    # Rows in the order of SCENARIOS, whatever subset of brokers each has.
+    rows=()
+    for entry in "${SCENARIOS[@]}"; do
+        for f in "$OUT"/*/"${entry%%|*}.json"; do [[ -f $f ]] && rows+=("$f"); done
+    done
+    "$BIN/tern-loadtest" table --primary tern "${rows[@]}"
 } | tee "$OUT/table.md"
 echo "results in $OUT" >&2

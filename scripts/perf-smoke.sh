@@ -17,28 +17,30 @@
 #   CARGO_TARGET_DIR   build directory (default: target).
 #
 # How the bounds were chosen (loadtest/README.md has the measurements):
-#   On this 2-vCPU VM, with other builds running, repeated runs of the same build varied by up
-#   to ~2x in throughput and ~5x in p99 (p99 of a loopback hop is tens to hundreds of
-#   microseconds, and one descheduling of either process adds milliseconds). So the check
-#   fails only when
-#     - throughput of an as-fast-as-possible scenario is below 40 % of the baseline
-#       (a 2.5x slowdown: outside the noise seen, well inside any real regression such as a
+#   Three smoke runs of one build on a quiet machine (load ~2) gave throughput within
+#   0.99-1.17x and p99 within 0.75-0.97x of the baseline. The same scenarios run earlier while
+#   other developers were compiling (load 6-15 on 2 vCPUs) gave as little as 0.54x the
+#   throughput and 3.5x the p99 of a quiet run of the same build (p99 of a loopback hop is
+#   milliseconds as soon as either process waits for a CPU). So the check fails only when
+#     - throughput of an as-fast-as-possible scenario is below 33 % of the baseline (a 3x
+#       slowdown: beyond the worst noise seen, well inside any real regression such as a
 #       debug build or a lock on the hot path), or
-#     - p99 is above 8x the baseline AND more than 5 ms above it (both, so a 50 us -> 400 us
-#       jitter on an idle-ish run cannot fail it, while a broker that cannot keep up, whose
-#       queue makes p99 grow to tens of milliseconds, does), or
-#     - any QoS 1 message is lost (that is a correctness bug, never noise), or nothing was
-#       published at all.
+#     - p99 is above 8x the baseline AND more than 5 ms above it (both, so jitter on a fast run
+#       cannot fail it, while a broker that cannot keep up, whose queues push p99 to tens of
+#       milliseconds, does), or
+#     - any QoS 1 message is lost (a correctness bug, never noise), or nothing was published.
+#   Refresh the baseline (scripts/perf-baseline.sh) on a quiet machine; a baseline taken under
+#   load would make the throughput bound lax, never flaky.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=check
 if [[ ${1:-} == --write-baseline ]]; then MODE=write; fi
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
-PORT=${TERN_PERF_PORT:-18840}
+PORT=${TERN_PERF_PORT:-27840}
 OUT=$CARGO_TARGET_DIR/perf-smoke
 BASELINE=loadtest/baseline.json
-THROUGHPUT_MIN=0.4
+THROUGHPUT_MIN=0.33
 P99_MAX=8
 P99_SLACK_US=5000
 rm -rf "$OUT"
@@ -74,6 +76,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Tern binds with SO_REUSEPORT: a second listener on the port would silently take half the
+# clients, so refuse to run when the port is taken.
+if ss -Hltn "sport = :$PORT" | grep -q .; then
+    echo "perf-smoke: 127.0.0.1:$PORT is already in use (set TERN_PERF_PORT)" >&2
+    exit 2
+fi
 BROKER_CMD=("${BROKER_PIN[@]}" "$BROKER" --config "$OUT/tern.toml")
 if [[ ${TERN_PERF_SLOW:-0} == 1 ]]; then
     echo "perf-smoke: TERN_PERF_SLOW=1: broker at nice 19 sharing its CPU with a busy loop" >&2

@@ -248,9 +248,8 @@ impl Worker {
             self.flush_deltas();
             let timeout = if busy || !self.rearm.is_empty() {
                 Duration::ZERO
-            } else if next_conn < self.conns.len() && conn_rate > 0.0 {
-                Duration::from_millis(1)
-            } else if phase == Phase::Publish {
+            } else if (next_conn < self.conns.len() && conn_rate > 0.0) || phase == Phase::Publish {
+                // Paced work is due within the next millisecond (epoll's resolution).
                 Duration::from_millis(1)
             } else {
                 Duration::from_millis(20)
@@ -857,6 +856,11 @@ fn on_publish(
     }
     let f = &mut sub.from[idx];
     f.seqs.record(seq);
+    if p.retain {
+        // Retained messages come in the broker's store order, one per topic: MQTT orders
+        // messages per topic only, so their order says nothing.
+        return Ok(());
+    }
     match f.last_seq {
         Some(last) if seq < last => ctx.result.reordered += 1,
         _ => f.last_seq = Some(seq),

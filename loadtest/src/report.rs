@@ -605,7 +605,10 @@ pub fn check(baseline: &[Summary], current: &[Summary], b: CheckBounds) -> (Stri
             why.push(format!("p99 {:.1}x baseline", pr));
         }
         if cur.qos > 0 && cur.lost > 0 {
-            why.push(format!("{} QoS {} messages lost", cur.lost, cur.qos));
+            why.push(format!(
+                "{} QoS {} messages not delivered by the end of the drain time",
+                cur.lost, cur.qos
+            ));
         }
         if cur.sent == 0 {
             why.push("nothing was published (broker down?)".into());
