@@ -469,13 +469,20 @@ fn trim(v: f64) -> String {
 }
 
 fn fmt_us(v: f64) -> String {
+    // Three significant digits at most: legend and axis labels stay short.
+    let short = |x: f64| if x >= 100.0 { format!("{x:.0}") } else { trim_to(x, 1) };
     if v >= 1e6 {
-        format!("{} s", trim(v / 1e6))
+        format!("{} s", short(v / 1e6))
     } else if v >= 1e3 {
-        format!("{} ms", trim(v / 1e3))
+        format!("{} ms", short(v / 1e3))
     } else {
-        format!("{} us", trim(v))
+        format!("{} us", short(v))
     }
+}
+
+fn trim_to(v: f64, decimals: usize) -> String {
+    let t = format!("{v:.decimals$}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn xml(s: &str) -> String {

@@ -103,6 +103,9 @@ struct Phases {
     /// Broker sample in the middle of the busy phase (publishing, or holding connections).
     broker_mid: Option<ProcSample>,
     broker_busy_start: Option<ProcSample>,
+    /// Broker sample when the busy phase ended (publishers done, before the drain wait), so
+    /// the CPU figure is not diluted by idle drain time.
+    broker_busy_end: Option<ProcSample>,
 }
 
 fn run_hold(
@@ -128,6 +131,7 @@ fn run_hold(
     phases.broker_mid = s.broker_pid.and_then(procfs::sample);
     progress.wait(|_| false, start + Duration::from_secs_f64(s.hold_secs));
     phases.publish_end = Some(Instant::now());
+    phases.broker_busy_end = s.broker_pid.and_then(procfs::sample);
     Ok(())
 }
 
@@ -160,6 +164,7 @@ fn run_messages(s: &Scenario, shared: &Shared, progress: &mut Progress, phases: 
         shared.start_subscribe();
         let deadline = Instant::now() + s.duration() + drain;
         progress.wait(|sh| Shared::get(&sh.received) >= expected(sh), deadline);
+        phases.broker_busy_end = s.broker_pid.and_then(procfs::sample);
     } else {
         progress.wait(|sh| Shared::get(&sh.received) >= expected(sh), Instant::now() + drain);
     }
@@ -323,7 +328,7 @@ fn broker_stats(
     connections: u64,
 ) -> BrokerStats {
     let held = mid.or(end).unwrap_or(before);
-    let cpu = match (ph.broker_busy_start, end) {
+    let cpu = match (ph.broker_busy_start, ph.broker_busy_end.or(end)) {
         (Some(a), Some(b)) => procfs::cpu_percent(&a, &b),
         _ => 0.0,
     };
