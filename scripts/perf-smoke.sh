@@ -18,16 +18,18 @@
 #
 # How the bounds were chosen (loadtest/README.md has the measurements):
 #   Three smoke runs of one build on a quiet machine (load ~2) gave throughput within
-#   0.99-1.17x and p99 within 0.75-0.97x of the baseline. The same scenarios run earlier while
-#   other developers were compiling (load 6-15 on 2 vCPUs) gave as little as 0.54x the
-#   throughput and 3.5x the p99 of a quiet run of the same build (p99 of a loopback hop is
-#   milliseconds as soon as either process waits for a CPU). So the check fails only when
-#     - throughput of an as-fast-as-possible scenario is below 33 % of the baseline (a 3x
-#       slowdown: beyond the worst noise seen, well inside any real regression such as a
-#       debug build or a lock on the hot path), or
-#     - p99 is above 8x the baseline AND more than 5 ms above it (both, so jitter on a fast run
-#       cannot fail it, while a broker that cannot keep up, whose queues push p99 to tens of
-#       milliseconds, does), or
+#   0.99-1.17x and p99 within 0.75-0.97x of a baseline taken the same way. But the committed
+#   baseline was taken at load 0.4, and two runs of the same build at load 3.5 gave 0.36x and
+#   0.39x its p2p QoS 1 throughput and 8.8-9.2x its p99 (4.8-5.0 ms against 0.55 ms); at load
+#   6-15 compare-peers runs showed 0.54x against load-2 runs. Both processes share 2 vCPUs
+#   with whatever else runs, and p99 of a loopback hop is milliseconds as soon as either waits
+#   for a CPU. So the check fails only when
+#     - throughput of an as-fast-as-possible scenario is below 20 % of the baseline (a 5x
+#       slowdown: beyond the worst noise seen; TERN_PERF_SLOW=1 reaches 3 %), or
+#     - p99 is above 8x the baseline AND more than 20 ms above it (both: the baseline p99 of a
+#       quiet run is 0.5-1.5 ms, and runs at load 2-3 showed p99 of 6-9 ms for Tern and for
+#       the trivial relay alike, i.e. descheduling; a broker that cannot keep up pushes p99 to
+#       100 ms and more, as the slowed run below shows), or
 #     - any QoS 1 message is lost (a correctness bug, never noise), or nothing was published.
 #   Refresh the baseline (scripts/perf-baseline.sh) on a quiet machine; a baseline taken under
 #   load would make the throughput bound lax, never flaky.
@@ -40,9 +42,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 PORT=${TERN_PERF_PORT:-27840}
 OUT=$CARGO_TARGET_DIR/perf-smoke
 BASELINE=loadtest/baseline.json
-THROUGHPUT_MIN=0.33
+THROUGHPUT_MIN=0.2
 P99_MAX=8
-P99_SLACK_US=5000
+P99_SLACK_US=20000
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
