@@ -46,20 +46,9 @@ struct Router {
     cache: HashMap<Vec<u8>, (Vec<usize>, Vec<usize>)>,
 }
 
-/// MQTT topic filter matching (`+` one level, `#` the rest).
-pub fn matches(filter: &str, topic: &str) -> bool {
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// MQTT topic filter matching (`+` one level, `#` the rest, `$` topics only by `$` filters):
+/// the broker's own matcher.
+pub use tern::topic::matches;
 
 impl Router {
     fn subscribe(&mut self, filter: &str, conn: usize) {

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::{Shard, ShardMsg};
 use crate::session::Message;
+use crate::topic::matches;
 
 /// Retained messages by topic.
 #[derive(Default)]
@@ -81,45 +82,5 @@ impl Shard {
             self.metrics.retained_refused += 1;
         }
         self.metrics.retained_messages = self.retained.len() as u64;
-    }
-}
-
-/// Whether topic name `topic` matches topic filter `filter` (§4.7): `+` one level, `#` the rest
-/// (and the parent level); a topic starting with `$` is not matched by a filter starting with a
-/// wildcard ([MQTT-4.7.2-1]). Used for the retained scan; publishes go through the trie.
-pub(crate) fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches;
-
-    #[test]
-    fn filter_matching_follows_section_4_7() {
-        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(matches("sport/#", "sport"));
-        assert!(matches("sport/+", "sport/"));
-        assert!(!matches("sport/+", "sport"));
-        assert!(matches("+/+", "/finance"));
-        assert!(matches("/+", "/finance"));
-        assert!(!matches("+", "/finance"));
-        // [MQTT-4.7.2-1]
-        assert!(!matches("#", "$SYS/broker"));
-        assert!(!matches("+/monitor/Clients", "$SYS/monitor/Clients"));
-        assert!(matches("$SYS/#", "$SYS/broker"));
     }
 }

@@ -41,6 +41,27 @@ pub fn levels(topic: &str) -> usize {
     topic.bytes().filter(|&b| b == b'/').count() + 1
 }
 
+/// Whether topic name `topic` matches topic filter `filter` (§4.7): `+` one level, `#` the rest
+/// (and the parent level); a topic starting with `$` is not matched by a filter starting with a
+/// wildcard ([MQTT-4.7.2-1]). Used for the retained scan and the load
+/// harness's relay; publishes go through the trie.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +97,25 @@ mod tests {
             assert_eq!(levels(topic), expected, "{topic:?}");
             assert_eq!(levels(topic), topic.split('/').count(), "{topic:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod matches_tests {
+    use super::matches;
+
+    #[test]
+    fn filter_matching_follows_section_4_7() {
+        assert!(matches("sport/tennis/player1/#", "sport/tennis/player1"));
+        assert!(matches("sport/#", "sport"));
+        assert!(matches("sport/+", "sport/"));
+        assert!(!matches("sport/+", "sport"));
+        assert!(matches("+/+", "/finance"));
+        assert!(matches("/+", "/finance"));
+        assert!(!matches("+", "/finance"));
+        // [MQTT-4.7.2-1]
+        assert!(!matches("#", "$SYS/broker"));
+        assert!(!matches("+/monitor/Clients", "$SYS/monitor/Clients"));
+        assert!(matches("$SYS/#", "$SYS/broker"));
     }
 }
