@@ -345,6 +345,10 @@ pub struct Shard {
     pub latency: hdrhistogram::Histogram<u64>,
     /// Reused per publish: local deliveries (slot, options, subscription id).
     scratch: Vec<publish::LocalMatch>,
+    /// Reused per publish: which peer shards have non-shared subscribers (one flag per shard).
+    peer_normal: Vec<bool>,
+    /// Reused per publish: shared-subscription deliveries chosen for each peer shard.
+    peer_shared: Vec<Vec<message::SharedDelivery>>,
 }
 
 impl Shard {
@@ -376,6 +380,8 @@ impl Shard {
             metrics: Metrics::default(),
             latency: crate::metrics::new_latency_histogram(),
             scratch: Vec::new(),
+            peer_normal: vec![false; peers],
+            peer_shared: (0..peers).map(|_| Vec::new()).collect(),
         }
     }
 

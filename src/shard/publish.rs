@@ -200,7 +200,10 @@ impl Shard {
     /// message each. Returns whether anyone matched.
     pub(crate) fn route(&mut self, msg: Message, now: Instant) -> bool {
         let shards = usize::from(self.cfg.shards);
-        let mut peer_normal = vec![false; shards];
+        // Per-peer marks, reused across publishes (sized at start, left all-false and empty).
+        let mut peer_normal = std::mem::take(&mut self.peer_normal);
+        let mut peer_shared = std::mem::take(&mut self.peer_shared);
+        debug_assert!(peer_normal.len() == shards && peer_normal.iter().all(|b| !b));
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         self.trie.for_each_match(&msg.topic, |key, val| match (key, val) {
@@ -210,7 +213,6 @@ impl Shard {
             (SubKey::Remote(shard), _) => peer_normal[usize::from(*shard)] = true,
             _ => {}
         });
-        let mut peer_shared: Vec<Vec<SharedDelivery>> = vec![Vec::new(); shards];
         for (group, member) in self.shared.pick(&msg.topic) {
             if member.shard == self.id {
                 scratch.push(LocalMatch {
@@ -231,7 +233,10 @@ impl Shard {
                 let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
                 self.outbox[peer].push_back(m);
             }
+            peer_normal[peer] = false;
         }
+        self.peer_normal = peer_normal;
+        self.peer_shared = peer_shared;
         let rc = Rc::new(msg);
         self.deliver_matches(&rc, &mut scratch, now);
         self.scratch = scratch;
