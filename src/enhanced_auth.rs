@@ -186,13 +186,16 @@ fn random_nonce() -> String {
     B64.encode(raw)
 }
 
-/// Splits `a=..,b=..` into attribute values, in order.
+/// Splits `a=..,b=..` into attribute values, in order. An attribute name is one ASCII letter
+/// (RFC 5802 §5.1); a part with any other name is skipped. The split is by `str` methods only,
+/// never by byte offset, so no input can cut a multi-byte character.
 fn attrs(msg: &str) -> Vec<(char, &str)> {
     msg.split(',')
         .filter_map(|p| {
-            let mut c = p.chars();
-            let k = c.next()?;
-            (c.next() == Some('=')).then(|| (k, &p[2..]))
+            let (name, value) = p.split_once('=')?;
+            let mut c = name.chars();
+            let k = c.next().filter(char::is_ascii_alphabetic)?;
+            c.next().is_none().then_some((k, value))
         })
         .collect()
 }
@@ -413,5 +416,23 @@ p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
         assert!(matches!(m.start(b"n,,r=x"), Err(AuthError::Malformed(_))));
         assert!(matches!(m.start(&[0xff]), Err(AuthError::Malformed(_))));
         assert_eq!(ScramCredential::parse("$scram-sha-256$0$AA==$AA==$AA=="), None);
+    }
+
+    /// Issue 9 regression: `n,,€=x` once sliced the string inside the three-byte '€' and
+    /// panicked, which `panic = "abort"` turned into an outage of the whole broker.
+    #[test]
+    fn multibyte_attribute_names_are_refused_without_panic() {
+        let m = rfc_mechanism();
+        for data in ["n,,€=x", "n,,n=u,€=x", "n,,é", "n,,=x,r=y", "n,,nn=x,r=y", "n,,€"] {
+            assert!(matches!(m.start(data.as_bytes()), Err(AuthError::Malformed(_))), "{data}");
+        }
+        // Multi-byte characters inside values are fine.
+        assert!(matches!(m.start("n,,n=ü,r=ñ€".as_bytes()), Ok(Step::Continue(..))));
+        assert_eq!(attrs("n=ü,r=ñ€,€=x,ab=c"), vec![('n', "ü"), ('r', "ñ€")]);
+        let ex = match m.start(b"n,,n=user,r=abc") {
+            Ok(Step::Continue(_, ex)) => ex,
+            other => panic!("continue expected, got {other:?}"),
+        };
+        assert!(ex.step("€=x,p=AA==".as_bytes()).is_err());
     }
 }

@@ -349,6 +349,14 @@ pub struct Shard {
     peer_normal: Vec<bool>,
     /// Reused per publish: shared-subscription deliveries chosen for each peer shard.
     peer_shared: Vec<Vec<message::SharedDelivery>>,
+    /// True while `handle_read` decodes packets. A CONNACK or SUBACK completed inside that
+    /// loop must not decode the packets behind it by calling `handle_read` again: one frame
+    /// per pipelined packet would overflow the shard stack (issue 9). It queues the
+    /// connection in `resume_reads` instead, and the outermost `handle_read` drains the queue.
+    reading: bool,
+    /// Connections whose pipelined input waits for the outermost `handle_read` (see
+    /// `reading`). Each id at most once, so its length is bounded by the connection count.
+    resume_reads: Vec<ConnId>,
 }
 
 impl Shard {
@@ -376,6 +384,8 @@ impl Shard {
             deferred: Vec::new(),
             pending_acks: HashMap::new(),
             next_req: 1,
+            reading: false,
+            resume_reads: Vec::new(),
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
             metrics: Metrics::default(),
             latency: crate::metrics::new_latency_histogram(),
@@ -529,6 +539,26 @@ impl Shard {
         c.rx.extend_from_slice(data);
         c.last_rx = now;
         self.metrics.bytes_received += data.len() as u64;
+        if self.reading {
+            // Called from inside a decode loop (a completed CONNACK or SUBACK): resume later,
+            // iteratively, never by recursion.
+            if !self.resume_reads.contains(&id) {
+                self.resume_reads.push(id);
+            }
+            return;
+        }
+        self.reading = true;
+        self.decode_packets(id, now);
+        // Bounded: an id is queued again only by a completion that consumed a held state.
+        while let Some(next) = self.resume_reads.pop() {
+            self.decode_packets(next, now);
+        }
+        self.reading = false;
+    }
+
+    /// Decodes and handles the whole packets buffered for `id` while the connection may
+    /// read (not closing, not waiting for CONNACK or a held SUBACK).
+    fn decode_packets(&mut self, id: ConnId, now: Instant) {
         // Bounded: each iteration consumes at least one packet from a finite buffer.
         loop {
             let Some(c) = self.conn_mut(id) else { return };

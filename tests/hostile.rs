@@ -1,0 +1,96 @@
+//! Hostile clients against a running broker (issue 9): each test sends what an attacker would
+//! and then checks that the broker still serves an honest client on the same shard.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::{start_custom, start_with, RawClient};
+use tern::codec::{
+    self, Connect, Packet, Properties, Property, ProtocolVersion, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions,
+};
+use tern::enhanced_auth::{ScramCredential, ScramSha256, SCRAM_SHA_256};
+
+const V4: ProtocolVersion = ProtocolVersion::V311;
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+/// An honest client on `addr` still gets CONNACK, SUBACK and its own message back.
+fn still_serves(addr: std::net::SocketAddr, id: &str) {
+    let (mut c, _) = RawClient::mqtt_connect(addr, V4, id, true);
+    c.subscribe("alive", QoS::AtLeastOnce);
+    c.publish("alive", b"yes", QoS::AtMostOnce, 0, false);
+    assert_eq!(&c.recv_publish().payload[..], b"yes");
+}
+
+/// Issue 9, first abort: a v5 CONNECT with SCRAM-SHA-256 data `n,,€=x` sliced a string inside
+/// a multi-byte character and panicked the shard (the whole process under `panic = "abort"`).
+/// Now it is refused with CONNACK 0x87 and the shard goes on.
+#[test]
+fn scram_attribute_with_multibyte_name_is_refused_not_a_crash() {
+    let cred = ScramCredential::derive(b"pw", b"fixed-test-salt!", 4096);
+    let b = start_custom(
+        1,
+        |c| c.listeners[0].allow_anonymous = true,
+        move |s| {
+            let lookup = Arc::new(move |u: &str| (u == "meter").then(|| cred.clone()));
+            s.mechanisms.push(Arc::new(ScramSha256::new(lookup)));
+        },
+    );
+    for data in ["n,,€=x", "n,,n=€,r=€=", "n,,\u{7f}€"] {
+        let mut c = RawClient::connect_tcp(b.addr, V5);
+        let props: Properties = vec![
+            Property::AuthenticationMethod(SCRAM_SHA_256.into()),
+            Property::AuthenticationData(data.as_bytes().to_vec().into()),
+        ]
+        .into();
+        c.send(&Packet::Connect(Box::new(Connect {
+            version: V5,
+            clean_start: true,
+            keep_alive_secs: 30,
+            client_id: "attacker".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: props,
+        })));
+        match c.recv() {
+            // §4.12: a failed authentication ends with CONNACK 0x87 (or 0x18 to go on, for
+            // the one input above that is well formed).
+            Packet::ConnAck(a) => assert_eq!(a.reason, ReasonCode::NotAuthorized, "{data}"),
+            Packet::Auth(a) => assert_eq!(a.reason, ReasonCode::ContinueAuthentication, "{data}"),
+            other => panic!("{data}: expected CONNACK 0x87, got {other:?}"),
+        }
+    }
+    still_serves(b.addr, "honest");
+}
+
+/// Issue 9, second abort: 3 000 eight-byte SUBSCRIBEs written in one go recursed once per
+/// packet on the shard thread and overflowed its stack. Every one is answered, in order.
+#[test]
+fn pipelined_subscribes_are_answered_without_overflowing_the_shard_stack() {
+    let b = start_with(1, |_| {});
+    let mut c = RawClient::connect_tcp(b.addr, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&common::connect(V4, "piper", true, 30), V4, &mut buf).expect("encode");
+    const N: u16 = 3_000;
+    for i in 1..=N {
+        let s = Subscribe {
+            packet_id: common::pid(i),
+            filters: vec![("p".into(), SubscriptionOptions::default())],
+            properties: Properties::new(),
+        };
+        codec::encode(&Packet::Subscribe(s), V4, &mut buf).expect("encode");
+    }
+    c.send_raw(&buf);
+    assert!(matches!(c.recv(), Packet::ConnAck(_)));
+    for i in 1..=N {
+        match c.recv_timeout(Duration::from_secs(10)) {
+            Some(Packet::SubAck(a)) => assert_eq!(a.packet_id.get(), i),
+            other => panic!("SUBACK {i} expected, got {other:?}"),
+        }
+    }
+    still_serves(b.addr, "honest");
+}
