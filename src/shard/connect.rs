@@ -41,19 +41,18 @@ impl Hasher for Fnv {
 }
 
 impl Shard {
-    pub(super) fn send_to_registry(&mut self, msg: ShardMsg) {
+    pub(super) fn send_to_registry(&mut self, msg: ShardMsg, now: Instant) {
         let client_id = match &msg {
             ShardMsg::Claim { client_id, .. } | ShardMsg::Release { client_id, .. } => client_id,
             _ => unreachable!("invariant: only claims and releases go to the registry"),
         };
         let target = registry_shard(client_id, self.cfg.shards);
-        self.send_to_peer(target, msg, Instant::now());
+        self.send_to_peer(target, msg, now);
     }
 
     /// A CONNECT that failed to decode: v3.x answers CONNACK 0x01 for an unsupported level
     /// ([MQTT-3.1.2-2]); v5 answers CONNACK with the reason; anything else just closes.
-    pub(super) fn refuse_connect_error(&mut self, id: ConnId, e: &DecodeError) {
-        let now = Instant::now();
+    pub(super) fn refuse_connect_error(&mut self, id: ConnId, e: &DecodeError, now: Instant) {
         if let ErrorKind::UnsupportedProtocolLevel(_) = e.kind {
             // Answer in the 3.1.1 format every client can parse.
             self.send(id, &connack(false, ReasonCode::UnsupportedProtocolVersion));
@@ -180,7 +179,7 @@ impl Shard {
         self.next_req += 1;
         let client_id = connect.client_id.clone();
         self.pending.insert(req, PendingConnect { conn: id, connect, assigned_id, auth_done });
-        self.send_to_registry(ShardMsg::Claim { client_id, req });
+        self.send_to_registry(ShardMsg::Claim { client_id, req }, now);
     }
 
     fn generate_client_id(&mut self) -> String {
@@ -389,7 +388,7 @@ impl Shard {
         self.metrics.connects += 1;
         // [MQTT-4.4.0-1]: resend unacknowledged messages on resume, then drain the queue.
         if resumed {
-            self.resend_inflight(conn, slot);
+            self.resend_inflight(conn, slot, now);
         }
         self.pump(conn, slot, now);
         // Packets the client sent right after CONNECT.

@@ -579,7 +579,7 @@ impl Shard {
                     self.metrics.protocol_errors += 1;
                     tracing::debug!(conn = id.0, error = %e, "malformed packet");
                     if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
-                        self.refuse_connect_error(id, &e);
+                        self.refuse_connect_error(id, &e, now);
                     } else {
                         self.close(id, CloseReason::Protocol(e.reason_code()), now);
                     }
@@ -758,7 +758,7 @@ impl Shard {
         s.conn = None;
         let expiry = s.session.expiry_secs;
         if expiry == 0 {
-            self.destroy_session(slot);
+            self.destroy_session(slot, now);
         } else if expiry != u32::MAX {
             let s = self.slot_mut(slot).expect("invariant: slot checked above");
             s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
@@ -775,10 +775,10 @@ impl Shard {
 
     /// Removes a session: its subscriptions leave the trie (and the other shards' replicas),
     /// and the registry forgets this shard as the owner.
-    fn destroy_session(&mut self, slot: u32) {
+    fn destroy_session(&mut self, slot: u32, now: Instant) {
         // A delayed will goes out when its session ends ([MQTT-3.1.3-9]).
         if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
-            self.publish_will(slot, will, Instant::now());
+            self.publish_will(slot, will, now);
         }
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
         self.free_sessions.push(slot);
@@ -790,7 +790,7 @@ impl Shard {
         self.metrics.sessions_current = self.by_client.len() as u64;
         let owner = self.id;
         let client_id = s.session.client_id;
-        self.send_to_registry(ShardMsg::Release { client_id, owner });
+        self.send_to_registry(ShardMsg::Release { client_id, owner }, now);
     }
 
     /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
@@ -828,7 +828,7 @@ impl Shard {
             .collect();
         for slot in expired {
             self.metrics.sessions_expired += 1;
-            self.destroy_session(slot);
+            self.destroy_session(slot, now);
         }
         let due: Vec<u32> = self
             .sessions
