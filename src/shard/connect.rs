@@ -182,6 +182,12 @@ impl Shard {
         self.send_to_registry(ShardMsg::Claim { client_id, req }, now);
     }
 
+    /// The shard this registry partition names as the owner of `client_id` (tests only).
+    #[cfg(test)]
+    pub(super) fn registry_owner(&self, client_id: &str) -> Option<u16> {
+        self.registry.get(client_id).copied()
+    }
+
     fn generate_client_id(&mut self) -> String {
         self.next_req += 1;
         format!("tern-{}-{:x}-{:x}", self.id, self.next_req, self.metrics.connections_total)

@@ -937,4 +937,6 @@ impl Shard {
 }
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
