@@ -31,7 +31,7 @@ use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
-pub use message::{Member, ShardMsg};
+pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
 use subscribe::SharedGroups;
 
@@ -220,8 +220,9 @@ enum Phase {
     AwaitConnect { deadline: Instant },
     /// CONNECT with an Authentication Method received; AUTH exchange under way (§4.12).
     Authenticating { deadline: Instant },
-    /// CONNECT received; waiting for the registry and maybe a takeover.
-    Connecting,
+    /// CONNECT received; waiting for the registry, maybe a takeover, and the subscriptions of
+    /// a moved session. Closed at `deadline` (the connect timeout again) if still waiting.
+    Connecting { deadline: Instant },
     /// Bound to a session slot.
     Active { slot: u32 },
     /// Closed by the shard; bytes in `tx` are flushed, then the socket is closed.
@@ -285,7 +286,11 @@ pub(crate) struct Conn {
 #[derive(Debug)]
 pub(crate) struct SessionSlot {
     session: Session,
+    /// Local generation of the slot index (reused slots differ), for shared-subscription
+    /// members and No Local.
     generation: u32,
+    /// The registry generation of the claim that installed this session.
+    claim: ClaimGen,
     conn: Option<ConnId>,
     /// When an unconnected session expires.
     expires_at: Option<Instant>,
@@ -301,6 +306,11 @@ struct PendingConnect {
     assigned_id: bool,
     /// Enhanced authentication that succeeded: method and final data for the CONNACK.
     auth_done: Option<(String, bytes::Bytes)>,
+    /// The registry's generation for this claim, once its `ClaimReply` arrived.
+    generation: Option<ClaimGen>,
+    /// A newer CONNECT for the client id took this one over before it finished: the
+    /// connection is closed, and the session, once it arrives, is passed on there.
+    handoff: Option<connect::Handoff>,
 }
 
 /// A connection's state as the IO driver sees it.
@@ -329,11 +339,19 @@ pub struct Shard {
     local_filter_refs: HashMap<String, u32>,
     shared: SharedGroups,
     retained: RetainedStore,
-    /// Registry partition: client id → owning shard.
-    registry: HashMap<String, u16>,
+    /// Registry partition: client id → owning shard and the generation of its claim.
+    registry: HashMap<String, Owner>,
+    /// The registry partition's generation counter (one for all its client ids).
+    next_claim: u64,
+    /// Per registry shard: the highest generation of our claims it has answered. Answers
+    /// from one registry arrive in order, so a `Takeover` naming a larger generation is for a
+    /// claim of ours whose answer is still on its way.
+    claims_seen: Vec<ClaimGen>,
+    /// CONNECTs waiting for the registry or a takeover, by request id.
     pending: HashMap<u64, PendingConnect>,
-    /// Takeover requests for client ids with a connect in progress here, replayed after it.
-    deferred: Vec<(u16, ShardMsg)>,
+    /// Takeovers that arrived before the `ClaimReply` of the claim they name (at most one per
+    /// pending CONNECT without a generation, so bounded by `pending`).
+    early_takeovers: Vec<connect::EarlyTakeover>,
     /// Acknowledgements waiting for the other shards to apply subscriptions, by request id,
     /// with the number of peer answers still missing.
     pending_acks: HashMap<u64, (subscribe::PendingAck, usize)>,
@@ -380,8 +398,10 @@ impl Shard {
             shared: SharedGroups::default(),
             retained: RetainedStore::default(),
             registry: HashMap::new(),
+            next_claim: 1,
+            claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
-            deferred: Vec::new(),
+            early_takeovers: Vec::new(),
             pending_acks: HashMap::new(),
             next_req: 1,
             reading: false,
@@ -515,7 +535,7 @@ impl Shard {
                 read_paused: c.tx.len() >= self.cfg.tx_bytes_max
                     || self.outbox_full()
                     || c.awaiting_peers
-                    || matches!(c.phase, Phase::Connecting),
+                    || matches!(c.phase, Phase::Connecting { .. }),
             },
             None => ConnStatus { has_tx: false, closing: true, read_paused: true },
         }
@@ -565,7 +585,7 @@ impl Shard {
             match c.phase {
                 Phase::Closing => return,
                 // Pipelined packets wait until CONNACK (or a held SUBACK) is out.
-                Phase::Connecting => return,
+                Phase::Connecting { .. } => return,
                 _ if c.awaiting_peers => return,
                 _ => {}
             }
@@ -788,7 +808,7 @@ impl Shard {
         self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;
         self.by_client.remove(&s.session.client_id);
         self.metrics.sessions_current = self.by_client.len() as u64;
-        let owner = self.id;
+        let owner = Owner { shard: self.id, generation: s.claim };
         let client_id = s.session.client_id;
         self.send_to_registry(ShardMsg::Release { client_id, owner }, now);
     }
@@ -799,7 +819,9 @@ impl Shard {
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
             match c.phase {
-                Phase::AwaitConnect { deadline } | Phase::Authenticating { deadline }
+                Phase::AwaitConnect { deadline }
+                | Phase::Authenticating { deadline }
+                | Phase::Connecting { deadline }
                     if now >= deadline =>
                 {
                     to_close.push((i as u32, CloseReason::ConnectTimeout))
@@ -917,12 +939,16 @@ impl Shard {
             }
             ShardMsg::Retain { msg } => self.retained_apply(msg),
             ShardMsg::Claim { client_id, req } => self.registry_claim(from, client_id, req, now),
-            ShardMsg::ClaimReply { req, previous } => self.claim_reply(req, previous, now),
-            ShardMsg::Takeover { client_id, req, clean_start } => {
-                self.handle_takeover(from, client_id, req, clean_start, now)
+            ShardMsg::ClaimReply { req, generation, previous } => {
+                self.claim_reply(from, req, generation, previous, now)
             }
-            ShardMsg::TakeoverReply { req, state } => self.takeover_reply(req, state, now),
+            ShardMsg::Takeover { client_id, req, generation, target, clean_start } => {
+                let ask = connect::Handoff { to: from, req, generation, clean_start };
+                self.handle_takeover(client_id, target, ask, now)
+            }
+            ShardMsg::TakeoverReply { req, state } => self.finish_connect(req, state, now),
             ShardMsg::Release { client_id, owner } => {
+                // Only the claim it names: a newer claim stays ([MQTT-3.1.4-2] fencing).
                 if self.registry.get(&client_id) == Some(&owner) {
                     self.registry.remove(&client_id);
                 }

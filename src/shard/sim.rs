@@ -36,16 +36,18 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::{ConnId, Phase, Shard, ShardConfig};
-use crate::codec::{
-    self, Connect, Packet, PacketId, Properties, Property, ProtocolVersion, PubResp, Publish,
-    QoS, ReasonPacket, Subscribe, SubscriptionOptions, Unsubscribe, Will,
-};
 use crate::codec::ReasonCode;
+use crate::codec::{
+    self, Connect, Packet, PacketId, Properties, Property, ProtocolVersion, PubResp, Publish, QoS,
+    ReasonPacket, Subscribe, SubscriptionOptions, Unsubscribe, Will,
+};
 
 /// A CONNECT fully handed to the broker is answered within this many steps.
 const CONNECT_ANSWER_STEPS: u64 = 3_000;
 /// Client ids the chaotic connections share, so that takeovers race.
 const CLIENT_IDS: [&str; 3] = ["a", "b", "c"];
+/// Client ids that collide less often, so that some publishers live long enough to publish.
+const PUBLISHER_IDS: [&str; 4] = ["p0", "p1", "p2", "p3"];
 /// Topic filters chaotic connections subscribe to.
 const FILTERS: [&str; 4] = ["t/#", "t/1", "t/+", "$share/g/t/#"];
 /// Steps per seed and seeds per run by default: a few seconds in a debug build.
@@ -104,7 +106,6 @@ struct SimConn {
     /// Bytes of the CONNECT still in `unsent`.
     connect_bytes_left: usize,
     connacked: bool,
-    next_pid: u16,
     next_seq: u32,
     /// Our QoS 1/2 publishes not yet acknowledged: packet id → (seq, qos).
     outstanding: HashMap<u16, (u32, QoS)>,
@@ -133,6 +134,10 @@ struct Sim {
     step: u64,
     conns: Vec<SimConn>,
     next_uid: u64,
+    /// Next packet id per client id, across its connections: a client that resumes a session
+    /// must not reuse an id whose QoS 2 exchange the old connection left open (§4.3.3, the
+    /// broker rightly takes it for a resend).
+    next_pid_by_client: HashMap<String, u16>,
     ledger: Ledger,
     /// Sum of the drop counters that can hit a connected subscriber, at the last check.
     drops_seen: u64,
@@ -147,6 +152,8 @@ pub(super) struct SimStats {
     connects: u64,
     connacks: u64,
     takeovers: u64,
+    superseded: u64,
+    connect_timeouts: u64,
     mesh_messages: u64,
     settles: u64,
     publishes_acked: u64,
@@ -161,8 +168,13 @@ fn pid(v: u16) -> PacketId {
     PacketId::new(v).expect("invariant: the simulation never uses packet id 0")
 }
 
-fn sim_config(shards: u16) -> ShardConfig {
+fn sim_config(shards: u16, long_timeout: bool) -> ShardConfig {
     let mut cfg = ShardConfig::for_tests(shards);
+    // Half the seeds never hit the connect deadline, so that the protocol alone must answer
+    // every CONNECT; the other half close slow ones at 5 s.
+    if long_timeout {
+        cfg.connect_timeout = Duration::from_secs(3_600);
+    }
     // The stable subscribers acknowledge at once, so these never drop for them.
     cfg.session.inflight_max = 32;
     cfg.session.queue_messages_max = 1_000;
@@ -173,7 +185,8 @@ impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = Rng(seed);
         let n = 2 + rng.below(2) as u16;
-        let shards = (0..n).map(|i| Shard::new(i, sim_config(n))).collect();
+        let long_timeout = rng.chance(50);
+        let shards = (0..n).map(|i| Shard::new(i, sim_config(n, long_timeout))).collect();
         let start = Instant::now();
         let mut sim = Self {
             rng,
@@ -182,6 +195,7 @@ impl Sim {
             step: 0,
             conns: Vec::new(),
             next_uid: 1,
+            next_pid_by_client: HashMap::new(),
             ledger: Ledger::default(),
             drops_seen: 0,
             stats: SimStats::default(),
@@ -243,7 +257,14 @@ impl Sim {
 
     // ---- actions ---------------------------------------------------------------------------
 
-    fn open(&mut self, shard: usize, version: ProtocolVersion, id: &str, role: Role, clean: bool) -> usize {
+    fn open(
+        &mut self,
+        shard: usize,
+        version: ProtocolVersion,
+        id: &str,
+        role: Role,
+        clean: bool,
+    ) -> usize {
         let conn = self.shards[shard].accept(0, peer_addr(), self.now).expect("under the limit");
         let keep_alive_secs = if role == Role::Stable { 600 } else { 60 };
         let mut properties = Properties::new();
@@ -287,7 +308,6 @@ impl Sim {
             unsent,
             connect_done_at: None,
             connacked: false,
-            next_pid: 1,
             next_seq: 1,
             outstanding: HashMap::new(),
             inbound_qos2: HashSet::new(),
@@ -302,7 +322,11 @@ impl Sim {
         }
         let shard = self.rng.below(self.shards.len());
         let version = if self.rng.chance(50) { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
-        let id = *self.rng.pick(&CLIENT_IDS);
+        let id = if self.rng.chance(60) {
+            *self.rng.pick(&CLIENT_IDS)
+        } else {
+            *self.rng.pick(&PUBLISHER_IDS)
+        };
         let clean = self.rng.chance(50);
         let idx = self.open(shard, version, id, Role::Chaos, clean);
         // Sometimes the client pipelines a SUBSCRIBE behind its CONNECT ([MQTT-3.1.4-5]).
@@ -432,10 +456,14 @@ impl Sim {
     }
 
     fn act_publish(&mut self) {
-        let Some(idx) = self.random_chaos() else { return };
-        if !self.conns[idx].connacked || self.conns[idx].outstanding.len() >= 8 {
+        let ready: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| self.conns[i].role == Role::Chaos && self.conns[i].connacked)
+            .filter(|&i| self.conns[i].outstanding.len() < 8)
+            .collect();
+        if ready.is_empty() {
             return;
         }
+        let idx = *self.rng.pick(&ready);
         let qos = *self.rng.pick(&[QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]);
         let topic = format!("t/{}", self.rng.below(3));
         let c = &mut self.conns[idx];
@@ -519,11 +547,12 @@ impl Sim {
     }
 
     fn next_pid(&mut self, idx: usize) -> PacketId {
-        let c = &mut self.conns[idx];
-        // Skip ids still in use by our own outstanding publishes.
+        let c = &self.conns[idx];
+        let next = self.next_pid_by_client.entry(c.client_id.clone()).or_insert(1);
+        // Skip ids still in use by our own outstanding publishes (bounded: at most 8 are).
         loop {
-            let p = c.next_pid;
-            c.next_pid = if c.next_pid == u16::MAX { 1 } else { c.next_pid + 1 };
+            let p = *next;
+            *next = if *next == u16::MAX { 1 } else { *next + 1 };
             if !c.outstanding.contains_key(&p) {
                 return pid(p);
             }
@@ -661,10 +690,21 @@ impl Sim {
                 let Some(c) = c else { continue };
                 let Phase::Active { slot } = c.phase else { continue };
                 let sess = s.slot(slot).expect("an Active connection has its session");
-                assert_eq!(sess.session.client_id, c.client_id, "shard {si}: conn {i} on a foreign slot");
-                assert_eq!(sess.conn, Some(ConnId(i as u32)), "shard {si}: slot {slot} not bound to conn {i}");
+                assert_eq!(
+                    sess.session.client_id, c.client_id,
+                    "shard {si}: conn {i} on a foreign slot"
+                );
+                assert_eq!(
+                    sess.conn,
+                    Some(ConnId(i as u32)),
+                    "shard {si}: slot {slot} not bound to conn {i}"
+                );
                 if let Some(other) = live.insert(c.client_id.as_str(), (si, i as u32)) {
-                    panic!("two live connections for {:?}: {other:?} and {:?}", c.client_id, (si, i));
+                    panic!(
+                        "two live connections for {:?}: {other:?} and {:?}",
+                        c.client_id,
+                        (si, i)
+                    );
                 }
             }
         }
@@ -707,7 +747,13 @@ impl Sim {
         for (cid, si) in &owners {
             let reg = super::connect::registry_shard(cid, self.shards.len() as u16);
             let entry = self.shards[usize::from(reg)].registry_owner(cid);
-            assert_eq!(entry, Some(*si as u16), "registry disagrees on the owner of {cid:?}");
+            let claim = self.shards[*si]
+                .by_client
+                .get(*cid)
+                .and_then(|&x| self.shards[*si].slot(x))
+                .map(|x| x.claim);
+            let expected = claim.map(|generation| super::Owner { shard: *si as u16, generation });
+            assert_eq!(entry, expected, "registry disagrees on the owner of {cid:?}");
         }
         self.check_deliveries();
     }
@@ -734,6 +780,7 @@ impl Sim {
                 let n = self.ledger.received[sub].get(&(uid, seq)).copied().unwrap_or(0);
                 if n == 0 {
                     missing += 1;
+                    eprintln!("step {}: {uid}/{seq} {qos:?} missing at stable {sub}", self.step);
                 }
                 assert!(
                     qos != QoS::ExactlyOnce || n <= 1,
@@ -742,7 +789,10 @@ impl Sim {
                 self.stats.deliveries_checked += 1;
             }
         }
-        assert!(missing <= allowed, "{missing} acknowledged messages lost, {allowed} drops counted");
+        assert!(
+            missing <= allowed,
+            "{missing} acknowledged messages lost, {allowed} drops counted"
+        );
         self.ledger.acked.clear();
     }
 }
@@ -754,6 +804,8 @@ pub(super) fn run_seed(seed: u64, steps: u64) -> SimStats {
         sim.run(steps);
         for s in &sim.shards {
             sim.stats.takeovers += s.metrics.takeovers;
+            sim.stats.superseded += s.metrics.takeovers_superseded;
+            sim.stats.connect_timeouts += s.metrics.connect_timeouts;
         }
         sim.stats
     }));
@@ -796,16 +848,13 @@ fn simulation_holds_the_invariants() {
         total.connects += s.connects;
         total.connacks += s.connacks;
         total.takeovers += s.takeovers;
+        total.superseded += s.superseded;
+        total.connect_timeouts += s.connect_timeouts;
         total.mesh_messages += s.mesh_messages;
         total.settles += s.settles;
         total.publishes_acked += s.publishes_acked;
         total.deliveries_checked += s.deliveries_checked;
     }
-    eprintln!(
-        "simulation: {} seeds, {:?} in {:.1?}",
-        seeds.len(),
-        total,
-        started.elapsed()
-    );
+    eprintln!("simulation: {} seeds, {:?} in {:.1?}", seeds.len(), total, started.elapsed());
     assert!(total.connacks > 0 && total.publishes_acked > 0, "the simulation did something");
 }

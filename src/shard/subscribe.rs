@@ -56,6 +56,8 @@ pub(crate) enum PendingAck {
         conn: ConnId,
         /// Session slot.
         slot: u32,
+        /// Generation of the claim that installed the session in `slot`.
+        claim: super::ClaimGen,
         /// The CONNACK.
         ack: crate::codec::ConnAck,
     },
@@ -233,7 +235,9 @@ impl Shard {
         if *left == 0 {
             match self.pending_acks.remove(&req).expect("invariant: found above").0 {
                 PendingAck::Sub(p) => self.complete_suback(p, now),
-                PendingAck::Conn { conn, slot, ack } => self.complete_connack(conn, slot, ack, now),
+                PendingAck::Conn { conn, slot, claim, ack } => {
+                    self.complete_connack(conn, slot, claim, ack, now)
+                }
             }
         }
     }

@@ -61,6 +61,32 @@ impl Cluster {
         panic!("mesh did not settle in {rounds} rounds");
     }
 
+    /// `settle`, except that channel `from` → `to` stops at its first `DeltaAck` (FIFO: what
+    /// follows it waits too).
+    fn settle_holding_delta_acks(&mut self, from: usize, to: usize) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for f in 0..self.shards.len() {
+                for t in 0..self.shards.len() {
+                    // Bounded by the messages queued; handling may queue more for the next round.
+                    while let Some(m) = self.shards[f].outbox()[t].front() {
+                        if (f, t) == (from, to) && matches!(m, ShardMsg::DeltaAck { .. }) {
+                            break;
+                        }
+                        let Some(m) = self.shards[f].outbox()[t].pop_front() else { break };
+                        moved = true;
+                        let now = self.now;
+                        self.shards[t].handle_peer(f as u16, m, now);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("mesh did not settle");
+    }
+
     fn open(&mut self, shard: usize, version: ProtocolVersion) -> Client {
         let conn = self.shards[shard].accept(0, peer(), self.now).expect("under the limit");
         Client { shard, conn, version }
@@ -480,4 +506,47 @@ fn pipelined_subscribes_do_not_recurse_per_packet() {
             .collect();
         assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "{shards} shards: every SUBACK, in order");
     }
+}
+
+/// Issue 9: a Takeover that reaches the shard of a new connection while that connection
+/// waits for its CONNACK (the moved subscriptions are not yet acknowledged by every shard)
+/// used to remove the session and then panic at `expect("installed by finish_connect")`, or
+/// bind the connection to whatever reused the slot. The newest CONNECT wins
+/// ([MQTT-3.1.4-2]): the waiting connection is closed without CONNACK and the session moves on.
+#[test]
+fn takeover_while_the_new_connection_waits_for_connack() {
+    let mut cl = Cluster::new(2);
+    // A client id whose registry is shard 1, so that a claim from shard 1 is answered at once.
+    let id = (0..)
+        .map(|i| format!("x{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 1)
+        .expect("some id hashes to shard 1");
+    let old = cl.connect(0, V4, &id, false);
+    cl.subscribe(old, "s", QoS::AtLeastOnce);
+    // The second connection resumes the session on shard 1; its CONNACK waits for shard 0 to
+    // acknowledge the moved subscription, which we hold back.
+    let waiting = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, &id, false), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(waiting.conn, &buf, now);
+    cl.settle_holding_delta_acks(0, 1);
+    assert!(cl.recv(waiting).is_empty(), "no CONNACK while the subscription moves");
+    assert!(!cl.shards[1].status(waiting.conn).closing);
+    assert!(cl.shards[0].status(old.conn).closing, "the first connection was taken over");
+    // A third CONNECT for the id, on shard 1: its Takeover reaches the waiting connection.
+    let newest = cl.open(1, V4);
+    cl.send(newest, connect_packet(V4, &id, false));
+    let got = cl.recv(newest);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success && a.session_present),
+        "the newest CONNECT resumes the session, got {got:?}"
+    );
+    assert!(cl.recv(waiting).is_empty(), "the superseded connection never gets CONNACK");
+    assert!(cl.shards[1].status(waiting.conn).closing, "and is closed");
+    assert_eq!(cl.shards[1].metrics.takeovers_superseded, 1);
+    // The subscription moved with the session to the newest connection.
+    let p = cl.connect(0, V4, "p", true);
+    cl.publish(p, "s", b"m", QoS::AtLeastOnce, 1);
+    assert_eq!(publishes(&cl.recv(newest)).len(), 1);
 }
