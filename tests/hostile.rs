@@ -103,12 +103,14 @@ struct BurstOutcome {
     closed: bool,
 }
 
-/// Reads everything a connection got within `quiet` of silence, and whether it was closed.
+/// Reads a connection of the burst until its CONNECT is answered (CONNACK or close, within
+/// 10 s), then what follows until it is closed or quiet for `quiet`.
 fn burst_outcome(c: &mut RawClient, quiet: Duration) -> BurstOutcome {
     let mut out = BurstOutcome::default();
     // Bounded: each packet is one of a handful the broker sends before it goes quiet.
     for _ in 0..16 {
-        match c.recv_timeout(quiet) {
+        let wait = if out.connack.is_none() { Duration::from_secs(10) } else { quiet };
+        match c.recv_timeout(wait) {
             Some(Packet::ConnAck(a)) => {
                 assert!(out.connack.is_none(), "two CONNACKs on one connection");
                 out.connack = Some(a.reason);
@@ -138,10 +140,20 @@ fn ten_concurrent_connects_with_one_client_id_leave_exactly_one_alive() {
             for (i, c) in conns.iter_mut().enumerate() {
                 c.send(&common::connect(version, &id, i % 3 == 0, 30));
             }
-            let outcomes: Vec<BurstOutcome> =
-                conns.iter_mut().map(|c| burst_outcome(c, Duration::from_millis(700))).collect();
+            // Every CONNECT is answered; once the last one is, the closes of the others were
+            // written before it (a takeover closes the old connection first), so a short quiet
+            // time after the answer suffices.
+            let mut outcomes: Vec<BurstOutcome> =
+                conns.iter_mut().map(|c| burst_outcome(c, Duration::from_millis(300))).collect();
+            for (c, o) in conns.iter_mut().zip(&mut outcomes) {
+                if !o.closed {
+                    o.closed = c.closed_within(Duration::from_millis(200));
+                }
+            }
             let alive: Vec<usize> = (0..conns.len())
-                .filter(|&i| outcomes[i].connack == Some(ReasonCode::Success) && !outcomes[i].closed)
+                .filter(|&i| {
+                    outcomes[i].connack == Some(ReasonCode::Success) && !outcomes[i].closed
+                })
                 .collect();
             assert_eq!(alive.len(), 1, "{version:?} round {round}: {outcomes:#?}");
             for (i, o) in outcomes.iter().enumerate().filter(|(i, _)| *i != alive[0]) {
