@@ -1,11 +1,15 @@
 //! CONNECT: validation, the client-id registry, session takeover across shards, CONNACK.
 //!
-//! Ownership protocol. The registry is partitioned: client id `c` is recorded on shard
-//! `hash(c) % shards`. A shard that receives CONNECT for `c` sends `Claim` there; the registry
-//! records the new owner and answers with the previous one. If there was one, the new shard asks
-//! it (`Takeover`) to close the old connection and hand over the session; the answer carries the
-//! session state. Claims for one client id are serialised by its registry shard, so two
-//! connections with one client id never both stay connected ([MQTT-3.1.4-2]).
+//! Ownership protocol (described in full in `docs/ARCHITECTURE.md`, "Takeover"). The registry
+//! is partitioned: client id `c` is recorded on shard `hash(c) % shards`, as (owner shard,
+//! generation). A shard that receives CONNECT for `c` sends `Claim` there; the registry gives
+//! the claim the next generation (a fencing token) and answers with the previous owner and its
+//! generation. The new shard asks that owner (`Takeover`, maybe to itself) for the session of
+//! exactly that generation: an installed session is handed over with its connection closed; a
+//! CONNECT of that generation still pending there is superseded (closed without CONNACK, its
+//! session passed on when it arrives) rather than waited for. Each claim waits only for an
+//! older one, so no two shards wait for each other, and the newest CONNECT wins
+//! ([MQTT-3.1.4-2]). CONNACK is bound to (slot, generation); `Release` carries its generation.
 
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
