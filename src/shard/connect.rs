@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use super::subscribe::PendingAck;
 use super::{
-    ClaimGen, CloseReason, Conn, ConnId, Owner, PendingConnect, Phase, SessionSlot, Shard, ShardMsg,
+    ClaimGen, CloseReason, Conn, ConnId, ConnRef, Owner, PendingConnect, Phase, SessionSlot, Shard,
+    ShardMsg,
 };
 use crate::codec::{
     ConnAck, Connect, DecodeError, ErrorKind, Packet, Properties, Property, ProtocolVersion,
@@ -188,8 +189,9 @@ impl Shard {
         let req = self.next_req;
         self.next_req += 1;
         let client_id = connect.client_id.clone();
+        let Some(conn) = self.conn_ref(id) else { return };
         let pending = PendingConnect {
-            conn: id,
+            conn,
             connect,
             assigned_id,
             auth_done,
@@ -246,6 +248,16 @@ impl Shard {
             let e = self.early_takeovers.swap_remove(i);
             self.supersede(req, e.ask, now);
         }
+        // Waiting takeovers for an older claim of ours cannot match any more (answers come in
+        // order): answer them empty-handed rather than keep them.
+        let (stale, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early_takeovers)
+            .into_iter()
+            .partition(|e| e.client_id == client_id && e.target < generation);
+        self.early_takeovers = keep;
+        for e in stale {
+            let reply = ShardMsg::TakeoverReply { req: e.ask.req, state: None };
+            self.send_to_peer(e.ask.to, reply, now);
+        }
         match previous {
             Some(owner) => {
                 if owner.shard != self.id {
@@ -286,9 +298,9 @@ impl Shard {
                 now,
             );
         }
-        if matches!(self.conn(conn).map(|c| &c.phase), Some(Phase::Connecting { .. })) {
+        if self.still_connecting(conn) {
             self.metrics.takeovers_superseded += 1;
-            self.close(conn, CloseReason::TakenOver, now);
+            self.close(conn.id, CloseReason::TakenOver, now);
         }
     }
 
@@ -350,8 +362,10 @@ impl Shard {
             .collect();
         for req in waiting {
             if let Some((PendingAck::Conn { conn, .. }, _)) = self.pending_acks.remove(&req) {
-                self.metrics.takeovers_superseded += 1;
-                self.close(conn, CloseReason::TakenOver, now);
+                if self.still_connecting(conn) {
+                    self.metrics.takeovers_superseded += 1;
+                    self.close(conn.id, CloseReason::TakenOver, now);
+                }
             }
         }
         if let Some(old) = self.slot_mut(slot).and_then(|s| s.conn.take()) {
@@ -396,7 +410,8 @@ impl Shard {
         now: Instant,
     ) {
         let Some(p) = self.pending.remove(&req) else { return };
-        let PendingConnect { conn, connect, assigned_id, auth_done, generation, handoff } = p;
+        let PendingConnect { conn: cref, connect, assigned_id, auth_done, generation, handoff } = p;
+        let conn = cref.id;
         if let Some(ask) = handoff {
             let state = match state {
                 Some(st) if ask.clean_start => {
@@ -414,8 +429,7 @@ impl Shard {
             return self.close(conn, CloseReason::Protocol(ReasonCode::UnspecifiedError), now);
         };
         let connect = *connect;
-        let still_open =
-            matches!(self.conn(conn).map(|c| &c.phase), Some(Phase::Connecting { .. }));
+        let still_open = self.still_connecting(cref);
         let v5 = connect.version.is_v5();
         let expiry = if v5 {
             connect.properties.session_expiry_interval().unwrap_or(0)
@@ -476,10 +490,10 @@ impl Shard {
         tracing::debug!(conn = conn.0, ?peer, client_id = %connect.client_id, resumed, "session bound");
         let peers = usize::from(self.cfg.shards) - 1;
         if told == 0 || peers == 0 {
-            self.complete_connack(conn, slot, claim, ack, now);
+            self.complete_connack(cref, slot, claim, ack, now);
         } else {
             // The moved subscriptions must be live on every shard before the client is told.
-            let pending = PendingAck::Conn { conn, slot, claim, ack };
+            let pending = PendingAck::Conn { conn: cref, slot, claim, ack };
             self.pending_acks.insert(req, (pending, told * peers));
         }
     }
@@ -507,22 +521,27 @@ impl Shard {
     /// nothing is sent (the takeover closed the connection).
     pub(super) fn complete_connack(
         &mut self,
-        conn: ConnId,
+        cref: ConnRef,
         slot: u32,
         claim: ClaimGen,
         ack: ConnAck,
         now: Instant,
     ) {
         if !self.slot(slot).is_some_and(|s| s.claim == claim && s.conn.is_none()) {
+            // The session went on to a newer CONNECT: this connection gets no CONNACK.
+            if self.still_connecting(cref) {
+                self.close(cref.id, CloseReason::TakenOver, now);
+            }
             return;
         }
-        let Some(c) = self.conn_mut(conn).filter(|c| matches!(c.phase, Phase::Connecting { .. }))
-        else {
+        let conn = cref.id;
+        if !self.still_connecting(cref) {
             // The connection went away while the subscriptions moved: the session stays
             // offline (or ends, with expiry 0).
             self.detach_session(slot, now);
             return;
-        };
+        }
+        let Some(c) = self.conn_mut(conn) else { return };
         c.phase = Phase::Active { slot };
         if let Some(s) = self.slot_mut(slot) {
             s.conn = Some(conn);

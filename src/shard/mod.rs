@@ -39,6 +39,15 @@ use subscribe::SharedGroups;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u32);
 
+/// A connection as a record that outlives a turn remembers it: its id and the serial of the
+/// connection that held the id then. Ids are reused after [`Shard::release`]; serials are not,
+/// so a CONNACK or a session can never go to the next connection on the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnRef {
+    id: ConnId,
+    serial: u64,
+}
+
 /// Per-listener policy the shard applies at CONNECT.
 #[derive(Clone, Debug)]
 pub struct ListenerPolicy {
@@ -233,6 +242,8 @@ enum Phase {
 #[derive(Debug)]
 pub(crate) struct Conn {
     phase: Phase,
+    /// Unique per shard over its life (see [`ConnRef`]).
+    serial: u64,
     /// Negotiated version (V311 until CONNECT says otherwise).
     version: ProtocolVersion,
     /// Listener the connection came in on.
@@ -301,7 +312,7 @@ pub(crate) struct SessionSlot {
 /// A CONNECT waiting for the registry or a takeover.
 #[derive(Debug)]
 struct PendingConnect {
-    conn: ConnId,
+    conn: ConnRef,
     connect: Box<codec::Connect>,
     assigned_id: bool,
     /// Enhanced authentication that succeeded: method and final data for the CONNACK.
@@ -356,6 +367,8 @@ pub struct Shard {
     /// with the number of peer answers still missing.
     pending_acks: HashMap<u64, (subscribe::PendingAck, usize)>,
     next_req: u64,
+    /// Serial of the next accepted connection.
+    next_conn_serial: u64,
     outbox: Vec<VecDeque<ShardMsg>>,
     /// Counters, read by the metrics endpoint and `$SYS`.
     pub metrics: Metrics,
@@ -404,6 +417,7 @@ impl Shard {
             early_takeovers: Vec::new(),
             pending_acks: HashMap::new(),
             next_req: 1,
+            next_conn_serial: 1,
             reading: false,
             resume_reads: Vec::new(),
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
@@ -459,8 +473,11 @@ impl Shard {
             return None;
         }
         self.conns_per_listener[listener] += 1;
+        let serial = self.next_conn_serial;
+        self.next_conn_serial += 1;
         let conn = Conn {
             phase: Phase::AwaitConnect { deadline: now + self.cfg.connect_timeout },
+            serial,
             version: ProtocolVersion::V311,
             listener,
             peer,
@@ -496,6 +513,16 @@ impl Shard {
             }
         };
         Some(ConnId(id))
+    }
+
+    fn conn_ref(&self, id: ConnId) -> Option<ConnRef> {
+        self.conn(id).map(|c| ConnRef { id, serial: c.serial })
+    }
+
+    /// Whether the very connection `r` names is still waiting for its CONNACK.
+    fn still_connecting(&self, r: ConnRef) -> bool {
+        self.conn(r.id)
+            .is_some_and(|c| c.serial == r.serial && matches!(c.phase, Phase::Connecting { .. }))
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {

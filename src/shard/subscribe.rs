@@ -53,7 +53,7 @@ pub(crate) enum PendingAck {
     /// The CONNACK of a resumed session whose subscriptions moved here.
     Conn {
         /// Connection.
-        conn: ConnId,
+        conn: super::ConnRef,
         /// Session slot.
         slot: u32,
         /// Generation of the claim that installed the session in `slot`.
