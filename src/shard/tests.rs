@@ -550,3 +550,50 @@ fn takeover_while_the_new_connection_waits_for_connack() {
     cl.publish(p, "s", b"m", QoS::AtLeastOnce, 1);
     assert_eq!(publishes(&cl.recv(newest)).len(), 1);
 }
+
+/// Issue 9: `Release` carries the generation of the claim it ends, so a release that arrives
+/// after a newer claim for the same client id does not erase it.
+#[test]
+fn late_release_does_not_erase_a_newer_claim() {
+    let mut cl = Cluster::new(2);
+    let id = "late-release".to_string();
+    let reg = usize::from(connect::registry_shard(&id, 2));
+    let now = cl.now;
+    let claim = |req| ShardMsg::Claim { client_id: id.clone(), req };
+    cl.shards[reg].handle_peer(0, claim(1), now);
+    let first = cl.shards[reg].registry_owner(&id).expect("claimed");
+    cl.shards[reg].handle_peer(1, claim(2), now);
+    let second = cl.shards[reg].registry_owner(&id).expect("claimed");
+    assert!(second.generation > first.generation, "a newer claim has a larger generation");
+    cl.shards[reg].handle_peer(0, ShardMsg::Release { client_id: id.clone(), owner: first }, now);
+    assert_eq!(cl.shards[reg].registry_owner(&id), Some(second), "the newer claim stays");
+    cl.shards[reg].handle_peer(1, ShardMsg::Release { client_id: id.clone(), owner: second }, now);
+    assert_eq!(cl.shards[reg].registry_owner(&id), None, "its own release ends it");
+}
+
+/// Issue 9: a connection waiting for CONNACK (here: the registry's answer never comes) is
+/// closed at the connect deadline instead of waiting forever; the late answer then finds no
+/// connection and does not panic.
+#[test]
+fn connecting_has_a_deadline() {
+    let mut cl = Cluster::new(2);
+    let id = (0..)
+        .map(|i| format!("d{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 0)
+        .expect("some id hashes to shard 0");
+    let c = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, &id, true), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(c.conn, &buf, now);
+    // The Claim sits in shard 1's outbox: nobody answers.
+    let timeout = cl.shards[1].config().connect_timeout;
+    cl.shards[1].tick(now + timeout - Duration::from_millis(1));
+    assert!(!cl.shards[1].status(c.conn).closing, "still within the deadline");
+    cl.shards[1].tick(now + timeout);
+    assert!(cl.shards[1].status(c.conn).closing, "closed at the deadline");
+    assert_eq!(cl.shards[1].metrics.connect_timeouts, 1);
+    cl.settle();
+    assert!(cl.recv(c).is_empty(), "no CONNACK for a closed connection");
+    assert_eq!(cl.shards[0].registry_owner(&id), None, "the clean session ended and released");
+}
