@@ -395,16 +395,17 @@ impl Sim {
 
     fn act_close(&mut self) {
         let Some(idx) = self.random_chaos() else { return };
-        let (shard, conn, version) = {
-            let c = &self.conns[idx];
-            (c.shard, c.conn, c.version)
-        };
+        let (shard, conn) = (self.conns[idx].shard, self.conns[idx].conn);
         if self.rng.chance(50) && self.conns[idx].connacked {
-            let d = ReasonPacket::new(ReasonCode::Success);
-            self.write(idx, &Packet::Disconnect(d));
+            // DISCONNECT, sometimes with the will ([MQTT-3.1.2-8] / v5 0x04).
+            let reason = if self.conns[idx].version.is_v5() && self.rng.chance(30) {
+                ReasonCode::DisconnectWithWill
+            } else {
+                ReasonCode::Success
+            };
+            self.write(idx, &Packet::Disconnect(ReasonPacket::new(reason)));
             self.feed_all(idx);
         } else {
-            let _ = version;
             self.shards[shard].handle_closed(conn, self.now);
         }
     }
