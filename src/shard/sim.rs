@@ -111,6 +111,8 @@ struct SimConn {
     outstanding: HashMap<u16, (u32, QoS)>,
     /// Inbound QoS 2 ids received and not yet released.
     inbound_qos2: HashSet<u16>,
+    /// SUBSCRIBE / UNSUBSCRIBE ids not yet acknowledged: an acknowledgement must match one.
+    sub_pids: HashSet<u16>,
     /// The last time a stable subscriber pinged.
     last_ping: Instant,
 }
@@ -311,6 +313,7 @@ impl Sim {
             next_seq: 1,
             outstanding: HashMap::new(),
             inbound_qos2: HashSet::new(),
+            sub_pids: HashSet::new(),
             last_ping: self.now,
         });
         self.conns.len() - 1
@@ -429,6 +432,7 @@ impl Sim {
         let filter = *self.rng.pick(&FILTERS);
         let qos = *self.rng.pick(&[QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]);
         let packet_id = self.next_pid(idx);
+        self.conns[idx].sub_pids.insert(packet_id.get());
         let s = Subscribe {
             packet_id,
             filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
@@ -444,6 +448,7 @@ impl Sim {
         } else {
             let filter = *self.rng.pick(&FILTERS);
             let packet_id = self.next_pid(idx);
+            self.conns[idx].sub_pids.insert(packet_id.get());
             let u = Unsubscribe {
                 packet_id,
                 filters: vec![filter.into()],
@@ -621,13 +626,22 @@ impl Sim {
                     replies.push(Packet::PubRel(PubResp::success(r.packet_id)));
                 }
             }
-            Packet::PubComp(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp
-            | Packet::Disconnect(_) => {}
+            Packet::SubAck(a) => self.on_sub_ack(idx, a.packet_id),
+            Packet::UnsubAck(a) => self.on_sub_ack(idx, a.packet_id),
+            Packet::PubComp(_) | Packet::PingResp | Packet::Disconnect(_) => {}
             other => panic!("unexpected packet from the broker: {other:?}"),
         }
+    }
+
+    fn on_sub_ack(&mut self, idx: usize, id: PacketId) {
+        let c = &mut self.conns[idx];
+        let known = c.sub_pids.remove(&id.get()) || c.role == Role::Stable;
+        assert!(
+            known,
+            "uid {}: SUBACK/UNSUBACK {} for nothing this connection sent",
+            c.uid,
+            id.get()
+        );
     }
 
     fn on_ack(&mut self, idx: usize, r: PubResp, qos: QoS) {
