@@ -803,12 +803,10 @@ impl Shard {
     fn detach_session(&mut self, slot: u32, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         s.conn = None;
-        let expiry = s.session.expiry_secs;
-        if expiry == 0 {
-            self.destroy_session(slot, now);
-        } else if expiry != u32::MAX {
-            let s = self.slot_mut(slot).expect("invariant: slot checked above");
-            s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
+        match s.session.expiry_secs {
+            0 => self.destroy_session(slot, now),
+            u32::MAX => {}
+            expiry => s.expires_at = Some(now + Duration::from_secs(u64::from(expiry))),
         }
     }
 

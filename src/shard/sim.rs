@@ -770,6 +770,15 @@ impl Sim {
             let expected = claim.map(|generation| super::Owner { shard: *si as u16, generation });
             assert_eq!(entry, expected, "registry disagrees on the owner of {cid:?}");
         }
+        // And every registry entry names a live session: nothing leaks in the registry.
+        for (ri, r) in self.shards.iter().enumerate() {
+            for (cid, owner) in &r.registry {
+                let s = &self.shards[usize::from(owner.shard)];
+                let claim = s.by_client.get(cid).and_then(|&x| s.slot(x)).map(|x| x.claim);
+                assert_eq!(claim, Some(owner.generation), "registry {ri}: {cid:?} leaked");
+            }
+            assert!(r.pending.is_empty() && r.early_takeovers.is_empty(), "shard {ri} idle");
+        }
         self.check_deliveries();
     }
 
