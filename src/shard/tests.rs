@@ -597,3 +597,38 @@ fn connecting_has_a_deadline() {
     assert!(cl.recv(c).is_empty(), "no CONNACK for a closed connection");
     assert_eq!(cl.shards[0].registry_owner(&id), None, "the clean session ended and released");
 }
+
+/// Issue 9 (found by the simulation, seed 324): a SUBACK held for the other shards was sent to
+/// whatever connection held its connection id when the answers came. A client that dropped
+/// after SUBSCRIBE and came back on the same id and slot got a SUBACK it never asked for (and
+/// the retained messages of a subscription it does not have).
+#[test]
+fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
+    let mut cl = Cluster::new(2);
+    let id = (0..)
+        .map(|i| format!("s{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 1)
+        .expect("some id hashes to shard 1");
+    let old = cl.connect(1, V4, &id, false);
+    let s = Subscribe {
+        packet_id: pid(8),
+        filters: vec![("held/1".into(), SubscriptionOptions::default())],
+        properties: Properties::new(),
+    };
+    let mut buf = BytesMut::new();
+    codec::encode(&Packet::Subscribe(s), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(old.conn, &buf, now);
+    // The SUBACK waits for shard 0; the client drops and its socket is released.
+    cl.shards[1].handle_closed(old.conn, now);
+    cl.shards[1].release(old.conn, now);
+    // It comes back at once: same shard, same connection id (and slot), registry on this shard.
+    let new = cl.open(1, V4);
+    assert_eq!(new.conn, old.conn, "precondition: the id is reused");
+    cl.send(new, connect_packet(V4, &id, true));
+    let got = cl.recv(new);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success),
+        "CONNACK only, no stray SUBACK: {got:?}"
+    );
+}
