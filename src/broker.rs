@@ -101,6 +101,14 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         stats: std::sync::Arc::new(crate::metrics::StatsBoard::new(config.shard_count())),
         sys_interval: Duration::from_secs(u64::from(config.broker.sys_interval_secs)),
         metrics_bind: config.broker.metrics_bind,
+        persistence: config.persistence.dir.as_ref().map(|dir| {
+            crate::persist::durable::PersistOptions {
+                dir: dir.clone(),
+                mode: config.persistence.fsync,
+                interval: Duration::from_millis(u64::from(config.persistence.fsync_interval_ms)),
+                segment_bytes_max: config.persistence.segment_bytes_max,
+            }
+        }),
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[auth]`: the password and ACL files.
     pub auth: AuthConfig,
+    /// `[persistence]`: the data directory and when the write-ahead log is synced.
+    pub persistence: PersistenceConfig,
 }
 
 /// `[broker]`: process-wide settings.
@@ -308,6 +310,47 @@ pub struct RuntimeConfig {
     pub pin_cores: bool,
 }
 
+/// `[persistence]`: durable sessions and retained messages (issue 12). Off unless a directory
+/// is given (here or with `tern --data-dir DIR`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersistenceConfig {
+    /// The data directory: one write-ahead log per shard and a lock file. Created 0700 when
+    /// missing; locked while the broker runs. Default: absent (in memory only).
+    pub dir: Option<PathBuf>,
+    /// When appended records reach the disk. Default [`FsyncMode::Always`].
+    pub fsync: FsyncMode,
+    /// Milliseconds between syncs with `fsync = "interval"`. Default 100. Bound: 1..=60_000.
+    pub fsync_interval_ms: u32,
+    /// A log segment that has grown past this many bytes is closed and the next one started.
+    /// Default 64 MiB. Bound: 1 MiB..=1 GiB.
+    pub segment_bytes_max: u64,
+}
+
+impl Default for PersistenceConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            fsync: FsyncMode::Always,
+            fsync_interval_ms: 100,
+            segment_bytes_max: 64 << 20,
+        }
+    }
+}
+
+/// When the write-ahead log is synced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum FsyncMode {
+    /// Before every acknowledgement that depends on a record (group commit).
+    Always,
+    /// Every `fsync_interval_ms`; acknowledgements are not held (a crash loses up to one
+    /// interval of acknowledged changes).
+    Interval,
+    /// Never (the OS writes back when it likes): for tests.
+    Never,
+}
+
 /// `[log]`: logging.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
@@ -447,6 +490,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            persistence: PersistenceConfig::default(),
         }
     }
 }
@@ -602,6 +646,8 @@ const MESH_CHANNEL_CAPACITY: Bound = bound(1, 65536);
 const MESH_BATCH: Bound = bound(1, 4096);
 const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
 const RING_DEPTH: Bound = bound(8, 32768);
+const FSYNC_INTERVAL_MS: Bound = bound(1, 60_000);
+const SEGMENT_BYTES: Bound = bound(1 << 20, 1 << 30);
 const SPIN_BEFORE_PARK_US: Bound = bound(0, 100_000);
 
 impl Bound {
@@ -859,6 +905,16 @@ struct RawConfig {
     runtime: Option<RawRuntime>,
     log: Option<RawLog>,
     auth: Option<RawAuth>,
+    persistence: Option<RawPersistence>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersistence {
+    dir: Option<Spanned<PathBuf>>,
+    fsync: Option<Spanned<FsyncMode>>,
+    fsync_interval_ms: Option<Spanned<i64>>,
+    segment_bytes_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1016,6 +1072,28 @@ impl RawConfig {
                     *slot = Some(path.into_inner());
                 }
             }
+        }
+        if let Some(raw) = self.persistence {
+            let p = &mut config.persistence;
+            if let Some(dir) = raw.dir {
+                spans.insert("persistence.dir", dir.span());
+                p.dir = Some(dir.into_inner());
+            }
+            spans.set(&mut p.fsync, "persistence.fsync", raw.fsync);
+            let v = raw.fsync_interval_ms;
+            spans.set_int(
+                &mut p.fsync_interval_ms,
+                "persistence.fsync_interval_ms",
+                v,
+                FSYNC_INTERVAL_MS,
+            )?;
+            let v = raw.segment_bytes_max;
+            spans.set_int(
+                &mut p.segment_bytes_max,
+                "persistence.segment_bytes_max",
+                v,
+                SEGMENT_BYTES,
+            )?;
         }
         Ok(config)
     }

@@ -11,18 +11,21 @@ use tern::config::Config;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-const USAGE: &str = "usage: tern [--config FILE] [--shards N] [--version] [--help]
+const USAGE: &str = "usage: tern [--config FILE] [--shards N] [--data-dir DIR] [--version] [--help]
 
 With no arguments, tern listens on 127.0.0.1:1883 with anonymous access and
-embedded defaults. See tern.toml for every setting and its default.";
+embedded defaults, and keeps everything in memory. --data-dir DIR (or
+[persistence] dir) keeps persistent sessions and retained messages in DIR.
+See tern.toml for every setting and its default.";
 
 struct Args {
     config: Option<PathBuf>,
     shards: Option<u16>,
+    data_dir: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args { config: None, shards: None };
+    let mut args = Args { config: None, shards: None, data_dir: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -36,6 +39,9 @@ fn parse_args() -> Result<Option<Args>, String> {
                     return Err("--shards must be at least 1".into());
                 }
                 args.shards = Some(n);
+            }
+            "--data-dir" => {
+                args.data_dir = Some(it.next().ok_or("--data-dir needs a directory")?.into());
             }
             "--version" | "-V" => {
                 println!("tern {}", tern::VERSION);
@@ -87,6 +93,9 @@ fn main() -> ExitCode {
             eprintln!("tern: --shards: {e}");
             return ExitCode::from(2);
         }
+    }
+    if let Some(dir) = args.data_dir {
+        config.persistence.dir = Some(dir);
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log.level.as_str()));

@@ -103,6 +103,20 @@ metrics! {
     counter connect_timeouts,
     /// Times a peer shard's channel was full and the flusher had to wait.
     counter mesh_backpressure,
+    /// Sessions restored from the write-ahead log at start.
+    counter sessions_restored,
+    /// Sessions found in the log but not restored (`sessions_max` reached, or duplicated).
+    counter sessions_not_restored,
+    /// Records appended to the write-ahead log.
+    counter wal_records,
+    /// Bytes appended to the write-ahead log.
+    counter wal_bytes,
+    /// Group commits (one write and one fdatasync each).
+    counter wal_fsyncs,
+    /// Bytes dropped from torn or corrupt log tails at start.
+    counter wal_discarded_bytes,
+    /// Time the log recovery took at start, milliseconds.
+    gauge wal_recovery_ms,
 }
 
 impl Metrics {

@@ -51,6 +51,8 @@ pub struct RuntimeOptions {
     pub sys_interval: Duration,
     /// Address of the Prometheus endpoint (`GET /metrics`), if enabled.
     pub metrics_bind: Option<SocketAddr>,
+    /// Durable sessions and retained messages (`None`: in memory only).
+    pub persistence: Option<crate::persist::durable::PersistOptions>,
 }
 
 /// A batch of messages from one shard to another.
@@ -72,6 +74,8 @@ pub struct Broker {
     pub local_addrs: Vec<SocketAddr>,
     /// With [`RuntimeOptions::shard_ports`]: the private listener of each shard, by shard id.
     pub shard_addrs: Vec<SocketAddr>,
+    /// The locked data directory, held (and its lock with it) while the broker runs.
+    _data_dir: Option<crate::persist::dir::DataDir>,
 }
 
 /// Why the broker did not start.
@@ -99,6 +103,17 @@ pub enum StartError {
         reason: String,
         /// Rough locked-memory need, KiB.
         need_kib: usize,
+    },
+    /// The data directory cannot be used (locked by another Tern, or unreadable).
+    #[error("{0}")]
+    DataDir(#[from] crate::persist::dir::DataDirError),
+    /// The write-ahead logs cannot be read or repaired.
+    #[error("cannot recover the write-ahead log in {dir}: {source}")]
+    Recovery {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// The IO error.
+        source: std::io::Error,
     },
     /// A shard failed during start-up.
     #[error("shard {0} failed to start: {1}")]
@@ -148,6 +163,18 @@ impl Broker {
             addrs.push(bound);
             reserve.push(sock);
         }
+        // Persistence: lock the directory, then recover and replay every shard's log before any
+        // shard serves. Each shard takes its part once the mesh has given it its id.
+        let (data_dir, restores) = match &opts.persistence {
+            None => (None, Vec::new()),
+            Some(p) => {
+                let dir = crate::persist::dir::DataDir::open(&p.dir)?;
+                let restores = crate::persist::durable::recover_all(p, n)
+                    .map_err(|source| StartError::Recovery { dir: p.dir.clone(), source })?;
+                (Some(dir), restores.into_iter().map(Some).collect())
+            }
+        };
+        let restores = Arc::new(std::sync::Mutex::new(restores));
         let reload = Arc::new(AtomicU64::new(0));
         let reloaded: Arc<[AtomicU64]> = (0..n).map(|_| AtomicU64::new(0)).collect();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -163,6 +190,7 @@ impl Broker {
                 (opts.clone(), cfg.clone(), mesh.clone(), Arc::clone(&stop), ready_tx.clone());
             let addrs = addrs.clone();
             let tls_configs = tls_configs.clone();
+            let restores = Arc::clone(&restores);
             let reload = Reload { requested: Arc::clone(&reload), applied: Arc::clone(&reloaded) };
             let handle = std::thread::Builder::new()
                 .name(format!("tern-shard-{i}"))
@@ -186,7 +214,7 @@ impl Broker {
                             return;
                         }
                     };
-                    let listeners = Listeners { addrs, tls_configs };
+                    let listeners = Listeners { addrs, tls_configs, restores };
                     ex.run(shard_main(i, opts, cfg, listeners, mesh, stop, reload, ready));
                 })
                 .map_err(|e| StartError::Shard(i, e.to_string()))?;
@@ -209,7 +237,15 @@ impl Broker {
         }
         drop(reserve);
         let shard_addrs = shard_addrs.into_iter().flatten().collect();
-        Ok(Broker { threads, stop, reload, reloaded, local_addrs: addrs, shard_addrs })
+        Ok(Broker {
+            threads,
+            stop,
+            reload,
+            reloaded,
+            local_addrs: addrs,
+            shard_addrs,
+            _data_dir: data_dir,
+        })
     }
 
     /// The flag that stops the broker when set (signal handlers set it).
@@ -267,6 +303,16 @@ fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 struct Listeners {
     addrs: Vec<SocketAddr>,
     tls_configs: Vec<Option<Arc<ServerConfig>>>,
+    /// What each shard recovered from its log, by shard id (empty without persistence).
+    restores: Restores,
+}
+
+type Restores = Arc<std::sync::Mutex<Vec<Option<crate::persist::durable::ShardRestore>>>>;
+
+/// Shard `id`'s recovered state, taken once.
+fn take_restore(restores: &Restores, id: u16) -> Option<crate::persist::durable::ShardRestore> {
+    let mut r = restores.lock().unwrap_or_else(|p| p.into_inner());
+    r.get_mut(usize::from(id)).and_then(Option::take)
 }
 
 /// The reload counter and where each shard reports the generation it applied.
@@ -287,7 +333,7 @@ async fn shard_main(
     reload: Reload,
     ready: mpsc::Sender<Ready>,
 ) {
-    let Listeners { addrs, tls_configs } = listeners;
+    let Listeners { addrs, tls_configs, restores } = listeners;
     let (senders, receivers) = match mesh {
         Some(m) => match m.join().await {
             Ok((s, r)) => (Some(s), Some(r)),
@@ -300,8 +346,21 @@ async fn shard_main(
     };
     // The mesh numbers peers in join order: that number is the shard id everywhere.
     let id = senders.as_ref().map_or(0, |s| s.peer_id() as u16);
+    let shard = std::cell::RefCell::new(Shard::new(id, cfg));
+    let durable = match (&opts.persistence, take_restore(&restores, id)) {
+        (Some(p), Some(r)) => match crate::persist::durable::open_shard(&shard, r, p).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let err = StartError::Recovery { dir: p.dir.clone(), source: e };
+                let _ = ready.send(Err(err));
+                return;
+            }
+        },
+        _ => None,
+    };
     let io = Rc::new(ShardIo {
-        shard: std::cell::RefCell::new(Shard::new(id, cfg)),
+        durable,
+        shard,
         scratch: std::cell::RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
         outbox_ready: Notify::default(),
         stopping: std::cell::Cell::new(false),
@@ -349,6 +408,15 @@ async fn shard_main(
     for (l, ctx) in listeners.into_iter().zip(&ctxs) {
         tasks.push(glommio::spawn_local(accept_loop(Rc::clone(&io), l, Rc::clone(ctx))));
     }
+    if io.durable.is_some() {
+        let io = Rc::clone(&io);
+        glommio::spawn_local(async move {
+            if let Some(d) = &io.durable {
+                d.run(&io.shard).await;
+            }
+        })
+        .detach();
+    }
     if let (Some(s), Some(r)) = (senders, receivers) {
         tasks.push(glommio::spawn_local(flush_outbox(Rc::clone(&io), s, opts.mesh_batch_max)));
         spawn_receivers(&io, r);
@@ -383,6 +451,7 @@ async fn shard_main(
             }
             drop(shard);
             io.outbox_ready.notify();
+            io.durable_wake();
         }
     }
     shutdown_shard(&io).await;
@@ -474,6 +543,7 @@ fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>) {
                     }
                 }
                 io.outbox_ready.notify();
+                io.durable_wake();
                 glommio::yield_if_needed().await;
             }
         })

@@ -75,6 +75,8 @@ impl Notify {
 pub struct ShardIo {
     /// The shard state.
     pub shard: RefCell<Shard>,
+    /// The shard's write-ahead log (`None`: persistence off).
+    pub durable: Option<crate::persist::durable::Durability>,
     /// Scratch read buffer, borrowed only inside one `poll`.
     pub scratch: RefCell<Box<[u8]>>,
     /// Wakes the mesh flusher when an outbox may have grown.
@@ -86,6 +88,13 @@ pub struct ShardIo {
 }
 
 impl ShardIo {
+    /// Records may have been produced outside a connection task: wake the log's sync task.
+    pub fn durable_wake(&self) {
+        if let Some(d) = &self.durable {
+            d.wake.notify();
+        }
+    }
+
     /// Marks the shard as stopping and wakes every task waiting for it.
     pub fn stop(&self) {
         self.stopping.set(true);
@@ -391,7 +400,19 @@ where
                 client_id_known = true;
             }
         }
+        // Durability first: every record produced so far (among them those behind this
+        // output: a session's queue for a PUBACK, a subscription for a SUBACK...) is appended,
+        // the output is taken with no await in between, and with fsync = "always" it is
+        // written only once the log is on disk up to there. Group commit makes the wait cheap.
+        let lsn = io.durable.as_ref().map(|d| d.append_from(&io.shard));
         let tx = io.shard.borrow_mut().take_tx(id);
+        if let (Some(d), Some(lsn), false) = (&io.durable, lsn, tx.is_empty()) {
+            if let Err(e) = d.wait_durable(&io.shard, lsn).await {
+                tracing::error!(error = %e, "write-ahead log failed: closing the connection");
+                io.shard.borrow_mut().handle_closed(id, Instant::now());
+                break;
+            }
+        }
         // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
         if !tx.is_empty() && write_all_flush(&mut stream, &tx).await.is_err() {
             io.shard.borrow_mut().handle_closed(id, Instant::now());

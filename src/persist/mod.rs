@@ -4,12 +4,20 @@
 //! - [`record`]: the typed records (session, subscription, message, QoS 2 and retained state
 //!   changes) and their encoding. No IO, no clock.
 //! - [`wal`]: the log on glommio DMA files: group commit and recovery.
+//! - [`journal`]: conversions between the shard's state and records, and the replay. No IO.
+//! - [`dir`]: the data directory and its lock.
 //!
-//! Not wired into the shard yet: the broker still keeps sessions in memory only. The records
-//! are designed so that a replay in log order rebuilds what the shard acknowledged; which
-//! acknowledgement waits for which record is described in [`record`].
+//! Wiring: the shard (`crate::shard`, sans-IO) collects records in a list the driver drains
+//! ([`crate::shard::Shard::take_records`]) and appends to the shard's [`wal::Wal`]; with
+//! `fsync = "always"` the connection driver writes a connection's output only after the log is
+//! durable up to the last record appended when that output was produced (`crate::net`). At
+//! start, every shard's log is recovered and replayed before the shards serve
+//! (`crate::runtime`).
 
+pub mod dir;
+pub mod durable;
 pub mod format;
+pub mod journal;
 pub mod record;
 pub mod wal;
 

@@ -392,6 +392,7 @@ impl Shard {
             self.remove_subscription_entry(slot, filter);
         }
         self.by_client.remove(&s.session.client_id);
+        self.journal_ended(&s.session.client_id);
         self.metrics.sessions_current = self.by_client.len() as u64;
         if clean_start {
             self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;
@@ -595,7 +596,7 @@ impl Shard {
 
     /// Installs a session and its subscriptions; returns its slot and how many subscription
     /// deltas were broadcast with `ack`.
-    fn install_session(
+    pub(super) fn install_session(
         &mut self,
         session: Session,
         claim: ClaimGen,
@@ -625,6 +626,7 @@ impl Shard {
             }
         };
         self.by_client.insert(client_id, slot);
+        self.journal_touch(slot);
         self.metrics.sessions_current = self.by_client.len() as u64;
         let mut told = 0;
         for (filter, sub) in filters {

@@ -16,6 +16,7 @@
 
 mod connect;
 pub mod message;
+mod persist;
 mod publish;
 mod retained;
 mod subscribe;
@@ -31,6 +32,7 @@ use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
+pub(crate) use connect::registry_shard;
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
 use subscribe::SharedGroups;
@@ -388,6 +390,8 @@ pub struct Shard {
     /// Connections whose pipelined input waits for the outermost `handle_read` (see
     /// `reading`). Each id at most once, so its length is bounded by the connection count.
     resume_reads: Vec<ConnId>,
+    /// Records for the write-ahead log (`None`: persistence off). See [`persist`].
+    journal: Option<persist::Journal>,
 }
 
 impl Shard {
@@ -420,6 +424,7 @@ impl Shard {
             next_conn_serial: 1,
             reading: false,
             resume_reads: Vec::new(),
+            journal: None,
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
             metrics: Metrics::default(),
             latency: crate::metrics::new_latency_histogram(),
@@ -660,6 +665,11 @@ impl Shard {
     }
 
     fn handle_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
+        if let Some(Phase::Active { slot }) = self.conn(id).map(|c| &c.phase) {
+            // Any packet of a connected client may change its session.
+            let slot = *slot;
+            self.journal_touch(slot);
+        }
         let Some(c) = self.conn(id) else { return };
         let phase_active = match c.phase {
             Phase::Active { slot } => Some(slot),
@@ -801,6 +811,7 @@ impl Shard {
 
     /// The connection of a session went away: end the session or start its expiry clock.
     fn detach_session(&mut self, slot: u32, now: Instant) {
+        self.journal_touch(slot);
         let Some(s) = self.slot_mut(slot) else { return };
         s.conn = None;
         match s.session.expiry_secs {
@@ -832,6 +843,7 @@ impl Shard {
         }
         self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;
         self.by_client.remove(&s.session.client_id);
+        self.journal_ended(&s.session.client_id);
         self.metrics.sessions_current = self.by_client.len() as u64;
         let owner = Owner { shard: self.id, generation: s.claim };
         let client_id = s.session.client_id;

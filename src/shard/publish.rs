@@ -344,6 +344,7 @@ impl Shard {
                 self.write_publish(conn, &out, None, false, now);
             }
             Some(conn) => {
+                self.journal_touch(slot);
                 let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
                 let s = self.slot_mut(slot).expect("invariant: slot checked above");
                 if s.session.queue.is_empty() && s.session.window_open(receive_max) {
@@ -358,10 +359,18 @@ impl Shard {
     }
 
     fn enqueue(&mut self, slot: u32, out: Outgoing) {
+        let journaled = self.persistence_enabled().then(|| out.clone());
         let Some(s) = self.slot_mut(slot) else { return };
         match s.session.enqueue(out) {
-            Ok(()) => {}
-            Err(Dropped::EvictedOldest) => self.metrics.messages_dropped_queue_full += 1,
+            Ok(()) => {
+                if let Some(out) = journaled {
+                    self.journal_enqueued(slot, &out);
+                }
+            }
+            Err(Dropped::EvictedOldest) => {
+                self.metrics.messages_dropped_queue_full += 1;
+                self.journal_touch(slot);
+            }
             Err(_) => self.metrics.messages_dropped_queue_full += 1,
         }
     }

@@ -78,8 +78,11 @@ impl Shard {
 
     pub(super) fn retained_apply(&mut self, msg: Message) {
         let max = (self.cfg.retained_messages_max, self.cfg.retained_bytes_max);
+        let journaled = self.persistence_enabled().then(|| msg.clone());
         if self.retained.apply(msg, max.0, max.1) == RetainOutcome::Refused {
             self.metrics.retained_refused += 1;
+        } else if let Some(msg) = journaled {
+            self.journal_retained(&msg);
         }
         self.metrics.retained_messages = self.retained.len() as u64;
     }

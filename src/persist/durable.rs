@@ -1,0 +1,197 @@
+//! The driver's side of a shard's log: appends what the shard produced, syncs per the fsync
+//! mode, and holds a connection's output until the records it depends on are durable
+//! (`fsync = "always"`). Used by `crate::net` (connection tasks) and `crate::runtime`.
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use super::wal::{Lsn, Wal};
+use crate::config::FsyncMode;
+use crate::net::Notify;
+use crate::shard::Shard;
+
+/// A shard's open log and how it is synced.
+pub struct Durability {
+    /// The log.
+    pub wal: Wal,
+    /// When it is synced.
+    pub mode: FsyncMode,
+    /// Period of the sync with [`FsyncMode::Interval`].
+    pub interval: Duration,
+    /// Wakes the shard's sync task (records were produced outside a connection task).
+    pub wake: Notify,
+}
+
+impl Durability {
+    /// Appends every record the shard produced since the last call; returns the last LSN.
+    pub fn append_from(&self, shard: &RefCell<Shard>) -> Lsn {
+        let mut shard = shard.borrow_mut();
+        let records = shard.take_records();
+        if !records.is_empty() {
+            let before = self.wal.stats();
+            for r in &records {
+                self.wal.append(r);
+            }
+            let after = self.wal.stats();
+            shard.metrics.wal_records += after.records - before.records;
+            shard.metrics.wal_bytes += after.bytes - before.bytes;
+        }
+        self.wal.appended()
+    }
+
+    /// Before output produced when `lsn` was the last record appended is written: with
+    /// `fsync = "always"`, waits until the log is durable up to `lsn` (other modes return at
+    /// once). An error means the log cannot be written: the caller must not send the output
+    /// (its acknowledgements would lie).
+    pub async fn wait_durable(&self, shard: &RefCell<Shard>, lsn: Lsn) -> std::io::Result<()> {
+        if self.mode == FsyncMode::Always && lsn > Lsn(0) {
+            self.sync(shard, lsn).await?;
+        }
+        Ok(())
+    }
+
+    async fn sync(&self, shard: &RefCell<Shard>, lsn: Lsn) -> std::io::Result<()> {
+        let before = self.wal.stats().fsyncs;
+        self.wal.sync(lsn).await?;
+        let after = self.wal.stats().fsyncs;
+        if after > before {
+            shard.borrow_mut().metrics.wal_fsyncs += after - before;
+        }
+        Ok(())
+    }
+
+    /// The shard's sync task: records produced by peer messages and ticks are appended and,
+    /// per the mode, synced at once (`always`) or every `interval` (`interval`; `never`
+    /// writes on the same period without `fdatasync`, see [`Wal::set_fdatasync`]).
+    pub async fn run(&self, shard: &RefCell<Shard>) {
+        loop {
+            match self.mode {
+                FsyncMode::Always => self.wake.wait().await,
+                _ => glommio::timer::sleep(self.interval).await,
+            }
+            let lsn = self.append_from(shard);
+            if lsn > Lsn(0) {
+                if let Err(e) = self.sync(shard, lsn).await {
+                    tracing::error!(error = %e, "write-ahead log sync failed; acknowledgements stop");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Persistence settings the runtime takes.
+#[derive(Clone, Debug)]
+pub struct PersistOptions {
+    /// The data directory.
+    pub dir: std::path::PathBuf,
+    /// When the log is synced.
+    pub mode: FsyncMode,
+    /// Period for `interval` (and the write period for `never`).
+    pub interval: Duration,
+    /// Segment size bound.
+    pub segment_bytes_max: u64,
+}
+
+/// What one shard starts from: its repaired log and the state it describes.
+#[derive(Debug, Default)]
+pub struct ShardRestore {
+    recovered: super::wal::Recovered,
+    sessions: Vec<(String, super::record::SessionSnapshot, crate::shard::ClaimGen)>,
+    registry: Vec<(String, crate::shard::Owner)>,
+    retained: Vec<super::record::StoredMessage>,
+    recovery_ms: u64,
+    discarded_bytes: u64,
+}
+
+/// Start-up, before any shard serves: recovers every shard's log (blocking file IO, one shard
+/// after the other), replays it, and decides which shard owns each restored session and
+/// which registry shard learns it. Torn tails are truncated and counted, never refused.
+pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<ShardRestore>> {
+    use super::journal::{owners, replay};
+    use super::wal::{recover, WalConfig};
+    use crate::shard::{registry_shard, ClaimGen, Owner};
+    let mut recovered = Vec::new();
+    let mut replays = Vec::new();
+    let mut times = Vec::new();
+    for shard in 0..shards {
+        let start = std::time::Instant::now();
+        let cfg =
+            WalConfig { dir: opts.dir.clone(), shard, segment_bytes_max: opts.segment_bytes_max };
+        let mut r = recover(&cfg)?;
+        let records = std::mem::take(&mut r.records);
+        let n = records.len();
+        let replayed = replay(records);
+        let ms = start.elapsed().as_millis() as u64;
+        tracing::info!(
+            shard,
+            segments = r.segments,
+            records = n,
+            sessions = replayed.sessions.len(),
+            retained = replayed.retained.len(),
+            torn_bytes = r.discarded_bytes,
+            bad_records = r.bad_records,
+            set_aside = r.set_aside,
+            orphan_records = replayed.orphans,
+            ms,
+            "write-ahead log recovered"
+        );
+        if r.discarded_bytes > 0 || r.set_aside > 0 {
+            tracing::warn!(
+                shard,
+                torn_bytes = r.discarded_bytes,
+                set_aside = r.set_aside,
+                "torn or corrupt log tail truncated (records after the last whole one were never acknowledged)"
+            );
+        }
+        recovered.push(r);
+        replays.push(replayed);
+        times.push(ms);
+    }
+    let (owner, duplicates) = owners(&replays);
+    if duplicates > 0 {
+        tracing::warn!(duplicates, "sessions found in two shards' logs; kept the first");
+    }
+    let mut out: Vec<ShardRestore> = (0..shards).map(|_| ShardRestore::default()).collect();
+    let mut next_gen = vec![1u64; usize::from(shards)];
+    for (shard, (r, replayed)) in recovered.into_iter().zip(replays).enumerate() {
+        out[shard].discarded_bytes = r.discarded_bytes as u64;
+        out[shard].recovered = r;
+        out[shard].recovery_ms = times[shard];
+        out[shard].retained = replayed.retained.into_values().collect();
+        for (cid, snap) in replayed.sessions {
+            if owner.get(&cid) != Some(&(shard as u16)) {
+                continue;
+            }
+            let reg = usize::from(registry_shard(&cid, shards));
+            let generation = ClaimGen(next_gen[reg]);
+            next_gen[reg] += 1;
+            out[shard].sessions.push((cid.clone(), snap, generation));
+            out[reg].registry.push((cid, Owner { shard: shard as u16, generation }));
+        }
+    }
+    Ok(out)
+}
+
+/// In the shard's thread, once its id is known: installs the restored state into the shard,
+/// turns record collection on and opens the log for appending.
+pub async fn open_shard(
+    shard: &RefCell<Shard>,
+    mut restore: ShardRestore,
+    opts: &PersistOptions,
+) -> std::io::Result<Durability> {
+    use super::wal::WalConfig;
+    let id = shard.borrow().id();
+    let cfg =
+        WalConfig { dir: opts.dir.clone(), shard: id, segment_bytes_max: opts.segment_bytes_max };
+    let wal = Wal::open(cfg, &mut restore.recovered).await?;
+    wal.set_fdatasync(opts.mode != FsyncMode::Never);
+    let mut s = shard.borrow_mut();
+    s.enable_persistence(super::journal::Clock::now());
+    let now = std::time::Instant::now();
+    s.restore(restore.sessions, restore.registry, restore.retained, now);
+    s.metrics.wal_discarded_bytes = restore.discarded_bytes;
+    s.metrics.wal_recovery_ms = restore.recovery_ms;
+    drop(s);
+    Ok(Durability { wal, mode: opts.mode, interval: opts.interval, wake: Notify::default() })
+}

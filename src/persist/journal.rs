@@ -1,0 +1,383 @@
+//! Between the shard's in-memory state and the log's records, with no IO and no clock reads:
+//! conversions (an `Instant` becomes Unix milliseconds through a [`Clock`] the driver reads
+//! once), and [`replay`], which folds a shard's records, in log order, into the sessions and
+//! retained messages they describe.
+//!
+//! The shard writes a [`Record::Snapshot`] of a persistent session after every turn that
+//! changed it, and a [`Record::Enqueue`] for a message queued to an offline session (so a
+//! backlog does not rewrite the whole queue per message); [`Record::SessionEnd`] when it ends
+//! or moves away; `RetainSet` / `RetainClear` for every retained update its replica applies.
+//! Replay understands every record kind, so logs with the fine-grained records also replay.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use super::record::{Record, SessionSnapshot, StoredDelivery, StoredInflight, StoredMessage};
+use crate::session::{Message, Outgoing, SessionState, TransferredInflight};
+
+/// One reading of both clocks, taken by the driver, to convert instants to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// A monotonic instant...
+    pub instant: Instant,
+    /// ...and the Unix time in milliseconds at that instant.
+    pub unix_ms: u64,
+}
+
+impl Clock {
+    /// Reads both clocks (driver side only).
+    pub fn now() -> Self {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self { instant: Instant::now(), unix_ms }
+    }
+
+    /// `t` as Unix milliseconds.
+    pub fn to_unix(&self, t: Instant) -> u64 {
+        if t >= self.instant {
+            self.unix_ms.saturating_add((t - self.instant).as_millis() as u64)
+        } else {
+            self.unix_ms.saturating_sub((self.instant - t).as_millis() as u64)
+        }
+    }
+
+    /// Unix milliseconds as an instant (clamped to this clock's reading for times before it
+    /// that an `Instant` cannot hold).
+    pub fn to_instant(&self, unix_ms: u64) -> Instant {
+        if unix_ms >= self.unix_ms {
+            self.instant + Duration::from_millis(unix_ms - self.unix_ms)
+        } else {
+            self.instant
+                .checked_sub(Duration::from_millis(self.unix_ms - unix_ms))
+                .unwrap_or(self.instant)
+        }
+    }
+}
+
+/// A message as the log keeps it.
+pub fn store_message(m: &Message, clock: &Clock) -> StoredMessage {
+    StoredMessage {
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos,
+        retain: m.retain,
+        properties: m.properties.clone(),
+        expires_at_unix_ms: m.expires_at.map(|t| clock.to_unix(t)),
+    }
+}
+
+/// A stored message back in memory (no origin: a restored message has no publishing session).
+pub fn load_message(m: StoredMessage, clock: &Clock) -> Message {
+    let mut msg = Message::new(m.topic, m.payload, m.qos, m.retain);
+    msg.properties = m.properties;
+    msg.expires_at = m.expires_at_unix_ms.map(|t| clock.to_instant(t));
+    msg
+}
+
+/// A queued delivery as the log keeps it.
+pub fn store_outgoing(o: &Outgoing, clock: &Clock) -> StoredDelivery {
+    StoredDelivery {
+        msg: store_message(&o.msg, clock),
+        qos: o.qos,
+        retain: o.retain,
+        subscription_ids: o.subscription_ids.clone(),
+    }
+}
+
+/// A session's sendable state as a snapshot.
+pub fn store_state(
+    st: &SessionState,
+    username: Option<String>,
+    offline_since_unix_ms: Option<u64>,
+    clock: &Clock,
+) -> SessionSnapshot {
+    let delivery = |msg: &Message, qos, retain, ids: &Vec<u32>| StoredDelivery {
+        msg: store_message(msg, clock),
+        qos,
+        retain,
+        subscription_ids: ids.clone(),
+    };
+    SessionSnapshot {
+        username,
+        expiry_secs: st.expiry_secs,
+        offline_since_unix_ms,
+        subscriptions: st
+            .subscriptions
+            .iter()
+            .map(|(f, s)| (f.clone(), s.options, s.identifier))
+            .collect(),
+        inflight: st
+            .inflight
+            .iter()
+            .map(|t| StoredInflight {
+                packet_id: t.packet_id,
+                delivery: delivery(&t.msg, t.qos, t.retain, &t.subscription_ids),
+                released: t.released,
+            })
+            .collect(),
+        queue: st.queue.iter().map(|(m, q, r, ids)| delivery(m, *q, *r, ids)).collect(),
+        inbound_qos2: {
+            let mut v = st.inbound_qos2.clone();
+            v.sort_unstable();
+            v
+        },
+    }
+}
+
+/// A snapshot back as sendable session state.
+pub fn load_state(s: SessionSnapshot, clock: &Clock) -> SessionState {
+    SessionState {
+        subscriptions: s
+            .subscriptions
+            .into_iter()
+            .map(|(f, options, identifier)| {
+                (f, crate::session::Subscription { options, identifier })
+            })
+            .collect(),
+        inflight: s
+            .inflight
+            .into_iter()
+            .map(|i| TransferredInflight {
+                packet_id: i.packet_id,
+                msg: load_message(i.delivery.msg, clock),
+                qos: i.delivery.qos,
+                retain: i.delivery.retain,
+                subscription_ids: i.delivery.subscription_ids,
+                released: i.released,
+            })
+            .collect(),
+        queue: s
+            .queue
+            .into_iter()
+            .map(|d| (load_message(d.msg, clock), d.qos, d.retain, d.subscription_ids))
+            .collect(),
+        inbound_qos2: s.inbound_qos2,
+        expiry_secs: s.expiry_secs,
+    }
+}
+
+/// What a shard's log describes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Persistent sessions by client id.
+    pub sessions: BTreeMap<String, SessionSnapshot>,
+    /// Retained messages by topic.
+    pub retained: BTreeMap<String, StoredMessage>,
+    /// Records that named a session or packet id the replay did not know (counted, skipped).
+    pub orphans: usize,
+}
+
+/// Folds records, in log order, into sessions and retained messages.
+pub fn replay(records: impl IntoIterator<Item = Record>) -> Replayed {
+    let mut out = Replayed::default();
+    let mut orphan = 0usize;
+    for r in records {
+        let s = &mut out.sessions;
+        match r {
+            Record::SessionOpen { client_id, clean, username, expiry_secs } => {
+                let e = if clean {
+                    s.insert(client_id.clone(), SessionSnapshot::default());
+                    s.get_mut(&client_id)
+                } else {
+                    Some(s.entry(client_id).or_default())
+                };
+                if let Some(e) = e {
+                    e.username = username;
+                    e.expiry_secs = expiry_secs;
+                    e.offline_since_unix_ms = None;
+                }
+            }
+            Record::SessionExpiry { client_id, expiry_secs, offline_since_unix_ms } => {
+                match s.get_mut(&client_id) {
+                    Some(e) => {
+                        e.expiry_secs = expiry_secs;
+                        e.offline_since_unix_ms = offline_since_unix_ms;
+                    }
+                    None => orphan += 1,
+                }
+            }
+            Record::SessionEnd { client_id } => {
+                s.remove(&client_id);
+            }
+            Record::Subscribe { client_id, filter, options, identifier } => {
+                match s.get_mut(&client_id) {
+                    Some(e) => {
+                        e.subscriptions.retain(|(f, _, _)| *f != filter);
+                        e.subscriptions.push((filter, options, identifier));
+                    }
+                    None => orphan += 1,
+                }
+            }
+            Record::Unsubscribe { client_id, filter } => match s.get_mut(&client_id) {
+                Some(e) => e.subscriptions.retain(|(f, _, _)| *f != filter),
+                None => orphan += 1,
+            },
+            Record::Enqueue { client_id, delivery } => match s.get_mut(&client_id) {
+                Some(e) => e.queue.push(delivery),
+                None => orphan += 1,
+            },
+            Record::Sent { client_id, packet_id } => match s.get_mut(&client_id) {
+                Some(e) if !e.queue.is_empty() => {
+                    let delivery = e.queue.remove(0);
+                    e.inflight.retain(|i| i.packet_id != packet_id);
+                    e.inflight.push(StoredInflight { packet_id, delivery, released: false });
+                }
+                _ => orphan += 1,
+            },
+            Record::Released { client_id, packet_id } => {
+                match s
+                    .get_mut(&client_id)
+                    .and_then(|e| e.inflight.iter_mut().find(|i| i.packet_id == packet_id))
+                {
+                    Some(i) => i.released = true,
+                    None => orphan += 1,
+                }
+            }
+            Record::Acked { client_id, packet_id } => match s.get_mut(&client_id) {
+                Some(e) => e.inflight.retain(|i| i.packet_id != packet_id),
+                None => orphan += 1,
+            },
+            Record::Qos2Received { client_id, packet_id } => match s.get_mut(&client_id) {
+                Some(e) => {
+                    if !e.inbound_qos2.contains(&packet_id) {
+                        e.inbound_qos2.push(packet_id);
+                    }
+                }
+                None => orphan += 1,
+            },
+            Record::Qos2Released { client_id, packet_id } => match s.get_mut(&client_id) {
+                Some(e) => e.inbound_qos2.retain(|p| *p != packet_id),
+                None => orphan += 1,
+            },
+            Record::RetainSet(m) => {
+                out.retained.insert(m.topic.clone(), m);
+            }
+            Record::RetainClear { topic } => {
+                out.retained.remove(&topic);
+            }
+            Record::Snapshot { client_id, session } => {
+                s.insert(client_id, session);
+            } // Record is non_exhaustive within the crate only for outside users.
+        }
+    }
+    out.orphans = orphan;
+    out
+}
+
+/// Merges the replays of every shard's log. A client id found in more than one log (a crash
+/// during a move between shards) is kept where it was found first, in shard order, and the
+/// others are dropped and counted. Retained messages: each shard keeps its own replica.
+pub fn owners(replays: &[Replayed]) -> (HashMap<String, u16>, usize) {
+    let mut owner = HashMap::new();
+    let mut duplicates = 0;
+    for (shard, r) in replays.iter().enumerate() {
+        for cid in r.sessions.keys() {
+            if owner.contains_key(cid) {
+                duplicates += 1;
+            } else {
+                owner.insert(cid.clone(), shard as u16);
+            }
+        }
+    }
+    (owner, duplicates)
+}
+
+/// Restored queued messages as `Outgoing`s (used by tests).
+#[cfg(test)]
+pub(crate) fn outgoing(d: StoredDelivery, clock: &Clock) -> Outgoing {
+    Outgoing {
+        msg: std::rc::Rc::new(load_message(d.msg, clock)),
+        qos: d.qos,
+        retain: d.retain,
+        subscription_ids: d.subscription_ids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{QoS, SubscriptionOptions};
+    use bytes::Bytes;
+
+    fn delivery(payload: &'static [u8]) -> StoredDelivery {
+        StoredDelivery {
+            msg: StoredMessage {
+                topic: "t".into(),
+                payload: Bytes::from_static(payload),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: Default::default(),
+                expires_at_unix_ms: None,
+            },
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    #[test]
+    fn replay_folds_records_in_order() {
+        let c = || "c".to_string();
+        let records = vec![
+            Record::SessionOpen { client_id: c(), clean: true, username: None, expiry_secs: 60 },
+            Record::Subscribe {
+                client_id: c(),
+                filter: "t".into(),
+                options: SubscriptionOptions::default(),
+                identifier: None,
+            },
+            Record::Enqueue { client_id: c(), delivery: delivery(b"1") },
+            Record::Enqueue { client_id: c(), delivery: delivery(b"2") },
+            Record::Sent { client_id: c(), packet_id: 7 },
+            Record::Acked { client_id: c(), packet_id: 7 },
+            Record::Qos2Received { client_id: c(), packet_id: 3 },
+            Record::RetainSet(delivery(b"r").msg),
+            Record::Enqueue { client_id: "gone".into(), delivery: delivery(b"x") },
+        ];
+        let r = replay(records);
+        let s = &r.sessions["c"];
+        assert_eq!(s.expiry_secs, 60);
+        assert_eq!(s.subscriptions.len(), 1);
+        assert_eq!(s.queue, vec![delivery(b"2")]);
+        assert!(s.inflight.is_empty());
+        assert_eq!(s.inbound_qos2, vec![3]);
+        assert_eq!(r.retained["t"].payload, Bytes::from_static(b"r"));
+        assert_eq!(r.orphans, 1);
+        // A snapshot replaces, an end removes, a clean open discards.
+        let r = replay(vec![
+            Record::Snapshot { client_id: c(), session: SessionSnapshot::default() },
+            Record::Enqueue { client_id: c(), delivery: delivery(b"1") },
+            Record::SessionOpen { client_id: c(), clean: true, username: None, expiry_secs: 1 },
+            Record::RetainSet(delivery(b"r").msg),
+            Record::RetainClear { topic: "t".into() },
+        ]);
+        assert!(r.sessions["c"].queue.is_empty());
+        assert!(r.retained.is_empty());
+        let r = replay(vec![
+            Record::Snapshot { client_id: c(), session: SessionSnapshot::default() },
+            Record::SessionEnd { client_id: c() },
+        ]);
+        assert!(r.sessions.is_empty());
+    }
+
+    #[test]
+    fn clock_round_trips_instants() {
+        let clock = Clock { instant: Instant::now(), unix_ms: 1_000_000 };
+        let later = clock.instant + Duration::from_millis(1500);
+        assert_eq!(clock.to_unix(later), 1_001_500);
+        assert_eq!(clock.to_instant(1_001_500), later);
+        let d = outgoing(delivery(b"p"), &clock);
+        assert_eq!(d.msg.payload, Bytes::from_static(b"p"));
+    }
+
+    #[test]
+    fn owners_keep_the_first_shard() {
+        let mut a = Replayed::default();
+        a.sessions.insert("x".into(), SessionSnapshot::default());
+        let b = Replayed { sessions: a.sessions.clone(), ..Default::default() };
+        let (o, dup) = owners(&[a, b]);
+        assert_eq!(o["x"], 0);
+        assert_eq!(dup, 1);
+    }
+}

@@ -1,0 +1,221 @@
+//! The shard's side of durability (issue 12), still without IO: which records a turn produced.
+//!
+//! With persistence on ([`Shard::enable_persistence`]) the shard notes every session slot a
+//! turn touched (a packet from its client, a delivery, a CONNECT, a detach) and every session
+//! that ended. [`Shard::take_records`] then turns them into records: a `Snapshot` of each
+//! touched persistent session (session expiry > 0), a `SessionEnd` for each one that ended or
+//! stopped being persistent, and the records queued directly (an `Enqueue` for a message
+//! queued to an offline session that is already in the log, `RetainSet` / `RetainClear` for
+//! every retained update the replica applied). The driver appends them to the shard's log, and
+//! with `fsync = "always"` holds the output produced in that turn until they are durable.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use super::{ClaimGen, Owner, Shard};
+use crate::persist::journal::{self, Clock};
+use crate::persist::record::{Record, SessionSnapshot, StoredMessage};
+use crate::session::{Outgoing, Session};
+
+/// What the shard has to write to its log.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    clock: Clock,
+    /// Records in the order they must be appended.
+    records: Vec<Record>,
+    /// Slots touched since the last `take_records`, in first-touch order.
+    touched: Vec<u32>,
+    touched_set: HashSet<u32>,
+    /// Sessions that left this shard since the last `take_records`.
+    ended: Vec<String>,
+    /// Client ids whose session the log holds (a snapshot written and no end since).
+    persisted: HashSet<String>,
+}
+
+impl Shard {
+    /// Turns record collection on. `clock` converts instants to wall-clock time for the log.
+    pub fn enable_persistence(&mut self, clock: Clock) {
+        self.journal = Some(Journal {
+            clock,
+            records: Vec::new(),
+            touched: Vec::new(),
+            touched_set: HashSet::new(),
+            ended: Vec::new(),
+            persisted: HashSet::new(),
+        });
+    }
+
+    /// Whether records are collected.
+    pub fn persistence_enabled(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Records produced since the last call, in log order (empty when persistence is off).
+    pub fn take_records(&mut self) -> Vec<Record> {
+        let Some(mut j) = self.journal.take() else { return Vec::new() };
+        for client_id in j.ended.drain(..) {
+            if j.persisted.remove(&client_id) {
+                j.records.push(Record::SessionEnd { client_id });
+            }
+        }
+        let touched = std::mem::take(&mut j.touched);
+        j.touched_set.clear();
+        for slot in touched {
+            let Some(s) = self.slot(slot) else { continue };
+            let cid = &s.session.client_id;
+            if s.session.expiry_secs == 0 {
+                if j.persisted.remove(cid) {
+                    j.records.push(Record::SessionEnd { client_id: cid.clone() });
+                }
+                continue;
+            }
+            let offline_since = match (s.conn, s.expires_at) {
+                (Some(_), _) => None,
+                (None, Some(at)) => Some(
+                    j.clock
+                        .to_unix(at)
+                        .saturating_sub(u64::from(s.session.expiry_secs).saturating_mul(1000)),
+                ),
+                // Offline and never expiring.
+                (None, None) => Some(0),
+            };
+            let session = snapshot_of(&s.session, offline_since, &j.clock);
+            j.persisted.insert(cid.clone());
+            j.records.push(Record::Snapshot { client_id: cid.clone(), session });
+        }
+        let out = std::mem::take(&mut j.records);
+        self.journal = Some(j);
+        out
+    }
+
+    /// A turn changed the session in `slot`.
+    pub(super) fn journal_touch(&mut self, slot: u32) {
+        if let Some(j) = &mut self.journal {
+            if j.touched_set.insert(slot) {
+                j.touched.push(slot);
+            }
+        }
+    }
+
+    /// The session of `client_id` left this shard (ended or moved away).
+    pub(super) fn journal_ended(&mut self, client_id: &str) {
+        if let Some(j) = &mut self.journal {
+            if j.persisted.contains(client_id) {
+                j.ended.push(client_id.to_owned());
+            }
+        }
+    }
+
+    /// `out` was queued to the session in `slot` (which has no connection).
+    pub(super) fn journal_enqueued(&mut self, slot: u32, out: &Outgoing) {
+        let Some(j) = &self.journal else { return };
+        let Some(s) = self.slot(slot) else { return };
+        let cid = &s.session.client_id;
+        if j.touched_set.contains(&slot) || !j.persisted.contains(cid) {
+            return self.journal_touch(slot);
+        }
+        let record = Record::Enqueue {
+            client_id: cid.clone(),
+            delivery: journal::store_outgoing(out, &j.clock),
+        };
+        if let Some(j) = &mut self.journal {
+            j.records.push(record);
+        }
+    }
+
+    /// The retained replica stored or cleared a message.
+    pub(super) fn journal_retained(&mut self, msg: &crate::session::Message) {
+        if let Some(j) = &mut self.journal {
+            j.records.push(if msg.payload.is_empty() {
+                Record::RetainClear { topic: msg.topic.clone() }
+            } else {
+                Record::RetainSet(journal::store_message(msg, &j.clock))
+            });
+        }
+    }
+
+    /// Start-up, before serving: installs sessions recovered from this shard's log (offline,
+    /// each under the claim generation its registry shard was told), the registry entries this
+    /// shard's partition holds for recovered sessions, and the retained messages of its log.
+    /// Call [`Shard::enable_persistence`] first; nothing restored here is written again.
+    pub fn restore(
+        &mut self,
+        sessions: Vec<(String, SessionSnapshot, ClaimGen)>,
+        registry: Vec<(String, Owner)>,
+        retained: Vec<StoredMessage>,
+        now: Instant,
+    ) {
+        let Some(mut j) = self.journal.take() else { return };
+        for (client_id, snap, claim) in sessions {
+            if self.by_client.contains_key(&client_id)
+                || self.by_client.len() >= self.cfg.sessions_max
+            {
+                self.metrics.sessions_not_restored += 1;
+                continue;
+            }
+            let username = snap.username.clone();
+            let offline_since = snap.offline_since_unix_ms;
+            let state = journal::load_state(snap, &j.clock);
+            let expiry = state.expiry_secs.min(self.cfg.session_expiry_secs_max);
+            let mut session = Session::from_state(client_id.clone(), state, self.cfg.session);
+            session.expiry_secs = expiry;
+            session.username = username;
+            let (slot, _) = self.install_session(session, claim, None);
+            if expiry != u32::MAX {
+                // Offline since the snapshot said, or (connected at the crash) since now.
+                let since = match offline_since {
+                    Some(ms) if ms > 0 => j.clock.to_instant(ms),
+                    _ => now,
+                };
+                let at = since + Duration::from_secs(u64::from(expiry));
+                if let Some(s) = self.slot_mut(slot) {
+                    s.expires_at = Some(at.max(now));
+                }
+            }
+            j.persisted.insert(client_id);
+            self.metrics.sessions_restored += 1;
+        }
+        for (client_id, owner) in registry {
+            self.next_claim = self.next_claim.max(owner.generation.0 + 1);
+            self.registry.insert(client_id, owner);
+        }
+        for m in retained {
+            self.retained_apply(journal::load_message(m, &j.clock));
+        }
+        self.journal = Some(j);
+        // The restored state is in the log already.
+        if let Some(j) = &mut self.journal {
+            j.records.clear();
+        }
+    }
+}
+
+/// A session as a snapshot record, by reference.
+fn snapshot_of(s: &Session, offline_since: Option<u64>, clock: &Clock) -> SessionSnapshot {
+    use crate::persist::record::StoredInflight;
+    SessionSnapshot {
+        username: s.username.clone(),
+        expiry_secs: s.expiry_secs,
+        offline_since_unix_ms: offline_since,
+        subscriptions: s
+            .subscriptions
+            .iter()
+            .map(|(f, sub)| (f.clone(), sub.options, sub.identifier))
+            .collect(),
+        inflight: s
+            .inflight
+            .iter()
+            .map(|(id, f)| StoredInflight {
+                packet_id: *id,
+                delivery: journal::store_outgoing(&f.out, clock),
+                released: f.state == crate::session::InflightState::AwaitComp,
+            })
+            .collect(),
+        queue: s.queue.iter().map(|o| journal::store_outgoing(o, clock)).collect(),
+        inbound_qos2: {
+            let mut v: Vec<u16> = s.inbound_qos2.iter().copied().collect();
+            v.sort_unstable();
+            v
+        },
+    }
+}
