@@ -107,6 +107,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
                 mode: config.persistence.fsync,
                 interval: Duration::from_millis(u64::from(config.persistence.fsync_interval_ms)),
                 segment_bytes_max: config.persistence.segment_bytes_max,
+                progress: crate::persist::durable::new_progress(config.shard_count()),
             }
         }),
     }

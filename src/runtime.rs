@@ -505,7 +505,12 @@ async fn flush_outbox(io: Rc<ShardIo>, senders: Senders<Batch>, batch_max: usize
                     let mut shard = io.shard.borrow_mut();
                     let q = &mut shard.outbox()[peer];
                     let n = q.len().min(batch_max);
-                    q.drain(..n).collect()
+                    let batch = q.drain(..n).collect();
+                    drop(shard);
+                    if let Some(d) = &io.durable {
+                        d.note_sent(peer, n);
+                    }
+                    batch
                 };
                 if batch.is_empty() {
                     continue;
@@ -538,8 +543,12 @@ fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>) {
                 let now = Instant::now();
                 {
                     let mut shard = io.shard.borrow_mut();
+                    let n = batch.len();
                     for msg in batch {
                         shard.handle_peer(from as u16, msg, now);
+                    }
+                    if let Some(d) = &io.durable {
+                        d.note_handled(from, n);
                     }
                 }
                 io.outbox_ready.notify();

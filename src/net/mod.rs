@@ -404,14 +404,18 @@ where
         // output: a session's queue for a PUBACK, a subscription for a SUBACK...) is appended,
         // the output is taken with no await in between, and with fsync = "always" it is
         // written only once the log is on disk up to there. Group commit makes the wait cheap.
-        let lsn = io.durable.as_ref().map(|d| d.append_from(&io.shard));
+        // Messages it sent to other shards (a publish queued for a persistent session there)
+        // must be durable on those shards too.
+        let lsn = io.durable.as_ref().map(|d| (d.append_from(&io.shard), d.sent_marks(&io.shard)));
         let tx = io.shard.borrow_mut().take_tx(id);
-        if let (Some(d), Some(lsn), false) = (&io.durable, lsn, tx.is_empty()) {
+        if let (Some(d), Some((lsn, marks)), false) = (&io.durable, lsn, tx.is_empty()) {
             if let Err(e) = d.wait_durable(&io.shard, lsn).await {
                 tracing::error!(error = %e, "write-ahead log failed: closing the connection");
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 break;
             }
+            io.outbox_ready.notify();
+            d.wait_peers(&marks, &io.stopping).await;
         }
         // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
         if !tx.is_empty() && write_all_flush(&mut stream, &tx).await.is_err() {

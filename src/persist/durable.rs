@@ -20,6 +20,29 @@ pub struct Durability {
     pub interval: Duration,
     /// Wakes the shard's sync task (records were produced outside a connection task).
     pub wake: Notify,
+    /// Cross-shard durability, see [`Progress`].
+    pub progress: Progress,
+    /// This shard's id and the shard count.
+    me: usize,
+    shards: usize,
+    /// Messages this shard has moved from its outbox into the mesh, per peer.
+    sent: RefCell<Vec<u64>>,
+    /// Messages this shard has handled from each peer.
+    handled: RefCell<Vec<u64>>,
+}
+
+/// How far each shard has made the messages of each other shard durable: entry
+/// `from * shards + to` counts the messages from `from` that `to` handled and then synced.
+///
+/// A publisher's PUBACK can depend on a record another shard writes (a message queued for a
+/// persistent session there). With `fsync = "always"` a connection's output therefore also
+/// waits until every peer has synced the messages this shard had sent it, or still held in
+/// its outbox, when the output was taken.
+pub type Progress = std::sync::Arc<[std::sync::atomic::AtomicU64]>;
+
+/// A new all-zero [`Progress`] for `shards` shards.
+pub fn new_progress(shards: usize) -> Progress {
+    (0..shards * shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()
 }
 
 impl Durability {
@@ -60,6 +83,51 @@ impl Durability {
         Ok(())
     }
 
+    /// The flusher moved `n` messages for `peer` from the outbox into the mesh.
+    pub fn note_sent(&self, peer: usize, n: usize) {
+        if let Some(v) = self.sent.borrow_mut().get_mut(peer) {
+            *v += n as u64;
+        }
+    }
+
+    /// The shard handled `n` messages from `peer`.
+    pub fn note_handled(&self, peer: usize, n: usize) {
+        if let Some(v) = self.handled.borrow_mut().get_mut(peer) {
+            *v += n as u64;
+        }
+    }
+
+    /// Per peer, the messages sent so far (moved into the mesh or still in the outbox). Take
+    /// it with the output, with no await in between.
+    pub fn sent_marks(&self, shard: &RefCell<Shard>) -> Vec<u64> {
+        let mut s = shard.borrow_mut();
+        let outbox = s.outbox();
+        self.sent
+            .borrow()
+            .iter()
+            .enumerate()
+            .map(|(p, n)| n + outbox.get(p).map_or(0, |q| q.len() as u64))
+            .collect()
+    }
+
+    /// With `fsync = "always"`: waits until every peer has synced the messages counted in
+    /// `marks`. Returns early when `stopping` says the shard is going down.
+    pub async fn wait_peers(&self, marks: &[u64], stopping: &std::cell::Cell<bool>) {
+        use std::sync::atomic::Ordering;
+        if self.mode != FsyncMode::Always {
+            return;
+        }
+        for (peer, mark) in marks.iter().enumerate() {
+            if peer == self.me || *mark == 0 {
+                continue;
+            }
+            let cell = &self.progress[self.me * self.shards + peer];
+            while cell.load(Ordering::Acquire) < *mark && !stopping.get() {
+                glommio::timer::sleep(Duration::from_micros(100)).await;
+            }
+        }
+    }
+
     /// The shard's sync task: records produced by peer messages and ticks are appended and,
     /// per the mode, synced at once (`always`) or every `interval` (`interval`; `never`
     /// writes on the same period without `fdatasync`, see [`Wal::set_fdatasync`]).
@@ -69,12 +137,17 @@ impl Durability {
                 FsyncMode::Always => self.wake.wait().await,
                 _ => glommio::timer::sleep(self.interval).await,
             }
+            let handled = self.handled.borrow().clone();
             let lsn = self.append_from(shard);
             if lsn > Lsn(0) {
                 if let Err(e) = self.sync(shard, lsn).await {
                     tracing::error!(error = %e, "write-ahead log sync failed; acknowledgements stop");
                     return;
                 }
+            }
+            for (from, n) in handled.iter().enumerate() {
+                let cell = &self.progress[from * self.shards + self.me];
+                cell.store(*n, std::sync::atomic::Ordering::Release);
             }
         }
     }
@@ -91,6 +164,8 @@ pub struct PersistOptions {
     pub interval: Duration,
     /// Segment size bound.
     pub segment_bytes_max: u64,
+    /// Shared by the shards, see [`Progress`].
+    pub progress: Progress,
 }
 
 /// What one shard starts from: its repaired log and the state it describes.
@@ -193,5 +268,20 @@ pub async fn open_shard(
     s.metrics.wal_discarded_bytes = restore.discarded_bytes;
     s.metrics.wal_recovery_ms = restore.recovery_ms;
     drop(s);
-    Ok(Durability { wal, mode: opts.mode, interval: opts.interval, wake: Notify::default() })
+    let shards = usize::from(s_count(shard));
+    Ok(Durability {
+        wal,
+        mode: opts.mode,
+        interval: opts.interval,
+        wake: Notify::default(),
+        progress: std::sync::Arc::clone(&opts.progress),
+        me: usize::from(id),
+        shards,
+        sent: RefCell::new(vec![0; shards]),
+        handled: RefCell::new(vec![0; shards]),
+    })
+}
+
+fn s_count(shard: &RefCell<Shard>) -> u16 {
+    shard.borrow().config().shards
 }
