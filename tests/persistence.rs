@@ -208,3 +208,148 @@ fn acknowledged_state_survives_kill_9_one_shard() {
 fn acknowledged_state_survives_kill_9_two_shards() {
     survives_kill_9(2);
 }
+
+/// The chaos harness (`scripts/chaos.sh`; not run in CI): `TERN_CHAOS_CYCLES` cycles (default
+/// 100) on a 2-shard broker with `fsync = "always"`. Each cycle a persistent publisher sends
+/// QoS 1, QoS 2 and retained messages as fast as acknowledgements come, the broker is killed
+/// with SIGKILL at a random moment, restarted on the same directory, and the persistent QoS 2
+/// subscriber (offline meanwhile) reconnects: every PUBACKed QoS 1 message arrives at least
+/// once, no QoS 2 message arrives twice and every PUBCOMPed one arrives, the session is present,
+/// and the retained value is never older than the last acknowledged one. Prints one line per
+/// cycle and fails at the end if any cycle failed.
+#[test]
+#[ignore = "long: run with scripts/chaos.sh"]
+fn chaos_kill_9_cycles() {
+    use std::sync::{Arc, Mutex};
+    let cycles: u32 =
+        std::env::var("TERN_CHAOS_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let (mut broker, _logs, mut addr) = start(&dir, 2);
+    let (mut sub, _) = RawClient::mqtt_connect(addr, V4, "chaos-sub", false);
+    sub.subscribe("c/#", QoS::ExactlyOnce);
+    drop(sub);
+    // payload → (QoS, acknowledged); QoS 2 receptions over the whole run.
+    let mut sent: HashMap<String, (QoS, bool)> = HashMap::new();
+    let mut received: HashMap<String, usize> = HashMap::new();
+    let mut retained_acked = 0u64;
+    let mut failures = 0;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(std::process::id());
+    for cycle in 0..cycles {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = Duration::from_millis(20 + seed % 400);
+        let log: Arc<Mutex<Vec<(String, QoS, bool)>>> = Arc::default();
+        let retained_seq: Arc<Mutex<u64>> = Arc::new(Mutex::new(retained_acked));
+        let publisher = {
+            let (log, retained_seq) = (Arc::clone(&log), Arc::clone(&retained_seq));
+            std::thread::spawn(move || {
+                let Ok(stream) = std::net::TcpStream::connect(addr) else { return };
+                drop(stream);
+                let mut c = RawClient::connect_tcp(addr, V4);
+                c.send(&common::connect(V4, "chaos-pub", true, 30));
+                if !matches!(c.recv_timeout(Duration::from_secs(5)), Some(Packet::ConnAck(_))) {
+                    return;
+                }
+                for seq in 1..=u16::MAX - 1 {
+                    let (qos, topic) = match seq % 3 {
+                        0 => (QoS::ExactlyOnce, "c/q2"),
+                        1 => (QoS::AtLeastOnce, "c/q1"),
+                        _ => (QoS::AtLeastOnce, "r/chaos"),
+                    };
+                    let retained = topic == "r/chaos";
+                    let value = *retained_seq.lock().expect("lock") + 1;
+                    let payload =
+                        if retained { format!("{value}") } else { format!("{cycle}-{seq}") };
+                    if !retained {
+                        log.lock().expect("lock").push((payload.clone(), qos, false));
+                    }
+                    c.publish(topic, payload.as_bytes(), qos, seq, retained);
+                    let acked = match (qos, c.recv_timeout(Duration::from_secs(5))) {
+                        (QoS::AtLeastOnce, Some(Packet::PubAck(_))) => true,
+                        (QoS::ExactlyOnce, Some(Packet::PubRec(_))) => {
+                            c.send(&Packet::PubRel(PubResp::success(pid(seq))));
+                            matches!(
+                                c.recv_timeout(Duration::from_secs(5)),
+                                Some(Packet::PubComp(_))
+                            )
+                        }
+                        _ => false,
+                    };
+                    if !acked {
+                        return;
+                    }
+                    if retained {
+                        *retained_seq.lock().expect("lock") = value;
+                    } else if let Some(e) = log.lock().expect("lock").last_mut() {
+                        e.2 = true;
+                    }
+                }
+            })
+        };
+        std::thread::sleep(kill_after);
+        kill9(&mut broker);
+        let _ = publisher.join();
+        let mut acked_now = 0;
+        for (payload, qos, acked) in log.lock().expect("lock").drain(..) {
+            acked_now += usize::from(acked);
+            sent.insert(payload, (qos, acked));
+        }
+        retained_acked = *retained_seq.lock().expect("lock");
+        let (b, _l, a) = start(&dir, 2);
+        broker = b;
+        addr = a;
+        let mut problems = Vec::new();
+        let (mut sub, present) = RawClient::mqtt_connect(addr, V4, "chaos-sub", false);
+        if !present {
+            problems.push("session not present".to_string());
+        }
+        for (payload, (n, _)) in drain(&mut sub, Duration::from_millis(700)) {
+            *received.entry(String::from_utf8_lossy(&payload).into_owned()).or_default() += n;
+        }
+        sub.send(&Packet::Disconnect(tern::codec::ReasonPacket::new(
+            tern::codec::ReasonCode::Success,
+        )));
+        drop(sub);
+        for (payload, (qos, acked)) in &sent {
+            let n = received.get(payload).copied().unwrap_or(0);
+            if *acked && n == 0 {
+                problems.push(format!("acknowledged {payload} ({qos:?}) lost"));
+            }
+            if *qos == QoS::ExactlyOnce && n > 1 {
+                problems.push(format!("QoS 2 {payload} delivered {n} times"));
+            }
+        }
+        let (mut probe, _) = RawClient::mqtt_connect(addr, V4, "chaos-probe", true);
+        probe.subscribe("r/chaos", QoS::AtMostOnce);
+        if retained_acked > 0 {
+            match probe.recv_timeout(Duration::from_secs(2)) {
+                Some(Packet::Publish(p)) => {
+                    let v: u64 = String::from_utf8_lossy(&p.payload).parse().unwrap_or(0);
+                    if v < retained_acked {
+                        problems
+                            .push(format!("retained {v} older than acknowledged {retained_acked}"));
+                    }
+                }
+                other => problems.push(format!("no retained message: {other:?}")),
+            }
+        }
+        drop(probe);
+        // Everything acknowledged so far has been checked: forget delivered ones.
+        sent.retain(|p, _| !received.contains_key(p));
+        let acked_pending = sent.values().filter(|(_, a)| *a).count();
+        if problems.is_empty() {
+            println!(
+                "cycle {cycle}: pass (killed after {kill_after:?}, {acked_now} acknowledged, \
+                 retained {retained_acked}, {acked_pending} still queued)"
+            );
+        } else {
+            failures += 1;
+            println!("cycle {cycle}: FAIL {problems:?}");
+        }
+    }
+    kill9(&mut broker);
+    println!("chaos: {} of {cycles} cycles passed", cycles - failures);
+    assert_eq!(failures, 0, "{failures} of {cycles} cycles failed");
+}

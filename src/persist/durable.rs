@@ -58,6 +58,11 @@ impl Durability {
             let after = self.wal.stats();
             shard.metrics.wal_records += after.records - before.records;
             shard.metrics.wal_bytes += after.bytes - before.bytes;
+            // Records with no output waiting on them (a client's PUBACK, a DISCONNECT) are
+            // synced by the sync task soon rather than at the next acknowledgement.
+            if self.mode == FsyncMode::Always {
+                self.wake.notify();
+            }
         }
         self.wal.appended()
     }
