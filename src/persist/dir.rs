@@ -44,12 +44,14 @@ impl DataDir {
             .mode(0o600)
             .open(path.join(LOCK_FILE))
             .map_err(io)?;
-        match lock.try_lock() {
+        use nix::fcntl::{flock, FlockArg};
+        use std::os::fd::AsRawFd;
+        match flock(lock.as_raw_fd(), FlockArg::LockExclusiveNonblock) {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+            Err(nix::errno::Errno::EWOULDBLOCK) => {
                 return Err(DataDirError::Locked(path.to_path_buf()))
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            Err(e) => return Err(io(std::io::Error::from(e))),
         }
         Ok(Self { path: path.to_path_buf(), _lock: lock })
     }
