@@ -39,7 +39,8 @@ fn lines_of(child: &mut Child) -> Receiver<String> {
 /// Starts tern on `dir`; returns the child, its log lines and its address.
 fn start(dir: &Path, shards: u16) -> (Child, Receiver<String>, SocketAddr) {
     let config = dir.with_extension("toml");
-    std::fs::write(&config, "[[listener]]\nbind = \"127.0.0.1:0\"\n").expect("write config");
+    let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n[persistence]\nsegment_bytes_max = 1048576\n";
+    std::fs::write(&config, text).expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["--config", &config.display().to_string(), "--shards", &shards.to_string()])
         .args(["--data-dir", &dir.display().to_string()])
@@ -151,6 +152,28 @@ fn survives_kill_9(shards: u16) {
     for v in 1..=5u16 {
         qos1(&mut publ, "r/x", format!("retained-{v}").as_bytes(), 100 + v, true);
     }
+    // Compaction: large retained updates (set, then cleared) fill more than one 1 MiB segment
+    // on every shard; once a segment is full the state is snapshotted into the next one and
+    // the older segments are deleted.
+    let big = vec![b'x'; 150 * 1024];
+    for i in 0..10u16 {
+        qos1(&mut publ, "big/x", &big, 300 + 2 * i, true);
+        qos1(&mut publ, "big/x", b"", 301 + 2 * i, true);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for shard in 0..shards {
+        let prefix = format!("shard-{shard:03}-");
+        let seqs: Vec<u64> = std::fs::read_dir(&dir)
+            .expect("read dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| {
+                let hex = n.strip_prefix(&prefix)?.strip_suffix(".wal")?.to_owned();
+                u64::from_str_radix(&hex, 16).ok()
+            })
+            .collect();
+        assert!(!seqs.is_empty() && seqs.iter().all(|s| *s > 0), "shard {shard}: {seqs:?}");
+    }
+
     // An inbound QoS 2 exchange left at PUBREC: the broker owns the message now.
     publ.publish("t/c", b"q2-pending", QoS::ExactlyOnce, 200, false);
     assert!(matches!(publ.recv(), Packet::PubRec(r) if r.packet_id == pid(200)));

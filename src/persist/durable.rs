@@ -29,6 +29,8 @@ pub struct Durability {
     sent: RefCell<Vec<u64>>,
     /// Messages this shard has handled from each peer.
     handled: RefCell<Vec<u64>>,
+    /// The segment whose older segments were last compacted away.
+    compacted: std::cell::Cell<u64>,
 }
 
 /// How far each shard has made the messages of each other shard durable: entry
@@ -85,6 +87,36 @@ impl Durability {
         if after > before {
             shard.borrow_mut().metrics.wal_fsyncs += after - before;
         }
+        Ok(())
+    }
+
+    /// Compaction: once the log has moved to a new segment (the old one reached
+    /// `segment_bytes_max`), writes a snapshot of the whole durable state after the records
+    /// already there, syncs it, and deletes the older segments. Replay of the remaining
+    /// segments gives the same state: earlier records of the new segment are superseded by the
+    /// snapshots, later ones apply on top.
+    async fn compact_if_rotated(&self, shard: &RefCell<Shard>) -> std::io::Result<()> {
+        let seq = self.wal.segment_seq();
+        if seq == 0 || self.compacted.get() >= seq {
+            return Ok(());
+        }
+        let lsn = self.append_from(shard);
+        let records = shard.borrow().compaction_records();
+        for r in &records {
+            self.wal.append(r);
+        }
+        let lsn = lsn.max(self.wal.appended());
+        self.sync(shard, lsn).await?;
+        // The snapshot may itself have filled the segment: it is still whole in the segments
+        // from `seq` on.
+        let removed = self.wal.remove_segments_before(seq)?;
+        self.compacted.set(seq);
+        tracing::info!(
+            records = records.len(),
+            removed,
+            segment = seq,
+            "write-ahead log compacted"
+        );
         Ok(())
     }
 
@@ -153,6 +185,10 @@ impl Durability {
             for (from, n) in handled.iter().enumerate() {
                 let cell = &self.progress[from * self.shards + self.me];
                 cell.store(*n, std::sync::atomic::Ordering::Release);
+            }
+            if let Err(e) = self.compact_if_rotated(shard).await {
+                tracing::error!(error = %e, "write-ahead log compaction failed");
+                return;
             }
         }
     }
@@ -284,6 +320,7 @@ pub async fn open_shard(
         shards,
         sent: RefCell::new(vec![0; shards]),
         handled: RefCell::new(vec![0; shards]),
+        compacted: std::cell::Cell::new(0),
     })
 }
 

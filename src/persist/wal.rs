@@ -246,6 +246,27 @@ impl Wal {
         self.inner.borrow_mut().fdatasync = on;
     }
 
+    /// Sequence number of the segment being appended to.
+    pub fn segment_seq(&self) -> u64 {
+        self.inner.borrow().seq
+    }
+
+    /// Deletes every segment of this shard numbered below `seq` (compaction, once a snapshot
+    /// of the whole state in segment `seq` or later is durable). Returns how many it deleted.
+    pub fn remove_segments_before(&self, seq: u64) -> std::io::Result<usize> {
+        let mut n = 0;
+        for (s, path) in list_segments(&self.cfg.dir, self.cfg.shard)? {
+            if s < seq {
+                std::fs::remove_file(path)?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            std::fs::File::open(&self.cfg.dir)?.sync_all()?;
+        }
+        Ok(n)
+    }
+
     /// Last record appended.
     pub fn appended(&self) -> Lsn {
         self.inner.borrow().appended

@@ -69,22 +69,30 @@ impl Shard {
                 }
                 continue;
             }
-            let offline_since = match (s.conn, s.expires_at) {
-                (Some(_), _) => None,
-                (None, Some(at)) => Some(
-                    j.clock
-                        .to_unix(at)
-                        .saturating_sub(u64::from(s.session.expiry_secs).saturating_mul(1000)),
-                ),
-                // Offline and never expiring.
-                (None, None) => Some(0),
-            };
-            let session = snapshot_of(&s.session, offline_since, &j.clock);
+            let session = slot_snapshot(s, &j.clock);
             j.persisted.insert(cid.clone());
             j.records.push(Record::Snapshot { client_id: cid.clone(), session });
         }
         let out = std::mem::take(&mut j.records);
         self.journal = Some(j);
+        out
+    }
+
+    /// Compaction: records that rebuild everything this shard holds durably (a snapshot of
+    /// every persistent session and every retained message), written to a fresh segment so
+    /// that older segments can be deleted once they are durable.
+    pub fn compaction_records(&self) -> Vec<Record> {
+        let Some(j) = &self.journal else { return Vec::new() };
+        let mut out = Vec::new();
+        for s in self.sessions.iter().flatten() {
+            if s.session.expiry_secs > 0 {
+                let session = slot_snapshot(s, &j.clock);
+                out.push(Record::Snapshot { client_id: s.session.client_id.clone(), session });
+            }
+        }
+        for m in self.retained.all() {
+            out.push(Record::RetainSet(journal::store_message(m, &j.clock)));
+        }
         out
     }
 
@@ -188,6 +196,19 @@ impl Shard {
             j.records.clear();
         }
     }
+}
+
+/// The snapshot of a slot's session, with when it went offline.
+fn slot_snapshot(s: &super::SessionSlot, clock: &Clock) -> SessionSnapshot {
+    let offline_since = match (s.conn, s.expires_at) {
+        (Some(_), _) => None,
+        (None, Some(at)) => Some(
+            clock.to_unix(at).saturating_sub(u64::from(s.session.expiry_secs).saturating_mul(1000)),
+        ),
+        // Offline and never expiring.
+        (None, None) => Some(0),
+    };
+    snapshot_of(&s.session, offline_since, clock)
 }
 
 /// A session as a snapshot record, by reference.

@@ -61,6 +61,11 @@ impl RetainedStore {
             .collect()
     }
 
+    /// Every retained message.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Message> {
+        self.by_topic.values().map(|m| &**m)
+    }
+
     /// Retained messages held.
     pub(crate) fn len(&self) -> usize {
         self.by_topic.len()
