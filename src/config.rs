@@ -1914,6 +1914,29 @@ mod tests {
     }
 
     #[test]
+    fn persistence_section_parses_and_checks_bounds() {
+        let c = parse("").expect("empty");
+        assert_eq!(c.persistence, PersistenceConfig::default());
+        assert_eq!(c.persistence.dir, None, "in memory unless a directory is given");
+        let c =
+            parse("[persistence]\ndir = \"/tmp/d\"\nfsync = \"interval\"\nfsync_interval_ms = 5\n")
+                .expect("valid");
+        assert_eq!(c.persistence.dir.as_deref(), Some(Path::new("/tmp/d")));
+        assert_eq!(c.persistence.fsync, FsyncMode::Interval);
+        assert_eq!(c.persistence.fsync_interval_ms, 5);
+        for bad in [
+            "fsync_interval_ms = 0",
+            "fsync_interval_ms = 60001",
+            "segment_bytes_max = 1048575",
+            "fsync = \"sometimes\"",
+            "unknown = 1",
+        ] {
+            let e = parse_err(&format!("[persistence]\n{bad}\n"));
+            assert!(e.to_string().contains("persistence") || e.line == 2, "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn load_names_the_file() {
         let path = Path::new("/nonexistent/dir/tern.toml");
         let e = Config::load(path).expect_err("missing file");

@@ -240,3 +240,149 @@ fn snapshot_of(s: &Session, offline_since: Option<u64>, clock: &Clock) -> Sessio
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{
+        self, Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+        SubscriptionOptions,
+    };
+    use crate::persist::journal::replay;
+    use crate::shard::{ConnId, ShardConfig};
+    use bytes::{Bytes, BytesMut};
+
+    const V4: ProtocolVersion = ProtocolVersion::V311;
+
+    fn send(s: &mut Shard, c: ConnId, p: Packet, now: Instant) {
+        let mut buf = BytesMut::new();
+        codec::encode(&p, V4, &mut buf).expect("encode");
+        s.handle_read(c, &buf, now);
+    }
+
+    fn recv(s: &mut Shard, c: ConnId) -> Vec<Packet> {
+        let mut tx = s.take_tx(c);
+        let mut out = Vec::new();
+        while let Some(p) = codec::decode(&mut tx, V4, usize::MAX).expect("decodes") {
+            out.push(p);
+        }
+        out
+    }
+
+    fn connect(s: &mut Shard, id: &str, clean: bool, now: Instant) -> (ConnId, bool) {
+        let c = s.accept(0, "127.0.0.1:1".parse().expect("addr"), now).expect("accept");
+        let connect = Connect {
+            version: V4,
+            clean_start: clean,
+            keep_alive_secs: 30,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::new(),
+        };
+        send(s, c, Packet::Connect(Box::new(connect)), now);
+        match recv(s, c).first() {
+            Some(Packet::ConnAck(a)) => (c, a.session_present),
+            other => panic!("CONNACK expected, got {other:?}"),
+        }
+    }
+
+    fn publish(topic: &str, payload: &'static [u8], id: u16, retain: bool) -> Packet {
+        Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain,
+            topic: topic.into(),
+            packet_id: crate::codec::PacketId::new(id),
+            properties: Properties::new(),
+            payload: Bytes::from_static(payload),
+        })
+    }
+
+    /// The records a persistent session's life produces replay into a shard that serves the
+    /// session again: subscription, queued message and retained message survive [MQTT-3.1.2-4]
+    /// (session state of a clean_session=0 session is kept), while a clean session writes none.
+    #[test]
+    fn records_of_a_persistent_session_restore_it() {
+        let now = Instant::now();
+        let clock = Clock { instant: now, unix_ms: 1_700_000_000_000 };
+        let mut s = Shard::new(0, ShardConfig::for_tests(1));
+        s.enable_persistence(clock);
+        let mut log = Vec::new();
+        let (dev, _) = connect(&mut s, "dev", false, now);
+        let sub = Subscribe {
+            packet_id: crate::codec::PacketId::new(1).expect("id"),
+            filters: vec![(
+                "t".into(),
+                SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            )],
+            properties: Properties::new(),
+        };
+        send(&mut s, dev, Packet::Subscribe(sub), now);
+        let recs = s.take_records();
+        assert!(recs.iter().any(|r| matches!(r, Record::Snapshot { client_id, session }
+            if client_id == "dev" && session.subscriptions.len() == 1)));
+        log.extend(recs);
+        s.handle_closed(dev, now);
+        s.release(dev, now);
+        log.extend(s.take_records());
+        let (p, _) = connect(&mut s, "pub", true, now);
+        send(&mut s, p, publish("t", b"queued", 1, false), now);
+        send(&mut s, p, publish("r", b"kept", 2, true), now);
+        let recs = s.take_records();
+        assert!(recs
+            .iter()
+            .any(|r| matches!(r, Record::Enqueue { client_id, .. } if client_id == "dev")));
+        assert!(recs.iter().any(|r| matches!(r, Record::RetainSet(m) if m.topic == "r")));
+        assert!(
+            recs.iter()
+                .all(|r| !matches!(r, Record::Snapshot { client_id, .. } if client_id == "pub")),
+            "a clean session writes no snapshot"
+        );
+        log.extend(recs);
+        // Compaction writes the same state in one go.
+        let compact = replay(s.compaction_records());
+        let replayed = replay(log);
+        assert_eq!(compact.sessions, replayed.sessions);
+        assert_eq!(replayed.sessions["dev"].queue.len(), 1);
+
+        // A new shard restores it; the client finds its session and its message.
+        let mut t = Shard::new(0, ShardConfig::for_tests(1));
+        t.enable_persistence(clock);
+        let sessions = replayed
+            .sessions
+            .into_iter()
+            .map(|(cid, snap)| (cid, snap, ClaimGen(1)))
+            .collect::<Vec<_>>();
+        let registry = vec![("dev".to_string(), Owner { shard: 0, generation: ClaimGen(1) })];
+        t.restore(sessions, registry, replayed.retained.into_values().collect(), now);
+        assert!(t.take_records().is_empty(), "restored state is not written again");
+        assert_eq!(t.metrics.sessions_restored, 1);
+        let c = t.accept(0, "127.0.0.1:1".parse().expect("addr"), now).expect("accept");
+        let resume = Connect {
+            version: V4,
+            clean_start: false,
+            keep_alive_secs: 30,
+            client_id: "dev".into(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::new(),
+        };
+        send(&mut t, c, Packet::Connect(Box::new(resume)), now);
+        let got = recv(&mut t, c);
+        assert!(matches!(&got[0], Packet::ConnAck(a) if a.session_present), "{got:?}");
+        assert!(got.iter().any(|p| matches!(p, Packet::Publish(p) if &p.payload[..] == b"queued")));
+        let (probe, _) = connect(&mut t, "probe", true, now);
+        let sub = Subscribe {
+            packet_id: crate::codec::PacketId::new(1).expect("id"),
+            filters: vec![("r".into(), SubscriptionOptions::default())],
+            properties: Properties::new(),
+        };
+        send(&mut t, probe, Packet::Subscribe(sub), now);
+        assert!(recv(&mut t, probe)
+            .iter()
+            .any(|p| matches!(p, Packet::Publish(p) if &p.payload[..] == b"kept" && p.retain)));
+    }
+}
