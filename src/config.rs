@@ -235,6 +235,14 @@ pub struct LimitsConfig {
     /// Seconds a new connection may take to send its CONNECT before it is closed. Default 10.
     /// Bound: 1..=300.
     pub connect_timeout_secs: u32,
+    /// Seconds a client may accept no bytes of its output before its connection is closed
+    /// (and its will published). Default 30. Bound: 1..=3600.
+    pub write_timeout_secs: u32,
+    /// Bytes of messages the whole broker may hold (queued, in flight, retained replicas,
+    /// wills, each at payload + topic + properties + overhead). When reached, publishers'
+    /// reads pause, new connections are refused and new queue entries are dropped.
+    /// Default 2 GiB. Bound: 1 MiB..=1 TiB, and at least `packet_size_bytes_max`.
+    pub memory_budget_bytes: u64,
     /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by this
     /// (v5 Server Keep Alive) so no connection can sit idle longer. Default 3600.
     /// Bound: 1..=65535.
@@ -408,6 +416,8 @@ impl Default for LimitsConfig {
             client_id_bytes_max: 256,
             subscriptions_per_client_max: 256,
             connect_timeout_secs: 10,
+            write_timeout_secs: 30,
+            memory_budget_bytes: 2 * GIB as u64,
             keepalive_secs_max: 3600,
             sessions_max: 1_000_000,
             session_expiry_secs_max: 7 * 24 * 3600,
@@ -593,6 +603,8 @@ const TOPIC_BYTES: Bound = bound(1, 65535);
 const CLIENT_ID_BYTES: Bound = bound(23, 65535);
 const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
 const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
+const WRITE_TIMEOUT_SECS: Bound = bound(1, 3600);
+const MEMORY_BUDGET_BYTES: Bound = bound(1 << 20, 1024 * GIB);
 const KEEPALIVE_SECS: Bound = bound(1, 65535);
 const SESSIONS: Bound = bound(1, 100_000_000);
 const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
@@ -784,7 +796,7 @@ impl AuthConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 17] = [
+        let checks: [(&str, i64, Bound); 19] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -804,6 +816,8 @@ impl LimitsConfig {
                 SUBSCRIPTIONS_PER_CLIENT,
             ),
             ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
+            ("write_timeout_secs", wide(self.write_timeout_secs), WRITE_TIMEOUT_SECS),
+            ("memory_budget_bytes", wide(self.memory_budget_bytes), MEMORY_BUDGET_BYTES),
             ("keepalive_secs_max", wide(self.keepalive_secs_max), KEEPALIVE_SECS),
             ("sessions_max", wide(self.sessions_max), SESSIONS),
             ("session_expiry_secs_max", wide(self.session_expiry_secs_max), SESSION_EXPIRY_SECS),
@@ -819,6 +833,7 @@ impl LimitsConfig {
         let stores = [
             ("session_queue_bytes_max", self.session_queue_bytes_max),
             ("retained_bytes_max", self.retained_bytes_max),
+            ("memory_budget_bytes", self.memory_budget_bytes),
         ];
         for (field, value) in stores {
             if value < packet {
@@ -908,6 +923,8 @@ struct RawLimits {
     client_id_bytes_max: Option<Spanned<i64>>,
     subscriptions_per_client_max: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
+    write_timeout_secs: Option<Spanned<i64>>,
+    memory_budget_bytes: Option<Spanned<i64>>,
     keepalive_secs_max: Option<Spanned<i64>>,
     sessions_max: Option<Spanned<i64>>,
     session_expiry_secs_max: Option<Spanned<i64>>,
@@ -1103,6 +1120,8 @@ impl RawLimits {
         int!(client_id_bytes_max, CLIENT_ID_BYTES);
         int!(subscriptions_per_client_max, SUBSCRIPTIONS_PER_CLIENT);
         int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
+        int!(write_timeout_secs, WRITE_TIMEOUT_SECS);
+        int!(memory_budget_bytes, MEMORY_BUDGET_BYTES);
         int!(keepalive_secs_max, KEEPALIVE_SECS);
         int!(sessions_max, SESSIONS);
         int!(session_expiry_secs_max, SESSION_EXPIRY_SECS);
@@ -1452,6 +1471,8 @@ mod tests {
             client_id_bytes_max = 23
             subscriptions_per_client_max = 19
             connect_timeout_secs = 20
+            write_timeout_secs = 27
+            memory_budget_bytes = 2000000
             keepalive_secs_max = 21
             sessions_max = 22
             session_expiry_secs_max = 24
@@ -1503,6 +1524,8 @@ mod tests {
             client_id_bytes_max: 23,
             subscriptions_per_client_max: 19,
             connect_timeout_secs: 20,
+            write_timeout_secs: 27,
+            memory_budget_bytes: 2_000_000,
             keepalive_secs_max: 21,
             sessions_max: 22,
             session_expiry_secs_max: 24,
@@ -1566,6 +1589,8 @@ mod tests {
             "client_id_bytes_max",
             "subscriptions_per_client_max",
             "connect_timeout_secs",
+            "write_timeout_secs",
+            "memory_budget_bytes",
             "keepalive_secs_max",
             "sessions_max",
             "session_expiry_secs_max",
@@ -1873,6 +1898,7 @@ mod tests {
             RETAINED_MESSAGES,
             SUBSCRIPTIONS_PER_CLIENT,
             CONNECT_TIMEOUT_SECS,
+            WRITE_TIMEOUT_SECS,
             SESSIONS,
             SESSION_EXPIRY_SECS,
             MESH_CHANNEL_CAPACITY,

@@ -14,6 +14,7 @@
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 
+pub mod budget;
 mod connect;
 pub mod message;
 mod publish;
@@ -111,6 +112,11 @@ pub struct ShardConfig {
     /// Refuse v5 PUBLISH (and wills) whose Payload Format Indicator says UTF-8 when the payload
     /// is not (0x99, §3.3.2.3.2).
     pub check_payload_format: bool,
+    /// The broker-wide memory budget, one counter shared by every shard (see [`budget`]).
+    pub memory: std::sync::Arc<budget::MemoryBudget>,
+    /// Time a peer may accept no output bytes before its connection is closed (the IO driver
+    /// applies it; the will is published).
+    pub write_timeout: Duration,
 }
 
 impl ShardConfig {
@@ -148,6 +154,8 @@ impl ShardConfig {
             outbox_messages_max: 1024,
             response_information_prefix: Some("responses/".into()),
             check_payload_format: true,
+            memory: Default::default(),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -279,6 +287,8 @@ pub(crate) struct Conn {
     /// The user name was proven by the transport (TLS client certificate) or by enhanced
     /// authentication, not just claimed in CONNECT.
     identity_verified: bool,
+    /// Bytes `will` is charged to the memory budget.
+    will_charged: usize,
 }
 
 /// A session slot: the session and whatever binds it to a connection.
@@ -291,6 +301,9 @@ pub(crate) struct SessionSlot {
     expires_at: Option<Instant>,
     /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
     pending_will: Option<(Will, Instant)>,
+    /// Bytes this session's messages are charged to the memory budget (its `held_bytes` when
+    /// last recharged).
+    charged: usize,
 }
 
 /// A CONNECT waiting for the registry or a takeover.
@@ -310,8 +323,12 @@ pub struct ConnStatus {
     pub has_tx: bool,
     /// The shard wants the socket closed once `tx` is flushed.
     pub closing: bool,
-    /// Reading should pause (output or mesh backpressure).
+    /// Reading should pause (output or mesh backpressure, or `memory_paused`).
     pub read_paused: bool,
+    /// The broker-wide memory budget is used up and this connection is owed nothing (no
+    /// message queued or in flight for it), so what it sends could only add: its reads pause
+    /// until the budget recovers. Included in `read_paused`.
+    pub memory_paused: bool,
 }
 
 /// The broker state of one core.
@@ -461,6 +478,7 @@ impl Shard {
             auth: None,
             auth_method: None,
             identity_verified: false,
+            will_charged: 0,
             tls_username: tls_username.map(String::into_boxed_str),
         };
         self.metrics.connections_total += 1;
@@ -509,15 +527,29 @@ impl Shard {
     /// What the IO driver should do for this connection.
     pub fn status(&self, id: ConnId) -> ConnStatus {
         match self.conn(id) {
-            Some(c) => ConnStatus {
-                has_tx: !c.tx.is_empty(),
-                closing: matches!(c.phase, Phase::Closing),
-                read_paused: c.tx.len() >= self.cfg.tx_bytes_max
-                    || self.outbox_full()
-                    || c.awaiting_peers
-                    || matches!(c.phase, Phase::Connecting),
-            },
-            None => ConnStatus { has_tx: false, closing: true, read_paused: true },
+            Some(c) => {
+                let memory_paused = self.memory_exhausted()
+                    && match c.phase {
+                        Phase::Active { slot } => {
+                            self.slot(slot).is_none_or(|s| s.session.held_bytes() == 0)
+                        }
+                        // A CONNECT is read, to be refused with a reason code.
+                        _ => false,
+                    };
+                ConnStatus {
+                    has_tx: !c.tx.is_empty(),
+                    closing: matches!(c.phase, Phase::Closing),
+                    read_paused: c.tx.len() >= self.cfg.tx_bytes_max
+                        || self.outbox_full()
+                        || c.awaiting_peers
+                        || matches!(c.phase, Phase::Connecting)
+                        || memory_paused,
+                    memory_paused,
+                }
+            }
+            None => {
+                ConnStatus { has_tx: false, closing: true, read_paused: true, memory_paused: false }
+            }
         }
     }
 
@@ -605,6 +637,7 @@ impl Shard {
         if self.conn(id).is_some_and(|c| !matches!(c.phase, Phase::Closing)) {
             self.close(id, CloseReason::NetworkError, now);
         }
+        self.take_will(id);
         if let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::take) {
             self.conns_per_listener[c.listener] -= 1;
             self.metrics.connections_current -= 1;
@@ -716,10 +749,10 @@ impl Shard {
         }
         let phase = std::mem::replace(&mut c.phase, Phase::Closing);
         let v5 = c.version.is_v5();
-        let will = c.will.take();
         if let Some(w) = &c.waker {
             w.wake_by_ref();
         }
+        let will = self.take_will(id);
         tracing::info!(conn = id.0, ?reason, "disconnected");
         match reason {
             CloseReason::KeepAliveTimeout => self.metrics.keepalive_timeouts += 1,
@@ -765,6 +798,40 @@ impl Shard {
         }
     }
 
+    /// Brings the memory-budget charge of `slot` in line with what its session holds now.
+    /// Called after every change to a session's queue or in-flight map.
+    pub(crate) fn recharge_slot(&mut self, slot: u32) {
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let held = s.session.held_bytes();
+        self.cfg.memory.recharge(s.charged, held);
+        s.charged = held;
+    }
+
+    /// Whether the broker-wide memory budget is used up (see [`budget`]). Counted when it
+    /// refuses something ([`Metrics::memory_budget_refusals`]).
+    pub fn memory_exhausted(&self) -> bool {
+        self.cfg.memory.exhausted()
+    }
+
+    /// Stores a connection's will and charges it to the memory budget.
+    pub(crate) fn set_will(&mut self, id: ConnId, will: Option<Will>) {
+        let cost = will.as_ref().map_or(0, will_cost);
+        let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        self.cfg.memory.recharge(c.will_charged, cost);
+        c.will_charged = cost;
+        c.will = will;
+    }
+
+    /// Takes a connection's will and releases its charge.
+    fn take_will(&mut self, id: ConnId) -> Option<Will> {
+        let c = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut)?;
+        self.cfg.memory.recharge(c.will_charged, 0);
+        c.will_charged = 0;
+        c.will.take()
+    }
+
     fn slot(&self, slot: u32) -> Option<&SessionSlot> {
         self.sessions.get(slot as usize).and_then(Option::as_ref)
     }
@@ -781,6 +848,7 @@ impl Shard {
             self.publish_will(slot, will, Instant::now());
         }
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
+        self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
             self.remove_subscription_entry(slot, filter);
@@ -795,6 +863,7 @@ impl Shard {
 
     /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
     pub fn tick(&mut self, now: Instant) {
+        self.metrics.memory_exhausted = u64::from(self.memory_exhausted());
         let mut to_close = Vec::new();
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
@@ -934,6 +1003,14 @@ impl Shard {
     pub fn connection_count(&self) -> usize {
         self.metrics.connections_current as usize
     }
+}
+
+/// Bytes a will counts for in the memory budget, as a message would.
+fn will_cost(w: &Will) -> usize {
+    crate::session::message::MESSAGE_OVERHEAD_BYTES
+        + w.topic.capacity()
+        + w.payload.len()
+        + w.properties.heap_bytes()
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ impl Shard {
             .message_expiry_interval()
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
         p.properties.remove(codec::properties::id::MESSAGE_EXPIRY_INTERVAL);
-        let msg = Message {
+        let mut msg = Message {
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
@@ -151,6 +151,9 @@ impl Shard {
             origin: self.origin(slot),
             received_at: Some(now),
         };
+        // A payload sliced from the read buffer would pin all of it for as long as the
+        // message is queued or retained (issue 9: a 1-byte retained payload held 64 KiB).
+        msg.detach();
         if msg.retain {
             self.retain_local_and_broadcast(&msg);
         }
@@ -355,9 +358,15 @@ impl Shard {
             None if out.qos == QoS::AtMostOnce => self.metrics.messages_dropped_qos0_offline += 1,
             None => self.enqueue(slot, out),
         }
+        self.recharge_slot(slot);
     }
 
     fn enqueue(&mut self, slot: u32, out: Outgoing) {
+        if self.memory_exhausted() {
+            // The broker-wide budget is used up: queues stop growing (see `budget`).
+            self.metrics.messages_dropped_memory += 1;
+            return;
+        }
         let Some(s) = self.slot_mut(slot) else { return };
         match s.session.enqueue(out) {
             Ok(()) => {}
@@ -443,6 +452,11 @@ impl Shard {
 
     /// Sends queued messages while the in-flight window has room (and QoS 0 ones directly).
     pub(super) fn pump(&mut self, conn: ConnId, slot: u32, now: Instant) {
+        self.pump_queue(conn, slot, now);
+        self.recharge_slot(slot);
+    }
+
+    fn pump_queue(&mut self, conn: ConnId, slot: u32, now: Instant) {
         let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
         // Bounded by the queue length.
         loop {
