@@ -235,6 +235,8 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
         };
         let Ok(peer) = stream.peer_addr() else { continue };
         let _ = stream.set_nodelay(true);
+        let write_timeout = io.shard.borrow().config().write_timeout;
+        tune_socket(&stream, write_timeout);
         if ctx.transport == TransportSpec::Tcp {
             // No handshake: the shard takes the connection now (and refuses it over the limit).
             let id = io.shard.borrow_mut().accept(ctx.index, peer, Instant::now());
@@ -383,6 +385,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client_id_known = false;
+    let write_timeout = io.shard.borrow().config().write_timeout;
+    let mut timed_out = false;
     loop {
         if !client_id_known {
             if let Some(cid) = io.shard.borrow().client_id(id) {
@@ -393,10 +397,23 @@ where
         }
         let tx = io.shard.borrow_mut().take_tx(id);
         // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
-        if !tx.is_empty() && write_all_flush(&mut stream, &tx).await.is_err() {
-            io.shard.borrow_mut().handle_closed(id, Instant::now());
-            io.outbox_ready.notify();
-            break;
+        if !tx.is_empty() {
+            match write_with_deadline(&mut stream, &tx, write_timeout).await {
+                Ok(()) => {}
+                Err(WriteFailed::TimedOut) => {
+                    // The peer accepted no byte for the whole deadline (issue 9: such a peer
+                    // parked this task forever, out of reach of keep alive and takeover).
+                    io.shard.borrow_mut().handle_write_timeout(id, Instant::now());
+                    io.outbox_ready.notify();
+                    timed_out = true;
+                    break;
+                }
+                Err(WriteFailed::Io) => {
+                    io.shard.borrow_mut().handle_closed(id, Instant::now());
+                    io.outbox_ready.notify();
+                    break;
+                }
+            }
         }
         let status = io.shard.borrow().status(id);
         if status.closing && !status.has_tx {
@@ -444,20 +461,83 @@ where
         }
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
-    // WebSocket close frame that never drains.
-    let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
-        glommio::timer::sleep(CLOSE_TIMEOUT).await;
-        false
-    })
-    .await;
+    // WebSocket close frame that never drains. After a write timeout there is no point trying.
+    if !timed_out {
+        let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
+            glommio::timer::sleep(CLOSE_TIMEOUT).await;
+            false
+        })
+        .await;
+    }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
 }
 
-async fn write_all_flush<S: AsyncWrite + Unpin>(
+/// Why writing to a connection stopped.
+enum WriteFailed {
+    /// The peer accepted no byte for the write deadline.
+    TimedOut,
+    /// The socket failed or closed.
+    Io,
+}
+
+/// Writes and flushes `bytes`, failing when one write or the flush makes no progress within
+/// `deadline`: the clock restarts with every byte the peer accepts, so a slow but live peer is
+/// not cut off, while one that stops reading is.
+async fn write_with_deadline<S: AsyncWrite + Unpin>(
     stream: &mut S,
     bytes: &[u8],
-) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
+    deadline: Duration,
+) -> Result<(), WriteFailed> {
+    let mut off = 0;
+    // Bounded: every iteration writes at least one byte or returns.
+    while off < bytes.len() {
+        let wrote =
+            futures_lite::future::or(async { Some(stream.write(&bytes[off..]).await) }, async {
+                glommio::timer::sleep(deadline).await;
+                None
+            })
+            .await;
+        match wrote {
+            None => return Err(WriteFailed::TimedOut),
+            Some(Ok(0)) | Some(Err(_)) => return Err(WriteFailed::Io),
+            Some(Ok(n)) => off += n,
+        }
+    }
+    let flushed = futures_lite::future::or(async { Some(stream.flush().await) }, async {
+        glommio::timer::sleep(deadline).await;
+        None
+    })
+    .await;
+    match flushed {
+        None => Err(WriteFailed::TimedOut),
+        Some(Err(_)) => Err(WriteFailed::Io),
+        Some(Ok(())) => Ok(()),
+    }
+}
+
+/// TCP keepalive probes start after this much silence on an accepted socket.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Interval between TCP keepalive probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel drops the connection (a dead peer is found about
+/// 60 + 6 x 10 = 120 s after it went silent, even when MQTT keep alive is long).
+const TCP_KEEPALIVE_RETRIES: u32 = 6;
+
+/// Kernel-level liveness on an accepted socket: TCP keepalive finds peers that vanished without
+/// a FIN, and `TCP_USER_TIMEOUT` (the write deadline) makes the kernel give up on data the peer
+/// never acknowledges. Failures are logged and ignored: the write deadline and MQTT keep alive
+/// still apply.
+fn tune_socket(stream: &TcpStream, write_timeout: Duration) {
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+    if let Err(e) = sock.set_tcp_user_timeout(Some(write_timeout)) {
+        tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
 }

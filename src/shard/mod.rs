@@ -175,6 +175,8 @@ pub enum CloseReason {
     KeepAliveTimeout,
     /// No CONNECT within the connect timeout.
     ConnectTimeout,
+    /// The peer accepted no output for the write timeout (no DISCONNECT: it cannot be sent).
+    WriteTimeout,
     /// Another connection took the client id over.
     TakenOver,
     /// The broker is shutting down.
@@ -632,6 +634,15 @@ impl Shard {
         self.close(id, CloseReason::NetworkError, now);
     }
 
+    /// The peer accepted no output for `write_timeout`: the connection is closed as a network
+    /// failure (its will is published) and its unsent output discarded.
+    pub fn handle_write_timeout(&mut self, id: ConnId, now: Instant) {
+        self.close(id, CloseReason::WriteTimeout, now);
+        if let Some(c) = self.conn_mut(id) {
+            c.tx = BytesMut::new();
+        }
+    }
+
     /// The driver closed the socket: the connection slot is freed.
     pub fn release(&mut self, id: ConnId, now: Instant) {
         if self.conn(id).is_some_and(|c| !matches!(c.phase, Phase::Closing)) {
@@ -757,6 +768,7 @@ impl Shard {
         match reason {
             CloseReason::KeepAliveTimeout => self.metrics.keepalive_timeouts += 1,
             CloseReason::ConnectTimeout => self.metrics.connect_timeouts += 1,
+            CloseReason::WriteTimeout => self.metrics.write_timeouts += 1,
             CloseReason::Protocol(_) => self.metrics.protocol_closes += 1,
             _ => {}
         }
