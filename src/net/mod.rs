@@ -160,7 +160,7 @@ pub struct ListenerCtx {
     pub index: usize,
     /// Transport.
     pub transport: TransportSpec,
-    /// TLS configuration handed to new connections; replaced by [`ListenerCtx::reload_tls`].
+    /// TLS configuration handed to new connections; replaced by [`ListenerCtx::set_tls`].
     /// Connections already up keep the `Arc` they started with.
     pub tls: RefCell<Option<Arc<ServerConfig>>>,
     /// Time a TLS or WebSocket handshake may take.
@@ -188,22 +188,9 @@ impl ListenerCtx {
         }
     }
 
-    /// Reads the certificate files again and, if they make a valid configuration, uses it for
-    /// new connections. A bad file keeps the current configuration and logs why.
-    pub fn reload_tls(&self, shard: u16) {
-        let Some(spec) = self.transport.tls() else { return };
-        match tls::server_config(spec) {
-            Ok(config) => {
-                *self.tls.borrow_mut() = Some(config);
-                tracing::info!(shard, listener = self.index, "TLS certificates reloaded");
-            }
-            Err(e) => tracing::error!(
-                shard,
-                listener = self.index,
-                error = %e,
-                "TLS reload failed; keeping the previous certificates"
-            ),
-        }
+    /// Uses `config` for new connections (a reload's snapshot, read once for every shard).
+    pub fn set_tls(&self, config: Arc<ServerConfig>) {
+        *self.tls.borrow_mut() = Some(config);
     }
 }
 

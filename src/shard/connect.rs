@@ -108,7 +108,11 @@ impl Shard {
                 // [MQTT-3.1.3-8]: zero-byte id without clean session → 0x02.
                 return self.refuse(id, version, ReasonCode::ClientIdentifierNotValid, now);
             }
-            connect.client_id = self.generate_client_id();
+            let Some(generated) = generate_client_id() else {
+                // No randomness from the OS: refuse rather than hand out a guessable id.
+                return self.refuse(id, version, ReasonCode::ServerUnavailable, now);
+            };
+            connect.client_id = generated;
             assigned_id = true;
         }
         let id_len = connect.client_id.len();
@@ -141,6 +145,11 @@ impl Shard {
         if let Some(w) = &connect.will {
             if !self.topic_name_allowed(&w.topic) {
                 return self.refuse(id, version, ReasonCode::TopicNameInvalid, now);
+            }
+            // The same rule as PUBLISH: `$SYS/` is the broker's, ACL file or not.
+            if w.topic.starts_with("$SYS") {
+                self.metrics.publish_denied += 1;
+                return self.refuse(id, version, ReasonCode::NotAuthorized, now);
             }
             if v5 && !self.payload_format_ok(&w.properties, &w.payload) {
                 return self.refuse(id, version, ReasonCode::PayloadFormatInvalid, now);
@@ -196,11 +205,6 @@ impl Shard {
         let client_id = connect.client_id.clone();
         self.pending.insert(req, PendingConnect { conn: id, connect, assigned_id, auth_done });
         self.send_to_registry(ShardMsg::Claim { client_id, req });
-    }
-
-    fn generate_client_id(&mut self) -> String {
-        self.next_req += 1;
-        format!("tern-{}-{:x}-{:x}", self.id, self.next_req, self.metrics.connections_total)
     }
 
     /// On the registry shard: record `from` as the owner, answer with the previous owner.
@@ -674,6 +678,21 @@ impl Shard {
             }
         }
     }
+}
+
+/// A client identifier for a client that sent none: `tern-` and 72 random bits in hex,
+/// 23 bytes, the length every server must accept ([MQTT-3.1.3-5]). Random, so nobody can
+/// guess the id given to another client and take its session over. `None` if the OS has no
+/// randomness to give.
+fn generate_client_id() -> Option<String> {
+    let mut raw = [0u8; 9];
+    getrandom::getrandom(&mut raw).ok()?;
+    let mut id = String::with_capacity(23);
+    id.push_str("tern-");
+    for b in raw {
+        id.push_str(&format!("{b:02x}"));
+    }
+    Some(id)
 }
 
 fn connack(session_present: bool, reason: ReasonCode) -> Packet {

@@ -165,6 +165,18 @@ impl Shard {
 
     /// Publishes a will as if its client had sent it ([MQTT-3.1.2-8]).
     pub(super) fn publish_will(&mut self, slot: u32, will: Will, now: Instant) {
+        // The rules of PUBLISH, checked now rather than only at CONNECT: the ACL may have been
+        // reloaded since, and `$SYS/` is the broker's whatever the ACL says.
+        let denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
+            let s = self.slot(slot);
+            let user = s.and_then(|s| s.session.username.as_deref());
+            let cid = s.map_or("", |s| s.session.client_id.as_str());
+            !acl.can_publish(user, cid, &will.topic)
+        });
+        if denied || will.topic.starts_with("$SYS") {
+            self.metrics.publish_denied += 1;
+            return;
+        }
         self.metrics.wills_published += 1;
         let mut properties = will.properties;
         let expires_at = properties

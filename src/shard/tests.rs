@@ -763,3 +763,124 @@ fn keep_alive_zero_gets_the_configured_maximum() {
         assert!(cl.shards[0].status(c.conn).closing, "{version:?}: closed after 1.5 x max");
     }
 }
+
+fn with_acl(shards: u16, text: &str) -> Cluster {
+    let mut cfg = ShardConfig::for_tests(shards);
+    let acl = crate::auth::Acl::parse("acl", text).expect("test ACL parses");
+    cfg.security = std::sync::Arc::new(crate::auth::Security { passwords: None, acl: Some(acl) });
+    Cluster::with_config(cfg)
+}
+
+fn connect_as(version: ProtocolVersion, id: &str, user: &str, clean: bool) -> Packet {
+    let mut p = connect_packet(version, id, clean);
+    if let Packet::Connect(c) = &mut p {
+        c.username = Some(user.into());
+    }
+    p
+}
+
+fn with_will(mut p: Packet, topic: &str) -> Packet {
+    if let Packet::Connect(c) = &mut p {
+        c.will = Some(Will {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::new(),
+        });
+    }
+    p
+}
+
+/// Issue 9: a will could publish to `$SYS/...` when no ACL file was set, which PUBLISH
+/// cannot. Now a CONNECT with such a will is refused (v5 0x87, v3 return code 5).
+#[test]
+fn will_to_sys_is_refused_without_an_acl() {
+    let mut cl = Cluster::new(1);
+    for (version, want) in [(V5, ReasonCode::NotAuthorized), (V4, ReasonCode::NotAuthorized)] {
+        let c = cl.open(0, version);
+        cl.send(c, with_will(connect_packet(version, "w", true), "$SYS/broker/uptime"));
+        let got = cl.recv(c);
+        assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == want), "{got:?}");
+    }
+}
+
+/// The ACL is checked when the will is published, not only at CONNECT: a reload that took
+/// the right away in between stops it.
+#[test]
+fn will_acl_is_checked_at_publish_time() {
+    let text = "user alice\ntopic readwrite will/#\n";
+    let mut cl = with_acl(1, text);
+    let w = cl.open(0, V4);
+    cl.send(w, connect_as(V4, "watch", "alice", true));
+    cl.recv(w);
+    cl.subscribe(w, "will/#", QoS::AtMostOnce);
+    for allowed in [true, false] {
+        let c = cl.open(0, V4);
+        cl.send(c, with_will(connect_as(V4, "dies", "alice", true), "will/x"));
+        assert!(
+            matches!(cl.recv(c)[..], [Packet::ConnAck(ref a)] if a.reason == ReasonCode::Success)
+        );
+        if !allowed {
+            let acl =
+                crate::auth::Acl::parse("acl", "user alice\ntopic read will/#\n").expect("parses");
+            let sec = crate::auth::Security { passwords: None, acl: Some(acl) };
+            cl.shards[0].set_security(std::sync::Arc::new(sec));
+        }
+        let now = cl.now;
+        cl.shards[0].handle_closed(c.conn, now);
+        cl.settle();
+        let got = publishes(&cl.recv(w)).len();
+        assert_eq!(got, usize::from(allowed), "will published only while the ACL allows it");
+    }
+}
+
+/// Issue 9: a client id taken over by a different user resent the previous user's in-flight
+/// messages without an ACL check. In-flight and queued messages the new user may not read
+/// are dropped; the rest are resent with DUP ([MQTT-4.4.0-1]).
+#[test]
+fn takeover_by_another_user_rechecks_inflight_messages() {
+    let text = "user alice\ntopic readwrite secret/#\ntopic readwrite pub/#\n\
+                user bob\ntopic readwrite pub/#\n";
+    let mut cl = with_acl(2, text);
+    let dev = cl.open(0, V4);
+    cl.send(dev, connect_as(V4, "dev", "alice", false));
+    cl.recv(dev);
+    cl.subscribe(dev, "secret/#", QoS::AtLeastOnce);
+    cl.subscribe(dev, "pub/#", QoS::AtLeastOnce);
+    let p = cl.open(0, V4);
+    cl.send(p, connect_as(V4, "alice-pub", "alice", true));
+    cl.recv(p);
+    cl.publish(p, "secret/1", b"s", QoS::AtLeastOnce, 1);
+    cl.publish(p, "pub/1", b"p", QoS::AtLeastOnce, 2);
+    assert_eq!(publishes(&cl.recv(dev)).len(), 2, "both in flight, not acknowledged");
+    // Bob takes the client id over from the other shard.
+    let bob = cl.open(1, V4);
+    cl.send(bob, connect_as(V4, "dev", "bob", false));
+    let got = cl.recv(bob);
+    assert!(matches!(&got[0], Packet::ConnAck(a) if a.session_present));
+    let resent = publishes(&got);
+    assert_eq!(resent.len(), 1, "only what bob may read: {got:?}");
+    assert_eq!(resent[0].topic, "pub/1");
+    assert!(resent[0].dup);
+}
+
+/// Issue 9: assigned client ids were `tern-{shard}-{counter}-{counter}`, guessable. Now they
+/// are random, 23 bytes ([MQTT-3.1.3-5]), and differ between connections.
+#[test]
+fn assigned_client_ids_are_random() {
+    let mut cl = Cluster::new(1);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let c = cl.open(0, V5);
+        cl.send(c, connect_packet(V5, "", true));
+        let got = cl.recv(c);
+        let Some(Packet::ConnAck(a)) = got.first() else { panic!("{got:?}") };
+        let id = a.properties.assigned_client_identifier().expect("[MQTT-3.2.2-16]");
+        assert_eq!(id.len(), 23);
+        assert!(id.starts_with("tern-") && id[5..].bytes().all(|b| b.is_ascii_hexdigit()));
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert_ne!(ids[0][5..13], ids[1][5..13], "not a counter: the leading bits differ too");
+}
