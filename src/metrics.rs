@@ -59,6 +59,8 @@ metrics! {
     gauge retained_messages,
     /// Retained messages refused by the retained bounds.
     counter retained_refused,
+    /// Retained messages not sent after a SUBACK: the connection already owed the maximum.
+    counter retained_dropped_backlog,
     /// PUBLISH packets received from clients.
     counter messages_received,
     /// PUBLISH packets written to clients.

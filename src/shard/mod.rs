@@ -291,7 +291,26 @@ pub(crate) struct Conn {
     identity_verified: bool,
     /// Bytes `will` is charged to the memory budget.
     will_charged: usize,
+    /// Retained messages owed after a SUBACK, written a batch at a time as `tx` drains
+    /// ([`Shard::drain_retained`]). At most `retained_messages_max` entries; reading pauses
+    /// while any wait, so one connection holds one SUBSCRIBE's worth at a time.
+    retained_backlog: VecDeque<RetainedOut>,
+    /// Bytes `retained_backlog` is charged to the memory budget.
+    backlog_charged: usize,
 }
+
+/// A retained message owed to a connection after its SUBACK.
+#[derive(Debug)]
+pub(crate) struct RetainedOut {
+    msg: std::rc::Rc<crate::session::Message>,
+    /// Delivery QoS: min(message, subscription).
+    qos: codec::QoS,
+    /// v5 Subscription Identifier of the SUBSCRIBE.
+    identifier: Option<u32>,
+}
+
+/// Retained messages written per drain of a connection's backlog.
+const RETAINED_BATCH: usize = 64;
 
 /// A session slot: the session and whatever binds it to a connection.
 #[derive(Debug)]
@@ -481,6 +500,8 @@ impl Shard {
             auth_method: None,
             identity_verified: false,
             will_charged: 0,
+            retained_backlog: VecDeque::new(),
+            backlog_charged: 0,
             tls_username: tls_username.map(String::into_boxed_str),
         };
         self.metrics.connections_total += 1;
@@ -538,12 +559,14 @@ impl Shard {
                         // A CONNECT is read, to be refused with a reason code.
                         _ => false,
                     };
+                let backlog = !c.retained_backlog.is_empty();
                 ConnStatus {
-                    has_tx: !c.tx.is_empty(),
+                    has_tx: !c.tx.is_empty() || backlog,
                     closing: matches!(c.phase, Phase::Closing),
                     read_paused: c.tx.len() >= self.cfg.tx_bytes_max
                         || self.outbox_full()
                         || c.awaiting_peers
+                        || backlog
                         || matches!(c.phase, Phase::Connecting)
                         || memory_paused,
                     memory_paused,
@@ -555,8 +578,12 @@ impl Shard {
         }
     }
 
-    /// Takes the bytes waiting for the connection, leaving an empty buffer.
+    /// Takes the bytes waiting for the connection, leaving an empty buffer. Retained messages
+    /// owed to it are encoded first, a batch at a time.
     pub fn take_tx(&mut self, id: ConnId) -> BytesMut {
+        if self.conn(id).is_some_and(|c| !c.retained_backlog.is_empty()) {
+            self.drain_retained(id, Instant::now());
+        }
         match self.conn_mut(id) {
             Some(c) => std::mem::take(&mut c.tx),
             None => BytesMut::new(),
@@ -629,6 +656,40 @@ impl Shard {
         }
     }
 
+    /// Writes up to [`RETAINED_BATCH`] retained messages from the connection's backlog while
+    /// its output is under half its bound.
+    pub(crate) fn drain_retained(&mut self, id: ConnId, now: Instant) {
+        let half = self.cfg.tx_bytes_max / 2;
+        for _ in 0..RETAINED_BATCH {
+            let Some(c) = self.conn_mut(id) else { return };
+            let Phase::Active { slot } = c.phase else {
+                c.retained_backlog.clear();
+                break;
+            };
+            if c.tx.len() >= half {
+                break;
+            }
+            let Some(r) = c.retained_backlog.pop_front() else { break };
+            let out = crate::session::Outgoing {
+                msg: r.msg,
+                qos: r.qos,
+                retain: true,
+                subscription_ids: r.identifier.into_iter().collect(),
+            };
+            self.deliver(slot, out, now);
+        }
+        self.recharge_backlog(id);
+    }
+
+    /// Brings the memory-budget charge of a connection's retained backlog in line with its
+    /// length (the messages are the store's; an entry costs its own size).
+    fn recharge_backlog(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        let now = c.retained_backlog.len() * std::mem::size_of::<RetainedOut>();
+        self.cfg.memory.recharge(c.backlog_charged, now);
+        c.backlog_charged = now;
+    }
+
     /// The socket reached end of stream or failed.
     pub fn handle_closed(&mut self, id: ConnId, now: Instant) {
         self.close(id, CloseReason::NetworkError, now);
@@ -649,6 +710,10 @@ impl Shard {
             self.close(id, CloseReason::NetworkError, now);
         }
         self.take_will(id);
+        if let Some(c) = self.conn_mut(id) {
+            c.retained_backlog = VecDeque::new();
+        }
+        self.recharge_backlog(id);
         if let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::take) {
             self.conns_per_listener[c.listener] -= 1;
             self.metrics.connections_current -= 1;

@@ -884,3 +884,36 @@ fn assigned_client_ids_are_random() {
     assert_ne!(ids[0], ids[1]);
     assert_ne!(ids[0][5..13], ids[1][5..13], "not a counter: the leading bits differ too");
 }
+
+/// Retained messages after a SUBACK are written a batch at a time as the output drains: a
+/// SUBSCRIBE matching thousands costs bounded work per turn, reading pauses meanwhile, and
+/// no QoS 0 retained message is dropped for a full output buffer.
+#[test]
+fn retained_messages_are_sent_in_batches_as_output_drains() {
+    let mut cfg = ShardConfig::for_tests(1);
+    cfg.retained_messages_max = 3000;
+    cfg.tx_bytes_max = 8 * 1024;
+    let mut cl = Cluster::with_config(cfg);
+    let p = cl.connect(0, V4, "p", true);
+    for i in 0..3000 {
+        let topic = format!("r/{i}");
+        cl.send(p, publish_packet(&topic, &[b'v'; 100], QoS::AtMostOnce, 0, true));
+    }
+    let s = cl.connect(0, V4, "s", true);
+    cl.send(s, subscribe_packet(1, &[("r/#", QoS::AtMostOnce)]));
+    let first = cl.recv(s);
+    assert!(matches!(first[0], Packet::SubAck(_)));
+    let mut got = publishes(&first).len();
+    assert!(got <= RETAINED_BATCH, "one batch per turn, not all 3000 ({got})");
+    let mut turns = 1;
+    while cl.shards[0].status(s.conn).has_tx {
+        assert!(cl.shards[0].status(s.conn).read_paused, "no new packets while retained wait");
+        got += publishes(&cl.recv(s)).len();
+        turns += 1;
+        assert!(turns < 1000);
+    }
+    assert_eq!(got, 3000, "every retained message delivered");
+    assert_eq!(cl.shards[0].metrics.messages_dropped_qos0_slow, 0);
+    assert_eq!(cl.shards[0].config().memory.used(), cl.shards[0].retained.bytes());
+    assert!(!cl.shards[0].status(s.conn).read_paused);
+}
