@@ -515,7 +515,7 @@ const TCP_KEEPALIVE_RETRIES: u32 = 6;
 /// a FIN, and `TCP_USER_TIMEOUT` (the write deadline) makes the kernel give up on data the peer
 /// never acknowledges. Failures are logged and ignored: the write deadline and MQTT keep alive
 /// still apply.
-fn tune_socket(stream: &TcpStream, write_timeout: Duration) {
+fn tune_socket(stream: &impl std::os::fd::AsRawFd, write_timeout: Duration) {
     let sock = socket2::SockRef::from(stream);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(TCP_KEEPALIVE_IDLE)
@@ -526,5 +526,30 @@ fn tune_socket(stream: &TcpStream, write_timeout: Duration) {
     }
     if let Err(e) = sock.set_tcp_user_timeout(Some(write_timeout)) {
         tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT` (issue 9: a peer that vanished
+    /// without a FIN, or stopped acknowledging, held its connection forever).
+    #[test]
+    fn accepted_sockets_get_keepalive_and_user_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        tune_socket(&server, Duration::from_secs(7));
+        let sock = socket2::SockRef::from(&server);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(sock.keepalive_time().expect("TCP_KEEPIDLE"), TCP_KEEPALIVE_IDLE);
+        assert_eq!(sock.keepalive_interval().expect("TCP_KEEPINTVL"), TCP_KEEPALIVE_INTERVAL);
+        assert_eq!(sock.keepalive_retries().expect("TCP_KEEPCNT"), TCP_KEEPALIVE_RETRIES);
+        assert_eq!(
+            sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
+            Some(Duration::from_secs(7))
+        );
     }
 }

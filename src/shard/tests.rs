@@ -917,3 +917,24 @@ fn retained_messages_are_sent_in_batches_as_output_drains() {
     assert_eq!(cl.shards[0].config().memory.used(), cl.shards[0].retained.bytes());
     assert!(!cl.shards[0].status(s.conn).read_paused);
 }
+
+/// The retained backlog of one connection is capped at `retained_messages_max`: overlapping
+/// filters in one SUBSCRIBE cannot multiply it.
+#[test]
+fn retained_backlog_is_capped() {
+    let mut cfg = ShardConfig::for_tests(1);
+    cfg.retained_messages_max = 10;
+    let mut cl = Cluster::with_config(cfg);
+    let p = cl.connect(0, V4, "p", true);
+    for i in 0..10 {
+        cl.send(p, publish_packet(&format!("r/{i}"), b"v", QoS::AtMostOnce, 0, true));
+    }
+    let s = cl.connect(0, V4, "s", true);
+    cl.send(s, subscribe_packet(1, &[("r/#", QoS::AtMostOnce), ("r/+", QoS::AtMostOnce)]));
+    let mut got = 0;
+    for _ in 0..10 {
+        got += publishes(&cl.recv(s)).len();
+    }
+    assert_eq!(got, 10, "one store's worth");
+    assert_eq!(cl.shards[0].metrics.retained_dropped_backlog, 10);
+}
