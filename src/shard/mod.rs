@@ -1042,6 +1042,8 @@ impl Shard {
     pub fn handle_peer(&mut self, from: u16, msg: ShardMsg, now: Instant) {
         match msg {
             ShardMsg::Publish { msg, normal, shared } => {
+                // Charged by the sender while it crossed the mesh (see `route`).
+                self.cfg.memory.recharge(msg.cost_bytes(), 0);
                 self.deliver_forwarded(msg, normal, shared, now)
             }
             ShardMsg::SubAdd { filter, ack } => {

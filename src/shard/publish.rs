@@ -240,11 +240,14 @@ impl Shard {
             }
         }
         let mut matched = !scratch.is_empty();
+        let cost = msg.cost_bytes();
         for peer in 0..shards {
             let shared = std::mem::take(&mut peer_shared[peer]);
             if peer_normal[peer] || !shared.is_empty() {
                 matched = true;
                 self.metrics.messages_forwarded += 1;
+                // Charged while it crosses the mesh; the receiving shard releases it.
+                self.cfg.memory.recharge(0, cost);
                 let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
                 self.outbox[peer].push_back(m);
             }

@@ -938,3 +938,22 @@ fn retained_backlog_is_capped() {
     assert_eq!(got, 10, "one store's worth");
     assert_eq!(cl.shards[0].metrics.retained_dropped_backlog, 10);
 }
+
+/// Publishes crossing the mesh count against the budget until the receiving shard handles
+/// them: the mesh is where a fast publisher's backlog sits.
+#[test]
+fn publishes_in_the_mesh_are_charged_until_received() {
+    let mut cl = Cluster::new(2);
+    let s = cl.connect(1, V4, "s", true);
+    cl.subscribe(s, "m", QoS::AtMostOnce);
+    let p = cl.connect(0, V4, "p", true);
+    let mut buf = BytesMut::new();
+    let packet = publish_packet("m", &[0u8; 1000], QoS::AtMostOnce, 0, false);
+    codec::encode(&packet, V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[0].handle_read(p.conn, &buf, now);
+    assert!(cl.shards[0].config().memory.used() >= 1000, "charged while in the outbox");
+    cl.settle();
+    assert_eq!(cl.shards[0].config().memory.used(), 0, "released by the receiver");
+    assert_eq!(publishes(&cl.recv(s)).len(), 1);
+}
