@@ -64,6 +64,8 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         topic_alias_max: l.topic_alias_max,
         tx_bytes_max: TX_BYTES_MAX,
         outbox_messages_max: (l.mesh_channel_capacity as usize) * (l.mesh_batch_max as usize),
+        mesh_bytes_max: l.mesh_bytes_max as usize,
+        mesh_bytes: std::sync::Arc::new(crate::shard::budget::MeshBytes::new(shards)),
         response_information_prefix: Some(config.broker.response_information_prefix.clone())
             .filter(|p| !p.is_empty()),
         check_payload_format: config.broker.check_payload_format,

@@ -266,6 +266,10 @@ pub struct LimitsConfig {
     /// Messages a shard takes from one mesh channel per turn before it yields (bounded work per
     /// turn). Default 64. Bound: 1..=4096.
     pub mesh_batch_max: u32,
+    /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by the
+    /// receiving shard), each at its message cost; beyond it the shard's publishers stop being
+    /// read. Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+    pub mesh_bytes_max: u64,
 }
 
 /// What a full session queue drops.
@@ -424,6 +428,7 @@ impl Default for LimitsConfig {
             topic_alias_max: 64,
             mesh_channel_capacity: 1024,
             mesh_batch_max: 64,
+            mesh_bytes_max: 1 << 20,
         }
     }
 }
@@ -604,6 +609,7 @@ const CLIENT_ID_BYTES: Bound = bound(23, 65535);
 const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
 const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
 const WRITE_TIMEOUT_SECS: Bound = bound(1, 3600);
+const MESH_BYTES: Bound = bound(64 * 1024, GIB);
 const MEMORY_BUDGET_BYTES: Bound = bound(1 << 20, 1024 * GIB);
 const KEEPALIVE_SECS: Bound = bound(1, 65535);
 const SESSIONS: Bound = bound(1, 100_000_000);
@@ -796,7 +802,7 @@ impl AuthConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 19] = [
+        let checks: [(&str, i64, Bound); 20] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -824,6 +830,7 @@ impl LimitsConfig {
             ("topic_alias_max", wide(self.topic_alias_max), TOPIC_ALIASES),
             ("mesh_channel_capacity", wide(self.mesh_channel_capacity), MESH_CHANNEL_CAPACITY),
             ("mesh_batch_max", wide(self.mesh_batch_max), MESH_BATCH),
+            ("mesh_bytes_max", wide(self.mesh_bytes_max), MESH_BYTES),
         ];
         for (field, value, bound) in checks {
             bound.check(&key(field), value, spans)?;
@@ -834,6 +841,7 @@ impl LimitsConfig {
             ("session_queue_bytes_max", self.session_queue_bytes_max),
             ("retained_bytes_max", self.retained_bytes_max),
             ("memory_budget_bytes", self.memory_budget_bytes),
+            ("mesh_bytes_max", self.mesh_bytes_max),
         ];
         for (field, value) in stores {
             if value < packet {
@@ -931,6 +939,7 @@ struct RawLimits {
     topic_alias_max: Option<Spanned<i64>>,
     mesh_channel_capacity: Option<Spanned<i64>>,
     mesh_batch_max: Option<Spanned<i64>>,
+    mesh_bytes_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1128,6 +1137,7 @@ impl RawLimits {
         int!(topic_alias_max, TOPIC_ALIASES);
         int!(mesh_channel_capacity, MESH_CHANNEL_CAPACITY);
         int!(mesh_batch_max, MESH_BATCH);
+        int!(mesh_bytes_max, MESH_BYTES);
         Ok(())
     }
 }
@@ -1479,6 +1489,7 @@ mod tests {
             topic_alias_max = 0
             mesh_channel_capacity = 26
             mesh_batch_max = 25
+            mesh_bytes_max = 2000000
             [runtime]
             io_memory_bytes = 8192
             ring_depth = 8
@@ -1532,6 +1543,7 @@ mod tests {
             topic_alias_max: 0,
             mesh_channel_capacity: 26,
             mesh_batch_max: 25,
+            mesh_bytes_max: 2_000_000,
         };
         assert_eq!(c.limits, expected);
         let runtime = RuntimeConfig {
@@ -1596,6 +1608,7 @@ mod tests {
             "session_expiry_secs_max",
             "mesh_channel_capacity",
             "mesh_batch_max",
+            "mesh_bytes_max",
         ];
         for field in limits {
             let e = parse_err(&format!("[limits]\n{field} = 0\n"));

@@ -106,6 +106,11 @@ pub struct ShardConfig {
     pub tx_bytes_max: usize,
     /// Messages waiting for one peer shard before publishers on this shard are paused.
     pub outbox_messages_max: usize,
+    /// Bytes of publishes this shard may have crossing the mesh before its publishers are
+    /// paused (`limits.mesh_bytes_max`), counted in `mesh_bytes`.
+    pub mesh_bytes_max: usize,
+    /// Mesh bytes in flight by sending shard, shared by every shard.
+    pub mesh_bytes: std::sync::Arc<budget::MeshBytes>,
     /// v5 Response Information returned to clients that request it: this prefix followed by
     /// the client id and `/` (§3.2.2.3.15). `None`: not offered.
     pub response_information_prefix: Option<String>,
@@ -152,6 +157,8 @@ impl ShardConfig {
             auth_files: Default::default(),
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
+            mesh_bytes_max: 1 << 20,
+            mesh_bytes: std::sync::Arc::new(budget::MeshBytes::new(shards)),
             response_information_prefix: Some("responses/".into()),
             check_payload_format: true,
             memory: Default::default(),
@@ -1018,6 +1025,7 @@ impl Shard {
 
     fn outbox_full(&self) -> bool {
         self.outbox.iter().any(|q| q.len() >= self.cfg.outbox_messages_max)
+            || self.cfg.mesh_bytes.in_flight(self.id) >= self.cfg.mesh_bytes_max
     }
 
     /// Queues `msg` for `peer`; a message to this shard itself is handled at once.
@@ -1043,7 +1051,9 @@ impl Shard {
         match msg {
             ShardMsg::Publish { msg, normal, shared } => {
                 // Charged by the sender while it crossed the mesh (see `route`).
-                self.cfg.memory.recharge(msg.cost_bytes(), 0);
+                let cost = msg.cost_bytes();
+                self.cfg.memory.recharge(cost, 0);
+                self.cfg.mesh_bytes.received(from, cost);
                 self.deliver_forwarded(msg, normal, shared, now)
             }
             ShardMsg::SubAdd { filter, ack } => {

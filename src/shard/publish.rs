@@ -248,6 +248,7 @@ impl Shard {
                 self.metrics.messages_forwarded += 1;
                 // Charged while it crosses the mesh; the receiving shard releases it.
                 self.cfg.memory.recharge(0, cost);
+                self.cfg.mesh_bytes.sent(self.id, cost);
                 let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
                 self.outbox[peer].push_back(m);
             }

@@ -957,3 +957,30 @@ fn publishes_in_the_mesh_are_charged_until_received() {
     assert_eq!(cl.shards[0].config().memory.used(), 0, "released by the receiver");
     assert_eq!(publishes(&cl.recv(s)).len(), 1);
 }
+
+/// `mesh_bytes_max`: a shard whose publishes crossing the mesh reach the bound stops reading
+/// its publishers until the receivers catch up.
+#[test]
+fn mesh_bytes_bound_pauses_publishers_until_received() {
+    let mut cfg = ShardConfig::for_tests(2);
+    cfg.mesh_bytes_max = 4096;
+    let mut cl = Cluster::with_config(cfg);
+    let s = cl.connect(1, V4, "s", true);
+    cl.subscribe(s, "m", QoS::AtMostOnce);
+    let p = cl.connect(0, V4, "p", true);
+    let mut buf = BytesMut::new();
+    let packet = publish_packet("m", &[0u8; 1000], QoS::AtMostOnce, 0, false);
+    codec::encode(&packet, V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    let mut sent = 0;
+    while !cl.shards[0].status(p.conn).read_paused {
+        cl.shards[0].handle_read(p.conn, &buf, now);
+        sent += 1;
+        assert!(sent <= 5, "paused once ~4 KiB are in the mesh");
+    }
+    assert!(cl.shards[0].config().mesh_bytes.in_flight(0) >= 4096);
+    cl.settle();
+    assert_eq!(cl.shards[0].config().mesh_bytes.in_flight(0), 0);
+    assert!(!cl.shards[0].status(p.conn).read_paused, "reads resume");
+    assert_eq!(publishes(&cl.recv(s)).len(), sent);
+}
