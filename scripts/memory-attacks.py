@@ -312,7 +312,10 @@ def sub_repeat(port, args):
     attacker.settimeout(5)
     first = read_packet(attacker, abuf)
     if first is not None and first[0] == 0x90:
-        codes = first[4:]
+        i = 1
+        while first[i] & 0x80:
+            i += 1
+        codes = first[i + 3:]
         print(f"sub-repeat: SUBACK with {len(codes)} codes, first {codes[0]:#04x}")
     return [sock, attacker]
 

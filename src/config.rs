@@ -238,9 +238,11 @@ pub struct LimitsConfig {
     /// Seconds a client may accept no bytes of its output before its connection is closed
     /// (and its will published). Default 30. Bound: 1..=3600.
     pub write_timeout_secs: u32,
-    /// Bytes of messages the whole broker may hold (queued, in flight, retained replicas,
-    /// wills, each at payload + topic + properties + overhead). When reached, publishers'
-    /// reads pause, new connections are refused and new queue entries are dropped.
+    /// Bytes of messages the whole broker may hold for delivery (queued, in flight, crossing
+    /// between shards, wills, retained messages owed after a SUBACK; the retained store has
+    /// its own bounds), each at payload + topic + properties + overhead. When reached,
+    /// publishers' reads pause, new clean-start connections are refused and new queue entries
+    /// are dropped.
     /// Default 2 GiB. Bound: 1 MiB..=1 TiB, and at least `packet_size_bytes_max`.
     pub memory_budget_bytes: u64,
     /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by this

@@ -1,9 +1,8 @@
 //! The broker-wide memory budget (`[limits] memory_budget_bytes`).
 //!
 //! Every shard charges what it holds beyond the fixed per-connection cost: the messages queued
-//! and in flight for its sessions, its replica of the retained messages, the wills of its
-//! connections, their retained backlogs, and the publishes it has sent across the mesh and
-//! the receiver has not yet handled, each at [`crate::session::Message::cost_bytes`] (payload, topic, the heap of
+//! and in flight for its sessions, the wills of its connections, their retained backlogs, and
+//! the publishes it has sent across the mesh and the receiver has not yet handled, each at [`crate::session::Message::cost_bytes`] (payload, topic, the heap of
 //! its properties and a fixed overhead). The shards share one counter (an atomic touched when a
 //! session's or the retained store's holdings change, not per byte). Once the total reaches the
 //! budget the broker stops growing: reads from connections that are owed nothing pause (their
@@ -12,6 +11,10 @@
 //! and messages that would be queued are dropped and
 //! counted. Connections with messages queued or in flight keep reading: their
 //! acknowledgements are what frees memory.
+//!
+//! The retained messages are not charged: they have bounds of their own
+//! (`retained_messages_max`, `retained_bytes_max` per replica, counted at the same cost), and
+//! since nothing drains them, a budget they filled would pause publishers for good.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

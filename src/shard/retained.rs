@@ -186,12 +186,11 @@ impl Shard {
 
     pub(super) fn retained_apply(&mut self, msg: Message) {
         let max = (self.cfg.retained_messages_max, self.cfg.retained_bytes_max);
-        let before = self.retained.bytes();
+        // Not charged to the memory budget: the store has bounds of its own and never drains,
+        // so a budget it could fill would pause publishers for good (see `budget`).
         if self.retained.apply(msg, max.0, max.1) == RetainOutcome::Refused {
             self.metrics.retained_refused += 1;
         }
-        // Each shard charges its own replica.
-        self.cfg.memory.recharge(before, self.retained.bytes());
         self.metrics.retained_messages = self.retained.len() as u64;
     }
 }
