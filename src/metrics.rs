@@ -57,6 +57,8 @@ metrics! {
     counter subscriptions_refused_limit,
     /// Retained messages held (each shard holds a replica).
     gauge retained_messages,
+    /// Bytes the retained messages count for (this shard's replica).
+    gauge retained_bytes,
     /// Retained messages refused by the retained bounds.
     counter retained_refused,
     /// Retained messages not sent after a SUBACK: the connection already owed the maximum.

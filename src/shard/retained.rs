@@ -192,6 +192,7 @@ impl Shard {
             self.metrics.retained_refused += 1;
         }
         self.metrics.retained_messages = self.retained.len() as u64;
+        self.metrics.retained_bytes = self.retained.bytes() as u64;
     }
 }
 
