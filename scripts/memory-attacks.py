@@ -335,6 +335,8 @@ def main():
     ap.add_argument("--scenario", required=True, choices=SCENARIOS)
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--messages", type=int, default=300_000)
+    ap.add_argument("--wait", type=float, default=1.0,
+                    help="seconds between the attack and the final RSS sample (max 60)")
     ap.add_argument("--set", action="append", default=[], help="section.key=value for tern.toml")
     args = ap.parse_args()
     proc, port = start_broker(args.broker, args.shards, args.set)
@@ -348,7 +350,7 @@ def main():
             probe.start()
             time.sleep(0.3)
         keep = SCENARIOS[args.scenario](port, args)
-        time.sleep(1.0)
+        time.sleep(min(max(args.wait, 0.0), 60.0))
         after = rss_kib(proc.pid)
         sampler.stop = True
         if probe:
