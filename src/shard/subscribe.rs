@@ -52,9 +52,11 @@ pub(crate) enum PendingAck {
     /// The CONNACK of a resumed session whose subscriptions moved here.
     Conn {
         /// Connection.
-        conn: ConnId,
+        conn: super::ConnRef,
         /// Session slot.
         slot: u32,
+        /// Generation of the claim that installed the session in `slot`.
+        claim: super::ClaimGen,
         /// The CONNACK.
         ack: crate::codec::ConnAck,
     },
@@ -63,7 +65,8 @@ pub(crate) enum PendingAck {
 /// A SUBACK held until every other shard has applied the new subscriptions.
 #[derive(Debug)]
 pub(crate) struct PendingSubAck {
-    conn: ConnId,
+    /// The connection by (id, serial): the id may be reused before the peers answer.
+    conn: super::ConnRef,
     slot: u32,
     ack: SubAck,
     retained_for: Vec<(String, QoS)>,
@@ -249,7 +252,8 @@ impl Shard {
             reasons.push(answer[w].unwrap_or(ReasonCode::UnspecifiedError));
         }
         let ack = SubAck { packet_id: s.packet_id, reasons, properties: Properties::new() };
-        let pending = PendingSubAck { conn: id, slot, ack, retained_for, identifier };
+        let Some(conn) = self.conn_ref(id) else { return };
+        let pending = PendingSubAck { conn, slot, ack, retained_for, identifier };
         let peers = usize::from(self.cfg.shards) - 1;
         if told == 0 || peers == 0 {
             self.complete_suback(pending, now);
@@ -268,24 +272,29 @@ impl Shard {
         if *left == 0 {
             match self.pending_acks.remove(&req).expect("invariant: found above").0 {
                 PendingAck::Sub(p) => self.complete_suback(p, now),
-                PendingAck::Conn { conn, slot, ack } => self.complete_connack(conn, slot, ack, now),
+                PendingAck::Conn { conn, slot, claim, ack } => {
+                    self.complete_connack(conn, slot, claim, ack, now)
+                }
             }
         }
     }
 
     /// Sends the SUBACK, then the retained messages for the new subscriptions.
     fn complete_suback(&mut self, p: PendingSubAck, now: Instant) {
-        let still_bound = matches!(
-            self.conn(p.conn).map(|c| &c.phase),
-            Some(super::Phase::Active { slot }) if *slot == p.slot
-        );
+        // The very connection that subscribed, still on its session: a connection that reused
+        // the id (even on the same slot, after a takeover) never sees this SUBACK (issue 9).
+        let conn = p.conn.id;
+        let still_bound = self.conn(conn).is_some_and(|c| {
+            c.serial == p.conn.serial
+                && matches!(c.phase, super::Phase::Active { slot } if slot == p.slot)
+        });
         if !still_bound {
             return;
         }
-        if let Some(c) = self.conn_mut(p.conn) {
+        if let Some(c) = self.conn_mut(conn) {
             c.awaiting_peers = false;
         }
-        self.send(p.conn, &Packet::SubAck(p.ack));
+        self.send(conn, &Packet::SubAck(p.ack));
         let identifier = p.identifier;
         // Retained messages follow the SUBACK, with RETAIN set ([MQTT-3.3.1-8]). They are
         // queued on the connection and written as its output drains (`drain_retained`), a
@@ -293,7 +302,7 @@ impl Shard {
         // and bounded work per turn after, and QoS 0 ones are not dropped for a full buffer.
         let cap = self.cfg.retained_messages_max;
         let mut msgs = Vec::new();
-        let mut backlog = match self.conn_mut(p.conn) {
+        let mut backlog = match self.conn_mut(conn) {
             Some(c) => std::mem::take(&mut c.retained_backlog),
             None => return,
         };
@@ -309,12 +318,12 @@ impl Shard {
                 backlog.push_back(super::RetainedOut { msg, qos, identifier });
             }
         }
-        if let Some(c) = self.conn_mut(p.conn) {
+        if let Some(c) = self.conn_mut(conn) {
             c.retained_backlog = backlog;
         }
-        self.drain_retained(p.conn, now);
+        self.drain_retained(conn, now);
         // Packets that arrived behind the SUBSCRIBE.
-        self.handle_read(p.conn, &[], now);
+        self.handle_read(conn, &[], now);
     }
 
     pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: u32, u: Unsubscribe) {
