@@ -91,7 +91,7 @@ impl Shard {
             }
         }
         for m in self.retained.all() {
-            out.push(Record::RetainSet(journal::store_message(m, &j.clock)));
+            out.push(Record::RetainSet(journal::store_message(&m, &j.clock)));
         }
         out
     }
