@@ -64,6 +64,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[auth]`: the password and ACL files.
     pub auth: AuthConfig,
+    /// `[admin]`: the HTTP listener for `/metrics`, health checks and the admin API.
+    pub admin: AdminConfig,
 }
 
 /// `[broker]`: process-wide settings.
@@ -312,6 +314,51 @@ pub struct RuntimeConfig {
 pub struct LogConfig {
     /// The most verbose level emitted. Default [`LogLevel::Info`].
     pub level: LogLevel,
+    /// How each line is written. Default [`LogFormat::Text`].
+    pub format: LogFormat,
+}
+
+/// The shape of a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only on a terminal without `NO_COLOR`; under
+    /// systemd (`JOURNAL_STREAM` set) without a timestamp and with a `<N>` priority prefix.
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, and the connection span's
+    /// fields (shard, peer, client id), for log shippers.
+    Json,
+}
+
+/// `[admin]`: one plain-HTTP listener serving `GET /metrics` (Prometheus), `GET /healthz`,
+/// `GET /readyz` and, behind a bearer token, the `/api/v1/...` admin API. Off unless `bind` (or
+/// the older `broker.metrics_bind`) is set. Every request is bounded: head size, header count
+/// (32), concurrent requests (`workers`), the wait for the shards (`reply_timeout_ms`) and the
+/// items in one list (`list_items_max`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the HTTP listener. Default: absent (off).
+    pub bind: Option<SocketAddr>,
+    /// Bearer token the `/api/v1/...` endpoints require (`Authorization: Bearer TOKEN`). At
+    /// least 16 bytes. Default: absent; without `token` or `token_file` the API answers 401 to
+    /// everything (`/metrics`, `/healthz` and `/readyz` need no token).
+    pub token: Option<String>,
+    /// A file whose first line is the token (so the token stays out of `tern.toml`). Read at
+    /// start and checked at validation. Exclusive with `token`. Default: absent.
+    pub token_file: Option<PathBuf>,
+    /// Requests served at once, each by its own thread; a connection beyond them (and a queue of
+    /// as many again) gets 503. Default 4. Bound: 1..=64.
+    pub workers: u16,
+    /// Largest request head (request line and headers) read, bytes; larger gets 431. Requests
+    /// carry no body. Default 8192. Bound: 1024..=65536.
+    pub request_bytes_max: u32,
+    /// How long a request waits for the shards' answers before it gets 504, milliseconds.
+    /// Default 2000. Bound: 100..=60000.
+    pub reply_timeout_ms: u32,
+    /// Most items in one list answer (clients, subscriptions), over all shards; the answer says
+    /// when it was cut (`"truncated": true`). Default 1000. Bound: 1..=100000.
+    pub list_items_max: u32,
 }
 
 /// `[auth]`: where user names, passwords and permissions come from. Both files are in
@@ -431,7 +478,43 @@ impl Default for RuntimeConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: LogLevel::Info }
+        LogConfig { level: LogLevel::Info, format: LogFormat::Text }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: None,
+            token: None,
+            token_file: None,
+            workers: 4,
+            request_bytes_max: 8192,
+            reply_timeout_ms: 2000,
+            list_items_max: 1000,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token from `token` or the first line of `token_file`; `None` when neither is set.
+    pub fn load_token(&self) -> Result<Option<String>, String> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.token_file else { return Ok(None) };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(4096).read_to_string(&mut text))
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.len() < ADMIN_TOKEN_BYTES_MIN {
+            return Err(format!(
+                "{}: the first line must hold a token of at least {ADMIN_TOKEN_BYTES_MIN} bytes",
+                path.display()
+            ));
+        }
+        Ok(Some(token))
     }
 }
 
@@ -446,6 +529,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -453,6 +537,12 @@ impl Default for Config {
 impl Config {
     /// Reads, parses and validates the file at `path`. Errors name the file as given.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_located(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning where each key present in the file is, for errors found
+    /// later (an address already in use, a certificate that does not load).
+    pub fn load_located(path: &Path) -> Result<(Config, KeyPositions), ConfigError> {
         let name = path.display().to_string();
         let io_error =
             |e: std::io::Error| ConfigError::whole_file(&name, format!("cannot read: {e}"));
@@ -464,18 +554,38 @@ impl Config {
             let message = format!("file is larger than {CONFIG_FILE_BYTES_MAX} bytes");
             return Err(ConfigError::whole_file(&name, message));
         }
-        Config::from_str_named(&text, &name)
+        Config::from_str_located(&text, &name)
     }
 
     /// Parses and validates `text`; `name` stands for the file in error messages.
     pub fn from_str_named(text: &str, name: &str) -> Result<Config, ConfigError> {
+        Config::from_str_located(text, name).map(|(config, _)| config)
+    }
+
+    /// [`Config::from_str_named`], also returning where each key present in the file is.
+    pub fn from_str_located(text: &str, name: &str) -> Result<(Config, KeyPositions), ConfigError> {
         let source = Source { name, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
         let mut spans = Spans::default();
         let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
         config.check(&spans).map_err(|issue| source.error(issue))?;
         config.auth.check_files(&spans).map_err(|issue| source.error(issue))?;
-        Ok(config)
+        config.admin.check_token(&spans).map_err(|issue| source.error(issue))?;
+        let keys = spans
+            .0
+            .iter()
+            .map(|(key, span)| {
+                let (line, column) = line_column(text, span.start);
+                (key.clone(), line, column)
+            })
+            .collect();
+        Ok((config, KeyPositions { file: name.to_owned(), keys }))
+    }
+
+    /// The address of the admin/metrics HTTP listener: `admin.bind`, or the older
+    /// `broker.metrics_bind`.
+    pub fn admin_bind(&self) -> Option<SocketAddr> {
+        self.admin.bind.or(self.broker.metrics_bind)
     }
 
     /// Checks every bound and cross-field rule, and that the `[auth]` files can be read and
@@ -484,7 +594,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let source = Source { name: "<built-in>", text: "" };
         self.check(&Spans::default()).map_err(|issue| source.error(issue))?;
-        self.auth.check_files(&Spans::default()).map_err(|issue| source.error(issue))
+        self.auth.check_files(&Spans::default()).map_err(|issue| source.error(issue))?;
+        self.admin.check_token(&Spans::default()).map_err(|issue| source.error(issue))
     }
 
     /// The number of shards to start: `broker.shards`, or one per available core (at most 256,
@@ -554,6 +665,47 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Where each key present in a configuration file is (1-based line and column), so an error
+/// found after validation, at start, can name the line: `tern.toml:7: listener bind =
+/// "127.0.0.1:1883": address already in use`. Keys are dotted as in [`ConfigError::key`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPositions {
+    file: String,
+    keys: Vec<(String, usize, usize)>,
+}
+
+impl KeyPositions {
+    /// Positions for a configuration that came from no file (the embedded defaults).
+    pub fn built_in() -> Self {
+        KeyPositions { file: "<built-in>".into(), keys: Vec::new() }
+    }
+
+    /// The file name, as given.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Line and column of `key`, if the file has it.
+    pub fn get(&self, key: &str) -> Option<(usize, usize)> {
+        self.keys.iter().find(|(k, _, _)| k == key).map(|(_, line, column)| (*line, *column))
+    }
+
+    /// `FILE:LINE` of the first of `keys` in the file, or `FILE` when none is there.
+    pub fn file_line(&self, keys: &[&str]) -> String {
+        match keys.iter().find_map(|k| self.get(k)) {
+            Some((line, _)) => format!("{}:{line}", self.file),
+            None => self.file.clone(),
+        }
+    }
+
+    /// `FILE:LINE:COL: key: message`, the [`ConfigError`] format, for a problem found after
+    /// parsing (e.g. a certificate that does not load).
+    pub fn error(&self, key: &str, message: String) -> ConfigError {
+        let (line, column) = self.get(key).unwrap_or((0, 0));
+        ConfigError { file: self.file.clone(), line, column, key: key.to_owned(), message }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Bounds. Each is written once and used both when converting the file and by `check`.
 // ------------------------------------------------------------------------------------------------
@@ -602,6 +754,12 @@ const MESH_BATCH: Bound = bound(1, 4096);
 const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
 const RING_DEPTH: Bound = bound(8, 32768);
 const SPIN_BEFORE_PARK_US: Bound = bound(0, 100_000);
+const ADMIN_WORKERS: Bound = bound(1, 64);
+const ADMIN_REQUEST_BYTES: Bound = bound(1024, 65536);
+const ADMIN_REPLY_TIMEOUT_MS: Bound = bound(100, 60_000);
+const ADMIN_LIST_ITEMS: Bound = bound(1, 100_000);
+/// A shorter bearer token is refused: it could be guessed.
+const ADMIN_TOKEN_BYTES_MIN: usize = 16;
 
 impl Bound {
     fn check(self, key: &str, value: i64, spans: &Spans) -> Result<(), Issue> {
@@ -641,7 +799,23 @@ impl Config {
             return Err(spans.issue(&["runtime.ring_depth"], message));
         }
         let spin = wide(r.spin_before_park_us);
-        SPIN_BEFORE_PARK_US.check("runtime.spin_before_park_us", spin, spans)
+        SPIN_BEFORE_PARK_US.check("runtime.spin_before_park_us", spin, spans)?;
+        let a = &self.admin;
+        ADMIN_WORKERS.check("admin.workers", wide(a.workers), spans)?;
+        ADMIN_REQUEST_BYTES.check("admin.request_bytes_max", wide(a.request_bytes_max), spans)?;
+        ADMIN_REPLY_TIMEOUT_MS.check("admin.reply_timeout_ms", wide(a.reply_timeout_ms), spans)?;
+        ADMIN_LIST_ITEMS.check("admin.list_items_max", wide(a.list_items_max), spans)?;
+        if a.bind.is_some() && b.metrics_bind.is_some() {
+            let message = "set admin.bind or the older broker.metrics_bind, not both".to_owned();
+            return Err(spans.issue(&["admin.bind", "broker.metrics_bind"], message));
+        }
+        if let Some(bind) = self.admin_bind() {
+            if let Some(i) = self.listeners.iter().position(|l| overlaps(l.bind, bind)) {
+                let message = format!("{bind} overlaps listener[{i}].bind");
+                return Err(spans.issue(&["admin.bind", "broker.metrics_bind"], message));
+            }
+        }
+        Ok(())
     }
 
     fn check_listeners(&self, spans: &Spans) -> Result<(), Issue> {
@@ -781,6 +955,26 @@ impl AuthConfig {
     }
 }
 
+impl AdminConfig {
+    /// The token rules, and that `token_file` can be read: a missing file stops the start.
+    fn check_token(&self, spans: &Spans) -> Result<(), Issue> {
+        if self.token.is_some() && self.token_file.is_some() {
+            let message = "set token or token_file, not both".to_owned();
+            return Err(spans.issue(&["admin.token_file", "admin.token"], message));
+        }
+        if let Some(t) = &self.token {
+            if t.len() < ADMIN_TOKEN_BYTES_MIN || t.chars().any(char::is_whitespace) {
+                let message = format!(
+                    "must be at least {ADMIN_TOKEN_BYTES_MIN} bytes without spaces (got {} bytes)",
+                    t.len()
+                );
+                return Err(spans.issue(&["admin.token"], message));
+            }
+        }
+        self.load_token().map(|_| ()).map_err(|e| spans.issue(&["admin.token_file"], e))
+    }
+}
+
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
@@ -858,6 +1052,7 @@ struct RawConfig {
     runtime: Option<RawRuntime>,
     log: Option<RawLog>,
     auth: Option<RawAuth>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Deserialize)]
@@ -929,6 +1124,19 @@ struct RawRuntime {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     level: Option<Spanned<LogLevel>>,
+    format: Option<Spanned<LogFormat>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_file: Option<Spanned<PathBuf>>,
+    workers: Option<Spanned<i64>>,
+    request_bytes_max: Option<Spanned<i64>>,
+    reply_timeout_ms: Option<Spanned<i64>>,
+    list_items_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1004,6 +1212,28 @@ impl RawConfig {
         }
         if let Some(raw) = self.log {
             spans.set(&mut config.log.level, "log.level", raw.level);
+            spans.set(&mut config.log.format, "log.format", raw.format);
+        }
+        if let Some(raw) = self.admin {
+            let a = &mut config.admin;
+            if let Some(bind) = raw.bind {
+                a.bind = Some(parse_addr(spans, "admin.bind", &bind, "127.0.0.1:9883")?);
+            }
+            if let Some(t) = raw.token {
+                spans.insert("admin.token", t.span());
+                a.token = Some(t.into_inner());
+            }
+            if let Some(t) = raw.token_file {
+                spans.insert("admin.token_file", t.span());
+                a.token_file = Some(t.into_inner());
+            }
+            spans.set_int(&mut a.workers, "admin.workers", raw.workers, ADMIN_WORKERS)?;
+            let (v, b) = (raw.request_bytes_max, ADMIN_REQUEST_BYTES);
+            spans.set_int(&mut a.request_bytes_max, "admin.request_bytes_max", v, b)?;
+            let (v, b) = (raw.reply_timeout_ms, ADMIN_REPLY_TIMEOUT_MS);
+            spans.set_int(&mut a.reply_timeout_ms, "admin.reply_timeout_ms", v, b)?;
+            let (v, b) = (raw.list_items_max, ADMIN_LIST_ITEMS);
+            spans.set_int(&mut a.list_items_max, "admin.list_items_max", v, b)?;
         }
         if let Some(raw) = self.auth {
             for (key, raw, slot) in [
@@ -1018,6 +1248,21 @@ impl RawConfig {
         }
         Ok(config)
     }
+}
+
+/// An `IP:port` value, recorded at `key`.
+fn parse_addr(
+    spans: &mut Spans,
+    key: &str,
+    raw: &Spanned<String>,
+    example: &str,
+) -> Result<SocketAddr, Issue> {
+    spans.insert(key, raw.span());
+    raw.get_ref().parse().map_err(|_| {
+        let message =
+            format!("not an IP address and port like \"{example}\" (got {:?})", raw.get_ref());
+        spans.issue(&[key], message)
+    })
 }
 
 impl RawListener {
@@ -1414,6 +1659,42 @@ mod tests {
         assert_eq!(l[0].bind, "127.0.0.1:1883".parse().expect("literal"));
         assert_eq!(l[0].transport, Transport::Tcp);
         assert!(l[0].allow_anonymous);
+    }
+
+    #[test]
+    fn log_format_and_admin_section() {
+        let c = parse(
+            "[log]\nformat = \"json\"\n[admin]\nbind = \"127.0.0.1:9883\"\n\
+             token = \"0123456789abcdef\"\nworkers = 2\n",
+        )
+        .expect("valid");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.admin_bind(), Some("127.0.0.1:9883".parse().expect("literal")));
+        assert_eq!(c.admin.workers, 2);
+        let e = parse_err("[admin]\ntoken = \"short\"\n");
+        assert_err(&e, 2, 9, "admin.token", "at least 16 bytes");
+        let e = parse_err("[admin]\nworkers = 0\n");
+        assert_err(&e, 2, 11, "admin.workers", "between 1 and 64");
+        let e = parse_err("[admin]\ntoken_file = \"/nonexistent/token\"\n");
+        assert_err(&e, 2, 14, "admin.token_file", "cannot read");
+        let e = parse_err(
+            "[broker]\nmetrics_bind = \"127.0.0.1:1\"\n[admin]\nbind = \"127.0.0.1:2\"\n",
+        );
+        assert_err(&e, 4, 8, "admin.bind", "not both");
+        let e = parse_err("[admin]\nbind = \"127.0.0.1:1883\"\n");
+        assert_err(&e, 2, 8, "admin.bind", "overlaps listener[0].bind");
+        let e = parse_err("[log]\nformat = \"xml\"\n");
+        assert_eq!(e.key, "log.format", "{e}");
+    }
+
+    #[test]
+    fn positions_locate_keys_for_later_errors() {
+        let (_, p) = Config::from_str_located("\n[[listener]]\nbind = \"127.0.0.1:1\"\n", "t.toml")
+            .expect("valid");
+        assert_eq!(p.get("listener[0].bind"), Some((3, 8)));
+        assert_eq!(p.file_line(&["listener[0].bind"]), "t.toml:3");
+        assert_eq!(p.file_line(&["admin.bind"]), "t.toml");
+        assert_eq!(KeyPositions::built_in().file_line(&["x"]), "<built-in>");
     }
 
     #[test]

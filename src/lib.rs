@@ -22,12 +22,16 @@
 //! - [`metrics`]: per-shard counters.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
+pub mod check;
 pub mod codec;
 pub mod config;
 pub mod enhanced_auth;
+pub mod logging;
 pub mod metrics;
+pub mod mosquitto_conf;
 pub mod net;
 pub mod runtime;
 pub mod session;

@@ -226,14 +226,16 @@ impl StatsBoard {
         ]
     }
 
-    /// The Prometheus text exposition: every counter per shard (`shard="N"`) and in total
-    /// (`shard="total"`), and the publish-to-deliver latency histogram.
+    /// The Prometheus text exposition: every counter per shard (`shard="N"`), and the
+    /// publish-to-deliver latency histogram. There is no `shard="total"` series: it would be
+    /// counted twice by `sum(tern_x)`; the total is `sum without (shard) (tern_x)`. (Every shard
+    /// holds a replica of the retained store, so for `tern_retained_messages` take `max`.)
     pub fn prometheus(&self) -> String {
         use std::fmt::Write;
         let per = self.per_shard();
         let total = self.total();
         let mut out = String::with_capacity(16 * 1024);
-        total.visit(|name, value, gauge, help| {
+        total.visit(|name, _, gauge, help| {
             let kind = if gauge { "gauge" } else { "counter" };
             let metric = if gauge { format!("tern_{name}") } else { format!("tern_{name}_total") };
             let _ = writeln!(out, "# HELP {metric} {help}");
@@ -245,7 +247,6 @@ impl StatsBoard {
                     }
                 });
             }
-            let _ = writeln!(out, "{metric}{{shard=\"total\"}} {value}");
         });
         let _ = writeln!(out, "# HELP tern_uptime_seconds Seconds since the broker started.");
         let _ = writeln!(out, "# TYPE tern_uptime_seconds gauge");
@@ -274,58 +275,6 @@ impl StatsBoard {
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text format) on `listener` from a plain thread until `stop`
-/// is set. Control plane only: one request at a time, requests bounded to 8 KiB and 2 s.
-pub fn serve_http(
-    listener: std::net::TcpListener,
-    board: std::sync::Arc<StatsBoard>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    use std::io::{Read, Write};
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("tern-metrics".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let (mut conn, _) = match listener.accept() {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint accept failed");
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-            };
-            let _ = conn.set_nonblocking(false);
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-            let mut req = [0u8; 8192];
-            let mut len = 0;
-            while len < req.len() && !req[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut req[len..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => len += n,
-                }
-            }
-            let head = String::from_utf8_lossy(&req[..len]);
-            let (status, body) = if head.starts_with("GET /metrics ") {
-                ("200 OK", board.prometheus())
-            } else {
-                ("404 Not Found", "only GET /metrics is served here\n".to_string())
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(reply.as_bytes());
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,8 +291,9 @@ mod tests {
         assert_eq!(board.total().messages_received, 7);
         let text = board.prometheus();
         assert!(text.contains("tern_messages_received_total{shard=\"0\"} 3"), "{text}");
-        assert!(text.contains("tern_messages_received_total{shard=\"total\"} 7"));
-        assert!(text.contains("tern_connections_current{shard=\"total\"} 2"));
+        assert!(text.contains("tern_messages_received_total{shard=\"1\"} 4"), "{text}");
+        // No total series: `sum()` over the shards would count it twice.
+        assert!(!text.contains("total\""), "{text}");
         assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.00025\"} 1"));
         assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.0001\"} 0"));
         let sys = board.sys_topics();

@@ -61,6 +61,11 @@ impl RetainedStore {
             .collect()
     }
 
+    /// The unexpired retained message of `topic`, if any.
+    pub(crate) fn get(&self, topic: &str, now: Instant) -> Option<&Rc<Message>> {
+        self.by_topic.get(topic).filter(|m| !m.is_expired(now))
+    }
+
     /// Retained messages held.
     pub(crate) fn len(&self) -> usize {
         self.by_topic.len()
