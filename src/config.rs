@@ -85,8 +85,8 @@ pub struct BrokerConfig {
     /// (PUBACK/PUBREC or DISCONNECT 0x99, CONNACK 0x99 for a will; §3.3.2.3.2 lets a server
     /// check). Default true.
     pub check_payload_format: bool,
-    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). Default absent: off.
-    /// Keep it on a loopback or management address: it has no authentication.
+    /// The older name of [`AdminConfig::bind`] (the HTTP listener of `/metrics`, the health
+    /// checks and the admin API); setting both is an error. Default absent: off.
     pub metrics_bind: Option<SocketAddr>,
 }
 
