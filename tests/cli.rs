@@ -247,3 +247,60 @@ fn import_mosquitto_conf_writes_a_file_check_config_accepts() {
     assert_eq!(config.limits.inflight_max, 40);
     assert_eq!(config.auth.password_file.as_deref(), Some(passwd.as_path()));
 }
+
+#[test]
+fn systemd_readiness_is_sent_once_the_listeners_accept() {
+    let dir = TempDir::new("notify");
+    let port = free_port();
+    let config = dir.file("tern.toml", &listener_config(port));
+    let socket_path = dir.0.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let _tern = Tern::start(&config, &[("NOTIFY_SOCKET", &socket_path.display().to_string())]);
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    // READY=1 means accepting: a client connects at once, without retrying.
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (mut c, _) = RawClient::mqtt_connect(addr, V4, "after-ready", true);
+    c.send(&Packet::PingReq);
+    assert!(matches!(c.recv(), Packet::PingResp));
+}
+
+#[test]
+fn under_systemd_lines_have_journal_priorities_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("journal");
+    let port = free_port();
+    let config = dir.file("tern.toml", &listener_config(port));
+    let log = dir.0.join("journal.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let meta = file.metadata().expect("metadata");
+    // JOURNAL_STREAM names the file standard output is, as systemd does for the journal socket.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["--config", &config.display().to_string(), "--shards", "2"])
+        .env("RUST_LOG", "info")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(file)
+        .spawn()
+        .expect("start tern");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(up, "tern listens");
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).expect("read log");
+    let listening = text.lines().find(|l| l.contains("listening")).expect("listening line");
+    assert!(listening.starts_with("<6> INFO tern"), "priority prefix, no timestamp: {listening:?}");
+    assert!(text.lines().all(|l| l.starts_with('<')), "{text}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+}

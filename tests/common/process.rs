@@ -114,9 +114,21 @@ impl Drop for Tern {
     }
 }
 
-/// Runs `tern ARGS` to completion: exit code, stdout, stderr.
+/// Runs `tern ARGS` to completion: exit code, stdout, stderr. A run that does not end within
+/// 30 s (a broker that started when it should have refused) is killed and reports code -1.
 pub fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tern")).args(args).output().expect("run tern");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tern");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
