@@ -151,6 +151,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     }
     let mut opts = runtime_options(config);
     let stats = std::sync::Arc::clone(&opts.stats);
+    let stats_for_bridges = std::sync::Arc::clone(&opts.stats);
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut admin_addr = None;
     if let Some(addr) = config.admin_bind() {
@@ -177,8 +178,43 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     let broker = Broker::start(opts, shard_config(config)).inspect_err(|_| {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     })?;
+    start_bridges(config, &broker, &stats_for_bridges)?;
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     Ok(Running { broker, admin_addr })
+}
+
+/// Starts a thread per `[[bridge]]`, attached to the first TCP listener (its unspecified
+/// address replaced by loopback), and registers their counters on the stats board.
+fn start_bridges(
+    config: &Config,
+    broker: &Broker,
+    stats: &crate::metrics::StatsBoard,
+) -> Result<(), StartError> {
+    if config.bridges.is_empty() {
+        return Ok(());
+    }
+    let Some(i) = config.listeners.iter().position(|l| l.transport == Transport::Tcp) else {
+        return Err(StartError::Shard(0, "a bridge needs a tcp listener".into()));
+    };
+    let mut local = broker.local_addrs[i];
+    if local.ip().is_unspecified() {
+        local.set_ip(match local {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut all = Vec::new();
+    for b in &config.bridges {
+        let s = std::sync::Arc::new(crate::bridge::BridgeStats {
+            name: b.name.clone(),
+            ..Default::default()
+        });
+        crate::bridge::start(b.clone(), local, broker.stop_flag(), std::sync::Arc::clone(&s))
+            .map_err(|e| StartError::Shard(0, format!("bridge {}: {e}", b.name)))?;
+        all.push(s);
+    }
+    stats.set_bridges(all);
+    Ok(())
 }
 
 /// Binds and releases a probe socket on `addr` without `SO_REUSEPORT` (port 0 is not probed:

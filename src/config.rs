@@ -66,6 +66,112 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[admin]`: the HTTP listener for `/metrics`, health checks and the admin API.
     pub admin: AdminConfig,
+    /// `[[bridge]]`: connections to other brokers that forward topics both ways. Default none.
+    /// Bound: 0..=16 bridges.
+    pub bridges: Vec<BridgeConfig>,
+}
+
+/// `[[bridge]]`: a connection to a remote broker, forwarding messages between it and this
+/// broker for the topics in `topics`. It runs on a thread of its own and attaches to this broker
+/// as a v5 client on the first TCP listener (see `crate::bridge`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// A name, unique among bridges: letters, digits, `-`, `_`; 1 to 64 bytes. Required.
+    pub name: String,
+    /// The remote broker, `host:port` (a host name is resolved at each connect). Required.
+    pub address: String,
+    /// The MQTT version spoken to the remote: 3.1.1 (default; the CONNECT carries the bridge
+    /// bit Mosquitto uses to avoid echoing messages back) or 5 (No Local on subscriptions).
+    pub protocol: BridgeProtocol,
+    /// Client id at the remote broker, and of the local session. Default `tern-bridge-NAME`.
+    pub client_id: String,
+    /// User name at the remote broker. Default absent.
+    pub username: Option<String>,
+    /// Password at the remote broker. Default absent.
+    pub password: Option<String>,
+    /// Start a new session at the remote on each connect. Default `false`: the remote keeps
+    /// the bridge's subscriptions and queues its QoS 1 messages while the bridge is away.
+    pub clean_start: bool,
+    /// Keep alive sent to the remote, seconds. Default 60. Bound: 5..=65535.
+    pub keepalive_secs: u16,
+    /// First reconnect delay, seconds; doubles after each failure up to `reconnect_max_secs`.
+    /// Default 1. Bound: 1..=3600.
+    pub reconnect_min_secs: u32,
+    /// Longest reconnect delay, seconds. Default 60. Bound: 1..=3600, at least
+    /// `reconnect_min_secs`.
+    pub reconnect_max_secs: u32,
+    /// QoS 1 messages forwarded and not yet acknowledged, per direction; at the bound the bridge
+    /// stops reading from the side that sends, so the messages wait in that broker's session
+    /// queue (bounded there). Default 64. Bound: 1..=65535.
+    pub inflight_max: u16,
+    /// TLS to the remote: the PEM CA certificates the remote's certificate must chain to. TLS is
+    /// on when this is set. Default absent (plain TCP).
+    pub cafile: Option<PathBuf>,
+    /// PEM client certificate chain, for a remote that requires one (with `keyfile`).
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of `certfile`.
+    pub keyfile: Option<PathBuf>,
+    /// Name the remote's certificate must carry. Default: the host of `address`.
+    pub server_name: Option<String>,
+    /// User name of the bridge's local connection, when the local listener needs one.
+    pub local_username: Option<String>,
+    /// Password of the bridge's local connection.
+    pub local_password: Option<String>,
+    /// The topics forwarded (`[[bridge.topic]]`). Bound: 1..=64.
+    pub topics: Vec<BridgeTopic>,
+}
+
+/// The MQTT version a bridge speaks to its remote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub enum BridgeProtocol {
+    /// MQTT 3.1.1.
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5.0.
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// `[[bridge.topic]]`: one forwarded filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeTopic {
+    /// The topic filter, without the prefixes. Required.
+    pub filter: String,
+    /// Which way messages go. Default [`BridgeDirection::Out`].
+    pub direction: BridgeDirection,
+    /// QoS of the bridge's subscriptions, so the highest QoS forwarded: 0 or 1 (QoS 2 messages
+    /// cross as QoS 1). Default 0.
+    pub qos: u8,
+    /// Prefix of the topic on this broker: local topic = `local_prefix` + topic. Default "".
+    pub local_prefix: String,
+    /// Prefix of the topic on the remote: remote topic = `remote_prefix` + topic. Default "".
+    pub remote_prefix: String,
+}
+
+/// Which way a bridge topic is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BridgeDirection {
+    /// Local → remote.
+    Out,
+    /// Remote → local.
+    In,
+    /// Both ways; a message that came over the bridge is not sent back.
+    Both,
+}
+
+impl BridgeDirection {
+    /// Local messages go to the remote.
+    pub const fn outgoing(self) -> bool {
+        matches!(self, BridgeDirection::Out | BridgeDirection::Both)
+    }
+
+    /// Remote messages come here.
+    pub const fn incoming(self) -> bool {
+        matches!(self, BridgeDirection::In | BridgeDirection::Both)
+    }
 }
 
 /// `[broker]`: process-wide settings.
@@ -530,6 +636,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -755,6 +862,12 @@ const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
 const RING_DEPTH: Bound = bound(8, 32768);
 const SPIN_BEFORE_PARK_US: Bound = bound(0, 100_000);
 const ADMIN_WORKERS: Bound = bound(1, 64);
+const BRIDGES: Bound = bound(0, 16);
+const BRIDGE_TOPICS: Bound = bound(1, 64);
+const BRIDGE_KEEPALIVE_SECS: Bound = bound(5, 65535);
+const BRIDGE_RECONNECT_SECS: Bound = bound(1, 3600);
+const BRIDGE_INFLIGHT: Bound = bound(1, 65535);
+const BRIDGE_QOS: Bound = bound(0, 1);
 const ADMIN_REQUEST_BYTES: Bound = bound(1024, 65536);
 const ADMIN_REPLY_TIMEOUT_MS: Bound = bound(100, 60_000);
 const ADMIN_LIST_ITEMS: Bound = bound(1, 100_000);
@@ -809,6 +922,7 @@ impl Config {
             let message = "set admin.bind or the older broker.metrics_bind, not both".to_owned();
             return Err(spans.issue(&["admin.bind", "broker.metrics_bind"], message));
         }
+        self.check_bridges(spans)?;
         if let Some(bind) = self.admin_bind() {
             if let Some(i) = self.listeners.iter().position(|l| overlaps(l.bind, bind)) {
                 let message = format!("{bind} overlaps listener[{i}].bind");
@@ -851,6 +965,95 @@ impl Config {
                     listener.bind, self.listeners[j].bind
                 );
                 return Err(spans.issue(&[&key("bind")], message));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn check_bridges(&self, spans: &Spans) -> Result<(), Issue> {
+        BRIDGES.check("bridge", wide(self.bridges.len()), spans)?;
+        if !self.bridges.is_empty() && !self.listeners.iter().any(|l| l.transport == Transport::Tcp)
+        {
+            let message = "a bridge attaches to this broker through a listener with transport \
+                           \"tcp\"; there is none"
+                .to_owned();
+            return Err(spans.issue(&["bridge"], message));
+        }
+        for (i, b) in self.bridges.iter().enumerate() {
+            let key = |field: &str| format!("bridge[{i}].{field}");
+            let name_ok = !b.name.is_empty()
+                && b.name.len() <= 64
+                && b.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+            if !name_ok {
+                let message =
+                    format!("must be 1 to 64 letters, digits, '-' or '_' (got {:?})", b.name);
+                return Err(spans.issue_near(&key("name"), &[&key("name"), "bridge"], message));
+            }
+            if self.bridges[..i].iter().any(|o| o.name == b.name) {
+                let message = format!("another bridge is named {:?}", b.name);
+                return Err(spans.issue(&[&key("name")], message));
+            }
+            let port_ok = b
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                let message = format!(
+                    "must be host:port, like \"broker.example.com:1883\" (got {:?})",
+                    b.address
+                );
+                return Err(spans.issue_near(
+                    &key("address"),
+                    &[&key("address"), &key("name")],
+                    message,
+                ));
+            }
+            let keepalive = wide(b.keepalive_secs);
+            BRIDGE_KEEPALIVE_SECS.check(&key("keepalive_secs"), keepalive, spans)?;
+            let (lo, hi) = (b.reconnect_min_secs, b.reconnect_max_secs);
+            BRIDGE_RECONNECT_SECS.check(&key("reconnect_min_secs"), wide(lo), spans)?;
+            BRIDGE_RECONNECT_SECS.check(&key("reconnect_max_secs"), wide(hi), spans)?;
+            if hi < lo {
+                let message =
+                    format!("reconnect_max_secs ({hi}) is below reconnect_min_secs ({lo})");
+                return Err(spans.issue(&[&key("reconnect_max_secs")], message));
+            }
+            BRIDGE_INFLIGHT.check(&key("inflight_max"), wide(b.inflight_max), spans)?;
+            if b.certfile.is_some() != b.keyfile.is_some() {
+                let message = "certfile and keyfile go together".to_owned();
+                return Err(spans.issue(&[&key("certfile"), &key("keyfile")], message));
+            }
+            if b.cafile.is_none() && (b.certfile.is_some() || b.server_name.is_some()) {
+                let message = "TLS keys need cafile (TLS is on when cafile is set)".to_owned();
+                return Err(spans.issue(&[&key("certfile"), &key("server_name")], message));
+            }
+            let count = wide(b.topics.len());
+            BRIDGE_TOPICS.check(&key("topic"), count, spans)?;
+            for (j, t) in b.topics.iter().enumerate() {
+                let tkey = |field: &str| format!("bridge[{i}].topic[{j}].{field}");
+                BRIDGE_QOS.check(&tkey("qos"), wide(t.qos), spans)?;
+                for (field, prefix) in
+                    [("local_prefix", &t.local_prefix), ("remote_prefix", &t.remote_prefix)]
+                {
+                    if prefix.contains(['+', '#']) {
+                        let message = "a prefix is part of a topic name: no '+' or '#'".to_owned();
+                        return Err(spans.issue(&[&tkey(field)], message));
+                    }
+                }
+                let full = format!("{}{}", t.local_prefix, t.filter);
+                let remote = format!("{}{}", t.remote_prefix, t.filter);
+                let valid = crate::codec::topic::validate_topic_filter(&full, true)
+                    .and_then(|_| crate::codec::topic::validate_topic_filter(&remote, true));
+                if let Err(e) = valid {
+                    let message = format!("not a valid topic filter with its prefixes: {e}");
+                    return Err(spans.issue_near(
+                        &tkey("filter"),
+                        &[&tkey("filter"), &key("name")],
+                        message,
+                    ));
+                }
             }
         }
         Ok(())
@@ -1053,6 +1256,117 @@ struct RawConfig {
     log: Option<RawLog>,
     auth: Option<RawAuth>,
     admin: Option<RawAdmin>,
+    bridge: Option<Spanned<Vec<RawBridge>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridge {
+    name: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    protocol: Option<Spanned<BridgeProtocol>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    clean_start: Option<Spanned<bool>>,
+    keepalive_secs: Option<Spanned<i64>>,
+    reconnect_min_secs: Option<Spanned<i64>>,
+    reconnect_max_secs: Option<Spanned<i64>>,
+    inflight_max: Option<Spanned<i64>>,
+    cafile: Option<Spanned<PathBuf>>,
+    certfile: Option<Spanned<PathBuf>>,
+    keyfile: Option<Spanned<PathBuf>>,
+    server_name: Option<Spanned<String>>,
+    local_username: Option<Spanned<String>>,
+    local_password: Option<Spanned<String>>,
+    topic: Option<Spanned<Vec<RawBridgeTopic>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridgeTopic {
+    filter: Option<Spanned<String>>,
+    direction: Option<Spanned<BridgeDirection>>,
+    qos: Option<Spanned<i64>>,
+    local_prefix: Option<Spanned<String>>,
+    remote_prefix: Option<Spanned<String>>,
+}
+
+impl RawBridge {
+    fn build(self, i: usize, spans: &mut Spans) -> Result<BridgeConfig, Issue> {
+        let key = |field: &str| format!("bridge[{i}].{field}");
+        fn opt<T>(spans: &mut Spans, key: &str, raw: Option<Spanned<T>>) -> Option<T> {
+            raw.map(|v| {
+                spans.insert(key, v.span());
+                v.into_inner()
+            })
+        }
+        let name = opt(spans, &key("name"), self.name).unwrap_or_default();
+        let mut b = BridgeConfig {
+            client_id: format!("tern-bridge-{name}"),
+            name,
+            address: opt(spans, &key("address"), self.address).unwrap_or_default(),
+            protocol: opt(spans, &key("protocol"), self.protocol).unwrap_or(BridgeProtocol::V311),
+            username: opt(spans, &key("username"), self.username),
+            password: opt(spans, &key("password"), self.password),
+            clean_start: opt(spans, &key("clean_start"), self.clean_start).unwrap_or(false),
+            keepalive_secs: 60,
+            reconnect_min_secs: 1,
+            reconnect_max_secs: 60,
+            inflight_max: 64,
+            cafile: opt(spans, &key("cafile"), self.cafile),
+            certfile: opt(spans, &key("certfile"), self.certfile),
+            keyfile: opt(spans, &key("keyfile"), self.keyfile),
+            server_name: opt(spans, &key("server_name"), self.server_name),
+            local_username: opt(spans, &key("local_username"), self.local_username),
+            local_password: opt(spans, &key("local_password"), self.local_password),
+            topics: Vec::new(),
+        };
+        if let Some(id) = opt(spans, &key("client_id"), self.client_id) {
+            b.client_id = id;
+        }
+        let k = key("keepalive_secs");
+        spans.set_int(&mut b.keepalive_secs, &k, self.keepalive_secs, BRIDGE_KEEPALIVE_SECS)?;
+        let k = key("reconnect_min_secs");
+        spans.set_int(
+            &mut b.reconnect_min_secs,
+            &k,
+            self.reconnect_min_secs,
+            BRIDGE_RECONNECT_SECS,
+        )?;
+        let k = key("reconnect_max_secs");
+        spans.set_int(
+            &mut b.reconnect_max_secs,
+            &k,
+            self.reconnect_max_secs,
+            BRIDGE_RECONNECT_SECS,
+        )?;
+        let k = key("inflight_max");
+        spans.set_int(&mut b.inflight_max, &k, self.inflight_max, BRIDGE_INFLIGHT)?;
+        if let Some(list) = self.topic {
+            spans.insert(&key("topic"), list.span());
+            for (j, raw) in list.into_inner().into_iter().enumerate() {
+                let tkey = |field: &str| format!("bridge[{i}].topic[{j}].{field}");
+                let Some(filter) = opt(spans, &tkey("filter"), raw.filter) else {
+                    let message = "missing required key \"filter\"".to_owned();
+                    return Err(spans.issue(&[&key("topic")], message));
+                };
+                let mut t = BridgeTopic {
+                    filter,
+                    direction: opt(spans, &tkey("direction"), raw.direction)
+                        .unwrap_or(BridgeDirection::Out),
+                    qos: 0,
+                    local_prefix: opt(spans, &tkey("local_prefix"), raw.local_prefix)
+                        .unwrap_or_default(),
+                    remote_prefix: opt(spans, &tkey("remote_prefix"), raw.remote_prefix)
+                        .unwrap_or_default(),
+                };
+                spans.set_int(&mut t.qos, &tkey("qos"), raw.qos, BRIDGE_QOS)?;
+                b.topics.push(t);
+            }
+        }
+        Ok(b)
+    }
 }
 
 #[derive(Deserialize)]
@@ -1213,6 +1527,12 @@ impl RawConfig {
         if let Some(raw) = self.log {
             spans.set(&mut config.log.level, "log.level", raw.level);
             spans.set(&mut config.log.format, "log.format", raw.format);
+        }
+        if let Some(list) = self.bridge {
+            spans.insert("bridge", list.span());
+            for (i, raw) in list.into_inner().into_iter().enumerate() {
+                config.bridges.push(raw.build(i, spans)?);
+            }
         }
         if let Some(raw) = self.admin {
             let a = &mut config.admin;

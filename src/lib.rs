@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod check;
 pub mod codec;

@@ -134,6 +134,8 @@ pub struct StatsBoard {
     started: Instant,
     /// Highest total of connections seen at a report.
     connections_max: Mutex<u64>,
+    /// The bridges' counters, set once at start.
+    bridges: std::sync::OnceLock<Vec<std::sync::Arc<crate::bridge::BridgeStats>>>,
 }
 
 impl std::fmt::Debug for StatsBoard {
@@ -150,6 +152,7 @@ impl StatsBoard {
             slots: (0..shards).map(|_| Mutex::new(slot.clone())).collect(),
             started: Instant::now(),
             connections_max: Mutex::new(0),
+            bridges: std::sync::OnceLock::new(),
         }
     }
 
@@ -192,6 +195,60 @@ impl StatsBoard {
         h
     }
 
+    /// Registers the bridges' counters (once, at start) for `/metrics` and `$SYS`.
+    pub fn set_bridges(&self, bridges: Vec<std::sync::Arc<crate::bridge::BridgeStats>>) {
+        let _ = self.bridges.set(bridges);
+    }
+
+    fn bridge_values(&self) -> Vec<(&str, [(&'static str, u64, bool, &'static str); 6])> {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        self.bridges
+            .get()
+            .map(|list| {
+                list.iter()
+                    .map(|b| {
+                        (
+                            b.name.as_str(),
+                            [
+                                (
+                                    "connected",
+                                    get(&b.connected),
+                                    true,
+                                    "1 while the bridge is connected.",
+                                ),
+                                (
+                                    "connects",
+                                    get(&b.connects),
+                                    false,
+                                    "Connections made to the remote.",
+                                ),
+                                ("sent", get(&b.sent), false, "Messages forwarded to the remote."),
+                                (
+                                    "received",
+                                    get(&b.received),
+                                    false,
+                                    "Messages received from the remote.",
+                                ),
+                                (
+                                    "inflight",
+                                    get(&b.inflight),
+                                    true,
+                                    "QoS 1 messages forwarded and not yet acknowledged.",
+                                ),
+                                (
+                                    "dropped",
+                                    get(&b.dropped),
+                                    false,
+                                    "Messages no bridge topic maps.",
+                                ),
+                            ],
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Seconds since start.
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -224,6 +281,11 @@ impl StatsBoard {
                 v(self.per_shard().first().map_or(0, |m| m.retained_messages)),
             ),
         ]
+        .into_iter()
+        .chain(self.bridge_values().into_iter().flat_map(|(name, values)| {
+            values.map(|(key, value, _, _)| (format!("$SYS/broker/bridges/{name}/{key}"), v(value)))
+        }))
+        .collect()
     }
 
     /// The Prometheus text exposition: every counter per shard (`shard="N"`), and the
@@ -248,6 +310,22 @@ impl StatsBoard {
                 });
             }
         });
+        let bridges = self.bridge_values();
+        if let Some((_, first)) = bridges.first() {
+            for (k, (key, _, gauge, help)) in first.iter().enumerate() {
+                let metric = if *gauge {
+                    format!("tern_bridge_{key}")
+                } else {
+                    format!("tern_bridge_{key}_total")
+                };
+                let kind = if *gauge { "gauge" } else { "counter" };
+                let _ = writeln!(out, "# HELP {metric} {help}");
+                let _ = writeln!(out, "# TYPE {metric} {kind}");
+                for (name, values) in &bridges {
+                    let _ = writeln!(out, "{metric}{{bridge=\"{name}\"}} {}", values[k].1);
+                }
+            }
+        }
         let _ = writeln!(out, "# HELP tern_uptime_seconds Seconds since the broker started.");
         let _ = writeln!(out, "# TYPE tern_uptime_seconds gauge");
         let _ = writeln!(out, "tern_uptime_seconds {}", self.uptime_secs());

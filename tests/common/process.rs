@@ -59,7 +59,16 @@ impl Tern {
         }
         let mut child = cmd.spawn().expect("start tern");
         let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let tx_err = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx_err.send(format!("stderr: {line}")).is_err() {
+                    break;
+                }
+            }
+        });
         std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
                 if tx.send(line).is_err() {
@@ -73,13 +82,16 @@ impl Tern {
     /// The next line containing every needle, within 30 s.
     pub fn wait_line(&self, needles: &[&str]) -> Option<String> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut skipped = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) if needles.iter().all(|n| line.contains(n)) => return Some(line),
-                Ok(_) => {}
-                Err(_) => return None,
+                Ok(line) => skipped.push(line),
+                Err(_) => break,
             }
         }
+        // Shown with the failing test's output: what tern said instead (stderr too).
+        eprintln!("no line with {needles:?}; tern wrote:\n{}", skipped.join("\n"));
         None
     }
 
