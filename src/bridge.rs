@@ -114,8 +114,9 @@ pub fn start(
     })
 }
 
-/// The TLS client configuration: the CA file, and a client certificate if configured.
-fn client_tls(cfg: &BridgeConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+/// The TLS client configuration of a bridge: the CA file, and a client certificate if
+/// configured. Errors name the file.
+pub fn client_tls(cfg: &BridgeConfig) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();

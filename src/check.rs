@@ -2,9 +2,9 @@
 //! configuration can be tested before a restart or a reload (issue 14).
 //!
 //! Parses and validates the file (every bound and cross-field rule, listener addresses), reads
-//! and parses the password file, the ACL file and the admin token file, and loads every TLS
+//! and parses the password file, the ACL file and the admin token file, loads every TLS
 //! listener's certificate chain, private key and CA file into a TLS configuration (so a key that
-//! does not match its certificate is caught too). It does not bind the listeners: the broker it
+//! does not match its certificate is caught too), and each TLS bridge's CA and client files. It does not bind the listeners: the broker it
 //! is meant to check is usually running on them.
 
 use std::path::Path;
@@ -45,6 +45,12 @@ pub fn check_config(path: &Path) -> Result<Summary, ConfigError> {
                 _ => "certfile",
             };
             return Err(positions.error(&format!("listener[{i}].{field}"), e.to_string()));
+        }
+    }
+    for (i, b) in config.bridges.iter().enumerate() {
+        if b.cafile.is_some() {
+            crate::bridge::client_tls(b)
+                .map_err(|e| positions.error(&format!("bridge[{i}].cafile"), e))?;
         }
     }
     Ok(Summary { listeners: config.listeners.len(), tls_listeners })

@@ -2018,6 +2018,45 @@ mod tests {
     }
 
     #[test]
+    fn bridges_parse_and_validate() {
+        let text = "[[bridge]]\nname = \"cloud\"\naddress = \"h.example:1883\"\nprotocol = \"5\"\n\
+                    [[bridge.topic]]\nfilter = \"a/#\"\ndirection = \"both\"\nqos = 1\n\
+                    local_prefix = \"l/\"\n";
+        let c = parse(text).expect("valid");
+        let b = &c.bridges[0];
+        assert_eq!(
+            (b.name.as_str(), b.protocol, b.client_id.as_str()),
+            ("cloud", BridgeProtocol::V5, "tern-bridge-cloud")
+        );
+        assert_eq!(
+            (b.keepalive_secs, b.reconnect_min_secs, b.reconnect_max_secs, b.inflight_max),
+            (60, 1, 60, 64)
+        );
+        assert_eq!(b.topics[0].direction, BridgeDirection::Both);
+        assert_eq!((b.topics[0].qos, b.topics[0].local_prefix.as_str()), (1, "l/"));
+
+        let e = parse_err(&text.replace("qos = 1", "qos = 2"));
+        assert_err(&e, 8, 7, "bridge[0].topic[0].qos", "between 0 and 1");
+        let e = parse_err(&text.replace("h.example:1883", "nohost"));
+        assert_err(&e, 3, 11, "bridge[0].address", "host:port");
+        let e = parse_err(&text.replace("\"cloud\"", "\"a b\""));
+        assert_err(&e, 2, 8, "bridge[0].name", "letters, digits");
+        let e = parse_err(&text.replace("\"l/\"", "\"l/+/\""));
+        assert_err(&e, 9, 16, "bridge[0].topic[0].local_prefix", "no '+' or '#'");
+        let e = parse_err(&text.replace("\"a/#\"", "\"a/#/b\""));
+        assert_eq!(e.key, "bridge[0].topic[0].filter", "{e}");
+        let e = parse_err("[[bridge]]\nname = \"x\"\naddress = \"h:1\"\n");
+        assert_eq!(e.key, "bridge[0].topic", "no topic: {e}");
+        let two = format!("{text}{text}");
+        let e = parse_err(&two);
+        assert!(e.message.contains("another bridge is named"), "{e}");
+        let e = parse_err(&format!(
+            "{text}[[listener]]\nbind = \"127.0.0.1:8080\"\ntransport = \"ws\"\n"
+        ));
+        assert!(e.message.contains("transport \"tcp\""), "{e}");
+    }
+
+    #[test]
     fn example_file_equals_defaults() {
         let text = include_str!("../tern.toml");
         let config = Config::from_str_named(text, "tern.toml").unwrap_or_else(|e| panic!("{e}"));

@@ -4,9 +4,12 @@
 //! `protocol`), TLS (`certfile`, `keyfile`, `cafile`, `require_certificate`,
 //! `use_identity_as_username`), `allow_anonymous`, `password_file`, `acl_file`, `max_connections`
 //! and the limits that map (`max_packet_size`, `max_inflight_messages`, `max_queued_messages`,
-//! `max_queued_bytes`, `max_keepalive`, `max_topic_alias`, `sys_interval`). Every other
-//! directive is listed, with its line, as not translated: persistence and bridges (Tern has
-//! neither yet), logging destinations, `include_dir`, TLS versions and ciphers, and the rest.
+//! `max_queued_bytes`, `max_keepalive`, `max_topic_alias`, `sys_interval`) and bridges
+//! (`connection`, `address`, `topic` with direction, QoS and prefixes, credentials, client id,
+//! `cleansession`, `keepalive_interval`, `restart_timeout`, `bridge_protocol_version`, the
+//! bridge TLS files). Every other directive is listed, with its line, as not translated:
+//! persistence (Tern has none yet), logging destinations, `include_dir`, TLS versions and
+//! ciphers, bridge notifications, and the rest.
 //!
 //! Mosquitto 2 semantics are kept where Tern's defaults differ: each listener gets
 //! `allow_anonymous` explicitly (Mosquitto 2 refuses anonymous clients unless told otherwise),
@@ -56,7 +59,7 @@ pub fn import(text: &str) -> Import {
     let mut limits: Vec<(String, String)> = Vec::new();
     let mut auth: Vec<(String, String)> = Vec::new();
     let mut skipped = Vec::new();
-    let mut in_bridge = false;
+    let mut bridges: Vec<Bridge> = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -68,13 +71,21 @@ pub fn import(text: &str) -> Import {
             skipped.push(Skipped { line: n + 1, text: line.to_owned(), reason: reason.to_owned() })
         };
         if key == "connection" {
-            in_bridge = true;
-        } else if key == "listener" {
-            in_bridge = false;
-        }
-        if in_bridge {
-            skip("bridges are not implemented in Tern yet");
+            let name: String = value
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+                .take(64)
+                .collect();
+            bridges.push(Bridge { name, ..Default::default() });
             continue;
+        }
+        if let Some(b) = bridges.last_mut() {
+            if let Some(reason) = bridge_directive(b, key, value) {
+                if !reason.is_empty() {
+                    skip(reason);
+                }
+                continue;
+            }
         }
         let flag = |v: &str| match v {
             "true" => Some(true),
@@ -208,7 +219,187 @@ pub fn import(text: &str) -> Import {
         // Mosquitto 2 without any listener: local connections only, on 1883.
         listeners.push(Listener { bind: "127.0.0.1:1883".into(), ..Default::default() });
     }
-    Import { toml: render(&listeners, allow_anonymous, &broker, &limits, &auth, &skipped), skipped }
+    let mut toml = render(&listeners, allow_anonymous, &broker, &limits, &auth, &skipped);
+    for b in &bridges {
+        render_bridge(&mut toml, b);
+    }
+    Import { toml, skipped }
+}
+
+/// A bridge being translated.
+#[derive(Default)]
+struct Bridge {
+    name: String,
+    address: Option<String>,
+    keys: Vec<(&'static str, String)>,
+    /// filter, direction, qos, local prefix, remote prefix.
+    topics: Vec<(String, &'static str, u8, String, String)>,
+}
+
+/// Handles a directive inside a `connection` section: `None` when it is not a bridge directive
+/// (it is then a global one), `Some("")` when translated, `Some(reason)` when not.
+fn bridge_directive(b: &mut Bridge, key: &str, value: &str) -> Option<&'static str> {
+    let quoted = || quote(value);
+    let bool_key = |b: &mut Bridge, k: &'static str| match value {
+        "true" | "false" => {
+            b.keys.push((k, value.to_owned()));
+            ""
+        }
+        _ => "not true or false",
+    };
+    Some(match key {
+        "address" | "addresses" => {
+            let mut hosts = value.split_whitespace();
+            let first = hosts.next().unwrap_or("");
+            let with_port = if first.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                first.to_owned()
+            } else {
+                format!("{first}:1883")
+            };
+            b.address = Some(with_port);
+            if hosts.next().is_some() {
+                "only the first address is used: Tern bridges have one remote"
+            } else {
+                ""
+            }
+        }
+        "topic" => {
+            let words: Vec<&str> = value.split_whitespace().collect();
+            let unquote =
+                |w: Option<&&str>| w.map_or(String::new(), |w| w.trim_matches('"').to_owned());
+            let direction = match words.get(1).copied().unwrap_or("out") {
+                "out" => "out",
+                "in" => "in",
+                "both" => "both",
+                _ => return Some("direction is not in, out or both"),
+            };
+            let qos = match words.get(2).copied().unwrap_or("0") {
+                "0" => 0,
+                "1" | "2" => 1,
+                _ => return Some("qos is not 0, 1 or 2"),
+            };
+            let Some(filter) = words.first() else { return Some("no topic pattern") };
+            b.topics.push((
+                filter.to_string(),
+                direction,
+                qos,
+                unquote(words.get(3)),
+                unquote(words.get(4)),
+            ));
+            if words.get(2) == Some(&"2") {
+                "bridged at QoS 1 (QoS 2 crosses a Tern bridge as QoS 1)"
+            } else {
+                ""
+            }
+        }
+        "remote_clientid" | "clientid" => {
+            b.keys.push(("client_id", quoted()));
+            ""
+        }
+        "remote_username" | "username" => {
+            b.keys.push(("username", quoted()));
+            ""
+        }
+        "remote_password" | "password" => {
+            b.keys.push(("password", quoted()));
+            ""
+        }
+        "local_username" => {
+            b.keys.push(("local_username", quoted()));
+            ""
+        }
+        "local_password" => {
+            b.keys.push(("local_password", quoted()));
+            ""
+        }
+        "bridge_cafile" => {
+            b.keys.push(("cafile", quoted()));
+            ""
+        }
+        "bridge_certfile" => {
+            b.keys.push(("certfile", quoted()));
+            ""
+        }
+        "bridge_keyfile" => {
+            b.keys.push(("keyfile", quoted()));
+            ""
+        }
+        "cleansession" => bool_key(b, "clean_start"),
+        "bridge_protocol_version" => match value {
+            "mqttv311" => "",
+            "mqttv50" => {
+                b.keys.push(("protocol", "\"5\"".into()));
+                ""
+            }
+            _ => "MQTT 3.1 bridges are not supported: 3.1.1 is used",
+        },
+        "keepalive_interval" => match value.parse::<u32>() {
+            Ok(n) if (5..=65535).contains(&n) => {
+                b.keys.push(("keepalive_secs", n.to_string()));
+                ""
+            }
+            _ => "keep alive outside 5..=65535",
+        },
+        "restart_timeout" => {
+            let n: Vec<u32> = value.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            match n[..] {
+                [t] if (1..=3600).contains(&t) => {
+                    b.keys.push(("reconnect_min_secs", t.to_string()));
+                    b.keys.push(("reconnect_max_secs", t.to_string()));
+                    ""
+                }
+                [lo, hi] if (1..=3600).contains(&lo) && (lo..=3600).contains(&hi) => {
+                    b.keys.push(("reconnect_min_secs", lo.to_string()));
+                    b.keys.push(("reconnect_max_secs", hi.to_string()));
+                    ""
+                }
+                _ => "restart_timeout outside 1..=3600 seconds",
+            }
+        }
+        "try_private" => "Tern always sets the bridge bit on 3.1.1",
+        "bridge_insecure"
+        | "bridge_capath"
+        | "bridge_alpn"
+        | "bridge_identity"
+        | "bridge_psk"
+        | "bridge_tls_version"
+        | "bridge_require_ocsp"
+        | "bridge_max_packet_size"
+        | "bridge_outgoing_retain"
+        | "bridge_attempt_unsubscribe"
+        | "local_clientid"
+        | "local_cleansession"
+        | "notifications"
+        | "notifications_local_only"
+        | "notification_topic"
+        | "round_robin"
+        | "start_type"
+        | "idle_timeout"
+        | "threshold" => "no Tern bridge equivalent",
+        _ => return None,
+    })
+}
+
+fn render_bridge(out: &mut String, b: &Bridge) {
+    let _ = writeln!(out, "\n[[bridge]]");
+    let _ = writeln!(out, "name = {}", quote(&b.name));
+    let _ = writeln!(out, "address = {}", quote(b.address.as_deref().unwrap_or("MISSING:1883")));
+    for (k, v) in &b.keys {
+        let _ = writeln!(out, "{k} = {v}");
+    }
+    for (filter, direction, qos, local, remote) in &b.topics {
+        let _ = writeln!(out, "[[bridge.topic]]");
+        let _ = writeln!(out, "filter = {}", quote(filter));
+        let _ = writeln!(out, "direction = \"{direction}\"");
+        let _ = writeln!(out, "qos = {qos}");
+        if !local.is_empty() {
+            let _ = writeln!(out, "local_prefix = {}", quote(local));
+        }
+        if !remote.is_empty() {
+            let _ = writeln!(out, "remote_prefix = {}", quote(remote));
+        }
+    }
 }
 
 /// `localhost` and IP addresses; `None` for host names.
@@ -358,14 +549,57 @@ mod tests {
                     per_listener_settings true\n";
         let (c, skipped) = parsed(conf);
         let lines: Vec<usize> = skipped.iter().map(|s| s.line).collect();
-        assert_eq!(lines, [2, 3, 4, 5, 6, 7, 8, 9, 11], "{skipped:?}");
+        assert_eq!(lines, [2, 3, 4, 5, 6, 11], "{skipped:?}");
         assert!(skipped[0].reason.contains("persistence"));
         assert!(skipped[4].reason.contains("IP addresses"));
-        assert!(skipped[5].reason.contains("bridges"));
+        assert!(skipped[5].reason.contains("global"));
         // The listener after the bridge section is a listener again.
         assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.bridges.len(), 1);
         assert_eq!(c.listeners[1].bind.to_string(), "0.0.0.0:1885");
         let out = import(conf);
         assert!(out.toml.contains("#   line 2: persistence true"), "{}", out.toml);
+    }
+
+    #[test]
+    fn bridges_translate() {
+        use crate::config::{BridgeDirection, BridgeProtocol};
+        let conf = "listener 1883 127.0.0.1\nallow_anonymous true\n\
+                    connection cloud.1\naddress cloud.example.com:8883 backup.example.com\n\
+                    bridge_protocol_version mqttv50\nremote_clientid edge-1\nremote_username u\n\
+                    remote_password p\ncleansession true\nkeepalive_interval 30\n\
+                    restart_timeout 2 30\nnotifications false\n\
+                    topic sensors/# out 1 site1/ edge/site1/\ntopic cmd/# in 2 \"\" \"\"\n\
+                    topic both/# both\n\
+                    connection second\naddress 10.0.0.2\ntopic x\n";
+        let (c, skipped) = parsed(conf);
+        let lines: Vec<usize> = skipped.iter().map(|s| s.line).collect();
+        assert_eq!(lines, [4, 12, 14], "{skipped:?}");
+        let b = &c.bridges[0];
+        assert_eq!(b.name, "cloud-1");
+        assert_eq!(b.address, "cloud.example.com:8883");
+        assert_eq!(b.protocol, BridgeProtocol::V5);
+        assert_eq!(
+            (b.client_id.as_str(), b.username.as_deref(), b.password.as_deref()),
+            ("edge-1", Some("u"), Some("p"))
+        );
+        assert!(b.clean_start);
+        assert_eq!((b.keepalive_secs, b.reconnect_min_secs, b.reconnect_max_secs), (30, 2, 30));
+        let t = &b.topics;
+        assert_eq!(
+            (t[0].filter.as_str(), t[0].direction, t[0].qos),
+            ("sensors/#", BridgeDirection::Out, 1)
+        );
+        assert_eq!(
+            (t[0].local_prefix.as_str(), t[0].remote_prefix.as_str()),
+            ("site1/", "edge/site1/")
+        );
+        assert_eq!(
+            (t[1].direction, t[1].qos, t[1].local_prefix.as_str()),
+            (BridgeDirection::In, 1, "")
+        );
+        assert_eq!((t[2].direction, t[2].qos), (BridgeDirection::Both, 0));
+        assert_eq!(c.bridges[1].address, "10.0.0.2:1883");
+        assert_eq!(c.bridges[1].topics[0].direction, BridgeDirection::Out);
     }
 }

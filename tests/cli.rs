@@ -232,11 +232,10 @@ fn import_mosquitto_conf_writes_a_file_check_config_accepts() {
     let out = dir.0.join("tern.toml").display().to_string();
     let (code, _, err) = run(&["import-mosquitto-conf", &conf.display().to_string(), "-o", &out]);
     assert_eq!(code, 0, "{err}");
-    for skipped in
-        [":8: not translated: persistence true", ":9: not translated: log_dest", ":11:", ":13:"]
-    {
+    for skipped in [":8: not translated: persistence true", ":9: not translated: log_dest"] {
         assert!(err.contains(skipped), "{skipped} in {err}");
     }
+    assert!(!err.contains(":11:") && !err.contains(":13:"), "the bridge is translated: {err}");
     let (code, stdout, err) = run(&["check-config", &out]);
     assert_eq!(code, 0, "the imported file is valid: {err}");
     assert!(stdout.contains("2 listener(s)"), "{stdout}");
@@ -246,6 +245,10 @@ fn import_mosquitto_conf_writes_a_file_check_config_accepts() {
     assert_eq!(config.listeners[1].transport, tern::config::Transport::Ws);
     assert_eq!(config.limits.inflight_max, 40);
     assert_eq!(config.auth.password_file.as_deref(), Some(passwd.as_path()));
+    assert_eq!(config.bridges[0].name, "cloud");
+    assert_eq!(config.bridges[0].address, "cloud.example.com:8883");
+    assert_eq!(config.bridges[0].topics[0].filter, "#");
+    assert_eq!(config.bridges[0].topics[0].qos, 1);
 }
 
 #[test]
