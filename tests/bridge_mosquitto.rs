@@ -1,8 +1,11 @@
 //! Bridges against a real Mosquitto (the Debian package, installed by `scripts/test.sh`; these
 //! tests fail, never skip, without it), started by the test: both directions, prefixes, no loop
-//! on "both", and QoS 1 messages queued while the remote is down and delivered when it is back.
+//! on "both", QoS 1 messages queued while the remote is down and delivered when it is back, and
+//! a bridge over mutual TLS.
 
 mod common;
+#[path = "interop/support.rs"]
+mod support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -19,11 +22,16 @@ struct Mosquitto(Child);
 
 impl Mosquitto {
     fn start(dir: &TempDir, port: u16) -> Mosquitto {
+        Mosquitto::start_with(dir, port, "")
+    }
+
+    /// With `extra` configuration lines after the plain listener on `port`.
+    fn start_with(dir: &TempDir, port: u16, extra: &str) -> Mosquitto {
         let conf = dir.file(
             "mosquitto.conf",
             &format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nuser root\n",
+                 persistence_location {}/\nuser root\n{extra}",
                 dir.0.display()
             ),
         );
@@ -228,4 +236,73 @@ fn messages_wait_while_the_remote_restarts() {
     assert_eq!(topics, want);
     wait_connected(admin, 1);
     assert!(metric(admin, "tern_bridge_connects_total{bridge=\"cloud\"}") >= Some(2));
+}
+
+#[test]
+fn bridge_over_mutual_tls() {
+    let dir = TempDir::new("bridge-tls");
+    let pki = support::Pki::new("bridge-tls");
+    let (tern_port, plain_port, tls_port) = (free_port(), free_port(), free_port());
+    // Mosquitto's TLS listener requires a client certificate from the test CA.
+    let tls = format!(
+        "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+        pki.ca_file.display(),
+        pki.server_cert.display(),
+        pki.server_key.display()
+    );
+    let _mosquitto = Mosquitto::start_with(&dir, plain_port, &tls);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto TLS listener");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let config = format!(
+        "[[listener]]\nbind = \"127.0.0.1:{tern_port}\"\n\n\
+         [[bridge]]\nname = \"cloud\"\naddress = \"127.0.0.1:{tls_port}\"\n\
+         cafile = \"{}\"\ncertfile = \"{}\"\nkeyfile = \"{}\"\n\
+         [[bridge.topic]]\nfilter = \"t/#\"\ndirection = \"both\"\nqos = 1\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n",
+        pki.ca_file.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let (code, out, err) = common::process::run(&[
+        "check-config",
+        &dir.file("check.toml", &config).display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_tern, local, _admin) = start_tern(&dir, &config);
+    let mosq: SocketAddr = format!("127.0.0.1:{plain_port}").parse().expect("addr");
+    let (mut remote_sub, _) = RawClient::mqtt_connect(mosq, V4, "remote-sub", true);
+    remote_sub.subscribe("t/#", QoS::AtLeastOnce);
+    let (mut local_sub, _) = RawClient::mqtt_connect(local, V4, "local-sub", true);
+    local_sub.subscribe("t/#", QoS::AtLeastOnce);
+    let (mut local_pub, _) = RawClient::mqtt_connect(local, V4, "local-pub", true);
+    publish_acked(&mut local_pub, "t/out", "over tls", 1);
+    let (mut remote_pub, _) = RawClient::mqtt_connect(mosq, V4, "remote-pub", true);
+    publish_acked(&mut remote_pub, "t/in", "back", 2);
+    let mut at_remote = drain(&mut remote_sub, Duration::from_secs(2));
+    at_remote.sort();
+    assert_eq!(
+        at_remote,
+        [("t/in".to_owned(), "back".to_owned()), ("t/out".to_owned(), "over tls".to_owned())]
+    );
+    let mut at_local = drain(&mut local_sub, Duration::from_secs(1));
+    at_local.sort();
+    assert_eq!(at_local, at_remote, "each message once on each side");
+
+    // A CA the remote's certificate does not chain to: the bridge never connects.
+    let other = support::Pki::new("bridge-tls-other");
+    let wrong =
+        config.replace(&pki.ca_file.display().to_string(), &other.ca_file.display().to_string());
+    let tern = Tern::start(
+        &dir.file(
+            "wrong.toml",
+            &wrong
+                .replace(&format!("127.0.0.1:{tern_port}"), &format!("127.0.0.1:{}", free_port())),
+        ),
+        &[],
+    );
+    let line = tern.wait_line(&["bridge down"]).expect("a TLS failure is logged");
+    assert!(line.contains("certificate") || line.contains("Certificate"), "{line}");
 }
