@@ -128,6 +128,14 @@ struct Slot {
     latency: Histogram<u64>,
 }
 
+/// One bridge counter, for `/metrics` and `$SYS`.
+struct BridgeValue {
+    key: &'static str,
+    value: u64,
+    gauge: bool,
+    help: &'static str,
+}
+
 /// The shards' last reports, for the metrics endpoint and `$SYS`.
 pub struct StatsBoard {
     slots: Vec<Mutex<Slot>>,
@@ -200,53 +208,34 @@ impl StatsBoard {
         let _ = self.bridges.set(bridges);
     }
 
-    fn bridge_values(&self) -> Vec<(&str, [(&'static str, u64, bool, &'static str); 6])> {
+    /// Each bridge's name and counters.
+    fn bridge_values(&self) -> Vec<(&str, [BridgeValue; 6])> {
         let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        self.bridges
-            .get()
-            .map(|list| {
-                list.iter()
-                    .map(|b| {
-                        (
-                            b.name.as_str(),
-                            [
-                                (
-                                    "connected",
-                                    get(&b.connected),
-                                    true,
-                                    "1 while the bridge is connected.",
-                                ),
-                                (
-                                    "connects",
-                                    get(&b.connects),
-                                    false,
-                                    "Connections made to the remote.",
-                                ),
-                                ("sent", get(&b.sent), false, "Messages forwarded to the remote."),
-                                (
-                                    "received",
-                                    get(&b.received),
-                                    false,
-                                    "Messages received from the remote.",
-                                ),
-                                (
-                                    "inflight",
-                                    get(&b.inflight),
-                                    true,
-                                    "QoS 1 messages forwarded and not yet acknowledged.",
-                                ),
-                                (
-                                    "dropped",
-                                    get(&b.dropped),
-                                    false,
-                                    "Messages no bridge topic maps.",
-                                ),
-                            ],
-                        )
-                    })
-                    .collect()
+        let value = |key, value, gauge, help| BridgeValue { key, value, gauge, help };
+        let Some(list) = self.bridges.get() else { return Vec::new() };
+        list.iter()
+            .map(|b| {
+                let values = [
+                    value("connected", get(&b.connected), true, "1 while the bridge is connected."),
+                    value("connects", get(&b.connects), false, "Connections made to the remote."),
+                    value("sent", get(&b.sent), false, "Messages forwarded to the remote."),
+                    value(
+                        "received",
+                        get(&b.received),
+                        false,
+                        "Messages received from the remote.",
+                    ),
+                    value(
+                        "inflight",
+                        get(&b.inflight),
+                        true,
+                        "QoS 1 messages forwarded and not yet acknowledged.",
+                    ),
+                    value("dropped", get(&b.dropped), false, "Messages no bridge topic maps."),
+                ];
+                (b.name.as_str(), values)
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Seconds since start.
@@ -283,7 +272,7 @@ impl StatsBoard {
         ]
         .into_iter()
         .chain(self.bridge_values().into_iter().flat_map(|(name, values)| {
-            values.map(|(key, value, _, _)| (format!("$SYS/broker/bridges/{name}/{key}"), v(value)))
+            values.map(|b| (format!("$SYS/broker/bridges/{name}/{}", b.key), v(b.value)))
         }))
         .collect()
     }
@@ -312,7 +301,7 @@ impl StatsBoard {
         });
         let bridges = self.bridge_values();
         if let Some((_, first)) = bridges.first() {
-            for (k, (key, _, gauge, help)) in first.iter().enumerate() {
+            for (k, BridgeValue { key, gauge, help, .. }) in first.iter().enumerate() {
                 let metric = if *gauge {
                     format!("tern_bridge_{key}")
                 } else {
@@ -322,7 +311,7 @@ impl StatsBoard {
                 let _ = writeln!(out, "# HELP {metric} {help}");
                 let _ = writeln!(out, "# TYPE {metric} {kind}");
                 for (name, values) in &bridges {
-                    let _ = writeln!(out, "{metric}{{bridge=\"{name}\"}} {}", values[k].1);
+                    let _ = writeln!(out, "{metric}{{bridge=\"{name}\"}} {}", values[k].value);
                 }
             }
         }
@@ -376,6 +365,19 @@ mod tests {
         assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.0001\"} 0"));
         let sys = board.sys_topics();
         assert!(sys.contains(&("$SYS/broker/messages/received".into(), "7".into())));
+        let bridge = std::sync::Arc::new(crate::bridge::BridgeStats {
+            name: "cloud".into(),
+            ..Default::default()
+        });
+        bridge.sent.store(5, std::sync::atomic::Ordering::Relaxed);
+        bridge.connected.store(1, std::sync::atomic::Ordering::Relaxed);
+        board.set_bridges(vec![bridge]);
+        let text = board.prometheus();
+        assert!(text.contains("# TYPE tern_bridge_connected gauge"), "{text}");
+        assert!(text.contains("tern_bridge_connected{bridge=\"cloud\"} 1"), "{text}");
+        assert!(text.contains("tern_bridge_sent_total{bridge=\"cloud\"} 5"), "{text}");
+        let sys = board.sys_topics();
+        assert!(sys.contains(&("$SYS/broker/bridges/cloud/sent".into(), "5".into())), "{sys:?}");
         assert!(sys.contains(&("$SYS/broker/clients/maximum".into(), "2".into())));
     }
 }
