@@ -17,11 +17,13 @@ if command -v systemd-analyze >/dev/null 2>&1; then
     systemd-analyze verify debian/tern.service 2>&1 | grep -v 'Command /usr/bin/tern is not executable' || true
 fi
 
-deb=$(cargo deb --locked "$@" | tail -n 1)
+# --strip: the release profile keeps line tables for profiling; the package ships without them.
+deb=$(cargo deb --locked --strip "$@" | tail -n 1)
 echo "== $deb"
 dpkg-deb --info "$deb"
 echo "== contents"
-dpkg-deb --contents "$deb"
+contents=$(dpkg-deb --contents "$deb")
+echo "$contents"
 echo "== maintainer scripts"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -29,9 +31,9 @@ dpkg-deb --control "$deb" "$tmp"
 ls -l "$tmp"
 # The package must hold what the unit and the docs promise.
 for path in ./usr/bin/tern ./etc/tern/tern.toml ./usr/share/doc/tern/OPERATIONS.md; do
-    dpkg-deb --contents "$deb" | grep -q " $path\$" || { echo "missing $path" >&2; exit 1; }
+    grep -q " $path\$" <<<"$contents" || { echo "missing $path" >&2; exit 1; }
 done
-dpkg-deb --contents "$deb" | grep -Eq ' \./(usr/)?lib/systemd/system/tern\.service$' \
+grep -Eq ' \./(usr/)?lib/systemd/system/tern\.service$' <<<"$contents" \
     || { echo "missing the systemd unit" >&2; exit 1; }
 grep -qx '/etc/tern/tern.toml' "$tmp/conffiles" || { echo "tern.toml is not a conffile" >&2; exit 1; }
 echo "ok: $deb"
