@@ -21,6 +21,10 @@
 //!   by `limits.session_queue_*` (and counted when dropped), and delivers them when the bridge
 //!   comes back. Messages in flight are bounded by the Receive Maximum the bridge announces
 //!   (`inflight_max`) on v5 connections, and by the remote's own in-flight limit on 3.1.1.
+//! - **Polling.** One thread serves both connections with short read timeouts (1 ms while
+//!   messages flow, 5 ms when idle), so an idle bridge wakes about 400 times a second. Measured
+//!   on this 2-vCPU VM (busy): QoS 1 through a 3.1.1 bridge to Mosquitto 2.0.11, 2.6-3.0 k msg/s
+//!   with a Python paho publisher and subscriber that reach 3.7 k msg/s without the bridge.
 //! - **Reconnect** with capped exponential backoff (`reconnect_min_secs` doubling up to
 //!   `reconnect_max_secs`); a remote silent for 1.5 keep alives is dropped.
 //!
@@ -46,8 +50,10 @@ use crate::topic::matches;
 
 /// Time to connect, and to get CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one read waits before the bridge looks at the other side.
+/// How long one read waits before the bridge looks at the other side, when both were idle.
 const POLL: Duration = Duration::from_millis(5);
+/// The same while messages flow: short, so one side's silence delays the other little.
+const POLL_ACTIVE: Duration = Duration::from_millis(1);
 /// Keep alive of the local connection, seconds.
 const LOCAL_KEEPALIVE_SECS: u16 = 60;
 /// Largest packet the bridge accepts from either side.
@@ -188,6 +194,8 @@ struct Side {
     next_pid: u16,
     last_tx: Instant,
     last_rx: Instant,
+    /// The read timeout set on the socket now.
+    wait: Duration,
 }
 
 impl Side {
@@ -202,6 +210,7 @@ impl Side {
             next_pid: 0,
             last_tx: now,
             last_rx: now,
+            wait: POLL,
         }
     }
 
@@ -218,12 +227,42 @@ impl Side {
         Ok(())
     }
 
-    /// The next packet, waiting at most one read timeout; `None` when nothing came.
-    fn poll(&mut self) -> std::io::Result<Option<Packet>> {
-        match self.stash.pop_front() {
-            Some(p) => Ok(Some(p)),
-            None => self.poll_wire(),
+    fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => &s.sock,
         }
+    }
+
+    /// Sets how long a read waits for data.
+    fn set_wait(&mut self, wait: Duration) -> std::io::Result<()> {
+        if wait != self.wait {
+            self.tcp().set_read_timeout(Some(wait))?;
+            self.wait = wait;
+        }
+        Ok(())
+    }
+
+    /// Every packet available now: the stash and what is buffered, or else what one read (of at
+    /// most the read timeout) brings.
+    fn poll_batch(&mut self) -> std::io::Result<Vec<Packet>> {
+        let mut out: Vec<Packet> = self.stash.drain(..).collect();
+        loop {
+            let decoded =
+                codec::decode(&mut self.rx, self.version, PACKET_BYTES_MAX).map_err(|e| {
+                    std::io::Error::other(format!("{} sent a bad packet: {e:?}", self.name))
+                })?;
+            match decoded {
+                Some(p) => out.push(p),
+                None if out.is_empty() => match self.poll_wire()? {
+                    Some(p) => out.push(p),
+                    None => return Ok(out),
+                },
+                None => break,
+            }
+        }
+        self.last_rx = Instant::now();
+        Ok(out)
     }
 
     /// The next packet from the connection itself (not the stash).
@@ -243,7 +282,13 @@ impl Side {
                     let message = format!("{} closed the connection", self.name);
                     return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message));
                 }
-                Ok(n) => self.rx.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    self.rx.extend_from_slice(&chunk[..n]);
+                    // Acknowledge at once rather than after the delayed-ACK timer: a peer
+                    // that leaves Nagle on (Mosquitto's default) holds its next PUBACK until
+                    // then, which capped a 3.1.1 bridge at ~300 QoS 1 msg/s (measured).
+                    let _ = socket2::SockRef::from(self.tcp()).set_quickack(true);
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -308,46 +353,17 @@ impl Bridge<'_> {
         let keepalive = Duration::from_secs(u64::from(self.cfg.keepalive_secs));
         while !self.stop.load(Ordering::Relaxed) {
             let mut busy = false;
-            if let Some(p) = local.poll()? {
+            for p in local.poll_batch()? {
                 busy = true;
-                match p {
-                    Packet::Publish(m) => {
-                        self.forward(m, true, &mut local, &mut remote, &mut out)?
-                    }
-                    Packet::PubAck(a) => {
-                        if let Some(Some(r)) = inc.remove(&a.packet_id.get()) {
-                            remote.send(&Packet::PubAck(PubResp::success(r)))?;
-                        }
-                    }
-                    Packet::Disconnect(d) => {
-                        return Err(std::io::Error::other(format!(
-                            "local DISCONNECT {:?}",
-                            d.reason
-                        )))
-                    }
-                    _ => {}
-                }
+                self.handle(p, true, &mut local, &mut remote, &mut out, &mut inc)?;
             }
-            if let Some(p) = remote.poll()? {
+            for p in remote.poll_batch()? {
                 busy = true;
-                match p {
-                    Packet::Publish(m) => {
-                        self.forward(m, false, &mut remote, &mut local, &mut inc)?
-                    }
-                    Packet::PubAck(a) => {
-                        if let Some(Some(l)) = out.remove(&a.packet_id.get()) {
-                            local.send(&Packet::PubAck(PubResp::success(l)))?;
-                        }
-                    }
-                    Packet::Disconnect(d) => {
-                        return Err(std::io::Error::other(format!(
-                            "remote DISCONNECT {:?}",
-                            d.reason
-                        )))
-                    }
-                    _ => {}
-                }
+                self.handle(p, false, &mut remote, &mut local, &mut inc, &mut out)?;
             }
+            let wait = if busy { POLL_ACTIVE } else { POLL };
+            local.set_wait(wait)?;
+            remote.set_wait(wait)?;
             self.stats.inflight.store((out.len() + inc.len()) as u64, Ordering::Relaxed);
             if busy {
                 continue;
@@ -373,6 +389,35 @@ impl Bridge<'_> {
         let _ = remote.send(&bye);
         let _ = local.send(&bye);
         Ok(())
+    }
+
+    /// One packet from `from` (`from_local`: this broker). `forwarding` holds the messages
+    /// `from` sent that wait for the other side's acknowledgement; `returning` those the other
+    /// side sent that wait for `from`'s.
+    fn handle(
+        &self,
+        p: Packet,
+        from_local: bool,
+        from: &mut Side,
+        to: &mut Side,
+        forwarding: &mut HashMap<u16, Option<PacketId>>,
+        returning: &mut HashMap<u16, Option<PacketId>>,
+    ) -> std::io::Result<()> {
+        match p {
+            Packet::Publish(m) => self.forward(m, from_local, from, to, forwarding),
+            Packet::PubAck(a) => {
+                // `from` acknowledged a message the bridge forwarded to it: acknowledge the
+                // original to the side it came from.
+                if let Some(Some(original)) = returning.remove(&a.packet_id.get()) {
+                    to.send(&Packet::PubAck(PubResp::success(original)))?;
+                }
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                Err(std::io::Error::other(format!("{} sent DISCONNECT {:?}", from.name, d.reason)))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Republishes `m`, received from `from` (`outgoing`: from the local side), on `to`. A QoS 1
