@@ -464,8 +464,7 @@ impl Shard {
 
     /// On session resume: PUBLISH again with DUP for unacknowledged messages, PUBREL again for
     /// released ones, in their original order ([MQTT-4.4.0-1]).
-    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32) {
-        let now = Instant::now();
+    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32, now: Instant) {
         let Some(s) = self.slot(slot) else { return };
         let items: Vec<(u16, Outgoing, InflightState)> =
             s.session.inflight.iter().map(|(id, f)| (*id, f.out.clone(), f.state)).collect();
