@@ -53,6 +53,11 @@ pub struct RuntimeOptions {
     pub metrics_bind: Option<SocketAddr>,
     /// Durable sessions and retained messages (`None`: in memory only).
     pub persistence: Option<crate::persist::durable::PersistOptions>,
+    /// The stop flag [`Broker::stop_flag`] returns; shared with the admin HTTP thread.
+    pub stop: Arc<AtomicBool>,
+    /// Admin API requests, one receiver per shard (indexed by shard id), polled by the shard's
+    /// loop every 100 ms. Empty when the admin API is off.
+    pub admin_rx: Vec<crossbeam_channel::Receiver<crate::admin::ShardRequest>>,
 }
 
 /// A batch of messages from one shard to another.
@@ -88,6 +93,15 @@ pub enum StartError {
         addr: SocketAddr,
         /// OS error.
         source: std::io::Error,
+    },
+    /// Another process already listens on a configured address (found by the probe in
+    /// [`crate::broker::start`]). `key` is the configuration key, e.g. `listener[0].bind`.
+    #[error("{} = \"{addr}\": address already in use", key_label(key))]
+    AddrInUse {
+        /// The dotted configuration key of the address.
+        key: String,
+        /// The address.
+        addr: SocketAddr,
     },
     /// An executor could not be created (io_uring setup, locked memory).
     #[error(
@@ -180,7 +194,7 @@ impl Broker {
         let snapshot = Arc::new(std::sync::Mutex::new(ReloadSnapshot::default()));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = opts.pin_cores && cores.len() >= usize::from(n);
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&opts.stop);
         let mesh: Option<MeshBuilder<Batch, Full>> =
             (n > 1).then(|| MeshBuilder::full(usize::from(n), opts.mesh_channel_capacity));
         let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
@@ -292,6 +306,16 @@ impl Broker {
         for t in self.threads {
             let _ = t.join();
         }
+    }
+}
+
+/// How an address key is named in messages: `listener bind` for any listener (the file line
+/// says which one), the dotted key otherwise.
+fn key_label(key: &str) -> &str {
+    if key.starts_with("listener[") {
+        "listener bind"
+    } else {
+        key
     }
 }
 
@@ -526,6 +550,9 @@ async fn shard_main(
             }
             reload.applied[usize::from(id)].store(requested, Ordering::SeqCst);
         }
+        if let Some(rx) = opts.admin_rx.get(usize::from(id)) {
+            serve_admin(&io, id, rx);
+        }
         let now = Instant::now();
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             last_tick = now;
@@ -542,6 +569,25 @@ async fn shard_main(
         }
     }
     shutdown_shard(&io).await;
+}
+
+/// Answers the admin API requests waiting for this shard: at most 64 per turn, so a burst
+/// cannot stall the shard (the channel itself is bounded; the HTTP thread waits a bounded time).
+fn serve_admin(
+    io: &Rc<ShardIo>,
+    id: u16,
+    rx: &crossbeam_channel::Receiver<crate::admin::ShardRequest>,
+) {
+    let mut any = false;
+    for req in rx.try_iter().take(64) {
+        let reply = io.shard.borrow_mut().admin(&req.request, Instant::now());
+        // The asker may have given up (timeout): a full or closed reply channel is fine.
+        let _ = req.reply.try_send((id, reply));
+        any = true;
+    }
+    if any {
+        io.outbox_ready.notify();
+    }
 }
 
 /// Graceful shutdown: stop accepting, tell clients, give writes a bounded time to drain.

@@ -370,7 +370,7 @@ where
     let span = tracing::info_span!(
         "conn",
         shard,
-        peer = ?peer,
+        peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
         client_id = tracing::field::Empty
     );
     serve_in_span(io, stream, id).instrument(span).await

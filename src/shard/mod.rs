@@ -14,6 +14,7 @@
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 
+pub mod admin;
 pub mod budget;
 mod connect;
 pub mod message;
@@ -199,6 +200,8 @@ pub enum CloseReason {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// An operator disconnected the client through the admin API (v5 reason 0x98).
+    Administrative,
     /// CONNACK with a refusal was sent.
     Refused,
 }
@@ -226,6 +229,7 @@ impl CloseReason {
             CloseReason::KeepAliveTimeout => "no packet within 1.5 times the keep alive",
             CloseReason::TakenOver => "another connection took this client id over",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::Administrative => "disconnected by an administrator",
             _ => "",
         }
     }
@@ -236,6 +240,7 @@ impl CloseReason {
             CloseReason::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             CloseReason::TakenOver => Some(ReasonCode::SessionTakenOver),
             CloseReason::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            CloseReason::Administrative => Some(ReasonCode::AdministrativeAction),
             _ => None,
         }
     }
@@ -279,6 +284,8 @@ pub(crate) struct Conn {
     keep_alive_secs: u16,
     /// Last time a packet arrived.
     last_rx: Instant,
+    /// When the connection was accepted (the admin API's connected-since).
+    accepted_at: Instant,
     /// Will to publish on abnormal close.
     will: Option<Will>,
     /// Client's Receive Maximum (v5), 65535 for v3.
@@ -536,6 +543,7 @@ impl Shard {
             waker: None,
             keep_alive_secs: 0,
             last_rx: now,
+            accepted_at: now,
             will: None,
             client_receive_max: u16::MAX,
             client_packet_max: usize::MAX,

@@ -178,6 +178,11 @@ impl RetainedStore {
         out
     }
 
+    /// The unexpired retained message of `topic`, if any.
+    pub(crate) fn get(&self, topic: &str, now: Instant) -> Option<&Rc<Message>> {
+        self.find(topic).filter(|m| !m.is_expired(now))
+    }
+
     /// Retained messages held.
     pub(crate) fn len(&self) -> usize {
         self.count
