@@ -101,6 +101,20 @@ metrics! {
     counter connect_timeouts,
     /// Times a peer shard's channel was full and the flusher had to wait.
     counter mesh_backpressure,
+    /// Times a publisher was paused by a congested subscriber or a full peer outbox.
+    counter flow_pauses,
+    /// Times such a pause was lifted (the subscriber drained to `flow_low_water_messages`).
+    counter flow_resumes,
+    /// Publishing sessions paused now.
+    gauge flow_paused_publishers,
+    /// Subscribers disconnected as slow consumers (policy `disconnect`).
+    counter slow_consumers_disconnected,
+    /// Subscribers that became slow consumers under policy `drop`.
+    counter slow_consumers_dropping,
+    /// Deliveries dropped for a slow consumer under policy `drop`.
+    counter messages_dropped_slow_consumer,
+    /// QoS 1/2 PUBLISH answered 0x97 (Quota exceeded) because a full offline queue refused it.
+    counter publish_quota_exceeded,
 }
 
 impl Metrics {
@@ -113,6 +127,7 @@ impl Metrics {
             + self.messages_dropped_too_large
             + self.messages_dropped_session_end
             + self.messages_dropped_no_member
+            + self.messages_dropped_slow_consumer
     }
 }
 

@@ -71,14 +71,36 @@ impl Notify {
     }
 }
 
+/// Wakes every mesh flusher of a shard (one per peer and lane) when an outbox may have grown.
+#[derive(Default)]
+pub struct Signal {
+    waiters: RefCell<Vec<Rc<Notify>>>,
+}
+
+impl Signal {
+    /// Wakes every subscribed flusher.
+    pub fn notify(&self) {
+        for n in self.waiters.borrow().iter() {
+            n.notify();
+        }
+    }
+
+    /// A flag of its own that every [`Signal::notify`] sets.
+    pub fn subscribe(&self) -> Rc<Notify> {
+        let n = Rc::new(Notify::default());
+        self.waiters.borrow_mut().push(Rc::clone(&n));
+        n
+    }
+}
+
 /// Per-shard resources shared by the IO tasks of that shard.
 pub struct ShardIo {
     /// The shard state.
     pub shard: RefCell<Shard>,
     /// Scratch read buffer, borrowed only inside one `poll`.
     pub scratch: RefCell<Box<[u8]>>,
-    /// Wakes the mesh flusher when an outbox may have grown.
-    pub outbox_ready: Notify,
+    /// Wakes the mesh flushers when an outbox may have grown.
+    pub outbox_ready: Signal,
     /// Set when the shard is shutting down: accept loops stop.
     pub stopping: Cell<bool>,
     /// Tasks waiting for `stopping` (the accept loops).
@@ -346,14 +368,70 @@ async fn establish(
     }
 }
 
-/// What woke the connection task.
+/// What one turn of a connection task did.
 enum Event {
-    /// Output to write or a close to carry out.
-    Work,
-    /// Data was read and handed to the shard.
+    /// Data was read and handed to the shard: yield if others wait (one read per turn).
     Read,
-    /// End of stream or socket error.
+    /// End of stream or socket error: the shard is told; pending output still goes out.
     Closed,
+    /// The output failed: nothing more can be written.
+    WriteFailed,
+    /// The shard closed the connection and every byte is written.
+    Done,
+}
+
+/// The write half of a connection's state: the bytes of the current write (taken from the
+/// shard with [`Shard::swap_tx`], so the buffer's allocation is reused) and how far it got.
+#[derive(Default)]
+struct Output {
+    buf: bytes::BytesMut,
+    written: usize,
+    /// The bytes are written and the transport's flush is pending (TLS, WebSocket).
+    flushing: bool,
+}
+
+impl Output {
+    fn idle(&self) -> bool {
+        self.buf.is_empty() && !self.flushing
+    }
+
+    /// Writes as much as the socket takes, refilling from the shard; `Ready(Err)` when the
+    /// socket failed, `Ready(Ok)` when the shard has nothing more to write, `Pending` when the
+    /// socket is full (its readiness wakes the task).
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        stream: &mut S,
+        shard: &mut Shard,
+        id: ConnId,
+    ) -> Poll<std::io::Result<()>> {
+        // Bounded: each pass writes bytes, flushes, or takes a new buffer (which is bounded by
+        // `tx_bytes_max` plus one packet); it returns when the shard has nothing more.
+        loop {
+            if self.written < self.buf.len() {
+                match Pin::new(&mut *stream).poll_write(cx, &self.buf[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => self.written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else if self.flushing {
+                // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record.
+                std::task::ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+                self.flushing = false;
+            } else {
+                self.buf.clear();
+                self.written = 0;
+                shard.swap_tx(id, &mut self.buf, Instant::now());
+                if self.buf.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                self.flushing = true;
+            }
+        }
+    }
 }
 
 /// Drives one connection until it closes. Generic over the transport: plain TCP, TLS and
@@ -378,11 +456,17 @@ where
     serve_in_span(io, stream, id).instrument(span).await
 }
 
+/// The connection loop, full duplex: one task polls the write and the read side together, so
+/// a subscriber's PUBACKs and PINGREQs are read while its output is still being written. A
+/// connection that flow control pauses (`ConnStatus::read_paused`) arms no read and no timer:
+/// the shard wakes it when it may read again.
 async fn serve_in_span<S>(io: Rc<ShardIo>, mut stream: S, id: ConnId)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client_id_known = false;
+    let mut out = Output::default();
+    let mut eof = false;
     loop {
         if !client_id_known {
             if let Some(cid) = io.shard.borrow().client_id(id) {
@@ -391,40 +475,28 @@ where
                 client_id_known = true;
             }
         }
-        let tx = io.shard.borrow_mut().take_tx(id);
-        // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
-        if !tx.is_empty() && write_all_flush(&mut stream, &tx).await.is_err() {
-            io.shard.borrow_mut().handle_closed(id, Instant::now());
-            io.outbox_ready.notify();
-            break;
-        }
-        let status = io.shard.borrow().status(id);
-        if status.closing && !status.has_tx {
-            break;
-        }
-        if status.has_tx {
-            continue;
-        }
-        if status.read_paused {
-            // Backpressure: our output or a peer shard's channel is full. Poll again shortly
-            // rather than reading more; this path only runs under overload.
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-            continue;
-        }
         let event = poll_fn(|cx| {
-            {
-                let mut shard = io.shard.borrow_mut();
-                shard.register_waker(id, cx.waker());
-                let st = shard.status(id);
-                if st.has_tx || st.closing {
-                    return Poll::Ready(Event::Work);
-                }
+            let mut shard = io.shard.borrow_mut();
+            shard.register_waker(id, cx.waker());
+            match out.poll_write(cx, &mut stream, &mut shard, id) {
+                Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+            // Writing may have pumped queued messages and resumed publishers (local wakes,
+            // Resume messages for other shards).
+            io.outbox_ready.notify();
+            let status = shard.status(id);
+            if status.closing || eof {
+                return if out.idle() { Poll::Ready(Event::Done) } else { Poll::Pending };
+            }
+            if status.read_paused {
+                return Poll::Pending; // woken by the shard (resume, drain) or the write side
             }
             let mut scratch = io.scratch.borrow_mut();
             match Pin::new(&mut stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Closed),
                 Poll::Ready(Ok(n)) => {
-                    io.shard.borrow_mut().handle_read(id, &scratch[..n], Instant::now());
+                    shard.handle_read(id, &scratch[..n], Instant::now());
                     Poll::Ready(Event::Read)
                 }
                 Poll::Pending => Poll::Pending,
@@ -432,15 +504,22 @@ where
         })
         .await;
         match event {
-            Event::Work => {}
             Event::Read => {
                 io.outbox_ready.notify();
+                // Bounded work per turn: one read and its packets, then the others' turn.
                 glommio::yield_if_needed().await;
             }
             Event::Closed => {
+                eof = true;
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 io.outbox_ready.notify();
             }
+            Event::WriteFailed => {
+                io.shard.borrow_mut().handle_closed(id, Instant::now());
+                io.outbox_ready.notify();
+                break;
+            }
+            Event::Done => break,
         }
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
@@ -452,12 +531,4 @@ where
     .await;
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
-}
-
-async fn write_all_flush<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
 }

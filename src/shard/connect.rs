@@ -240,6 +240,7 @@ impl Shard {
             }
         }
         // Remove without releasing the registry (the new connection owns the id now).
+        self.flow_forget(slot);
         let s = self.sessions[slot as usize].take().expect("invariant: slot checked above");
         self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
@@ -439,8 +440,14 @@ impl Shard {
         let client_id = session.client_id.clone();
         let filters: Vec<(String, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
-        let entry =
-            SessionSlot { session, generation, conn: None, expires_at: None, pending_will: None };
+        let entry = SessionSlot {
+            session,
+            generation,
+            conn: None,
+            expires_at: None,
+            pending_will: None,
+            flow: Default::default(),
+        };
         let slot = match self.free_sessions.pop() {
             Some(i) => {
                 self.sessions[i as usize] = Some(entry);

@@ -8,19 +8,21 @@
 //! - inputs: [`Shard::accept`], [`Shard::handle_read`], [`Shard::handle_closed`],
 //!   [`Shard::handle_peer`] (a message from another shard), [`Shard::tick`];
 //! - outputs: each connection's pending bytes ([`Shard::take_tx`]) and close request, the
-//!   per-peer outboxes of [`ShardMsg`] ([`Shard::outbox`]), and the connection wakers it fires.
+//!   per-peer outboxes of [`ShardMsg`] on two lanes ([`Shard::take_batch`] for data,
+//!   [`Shard::take_control`] for control), and the connection wakers it fires.
 //!
 //! The runtime (`crate::runtime`, `crate::net`) moves bytes and messages; the tests drive
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 
 mod connect;
+mod flow;
 pub mod message;
 mod publish;
 mod retained;
 mod subscribe;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -31,6 +33,7 @@ use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
+pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{Member, ShardMsg};
 use retained::RetainedStore;
 use subscribe::SharedGroups;
@@ -100,11 +103,13 @@ pub struct ShardConfig {
     pub security: std::sync::Arc<crate::auth::Security>,
     /// Where the password file and ACL are read from again on reload.
     pub auth_files: crate::config::AuthConfig,
-    /// Bytes waiting to be written to one connection before QoS 0 deliveries to it are dropped
-    /// and reading from it pauses.
+    /// Bytes of deliveries waiting to be written to one connection; beyond, deliveries wait in
+    /// its session queue. Reading from the connection pauses at twice this (its own responses).
     pub tx_bytes_max: usize,
-    /// Messages waiting for one peer shard before publishers on this shard are paused.
+    /// Messages waiting for one peer shard before the publishers that add to it are paused.
     pub outbox_messages_max: usize,
+    /// Flow control: subscriber high/low-water marks and the slow-consumer policy.
+    pub flow: FlowLimits,
     /// v5 Response Information returned to clients that request it: this prefix followed by
     /// the client id and `/` (§3.2.2.3.15). `None`: not offered.
     pub response_information_prefix: Option<String>,
@@ -146,6 +151,13 @@ impl ShardConfig {
             auth_files: Default::default(),
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
+            flow: FlowLimits {
+                high_water_messages: 20,
+                low_water_messages: 10,
+                hard_cap_messages: 1000,
+                slow_consumer_timeout: Duration::from_secs(10),
+                slow_consumer_policy: SlowConsumerPolicy::Disconnect,
+            },
             response_information_prefix: Some("responses/".into()),
             check_payload_format: true,
         }
@@ -173,6 +185,9 @@ pub enum CloseReason {
     Shutdown,
     /// CONNACK with a refusal was sent.
     Refused,
+    /// A subscriber stayed congested too long, or its queue reached the hard cap, under the
+    /// slow-consumer policy `disconnect`.
+    SlowConsumer,
 }
 
 impl CloseReason {
@@ -198,6 +213,7 @@ impl CloseReason {
             CloseReason::KeepAliveTimeout => "no packet within 1.5 times the keep alive",
             CloseReason::TakenOver => "another connection took this client id over",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::SlowConsumer => "slow consumer: messages arrive faster than acknowledged",
             _ => "",
         }
     }
@@ -208,6 +224,7 @@ impl CloseReason {
             CloseReason::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             CloseReason::TakenOver => Some(ReasonCode::SessionTakenOver),
             CloseReason::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            CloseReason::SlowConsumer => Some(flow::SLOW_CONSUMER_REASON),
             _ => None,
         }
     }
@@ -291,6 +308,8 @@ pub(crate) struct SessionSlot {
     expires_at: Option<Instant>,
     /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
     pending_will: Option<(Will, Instant)>,
+    /// Flow control state, as subscriber and as publisher.
+    flow: flow::SlotFlow,
 }
 
 /// A CONNECT waiting for the registry or a takeover.
@@ -310,7 +329,8 @@ pub struct ConnStatus {
     pub has_tx: bool,
     /// The shard wants the socket closed once `tx` is flushed.
     pub closing: bool,
-    /// Reading should pause (output or mesh backpressure).
+    /// Reading should pause: its own output is full, flow control holds its publisher, or
+    /// it waits for other shards.
     pub read_paused: bool,
 }
 
@@ -338,7 +358,16 @@ pub struct Shard {
     /// with the number of peer answers still missing.
     pending_acks: HashMap<u64, (subscribe::PendingAck, usize)>,
     next_req: u64,
+    /// Data lane: publishes for each peer shard.
     outbox: Vec<VecDeque<ShardMsg>>,
+    /// Control lane: everything else for each peer shard (never behind data).
+    control: Vec<VecDeque<ShardMsg>>,
+    /// Local publishers paused because the data outbox of a peer was full, by peer.
+    outbox_blocked: Vec<HashSet<crate::session::message::Origin>>,
+    /// Session slots above their high-water mark (visited by the slow-consumer check).
+    congested: HashSet<u32>,
+    /// Set when a full offline queue refused the message being routed (v5 PUBACK 0x97).
+    route_refused: bool,
     /// Counters, read by the metrics endpoint and `$SYS`.
     pub metrics: Metrics,
     /// Publish-to-deliver latency of deliveries written by this shard, microseconds.
@@ -387,6 +416,10 @@ impl Shard {
             reading: false,
             resume_reads: Vec::new(),
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
+            control: (0..peers).map(|_| VecDeque::new()).collect(),
+            outbox_blocked: (0..peers).map(|_| HashSet::new()).collect(),
+            congested: HashSet::new(),
+            route_refused: false,
             metrics: Metrics::default(),
             latency: crate::metrics::new_latency_histogram(),
             scratch: Vec::new(),
@@ -512,8 +545,8 @@ impl Shard {
             Some(c) => ConnStatus {
                 has_tx: !c.tx.is_empty(),
                 closing: matches!(c.phase, Phase::Closing),
-                read_paused: c.tx.len() >= self.cfg.tx_bytes_max
-                    || self.outbox_full()
+                read_paused: c.tx.len() >= 2 * self.cfg.tx_bytes_max
+                    || self.publisher_paused(&c.phase)
                     || c.awaiting_peers
                     || matches!(c.phase, Phase::Connecting),
             },
@@ -521,11 +554,23 @@ impl Shard {
         }
     }
 
-    /// Takes the bytes waiting for the connection, leaving an empty buffer.
-    pub fn take_tx(&mut self, id: ConnId) -> BytesMut {
-        match self.conn_mut(id) {
-            Some(c) => std::mem::take(&mut c.tx),
-            None => BytesMut::new(),
+    /// Takes the bytes waiting for the connection, leaving an empty buffer, then refills the
+    /// buffer from the session queue (up to `tx_bytes_max`), so the next write is ready while
+    /// this one goes out.
+    pub fn take_tx(&mut self, id: ConnId, now: Instant) -> BytesMut {
+        let mut out = BytesMut::new();
+        self.swap_tx(id, &mut out, now);
+        out
+    }
+
+    /// [`Shard::take_tx`] into the caller's (empty) buffer, whose allocation the connection
+    /// keeps for its next output: no buffer is freed and regrown per write.
+    pub fn swap_tx(&mut self, id: ConnId, buf: &mut BytesMut, now: Instant) {
+        debug_assert!(buf.is_empty());
+        let Some(c) = self.conn_mut(id) else { return };
+        std::mem::swap(&mut c.tx, buf);
+        if let Phase::Active { slot } = c.phase {
+            self.pump(id, slot, now);
         }
     }
 
@@ -754,6 +799,7 @@ impl Shard {
 
     /// The connection of a session went away: end the session or start its expiry clock.
     fn detach_session(&mut self, slot: u32, now: Instant) {
+        self.flow_offline(slot);
         let Some(s) = self.slot_mut(slot) else { return };
         s.conn = None;
         let expiry = s.session.expiry_secs;
@@ -780,6 +826,7 @@ impl Shard {
         if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
             self.publish_will(slot, will, Instant::now());
         }
+        self.flow_forget(slot);
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
         self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
@@ -844,6 +891,7 @@ impl Shard {
                 self.publish_will(slot, will, now);
             }
         }
+        self.flow_tick(now);
     }
 
     /// Closes every connection with "server shutting down". Sessions are kept until the process
@@ -865,21 +913,19 @@ impl Shard {
             .sum()
     }
 
-    /// The per-peer outboxes; the runtime drains them into the mesh.
-    pub fn outbox(&mut self) -> &mut [VecDeque<ShardMsg>] {
-        &mut self.outbox
+    /// Whether anything waits for `peer` on either lane.
+    pub fn has_outgoing(&self, peer: usize) -> bool {
+        !self.outbox[peer].is_empty() || !self.control[peer].is_empty()
     }
 
-    fn outbox_full(&self) -> bool {
-        self.outbox.iter().any(|q| q.len() >= self.cfg.outbox_messages_max)
-    }
-
-    /// Queues `msg` for `peer`; a message to this shard itself is handled at once.
+    /// Queues `msg` for `peer` on its lane; a message to this shard itself is handled at once.
     fn send_to_peer(&mut self, peer: u16, msg: ShardMsg, now: Instant) {
         if peer == self.id {
             self.handle_peer(peer, msg, now);
-        } else {
+        } else if msg.is_data() {
             self.outbox[peer as usize].push_back(msg);
+        } else {
+            self.control[peer as usize].push_back(msg);
         }
     }
 
@@ -887,7 +933,9 @@ impl Shard {
     fn broadcast(&mut self, make: impl Fn() -> ShardMsg) {
         for peer in 0..self.cfg.shards {
             if peer != self.id {
-                self.outbox[peer as usize].push_back(make());
+                let msg = make();
+                let lane = if msg.is_data() { &mut self.outbox } else { &mut self.control };
+                lane[peer as usize].push_back(msg);
             }
         }
     }
@@ -922,6 +970,8 @@ impl Shard {
                 self.handle_takeover(from, client_id, req, clean_start, now)
             }
             ShardMsg::TakeoverReply { req, state } => self.takeover_reply(req, state, now),
+            ShardMsg::Pause { session, generation } => self.publisher_pause(session, generation),
+            ShardMsg::Resume { session, generation } => self.publisher_resume(session, generation),
             ShardMsg::Release { client_id, owner } => {
                 if self.registry.get(&client_id) == Some(&owner) {
                     self.registry.remove(&client_id);

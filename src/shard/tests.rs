@@ -46,7 +46,9 @@ impl Cluster {
             let mut moved = false;
             for from in 0..self.shards.len() {
                 for to in 0..self.shards.len() {
-                    let msgs: Vec<ShardMsg> = self.shards[from].outbox()[to].drain(..).collect();
+                    // Control lane first, as the runtime's flushers may deliver it.
+                    let mut msgs = self.shards[from].take_control(to, usize::MAX);
+                    msgs.extend(self.shards[from].take_batch(to, usize::MAX));
                     for m in msgs {
                         moved = true;
                         let now = self.now;
@@ -82,7 +84,8 @@ impl Cluster {
 
     /// Every packet the client has been sent since the last call.
     fn recv(&mut self, c: Client) -> Vec<Packet> {
-        let mut tx = self.shards[c.shard].take_tx(c.conn);
+        let now = self.now;
+        let mut tx = self.shards[c.shard].take_tx(c.conn, now);
         let mut out = Vec::new();
         while let Some(p) =
             codec::decode(&mut tx, c.version, usize::MAX).expect("broker output decodes")
