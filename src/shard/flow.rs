@@ -138,7 +138,8 @@ impl Shard {
     pub(super) fn flow_check_drained(&mut self, slot: u32) {
         let low = self.cfg.flow.low_water_messages;
         let Some(s) = self.slot(slot) else { return };
-        if s.flow.congested_since.is_none() || s.session.queue.len() > low {
+        let episode = s.flow.congested_since.is_some() || s.flow.dropping;
+        if !episode || s.session.queue.len() > low {
             return;
         }
         self.flow_release(slot);

@@ -484,3 +484,6 @@ fn pipelined_subscribes_do_not_recurse_per_packet() {
         assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "{shards} shards: every SUBACK, in order");
     }
 }
+
+#[path = "flow_tests.rs"]
+mod flow_tests;
