@@ -186,8 +186,7 @@ impl Broker {
                         .name(&format!("tern-{i}"))
                         .io_memory(opts.io_memory_bytes)
                         .ring_depth(opts.ring_depth)
-                        .spin_before_park(opts.spin_before_park)
-                        .preempt_timer(opts.preempt_timer);
+                        .spin_before_park(opts.spin_before_park);
                     let ex = match builder.make() {
                         Ok(ex) => ex,
                         Err(e) => {
@@ -355,6 +354,17 @@ async fn shard_main(
             Rc::new(ctx)
         })
         .collect();
+    // Connection tasks (accept loops and the connections they spawn) run in a task queue whose
+    // latency requirement sets glommio's preemption timer while it has work: `yield_if_needed`
+    // after each read then yields every `preempt_timer`, so one flooding connection cannot
+    // hold the shard. (Set on the executor itself, a sub-millisecond timer stalled the mesh
+    // join at start-up under load; a queue's requirement only applies once it runs.)
+    let conns = glommio::executor().create_task_queue(
+        glommio::Shares::default(),
+        glommio::Latency::Matters(opts.preempt_timer),
+        "connections",
+    );
+    let spawn_conns = |fut| glommio::spawn_local_into(fut, conns);
     let mut private = None;
     if opts.shard_ports {
         let ip = addrs.first().map_or([127, 0, 0, 1].into(), |a| a.ip());
@@ -362,7 +372,14 @@ async fn shard_main(
             Ok(l) => {
                 private = l.local_addr().ok();
                 // Same transport and policy as listener 0.
-                glommio::spawn_local(accept_loop(Rc::clone(&io), l, Rc::clone(&ctxs[0]))).detach();
+                match spawn_conns(accept_loop(Rc::clone(&io), l, Rc::clone(&ctxs[0]))) {
+                    Ok(t) => t.detach(),
+                    Err(e) => {
+                        let err = StartError::Shard(id, format!("task queue: {e}"));
+                        let _ = ready.send(Err(err));
+                        return;
+                    }
+                };
             }
             Err(e) => {
                 let err = StartError::Shard(id, format!("private listener: {e}"));
@@ -373,7 +390,13 @@ async fn shard_main(
     }
     let mut tasks = Vec::new();
     for (l, ctx) in listeners.into_iter().zip(&ctxs) {
-        tasks.push(glommio::spawn_local(accept_loop(Rc::clone(&io), l, Rc::clone(ctx))));
+        match spawn_conns(accept_loop(Rc::clone(&io), l, Rc::clone(ctx))) {
+            Ok(t) => tasks.push(t),
+            Err(e) => {
+                let _ = ready.send(Err(StartError::Shard(id, format!("task queue: {e}"))));
+                return;
+            }
+        }
     }
     if let (Some((data_tx, data_rx)), Some((ctl_tx, ctl_rx))) = (lanes, control_lanes) {
         let (data_tx, ctl_tx) = (Rc::new(data_tx), Rc::new(ctl_tx));

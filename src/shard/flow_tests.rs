@@ -217,7 +217,8 @@ fn slow_consumer_at_the_hard_cap() {
 /// until it drains; its publisher is resumed at once.
 #[test]
 fn slow_consumer_drop_policy_drops_for_it_alone() {
-    let mut cl = Cluster::with_config(1, |c| c.flow.slow_consumer_policy = SlowConsumerPolicy::Drop);
+    let mut cl =
+        Cluster::with_config(1, |c| c.flow.slow_consumer_policy = SlowConsumerPolicy::Drop);
     let slow = cl.connect(0, V4, "slow", true);
     cl.subscribe(slow, "t", QoS::AtLeastOnce);
     let fast = cl.connect(0, V4, "fast", true);
