@@ -404,7 +404,7 @@ async fn shard_main(
         for peer in (0..data_tx.nr_consumers()).filter(|p| *p != me) {
             for lane in [Lane::Control, Lane::Data] {
                 let senders = Rc::clone(if lane == Lane::Data { &data_tx } else { &ctl_tx });
-                let ready = io.outbox_ready.subscribe();
+                let ready = io.outbox_ready.subscribe(peer, lane == Lane::Control);
                 let flusher =
                     flush_lane(Rc::clone(&io), senders, peer, lane, ready, opts.mesh_batch_max);
                 tasks.push(glommio::spawn_local(flusher));
@@ -540,8 +540,8 @@ fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>) {
                     for msg in batch {
                         shard.handle_peer(from as u16, msg, now);
                     }
+                    io.outbox_ready.notify_pending(&shard);
                 }
-                io.outbox_ready.notify();
                 glommio::yield_if_needed().await;
             }
         })

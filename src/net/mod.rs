@@ -71,24 +71,35 @@ impl Notify {
     }
 }
 
-/// Wakes every mesh flusher of a shard (one per peer and lane) when an outbox may have grown.
+/// Wakes the mesh flushers of a shard (one per peer and lane) when their outbox may have grown.
 #[derive(Default)]
 pub struct Signal {
-    waiters: RefCell<Vec<Rc<Notify>>>,
+    /// (peer, control lane, flag) of each flusher.
+    waiters: RefCell<Vec<(usize, bool, Rc<Notify>)>>,
 }
 
 impl Signal {
-    /// Wakes every subscribed flusher.
+    /// Wakes every flusher.
     pub fn notify(&self) {
-        for n in self.waiters.borrow().iter() {
+        for (_, _, n) in self.waiters.borrow().iter() {
             n.notify();
         }
     }
 
-    /// A flag of its own that every [`Signal::notify`] sets.
-    pub fn subscribe(&self) -> Rc<Notify> {
+    /// Wakes the flushers whose outbox holds something (the hot paths: no wake-up, and no
+    /// empty pass, for a lane with nothing to send).
+    pub fn notify_pending(&self, shard: &Shard) {
+        for (peer, control, n) in self.waiters.borrow().iter() {
+            if shard.has_outgoing_on(*peer, *control) {
+                n.notify();
+            }
+        }
+    }
+
+    /// The flag of the flusher for `peer` on the control or the data lane.
+    pub fn subscribe(&self, peer: usize, control: bool) -> Rc<Notify> {
         let n = Rc::new(Notify::default());
-        self.waiters.borrow_mut().push(Rc::clone(&n));
+        self.waiters.borrow_mut().push((peer, control, Rc::clone(&n)));
         n
     }
 }
@@ -484,7 +495,7 @@ where
             }
             // Writing may have pumped queued messages and resumed publishers (local wakes,
             // Resume messages for other shards).
-            io.outbox_ready.notify();
+            io.outbox_ready.notify_pending(&shard);
             let status = shard.status(id);
             if status.closing || eof {
                 return if out.idle() { Poll::Ready(Event::Done) } else { Poll::Pending };
@@ -505,7 +516,7 @@ where
         .await;
         match event {
             Event::Read => {
-                io.outbox_ready.notify();
+                io.outbox_ready.notify_pending(&io.shard.borrow());
                 // Bounded work per turn: one read and its packets, then the others' turn.
                 glommio::yield_if_needed().await;
             }

@@ -32,7 +32,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::{CloseReason, ConnId, Phase, Shard, ShardMsg};
+use super::{CloseReason, Phase, Shard, ShardMsg};
 use crate::codec::ReasonCode;
 use crate::session::message::Origin;
 
@@ -195,8 +195,11 @@ impl Shard {
         }
         let conn = s.conn;
         self.metrics.flow_paused_publishers -= 1;
-        if let Some(conn) = conn {
-            self.wake(conn);
+        if let Some(c) = conn.and_then(|id| self.conn_mut(id)) {
+            c.flow_resumed = true;
+            if let Some(w) = &c.waker {
+                w.wake_by_ref();
+            }
         }
     }
 
@@ -233,6 +236,15 @@ impl Shard {
             }
         }
         batch
+    }
+
+    /// Whether anything waits for `peer` on the control lane (`control`) or the data lane.
+    pub fn has_outgoing_on(&self, peer: usize, control: bool) -> bool {
+        if control {
+            !self.control[peer].is_empty()
+        } else {
+            !self.outbox[peer].is_empty()
+        }
     }
 
     /// Takes up to `n` control messages for `peer`.
@@ -290,13 +302,6 @@ impl Shard {
         let Some(s) = self.slot_mut(slot) else { return };
         let dropped = s.session.trim_to_bounds();
         self.metrics.messages_dropped_queue_full += dropped;
-    }
-
-    /// Wakes the task of `conn`.
-    pub(super) fn wake(&self, conn: ConnId) {
-        if let Some(w) = self.conn(conn).and_then(|c| c.waker.as_ref()) {
-            w.wake_by_ref();
-        }
     }
 }
 

@@ -290,3 +290,32 @@ fn subscriber_with_pending_output_is_still_read() {
     let got = cl.recv(sub);
     assert!(got.iter().any(|p| matches!(p, Packet::PingResp)));
 }
+
+/// A publisher paused by flow control is not read, so its PINGREQs wait in the socket: the
+/// keep-alive clock ([MQTT-3.1.2-24]) must not close it for the broker's own pause, and starts
+/// again when it is resumed.
+#[test]
+fn paused_publisher_is_not_timed_out_by_keep_alive() {
+    let mut cl =
+        Cluster::with_config(1, |c| c.flow.slow_consumer_timeout = Duration::from_secs(1000));
+    let sub = cl.connect(0, V4, "sub", true);
+    cl.subscribe(sub, "t", QoS::AtLeastOnce);
+    let publisher = cl.connect(0, V4, "pub", true); // keep alive 60 s: closed after 90 s
+    for seq in 1..=36 {
+        cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+    }
+    assert!(cl.paused(publisher));
+    let start = cl.now;
+    // The subscriber stays alive on its own.
+    cl.now = start + Duration::from_secs(80);
+    cl.send(sub, Packet::PingReq);
+    cl.shards[0].tick(start + Duration::from_secs(100));
+    assert!(!cl.shards[0].status(publisher.conn).closing, "paused, not silent");
+    cl.now = start + Duration::from_secs(100);
+    assert_eq!(cl.drain_acking(sub), seqs(36));
+    assert!(!cl.paused(publisher));
+    cl.shards[0].tick(start + Duration::from_secs(101));
+    assert!(!cl.shards[0].status(publisher.conn).closing, "the clock restarts at the resume");
+    cl.shards[0].tick(start + Duration::from_secs(192));
+    assert!(cl.shards[0].status(publisher.conn).closing, "and runs again after it");
+}

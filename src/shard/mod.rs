@@ -296,6 +296,9 @@ pub(crate) struct Conn {
     /// The user name was proven by the transport (TLS client certificate) or by enhanced
     /// authentication, not just claimed in CONNECT.
     identity_verified: bool,
+    /// Flow control resumed reading: the keep-alive clock restarts at the next tick (the
+    /// broker, not the client, was the one not reading).
+    flow_resumed: bool,
 }
 
 /// A session slot: the session and whatever binds it to a connection.
@@ -491,6 +494,7 @@ impl Shard {
             client_id: String::new(),
             problem_info: true,
             awaiting_peers: false,
+            flow_resumed: false,
             auth: None,
             auth_method: None,
             identity_verified: false,
@@ -843,8 +847,14 @@ impl Shard {
     /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
     pub fn tick(&mut self, now: Instant) {
         let mut to_close = Vec::new();
+        let mut refresh = Vec::new();
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
+            if c.flow_resumed || self.publisher_paused(&c.phase) {
+                // Not read because of flow control: its packets wait in the socket.
+                refresh.push(i);
+                continue;
+            }
             match c.phase {
                 Phase::AwaitConnect { deadline } | Phase::Authenticating { deadline }
                     if now >= deadline =>
@@ -859,6 +869,12 @@ impl Shard {
                     }
                 }
                 _ => {}
+            }
+        }
+        for i in refresh {
+            if let Some(c) = self.conns[i].as_mut() {
+                c.last_rx = now;
+                c.flow_resumed = false;
             }
         }
         for (i, reason) in to_close {
@@ -911,11 +927,6 @@ impl Shard {
             .flatten()
             .map(|s| s.session.queue.len() + s.session.inflight.len())
             .sum()
-    }
-
-    /// Whether anything waits for `peer` on either lane.
-    pub fn has_outgoing(&self, peer: usize) -> bool {
-        !self.outbox[peer].is_empty() || !self.control[peer].is_empty()
     }
 
     /// Queues `msg` for `peer` on its lane; a message to this shard itself is handled at once.
