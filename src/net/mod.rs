@@ -437,6 +437,9 @@ impl Output {
                 self.written = 0;
                 shard.swap_tx(id, &mut self.buf, Instant::now());
                 if self.buf.is_empty() {
+                    if self.buf.capacity() > crate::shard::IDLE_TX_CAPACITY_MAX {
+                        self.buf = bytes::BytesMut::new();
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 self.flushing = true;

@@ -38,6 +38,10 @@ pub use message::{Member, ShardMsg};
 use retained::RetainedStore;
 use subscribe::SharedGroups;
 
+/// Output buffer capacity an idle connection may keep for reuse; larger ones are freed once
+/// written (a burst does not leave a megabyte behind on every idle connection).
+pub const IDLE_TX_CAPACITY_MAX: usize = 4096;
+
 /// Identifies a connection within its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u32);
@@ -575,6 +579,12 @@ impl Shard {
         std::mem::swap(&mut c.tx, buf);
         if let Phase::Active { slot } = c.phase {
             self.pump(id, slot, now);
+        }
+        // An idle connection keeps no large output buffer (the driver frees its own likewise).
+        if let Some(c) = self.conn_mut(id) {
+            if c.tx.is_empty() && c.tx.capacity() > IDLE_TX_CAPACITY_MAX {
+                c.tx = BytesMut::new();
+            }
         }
     }
 
