@@ -645,8 +645,10 @@ pub struct CheckBounds {
     pub latency_slack_us: f64,
 }
 
+type Percentile = (&'static str, fn(&Latency) -> f64);
+
 /// The percentiles the check compares.
-const CHECKED_PERCENTILES: [(&str, fn(&Latency) -> f64); 4] =
+const CHECKED_PERCENTILES: [Percentile; 4] =
     [("p50", |l| l.p50), ("p90", |l| l.p90), ("p99", |l| l.p99), ("p99.9", |l| l.p999)];
 
 /// `check`: for each baseline label, Tern's figures over the relay's (target `relay`) in the
@@ -705,7 +707,7 @@ pub fn check(baseline: &[Summary], current: &[Summary], b: CheckBounds) -> (Stri
         // rate by construction, and a shortfall there shows up as losses or latency.
         if bt.rate_per_sec == 0
             && rate_base.is_finite()
-            && !(rate_now >= rate_base * b.throughput_ratio_min)
+            && (rate_now.is_nan() || rate_now < rate_base * b.throughput_ratio_min)
         {
             why.push(format!(
                 "delivered-rate ratio {:.0} % of the baseline's",
