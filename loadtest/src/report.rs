@@ -645,6 +645,7 @@ pub struct CheckBounds {
     pub latency_slack_us: f64,
 }
 
+/// A percentile's name and how to read it.
 type Percentile = (&'static str, fn(&Latency) -> f64);
 
 /// The percentiles the check compares.
