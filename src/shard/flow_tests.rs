@@ -319,3 +319,38 @@ fn paused_publisher_is_not_timed_out_by_keep_alive() {
     cl.shards[0].tick(start + Duration::from_secs(192));
     assert!(cl.shards[0].status(publisher.conn).closing, "and runs again after it");
 }
+
+/// Retained messages sent at SUBSCRIBE go past the high-water mark without pausing the clients
+/// that once published them, and none is dropped by the offline queue bound (100 here).
+#[test]
+fn retained_burst_at_subscribe_pauses_no_publisher() {
+    let mut cl = Cluster::new(1);
+    let publisher = cl.connect(0, V4, "pub", true);
+    for seq in 1..=150u16 {
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: format!("r/{seq}"),
+            packet_id: Some(pid(seq)),
+            properties: Properties::new(),
+            payload: Bytes::copy_from_slice(&u64::from(seq).to_be_bytes()),
+        };
+        cl.send(publisher, Packet::Publish(p));
+    }
+    cl.recv(publisher);
+    let sub = cl.connect(0, V4, "sub", true);
+    let s = Subscribe {
+        packet_id: pid(1),
+        filters: vec![(
+            "r/#".into(),
+            SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+        )],
+        properties: Properties::new(),
+    };
+    cl.send(sub, Packet::Subscribe(s));
+    assert!(!cl.paused(publisher));
+    let mut got = cl.drain_acking(sub);
+    got.sort_unstable();
+    assert_eq!(got, seqs(150));
+}

@@ -343,19 +343,36 @@ impl Shard {
     /// the offline bounds: flow control slows the publisher down instead, `super::flow`).
     /// Offline: queued under the offline bounds (QoS 1/2) or dropped and counted (QoS 0).
     pub(super) fn deliver(&mut self, slot: u32, out: Outgoing, now: Instant) {
+        self.deliver_from(slot, out, true, now)
+    }
+
+    /// [`Shard::deliver`] of a stored retained message at SUBSCRIBE: its publisher, who may
+    /// have published it long ago, is not the one to slow down.
+    pub(super) fn deliver_retained(&mut self, slot: u32, out: Outgoing, now: Instant) {
+        self.deliver_from(slot, out, false, now)
+    }
+
+    fn deliver_from(&mut self, slot: u32, out: Outgoing, live: bool, now: Instant) {
         // Read access is checked on every delivery, retained ones included.
         if !self.can_read(slot, &out.msg.topic) {
             return;
         }
         let Some(s) = self.slot_mut(slot) else { return };
         match s.conn {
-            Some(conn) => self.deliver_connected(conn, slot, out, now),
+            Some(conn) => self.deliver_connected(conn, slot, out, live, now),
             None if out.qos == QoS::AtMostOnce => self.metrics.messages_dropped_qos0_offline += 1,
             None => self.enqueue(slot, out),
         }
     }
 
-    fn deliver_connected(&mut self, conn: ConnId, slot: u32, out: Outgoing, now: Instant) {
+    fn deliver_connected(
+        &mut self,
+        conn: ConnId,
+        slot: u32,
+        out: Outgoing,
+        live: bool,
+        now: Instant,
+    ) {
         let tx_max = self.cfg.tx_bytes_max;
         let Some(c) = self.conn(conn) else { return };
         let (receive_max, tx_room) = (c.client_receive_max, c.tx.len() < tx_max);
@@ -373,7 +390,7 @@ impl Shard {
                 return self.send_inflight(conn, slot, out, now);
             }
         }
-        let origin = out.msg.origin;
+        let origin = out.msg.origin.filter(|_| live);
         s.session.enqueue_connected(out);
         self.flow_after_delivery(slot, origin, now);
     }

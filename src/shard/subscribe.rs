@@ -262,7 +262,7 @@ impl Shard {
                     retain: true,
                     subscription_ids: identifier.into_iter().collect(),
                 };
-                self.deliver(slot, out, now);
+                self.deliver_retained(slot, out, now);
             }
         }
         // Packets that arrived behind the SUBSCRIBE.
