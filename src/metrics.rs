@@ -69,7 +69,7 @@ metrics! {
     counter bytes_received,
     /// Bytes queued for clients.
     counter bytes_sent,
-    /// QoS 0 deliveries dropped: the subscriber's output buffer was full.
+    /// QoS 0 deliveries dropped for a slow subscriber (0 since flow control; kept for dashboards).
     counter messages_dropped_qos0_slow,
     /// QoS 0 deliveries dropped: the session has no connection.
     counter messages_dropped_qos0_offline,
