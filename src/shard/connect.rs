@@ -447,6 +447,7 @@ impl Shard {
             expires_at: None,
             pending_will: None,
             flow: Default::default(),
+            timers: Default::default(),
         };
         let slot = match self.free_sessions.pop() {
             Some(i) => {

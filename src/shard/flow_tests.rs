@@ -315,8 +315,12 @@ fn paused_publisher_is_not_timed_out_by_keep_alive() {
     assert_eq!(cl.drain_acking(sub), seqs(36));
     assert!(!cl.paused(publisher));
     cl.shards[0].tick(start + Duration::from_secs(101));
-    assert!(!cl.shards[0].status(publisher.conn).closing, "the clock restarts at the resume");
+    assert!(!cl.shards[0].status(publisher.conn).closing, "not closed at the resume");
+    // The clock restarts at the first keep-alive check after the resume (here at 190 s, the
+    // deadline armed during the pause): never early, at most one period late.
     cl.shards[0].tick(start + Duration::from_secs(192));
+    assert!(!cl.shards[0].status(publisher.conn).closing);
+    cl.shards[0].tick(start + Duration::from_secs(192 + 91));
     assert!(cl.shards[0].status(publisher.conn).closing, "and runs again after it");
 }
 
@@ -353,4 +357,44 @@ fn retained_burst_at_subscribe_pauses_no_publisher() {
     let mut got = cl.drain_acking(sub);
     got.sort_unstable();
     assert_eq!(got, seqs(150));
+}
+
+/// Deadlines without scans: the heap holds one entry per connection however often it is
+/// checked, connect timeouts and keep alive still fire on time, and an expired offline
+/// session and a delayed will go out at their time ([MQTT-3.1.2-24], [MQTT-3.1.3-9]).
+#[test]
+fn deadlines_fire_on_time_from_one_entry_each() {
+    let mut cl = Cluster::new(1);
+    let start = cl.now;
+    let silent = cl.open(0, V4); // never sends CONNECT: connect timeout 5 s
+    let idle = cl.connect(0, V4, "idle", true); // keep alive 60 s
+    let busy = cl.connect(0, V4, "busy", true);
+    for s in 1..=200u64 {
+        let t = start + Duration::from_secs(s);
+        if s % 30 == 0 {
+            cl.now = t;
+            cl.send(busy, Packet::PingReq);
+        }
+        cl.shards[0].tick(t);
+        assert!(cl.shards[0].deadlines.len() <= 3, "one entry per connection at {s} s");
+        let closed = |cl: &Cluster, c: Client| cl.shards[0].status(c.conn).closing;
+        assert_eq!(closed(&cl, silent), s >= 5, "connect timeout at {s} s");
+        assert_eq!(closed(&cl, idle), s > 90, "keep alive at {s} s");
+        assert!(!closed(&cl, busy), "a client that pings stays at {s} s");
+    }
+    // A persistent v5 session with expiry 10 s ends 10 s after its connection.
+    let dev = cl.open(0, V5);
+    let mut connect = connect_packet(V5, "dev", false);
+    if let Packet::Connect(c) = &mut connect {
+        c.properties.push(codec::Property::SessionExpiryInterval(10));
+    }
+    cl.send(dev, connect);
+    cl.recv(dev);
+    let gone = cl.now;
+    cl.shards[0].handle_closed(dev.conn, gone);
+    cl.shards[0].release(dev.conn, gone);
+    cl.shards[0].tick(gone + Duration::from_secs(9));
+    assert_eq!(cl.shards[0].metrics.sessions_expired, 0);
+    cl.shards[0].tick(gone + Duration::from_secs(11));
+    assert_eq!(cl.shards[0].metrics.sessions_expired, 1);
 }

@@ -21,6 +21,7 @@ pub mod message;
 mod publish;
 mod retained;
 mod subscribe;
+mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -303,6 +304,9 @@ pub(crate) struct Conn {
     /// Flow control resumed reading: the keep-alive clock restarts at the next tick (the
     /// broker, not the client, was the one not reading).
     flow_resumed: bool,
+    /// Unique per shard over its life: tells this connection's deadline apart from one of an
+    /// earlier connection in the same slot.
+    serial: u64,
 }
 
 /// A session slot: the session and whatever binds it to a connection.
@@ -317,6 +321,8 @@ pub(crate) struct SessionSlot {
     pending_will: Option<(Will, Instant)>,
     /// Flow control state, as subscriber and as publisher.
     flow: flow::SlotFlow,
+    /// Expiry and will deadlines armed in the shard's heap.
+    timers: timers::SlotTimers,
 }
 
 /// A CONNECT waiting for the registry or a takeover.
@@ -375,6 +381,10 @@ pub struct Shard {
     congested: HashSet<u32>,
     /// Set when a full offline queue refused the message being routed (v5 PUBACK 0x97).
     route_refused: bool,
+    /// Connect timeouts, keep alive, session expiry and delayed wills, earliest first.
+    deadlines: timers::Deadlines,
+    /// Serial of the next connection.
+    next_serial: u64,
     /// Counters, read by the metrics endpoint and `$SYS`.
     pub metrics: Metrics,
     /// Publish-to-deliver latency of deliveries written by this shard, microseconds.
@@ -427,6 +437,8 @@ impl Shard {
             outbox_blocked: (0..peers).map(|_| HashSet::new()).collect(),
             congested: HashSet::new(),
             route_refused: false,
+            deadlines: Default::default(),
+            next_serial: 1,
             metrics: Metrics::default(),
             latency: crate::metrics::new_latency_histogram(),
             scratch: Vec::new(),
@@ -499,6 +511,7 @@ impl Shard {
             problem_info: true,
             awaiting_peers: false,
             flow_resumed: false,
+            serial: self.next_serial,
             auth: None,
             auth_method: None,
             identity_verified: false,
@@ -506,6 +519,8 @@ impl Shard {
         };
         self.metrics.connections_total += 1;
         self.metrics.connections_current += 1;
+        let serial = self.next_serial;
+        self.next_serial += 1;
         let id = match self.free_conns.pop() {
             Some(i) => {
                 self.conns[i as usize] = Some(conn);
@@ -516,6 +531,7 @@ impl Shard {
                 (self.conns.len() - 1) as u32
             }
         };
+        self.arm_conn(ConnId(id), serial, now);
         Some(ConnId(id))
     }
 
@@ -808,6 +824,7 @@ impl Shard {
         let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
         if let Some(s) = self.slot_mut(slot) {
             s.pending_will = Some((will, due));
+            self.arm_will(slot, due);
         }
     }
 
@@ -821,7 +838,9 @@ impl Shard {
             self.destroy_session(slot);
         } else if expiry != u32::MAX {
             let s = self.slot_mut(slot).expect("invariant: slot checked above");
-            s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
+            let at = now + Duration::from_secs(u64::from(expiry));
+            s.expires_at = Some(at);
+            self.arm_expiry(slot, at);
         }
     }
 
@@ -854,69 +873,11 @@ impl Shard {
         self.send_to_registry(ShardMsg::Release { client_id, owner });
     }
 
-    /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
+    /// Periodic work: keep alive and connect timeouts, session expiry, delayed wills, slow
+    /// consumers. Call about once a second; it visits only what is due (`timers`) and the
+    /// congested subscribers (`flow`).
     pub fn tick(&mut self, now: Instant) {
-        let mut to_close = Vec::new();
-        let mut refresh = Vec::new();
-        for (i, c) in self.conns.iter().enumerate() {
-            let Some(c) = c else { continue };
-            if c.flow_resumed || self.publisher_paused(&c.phase) {
-                // Not read because of flow control: its packets wait in the socket.
-                refresh.push(i);
-                continue;
-            }
-            match c.phase {
-                Phase::AwaitConnect { deadline } | Phase::Authenticating { deadline }
-                    if now >= deadline =>
-                {
-                    to_close.push((i as u32, CloseReason::ConnectTimeout))
-                }
-                // [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0): 1.5 times the keep alive.
-                Phase::Active { .. } if c.keep_alive_secs > 0 => {
-                    let limit = Duration::from_millis(u64::from(c.keep_alive_secs) * 1500);
-                    if now.duration_since(c.last_rx) > limit {
-                        to_close.push((i as u32, CloseReason::KeepAliveTimeout));
-                    }
-                }
-                _ => {}
-            }
-        }
-        for i in refresh {
-            if let Some(c) = self.conns[i].as_mut() {
-                c.last_rx = now;
-                c.flow_resumed = false;
-            }
-        }
-        for (i, reason) in to_close {
-            self.close(ConnId(i), reason, now);
-        }
-        let expired: Vec<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                (s.conn.is_none() && s.expires_at.is_some_and(|t| now >= t)).then_some(i as u32)
-            })
-            .collect();
-        for slot in expired {
-            self.metrics.sessions_expired += 1;
-            self.destroy_session(slot);
-        }
-        let due: Vec<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let (_, at) = s.as_ref()?.pending_will.as_ref()?;
-                (now >= *at).then_some(i as u32)
-            })
-            .collect();
-        for slot in due {
-            if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
-                self.publish_will(slot, will, now);
-            }
-        }
+        self.run_deadlines(now);
         self.flow_tick(now);
     }
 
