@@ -207,6 +207,17 @@ impl Session {
         self.queue.push_back(out);
     }
 
+    /// Drops the QoS 0 messages from the queue (a client went offline: an offline session keeps
+    /// QoS 1/2 only). Returns how many were dropped.
+    pub fn drop_qos0(&mut self) -> u64 {
+        let before = self.queue.len();
+        self.queue.retain(|o| o.qos != QoS::AtMostOnce);
+        if self.queue.len() != before {
+            self.queue_bytes = self.queue.iter().map(Outgoing::cost_bytes).sum();
+        }
+        (before - self.queue.len()) as u64
+    }
+
     /// Cuts the queue to its bounds (a client went offline with more queued than an offline
     /// session may hold), by the overflow policy: `DropNewest` drops from the back,
     /// `DropOldest` from the front. Returns how many messages were dropped.

@@ -295,12 +295,15 @@ impl Shard {
         }
     }
 
-    /// A session went offline: its publishers are resumed and its queue is cut to the offline
-    /// bounds (what the overflow policy drops is counted).
+    /// A session went offline: its publishers are resumed, the QoS 0 messages queued while it
+    /// was connected are dropped (an offline session keeps none), and its queue is cut to the
+    /// offline bounds (what the overflow policy drops is counted).
     pub(super) fn flow_offline(&mut self, slot: u32) {
         self.flow_release(slot);
         let Some(s) = self.slot_mut(slot) else { return };
+        let qos0 = s.session.drop_qos0();
         let dropped = s.session.trim_to_bounds();
+        self.metrics.messages_dropped_qos0_offline += qos0;
         self.metrics.messages_dropped_queue_full += dropped;
     }
 }

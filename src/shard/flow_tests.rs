@@ -194,6 +194,7 @@ fn slow_consumer_is_disconnected_after_the_timeout() {
     assert!(!cl.paused(publisher), "the publisher is not held by a consumer that left");
     let m = &cl.shards[1].metrics;
     assert_eq!(m.slow_consumers_disconnected, 1);
+    assert_eq!(m.messages_dropped_qos0_offline, 0, "all QoS 1 here");
     // 200 - 16 in flight = 184 queued; the offline bound of 100 keeps the first 100.
     assert_eq!(m.messages_dropped_queue_full, 84);
 }
@@ -397,4 +398,29 @@ fn deadlines_fire_on_time_from_one_entry_each() {
     assert_eq!(cl.shards[0].metrics.sessions_expired, 0);
     cl.shards[0].tick(gone + Duration::from_secs(11));
     assert_eq!(cl.shards[0].metrics.sessions_expired, 1);
+}
+
+/// QoS 0 messages queued for a connected subscriber are dropped (and counted) when it goes
+/// offline: an offline session keeps QoS 1/2 only.
+#[test]
+fn queued_qos0_is_dropped_when_the_subscriber_goes_offline() {
+    let mut cl = Cluster::with_config(1, |c| c.tx_bytes_max = 1024);
+    let sub = cl.connect(0, V4, "sub", false);
+    cl.subscribe(sub, "t", QoS::AtLeastOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    // The QoS 1 window (16) fills first; then both kinds queue behind it.
+    for seq in 1..=60 {
+        let qos = if seq % 2 == 0 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+        cl.publish_seq(publisher, "t", qos, seq);
+    }
+    let now = cl.now;
+    cl.shards[0].handle_closed(sub.conn, now);
+    cl.shards[0].release(sub.conn, now);
+    let m = &cl.shards[0].metrics;
+    let queue = &cl.shards[0].sessions.iter().flatten().find(|s| s.session.client_id == "sub");
+    let queue = &queue.expect("persistent session kept").session.queue;
+    assert!(queue.iter().all(|o| o.qos == QoS::AtLeastOnce), "only QoS 1 kept offline");
+    assert!(m.messages_dropped_qos0_offline > 0);
+    let total = queue.len() as u64 + m.messages_dropped_qos0_offline + m.messages_sent;
+    assert_eq!(total, 60, "every message written, kept or counted");
 }
