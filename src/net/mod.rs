@@ -389,6 +389,9 @@ enum Event {
     WriteFailed,
     /// The shard closed the connection and every byte is written.
     Done,
+    /// The CONNECT was accepted: the client id is known (recorded in the span outside the
+    /// poll, where the span is entered).
+    Identified,
 }
 
 /// The write half of a connection's state: the bytes of the current write (taken from the
@@ -499,6 +502,9 @@ where
             // Writing may have pumped queued messages and resumed publishers (local wakes,
             // Resume messages for other shards).
             io.outbox_ready.notify_pending(&shard);
+            if !client_id_known && shard.client_id(id).is_some() {
+                return Poll::Ready(Event::Identified);
+            }
             let status = shard.status(id);
             if status.closing || eof {
                 return if out.idle() { Poll::Ready(Event::Done) } else { Poll::Pending };
@@ -534,6 +540,7 @@ where
                 break;
             }
             Event::Done => break,
+            Event::Identified => {}
         }
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
