@@ -232,9 +232,20 @@ pub struct LimitsConfig {
     /// exceeded). Default 256. Bound: 1..=100_000. Worst-case memory: this times
     /// `topic_bytes_max` per client (256 KiB at the defaults).
     pub subscriptions_per_client_max: u32,
-    /// Seconds a new connection may take to send its CONNECT before it is closed. Default 10.
-    /// Bound: 1..=300.
+    /// Seconds a new connection may take to send its CONNECT before it is closed; the same
+    /// time again bounds the wait for CONNACK after it (registry and takeover), after which the
+    /// connection is closed. Default 10. Bound: 1..=300.
     pub connect_timeout_secs: u32,
+    /// Seconds a client may accept no bytes of its output before its connection is closed
+    /// (and its will published). Default 30. Bound: 1..=3600.
+    pub write_timeout_secs: u32,
+    /// Bytes of messages the whole broker may hold for delivery (queued, in flight, crossing
+    /// between shards, wills, retained messages owed after a SUBACK; the retained store has
+    /// its own bounds), each at payload + topic + properties + overhead. When reached,
+    /// publishers' reads pause, new clean-start connections are refused and new queue entries
+    /// are dropped.
+    /// Default 2 GiB. Bound: 1 MiB..=1 TiB, and at least `packet_size_bytes_max`.
+    pub memory_budget_bytes: u64,
     /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by this
     /// (v5 Server Keep Alive) so no connection can sit idle longer. Default 3600.
     /// Bound: 1..=65535.
@@ -258,6 +269,10 @@ pub struct LimitsConfig {
     /// Messages a shard takes from one mesh channel per turn before it yields (bounded work per
     /// turn). Default 64. Bound: 1..=4096.
     pub mesh_batch_max: u32,
+    /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by the
+    /// receiving shard), each at its message cost; beyond it the publishers whose messages
+    /// cross the mesh stop being read (until it is half used). Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+    pub mesh_bytes_max: u64,
     /// Flow control: messages queued for a connected subscriber at which the publishers that
     /// feed it stop being read (on every shard) until it drains. Deliveries to a connected
     /// subscriber are never dropped by a queue bound. Default 1000. Bound: 2..=1_000_000.
@@ -439,6 +454,8 @@ impl Default for LimitsConfig {
             client_id_bytes_max: 256,
             subscriptions_per_client_max: 256,
             connect_timeout_secs: 10,
+            write_timeout_secs: 30,
+            memory_budget_bytes: 2 * GIB as u64,
             keepalive_secs_max: 3600,
             sessions_max: 1_000_000,
             session_expiry_secs_max: 7 * 24 * 3600,
@@ -450,6 +467,7 @@ impl Default for LimitsConfig {
             flow_hard_cap_messages: 100_000,
             slow_consumer_timeout_ms: 30_000,
             slow_consumer_policy: SlowConsumer::Disconnect,
+            mesh_bytes_max: 1 << 20,
         }
     }
 }
@@ -630,6 +648,9 @@ const TOPIC_BYTES: Bound = bound(1, 65535);
 const CLIENT_ID_BYTES: Bound = bound(23, 65535);
 const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
 const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
+const WRITE_TIMEOUT_SECS: Bound = bound(1, 3600);
+const MESH_BYTES: Bound = bound(64 * 1024, GIB);
+const MEMORY_BUDGET_BYTES: Bound = bound(1 << 20, 1024 * GIB);
 const KEEPALIVE_SECS: Bound = bound(1, 65535);
 const SESSIONS: Bound = bound(1, 100_000_000);
 const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
@@ -827,7 +848,7 @@ impl AuthConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 21] = [
+        let checks: [(&str, i64, Bound); 24] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -847,6 +868,8 @@ impl LimitsConfig {
                 SUBSCRIPTIONS_PER_CLIENT,
             ),
             ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
+            ("write_timeout_secs", wide(self.write_timeout_secs), WRITE_TIMEOUT_SECS),
+            ("memory_budget_bytes", wide(self.memory_budget_bytes), MEMORY_BUDGET_BYTES),
             ("keepalive_secs_max", wide(self.keepalive_secs_max), KEEPALIVE_SECS),
             ("sessions_max", wide(self.sessions_max), SESSIONS),
             ("session_expiry_secs_max", wide(self.session_expiry_secs_max), SESSION_EXPIRY_SECS),
@@ -861,6 +884,7 @@ impl LimitsConfig {
                 wide(self.slow_consumer_timeout_ms),
                 SLOW_CONSUMER_TIMEOUT_MS,
             ),
+            ("mesh_bytes_max", wide(self.mesh_bytes_max), MESH_BYTES),
         ];
         for (field, value, bound) in checks {
             bound.check(&key(field), value, spans)?;
@@ -870,6 +894,8 @@ impl LimitsConfig {
         let stores = [
             ("session_queue_bytes_max", self.session_queue_bytes_max),
             ("retained_bytes_max", self.retained_bytes_max),
+            ("memory_budget_bytes", self.memory_budget_bytes),
+            ("mesh_bytes_max", self.mesh_bytes_max),
         ];
         for (field, value) in stores {
             if value < packet {
@@ -975,6 +1001,8 @@ struct RawLimits {
     client_id_bytes_max: Option<Spanned<i64>>,
     subscriptions_per_client_max: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
+    write_timeout_secs: Option<Spanned<i64>>,
+    memory_budget_bytes: Option<Spanned<i64>>,
     keepalive_secs_max: Option<Spanned<i64>>,
     sessions_max: Option<Spanned<i64>>,
     session_expiry_secs_max: Option<Spanned<i64>>,
@@ -986,6 +1014,7 @@ struct RawLimits {
     flow_hard_cap_messages: Option<Spanned<i64>>,
     slow_consumer_timeout_ms: Option<Spanned<i64>>,
     slow_consumer_policy: Option<Spanned<SlowConsumer>>,
+    mesh_bytes_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1183,6 +1212,8 @@ impl RawLimits {
         int!(client_id_bytes_max, CLIENT_ID_BYTES);
         int!(subscriptions_per_client_max, SUBSCRIPTIONS_PER_CLIENT);
         int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
+        int!(write_timeout_secs, WRITE_TIMEOUT_SECS);
+        int!(memory_budget_bytes, MEMORY_BUDGET_BYTES);
         int!(keepalive_secs_max, KEEPALIVE_SECS);
         int!(sessions_max, SESSIONS);
         int!(session_expiry_secs_max, SESSION_EXPIRY_SECS);
@@ -1195,6 +1226,7 @@ impl RawLimits {
         int!(slow_consumer_timeout_ms, SLOW_CONSUMER_TIMEOUT_MS);
         let v = self.slow_consumer_policy;
         spans.set(&mut l.slow_consumer_policy, "limits.slow_consumer_policy", v);
+        int!(mesh_bytes_max, MESH_BYTES);
         Ok(())
     }
 }
@@ -1538,6 +1570,8 @@ mod tests {
             client_id_bytes_max = 23
             subscriptions_per_client_max = 19
             connect_timeout_secs = 20
+            write_timeout_secs = 27
+            memory_budget_bytes = 2000000
             keepalive_secs_max = 21
             sessions_max = 22
             session_expiry_secs_max = 24
@@ -1549,6 +1583,7 @@ mod tests {
             flow_hard_cap_messages = 28
             slow_consumer_timeout_ms = 2900
             slow_consumer_policy = "drop"
+            mesh_bytes_max = 2000000
             [runtime]
             io_memory_bytes = 8192
             ring_depth = 8
@@ -1595,6 +1630,8 @@ mod tests {
             client_id_bytes_max: 23,
             subscriptions_per_client_max: 19,
             connect_timeout_secs: 20,
+            write_timeout_secs: 27,
+            memory_budget_bytes: 2_000_000,
             keepalive_secs_max: 21,
             sessions_max: 22,
             session_expiry_secs_max: 24,
@@ -1606,6 +1643,7 @@ mod tests {
             flow_hard_cap_messages: 28,
             slow_consumer_timeout_ms: 2900,
             slow_consumer_policy: SlowConsumer::Drop,
+            mesh_bytes_max: 2_000_000,
         };
         assert_eq!(c.limits, expected);
         let runtime = RuntimeConfig {
@@ -1664,11 +1702,14 @@ mod tests {
             "client_id_bytes_max",
             "subscriptions_per_client_max",
             "connect_timeout_secs",
+            "write_timeout_secs",
+            "memory_budget_bytes",
             "keepalive_secs_max",
             "sessions_max",
             "session_expiry_secs_max",
             "mesh_channel_capacity",
             "mesh_batch_max",
+            "mesh_bytes_max",
         ];
         for field in limits {
             let e = parse_err(&format!("[limits]\n{field} = 0\n"));
@@ -1971,6 +2012,7 @@ mod tests {
             RETAINED_MESSAGES,
             SUBSCRIPTIONS_PER_CLIENT,
             CONNECT_TIMEOUT_SECS,
+            WRITE_TIMEOUT_SECS,
             SESSIONS,
             SESSION_EXPIRY_SECS,
             MESH_CHANNEL_CAPACITY,

@@ -18,7 +18,7 @@ pub mod ws;
 pub mod ws_stream;
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -193,7 +193,7 @@ pub struct ListenerCtx {
     pub index: usize,
     /// Transport.
     pub transport: TransportSpec,
-    /// TLS configuration handed to new connections; replaced by [`ListenerCtx::reload_tls`].
+    /// TLS configuration handed to new connections; replaced by [`ListenerCtx::set_tls`].
     /// Connections already up keep the `Arc` they started with.
     pub tls: RefCell<Option<Arc<ServerConfig>>>,
     /// Time a TLS or WebSocket handshake may take.
@@ -221,22 +221,9 @@ impl ListenerCtx {
         }
     }
 
-    /// Reads the certificate files again and, if they make a valid configuration, uses it for
-    /// new connections. A bad file keeps the current configuration and logs why.
-    pub fn reload_tls(&self, shard: u16) {
-        let Some(spec) = self.transport.tls() else { return };
-        match tls::server_config(spec) {
-            Ok(config) => {
-                *self.tls.borrow_mut() = Some(config);
-                tracing::info!(shard, listener = self.index, "TLS certificates reloaded");
-            }
-            Err(e) => tracing::error!(
-                shard,
-                listener = self.index,
-                error = %e,
-                "TLS reload failed; keeping the previous certificates"
-            ),
-        }
+    /// Uses `config` for new connections (a reload's snapshot, read once for every shard).
+    pub fn set_tls(&self, config: Arc<ServerConfig>) {
+        *self.tls.borrow_mut() = Some(config);
     }
 }
 
@@ -268,6 +255,8 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
         };
         let Ok(peer) = stream.peer_addr() else { continue };
         let _ = stream.set_nodelay(true);
+        let write_timeout = io.shard.borrow().config().write_timeout;
+        tune_socket(&stream, write_timeout);
         if ctx.transport == TransportSpec::Tcp {
             // No handshake: the shard takes the connection now (and refuses it over the limit).
             let id = io.shard.borrow_mut().accept(ctx.index, peer, Instant::now());
@@ -387,6 +376,8 @@ enum Event {
     Closed,
     /// The output failed: nothing more can be written.
     WriteFailed,
+    /// The peer accepted no byte of pending output for `write_timeout`.
+    WriteTimedOut,
     /// The shard closed the connection and every byte is written.
     Done,
     /// The CONNECT was accepted: the client id is known (recorded in the span outside the
@@ -402,6 +393,8 @@ struct Output {
     written: usize,
     /// The bytes are written and the transport's flush is pending (TLS, WebSocket).
     flushing: bool,
+    /// The last `poll_write` moved bytes (or finished a flush): the write deadline restarts.
+    progressed: bool,
 }
 
 impl Output {
@@ -421,13 +414,17 @@ impl Output {
     ) -> Poll<std::io::Result<()>> {
         // Bounded: each pass writes bytes, flushes, or takes a new buffer (which is bounded by
         // `tx_bytes_max` plus one packet); it returns when the shard has nothing more.
+        self.progressed = false;
         loop {
             if self.written < self.buf.len() {
                 match Pin::new(&mut *stream).poll_write(cx, &self.buf[self.written..]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                     }
-                    Poll::Ready(Ok(n)) => self.written += n,
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        self.progressed = true;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }
@@ -435,6 +432,7 @@ impl Output {
                 // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record.
                 std::task::ready!(Pin::new(&mut *stream).poll_flush(cx))?;
                 self.flushing = false;
+                self.progressed = true;
             } else {
                 self.buf.clear();
                 self.written = 0;
@@ -484,6 +482,9 @@ where
     let mut client_id_known = false;
     let mut out = Output::default();
     let mut eof = false;
+    let mut stall: Option<glommio::timer::Timer> = None;
+    let write_timeout = io.shard.borrow().config().write_timeout;
+    let mut timed_out = false;
     loop {
         if !client_id_known {
             if let Some(cid) = io.shard.borrow().client_id(id) {
@@ -497,7 +498,20 @@ where
             shard.register_waker(id, cx.waker());
             match out.poll_write(cx, &mut stream, &mut shard, id) {
                 Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
-                Poll::Ready(Ok(())) | Poll::Pending => {}
+                Poll::Ready(Ok(())) => stall = None,
+                Poll::Pending => {
+                    // A write the peer does not take: the deadline restarts with every byte it
+                    // accepts (issue 9: such a peer held its task forever). Armed only while a
+                    // write is blocked.
+                    if out.progressed || stall.is_none() {
+                        stall = Some(glommio::timer::Timer::new(write_timeout));
+                    }
+                    if let Some(t) = stall.as_mut() {
+                        if Pin::new(t).poll(cx).is_ready() {
+                            return Poll::Ready(Event::WriteTimedOut);
+                        }
+                    }
+                }
             }
             // Writing may have pumped queued messages and resumed publishers (local wakes,
             // Resume messages for other shards).
@@ -539,17 +553,76 @@ where
                 io.outbox_ready.notify();
                 break;
             }
+            Event::WriteTimedOut => {
+                io.shard.borrow_mut().handle_write_timeout(id, Instant::now());
+                io.outbox_ready.notify();
+                timed_out = true;
+                break;
+            }
             Event::Done => break,
             Event::Identified => {}
         }
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
-    // WebSocket close frame that never drains.
-    let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
-        glommio::timer::sleep(CLOSE_TIMEOUT).await;
-        false
-    })
-    .await;
+    // WebSocket close frame that never drains. After a write timeout there is no point trying.
+    if !timed_out {
+        let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
+            glommio::timer::sleep(CLOSE_TIMEOUT).await;
+            false
+        })
+        .await;
+    }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
+}
+
+/// TCP keepalive probes start after this much silence on an accepted socket.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Interval between TCP keepalive probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel drops the connection (a dead peer is found about
+/// 60 + 6 x 10 = 120 s after it went silent, even when MQTT keep alive is long).
+const TCP_KEEPALIVE_RETRIES: u32 = 6;
+
+/// Kernel-level liveness on an accepted socket: TCP keepalive finds peers that vanished without
+/// a FIN, and `TCP_USER_TIMEOUT` (the write deadline) makes the kernel give up on data the peer
+/// never acknowledges. Failures are logged and ignored: the write deadline and MQTT keep alive
+/// still apply.
+fn tune_socket(stream: &impl std::os::fd::AsRawFd, write_timeout: Duration) {
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+    if let Err(e) = sock.set_tcp_user_timeout(Some(write_timeout)) {
+        tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT` (issue 9: a peer that vanished
+    /// without a FIN, or stopped acknowledging, held its connection forever).
+    #[test]
+    fn accepted_sockets_get_keepalive_and_user_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        tune_socket(&server, Duration::from_secs(7));
+        let sock = socket2::SockRef::from(&server);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(sock.keepalive_time().expect("TCP_KEEPIDLE"), TCP_KEEPALIVE_IDLE);
+        assert_eq!(sock.keepalive_interval().expect("TCP_KEEPINTVL"), TCP_KEEPALIVE_INTERVAL);
+        assert_eq!(sock.keepalive_retries().expect("TCP_KEEPCNT"), TCP_KEEPALIVE_RETRIES);
+        assert_eq!(
+            sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
+            Some(Duration::from_secs(7))
+        );
+    }
 }

@@ -227,15 +227,29 @@ impl Shard {
         let q = &mut self.outbox[peer];
         let n = q.len().min(n);
         let batch: Vec<ShardMsg> = q.drain(..n).collect();
-        if self.outbox[peer].len() <= self.cfg.outbox_messages_max / 2
-            && !self.outbox_blocked[peer].is_empty()
+        self.flow_retry_outboxes();
+        batch
+    }
+
+    /// Resumes the publishers paused by a peer outbox once it is half empty and this shard's
+    /// bytes crossing the mesh are under half their bound. Called when a batch is taken and by
+    /// the runtime's 100 ms loop (the mesh bytes drain on the receiving shards, which do not
+    /// signal back); a no-op while nobody waits.
+    pub fn flow_retry_outboxes(&mut self) {
+        if self.outbox_blocked.iter().all(HashSet::is_empty)
+            || self.cfg.mesh_bytes.in_flight(self.id) > self.cfg.mesh_bytes_max / 2
         {
+            return;
+        }
+        for peer in 0..self.outbox.len() {
+            if self.outbox[peer].len() > self.cfg.outbox_messages_max / 2 {
+                continue;
+            }
             for o in std::mem::take(&mut self.outbox_blocked[peer]) {
                 self.metrics.flow_resumes += 1;
                 self.publisher_resume(o.session, o.generation);
             }
         }
-        batch
     }
 
     /// Whether anything waits for `peer` on the control lane (`control`) or the data lane.

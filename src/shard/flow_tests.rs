@@ -10,7 +10,7 @@ use super::*;
 const V5: ProtocolVersion = ProtocolVersion::V5;
 
 impl Cluster {
-    fn with_config(n: u16, edit: impl Fn(&mut ShardConfig)) -> Self {
+    fn with_edit(n: u16, edit: impl Fn(&mut ShardConfig)) -> Self {
         let shards = (0..n)
             .map(|i| {
                 let mut cfg = ShardConfig::for_tests(n);
@@ -120,7 +120,7 @@ fn congested_subscriber_pauses_its_publisher_and_loses_nothing() {
 /// publisher), not dropped; the subscriber gets every message in order.
 #[test]
 fn qos0_to_a_full_output_buffer_is_queued_not_dropped() {
-    let mut cl = Cluster::with_config(1, |c| c.tx_bytes_max = 1024);
+    let mut cl = Cluster::with_edit(1, |c| c.tx_bytes_max = 1024);
     let sub = cl.connect(0, V4, "sub", true);
     cl.subscribe(sub, "t", QoS::AtMostOnce);
     let publisher = cl.connect(0, V4, "pub", true);
@@ -137,7 +137,7 @@ fn qos0_to_a_full_output_buffer_is_queued_not_dropped() {
 /// resumes it.
 #[test]
 fn full_peer_outbox_pauses_only_the_publishers_feeding_it() {
-    let mut cl = Cluster::with_config(2, |c| c.outbox_messages_max = 4);
+    let mut cl = Cluster::with_edit(2, |c| c.outbox_messages_max = 4);
     let remote = cl.connect(1, V4, "remote", true);
     cl.subscribe(remote, "t", QoS::AtMostOnce);
     let local = cl.connect(0, V4, "local", true);
@@ -202,7 +202,7 @@ fn slow_consumer_is_disconnected_after_the_timeout() {
 /// The hard cap makes a slow consumer at once, whatever the time.
 #[test]
 fn slow_consumer_at_the_hard_cap() {
-    let mut cl = Cluster::with_config(1, |c| c.flow.hard_cap_messages = 30);
+    let mut cl = Cluster::with_edit(1, |c| c.flow.hard_cap_messages = 30);
     let sub = cl.connect(0, V4, "sub", true);
     cl.subscribe(sub, "t", QoS::AtLeastOnce);
     let publisher = cl.connect(0, V4, "pub", true);
@@ -218,8 +218,7 @@ fn slow_consumer_at_the_hard_cap() {
 /// until it drains; its publisher is resumed at once.
 #[test]
 fn slow_consumer_drop_policy_drops_for_it_alone() {
-    let mut cl =
-        Cluster::with_config(1, |c| c.flow.slow_consumer_policy = SlowConsumerPolicy::Drop);
+    let mut cl = Cluster::with_edit(1, |c| c.flow.slow_consumer_policy = SlowConsumerPolicy::Drop);
     let slow = cl.connect(0, V4, "slow", true);
     cl.subscribe(slow, "t", QoS::AtLeastOnce);
     let fast = cl.connect(0, V4, "fast", true);
@@ -278,7 +277,7 @@ fn full_offline_queue_answers_quota_exceeded_to_v5() {
 /// (its PUBACKs and PINGREQs are what drain it).
 #[test]
 fn subscriber_with_pending_output_is_still_read() {
-    let mut cl = Cluster::with_config(1, |c| c.tx_bytes_max = 1024);
+    let mut cl = Cluster::with_edit(1, |c| c.tx_bytes_max = 1024);
     let sub = cl.connect(0, V4, "sub", true);
     cl.subscribe(sub, "t", QoS::AtMostOnce);
     let publisher = cl.connect(0, V4, "pub", true);
@@ -298,7 +297,7 @@ fn subscriber_with_pending_output_is_still_read() {
 #[test]
 fn paused_publisher_is_not_timed_out_by_keep_alive() {
     let mut cl =
-        Cluster::with_config(1, |c| c.flow.slow_consumer_timeout = Duration::from_secs(1000));
+        Cluster::with_edit(1, |c| c.flow.slow_consumer_timeout = Duration::from_secs(1000));
     let sub = cl.connect(0, V4, "sub", true);
     cl.subscribe(sub, "t", QoS::AtLeastOnce);
     let publisher = cl.connect(0, V4, "pub", true); // keep alive 60 s: closed after 90 s
@@ -404,7 +403,7 @@ fn deadlines_fire_on_time_from_one_entry_each() {
 /// offline: an offline session keeps QoS 1/2 only.
 #[test]
 fn queued_qos0_is_dropped_when_the_subscriber_goes_offline() {
-    let mut cl = Cluster::with_config(1, |c| c.tx_bytes_max = 1024);
+    let mut cl = Cluster::with_edit(1, |c| c.tx_bytes_max = 1024);
     let sub = cl.connect(0, V4, "sub", false);
     cl.subscribe(sub, "t", QoS::AtLeastOnce);
     let publisher = cl.connect(0, V4, "pub", true);

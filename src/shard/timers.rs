@@ -47,7 +47,8 @@ const PHASE_RECHECK: Duration = Duration::from_secs(1);
 impl Shard {
     /// Arms the first deadline of a new connection.
     pub(super) fn arm_conn(&mut self, id: ConnId, serial: u64, now: Instant) {
-        self.deadlines.push(Reverse((now + PHASE_RECHECK, Due::Conn { id: id.0, serial })));
+        let first = (now + PHASE_RECHECK).min(now + self.cfg.connect_timeout);
+        self.deadlines.push(Reverse((first, Due::Conn { id: id.0, serial })));
     }
 
     /// Arms the expiry of the offline session in `slot` at `at`.
@@ -95,13 +96,15 @@ impl Shard {
         };
         let c = self.conn_mut(id).expect("invariant: checked above");
         let next = match c.phase {
-            Phase::AwaitConnect { deadline } | Phase::Authenticating { deadline } => {
+            Phase::AwaitConnect { deadline }
+            | Phase::Authenticating { deadline }
+            | Phase::Connecting { deadline } => {
                 if now >= deadline {
                     return self.close(id, CloseReason::ConnectTimeout, now);
                 }
-                now + PHASE_RECHECK
+                // At the deadline, or sooner to see it become active.
+                deadline.min(now + PHASE_RECHECK)
             }
-            Phase::Connecting => now + PHASE_RECHECK,
             Phase::Closing => return,
             Phase::Active { .. } if c.keep_alive_secs == 0 => return,
             Phase::Active { .. } => {
@@ -137,7 +140,7 @@ impl Shard {
         match s.expires_at {
             Some(t) if now >= t => {
                 self.metrics.sessions_expired += 1;
-                self.destroy_session(slot);
+                self.destroy_session(slot, now);
             }
             Some(t) => self.arm_expiry(slot, t),
             None => {}
