@@ -38,6 +38,10 @@ use ws_stream::WsStream;
 /// Size of the per-shard scratch read buffer.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 
+/// How often a connection held by an exhausted memory budget looks again (the only timed wait
+/// of a connection that is not writing: flow-control pauses are woken by the drain).
+const MEMORY_RECHECK: Duration = Duration::from_millis(10);
+
 /// Time a connection's orderly close (TLS close_notify, WebSocket close frame) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -378,6 +382,8 @@ enum Event {
     WriteFailed,
     /// The peer accepted no byte of pending output for `write_timeout`.
     WriteTimedOut,
+    /// Reading waits for the memory budget to recover (`ConnStatus::memory_paused`).
+    MemoryPaused,
     /// The shard closed the connection and every byte is written.
     Done,
     /// The CONNECT was accepted: the client id is known (recorded in the span outside the
@@ -523,6 +529,11 @@ where
             if status.closing || eof {
                 return if out.idle() { Poll::Ready(Event::Done) } else { Poll::Pending };
             }
+            if status.memory_paused {
+                // The broker-wide budget recovers through other connections' progress, which
+                // does not know this one: look again shortly (only while memory is exhausted).
+                return Poll::Ready(Event::MemoryPaused);
+            }
             if status.read_paused {
                 return Poll::Pending; // woken by the shard (resume, drain) or the write side
             }
@@ -560,6 +571,7 @@ where
                 break;
             }
             Event::Done => break,
+            Event::MemoryPaused => glommio::timer::sleep(MEMORY_RECHECK).await,
             Event::Identified => {}
         }
     }
