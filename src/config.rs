@@ -378,9 +378,36 @@ pub struct LimitsConfig {
     /// turn). Default 64. Bound: 1..=4096.
     pub mesh_batch_max: u32,
     /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by the
-    /// receiving shard), each at its message cost; beyond it the shard's publishers stop being
-    /// read. Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+    /// receiving shard), each at its message cost; beyond it the publishers whose messages
+    /// cross the mesh stop being read (until it is half used). Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
     pub mesh_bytes_max: u64,
+    /// Flow control: messages queued for a connected subscriber at which the publishers that
+    /// feed it stop being read (on every shard) until it drains. Deliveries to a connected
+    /// subscriber are never dropped by a queue bound. Default 1000. Bound: 2..=1_000_000.
+    pub flow_high_water_messages: u32,
+    /// Queued messages at which the paused publishers are read again. Default 500. Bound:
+    /// 1..=999_999, and below `flow_high_water_messages`.
+    pub flow_low_water_messages: u32,
+    /// Queued messages at which a connected subscriber is a slow consumer at once (the memory
+    /// bound of a connected session's queue). Default 100_000. Bound: 2..=10_000_000, and at
+    /// least `flow_high_water_messages`.
+    pub flow_hard_cap_messages: u32,
+    /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
+    /// consumer. Default 30_000. Bound: 100..=3_600_000.
+    pub slow_consumer_timeout_ms: u32,
+    /// What happens to a slow consumer. Default [`SlowConsumer::Disconnect`].
+    pub slow_consumer_policy: SlowConsumer,
+}
+
+/// What happens to a slow consumer (`limits.slow_consumer_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Close its connection (v5 reason 0x97); its publishers are read again.
+    Disconnect,
+    /// Drop new messages for it alone (counted) until it drains; its publishers are read again.
+    Drop,
 }
 
 /// What a full session queue drops.
@@ -428,6 +455,10 @@ pub struct RuntimeConfig {
     pub spin_before_park_us: u32,
     /// Pin each shard's thread to its own core. Default `true`.
     pub pin_cores: bool,
+    /// Microseconds a task may run before glommio asks it to yield (checked at each
+    /// connection's turn): how long one flooding connection can delay the others of its shard.
+    /// Default 500. Bound: 100..=100_000 (glommio's own default is 100 ms).
+    pub preempt_timer_us: u32,
 }
 
 /// `[log]`: logging.
@@ -584,6 +615,11 @@ impl Default for LimitsConfig {
             topic_alias_max: 64,
             mesh_channel_capacity: 1024,
             mesh_batch_max: 64,
+            flow_high_water_messages: 1000,
+            flow_low_water_messages: 500,
+            flow_hard_cap_messages: 100_000,
+            slow_consumer_timeout_ms: 30_000,
+            slow_consumer_policy: SlowConsumer::Disconnect,
             mesh_bytes_max: 1 << 20,
         }
     }
@@ -596,6 +632,7 @@ impl Default for RuntimeConfig {
             ring_depth: 256,
             spin_before_park_us: 50,
             pin_cores: true,
+            preempt_timer_us: 500,
         }
     }
 }
@@ -879,6 +916,11 @@ const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
 const TOPIC_ALIASES: Bound = bound(0, 4096);
 const MESH_CHANNEL_CAPACITY: Bound = bound(1, 65536);
 const MESH_BATCH: Bound = bound(1, 4096);
+const FLOW_HIGH_WATER: Bound = bound(2, 1_000_000);
+const FLOW_LOW_WATER: Bound = bound(1, 999_999);
+const FLOW_HARD_CAP: Bound = bound(2, 10_000_000);
+const SLOW_CONSUMER_TIMEOUT_MS: Bound = bound(100, 3_600_000);
+const PREEMPT_TIMER_US: Bound = bound(100, 100_000);
 const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
 const RING_DEPTH: Bound = bound(8, 32768);
 const SPIN_BEFORE_PARK_US: Bound = bound(0, 100_000);
@@ -934,6 +976,7 @@ impl Config {
         }
         let spin = wide(r.spin_before_park_us);
         SPIN_BEFORE_PARK_US.check("runtime.spin_before_park_us", spin, spans)?;
+        PREEMPT_TIMER_US.check("runtime.preempt_timer_us", wide(r.preempt_timer_us), spans)?;
         let a = &self.admin;
         ADMIN_WORKERS.check("admin.workers", wide(a.workers), spans)?;
         ADMIN_REQUEST_BYTES.check("admin.request_bytes_max", wide(a.request_bytes_max), spans)?;
@@ -1202,7 +1245,7 @@ impl AdminConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 20] = [
+        let checks: [(&str, i64, Bound); 24] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -1230,6 +1273,14 @@ impl LimitsConfig {
             ("topic_alias_max", wide(self.topic_alias_max), TOPIC_ALIASES),
             ("mesh_channel_capacity", wide(self.mesh_channel_capacity), MESH_CHANNEL_CAPACITY),
             ("mesh_batch_max", wide(self.mesh_batch_max), MESH_BATCH),
+            ("flow_high_water_messages", wide(self.flow_high_water_messages), FLOW_HIGH_WATER),
+            ("flow_low_water_messages", wide(self.flow_low_water_messages), FLOW_LOW_WATER),
+            ("flow_hard_cap_messages", wide(self.flow_hard_cap_messages), FLOW_HARD_CAP),
+            (
+                "slow_consumer_timeout_ms",
+                wide(self.slow_consumer_timeout_ms),
+                SLOW_CONSUMER_TIMEOUT_MS,
+            ),
             ("mesh_bytes_max", wide(self.mesh_bytes_max), MESH_BYTES),
         ];
         for (field, value, bound) in checks {
@@ -1251,6 +1302,22 @@ impl LimitsConfig {
                 );
                 return Err(spans.issue(&[&key(field), &key("packet_size_bytes_max")], message));
             }
+        }
+        if self.flow_low_water_messages >= self.flow_high_water_messages {
+            let message = format!(
+                "flow_low_water_messages ({}) must be below flow_high_water_messages ({})",
+                self.flow_low_water_messages, self.flow_high_water_messages
+            );
+            let keys = [key("flow_low_water_messages"), key("flow_high_water_messages")];
+            return Err(spans.issue(&[&keys[0], &keys[1]], message));
+        }
+        if self.flow_hard_cap_messages < self.flow_high_water_messages {
+            let message = format!(
+                "flow_hard_cap_messages ({}) must be at least flow_high_water_messages ({})",
+                self.flow_hard_cap_messages, self.flow_high_water_messages
+            );
+            let keys = [key("flow_hard_cap_messages"), key("flow_high_water_messages")];
+            return Err(spans.issue(&[&keys[0], &keys[1]], message));
         }
         // A shard drains up to one batch at a time from a channel; a smaller channel could never
         // fill a batch.
@@ -1451,6 +1518,11 @@ struct RawLimits {
     topic_alias_max: Option<Spanned<i64>>,
     mesh_channel_capacity: Option<Spanned<i64>>,
     mesh_batch_max: Option<Spanned<i64>>,
+    flow_high_water_messages: Option<Spanned<i64>>,
+    flow_low_water_messages: Option<Spanned<i64>>,
+    flow_hard_cap_messages: Option<Spanned<i64>>,
+    slow_consumer_timeout_ms: Option<Spanned<i64>>,
+    slow_consumer_policy: Option<Spanned<SlowConsumer>>,
     mesh_bytes_max: Option<Spanned<i64>>,
 }
 
@@ -1461,6 +1533,7 @@ struct RawRuntime {
     ring_depth: Option<Spanned<i64>>,
     spin_before_park_us: Option<Spanned<i64>>,
     pin_cores: Option<Spanned<bool>>,
+    preempt_timer_us: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1552,6 +1625,13 @@ impl RawConfig {
                 SPIN_BEFORE_PARK_US,
             )?;
             spans.set(&mut r.pin_cores, "runtime.pin_cores", raw.pin_cores);
+            let v = raw.preempt_timer_us;
+            spans.set_int(
+                &mut r.preempt_timer_us,
+                "runtime.preempt_timer_us",
+                v,
+                PREEMPT_TIMER_US,
+            )?;
         }
         if let Some(raw) = self.log {
             spans.set(&mut config.log.level, "log.level", raw.level);
@@ -1705,6 +1785,12 @@ impl RawLimits {
         int!(topic_alias_max, TOPIC_ALIASES);
         int!(mesh_channel_capacity, MESH_CHANNEL_CAPACITY);
         int!(mesh_batch_max, MESH_BATCH);
+        int!(flow_high_water_messages, FLOW_HIGH_WATER);
+        int!(flow_low_water_messages, FLOW_LOW_WATER);
+        int!(flow_hard_cap_messages, FLOW_HARD_CAP);
+        int!(slow_consumer_timeout_ms, SLOW_CONSUMER_TIMEOUT_MS);
+        let v = self.slow_consumer_policy;
+        spans.set(&mut l.slow_consumer_policy, "limits.slow_consumer_policy", v);
         int!(mesh_bytes_max, MESH_BYTES);
         Ok(())
     }
@@ -2132,12 +2218,18 @@ mod tests {
             topic_alias_max = 0
             mesh_channel_capacity = 26
             mesh_batch_max = 25
+            flow_high_water_messages = 27
+            flow_low_water_messages = 3
+            flow_hard_cap_messages = 28
+            slow_consumer_timeout_ms = 2900
+            slow_consumer_policy = "drop"
             mesh_bytes_max = 2000000
             [runtime]
             io_memory_bytes = 8192
             ring_depth = 8
             spin_before_park_us = 0
             pin_cores = false
+            preempt_timer_us = 250
             [log]
             level = "debug"
         "#;
@@ -2186,6 +2278,11 @@ mod tests {
             topic_alias_max: 0,
             mesh_channel_capacity: 26,
             mesh_batch_max: 25,
+            flow_high_water_messages: 27,
+            flow_low_water_messages: 3,
+            flow_hard_cap_messages: 28,
+            slow_consumer_timeout_ms: 2900,
+            slow_consumer_policy: SlowConsumer::Drop,
             mesh_bytes_max: 2_000_000,
         };
         assert_eq!(c.limits, expected);
@@ -2194,6 +2291,7 @@ mod tests {
             ring_depth: 8,
             spin_before_park_us: 0,
             pin_cores: false,
+            preempt_timer_us: 250,
         };
         assert_eq!(c.runtime, runtime);
         assert_eq!(c.runtime.spin_before_park(), None);

@@ -75,7 +75,7 @@ metrics! {
     counter bytes_received,
     /// Bytes queued for clients.
     counter bytes_sent,
-    /// QoS 0 deliveries dropped: the subscriber's output buffer was full.
+    /// QoS 0 deliveries dropped for a slow subscriber (0 since flow control; kept for dashboards).
     counter messages_dropped_qos0_slow,
     /// QoS 0 deliveries dropped: the session has no connection.
     counter messages_dropped_qos0_offline,
@@ -107,6 +107,20 @@ metrics! {
     counter connect_timeouts,
     /// Times a peer shard's channel was full and the flusher had to wait.
     counter mesh_backpressure,
+    /// Times a publisher was paused by a congested subscriber or a full peer outbox.
+    counter flow_pauses,
+    /// Times such a pause was lifted (the subscriber drained to `flow_low_water_messages`).
+    counter flow_resumes,
+    /// Publishing sessions paused now.
+    gauge flow_paused_publishers,
+    /// Subscribers disconnected as slow consumers (policy `disconnect`).
+    counter slow_consumers_disconnected,
+    /// Subscribers that became slow consumers under policy `drop`.
+    counter slow_consumers_dropping,
+    /// Deliveries dropped for a slow consumer under policy `drop`.
+    counter messages_dropped_slow_consumer,
+    /// QoS 1/2 PUBLISH answered 0x97 (Quota exceeded) because a full offline queue refused it.
+    counter publish_quota_exceeded,
     /// CONNECTs refused because the memory budget was used up.
     counter connect_refused_memory,
     /// Deliveries not queued because the memory budget was used up.
@@ -129,6 +143,7 @@ impl Metrics {
             + self.messages_dropped_too_large
             + self.messages_dropped_session_end
             + self.messages_dropped_no_member
+            + self.messages_dropped_slow_consumer
             + self.messages_dropped_memory
     }
 }
