@@ -12,7 +12,7 @@ use crate::codec::{
     SubscriptionOptions, Will,
 };
 use crate::session::message::Origin;
-use crate::session::{Dropped, InflightState, Message, Outgoing};
+use crate::session::{AckOutcome, Dropped, InflightState, Message, Outgoing};
 
 /// One local subscription that matched a topic.
 #[derive(Clone, Debug)]
@@ -467,8 +467,13 @@ impl Shard {
     pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32) {
         let now = Instant::now();
         let Some(s) = self.slot(slot) else { return };
-        let items: Vec<(u16, Outgoing, InflightState)> =
-            s.session.inflight.iter().map(|(id, f)| (*id, f.out.clone(), f.state)).collect();
+        // Send order, not id order: ids wrap past 65535 ([MQTT-4.6.0-1]).
+        let items: Vec<(u16, Outgoing, InflightState)> = s
+            .session
+            .inflight_in_send_order()
+            .into_iter()
+            .map(|(id, f)| (id, f.out.clone(), f.state))
+            .collect();
         for (id, out, state) in items {
             let pid = PacketId::new(id).expect("invariant: inflight ids are non-zero");
             match state {
@@ -478,9 +483,19 @@ impl Shard {
         }
     }
 
+    /// An acknowledgement that does not fit the QoS or state of the message in flight under its
+    /// id: a protocol violation ([MQTT-4.8.0-1] in 3.1.1: close; [MQTT-4.13.1-1] in 5.0:
+    /// DISCONNECT 0x82 and close).
+    fn wrong_ack(&mut self, id: ConnId, now: Instant) {
+        self.metrics.protocol_errors += 1;
+        self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
+    }
+
     pub(super) fn handle_puback(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
-        if let Some(s) = self.slot_mut(slot) {
-            s.session.handle_puback(r.packet_id);
+        let Some(s) = self.slot_mut(slot) else { return };
+        // An unknown id (a late duplicate) is ignored; PUBACK for a QoS 2 message is not.
+        if s.session.handle_puback(r.packet_id) == AckOutcome::WrongKind {
+            return self.wrong_ack(id, now);
         }
         self.pump(id, slot, now);
     }
@@ -488,15 +503,22 @@ impl Shard {
     pub(super) fn handle_pubrec(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         if r.reason.is_error() {
-            // v5 §4.3.3: an error PUBREC ends the exchange; the id is free again.
+            // v5 §4.3.3: an error PUBREC ends the exchange; the id is free again. On a QoS 1 id
+            // it is still the wrong acknowledgement.
+            if s.session.inflight_qos(r.packet_id) == Some(QoS::AtLeastOnce) {
+                return self.wrong_ack(id, now);
+            }
             s.session.abandon(r.packet_id);
             return self.pump(id, slot, now);
         }
-        let known = s.session.handle_pubrec(r.packet_id);
-        let reason = if known || !self.conn(id).is_some_and(|c| c.version.is_v5()) {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
+        let reason = match s.session.handle_pubrec(r.packet_id) {
+            AckOutcome::WrongKind => return self.wrong_ack(id, now),
+            AckOutcome::Done => ReasonCode::Success,
+            // v5 §3.6.2: PUBREL 0x92 for an id we do not know; 3.1.1 has no reason codes.
+            AckOutcome::Unknown if self.conn(id).is_some_and(|c| c.version.is_v5()) => {
+                ReasonCode::PacketIdentifierNotFound
+            }
+            AckOutcome::Unknown => ReasonCode::Success,
         };
         let resp = PubResp { packet_id: r.packet_id, reason, properties: Properties::new() };
         self.send(id, &Packet::PubRel(resp));
@@ -515,8 +537,11 @@ impl Shard {
     }
 
     pub(super) fn handle_pubcomp(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
-        if let Some(s) = self.slot_mut(slot) {
-            s.session.handle_pubcomp(r.packet_id);
+        let Some(s) = self.slot_mut(slot) else { return };
+        // An unknown id is ignored (v5 §3.7.2 lets the client say 0x92 about its own side);
+        // PUBCOMP for a QoS 1 message or before our PUBREL is a violation.
+        if s.session.handle_pubcomp(r.packet_id) == AckOutcome::WrongKind {
+            return self.wrong_ack(id, now);
         }
         self.pump(id, slot, now);
     }

@@ -481,3 +481,6 @@ fn pipelined_subscribes_do_not_recurse_per_packet() {
         assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "{shards} shards: every SUBACK, in order");
     }
 }
+
+/// Issue 13: wrong acknowledgements, CONNACK size, retained replicas, shared subscriptions.
+mod protocol;
