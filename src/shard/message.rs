@@ -80,7 +80,15 @@ pub enum ShardMsg {
         /// Slot of the member.
         slot: u32,
     },
-    /// A retained message was set (non-empty payload) or cleared (empty payload).
+    /// To the retained sequencer (shard 0): a client set (non-empty payload) or cleared (empty
+    /// payload) a retained message on the sending shard. The sequencer applies the bounds and
+    /// answers every replica with [`ShardMsg::Retain`].
+    RetainRequest {
+        /// The retained message.
+        msg: Message,
+    },
+    /// From the retained sequencer: a retained message was set (non-empty payload) or cleared
+    /// (empty payload), within the bounds, in the order every replica applies.
     Retain {
         /// The retained message.
         msg: Message,

@@ -916,6 +916,7 @@ impl Shard {
                 self.shared_remove(&group, shard, slot)
             }
             ShardMsg::Retain { msg } => self.retained_apply(msg),
+            ShardMsg::RetainRequest { msg } => self.retained_sequence(msg),
             ShardMsg::Claim { client_id, req } => self.registry_claim(from, client_id, req, now),
             ShardMsg::ClaimReply { req, previous } => self.claim_reply(req, previous, now),
             ShardMsg::Takeover { client_id, req, clean_start } => {

@@ -113,3 +113,68 @@ fn right_and_unknown_acknowledgements_keep_the_connection() {
     );
     assert!(!cl.shards[0].status(sub.conn).closing);
 }
+
+/// A cluster of `n` shards with a changed configuration.
+fn cluster_with(n: u16, change: impl Fn(&mut ShardConfig)) -> Cluster {
+    let shards = (0..n)
+        .map(|i| {
+            let mut cfg = ShardConfig::for_tests(n);
+            change(&mut cfg);
+            Shard::new(i, cfg)
+        })
+        .collect();
+    Cluster { shards, now: Instant::now() }
+}
+
+/// Hands `packet` to the client's shard without moving mesh messages afterwards.
+fn send_unsettled(cl: &mut Cluster, c: Client, packet: Packet) {
+    let mut buf = BytesMut::new();
+    codec::encode(&packet, c.version, &mut buf).expect("test packets encode");
+    let now = cl.now;
+    cl.shards[c.shard].handle_read(c.conn, &buf, now);
+}
+
+/// The retained topics a new `#` subscriber on `shard` is sent ([MQTT-3.3.1-6]), sorted.
+fn retained_on(cl: &mut Cluster, shard: usize, id: &str) -> Vec<String> {
+    let c = cl.connect(shard, V4, id, true);
+    let s = Subscribe {
+        packet_id: pid(1),
+        filters: vec![("#".into(), SubscriptionOptions::default())],
+        properties: Properties::new(),
+    };
+    cl.send(c, Packet::Subscribe(s));
+    let got = cl.recv(c);
+    let mut topics: Vec<String> = publishes(&got).iter().map(|p| p.topic.clone()).collect();
+    topics.sort();
+    topics
+}
+
+/// Retained replicas stay identical once the bound is hit: two shards store different new
+/// topics at the same time with room for one; every shard keeps the same one ([MQTT-3.3.1-5]:
+/// the server stores the message, so every subscriber must see the same store).
+#[test]
+fn retained_replicas_stay_identical_when_the_bound_is_hit() {
+    let mut cl = cluster_with(3, |c| c.retained_messages_max = 2);
+    let p1 = cl.connect(1, V4, "p1", true);
+    let p2 = cl.connect(2, V4, "p2", true);
+    cl.send(p1, publish_packet("base", b"0", QoS::AtMostOnce, 0, true));
+    // Both in flight at once: shard 1 and shard 2 each see their own update first.
+    send_unsettled(&mut cl, p1, publish_packet("from/1", b"1", QoS::AtMostOnce, 0, true));
+    send_unsettled(&mut cl, p2, publish_packet("from/2", b"2", QoS::AtMostOnce, 0, true));
+    cl.settle();
+    let sets: Vec<Vec<String>> =
+        (0..3).map(|s| retained_on(&mut cl, s, &format!("s{s}"))).collect();
+    assert_eq!(sets[0].len(), 2, "the bound holds: {sets:?}");
+    assert_eq!(sets[0], sets[1], "replicas differ: {sets:?}");
+    assert_eq!(sets[0], sets[2], "replicas differ: {sets:?}");
+    let refused: u64 = cl.shards.iter().map(|s| s.metrics.retained_refused).sum();
+    assert_eq!(refused, 1, "one refusal, counted once");
+    // A clear frees the room on every replica alike.
+    send_unsettled(&mut cl, p2, publish_packet("base", b"", QoS::AtMostOnce, 0, true));
+    send_unsettled(&mut cl, p1, publish_packet("from/1b", b"x", QoS::AtMostOnce, 0, true));
+    cl.settle();
+    let sets: Vec<Vec<String>> =
+        (0..3).map(|s| retained_on(&mut cl, s, &format!("t{s}"))).collect();
+    assert_eq!(sets[0], sets[1]);
+    assert_eq!(sets[0], sets[2]);
+}
