@@ -385,7 +385,12 @@ impl Shard {
         c.phase = Phase::Active { slot };
         self.slot_mut(slot).expect("invariant: installed by finish_connect").conn = Some(conn);
         let resumed = ack.session_present;
-        self.send(conn, &Packet::ConnAck(ack));
+        if !self.send_fitted(conn, &Packet::ConnAck(ack)) {
+            // Not even the CONNACK without its optional properties fits the client's Maximum
+            // Packet Size ([MQTT-3.1.2-24]): close without sending anything.
+            self.close(conn, CloseReason::Refused, now);
+            return;
+        }
         self.metrics.connects += 1;
         // [MQTT-4.4.0-1]: resend unacknowledged messages on resume, then drain the queue.
         if resumed {

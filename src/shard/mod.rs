@@ -674,20 +674,47 @@ impl Shard {
         self.close(id, reason, now);
     }
 
-    /// Encodes `packet` into the connection's output and wakes its task.
+    /// Encodes `packet` into the connection's output and wakes its task. A v5 packet larger
+    /// than the client's Maximum Packet Size loses its optional properties until it fits
+    /// ([MQTT-3.1.2-24]); one that cannot fit is not sent, and a CONNACK that cannot fit closes
+    /// the connection instead (see `complete_connack`).
     fn send(&mut self, id: ConnId, packet: &Packet) {
-        let Some(c) = self.conn_mut(id) else { return };
+        self.send_fitted(id, packet);
+    }
+
+    /// [`Shard::send`], returning whether the packet was sent.
+    fn send_fitted(&mut self, id: ConnId, packet: &Packet) -> bool {
+        let Some(c) = self.conn_mut(id) else { return false };
         let before = c.tx.len();
         if let Err(e) = codec::encode(packet, c.version, &mut c.tx) {
             // Only reachable with a packet the broker built wrong; keep serving others.
             tracing::error!(conn = id.0, error = %e, "could not encode packet");
-            return;
+            return false;
         }
+        if c.tx.len() - before > c.client_packet_max {
+            c.tx.truncate(before);
+            let (version, max) = (c.version, c.client_packet_max);
+            let fitted = fit_packet(packet, |p| {
+                let mut scratch = BytesMut::new();
+                codec::encode(p, version, &mut scratch).is_ok_and(|_| scratch.len() <= max)
+            });
+            let Some(fitted) = fitted else {
+                self.metrics.packets_dropped_too_large += 1;
+                tracing::debug!(conn = id.0, "packet exceeds the client's maximum packet size");
+                return false;
+            };
+            let c = self.conn_mut(id).expect("invariant: checked above");
+            if codec::encode(&fitted, version, &mut c.tx).is_err() {
+                return false;
+            }
+        }
+        let Some(c) = self.conn_mut(id) else { return false };
         let written = c.tx.len() - before;
         if let Some(w) = &c.waker {
             w.wake_by_ref();
         }
         self.metrics.bytes_sent += written as u64;
+        true
     }
 
     /// Closes a connection: sends the v5 DISCONNECT the reason calls for, publishes the will when
@@ -935,6 +962,50 @@ impl Shard {
     pub fn connection_count(&self) -> usize {
         self.metrics.connections_current as usize
     }
+}
+
+/// `packet` with optional v5 properties left out, step by step, until `fits` says it does: first
+/// Reason String and User Properties, which the server must not send when they would exceed
+/// the client's Maximum Packet Size ([MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.4.2-2],
+/// [MQTT-3.14.2-3] and the like for every packet); then, in a CONNACK, the properties whose
+/// absence means what we would say anyway or something more restrictive: Retain, Wildcard,
+/// Subscription Identifier and Shared Subscription Available (absent = 1), Topic Alias Maximum
+/// (absent = 0: the client uses no aliases), Response Information (optional, §3.2.2.3.15),
+/// Receive Maximum when it is 65 535 and Maximum Packet Size when it is the protocol maximum.
+/// `None` when even that does not fit.
+fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet> {
+    use codec::Property as P;
+    let diagnostic = |p: &P| !matches!(p, P::ReasonString(_) | P::UserProperty(..));
+    let mut p = packet.clone();
+    let props = match &mut p {
+        Packet::ConnAck(a) => &mut a.properties,
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            &mut r.properties
+        }
+        Packet::SubAck(a) => &mut a.properties,
+        Packet::UnsubAck(a) => &mut a.properties,
+        Packet::Disconnect(d) | Packet::Auth(d) => &mut d.properties,
+        _ => return None,
+    };
+    props.retain(diagnostic);
+    if fits(&p) {
+        return Some(p);
+    }
+    let Packet::ConnAck(a) = &mut p else { return None };
+    a.properties.retain(|p| {
+        !matches!(
+            p,
+            P::RetainAvailable(1)
+                | P::WildcardSubscriptionAvailable(1)
+                | P::SubscriptionIdentifierAvailable(1)
+                | P::SharedSubscriptionAvailable(1)
+                | P::TopicAliasMaximum(_)
+                | P::ResponseInformation(_)
+                | P::ReceiveMaximum(u16::MAX)
+                | P::MaximumPacketSize(268_435_455..)
+        )
+    });
+    fits(&p).then_some(p)
 }
 
 #[cfg(test)]

@@ -178,3 +178,58 @@ fn retained_replicas_stay_identical_when_the_bound_is_hit() {
     assert_eq!(sets[0], sets[1]);
     assert_eq!(sets[0], sets[2]);
 }
+
+/// Opens a v5 connection that announces Maximum Packet Size `max`; returns what it got.
+fn connect_with_max(cl: &mut Cluster, id: &str, max: u32) -> (Client, Vec<Packet>, BytesMut) {
+    let c = cl.open(0, V5);
+    let Packet::Connect(mut connect) = connect_packet(V5, id, true) else { unreachable!() };
+    connect.properties.push(codec::Property::MaximumPacketSize(max));
+    cl.send(c, Packet::Connect(connect));
+    let raw = cl.shards[0].take_tx(c.conn);
+    let mut buf = raw.clone();
+    let mut got = Vec::new();
+    while let Some(p) = codec::decode(&mut buf, V5, usize::MAX).expect("broker output decodes") {
+        got.push(p);
+    }
+    (c, got, raw)
+}
+
+/// [MQTT-3.1.2-24]: the CONNACK respects the client's Maximum Packet Size too. With room for
+/// less than the full CONNACK (24 bytes), optional properties are left out and the ones that
+/// change behaviour stay; with no room even for those, the connection closes without a CONNACK.
+#[test]
+fn connack_fits_the_client_maximum_packet_size() {
+    let mut cl = Cluster::new(1);
+    let (_, got, raw) = connect_with_max(&mut cl, "big", 1000);
+    assert!(matches!(&got[..], [Packet::ConnAck(_)]));
+    let full = raw.len();
+    assert!(full > 20, "the full CONNACK is {full} bytes");
+
+    let (c, got, raw) = connect_with_max(&mut cl, "small", 20);
+    let [Packet::ConnAck(ack)] = &got[..] else { panic!("one CONNACK expected, got {got:?}") };
+    assert_eq!(ack.reason, ReasonCode::Success);
+    assert!(raw.len() <= 20, "CONNACK of {} bytes over the client's 20", raw.len());
+    assert_eq!(ack.properties.receive_maximum(), Some(16), "behaviour-changing property kept");
+    assert!(ack.properties.maximum_packet_size().is_some());
+    assert!(!cl.shards[0].status(c.conn).closing);
+
+    let (c, got, _) = connect_with_max(&mut cl, "tiny", 10);
+    assert!(got.is_empty(), "nothing fits in 10 bytes, got {got:?}");
+    assert!(cl.shards[0].status(c.conn).closing);
+    assert_eq!(cl.shards[0].metrics.packets_dropped_too_large, 1);
+}
+
+/// [MQTT-3.14.2-3]: the server's DISCONNECT leaves its Reason String out rather than exceed
+/// the client's Maximum Packet Size.
+#[test]
+fn disconnect_reason_string_left_out_to_fit() {
+    let mut cl = Cluster::new(1);
+    let (c, _, _) = connect_with_max(&mut cl, "d", 20);
+    cl.send(c, connect_packet(V5, "d", true)); // [MQTT-3.1.0-2]: a second CONNECT
+    let raw = cl.shards[0].take_tx(c.conn);
+    assert!(raw.len() <= 20);
+    let mut buf = raw.clone();
+    let got = codec::decode(&mut buf, V5, usize::MAX).expect("decodes");
+    assert!(matches!(got, Some(Packet::Disconnect(d))
+        if d.reason == ReasonCode::ProtocolError && d.properties.reason_string().is_none()));
+}
