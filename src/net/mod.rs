@@ -41,6 +41,16 @@ pub const SCRATCH_BYTES: usize = 64 * 1024;
 /// Time a connection's orderly close (TLS close_notify, WebSocket close frame) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// After the broker closes a connection (DISCONNECT, refusing CONNACK, protocol error) it shuts
+/// down its write side and reads and discards what the client still sends, until the client
+/// closes or this time passes. Closing a socket with unread input makes the kernel send a TCP
+/// reset, and a reset can destroy the DISCONNECT or CONNACK before the client reads it.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes read and discarded during [`CLOSE_DRAIN_TIMEOUT`] at most (the read lands in the shard's
+/// scratch buffer, so the drain holds no memory of its own).
+const CLOSE_DRAIN_BYTES_MAX: usize = 1 << 20;
+
 /// A one-waiter wake-up flag, local to a shard.
 #[derive(Default)]
 pub struct Notify {
@@ -383,6 +393,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client_id_known = false;
+    // The client closed or the socket failed: nothing to drain at the end.
+    let mut peer_gone = false;
     loop {
         if !client_id_known {
             if let Some(cid) = io.shard.borrow().client_id(id) {
@@ -394,6 +406,7 @@ where
         let tx = io.shard.borrow_mut().take_tx(id);
         // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
         if !tx.is_empty() && write_all_flush(&mut stream, &tx).await.is_err() {
+            peer_gone = true;
             io.shard.borrow_mut().handle_closed(id, Instant::now());
             io.outbox_ready.notify();
             break;
@@ -438,6 +451,7 @@ where
                 glommio::yield_if_needed().await;
             }
             Event::Closed => {
+                peer_gone = true;
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 io.outbox_ready.notify();
             }
@@ -445,13 +459,42 @@ where
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
     // WebSocket close frame that never drains.
-    let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
+    let closed = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
         glommio::timer::sleep(CLOSE_TIMEOUT).await;
         false
     })
     .await;
+    if closed && !peer_gone {
+        drain_input(&io, &mut stream).await;
+    }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
+}
+
+/// Reads and discards input after our side has shut down writing, until end of stream, an
+/// error, [`CLOSE_DRAIN_BYTES_MAX`] bytes or [`CLOSE_DRAIN_TIMEOUT`], so the close that follows
+/// does not turn into a TCP reset that hides our last packet from the client.
+async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) {
+    let drain = async {
+        let mut discarded = 0usize;
+        // Bounded by the byte budget (every read consumes at least one byte) and the timer.
+        while discarded < CLOSE_DRAIN_BYTES_MAX {
+            let n = poll_fn(|cx| {
+                let mut scratch = io.scratch.borrow_mut();
+                match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                    Poll::Ready(Ok(n)) => Poll::Ready(n),
+                    Poll::Ready(Err(_)) => Poll::Ready(0),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            if n == 0 {
+                return;
+            }
+            discarded += n;
+        }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(CLOSE_DRAIN_TIMEOUT)).await;
 }
 
 async fn write_all_flush<S: AsyncWrite + Unpin>(
