@@ -384,6 +384,8 @@ impl Shard {
         };
         c.phase = Phase::Active { slot };
         self.slot_mut(slot).expect("invariant: installed by finish_connect").conn = Some(conn);
+        // Shared memberships of the session are online now (installed offline).
+        self.shared_presence(slot, true);
         let resumed = ack.session_present;
         if !self.send_fitted(conn, &Packet::ConnAck(ack)) {
             // Not even the CONNACK without its optional properties fits the client's Maximum

@@ -19,6 +19,8 @@ pub struct Member {
     pub options: SubscriptionOptions,
     /// v5 Subscription Identifier.
     pub identifier: Option<u32>,
+    /// The session has a connection (as its shard last said): online members are preferred.
+    pub online: bool,
 }
 
 /// A delivery chosen by the publishing shard for one shared-subscription member.
@@ -28,6 +30,11 @@ pub struct SharedDelivery {
     pub group: String,
     /// The chosen member.
     pub member: Member,
+    /// The member was chosen among online ones: an offline member is not acceptable yet.
+    pub online_only: bool,
+    /// Times this delivery was passed on to another shard because no member here could take
+    /// it; bounded by the shard count (twice: online members first, then any).
+    pub hops: u16,
 }
 
 /// One message from a shard to another.

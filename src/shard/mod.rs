@@ -18,6 +18,7 @@ mod connect;
 pub mod message;
 mod publish;
 mod retained;
+mod shared;
 mod subscribe;
 
 use std::collections::{HashMap, VecDeque};
@@ -33,7 +34,7 @@ use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
 pub use message::{Member, ShardMsg};
 use retained::RetainedStore;
-use subscribe::SharedGroups;
+use shared::SharedGroups;
 
 /// Identifies a connection within its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -111,6 +112,8 @@ pub struct ShardConfig {
     /// Refuse v5 PUBLISH (and wills) whose Payload Format Indicator says UTF-8 when the payload
     /// is not (0x99, §3.3.2.3.2).
     pub check_payload_format: bool,
+    /// How shared subscription groups pick a member, by default and per group name.
+    pub shared: crate::config::SharedSubscriptionsConfig,
 }
 
 impl ShardConfig {
@@ -148,6 +151,7 @@ impl ShardConfig {
             outbox_messages_max: 1024,
             response_information_prefix: Some("responses/".into()),
             check_payload_format: true,
+            shared: Default::default(),
         }
     }
 }
@@ -786,9 +790,13 @@ impl Shard {
         let expiry = s.session.expiry_secs;
         if expiry == 0 {
             self.destroy_session(slot);
-        } else if expiry != u32::MAX {
-            let s = self.slot_mut(slot).expect("invariant: slot checked above");
-            s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
+        } else {
+            if expiry != u32::MAX {
+                let s = self.slot_mut(slot).expect("invariant: slot checked above");
+                s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
+            }
+            // A persistent session stays in its shared groups, as an offline member.
+            self.shared_presence(slot, false);
         }
     }
 

@@ -17,9 +17,9 @@ use crate::session::{AckOutcome, Dropped, InflightState, Message, Outgoing};
 /// One local subscription that matched a topic.
 #[derive(Clone, Debug)]
 pub(crate) struct LocalMatch {
-    slot: u32,
-    options: SubscriptionOptions,
-    identifier: Option<u32>,
+    pub(super) slot: u32,
+    pub(super) options: SubscriptionOptions,
+    pub(super) identifier: Option<u32>,
 }
 
 impl Shard {
@@ -213,15 +213,18 @@ impl Shard {
             (SubKey::Remote(shard), _) => peer_normal[usize::from(*shard)] = true,
             _ => {}
         });
-        for (group, member) in self.shared.pick(&msg.topic) {
+        // The publisher's client id, for the `hash_client_id` strategy.
+        let publisher = msg
+            .origin
+            .filter(|o| o.shard == self.id)
+            .and_then(|o| self.sessions.get(o.session as usize)?.as_ref())
+            .map_or("", |s| s.session.client_id.as_str());
+        for (group, member, online_only) in self.shared.pick(&msg.topic, publisher) {
+            let d = SharedDelivery { group, member, online_only, hops: 0 };
             if member.shard == self.id {
-                scratch.push(LocalMatch {
-                    slot: member.slot,
-                    options: member.options,
-                    identifier: member.identifier,
-                });
+                self.place_shared(d, &msg, &mut scratch);
             } else {
-                peer_shared[usize::from(member.shard)].push(SharedDelivery { group, member });
+                peer_shared[usize::from(member.shard)].push(d);
             }
         }
         let mut matched = !scratch.is_empty();
@@ -264,21 +267,9 @@ impl Shard {
                 }
             });
         }
+        // A member that left, went offline or may not read the topic is replaced (§4.8.2).
         for d in shared {
-            let valid = self.slot(d.member.slot).is_some_and(|s| {
-                s.generation == d.member.generation
-                    && s.session.subscriptions.contains_key(&d.group)
-            });
-            let member =
-                if valid { Some(d.member) } else { self.shared.local_member(&d.group, self.id) };
-            match member {
-                Some(m) => scratch.push(LocalMatch {
-                    slot: m.slot,
-                    options: m.options,
-                    identifier: m.identifier,
-                }),
-                None => self.metrics.messages_dropped_no_member += 1,
-            }
+            self.place_shared(d, &msg, &mut scratch);
         }
         let rc = Rc::new(msg);
         self.deliver_matches(&rc, &mut scratch, now);

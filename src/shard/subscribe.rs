@@ -5,7 +5,6 @@
 //! date by `SubAdd`/`SubRemove` deltas. A publish therefore reaches each other shard once,
 //! whatever its number of subscribers there.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -16,7 +15,7 @@ use crate::codec::{
     Packet, Properties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::session::{Outgoing, Subscription};
-use crate::topic::{levels, parse_shared, SubscriptionTrie};
+use crate::topic::{levels, parse_shared};
 
 /// Key of a trie entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,80 +68,6 @@ pub(crate) struct PendingSubAck {
     ack: SubAck,
     retained_for: Vec<(String, QoS)>,
     identifier: Option<u32>,
-}
-
-/// One shared group `$share/{name}/{filter}`.
-#[derive(Debug)]
-struct Group {
-    key: u64,
-    filter: String,
-    members: Vec<Member>,
-    next: usize,
-}
-
-/// The replica of every shared-subscription group.
-#[derive(Default)]
-pub(crate) struct SharedGroups {
-    groups: HashMap<String, Group>,
-    names: HashMap<u64, String>,
-    trie: SubscriptionTrie<u64, ()>,
-    next_key: u64,
-}
-
-impl SharedGroups {
-    fn add(&mut self, group: &str, member: Member) {
-        let Some((_, filter)) = parse_shared(group) else { return };
-        if !self.groups.contains_key(group) {
-            self.next_key += 1;
-            let key = self.next_key;
-            self.trie.insert(filter, key, ());
-            self.names.insert(key, group.to_owned());
-            let g = Group { key, filter: filter.to_owned(), members: Vec::new(), next: 0 };
-            self.groups.insert(group.to_owned(), g);
-        }
-        let g = self.groups.get_mut(group).expect("invariant: inserted above");
-        match g.members.iter_mut().find(|m| m.shard == member.shard && m.slot == member.slot) {
-            Some(m) => *m = member,
-            None => g.members.push(member),
-        }
-    }
-
-    fn remove(&mut self, group: &str, shard: u16, slot: u32) {
-        let Some(g) = self.groups.get_mut(group) else { return };
-        g.members.retain(|m| !(m.shard == shard && m.slot == slot));
-        if g.members.is_empty() {
-            let g = self.groups.remove(group).expect("invariant: found above");
-            self.trie.remove(&g.filter, &g.key);
-            self.names.remove(&g.key);
-        }
-    }
-
-    /// One member per matching group, round robin ([MQTT-4.8.2-4]: each message goes to one
-    /// member of each group).
-    pub(crate) fn pick(&mut self, topic: &str) -> Vec<(String, Member)> {
-        if self.groups.is_empty() {
-            return Vec::new();
-        }
-        let mut keys = Vec::new();
-        self.trie.for_each_match(topic, |k, _| keys.push(*k));
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let Some(name) = self.names.get(&key) else { continue };
-            let Some(g) = self.groups.get_mut(name) else { continue };
-            if g.members.is_empty() {
-                continue;
-            }
-            let m = g.members[g.next % g.members.len()];
-            g.next = g.next.wrapping_add(1);
-            out.push((name.clone(), m));
-        }
-        out
-    }
-
-    /// A member of `group` on `shard`, for a delivery whose chosen member has left.
-    pub(crate) fn local_member(&self, group: &str, shard: u16) -> Option<Member> {
-        self.groups.get(group)?.members.iter().find(|m| m.shard == shard).copied()
-    }
 }
 
 impl Shard {
@@ -305,14 +230,17 @@ impl Shard {
     ) -> bool {
         if is_shared(filter) {
             let Some(generation) = self.slot(slot).map(|s| s.generation) else { return false };
+            let online = self.slot(slot).is_some_and(|s| s.conn.is_some());
             let member = Member {
                 shard: self.id,
                 slot,
                 generation,
                 options: sub.options,
                 identifier: sub.identifier,
+                online,
             };
-            self.shared.add(filter, member);
+            let strategy = self.shared_strategy(filter);
+            self.shared.add(filter, member, strategy);
             let group = filter.to_owned();
             self.broadcast(|| ShardMsg::SharedAdd { group: group.clone(), member, ack });
             return true;
@@ -376,7 +304,8 @@ impl Shard {
     }
 
     pub(super) fn shared_add(&mut self, group: &str, member: Member) {
-        self.shared.add(group, member);
+        let strategy = self.shared_strategy(group);
+        self.shared.add(group, member, strategy);
     }
 
     pub(super) fn shared_remove(&mut self, group: &str, shard: u16, slot: u32) {

@@ -233,3 +233,240 @@ fn disconnect_reason_string_left_out_to_fit() {
     assert!(matches!(got, Some(Packet::Disconnect(d))
         if d.reason == ReasonCode::ProtocolError && d.properties.reason_string().is_none()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shared subscriptions (§4.8.2).
+// ---------------------------------------------------------------------------------------------
+
+use crate::config::SharedStrategy;
+
+/// Connects `id` (optionally as `user`, with a persistent session when `persistent`) and
+/// subscribes it to `filter` at QoS 1.
+fn member(cl: &mut Cluster, shard: usize, id: &str, user: Option<&str>, filter: &str) -> Client {
+    member_with(cl, shard, id, user, filter, false)
+}
+
+fn member_with(
+    cl: &mut Cluster,
+    shard: usize,
+    id: &str,
+    user: Option<&str>,
+    filter: &str,
+    persistent: bool,
+) -> Client {
+    let c = cl.open(shard, V4);
+    let Packet::Connect(mut connect) = connect_packet(V4, id, !persistent) else { unreachable!() };
+    connect.username = user.map(Into::into);
+    cl.send(c, Packet::Connect(connect));
+    assert!(matches!(&cl.recv(c)[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success));
+    cl.subscribe(c, filter, QoS::AtLeastOnce);
+    c
+}
+
+/// Payloads of the PUBLISH packets `c` was sent since the last call.
+fn got(cl: &mut Cluster, c: Client) -> Vec<Vec<u8>> {
+    publishes(&cl.recv(c)).iter().map(|p| p.payload.to_vec()).collect()
+}
+
+/// The network connection of `c` goes away without DISCONNECT; the mesh is not moved.
+fn drop_unsettled(cl: &mut Cluster, c: Client) {
+    let now = cl.now;
+    cl.shards[c.shard].handle_closed(c.conn, now);
+    cl.shards[c.shard].release(c.conn, now);
+}
+
+const PAYLOADS: [&[u8]; 8] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7"];
+
+/// [MQTT-4.8.2-4]: each message goes to one member. A member that left after the publishing
+/// shard picked it (its removal still in flight) does not lose the message: another member
+/// gets it.
+#[test]
+fn shared_message_for_a_member_that_left_goes_to_another() {
+    let mut cl = Cluster::new(3);
+    let gone = member(&mut cl, 1, "gone", None, "$share/g/jobs/#");
+    let stays = member(&mut cl, 2, "stays", None, "$share/g/jobs/#");
+    let p = cl.connect(0, V4, "p", true);
+    drop_unsettled(&mut cl, gone);
+    for payload in PAYLOADS {
+        send_unsettled(&mut cl, p, publish_packet("jobs/a", payload, QoS::AtLeastOnce, 1, false));
+    }
+    cl.settle();
+    assert_eq!(got(&mut cl, stays).len(), PAYLOADS.len(), "every message reached a member");
+    assert_eq!(cl.shards.iter().map(|s| s.metrics.messages_dropped_no_member).sum::<u64>(), 0);
+}
+
+/// A member the ACL does not let read the topic is skipped for that message (the delivery
+/// check, [MQTT-3.8.3-*] / §4.8.2): the other member gets it, none is dropped.
+#[test]
+fn shared_message_for_an_unauthorised_member_goes_to_another() {
+    let acl = crate::auth::Acl::parse(
+        "acl",
+        "topic write jobs/#\nuser bad\ntopic read jobs/#\ntopic deny jobs/secret\n\
+         user good\ntopic read jobs/#\n",
+    )
+    .expect("valid ACL");
+    let security = std::sync::Arc::new(crate::auth::Security { passwords: None, acl: Some(acl) });
+    let mut cl = cluster_with(2, |c| c.security = std::sync::Arc::clone(&security));
+    let bad = member(&mut cl, 0, "b", Some("bad"), "$share/g/jobs/#");
+    let good = member(&mut cl, 1, "g", Some("good"), "$share/g/jobs/#");
+    let p = cl.connect(0, V4, "p", true);
+    for payload in PAYLOADS {
+        cl.publish(p, "jobs/secret", payload, QoS::AtLeastOnce, 1);
+    }
+    assert!(got(&mut cl, bad).is_empty(), "the ACL withholds jobs/secret from bad");
+    assert_eq!(got(&mut cl, good).len(), PAYLOADS.len(), "good got every one");
+    // Topics both may read are still shared between them.
+    for payload in PAYLOADS {
+        cl.publish(p, "jobs/open", payload, QoS::AtLeastOnce, 1);
+    }
+    assert_eq!(got(&mut cl, bad).len() + got(&mut cl, good).len(), PAYLOADS.len());
+}
+
+/// Offline members with a persistent session are skipped while an online member exists; once
+/// none is online, they get the message queued (§4.8.2: a message to a member that is not
+/// connected is kept for it).
+#[test]
+fn shared_offline_persistent_members_are_skipped_while_others_are_online() {
+    let mut cl = Cluster::new(2);
+    let away = member_with(&mut cl, 0, "away", None, "$share/g/t", true);
+    let here = member(&mut cl, 1, "here", None, "$share/g/t");
+    drop_unsettled(&mut cl, away);
+    cl.settle();
+    let p = cl.connect(0, V4, "p", true);
+    for payload in PAYLOADS {
+        cl.publish(p, "t", payload, QoS::AtLeastOnce, 1);
+    }
+    assert_eq!(got(&mut cl, here).len(), PAYLOADS.len(), "online member got all");
+    // The online member leaves for good: now the offline one gets the messages, queued.
+    let now = cl.now;
+    cl.shards[1].handle_closed(here.conn, now);
+    cl.shards[1].release(here.conn, now);
+    cl.settle();
+    cl.publish(p, "t", b"queued", QoS::AtLeastOnce, 1);
+    let back = cl.open(1, V4);
+    cl.send(back, connect_packet(V4, "away", false));
+    let payloads: Vec<Vec<u8>> =
+        publishes(&cl.recv(back)).iter().map(|p| p.payload.to_vec()).collect();
+    assert_eq!(payloads, vec![b"queued".to_vec()]);
+}
+
+/// Runs `n` publishes from `p` on topics from `topic(i)`; returns who got each, in order.
+fn spread(
+    cl: &mut Cluster,
+    p: Client,
+    members: &[Client],
+    n: usize,
+    topic: impl Fn(usize) -> String,
+) -> Vec<usize> {
+    let mut who = Vec::new();
+    for i in 0..n {
+        // QoS 0: no acknowledgements to send, no in-flight window to fill.
+        cl.publish(p, &topic(i), PAYLOADS[i % PAYLOADS.len()], QoS::AtMostOnce, 0);
+        let receivers: Vec<usize> =
+            (0..members.len()).filter(|&m| !got(cl, members[m]).is_empty()).collect();
+        assert_eq!(receivers.len(), 1, "message {i} went to exactly one member ([MQTT-4.8.2-4])");
+        who.push(receivers[0]);
+    }
+    who
+}
+
+fn strategy_cluster(strategy: SharedStrategy) -> (Cluster, Vec<Client>, Client) {
+    let mut cl = cluster_with(2, |c| c.shared.strategy = strategy);
+    let members = vec![
+        member(&mut cl, 0, "m0", None, "$share/g/s/#"),
+        member(&mut cl, 1, "m1", None, "$share/g/s/#"),
+        member(&mut cl, 1, "m2", None, "$share/g/s/#"),
+    ];
+    let p = cl.connect(0, V4, "pub-a", true);
+    (cl, members, p)
+}
+
+/// `round_robin` (the default): each member in turn.
+#[test]
+fn shared_strategy_round_robin() {
+    let (mut cl, m, p) = strategy_cluster(SharedStrategy::RoundRobin);
+    assert_eq!(spread(&mut cl, p, &m, 6, |_| "s/x".into()), [0, 1, 2, 0, 1, 2]);
+}
+
+/// `random`: every member gets some, not in a fixed turn.
+#[test]
+fn shared_strategy_random() {
+    let (mut cl, m, p) = strategy_cluster(SharedStrategy::Random);
+    let who = spread(&mut cl, p, &m, 60, |_| "s/x".into());
+    for i in 0..3 {
+        assert!(who.contains(&i), "member {i} never drawn: {who:?}");
+    }
+    let turns: Vec<usize> = (0..60).map(|i| who[0].wrapping_add(i) % 3).collect();
+    assert_ne!(who, turns, "random must not be round robin");
+}
+
+/// `sticky`: one member while it is online, another after it leaves.
+#[test]
+fn shared_strategy_sticky() {
+    let (mut cl, m, p) = strategy_cluster(SharedStrategy::Sticky);
+    let who = spread(&mut cl, p, &m, 6, |_| "s/x".into());
+    assert!(who.iter().all(|&w| w == who[0]), "{who:?}");
+    let first = m[who[0]];
+    let now = cl.now;
+    cl.shards[first.shard].handle_closed(first.conn, now);
+    cl.shards[first.shard].release(first.conn, now);
+    cl.settle();
+    let rest: Vec<Client> =
+        m.iter().copied().filter(|c| c.conn != first.conn || c.shard != first.shard).collect();
+    let who = spread(&mut cl, p, &rest, 6, |_| "s/x".into());
+    assert!(who.iter().all(|&w| w == who[0]), "sticks to the new member: {who:?}");
+}
+
+/// `hash_topic`: one topic always goes to one member; different topics spread.
+#[test]
+fn shared_strategy_hash_topic() {
+    let (mut cl, m, p) = strategy_cluster(SharedStrategy::HashTopic);
+    let topics = |i: usize| format!("s/{}", i % 12);
+    let who = spread(&mut cl, p, &m, 36, topics);
+    for i in 0..12 {
+        assert_eq!(who[i], who[i + 12], "topic s/{i} moved");
+        assert_eq!(who[i], who[i + 24], "topic s/{i} moved");
+    }
+    let mut used = who.clone();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() > 1, "12 topics all on one member: {who:?}");
+}
+
+/// `hash_client_id`: one publisher's messages go to one member, whatever the topic, also when
+/// it publishes from another shard; other publishers spread.
+#[test]
+fn shared_strategy_hash_client_id() {
+    let (mut cl, m, _) = strategy_cluster(SharedStrategy::HashClientId);
+    let mut firsts = Vec::new();
+    for i in 0..8 {
+        let p = cl.connect(i % 2, V4, &format!("publisher-{i}"), true);
+        let who = spread(&mut cl, p, &m, 4, |k| format!("s/{k}"));
+        assert!(who.iter().all(|&w| w == who[0]), "publisher-{i}: {who:?}");
+        firsts.push(who[0]);
+    }
+    firsts.sort_unstable();
+    firsts.dedup();
+    assert!(firsts.len() > 1, "8 publishers all on one member");
+}
+
+/// The strategy is per broker and can be overridden per group name (`[shared_subscriptions]
+/// groups`): here `pinned` is sticky while the default stays round robin.
+#[test]
+fn shared_strategy_overridden_per_group() {
+    let mut cl = cluster_with(2, |c| {
+        c.shared.groups.insert("pinned".into(), SharedStrategy::Sticky);
+    });
+    let rr = [
+        member(&mut cl, 0, "a0", None, "$share/rr/x"),
+        member(&mut cl, 1, "a1", None, "$share/rr/x"),
+    ];
+    let pinned = [
+        member(&mut cl, 0, "b0", None, "$share/pinned/y"),
+        member(&mut cl, 1, "b1", None, "$share/pinned/y"),
+    ];
+    let p = cl.connect(0, V4, "p", true);
+    assert_eq!(spread(&mut cl, p, &rr, 4, |_| "x".into()), [0, 1, 0, 1]);
+    let who = spread(&mut cl, p, &pinned, 4, |_| "y".into());
+    assert!(who.iter().all(|&w| w == who[0]), "{who:?}");
+}
