@@ -78,6 +78,7 @@ impl Shard {
 
     pub(super) fn handle_subscribe(&mut self, id: ConnId, slot: u32, s: Subscribe, now: Instant) {
         let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let v31 = self.conn(id).is_some_and(|c| c.version == crate::codec::ProtocolVersion::V31);
         let identifier = s.properties.subscription_identifiers().next();
         let req = self.next_req;
         self.next_req += 1;
@@ -131,6 +132,11 @@ impl Shard {
                     }
                 }
             };
+            if reason.is_error() && v31 {
+                // MQTT 3.1 has no failure return code in SUBACK (the codec refuses to encode
+                // 0x80 for it): a refused subscription closes the connection instead.
+                return self.close(id, super::CloseReason::Protocol(reason), now);
+            }
             if reason.is_error() && !v5 {
                 reasons.push(ReasonCode::UnspecifiedError);
             } else {

@@ -470,3 +470,19 @@ fn shared_strategy_overridden_per_group() {
     let who = spread(&mut cl, p, &pinned, 4, |_| "y".into());
     assert!(who.iter().all(|&w| w == who[0]), "{who:?}");
 }
+
+/// MQTT 3.1 has no failure return code in SUBACK (the codec refuses to encode 0x80 for it):
+/// a refused subscription closes a 3.1 connection instead of lying with a grant.
+#[test]
+fn refused_subscription_closes_an_mqtt_3_1_connection() {
+    let mut cl = cluster_with(1, |c| c.topic_levels_max = 2);
+    let c = cl.connect(0, ProtocolVersion::V31, "old", true);
+    let s = Subscribe {
+        packet_id: pid(1),
+        filters: vec![("a/b/c/d".into(), SubscriptionOptions::default())],
+        properties: Properties::new(),
+    };
+    cl.send(c, Packet::Subscribe(s));
+    assert!(cl.recv(c).is_empty(), "no SUBACK");
+    assert!(cl.shards[0].status(c.conn).closing);
+}
