@@ -698,10 +698,8 @@ impl Shard {
         if c.tx.len() - before > c.client_packet_max {
             c.tx.truncate(before);
             let (version, max) = (c.version, c.client_packet_max);
-            let fitted = fit_packet(packet, |p| {
-                let mut scratch = BytesMut::new();
-                codec::encode(p, version, &mut scratch).is_ok_and(|_| scratch.len() <= max)
-            });
+            let fitted =
+                fit_packet(packet, |p| codec::encoded_len(p, version).is_ok_and(|n| n <= max));
             let Some(fitted) = fitted else {
                 self.metrics.packets_dropped_too_large += 1;
                 tracing::debug!(conn = id.0, "packet exceeds the client's maximum packet size");
