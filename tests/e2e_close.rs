@@ -101,3 +101,32 @@ fn refusing_connack_is_readable_while_the_client_keeps_sending() {
     }
     assert!(c.closed_within(Duration::from_secs(5)), "closed after the CONNACK");
 }
+
+/// The drain is bounded: a client that never stops sending after its DISCONNECT is cut off
+/// after 1 MiB (or 2 s), and the cut is counted in `close_drains_cut`.
+#[test]
+fn close_drain_is_bounded_and_counted() {
+    let b = start_with(1, |c| c.limits.inflight_max = 4);
+    let mut c = RawClient::connect_tcp(b.addr, V5);
+    c.send(&connect("endless"));
+    assert!(matches!(c.recv(), Packet::ConnAck(a) if a.reason == ReasonCode::Success));
+    let started = std::time::Instant::now();
+    // Bounded: at most 64 MiB or 10 s; the broker must give up well before either.
+    let mut cut = false;
+    for burst in 0..4096u16 {
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        if c.stream.write_all(&qos2_burst(1 + burst.wrapping_mul(16), 16, 1000)).is_err() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the broker kept reading for {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "cut after {:?}", started.elapsed());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while b.stats.total().close_drains_cut == 0 {
+        assert!(std::time::Instant::now() < deadline, "close_drains_cut not counted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

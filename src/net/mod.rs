@@ -464,8 +464,8 @@ where
         false
     })
     .await;
-    if closed && !peer_gone {
-        drain_input(&io, &mut stream).await;
+    if closed && !peer_gone && !drain_input(&io, &mut stream).await {
+        io.shard.borrow_mut().metrics.close_drains_cut += 1;
     }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
@@ -473,8 +473,9 @@ where
 
 /// Reads and discards input after our side has shut down writing, until end of stream, an
 /// error, [`CLOSE_DRAIN_BYTES_MAX`] bytes or [`CLOSE_DRAIN_TIMEOUT`], so the close that follows
-/// does not turn into a TCP reset that hides our last packet from the client.
-async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) {
+/// does not turn into a TCP reset that hides our last packet from the client. Returns whether
+/// the client closed (or the socket failed) within the bounds.
+async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) -> bool {
     let drain = async {
         let mut discarded = 0usize;
         // Bounded by the byte budget (every read consumes at least one byte) and the timer.
@@ -489,12 +490,17 @@ async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) {
             })
             .await;
             if n == 0 {
-                return;
+                return true;
             }
             discarded += n;
         }
+        false
     };
-    futures_lite::future::or(drain, glommio::timer::sleep(CLOSE_DRAIN_TIMEOUT)).await;
+    let timer = async {
+        glommio::timer::sleep(CLOSE_DRAIN_TIMEOUT).await;
+        false
+    };
+    futures_lite::future::or(drain, timer).await
 }
 
 async fn write_all_flush<S: AsyncWrite + Unpin>(
