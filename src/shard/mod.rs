@@ -997,21 +997,24 @@ fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet>
     if fits(&p) {
         return Some(p);
     }
+    // Left out one kind at a time, least useful first, so as much as fits is kept.
+    let optional: [fn(&P) -> bool; 6] = [
+        |p| matches!(p, P::RetainAvailable(1) | P::WildcardSubscriptionAvailable(1)),
+        |p| matches!(p, P::SubscriptionIdentifierAvailable(1) | P::SharedSubscriptionAvailable(1)),
+        |p| matches!(p, P::ResponseInformation(_)),
+        |p| matches!(p, P::TopicAliasMaximum(_)),
+        |p| matches!(p, P::ReceiveMaximum(u16::MAX)),
+        |p| matches!(p, P::MaximumPacketSize(268_435_455..)),
+    ];
     let Packet::ConnAck(a) = &mut p else { return None };
-    a.properties.retain(|p| {
-        !matches!(
-            p,
-            P::RetainAvailable(1)
-                | P::WildcardSubscriptionAvailable(1)
-                | P::SubscriptionIdentifierAvailable(1)
-                | P::SharedSubscriptionAvailable(1)
-                | P::TopicAliasMaximum(_)
-                | P::ResponseInformation(_)
-                | P::ReceiveMaximum(u16::MAX)
-                | P::MaximumPacketSize(268_435_455..)
-        )
-    });
-    fits(&p).then_some(p)
+    for is_optional in optional {
+        a.properties.retain(|p| !is_optional(p));
+        let fitted = Packet::ConnAck(a.clone());
+        if fits(&fitted) {
+            return Some(fitted);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -211,6 +211,9 @@ fn connack_fits_the_client_maximum_packet_size() {
     assert!(raw.len() <= 20, "CONNACK of {} bytes over the client's 20", raw.len());
     assert_eq!(ack.properties.receive_maximum(), Some(16), "behaviour-changing property kept");
     assert!(ack.properties.maximum_packet_size().is_some());
+    // The least useful optional properties went first; what fits stays.
+    assert_eq!(ack.properties.retain_available(), None, "absent means 1 anyway");
+    assert_eq!(ack.properties.topic_alias_maximum(), Some(8), "still fits in 20 bytes");
     assert!(!cl.shards[0].status(c.conn).closing);
 
     let (c, got, _) = connect_with_max(&mut cl, "tiny", 10);
