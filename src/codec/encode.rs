@@ -1,5 +1,5 @@
-//! The [`Packet`] model to bytes, for every version. Fields that a version does not have
-//! (properties and reason codes before v5) are left out when encoding for it.
+//! The [`Packet`] model to bytes, for every version. Properties are left out before v5; other
+//! fields a version cannot carry make the encoder refuse the packet (`check_version`).
 
 use bytes::{BufMut, BytesMut};
 
