@@ -190,6 +190,12 @@ impl Session {
         Some(id)
     }
 
+    /// Test hook: the next packet id to try, to reach the wrap-around quickly.
+    #[cfg(test)]
+    pub(crate) fn set_next_packet_id(&mut self, id: u16) {
+        self.next_packet_id = id;
+    }
+
     /// Records a message in flight under `id`, last in send order.
     pub(crate) fn insert_inflight(&mut self, id: u16, out: Outgoing, state: InflightState) {
         let seq = self.next_seq;

@@ -489,3 +489,30 @@ fn refused_subscription_closes_an_mqtt_3_1_connection() {
     assert!(cl.recv(c).is_empty(), "no SUBACK");
     assert!(cl.shards[0].status(c.conn).closing);
 }
+
+/// [MQTT-4.6.0-1] / [MQTT-4.4.0-1]: on resume, unacknowledged messages are resent in the order
+/// they were first sent, also when their packet ids wrapped past 65535 (id order would put the
+/// newest first), and also after the session moved to another shard.
+#[test]
+fn resend_after_packet_id_wrap_keeps_publication_order() {
+    let mut cl = Cluster::new(2);
+    let sub = member_with(&mut cl, 0, "dev", None, "w", true);
+    let slot = cl.shards[0].by_client["dev"];
+    let s = cl.shards[0].slot_mut(slot).expect("session");
+    s.session.set_next_packet_id(u16::MAX - 1);
+    let p = cl.connect(1, V4, "p", true);
+    for payload in &PAYLOADS[..4] {
+        cl.publish(p, "w", payload, QoS::AtLeastOnce, 1);
+    }
+    let first: Vec<u16> =
+        publishes(&cl.recv(sub)).iter().map(|p| p.packet_id.expect("QoS 1").get()).collect();
+    assert_eq!(first, [u16::MAX - 1, u16::MAX, 1, 2], "ids wrapped");
+    drop_unsettled(&mut cl, sub);
+    cl.settle();
+    let back = cl.open(1, V4);
+    cl.send(back, connect_packet(V4, "dev", false));
+    let resent: Vec<(Vec<u8>, bool)> =
+        publishes(&cl.recv(back)).iter().map(|p| (p.payload.to_vec(), p.dup)).collect();
+    let expected: Vec<(Vec<u8>, bool)> = PAYLOADS[..4].iter().map(|p| (p.to_vec(), true)).collect();
+    assert_eq!(resent, expected);
+}
