@@ -309,8 +309,9 @@ pub struct LimitsConfig {
     /// exceeded). Default 256. Bound: 1..=100_000. Worst-case memory: this times
     /// `topic_bytes_max` per client (256 KiB at the defaults).
     pub subscriptions_per_client_max: u32,
-    /// Seconds a new connection may take to send its CONNECT before it is closed. Default 10.
-    /// Bound: 1..=300.
+    /// Seconds a new connection may take to send its CONNECT before it is closed; the same
+    /// time again bounds the wait for CONNACK after it (registry and takeover), after which the
+    /// connection is closed. Default 10. Bound: 1..=300.
     pub connect_timeout_secs: u32,
     /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by this
     /// (v5 Server Keep Alive) so no connection can sit idle longer. Default 3600.

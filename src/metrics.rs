@@ -47,6 +47,8 @@ metrics! {
     counter auth_failures,
     /// Sessions taken over from another shard.
     counter takeovers,
+    /// Pending CONNECTs closed before CONNACK because a newer CONNECT took their client id.
+    counter takeovers_superseded,
     /// Sessions held now (connected or not).
     gauge sessions_current,
     /// Sessions ended by their expiry interval.

@@ -94,3 +94,82 @@ fn pipelined_subscribes_are_answered_without_overflowing_the_shard_stack() {
     }
     still_serves(b.addr, "honest");
 }
+
+/// What one connection of a CONNECT burst saw before the broker settled.
+#[derive(Debug, Default)]
+struct BurstOutcome {
+    connack: Option<ReasonCode>,
+    disconnect: Option<ReasonCode>,
+    closed: bool,
+}
+
+/// Reads a connection of the burst until its CONNECT is answered (CONNACK or close, within
+/// 10 s), then what follows until it is closed or quiet for `quiet`.
+fn burst_outcome(c: &mut RawClient, quiet: Duration) -> BurstOutcome {
+    let mut out = BurstOutcome::default();
+    // Bounded: each packet is one of a handful the broker sends before it goes quiet.
+    for _ in 0..16 {
+        let wait = if out.connack.is_none() { Duration::from_secs(10) } else { quiet };
+        match c.recv_timeout(wait) {
+            Some(Packet::ConnAck(a)) => {
+                assert!(out.connack.is_none(), "two CONNACKs on one connection");
+                out.connack = Some(a.reason);
+            }
+            Some(Packet::Disconnect(d)) => out.disconnect = Some(d.reason),
+            Some(other) => panic!("unexpected packet in a CONNECT burst: {other:?}"),
+            None => break,
+        }
+    }
+    out.closed = c.closed_within(Duration::from_millis(100));
+    out
+}
+
+/// Issue 9, the takeover burst: ten CONNECTs with one client id, sent over both shards without
+/// waiting for CONNACK, left 2 to 6 of them connected. The server disconnects the existing
+/// client for each new one ([MQTT-3.1.4-2], v5 with DISCONNECT 0x8E [MQTT-3.1.4-3]): once the
+/// broker settles exactly one connection is alive, and it works.
+#[test]
+fn ten_concurrent_connects_with_one_client_id_leave_exactly_one_alive() {
+    let b = common::start();
+    for version in [V4, V5] {
+        for round in 0..3 {
+            let id = format!("burst-{}-{round}", if version.is_v5() { 5 } else { 4 });
+            let mut conns: Vec<RawClient> = (0..10)
+                .map(|i| RawClient::connect_tcp(b.shard_addrs[i % b.shard_addrs.len()], version))
+                .collect();
+            for (i, c) in conns.iter_mut().enumerate() {
+                c.send(&common::connect(version, &id, i % 3 == 0, 30));
+            }
+            // Every CONNECT is answered; once the last one is, the closes of the others were
+            // written before it (a takeover closes the old connection first), so a short quiet
+            // time after the answer suffices.
+            let mut outcomes: Vec<BurstOutcome> =
+                conns.iter_mut().map(|c| burst_outcome(c, Duration::from_millis(300))).collect();
+            for (c, o) in conns.iter_mut().zip(&mut outcomes) {
+                if !o.closed {
+                    o.closed = c.closed_within(Duration::from_millis(200));
+                }
+            }
+            let alive: Vec<usize> = (0..conns.len())
+                .filter(|&i| {
+                    outcomes[i].connack == Some(ReasonCode::Success) && !outcomes[i].closed
+                })
+                .collect();
+            assert_eq!(alive.len(), 1, "{version:?} round {round}: {outcomes:#?}");
+            for (i, o) in outcomes.iter().enumerate().filter(|(i, _)| *i != alive[0]) {
+                assert!(o.closed, "{version:?}: connection {i} neither alive nor closed: {o:?}");
+                if version.is_v5() && o.connack == Some(ReasonCode::Success) {
+                    // A connection that was connected is told why it goes ([MQTT-3.1.4-3]).
+                    assert_eq!(o.disconnect, Some(ReasonCode::SessionTakenOver), "{i}: {o:?}");
+                }
+            }
+            let live = &mut conns[alive[0]];
+            live.send(&Packet::PingReq);
+            assert!(matches!(live.recv(), Packet::PingResp), "the survivor answers PINGREQ");
+            live.subscribe(&format!("{id}/t"), QoS::AtLeastOnce);
+            live.publish(&format!("{id}/t"), b"still here", QoS::AtMostOnce, 0, false);
+            assert_eq!(&live.recv_publish().payload[..], b"still here");
+        }
+    }
+    still_serves(b.addr, "honest");
+}

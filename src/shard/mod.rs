@@ -32,13 +32,22 @@ use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
-pub use message::{Member, ShardMsg};
+pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
 use shared::SharedGroups;
 
 /// Identifies a connection within its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u32);
+
+/// A connection as a record that outlives a turn remembers it: its id and the serial of the
+/// connection that held the id then. Ids are reused after [`Shard::release`]; serials are not,
+/// so a CONNACK or a session can never go to the next connection on the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnRef {
+    id: ConnId,
+    serial: u64,
+}
 
 /// Per-listener policy the shard applies at CONNECT.
 #[derive(Clone, Debug)]
@@ -224,8 +233,9 @@ enum Phase {
     AwaitConnect { deadline: Instant },
     /// CONNECT with an Authentication Method received; AUTH exchange under way (§4.12).
     Authenticating { deadline: Instant },
-    /// CONNECT received; waiting for the registry and maybe a takeover.
-    Connecting,
+    /// CONNECT received; waiting for the registry, maybe a takeover, and the subscriptions of
+    /// a moved session. Closed at `deadline` (the connect timeout again) if still waiting.
+    Connecting { deadline: Instant },
     /// Bound to a session slot.
     Active { slot: u32 },
     /// Closed by the shard; bytes in `tx` are flushed, then the socket is closed.
@@ -236,6 +246,8 @@ enum Phase {
 #[derive(Debug)]
 pub(crate) struct Conn {
     phase: Phase,
+    /// Unique per shard over its life (see [`ConnRef`]).
+    serial: u64,
     /// Negotiated version (V311 until CONNECT says otherwise).
     version: ProtocolVersion,
     /// Listener the connection came in on.
@@ -289,7 +301,11 @@ pub(crate) struct Conn {
 #[derive(Debug)]
 pub(crate) struct SessionSlot {
     session: Session,
+    /// Local generation of the slot index (reused slots differ), for shared-subscription
+    /// members and No Local.
     generation: u32,
+    /// The registry generation of the claim that installed this session.
+    claim: ClaimGen,
     conn: Option<ConnId>,
     /// When an unconnected session expires.
     expires_at: Option<Instant>,
@@ -300,11 +316,16 @@ pub(crate) struct SessionSlot {
 /// A CONNECT waiting for the registry or a takeover.
 #[derive(Debug)]
 struct PendingConnect {
-    conn: ConnId,
+    conn: ConnRef,
     connect: Box<codec::Connect>,
     assigned_id: bool,
     /// Enhanced authentication that succeeded: method and final data for the CONNACK.
     auth_done: Option<(String, bytes::Bytes)>,
+    /// The registry's generation for this claim, once its `ClaimReply` arrived.
+    generation: Option<ClaimGen>,
+    /// A newer CONNECT for the client id took this one over before it finished: the
+    /// connection is closed, and the session, once it arrives, is passed on there.
+    handoff: Option<connect::Handoff>,
 }
 
 /// A connection's state as the IO driver sees it.
@@ -333,15 +354,25 @@ pub struct Shard {
     local_filter_refs: HashMap<String, u32>,
     shared: SharedGroups,
     retained: RetainedStore,
-    /// Registry partition: client id → owning shard.
-    registry: HashMap<String, u16>,
+    /// Registry partition: client id → owning shard and the generation of its claim.
+    registry: HashMap<String, Owner>,
+    /// The registry partition's generation counter (one for all its client ids).
+    next_claim: u64,
+    /// Per registry shard: the highest generation of our claims it has answered. Answers
+    /// from one registry arrive in order, so a `Takeover` naming a larger generation is for a
+    /// claim of ours whose answer is still on its way.
+    claims_seen: Vec<ClaimGen>,
+    /// CONNECTs waiting for the registry or a takeover, by request id.
     pending: HashMap<u64, PendingConnect>,
-    /// Takeover requests for client ids with a connect in progress here, replayed after it.
-    deferred: Vec<(u16, ShardMsg)>,
+    /// Takeovers that arrived before the `ClaimReply` of the claim they name (at most one per
+    /// pending CONNECT without a generation, so bounded by `pending`).
+    early_takeovers: Vec<connect::EarlyTakeover>,
     /// Acknowledgements waiting for the other shards to apply subscriptions, by request id,
     /// with the number of peer answers still missing.
     pending_acks: HashMap<u64, (subscribe::PendingAck, usize)>,
     next_req: u64,
+    /// Serial of the next accepted connection.
+    next_conn_serial: u64,
     outbox: Vec<VecDeque<ShardMsg>>,
     /// Counters, read by the metrics endpoint and `$SYS`.
     pub metrics: Metrics,
@@ -384,10 +415,13 @@ impl Shard {
             shared: SharedGroups::default(),
             retained: RetainedStore::default(),
             registry: HashMap::new(),
+            next_claim: 1,
+            claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
-            deferred: Vec::new(),
+            early_takeovers: Vec::new(),
             pending_acks: HashMap::new(),
             next_req: 1,
+            next_conn_serial: 1,
             reading: false,
             resume_reads: Vec::new(),
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
@@ -443,8 +477,11 @@ impl Shard {
             return None;
         }
         self.conns_per_listener[listener] += 1;
+        let serial = self.next_conn_serial;
+        self.next_conn_serial += 1;
         let conn = Conn {
             phase: Phase::AwaitConnect { deadline: now + self.cfg.connect_timeout },
+            serial,
             version: ProtocolVersion::V311,
             listener,
             peer,
@@ -480,6 +517,16 @@ impl Shard {
             }
         };
         Some(ConnId(id))
+    }
+
+    fn conn_ref(&self, id: ConnId) -> Option<ConnRef> {
+        self.conn(id).map(|c| ConnRef { id, serial: c.serial })
+    }
+
+    /// Whether the very connection `r` names is still waiting for its CONNACK.
+    fn still_connecting(&self, r: ConnRef) -> bool {
+        self.conn(r.id)
+            .is_some_and(|c| c.serial == r.serial && matches!(c.phase, Phase::Connecting { .. }))
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
@@ -519,7 +566,7 @@ impl Shard {
                 read_paused: c.tx.len() >= self.cfg.tx_bytes_max
                     || self.outbox_full()
                     || c.awaiting_peers
-                    || matches!(c.phase, Phase::Connecting),
+                    || matches!(c.phase, Phase::Connecting { .. }),
             },
             None => ConnStatus { has_tx: false, closing: true, read_paused: true },
         }
@@ -569,7 +616,7 @@ impl Shard {
             match c.phase {
                 Phase::Closing => return,
                 // Pipelined packets wait until CONNACK (or a held SUBACK) is out.
-                Phase::Connecting => return,
+                Phase::Connecting { .. } => return,
                 _ if c.awaiting_peers => return,
                 _ => {}
             }
@@ -583,7 +630,7 @@ impl Shard {
                     self.metrics.protocol_errors += 1;
                     tracing::debug!(conn = id.0, error = %e, "malformed packet");
                     if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
-                        self.refuse_connect_error(id, &e);
+                        self.refuse_connect_error(id, &e, now);
                     } else {
                         self.close(id, CloseReason::Protocol(e.reason_code()), now);
                     }
@@ -785,17 +832,13 @@ impl Shard {
     fn detach_session(&mut self, slot: u32, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         s.conn = None;
-        let expiry = s.session.expiry_secs;
-        if expiry == 0 {
-            self.destroy_session(slot);
-        } else {
-            if expiry != u32::MAX {
-                let s = self.slot_mut(slot).expect("invariant: slot checked above");
-                s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
-            }
-            // A persistent session stays in its shared groups, as an offline member.
-            self.shared_presence(slot, false);
+        match s.session.expiry_secs {
+            0 => return self.destroy_session(slot, now),
+            u32::MAX => {}
+            expiry => s.expires_at = Some(now + Duration::from_secs(u64::from(expiry))),
         }
+        // A persistent session stays in its shared groups, as an offline member.
+        self.shared_presence(slot, false);
     }
 
     fn slot(&self, slot: u32) -> Option<&SessionSlot> {
@@ -808,10 +851,10 @@ impl Shard {
 
     /// Removes a session: its subscriptions leave the trie (and the other shards' replicas),
     /// and the registry forgets this shard as the owner.
-    fn destroy_session(&mut self, slot: u32) {
+    fn destroy_session(&mut self, slot: u32, now: Instant) {
         // A delayed will goes out when its session ends ([MQTT-3.1.3-9]).
         if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
-            self.publish_will(slot, will, Instant::now());
+            self.publish_will(slot, will, now);
         }
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
         self.free_sessions.push(slot);
@@ -821,9 +864,9 @@ impl Shard {
         self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;
         self.by_client.remove(&s.session.client_id);
         self.metrics.sessions_current = self.by_client.len() as u64;
-        let owner = self.id;
+        let owner = Owner { shard: self.id, generation: s.claim };
         let client_id = s.session.client_id;
-        self.send_to_registry(ShardMsg::Release { client_id, owner });
+        self.send_to_registry(ShardMsg::Release { client_id, owner }, now);
     }
 
     /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
@@ -832,7 +875,9 @@ impl Shard {
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
             match c.phase {
-                Phase::AwaitConnect { deadline } | Phase::Authenticating { deadline }
+                Phase::AwaitConnect { deadline }
+                | Phase::Authenticating { deadline }
+                | Phase::Connecting { deadline }
                     if now >= deadline =>
                 {
                     to_close.push((i as u32, CloseReason::ConnectTimeout))
@@ -861,7 +906,7 @@ impl Shard {
             .collect();
         for slot in expired {
             self.metrics.sessions_expired += 1;
-            self.destroy_session(slot);
+            self.destroy_session(slot, now);
         }
         let due: Vec<u32> = self
             .sessions
@@ -951,12 +996,16 @@ impl Shard {
             ShardMsg::Retain { msg } => self.retained_apply(msg),
             ShardMsg::RetainRequest { msg } => self.retained_sequence(msg),
             ShardMsg::Claim { client_id, req } => self.registry_claim(from, client_id, req, now),
-            ShardMsg::ClaimReply { req, previous } => self.claim_reply(req, previous, now),
-            ShardMsg::Takeover { client_id, req, clean_start } => {
-                self.handle_takeover(from, client_id, req, clean_start, now)
+            ShardMsg::ClaimReply { req, generation, previous } => {
+                self.claim_reply(from, req, generation, previous, now)
             }
-            ShardMsg::TakeoverReply { req, state } => self.takeover_reply(req, state, now),
+            ShardMsg::Takeover { client_id, req, generation, target, clean_start } => {
+                let ask = connect::Handoff { to: from, req, generation, clean_start };
+                self.handle_takeover(client_id, target, ask, now)
+            }
+            ShardMsg::TakeoverReply { req, state } => self.finish_connect(req, state, now),
             ShardMsg::Release { client_id, owner } => {
+                // Only the claim it names: a newer claim stays ([MQTT-3.1.4-2] fencing).
                 if self.registry.get(&client_id) == Some(&owner) {
                     self.registry.remove(&client_id);
                 }
@@ -1017,5 +1066,7 @@ fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet>
     None
 }
 
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;

@@ -455,8 +455,7 @@ impl Shard {
 
     /// On session resume: PUBLISH again with DUP for unacknowledged messages, PUBREL again for
     /// released ones, in their original order ([MQTT-4.4.0-1]).
-    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32) {
-        let now = Instant::now();
+    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32, now: Instant) {
         let Some(s) = self.slot(slot) else { return };
         // Send order, not id order: ids wrap past 65535 ([MQTT-4.6.0-1]).
         let items: Vec<(u16, Outgoing, InflightState)> = s

@@ -52,9 +52,11 @@ pub(crate) enum PendingAck {
     /// The CONNACK of a resumed session whose subscriptions moved here.
     Conn {
         /// Connection.
-        conn: ConnId,
+        conn: super::ConnRef,
         /// Session slot.
         slot: u32,
+        /// Generation of the claim that installed the session in `slot`.
+        claim: super::ClaimGen,
         /// The CONNACK.
         ack: crate::codec::ConnAck,
     },
@@ -63,7 +65,8 @@ pub(crate) enum PendingAck {
 /// A SUBACK held until every other shard has applied the new subscriptions.
 #[derive(Debug)]
 pub(crate) struct PendingSubAck {
-    conn: ConnId,
+    /// The connection by (id, serial): the id may be reused before the peers answer.
+    conn: super::ConnRef,
     slot: u32,
     ack: SubAck,
     retained_for: Vec<(String, QoS)>,
@@ -145,7 +148,8 @@ impl Shard {
         }
         let ack = SubAck { packet_id: s.packet_id, reasons, properties: Properties::new() };
         self.metrics.subscriptions_current = self.trie_local_count();
-        let pending = PendingSubAck { conn: id, slot, ack, retained_for, identifier };
+        let Some(conn) = self.conn_ref(id) else { return };
+        let pending = PendingSubAck { conn, slot, ack, retained_for, identifier };
         let peers = usize::from(self.cfg.shards) - 1;
         if told == 0 || peers == 0 {
             self.complete_suback(pending, now);
@@ -164,24 +168,29 @@ impl Shard {
         if *left == 0 {
             match self.pending_acks.remove(&req).expect("invariant: found above").0 {
                 PendingAck::Sub(p) => self.complete_suback(p, now),
-                PendingAck::Conn { conn, slot, ack } => self.complete_connack(conn, slot, ack, now),
+                PendingAck::Conn { conn, slot, claim, ack } => {
+                    self.complete_connack(conn, slot, claim, ack, now)
+                }
             }
         }
     }
 
     /// Sends the SUBACK, then the retained messages for the new subscriptions.
     fn complete_suback(&mut self, p: PendingSubAck, now: Instant) {
-        let still_bound = matches!(
-            self.conn(p.conn).map(|c| &c.phase),
-            Some(super::Phase::Active { slot }) if *slot == p.slot
-        );
+        // The very connection that subscribed, still on its session: a connection that reused
+        // the id (even on the same slot, after a takeover) never sees this SUBACK (issue 9).
+        let conn = p.conn.id;
+        let still_bound = self.conn(conn).is_some_and(|c| {
+            c.serial == p.conn.serial
+                && matches!(c.phase, super::Phase::Active { slot } if slot == p.slot)
+        });
         if !still_bound {
             return;
         }
-        if let Some(c) = self.conn_mut(p.conn) {
+        if let Some(c) = self.conn_mut(conn) {
             c.awaiting_peers = false;
         }
-        self.send(p.conn, &Packet::SubAck(p.ack));
+        self.send(conn, &Packet::SubAck(p.ack));
         let (slot, identifier) = (p.slot, p.identifier);
         // Retained messages follow the SUBACK, with RETAIN set ([MQTT-3.3.1-8]).
         for (filter, qos) in p.retained_for {
@@ -197,7 +206,7 @@ impl Shard {
             }
         }
         // Packets that arrived behind the SUBSCRIBE.
-        self.handle_read(p.conn, &[], now);
+        self.handle_read(conn, &[], now);
     }
 
     fn trie_local_count(&self) -> u64 {

@@ -61,6 +61,32 @@ impl Cluster {
         panic!("mesh did not settle in {rounds} rounds");
     }
 
+    /// `settle`, except that channel `from` → `to` stops at its first `DeltaAck` (FIFO: what
+    /// follows it waits too).
+    fn settle_holding_delta_acks(&mut self, from: usize, to: usize) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for f in 0..self.shards.len() {
+                for t in 0..self.shards.len() {
+                    // Bounded by the messages queued; handling may queue more for the next round.
+                    while let Some(m) = self.shards[f].outbox()[t].front() {
+                        if (f, t) == (from, to) && matches!(m, ShardMsg::DeltaAck { .. }) {
+                            break;
+                        }
+                        let Some(m) = self.shards[f].outbox()[t].pop_front() else { break };
+                        moved = true;
+                        let now = self.now;
+                        self.shards[t].handle_peer(f as u16, m, now);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("mesh did not settle");
+    }
+
     fn open(&mut self, shard: usize, version: ProtocolVersion) -> Client {
         let conn = self.shards[shard].accept(0, peer(), self.now).expect("under the limit");
         Client { shard, conn, version }
@@ -480,6 +506,131 @@ fn pipelined_subscribes_do_not_recurse_per_packet() {
             .collect();
         assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "{shards} shards: every SUBACK, in order");
     }
+}
+
+/// Issue 9: a Takeover that reaches the shard of a new connection while that connection
+/// waits for its CONNACK (the moved subscriptions are not yet acknowledged by every shard)
+/// used to remove the session and then panic at `expect("installed by finish_connect")`, or
+/// bind the connection to whatever reused the slot. The newest CONNECT wins
+/// ([MQTT-3.1.4-2]): the waiting connection is closed without CONNACK and the session moves on.
+#[test]
+fn takeover_while_the_new_connection_waits_for_connack() {
+    let mut cl = Cluster::new(2);
+    // A client id whose registry is shard 1, so that a claim from shard 1 is answered at once.
+    let id = (0..)
+        .map(|i| format!("x{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 1)
+        .expect("some id hashes to shard 1");
+    let old = cl.connect(0, V4, &id, false);
+    cl.subscribe(old, "s", QoS::AtLeastOnce);
+    // The second connection resumes the session on shard 1; its CONNACK waits for shard 0 to
+    // acknowledge the moved subscription, which we hold back.
+    let waiting = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, &id, false), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(waiting.conn, &buf, now);
+    cl.settle_holding_delta_acks(0, 1);
+    assert!(cl.recv(waiting).is_empty(), "no CONNACK while the subscription moves");
+    assert!(!cl.shards[1].status(waiting.conn).closing);
+    assert!(cl.shards[0].status(old.conn).closing, "the first connection was taken over");
+    // A third CONNECT for the id, on shard 1: its Takeover reaches the waiting connection.
+    let newest = cl.open(1, V4);
+    cl.send(newest, connect_packet(V4, &id, false));
+    let got = cl.recv(newest);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success && a.session_present),
+        "the newest CONNECT resumes the session, got {got:?}"
+    );
+    assert!(cl.recv(waiting).is_empty(), "the superseded connection never gets CONNACK");
+    assert!(cl.shards[1].status(waiting.conn).closing, "and is closed");
+    assert_eq!(cl.shards[1].metrics.takeovers_superseded, 1);
+    // The subscription moved with the session to the newest connection.
+    let p = cl.connect(0, V4, "p", true);
+    cl.publish(p, "s", b"m", QoS::AtLeastOnce, 1);
+    assert_eq!(publishes(&cl.recv(newest)).len(), 1);
+}
+
+/// Issue 9: `Release` carries the generation of the claim it ends, so a release that arrives
+/// after a newer claim for the same client id does not erase it.
+#[test]
+fn late_release_does_not_erase_a_newer_claim() {
+    let mut cl = Cluster::new(2);
+    let id = "late-release".to_string();
+    let reg = usize::from(connect::registry_shard(&id, 2));
+    let now = cl.now;
+    let claim = |req| ShardMsg::Claim { client_id: id.clone(), req };
+    cl.shards[reg].handle_peer(0, claim(1), now);
+    let first = cl.shards[reg].registry_owner(&id).expect("claimed");
+    cl.shards[reg].handle_peer(1, claim(2), now);
+    let second = cl.shards[reg].registry_owner(&id).expect("claimed");
+    assert!(second.generation > first.generation, "a newer claim has a larger generation");
+    cl.shards[reg].handle_peer(0, ShardMsg::Release { client_id: id.clone(), owner: first }, now);
+    assert_eq!(cl.shards[reg].registry_owner(&id), Some(second), "the newer claim stays");
+    cl.shards[reg].handle_peer(1, ShardMsg::Release { client_id: id.clone(), owner: second }, now);
+    assert_eq!(cl.shards[reg].registry_owner(&id), None, "its own release ends it");
+}
+
+/// Issue 9: a connection waiting for CONNACK (here: the registry's answer never comes) is
+/// closed at the connect deadline instead of waiting forever; the late answer then finds no
+/// connection and does not panic.
+#[test]
+fn connecting_has_a_deadline() {
+    let mut cl = Cluster::new(2);
+    let id = (0..)
+        .map(|i| format!("d{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 0)
+        .expect("some id hashes to shard 0");
+    let c = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, &id, true), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(c.conn, &buf, now);
+    // The Claim sits in shard 1's outbox: nobody answers.
+    let timeout = cl.shards[1].config().connect_timeout;
+    cl.shards[1].tick(now + timeout - Duration::from_millis(1));
+    assert!(!cl.shards[1].status(c.conn).closing, "still within the deadline");
+    cl.shards[1].tick(now + timeout);
+    assert!(cl.shards[1].status(c.conn).closing, "closed at the deadline");
+    assert_eq!(cl.shards[1].metrics.connect_timeouts, 1);
+    cl.settle();
+    assert!(cl.recv(c).is_empty(), "no CONNACK for a closed connection");
+    assert_eq!(cl.shards[0].registry_owner(&id), None, "the clean session ended and released");
+}
+
+/// Issue 9 (found by the simulation, seed 324): a SUBACK held for the other shards was sent to
+/// whatever connection held its connection id when the answers came. A client that dropped
+/// after SUBSCRIBE and came back on the same id and slot got a SUBACK it never asked for (and
+/// the retained messages of a subscription it does not have).
+#[test]
+fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
+    let mut cl = Cluster::new(2);
+    let id = (0..)
+        .map(|i| format!("s{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 1)
+        .expect("some id hashes to shard 1");
+    let old = cl.connect(1, V4, &id, false);
+    let s = Subscribe {
+        packet_id: pid(8),
+        filters: vec![("held/1".into(), SubscriptionOptions::default())],
+        properties: Properties::new(),
+    };
+    let mut buf = BytesMut::new();
+    codec::encode(&Packet::Subscribe(s), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(old.conn, &buf, now);
+    // The SUBACK waits for shard 0; the client drops and its socket is released.
+    cl.shards[1].handle_closed(old.conn, now);
+    cl.shards[1].release(old.conn, now);
+    // It comes back at once: same shard, same connection id (and slot), registry on this shard.
+    let new = cl.open(1, V4);
+    assert_eq!(new.conn, old.conn, "precondition: the id is reused");
+    cl.send(new, connect_packet(V4, &id, true));
+    let got = cl.recv(new);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success),
+        "CONNACK only, no stray SUBACK: {got:?}"
+    );
 }
 
 /// Issue 13: wrong acknowledgements, CONNACK size, retained replicas, shared subscriptions.
