@@ -313,6 +313,16 @@ pub struct LimitsConfig {
     /// time again bounds the wait for CONNACK after it (registry and takeover), after which the
     /// connection is closed. Default 10. Bound: 1..=300.
     pub connect_timeout_secs: u32,
+    /// Seconds a client may accept no bytes of its output before its connection is closed
+    /// (and its will published). Default 30. Bound: 1..=3600.
+    pub write_timeout_secs: u32,
+    /// Bytes of messages the whole broker may hold for delivery (queued, in flight, crossing
+    /// between shards, wills, retained messages owed after a SUBACK; the retained store has
+    /// its own bounds), each at payload + topic + properties + overhead. When reached,
+    /// publishers' reads pause, new clean-start connections are refused and new queue entries
+    /// are dropped.
+    /// Default 2 GiB. Bound: 1 MiB..=1 TiB, and at least `packet_size_bytes_max`.
+    pub memory_budget_bytes: u64,
     /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by this
     /// (v5 Server Keep Alive) so no connection can sit idle longer. Default 3600.
     /// Bound: 1..=65535.
@@ -336,6 +346,10 @@ pub struct LimitsConfig {
     /// Messages a shard takes from one mesh channel per turn before it yields (bounded work per
     /// turn). Default 64. Bound: 1..=4096.
     pub mesh_batch_max: u32,
+    /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by the
+    /// receiving shard), each at its message cost; beyond it the shard's publishers stop being
+    /// read. Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+    pub mesh_bytes_max: u64,
 }
 
 /// What a full session queue drops.
@@ -486,12 +500,15 @@ impl Default for LimitsConfig {
             client_id_bytes_max: 256,
             subscriptions_per_client_max: 256,
             connect_timeout_secs: 10,
+            write_timeout_secs: 30,
+            memory_budget_bytes: 2 * GIB as u64,
             keepalive_secs_max: 3600,
             sessions_max: 1_000_000,
             session_expiry_secs_max: 7 * 24 * 3600,
             topic_alias_max: 64,
             mesh_channel_capacity: 1024,
             mesh_batch_max: 64,
+            mesh_bytes_max: 1 << 20,
         }
     }
 }
@@ -672,6 +689,9 @@ const TOPIC_BYTES: Bound = bound(1, 65535);
 const CLIENT_ID_BYTES: Bound = bound(23, 65535);
 const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
 const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
+const WRITE_TIMEOUT_SECS: Bound = bound(1, 3600);
+const MESH_BYTES: Bound = bound(64 * 1024, GIB);
+const MEMORY_BUDGET_BYTES: Bound = bound(1 << 20, 1024 * GIB);
 const KEEPALIVE_SECS: Bound = bound(1, 65535);
 const SESSIONS: Bound = bound(1, 100_000_000);
 const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
@@ -865,7 +885,7 @@ impl AuthConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 17] = [
+        let checks: [(&str, i64, Bound); 20] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -885,12 +905,15 @@ impl LimitsConfig {
                 SUBSCRIPTIONS_PER_CLIENT,
             ),
             ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
+            ("write_timeout_secs", wide(self.write_timeout_secs), WRITE_TIMEOUT_SECS),
+            ("memory_budget_bytes", wide(self.memory_budget_bytes), MEMORY_BUDGET_BYTES),
             ("keepalive_secs_max", wide(self.keepalive_secs_max), KEEPALIVE_SECS),
             ("sessions_max", wide(self.sessions_max), SESSIONS),
             ("session_expiry_secs_max", wide(self.session_expiry_secs_max), SESSION_EXPIRY_SECS),
             ("topic_alias_max", wide(self.topic_alias_max), TOPIC_ALIASES),
             ("mesh_channel_capacity", wide(self.mesh_channel_capacity), MESH_CHANNEL_CAPACITY),
             ("mesh_batch_max", wide(self.mesh_batch_max), MESH_BATCH),
+            ("mesh_bytes_max", wide(self.mesh_bytes_max), MESH_BYTES),
         ];
         for (field, value, bound) in checks {
             bound.check(&key(field), value, spans)?;
@@ -900,6 +923,8 @@ impl LimitsConfig {
         let stores = [
             ("session_queue_bytes_max", self.session_queue_bytes_max),
             ("retained_bytes_max", self.retained_bytes_max),
+            ("memory_budget_bytes", self.memory_budget_bytes),
+            ("mesh_bytes_max", self.mesh_bytes_max),
         ];
         for (field, value) in stores {
             if value < packet {
@@ -997,12 +1022,15 @@ struct RawLimits {
     client_id_bytes_max: Option<Spanned<i64>>,
     subscriptions_per_client_max: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
+    write_timeout_secs: Option<Spanned<i64>>,
+    memory_budget_bytes: Option<Spanned<i64>>,
     keepalive_secs_max: Option<Spanned<i64>>,
     sessions_max: Option<Spanned<i64>>,
     session_expiry_secs_max: Option<Spanned<i64>>,
     topic_alias_max: Option<Spanned<i64>>,
     mesh_channel_capacity: Option<Spanned<i64>>,
     mesh_batch_max: Option<Spanned<i64>>,
+    mesh_bytes_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1199,12 +1227,15 @@ impl RawLimits {
         int!(client_id_bytes_max, CLIENT_ID_BYTES);
         int!(subscriptions_per_client_max, SUBSCRIPTIONS_PER_CLIENT);
         int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
+        int!(write_timeout_secs, WRITE_TIMEOUT_SECS);
+        int!(memory_budget_bytes, MEMORY_BUDGET_BYTES);
         int!(keepalive_secs_max, KEEPALIVE_SECS);
         int!(sessions_max, SESSIONS);
         int!(session_expiry_secs_max, SESSION_EXPIRY_SECS);
         int!(topic_alias_max, TOPIC_ALIASES);
         int!(mesh_channel_capacity, MESH_CHANNEL_CAPACITY);
         int!(mesh_batch_max, MESH_BATCH);
+        int!(mesh_bytes_max, MESH_BYTES);
         Ok(())
     }
 }
@@ -1567,12 +1598,15 @@ mod tests {
             client_id_bytes_max = 23
             subscriptions_per_client_max = 19
             connect_timeout_secs = 20
+            write_timeout_secs = 27
+            memory_budget_bytes = 2000000
             keepalive_secs_max = 21
             sessions_max = 22
             session_expiry_secs_max = 24
             topic_alias_max = 0
             mesh_channel_capacity = 26
             mesh_batch_max = 25
+            mesh_bytes_max = 2000000
             [runtime]
             io_memory_bytes = 8192
             ring_depth = 8
@@ -1618,12 +1652,15 @@ mod tests {
             client_id_bytes_max: 23,
             subscriptions_per_client_max: 19,
             connect_timeout_secs: 20,
+            write_timeout_secs: 27,
+            memory_budget_bytes: 2_000_000,
             keepalive_secs_max: 21,
             sessions_max: 22,
             session_expiry_secs_max: 24,
             topic_alias_max: 0,
             mesh_channel_capacity: 26,
             mesh_batch_max: 25,
+            mesh_bytes_max: 2_000_000,
         };
         assert_eq!(c.limits, expected);
         let runtime = RuntimeConfig {
@@ -1681,11 +1718,14 @@ mod tests {
             "client_id_bytes_max",
             "subscriptions_per_client_max",
             "connect_timeout_secs",
+            "write_timeout_secs",
+            "memory_budget_bytes",
             "keepalive_secs_max",
             "sessions_max",
             "session_expiry_secs_max",
             "mesh_channel_capacity",
             "mesh_batch_max",
+            "mesh_bytes_max",
         ];
         for field in limits {
             let e = parse_err(&format!("[limits]\n{field} = 0\n"));
@@ -1988,6 +2028,7 @@ mod tests {
             RETAINED_MESSAGES,
             SUBSCRIPTIONS_PER_CLIENT,
             CONNECT_TIMEOUT_SECS,
+            WRITE_TIMEOUT_SECS,
             SESSIONS,
             SESSION_EXPIRY_SECS,
             MESH_CHANNEL_CAPACITY,

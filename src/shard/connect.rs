@@ -116,7 +116,11 @@ impl Shard {
                 // [MQTT-3.1.3-8]: zero-byte id without clean session → 0x02.
                 return self.refuse(id, version, ReasonCode::ClientIdentifierNotValid, now);
             }
-            connect.client_id = self.generate_client_id();
+            let Some(generated) = generate_client_id() else {
+                // No randomness from the OS: refuse rather than hand out a guessable id.
+                return self.refuse(id, version, ReasonCode::ServerUnavailable, now);
+            };
+            connect.client_id = generated;
             assigned_id = true;
         }
         let id_len = connect.client_id.len();
@@ -131,9 +135,29 @@ impl Shard {
         if let Some(r) = self.cfg.listeners[listener].redirect.clone() {
             return self.redirect(id, version, r, now);
         }
+        if self.memory_exhausted() && connect.clean_start {
+            // The broker-wide memory budget is used up: no new session until it recovers.
+            // v5 Quota exceeded (0x97); v3 has no such code and gets 3, Server unavailable.
+            // A client resuming its session (clean start 0) is let in: receiving what is
+            // queued for it is how the budget recovers (nothing new is queued meanwhile).
+            self.metrics.connect_refused_memory += 1;
+            return self.refuse(id, version, ReasonCode::QuotaExceeded, now);
+        }
+        if let Some(w) = &mut connect.will {
+            // Held for the life of the connection: own its bytes rather than pin the buffer
+            // the CONNECT was read into.
+            w.payload = bytes::Bytes::copy_from_slice(&w.payload);
+            w.topic.shrink_to_fit();
+            w.properties.detach();
+        }
         if let Some(w) = &connect.will {
             if !self.topic_name_allowed(&w.topic) {
                 return self.refuse(id, version, ReasonCode::TopicNameInvalid, now);
+            }
+            // The same rule as PUBLISH: `$SYS/` is the broker's, ACL file or not.
+            if w.topic.starts_with("$SYS") {
+                self.metrics.publish_denied += 1;
+                return self.refuse(id, version, ReasonCode::NotAuthorized, now);
             }
             if v5 && !self.payload_format_ok(&w.properties, &w.payload) {
                 return self.refuse(id, version, ReasonCode::PayloadFormatInvalid, now);
@@ -206,11 +230,6 @@ impl Shard {
     #[cfg(test)]
     pub(super) fn registry_owner(&self, client_id: &str) -> Option<Owner> {
         self.registry.get(client_id).copied()
-    }
-
-    fn generate_client_id(&mut self) -> String {
-        self.next_req += 1;
-        format!("tern-{}-{:x}-{:x}", self.id, self.next_req, self.metrics.connections_total)
     }
 
     /// On the registry shard: record `from` as the owner under a new generation, answer with
@@ -387,6 +406,7 @@ impl Shard {
             }
         }
         let s = self.sessions.get_mut(slot as usize).and_then(Option::take)?;
+        self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
             self.remove_subscription_entry(slot, filter);
@@ -456,18 +476,21 @@ impl Shard {
             self.detach_session(slot, now);
             return;
         }
-        let keep_alive = if v5 {
-            connect.keep_alive_secs.min(self.cfg.keepalive_secs_max)
-        } else {
-            connect.keep_alive_secs
+        // Keep alive 0 (none) gets the configured maximum too, so no connection is exempt
+        // from the idle check: v5 is told with Server Keep Alive ([MQTT-3.2.2-22]); v3 cannot
+        // be told, and is closed after 1.5 times the maximum of silence.
+        let keep_alive = match connect.keep_alive_secs {
+            0 => self.cfg.keepalive_secs_max,
+            k => k.min(self.cfg.keepalive_secs_max),
         };
         let alias_cap = self.cfg.topic_alias_max;
         // The phase stays Connecting until CONNACK is sent: packets the client pipelines after
         // CONNECT wait in `rx` ([MQTT-3.1.4-5] allows them), deliveries wait in the session.
         let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
         c.keep_alive_secs = keep_alive;
-        c.will = connect.will.clone();
         c.client_id = connect.client_id.clone();
+        self.set_will(conn, connect.will.clone());
+        let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
         if v5 {
             apply_client_limits(c, &connect.properties, alias_cap);
         }
@@ -510,10 +533,14 @@ impl Shard {
             acl.can_subscribe(user.as_deref(), &cid, inner)
         });
         self.metrics.subscribe_denied += (before - session.subscriptions.len()) as u64;
-        let before = session.queue.len();
+        let before = session.queue.len() + session.inflight.len();
         session.queue.retain(|o| acl.can_read(user.as_deref(), &cid, &o.msg.topic));
-        session.queue_bytes = session.queue.iter().map(|o| o.cost_bytes()).sum();
-        self.metrics.publish_denied += (before - session.queue.len()) as u64;
+        // In-flight messages too: they would be resent to the new user ([MQTT-4.4.0-1])
+        // without passing the delivery check again. A dropped one frees its packet id.
+        session.inflight.retain(|_, f| acl.can_read(user.as_deref(), &cid, &f.out.msg.topic));
+        session.recount_bytes();
+        let after = session.queue.len() + session.inflight.len();
+        self.metrics.publish_denied += (before - after) as u64;
     }
 
     /// Sends CONNACK, then what the resumed session owes the client. The CONNACK is bound to
@@ -614,6 +641,7 @@ impl Shard {
         let filters: Vec<(String, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
         let entry = SessionSlot {
+            charged: 0,
             session,
             generation,
             claim,
@@ -633,6 +661,7 @@ impl Shard {
         };
         self.by_client.insert(client_id, slot);
         self.metrics.sessions_current = self.by_client.len() as u64;
+        self.recharge_slot(slot);
         let mut told = 0;
         for (filter, sub) in filters {
             told += usize::from(self.add_subscription_entry(slot, &filter, &sub, ack));
@@ -835,6 +864,21 @@ impl Shard {
             }
         }
     }
+}
+
+/// A client identifier for a client that sent none: `tern-` and 72 random bits in hex,
+/// 23 bytes, the length every server must accept ([MQTT-3.1.3-5]). Random, so nobody can
+/// guess the id given to another client and take its session over. `None` if the OS has no
+/// randomness to give.
+fn generate_client_id() -> Option<String> {
+    let mut raw = [0u8; 9];
+    getrandom::getrandom(&mut raw).ok()?;
+    let mut id = String::with_capacity(23);
+    id.push_str("tern-");
+    for b in raw {
+        id.push_str(&format!("{b:02x}"));
+    }
+    Some(id)
 }
 
 fn connack(session_present: bool, reason: ReasonCode) -> Packet {

@@ -14,6 +14,7 @@
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 
+pub mod budget;
 mod connect;
 pub mod message;
 mod publish;
@@ -115,6 +116,11 @@ pub struct ShardConfig {
     pub tx_bytes_max: usize,
     /// Messages waiting for one peer shard before publishers on this shard are paused.
     pub outbox_messages_max: usize,
+    /// Bytes of publishes this shard may have crossing the mesh before its publishers are
+    /// paused (`limits.mesh_bytes_max`), counted in `mesh_bytes`.
+    pub mesh_bytes_max: usize,
+    /// Mesh bytes in flight by sending shard, shared by every shard.
+    pub mesh_bytes: std::sync::Arc<budget::MeshBytes>,
     /// v5 Response Information returned to clients that request it: this prefix followed by
     /// the client id and `/` (§3.2.2.3.15). `None`: not offered.
     pub response_information_prefix: Option<String>,
@@ -123,6 +129,11 @@ pub struct ShardConfig {
     pub check_payload_format: bool,
     /// How shared subscription groups pick a member, by default and per group name.
     pub shared: crate::config::SharedSubscriptionsConfig,
+    /// The broker-wide memory budget, one counter shared by every shard (see [`budget`]).
+    pub memory: std::sync::Arc<budget::MemoryBudget>,
+    /// Time a peer may accept no output bytes before its connection is closed (the IO driver
+    /// applies it; the will is published).
+    pub write_timeout: Duration,
 }
 
 impl ShardConfig {
@@ -158,9 +169,13 @@ impl ShardConfig {
             auth_files: Default::default(),
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
+            mesh_bytes_max: 1 << 20,
+            mesh_bytes: std::sync::Arc::new(budget::MeshBytes::new(shards)),
             response_information_prefix: Some("responses/".into()),
             check_payload_format: true,
             shared: Default::default(),
+            memory: Default::default(),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -180,6 +195,8 @@ pub enum CloseReason {
     KeepAliveTimeout,
     /// No CONNECT within the connect timeout.
     ConnectTimeout,
+    /// The peer accepted no output for the write timeout (no DISCONNECT: it cannot be sent).
+    WriteTimeout,
     /// Another connection took the client id over.
     TakenOver,
     /// The broker is shutting down.
@@ -295,7 +312,28 @@ pub(crate) struct Conn {
     /// The user name was proven by the transport (TLS client certificate) or by enhanced
     /// authentication, not just claimed in CONNECT.
     identity_verified: bool,
+    /// Bytes `will` is charged to the memory budget.
+    will_charged: usize,
+    /// Retained messages owed after a SUBACK, written a batch at a time as `tx` drains
+    /// ([`Shard::drain_retained`]). At most `retained_messages_max` entries; reading pauses
+    /// while any wait, so one connection holds one SUBSCRIBE's worth at a time.
+    retained_backlog: VecDeque<RetainedOut>,
+    /// Bytes `retained_backlog` is charged to the memory budget.
+    backlog_charged: usize,
 }
+
+/// A retained message owed to a connection after its SUBACK.
+#[derive(Debug)]
+pub(crate) struct RetainedOut {
+    msg: std::rc::Rc<crate::session::Message>,
+    /// Delivery QoS: min(message, subscription).
+    qos: codec::QoS,
+    /// v5 Subscription Identifier of the SUBSCRIBE.
+    identifier: Option<u32>,
+}
+
+/// Retained messages written per drain of a connection's backlog.
+const RETAINED_BATCH: usize = 64;
 
 /// A session slot: the session and whatever binds it to a connection.
 #[derive(Debug)]
@@ -311,6 +349,9 @@ pub(crate) struct SessionSlot {
     expires_at: Option<Instant>,
     /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
     pending_will: Option<(Will, Instant)>,
+    /// Bytes this session's messages are charged to the memory budget (its `held_bytes` when
+    /// last recharged).
+    charged: usize,
 }
 
 /// A CONNECT waiting for the registry or a takeover.
@@ -335,8 +376,12 @@ pub struct ConnStatus {
     pub has_tx: bool,
     /// The shard wants the socket closed once `tx` is flushed.
     pub closing: bool,
-    /// Reading should pause (output or mesh backpressure).
+    /// Reading should pause (output or mesh backpressure, or `memory_paused`).
     pub read_paused: bool,
+    /// The broker-wide memory budget is used up and this connection is owed nothing (no
+    /// message queued or in flight for it), so what it sends could only add: its reads pause
+    /// until the budget recovers. Included in `read_paused`.
+    pub memory_paused: bool,
 }
 
 /// The broker state of one core.
@@ -502,6 +547,9 @@ impl Shard {
             auth: None,
             auth_method: None,
             identity_verified: false,
+            will_charged: 0,
+            retained_backlog: VecDeque::new(),
+            backlog_charged: 0,
             tls_username: tls_username.map(String::into_boxed_str),
         };
         self.metrics.connections_total += 1;
@@ -560,20 +608,40 @@ impl Shard {
     /// What the IO driver should do for this connection.
     pub fn status(&self, id: ConnId) -> ConnStatus {
         match self.conn(id) {
-            Some(c) => ConnStatus {
-                has_tx: !c.tx.is_empty(),
-                closing: matches!(c.phase, Phase::Closing),
-                read_paused: c.tx.len() >= self.cfg.tx_bytes_max
-                    || self.outbox_full()
-                    || c.awaiting_peers
-                    || matches!(c.phase, Phase::Connecting { .. }),
-            },
-            None => ConnStatus { has_tx: false, closing: true, read_paused: true },
+            Some(c) => {
+                let memory_paused = self.memory_exhausted()
+                    && match c.phase {
+                        Phase::Active { slot } => {
+                            self.slot(slot).is_none_or(|s| s.session.held_bytes() == 0)
+                        }
+                        // A CONNECT is read, to be refused with a reason code.
+                        _ => false,
+                    };
+                let backlog = !c.retained_backlog.is_empty();
+                ConnStatus {
+                    has_tx: !c.tx.is_empty() || backlog,
+                    closing: matches!(c.phase, Phase::Closing),
+                    read_paused: c.tx.len() >= self.cfg.tx_bytes_max
+                        || self.outbox_full()
+                        || c.awaiting_peers
+                        || backlog
+                        || matches!(c.phase, Phase::Connecting { .. })
+                        || memory_paused,
+                    memory_paused,
+                }
+            }
+            None => {
+                ConnStatus { has_tx: false, closing: true, read_paused: true, memory_paused: false }
+            }
         }
     }
 
-    /// Takes the bytes waiting for the connection, leaving an empty buffer.
+    /// Takes the bytes waiting for the connection, leaving an empty buffer. Retained messages
+    /// owed to it are encoded first, a batch at a time.
     pub fn take_tx(&mut self, id: ConnId) -> BytesMut {
+        if self.conn(id).is_some_and(|c| !c.retained_backlog.is_empty()) {
+            self.drain_retained(id, Instant::now());
+        }
         match self.conn_mut(id) {
             Some(c) => std::mem::take(&mut c.tx),
             None => BytesMut::new(),
@@ -646,9 +714,52 @@ impl Shard {
         }
     }
 
+    /// Writes up to [`RETAINED_BATCH`] retained messages from the connection's backlog while
+    /// its output is under half its bound.
+    pub(crate) fn drain_retained(&mut self, id: ConnId, now: Instant) {
+        let half = self.cfg.tx_bytes_max / 2;
+        for _ in 0..RETAINED_BATCH {
+            let Some(c) = self.conn_mut(id) else { return };
+            let Phase::Active { slot } = c.phase else {
+                c.retained_backlog.clear();
+                break;
+            };
+            if c.tx.len() >= half {
+                break;
+            }
+            let Some(r) = c.retained_backlog.pop_front() else { break };
+            let out = crate::session::Outgoing {
+                msg: r.msg,
+                qos: r.qos,
+                retain: true,
+                subscription_ids: r.identifier.into_iter().collect(),
+            };
+            self.deliver(slot, out, now);
+        }
+        self.recharge_backlog(id);
+    }
+
+    /// Brings the memory-budget charge of a connection's retained backlog in line with its
+    /// length (the messages are the store's; an entry costs its own size).
+    fn recharge_backlog(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        let now = c.retained_backlog.len() * std::mem::size_of::<RetainedOut>();
+        self.cfg.memory.recharge(c.backlog_charged, now);
+        c.backlog_charged = now;
+    }
+
     /// The socket reached end of stream or failed.
     pub fn handle_closed(&mut self, id: ConnId, now: Instant) {
         self.close(id, CloseReason::NetworkError, now);
+    }
+
+    /// The peer accepted no output for `write_timeout`: the connection is closed as a network
+    /// failure (its will is published) and its unsent output discarded.
+    pub fn handle_write_timeout(&mut self, id: ConnId, now: Instant) {
+        self.close(id, CloseReason::WriteTimeout, now);
+        if let Some(c) = self.conn_mut(id) {
+            c.tx = BytesMut::new();
+        }
     }
 
     /// The driver closed the socket: the connection slot is freed.
@@ -656,6 +767,11 @@ impl Shard {
         if self.conn(id).is_some_and(|c| !matches!(c.phase, Phase::Closing)) {
             self.close(id, CloseReason::NetworkError, now);
         }
+        self.take_will(id);
+        if let Some(c) = self.conn_mut(id) {
+            c.retained_backlog = VecDeque::new();
+        }
+        self.recharge_backlog(id);
         if let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::take) {
             self.conns_per_listener[c.listener] -= 1;
             self.metrics.connections_current -= 1;
@@ -792,14 +908,15 @@ impl Shard {
         }
         let phase = std::mem::replace(&mut c.phase, Phase::Closing);
         let v5 = c.version.is_v5();
-        let will = c.will.take();
         if let Some(w) = &c.waker {
             w.wake_by_ref();
         }
+        let will = self.take_will(id);
         tracing::info!(conn = id.0, ?reason, "disconnected");
         match reason {
             CloseReason::KeepAliveTimeout => self.metrics.keepalive_timeouts += 1,
             CloseReason::ConnectTimeout => self.metrics.connect_timeouts += 1,
+            CloseReason::WriteTimeout => self.metrics.write_timeouts += 1,
             CloseReason::Protocol(_) => self.metrics.protocol_closes += 1,
             _ => {}
         }
@@ -841,6 +958,40 @@ impl Shard {
         self.shared_presence(slot, false);
     }
 
+    /// Brings the memory-budget charge of `slot` in line with what its session holds now.
+    /// Called after every change to a session's queue or in-flight map.
+    pub(crate) fn recharge_slot(&mut self, slot: u32) {
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let held = s.session.held_bytes();
+        self.cfg.memory.recharge(s.charged, held);
+        s.charged = held;
+    }
+
+    /// Whether the broker-wide memory budget is used up (see [`budget`]). Counted when it
+    /// refuses something ([`Metrics::memory_budget_refusals`]).
+    pub fn memory_exhausted(&self) -> bool {
+        self.cfg.memory.exhausted()
+    }
+
+    /// Stores a connection's will and charges it to the memory budget.
+    pub(crate) fn set_will(&mut self, id: ConnId, will: Option<Will>) {
+        let cost = will.as_ref().map_or(0, will_cost);
+        let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        self.cfg.memory.recharge(c.will_charged, cost);
+        c.will_charged = cost;
+        c.will = will;
+    }
+
+    /// Takes a connection's will and releases its charge.
+    fn take_will(&mut self, id: ConnId) -> Option<Will> {
+        let c = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut)?;
+        self.cfg.memory.recharge(c.will_charged, 0);
+        c.will_charged = 0;
+        c.will.take()
+    }
+
     fn slot(&self, slot: u32) -> Option<&SessionSlot> {
         self.sessions.get(slot as usize).and_then(Option::as_ref)
     }
@@ -857,6 +1008,7 @@ impl Shard {
             self.publish_will(slot, will, now);
         }
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
+        self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
             self.remove_subscription_entry(slot, filter);
@@ -871,6 +1023,7 @@ impl Shard {
 
     /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
     pub fn tick(&mut self, now: Instant) {
+        self.metrics.memory_exhausted = u64::from(self.memory_exhausted());
         let mut to_close = Vec::new();
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
@@ -950,6 +1103,7 @@ impl Shard {
 
     fn outbox_full(&self) -> bool {
         self.outbox.iter().any(|q| q.len() >= self.cfg.outbox_messages_max)
+            || self.cfg.mesh_bytes.in_flight(self.id) >= self.cfg.mesh_bytes_max
     }
 
     /// Queues `msg` for `peer`; a message to this shard itself is handled at once.
@@ -974,6 +1128,10 @@ impl Shard {
     pub fn handle_peer(&mut self, from: u16, msg: ShardMsg, now: Instant) {
         match msg {
             ShardMsg::Publish { msg, normal, shared } => {
+                // Charged by the sender while it crossed the mesh (see `route`).
+                let cost = msg.cost_bytes();
+                self.cfg.memory.recharge(cost, 0);
+                self.cfg.mesh_bytes.received(from, cost);
                 self.deliver_forwarded(msg, normal, shared, now)
             }
             ShardMsg::SubAdd { filter, ack } => {
@@ -1064,6 +1222,14 @@ fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet>
         }
     }
     None
+}
+
+/// Bytes a will counts for in the memory budget, as a message would.
+fn will_cost(w: &Will) -> usize {
+    crate::session::message::MESSAGE_OVERHEAD_BYTES
+        + w.topic.capacity()
+        + w.payload.len()
+        + w.properties.heap_bytes()
 }
 
 #[cfg(test)]

@@ -49,9 +49,10 @@ pub(crate) struct SharedGroups {
 pub(crate) type Pick = (String, Member, bool);
 
 impl SharedGroups {
-    /// Adds a member, or updates it (options, generation, online) if it is there already.
-    pub(crate) fn add(&mut self, group: &str, member: Member, strategy: SharedStrategy) {
-        let Some((_, filter)) = parse_shared(group) else { return };
+    /// Adds a member, or updates it (options, generation, online) if it is there already;
+    /// true when it is new.
+    pub(crate) fn add(&mut self, group: &str, member: Member, strategy: SharedStrategy) -> bool {
+        let Some((_, filter)) = parse_shared(group) else { return false };
         if !self.groups.contains_key(group) {
             self.next_key += 1;
             let key = self.next_key;
@@ -69,20 +70,29 @@ impl SharedGroups {
         }
         let g = self.groups.get_mut(group).expect("invariant: inserted above");
         match g.members.binary_search_by_key(&(member.shard, member.slot), |m| (m.shard, m.slot)) {
-            Ok(i) => g.members[i] = member,
-            Err(i) => g.members.insert(i, member),
+            Ok(i) => {
+                g.members[i] = member;
+                false
+            }
+            Err(i) => {
+                g.members.insert(i, member);
+                true
+            }
         }
     }
 
-    /// Removes a member; the group goes when its last member does.
-    pub(crate) fn remove(&mut self, group: &str, shard: u16, slot: u32) {
-        let Some(g) = self.groups.get_mut(group) else { return };
+    /// Removes a member; the group goes when its last member does. True when it was there.
+    pub(crate) fn remove(&mut self, group: &str, shard: u16, slot: u32) -> bool {
+        let Some(g) = self.groups.get_mut(group) else { return false };
+        let before = g.members.len();
         g.members.retain(|m| !(m.shard == shard && m.slot == slot));
+        let removed = g.members.len() != before;
         if g.members.is_empty() {
             let g = self.groups.remove(group).expect("invariant: found above");
             self.trie.remove(&g.filter, &g.key);
             self.names.remove(&g.key);
         }
+        removed
     }
 
     /// The members of `group`, sorted by (shard, slot).

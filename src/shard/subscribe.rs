@@ -5,7 +5,7 @@
 //! date by `SubAdd`/`SubRemove` deltas. A publish therefore reaches each other shard once,
 //! whatever its number of subscribers there.
 
-use std::rc::Rc;
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::message::Member;
@@ -14,7 +14,7 @@ use crate::codec::topic::is_shared;
 use crate::codec::{
     Packet, Properties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::session::{Outgoing, Subscription};
+use crate::session::Subscription;
 use crate::topic::{levels, parse_shared};
 
 /// Key of a trie entry.
@@ -88,7 +88,41 @@ impl Shard {
         let mut told = 0usize;
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained_for = Vec::new();
-        for (filter, options) in s.filters {
+        if s.filters.len() > self.cfg.subscriptions_per_client_max {
+            // More filters in one packet than a session may hold: refused whole, each with
+            // Quota exceeded (v3: 0x80 Failure), so one packet's work is bounded by the limit.
+            self.metrics.subscribe_refused_too_many += 1;
+            if v31 {
+                // MQTT 3.1 has no failure return code in SUBACK: close instead.
+                return self.close(
+                    id,
+                    super::CloseReason::Protocol(ReasonCode::QuotaExceeded),
+                    now,
+                );
+            }
+            let reason = if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::UnspecifiedError };
+            let ack = SubAck {
+                packet_id: s.packet_id,
+                reasons: vec![reason; s.filters.len()],
+                properties: Properties::new(),
+            };
+            self.send(id, &Packet::SubAck(ack));
+            return;
+        }
+        // A filter repeated within one SUBSCRIBE is one subscription: the last occurrence
+        // replaces the earlier ones ([MQTT-3.8.4-3]), so only it is applied (one delta to the
+        // other shards, one retained scan). Earlier occurrences answer as it does.
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(s.filters.len());
+        for (i, (filter, _)) in s.filters.iter().enumerate() {
+            last.insert(filter.as_str(), i);
+        }
+        let winner: Vec<usize> = s.filters.iter().map(|(f, _)| last[f.as_str()]).collect();
+        drop(last);
+        let mut answer: Vec<Option<ReasonCode>> = vec![None; s.filters.len()];
+        for (i, (filter, options)) in s.filters.into_iter().enumerate() {
+            if winner[i] != i {
+                continue;
+            }
             let inner = parse_shared(&filter).map_or(filter.as_str(), |(_, f)| f);
             let acl_denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
                 let s = self.slot(slot);
@@ -140,14 +174,13 @@ impl Shard {
                 // 0x80 for it): a refused subscription closes the connection instead.
                 return self.close(id, super::CloseReason::Protocol(reason), now);
             }
-            if reason.is_error() && !v5 {
-                reasons.push(ReasonCode::UnspecifiedError);
-            } else {
-                reasons.push(reason);
-            }
+            answer[i] =
+                Some(if reason.is_error() && !v5 { ReasonCode::UnspecifiedError } else { reason });
+        }
+        for w in winner {
+            reasons.push(answer[w].unwrap_or(ReasonCode::UnspecifiedError));
         }
         let ack = SubAck { packet_id: s.packet_id, reasons, properties: Properties::new() };
-        self.metrics.subscriptions_current = self.trie_local_count();
         let Some(conn) = self.conn_ref(id) else { return };
         let pending = PendingSubAck { conn, slot, ack, retained_for, identifier };
         let peers = usize::from(self.cfg.shards) - 1;
@@ -191,26 +224,35 @@ impl Shard {
             c.awaiting_peers = false;
         }
         self.send(conn, &Packet::SubAck(p.ack));
-        let (slot, identifier) = (p.slot, p.identifier);
-        // Retained messages follow the SUBACK, with RETAIN set ([MQTT-3.3.1-8]).
+        let identifier = p.identifier;
+        // Retained messages follow the SUBACK, with RETAIN set ([MQTT-3.3.1-8]). They are
+        // queued on the connection and written as its output drains (`drain_retained`), a
+        // batch at a time: a SUBSCRIBE matching thousands of them costs one trie walk now
+        // and bounded work per turn after, and QoS 0 ones are not dropped for a full buffer.
+        let cap = self.cfg.retained_messages_max;
+        let mut msgs = Vec::new();
+        let mut backlog = match self.conn_mut(conn) {
+            Some(c) => std::mem::take(&mut c.retained_backlog),
+            None => return,
+        };
         for (filter, qos) in p.retained_for {
-            let msgs = self.retained.matching(&filter, now);
-            for msg in msgs {
-                let out = Outgoing {
-                    qos: crate::shard::message::delivery_qos(msg.qos, qos),
-                    msg: Rc::clone(&msg),
-                    retain: true,
-                    subscription_ids: identifier.into_iter().collect(),
-                };
-                self.deliver(slot, out, now);
+            msgs.clear();
+            self.retained.matching(&filter, now, &mut msgs);
+            for msg in msgs.drain(..) {
+                if backlog.len() >= cap {
+                    self.metrics.retained_dropped_backlog += 1;
+                    continue;
+                }
+                let qos = crate::shard::message::delivery_qos(msg.qos, qos);
+                backlog.push_back(super::RetainedOut { msg, qos, identifier });
             }
         }
+        if let Some(c) = self.conn_mut(conn) {
+            c.retained_backlog = backlog;
+        }
+        self.drain_retained(conn, now);
         // Packets that arrived behind the SUBSCRIBE.
         self.handle_read(conn, &[], now);
-    }
-
-    fn trie_local_count(&self) -> u64 {
-        self.sessions.iter().flatten().map(|s| s.session.subscriptions.len() as u64).sum()
     }
 
     pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: u32, u: Unsubscribe) {
@@ -230,7 +272,6 @@ impl Shard {
         }
         let ack = UnsubAck { packet_id: u.packet_id, reasons, properties: Properties::new() };
         self.send(id, &Packet::UnsubAck(ack));
-        self.metrics.subscriptions_current = self.trie_local_count();
     }
 
     /// Adds a session's subscription to the trie (or the shared groups) and tells the other
@@ -255,7 +296,9 @@ impl Shard {
                 online,
             };
             let strategy = self.shared_strategy(filter);
-            self.shared.add(filter, member, strategy);
+            if self.shared.add(filter, member, strategy) {
+                self.metrics.subscriptions_current += 1;
+            }
             let group = filter.to_owned();
             self.broadcast(|| ShardMsg::SharedAdd { group: group.clone(), member, ack });
             return true;
@@ -264,6 +307,7 @@ impl Shard {
         if self.trie.insert(filter, SubKey::Local(slot), val).is_some() {
             return false; // replaced in place: the filter count is unchanged
         }
+        self.metrics.subscriptions_current += 1;
         let refs = self.local_filter_refs.entry(filter.to_owned()).or_insert(0);
         *refs += 1;
         if *refs == 1 {
@@ -278,7 +322,9 @@ impl Shard {
     /// subscriber left on the filter.
     pub(super) fn remove_subscription_entry(&mut self, slot: u32, filter: &str) {
         if is_shared(filter) {
-            self.shared.remove(filter, self.id, slot);
+            if self.shared.remove(filter, self.id, slot) {
+                self.metrics.subscriptions_current -= 1;
+            }
             let (group, shard) = (filter.to_owned(), self.id);
             self.broadcast(|| ShardMsg::SharedRemove { group: group.clone(), shard, slot });
             return;
@@ -286,6 +332,7 @@ impl Shard {
         if self.trie.remove(filter, &SubKey::Local(slot)).is_none() {
             return;
         }
+        self.metrics.subscriptions_current -= 1;
         let Some(refs) = self.local_filter_refs.get_mut(filter) else { return };
         *refs -= 1;
         if *refs == 0 {
