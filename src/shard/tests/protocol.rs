@@ -116,14 +116,9 @@ fn right_and_unknown_acknowledgements_keep_the_connection() {
 
 /// A cluster of `n` shards with a changed configuration.
 fn cluster_with(n: u16, change: impl Fn(&mut ShardConfig)) -> Cluster {
-    let shards = (0..n)
-        .map(|i| {
-            let mut cfg = ShardConfig::for_tests(n);
-            change(&mut cfg);
-            Shard::new(i, cfg)
-        })
-        .collect();
-    Cluster { shards, now: Instant::now() }
+    let mut cfg = ShardConfig::for_tests(n);
+    change(&mut cfg);
+    Cluster::with_config(cfg)
 }
 
 /// Hands `packet` to the client's shard without moving mesh messages afterwards.
