@@ -80,6 +80,7 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         mechanisms: Default::default(),
         security: std::sync::Arc::new(load_security(config)),
         auth_files: config.auth.clone(),
+        shared: config.shared_subscriptions.clone(),
     }
 }
 

@@ -27,6 +27,7 @@
 //! (`key_path_at`) that follows `[table]` / `[[array]]` headers, dotted keys and inline tables.
 //! Range and cross-field errors use the spans recorded from `toml::Spanned` raw fields.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ pub struct Config {
     /// `[[bridge]]`: connections to other brokers that forward topics both ways. Default none.
     /// Bound: 0..=16 bridges.
     pub bridges: Vec<BridgeConfig>,
+    /// `[shared_subscriptions]`: how a shared subscription group picks a member.
+    pub shared_subscriptions: SharedSubscriptionsConfig,
 }
 
 /// `[[bridge]]`: a connection to a remote broker, forwarding messages between it and this
@@ -171,6 +174,80 @@ impl BridgeDirection {
     /// Remote messages come here.
     pub const fn incoming(self) -> bool {
         matches!(self, BridgeDirection::In | BridgeDirection::Both)
+    }
+}
+
+/// How a message for a shared subscription group (`$share/{group}/{filter}`, §4.8.2) picks the
+/// one member that gets it. Whatever the strategy, members with a connection are preferred to
+/// offline ones with a persistent session (those get the message queued only when no member is
+/// online), and a message whose member has left or may not read the topic goes to another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SharedStrategy {
+    /// Each member in turn (each shard keeps its own turn for the messages published on it).
+    #[default]
+    RoundRobin,
+    /// A member drawn at random for each message.
+    Random,
+    /// The same member while it stays online and subscribed; another one after that.
+    Sticky,
+    /// By a hash of the publisher's client id: one publisher's messages go to one member while
+    /// the group does not change, which keeps their order.
+    HashClientId,
+    /// By a hash of the topic: one topic's messages go to one member while the group does not
+    /// change.
+    HashTopic,
+}
+
+impl SharedStrategy {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SharedStrategy::RoundRobin => "round_robin",
+            SharedStrategy::Random => "random",
+            SharedStrategy::Sticky => "sticky",
+            SharedStrategy::HashClientId => "hash_client_id",
+            SharedStrategy::HashTopic => "hash_topic",
+        }
+    }
+}
+
+/// Per-group strategy overrides allowed in `[shared_subscriptions.groups]`.
+pub const SHARED_GROUP_OVERRIDES_MAX: usize = 1024;
+
+/// `[shared_subscriptions]`: the strategy of every group, and overrides by group name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedSubscriptionsConfig {
+    /// The strategy of groups without an override. Default [`SharedStrategy::RoundRobin`].
+    pub strategy: SharedStrategy,
+    /// Group name (the `{group}` of `$share/{group}/{filter}`) → its strategy. Default empty.
+    /// Bound: [`SHARED_GROUP_OVERRIDES_MAX`] entries; a name is 1..=256 bytes without `/`, `+`
+    /// or `#` ([MQTT-4.8.2-2]).
+    pub groups: BTreeMap<String, SharedStrategy>,
+}
+
+impl SharedSubscriptionsConfig {
+    /// The strategy of the group named `name`.
+    pub fn strategy_for(&self, name: &str) -> SharedStrategy {
+        self.groups.get(name).copied().unwrap_or(self.strategy)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.groups.len() > SHARED_GROUP_OVERRIDES_MAX {
+            return Err(format!(
+                "at most {SHARED_GROUP_OVERRIDES_MAX} groups (got {})",
+                self.groups.len()
+            ));
+        }
+        for name in self.groups.keys() {
+            if name.is_empty() || name.len() > 256 || name.contains(['/', '+', '#']) {
+                return Err(format!(
+                    "group name {name:?} must be 1 to 256 bytes without '/', '+' or '#'"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -692,6 +769,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
             bridges: Vec::new(),
+            shared_subscriptions: SharedSubscriptionsConfig::default(),
         }
     }
 }
@@ -967,6 +1045,8 @@ impl Config {
         SYS_INTERVAL_SECS.check("broker.sys_interval_secs", wide(b.sys_interval_secs), spans)?;
         self.check_listeners(spans)?;
         self.limits.check(spans)?;
+        let key = "shared_subscriptions.groups";
+        self.shared_subscriptions.check().map_err(|message| spans.issue(&[key], message))?;
         let r = &self.runtime;
         IO_MEMORY_BYTES.check("runtime.io_memory_bytes", wide(r.io_memory_bytes), spans)?;
         RING_DEPTH.check("runtime.ring_depth", wide(r.ring_depth), spans)?;
@@ -1350,6 +1430,7 @@ struct RawConfig {
     auth: Option<RawAuth>,
     admin: Option<RawAdmin>,
     bridge: Option<Spanned<Vec<RawBridge>>>,
+    shared_subscriptions: Option<RawShared>,
 }
 
 #[derive(Deserialize)]
@@ -1460,6 +1541,13 @@ impl RawBridge {
         }
         Ok(b)
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    strategy: Option<Spanned<SharedStrategy>>,
+    groups: Option<Spanned<BTreeMap<String, SharedStrategy>>>,
 }
 
 #[derive(Deserialize)]
@@ -1607,6 +1695,13 @@ impl RawConfig {
         }
         if let Some(raw) = self.limits {
             raw.build(&mut config.limits, spans)?;
+        }
+        if let Some(raw) = self.shared_subscriptions {
+            let sh = &mut config.shared_subscriptions;
+            spans.set(&mut sh.strategy, "shared_subscriptions.strategy", raw.strategy);
+            spans.set(&mut sh.groups, "shared_subscriptions.groups", raw.groups);
+            let key = "shared_subscriptions.groups";
+            sh.check().map_err(|message| spans.issue(&[key], message))?;
         }
         if let Some(raw) = self.runtime {
             let r = &mut config.runtime;
@@ -2084,6 +2179,25 @@ mod tests {
         assert_eq!((e.line, e.column), (line, column), "{e}");
         assert_eq!(e.key, key, "{e}");
         assert!(e.message.contains(needle), "{e:?} should contain {needle:?}");
+    }
+
+    #[test]
+    fn shared_subscription_strategy_and_group_overrides() {
+        let c = parse(
+            "[shared_subscriptions]\nstrategy = \"hash_topic\"\n\
+             groups = { workers = \"sticky\", audit = \"random\" }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let sh = &c.shared_subscriptions;
+        assert_eq!(sh.strategy_for("workers"), SharedStrategy::Sticky);
+        assert_eq!(sh.strategy_for("audit"), SharedStrategy::Random);
+        assert_eq!(sh.strategy_for("other"), SharedStrategy::HashTopic);
+        assert_eq!(Config::default().shared_subscriptions.strategy, SharedStrategy::RoundRobin);
+        let e = parse_err("[shared_subscriptions]\nstrategy = \"fastest\"\n");
+        assert_eq!(e.key, "shared_subscriptions.strategy", "{e}");
+        // [MQTT-4.8.2-2]: a share name has no '/', '+' or '#'.
+        let e = parse_err("[shared_subscriptions]\ngroups = { \"a+b\" = \"sticky\" }\n");
+        assert_err(&e, 2, 10, "shared_subscriptions.groups", "without '/', '+' or '#'");
     }
 
     #[test]

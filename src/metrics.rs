@@ -85,6 +85,10 @@ metrics! {
     counter messages_dropped_expired,
     /// Deliveries dropped: larger than the client's Maximum Packet Size.
     counter messages_dropped_too_large,
+    /// Control packets not sent: over the client's Maximum Packet Size even without options.
+    counter packets_dropped_too_large,
+    /// Closes whose input drain hit its bound (2 s or 1 MiB) before the client closed.
+    counter close_drains_cut,
     /// Queued messages dropped because their session ended.
     counter messages_dropped_session_end,
     /// Shared deliveries dropped: the chosen member and every local member left.

@@ -39,6 +39,17 @@ pub fn decode_frame(
     version: ProtocolVersion,
 ) -> Result<Packet, DecodeError> {
     debug_assert_eq!(body.len(), header.remaining_len);
+    // Errors cite the statements of the connection's version; CONNECT cites those of the
+    // version it names itself (see `decode_connect`).
+    let connect = header.packet_type == PacketType::Connect;
+    decode_body(header, body, version).map_err(|e| if connect { e } else { e.for_version(version) })
+}
+
+fn decode_body(
+    header: &FixedHeader,
+    body: Bytes,
+    version: ProtocolVersion,
+) -> Result<Packet, DecodeError> {
     let mut r = Reader::new(body);
     let d = Dec { v5: version.is_v5(), v31: version == ProtocolVersion::V31 };
     let packet = match header.packet_type {
@@ -252,6 +263,12 @@ impl Dec {
             };
             reasons.push(reason);
         }
+        if reasons.is_empty() {
+            // One code per filter of the SUBSCRIBE, which has at least one ([MQTT-3.8.4-6] in
+            // 5.0, [MQTT-3.8.4-5] in 3.1.1).
+            let spec = self.spec("MQTT-3.8.4-6", "MQTT-3.8.4-5");
+            return Err(DecodeError::new(ErrorKind::NoReasonCodes { packet_type: 9 }, spec));
+        }
         Ok(SubAck { packet_id, reasons, properties })
     }
 
@@ -276,6 +293,12 @@ impl Dec {
         let mut reasons = Vec::new();
         while self.v5 && r.remaining() > 0 {
             reasons.push(self.reason(r.u8()?, ReasonContext::UnsubAck, 11)?);
+        }
+        if self.v5 && reasons.is_empty() {
+            // v5: one code per filter of the UNSUBSCRIBE ([MQTT-3.11.3-1]), which has at least
+            // one ([MQTT-3.10.3-2]). A 3.1.1 UNSUBACK has no payload.
+            let kind = ErrorKind::NoReasonCodes { packet_type: 11 };
+            return Err(DecodeError::new(kind, "MQTT-3.11.3-1"));
         }
         Ok(UnsubAck { packet_id, reasons, properties })
     }
@@ -317,6 +340,11 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         }
         _ => return Err(DecodeError::new(ErrorKind::InvalidProtocolName, "MQTT-3.1.2-1")),
     };
+    decode_connect_rest(r, version).map_err(|e| e.for_version(version))
+}
+
+/// CONNECT after its protocol name and level.
+fn decode_connect_rest(r: &mut Reader, version: ProtocolVersion) -> Result<Connect, DecodeError> {
     let d = Dec { v5: version.is_v5(), v31: version == ProtocolVersion::V31 };
     let flags = r.u8()?;
     if flags & 0x01 != 0 {

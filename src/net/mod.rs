@@ -45,6 +45,16 @@ const MEMORY_RECHECK: Duration = Duration::from_millis(10);
 /// Time a connection's orderly close (TLS close_notify, WebSocket close frame) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// After the broker closes a connection (DISCONNECT, refusing CONNACK, protocol error) it shuts
+/// down its write side and reads and discards what the client still sends, until the client
+/// closes or this time passes. Closing a socket with unread input makes the kernel send a TCP
+/// reset, and a reset can destroy the DISCONNECT or CONNACK before the client reads it.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes read and discarded during [`CLOSE_DRAIN_TIMEOUT`] at most (the read lands in the shard's
+/// scratch buffer, so the drain holds no memory of its own).
+const CLOSE_DRAIN_BYTES_MAX: usize = 1 << 20;
+
 /// A one-waiter wake-up flag, local to a shard.
 #[derive(Default)]
 pub struct Notify {
@@ -489,6 +499,8 @@ where
     let mut out = Output::default();
     let mut eof = false;
     let mut stall: Option<glommio::timer::Timer> = None;
+    // The client closed or the socket failed: nothing to drain at the end.
+    let mut peer_gone = false;
     let write_timeout = io.shard.borrow().config().write_timeout;
     let mut timed_out = false;
     loop {
@@ -556,10 +568,12 @@ where
             }
             Event::Closed => {
                 eof = true;
+                peer_gone = true;
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 io.outbox_ready.notify();
             }
             Event::WriteFailed => {
+                peer_gone = true;
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 io.outbox_ready.notify();
                 break;
@@ -576,16 +590,52 @@ where
         }
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
-    // WebSocket close frame that never drains. After a write timeout there is no point trying.
+    // WebSocket close frame that never drains. After a write timeout there is no point trying,
+    // nor in draining input for a client that cannot read what we wrote.
     if !timed_out {
-        let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
+        let closed = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
             glommio::timer::sleep(CLOSE_TIMEOUT).await;
             false
         })
         .await;
+        if closed && !peer_gone && !drain_input(&io, &mut stream).await {
+            io.shard.borrow_mut().metrics.close_drains_cut += 1;
+        }
     }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
+}
+
+/// Reads and discards input after our side has shut down writing, until end of stream, an
+/// error, [`CLOSE_DRAIN_BYTES_MAX`] bytes or [`CLOSE_DRAIN_TIMEOUT`], so the close that follows
+/// does not turn into a TCP reset that hides our last packet from the client. Returns whether
+/// the client closed (or the socket failed) within the bounds.
+async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) -> bool {
+    let drain = async {
+        let mut discarded = 0usize;
+        // Bounded by the byte budget (every read consumes at least one byte) and the timer.
+        while discarded < CLOSE_DRAIN_BYTES_MAX {
+            let n = poll_fn(|cx| {
+                let mut scratch = io.scratch.borrow_mut();
+                match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                    Poll::Ready(Ok(n)) => Poll::Ready(n),
+                    Poll::Ready(Err(_)) => Poll::Ready(0),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            if n == 0 {
+                return true;
+            }
+            discarded += n;
+        }
+        false
+    };
+    let timer = async {
+        glommio::timer::sleep(CLOSE_DRAIN_TIMEOUT).await;
+        false
+    };
+    futures_lite::future::or(drain, timer).await
 }
 
 /// TCP keepalive probes start after this much silence on an accepted socket.

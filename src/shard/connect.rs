@@ -575,8 +575,15 @@ impl Shard {
         if let Some(s) = self.slot_mut(slot) {
             s.conn = Some(conn);
         }
+        // Shared memberships of the session are online now (installed offline).
+        self.shared_presence(slot, true);
         let resumed = ack.session_present;
-        self.send(conn, &Packet::ConnAck(ack));
+        if !self.send_fitted(conn, &Packet::ConnAck(ack)) {
+            // Not even the CONNACK without its optional properties fits the client's Maximum
+            // Packet Size ([MQTT-3.1.2-24]): close without sending anything.
+            self.close(conn, CloseReason::Refused, now);
+            return;
+        }
         self.metrics.connects += 1;
         // [MQTT-4.4.0-1]: resend unacknowledged messages on resume, then drain the queue.
         if resumed {

@@ -36,6 +36,8 @@ pub struct Member {
     pub options: SubscriptionOptions,
     /// v5 Subscription Identifier.
     pub identifier: Option<u32>,
+    /// The session has a connection (as its shard last said): online members are preferred.
+    pub online: bool,
 }
 
 /// A delivery chosen by the publishing shard for one shared-subscription member.
@@ -45,6 +47,11 @@ pub struct SharedDelivery {
     pub group: String,
     /// The chosen member.
     pub member: Member,
+    /// The member was chosen among online ones: an offline member is not acceptable yet.
+    pub online_only: bool,
+    /// Times this delivery was passed on to another shard because no member here could take
+    /// it; bounded by the shard count (twice: online members first, then any).
+    pub hops: u16,
 }
 
 /// One message from a shard to another.
@@ -97,7 +104,15 @@ pub enum ShardMsg {
         /// Slot of the member.
         slot: u32,
     },
-    /// A retained message was set (non-empty payload) or cleared (empty payload).
+    /// To the retained sequencer (shard 0): a client set (non-empty payload) or cleared (empty
+    /// payload) a retained message on the sending shard. The sequencer applies the bounds and
+    /// answers every replica with [`ShardMsg::Retain`].
+    RetainRequest {
+        /// The retained message.
+        msg: Message,
+    },
+    /// From the retained sequencer: a retained message was set (non-empty payload) or cleared
+    /// (empty payload), within the bounds, in the order every replica applies.
     Retain {
         /// The retained message.
         msg: Message,

@@ -22,6 +22,7 @@ mod flow;
 pub mod message;
 mod publish;
 mod retained;
+mod shared;
 mod subscribe;
 mod timers;
 
@@ -39,7 +40,7 @@ use crate::topic::SubscriptionTrie;
 pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
-use subscribe::SharedGroups;
+use shared::SharedGroups;
 
 /// Output buffer capacity an idle connection may keep for reuse; larger ones are freed once
 /// written (a burst does not leave a megabyte behind on every idle connection).
@@ -137,6 +138,8 @@ pub struct ShardConfig {
     /// Refuse v5 PUBLISH (and wills) whose Payload Format Indicator says UTF-8 when the payload
     /// is not (0x99, §3.3.2.3.2).
     pub check_payload_format: bool,
+    /// How shared subscription groups pick a member, by default and per group name.
+    pub shared: crate::config::SharedSubscriptionsConfig,
     /// The broker-wide memory budget, one counter shared by every shard (see [`budget`]).
     pub memory: std::sync::Arc<budget::MemoryBudget>,
     /// Time a peer may accept no output bytes before its connection is closed (the IO driver
@@ -188,6 +191,7 @@ impl ShardConfig {
             mesh_bytes: std::sync::Arc::new(budget::MeshBytes::new(shards)),
             response_information_prefix: Some("responses/".into()),
             check_payload_format: true,
+            shared: Default::default(),
             memory: Default::default(),
             write_timeout: Duration::from_secs(30),
         }
@@ -913,20 +917,45 @@ impl Shard {
         self.close(id, reason, now);
     }
 
-    /// Encodes `packet` into the connection's output and wakes its task.
+    /// Encodes `packet` into the connection's output and wakes its task. A v5 packet larger
+    /// than the client's Maximum Packet Size loses its optional properties until it fits
+    /// ([MQTT-3.1.2-24]); one that cannot fit is not sent, and a CONNACK that cannot fit closes
+    /// the connection instead (see `complete_connack`).
     fn send(&mut self, id: ConnId, packet: &Packet) {
-        let Some(c) = self.conn_mut(id) else { return };
+        self.send_fitted(id, packet);
+    }
+
+    /// [`Shard::send`], returning whether the packet was sent.
+    fn send_fitted(&mut self, id: ConnId, packet: &Packet) -> bool {
+        let Some(c) = self.conn_mut(id) else { return false };
         let before = c.tx.len();
         if let Err(e) = codec::encode(packet, c.version, &mut c.tx) {
             // Only reachable with a packet the broker built wrong; keep serving others.
             tracing::error!(conn = id.0, error = %e, "could not encode packet");
-            return;
+            return false;
         }
+        if c.tx.len() - before > c.client_packet_max {
+            c.tx.truncate(before);
+            let (version, max) = (c.version, c.client_packet_max);
+            let fitted =
+                fit_packet(packet, |p| codec::encoded_len(p, version).is_ok_and(|n| n <= max));
+            let Some(fitted) = fitted else {
+                self.metrics.packets_dropped_too_large += 1;
+                tracing::debug!(conn = id.0, "packet exceeds the client's maximum packet size");
+                return false;
+            };
+            let c = self.conn_mut(id).expect("invariant: checked above");
+            if codec::encode(&fitted, version, &mut c.tx).is_err() {
+                return false;
+            }
+        }
+        let Some(c) = self.conn_mut(id) else { return false };
         let written = c.tx.len() - before;
         if let Some(w) = &c.waker {
             w.wake_by_ref();
         }
         self.metrics.bytes_sent += written as u64;
+        true
     }
 
     /// Closes a connection: sends the v5 DISCONNECT the reason calls for, publishes the will when
@@ -999,7 +1028,7 @@ impl Shard {
         let Some(s) = self.slot_mut(slot) else { return };
         s.conn = None;
         match s.session.expiry_secs {
-            0 => self.destroy_session(slot, now),
+            0 => return self.destroy_session(slot, now),
             u32::MAX => {}
             expiry => {
                 let at = now + Duration::from_secs(u64::from(expiry));
@@ -1007,6 +1036,8 @@ impl Shard {
                 self.arm_expiry(slot, at);
             }
         }
+        // A persistent session stays in its shared groups, as an offline member.
+        self.shared_presence(slot, false);
     }
 
     /// Brings the memory-budget charge of `slot` in line with what its session holds now.
@@ -1171,6 +1202,7 @@ impl Shard {
                 self.shared_remove(&group, shard, slot)
             }
             ShardMsg::Retain { msg } => self.retained_apply(msg),
+            ShardMsg::RetainRequest { msg } => self.retained_sequence(msg),
             ShardMsg::Claim { client_id, req } => self.registry_claim(from, client_id, req, now),
             ShardMsg::ClaimReply { req, generation, previous } => {
                 self.claim_reply(from, req, generation, previous, now)
@@ -1195,6 +1227,53 @@ impl Shard {
     pub fn connection_count(&self) -> usize {
         self.metrics.connections_current as usize
     }
+}
+
+/// `packet` with optional v5 properties left out, step by step, until `fits` says it does: first
+/// Reason String and User Properties, which the server must not send when they would exceed
+/// the client's Maximum Packet Size ([MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.4.2-2],
+/// [MQTT-3.14.2-3] and the like for every packet); then, in a CONNACK, the properties whose
+/// absence means what we would say anyway or something more restrictive: Retain, Wildcard,
+/// Subscription Identifier and Shared Subscription Available (absent = 1), Topic Alias Maximum
+/// (absent = 0: the client uses no aliases), Response Information (optional, §3.2.2.3.15),
+/// Receive Maximum when it is 65 535 and Maximum Packet Size when it is the protocol maximum.
+/// `None` when even that does not fit.
+fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet> {
+    use codec::Property as P;
+    let diagnostic = |p: &P| !matches!(p, P::ReasonString(_) | P::UserProperty(..));
+    let mut p = packet.clone();
+    let props = match &mut p {
+        Packet::ConnAck(a) => &mut a.properties,
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            &mut r.properties
+        }
+        Packet::SubAck(a) => &mut a.properties,
+        Packet::UnsubAck(a) => &mut a.properties,
+        Packet::Disconnect(d) | Packet::Auth(d) => &mut d.properties,
+        _ => return None,
+    };
+    props.retain(diagnostic);
+    if fits(&p) {
+        return Some(p);
+    }
+    // Left out one kind at a time, least useful first, so as much as fits is kept.
+    let optional: [fn(&P) -> bool; 6] = [
+        |p| matches!(p, P::RetainAvailable(1) | P::WildcardSubscriptionAvailable(1)),
+        |p| matches!(p, P::SubscriptionIdentifierAvailable(1) | P::SharedSubscriptionAvailable(1)),
+        |p| matches!(p, P::ResponseInformation(_)),
+        |p| matches!(p, P::TopicAliasMaximum(_)),
+        |p| matches!(p, P::ReceiveMaximum(u16::MAX)),
+        |p| matches!(p, P::MaximumPacketSize(268_435_455..)),
+    ];
+    let Packet::ConnAck(a) = &mut p else { return None };
+    for is_optional in optional {
+        a.properties.retain(|p| !is_optional(p));
+        let fitted = Packet::ConnAck(a.clone());
+        if fits(&fitted) {
+            return Some(fitted);
+        }
+    }
+    None
 }
 
 /// Bytes a will counts for in the memory budget, as a message would.

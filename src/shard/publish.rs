@@ -12,14 +12,14 @@ use crate::codec::{
     SubscriptionOptions, Will,
 };
 use crate::session::message::Origin;
-use crate::session::{Dropped, InflightState, Message, Outgoing};
+use crate::session::{AckOutcome, Dropped, InflightState, Message, Outgoing};
 
 /// One local subscription that matched a topic.
 #[derive(Clone, Debug)]
 pub(crate) struct LocalMatch {
-    slot: u32,
-    options: SubscriptionOptions,
-    identifier: Option<u32>,
+    pub(super) slot: u32,
+    pub(super) options: SubscriptionOptions,
+    pub(super) identifier: Option<u32>,
 }
 
 impl Shard {
@@ -236,15 +236,18 @@ impl Shard {
             (SubKey::Remote(shard), _) => peer_normal[usize::from(*shard)] = true,
             _ => {}
         });
-        for (group, member) in self.shared.pick(&msg.topic) {
+        // The publisher's client id, for the `hash_client_id` strategy.
+        let publisher = msg
+            .origin
+            .filter(|o| o.shard == self.id)
+            .and_then(|o| self.sessions.get(o.session as usize)?.as_ref())
+            .map_or("", |s| s.session.client_id.as_str());
+        for (group, member, online_only) in self.shared.pick(&msg.topic, publisher) {
+            let d = SharedDelivery { group, member, online_only, hops: 0 };
             if member.shard == self.id {
-                scratch.push(LocalMatch {
-                    slot: member.slot,
-                    options: member.options,
-                    identifier: member.identifier,
-                });
+                self.place_shared(d, &msg, &mut scratch);
             } else {
-                peer_shared[usize::from(member.shard)].push(SharedDelivery { group, member });
+                peer_shared[usize::from(member.shard)].push(d);
             }
         }
         let mut matched = !scratch.is_empty();
@@ -296,21 +299,9 @@ impl Shard {
                 }
             });
         }
+        // A member that left, went offline or may not read the topic is replaced (§4.8.2).
         for d in shared {
-            let valid = self.slot(d.member.slot).is_some_and(|s| {
-                s.generation == d.member.generation
-                    && s.session.subscriptions.contains_key(&d.group)
-            });
-            let member =
-                if valid { Some(d.member) } else { self.shared.local_member(&d.group, self.id) };
-            match member {
-                Some(m) => scratch.push(LocalMatch {
-                    slot: m.slot,
-                    options: m.options,
-                    identifier: m.identifier,
-                }),
-                None => self.metrics.messages_dropped_no_member += 1,
-            }
+            self.place_shared(d, &msg, &mut scratch);
         }
         let rc = Rc::new(msg);
         self.deliver_matches(&rc, &mut scratch, now);
@@ -548,8 +539,13 @@ impl Shard {
     /// released ones, in their original order ([MQTT-4.4.0-1]).
     pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32, now: Instant) {
         let Some(s) = self.slot(slot) else { return };
-        let items: Vec<(u16, Outgoing, InflightState)> =
-            s.session.inflight.iter().map(|(id, f)| (*id, f.out.clone(), f.state)).collect();
+        // Send order, not id order: ids wrap past 65535 ([MQTT-4.6.0-1]).
+        let items: Vec<(u16, Outgoing, InflightState)> = s
+            .session
+            .inflight_in_send_order()
+            .into_iter()
+            .map(|(id, f)| (id, f.out.clone(), f.state))
+            .collect();
         for (id, out, state) in items {
             let pid = PacketId::new(id).expect("invariant: inflight ids are non-zero");
             match state {
@@ -559,9 +555,19 @@ impl Shard {
         }
     }
 
+    /// An acknowledgement that does not fit the QoS or state of the message in flight under its
+    /// id: a protocol violation ([MQTT-4.8.0-1] in 3.1.1: close; [MQTT-4.13.1-1] in 5.0:
+    /// DISCONNECT 0x82 and close).
+    fn wrong_ack(&mut self, id: ConnId, now: Instant) {
+        self.metrics.protocol_errors += 1;
+        self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
+    }
+
     pub(super) fn handle_puback(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
-        if let Some(s) = self.slot_mut(slot) {
-            s.session.handle_puback(r.packet_id);
+        let Some(s) = self.slot_mut(slot) else { return };
+        // An unknown id (a late duplicate) is ignored; PUBACK for a QoS 2 message is not.
+        if s.session.handle_puback(r.packet_id) == AckOutcome::WrongKind {
+            return self.wrong_ack(id, now);
         }
         self.pump(id, slot, now);
     }
@@ -569,15 +575,22 @@ impl Shard {
     pub(super) fn handle_pubrec(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         if r.reason.is_error() {
-            // v5 §4.3.3: an error PUBREC ends the exchange; the id is free again.
+            // v5 §4.3.3: an error PUBREC ends the exchange; the id is free again. On a QoS 1 id
+            // it is still the wrong acknowledgement.
+            if s.session.inflight_qos(r.packet_id) == Some(QoS::AtLeastOnce) {
+                return self.wrong_ack(id, now);
+            }
             s.session.abandon(r.packet_id);
             return self.pump(id, slot, now);
         }
-        let known = s.session.handle_pubrec(r.packet_id);
-        let reason = if known || !self.conn(id).is_some_and(|c| c.version.is_v5()) {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
+        let reason = match s.session.handle_pubrec(r.packet_id) {
+            AckOutcome::WrongKind => return self.wrong_ack(id, now),
+            AckOutcome::Done => ReasonCode::Success,
+            // v5 §3.6.2: PUBREL 0x92 for an id we do not know; 3.1.1 has no reason codes.
+            AckOutcome::Unknown if self.conn(id).is_some_and(|c| c.version.is_v5()) => {
+                ReasonCode::PacketIdentifierNotFound
+            }
+            AckOutcome::Unknown => ReasonCode::Success,
         };
         let resp = PubResp { packet_id: r.packet_id, reason, properties: Properties::new() };
         self.send(id, &Packet::PubRel(resp));
@@ -596,8 +609,11 @@ impl Shard {
     }
 
     pub(super) fn handle_pubcomp(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
-        if let Some(s) = self.slot_mut(slot) {
-            s.session.handle_pubcomp(r.packet_id);
+        let Some(s) = self.slot_mut(slot) else { return };
+        // An unknown id is ignored (v5 §3.7.2 lets the client say 0x92 about its own side);
+        // PUBCOMP for a QoS 1 message or before our PUBREL is a violation.
+        if s.session.handle_pubcomp(r.packet_id) == AckOutcome::WrongKind {
+            return self.wrong_ack(id, now);
         }
         self.pump(id, slot, now);
     }

@@ -1148,3 +1148,5 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
 
 #[path = "flow_tests.rs"]
 mod flow_tests;
+/// Issue 13: wrong acknowledgements, CONNACK size, retained replicas, shared subscriptions.
+mod protocol;
