@@ -478,6 +478,17 @@ impl Config {
         Ok(config)
     }
 
+    /// [`Config::from_str_named`] without opening the `[auth]` files: for the fuzz body
+    /// (`crate::fuzzing::config_text`), which must not read whatever path its input names.
+    pub(crate) fn from_str_without_files(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let source = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
+        let mut spans = Spans::default();
+        let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
+        config.check(&spans).map_err(|issue| source.error(issue))?;
+        Ok(config)
+    }
+
     /// Checks every bound and cross-field rule, and that the `[auth]` files can be read and
     /// parsed. Configs from [`Config::load`] and [`Config::from_str_named`] already passed; call
     /// this on one built or changed by hand. Errors name the file `<built-in>` with line 0.

@@ -176,6 +176,15 @@ impl ScramSha256 {
     }
 }
 
+impl ScramSha256 {
+    /// The mechanism over `lookup` with a fixed server nonce, for the fuzz body
+    /// ([`crate::fuzzing::scram`]): deterministic runs, no OS randomness per input.
+    #[doc(hidden)]
+    pub fn for_fuzzing(lookup: CredentialLookup) -> Self {
+        Self { lookup, nonce: Arc::new(|| "fuzz-server-nonce".into()) }
+    }
+}
+
 fn random_nonce() -> String {
     let mut raw = [0u8; 18];
     // A failing OS RNG leaves zeros: the exchange still fails safe only if the proof does not

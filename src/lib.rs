@@ -20,6 +20,7 @@
 //!   glommio.
 //! - [`config`], [`broker`]: the configuration file and its mapping onto the layers.
 //! - [`metrics`]: per-shard counters.
+//! - `fuzzing` (hidden): the bodies of the fuzz targets and parser property tests.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -27,6 +28,7 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod enhanced_auth;
+pub mod fuzzing;
 pub mod metrics;
 pub mod net;
 pub mod runtime;
