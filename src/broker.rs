@@ -38,6 +38,9 @@ pub fn shard_config(config: &Config) -> ShardConfig {
             })
             .collect(),
         packet_size_bytes_max: l.packet_size_bytes_max as usize,
+        preauth_packet_bytes_max: l.preauth_packet_bytes_max.min(l.packet_size_bytes_max) as usize,
+        user_properties_max: l.user_properties_max as usize,
+        user_property_bytes_max: l.user_property_bytes_max as usize,
         session: SessionLimits {
             inflight_max: l.inflight_max,
             queue_messages_max: l.session_queue_messages_max as usize,

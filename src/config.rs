@@ -232,6 +232,23 @@ pub struct LimitsConfig {
     /// exceeded). Default 256. Bound: 1..=100_000. Worst-case memory: this times
     /// `topic_bytes_max` per client (256 KiB at the defaults).
     pub subscriptions_per_client_max: u32,
+    /// Largest first packet of a connection (the CONNECT) and of each AUTH packet before the
+    /// client is authenticated, fixed header included; checked at the fixed header, before the
+    /// body is buffered. A first packet that is not a CONNECT is refused from its first byte.
+    /// Default 98_304 (96 KiB): a will payload of the MQTT maximum (65_535 bytes) plus 32 KiB
+    /// for the will topic, client id, credentials and properties. Bound: 64..=268_435_460; the
+    /// bound in force is the smaller of this and `packet_size_bytes_max`. Worst-case memory:
+    /// this much per connection that has not finished its CONNECT.
+    pub preauth_packet_bytes_max: u32,
+    /// User Properties one packet may carry (all of its property lists together: a CONNECT's
+    /// and its will's). More: the packet is refused with 0x95 (CONNECT: CONNACK 0x95; later:
+    /// DISCONNECT 0x95). Default 128. Bound: 0..=65_535. Each costs about 64 bytes of heap on
+    /// top of its text while the packet lives.
+    pub user_properties_max: u32,
+    /// Bytes of names plus values of the User Properties of one packet; more is refused like
+    /// [`user_properties_max`](Self::user_properties_max). Default 32_768. Bound:
+    /// 0..=268_435_455.
+    pub user_property_bytes_max: u32,
     /// Seconds a new connection may take to send its CONNECT before it is closed. Default 10.
     /// Bound: 1..=300.
     pub connect_timeout_secs: u32,
@@ -407,6 +424,9 @@ impl Default for LimitsConfig {
             topic_bytes_max: 1024,
             client_id_bytes_max: 256,
             subscriptions_per_client_max: 256,
+            preauth_packet_bytes_max: 96 << 10,
+            user_properties_max: 128,
+            user_property_bytes_max: 32 << 10,
             connect_timeout_secs: 10,
             keepalive_secs_max: 3600,
             sessions_max: 1_000_000,
@@ -603,6 +623,9 @@ const TOPIC_LEVELS: Bound = bound(1, 256);
 const TOPIC_BYTES: Bound = bound(1, 65535);
 const CLIENT_ID_BYTES: Bound = bound(23, 65535);
 const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
+const PREAUTH_PACKET_BYTES: Bound = bound(64, 268_435_460);
+const USER_PROPERTIES: Bound = bound(0, 65535);
+const USER_PROPERTY_BYTES: Bound = bound(0, 268_435_455);
 const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
 const KEEPALIVE_SECS: Bound = bound(1, 65535);
 const SESSIONS: Bound = bound(1, 100_000_000);
@@ -795,7 +818,7 @@ impl AuthConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 17] = [
+        let checks: [(&str, i64, Bound); 20] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -814,6 +837,9 @@ impl LimitsConfig {
                 wide(self.subscriptions_per_client_max),
                 SUBSCRIPTIONS_PER_CLIENT,
             ),
+            ("preauth_packet_bytes_max", wide(self.preauth_packet_bytes_max), PREAUTH_PACKET_BYTES),
+            ("user_properties_max", wide(self.user_properties_max), USER_PROPERTIES),
+            ("user_property_bytes_max", wide(self.user_property_bytes_max), USER_PROPERTY_BYTES),
             ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
             ("keepalive_secs_max", wide(self.keepalive_secs_max), KEEPALIVE_SECS),
             ("sessions_max", wide(self.sessions_max), SESSIONS),
@@ -918,6 +944,9 @@ struct RawLimits {
     topic_bytes_max: Option<Spanned<i64>>,
     client_id_bytes_max: Option<Spanned<i64>>,
     subscriptions_per_client_max: Option<Spanned<i64>>,
+    preauth_packet_bytes_max: Option<Spanned<i64>>,
+    user_properties_max: Option<Spanned<i64>>,
+    user_property_bytes_max: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
     keepalive_secs_max: Option<Spanned<i64>>,
     sessions_max: Option<Spanned<i64>>,
@@ -1113,6 +1142,9 @@ impl RawLimits {
         int!(topic_bytes_max, TOPIC_BYTES);
         int!(client_id_bytes_max, CLIENT_ID_BYTES);
         int!(subscriptions_per_client_max, SUBSCRIPTIONS_PER_CLIENT);
+        int!(preauth_packet_bytes_max, PREAUTH_PACKET_BYTES);
+        int!(user_properties_max, USER_PROPERTIES);
+        int!(user_property_bytes_max, USER_PROPERTY_BYTES);
         int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
         int!(keepalive_secs_max, KEEPALIVE_SECS);
         int!(sessions_max, SESSIONS);
@@ -1462,6 +1494,9 @@ mod tests {
             topic_bytes_max = 17
             client_id_bytes_max = 23
             subscriptions_per_client_max = 19
+            preauth_packet_bytes_max = 700
+            user_properties_max = 0
+            user_property_bytes_max = 27
             connect_timeout_secs = 20
             keepalive_secs_max = 21
             sessions_max = 22
@@ -1513,6 +1548,9 @@ mod tests {
             topic_bytes_max: 17,
             client_id_bytes_max: 23,
             subscriptions_per_client_max: 19,
+            preauth_packet_bytes_max: 700,
+            user_properties_max: 0,
+            user_property_bytes_max: 27,
             connect_timeout_secs: 20,
             keepalive_secs_max: 21,
             sessions_max: 22,

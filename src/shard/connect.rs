@@ -51,12 +51,31 @@ impl Shard {
     }
 
     /// A CONNECT that failed to decode: v3.x answers CONNACK 0x01 for an unsupported level
-    /// ([MQTT-3.1.2-2]); v5 answers CONNACK with the reason; anything else just closes.
-    pub(super) fn refuse_connect_error(&mut self, id: ConnId, e: &DecodeError) {
+    /// ([MQTT-3.1.2-2]); a v5 CONNECT (`version`, read from its first bytes) over the pre-auth
+    /// size or the user-property bounds gets CONNACK 0x95 (§4.13.1 allows a CONNACK with the
+    /// reason before closing); anything else just closes.
+    pub(super) fn refuse_connect_error(
+        &mut self,
+        id: ConnId,
+        e: &DecodeError,
+        version: Option<ProtocolVersion>,
+    ) {
         let now = Instant::now();
-        if let ErrorKind::UnsupportedProtocolLevel(_) = e.kind {
+        match e.kind {
             // Answer in the 3.1.1 format every client can parse.
-            self.send(id, &connack(false, ReasonCode::UnsupportedProtocolVersion));
+            ErrorKind::UnsupportedProtocolLevel(_) => {
+                self.send(id, &connack(false, ReasonCode::UnsupportedProtocolVersion));
+            }
+            ErrorKind::PacketTooLarge { .. } | ErrorKind::UserPropertiesExceeded
+                if version == Some(ProtocolVersion::V5) =>
+            {
+                if let Some(c) = self.conn_mut(id) {
+                    c.version = ProtocolVersion::V5;
+                }
+                self.metrics.connect_refused += 1;
+                self.send(id, &connack(false, e.reason_code()));
+            }
+            _ => {}
         }
         self.close(id, CloseReason::Refused, now);
     }

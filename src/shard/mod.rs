@@ -69,6 +69,13 @@ pub struct ShardConfig {
     pub listeners: Vec<ListenerPolicy>,
     /// Largest packet accepted from a client (and advertised as Maximum Packet Size).
     pub packet_size_bytes_max: usize,
+    /// Largest packet accepted before the client is authenticated (its CONNECT, and AUTH
+    /// packets of the exchange), at most `packet_size_bytes_max`; checked at the fixed header.
+    pub preauth_packet_bytes_max: usize,
+    /// User Properties one packet may carry (0x95 beyond).
+    pub user_properties_max: usize,
+    /// Bytes of User Property names and values one packet may carry (0x95 beyond).
+    pub user_property_bytes_max: usize,
     /// Session bounds (in-flight window, queue).
     pub session: SessionLimits,
     /// Retained messages kept (replicated on every shard).
@@ -124,6 +131,9 @@ impl ShardConfig {
                 redirect: None,
             }],
             packet_size_bytes_max: 1 << 20,
+            preauth_packet_bytes_max: 96 << 10,
+            user_properties_max: 128,
+            user_property_bytes_max: 32 << 10,
             session: SessionLimits {
                 inflight_max: 16,
                 queue_messages_max: 100,
@@ -570,16 +580,42 @@ impl Shard {
                 _ => {}
             }
             let version = c.version;
-            let max = self.cfg.packet_size_bytes_max;
+            let pre_auth =
+                matches!(c.phase, Phase::AwaitConnect { .. } | Phase::Authenticating { .. });
+            // CVE-2023-0809's class: the first packet must be a CONNECT. Refused from its first
+            // byte, before a remaining length is even read, so nothing else is ever buffered.
+            let first_not_connect = matches!(c.phase, Phase::AwaitConnect { .. })
+                && c.rx.first().is_some_and(|b| b >> 4 != codec::PacketType::Connect as u8);
+            if first_not_connect {
+                self.metrics.protocol_errors += 1;
+                tracing::debug!(conn = id.0, "first packet is not CONNECT [MQTT-3.1.0-1]");
+                self.close(id, CloseReason::Refused, now);
+                return;
+            }
+            let limits = codec::DecodeLimits {
+                // CVE-2017-7651's class: before authentication only a small packet is accepted,
+                // checked at the fixed header, before its body is buffered.
+                packet_bytes_max: if pre_auth {
+                    self.cfg.preauth_packet_bytes_max
+                } else {
+                    self.cfg.packet_size_bytes_max
+                },
+                user_properties: codec::UserPropertyBudget {
+                    count: self.cfg.user_properties_max,
+                    bytes: self.cfg.user_property_bytes_max,
+                },
+            };
             let Some(c) = self.conn_mut(id) else { return };
-            match codec::decode(&mut c.rx, version, max) {
+            // Read before decoding consumes the bytes: how to refuse a CONNECT that fails.
+            let connect_version = if pre_auth { codec::connect_version(&c.rx) } else { None };
+            match codec::decode_with(&mut c.rx, version, &limits) {
                 Ok(Some(packet)) => self.handle_packet(id, packet, now),
                 Ok(None) => break,
                 Err(e) => {
                     self.metrics.protocol_errors += 1;
                     tracing::debug!(conn = id.0, error = %e, "malformed packet");
                     if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
-                        self.refuse_connect_error(id, &e);
+                        self.refuse_connect_error(id, &e, connect_version);
                     } else {
                         self.close(id, CloseReason::Protocol(e.reason_code()), now);
                     }

@@ -481,3 +481,139 @@ fn pipelined_subscribes_do_not_recurse_per_packet() {
         assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "{shards} shards: every SUBACK, in order");
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Pre-auth size and user-property bounds (issue 9 item 3, CVE-2017-7651, CVE-2023-0809,
+// CVE-2021-41039 classes).
+// ------------------------------------------------------------------------------------------------
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn is_closing(cl: &Cluster, c: Client) -> bool {
+    cl.shards[c.shard].status(c.conn).closing
+}
+
+/// A v5 CONNECT for `id` whose own properties and will properties carry `connect_props` and
+/// `will_props` empty User Properties.
+fn connect_with_user_properties(id: &str, connect_props: usize, will_props: usize) -> Packet {
+    let empties = |n: usize| -> Properties {
+        (0..n).map(|_| crate::codec::Property::UserProperty(String::new(), String::new())).collect()
+    };
+    let Packet::Connect(mut c) = connect_packet(V5, id, true) else { unreachable!() };
+    c.properties = empties(connect_props);
+    c.will = Some(crate::codec::Will {
+        topic: "will/t".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: empties(will_props),
+    });
+    Packet::Connect(c)
+}
+
+/// [MQTT-3.1.0-1] / CVE-2017-7651: a CONNECT announcing more than `preauth_packet_bytes_max` is
+/// refused from its fixed header (v5: CONNACK 0x95; v3.1.1: closed), before its body arrives.
+#[test]
+fn preauth_bound_is_checked_at_the_fixed_header() {
+    let mut cl = Cluster::new(1);
+    let max = cl.shards[0].config().preauth_packet_bytes_max;
+    for (version, level) in [(V5, 5u8), (V4, 4)] {
+        let c = cl.open(0, version);
+        let mut head = BytesMut::from(&[0x10u8][..]);
+        codec::primitives::put_varint(&mut head, max + 1);
+        head.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', level]);
+        cl.send_raw(c, &head);
+        let got = cl.recv(c);
+        if version == V5 {
+            assert!(
+                matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::PacketTooLarge),
+                "CONNACK 0x95 expected, got {got:?}"
+            );
+        } else {
+            assert!(got.is_empty(), "v3 is closed without CONNACK, got {got:?}");
+        }
+        assert!(is_closing(&cl, c), "{version:?}: closed before the body was buffered");
+    }
+    // After CONNECT the full packet size applies: a PUBLISH twice the pre-auth bound is fine.
+    let c = cl.connect(0, V4, "big-publisher", true);
+    let payload: &'static [u8] = Box::leak(vec![b'x'; 2 * max].into_boxed_slice());
+    cl.publish(c, "t", payload, QoS::AtLeastOnce, 1);
+    assert!(matches!(&cl.recv(c)[..], [Packet::PubAck(_)]));
+    assert!(!is_closing(&cl, c));
+}
+
+/// A CONNECT with a will payload of the MQTT maximum (65 535 bytes) fits the default pre-auth
+/// bound: the default was chosen for it.
+#[test]
+fn preauth_bound_admits_a_maximum_will_payload() {
+    let mut cl = Cluster::new(1);
+    let c = cl.open(0, V5);
+    let Packet::Connect(mut p) = connect_with_user_properties("willful", 0, 0) else {
+        unreachable!()
+    };
+    if let Some(w) = p.will.as_mut() {
+        w.payload = Bytes::from(vec![7u8; 65_535]);
+    }
+    cl.send(c, Packet::Connect(p));
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
+}
+
+/// CVE-2023-0809: the first packet must be a CONNECT ([MQTT-3.1.0-1]); anything else is refused
+/// from its first byte, with nothing buffered.
+#[test]
+fn first_packet_other_than_connect_is_refused_from_its_first_byte() {
+    let mut cl = Cluster::new(1);
+    for first in [0x30u8, 0x82, 0x20, 0xC0, 0xF0, 0x00] {
+        let c = cl.open(0, V4);
+        cl.send_raw(c, &[first]);
+        assert!(is_closing(&cl, c), "first byte {first:#04x}: closed");
+        assert!(cl.recv(c).is_empty());
+    }
+}
+
+/// CVE-2021-41039 class: the User Properties of one packet are bounded in count and bytes;
+/// a CONNECT's and its will's count together. Over the bound: CONNACK 0x95.
+#[test]
+fn user_properties_in_connect_and_will_are_capped_together() {
+    let mut cl = Cluster::new(1);
+    let max = cl.shards[0].config().user_properties_max;
+    for (own, will, ok) in [(max, 0, true), (max / 2, max - max / 2, true), (max, 1, false)] {
+        let c = cl.open(0, V5);
+        cl.send(c, connect_with_user_properties("props", own, will));
+        let got = cl.recv(c);
+        let want = if ok { ReasonCode::Success } else { ReasonCode::PacketTooLarge };
+        assert!(
+            matches!(&got[..], [Packet::ConnAck(a)] if a.reason == want),
+            "{own}+{will}: {want:?} expected, got {got:?}"
+        );
+        assert_eq!(is_closing(&cl, c), !ok);
+    }
+}
+
+/// CVE-2021-41039 class on PUBLISH: 180 000 empty User Properties (900 KB, under the 1 MiB
+/// packet size) are refused with DISCONNECT 0x95; so is one property larger than the byte bound.
+#[test]
+fn user_properties_in_publish_are_capped_in_count_and_bytes() {
+    let mut cl = Cluster::new(1);
+    let bytes_max = cl.shards[0].config().user_property_bytes_max;
+    let many: Properties = (0..180_000)
+        .map(|_| crate::codec::Property::UserProperty(String::new(), String::new()))
+        .collect();
+    let big: Properties =
+        vec![crate::codec::Property::UserProperty("k".into(), "v".repeat(bytes_max))].into();
+    for props in [many, big] {
+        let c = cl.connect(0, V5, "publisher", true);
+        let Packet::Publish(mut p) = publish_packet("t", b"x", QoS::AtMostOnce, 0, false) else {
+            unreachable!()
+        };
+        p.properties = props;
+        cl.send(c, Packet::Publish(p));
+        let got = cl.recv(c);
+        assert!(
+            matches!(&got[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::PacketTooLarge),
+            "DISCONNECT 0x95 expected, got {got:?}"
+        );
+        assert!(is_closing(&cl, c));
+    }
+}
