@@ -69,6 +69,8 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         mechanisms: Default::default(),
         security: std::sync::Arc::new(load_security(config)),
         auth_files: config.auth.clone(),
+        hash_pool: None,
+        failed_logins_per_minute_max: config.auth.failed_logins_per_minute_max,
     }
 }
 

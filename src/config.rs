@@ -336,7 +336,7 @@ pub struct LogConfig {
 /// is relative to the working directory, as in Mosquitto. Validation reads and parses both
 /// files, so a missing or malformed file stops the broker at start with the file, line and
 /// reason; the broker reads them again on reload.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthConfig {
     /// The password file: `username:hash` lines as written by `tern passwd` or Mosquitto's
     /// `mosquitto_passwd` (`$7$` PBKDF2-SHA512, `$6$` SHA-512, Argon2id). A client that sends a
@@ -348,6 +348,31 @@ pub struct AuthConfig {
     /// may use every topic. When set, whatever the file does not grant is refused, so an
     /// empty file denies everything.
     pub acl_file: Option<PathBuf>,
+    /// Threads that check passwords (the key derivations of the password file's hashes), so
+    /// that no shard thread spends that time. Default 2. Bound: 1..=64. Worst-case memory: this
+    /// many Argon2id checks at once, each at most 64 MiB (the cap on a file's memory cost).
+    pub hash_workers: u32,
+    /// Password checks waiting for a worker, all shards together; a CONNECT beyond it is
+    /// refused at once with 0x89 (Server busy; v3: 0x03 Server unavailable). Default 1024.
+    /// Bound: 1..=1_000_000.
+    pub hash_queue_max: u32,
+    /// Failed logins from one source address within a minute, counted on each shard, after
+    /// which CONNECTs with credentials from that address are refused without checking the
+    /// password (0x9F Connection rate exceeded; v3: 0x05 Not authorized) until the minute
+    /// ends. Default 30. Bound: 1..=1_000_000. Each shard remembers at most 16_384 addresses.
+    pub failed_logins_per_minute_max: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            acl_file: None,
+            hash_workers: 2,
+            hash_queue_max: 1024,
+            failed_logins_per_minute_max: 30,
+        }
+    }
 }
 
 /// A log level, from most to least verbose.
@@ -627,6 +652,9 @@ const PREAUTH_PACKET_BYTES: Bound = bound(64, 268_435_460);
 const USER_PROPERTIES: Bound = bound(0, 65535);
 const USER_PROPERTY_BYTES: Bound = bound(0, 268_435_455);
 const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
+const HASH_WORKERS: Bound = bound(1, 64);
+const HASH_QUEUE: Bound = bound(1, 1_000_000);
+const FAILED_LOGINS: Bound = bound(1, 1_000_000);
 const KEEPALIVE_SECS: Bound = bound(1, 65535);
 const SESSIONS: Bound = bound(1, 100_000_000);
 const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
@@ -667,6 +695,11 @@ impl Config {
         SYS_INTERVAL_SECS.check("broker.sys_interval_secs", wide(b.sys_interval_secs), spans)?;
         self.check_listeners(spans)?;
         self.limits.check(spans)?;
+        let a = &self.auth;
+        HASH_WORKERS.check("auth.hash_workers", wide(a.hash_workers), spans)?;
+        HASH_QUEUE.check("auth.hash_queue_max", wide(a.hash_queue_max), spans)?;
+        let key = "auth.failed_logins_per_minute_max";
+        FAILED_LOGINS.check(key, wide(a.failed_logins_per_minute_max), spans)?;
         let r = &self.runtime;
         IO_MEMORY_BYTES.check("runtime.io_memory_bytes", wide(r.io_memory_bytes), spans)?;
         RING_DEPTH.check("runtime.ring_depth", wide(r.ring_depth), spans)?;
@@ -976,6 +1009,9 @@ struct RawLog {
 struct RawAuth {
     password_file: Option<Spanned<PathBuf>>,
     acl_file: Option<Spanned<PathBuf>>,
+    hash_workers: Option<Spanned<i64>>,
+    hash_queue_max: Option<Spanned<i64>>,
+    failed_logins_per_minute_max: Option<Spanned<i64>>,
 }
 
 impl RawConfig {
@@ -1045,7 +1081,19 @@ impl RawConfig {
         if let Some(raw) = self.log {
             spans.set(&mut config.log.level, "log.level", raw.level);
         }
-        if let Some(raw) = self.auth {
+        if let Some(mut raw) = self.auth {
+            let a = &mut config.auth;
+            spans.set_int(
+                &mut a.hash_workers,
+                "auth.hash_workers",
+                raw.hash_workers,
+                HASH_WORKERS,
+            )?;
+            let v = raw.hash_queue_max.take();
+            spans.set_int(&mut a.hash_queue_max, "auth.hash_queue_max", v, HASH_QUEUE)?;
+            let v = raw.failed_logins_per_minute_max.take();
+            let key = "auth.failed_logins_per_minute_max";
+            spans.set_int(&mut a.failed_logins_per_minute_max, key, v, FAILED_LOGINS)?;
             for (key, raw, slot) in [
                 ("auth.password_file", raw.password_file, &mut config.auth.password_file),
                 ("auth.acl_file", raw.acl_file, &mut config.auth.acl_file),

@@ -195,6 +195,53 @@ fn random_nonce() -> String {
     B64.encode(raw)
 }
 
+/// The credential shown for a user name that does not exist. Its salt is an HMAC of the name
+/// under a random key drawn once per process ([`server_secret`]), so it is stable for a name
+/// (asking twice gives the same salt, as for a real user) but tells nothing: a salt derived
+/// from the name alone (as before issue 9) let anyone compute it and so tell unknown users
+/// from real ones. The keys are HMACs too: no key derivation runs for an unknown user, and
+/// none runs for a known one either (the stored credential is used), so timing does not differ.
+fn decoy_credential(user: &str) -> ScramCredential {
+    let key = server_secret();
+    let tagged = |tag: &[u8]| {
+        let mut m = HmacSha256::new_from_slice(key).expect("invariant: HMAC takes any key length");
+        m.update(tag);
+        m.update(user.as_bytes());
+        <[u8; 32]>::from(m.finalize().into_bytes())
+    };
+    ScramCredential {
+        // 16 bytes, the length `tern passwd` writes for real SCRAM credentials.
+        salt: tagged(b"tern scram decoy salt\0")[..16].to_vec(),
+        iterations: SCRAM_ITERATIONS,
+        stored_key: tagged(b"tern scram decoy stored key\0"),
+        server_key: tagged(b"tern scram decoy server key\0"),
+    }
+}
+
+/// A random 32-byte key drawn once per process, for [`decoy_credential`]. If the OS RNG fails,
+/// the key falls back to the std hasher's per-process random seed mixed with the time: weaker,
+/// but still unknown to a client, and no panic.
+fn server_secret() -> &'static [u8; 32] {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut key = [0u8; 32];
+        if getrandom::getrandom(&mut key).is_err() {
+            use std::hash::{BuildHasher, Hasher};
+            for (i, chunk) in key.chunks_mut(8).enumerate() {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_usize(i);
+                h.write_u128(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos()),
+                );
+                chunk.copy_from_slice(&h.finish().to_le_bytes());
+            }
+        }
+        key
+    })
+}
+
 /// Splits `a=..,b=..` into attribute values, in order. An attribute name is one ASCII letter
 /// (RFC 5802 §5.1); a part with any other name is skipped. The split is by `str` methods only,
 /// never by byte offset, so no input can cut a multi-byte character.
@@ -244,7 +291,7 @@ impl Mechanism for ScramSha256 {
         // a wrong password: the exchange does not reveal which user names exist.
         let (cred, known) = match (self.lookup)(&user) {
             Some(c) => (c, true),
-            None => (ScramCredential::derive(b"", user.as_bytes(), SCRAM_ITERATIONS), false),
+            None => (decoy_credential(&user), false),
         };
         let nonce = format!("{client_nonce}{server_part}");
         let server_first = format!("r={nonce},s={},i={}", B64.encode(&cred.salt), cred.iterations);
@@ -425,6 +472,27 @@ p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
         assert!(matches!(m.start(b"n,,r=x"), Err(AuthError::Malformed(_))));
         assert!(matches!(m.start(&[0xff]), Err(AuthError::Malformed(_))));
         assert_eq!(ScramCredential::parse("$scram-sha-256$0$AA==$AA==$AA=="), None);
+    }
+
+    /// Issue 9: an unknown user's salt is not derivable from the name (it was the name itself),
+    /// is stable across attempts (as a real user's is), and differs between names.
+    #[test]
+    fn unknown_user_salt_does_not_reveal_that_the_user_is_unknown() {
+        let m = ScramSha256::new(Arc::new(|_| None));
+        let salt_of = |user: &str| -> String {
+            let first = client::first(user, "n0nce");
+            let Ok(Step::Continue(sf, _)) = m.start(first.as_bytes()) else { panic!("continue") };
+            let sf = String::from_utf8(sf).expect("utf8");
+            let salt = attrs(&sf).iter().find(|(k, _)| *k == 's').map(|(_, v)| v.to_string());
+            salt.expect("server-first has a salt")
+        };
+        let a = salt_of("mallory");
+        assert_eq!(a, salt_of("mallory"), "stable for one name");
+        assert_ne!(a, salt_of("mallory2"), "differs between names");
+        assert_ne!(a, B64.encode("mallory"), "not the name itself (the old salt)");
+        let decoded = B64.decode(&a).expect("base64");
+        assert_eq!(decoded.len(), 16, "looks like a real salt");
+        assert!(!decoded.windows(7).any(|w| w == b"mallory"), "the name does not show through");
     }
 
     /// Issue 9 regression: `n,,€=x` once sliced the string inside the three-byte '€' and

@@ -117,8 +117,16 @@ pub enum StartError {
 
 impl Broker {
     /// Starts `cfg.shards` shards and returns once every listener accepts connections.
-    pub fn start(opts: RuntimeOptions, cfg: ShardConfig) -> Result<Broker, StartError> {
+    pub fn start(opts: RuntimeOptions, mut cfg: ShardConfig) -> Result<Broker, StartError> {
         let n = cfg.shards;
+        if cfg.hash_pool.is_none() {
+            // Password checks run here, off the shard threads (see `crate::auth::pool`).
+            let a = &cfg.auth_files;
+            let workers = (a.hash_workers as usize).max(1);
+            let pool = crate::auth::HashPool::start(workers, (a.hash_queue_max as usize).max(1), n)
+                .map_err(|e| StartError::Shard(0, format!("password check workers: {e}")))?;
+            cfg.hash_pool = Some(pool);
+        }
         assert!(n >= 1, "invariant: config validates shards >= 1");
         assert!(opts.mesh_channel_capacity >= 1 && opts.mesh_batch_max >= 1);
         // Resolve port 0 once, so every shard's SO_REUSEPORT listener shares the same port. The
@@ -349,6 +357,9 @@ async fn shard_main(
     for (l, ctx) in listeners.into_iter().zip(&ctxs) {
         tasks.push(glommio::spawn_local(accept_loop(Rc::clone(&io), l, Rc::clone(ctx))));
     }
+    if let Some(pool) = io.shard.borrow().config().hash_pool.clone() {
+        tasks.push(glommio::spawn_local(password_verdicts(Rc::clone(&io), pool)));
+    }
     if let (Some(s), Some(r)) = (senders, receivers) {
         tasks.push(glommio::spawn_local(flush_outbox(Rc::clone(&io), s, opts.mesh_batch_max)));
         spawn_receivers(&io, r);
@@ -458,6 +469,26 @@ async fn flush_outbox(io: Rc<ShardIo>, senders: Senders<Batch>, batch_max: usize
             }
             glommio::yield_if_needed().await;
         }
+    }
+}
+
+/// Feeds the password workers' verdicts for this shard back into it. The waker is registered
+/// before the queue is drained, so a verdict sent in between wakes the task again.
+async fn password_verdicts(io: Rc<ShardIo>, pool: Arc<crate::auth::HashPool>) {
+    let id = io.shard.borrow().id();
+    let Some(replies) = pool.replies(id) else { return };
+    loop {
+        let verdict = std::future::poll_fn(|cx| {
+            replies.register(cx.waker());
+            match replies.try_recv() {
+                Some(v) => std::task::Poll::Ready(v),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await;
+        io.shard.borrow_mut().handle_password_verdict(verdict, Instant::now());
+        io.outbox_ready.notify();
+        glommio::yield_if_needed().await;
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! | event | call |
 //! |---|---|
-//! | CONNECT with a user name | [`PasswordDb::check`] (slow on purpose: a key derivation) |
+//! | CONNECT with a user name | [`PasswordDb::check`] (slow on purpose: a key derivation), on a [`HashPool`] worker |
 //! | SUBSCRIBE, per filter | [`Acl::can_subscribe`] |
 //! | PUBLISH received (and a Will, at CONNECT) | [`Acl::can_publish`] |
 //! | each message delivered, retained ones included | [`Acl::can_read`] |
@@ -25,6 +25,8 @@
 //! - [`password`]: the password file ([`PasswordDb`]) and its hash formats ([`PasswordHash`]).
 //! - [`acl`]: the ACL file ([`Acl`]) and its [`Decision`]s.
 //! - [`passwd_cmd`]: `tern passwd`, which creates and edits password files.
+//! - [`pool`]: the worker threads that check passwords off the shard threads.
+//! - [`ratelimit`]: failed logins per source address.
 
 use std::fmt;
 use std::io::Read;
@@ -33,9 +35,13 @@ use std::path::Path;
 pub mod acl;
 pub mod passwd_cmd;
 pub mod password;
+pub mod pool;
+pub mod ratelimit;
 
 pub use acl::{Access, Acl, Decision};
 pub use password::{PasswordDb, PasswordHash};
+pub use pool::{HashJob, HashPool, Verdict};
+pub use ratelimit::FailedLogins;
 
 /// Largest password or ACL file read. Both are small text files; the bound keeps a wrong path
 /// (a log file, a device) from filling memory. Worst-case memory: about three times this while a

@@ -105,8 +105,15 @@ pub struct ShardConfig {
     pub mechanisms: crate::enhanced_auth::Mechanisms,
     /// Password file and ACL; replaced on reload with [`Shard::set_security`].
     pub security: std::sync::Arc<crate::auth::Security>,
-    /// Where the password file and ACL are read from again on reload.
+    /// Where the password file and ACL are read from again on reload; also the password
+    /// workers' settings.
     pub auth_files: crate::config::AuthConfig,
+    /// The worker threads that check passwords. `None`: [`crate::runtime::Broker::start`]
+    /// starts one from `auth_files`; a shard without one (tests, tools) checks inline.
+    pub hash_pool: Option<std::sync::Arc<crate::auth::HashPool>>,
+    /// Failed logins per source address per minute on this shard before its CONNECTs with
+    /// credentials are refused with 0x9F.
+    pub failed_logins_per_minute_max: u32,
     /// Bytes waiting to be written to one connection before QoS 0 deliveries to it are dropped
     /// and reading from it pauses.
     pub tx_bytes_max: usize,
@@ -154,6 +161,8 @@ impl ShardConfig {
             mechanisms: Default::default(),
             security: Default::default(),
             auth_files: Default::default(),
+            hash_pool: None,
+            failed_logins_per_minute_max: 30,
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
             response_information_prefix: Some("responses/".into()),
@@ -230,6 +239,9 @@ enum Phase {
     AwaitConnect { deadline: Instant },
     /// CONNECT with an Authentication Method received; AUTH exchange under way (§4.12).
     Authenticating { deadline: Instant },
+    /// CONNECT received; its password is being checked on a worker thread (`ticket` names the
+    /// job). Nothing is read meanwhile.
+    Verifying { deadline: Instant, ticket: u64 },
     /// CONNECT received; waiting for the registry and maybe a takeover.
     Connecting,
     /// Bound to a session slot.
@@ -342,6 +354,12 @@ pub struct Shard {
     /// Registry partition: client id → owning shard.
     registry: HashMap<String, u16>,
     pending: HashMap<u64, PendingConnect>,
+    /// CONNECTs whose password a worker is checking, by ticket. At most one per connection in
+    /// `Phase::Verifying`, plus those whose connection closed before the verdict (bounded by
+    /// the pool's queue).
+    verifying: HashMap<u64, PendingConnect>,
+    /// Failed logins per source address (bounded, see [`crate::auth::ratelimit`]).
+    failed_logins: crate::auth::FailedLogins,
     /// Takeover requests for client ids with a connect in progress here, replayed after it.
     deferred: Vec<(u16, ShardMsg)>,
     /// Acknowledgements waiting for the other shards to apply subscriptions, by request id,
@@ -375,6 +393,7 @@ impl Shard {
         assert!(id < cfg.shards, "invariant: shard id below shard count");
         assert!(cfg.tx_bytes_max >= 1024, "invariant: tx bound holds a few packets");
         let peers = cfg.shards as usize;
+        let failed_logins_max = cfg.failed_logins_per_minute_max;
         Self {
             id,
             conns_per_listener: vec![0; cfg.listeners.len()],
@@ -391,6 +410,8 @@ impl Shard {
             retained: RetainedStore::default(),
             registry: HashMap::new(),
             pending: HashMap::new(),
+            verifying: HashMap::new(),
+            failed_logins: crate::auth::FailedLogins::new(failed_logins_max),
             deferred: Vec::new(),
             pending_acks: HashMap::new(),
             next_req: 1,
@@ -525,7 +546,7 @@ impl Shard {
                 read_paused: c.tx.len() >= self.cfg.tx_bytes_max
                     || self.outbox_full()
                     || c.awaiting_peers
-                    || matches!(c.phase, Phase::Connecting),
+                    || matches!(c.phase, Phase::Connecting | Phase::Verifying { .. }),
             },
             None => ConnStatus { has_tx: false, closing: true, read_paused: true },
         }
@@ -575,7 +596,7 @@ impl Shard {
             match c.phase {
                 Phase::Closing => return,
                 // Pipelined packets wait until CONNACK (or a held SUBACK) is out.
-                Phase::Connecting => return,
+                Phase::Connecting | Phase::Verifying { .. } => return,
                 _ if c.awaiting_peers => return,
                 _ => {}
             }
@@ -835,7 +856,9 @@ impl Shard {
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
             match c.phase {
-                Phase::AwaitConnect { deadline } | Phase::Authenticating { deadline }
+                Phase::AwaitConnect { deadline }
+                | Phase::Authenticating { deadline }
+                | Phase::Verifying { deadline, .. }
                     if now >= deadline =>
                 {
                     to_close.push((i as u32, CloseReason::ConnectTimeout))
@@ -853,6 +876,7 @@ impl Shard {
         for (i, reason) in to_close {
             self.close(ConnId(i), reason, now);
         }
+        self.failed_logins.expire(now);
         let expired: Vec<u32> = self
             .sessions
             .iter()

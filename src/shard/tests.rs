@@ -617,3 +617,165 @@ fn user_properties_in_publish_are_capped_in_count_and_bytes() {
         assert!(is_closing(&cl, c));
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Password checks off the shard thread, failed-login rate limit (issue 9 item 5).
+// ------------------------------------------------------------------------------------------------
+
+/// One shard with a password file (`alice` / `pw`, 10 PBKDF2 iterations) and, if `workers > 0`,
+/// a password pool of that many workers and a queue of `queue` jobs.
+fn cluster_with_passwords(workers: usize, queue: usize) -> Cluster {
+    let mut cfg = ShardConfig::for_tests(1);
+    let mut db = crate::auth::PasswordDb::new();
+    let hash = crate::auth::PasswordHash::new_pbkdf2_sha512(b"pw", 10).expect("hash");
+    db.upsert("alice", hash).expect("user");
+    cfg.security = std::sync::Arc::new(crate::auth::Security {
+        passwords: Some(std::sync::Arc::new(db)),
+        acl: None,
+    });
+    cfg.failed_logins_per_minute_max = 3;
+    if workers > 0 {
+        cfg.hash_pool = Some(crate::auth::HashPool::start(workers, queue, 1).expect("pool"));
+    }
+    Cluster { shards: vec![Shard::new(0, cfg)], now: Instant::now() }
+}
+
+fn login(version: ProtocolVersion, id: &str, password: &'static [u8]) -> Packet {
+    let Packet::Connect(mut c) = connect_packet(version, id, true) else { unreachable!() };
+    c.username = Some("alice".into());
+    c.password = Some(Bytes::from_static(password));
+    Packet::Connect(c)
+}
+
+impl Cluster {
+    /// Waits for the password workers' next verdict and hands it to the shard.
+    fn deliver_verdict(&mut self) {
+        let pool = self.shards[0].config().hash_pool.clone().expect("a pool");
+        let replies = pool.replies(0).expect("shard 0");
+        let v = replies.recv_timeout(Duration::from_secs(30)).expect("a verdict");
+        let now = self.now;
+        self.shards[0].handle_password_verdict(v, now);
+        self.settle();
+    }
+}
+
+/// The key derivation runs on a worker, not in `handle_read`: the CONNECT waits (no CONNACK,
+/// reading paused) until the verdict is handed back, then CONNACK follows.
+#[test]
+fn password_check_runs_on_a_worker_and_the_connect_waits_for_it() {
+    let mut cl = cluster_with_passwords(1, 8);
+    let c = cl.open(0, V5);
+    cl.send(c, login(V5, "a1", b"pw"));
+    assert!(cl.recv(c).is_empty(), "no CONNACK before the verdict");
+    assert!(cl.shards[0].status(c.conn).read_paused, "nothing is read while verifying");
+    cl.deliver_verdict();
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
+
+    let bad = cl.open(0, V5);
+    cl.send(bad, login(V5, "a2", b"wrong"));
+    assert!(cl.recv(bad).is_empty());
+    cl.deliver_verdict();
+    let got = cl.recv(bad);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::BadUserNameOrPassword),
+        "{got:?}"
+    );
+}
+
+/// A verdict for a connection that closed meanwhile is dropped; it cannot complete the CONNECT
+/// of another connection that reused the id.
+#[test]
+fn a_verdict_for_a_closed_connection_is_dropped() {
+    let mut cl = cluster_with_passwords(1, 8);
+    let c = cl.open(0, V4);
+    cl.send(c, login(V4, "gone", b"pw"));
+    let now = cl.now;
+    cl.shards[0].handle_closed(c.conn, now);
+    let reused = cl.open(0, V4);
+    cl.deliver_verdict();
+    assert!(cl.recv(reused).is_empty(), "the new connection got no CONNACK");
+    assert!(!is_closing(&cl, reused));
+}
+
+/// The failed-login bound: after `failed_logins_per_minute_max` bad passwords from one address
+/// the next CONNECT with credentials is refused at once with 0x9F, without a key derivation
+/// (the CONNACK comes synchronously, no verdict is awaited), even with the right password;
+/// after the minute it may try again.
+#[test]
+fn failed_logins_from_one_address_are_rate_limited() {
+    let mut cl = cluster_with_passwords(1, 8);
+    for i in 0..3 {
+        let c = cl.open(0, V5);
+        cl.send(c, login(V5, &format!("f{i}"), b"wrong"));
+        cl.deliver_verdict();
+        let got = cl.recv(c);
+        assert!(
+            matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::BadUserNameOrPassword)
+        );
+    }
+    let c = cl.open(0, V5);
+    cl.send(c, login(V5, "f3", b"pw"));
+    let got = cl.recv(c);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::ConnectionRateExceeded),
+        "{got:?}"
+    );
+    // v3 has no 0x9F: refused as not authorized.
+    let c = cl.open(0, V4);
+    cl.send(c, login(V4, "f4", b"pw"));
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason != ReasonCode::Success), "{got:?}");
+    cl.now += crate::auth::ratelimit::FAILED_LOGIN_WINDOW;
+    let now = cl.now;
+    cl.shards[0].tick(now);
+    let c = cl.open(0, V5);
+    cl.send(c, login(V5, "f5", b"pw"));
+    cl.deliver_verdict();
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
+}
+
+/// The password queue bound: when the workers are busy and `hash_queue_max` checks wait, a
+/// CONNECT is refused at once with 0x89 Server busy.
+#[test]
+fn a_full_password_queue_refuses_with_server_busy() {
+    let mut cl = cluster_with_passwords(1, 1);
+    let pool = cl.shards[0].config().hash_pool.clone().expect("pool");
+    let slow = crate::auth::PasswordHash::new_pbkdf2_sha512(b"x", 50_000).expect("hash");
+    let mut db = crate::auth::PasswordDb::new();
+    db.upsert("slow", slow).expect("user");
+    let db = std::sync::Arc::new(db);
+    // Occupy the worker and fill the queue (tickets no connection waits for).
+    let mut ticket = u64::MAX;
+    loop {
+        let job = crate::auth::HashJob {
+            shard: 0,
+            ticket,
+            db: std::sync::Arc::clone(&db),
+            username: "slow".into(),
+            password: Some(Bytes::from_static(b"y")),
+        };
+        if pool.try_submit(job).is_err() {
+            break;
+        }
+        ticket -= 1;
+    }
+    let c = cl.open(0, V5);
+    cl.send(c, login(V5, "busy", b"pw"));
+    let got = cl.recv(c);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::ServerBusy),
+        "{got:?}"
+    );
+}
+
+/// Without a pool (tools, these tests' default) the check runs inline and answers at once.
+#[test]
+fn without_a_pool_the_check_runs_inline() {
+    let mut cl = cluster_with_passwords(0, 0);
+    let c = cl.open(0, V4);
+    cl.send(c, login(V4, "inline", b"pw"));
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
+}
