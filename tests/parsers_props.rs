@@ -260,3 +260,11 @@ fn valid_inputs_are_accepted() {
     assert!(tern::auth::Acl::parse("a", acl).is_ok());
     assert!(tern::auth::PasswordDb::parse("p", PASSWD_PIECES[0]).is_ok());
 }
+
+/// Inputs the fuzz targets found, kept as regressions.
+#[test]
+fn fuzz_findings() {
+    // password_file: a lone `\r` line did not survive a write-back (`\r` -> `\r\n` -> ``).
+    fuzzing::password_file(b"\r");
+    fuzzing::password_file(b"# c\r\n\r");
+}

@@ -103,9 +103,12 @@ pub(crate) fn read_file(path: &Path) -> Result<(String, String), AuthFileError> 
     }
 }
 
-/// The lines of `text` with their 1-based numbers, `\r\n` and `\n` endings removed.
+/// The lines of `text` with their 1-based numbers, `\r\n` and `\n` endings removed. A bare
+/// `\r` ending the last line is removed too (`str::lines` keeps it), so that a file written
+/// back by `tern passwd` reads the same as the original (found by the `password_file` fuzz
+/// target: a lone `\r` became `\r\n`, then an empty line).
 pub(crate) fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().map(|(i, line)| (i + 1, line))
+    text.lines().enumerate().map(|(i, line)| (i + 1, line.strip_suffix('\r').unwrap_or(line)))
 }
 
 #[cfg(test)]
@@ -139,6 +142,8 @@ mod tests {
     fn lines_are_numbered_from_one_without_crlf() {
         let lines: Vec<_> = numbered_lines("a\r\nb\n\nc").collect();
         assert_eq!(lines, [(1, "a"), (2, "b"), (3, ""), (4, "c")]);
+        let lines: Vec<_> = numbered_lines("a\n\r").collect();
+        assert_eq!(lines, [(1, "a"), (2, "")]);
     }
 }
 
