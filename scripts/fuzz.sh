@@ -10,11 +10,12 @@
 #   acl_file               tern::fuzzing::acl_file
 #   password_file          tern::fuzzing::password_file
 #   config_toml            tern::fuzzing::config_text
+#   wal                    tern::persist::fuzzing::scan_and_decode (src/persist/tests.rs)
 #
 # Usage:
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #   scripts/fuzz.sh            # 600 s per target
-#   scripts/fuzz.sh 10         # smoke run for CI: 10 s per target (9 targets) after one build
+#   scripts/fuzz.sh 10         # smoke run for CI: 10 s per target (10 targets) after one build
 #   scripts/fuzz.sh 60 decode_v5
 #
 # Environment: FUZZ_JOBS (targets run at once, default 1; the machine has 2 shared cores, so at
@@ -40,7 +41,7 @@ shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(decode_v3 decode_v5 scram ws_handshake ws_frames cert_cn acl_file password_file
-    config_toml)
+    config_toml wal)
 fi
 jobs="${FUZZ_JOBS:-1}"
 rss_mb="${FUZZ_RSS_MB:-2048}"
@@ -105,6 +106,7 @@ seed_corpus() {
   local -a seeds
   case "$target" in
     decode_v3 | decode_v5) ;;
+    wal) return ;; # libFuzzer starts from nothing; the property tests cover valid logs.
     *)
       seed_text_corpus "$target" "$dir"
       return

@@ -16,11 +16,12 @@
 //! - [`session`]: the state of one MQTT session, no IO.
 //! - [`shard`]: the broker logic of one core, no IO: bytes and shard messages in, bytes and
 //!   shard messages out, time passed in.
-//! - [`net`], [`runtime`]: glommio: sockets, executors, the mesh. The only modules that import
-//!   glommio.
+//! - [`net`], [`runtime`]: glommio: sockets, executors, the mesh. With `persist::wal` (DMA
+//!   files), the only modules that import glommio.
 //! - [`config`], [`broker`]: the configuration file and its mapping onto the layers.
 //! - [`metrics`]: per-shard counters.
 //! - `fuzzing` (hidden): the bodies of the fuzz targets and parser property tests.
+//! - [`persist`]: the write-ahead log (format and records with no IO; the glommio writer).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -31,6 +32,7 @@ pub mod enhanced_auth;
 pub mod fuzzing;
 pub mod metrics;
 pub mod net;
+pub mod persist;
 pub mod runtime;
 pub mod session;
 pub mod shard;
