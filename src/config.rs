@@ -1620,6 +1620,31 @@ mod tests {
         assert_eq!(c.log.level, LogLevel::Debug);
     }
 
+    /// The password-worker keys of `[auth]` (issue 9): read into their fields, bounds checked.
+    #[test]
+    fn auth_worker_keys_are_read_and_bounded() {
+        let text =
+            "[auth]\nhash_workers = 3\nhash_queue_max = 5\nfailed_logins_per_minute_max = 7\n";
+        let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let a = &c.auth;
+        assert_eq!((a.hash_workers, a.hash_queue_max, a.failed_logins_per_minute_max), (3, 5, 7));
+        let d = AuthConfig::default();
+        assert_eq!(
+            (d.hash_workers, d.hash_queue_max, d.failed_logins_per_minute_max),
+            (2, 1024, 30)
+        );
+        for (key, bad) in [
+            ("hash_workers", "0"),
+            ("hash_workers", "65"),
+            ("hash_queue_max", "0"),
+            ("failed_logins_per_minute_max", "0"),
+        ] {
+            let e = parse(&format!("[auth]\n{key} = {bad}\n")).expect_err(key);
+            assert_eq!(e.key, format!("auth.{key}"), "{e}");
+            assert_eq!(e.line, 2, "{e}");
+        }
+    }
+
     #[test]
     fn out_of_range_names_file_line_key_and_reason() {
         let mut text = String::new();
