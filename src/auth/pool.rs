@@ -120,6 +120,9 @@ pub struct HashPool {
     jobs: Sender<HashJob>,
     replies: Arc<[Replies]>,
     workers: usize,
+    /// Keeps the queue open in a pool without workers (tests of the queue bound only).
+    #[cfg(test)]
+    idle_jobs: Option<Receiver<HashJob>>,
 }
 
 impl fmt::Debug for HashPool {
@@ -161,7 +164,22 @@ impl HashPool {
                 }
             })?;
         }
-        Ok(Arc::new(HashPool { jobs: tx, replies, workers }))
+        Ok(Arc::new(HashPool {
+            jobs: tx,
+            replies,
+            workers,
+            #[cfg(test)]
+            idle_jobs: None,
+        }))
+    }
+
+    /// A pool whose queue nobody drains: it fills after `queue_max` jobs. For tests of the
+    /// queue bound that must not depend on how fast a worker hashes.
+    #[cfg(test)]
+    pub(crate) fn without_workers(queue_max: usize, shards: u16) -> Arc<HashPool> {
+        let (tx, rx) = bounded::<HashJob>(queue_max);
+        let replies: Arc<[Replies]> = (0..shards).map(|_| Replies::new(queue_max)).collect();
+        Arc::new(HashPool { jobs: tx, replies, workers: 0, idle_jobs: Some(rx) })
     }
 
     /// Queues `job` without waiting.
@@ -222,7 +240,7 @@ mod tests {
         let pool = HashPool::start(1, 2, 1).expect("pool");
         let slow = PasswordDb::parse(
             "slow",
-            "s:$7$20000$ovTPebm9XGjn5I6M$b6bZX5QLUAo8/AYJqyLDa2mrsYl9C/mw38c1Aaw8rkkS+igwOoaBN0\
+            "s:$7$2000$ovTPebm9XGjn5I6M$b6bZX5QLUAo8/AYJqyLDa2mrsYl9C/mw38c1Aaw8rkkS+igwOoaBN0\
              44GhvY3Kr5yCneoRE83p59+wQfyFNAMA==",
         )
         .expect("parses");

@@ -736,31 +736,23 @@ fn failed_logins_from_one_address_are_rate_limited() {
     assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
 }
 
-/// The password queue bound: when the workers are busy and `hash_queue_max` checks wait, a
-/// CONNECT is refused at once with 0x89 Server busy.
+/// The password queue bound: when `hash_queue_max` checks wait for a worker, a CONNECT is
+/// refused at once with 0x89 Server busy (a pool whose queue nobody drains makes it exact).
 #[test]
 fn a_full_password_queue_refuses_with_server_busy() {
-    let mut cl = cluster_with_passwords(1, 1);
-    let pool = cl.shards[0].config().hash_pool.clone().expect("pool");
-    let slow = crate::auth::PasswordHash::new_pbkdf2_sha512(b"x", 50_000).expect("hash");
-    let mut db = crate::auth::PasswordDb::new();
-    db.upsert("slow", slow).expect("user");
-    let db = std::sync::Arc::new(db);
-    // Occupy the worker and fill the queue (tickets no connection waits for).
-    let mut ticket = u64::MAX;
-    loop {
-        let job = crate::auth::HashJob {
-            shard: 0,
-            ticket,
-            db: std::sync::Arc::clone(&db),
-            username: "slow".into(),
-            password: Some(Bytes::from_static(b"y")),
-        };
-        if pool.try_submit(job).is_err() {
-            break;
-        }
-        ticket -= 1;
-    }
+    let mut cl = cluster_with_passwords(1, 8);
+    let pool = crate::auth::HashPool::without_workers(1, 1);
+    let filler = crate::auth::HashJob {
+        shard: 0,
+        ticket: u64::MAX,
+        db: std::sync::Arc::new(crate::auth::PasswordDb::new()),
+        username: "nobody".into(),
+        password: None,
+    };
+    pool.try_submit(filler).expect("one job fits");
+    let mut cfg = cl.shards[0].config().clone();
+    cfg.hash_pool = Some(pool);
+    cl.shards[0] = Shard::new(0, cfg);
     let c = cl.open(0, V5);
     cl.send(c, login(V5, "busy", b"pw"));
     let got = cl.recv(c);
@@ -768,6 +760,11 @@ fn a_full_password_queue_refuses_with_server_busy() {
         matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::ServerBusy),
         "{got:?}"
     );
+    // v3 has no 0x89: refused as server unavailable.
+    let c = cl.open(0, V4);
+    cl.send(c, login(V4, "busy3", b"pw"));
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason != ReasonCode::Success), "{got:?}");
 }
 
 /// Without a pool (tools, these tests' default) the check runs inline and answers at once.
