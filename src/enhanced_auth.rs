@@ -360,11 +360,25 @@ pub mod client {
         format!("n,,n={},r={cnonce}", user.replace('=', "=3D").replace(',', "=2C"))
     }
 
-    /// The client-final message, and the server signature the client expects back.
+    /// The client-final message, and the server signature the client expects back. The
+    /// server's iteration count is refused above
+    /// [`SCRAM_ITERATIONS_MAX`](crate::auth::password::SCRAM_ITERATIONS_MAX): a server must not
+    /// make its client spin (the `scram` fuzz target found `i=40955095` taking minutes).
     pub fn finish(
         password: &[u8],
         client_first: &str,
         server_first: &str,
+    ) -> Result<(String, String), AuthError> {
+        let max = crate::auth::password::SCRAM_ITERATIONS_MAX;
+        finish_bounded(password, client_first, server_first, max)
+    }
+
+    /// [`finish`] refusing more than `iterations_max` iterations.
+    pub fn finish_bounded(
+        password: &[u8],
+        client_first: &str,
+        server_first: &str,
+        iterations_max: u32,
     ) -> Result<(String, String), AuthError> {
         let a = attrs(server_first);
         let nonce = match a.first() {
@@ -379,6 +393,9 @@ pub mod client {
             Some(('i', i)) => i.parse().map_err(|_| AuthError::Malformed("iterations"))?,
             _ => return Err(AuthError::Malformed("iterations")),
         };
+        if !(1..=iterations_max).contains(&iterations) {
+            return Err(AuthError::Malformed("iterations out of range"));
+        }
         let mut salted = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(password, &salt, iterations, &mut salted);
         let client_key = hmac(&salted, b"Client Key");
@@ -463,6 +480,16 @@ p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
             }
             other => panic!("success expected, got {other:?}"),
         }
+    }
+
+    /// Found by the `scram` fuzz target: a server-first message with a huge iteration count
+    /// made the client helper run PBKDF2 for minutes.
+    #[test]
+    fn client_refuses_a_huge_iteration_count() {
+        let sf = "r=acdAA,s=caaaaaaa,i=40955095";
+        let e = client::finish(b"pw", "n,,n=u,r=acd", sf).expect_err("refused");
+        assert_eq!(e, AuthError::Malformed("iterations out of range"));
+        assert!(client::finish(b"pw", "n,,n=u,r=acd", "r=acdAA,s=caaaaaaa,i=0").is_err());
     }
 
     #[test]
