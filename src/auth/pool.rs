@@ -122,7 +122,7 @@ pub struct HashPool {
     workers: usize,
     /// Keeps the queue open in a pool without workers (tests of the queue bound only).
     #[cfg(test)]
-    idle_jobs: Option<Receiver<HashJob>>,
+    _idle_jobs: Option<Receiver<HashJob>>,
 }
 
 impl fmt::Debug for HashPool {
@@ -169,7 +169,7 @@ impl HashPool {
             replies,
             workers,
             #[cfg(test)]
-            idle_jobs: None,
+            _idle_jobs: None,
         }))
     }
 
@@ -179,7 +179,7 @@ impl HashPool {
     pub(crate) fn without_workers(queue_max: usize, shards: u16) -> Arc<HashPool> {
         let (tx, rx) = bounded::<HashJob>(queue_max);
         let replies: Arc<[Replies]> = (0..shards).map(|_| Replies::new(queue_max)).collect();
-        Arc::new(HashPool { jobs: tx, replies, workers: 0, idle_jobs: Some(rx) })
+        Arc::new(HashPool { jobs: tx, replies, workers: 0, _idle_jobs: Some(rx) })
     }
 
     /// Queues `job` without waiting.
