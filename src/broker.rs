@@ -57,12 +57,18 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         client_id_bytes_max: usize::from(l.client_id_bytes_max),
         subscriptions_per_client_max: l.subscriptions_per_client_max as usize,
         connect_timeout: Duration::from_secs(u64::from(l.connect_timeout_secs)),
+        write_timeout: Duration::from_secs(u64::from(l.write_timeout_secs)),
+        memory: std::sync::Arc::new(crate::shard::budget::MemoryBudget::new(
+            l.memory_budget_bytes as usize,
+        )),
         keepalive_secs_max: l.keepalive_secs_max,
         sessions_max: (l.sessions_max as usize).div_ceil(usize::from(shards)),
         session_expiry_secs_max: l.session_expiry_secs_max,
         topic_alias_max: l.topic_alias_max,
         tx_bytes_max: TX_BYTES_MAX,
         outbox_messages_max: (l.mesh_channel_capacity as usize) * (l.mesh_batch_max as usize),
+        mesh_bytes_max: l.mesh_bytes_max as usize,
+        mesh_bytes: std::sync::Arc::new(crate::shard::budget::MeshBytes::new(shards)),
         response_information_prefix: Some(config.broker.response_information_prefix.clone())
             .filter(|p| !p.is_empty()),
         check_payload_format: config.broker.check_payload_format,

@@ -249,9 +249,20 @@ pub struct LimitsConfig {
     /// [`user_properties_max`](Self::user_properties_max). Default 32_768. Bound:
     /// 0..=268_435_455.
     pub user_property_bytes_max: u32,
-    /// Seconds a new connection may take to send its CONNECT before it is closed. Default 10.
-    /// Bound: 1..=300.
+    /// Seconds a new connection may take to send its CONNECT before it is closed; the same
+    /// time again bounds the wait for CONNACK after it (registry and takeover), after which the
+    /// connection is closed. Default 10. Bound: 1..=300.
     pub connect_timeout_secs: u32,
+    /// Seconds a client may accept no bytes of its output before its connection is closed
+    /// (and its will published). Default 30. Bound: 1..=3600.
+    pub write_timeout_secs: u32,
+    /// Bytes of messages the whole broker may hold for delivery (queued, in flight, crossing
+    /// between shards, wills, retained messages owed after a SUBACK; the retained store has
+    /// its own bounds), each at payload + topic + properties + overhead. When reached,
+    /// publishers' reads pause, new clean-start connections are refused and new queue entries
+    /// are dropped.
+    /// Default 2 GiB. Bound: 1 MiB..=1 TiB, and at least `packet_size_bytes_max`.
+    pub memory_budget_bytes: u64,
     /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by this
     /// (v5 Server Keep Alive) so no connection can sit idle longer. Default 3600.
     /// Bound: 1..=65535.
@@ -275,6 +286,10 @@ pub struct LimitsConfig {
     /// Messages a shard takes from one mesh channel per turn before it yields (bounded work per
     /// turn). Default 64. Bound: 1..=4096.
     pub mesh_batch_max: u32,
+    /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by the
+    /// receiving shard), each at its message cost; beyond it the shard's publishers stop being
+    /// read. Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+    pub mesh_bytes_max: u64,
 }
 
 /// What a full session queue drops.
@@ -453,12 +468,15 @@ impl Default for LimitsConfig {
             user_properties_max: 128,
             user_property_bytes_max: 32 << 10,
             connect_timeout_secs: 10,
+            write_timeout_secs: 30,
+            memory_budget_bytes: 2 * GIB as u64,
             keepalive_secs_max: 3600,
             sessions_max: 1_000_000,
             session_expiry_secs_max: 7 * 24 * 3600,
             topic_alias_max: 64,
             mesh_channel_capacity: 1024,
             mesh_batch_max: 64,
+            mesh_bytes_max: 1 << 20,
         }
     }
 }
@@ -655,6 +673,9 @@ const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
 const HASH_WORKERS: Bound = bound(1, 64);
 const HASH_QUEUE: Bound = bound(1, 1_000_000);
 const FAILED_LOGINS: Bound = bound(1, 1_000_000);
+const WRITE_TIMEOUT_SECS: Bound = bound(1, 3600);
+const MESH_BYTES: Bound = bound(64 * 1024, GIB);
+const MEMORY_BUDGET_BYTES: Bound = bound(1 << 20, 1024 * GIB);
 const KEEPALIVE_SECS: Bound = bound(1, 65535);
 const SESSIONS: Bound = bound(1, 100_000_000);
 const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
@@ -851,7 +872,7 @@ impl AuthConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 20] = [
+        let checks: [(&str, i64, Bound); 23] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -874,12 +895,15 @@ impl LimitsConfig {
             ("user_properties_max", wide(self.user_properties_max), USER_PROPERTIES),
             ("user_property_bytes_max", wide(self.user_property_bytes_max), USER_PROPERTY_BYTES),
             ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
+            ("write_timeout_secs", wide(self.write_timeout_secs), WRITE_TIMEOUT_SECS),
+            ("memory_budget_bytes", wide(self.memory_budget_bytes), MEMORY_BUDGET_BYTES),
             ("keepalive_secs_max", wide(self.keepalive_secs_max), KEEPALIVE_SECS),
             ("sessions_max", wide(self.sessions_max), SESSIONS),
             ("session_expiry_secs_max", wide(self.session_expiry_secs_max), SESSION_EXPIRY_SECS),
             ("topic_alias_max", wide(self.topic_alias_max), TOPIC_ALIASES),
             ("mesh_channel_capacity", wide(self.mesh_channel_capacity), MESH_CHANNEL_CAPACITY),
             ("mesh_batch_max", wide(self.mesh_batch_max), MESH_BATCH),
+            ("mesh_bytes_max", wide(self.mesh_bytes_max), MESH_BYTES),
         ];
         for (field, value, bound) in checks {
             bound.check(&key(field), value, spans)?;
@@ -889,6 +913,8 @@ impl LimitsConfig {
         let stores = [
             ("session_queue_bytes_max", self.session_queue_bytes_max),
             ("retained_bytes_max", self.retained_bytes_max),
+            ("memory_budget_bytes", self.memory_budget_bytes),
+            ("mesh_bytes_max", self.mesh_bytes_max),
         ];
         for (field, value) in stores {
             if value < packet {
@@ -981,12 +1007,15 @@ struct RawLimits {
     user_properties_max: Option<Spanned<i64>>,
     user_property_bytes_max: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
+    write_timeout_secs: Option<Spanned<i64>>,
+    memory_budget_bytes: Option<Spanned<i64>>,
     keepalive_secs_max: Option<Spanned<i64>>,
     sessions_max: Option<Spanned<i64>>,
     session_expiry_secs_max: Option<Spanned<i64>>,
     topic_alias_max: Option<Spanned<i64>>,
     mesh_channel_capacity: Option<Spanned<i64>>,
     mesh_batch_max: Option<Spanned<i64>>,
+    mesh_bytes_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1194,12 +1223,15 @@ impl RawLimits {
         int!(user_properties_max, USER_PROPERTIES);
         int!(user_property_bytes_max, USER_PROPERTY_BYTES);
         int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
+        int!(write_timeout_secs, WRITE_TIMEOUT_SECS);
+        int!(memory_budget_bytes, MEMORY_BUDGET_BYTES);
         int!(keepalive_secs_max, KEEPALIVE_SECS);
         int!(sessions_max, SESSIONS);
         int!(session_expiry_secs_max, SESSION_EXPIRY_SECS);
         int!(topic_alias_max, TOPIC_ALIASES);
         int!(mesh_channel_capacity, MESH_CHANNEL_CAPACITY);
         int!(mesh_batch_max, MESH_BATCH);
+        int!(mesh_bytes_max, MESH_BYTES);
         Ok(())
     }
 }
@@ -1546,12 +1578,15 @@ mod tests {
             user_properties_max = 0
             user_property_bytes_max = 27
             connect_timeout_secs = 20
+            write_timeout_secs = 27
+            memory_budget_bytes = 2000000
             keepalive_secs_max = 21
             sessions_max = 22
             session_expiry_secs_max = 24
             topic_alias_max = 0
             mesh_channel_capacity = 26
             mesh_batch_max = 25
+            mesh_bytes_max = 2000000
             [runtime]
             io_memory_bytes = 8192
             ring_depth = 8
@@ -1600,12 +1635,15 @@ mod tests {
             user_properties_max: 0,
             user_property_bytes_max: 27,
             connect_timeout_secs: 20,
+            write_timeout_secs: 27,
+            memory_budget_bytes: 2_000_000,
             keepalive_secs_max: 21,
             sessions_max: 22,
             session_expiry_secs_max: 24,
             topic_alias_max: 0,
             mesh_channel_capacity: 26,
             mesh_batch_max: 25,
+            mesh_bytes_max: 2_000_000,
         };
         assert_eq!(c.limits, expected);
         let runtime = RuntimeConfig {
@@ -1688,11 +1726,14 @@ mod tests {
             "client_id_bytes_max",
             "subscriptions_per_client_max",
             "connect_timeout_secs",
+            "write_timeout_secs",
+            "memory_budget_bytes",
             "keepalive_secs_max",
             "sessions_max",
             "session_expiry_secs_max",
             "mesh_channel_capacity",
             "mesh_batch_max",
+            "mesh_bytes_max",
         ];
         for field in limits {
             let e = parse_err(&format!("[limits]\n{field} = 0\n"));
@@ -1995,6 +2036,7 @@ mod tests {
             RETAINED_MESSAGES,
             SUBSCRIPTIONS_PER_CLIENT,
             CONNECT_TIMEOUT_SECS,
+            WRITE_TIMEOUT_SECS,
             SESSIONS,
             SESSION_EXPIRY_SECS,
             MESH_CHANNEL_CAPACITY,

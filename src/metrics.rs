@@ -47,6 +47,8 @@ metrics! {
     counter auth_failures,
     /// Sessions taken over from another shard.
     counter takeovers,
+    /// Pending CONNECTs closed before CONNACK because a newer CONNECT took their client id.
+    counter takeovers_superseded,
     /// Sessions held now (connected or not).
     gauge sessions_current,
     /// Sessions ended by their expiry interval.
@@ -57,8 +59,12 @@ metrics! {
     counter subscriptions_refused_limit,
     /// Retained messages held (each shard holds a replica).
     gauge retained_messages,
+    /// Bytes the retained messages count for (this shard's replica).
+    gauge retained_bytes,
     /// Retained messages refused by the retained bounds.
     counter retained_refused,
+    /// Retained messages not sent after a SUBACK: the connection already owed the maximum.
+    counter retained_dropped_backlog,
     /// PUBLISH packets received from clients.
     counter messages_received,
     /// PUBLISH packets written to clients.
@@ -101,6 +107,16 @@ metrics! {
     counter connect_timeouts,
     /// Times a peer shard's channel was full and the flusher had to wait.
     counter mesh_backpressure,
+    /// CONNECTs refused because the memory budget was used up.
+    counter connect_refused_memory,
+    /// Deliveries not queued because the memory budget was used up.
+    counter messages_dropped_memory,
+    /// 1 while the broker-wide memory budget is used up (as seen at this shard's last tick).
+    gauge memory_exhausted,
+    /// SUBSCRIBE packets refused whole: more filters than `subscriptions_per_client_max`.
+    counter subscribe_refused_too_many,
+    /// Connections closed because the peer accepted no output for `write_timeout_secs`.
+    counter write_timeouts,
 }
 
 impl Metrics {
@@ -113,6 +129,7 @@ impl Metrics {
             + self.messages_dropped_too_large
             + self.messages_dropped_session_end
             + self.messages_dropped_no_member
+            + self.messages_dropped_memory
     }
 }
 

@@ -158,6 +158,7 @@ impl Broker {
         }
         let reload = Arc::new(AtomicU64::new(0));
         let reloaded: Arc<[AtomicU64]> = (0..n).map(|_| AtomicU64::new(0)).collect();
+        let snapshot = Arc::new(std::sync::Mutex::new(ReloadSnapshot::default()));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = opts.pin_cores && cores.len() >= usize::from(n);
         let stop = Arc::new(AtomicBool::new(false));
@@ -171,7 +172,11 @@ impl Broker {
                 (opts.clone(), cfg.clone(), mesh.clone(), Arc::clone(&stop), ready_tx.clone());
             let addrs = addrs.clone();
             let tls_configs = tls_configs.clone();
-            let reload = Reload { requested: Arc::clone(&reload), applied: Arc::clone(&reloaded) };
+            let reload = Reload {
+                requested: Arc::clone(&reload),
+                applied: Arc::clone(&reloaded),
+                snapshot: Arc::clone(&snapshot),
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("tern-shard-{i}"))
                 .spawn(move || {
@@ -281,6 +286,82 @@ struct Listeners {
 struct Reload {
     requested: Arc<AtomicU64>,
     applied: Arc<[AtomicU64]>,
+    /// The files as the latest reload read them, shared by every shard.
+    snapshot: Arc<std::sync::Mutex<ReloadSnapshot>>,
+}
+
+/// What one reload read: the password file, the ACL and the TLS files, parsed once for all
+/// shards (issue 9: each shard re-read them on its own, so a file caught half-written could
+/// apply on some shards only). `None` keeps what is in force: no such files, or they did
+/// not parse (logged once).
+#[derive(Default)]
+struct ReloadSnapshot {
+    /// The reload generation this snapshot was read for (0: none yet).
+    generation: u64,
+    security: Option<Arc<crate::auth::Security>>,
+    /// By listener index.
+    tls: Vec<Option<Arc<ServerConfig>>>,
+}
+
+impl Reload {
+    /// The snapshot for `generation`: the first shard to ask reads the files, the others get
+    /// the same parsed result.
+    fn snapshot(
+        &self,
+        generation: u64,
+        listeners: &[ListenerSpec],
+        files: &crate::config::AuthConfig,
+    ) -> (Option<Arc<crate::auth::Security>>, Vec<Option<Arc<ServerConfig>>>) {
+        // A poisoned lock only means another shard panicked mid-reload; the data is still a
+        // whole snapshot (it is replaced in one assignment).
+        let mut snap = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        if snap.generation < generation {
+            *snap = ReloadSnapshot::read(generation, listeners, files);
+        }
+        (snap.security.clone(), snap.tls.clone())
+    }
+}
+
+impl ReloadSnapshot {
+    fn read(
+        generation: u64,
+        listeners: &[ListenerSpec],
+        files: &crate::config::AuthConfig,
+    ) -> Self {
+        let security = if files.password_file.is_none() && files.acl_file.is_none() {
+            None
+        } else {
+            match crate::auth::Security::load(files) {
+                Ok(s) => {
+                    tracing::info!(generation, "password file and ACL reloaded");
+                    Some(Arc::new(s))
+                }
+                Err(e) => {
+                    tracing::error!(generation, error = %e, "reload refused; keeping the old files");
+                    None
+                }
+            }
+        };
+        let tls = listeners
+            .iter()
+            .enumerate()
+            .map(|(listener, spec)| {
+                let t = spec.transport.tls()?;
+                match tls::server_config(t) {
+                    Ok(c) => {
+                        tracing::info!(listener, "TLS certificates reloaded");
+                        Some(c)
+                    }
+                    Err(e) => {
+                        tracing::error!(listener, error = %e,
+                            "TLS reload failed; keeping the previous certificates");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Self { generation, security, tls }
+    }
 }
 
 /// The life of one shard.
@@ -376,10 +457,16 @@ async fn shard_main(
         let requested = reload.requested.load(Ordering::SeqCst);
         if requested != reload_seen {
             reload_seen = requested;
-            for ctx in &ctxs {
-                ctx.reload_tls(id);
+            let files = io.shard.borrow().config().auth_files.clone();
+            let (security, tls) = reload.snapshot(requested, &opts.listeners, &files);
+            for (ctx, config) in ctxs.iter().zip(tls) {
+                if let Some(config) = config {
+                    ctx.set_tls(config);
+                }
             }
-            reload_security(&io, id);
+            if let Some(security) = security {
+                io.shard.borrow_mut().set_security(security);
+            }
             reload.applied[usize::from(id)].store(requested, Ordering::SeqCst);
         }
         let now = Instant::now();
@@ -397,22 +484,6 @@ async fn shard_main(
         }
     }
     shutdown_shard(&io).await;
-}
-
-/// Reads the password file and ACL again (SIGHUP). A file that no longer parses keeps the
-/// previous ones in force and logs why, like a bad new certificate.
-fn reload_security(io: &Rc<ShardIo>, id: u16) {
-    let files = io.shard.borrow().config().auth_files.clone();
-    if files.password_file.is_none() && files.acl_file.is_none() {
-        return;
-    }
-    match crate::auth::Security::load(&files) {
-        Ok(s) => {
-            io.shard.borrow_mut().set_security(Arc::new(s));
-            tracing::info!(shard = id, "password file and ACL reloaded");
-        }
-        Err(e) => tracing::error!(shard = id, error = %e, "reload refused; keeping the old files"),
-    }
 }
 
 /// Graceful shutdown: stop accepting, tell clients, give writes a bounded time to drain.
@@ -509,5 +580,40 @@ fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>) {
             }
         })
         .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9: a reload is read once and every shard gets that same snapshot, so a file
+    /// rewritten between two shards' turns cannot apply on some shards only.
+    #[test]
+    fn one_reload_is_parsed_once_for_every_shard() {
+        let dir = std::env::temp_dir().join(format!("tern-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let acl = dir.join("acl");
+        std::fs::write(&acl, "topic readwrite a/#\n").expect("write acl");
+        let files = crate::config::AuthConfig {
+            password_file: None,
+            acl_file: Some(acl.clone()),
+            ..Default::default()
+        };
+        let reload = Reload {
+            requested: Arc::new(AtomicU64::new(1)),
+            applied: (0..2).map(|_| AtomicU64::new(0)).collect(),
+            snapshot: Arc::default(),
+        };
+        let (first, _) = reload.snapshot(1, &[], &files);
+        // Rewritten (here: made invalid) before the second shard's turn.
+        std::fs::write(&acl, "this is not an acl line\n").expect("write acl");
+        let (second, _) = reload.snapshot(1, &[], &files);
+        let (first, second) = (first.expect("parsed"), second.expect("shared"));
+        assert!(Arc::ptr_eq(&first, &second), "both shards hold one parsed snapshot");
+        // The next reload reads the files again: the invalid file keeps what is in force.
+        let (third, _) = reload.snapshot(2, &[], &files);
+        assert!(third.is_none(), "an unparsable file changes nothing");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

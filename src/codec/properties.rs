@@ -360,6 +360,40 @@ impl Properties {
         Self(Vec::new())
     }
 
+    /// Heap bytes these properties hold: the list itself (at its capacity) and every string
+    /// and binary value in it. What a stored message's properties cost in the memory bounds:
+    /// 180 000 empty user properties are ~10 MB here however few bytes they took on the wire.
+    pub fn heap_bytes(&self) -> usize {
+        let values: usize = self
+            .0
+            .iter()
+            .map(|p| match p {
+                Property::ContentType(s)
+                | Property::ResponseTopic(s)
+                | Property::AssignedClientIdentifier(s)
+                | Property::AuthenticationMethod(s)
+                | Property::ResponseInformation(s)
+                | Property::ServerReference(s)
+                | Property::ReasonString(s) => s.capacity(),
+                Property::CorrelationData(b) | Property::AuthenticationData(b) => b.len(),
+                Property::UserProperty(k, v) => k.capacity() + v.capacity(),
+                _ => 0,
+            })
+            .sum();
+        self.0.capacity() * std::mem::size_of::<Property>() + values
+    }
+
+    /// Releases spare list capacity and copies binary values out of the buffer they were
+    /// decoded from, so a stored message holds only its own bytes.
+    pub fn detach(&mut self) {
+        self.0.shrink_to_fit();
+        for p in &mut self.0 {
+            if let Property::CorrelationData(b) | Property::AuthenticationData(b) = p {
+                *b = Bytes::copy_from_slice(b);
+            }
+        }
+    }
+
     /// True when no property is present.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

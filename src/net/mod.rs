@@ -160,7 +160,7 @@ pub struct ListenerCtx {
     pub index: usize,
     /// Transport.
     pub transport: TransportSpec,
-    /// TLS configuration handed to new connections; replaced by [`ListenerCtx::reload_tls`].
+    /// TLS configuration handed to new connections; replaced by [`ListenerCtx::set_tls`].
     /// Connections already up keep the `Arc` they started with.
     pub tls: RefCell<Option<Arc<ServerConfig>>>,
     /// Time a TLS or WebSocket handshake may take.
@@ -188,22 +188,9 @@ impl ListenerCtx {
         }
     }
 
-    /// Reads the certificate files again and, if they make a valid configuration, uses it for
-    /// new connections. A bad file keeps the current configuration and logs why.
-    pub fn reload_tls(&self, shard: u16) {
-        let Some(spec) = self.transport.tls() else { return };
-        match tls::server_config(spec) {
-            Ok(config) => {
-                *self.tls.borrow_mut() = Some(config);
-                tracing::info!(shard, listener = self.index, "TLS certificates reloaded");
-            }
-            Err(e) => tracing::error!(
-                shard,
-                listener = self.index,
-                error = %e,
-                "TLS reload failed; keeping the previous certificates"
-            ),
-        }
+    /// Uses `config` for new connections (a reload's snapshot, read once for every shard).
+    pub fn set_tls(&self, config: Arc<ServerConfig>) {
+        *self.tls.borrow_mut() = Some(config);
     }
 }
 
@@ -235,6 +222,8 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
         };
         let Ok(peer) = stream.peer_addr() else { continue };
         let _ = stream.set_nodelay(true);
+        let write_timeout = io.shard.borrow().config().write_timeout;
+        tune_socket(&stream, write_timeout);
         if ctx.transport == TransportSpec::Tcp {
             // No handshake: the shard takes the connection now (and refuses it over the limit).
             let id = io.shard.borrow_mut().accept(ctx.index, peer, Instant::now());
@@ -383,6 +372,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client_id_known = false;
+    let write_timeout = io.shard.borrow().config().write_timeout;
+    let mut timed_out = false;
     loop {
         if !client_id_known {
             if let Some(cid) = io.shard.borrow().client_id(id) {
@@ -393,10 +384,23 @@ where
         }
         let tx = io.shard.borrow_mut().take_tx(id);
         // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
-        if !tx.is_empty() && write_all_flush(&mut stream, &tx).await.is_err() {
-            io.shard.borrow_mut().handle_closed(id, Instant::now());
-            io.outbox_ready.notify();
-            break;
+        if !tx.is_empty() {
+            match write_with_deadline(&mut stream, &tx, write_timeout).await {
+                Ok(()) => {}
+                Err(WriteFailed::TimedOut) => {
+                    // The peer accepted no byte for the whole deadline (issue 9: such a peer
+                    // parked this task forever, out of reach of keep alive and takeover).
+                    io.shard.borrow_mut().handle_write_timeout(id, Instant::now());
+                    io.outbox_ready.notify();
+                    timed_out = true;
+                    break;
+                }
+                Err(WriteFailed::Io) => {
+                    io.shard.borrow_mut().handle_closed(id, Instant::now());
+                    io.outbox_ready.notify();
+                    break;
+                }
+            }
         }
         let status = io.shard.borrow().status(id);
         if status.closing && !status.has_tx {
@@ -444,20 +448,108 @@ where
         }
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
-    // WebSocket close frame that never drains.
-    let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
-        glommio::timer::sleep(CLOSE_TIMEOUT).await;
-        false
-    })
-    .await;
+    // WebSocket close frame that never drains. After a write timeout there is no point trying.
+    if !timed_out {
+        let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
+            glommio::timer::sleep(CLOSE_TIMEOUT).await;
+            false
+        })
+        .await;
+    }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
 }
 
-async fn write_all_flush<S: AsyncWrite + Unpin>(
+/// Why writing to a connection stopped.
+enum WriteFailed {
+    /// The peer accepted no byte for the write deadline.
+    TimedOut,
+    /// The socket failed or closed.
+    Io,
+}
+
+/// Writes and flushes `bytes`, failing when one write or the flush makes no progress within
+/// `deadline`: the clock restarts with every byte the peer accepts, so a slow but live peer is
+/// not cut off, while one that stops reading is.
+async fn write_with_deadline<S: AsyncWrite + Unpin>(
     stream: &mut S,
     bytes: &[u8],
-) -> std::io::Result<()> {
-    stream.write_all(bytes).await?;
-    stream.flush().await
+    deadline: Duration,
+) -> Result<(), WriteFailed> {
+    let mut off = 0;
+    // Bounded: every iteration writes at least one byte or returns.
+    while off < bytes.len() {
+        let wrote =
+            futures_lite::future::or(async { Some(stream.write(&bytes[off..]).await) }, async {
+                glommio::timer::sleep(deadline).await;
+                None
+            })
+            .await;
+        match wrote {
+            None => return Err(WriteFailed::TimedOut),
+            Some(Ok(0)) | Some(Err(_)) => return Err(WriteFailed::Io),
+            Some(Ok(n)) => off += n,
+        }
+    }
+    let flushed = futures_lite::future::or(async { Some(stream.flush().await) }, async {
+        glommio::timer::sleep(deadline).await;
+        None
+    })
+    .await;
+    match flushed {
+        None => Err(WriteFailed::TimedOut),
+        Some(Err(_)) => Err(WriteFailed::Io),
+        Some(Ok(())) => Ok(()),
+    }
+}
+
+/// TCP keepalive probes start after this much silence on an accepted socket.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Interval between TCP keepalive probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel drops the connection (a dead peer is found about
+/// 60 + 6 x 10 = 120 s after it went silent, even when MQTT keep alive is long).
+const TCP_KEEPALIVE_RETRIES: u32 = 6;
+
+/// Kernel-level liveness on an accepted socket: TCP keepalive finds peers that vanished without
+/// a FIN, and `TCP_USER_TIMEOUT` (the write deadline) makes the kernel give up on data the peer
+/// never acknowledges. Failures are logged and ignored: the write deadline and MQTT keep alive
+/// still apply.
+fn tune_socket(stream: &impl std::os::fd::AsRawFd, write_timeout: Duration) {
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+    if let Err(e) = sock.set_tcp_user_timeout(Some(write_timeout)) {
+        tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT` (issue 9: a peer that vanished
+    /// without a FIN, or stopped acknowledging, held its connection forever).
+    #[test]
+    fn accepted_sockets_get_keepalive_and_user_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        tune_socket(&server, Duration::from_secs(7));
+        let sock = socket2::SockRef::from(&server);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(sock.keepalive_time().expect("TCP_KEEPIDLE"), TCP_KEEPALIVE_IDLE);
+        assert_eq!(sock.keepalive_interval().expect("TCP_KEEPINTVL"), TCP_KEEPALIVE_INTERVAL);
+        assert_eq!(sock.keepalive_retries().expect("TCP_KEEPCNT"), TCP_KEEPALIVE_RETRIES);
+        assert_eq!(
+            sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
+            Some(Duration::from_secs(7))
+        );
+    }
 }

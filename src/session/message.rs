@@ -26,7 +26,8 @@ pub struct Origin {
 pub struct Message {
     /// Topic name (never an alias: aliases are resolved on receipt).
     pub topic: String,
-    /// Payload, shared with the receive buffer it arrived in.
+    /// Payload. A message built from a client's packet owns it ([`Message::detach`]): a slice
+    /// of the receive buffer would pin the whole buffer (up to 64 KiB per 1-byte payload).
     pub payload: Bytes,
     /// QoS it was published with.
     pub qos: QoS,
@@ -44,7 +45,7 @@ pub struct Message {
 }
 
 /// Fixed per-message overhead counted against queue byte bounds (struct and allocator slack).
-const MESSAGE_OVERHEAD_BYTES: usize = 96;
+pub const MESSAGE_OVERHEAD_BYTES: usize = 96;
 
 impl Message {
     /// A message with no properties, no expiry and no origin.
@@ -61,9 +62,22 @@ impl Message {
         }
     }
 
-    /// Bytes this message counts for in queue and retained-store bounds.
+    /// Bytes this message counts for in queue and retained-store bounds and the memory budget:
+    /// the fixed overhead, the topic, the payload and the heap its properties hold.
     pub fn cost_bytes(&self) -> usize {
-        MESSAGE_OVERHEAD_BYTES + self.topic.len() + self.payload.len()
+        MESSAGE_OVERHEAD_BYTES
+            + self.topic.capacity()
+            + self.payload.len()
+            + self.properties.heap_bytes()
+    }
+
+    /// Makes the message own exactly its bytes: the payload (and binary properties) are copied
+    /// out of the receive buffer they were decoded from, spare capacity is released. Called once
+    /// when a message enters the broker, so what the bounds count is what it holds.
+    pub fn detach(&mut self) {
+        self.payload = Bytes::copy_from_slice(&self.payload);
+        self.topic.shrink_to_fit();
+        self.properties.detach();
     }
 
     /// True once the Message Expiry Interval has run out.
@@ -143,6 +157,7 @@ impl Session {
                 subscription_ids: t.subscription_ids,
             };
             let state = if t.released { InflightState::AwaitComp } else { InflightState::AwaitAck };
+            s.inflight_bytes += out.cost_bytes();
             s.inflight.insert(t.packet_id, Inflight { out, state });
         }
         for (msg, qos, retain, subscription_ids) in state.queue {

@@ -116,6 +116,8 @@ pub struct Session {
     pub queue: VecDeque<Outgoing>,
     /// Bytes in `queue`.
     pub queue_bytes: usize,
+    /// Bytes in `inflight` (kept with it, so [`Session::held_bytes`] costs O(1)).
+    pub inflight_bytes: usize,
     /// Inbound QoS 2 packet ids received and not yet released (exactly-once, §4.3.3).
     pub inbound_qos2: HashSet<u16>,
     /// Next packet id to try.
@@ -138,6 +140,7 @@ impl Session {
             inflight: BTreeMap::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,
+            inflight_bytes: 0,
             inbound_qos2: HashSet::new(),
             next_packet_id: 1,
             expiry_secs,
@@ -166,6 +169,7 @@ impl Session {
     pub fn begin_inflight(&mut self, out: Outgoing) -> Option<PacketId> {
         debug_assert!(out.qos != QoS::AtMostOnce);
         let id = self.allocate_packet_id()?;
+        self.inflight_bytes += out.cost_bytes();
         self.inflight.insert(id.get(), Inflight { out, state: InflightState::AwaitAck });
         Some(id)
     }
@@ -216,7 +220,7 @@ impl Session {
     pub fn handle_puback(&mut self, id: PacketId) -> bool {
         match self.inflight.get(&id.get()) {
             Some(f) if f.out.qos == QoS::AtLeastOnce => {
-                self.inflight.remove(&id.get());
+                self.remove_inflight(id.get());
                 true
             }
             _ => false,
@@ -238,7 +242,7 @@ impl Session {
     pub fn handle_pubcomp(&mut self, id: PacketId) -> bool {
         match self.inflight.get(&id.get()) {
             Some(f) if f.state == InflightState::AwaitComp => {
-                self.inflight.remove(&id.get());
+                self.remove_inflight(id.get());
                 true
             }
             _ => false,
@@ -247,12 +251,25 @@ impl Session {
 
     /// Drops a PUBREC'd message whose PUBREC carried an error reason (v5 §4.3.3): its id is free.
     pub fn abandon(&mut self, id: PacketId) {
-        self.inflight.remove(&id.get());
+        self.remove_inflight(id.get());
+    }
+
+    fn remove_inflight(&mut self, id: u16) {
+        if let Some(f) = self.inflight.remove(&id) {
+            self.inflight_bytes -= f.out.cost_bytes();
+        }
+    }
+
+    /// Recounts `queue_bytes` and `inflight_bytes` after the queue or the in-flight map were
+    /// edited directly (ACL re-check on takeover).
+    pub fn recount_bytes(&mut self) {
+        self.queue_bytes = self.queue.iter().map(Outgoing::cost_bytes).sum();
+        self.inflight_bytes = self.inflight.values().map(|f| f.out.cost_bytes()).sum();
     }
 
     /// Bytes held by this session's messages (queue plus in flight).
     pub fn held_bytes(&self) -> usize {
-        self.queue_bytes + self.inflight.values().map(|f| f.out.cost_bytes()).sum::<usize>()
+        self.queue_bytes + self.inflight_bytes
     }
 }
 

@@ -1,16 +1,24 @@
 //! CONNECT: validation, the client-id registry, session takeover across shards, CONNACK.
 //!
-//! Ownership protocol. The registry is partitioned: client id `c` is recorded on shard
-//! `hash(c) % shards`. A shard that receives CONNECT for `c` sends `Claim` there; the registry
-//! records the new owner and answers with the previous one. If there was one, the new shard asks
-//! it (`Takeover`) to close the old connection and hand over the session; the answer carries the
-//! session state. Claims for one client id are serialised by its registry shard, so two
-//! connections with one client id never both stay connected ([MQTT-3.1.4-2]).
+//! Ownership protocol (described in full in `docs/ARCHITECTURE.md`, "Takeover"). The registry
+//! is partitioned: client id `c` is recorded on shard `hash(c) % shards`, as (owner shard,
+//! generation). A shard that receives CONNECT for `c` sends `Claim` there; the registry gives
+//! the claim the next generation (a fencing token) and answers with the previous owner and its
+//! generation. The new shard asks that owner (`Takeover`, maybe to itself) for the session of
+//! exactly that generation: an installed session is handed over with its connection closed; a
+//! CONNECT of that generation still pending there is superseded (closed without CONNACK, its
+//! session passed on when it arrives) rather than waited for. Each claim waits only for an
+//! older one, so no two shards wait for each other, and the newest CONNECT wins
+//! ([MQTT-3.1.4-2]). CONNACK is bound to (slot, generation); `Release` carries its generation.
 
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
-use super::{CloseReason, Conn, ConnId, PendingConnect, Phase, SessionSlot, Shard, ShardMsg};
+use super::subscribe::PendingAck;
+use super::{
+    ClaimGen, CloseReason, Conn, ConnId, ConnRef, Owner, PendingConnect, Phase, SessionSlot, Shard,
+    ShardMsg,
+};
 use crate::codec::{
     ConnAck, Connect, DecodeError, ErrorKind, Packet, Properties, Property, ProtocolVersion,
     ReasonCode, ReasonPacket,
@@ -41,13 +49,13 @@ impl Hasher for Fnv {
 }
 
 impl Shard {
-    pub(super) fn send_to_registry(&mut self, msg: ShardMsg) {
+    pub(super) fn send_to_registry(&mut self, msg: ShardMsg, now: Instant) {
         let client_id = match &msg {
             ShardMsg::Claim { client_id, .. } | ShardMsg::Release { client_id, .. } => client_id,
             _ => unreachable!("invariant: only claims and releases go to the registry"),
         };
         let target = registry_shard(client_id, self.cfg.shards);
-        self.send_to_peer(target, msg, Instant::now());
+        self.send_to_peer(target, msg, now);
     }
 
     /// A CONNECT that failed to decode: v3.x answers CONNACK 0x01 for an unsupported level
@@ -59,8 +67,8 @@ impl Shard {
         id: ConnId,
         e: &DecodeError,
         version: Option<ProtocolVersion>,
+        now: Instant,
     ) {
-        let now = Instant::now();
         match e.kind {
             // Answer in the 3.1.1 format every client can parse.
             ErrorKind::UnsupportedProtocolLevel(_) => {
@@ -109,9 +117,10 @@ impl Shard {
     pub(super) fn handle_connect(&mut self, id: ConnId, mut connect: Box<Connect>, now: Instant) {
         let version = connect.version;
         let v5 = version.is_v5();
+        let deadline = now + self.cfg.connect_timeout;
         let Some(c) = self.conn_mut(id) else { return };
         c.version = version;
-        c.phase = Phase::Connecting;
+        c.phase = Phase::Connecting { deadline };
         let listener = c.listener;
         // The transport's identity (TLS client certificate CN) wins over the CONNECT user name.
         if let Some(name) = c.tls_username.take() {
@@ -127,7 +136,11 @@ impl Shard {
                 // [MQTT-3.1.3-8]: zero-byte id without clean session → 0x02.
                 return self.refuse(id, version, ReasonCode::ClientIdentifierNotValid, now);
             }
-            connect.client_id = self.generate_client_id();
+            let Some(generated) = generate_client_id() else {
+                // No randomness from the OS: refuse rather than hand out a guessable id.
+                return self.refuse(id, version, ReasonCode::ServerUnavailable, now);
+            };
+            connect.client_id = generated;
             assigned_id = true;
         }
         let id_len = connect.client_id.len();
@@ -142,9 +155,29 @@ impl Shard {
         if let Some(r) = self.cfg.listeners[listener].redirect.clone() {
             return self.redirect(id, version, r, now);
         }
+        if self.memory_exhausted() && connect.clean_start {
+            // The broker-wide memory budget is used up: no new session until it recovers.
+            // v5 Quota exceeded (0x97); v3 has no such code and gets 3, Server unavailable.
+            // A client resuming its session (clean start 0) is let in: receiving what is
+            // queued for it is how the budget recovers (nothing new is queued meanwhile).
+            self.metrics.connect_refused_memory += 1;
+            return self.refuse(id, version, ReasonCode::QuotaExceeded, now);
+        }
+        if let Some(w) = &mut connect.will {
+            // Held for the life of the connection: own its bytes rather than pin the buffer
+            // the CONNECT was read into.
+            w.payload = bytes::Bytes::copy_from_slice(&w.payload);
+            w.topic.shrink_to_fit();
+            w.properties.detach();
+        }
         if let Some(w) = &connect.will {
             if !self.topic_name_allowed(&w.topic) {
                 return self.refuse(id, version, ReasonCode::TopicNameInvalid, now);
+            }
+            // The same rule as PUBLISH: `$SYS/` is the broker's, ACL file or not.
+            if w.topic.starts_with("$SYS") {
+                self.metrics.publish_denied += 1;
+                return self.refuse(id, version, ReasonCode::NotAuthorized, now);
             }
             if v5 && !self.payload_format_ok(&w.properties, &w.payload) {
                 return self.refuse(id, version, ReasonCode::PayloadFormatInvalid, now);
@@ -182,7 +215,7 @@ impl Shard {
                 return self.refuse(id, version, reason, now);
             }
             Auth::CheckPassword(db) => {
-                let pending = PendingConnect { conn: id, connect, assigned_id, auth_done };
+                let pending = AwaitingVerdict { conn: id, connect, assigned_id, auth_done };
                 return self.verify_password(db, pending, now);
             }
         }
@@ -208,8 +241,10 @@ impl Shard {
                 return self.refuse(id, version, ReasonCode::NotAuthorized, now);
             }
         }
+        // From an AUTH exchange, too: the connect timeout starts again for the claim.
+        let deadline = now + self.cfg.connect_timeout;
         if let Some(c) = self.conn_mut(id) {
-            c.phase = Phase::Connecting;
+            c.phase = Phase::Connecting { deadline };
         }
         if self.by_client.len() >= self.cfg.sessions_max
             && !self.by_client.contains_key(&connect.client_id)
@@ -219,48 +254,180 @@ impl Shard {
         let req = self.next_req;
         self.next_req += 1;
         let client_id = connect.client_id.clone();
-        self.pending.insert(req, PendingConnect { conn: id, connect, assigned_id, auth_done });
-        self.send_to_registry(ShardMsg::Claim { client_id, req });
+        let Some(conn) = self.conn_ref(id) else { return };
+        let pending = PendingConnect {
+            conn,
+            connect,
+            assigned_id,
+            auth_done,
+            generation: None,
+            handoff: None,
+        };
+        self.pending.insert(req, pending);
+        self.send_to_registry(ShardMsg::Claim { client_id, req }, now);
     }
 
-    fn generate_client_id(&mut self) -> String {
-        self.next_req += 1;
-        format!("tern-{}-{:x}-{:x}", self.id, self.next_req, self.metrics.connections_total)
+    /// The shard this registry partition names as the owner of `client_id` (tests only).
+    #[cfg(test)]
+    pub(super) fn registry_owner(&self, client_id: &str) -> Option<Owner> {
+        self.registry.get(client_id).copied()
     }
 
-    /// On the registry shard: record `from` as the owner, answer with the previous owner.
+    /// On the registry shard: record `from` as the owner under a new generation, answer with
+    /// the generation and the previous owner.
     pub(super) fn registry_claim(&mut self, from: u16, client_id: String, req: u64, now: Instant) {
-        let previous = self.registry.insert(client_id, from);
-        self.send_to_peer(from, ShardMsg::ClaimReply { req, previous }, now);
+        let generation = ClaimGen(self.next_claim);
+        self.next_claim += 1;
+        let previous = self.registry.insert(client_id, Owner { shard: from, generation });
+        self.send_to_peer(from, ShardMsg::ClaimReply { req, generation, previous }, now);
     }
 
-    pub(super) fn claim_reply(&mut self, req: u64, previous: Option<u16>, now: Instant) {
-        let Some(p) = self.pending.get(&req) else { return };
+    /// The registry answered our claim: ask the previous owner (maybe this shard) for the
+    /// session, or start a new one.
+    pub(super) fn claim_reply(
+        &mut self,
+        registry: u16,
+        req: u64,
+        generation: ClaimGen,
+        previous: Option<Owner>,
+        now: Instant,
+    ) {
+        if let Some(seen) = self.claims_seen.get_mut(usize::from(registry)) {
+            *seen = (*seen).max(generation);
+        }
+        let Some(p) = self.pending.get_mut(&req) else { return };
+        p.generation = Some(generation);
         let client_id = p.connect.client_id.clone();
-        let clean = p.connect.clean_start;
+        let clean_start = p.connect.clean_start;
+        // A takeover that overtook this answer: this CONNECT is superseded already.
+        let early = self
+            .early_takeovers
+            .iter()
+            .position(|e| e.client_id == client_id && e.target == generation);
+        if let Some(i) = early {
+            let e = self.early_takeovers.swap_remove(i);
+            self.supersede(req, e.ask, now);
+        }
+        // Waiting takeovers for an older claim of ours cannot match any more (answers come in
+        // order): answer them empty-handed rather than keep them.
+        let (stale, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.early_takeovers)
+            .into_iter()
+            .partition(|e| e.client_id == client_id && e.target < generation);
+        self.early_takeovers = keep;
+        for e in stale {
+            let reply = ShardMsg::TakeoverReply { req: e.ask.req, state: None };
+            self.send_to_peer(e.ask.to, reply, now);
+        }
         match previous {
-            Some(owner) if owner != self.id => {
-                self.metrics.takeovers += 1;
-                let msg = ShardMsg::Takeover { client_id, req, clean_start: clean };
-                self.send_to_peer(owner, msg, now);
+            Some(owner) => {
+                if owner.shard != self.id {
+                    self.metrics.takeovers += 1;
+                }
+                let target = owner.generation;
+                let msg = ShardMsg::Takeover { client_id, req, generation, target, clean_start };
+                self.send_to_peer(owner.shard, msg, now);
             }
-            _ => {
-                // No owner, or this shard: take the local session over, if any.
-                let state = self.take_local_session(&client_id, clean, now);
-                self.finish_connect(req, state, now);
-            }
+            None => self.finish_connect(req, None, now),
         }
     }
 
-    /// Detaches (and closes the connection of) a local session for `client_id`; returns its
-    /// state unless `clean_start` discards it.
+    /// A newer CONNECT (`ask`) took over the pending CONNECT `req`: its connection closes
+    /// without CONNACK, and the session it waits for goes on to `ask` when it arrives.
+    fn supersede(&mut self, req: u64, ask: Handoff, now: Instant) {
+        let Some(p) = self.pending.get_mut(&req) else {
+            return self.send_to_peer(
+                ask.to,
+                ShardMsg::TakeoverReply { req: ask.req, state: None },
+                now,
+            );
+        };
+        if p.handoff.as_ref().is_some_and(|h| h.generation >= ask.generation) {
+            // A stale request: the newer one keeps the session.
+            return self.send_to_peer(
+                ask.to,
+                ShardMsg::TakeoverReply { req: ask.req, state: None },
+                now,
+            );
+        }
+        let conn = p.conn;
+        if let Some(older) = p.handoff.replace(ask) {
+            // Only one claim names this one as its predecessor; answer any other empty-handed.
+            self.send_to_peer(
+                older.to,
+                ShardMsg::TakeoverReply { req: older.req, state: None },
+                now,
+            );
+        }
+        if self.still_connecting(conn) {
+            self.metrics.takeovers_superseded += 1;
+            self.close(conn.id, CloseReason::TakenOver, now);
+        }
+    }
+
+    /// On the previous owner: hand over the session of generation `target` to `ask` — closing
+    /// its connection ([MQTT-3.1.4-2]) — or, if that claim is still pending here, supersede it.
+    pub(super) fn handle_takeover(
+        &mut self,
+        client_id: String,
+        target: ClaimGen,
+        ask: Handoff,
+        now: Instant,
+    ) {
+        if let Some(slot) = self.by_client.get(&client_id).copied() {
+            if self.slot(slot).is_some_and(|s| s.claim == target) {
+                let state = self.take_local_session(slot, ask.clean_start, now);
+                let reply = ShardMsg::TakeoverReply { req: ask.req, state };
+                return self.send_to_peer(ask.to, reply, now);
+            }
+        }
+        let pending = self.pending.iter().find_map(|(req, p)| {
+            (p.connect.client_id == client_id && p.generation == Some(target)).then_some(*req)
+        });
+        if let Some(req) = pending {
+            return self.supersede(req, ask, now);
+        }
+        let registry = usize::from(registry_shard(&client_id, self.cfg.shards));
+        let answered = self.claims_seen.get(registry).is_some_and(|g| *g >= target);
+        let unanswered_here = self
+            .pending
+            .values()
+            .any(|p| p.connect.client_id == client_id && p.generation.is_none());
+        if !answered && unanswered_here {
+            // Our claim `target` is on its way back from the registry: wait for it there.
+            self.early_takeovers.push(EarlyTakeover { client_id, target, ask });
+            return;
+        }
+        // The session of `target` ended here (its release lost the race): nothing to hand over.
+        self.send_to_peer(ask.to, ShardMsg::TakeoverReply { req: ask.req, state: None }, now);
+    }
+
+    /// Detaches a local session from its connection (closing it) and removes it; returns its
+    /// state unless `clean_start` discards it. The registry is not released: the claim that
+    /// asked owns the client id now.
     fn take_local_session(
         &mut self,
-        client_id: &str,
+        slot: u32,
         clean_start: bool,
         now: Instant,
     ) -> Option<Box<SessionState>> {
-        let slot = *self.by_client.get(client_id)?;
+        // A connection waiting for this session's CONNACK never gets it.
+        let claim = self.slot(slot)?.claim;
+        let waiting: Vec<u64> = self
+            .pending_acks
+            .iter()
+            .filter(|(_, (a, _))| {
+                matches!(a, PendingAck::Conn { slot: s, claim: g, .. } if *s == slot && *g == claim)
+            })
+            .map(|(req, _)| *req)
+            .collect();
+        for req in waiting {
+            if let Some((PendingAck::Conn { conn, .. }, _)) = self.pending_acks.remove(&req) {
+                if self.still_connecting(conn) {
+                    self.metrics.takeovers_superseded += 1;
+                    self.close(conn.id, CloseReason::TakenOver, now);
+                }
+            }
+        }
         if let Some(old) = self.slot_mut(slot).and_then(|s| s.conn.take()) {
             // [MQTT-3.1.4-2]: the existing connection is closed; its will is published because
             // it did not end with DISCONNECT, unless it has a Will Delay and the session lives
@@ -279,13 +446,14 @@ impl Shard {
                 self.publish_will(slot, will, now);
             }
         }
-        // Remove without releasing the registry (the new connection owns the id now).
-        let s = self.sessions[slot as usize].take().expect("invariant: slot checked above");
+        let s = self.sessions.get_mut(slot as usize).and_then(Option::take)?;
+        self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
             self.remove_subscription_entry(slot, filter);
         }
-        self.by_client.remove(client_id);
+        self.by_client.remove(&s.session.client_id);
+        self.metrics.sessions_current = self.by_client.len() as u64;
         if clean_start {
             self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;
             return None;
@@ -293,40 +461,36 @@ impl Shard {
         Some(Box::new(s.session.into_state()))
     }
 
-    /// On the previous owner: close the old connection and send the session over.
-    pub(super) fn handle_takeover(
-        &mut self,
-        from: u16,
-        client_id: String,
-        req: u64,
-        clean_start: bool,
-        now: Instant,
-    ) {
-        let connecting_here = self.pending.values().any(|p| p.connect.client_id == client_id);
-        if connecting_here {
-            // Our own connect for this id is in flight: answer once it has finished.
-            self.deferred.push((from, ShardMsg::Takeover { client_id, req, clean_start }));
-            return;
-        }
-        let state = self.take_local_session(&client_id, clean_start, now);
-        self.send_to_peer(from, ShardMsg::TakeoverReply { req, state }, now);
-    }
-
-    pub(super) fn takeover_reply(
+    /// The previous owner answered (or there was none): install the session (resumed from
+    /// `state` or new) and answer CONNACK — or, if a newer CONNECT superseded this one, pass
+    /// the session on to it.
+    pub(super) fn finish_connect(
         &mut self,
         req: u64,
         state: Option<Box<SessionState>>,
         now: Instant,
     ) {
-        self.finish_connect(req, state, now);
-    }
-
-    /// Installs the session (resumed from `state` or new) and answers CONNACK.
-    fn finish_connect(&mut self, req: u64, state: Option<Box<SessionState>>, now: Instant) {
         let Some(p) = self.pending.remove(&req) else { return };
-        let PendingConnect { conn, connect, assigned_id, auth_done } = p;
+        let PendingConnect { conn: cref, connect, assigned_id, auth_done, generation, handoff } = p;
+        let conn = cref.id;
+        if let Some(ask) = handoff {
+            let state = match state {
+                Some(st) if ask.clean_start => {
+                    self.metrics.messages_dropped_session_end += st.queue.len() as u64;
+                    None
+                }
+                other => other,
+            };
+            let reply = ShardMsg::TakeoverReply { req: ask.req, state };
+            return self.send_to_peer(ask.to, reply, now);
+        }
+        let Some(claim) = generation else {
+            // Unreachable: a takeover reply follows the claim reply. Refuse rather than guess.
+            tracing::error!(conn = conn.0, "session arrived for a claim without generation");
+            return self.close(conn, CloseReason::Protocol(ReasonCode::UnspecifiedError), now);
+        };
         let connect = *connect;
-        let still_open = matches!(self.conn(conn).map(|c| &c.phase), Some(Phase::Connecting));
+        let still_open = self.still_connecting(cref);
         let v5 = connect.version.is_v5();
         let expiry = if v5 {
             connect.properties.session_expiry_interval().unwrap_or(0)
@@ -347,25 +511,27 @@ impl Shard {
         }
         let req = self.next_req;
         self.next_req += 1;
-        let (slot, told) = self.install_session(session, Some(req));
-        self.replay_deferred(&connect.client_id, now);
+        let (slot, told) = self.install_session(session, claim, Some(req));
         if !still_open {
             // The connection went away while we waited: keep a persistent session offline.
             self.detach_session(slot, now);
             return;
         }
-        let keep_alive = if v5 {
-            connect.keep_alive_secs.min(self.cfg.keepalive_secs_max)
-        } else {
-            connect.keep_alive_secs
+        // Keep alive 0 (none) gets the configured maximum too, so no connection is exempt
+        // from the idle check: v5 is told with Server Keep Alive ([MQTT-3.2.2-22]); v3 cannot
+        // be told, and is closed after 1.5 times the maximum of silence.
+        let keep_alive = match connect.keep_alive_secs {
+            0 => self.cfg.keepalive_secs_max,
+            k => k.min(self.cfg.keepalive_secs_max),
         };
         let alias_cap = self.cfg.topic_alias_max;
         // The phase stays Connecting until CONNACK is sent: packets the client pipelines after
         // CONNECT wait in `rx` ([MQTT-3.1.4-5] allows them), deliveries wait in the session.
-        let c = self.conn_mut(conn).expect("invariant: still_open checked the connection");
+        let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
         c.keep_alive_secs = keep_alive;
-        c.will = connect.will.clone();
         c.client_id = connect.client_id.clone();
+        self.set_will(conn, connect.will.clone());
+        let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
         if v5 {
             apply_client_limits(c, &connect.properties, alias_cap);
         }
@@ -388,10 +554,10 @@ impl Shard {
         tracing::debug!(conn = conn.0, ?peer, client_id = %connect.client_id, resumed, "session bound");
         let peers = usize::from(self.cfg.shards) - 1;
         if told == 0 || peers == 0 {
-            self.complete_connack(conn, slot, ack, now);
+            self.complete_connack(cref, slot, claim, ack, now);
         } else {
             // The moved subscriptions must be live on every shard before the client is told.
-            let pending = super::subscribe::PendingAck::Conn { conn, slot, ack };
+            let pending = PendingAck::Conn { conn: cref, slot, claim, ack };
             self.pending_acks.insert(req, (pending, told * peers));
         }
     }
@@ -408,28 +574,52 @@ impl Shard {
             acl.can_subscribe(user.as_deref(), &cid, inner)
         });
         self.metrics.subscribe_denied += (before - session.subscriptions.len()) as u64;
-        let before = session.queue.len();
+        let before = session.queue.len() + session.inflight.len();
         session.queue.retain(|o| acl.can_read(user.as_deref(), &cid, &o.msg.topic));
-        session.queue_bytes = session.queue.iter().map(|o| o.cost_bytes()).sum();
-        self.metrics.publish_denied += (before - session.queue.len()) as u64;
+        // In-flight messages too: they would be resent to the new user ([MQTT-4.4.0-1])
+        // without passing the delivery check again. A dropped one frees its packet id.
+        session.inflight.retain(|_, f| acl.can_read(user.as_deref(), &cid, &f.out.msg.topic));
+        session.recount_bytes();
+        let after = session.queue.len() + session.inflight.len();
+        self.metrics.publish_denied += (before - after) as u64;
     }
 
-    /// Sends CONNACK, then what the resumed session owes the client.
-    pub(super) fn complete_connack(&mut self, conn: ConnId, slot: u32, ack: ConnAck, now: Instant) {
-        let Some(c) = self.conn_mut(conn).filter(|c| matches!(c.phase, Phase::Connecting)) else {
+    /// Sends CONNACK, then what the resumed session owes the client. The CONNACK is bound to
+    /// (slot, claim generation): if that session was taken over meanwhile, or its slot reused,
+    /// nothing is sent (the takeover closed the connection).
+    pub(super) fn complete_connack(
+        &mut self,
+        cref: ConnRef,
+        slot: u32,
+        claim: ClaimGen,
+        ack: ConnAck,
+        now: Instant,
+    ) {
+        if !self.slot(slot).is_some_and(|s| s.claim == claim && s.conn.is_none()) {
+            // The session went on to a newer CONNECT: this connection gets no CONNACK.
+            if self.still_connecting(cref) {
+                self.close(cref.id, CloseReason::TakenOver, now);
+            }
+            return;
+        }
+        let conn = cref.id;
+        if !self.still_connecting(cref) {
             // The connection went away while the subscriptions moved: the session stays
             // offline (or ends, with expiry 0).
             self.detach_session(slot, now);
             return;
-        };
+        }
+        let Some(c) = self.conn_mut(conn) else { return };
         c.phase = Phase::Active { slot };
-        self.slot_mut(slot).expect("invariant: installed by finish_connect").conn = Some(conn);
+        if let Some(s) = self.slot_mut(slot) {
+            s.conn = Some(conn);
+        }
         let resumed = ack.session_present;
         self.send(conn, &Packet::ConnAck(ack));
         self.metrics.connects += 1;
         // [MQTT-4.4.0-1]: resend unacknowledged messages on resume, then drain the queue.
         if resumed {
-            self.resend_inflight(conn, slot);
+            self.resend_inflight(conn, slot, now);
         }
         self.pump(conn, slot, now);
         // Packets the client sent right after CONNECT.
@@ -473,14 +663,26 @@ impl Shard {
 
     /// Installs a session and its subscriptions; returns its slot and how many subscription
     /// deltas were broadcast with `ack`.
-    fn install_session(&mut self, session: Session, ack: Option<u64>) -> (u32, usize) {
+    fn install_session(
+        &mut self,
+        session: Session,
+        claim: ClaimGen,
+        ack: Option<u64>,
+    ) -> (u32, usize) {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
         let client_id = session.client_id.clone();
         let filters: Vec<(String, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
-        let entry =
-            SessionSlot { session, generation, conn: None, expires_at: None, pending_will: None };
+        let entry = SessionSlot {
+            charged: 0,
+            session,
+            generation,
+            claim,
+            conn: None,
+            expires_at: None,
+            pending_will: None,
+        };
         let slot = match self.free_sessions.pop() {
             Some(i) => {
                 self.sessions[i as usize] = Some(entry);
@@ -493,23 +695,35 @@ impl Shard {
         };
         self.by_client.insert(client_id, slot);
         self.metrics.sessions_current = self.by_client.len() as u64;
+        self.recharge_slot(slot);
         let mut told = 0;
         for (filter, sub) in filters {
             told += usize::from(self.add_subscription_entry(slot, &filter, &sub, ack));
         }
         (slot, told)
     }
+}
 
-    fn replay_deferred(&mut self, client_id: &str, now: Instant) {
-        let (matching, rest): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.deferred).into_iter().partition(
-                |(_, m)| matches!(m, ShardMsg::Takeover { client_id: c, .. } if c == client_id),
-            );
-        self.deferred = rest;
-        for (from, msg) in matching {
-            self.handle_peer(from, msg, now);
-        }
-    }
+/// Where a superseded (or superseding) claim's session goes: the shard and request of the
+/// newer CONNECT that asked for it, with that claim's generation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Handoff {
+    /// Shard of the newer CONNECT.
+    pub(super) to: u16,
+    /// Its request id, echoed in the `TakeoverReply`.
+    pub(super) req: u64,
+    /// Its claim's generation.
+    pub(super) generation: ClaimGen,
+    /// It asked for a clean start: the session is discarded on the way.
+    pub(super) clean_start: bool,
+}
+
+/// A `Takeover` naming a claim of ours whose `ClaimReply` has not arrived yet.
+#[derive(Debug)]
+pub(crate) struct EarlyTakeover {
+    pub(super) client_id: String,
+    pub(super) target: ClaimGen,
+    pub(super) ask: Handoff,
 }
 
 /// An enhanced-authentication exchange waiting for the client's next AUTH.
@@ -533,6 +747,17 @@ fn auth_packet(reason: ReasonCode, method: &str, data: Vec<u8>) -> Packet {
         a.properties.push(Property::AuthenticationData(data.into()));
     }
     Packet::Auth(a)
+}
+
+/// A CONNECT whose password a worker is checking (`Shard::verifying`, by ticket). The ticket is
+/// also in the connection's `Phase::Verifying`, so a verdict can only resume the connection
+/// that asked, never one that reused its id.
+#[derive(Debug)]
+pub(crate) struct AwaitingVerdict {
+    conn: ConnId,
+    connect: Box<Connect>,
+    assigned_id: bool,
+    auth_done: Option<(String, bytes::Bytes)>,
 }
 
 /// What [`Shard::authenticate`] decided.
@@ -569,7 +794,7 @@ impl Shard {
     fn verify_password(
         &mut self,
         db: std::sync::Arc<crate::auth::PasswordDb>,
-        pending: PendingConnect,
+        pending: AwaitingVerdict,
         now: Instant,
     ) {
         let id = pending.conn;
@@ -619,7 +844,7 @@ impl Shard {
     /// verdict for a connection that has gone meanwhile is dropped.
     pub fn handle_password_verdict(&mut self, verdict: crate::auth::Verdict, now: Instant) {
         let Some(pending) = self.verifying.remove(&verdict.ticket) else { return };
-        let PendingConnect { conn: id, connect, assigned_id, auth_done } = pending;
+        let AwaitingVerdict { conn: id, connect, assigned_id, auth_done } = pending;
         let waiting = self.conn(id).is_some_and(
             |c| matches!(c.phase, Phase::Verifying { ticket, .. } if ticket == verdict.ticket),
         );
@@ -763,6 +988,21 @@ impl Shard {
             }
         }
     }
+}
+
+/// A client identifier for a client that sent none: `tern-` and 72 random bits in hex,
+/// 23 bytes, the length every server must accept ([MQTT-3.1.3-5]). Random, so nobody can
+/// guess the id given to another client and take its session over. `None` if the OS has no
+/// randomness to give.
+fn generate_client_id() -> Option<String> {
+    let mut raw = [0u8; 9];
+    getrandom::getrandom(&mut raw).ok()?;
+    let mut id = String::with_capacity(23);
+    id.push_str("tern-");
+    for b in raw {
+        id.push_str(&format!("{b:02x}"));
+    }
+    Some(id)
 }
 
 fn connack(session_present: bool, reason: ReasonCode) -> Packet {

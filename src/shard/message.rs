@@ -6,6 +6,22 @@
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::session::{Message, SessionState};
 
+/// A claim's fencing token. The registry shard of a client id numbers every claim it records
+/// from one counter, so for one client id a larger generation is a newer CONNECT. A session, a
+/// pending CONNECT, a CONNACK and a `Release` each carry the generation of their claim, and an
+/// action meant for an older generation cannot touch a newer one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClaimGen(pub u64);
+
+/// Who the registry records as the owner of a client id: a shard and the claim's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// Shard that claimed the client id.
+    pub shard: u16,
+    /// Generation of that claim.
+    pub generation: ClaimGen,
+}
+
 /// A member of a shared subscription group, as every shard's replica records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -92,19 +108,26 @@ pub enum ShardMsg {
         /// Request id, echoed in the reply.
         req: u64,
     },
-    /// Reply to a claim: which shard owned the client id before (None: nobody).
+    /// Reply to a claim: its generation, and who owned the client id before (None: nobody).
     ClaimReply {
         /// Request id of the claim.
         req: u64,
-        /// Previous owner.
-        previous: Option<u16>,
+        /// Generation the registry gave the claim.
+        generation: ClaimGen,
+        /// Previous owner and its generation.
+        previous: Option<Owner>,
     },
-    /// To the previous owner: close the client's connection and hand its session over.
+    /// To the previous owner: close the client's connection (or supersede its pending CONNECT)
+    /// and hand the session of generation `target` over.
     Takeover {
         /// Client identifier.
         client_id: String,
         /// Request id, echoed in the reply.
         req: u64,
+        /// Generation of the claim asking (newer than `target`).
+        generation: ClaimGen,
+        /// Generation whose session is asked for: the previous owner in the registry.
+        target: ClaimGen,
         /// The new connection asked for a clean start: the old session is discarded.
         clean_start: bool,
     },
@@ -115,12 +138,14 @@ pub enum ShardMsg {
         /// The session state, boxed to keep the enum small.
         state: Option<Box<SessionState>>,
     },
-    /// To the registry shard: `owner` no longer holds a session for `client_id`.
+    /// To the registry shard: `owner` no longer holds a session for `client_id`. Applied only
+    /// while the registry still records that very owner and generation, so a late release
+    /// cannot erase a newer claim.
     Release {
         /// Client identifier.
         client_id: String,
-        /// The shard releasing it.
-        owner: u16,
+        /// The shard releasing it and the generation of its claim.
+        owner: Owner,
     },
 }
 

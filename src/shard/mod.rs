@@ -14,6 +14,7 @@
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 
+pub mod budget;
 mod connect;
 pub mod message;
 mod publish;
@@ -31,13 +32,22 @@ use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
-pub use message::{Member, ShardMsg};
+pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
 use subscribe::SharedGroups;
 
 /// Identifies a connection within its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId(pub u32);
+
+/// A connection as a record that outlives a turn remembers it: its id and the serial of the
+/// connection that held the id then. Ids are reused after [`Shard::release`]; serials are not,
+/// so a CONNACK or a session can never go to the next connection on the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConnRef {
+    id: ConnId,
+    serial: u64,
+}
 
 /// Per-listener policy the shard applies at CONNECT.
 #[derive(Clone, Debug)]
@@ -119,12 +129,22 @@ pub struct ShardConfig {
     pub tx_bytes_max: usize,
     /// Messages waiting for one peer shard before publishers on this shard are paused.
     pub outbox_messages_max: usize,
+    /// Bytes of publishes this shard may have crossing the mesh before its publishers are
+    /// paused (`limits.mesh_bytes_max`), counted in `mesh_bytes`.
+    pub mesh_bytes_max: usize,
+    /// Mesh bytes in flight by sending shard, shared by every shard.
+    pub mesh_bytes: std::sync::Arc<budget::MeshBytes>,
     /// v5 Response Information returned to clients that request it: this prefix followed by
     /// the client id and `/` (§3.2.2.3.15). `None`: not offered.
     pub response_information_prefix: Option<String>,
     /// Refuse v5 PUBLISH (and wills) whose Payload Format Indicator says UTF-8 when the payload
     /// is not (0x99, §3.3.2.3.2).
     pub check_payload_format: bool,
+    /// The broker-wide memory budget, one counter shared by every shard (see [`budget`]).
+    pub memory: std::sync::Arc<budget::MemoryBudget>,
+    /// Time a peer may accept no output bytes before its connection is closed (the IO driver
+    /// applies it; the will is published).
+    pub write_timeout: Duration,
 }
 
 impl ShardConfig {
@@ -165,8 +185,12 @@ impl ShardConfig {
             failed_logins_per_minute_max: 30,
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
+            mesh_bytes_max: 1 << 20,
+            mesh_bytes: std::sync::Arc::new(budget::MeshBytes::new(shards)),
             response_information_prefix: Some("responses/".into()),
             check_payload_format: true,
+            memory: Default::default(),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -186,6 +210,8 @@ pub enum CloseReason {
     KeepAliveTimeout,
     /// No CONNECT within the connect timeout.
     ConnectTimeout,
+    /// The peer accepted no output for the write timeout (no DISCONNECT: it cannot be sent).
+    WriteTimeout,
     /// Another connection took the client id over.
     TakenOver,
     /// The broker is shutting down.
@@ -242,8 +268,9 @@ enum Phase {
     /// CONNECT received; its password is being checked on a worker thread (`ticket` names the
     /// job). Nothing is read meanwhile.
     Verifying { deadline: Instant, ticket: u64 },
-    /// CONNECT received; waiting for the registry and maybe a takeover.
-    Connecting,
+    /// CONNECT received; waiting for the registry, maybe a takeover, and the subscriptions of
+    /// a moved session. Closed at `deadline` (the connect timeout again) if still waiting.
+    Connecting { deadline: Instant },
     /// Bound to a session slot.
     Active { slot: u32 },
     /// Closed by the shard; bytes in `tx` are flushed, then the socket is closed.
@@ -254,6 +281,8 @@ enum Phase {
 #[derive(Debug)]
 pub(crate) struct Conn {
     phase: Phase,
+    /// Unique per shard over its life (see [`ConnRef`]).
+    serial: u64,
     /// Negotiated version (V311 until CONNECT says otherwise).
     version: ProtocolVersion,
     /// Listener the connection came in on.
@@ -301,28 +330,61 @@ pub(crate) struct Conn {
     /// The user name was proven by the transport (TLS client certificate) or by enhanced
     /// authentication, not just claimed in CONNECT.
     identity_verified: bool,
+    /// Bytes `will` is charged to the memory budget.
+    will_charged: usize,
+    /// Retained messages owed after a SUBACK, written a batch at a time as `tx` drains
+    /// ([`Shard::drain_retained`]). At most `retained_messages_max` entries; reading pauses
+    /// while any wait, so one connection holds one SUBSCRIBE's worth at a time.
+    retained_backlog: VecDeque<RetainedOut>,
+    /// Bytes `retained_backlog` is charged to the memory budget.
+    backlog_charged: usize,
 }
+
+/// A retained message owed to a connection after its SUBACK.
+#[derive(Debug)]
+pub(crate) struct RetainedOut {
+    msg: std::rc::Rc<crate::session::Message>,
+    /// Delivery QoS: min(message, subscription).
+    qos: codec::QoS,
+    /// v5 Subscription Identifier of the SUBSCRIBE.
+    identifier: Option<u32>,
+}
+
+/// Retained messages written per drain of a connection's backlog.
+const RETAINED_BATCH: usize = 64;
 
 /// A session slot: the session and whatever binds it to a connection.
 #[derive(Debug)]
 pub(crate) struct SessionSlot {
     session: Session,
+    /// Local generation of the slot index (reused slots differ), for shared-subscription
+    /// members and No Local.
     generation: u32,
+    /// The registry generation of the claim that installed this session.
+    claim: ClaimGen,
     conn: Option<ConnId>,
     /// When an unconnected session expires.
     expires_at: Option<Instant>,
     /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
     pending_will: Option<(Will, Instant)>,
+    /// Bytes this session's messages are charged to the memory budget (its `held_bytes` when
+    /// last recharged).
+    charged: usize,
 }
 
 /// A CONNECT waiting for the registry or a takeover.
 #[derive(Debug)]
 struct PendingConnect {
-    conn: ConnId,
+    conn: ConnRef,
     connect: Box<codec::Connect>,
     assigned_id: bool,
     /// Enhanced authentication that succeeded: method and final data for the CONNACK.
     auth_done: Option<(String, bytes::Bytes)>,
+    /// The registry's generation for this claim, once its `ClaimReply` arrived.
+    generation: Option<ClaimGen>,
+    /// A newer CONNECT for the client id took this one over before it finished: the
+    /// connection is closed, and the session, once it arrives, is passed on there.
+    handoff: Option<connect::Handoff>,
 }
 
 /// A connection's state as the IO driver sees it.
@@ -332,8 +394,12 @@ pub struct ConnStatus {
     pub has_tx: bool,
     /// The shard wants the socket closed once `tx` is flushed.
     pub closing: bool,
-    /// Reading should pause (output or mesh backpressure).
+    /// Reading should pause (output or mesh backpressure, or `memory_paused`).
     pub read_paused: bool,
+    /// The broker-wide memory budget is used up and this connection is owed nothing (no
+    /// message queued or in flight for it), so what it sends could only add: its reads pause
+    /// until the budget recovers. Included in `read_paused`.
+    pub memory_paused: bool,
 }
 
 /// The broker state of one core.
@@ -351,21 +417,31 @@ pub struct Shard {
     local_filter_refs: HashMap<String, u32>,
     shared: SharedGroups,
     retained: RetainedStore,
-    /// Registry partition: client id → owning shard.
-    registry: HashMap<String, u16>,
+    /// Registry partition: client id → owning shard and the generation of its claim.
+    registry: HashMap<String, Owner>,
+    /// The registry partition's generation counter (one for all its client ids).
+    next_claim: u64,
+    /// Per registry shard: the highest generation of our claims it has answered. Answers
+    /// from one registry arrive in order, so a `Takeover` naming a larger generation is for a
+    /// claim of ours whose answer is still on its way.
+    claims_seen: Vec<ClaimGen>,
+    /// CONNECTs waiting for the registry or a takeover, by request id.
     pending: HashMap<u64, PendingConnect>,
     /// CONNECTs whose password a worker is checking, by ticket. At most one per connection in
     /// `Phase::Verifying`, plus those whose connection closed before the verdict (bounded by
     /// the pool's queue).
-    verifying: HashMap<u64, PendingConnect>,
+    verifying: HashMap<u64, connect::AwaitingVerdict>,
     /// Failed logins per source address (bounded, see [`crate::auth::ratelimit`]).
     failed_logins: crate::auth::FailedLogins,
-    /// Takeover requests for client ids with a connect in progress here, replayed after it.
-    deferred: Vec<(u16, ShardMsg)>,
+    /// Takeovers that arrived before the `ClaimReply` of the claim they name (at most one per
+    /// pending CONNECT without a generation, so bounded by `pending`).
+    early_takeovers: Vec<connect::EarlyTakeover>,
     /// Acknowledgements waiting for the other shards to apply subscriptions, by request id,
     /// with the number of peer answers still missing.
     pending_acks: HashMap<u64, (subscribe::PendingAck, usize)>,
     next_req: u64,
+    /// Serial of the next accepted connection.
+    next_conn_serial: u64,
     outbox: Vec<VecDeque<ShardMsg>>,
     /// Counters, read by the metrics endpoint and `$SYS`.
     pub metrics: Metrics,
@@ -409,12 +485,15 @@ impl Shard {
             shared: SharedGroups::default(),
             retained: RetainedStore::default(),
             registry: HashMap::new(),
+            next_claim: 1,
+            claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
             verifying: HashMap::new(),
             failed_logins: crate::auth::FailedLogins::new(failed_logins_max),
-            deferred: Vec::new(),
+            early_takeovers: Vec::new(),
             pending_acks: HashMap::new(),
             next_req: 1,
+            next_conn_serial: 1,
             reading: false,
             resume_reads: Vec::new(),
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
@@ -470,8 +549,11 @@ impl Shard {
             return None;
         }
         self.conns_per_listener[listener] += 1;
+        let serial = self.next_conn_serial;
+        self.next_conn_serial += 1;
         let conn = Conn {
             phase: Phase::AwaitConnect { deadline: now + self.cfg.connect_timeout },
+            serial,
             version: ProtocolVersion::V311,
             listener,
             peer,
@@ -492,6 +574,9 @@ impl Shard {
             auth: None,
             auth_method: None,
             identity_verified: false,
+            will_charged: 0,
+            retained_backlog: VecDeque::new(),
+            backlog_charged: 0,
             tls_username: tls_username.map(String::into_boxed_str),
         };
         self.metrics.connections_total += 1;
@@ -507,6 +592,16 @@ impl Shard {
             }
         };
         Some(ConnId(id))
+    }
+
+    fn conn_ref(&self, id: ConnId) -> Option<ConnRef> {
+        self.conn(id).map(|c| ConnRef { id, serial: c.serial })
+    }
+
+    /// Whether the very connection `r` names is still waiting for its CONNACK.
+    fn still_connecting(&self, r: ConnRef) -> bool {
+        self.conn(r.id)
+            .is_some_and(|c| c.serial == r.serial && matches!(c.phase, Phase::Connecting { .. }))
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
@@ -540,20 +635,40 @@ impl Shard {
     /// What the IO driver should do for this connection.
     pub fn status(&self, id: ConnId) -> ConnStatus {
         match self.conn(id) {
-            Some(c) => ConnStatus {
-                has_tx: !c.tx.is_empty(),
-                closing: matches!(c.phase, Phase::Closing),
-                read_paused: c.tx.len() >= self.cfg.tx_bytes_max
-                    || self.outbox_full()
-                    || c.awaiting_peers
-                    || matches!(c.phase, Phase::Connecting | Phase::Verifying { .. }),
-            },
-            None => ConnStatus { has_tx: false, closing: true, read_paused: true },
+            Some(c) => {
+                let memory_paused = self.memory_exhausted()
+                    && match c.phase {
+                        Phase::Active { slot } => {
+                            self.slot(slot).is_none_or(|s| s.session.held_bytes() == 0)
+                        }
+                        // A CONNECT is read, to be refused with a reason code.
+                        _ => false,
+                    };
+                let backlog = !c.retained_backlog.is_empty();
+                ConnStatus {
+                    has_tx: !c.tx.is_empty() || backlog,
+                    closing: matches!(c.phase, Phase::Closing),
+                    read_paused: c.tx.len() >= self.cfg.tx_bytes_max
+                        || self.outbox_full()
+                        || c.awaiting_peers
+                        || backlog
+                        || matches!(c.phase, Phase::Connecting { .. } | Phase::Verifying { .. })
+                        || memory_paused,
+                    memory_paused,
+                }
+            }
+            None => {
+                ConnStatus { has_tx: false, closing: true, read_paused: true, memory_paused: false }
+            }
         }
     }
 
-    /// Takes the bytes waiting for the connection, leaving an empty buffer.
+    /// Takes the bytes waiting for the connection, leaving an empty buffer. Retained messages
+    /// owed to it are encoded first, a batch at a time.
     pub fn take_tx(&mut self, id: ConnId) -> BytesMut {
+        if self.conn(id).is_some_and(|c| !c.retained_backlog.is_empty()) {
+            self.drain_retained(id, Instant::now());
+        }
         match self.conn_mut(id) {
             Some(c) => std::mem::take(&mut c.tx),
             None => BytesMut::new(),
@@ -596,7 +711,7 @@ impl Shard {
             match c.phase {
                 Phase::Closing => return,
                 // Pipelined packets wait until CONNACK (or a held SUBACK) is out.
-                Phase::Connecting | Phase::Verifying { .. } => return,
+                Phase::Connecting { .. } | Phase::Verifying { .. } => return,
                 _ if c.awaiting_peers => return,
                 _ => {}
             }
@@ -636,7 +751,7 @@ impl Shard {
                     self.metrics.protocol_errors += 1;
                     tracing::debug!(conn = id.0, error = %e, "malformed packet");
                     if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
-                        self.refuse_connect_error(id, &e, connect_version);
+                        self.refuse_connect_error(id, &e, connect_version, now);
                     } else {
                         self.close(id, CloseReason::Protocol(e.reason_code()), now);
                     }
@@ -652,9 +767,52 @@ impl Shard {
         }
     }
 
+    /// Writes up to [`RETAINED_BATCH`] retained messages from the connection's backlog while
+    /// its output is under half its bound.
+    pub(crate) fn drain_retained(&mut self, id: ConnId, now: Instant) {
+        let half = self.cfg.tx_bytes_max / 2;
+        for _ in 0..RETAINED_BATCH {
+            let Some(c) = self.conn_mut(id) else { return };
+            let Phase::Active { slot } = c.phase else {
+                c.retained_backlog.clear();
+                break;
+            };
+            if c.tx.len() >= half {
+                break;
+            }
+            let Some(r) = c.retained_backlog.pop_front() else { break };
+            let out = crate::session::Outgoing {
+                msg: r.msg,
+                qos: r.qos,
+                retain: true,
+                subscription_ids: r.identifier.into_iter().collect(),
+            };
+            self.deliver(slot, out, now);
+        }
+        self.recharge_backlog(id);
+    }
+
+    /// Brings the memory-budget charge of a connection's retained backlog in line with its
+    /// length (the messages are the store's; an entry costs its own size).
+    fn recharge_backlog(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        let now = c.retained_backlog.len() * std::mem::size_of::<RetainedOut>();
+        self.cfg.memory.recharge(c.backlog_charged, now);
+        c.backlog_charged = now;
+    }
+
     /// The socket reached end of stream or failed.
     pub fn handle_closed(&mut self, id: ConnId, now: Instant) {
         self.close(id, CloseReason::NetworkError, now);
+    }
+
+    /// The peer accepted no output for `write_timeout`: the connection is closed as a network
+    /// failure (its will is published) and its unsent output discarded.
+    pub fn handle_write_timeout(&mut self, id: ConnId, now: Instant) {
+        self.close(id, CloseReason::WriteTimeout, now);
+        if let Some(c) = self.conn_mut(id) {
+            c.tx = BytesMut::new();
+        }
     }
 
     /// The driver closed the socket: the connection slot is freed.
@@ -662,6 +820,11 @@ impl Shard {
         if self.conn(id).is_some_and(|c| !matches!(c.phase, Phase::Closing)) {
             self.close(id, CloseReason::NetworkError, now);
         }
+        self.take_will(id);
+        if let Some(c) = self.conn_mut(id) {
+            c.retained_backlog = VecDeque::new();
+        }
+        self.recharge_backlog(id);
         if let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::take) {
             self.conns_per_listener[c.listener] -= 1;
             self.metrics.connections_current -= 1;
@@ -773,14 +936,15 @@ impl Shard {
         }
         let phase = std::mem::replace(&mut c.phase, Phase::Closing);
         let v5 = c.version.is_v5();
-        let will = c.will.take();
         if let Some(w) = &c.waker {
             w.wake_by_ref();
         }
+        let will = self.take_will(id);
         tracing::info!(conn = id.0, ?reason, "disconnected");
         match reason {
             CloseReason::KeepAliveTimeout => self.metrics.keepalive_timeouts += 1,
             CloseReason::ConnectTimeout => self.metrics.connect_timeouts += 1,
+            CloseReason::WriteTimeout => self.metrics.write_timeouts += 1,
             CloseReason::Protocol(_) => self.metrics.protocol_closes += 1,
             _ => {}
         }
@@ -813,13 +977,45 @@ impl Shard {
     fn detach_session(&mut self, slot: u32, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         s.conn = None;
-        let expiry = s.session.expiry_secs;
-        if expiry == 0 {
-            self.destroy_session(slot);
-        } else if expiry != u32::MAX {
-            let s = self.slot_mut(slot).expect("invariant: slot checked above");
-            s.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
+        match s.session.expiry_secs {
+            0 => self.destroy_session(slot, now),
+            u32::MAX => {}
+            expiry => s.expires_at = Some(now + Duration::from_secs(u64::from(expiry))),
         }
+    }
+
+    /// Brings the memory-budget charge of `slot` in line with what its session holds now.
+    /// Called after every change to a session's queue or in-flight map.
+    pub(crate) fn recharge_slot(&mut self, slot: u32) {
+        let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let held = s.session.held_bytes();
+        self.cfg.memory.recharge(s.charged, held);
+        s.charged = held;
+    }
+
+    /// Whether the broker-wide memory budget is used up (see [`budget`]). Counted when it
+    /// refuses something ([`Metrics::memory_budget_refusals`]).
+    pub fn memory_exhausted(&self) -> bool {
+        self.cfg.memory.exhausted()
+    }
+
+    /// Stores a connection's will and charges it to the memory budget.
+    pub(crate) fn set_will(&mut self, id: ConnId, will: Option<Will>) {
+        let cost = will.as_ref().map_or(0, will_cost);
+        let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) else { return };
+        self.cfg.memory.recharge(c.will_charged, cost);
+        c.will_charged = cost;
+        c.will = will;
+    }
+
+    /// Takes a connection's will and releases its charge.
+    fn take_will(&mut self, id: ConnId) -> Option<Will> {
+        let c = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut)?;
+        self.cfg.memory.recharge(c.will_charged, 0);
+        c.will_charged = 0;
+        c.will.take()
     }
 
     fn slot(&self, slot: u32) -> Option<&SessionSlot> {
@@ -832,12 +1028,13 @@ impl Shard {
 
     /// Removes a session: its subscriptions leave the trie (and the other shards' replicas),
     /// and the registry forgets this shard as the owner.
-    fn destroy_session(&mut self, slot: u32) {
+    fn destroy_session(&mut self, slot: u32, now: Instant) {
         // A delayed will goes out when its session ends ([MQTT-3.1.3-9]).
         if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
-            self.publish_will(slot, will, Instant::now());
+            self.publish_will(slot, will, now);
         }
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
+        self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
             self.remove_subscription_entry(slot, filter);
@@ -845,13 +1042,14 @@ impl Shard {
         self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;
         self.by_client.remove(&s.session.client_id);
         self.metrics.sessions_current = self.by_client.len() as u64;
-        let owner = self.id;
+        let owner = Owner { shard: self.id, generation: s.claim };
         let client_id = s.session.client_id;
-        self.send_to_registry(ShardMsg::Release { client_id, owner });
+        self.send_to_registry(ShardMsg::Release { client_id, owner }, now);
     }
 
     /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
     pub fn tick(&mut self, now: Instant) {
+        self.metrics.memory_exhausted = u64::from(self.memory_exhausted());
         let mut to_close = Vec::new();
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };
@@ -859,6 +1057,7 @@ impl Shard {
                 Phase::AwaitConnect { deadline }
                 | Phase::Authenticating { deadline }
                 | Phase::Verifying { deadline, .. }
+                | Phase::Connecting { deadline }
                     if now >= deadline =>
                 {
                     to_close.push((i as u32, CloseReason::ConnectTimeout))
@@ -888,7 +1087,7 @@ impl Shard {
             .collect();
         for slot in expired {
             self.metrics.sessions_expired += 1;
-            self.destroy_session(slot);
+            self.destroy_session(slot, now);
         }
         let due: Vec<u32> = self
             .sessions
@@ -932,6 +1131,7 @@ impl Shard {
 
     fn outbox_full(&self) -> bool {
         self.outbox.iter().any(|q| q.len() >= self.cfg.outbox_messages_max)
+            || self.cfg.mesh_bytes.in_flight(self.id) >= self.cfg.mesh_bytes_max
     }
 
     /// Queues `msg` for `peer`; a message to this shard itself is handled at once.
@@ -956,6 +1156,10 @@ impl Shard {
     pub fn handle_peer(&mut self, from: u16, msg: ShardMsg, now: Instant) {
         match msg {
             ShardMsg::Publish { msg, normal, shared } => {
+                // Charged by the sender while it crossed the mesh (see `route`).
+                let cost = msg.cost_bytes();
+                self.cfg.memory.recharge(cost, 0);
+                self.cfg.mesh_bytes.received(from, cost);
                 self.deliver_forwarded(msg, normal, shared, now)
             }
             ShardMsg::SubAdd { filter, ack } => {
@@ -977,12 +1181,16 @@ impl Shard {
             }
             ShardMsg::Retain { msg } => self.retained_apply(msg),
             ShardMsg::Claim { client_id, req } => self.registry_claim(from, client_id, req, now),
-            ShardMsg::ClaimReply { req, previous } => self.claim_reply(req, previous, now),
-            ShardMsg::Takeover { client_id, req, clean_start } => {
-                self.handle_takeover(from, client_id, req, clean_start, now)
+            ShardMsg::ClaimReply { req, generation, previous } => {
+                self.claim_reply(from, req, generation, previous, now)
             }
-            ShardMsg::TakeoverReply { req, state } => self.takeover_reply(req, state, now),
+            ShardMsg::Takeover { client_id, req, generation, target, clean_start } => {
+                let ask = connect::Handoff { to: from, req, generation, clean_start };
+                self.handle_takeover(client_id, target, ask, now)
+            }
+            ShardMsg::TakeoverReply { req, state } => self.finish_connect(req, state, now),
             ShardMsg::Release { client_id, owner } => {
+                // Only the claim it names: a newer claim stays ([MQTT-3.1.4-2] fencing).
                 if self.registry.get(&client_id) == Some(&owner) {
                     self.registry.remove(&client_id);
                 }
@@ -996,5 +1204,15 @@ impl Shard {
     }
 }
 
+/// Bytes a will counts for in the memory budget, as a message would.
+fn will_cost(w: &Will) -> usize {
+    crate::session::message::MESSAGE_OVERHEAD_BYTES
+        + w.topic.capacity()
+        + w.payload.len()
+        + w.properties.heap_bytes()
+}
+
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;

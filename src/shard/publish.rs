@@ -141,7 +141,7 @@ impl Shard {
             .message_expiry_interval()
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
         p.properties.remove(codec::properties::id::MESSAGE_EXPIRY_INTERVAL);
-        let msg = Message {
+        let mut msg = Message {
             topic: p.topic,
             payload: p.payload,
             qos: p.qos,
@@ -151,6 +151,9 @@ impl Shard {
             origin: self.origin(slot),
             received_at: Some(now),
         };
+        // A payload sliced from the read buffer would pin all of it for as long as the
+        // message is queued or retained (issue 9: a 1-byte retained payload held 64 KiB).
+        msg.detach();
         if msg.retain {
             self.retain_local_and_broadcast(&msg);
         }
@@ -162,6 +165,18 @@ impl Shard {
 
     /// Publishes a will as if its client had sent it ([MQTT-3.1.2-8]).
     pub(super) fn publish_will(&mut self, slot: u32, will: Will, now: Instant) {
+        // The rules of PUBLISH, checked now rather than only at CONNECT: the ACL may have been
+        // reloaded since, and `$SYS/` is the broker's whatever the ACL says.
+        let denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
+            let s = self.slot(slot);
+            let user = s.and_then(|s| s.session.username.as_deref());
+            let cid = s.map_or("", |s| s.session.client_id.as_str());
+            !acl.can_publish(user, cid, &will.topic)
+        });
+        if denied || will.topic.starts_with("$SYS") {
+            self.metrics.publish_denied += 1;
+            return;
+        }
         self.metrics.wills_published += 1;
         let mut properties = will.properties;
         let expires_at = properties
@@ -225,11 +240,15 @@ impl Shard {
             }
         }
         let mut matched = !scratch.is_empty();
+        let cost = msg.cost_bytes();
         for peer in 0..shards {
             let shared = std::mem::take(&mut peer_shared[peer]);
             if peer_normal[peer] || !shared.is_empty() {
                 matched = true;
                 self.metrics.messages_forwarded += 1;
+                // Charged while it crosses the mesh; the receiving shard releases it.
+                self.cfg.memory.recharge(0, cost);
+                self.cfg.mesh_bytes.sent(self.id, cost);
                 let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
                 self.outbox[peer].push_back(m);
             }
@@ -355,9 +374,15 @@ impl Shard {
             None if out.qos == QoS::AtMostOnce => self.metrics.messages_dropped_qos0_offline += 1,
             None => self.enqueue(slot, out),
         }
+        self.recharge_slot(slot);
     }
 
     fn enqueue(&mut self, slot: u32, out: Outgoing) {
+        if self.memory_exhausted() {
+            // The broker-wide budget is used up: queues stop growing (see `budget`).
+            self.metrics.messages_dropped_memory += 1;
+            return;
+        }
         let Some(s) = self.slot_mut(slot) else { return };
         match s.session.enqueue(out) {
             Ok(()) => {}
@@ -443,6 +468,11 @@ impl Shard {
 
     /// Sends queued messages while the in-flight window has room (and QoS 0 ones directly).
     pub(super) fn pump(&mut self, conn: ConnId, slot: u32, now: Instant) {
+        self.pump_queue(conn, slot, now);
+        self.recharge_slot(slot);
+    }
+
+    fn pump_queue(&mut self, conn: ConnId, slot: u32, now: Instant) {
         let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
         // Bounded by the queue length.
         loop {
@@ -464,8 +494,7 @@ impl Shard {
 
     /// On session resume: PUBLISH again with DUP for unacknowledged messages, PUBREL again for
     /// released ones, in their original order ([MQTT-4.4.0-1]).
-    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32) {
-        let now = Instant::now();
+    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32, now: Instant) {
         let Some(s) = self.slot(slot) else { return };
         let items: Vec<(u16, Outgoing, InflightState)> =
             s.session.inflight.iter().map(|(id, f)| (*id, f.out.clone(), f.state)).collect();

@@ -6,7 +6,6 @@
 //! whatever its number of subscribers there.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::Instant;
 
 use super::message::Member;
@@ -15,7 +14,7 @@ use crate::codec::topic::is_shared;
 use crate::codec::{
     Packet, Properties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::session::{Outgoing, Subscription};
+use crate::session::Subscription;
 use crate::topic::{levels, parse_shared, SubscriptionTrie};
 
 /// Key of a trie entry.
@@ -53,9 +52,11 @@ pub(crate) enum PendingAck {
     /// The CONNACK of a resumed session whose subscriptions moved here.
     Conn {
         /// Connection.
-        conn: ConnId,
+        conn: super::ConnRef,
         /// Session slot.
         slot: u32,
+        /// Generation of the claim that installed the session in `slot`.
+        claim: super::ClaimGen,
         /// The CONNACK.
         ack: crate::codec::ConnAck,
     },
@@ -64,7 +65,8 @@ pub(crate) enum PendingAck {
 /// A SUBACK held until every other shard has applied the new subscriptions.
 #[derive(Debug)]
 pub(crate) struct PendingSubAck {
-    conn: ConnId,
+    /// The connection by (id, serial): the id may be reused before the peers answer.
+    conn: super::ConnRef,
     slot: u32,
     ack: SubAck,
     retained_for: Vec<(String, QoS)>,
@@ -90,8 +92,9 @@ pub(crate) struct SharedGroups {
 }
 
 impl SharedGroups {
-    fn add(&mut self, group: &str, member: Member) {
-        let Some((_, filter)) = parse_shared(group) else { return };
+    /// Adds or updates a member; true when it is new.
+    fn add(&mut self, group: &str, member: Member) -> bool {
+        let Some((_, filter)) = parse_shared(group) else { return false };
         if !self.groups.contains_key(group) {
             self.next_key += 1;
             let key = self.next_key;
@@ -102,19 +105,29 @@ impl SharedGroups {
         }
         let g = self.groups.get_mut(group).expect("invariant: inserted above");
         match g.members.iter_mut().find(|m| m.shard == member.shard && m.slot == member.slot) {
-            Some(m) => *m = member,
-            None => g.members.push(member),
+            Some(m) => {
+                *m = member;
+                false
+            }
+            None => {
+                g.members.push(member);
+                true
+            }
         }
     }
 
-    fn remove(&mut self, group: &str, shard: u16, slot: u32) {
-        let Some(g) = self.groups.get_mut(group) else { return };
+    /// Removes a member; true when it was there.
+    fn remove(&mut self, group: &str, shard: u16, slot: u32) -> bool {
+        let Some(g) = self.groups.get_mut(group) else { return false };
+        let before = g.members.len();
         g.members.retain(|m| !(m.shard == shard && m.slot == slot));
+        let removed = g.members.len() != before;
         if g.members.is_empty() {
             let g = self.groups.remove(group).expect("invariant: found above");
             self.trie.remove(&g.filter, &g.key);
             self.names.remove(&g.key);
         }
+        removed
     }
 
     /// One member per matching group, round robin ([MQTT-4.8.2-4]: each message goes to one
@@ -159,7 +172,33 @@ impl Shard {
         let mut told = 0usize;
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained_for = Vec::new();
-        for (filter, options) in s.filters {
+        if s.filters.len() > self.cfg.subscriptions_per_client_max {
+            // More filters in one packet than a session may hold: refused whole, each with
+            // Quota exceeded (v3: 0x80 Failure), so one packet's work is bounded by the limit.
+            self.metrics.subscribe_refused_too_many += 1;
+            let reason = if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::UnspecifiedError };
+            let ack = SubAck {
+                packet_id: s.packet_id,
+                reasons: vec![reason; s.filters.len()],
+                properties: Properties::new(),
+            };
+            self.send(id, &Packet::SubAck(ack));
+            return;
+        }
+        // A filter repeated within one SUBSCRIBE is one subscription: the last occurrence
+        // replaces the earlier ones ([MQTT-3.8.4-3]), so only it is applied (one delta to the
+        // other shards, one retained scan). Earlier occurrences answer as it does.
+        let mut last: HashMap<&str, usize> = HashMap::with_capacity(s.filters.len());
+        for (i, (filter, _)) in s.filters.iter().enumerate() {
+            last.insert(filter.as_str(), i);
+        }
+        let winner: Vec<usize> = s.filters.iter().map(|(f, _)| last[f.as_str()]).collect();
+        drop(last);
+        let mut answer: Vec<Option<ReasonCode>> = vec![None; s.filters.len()];
+        for (i, (filter, options)) in s.filters.into_iter().enumerate() {
+            if winner[i] != i {
+                continue;
+            }
             let inner = parse_shared(&filter).map_or(filter.as_str(), |(_, f)| f);
             let acl_denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
                 let s = self.slot(slot);
@@ -206,15 +245,15 @@ impl Shard {
                     }
                 }
             };
-            if reason.is_error() && !v5 {
-                reasons.push(ReasonCode::UnspecifiedError);
-            } else {
-                reasons.push(reason);
-            }
+            answer[i] =
+                Some(if reason.is_error() && !v5 { ReasonCode::UnspecifiedError } else { reason });
+        }
+        for w in winner {
+            reasons.push(answer[w].unwrap_or(ReasonCode::UnspecifiedError));
         }
         let ack = SubAck { packet_id: s.packet_id, reasons, properties: Properties::new() };
-        self.metrics.subscriptions_current = self.trie_local_count();
-        let pending = PendingSubAck { conn: id, slot, ack, retained_for, identifier };
+        let Some(conn) = self.conn_ref(id) else { return };
+        let pending = PendingSubAck { conn, slot, ack, retained_for, identifier };
         let peers = usize::from(self.cfg.shards) - 1;
         if told == 0 || peers == 0 {
             self.complete_suback(pending, now);
@@ -233,44 +272,58 @@ impl Shard {
         if *left == 0 {
             match self.pending_acks.remove(&req).expect("invariant: found above").0 {
                 PendingAck::Sub(p) => self.complete_suback(p, now),
-                PendingAck::Conn { conn, slot, ack } => self.complete_connack(conn, slot, ack, now),
+                PendingAck::Conn { conn, slot, claim, ack } => {
+                    self.complete_connack(conn, slot, claim, ack, now)
+                }
             }
         }
     }
 
     /// Sends the SUBACK, then the retained messages for the new subscriptions.
     fn complete_suback(&mut self, p: PendingSubAck, now: Instant) {
-        let still_bound = matches!(
-            self.conn(p.conn).map(|c| &c.phase),
-            Some(super::Phase::Active { slot }) if *slot == p.slot
-        );
+        // The very connection that subscribed, still on its session: a connection that reused
+        // the id (even on the same slot, after a takeover) never sees this SUBACK (issue 9).
+        let conn = p.conn.id;
+        let still_bound = self.conn(conn).is_some_and(|c| {
+            c.serial == p.conn.serial
+                && matches!(c.phase, super::Phase::Active { slot } if slot == p.slot)
+        });
         if !still_bound {
             return;
         }
-        if let Some(c) = self.conn_mut(p.conn) {
+        if let Some(c) = self.conn_mut(conn) {
             c.awaiting_peers = false;
         }
-        self.send(p.conn, &Packet::SubAck(p.ack));
-        let (slot, identifier) = (p.slot, p.identifier);
-        // Retained messages follow the SUBACK, with RETAIN set ([MQTT-3.3.1-8]).
+        self.send(conn, &Packet::SubAck(p.ack));
+        let identifier = p.identifier;
+        // Retained messages follow the SUBACK, with RETAIN set ([MQTT-3.3.1-8]). They are
+        // queued on the connection and written as its output drains (`drain_retained`), a
+        // batch at a time: a SUBSCRIBE matching thousands of them costs one trie walk now
+        // and bounded work per turn after, and QoS 0 ones are not dropped for a full buffer.
+        let cap = self.cfg.retained_messages_max;
+        let mut msgs = Vec::new();
+        let mut backlog = match self.conn_mut(conn) {
+            Some(c) => std::mem::take(&mut c.retained_backlog),
+            None => return,
+        };
         for (filter, qos) in p.retained_for {
-            let msgs = self.retained.matching(&filter, now);
-            for msg in msgs {
-                let out = Outgoing {
-                    qos: crate::shard::message::delivery_qos(msg.qos, qos),
-                    msg: Rc::clone(&msg),
-                    retain: true,
-                    subscription_ids: identifier.into_iter().collect(),
-                };
-                self.deliver(slot, out, now);
+            msgs.clear();
+            self.retained.matching(&filter, now, &mut msgs);
+            for msg in msgs.drain(..) {
+                if backlog.len() >= cap {
+                    self.metrics.retained_dropped_backlog += 1;
+                    continue;
+                }
+                let qos = crate::shard::message::delivery_qos(msg.qos, qos);
+                backlog.push_back(super::RetainedOut { msg, qos, identifier });
             }
         }
+        if let Some(c) = self.conn_mut(conn) {
+            c.retained_backlog = backlog;
+        }
+        self.drain_retained(conn, now);
         // Packets that arrived behind the SUBSCRIBE.
-        self.handle_read(p.conn, &[], now);
-    }
-
-    fn trie_local_count(&self) -> u64 {
-        self.sessions.iter().flatten().map(|s| s.session.subscriptions.len() as u64).sum()
+        self.handle_read(conn, &[], now);
     }
 
     pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: u32, u: Unsubscribe) {
@@ -290,7 +343,6 @@ impl Shard {
         }
         let ack = UnsubAck { packet_id: u.packet_id, reasons, properties: Properties::new() };
         self.send(id, &Packet::UnsubAck(ack));
-        self.metrics.subscriptions_current = self.trie_local_count();
     }
 
     /// Adds a session's subscription to the trie (or the shared groups) and tells the other
@@ -312,7 +364,9 @@ impl Shard {
                 options: sub.options,
                 identifier: sub.identifier,
             };
-            self.shared.add(filter, member);
+            if self.shared.add(filter, member) {
+                self.metrics.subscriptions_current += 1;
+            }
             let group = filter.to_owned();
             self.broadcast(|| ShardMsg::SharedAdd { group: group.clone(), member, ack });
             return true;
@@ -321,6 +375,7 @@ impl Shard {
         if self.trie.insert(filter, SubKey::Local(slot), val).is_some() {
             return false; // replaced in place: the filter count is unchanged
         }
+        self.metrics.subscriptions_current += 1;
         let refs = self.local_filter_refs.entry(filter.to_owned()).or_insert(0);
         *refs += 1;
         if *refs == 1 {
@@ -335,7 +390,9 @@ impl Shard {
     /// subscriber left on the filter.
     pub(super) fn remove_subscription_entry(&mut self, slot: u32, filter: &str) {
         if is_shared(filter) {
-            self.shared.remove(filter, self.id, slot);
+            if self.shared.remove(filter, self.id, slot) {
+                self.metrics.subscriptions_current -= 1;
+            }
             let (group, shard) = (filter.to_owned(), self.id);
             self.broadcast(|| ShardMsg::SharedRemove { group: group.clone(), shard, slot });
             return;
@@ -343,6 +400,7 @@ impl Shard {
         if self.trie.remove(filter, &SubKey::Local(slot)).is_none() {
             return;
         }
+        self.metrics.subscriptions_current -= 1;
         let Some(refs) = self.local_filter_refs.get_mut(filter) else { return };
         *refs -= 1;
         if *refs == 0 {

@@ -31,7 +31,12 @@ fn peer() -> SocketAddr {
 
 impl Cluster {
     fn new(n: u16) -> Self {
-        let shards = (0..n).map(|i| Shard::new(i, ShardConfig::for_tests(n))).collect();
+        Self::with_config(ShardConfig::for_tests(n))
+    }
+
+    /// Shards sharing `cfg` (and so one memory budget).
+    fn with_config(cfg: ShardConfig) -> Self {
+        let shards = (0..cfg.shards).map(|i| Shard::new(i, cfg.clone())).collect();
         Self { shards, now: Instant::now() }
     }
 
@@ -59,6 +64,32 @@ impl Cluster {
             }
         }
         panic!("mesh did not settle in {rounds} rounds");
+    }
+
+    /// `settle`, except that channel `from` → `to` stops at its first `DeltaAck` (FIFO: what
+    /// follows it waits too).
+    fn settle_holding_delta_acks(&mut self, from: usize, to: usize) {
+        for _ in 0..100 {
+            let mut moved = false;
+            for f in 0..self.shards.len() {
+                for t in 0..self.shards.len() {
+                    // Bounded by the messages queued; handling may queue more for the next round.
+                    while let Some(m) = self.shards[f].outbox()[t].front() {
+                        if (f, t) == (from, to) && matches!(m, ShardMsg::DeltaAck { .. }) {
+                            break;
+                        }
+                        let Some(m) = self.shards[f].outbox()[t].pop_front() else { break };
+                        moved = true;
+                        let now = self.now;
+                        self.shards[t].handle_peer(f as u16, m, now);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("mesh did not settle");
     }
 
     fn open(&mut self, shard: usize, version: ProtocolVersion) -> Client {
@@ -482,12 +513,639 @@ fn pipelined_subscribes_do_not_recurse_per_packet() {
     }
 }
 
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+fn subscribe_packet(id: u16, filters: &[(&str, QoS)]) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: pid(id),
+        filters: filters
+            .iter()
+            .map(|(f, qos)| ((*f).into(), SubscriptionOptions { qos: *qos, ..Default::default() }))
+            .collect(),
+        properties: Properties::new(),
+    })
+}
+
+fn subacks(packets: &[Packet]) -> Vec<&codec::SubAck> {
+    packets.iter().filter_map(|p| if let Packet::SubAck(a) = p { Some(a) } else { None }).collect()
+}
+
+/// Issue 9: one SUBSCRIBE repeating `r/#` re-broadcast the filter to every shard and rescanned
+/// every retained message once per repeat. A repeated filter is one subscription
+/// ([MQTT-3.8.4-3]: the later replaces the earlier): one delta, one retained scan, and a
+/// reason code for every position ([MQTT-3.9.3-1] / [MQTT-3.8.4-6] in 3.1.1).
+#[test]
+fn repeated_filter_in_one_subscribe_counts_once() {
+    let mut cl = Cluster::new(2);
+    let p = cl.connect(0, V4, "p", true);
+    for i in 0..50 {
+        let topic = format!("r/{i}");
+        let msg = publish_packet(&topic, b"v", QoS::AtMostOnce, 0, true);
+        cl.send(p, msg);
+    }
+    let s = cl.connect(1, V4, "s", true);
+    // Within subscriptions_per_client_max (16 in the test config): 10 copies, the last QoS 1.
+    let mut filters = vec![("r/#", QoS::AtMostOnce); 9];
+    filters.push(("r/#", QoS::AtLeastOnce));
+    let now = cl.now;
+    let mut buf = BytesMut::new();
+    codec::encode(&subscribe_packet(7, &filters), V4, &mut buf).expect("encodes");
+    cl.shards[1].handle_read(s.conn, &buf, now);
+    let deltas = cl.shards[1].outbox()[0].len();
+    assert_eq!(deltas, 1, "one SubAdd for the filter, not one per repeat");
+    cl.settle();
+    let got = cl.recv(s);
+    let acks = subacks(&got);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].reasons.len(), 10, "one reason per filter position");
+    assert_eq!(acks[0].reasons[9], ReasonCode::GrantedQoS1, "the last occurrence wins");
+    let retained = publishes(&got);
+    assert_eq!(retained.len(), 50, "each retained message once, not once per repeat");
+    assert!(retained.iter().all(|p| p.qos == QoS::AtMostOnce && p.retain));
+    assert_eq!(cl.shards[1].metrics.subscriptions_current, 1);
+    let sess = cl.shards[1].by_client["s"];
+    let sub = &cl.shards[1].slot(sess).expect("session").session.subscriptions["r/#"];
+    assert_eq!(sub.options.qos, QoS::AtLeastOnce, "[MQTT-3.8.4-3] the later one replaces");
+}
+
+/// More filters in one SUBSCRIBE than a session may hold: the packet is refused whole, every
+/// filter with 0x97 Quota exceeded (v5) or 0x80 Failure (v3), and nothing is applied.
+#[test]
+fn subscribe_with_more_filters_than_the_limit_is_refused() {
+    for version in [V4, V5] {
+        let mut cl = Cluster::new(2);
+        let max = cl.shards[0].config().subscriptions_per_client_max;
+        let c = cl.connect(0, version, "many", true);
+        let names: Vec<String> = (0..=max).map(|i| format!("t/{i}")).collect();
+        let filters: Vec<(&str, QoS)> =
+            names.iter().map(|n| (n.as_str(), QoS::AtMostOnce)).collect();
+        cl.send(c, subscribe_packet(3, &filters));
+        let got = cl.recv(c);
+        let acks = subacks(&got);
+        let want =
+            if version.is_v5() { ReasonCode::QuotaExceeded } else { ReasonCode::UnspecifiedError };
+        assert_eq!(acks[0].reasons, vec![want; max + 1], "{version:?}");
+        assert_eq!(cl.shards[0].metrics.subscribe_refused_too_many, 1);
+        assert_eq!(cl.shards[0].metrics.subscriptions_current, 0);
+        assert!(cl.shards[1].outbox().iter().all(|q| q.is_empty()));
+        // Exactly the limit is accepted.
+        cl.send(c, subscribe_packet(4, &filters[..max]));
+        let got = cl.recv(c);
+        assert!(subacks(&got)[0].reasons.iter().all(|r| *r == ReasonCode::Success));
+        assert_eq!(cl.shards[0].metrics.subscriptions_current, max as u64);
+    }
+}
+
+/// The subscription gauge is kept as subscriptions come and go (no walk over the sessions).
+#[test]
+fn subscription_count_is_incremental_and_exact() {
+    let mut cl = Cluster::new(2);
+    let a = cl.connect(0, V4, "a", true);
+    let b = cl.connect(0, V4, "b", false);
+    cl.subscribe(a, "x/+", QoS::AtMostOnce);
+    cl.subscribe(a, "x/+", QoS::AtLeastOnce); // replaces
+    cl.subscribe(a, "$share/g/y", QoS::AtMostOnce);
+    cl.subscribe(b, "x/+", QoS::AtMostOnce);
+    cl.subscribe(b, "z", QoS::AtMostOnce);
+    assert_eq!(cl.shards[0].metrics.subscriptions_current, 4);
+    assert_eq!(cl.shards[1].metrics.subscriptions_current, 0, "remote entries are not counted");
+    let un = codec::Unsubscribe {
+        packet_id: pid(9),
+        filters: vec!["z".into()],
+        properties: Properties::new(),
+    };
+    cl.send(b, Packet::Unsubscribe(un));
+    assert_eq!(cl.shards[0].metrics.subscriptions_current, 3);
+    // a ends (clean session): its two go; b is taken over by shard 1 with its session.
+    let now = cl.now;
+    cl.shards[0].handle_closed(a.conn, now);
+    cl.settle();
+    assert_eq!(cl.shards[0].metrics.subscriptions_current, 1);
+    cl.connect(1, V4, "b", false);
+    assert_eq!(cl.shards[0].metrics.subscriptions_current, 0);
+    assert_eq!(cl.shards[1].metrics.subscriptions_current, 1);
+}
+
+/// A message owns its payload once it enters the broker: a 1-byte retained payload no longer
+/// pins the read buffer it arrived in (issue 9).
+#[test]
+fn stored_payload_does_not_pin_the_read_buffer() {
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    let mut msg =
+        crate::session::Message::new("t".into(), chunk.slice(10..11), QoS::AtMostOnce, true);
+    assert!(!chunk.is_unique(), "the slice shares the chunk");
+    msg.detach();
+    assert!(chunk.is_unique(), "after detach the message holds its own copy");
+    assert_eq!(&msg.payload[..], &[7]);
+}
+
+fn user_properties(n: usize) -> Properties {
+    let mut props = Properties::new();
+    for _ in 0..n {
+        props.push(codec::Property::UserProperty(String::new(), String::new()));
+    }
+    props
+}
+
+/// Issue 9: ~180 000 empty user properties cost ~10 MB of heap but counted as ~100 bytes.
+/// Now a message's cost includes its properties: a queue bound of 1 MiB refuses a message
+/// whose properties alone take more, and the retained store counts them.
+#[test]
+fn properties_count_in_queue_and_retained_bounds() {
+    let mut cl = Cluster::new(1);
+    // About accounting, not the per-packet user-property cap (tested on its own below).
+    cl.shards[0].cfg.user_properties_max = usize::MAX;
+    cl.shards[0].cfg.user_property_bytes_max = usize::MAX;
+    let s = cl.connect(0, V4, "s", false); // persistent: queues while offline
+    cl.subscribe(s, "u", QoS::AtLeastOnce);
+    let now = cl.now;
+    cl.shards[0].handle_closed(s.conn, now);
+    let p = cl.connect(0, V5, "p", true);
+    let n = (1 << 20) / std::mem::size_of::<codec::Property>() + 1;
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        topic: "u".into(),
+        packet_id: Some(pid(1)),
+        properties: user_properties(n),
+        payload: Bytes::from_static(b"x"),
+    };
+    cl.send(p, Packet::Publish(publish));
+    assert_eq!(cl.shards[0].metrics.messages_dropped_queue_full, 1, "queue bound counts them");
+    assert_eq!(cl.shards[0].metrics.retained_refused, 1, "retained bound (1 MiB) counts them");
+    let held = cl.shards[0].config().memory.used();
+    assert!(held < 4096, "nothing was stored, nothing stays charged ({held})");
+}
+
+fn small_budget_config(shards: u16, budget: usize) -> ShardConfig {
+    let mut cfg = ShardConfig::for_tests(shards);
+    cfg.memory = std::sync::Arc::new(budget::MemoryBudget::new(budget));
+    cfg
+}
+
+/// The broker-wide memory budget: once queued messages reach it, new connections are refused
+/// (v5 0x97, v3 return code 3), publishers' reads pause, deliveries that would queue are
+/// dropped and counted; acknowledgements free it again.
+#[test]
+fn memory_budget_refuses_connects_pauses_publishers_and_recovers() {
+    let mut cl = Cluster::with_config(small_budget_config(2, 64 * 1024));
+    let s = cl.connect(1, V4, "sub", false);
+    cl.subscribe(s, "m", QoS::AtLeastOnce);
+    let now = cl.now;
+    cl.shards[1].handle_closed(s.conn, now);
+    cl.settle();
+    let p = cl.connect(0, V4, "pub", true);
+    let payload: &'static [u8] = &[1u8; 1000];
+    let mut sent = 0u16;
+    while !cl.shards[0].memory_exhausted() {
+        sent += 1;
+        assert!(sent < 200, "the budget is reached");
+        cl.publish(p, "m", payload, QoS::AtLeastOnce, sent);
+    }
+    cl.recv(p);
+    assert!(cl.shards[0].status(p.conn).memory_paused, "the publisher is owed nothing: paused");
+    assert!(cl.shards[0].status(p.conn).read_paused);
+    // The budget is broker-wide: shard 0 sees what shard 1's queue holds.
+    assert!(cl.shards[1].config().memory.used() >= 64 * 1024);
+    for (version, want) in [(V5, ReasonCode::QuotaExceeded), (V4, ReasonCode::ServerUnavailable)] {
+        let c = cl.open(0, version);
+        cl.send(c, connect_packet(version, "late", true));
+        let got = cl.recv(c);
+        assert!(
+            matches!(&got[..], [Packet::ConnAck(a)] if a.reason == want),
+            "{version:?}: {got:?}"
+        );
+    }
+    assert_eq!(cl.shards[0].metrics.connect_refused_memory, 2);
+    // Another delivery while exhausted is dropped, not queued.
+    cl.publish(p, "m", payload, QoS::AtLeastOnce, sent + 1);
+    assert_eq!(cl.shards[1].metrics.messages_dropped_memory, 1);
+    // The subscriber comes back, receives and acknowledges: the budget recovers.
+    let s = cl.open(1, V4);
+    cl.send(s, connect_packet(V4, "sub", false));
+    let got = cl.recv(s);
+    assert!(matches!(&got[0], Packet::ConnAck(a) if a.session_present), "resume is let in");
+    let mut acked = 0;
+    let mut pending: Vec<PacketId> = publishes(&got).iter().filter_map(|p| p.packet_id).collect();
+    while let Some(id) = pending.pop() {
+        cl.send(s, Packet::PubAck(PubResp::success(id)));
+        acked += 1;
+        assert!(acked <= 200);
+        pending.extend(publishes(&cl.recv(s)).iter().filter_map(|p| p.packet_id));
+    }
+    assert_eq!(acked, usize::from(sent));
+    assert_eq!(cl.shards[0].config().memory.used(), 0, "every charge released");
+    assert!(!cl.shards[0].status(p.conn).read_paused);
+    cl.connect(0, V5, "late", true);
+}
+
+/// Wills are charged to the budget while their connection lives.
+#[test]
+fn wills_are_charged_while_held() {
+    let mut cl = Cluster::new(1);
+    // About accounting, not the per-packet user-property cap (tested on its own below).
+    cl.shards[0].cfg.user_properties_max = usize::MAX;
+    cl.shards[0].cfg.user_property_bytes_max = usize::MAX;
+    let c = cl.open(0, V5);
+    let mut connect = connect_packet(V5, "w", true);
+    if let Packet::Connect(cp) = &mut connect {
+        cp.will = Some(Will {
+            topic: "will/w".into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: user_properties(1000),
+        });
+    }
+    cl.send(c, connect);
+    cl.recv(c);
+    let held = cl.shards[0].config().memory.used();
+    assert!(held >= 1000 * std::mem::size_of::<codec::Property>(), "will charged: {held}");
+    let now = cl.now;
+    cl.shards[0].handle_closed(c.conn, now);
+    cl.shards[0].release(c.conn, now);
+    assert_eq!(cl.shards[0].config().memory.used(), 0);
+}
+
+/// `tern.toml`: keep alive 0 is not "forever". v5 is told the maximum with Server Keep Alive
+/// ([MQTT-3.2.2-21]/[MQTT-3.2.2-22]); v3 is held to it silently.
+#[test]
+fn keep_alive_zero_gets_the_configured_maximum() {
+    let mut cl = Cluster::new(1);
+    let max = cl.shards[0].config().keepalive_secs_max;
+    for version in [V5, V4] {
+        let c = cl.open(0, version);
+        let mut connect = connect_packet(version, &format!("ka-{version:?}"), true);
+        if let Packet::Connect(cp) = &mut connect {
+            cp.keep_alive_secs = 0;
+        }
+        cl.send(c, connect);
+        let got = cl.recv(c);
+        let Some(Packet::ConnAck(ack)) = got.first() else { panic!("CONNACK expected: {got:?}") };
+        assert_eq!(ack.reason, ReasonCode::Success);
+        if version.is_v5() {
+            assert_eq!(ack.properties.server_keep_alive(), Some(max));
+        }
+        let start = cl.now;
+        let limit = u64::from(max) * 3 / 2;
+        cl.shards[0].tick(start + Duration::from_secs(limit - 1));
+        assert!(!cl.shards[0].status(c.conn).closing, "{version:?}");
+        cl.shards[0].tick(start + Duration::from_secs(limit + 1));
+        assert!(cl.shards[0].status(c.conn).closing, "{version:?}: closed after 1.5 x max");
+    }
+}
+
+fn with_acl(shards: u16, text: &str) -> Cluster {
+    let mut cfg = ShardConfig::for_tests(shards);
+    let acl = crate::auth::Acl::parse("acl", text).expect("test ACL parses");
+    cfg.security = std::sync::Arc::new(crate::auth::Security { passwords: None, acl: Some(acl) });
+    Cluster::with_config(cfg)
+}
+
+fn connect_as(version: ProtocolVersion, id: &str, user: &str, clean: bool) -> Packet {
+    let mut p = connect_packet(version, id, clean);
+    if let Packet::Connect(c) = &mut p {
+        c.username = Some(user.into());
+    }
+    p
+}
+
+fn with_will(mut p: Packet, topic: &str) -> Packet {
+    if let Packet::Connect(c) = &mut p {
+        c.will = Some(Will {
+            topic: topic.into(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: Properties::new(),
+        });
+    }
+    p
+}
+
+/// Issue 9: a will could publish to `$SYS/...` when no ACL file was set, which PUBLISH
+/// cannot. Now a CONNECT with such a will is refused (v5 0x87, v3 return code 5).
+#[test]
+fn will_to_sys_is_refused_without_an_acl() {
+    let mut cl = Cluster::new(1);
+    for (version, want) in [(V5, ReasonCode::NotAuthorized), (V4, ReasonCode::NotAuthorized)] {
+        let c = cl.open(0, version);
+        cl.send(c, with_will(connect_packet(version, "w", true), "$SYS/broker/uptime"));
+        let got = cl.recv(c);
+        assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == want), "{got:?}");
+    }
+}
+
+/// The ACL is checked when the will is published, not only at CONNECT: a reload that took
+/// the right away in between stops it.
+#[test]
+fn will_acl_is_checked_at_publish_time() {
+    let text = "user alice\ntopic readwrite will/#\n";
+    let mut cl = with_acl(1, text);
+    let w = cl.open(0, V4);
+    cl.send(w, connect_as(V4, "watch", "alice", true));
+    cl.recv(w);
+    cl.subscribe(w, "will/#", QoS::AtMostOnce);
+    for allowed in [true, false] {
+        let c = cl.open(0, V4);
+        cl.send(c, with_will(connect_as(V4, "dies", "alice", true), "will/x"));
+        assert!(
+            matches!(cl.recv(c)[..], [Packet::ConnAck(ref a)] if a.reason == ReasonCode::Success)
+        );
+        if !allowed {
+            let acl =
+                crate::auth::Acl::parse("acl", "user alice\ntopic read will/#\n").expect("parses");
+            let sec = crate::auth::Security { passwords: None, acl: Some(acl) };
+            cl.shards[0].set_security(std::sync::Arc::new(sec));
+        }
+        let now = cl.now;
+        cl.shards[0].handle_closed(c.conn, now);
+        cl.settle();
+        let got = publishes(&cl.recv(w)).len();
+        assert_eq!(got, usize::from(allowed), "will published only while the ACL allows it");
+    }
+}
+
+/// Issue 9: a client id taken over by a different user resent the previous user's in-flight
+/// messages without an ACL check. In-flight and queued messages the new user may not read
+/// are dropped; the rest are resent with DUP ([MQTT-4.4.0-1]).
+#[test]
+fn takeover_by_another_user_rechecks_inflight_messages() {
+    let text = "user alice\ntopic readwrite secret/#\ntopic readwrite pub/#\n\
+                user bob\ntopic readwrite pub/#\n";
+    let mut cl = with_acl(2, text);
+    let dev = cl.open(0, V4);
+    cl.send(dev, connect_as(V4, "dev", "alice", false));
+    cl.recv(dev);
+    cl.subscribe(dev, "secret/#", QoS::AtLeastOnce);
+    cl.subscribe(dev, "pub/#", QoS::AtLeastOnce);
+    let p = cl.open(0, V4);
+    cl.send(p, connect_as(V4, "alice-pub", "alice", true));
+    cl.recv(p);
+    cl.publish(p, "secret/1", b"s", QoS::AtLeastOnce, 1);
+    cl.publish(p, "pub/1", b"p", QoS::AtLeastOnce, 2);
+    assert_eq!(publishes(&cl.recv(dev)).len(), 2, "both in flight, not acknowledged");
+    // Bob takes the client id over from the other shard.
+    let bob = cl.open(1, V4);
+    cl.send(bob, connect_as(V4, "dev", "bob", false));
+    let got = cl.recv(bob);
+    assert!(matches!(&got[0], Packet::ConnAck(a) if a.session_present));
+    let resent = publishes(&got);
+    assert_eq!(resent.len(), 1, "only what bob may read: {got:?}");
+    assert_eq!(resent[0].topic, "pub/1");
+    assert!(resent[0].dup);
+}
+
+/// Issue 9: assigned client ids were `tern-{shard}-{counter}-{counter}`, guessable. Now they
+/// are random, 23 bytes ([MQTT-3.1.3-5]), and differ between connections.
+#[test]
+fn assigned_client_ids_are_random() {
+    let mut cl = Cluster::new(1);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let c = cl.open(0, V5);
+        cl.send(c, connect_packet(V5, "", true));
+        let got = cl.recv(c);
+        let Some(Packet::ConnAck(a)) = got.first() else { panic!("{got:?}") };
+        let id = a.properties.assigned_client_identifier().expect("[MQTT-3.2.2-16]");
+        assert_eq!(id.len(), 23);
+        assert!(id.starts_with("tern-") && id[5..].bytes().all(|b| b.is_ascii_hexdigit()));
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert_ne!(ids[0][5..13], ids[1][5..13], "not a counter: the leading bits differ too");
+}
+
+/// Retained messages after a SUBACK are written a batch at a time as the output drains: a
+/// SUBSCRIBE matching thousands costs bounded work per turn, reading pauses meanwhile, and
+/// no QoS 0 retained message is dropped for a full output buffer.
+#[test]
+fn retained_messages_are_sent_in_batches_as_output_drains() {
+    let mut cfg = ShardConfig::for_tests(1);
+    cfg.retained_messages_max = 3000;
+    cfg.tx_bytes_max = 8 * 1024;
+    let mut cl = Cluster::with_config(cfg);
+    let p = cl.connect(0, V4, "p", true);
+    for i in 0..3000 {
+        let topic = format!("r/{i}");
+        cl.send(p, publish_packet(&topic, &[b'v'; 100], QoS::AtMostOnce, 0, true));
+    }
+    let s = cl.connect(0, V4, "s", true);
+    cl.send(s, subscribe_packet(1, &[("r/#", QoS::AtMostOnce)]));
+    let first = cl.recv(s);
+    assert!(matches!(first[0], Packet::SubAck(_)));
+    let mut got = publishes(&first).len();
+    assert!(got <= RETAINED_BATCH, "one batch per turn, not all 3000 ({got})");
+    let mut turns = 1;
+    while cl.shards[0].status(s.conn).has_tx {
+        assert!(cl.shards[0].status(s.conn).read_paused, "no new packets while retained wait");
+        got += publishes(&cl.recv(s)).len();
+        turns += 1;
+        assert!(turns < 1000);
+    }
+    assert_eq!(got, 3000, "every retained message delivered");
+    assert_eq!(cl.shards[0].metrics.messages_dropped_qos0_slow, 0);
+    assert_eq!(cl.shards[0].config().memory.used(), 0, "the drained backlog is released");
+    assert!(!cl.shards[0].status(s.conn).read_paused);
+}
+
+/// The retained backlog of one connection is capped at `retained_messages_max`: overlapping
+/// filters in one SUBSCRIBE cannot multiply it.
+#[test]
+fn retained_backlog_is_capped() {
+    let mut cfg = ShardConfig::for_tests(1);
+    cfg.retained_messages_max = 10;
+    let mut cl = Cluster::with_config(cfg);
+    let p = cl.connect(0, V4, "p", true);
+    for i in 0..10 {
+        cl.send(p, publish_packet(&format!("r/{i}"), b"v", QoS::AtMostOnce, 0, true));
+    }
+    let s = cl.connect(0, V4, "s", true);
+    cl.send(s, subscribe_packet(1, &[("r/#", QoS::AtMostOnce), ("r/+", QoS::AtMostOnce)]));
+    let mut got = 0;
+    for _ in 0..10 {
+        got += publishes(&cl.recv(s)).len();
+    }
+    assert_eq!(got, 10, "one store's worth");
+    assert_eq!(cl.shards[0].metrics.retained_dropped_backlog, 10);
+}
+
+/// Publishes crossing the mesh count against the budget until the receiving shard handles
+/// them: the mesh is where a fast publisher's backlog sits.
+#[test]
+fn publishes_in_the_mesh_are_charged_until_received() {
+    let mut cl = Cluster::new(2);
+    let s = cl.connect(1, V4, "s", true);
+    cl.subscribe(s, "m", QoS::AtMostOnce);
+    let p = cl.connect(0, V4, "p", true);
+    let mut buf = BytesMut::new();
+    let packet = publish_packet("m", &[0u8; 1000], QoS::AtMostOnce, 0, false);
+    codec::encode(&packet, V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[0].handle_read(p.conn, &buf, now);
+    assert!(cl.shards[0].config().memory.used() >= 1000, "charged while in the outbox");
+    cl.settle();
+    assert_eq!(cl.shards[0].config().memory.used(), 0, "released by the receiver");
+    assert_eq!(publishes(&cl.recv(s)).len(), 1);
+}
+
+/// `mesh_bytes_max`: a shard whose publishes crossing the mesh reach the bound stops reading
+/// its publishers until the receivers catch up.
+#[test]
+fn mesh_bytes_bound_pauses_publishers_until_received() {
+    let mut cfg = ShardConfig::for_tests(2);
+    cfg.mesh_bytes_max = 4096;
+    let mut cl = Cluster::with_config(cfg);
+    let s = cl.connect(1, V4, "s", true);
+    cl.subscribe(s, "m", QoS::AtMostOnce);
+    let p = cl.connect(0, V4, "p", true);
+    let mut buf = BytesMut::new();
+    let packet = publish_packet("m", &[0u8; 1000], QoS::AtMostOnce, 0, false);
+    codec::encode(&packet, V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    let mut sent = 0;
+    while !cl.shards[0].status(p.conn).read_paused {
+        cl.shards[0].handle_read(p.conn, &buf, now);
+        sent += 1;
+        assert!(sent <= 5, "paused once ~4 KiB are in the mesh");
+    }
+    assert!(cl.shards[0].config().mesh_bytes.in_flight(0) >= 4096);
+    cl.settle();
+    assert_eq!(cl.shards[0].config().mesh_bytes.in_flight(0), 0);
+    assert!(!cl.shards[0].status(p.conn).read_paused, "reads resume");
+    assert_eq!(publishes(&cl.recv(s)).len(), sent);
+}
+
+/// Issue 9: a Takeover that reaches the shard of a new connection while that connection
+/// waits for its CONNACK (the moved subscriptions are not yet acknowledged by every shard)
+/// used to remove the session and then panic at `expect("installed by finish_connect")`, or
+/// bind the connection to whatever reused the slot. The newest CONNECT wins
+/// ([MQTT-3.1.4-2]): the waiting connection is closed without CONNACK and the session moves on.
+#[test]
+fn takeover_while_the_new_connection_waits_for_connack() {
+    let mut cl = Cluster::new(2);
+    // A client id whose registry is shard 1, so that a claim from shard 1 is answered at once.
+    let id = (0..)
+        .map(|i| format!("x{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 1)
+        .expect("some id hashes to shard 1");
+    let old = cl.connect(0, V4, &id, false);
+    cl.subscribe(old, "s", QoS::AtLeastOnce);
+    // The second connection resumes the session on shard 1; its CONNACK waits for shard 0 to
+    // acknowledge the moved subscription, which we hold back.
+    let waiting = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, &id, false), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(waiting.conn, &buf, now);
+    cl.settle_holding_delta_acks(0, 1);
+    assert!(cl.recv(waiting).is_empty(), "no CONNACK while the subscription moves");
+    assert!(!cl.shards[1].status(waiting.conn).closing);
+    assert!(cl.shards[0].status(old.conn).closing, "the first connection was taken over");
+    // A third CONNECT for the id, on shard 1: its Takeover reaches the waiting connection.
+    let newest = cl.open(1, V4);
+    cl.send(newest, connect_packet(V4, &id, false));
+    let got = cl.recv(newest);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success && a.session_present),
+        "the newest CONNECT resumes the session, got {got:?}"
+    );
+    assert!(cl.recv(waiting).is_empty(), "the superseded connection never gets CONNACK");
+    assert!(cl.shards[1].status(waiting.conn).closing, "and is closed");
+    assert_eq!(cl.shards[1].metrics.takeovers_superseded, 1);
+    // The subscription moved with the session to the newest connection.
+    let p = cl.connect(0, V4, "p", true);
+    cl.publish(p, "s", b"m", QoS::AtLeastOnce, 1);
+    assert_eq!(publishes(&cl.recv(newest)).len(), 1);
+}
+
+/// Issue 9: `Release` carries the generation of the claim it ends, so a release that arrives
+/// after a newer claim for the same client id does not erase it.
+#[test]
+fn late_release_does_not_erase_a_newer_claim() {
+    let mut cl = Cluster::new(2);
+    let id = "late-release".to_string();
+    let reg = usize::from(connect::registry_shard(&id, 2));
+    let now = cl.now;
+    let claim = |req| ShardMsg::Claim { client_id: id.clone(), req };
+    cl.shards[reg].handle_peer(0, claim(1), now);
+    let first = cl.shards[reg].registry_owner(&id).expect("claimed");
+    cl.shards[reg].handle_peer(1, claim(2), now);
+    let second = cl.shards[reg].registry_owner(&id).expect("claimed");
+    assert!(second.generation > first.generation, "a newer claim has a larger generation");
+    cl.shards[reg].handle_peer(0, ShardMsg::Release { client_id: id.clone(), owner: first }, now);
+    assert_eq!(cl.shards[reg].registry_owner(&id), Some(second), "the newer claim stays");
+    cl.shards[reg].handle_peer(1, ShardMsg::Release { client_id: id.clone(), owner: second }, now);
+    assert_eq!(cl.shards[reg].registry_owner(&id), None, "its own release ends it");
+}
+
+/// Issue 9: a connection waiting for CONNACK (here: the registry's answer never comes) is
+/// closed at the connect deadline instead of waiting forever; the late answer then finds no
+/// connection and does not panic.
+#[test]
+fn connecting_has_a_deadline() {
+    let mut cl = Cluster::new(2);
+    let id = (0..)
+        .map(|i| format!("d{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 0)
+        .expect("some id hashes to shard 0");
+    let c = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, &id, true), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(c.conn, &buf, now);
+    // The Claim sits in shard 1's outbox: nobody answers.
+    let timeout = cl.shards[1].config().connect_timeout;
+    cl.shards[1].tick(now + timeout - Duration::from_millis(1));
+    assert!(!cl.shards[1].status(c.conn).closing, "still within the deadline");
+    cl.shards[1].tick(now + timeout);
+    assert!(cl.shards[1].status(c.conn).closing, "closed at the deadline");
+    assert_eq!(cl.shards[1].metrics.connect_timeouts, 1);
+    cl.settle();
+    assert!(cl.recv(c).is_empty(), "no CONNACK for a closed connection");
+    assert_eq!(cl.shards[0].registry_owner(&id), None, "the clean session ended and released");
+}
+
+/// Issue 9 (found by the simulation, seed 324): a SUBACK held for the other shards was sent to
+/// whatever connection held its connection id when the answers came. A client that dropped
+/// after SUBSCRIBE and came back on the same id and slot got a SUBACK it never asked for (and
+/// the retained messages of a subscription it does not have).
+#[test]
+fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
+    let mut cl = Cluster::new(2);
+    let id = (0..)
+        .map(|i| format!("s{i}"))
+        .find(|id| connect::registry_shard(id, 2) == 1)
+        .expect("some id hashes to shard 1");
+    let old = cl.connect(1, V4, &id, false);
+    let s = Subscribe {
+        packet_id: pid(8),
+        filters: vec![("held/1".into(), SubscriptionOptions::default())],
+        properties: Properties::new(),
+    };
+    let mut buf = BytesMut::new();
+    codec::encode(&Packet::Subscribe(s), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(old.conn, &buf, now);
+    // The SUBACK waits for shard 0; the client drops and its socket is released.
+    cl.shards[1].handle_closed(old.conn, now);
+    cl.shards[1].release(old.conn, now);
+    // It comes back at once: same shard, same connection id (and slot), registry on this shard.
+    let new = cl.open(1, V4);
+    assert_eq!(new.conn, old.conn, "precondition: the id is reused");
+    cl.send(new, connect_packet(V4, &id, true));
+    let got = cl.recv(new);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success),
+        "CONNACK only, no stray SUBACK: {got:?}"
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // Pre-auth size and user-property bounds (issue 9 item 3, CVE-2017-7651, CVE-2023-0809,
 // CVE-2021-41039 classes).
 // ------------------------------------------------------------------------------------------------
-
-const V5: ProtocolVersion = ProtocolVersion::V5;
 
 fn is_closing(cl: &Cluster, c: Client) -> bool {
     cl.shards[c.shard].status(c.conn).closing
