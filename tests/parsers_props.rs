@@ -267,6 +267,7 @@ fn fuzz_findings() {
     // password_file: a lone `\r` line did not survive a write-back (`\r` -> `\r\n` -> ``).
     fuzzing::password_file(b"\r");
     fuzzing::password_file(b"# c\r\n\r");
+    fuzzing::password_file(b"\r\r");
     // scram: a server-first message asking the client for 40 955 095 iterations timed out.
     fuzzing::scram(b"r=acdAA,s=caaaaaaa,i=40955095");
 }

@@ -103,12 +103,13 @@ pub(crate) fn read_file(path: &Path) -> Result<(String, String), AuthFileError> 
     }
 }
 
-/// The lines of `text` with their 1-based numbers, `\r\n` and `\n` endings removed. A bare
-/// `\r` ending the last line is removed too (`str::lines` keeps it), so that a file written
+/// The lines of `text` with their 1-based numbers, `\r\n` and `\n` endings removed, and any
+/// `\r` left at the end of a line too (`str::lines` keeps a bare one), so that a file written
 /// back by `tern passwd` reads the same as the original (found by the `password_file` fuzz
-/// target: a lone `\r` became `\r\n`, then an empty line).
+/// target: a line `\r` was written back as `\r\n` and read again as an empty line; then
+/// `\r\r`, which stripping one `\r` did not fix).
 pub(crate) fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().map(|(i, line)| (i + 1, line.strip_suffix('\r').unwrap_or(line)))
+    text.lines().enumerate().map(|(i, line)| (i + 1, line.trim_end_matches('\r')))
 }
 
 #[cfg(test)]
@@ -143,6 +144,8 @@ mod tests {
         let lines: Vec<_> = numbered_lines("a\r\nb\n\nc").collect();
         assert_eq!(lines, [(1, "a"), (2, "b"), (3, ""), (4, "c")]);
         let lines: Vec<_> = numbered_lines("a\n\r").collect();
+        assert_eq!(lines, [(1, "a"), (2, "")]);
+        let lines: Vec<_> = numbered_lines("a\r\r\n\r\r").collect();
         assert_eq!(lines, [(1, "a"), (2, "")]);
     }
 }
