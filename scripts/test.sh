@@ -12,6 +12,8 @@ command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 # Transport tests: openssl s_client (tests/tls.rs); headless Chromium with mqtt.js from npm
 # (tests/browser.rs, which fails, never skips, without them).
 command -v openssl >/dev/null || need_apt+=(openssl)
+# A real Mosquitto as the remote end of the bridge tests (tests/bridge_mosquitto.rs).
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || need_apt+=(mosquitto)
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   need_apt+=(chromium)

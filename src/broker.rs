@@ -4,18 +4,16 @@
 use std::time::Duration;
 
 use crate::auth::Security;
-use crate::config::{Config, ListenerConfig, QueueOverflow, Transport};
+use crate::config::{Config, ListenerConfig, QueueOverflow, SlowConsumer, Transport};
 use crate::net::{ListenerSpec, TlsSpec, TransportSpec, WsSpec};
 use crate::runtime::{Broker, RuntimeOptions, StartError};
 use crate::session::{OverflowPolicy, SessionLimits};
-use crate::shard::{ListenerPolicy, ShardConfig};
+use crate::shard::{FlowLimits, ListenerPolicy, ShardConfig, SlowConsumerPolicy};
 
-/// Output buffered for one connection before QoS 0 deliveries to it are dropped and reading
-/// from it pauses. The check is made before a packet is appended, so one packet of any allowed
-/// size always fits. Measured on this machine (loadtest/README.md): 64 KiB made a 1→8 QoS 0
-/// fan-out drop 99 % of deliveries whenever a subscriber lagged for a moment (63 k msg/s out),
-/// 2 MiB let a 100-subscriber flood queue seconds of messages (p50 9 s); 1 MiB keeps bursts
-/// and bounds a slow subscriber's backlog to about a second of its traffic.
+/// Deliveries buffered for one connection's next write; beyond, they wait in its session queue
+/// (where flow control counts them) and reading from the connection pauses at twice this (its
+/// own responses). The check is made before a packet is appended, so one packet of any allowed
+/// size always fits.
 const TX_BYTES_MAX: usize = 1 << 20;
 
 /// The shard settings for `config`.
@@ -67,6 +65,16 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         topic_alias_max: l.topic_alias_max,
         tx_bytes_max: TX_BYTES_MAX,
         outbox_messages_max: (l.mesh_channel_capacity as usize) * (l.mesh_batch_max as usize),
+        flow: FlowLimits {
+            high_water_messages: l.flow_high_water_messages as usize,
+            low_water_messages: l.flow_low_water_messages as usize,
+            hard_cap_messages: l.flow_hard_cap_messages as usize,
+            slow_consumer_timeout: Duration::from_millis(u64::from(l.slow_consumer_timeout_ms)),
+            slow_consumer_policy: match l.slow_consumer_policy {
+                SlowConsumer::Disconnect => SlowConsumerPolicy::Disconnect,
+                SlowConsumer::Drop => SlowConsumerPolicy::Drop,
+            },
+        },
         mesh_bytes_max: l.mesh_bytes_max as usize,
         mesh_bytes: std::sync::Arc::new(crate::shard::budget::MeshBytes::new(shards)),
         response_information_prefix: Some(config.broker.response_information_prefix.clone())
@@ -100,6 +108,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         ring_depth: config.runtime.ring_depth,
         spin_before_park: config.runtime.spin_before_park().unwrap_or(Duration::ZERO),
         pin_cores: config.runtime.pin_cores,
+        preempt_timer: Duration::from_micros(u64::from(config.runtime.preempt_timer_us)),
         mesh_channel_capacity: config.limits.mesh_channel_capacity as usize,
         mesh_batch_max: config.limits.mesh_batch_max as usize,
         listeners: config
@@ -111,12 +120,14 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         shard_ports: false,
         stats: std::sync::Arc::new(crate::metrics::StatsBoard::new(config.shard_count())),
         sys_interval: Duration::from_secs(u64::from(config.broker.sys_interval_secs)),
-        metrics_bind: config.broker.metrics_bind,
+        metrics_bind: config.admin_bind(),
+        stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        admin_rx: Vec::new(),
     }
 }
 
 /// The runtime's view of one validated listener.
-fn listener_spec(l: &ListenerConfig, packet_size_bytes_max: usize) -> ListenerSpec {
+pub fn listener_spec(l: &ListenerConfig, packet_size_bytes_max: usize) -> ListenerSpec {
     let tls = || TlsSpec {
         // Validation guarantees both files for TLS transports; an empty path would fail to
         // open at start with the file named, never be silently accepted.
@@ -137,16 +148,112 @@ fn listener_spec(l: &ListenerConfig, packet_size_bytes_max: usize) -> ListenerSp
     ListenerSpec { addr: l.bind, transport }
 }
 
-/// Starts a broker for `config`, and its metrics endpoint if configured.
-pub fn start(config: &Config) -> Result<Broker, StartError> {
-    let opts = runtime_options(config);
+/// A broker started by [`start`], with its admin listener.
+pub struct Running {
+    /// The broker.
+    pub broker: Broker,
+    /// The bound address of the admin/metrics HTTP listener, if configured.
+    pub admin_addr: Option<std::net::SocketAddr>,
+}
+
+/// Starts a broker for `config`, and its admin HTTP listener if configured.
+///
+/// Before any shard binds, each listener address with a fixed port is probed by binding a
+/// socket *without* `SO_REUSEPORT`: the kernel refuses it while any process listens there, so a
+/// second broker on the same address stops with [`StartError::AddrInUse`] instead of silently
+/// sharing the port (issue 16). The probe is released before the shards bind their
+/// `SO_REUSEPORT` sockets. The admin listener is bound (without `SO_REUSEPORT`) before the
+/// shards start, so `/readyz` answers 503 until every listener accepts.
+pub fn start(config: &Config) -> Result<Running, StartError> {
+    for (i, l) in config.listeners.iter().enumerate() {
+        probe_bind(l.bind)
+            .map_err(|source| in_use(format!("listener[{i}].bind"), l.bind, source))?;
+    }
+    let mut opts = runtime_options(config);
     let stats = std::sync::Arc::clone(&opts.stats);
-    let broker = Broker::start(opts, shard_config(config))?;
-    if let Some(addr) = config.broker.metrics_bind {
-        let listener = std::net::TcpListener::bind(addr)
-            .map_err(|source| StartError::Bind { addr, source })?;
-        crate::metrics::serve_http(listener, stats, broker.stop_flag())
+    let stats_for_bridges = std::sync::Arc::clone(&opts.stats);
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut admin_addr = None;
+    if let Some(addr) = config.admin_bind() {
+        let key = if config.admin.bind.is_some() { "admin.bind" } else { "broker.metrics_bind" };
+        let listener =
+            std::net::TcpListener::bind(addr).map_err(|e| in_use(key.to_owned(), addr, e))?;
+        admin_addr = listener.local_addr().ok();
+        let (senders, receivers) = crate::admin::channels(config.shard_count());
+        opts.admin_rx = receivers;
+        let token = config.admin.load_token().map_err(|e| StartError::Shard(0, e))?;
+        let state = crate::admin::AdminState {
+            stats,
+            shards: senders,
+            token,
+            ready: std::sync::Arc::clone(&ready),
+            stop: std::sync::Arc::clone(&opts.stop),
+            limits: crate::admin::AdminLimits::from_config(&config.admin),
+            counters: Default::default(),
+        };
+        crate::admin::serve(listener, std::sync::Arc::new(state))
             .map_err(|source| StartError::Bind { addr, source })?;
     }
-    Ok(broker)
+    let stop = std::sync::Arc::clone(&opts.stop);
+    let broker = Broker::start(opts, shard_config(config)).inspect_err(|_| {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    })?;
+    start_bridges(config, &broker, &stats_for_bridges)?;
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(Running { broker, admin_addr })
+}
+
+/// Starts a thread per `[[bridge]]`, attached to the first TCP listener (its unspecified
+/// address replaced by loopback), and registers their counters on the stats board.
+fn start_bridges(
+    config: &Config,
+    broker: &Broker,
+    stats: &crate::metrics::StatsBoard,
+) -> Result<(), StartError> {
+    if config.bridges.is_empty() {
+        return Ok(());
+    }
+    let Some(i) = config.listeners.iter().position(|l| l.transport == Transport::Tcp) else {
+        return Err(StartError::Shard(0, "a bridge needs a tcp listener".into()));
+    };
+    let mut local = broker.local_addrs[i];
+    if local.ip().is_unspecified() {
+        local.set_ip(match local {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut all = Vec::new();
+    for b in &config.bridges {
+        let s = std::sync::Arc::new(crate::bridge::BridgeStats {
+            name: b.name.clone(),
+            ..Default::default()
+        });
+        crate::bridge::start(b.clone(), local, broker.stop_flag(), std::sync::Arc::clone(&s))
+            .map_err(|e| StartError::Shard(0, format!("bridge {}: {e}", b.name)))?;
+        all.push(s);
+    }
+    stats.set_bridges(all);
+    Ok(())
+}
+
+/// Binds and releases a probe socket on `addr` without `SO_REUSEPORT` (port 0 is not probed:
+/// it picks a fresh port). `SO_REUSEADDR` is set, as every server does, so connections of a
+/// previous run in TIME_WAIT do not count as a listener.
+pub fn probe_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())
+}
+
+fn in_use(key: String, addr: std::net::SocketAddr, source: std::io::Error) -> StartError {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        StartError::AddrInUse { key, addr }
+    } else {
+        StartError::Bind { addr, source }
+    }
 }

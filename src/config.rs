@@ -64,6 +64,114 @@ pub struct Config {
     pub log: LogConfig,
     /// `[auth]`: the password and ACL files.
     pub auth: AuthConfig,
+    /// `[admin]`: the HTTP listener for `/metrics`, health checks and the admin API.
+    pub admin: AdminConfig,
+    /// `[[bridge]]`: connections to other brokers that forward topics both ways. Default none.
+    /// Bound: 0..=16 bridges.
+    pub bridges: Vec<BridgeConfig>,
+}
+
+/// `[[bridge]]`: a connection to a remote broker, forwarding messages between it and this
+/// broker for the topics in `topics`. It runs on a thread of its own and attaches to this broker
+/// as a v5 client on the first TCP listener (see `crate::bridge`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeConfig {
+    /// A name, unique among bridges: letters, digits, `-`, `_`; 1 to 64 bytes. Required.
+    pub name: String,
+    /// The remote broker, `host:port` (a host name is resolved at each connect). Required.
+    pub address: String,
+    /// The MQTT version spoken to the remote: 3.1.1 (default; the CONNECT carries the bridge
+    /// bit Mosquitto uses to avoid echoing messages back) or 5 (No Local on subscriptions).
+    pub protocol: BridgeProtocol,
+    /// Client id at the remote broker, and of the local session. Default `tern-bridge-NAME`.
+    pub client_id: String,
+    /// User name at the remote broker. Default absent.
+    pub username: Option<String>,
+    /// Password at the remote broker. Default absent.
+    pub password: Option<String>,
+    /// Start a new session at the remote on each connect. Default `false`: the remote keeps
+    /// the bridge's subscriptions and queues its QoS 1 messages while the bridge is away.
+    pub clean_start: bool,
+    /// Keep alive sent to the remote, seconds. Default 60. Bound: 5..=65535.
+    pub keepalive_secs: u16,
+    /// First reconnect delay, seconds; doubles after each failure up to `reconnect_max_secs`.
+    /// Default 1. Bound: 1..=3600.
+    pub reconnect_min_secs: u32,
+    /// Longest reconnect delay, seconds. Default 60. Bound: 1..=3600, at least
+    /// `reconnect_min_secs`.
+    pub reconnect_max_secs: u32,
+    /// QoS 1 messages forwarded and not yet acknowledged, per direction; at the bound the bridge
+    /// stops reading from the side that sends, so the messages wait in that broker's session
+    /// queue (bounded there). Default 64. Bound: 1..=65535.
+    pub inflight_max: u16,
+    /// TLS to the remote: the PEM CA certificates the remote's certificate must chain to. TLS is
+    /// on when this is set. Default absent (plain TCP).
+    pub cafile: Option<PathBuf>,
+    /// PEM client certificate chain, for a remote that requires one (with `keyfile`).
+    pub certfile: Option<PathBuf>,
+    /// PEM private key of `certfile`.
+    pub keyfile: Option<PathBuf>,
+    /// Name the remote's certificate must carry. Default: the host of `address`.
+    pub server_name: Option<String>,
+    /// User name of the bridge's local connection, when the local listener needs one.
+    pub local_username: Option<String>,
+    /// Password of the bridge's local connection.
+    pub local_password: Option<String>,
+    /// The topics forwarded (`[[bridge.topic]]`). Bound: 1..=64.
+    pub topics: Vec<BridgeTopic>,
+}
+
+/// The MQTT version a bridge speaks to its remote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub enum BridgeProtocol {
+    /// MQTT 3.1.1.
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5.0.
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// `[[bridge.topic]]`: one forwarded filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeTopic {
+    /// The topic filter, without the prefixes. Required.
+    pub filter: String,
+    /// Which way messages go. Default [`BridgeDirection::Out`].
+    pub direction: BridgeDirection,
+    /// QoS of the bridge's subscriptions, so the highest QoS forwarded: 0 or 1 (QoS 2 messages
+    /// cross as QoS 1). Default 0.
+    pub qos: u8,
+    /// Prefix of the topic on this broker: local topic = `local_prefix` + topic. Default "".
+    pub local_prefix: String,
+    /// Prefix of the topic on the remote: remote topic = `remote_prefix` + topic. Default "".
+    pub remote_prefix: String,
+}
+
+/// Which way a bridge topic is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BridgeDirection {
+    /// Local → remote.
+    Out,
+    /// Remote → local.
+    In,
+    /// Both ways; a message that came over the bridge is not sent back.
+    Both,
+}
+
+impl BridgeDirection {
+    /// Local messages go to the remote.
+    pub const fn outgoing(self) -> bool {
+        matches!(self, BridgeDirection::Out | BridgeDirection::Both)
+    }
+
+    /// Remote messages come here.
+    pub const fn incoming(self) -> bool {
+        matches!(self, BridgeDirection::In | BridgeDirection::Both)
+    }
 }
 
 /// `[broker]`: process-wide settings.
@@ -83,8 +191,8 @@ pub struct BrokerConfig {
     /// (PUBACK/PUBREC or DISCONNECT 0x99, CONNACK 0x99 for a will; §3.3.2.3.2 lets a server
     /// check). Default true.
     pub check_payload_format: bool,
-    /// Address of the Prometheus endpoint (`GET /metrics`, plain HTTP). Default absent: off.
-    /// Keep it on a loopback or management address: it has no authentication.
+    /// The older name of [`AdminConfig::bind`] (the HTTP listener of `/metrics`, the health
+    /// checks and the admin API); setting both is an error. Default absent: off.
     pub metrics_bind: Option<SocketAddr>,
 }
 
@@ -287,9 +395,36 @@ pub struct LimitsConfig {
     /// turn). Default 64. Bound: 1..=4096.
     pub mesh_batch_max: u32,
     /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by the
-    /// receiving shard), each at its message cost; beyond it the shard's publishers stop being
-    /// read. Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+    /// receiving shard), each at its message cost; beyond it the publishers whose messages
+    /// cross the mesh stop being read (until it is half used). Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
     pub mesh_bytes_max: u64,
+    /// Flow control: messages queued for a connected subscriber at which the publishers that
+    /// feed it stop being read (on every shard) until it drains. Deliveries to a connected
+    /// subscriber are never dropped by a queue bound. Default 1000. Bound: 2..=1_000_000.
+    pub flow_high_water_messages: u32,
+    /// Queued messages at which the paused publishers are read again. Default 500. Bound:
+    /// 1..=999_999, and below `flow_high_water_messages`.
+    pub flow_low_water_messages: u32,
+    /// Queued messages at which a connected subscriber is a slow consumer at once (the memory
+    /// bound of a connected session's queue). Default 100_000. Bound: 2..=10_000_000, and at
+    /// least `flow_high_water_messages`.
+    pub flow_hard_cap_messages: u32,
+    /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
+    /// consumer. Default 30_000. Bound: 100..=3_600_000.
+    pub slow_consumer_timeout_ms: u32,
+    /// What happens to a slow consumer. Default [`SlowConsumer::Disconnect`].
+    pub slow_consumer_policy: SlowConsumer,
+}
+
+/// What happens to a slow consumer (`limits.slow_consumer_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Close its connection (v5 reason 0x97); its publishers are read again.
+    Disconnect,
+    /// Drop new messages for it alone (counted) until it drains; its publishers are read again.
+    Drop,
 }
 
 /// What a full session queue drops.
@@ -337,6 +472,10 @@ pub struct RuntimeConfig {
     pub spin_before_park_us: u32,
     /// Pin each shard's thread to its own core. Default `true`.
     pub pin_cores: bool,
+    /// Microseconds a task may run before glommio asks it to yield (checked at each
+    /// connection's turn): how long one flooding connection can delay the others of its shard.
+    /// Default 500. Bound: 100..=100_000 (glommio's own default is 100 ms).
+    pub preempt_timer_us: u32,
 }
 
 /// `[log]`: logging.
@@ -344,6 +483,51 @@ pub struct RuntimeConfig {
 pub struct LogConfig {
     /// The most verbose level emitted. Default [`LogLevel::Info`].
     pub level: LogLevel,
+    /// How each line is written. Default [`LogFormat::Text`].
+    pub format: LogFormat,
+}
+
+/// The shape of a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One human-readable line per event; coloured only on a terminal without `NO_COLOR`; under
+    /// systemd (`JOURNAL_STREAM` set) without a timestamp and with a `<N>` priority prefix.
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields, and the connection span's
+    /// fields (shard, peer, client id), for log shippers.
+    Json,
+}
+
+/// `[admin]`: one plain-HTTP listener serving `GET /metrics` (Prometheus), `GET /healthz`,
+/// `GET /readyz` and, behind a bearer token, the `/api/v1/...` admin API. Off unless `bind` (or
+/// the older `broker.metrics_bind`) is set. Every request is bounded: head size, header count
+/// (32), concurrent requests (`workers`), the wait for the shards (`reply_timeout_ms`) and the
+/// items in one list (`list_items_max`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the HTTP listener. Default: absent (off).
+    pub bind: Option<SocketAddr>,
+    /// Bearer token the `/api/v1/...` endpoints require (`Authorization: Bearer TOKEN`). At
+    /// least 16 bytes. Default: absent; without `token` or `token_file` the API answers 401 to
+    /// everything (`/metrics`, `/healthz` and `/readyz` need no token).
+    pub token: Option<String>,
+    /// A file whose first line is the token (so the token stays out of `tern.toml`). Read at
+    /// start and checked at validation. Exclusive with `token`. Default: absent.
+    pub token_file: Option<PathBuf>,
+    /// Requests served at once, each by its own thread; a connection beyond them (and a queue of
+    /// as many again) gets 503. Default 4. Bound: 1..=64.
+    pub workers: u16,
+    /// Largest request head (request line and headers) read, bytes; larger gets 431. Requests
+    /// carry no body. Default 8192. Bound: 1024..=65536.
+    pub request_bytes_max: u32,
+    /// How long a request waits for the shards' answers before it gets 504, milliseconds.
+    /// Default 2000. Bound: 100..=60000.
+    pub reply_timeout_ms: u32,
+    /// Most items in one list answer (clients, subscriptions), over all shards; the answer says
+    /// when it was cut (`"truncated": true`). Default 1000. Bound: 1..=100000.
+    pub list_items_max: u32,
 }
 
 /// `[auth]`: where user names, passwords and permissions come from. Both files are in
@@ -476,6 +660,11 @@ impl Default for LimitsConfig {
             topic_alias_max: 64,
             mesh_channel_capacity: 1024,
             mesh_batch_max: 64,
+            flow_high_water_messages: 1000,
+            flow_low_water_messages: 500,
+            flow_hard_cap_messages: 100_000,
+            slow_consumer_timeout_ms: 30_000,
+            slow_consumer_policy: SlowConsumer::Disconnect,
             mesh_bytes_max: 1 << 20,
         }
     }
@@ -488,13 +677,50 @@ impl Default for RuntimeConfig {
             ring_depth: 256,
             spin_before_park_us: 50,
             pin_cores: true,
+            preempt_timer_us: 500,
         }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: LogLevel::Info }
+        LogConfig { level: LogLevel::Info, format: LogFormat::Text }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            bind: None,
+            token: None,
+            token_file: None,
+            workers: 4,
+            request_bytes_max: 8192,
+            reply_timeout_ms: 2000,
+            list_items_max: 1000,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The token from `token` or the first line of `token_file`; `None` when neither is set.
+    pub fn load_token(&self) -> Result<Option<String>, String> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.token_file else { return Ok(None) };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(4096).read_to_string(&mut text))
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_owned();
+        if token.len() < ADMIN_TOKEN_BYTES_MIN {
+            return Err(format!(
+                "{}: the first line must hold a token of at least {ADMIN_TOKEN_BYTES_MIN} bytes",
+                path.display()
+            ));
+        }
+        Ok(Some(token))
     }
 }
 
@@ -509,6 +735,8 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -516,6 +744,12 @@ impl Default for Config {
 impl Config {
     /// Reads, parses and validates the file at `path`. Errors name the file as given.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_located(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning where each key present in the file is, for errors found
+    /// later (an address already in use, a certificate that does not load).
+    pub fn load_located(path: &Path) -> Result<(Config, KeyPositions), ConfigError> {
         let name = path.display().to_string();
         let io_error =
             |e: std::io::Error| ConfigError::whole_file(&name, format!("cannot read: {e}"));
@@ -527,18 +761,38 @@ impl Config {
             let message = format!("file is larger than {CONFIG_FILE_BYTES_MAX} bytes");
             return Err(ConfigError::whole_file(&name, message));
         }
-        Config::from_str_named(&text, &name)
+        Config::from_str_located(&text, &name)
     }
 
     /// Parses and validates `text`; `name` stands for the file in error messages.
     pub fn from_str_named(text: &str, name: &str) -> Result<Config, ConfigError> {
+        Config::from_str_located(text, name).map(|(config, _)| config)
+    }
+
+    /// [`Config::from_str_named`], also returning where each key present in the file is.
+    pub fn from_str_located(text: &str, name: &str) -> Result<(Config, KeyPositions), ConfigError> {
         let source = Source { name, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
         let mut spans = Spans::default();
         let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
         config.check(&spans).map_err(|issue| source.error(issue))?;
         config.auth.check_files(&spans).map_err(|issue| source.error(issue))?;
-        Ok(config)
+        config.admin.check_token(&spans).map_err(|issue| source.error(issue))?;
+        let keys = spans
+            .0
+            .iter()
+            .map(|(key, span)| {
+                let (line, column) = line_column(text, span.start);
+                (key.clone(), line, column)
+            })
+            .collect();
+        Ok((config, KeyPositions { file: name.to_owned(), keys }))
+    }
+
+    /// The address of the admin/metrics HTTP listener: `admin.bind`, or the older
+    /// `broker.metrics_bind`.
+    pub fn admin_bind(&self) -> Option<SocketAddr> {
+        self.admin.bind.or(self.broker.metrics_bind)
     }
 
     /// [`Config::from_str_named`] without opening the `[auth]` files: for the fuzz body
@@ -558,7 +812,8 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let source = Source { name: "<built-in>", text: "" };
         self.check(&Spans::default()).map_err(|issue| source.error(issue))?;
-        self.auth.check_files(&Spans::default()).map_err(|issue| source.error(issue))
+        self.auth.check_files(&Spans::default()).map_err(|issue| source.error(issue))?;
+        self.admin.check_token(&Spans::default()).map_err(|issue| source.error(issue))
     }
 
     /// The number of shards to start: `broker.shards`, or one per available core (at most 256,
@@ -628,6 +883,47 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Where each key present in a configuration file is (1-based line and column), so an error
+/// found after validation, at start, can name the line: `tern.toml:7: listener bind =
+/// "127.0.0.1:1883": address already in use`. Keys are dotted as in [`ConfigError::key`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPositions {
+    file: String,
+    keys: Vec<(String, usize, usize)>,
+}
+
+impl KeyPositions {
+    /// Positions for a configuration that came from no file (the embedded defaults).
+    pub fn built_in() -> Self {
+        KeyPositions { file: "<built-in>".into(), keys: Vec::new() }
+    }
+
+    /// The file name, as given.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Line and column of `key`, if the file has it.
+    pub fn get(&self, key: &str) -> Option<(usize, usize)> {
+        self.keys.iter().find(|(k, _, _)| k == key).map(|(_, line, column)| (*line, *column))
+    }
+
+    /// `FILE:LINE` of the first of `keys` in the file, or `FILE` when none is there.
+    pub fn file_line(&self, keys: &[&str]) -> String {
+        match keys.iter().find_map(|k| self.get(k)) {
+            Some((line, _)) => format!("{}:{line}", self.file),
+            None => self.file.clone(),
+        }
+    }
+
+    /// `FILE:LINE:COL: key: message`, the [`ConfigError`] format, for a problem found after
+    /// parsing (e.g. a certificate that does not load).
+    pub fn error(&self, key: &str, message: String) -> ConfigError {
+        let (line, column) = self.get(key).unwrap_or((0, 0));
+        ConfigError { file: self.file.clone(), line, column, key: key.to_owned(), message }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Bounds. Each is written once and used both when converting the file and by `check`.
 // ------------------------------------------------------------------------------------------------
@@ -682,9 +978,26 @@ const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
 const TOPIC_ALIASES: Bound = bound(0, 4096);
 const MESH_CHANNEL_CAPACITY: Bound = bound(1, 65536);
 const MESH_BATCH: Bound = bound(1, 4096);
+const FLOW_HIGH_WATER: Bound = bound(2, 1_000_000);
+const FLOW_LOW_WATER: Bound = bound(1, 999_999);
+const FLOW_HARD_CAP: Bound = bound(2, 10_000_000);
+const SLOW_CONSUMER_TIMEOUT_MS: Bound = bound(100, 3_600_000);
+const PREEMPT_TIMER_US: Bound = bound(100, 100_000);
 const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
 const RING_DEPTH: Bound = bound(8, 32768);
 const SPIN_BEFORE_PARK_US: Bound = bound(0, 100_000);
+const ADMIN_WORKERS: Bound = bound(1, 64);
+const BRIDGES: Bound = bound(0, 16);
+const BRIDGE_TOPICS: Bound = bound(1, 64);
+const BRIDGE_KEEPALIVE_SECS: Bound = bound(5, 65535);
+const BRIDGE_RECONNECT_SECS: Bound = bound(1, 3600);
+const BRIDGE_INFLIGHT: Bound = bound(1, 65535);
+const BRIDGE_QOS: Bound = bound(0, 1);
+const ADMIN_REQUEST_BYTES: Bound = bound(1024, 65536);
+const ADMIN_REPLY_TIMEOUT_MS: Bound = bound(100, 60_000);
+const ADMIN_LIST_ITEMS: Bound = bound(1, 100_000);
+/// A shorter bearer token is refused: it could be guessed.
+const ADMIN_TOKEN_BYTES_MIN: usize = 16;
 
 impl Bound {
     fn check(self, key: &str, value: i64, spans: &Spans) -> Result<(), Issue> {
@@ -729,7 +1042,25 @@ impl Config {
             return Err(spans.issue(&["runtime.ring_depth"], message));
         }
         let spin = wide(r.spin_before_park_us);
-        SPIN_BEFORE_PARK_US.check("runtime.spin_before_park_us", spin, spans)
+        SPIN_BEFORE_PARK_US.check("runtime.spin_before_park_us", spin, spans)?;
+        PREEMPT_TIMER_US.check("runtime.preempt_timer_us", wide(r.preempt_timer_us), spans)?;
+        let a = &self.admin;
+        ADMIN_WORKERS.check("admin.workers", wide(a.workers), spans)?;
+        ADMIN_REQUEST_BYTES.check("admin.request_bytes_max", wide(a.request_bytes_max), spans)?;
+        ADMIN_REPLY_TIMEOUT_MS.check("admin.reply_timeout_ms", wide(a.reply_timeout_ms), spans)?;
+        ADMIN_LIST_ITEMS.check("admin.list_items_max", wide(a.list_items_max), spans)?;
+        if a.bind.is_some() && b.metrics_bind.is_some() {
+            let message = "set admin.bind or the older broker.metrics_bind, not both".to_owned();
+            return Err(spans.issue(&["admin.bind", "broker.metrics_bind"], message));
+        }
+        self.check_bridges(spans)?;
+        if let Some(bind) = self.admin_bind() {
+            if let Some(i) = self.listeners.iter().position(|l| overlaps(l.bind, bind)) {
+                let message = format!("{bind} overlaps listener[{i}].bind");
+                return Err(spans.issue(&["admin.bind", "broker.metrics_bind"], message));
+            }
+        }
+        Ok(())
     }
 
     fn check_listeners(&self, spans: &Spans) -> Result<(), Issue> {
@@ -765,6 +1096,95 @@ impl Config {
                     listener.bind, self.listeners[j].bind
                 );
                 return Err(spans.issue(&[&key("bind")], message));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn check_bridges(&self, spans: &Spans) -> Result<(), Issue> {
+        BRIDGES.check("bridge", wide(self.bridges.len()), spans)?;
+        if !self.bridges.is_empty() && !self.listeners.iter().any(|l| l.transport == Transport::Tcp)
+        {
+            let message = "a bridge attaches to this broker through a listener with transport \
+                           \"tcp\"; there is none"
+                .to_owned();
+            return Err(spans.issue(&["bridge"], message));
+        }
+        for (i, b) in self.bridges.iter().enumerate() {
+            let key = |field: &str| format!("bridge[{i}].{field}");
+            let name_ok = !b.name.is_empty()
+                && b.name.len() <= 64
+                && b.name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
+            if !name_ok {
+                let message =
+                    format!("must be 1 to 64 letters, digits, '-' or '_' (got {:?})", b.name);
+                return Err(spans.issue_near(&key("name"), &[&key("name"), "bridge"], message));
+            }
+            if self.bridges[..i].iter().any(|o| o.name == b.name) {
+                let message = format!("another bridge is named {:?}", b.name);
+                return Err(spans.issue(&[&key("name")], message));
+            }
+            let port_ok = b
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !port_ok {
+                let message = format!(
+                    "must be host:port, like \"broker.example.com:1883\" (got {:?})",
+                    b.address
+                );
+                return Err(spans.issue_near(
+                    &key("address"),
+                    &[&key("address"), &key("name")],
+                    message,
+                ));
+            }
+            let keepalive = wide(b.keepalive_secs);
+            BRIDGE_KEEPALIVE_SECS.check(&key("keepalive_secs"), keepalive, spans)?;
+            let (lo, hi) = (b.reconnect_min_secs, b.reconnect_max_secs);
+            BRIDGE_RECONNECT_SECS.check(&key("reconnect_min_secs"), wide(lo), spans)?;
+            BRIDGE_RECONNECT_SECS.check(&key("reconnect_max_secs"), wide(hi), spans)?;
+            if hi < lo {
+                let message =
+                    format!("reconnect_max_secs ({hi}) is below reconnect_min_secs ({lo})");
+                return Err(spans.issue(&[&key("reconnect_max_secs")], message));
+            }
+            BRIDGE_INFLIGHT.check(&key("inflight_max"), wide(b.inflight_max), spans)?;
+            if b.certfile.is_some() != b.keyfile.is_some() {
+                let message = "certfile and keyfile go together".to_owned();
+                return Err(spans.issue(&[&key("certfile"), &key("keyfile")], message));
+            }
+            if b.cafile.is_none() && (b.certfile.is_some() || b.server_name.is_some()) {
+                let message = "TLS keys need cafile (TLS is on when cafile is set)".to_owned();
+                return Err(spans.issue(&[&key("certfile"), &key("server_name")], message));
+            }
+            let count = wide(b.topics.len());
+            BRIDGE_TOPICS.check(&key("topic"), count, spans)?;
+            for (j, t) in b.topics.iter().enumerate() {
+                let tkey = |field: &str| format!("bridge[{i}].topic[{j}].{field}");
+                BRIDGE_QOS.check(&tkey("qos"), wide(t.qos), spans)?;
+                for (field, prefix) in
+                    [("local_prefix", &t.local_prefix), ("remote_prefix", &t.remote_prefix)]
+                {
+                    if prefix.contains(['+', '#']) {
+                        let message = "a prefix is part of a topic name: no '+' or '#'".to_owned();
+                        return Err(spans.issue(&[&tkey(field)], message));
+                    }
+                }
+                let full = format!("{}{}", t.local_prefix, t.filter);
+                let remote = format!("{}{}", t.remote_prefix, t.filter);
+                let valid = crate::codec::topic::validate_topic_filter(&full, true)
+                    .and_then(|_| crate::codec::topic::validate_topic_filter(&remote, true));
+                if let Err(e) = valid {
+                    let message = format!("not a valid topic filter with its prefixes: {e}");
+                    return Err(spans.issue_near(
+                        &tkey("filter"),
+                        &[&tkey("filter"), &key("name")],
+                        message,
+                    ));
+                }
             }
         }
         Ok(())
@@ -869,10 +1289,30 @@ impl AuthConfig {
     }
 }
 
+impl AdminConfig {
+    /// The token rules, and that `token_file` can be read: a missing file stops the start.
+    fn check_token(&self, spans: &Spans) -> Result<(), Issue> {
+        if self.token.is_some() && self.token_file.is_some() {
+            let message = "set token or token_file, not both".to_owned();
+            return Err(spans.issue(&["admin.token_file", "admin.token"], message));
+        }
+        if let Some(t) = &self.token {
+            if t.len() < ADMIN_TOKEN_BYTES_MIN || t.chars().any(char::is_whitespace) {
+                let message = format!(
+                    "must be at least {ADMIN_TOKEN_BYTES_MIN} bytes without spaces (got {} bytes)",
+                    t.len()
+                );
+                return Err(spans.issue(&["admin.token"], message));
+            }
+        }
+        self.load_token().map(|_| ()).map_err(|e| spans.issue(&["admin.token_file"], e))
+    }
+}
+
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 23] = [
+        let checks: [(&str, i64, Bound); 27] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -903,6 +1343,14 @@ impl LimitsConfig {
             ("topic_alias_max", wide(self.topic_alias_max), TOPIC_ALIASES),
             ("mesh_channel_capacity", wide(self.mesh_channel_capacity), MESH_CHANNEL_CAPACITY),
             ("mesh_batch_max", wide(self.mesh_batch_max), MESH_BATCH),
+            ("flow_high_water_messages", wide(self.flow_high_water_messages), FLOW_HIGH_WATER),
+            ("flow_low_water_messages", wide(self.flow_low_water_messages), FLOW_LOW_WATER),
+            ("flow_hard_cap_messages", wide(self.flow_hard_cap_messages), FLOW_HARD_CAP),
+            (
+                "slow_consumer_timeout_ms",
+                wide(self.slow_consumer_timeout_ms),
+                SLOW_CONSUMER_TIMEOUT_MS,
+            ),
             ("mesh_bytes_max", wide(self.mesh_bytes_max), MESH_BYTES),
         ];
         for (field, value, bound) in checks {
@@ -924,6 +1372,22 @@ impl LimitsConfig {
                 );
                 return Err(spans.issue(&[&key(field), &key("packet_size_bytes_max")], message));
             }
+        }
+        if self.flow_low_water_messages >= self.flow_high_water_messages {
+            let message = format!(
+                "flow_low_water_messages ({}) must be below flow_high_water_messages ({})",
+                self.flow_low_water_messages, self.flow_high_water_messages
+            );
+            let keys = [key("flow_low_water_messages"), key("flow_high_water_messages")];
+            return Err(spans.issue(&[&keys[0], &keys[1]], message));
+        }
+        if self.flow_hard_cap_messages < self.flow_high_water_messages {
+            let message = format!(
+                "flow_hard_cap_messages ({}) must be at least flow_high_water_messages ({})",
+                self.flow_hard_cap_messages, self.flow_high_water_messages
+            );
+            let keys = [key("flow_hard_cap_messages"), key("flow_high_water_messages")];
+            return Err(spans.issue(&[&keys[0], &keys[1]], message));
         }
         // A shard drains up to one batch at a time from a channel; a smaller channel could never
         // fill a batch.
@@ -954,6 +1418,118 @@ struct RawConfig {
     runtime: Option<RawRuntime>,
     log: Option<RawLog>,
     auth: Option<RawAuth>,
+    admin: Option<RawAdmin>,
+    bridge: Option<Spanned<Vec<RawBridge>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridge {
+    name: Option<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    protocol: Option<Spanned<BridgeProtocol>>,
+    client_id: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    clean_start: Option<Spanned<bool>>,
+    keepalive_secs: Option<Spanned<i64>>,
+    reconnect_min_secs: Option<Spanned<i64>>,
+    reconnect_max_secs: Option<Spanned<i64>>,
+    inflight_max: Option<Spanned<i64>>,
+    cafile: Option<Spanned<PathBuf>>,
+    certfile: Option<Spanned<PathBuf>>,
+    keyfile: Option<Spanned<PathBuf>>,
+    server_name: Option<Spanned<String>>,
+    local_username: Option<Spanned<String>>,
+    local_password: Option<Spanned<String>>,
+    topic: Option<Spanned<Vec<RawBridgeTopic>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridgeTopic {
+    filter: Option<Spanned<String>>,
+    direction: Option<Spanned<BridgeDirection>>,
+    qos: Option<Spanned<i64>>,
+    local_prefix: Option<Spanned<String>>,
+    remote_prefix: Option<Spanned<String>>,
+}
+
+impl RawBridge {
+    fn build(self, i: usize, spans: &mut Spans) -> Result<BridgeConfig, Issue> {
+        let key = |field: &str| format!("bridge[{i}].{field}");
+        fn opt<T>(spans: &mut Spans, key: &str, raw: Option<Spanned<T>>) -> Option<T> {
+            raw.map(|v| {
+                spans.insert(key, v.span());
+                v.into_inner()
+            })
+        }
+        let name = opt(spans, &key("name"), self.name).unwrap_or_default();
+        let mut b = BridgeConfig {
+            client_id: format!("tern-bridge-{name}"),
+            name,
+            address: opt(spans, &key("address"), self.address).unwrap_or_default(),
+            protocol: opt(spans, &key("protocol"), self.protocol).unwrap_or(BridgeProtocol::V311),
+            username: opt(spans, &key("username"), self.username),
+            password: opt(spans, &key("password"), self.password),
+            clean_start: opt(spans, &key("clean_start"), self.clean_start).unwrap_or(false),
+            keepalive_secs: 60,
+            reconnect_min_secs: 1,
+            reconnect_max_secs: 60,
+            inflight_max: 64,
+            cafile: opt(spans, &key("cafile"), self.cafile),
+            certfile: opt(spans, &key("certfile"), self.certfile),
+            keyfile: opt(spans, &key("keyfile"), self.keyfile),
+            server_name: opt(spans, &key("server_name"), self.server_name),
+            local_username: opt(spans, &key("local_username"), self.local_username),
+            local_password: opt(spans, &key("local_password"), self.local_password),
+            topics: Vec::new(),
+        };
+        if let Some(id) = opt(spans, &key("client_id"), self.client_id) {
+            b.client_id = id;
+        }
+        let k = key("keepalive_secs");
+        spans.set_int(&mut b.keepalive_secs, &k, self.keepalive_secs, BRIDGE_KEEPALIVE_SECS)?;
+        let k = key("reconnect_min_secs");
+        spans.set_int(
+            &mut b.reconnect_min_secs,
+            &k,
+            self.reconnect_min_secs,
+            BRIDGE_RECONNECT_SECS,
+        )?;
+        let k = key("reconnect_max_secs");
+        spans.set_int(
+            &mut b.reconnect_max_secs,
+            &k,
+            self.reconnect_max_secs,
+            BRIDGE_RECONNECT_SECS,
+        )?;
+        let k = key("inflight_max");
+        spans.set_int(&mut b.inflight_max, &k, self.inflight_max, BRIDGE_INFLIGHT)?;
+        if let Some(list) = self.topic {
+            spans.insert(&key("topic"), list.span());
+            for (j, raw) in list.into_inner().into_iter().enumerate() {
+                let tkey = |field: &str| format!("bridge[{i}].topic[{j}].{field}");
+                let Some(filter) = opt(spans, &tkey("filter"), raw.filter) else {
+                    let message = "missing required key \"filter\"".to_owned();
+                    return Err(spans.issue(&[&key("topic")], message));
+                };
+                let mut t = BridgeTopic {
+                    filter,
+                    direction: opt(spans, &tkey("direction"), raw.direction)
+                        .unwrap_or(BridgeDirection::Out),
+                    qos: 0,
+                    local_prefix: opt(spans, &tkey("local_prefix"), raw.local_prefix)
+                        .unwrap_or_default(),
+                    remote_prefix: opt(spans, &tkey("remote_prefix"), raw.remote_prefix)
+                        .unwrap_or_default(),
+                };
+                spans.set_int(&mut t.qos, &tkey("qos"), raw.qos, BRIDGE_QOS)?;
+                b.topics.push(t);
+            }
+        }
+        Ok(b)
+    }
 }
 
 #[derive(Deserialize)]
@@ -1015,6 +1591,11 @@ struct RawLimits {
     topic_alias_max: Option<Spanned<i64>>,
     mesh_channel_capacity: Option<Spanned<i64>>,
     mesh_batch_max: Option<Spanned<i64>>,
+    flow_high_water_messages: Option<Spanned<i64>>,
+    flow_low_water_messages: Option<Spanned<i64>>,
+    flow_hard_cap_messages: Option<Spanned<i64>>,
+    slow_consumer_timeout_ms: Option<Spanned<i64>>,
+    slow_consumer_policy: Option<Spanned<SlowConsumer>>,
     mesh_bytes_max: Option<Spanned<i64>>,
 }
 
@@ -1025,12 +1606,26 @@ struct RawRuntime {
     ring_depth: Option<Spanned<i64>>,
     spin_before_park_us: Option<Spanned<i64>>,
     pin_cores: Option<Spanned<bool>>,
+    preempt_timer_us: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
     level: Option<Spanned<LogLevel>>,
+    format: Option<Spanned<LogFormat>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_file: Option<Spanned<PathBuf>>,
+    workers: Option<Spanned<i64>>,
+    request_bytes_max: Option<Spanned<i64>>,
+    reply_timeout_ms: Option<Spanned<i64>>,
+    list_items_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1106,9 +1701,44 @@ impl RawConfig {
                 SPIN_BEFORE_PARK_US,
             )?;
             spans.set(&mut r.pin_cores, "runtime.pin_cores", raw.pin_cores);
+            let v = raw.preempt_timer_us;
+            spans.set_int(
+                &mut r.preempt_timer_us,
+                "runtime.preempt_timer_us",
+                v,
+                PREEMPT_TIMER_US,
+            )?;
         }
         if let Some(raw) = self.log {
             spans.set(&mut config.log.level, "log.level", raw.level);
+            spans.set(&mut config.log.format, "log.format", raw.format);
+        }
+        if let Some(list) = self.bridge {
+            spans.insert("bridge", list.span());
+            for (i, raw) in list.into_inner().into_iter().enumerate() {
+                config.bridges.push(raw.build(i, spans)?);
+            }
+        }
+        if let Some(raw) = self.admin {
+            let a = &mut config.admin;
+            if let Some(bind) = raw.bind {
+                a.bind = Some(parse_addr(spans, "admin.bind", &bind, "127.0.0.1:9883")?);
+            }
+            if let Some(t) = raw.token {
+                spans.insert("admin.token", t.span());
+                a.token = Some(t.into_inner());
+            }
+            if let Some(t) = raw.token_file {
+                spans.insert("admin.token_file", t.span());
+                a.token_file = Some(t.into_inner());
+            }
+            spans.set_int(&mut a.workers, "admin.workers", raw.workers, ADMIN_WORKERS)?;
+            let (v, b) = (raw.request_bytes_max, ADMIN_REQUEST_BYTES);
+            spans.set_int(&mut a.request_bytes_max, "admin.request_bytes_max", v, b)?;
+            let (v, b) = (raw.reply_timeout_ms, ADMIN_REPLY_TIMEOUT_MS);
+            spans.set_int(&mut a.reply_timeout_ms, "admin.reply_timeout_ms", v, b)?;
+            let (v, b) = (raw.list_items_max, ADMIN_LIST_ITEMS);
+            spans.set_int(&mut a.list_items_max, "admin.list_items_max", v, b)?;
         }
         if let Some(mut raw) = self.auth {
             let a = &mut config.auth;
@@ -1135,6 +1765,21 @@ impl RawConfig {
         }
         Ok(config)
     }
+}
+
+/// An `IP:port` value, recorded at `key`.
+fn parse_addr(
+    spans: &mut Spans,
+    key: &str,
+    raw: &Spanned<String>,
+    example: &str,
+) -> Result<SocketAddr, Issue> {
+    spans.insert(key, raw.span());
+    raw.get_ref().parse().map_err(|_| {
+        let message =
+            format!("not an IP address and port like \"{example}\" (got {:?})", raw.get_ref());
+        spans.issue(&[key], message)
+    })
 }
 
 impl RawListener {
@@ -1231,6 +1876,12 @@ impl RawLimits {
         int!(topic_alias_max, TOPIC_ALIASES);
         int!(mesh_channel_capacity, MESH_CHANNEL_CAPACITY);
         int!(mesh_batch_max, MESH_BATCH);
+        int!(flow_high_water_messages, FLOW_HIGH_WATER);
+        int!(flow_low_water_messages, FLOW_LOW_WATER);
+        int!(flow_hard_cap_messages, FLOW_HARD_CAP);
+        int!(slow_consumer_timeout_ms, SLOW_CONSUMER_TIMEOUT_MS);
+        let v = self.slow_consumer_policy;
+        spans.set(&mut l.slow_consumer_policy, "limits.slow_consumer_policy", v);
         int!(mesh_bytes_max, MESH_BYTES);
         Ok(())
     }
@@ -1540,6 +2191,81 @@ mod tests {
     }
 
     #[test]
+    fn log_format_and_admin_section() {
+        let c = parse(
+            "[log]\nformat = \"json\"\n[admin]\nbind = \"127.0.0.1:9883\"\n\
+             token = \"0123456789abcdef\"\nworkers = 2\n",
+        )
+        .expect("valid");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.admin_bind(), Some("127.0.0.1:9883".parse().expect("literal")));
+        assert_eq!(c.admin.workers, 2);
+        let e = parse_err("[admin]\ntoken = \"short\"\n");
+        assert_err(&e, 2, 9, "admin.token", "at least 16 bytes");
+        let e = parse_err("[admin]\nworkers = 0\n");
+        assert_err(&e, 2, 11, "admin.workers", "between 1 and 64");
+        let e = parse_err("[admin]\ntoken_file = \"/nonexistent/token\"\n");
+        assert_err(&e, 2, 14, "admin.token_file", "cannot read");
+        let e = parse_err(
+            "[broker]\nmetrics_bind = \"127.0.0.1:1\"\n[admin]\nbind = \"127.0.0.1:2\"\n",
+        );
+        assert_err(&e, 4, 8, "admin.bind", "not both");
+        let e = parse_err("[admin]\nbind = \"127.0.0.1:1883\"\n");
+        assert_err(&e, 2, 8, "admin.bind", "overlaps listener[0].bind");
+        let e = parse_err("[log]\nformat = \"xml\"\n");
+        assert_eq!(e.key, "log.format", "{e}");
+    }
+
+    #[test]
+    fn positions_locate_keys_for_later_errors() {
+        let (_, p) = Config::from_str_located("\n[[listener]]\nbind = \"127.0.0.1:1\"\n", "t.toml")
+            .expect("valid");
+        assert_eq!(p.get("listener[0].bind"), Some((3, 8)));
+        assert_eq!(p.file_line(&["listener[0].bind"]), "t.toml:3");
+        assert_eq!(p.file_line(&["admin.bind"]), "t.toml");
+        assert_eq!(KeyPositions::built_in().file_line(&["x"]), "<built-in>");
+    }
+
+    #[test]
+    fn bridges_parse_and_validate() {
+        let text = "[[bridge]]\nname = \"cloud\"\naddress = \"h.example:1883\"\nprotocol = \"5\"\n\
+                    [[bridge.topic]]\nfilter = \"a/#\"\ndirection = \"both\"\nqos = 1\n\
+                    local_prefix = \"l/\"\n";
+        let c = parse(text).expect("valid");
+        let b = &c.bridges[0];
+        assert_eq!(
+            (b.name.as_str(), b.protocol, b.client_id.as_str()),
+            ("cloud", BridgeProtocol::V5, "tern-bridge-cloud")
+        );
+        assert_eq!(
+            (b.keepalive_secs, b.reconnect_min_secs, b.reconnect_max_secs, b.inflight_max),
+            (60, 1, 60, 64)
+        );
+        assert_eq!(b.topics[0].direction, BridgeDirection::Both);
+        assert_eq!((b.topics[0].qos, b.topics[0].local_prefix.as_str()), (1, "l/"));
+
+        let e = parse_err(&text.replace("qos = 1", "qos = 2"));
+        assert_err(&e, 8, 7, "bridge[0].topic[0].qos", "between 0 and 1");
+        let e = parse_err(&text.replace("h.example:1883", "nohost"));
+        assert_err(&e, 3, 11, "bridge[0].address", "host:port");
+        let e = parse_err(&text.replace("\"cloud\"", "\"a b\""));
+        assert_err(&e, 2, 8, "bridge[0].name", "letters, digits");
+        let e = parse_err(&text.replace("\"l/\"", "\"l/+/\""));
+        assert_err(&e, 9, 16, "bridge[0].topic[0].local_prefix", "no '+' or '#'");
+        let e = parse_err(&text.replace("\"a/#\"", "\"a/#/b\""));
+        assert_eq!(e.key, "bridge[0].topic[0].filter", "{e}");
+        let e = parse_err("[[bridge]]\nname = \"x\"\naddress = \"h:1\"\n");
+        assert_eq!(e.key, "bridge[0].topic", "no topic: {e}");
+        let two = format!("{text}{text}");
+        let e = parse_err(&two);
+        assert!(e.message.contains("another bridge is named"), "{e}");
+        let e = parse_err(&format!(
+            "{text}[[listener]]\nbind = \"127.0.0.1:8080\"\ntransport = \"ws\"\n"
+        ));
+        assert!(e.message.contains("transport \"tcp\""), "{e}");
+    }
+
+    #[test]
     fn example_file_equals_defaults() {
         let text = include_str!("../tern.toml");
         let config = Config::from_str_named(text, "tern.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -1586,12 +2312,18 @@ mod tests {
             topic_alias_max = 0
             mesh_channel_capacity = 26
             mesh_batch_max = 25
+            flow_high_water_messages = 27
+            flow_low_water_messages = 3
+            flow_hard_cap_messages = 28
+            slow_consumer_timeout_ms = 2900
+            slow_consumer_policy = "drop"
             mesh_bytes_max = 2000000
             [runtime]
             io_memory_bytes = 8192
             ring_depth = 8
             spin_before_park_us = 0
             pin_cores = false
+            preempt_timer_us = 250
             [log]
             level = "debug"
         "#;
@@ -1643,6 +2375,11 @@ mod tests {
             topic_alias_max: 0,
             mesh_channel_capacity: 26,
             mesh_batch_max: 25,
+            flow_high_water_messages: 27,
+            flow_low_water_messages: 3,
+            flow_hard_cap_messages: 28,
+            slow_consumer_timeout_ms: 2900,
+            slow_consumer_policy: SlowConsumer::Drop,
             mesh_bytes_max: 2_000_000,
         };
         assert_eq!(c.limits, expected);
@@ -1651,6 +2388,7 @@ mod tests {
             ring_depth: 8,
             spin_before_park_us: 0,
             pin_cores: false,
+            preempt_timer_us: 250,
         };
         assert_eq!(c.runtime, runtime);
         assert_eq!(c.runtime.spin_before_park(), None);

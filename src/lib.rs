@@ -21,16 +21,26 @@
 //! - [`config`], [`broker`]: the configuration file and its mapping onto the layers.
 //! - [`metrics`]: per-shard counters.
 //! - `fuzzing` (hidden): the bodies of the fuzz targets and parser property tests.
+//! - [`admin`]: the admin HTTP listener (`/metrics`, health checks, `/api/v1`) on threads of its
+//!   own; it asks the shards over bounded channels ([`shard::admin`] answers).
+//! - [`bridge`]: `[[bridge]]` forwarding to other brokers, a client thread per bridge.
+//! - [`check`], [`mosquitto_conf`], [`logging`]: `tern check-config`,
+//!   `tern import-mosquitto-conf` and the log output, for the binary (`src/main.rs`).
 //! - [`persist`]: the write-ahead log (format and records with no IO; the glommio writer).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
+pub mod check;
 pub mod codec;
 pub mod config;
 pub mod enhanced_auth;
 pub mod fuzzing;
+pub mod logging;
 pub mod metrics;
+pub mod mosquitto_conf;
 pub mod net;
 pub mod persist;
 pub mod runtime;

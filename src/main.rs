@@ -1,104 +1,148 @@
-//! The `tern` binary: parses arguments, loads the configuration, starts the broker and waits
-//! for SIGINT/SIGTERM (SIGHUP re-reads the TLS certificates). It holds no broker logic.
+//! The `tern` binary: parses arguments (clap), loads the configuration, starts the broker and
+//! waits for SIGINT/SIGTERM (SIGHUP re-reads the TLS certificates, password file and ACL). It
+//! holds no broker logic. Subcommands: `passwd`, `check-config`, `import-mosquitto-conf`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 
+use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
-use tern::config::Config;
+use tern::config::{Config, KeyPositions};
+use tern::runtime::StartError;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-const USAGE: &str = "usage: tern [--config FILE] [--shards N] [--version] [--help]
-
-With no arguments, tern listens on 127.0.0.1:1883 with anonymous access and
-embedded defaults. See tern.toml for every setting and its default.";
-
-struct Args {
+/// An MQTT 3.1/3.1.1/5.0 broker.
+///
+/// With no arguments, tern listens on 127.0.0.1:1883 with anonymous access and embedded
+/// defaults. See tern.toml for every setting and its default.
+#[derive(Parser, Debug)]
+#[command(name = "tern", version, about)]
+struct Cli {
+    /// The configuration file (TOML).
+    #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Number of shards (threads), overriding broker.shards.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     shards: Option<u16>,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args { config: None, shards: None };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--config" | "-c" => {
-                args.config = Some(it.next().ok_or("--config needs a file")?.into());
-            }
-            "--shards" => {
-                let v = it.next().ok_or("--shards needs a number")?;
-                let n: u16 = v.parse().map_err(|_| format!("--shards: not a number: {v}"))?;
-                if n == 0 {
-                    return Err("--shards must be at least 1".into());
-                }
-                args.shards = Some(n);
-            }
-            "--version" | "-V" => {
-                println!("tern {}", tern::VERSION);
-                return Ok(None);
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            other => return Err(format!("unknown argument: {other}\n{USAGE}")),
-        }
-    }
-    Ok(Some(args))
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create or edit a password file (Mosquitto's format, like mosquitto_passwd).
+    Passwd(tern::auth::passwd_cmd::PasswdArgs),
+    /// Parse and validate a configuration file and the files it names; exit 0 when good,
+    /// else print FILE:LINE:COL: key: reason and exit 1.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Write a tern.toml from a mosquitto.conf, listing every directive not translated.
+    ImportMosquittoConf {
+        /// The mosquitto.conf to read.
+        file: PathBuf,
+        /// Where to write the tern.toml (default: standard output).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
-    // `tern passwd ...` edits a password file and exits (src/auth/passwd_cmd.rs).
-    if std::env::args().nth(1).as_deref() == Some("passwd") {
-        let args: Vec<String> = std::env::args().skip(2).collect();
-        return match tern::auth::passwd_cmd::run(&args) {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Passwd(args)) => match tern::auth::passwd_cmd::run_args(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tern passwd: {e}");
                 ExitCode::FAILURE
             }
-        };
+        },
+        Some(Command::CheckConfig { file }) => match tern::check::check_config(&file) {
+            Ok(s) => {
+                println!(
+                    "{}: OK ({} listener(s), {} with TLS)",
+                    file.display(),
+                    s.listeners,
+                    s.tls_listeners
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::ImportMosquittoConf { file, output }) => import(&file, output.as_deref()),
+        None => serve(cli.config, cli.shards),
     }
-    let args = match parse_args() {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
+}
+
+fn import(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
         Err(e) => {
-            eprintln!("tern: {e}");
-            return ExitCode::from(2);
+            eprintln!("tern: {}: cannot read: {e}", file.display());
+            return ExitCode::FAILURE;
         }
     };
-    let mut config = match &args.config {
-        Some(path) => match Config::load(path) {
+    let import = tern::mosquitto_conf::import(&text);
+    for s in &import.skipped {
+        eprintln!("{}:{}: not translated: {} ({})", file.display(), s.line, s.text, s.reason);
+    }
+    match output {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &import.toml) {
+                eprintln!("tern: {}: cannot write: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            eprintln!(
+                "wrote {} ({} directive(s) not translated)",
+                path.display(),
+                import.skipped.len()
+            );
+        }
+        None => print!("{}", import.toml),
+    }
+    ExitCode::SUCCESS
+}
+
+fn serve(config_path: Option<PathBuf>, shards: Option<u16>) -> ExitCode {
+    let (mut config, positions) = match &config_path {
+        Some(path) => match Config::load_located(path) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("tern: configuration error: {e}");
                 return ExitCode::from(2);
             }
         },
-        None => Config::default(),
+        None => (Config::default(), KeyPositions::built_in()),
     };
-    if let Some(n) = args.shards {
+    if let Some(n) = shards {
         config.broker.shards = Some(n);
         if let Err(e) = config.validate() {
             eprintln!("tern: --shards: {e}");
             return ExitCode::from(2);
         }
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.log.level.as_str()));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tern::logging::init(&config.log);
 
-    let broker = match tern::broker::start(&config) {
-        Ok(b) => b,
+    let running = match tern::broker::start(&config) {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("tern: {e}");
+            match &e {
+                StartError::AddrInUse { key, .. } => {
+                    eprintln!("{}: {e}", positions.file_line(&[key.as_str()]))
+                }
+                _ => eprintln!("tern: {e}"),
+            }
             return ExitCode::FAILURE;
         }
     };
+    let broker = running.broker;
     let stop = broker.stop_flag();
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)) {
@@ -126,7 +170,15 @@ fn main() -> ExitCode {
     for addr in &broker.local_addrs {
         tracing::info!(%addr, shards = config.shard_count(), "tern {} listening", tern::VERSION);
     }
+    if let Some(addr) = running.admin_addr {
+        tracing::info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz, /api/v1)");
+    }
+    // systemd Type=notify: every listener accepts now. Not under systemd: a no-op.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
     broker.join();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!(stopped = stop.load(Ordering::Relaxed), "tern stopped");
     ExitCode::SUCCESS
 }

@@ -75,7 +75,7 @@ metrics! {
     counter bytes_received,
     /// Bytes queued for clients.
     counter bytes_sent,
-    /// QoS 0 deliveries dropped: the subscriber's output buffer was full.
+    /// QoS 0 deliveries dropped for a slow subscriber (0 since flow control; kept for dashboards).
     counter messages_dropped_qos0_slow,
     /// QoS 0 deliveries dropped: the session has no connection.
     counter messages_dropped_qos0_offline,
@@ -107,6 +107,20 @@ metrics! {
     counter connect_timeouts,
     /// Times a peer shard's channel was full and the flusher had to wait.
     counter mesh_backpressure,
+    /// Times a publisher was paused by a congested subscriber or a full peer outbox.
+    counter flow_pauses,
+    /// Times such a pause was lifted (the subscriber drained to `flow_low_water_messages`).
+    counter flow_resumes,
+    /// Publishing sessions paused now.
+    gauge flow_paused_publishers,
+    /// Subscribers disconnected as slow consumers (policy `disconnect`).
+    counter slow_consumers_disconnected,
+    /// Subscribers that became slow consumers under policy `drop`.
+    counter slow_consumers_dropping,
+    /// Deliveries dropped for a slow consumer under policy `drop`.
+    counter messages_dropped_slow_consumer,
+    /// QoS 1/2 PUBLISH answered 0x97 (Quota exceeded) because a full offline queue refused it.
+    counter publish_quota_exceeded,
     /// CONNECTs refused because the memory budget was used up.
     counter connect_refused_memory,
     /// Deliveries not queued because the memory budget was used up.
@@ -129,6 +143,7 @@ impl Metrics {
             + self.messages_dropped_too_large
             + self.messages_dropped_session_end
             + self.messages_dropped_no_member
+            + self.messages_dropped_slow_consumer
             + self.messages_dropped_memory
     }
 }
@@ -145,12 +160,22 @@ struct Slot {
     latency: Histogram<u64>,
 }
 
+/// One bridge counter, for `/metrics` and `$SYS`.
+struct BridgeValue {
+    key: &'static str,
+    value: u64,
+    gauge: bool,
+    help: &'static str,
+}
+
 /// The shards' last reports, for the metrics endpoint and `$SYS`.
 pub struct StatsBoard {
     slots: Vec<Mutex<Slot>>,
     started: Instant,
     /// Highest total of connections seen at a report.
     connections_max: Mutex<u64>,
+    /// The bridges' counters, set once at start.
+    bridges: std::sync::OnceLock<Vec<std::sync::Arc<crate::bridge::BridgeStats>>>,
 }
 
 impl std::fmt::Debug for StatsBoard {
@@ -167,6 +192,7 @@ impl StatsBoard {
             slots: (0..shards).map(|_| Mutex::new(slot.clone())).collect(),
             started: Instant::now(),
             connections_max: Mutex::new(0),
+            bridges: std::sync::OnceLock::new(),
         }
     }
 
@@ -209,6 +235,41 @@ impl StatsBoard {
         h
     }
 
+    /// Registers the bridges' counters (once, at start) for `/metrics` and `$SYS`.
+    pub fn set_bridges(&self, bridges: Vec<std::sync::Arc<crate::bridge::BridgeStats>>) {
+        let _ = self.bridges.set(bridges);
+    }
+
+    /// Each bridge's name and counters.
+    fn bridge_values(&self) -> Vec<(&str, [BridgeValue; 6])> {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let value = |key, value, gauge, help| BridgeValue { key, value, gauge, help };
+        let Some(list) = self.bridges.get() else { return Vec::new() };
+        list.iter()
+            .map(|b| {
+                let values = [
+                    value("connected", get(&b.connected), true, "1 while the bridge is connected."),
+                    value("connects", get(&b.connects), false, "Connections made to the remote."),
+                    value("sent", get(&b.sent), false, "Messages forwarded to the remote."),
+                    value(
+                        "received",
+                        get(&b.received),
+                        false,
+                        "Messages received from the remote.",
+                    ),
+                    value(
+                        "inflight",
+                        get(&b.inflight),
+                        true,
+                        "QoS 1 messages forwarded and not yet acknowledged.",
+                    ),
+                    value("dropped", get(&b.dropped), false, "Messages no bridge topic maps."),
+                ];
+                (b.name.as_str(), values)
+            })
+            .collect()
+    }
+
     /// Seconds since start.
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
@@ -241,16 +302,23 @@ impl StatsBoard {
                 v(self.per_shard().first().map_or(0, |m| m.retained_messages)),
             ),
         ]
+        .into_iter()
+        .chain(self.bridge_values().into_iter().flat_map(|(name, values)| {
+            values.map(|b| (format!("$SYS/broker/bridges/{name}/{}", b.key), v(b.value)))
+        }))
+        .collect()
     }
 
-    /// The Prometheus text exposition: every counter per shard (`shard="N"`) and in total
-    /// (`shard="total"`), and the publish-to-deliver latency histogram.
+    /// The Prometheus text exposition: every counter per shard (`shard="N"`), and the
+    /// publish-to-deliver latency histogram. There is no `shard="total"` series: it would be
+    /// counted twice by `sum(tern_x)`; the total is `sum without (shard) (tern_x)`. (Every shard
+    /// holds a replica of the retained store, so for `tern_retained_messages` take `max`.)
     pub fn prometheus(&self) -> String {
         use std::fmt::Write;
         let per = self.per_shard();
         let total = self.total();
         let mut out = String::with_capacity(16 * 1024);
-        total.visit(|name, value, gauge, help| {
+        total.visit(|name, _, gauge, help| {
             let kind = if gauge { "gauge" } else { "counter" };
             let metric = if gauge { format!("tern_{name}") } else { format!("tern_{name}_total") };
             let _ = writeln!(out, "# HELP {metric} {help}");
@@ -262,8 +330,23 @@ impl StatsBoard {
                     }
                 });
             }
-            let _ = writeln!(out, "{metric}{{shard=\"total\"}} {value}");
         });
+        let bridges = self.bridge_values();
+        if let Some((_, first)) = bridges.first() {
+            for (k, BridgeValue { key, gauge, help, .. }) in first.iter().enumerate() {
+                let metric = if *gauge {
+                    format!("tern_bridge_{key}")
+                } else {
+                    format!("tern_bridge_{key}_total")
+                };
+                let kind = if *gauge { "gauge" } else { "counter" };
+                let _ = writeln!(out, "# HELP {metric} {help}");
+                let _ = writeln!(out, "# TYPE {metric} {kind}");
+                for (name, values) in &bridges {
+                    let _ = writeln!(out, "{metric}{{bridge=\"{name}\"}} {}", values[k].value);
+                }
+            }
+        }
         let _ = writeln!(out, "# HELP tern_uptime_seconds Seconds since the broker started.");
         let _ = writeln!(out, "# TYPE tern_uptime_seconds gauge");
         let _ = writeln!(out, "tern_uptime_seconds {}", self.uptime_secs());
@@ -291,58 +374,6 @@ impl StatsBoard {
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text format) on `listener` from a plain thread until `stop`
-/// is set. Control plane only: one request at a time, requests bounded to 8 KiB and 2 s.
-pub fn serve_http(
-    listener: std::net::TcpListener,
-    board: std::sync::Arc<StatsBoard>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    use std::io::{Read, Write};
-    use std::sync::atomic::Ordering;
-    use std::time::Duration;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new().name("tern-metrics".into()).spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let (mut conn, _) = match listener.accept() {
-                Ok(c) => c,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint accept failed");
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-            };
-            let _ = conn.set_nonblocking(false);
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-            let mut req = [0u8; 8192];
-            let mut len = 0;
-            while len < req.len() && !req[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut req[len..]) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => len += n,
-                }
-            }
-            let head = String::from_utf8_lossy(&req[..len]);
-            let (status, body) = if head.starts_with("GET /metrics ") {
-                ("200 OK", board.prometheus())
-            } else {
-                ("404 Not Found", "only GET /metrics is served here\n".to_string())
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(reply.as_bytes());
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,12 +390,26 @@ mod tests {
         assert_eq!(board.total().messages_received, 7);
         let text = board.prometheus();
         assert!(text.contains("tern_messages_received_total{shard=\"0\"} 3"), "{text}");
-        assert!(text.contains("tern_messages_received_total{shard=\"total\"} 7"));
-        assert!(text.contains("tern_connections_current{shard=\"total\"} 2"));
+        assert!(text.contains("tern_messages_received_total{shard=\"1\"} 4"), "{text}");
+        // No total series: `sum()` over the shards would count it twice.
+        assert!(!text.contains("total\""), "{text}");
         assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.00025\"} 1"));
         assert!(text.contains("tern_publish_latency_seconds_bucket{le=\"0.0001\"} 0"));
         let sys = board.sys_topics();
         assert!(sys.contains(&("$SYS/broker/messages/received".into(), "7".into())));
+        let bridge = std::sync::Arc::new(crate::bridge::BridgeStats {
+            name: "cloud".into(),
+            ..Default::default()
+        });
+        bridge.sent.store(5, std::sync::atomic::Ordering::Relaxed);
+        bridge.connected.store(1, std::sync::atomic::Ordering::Relaxed);
+        board.set_bridges(vec![bridge]);
+        let text = board.prometheus();
+        assert!(text.contains("# TYPE tern_bridge_connected gauge"), "{text}");
+        assert!(text.contains("tern_bridge_connected{bridge=\"cloud\"} 1"), "{text}");
+        assert!(text.contains("tern_bridge_sent_total{bridge=\"cloud\"} 5"), "{text}");
+        let sys = board.sys_topics();
+        assert!(sys.contains(&("$SYS/broker/bridges/cloud/sent".into(), "5".into())), "{sys:?}");
         assert!(sys.contains(&("$SYS/broker/clients/maximum".into(), "2".into())));
     }
 }

@@ -107,39 +107,83 @@ fn usage_error(message: &str) -> String {
     format!("{message}\n{USAGE}")
 }
 
+/// The arguments of `tern passwd`, parsed by clap; [`run_args`] checks the combinations.
+#[derive(clap::Args, Debug, Default)]
+#[command(after_help = USAGE)]
+pub struct PasswdArgs {
+    /// Batch mode: the password is given on the command line.
+    #[arg(short = 'b')]
+    batch: bool,
+    /// Create FILE, replacing it if it exists.
+    #[arg(short = 'c')]
+    create: bool,
+    /// Delete USER instead of setting its password.
+    #[arg(short = 'D')]
+    delete: bool,
+    /// Hash to write: sha512-pbkdf2 (default, $7$), argon2id or scram-sha-256.
+    #[arg(short = 'H', value_name = "HASH")]
+    hash: Option<String>,
+    /// Same as -H argon2id.
+    #[arg(long)]
+    argon2: bool,
+    /// PBKDF2 iterations (default 1000).
+    #[arg(short = 'I', value_name = "ITERATIONS")]
+    iterations: Option<String>,
+    /// Mosquitto's "hash a plain-text file": not supported.
+    #[arg(short = 'U', hide = true)]
+    plain_file: bool,
+    /// FILE USER, or FILE USER PASSWORD with -b.
+    #[arg(value_name = "FILE USER [PASSWORD]")]
+    positional: Vec<String>,
+}
+
+/// Runs `tern passwd` with arguments clap already parsed (the `tern` command line).
+pub fn run_args(args: PasswdArgs) -> Result<(), String> {
+    let cmd = check_args(args)?;
+    let password = match (&cmd.action, cmd.password.take_batch()) {
+        (Action::Delete, _) => None,
+        (_, Some(password)) => Some(password),
+        (_, None) => Some(prompt_password()?),
+    };
+    execute(&cmd, password.as_deref())
+}
+
 /// Parses the arguments; `Ok(None)` for `-h`/`--help`.
 fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
-    let (mut batch, mut create, mut delete) = (false, false, false);
-    let mut hash: Option<String> = None;
-    let mut iterations: Option<u32> = None;
-    let mut it = args.iter().peekable();
-    while let Some(arg) = it.next_if(|a| a.starts_with('-') && a.len() > 1) {
-        match arg.as_str() {
-            "-b" => batch = true,
-            "-c" => create = true,
-            "-D" => delete = true,
-            "--argon2" => hash = Some("argon2id".into()),
-            "-H" => {
-                hash = Some(it.next().ok_or_else(|| usage_error("-H needs a hash type"))?.clone())
-            }
-            "-I" => {
-                let value = it.next().ok_or_else(|| usage_error("-I needs a number"))?;
-                let n: u32 = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=PBKDF2_ITERATIONS_MAX).contains(n))
-                    .ok_or_else(|| {
-                        format!("-I: iterations must be between 1 and {PBKDF2_ITERATIONS_MAX}")
-                    })?;
-                iterations = Some(n);
-            }
-            "-U" => return Err("-U (hash a plain-text file) is not supported".into()),
-            "-h" | "--help" => return Ok(None),
-            "--" => break,
-            other => return Err(usage_error(&format!("unknown option {other}"))),
-        }
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: PasswdArgs,
     }
-    let positional: Vec<&String> = it.collect();
+    use clap::Parser;
+    let argv = std::iter::once("tern passwd").chain(args.iter().map(String::as_str));
+    match Wrap::try_parse_from(argv) {
+        Ok(w) => check_args(w.args).map(Some),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(None),
+        Err(e) => Err(e.to_string().trim().to_owned()),
+    }
+}
+
+/// The rules clap does not express, with the messages `mosquitto_passwd` users expect.
+fn check_args(a: PasswdArgs) -> Result<Command, String> {
+    let (batch, create, delete) = (a.batch, a.create, a.delete);
+    if a.plain_file {
+        return Err("-U (hash a plain-text file) is not supported".into());
+    }
+    let hash = if a.argon2 { Some("argon2id".to_owned()) } else { a.hash };
+    let iterations = match a.iterations {
+        None => None,
+        Some(value) => Some(
+            value
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=PBKDF2_ITERATIONS_MAX).contains(n))
+                .ok_or_else(|| {
+                    format!("-I: iterations must be between 1 and {PBKDF2_ITERATIONS_MAX}")
+                })?,
+        ),
+    };
+    let positional = a.positional;
     if create && delete {
         return Err(usage_error("-c and -D cannot be used together"));
     }
@@ -185,7 +229,7 @@ fn parse_args(args: &[String]) -> Result<Option<Command>, String> {
         (_, true) => Action::Delete,
         _ => Action::Update,
     };
-    Ok(Some(Command { action, scheme, file: positional[0].into(), user, password }))
+    Ok(Command { action, scheme, file: positional[0].clone().into(), user, password })
 }
 
 /// Asks for the password twice on the terminal, without echo.
@@ -341,10 +385,10 @@ mod tests {
             (&["pw"][..], "expected FILE USER"),
             (&["-b", "pw", "a"][..], "expected FILE USER PASSWORD"),
             (&["pw", "a", "extra"][..], "expected FILE USER"),
-            (&["-x", "pw", "a"][..], "unknown option -x"),
+            (&["-x", "pw", "a"][..], "unexpected argument '-x'"),
             (&["-H", "md5", "pw", "a"][..], "unknown hash type"),
             (&["-H", "sha512", "pw", "a"][..], "is not written"),
-            (&["-H"][..], "-H needs"),
+            (&["-H"][..], "a value is required for '-H <HASH>'"),
             (&["-I", "0", "pw", "a"][..], "iterations must be between"),
             (&["-I", "many", "pw", "a"][..], "iterations must be between"),
             (&["-I", "5", "--argon2", "pw", "a"][..], "sha512-pbkdf2 only"),

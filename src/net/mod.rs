@@ -18,7 +18,7 @@ pub mod ws;
 pub mod ws_stream;
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -37,6 +37,10 @@ use ws_stream::WsStream;
 
 /// Size of the per-shard scratch read buffer.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// How often a connection held by an exhausted memory budget looks again (the only timed wait
+/// of a connection that is not writing: flow-control pauses are woken by the drain).
+const MEMORY_RECHECK: Duration = Duration::from_millis(10);
 
 /// Time a connection's orderly close (TLS close_notify, WebSocket close frame) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,14 +75,47 @@ impl Notify {
     }
 }
 
+/// Wakes the mesh flushers of a shard (one per peer and lane) when their outbox may have grown.
+#[derive(Default)]
+pub struct Signal {
+    /// (peer, control lane, flag) of each flusher.
+    waiters: RefCell<Vec<(usize, bool, Rc<Notify>)>>,
+}
+
+impl Signal {
+    /// Wakes every flusher.
+    pub fn notify(&self) {
+        for (_, _, n) in self.waiters.borrow().iter() {
+            n.notify();
+        }
+    }
+
+    /// Wakes the flushers whose outbox holds something (the hot paths: no wake-up, and no
+    /// empty pass, for a lane with nothing to send).
+    pub fn notify_pending(&self, shard: &Shard) {
+        for (peer, control, n) in self.waiters.borrow().iter() {
+            if shard.has_outgoing_on(*peer, *control) {
+                n.notify();
+            }
+        }
+    }
+
+    /// The flag of the flusher for `peer` on the control or the data lane.
+    pub fn subscribe(&self, peer: usize, control: bool) -> Rc<Notify> {
+        let n = Rc::new(Notify::default());
+        self.waiters.borrow_mut().push((peer, control, Rc::clone(&n)));
+        n
+    }
+}
+
 /// Per-shard resources shared by the IO tasks of that shard.
 pub struct ShardIo {
     /// The shard state.
     pub shard: RefCell<Shard>,
     /// Scratch read buffer, borrowed only inside one `poll`.
     pub scratch: RefCell<Box<[u8]>>,
-    /// Wakes the mesh flusher when an outbox may have grown.
-    pub outbox_ready: Notify,
+    /// Wakes the mesh flushers when an outbox may have grown.
+    pub outbox_ready: Signal,
     /// Set when the shard is shutting down: accept loops stop.
     pub stopping: Cell<bool>,
     /// Tasks waiting for `stopping` (the accept loops).
@@ -335,14 +372,87 @@ async fn establish(
     }
 }
 
-/// What woke the connection task.
+/// What one turn of a connection task did.
 enum Event {
-    /// Output to write or a close to carry out.
-    Work,
-    /// Data was read and handed to the shard.
+    /// Data was read and handed to the shard: yield if others wait (one read per turn).
     Read,
-    /// End of stream or socket error.
+    /// End of stream or socket error: the shard is told; pending output still goes out.
     Closed,
+    /// The output failed: nothing more can be written.
+    WriteFailed,
+    /// The peer accepted no byte of pending output for `write_timeout`.
+    WriteTimedOut,
+    /// Reading waits for the memory budget to recover (`ConnStatus::memory_paused`).
+    MemoryPaused,
+    /// The shard closed the connection and every byte is written.
+    Done,
+    /// The CONNECT was accepted: the client id is known (recorded in the span outside the
+    /// poll, where the span is entered).
+    Identified,
+}
+
+/// The write half of a connection's state: the bytes of the current write (taken from the
+/// shard with [`Shard::swap_tx`], so the buffer's allocation is reused) and how far it got.
+#[derive(Default)]
+struct Output {
+    buf: bytes::BytesMut,
+    written: usize,
+    /// The bytes are written and the transport's flush is pending (TLS, WebSocket).
+    flushing: bool,
+    /// The last `poll_write` moved bytes (or finished a flush): the write deadline restarts.
+    progressed: bool,
+}
+
+impl Output {
+    fn idle(&self) -> bool {
+        self.buf.is_empty() && !self.flushing
+    }
+
+    /// Writes as much as the socket takes, refilling from the shard; `Ready(Err)` when the
+    /// socket failed, `Ready(Ok)` when the shard has nothing more to write, `Pending` when the
+    /// socket is full (its readiness wakes the task).
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        stream: &mut S,
+        shard: &mut Shard,
+        id: ConnId,
+    ) -> Poll<std::io::Result<()>> {
+        // Bounded: each pass writes bytes, flushes, or takes a new buffer (which is bounded by
+        // `tx_bytes_max` plus one packet); it returns when the shard has nothing more.
+        self.progressed = false;
+        loop {
+            if self.written < self.buf.len() {
+                match Pin::new(&mut *stream).poll_write(cx, &self.buf[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        self.progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else if self.flushing {
+                // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record.
+                std::task::ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+                self.flushing = false;
+                self.progressed = true;
+            } else {
+                self.buf.clear();
+                self.written = 0;
+                shard.swap_tx(id, &mut self.buf, Instant::now());
+                if self.buf.is_empty() {
+                    if self.buf.capacity() > crate::shard::IDLE_TX_CAPACITY_MAX {
+                        self.buf = bytes::BytesMut::new();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                self.flushing = true;
+            }
+        }
+    }
 }
 
 /// Drives one connection until it closes. Generic over the transport: plain TCP, TLS and
@@ -361,17 +471,24 @@ where
     let span = tracing::info_span!(
         "conn",
         shard,
-        peer = ?peer,
+        peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
         client_id = tracing::field::Empty
     );
     serve_in_span(io, stream, id).instrument(span).await
 }
 
+/// The connection loop, full duplex: one task polls the write and the read side together, so
+/// a subscriber's PUBACKs and PINGREQs are read while its output is still being written. A
+/// connection that flow control pauses (`ConnStatus::read_paused`) arms no read and no timer:
+/// the shard wakes it when it may read again.
 async fn serve_in_span<S>(io: Rc<ShardIo>, mut stream: S, id: ConnId)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client_id_known = false;
+    let mut out = Output::default();
+    let mut eof = false;
+    let mut stall: Option<glommio::timer::Timer> = None;
     let write_timeout = io.shard.borrow().config().write_timeout;
     let mut timed_out = false;
     loop {
@@ -382,53 +499,49 @@ where
                 client_id_known = true;
             }
         }
-        let tx = io.shard.borrow_mut().take_tx(id);
-        // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
-        if !tx.is_empty() {
-            match write_with_deadline(&mut stream, &tx, write_timeout).await {
-                Ok(()) => {}
-                Err(WriteFailed::TimedOut) => {
-                    // The peer accepted no byte for the whole deadline (issue 9: such a peer
-                    // parked this task forever, out of reach of keep alive and takeover).
-                    io.shard.borrow_mut().handle_write_timeout(id, Instant::now());
-                    io.outbox_ready.notify();
-                    timed_out = true;
-                    break;
-                }
-                Err(WriteFailed::Io) => {
-                    io.shard.borrow_mut().handle_closed(id, Instant::now());
-                    io.outbox_ready.notify();
-                    break;
+        let event = poll_fn(|cx| {
+            let mut shard = io.shard.borrow_mut();
+            shard.register_waker(id, cx.waker());
+            match out.poll_write(cx, &mut stream, &mut shard, id) {
+                Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
+                Poll::Ready(Ok(())) => stall = None,
+                Poll::Pending => {
+                    // A write the peer does not take: the deadline restarts with every byte it
+                    // accepts (issue 9: such a peer held its task forever). Armed only while a
+                    // write is blocked.
+                    if out.progressed || stall.is_none() {
+                        stall = Some(glommio::timer::Timer::new(write_timeout));
+                    }
+                    if let Some(t) = stall.as_mut() {
+                        if Pin::new(t).poll(cx).is_ready() {
+                            return Poll::Ready(Event::WriteTimedOut);
+                        }
+                    }
                 }
             }
-        }
-        let status = io.shard.borrow().status(id);
-        if status.closing && !status.has_tx {
-            break;
-        }
-        if status.has_tx {
-            continue;
-        }
-        if status.read_paused {
-            // Backpressure: our output or a peer shard's channel is full. Poll again shortly
-            // rather than reading more; this path only runs under overload.
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-            continue;
-        }
-        let event = poll_fn(|cx| {
-            {
-                let mut shard = io.shard.borrow_mut();
-                shard.register_waker(id, cx.waker());
-                let st = shard.status(id);
-                if st.has_tx || st.closing {
-                    return Poll::Ready(Event::Work);
-                }
+            // Writing may have pumped queued messages and resumed publishers (local wakes,
+            // Resume messages for other shards).
+            io.outbox_ready.notify_pending(&shard);
+            if !client_id_known && shard.client_id(id).is_some() {
+                return Poll::Ready(Event::Identified);
+            }
+            let status = shard.status(id);
+            if status.closing || eof {
+                return if out.idle() { Poll::Ready(Event::Done) } else { Poll::Pending };
+            }
+            if status.memory_paused {
+                // The broker-wide budget recovers through other connections' progress, which
+                // does not know this one: look again shortly (only while memory is exhausted).
+                return Poll::Ready(Event::MemoryPaused);
+            }
+            if status.read_paused {
+                return Poll::Pending; // woken by the shard (resume, drain) or the write side
             }
             let mut scratch = io.scratch.borrow_mut();
             match Pin::new(&mut stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Closed),
                 Poll::Ready(Ok(n)) => {
-                    io.shard.borrow_mut().handle_read(id, &scratch[..n], Instant::now());
+                    shard.handle_read(id, &scratch[..n], Instant::now());
                     Poll::Ready(Event::Read)
                 }
                 Poll::Pending => Poll::Pending,
@@ -436,15 +549,30 @@ where
         })
         .await;
         match event {
-            Event::Work => {}
             Event::Read => {
-                io.outbox_ready.notify();
+                io.outbox_ready.notify_pending(&io.shard.borrow());
+                // Bounded work per turn: one read and its packets, then the others' turn.
                 glommio::yield_if_needed().await;
             }
             Event::Closed => {
+                eof = true;
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 io.outbox_ready.notify();
             }
+            Event::WriteFailed => {
+                io.shard.borrow_mut().handle_closed(id, Instant::now());
+                io.outbox_ready.notify();
+                break;
+            }
+            Event::WriteTimedOut => {
+                io.shard.borrow_mut().handle_write_timeout(id, Instant::now());
+                io.outbox_ready.notify();
+                timed_out = true;
+                break;
+            }
+            Event::Done => break,
+            Event::MemoryPaused => glommio::timer::sleep(MEMORY_RECHECK).await,
+            Event::Identified => {}
         }
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
@@ -458,49 +586,6 @@ where
     }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
-}
-
-/// Why writing to a connection stopped.
-enum WriteFailed {
-    /// The peer accepted no byte for the write deadline.
-    TimedOut,
-    /// The socket failed or closed.
-    Io,
-}
-
-/// Writes and flushes `bytes`, failing when one write or the flush makes no progress within
-/// `deadline`: the clock restarts with every byte the peer accepts, so a slow but live peer is
-/// not cut off, while one that stops reading is.
-async fn write_with_deadline<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    bytes: &[u8],
-    deadline: Duration,
-) -> Result<(), WriteFailed> {
-    let mut off = 0;
-    // Bounded: every iteration writes at least one byte or returns.
-    while off < bytes.len() {
-        let wrote =
-            futures_lite::future::or(async { Some(stream.write(&bytes[off..]).await) }, async {
-                glommio::timer::sleep(deadline).await;
-                None
-            })
-            .await;
-        match wrote {
-            None => return Err(WriteFailed::TimedOut),
-            Some(Ok(0)) | Some(Err(_)) => return Err(WriteFailed::Io),
-            Some(Ok(n)) => off += n,
-        }
-    }
-    let flushed = futures_lite::future::or(async { Some(stream.flush().await) }, async {
-        glommio::timer::sleep(deadline).await;
-        None
-    })
-    .await;
-    match flushed {
-        None => Err(WriteFailed::TimedOut),
-        Some(Err(_)) => Err(WriteFailed::Io),
-        Some(Ok(())) => Ok(()),
-    }
 }
 
 /// TCP keepalive probes start after this much silence on an accepted socket.

@@ -114,8 +114,8 @@ pub fn encode_frame(body: &[u8], out: &mut Vec<u8>) {
 /// How a scan of frames ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanEnd {
-    /// A zero length (the writer's padding) or the end of the bytes, exactly at a frame
-    /// boundary: everything before `valid_len` is records.
+    /// A zero length followed by zeros only (the writer's padding), or the end of the bytes,
+    /// exactly at a frame boundary: everything before `valid_len` is records.
     Clean,
     /// A frame whose length runs past the end of the bytes: a write torn by a crash.
     Torn,
@@ -151,7 +151,9 @@ pub fn scan_frames(bytes: &[u8]) -> Scan<'_> {
         let len_bytes = [head[0], head[1], head[2], head[3]];
         let len = u32::from_le_bytes(len_bytes) as usize;
         if len == 0 {
-            break ScanEnd::Clean;
+            // The writer's padding. Anything but zeros after it is a write that reached the
+            // disk in part (a later block without the one before it) or damage: torn.
+            break if bytes[at..].iter().all(|&b| b == 0) { ScanEnd::Clean } else { ScanEnd::Torn };
         }
         if len > BODY_MAX {
             break ScanEnd::Corrupt;
@@ -264,6 +266,18 @@ mod tests {
                 assert!(s.discarded_bytes > 0);
             }
         }
+    }
+
+    /// A zeroed length inside a log (found by the property test) is not the clean end: the
+    /// frames after it are damage, and recovery must count them.
+    #[test]
+    fn zero_length_followed_by_data_is_torn() {
+        let mut log = frames(&THREE);
+        let (starts, _) = starts();
+        log[starts[1]..starts[1] + 4].fill(0);
+        let s = scan_frames(&log);
+        assert_eq!((s.bodies.len(), s.end), (1, ScanEnd::Torn));
+        assert!(s.discarded_bytes > 0);
     }
 
     #[test]

@@ -203,6 +203,45 @@ impl Session {
         }
     }
 
+    /// Appends a message for a connected client, past the queue bounds: flow control
+    /// (`crate::shard`) keeps this queue near its high-water mark by pausing publishers, and
+    /// applies its own hard cap.
+    pub fn enqueue_connected(&mut self, out: Outgoing) {
+        self.queue_bytes += out.cost_bytes();
+        self.queue.push_back(out);
+    }
+
+    /// Drops the QoS 0 messages from the queue (a client went offline: an offline session keeps
+    /// QoS 1/2 only). Returns how many were dropped.
+    pub fn drop_qos0(&mut self) -> u64 {
+        let before = self.queue.len();
+        self.queue.retain(|o| o.qos != QoS::AtMostOnce);
+        if self.queue.len() != before {
+            self.queue_bytes = self.queue.iter().map(Outgoing::cost_bytes).sum();
+        }
+        (before - self.queue.len()) as u64
+    }
+
+    /// Cuts the queue to its bounds (a client went offline with more queued than an offline
+    /// session may hold), by the overflow policy: `DropNewest` drops from the back,
+    /// `DropOldest` from the front. Returns how many messages were dropped.
+    pub fn trim_to_bounds(&mut self) -> u64 {
+        let mut dropped = 0;
+        // Bounded by the queue length.
+        while self.queue.len() > self.limits.queue_messages_max
+            || (self.queue_bytes > self.limits.queue_bytes_max && !self.queue.is_empty())
+        {
+            let out = match self.limits.overflow {
+                OverflowPolicy::DropNewest => self.queue.pop_back(),
+                OverflowPolicy::DropOldest => self.queue.pop_front(),
+            };
+            let Some(out) = out else { break };
+            self.queue_bytes -= out.cost_bytes();
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Takes the next queued message, skipping (and counting in `expired`) expired ones.
     pub fn dequeue(&mut self, now: Instant, expired: &mut u64) -> Option<Outgoing> {
         while let Some(out) = self.queue.pop_front() {

@@ -446,6 +446,8 @@ impl Shard {
                 self.publish_will(slot, will, now);
             }
         }
+        // Remove without releasing the registry (the new connection owns the id now).
+        self.flow_forget(slot);
         let s = self.sessions.get_mut(slot as usize).and_then(Option::take)?;
         self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
@@ -682,6 +684,8 @@ impl Shard {
             conn: None,
             expires_at: None,
             pending_will: None,
+            flow: Default::default(),
+            timers: Default::default(),
         };
         let slot = match self.free_sessions.pop() {
             Some(i) => {

@@ -1,7 +1,8 @@
 //! Messages between shards. Every variant is `Send`: it crosses threads through the mesh.
 //!
 //! Data plane: [`ShardMsg::Publish`]. Control plane: subscription deltas, retained updates,
-//! client-id claims and session takeover.
+//! client-id claims, session takeover and flow control ([`ShardMsg::Pause`]). The two planes
+//! travel on separate lanes (outboxes and mesh channels), so control never waits behind data.
 
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::session::{Message, SessionState};
@@ -138,6 +139,21 @@ pub enum ShardMsg {
         /// The session state, boxed to keep the enum small.
         state: Option<Box<SessionState>>,
     },
+    /// Flow control, to the publisher's shard: a subscriber here is above its high-water mark;
+    /// stop reading the connection of session `session` (if still `generation`).
+    Pause {
+        /// Session slot of the publisher.
+        session: u32,
+        /// Its generation.
+        generation: u32,
+    },
+    /// Flow control: that subscriber drained; one pause of the publisher is lifted.
+    Resume {
+        /// Session slot of the publisher.
+        session: u32,
+        /// Its generation.
+        generation: u32,
+    },
     /// To the registry shard: `owner` no longer holds a session for `client_id`. Applied only
     /// while the registry still records that very owner and generation, so a late release
     /// cannot erase a newer claim.
@@ -150,9 +166,11 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
-    /// Data-plane messages may be refused under backpressure; control messages may not.
+    /// Whether the message travels on the data lane: publishes, and retained updates (which
+    /// must stay in order with the publishes they come with). Everything else takes the control
+    /// lane, which is never behind data.
     pub fn is_data(&self) -> bool {
-        matches!(self, ShardMsg::Publish { .. })
+        matches!(self, ShardMsg::Publish { .. } | ShardMsg::Retain { .. })
     }
 }
 

@@ -8,20 +8,24 @@
 //! - inputs: [`Shard::accept`], [`Shard::handle_read`], [`Shard::handle_closed`],
 //!   [`Shard::handle_peer`] (a message from another shard), [`Shard::tick`];
 //! - outputs: each connection's pending bytes ([`Shard::take_tx`]) and close request, the
-//!   per-peer outboxes of [`ShardMsg`] ([`Shard::outbox`]), and the connection wakers it fires.
+//!   per-peer outboxes of [`ShardMsg`] on two lanes ([`Shard::take_batch`] for data,
+//!   [`Shard::take_control`] for control), and the connection wakers it fires.
 //!
 //! The runtime (`crate::runtime`, `crate::net`) moves bytes and messages; the tests drive
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 
+pub mod admin;
 pub mod budget;
 mod connect;
+mod flow;
 pub mod message;
 mod publish;
 mod retained;
 mod subscribe;
+mod timers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -32,9 +36,14 @@ use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will
 use crate::metrics::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
+pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
 use subscribe::SharedGroups;
+
+/// Output buffer capacity an idle connection may keep for reuse; larger ones are freed once
+/// written (a burst does not leave a megabyte behind on every idle connection).
+pub const IDLE_TX_CAPACITY_MAX: usize = 4096;
 
 /// Identifies a connection within its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,11 +133,13 @@ pub struct ShardConfig {
     /// Failed logins per source address per minute on this shard before its CONNECTs with
     /// credentials are refused with 0x9F.
     pub failed_logins_per_minute_max: u32,
-    /// Bytes waiting to be written to one connection before QoS 0 deliveries to it are dropped
-    /// and reading from it pauses.
+    /// Bytes of deliveries waiting to be written to one connection; beyond, deliveries wait in
+    /// its session queue. Reading from the connection pauses at twice this (its own responses).
     pub tx_bytes_max: usize,
-    /// Messages waiting for one peer shard before publishers on this shard are paused.
+    /// Messages waiting for one peer shard before the publishers that add to it are paused.
     pub outbox_messages_max: usize,
+    /// Flow control: subscriber high/low-water marks and the slow-consumer policy.
+    pub flow: FlowLimits,
     /// Bytes of publishes this shard may have crossing the mesh before its publishers are
     /// paused (`limits.mesh_bytes_max`), counted in `mesh_bytes`.
     pub mesh_bytes_max: usize,
@@ -185,6 +196,13 @@ impl ShardConfig {
             failed_logins_per_minute_max: 30,
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
+            flow: FlowLimits {
+                high_water_messages: 20,
+                low_water_messages: 10,
+                hard_cap_messages: 1000,
+                slow_consumer_timeout: Duration::from_secs(10),
+                slow_consumer_policy: SlowConsumerPolicy::Disconnect,
+            },
             mesh_bytes_max: 1 << 20,
             mesh_bytes: std::sync::Arc::new(budget::MeshBytes::new(shards)),
             response_information_prefix: Some("responses/".into()),
@@ -216,8 +234,13 @@ pub enum CloseReason {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// An operator disconnected the client through the admin API (v5 reason 0x98).
+    Administrative,
     /// CONNACK with a refusal was sent.
     Refused,
+    /// A subscriber stayed congested too long, or its queue reached the hard cap, under the
+    /// slow-consumer policy `disconnect`.
+    SlowConsumer,
 }
 
 impl CloseReason {
@@ -243,6 +266,8 @@ impl CloseReason {
             CloseReason::KeepAliveTimeout => "no packet within 1.5 times the keep alive",
             CloseReason::TakenOver => "another connection took this client id over",
             CloseReason::Shutdown => "server shutting down",
+            CloseReason::Administrative => "disconnected by an administrator",
+            CloseReason::SlowConsumer => "slow consumer: messages arrive faster than acknowledged",
             _ => "",
         }
     }
@@ -253,6 +278,8 @@ impl CloseReason {
             CloseReason::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
             CloseReason::TakenOver => Some(ReasonCode::SessionTakenOver),
             CloseReason::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            CloseReason::Administrative => Some(ReasonCode::AdministrativeAction),
+            CloseReason::SlowConsumer => Some(flow::SLOW_CONSUMER_REASON),
             _ => None,
         }
     }
@@ -299,6 +326,8 @@ pub(crate) struct Conn {
     keep_alive_secs: u16,
     /// Last time a packet arrived.
     last_rx: Instant,
+    /// When the connection was accepted (the admin API's connected-since).
+    accepted_at: Instant,
     /// Will to publish on abnormal close.
     will: Option<Will>,
     /// Client's Receive Maximum (v5), 65535 for v3.
@@ -330,6 +359,9 @@ pub(crate) struct Conn {
     /// The user name was proven by the transport (TLS client certificate) or by enhanced
     /// authentication, not just claimed in CONNECT.
     identity_verified: bool,
+    /// Flow control resumed reading: the keep-alive clock restarts at the next tick (the
+    /// broker, not the client, was the one not reading).
+    flow_resumed: bool,
     /// Bytes `will` is charged to the memory budget.
     will_charged: usize,
     /// Retained messages owed after a SUBACK, written a batch at a time as `tx` drains
@@ -367,6 +399,10 @@ pub(crate) struct SessionSlot {
     expires_at: Option<Instant>,
     /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
     pending_will: Option<(Will, Instant)>,
+    /// Flow control state, as subscriber and as publisher.
+    flow: flow::SlotFlow,
+    /// Expiry and will deadlines armed in the shard's heap.
+    timers: timers::SlotTimers,
     /// Bytes this session's messages are charged to the memory budget (its `held_bytes` when
     /// last recharged).
     charged: usize,
@@ -394,7 +430,8 @@ pub struct ConnStatus {
     pub has_tx: bool,
     /// The shard wants the socket closed once `tx` is flushed.
     pub closing: bool,
-    /// Reading should pause (output or mesh backpressure, or `memory_paused`).
+    /// Reading should pause: its own output is full, flow control holds its publisher, it
+    /// waits for other shards or owes retained messages, or `memory_paused`.
     pub read_paused: bool,
     /// The broker-wide memory budget is used up and this connection is owed nothing (no
     /// message queued or in flight for it), so what it sends could only add: its reads pause
@@ -442,7 +479,18 @@ pub struct Shard {
     next_req: u64,
     /// Serial of the next accepted connection.
     next_conn_serial: u64,
+    /// Data lane: publishes for each peer shard.
     outbox: Vec<VecDeque<ShardMsg>>,
+    /// Control lane: everything else for each peer shard (never behind data).
+    control: Vec<VecDeque<ShardMsg>>,
+    /// Local publishers paused because the data outbox of a peer was full, by peer.
+    outbox_blocked: Vec<HashSet<crate::session::message::Origin>>,
+    /// Session slots above their high-water mark (visited by the slow-consumer check).
+    congested: HashSet<u32>,
+    /// Set when a full offline queue refused the message being routed (v5 PUBACK 0x97).
+    route_refused: bool,
+    /// Connect timeouts, keep alive, session expiry and delayed wills, earliest first.
+    deadlines: timers::Deadlines,
     /// Counters, read by the metrics endpoint and `$SYS`.
     pub metrics: Metrics,
     /// Publish-to-deliver latency of deliveries written by this shard, microseconds.
@@ -497,6 +545,11 @@ impl Shard {
             reading: false,
             resume_reads: Vec::new(),
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
+            control: (0..peers).map(|_| VecDeque::new()).collect(),
+            outbox_blocked: (0..peers).map(|_| HashSet::new()).collect(),
+            congested: HashSet::new(),
+            route_refused: false,
+            deadlines: Default::default(),
             metrics: Metrics::default(),
             latency: crate::metrics::new_latency_histogram(),
             scratch: Vec::new(),
@@ -562,6 +615,7 @@ impl Shard {
             waker: None,
             keep_alive_secs: 0,
             last_rx: now,
+            accepted_at: now,
             will: None,
             client_receive_max: u16::MAX,
             client_packet_max: usize::MAX,
@@ -571,6 +625,7 @@ impl Shard {
             client_id: String::new(),
             problem_info: true,
             awaiting_peers: false,
+            flow_resumed: false,
             auth: None,
             auth_method: None,
             identity_verified: false,
@@ -591,6 +646,7 @@ impl Shard {
                 (self.conns.len() - 1) as u32
             }
         };
+        self.arm_conn(ConnId(id), serial, now);
         Some(ConnId(id))
     }
 
@@ -648,8 +704,10 @@ impl Shard {
                 ConnStatus {
                     has_tx: !c.tx.is_empty() || backlog,
                     closing: matches!(c.phase, Phase::Closing),
-                    read_paused: c.tx.len() >= self.cfg.tx_bytes_max
-                        || self.outbox_full()
+                    // No shard-wide condition here: a full peer outbox or mesh byte bound
+                    // pauses the publishers that add to it (`flow`).
+                    read_paused: c.tx.len() >= 2 * self.cfg.tx_bytes_max
+                        || self.publisher_paused(&c.phase)
                         || c.awaiting_peers
                         || backlog
                         || matches!(c.phase, Phase::Connecting { .. } | Phase::Verifying { .. })
@@ -663,15 +721,33 @@ impl Shard {
         }
     }
 
-    /// Takes the bytes waiting for the connection, leaving an empty buffer. Retained messages
+    /// Takes the bytes waiting for the connection, leaving an empty buffer, then refills the
+    /// buffer from the session queue (up to `tx_bytes_max`), so the next write is ready while
+    /// this one goes out.
+    pub fn take_tx(&mut self, id: ConnId, now: Instant) -> BytesMut {
+        let mut out = BytesMut::new();
+        self.swap_tx(id, &mut out, now);
+        out
+    }
+
+    /// [`Shard::take_tx`] into the caller's (empty) buffer, whose allocation the connection
+    /// keeps for its next output: no buffer is freed and regrown per write. Retained messages
     /// owed to it are encoded first, a batch at a time.
-    pub fn take_tx(&mut self, id: ConnId) -> BytesMut {
+    pub fn swap_tx(&mut self, id: ConnId, buf: &mut BytesMut, now: Instant) {
+        debug_assert!(buf.is_empty());
         if self.conn(id).is_some_and(|c| !c.retained_backlog.is_empty()) {
-            self.drain_retained(id, Instant::now());
+            self.drain_retained(id, now);
         }
-        match self.conn_mut(id) {
-            Some(c) => std::mem::take(&mut c.tx),
-            None => BytesMut::new(),
+        let Some(c) = self.conn_mut(id) else { return };
+        std::mem::swap(&mut c.tx, buf);
+        if let Phase::Active { slot } = c.phase {
+            self.pump(id, slot, now);
+        }
+        // An idle connection keeps no large output buffer (the driver frees its own likewise).
+        if let Some(c) = self.conn_mut(id) {
+            if c.tx.is_empty() && c.tx.capacity() > IDLE_TX_CAPACITY_MAX {
+                c.tx = BytesMut::new();
+            }
         }
     }
 
@@ -787,7 +863,7 @@ impl Shard {
                 retain: true,
                 subscription_ids: r.identifier.into_iter().collect(),
             };
-            self.deliver(slot, out, now);
+            self.deliver_retained(slot, out, now);
         }
         self.recharge_backlog(id);
     }
@@ -970,17 +1046,23 @@ impl Shard {
         let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
         if let Some(s) = self.slot_mut(slot) {
             s.pending_will = Some((will, due));
+            self.arm_will(slot, due);
         }
     }
 
     /// The connection of a session went away: end the session or start its expiry clock.
     fn detach_session(&mut self, slot: u32, now: Instant) {
+        self.flow_offline(slot);
         let Some(s) = self.slot_mut(slot) else { return };
         s.conn = None;
         match s.session.expiry_secs {
             0 => self.destroy_session(slot, now),
             u32::MAX => {}
-            expiry => s.expires_at = Some(now + Duration::from_secs(u64::from(expiry))),
+            expiry => {
+                let at = now + Duration::from_secs(u64::from(expiry));
+                s.expires_at = Some(at);
+                self.arm_expiry(slot, at);
+            }
         }
     }
 
@@ -1033,6 +1115,7 @@ impl Shard {
         if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
             self.publish_will(slot, will, now);
         }
+        self.flow_forget(slot);
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
         self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
@@ -1047,62 +1130,15 @@ impl Shard {
         self.send_to_registry(ShardMsg::Release { client_id, owner }, now);
     }
 
-    /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
+    /// Periodic work: keep alive and connect timeouts, session expiry, delayed wills, slow
+    /// consumers. Call about once a second; it visits only what is due (`timers`) and the
+    /// congested subscribers (`flow`).
     pub fn tick(&mut self, now: Instant) {
         self.metrics.memory_exhausted = u64::from(self.memory_exhausted());
-        let mut to_close = Vec::new();
-        for (i, c) in self.conns.iter().enumerate() {
-            let Some(c) = c else { continue };
-            match c.phase {
-                Phase::AwaitConnect { deadline }
-                | Phase::Authenticating { deadline }
-                | Phase::Verifying { deadline, .. }
-                | Phase::Connecting { deadline }
-                    if now >= deadline =>
-                {
-                    to_close.push((i as u32, CloseReason::ConnectTimeout))
-                }
-                // [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0): 1.5 times the keep alive.
-                Phase::Active { .. } if c.keep_alive_secs > 0 => {
-                    let limit = Duration::from_millis(u64::from(c.keep_alive_secs) * 1500);
-                    if now.duration_since(c.last_rx) > limit {
-                        to_close.push((i as u32, CloseReason::KeepAliveTimeout));
-                    }
-                }
-                _ => {}
-            }
-        }
-        for (i, reason) in to_close {
-            self.close(ConnId(i), reason, now);
-        }
         self.failed_logins.expire(now);
-        let expired: Vec<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                (s.conn.is_none() && s.expires_at.is_some_and(|t| now >= t)).then_some(i as u32)
-            })
-            .collect();
-        for slot in expired {
-            self.metrics.sessions_expired += 1;
-            self.destroy_session(slot, now);
-        }
-        let due: Vec<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let (_, at) = s.as_ref()?.pending_will.as_ref()?;
-                (now >= *at).then_some(i as u32)
-            })
-            .collect();
-        for slot in due {
-            if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
-                self.publish_will(slot, will, now);
-            }
-        }
+        self.run_deadlines(now);
+        self.flow_tick(now);
+        self.flow_retry_outboxes();
     }
 
     /// Closes every connection with "server shutting down". Sessions are kept until the process
@@ -1124,22 +1160,33 @@ impl Shard {
             .sum()
     }
 
-    /// The per-peer outboxes; the runtime drains them into the mesh.
-    pub fn outbox(&mut self) -> &mut [VecDeque<ShardMsg>] {
-        &mut self.outbox
-    }
-
-    fn outbox_full(&self) -> bool {
-        self.outbox.iter().any(|q| q.len() >= self.cfg.outbox_messages_max)
+    /// Whether the data outbox for `peer`, or this shard's publishes crossing the mesh in
+    /// bytes (`mesh_bytes_max`), are at their bound: a publisher adding to it is paused.
+    fn outbox_full(&self, peer: usize) -> bool {
+        self.outbox[peer].len() >= self.cfg.outbox_messages_max
             || self.cfg.mesh_bytes.in_flight(self.id) >= self.cfg.mesh_bytes_max
     }
 
-    /// Queues `msg` for `peer`; a message to this shard itself is handled at once.
+    /// The data-lane outboxes, for tests that move or inspect messages by hand.
+    #[cfg(test)]
+    pub(crate) fn outbox(&mut self) -> &mut [VecDeque<ShardMsg>] {
+        &mut self.outbox
+    }
+
+    /// The control-lane outboxes, for tests that move or inspect messages by hand.
+    #[cfg(test)]
+    pub(crate) fn control_lane(&mut self) -> &mut [VecDeque<ShardMsg>] {
+        &mut self.control
+    }
+
+    /// Queues `msg` for `peer` on its lane; a message to this shard itself is handled at once.
     fn send_to_peer(&mut self, peer: u16, msg: ShardMsg, now: Instant) {
         if peer == self.id {
             self.handle_peer(peer, msg, now);
-        } else {
+        } else if msg.is_data() {
             self.outbox[peer as usize].push_back(msg);
+        } else {
+            self.control[peer as usize].push_back(msg);
         }
     }
 
@@ -1147,7 +1194,9 @@ impl Shard {
     fn broadcast(&mut self, make: impl Fn() -> ShardMsg) {
         for peer in 0..self.cfg.shards {
             if peer != self.id {
-                self.outbox[peer as usize].push_back(make());
+                let msg = make();
+                let lane = if msg.is_data() { &mut self.outbox } else { &mut self.control };
+                lane[peer as usize].push_back(msg);
             }
         }
     }
@@ -1189,6 +1238,8 @@ impl Shard {
                 self.handle_takeover(client_id, target, ask, now)
             }
             ShardMsg::TakeoverReply { req, state } => self.finish_connect(req, state, now),
+            ShardMsg::Pause { session, generation } => self.publisher_pause(session, generation),
+            ShardMsg::Resume { session, generation } => self.publisher_resume(session, generation),
             ShardMsg::Release { client_id, owner } => {
                 // Only the claim it names: a newer claim stays ([MQTT-3.1.4-2] fencing).
                 if self.registry.get(&client_id) == Some(&owner) {

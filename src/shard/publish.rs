@@ -157,9 +157,17 @@ impl Shard {
         if msg.retain {
             self.retain_local_and_broadcast(&msg);
         }
+        self.route_refused = false;
         let matched = self.route(msg, now);
-        let reason =
-            if v5 && !matched { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
+        let reason = if v5 && self.route_refused && p.qos != QoS::AtMostOnce {
+            // A full offline queue on this shard refused it: say so where the protocol can.
+            self.metrics.publish_quota_exceeded += 1;
+            ReasonCode::QuotaExceeded
+        } else if v5 && !matched {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
         self.ack(id, p.qos, p.packet_id, reason);
     }
 
@@ -251,6 +259,11 @@ impl Shard {
                 self.cfg.mesh_bytes.sent(self.id, cost);
                 let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
                 self.outbox[peer].push_back(m);
+                if self.outbox_full(peer) {
+                    if let Some(o) = msg.origin {
+                        self.flow_outbox_full(peer, o);
+                    }
+                }
             }
             peer_normal[peer] = false;
         }
@@ -344,39 +357,66 @@ impl Shard {
         }
     }
 
-    /// Hands one delivery to a session: written at once if its connection can take it, queued
-    /// otherwise (QoS 1/2), or dropped and counted (QoS 0 to a slow or absent connection).
+    /// Hands one delivery to a session. Connected: written at once if its output buffer and
+    /// in-flight window have room and nothing waits before it, queued otherwise (any QoS, past
+    /// the offline bounds: flow control slows the publisher down instead, `super::flow`).
+    /// Offline: queued under the offline bounds (QoS 1/2) or dropped and counted (QoS 0).
     pub(super) fn deliver(&mut self, slot: u32, out: Outgoing, now: Instant) {
-        let tx_max = self.cfg.tx_bytes_max;
+        self.deliver_from(slot, out, true, now)
+    }
+
+    /// [`Shard::deliver`] of a stored retained message at SUBSCRIBE: its publisher, who may
+    /// have published it long ago, is not the one to slow down.
+    pub(super) fn deliver_retained(&mut self, slot: u32, out: Outgoing, now: Instant) {
+        self.deliver_from(slot, out, false, now)
+    }
+
+    fn deliver_from(&mut self, slot: u32, out: Outgoing, live: bool, now: Instant) {
         // Read access is checked on every delivery, retained ones included.
         if !self.can_read(slot, &out.msg.topic) {
             return;
         }
         let Some(s) = self.slot_mut(slot) else { return };
-        let conn = s.conn;
-        match conn {
-            Some(conn) if out.qos == QoS::AtMostOnce => {
-                if self.conn(conn).is_some_and(|c| c.tx.len() >= tx_max) {
-                    self.metrics.messages_dropped_qos0_slow += 1;
-                    return;
-                }
-                self.write_publish(conn, &out, None, false, now);
-            }
-            Some(conn) => {
-                let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
-                let s = self.slot_mut(slot).expect("invariant: slot checked above");
-                if s.session.queue.is_empty() && s.session.window_open(receive_max) {
-                    self.send_inflight(conn, slot, out, now);
-                } else {
-                    self.enqueue(slot, out);
-                }
-            }
+        match s.conn {
+            Some(conn) => self.deliver_connected(conn, slot, out, live, now),
             None if out.qos == QoS::AtMostOnce => self.metrics.messages_dropped_qos0_offline += 1,
             None => self.enqueue(slot, out),
         }
         self.recharge_slot(slot);
     }
 
+    fn deliver_connected(
+        &mut self,
+        conn: ConnId,
+        slot: u32,
+        out: Outgoing,
+        live: bool,
+        now: Instant,
+    ) {
+        let tx_max = self.cfg.tx_bytes_max;
+        let Some(c) = self.conn(conn) else { return };
+        let (receive_max, tx_room) = (c.client_receive_max, c.tx.len() < tx_max);
+        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
+        if s.flow.dropping() {
+            // A slow consumer under policy `drop`: it alone loses messages until it drains.
+            self.metrics.messages_dropped_slow_consumer += 1;
+            return;
+        }
+        if s.session.queue.is_empty() && tx_room {
+            if out.qos == QoS::AtMostOnce {
+                return self.write_publish(conn, &out, None, false, now);
+            }
+            if s.session.window_open(receive_max) {
+                return self.send_inflight(conn, slot, out, now);
+            }
+        }
+        let origin = out.msg.origin.filter(|_| live);
+        s.session.enqueue_connected(out);
+        self.flow_after_delivery(slot, origin, now);
+    }
+
+    /// Queues for an offline session, under its bounds; a refusal is counted and noted for the
+    /// PUBACK of the message being routed.
     fn enqueue(&mut self, slot: u32, out: Outgoing) {
         if self.memory_exhausted() {
             // The broker-wide budget is used up: queues stop growing (see `budget`).
@@ -387,7 +427,10 @@ impl Shard {
         match s.session.enqueue(out) {
             Ok(()) => {}
             Err(Dropped::EvictedOldest) => self.metrics.messages_dropped_queue_full += 1,
-            Err(_) => self.metrics.messages_dropped_queue_full += 1,
+            Err(_) => {
+                self.metrics.messages_dropped_queue_full += 1;
+                self.route_refused = true;
+            }
         }
     }
 
@@ -400,7 +443,8 @@ impl Shard {
         let Some(s) = self.slot_mut(slot) else { return };
         let Some(pid) = s.session.begin_inflight(out.clone()) else {
             // All 65535 ids in flight: cannot happen below inflight_max, but never lose it.
-            self.enqueue(slot, out);
+            s.session.queue_bytes += out.cost_bytes();
+            s.session.queue.push_front(out);
             return;
         };
         self.write_publish(conn, &out, Some(pid), false, now);
@@ -466,18 +510,26 @@ impl Shard {
         }
     }
 
-    /// Sends queued messages while the in-flight window has room (and QoS 0 ones directly).
+    /// Sends queued messages while the in-flight window and the output buffer have room, then
+    /// resumes the publishers this subscriber paused if it drained to its low-water mark.
     pub(super) fn pump(&mut self, conn: ConnId, slot: u32, now: Instant) {
         self.pump_queue(conn, slot, now);
         self.recharge_slot(slot);
+        self.flow_check_drained(slot);
     }
 
     fn pump_queue(&mut self, conn: ConnId, slot: u32, now: Instant) {
-        let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
+        let tx_max = self.cfg.tx_bytes_max;
+        let Some(c) = self.conn(conn) else { return };
+        let receive_max = c.client_receive_max;
         // Bounded by the queue length.
         loop {
+            if self.conn(conn).is_none_or(|c| c.tx.len() >= tx_max) {
+                return;
+            }
             let Some(s) = self.slot_mut(slot) else { return };
-            if !s.session.window_open(receive_max) {
+            let head_qos = s.session.queue.front().map(|o| o.qos);
+            if head_qos != Some(QoS::AtMostOnce) && !s.session.window_open(receive_max) {
                 return;
             }
             let mut expired = 0;

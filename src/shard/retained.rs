@@ -164,6 +164,11 @@ impl RetainedStore {
         }
     }
 
+    /// The unexpired retained message of `topic`, if any.
+    pub(crate) fn get(&self, topic: &str, now: Instant) -> Option<&Rc<Message>> {
+        self.find(topic).filter(|m| !m.is_expired(now))
+    }
+
     /// Retained messages held.
     pub(crate) fn len(&self) -> usize {
         self.count

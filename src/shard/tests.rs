@@ -51,7 +51,9 @@ impl Cluster {
             let mut moved = false;
             for from in 0..self.shards.len() {
                 for to in 0..self.shards.len() {
-                    let msgs: Vec<ShardMsg> = self.shards[from].outbox()[to].drain(..).collect();
+                    // Control lane first, as the runtime's flushers may deliver it.
+                    let mut msgs = self.shards[from].take_control(to, usize::MAX);
+                    msgs.extend(self.shards[from].take_batch(to, usize::MAX));
                     for m in msgs {
                         moved = true;
                         let now = self.now;
@@ -74,11 +76,17 @@ impl Cluster {
             for f in 0..self.shards.len() {
                 for t in 0..self.shards.len() {
                     // Bounded by the messages queued; handling may queue more for the next round.
-                    while let Some(m) = self.shards[f].outbox()[t].front() {
+                    while let Some(m) = self.shards[f].control_lane()[t].front() {
                         if (f, t) == (from, to) && matches!(m, ShardMsg::DeltaAck { .. }) {
                             break;
                         }
-                        let Some(m) = self.shards[f].outbox()[t].pop_front() else { break };
+                        let Some(m) = self.shards[f].control_lane()[t].pop_front() else { break };
+                        moved = true;
+                        let now = self.now;
+                        self.shards[t].handle_peer(f as u16, m, now);
+                    }
+                    // The data lane is a channel of its own: never held.
+                    for m in self.shards[f].take_batch(t, usize::MAX) {
                         moved = true;
                         let now = self.now;
                         self.shards[t].handle_peer(f as u16, m, now);
@@ -113,7 +121,8 @@ impl Cluster {
 
     /// Every packet the client has been sent since the last call.
     fn recv(&mut self, c: Client) -> Vec<Packet> {
-        let mut tx = self.shards[c.shard].take_tx(c.conn);
+        let now = self.now;
+        let mut tx = self.shards[c.shard].take_tx(c.conn, now);
         let mut out = Vec::new();
         while let Some(p) =
             codec::decode(&mut tx, c.version, usize::MAX).expect("broker output decodes")
@@ -551,7 +560,7 @@ fn repeated_filter_in_one_subscribe_counts_once() {
     let mut buf = BytesMut::new();
     codec::encode(&subscribe_packet(7, &filters), V4, &mut buf).expect("encodes");
     cl.shards[1].handle_read(s.conn, &buf, now);
-    let deltas = cl.shards[1].outbox()[0].len();
+    let deltas = cl.shards[1].control_lane()[0].len();
     assert_eq!(deltas, 1, "one SubAdd for the filter, not one per repeat");
     cl.settle();
     let got = cl.recv(s);
@@ -587,6 +596,7 @@ fn subscribe_with_more_filters_than_the_limit_is_refused() {
         assert_eq!(acks[0].reasons, vec![want; max + 1], "{version:?}");
         assert_eq!(cl.shards[0].metrics.subscribe_refused_too_many, 1);
         assert_eq!(cl.shards[0].metrics.subscriptions_current, 0);
+        assert!(cl.shards[1].control_lane().iter().all(|q| q.is_empty()));
         assert!(cl.shards[1].outbox().iter().all(|q| q.is_empty()));
         // Exactly the limit is accepted.
         cl.send(c, subscribe_packet(4, &filters[..max]));
@@ -1141,6 +1151,9 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
         "CONNACK only, no stray SUBACK: {got:?}"
     );
 }
+
+#[path = "flow_tests.rs"]
+mod flow_tests;
 
 // ------------------------------------------------------------------------------------------------
 // Pre-auth size and user-property bounds (issue 9 item 3, CVE-2017-7651, CVE-2023-0809,

@@ -15,6 +15,8 @@ use tern::codec::{
 use tern::config::Config;
 use tern::runtime::Broker;
 
+pub mod process;
+
 /// A running test broker.
 pub struct TestBroker {
     pub broker: Option<Broker>,
