@@ -36,6 +36,9 @@ pub fn shard_config(config: &Config) -> ShardConfig {
             })
             .collect(),
         packet_size_bytes_max: l.packet_size_bytes_max as usize,
+        preauth_packet_bytes_max: l.preauth_packet_bytes_max.min(l.packet_size_bytes_max) as usize,
+        user_properties_max: l.user_properties_max as usize,
+        user_property_bytes_max: l.user_property_bytes_max as usize,
         session: SessionLimits {
             inflight_max: l.inflight_max,
             queue_messages_max: l.session_queue_messages_max as usize,
@@ -81,6 +84,8 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         security: std::sync::Arc::new(load_security(config)),
         auth_files: config.auth.clone(),
         shared: config.shared_subscriptions.clone(),
+        hash_pool: None,
+        failed_logins_per_minute_max: config.auth.failed_logins_per_minute_max,
     }
 }
 

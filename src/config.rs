@@ -417,6 +417,23 @@ pub struct LimitsConfig {
     /// exceeded). Default 256. Bound: 1..=100_000. Worst-case memory: this times
     /// `topic_bytes_max` per client (256 KiB at the defaults).
     pub subscriptions_per_client_max: u32,
+    /// Largest first packet of a connection (the CONNECT) and of each AUTH packet before the
+    /// client is authenticated, fixed header included; checked at the fixed header, before the
+    /// body is buffered. A first packet that is not a CONNECT is refused from its first byte.
+    /// Default 98_304 (96 KiB): a will payload of the MQTT maximum (65_535 bytes) plus 32 KiB
+    /// for the will topic, client id, credentials and properties. Bound: 64..=268_435_460; the
+    /// bound in force is the smaller of this and `packet_size_bytes_max`. Worst-case memory:
+    /// this much per connection that has not finished its CONNECT.
+    pub preauth_packet_bytes_max: u32,
+    /// User Properties one packet may carry (all of its property lists together: a CONNECT's
+    /// and its will's). More: the packet is refused with 0x95 (CONNECT: CONNACK 0x95; later:
+    /// DISCONNECT 0x95). Default 128. Bound: 0..=65_535. Each costs about 64 bytes of heap on
+    /// top of its text while the packet lives.
+    pub user_properties_max: u32,
+    /// Bytes of names plus values of the User Properties of one packet; more is refused like
+    /// [`user_properties_max`](Self::user_properties_max). Default 32_768. Bound:
+    /// 0..=268_435_455.
+    pub user_property_bytes_max: u32,
     /// Seconds a new connection may take to send its CONNECT before it is closed; the same
     /// time again bounds the wait for CONNACK after it (registry and takeover), after which the
     /// connection is closed. Default 10. Bound: 1..=300.
@@ -595,7 +612,7 @@ pub struct AdminConfig {
 /// is relative to the working directory, as in Mosquitto. Validation reads and parses both
 /// files, so a missing or malformed file stops the broker at start with the file, line and
 /// reason; the broker reads them again on reload.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthConfig {
     /// The password file: `username:hash` lines as written by `tern passwd` or Mosquitto's
     /// `mosquitto_passwd` (`$7$` PBKDF2-SHA512, `$6$` SHA-512, Argon2id). A client that sends a
@@ -607,6 +624,31 @@ pub struct AuthConfig {
     /// may use every topic. When set, whatever the file does not grant is refused, so an
     /// empty file denies everything.
     pub acl_file: Option<PathBuf>,
+    /// Threads that check passwords (the key derivations of the password file's hashes), so
+    /// that no shard thread spends that time. Default 2. Bound: 1..=64. Worst-case memory: this
+    /// many Argon2id checks at once, each at most 64 MiB (the cap on a file's memory cost).
+    pub hash_workers: u32,
+    /// Password checks waiting for a worker, all shards together; a CONNECT beyond it is
+    /// refused at once with 0x89 (Server busy; v3: 0x03 Server unavailable). Default 1024.
+    /// Bound: 1..=1_000_000.
+    pub hash_queue_max: u32,
+    /// Failed logins from one source address within a minute, counted on each shard, after
+    /// which CONNECTs with credentials from that address are refused without checking the
+    /// password (0x9F Connection rate exceeded; v3: 0x05 Not authorized) until the minute
+    /// ends. Default 30. Bound: 1..=1_000_000. Each shard remembers at most 16_384 addresses.
+    pub failed_logins_per_minute_max: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            acl_file: None,
+            hash_workers: 2,
+            hash_queue_max: 1024,
+            failed_logins_per_minute_max: 30,
+        }
+    }
 }
 
 /// A log level, from most to least verbose.
@@ -683,6 +725,9 @@ impl Default for LimitsConfig {
             topic_bytes_max: 1024,
             client_id_bytes_max: 256,
             subscriptions_per_client_max: 256,
+            preauth_packet_bytes_max: 96 << 10,
+            user_properties_max: 128,
+            user_property_bytes_max: 32 << 10,
             connect_timeout_secs: 10,
             write_timeout_secs: 30,
             memory_budget_bytes: 2 * GIB as u64,
@@ -826,6 +871,17 @@ impl Config {
     /// `broker.metrics_bind`.
     pub fn admin_bind(&self) -> Option<SocketAddr> {
         self.admin.bind.or(self.broker.metrics_bind)
+    }
+
+    /// [`Config::from_str_named`] without opening the `[auth]` files: for the fuzz body
+    /// (`crate::fuzzing::config_text`), which must not read whatever path its input names.
+    pub(crate) fn from_str_without_files(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let source = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
+        let mut spans = Spans::default();
+        let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
+        config.check(&spans).map_err(|issue| source.error(issue))?;
+        Ok(config)
     }
 
     /// Checks every bound and cross-field rule, and that the `[auth]` files can be read and
@@ -984,7 +1040,13 @@ const TOPIC_LEVELS: Bound = bound(1, 256);
 const TOPIC_BYTES: Bound = bound(1, 65535);
 const CLIENT_ID_BYTES: Bound = bound(23, 65535);
 const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
+const PREAUTH_PACKET_BYTES: Bound = bound(64, 268_435_460);
+const USER_PROPERTIES: Bound = bound(0, 65535);
+const USER_PROPERTY_BYTES: Bound = bound(0, 268_435_455);
 const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
+const HASH_WORKERS: Bound = bound(1, 64);
+const HASH_QUEUE: Bound = bound(1, 1_000_000);
+const FAILED_LOGINS: Bound = bound(1, 1_000_000);
 const WRITE_TIMEOUT_SECS: Bound = bound(1, 3600);
 const MESH_BYTES: Bound = bound(64 * 1024, GIB);
 const MEMORY_BUDGET_BYTES: Bound = bound(1 << 20, 1024 * GIB);
@@ -1047,6 +1109,11 @@ impl Config {
         self.limits.check(spans)?;
         let key = "shared_subscriptions.groups";
         self.shared_subscriptions.check().map_err(|message| spans.issue(&[key], message))?;
+        let a = &self.auth;
+        HASH_WORKERS.check("auth.hash_workers", wide(a.hash_workers), spans)?;
+        HASH_QUEUE.check("auth.hash_queue_max", wide(a.hash_queue_max), spans)?;
+        let key = "auth.failed_logins_per_minute_max";
+        FAILED_LOGINS.check(key, wide(a.failed_logins_per_minute_max), spans)?;
         let r = &self.runtime;
         IO_MEMORY_BYTES.check("runtime.io_memory_bytes", wide(r.io_memory_bytes), spans)?;
         RING_DEPTH.check("runtime.ring_depth", wide(r.ring_depth), spans)?;
@@ -1325,7 +1392,7 @@ impl AdminConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 24] = [
+        let checks: [(&str, i64, Bound); 27] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -1344,6 +1411,9 @@ impl LimitsConfig {
                 wide(self.subscriptions_per_client_max),
                 SUBSCRIPTIONS_PER_CLIENT,
             ),
+            ("preauth_packet_bytes_max", wide(self.preauth_packet_bytes_max), PREAUTH_PACKET_BYTES),
+            ("user_properties_max", wide(self.user_properties_max), USER_PROPERTIES),
+            ("user_property_bytes_max", wide(self.user_property_bytes_max), USER_PROPERTY_BYTES),
             ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
             ("write_timeout_secs", wide(self.write_timeout_secs), WRITE_TIMEOUT_SECS),
             ("memory_budget_bytes", wide(self.memory_budget_bytes), MEMORY_BUDGET_BYTES),
@@ -1597,6 +1667,9 @@ struct RawLimits {
     topic_bytes_max: Option<Spanned<i64>>,
     client_id_bytes_max: Option<Spanned<i64>>,
     subscriptions_per_client_max: Option<Spanned<i64>>,
+    preauth_packet_bytes_max: Option<Spanned<i64>>,
+    user_properties_max: Option<Spanned<i64>>,
+    user_property_bytes_max: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
     write_timeout_secs: Option<Spanned<i64>>,
     memory_budget_bytes: Option<Spanned<i64>>,
@@ -1648,6 +1721,9 @@ struct RawAdmin {
 struct RawAuth {
     password_file: Option<Spanned<PathBuf>>,
     acl_file: Option<Spanned<PathBuf>>,
+    hash_workers: Option<Spanned<i64>>,
+    hash_queue_max: Option<Spanned<i64>>,
+    failed_logins_per_minute_max: Option<Spanned<i64>>,
 }
 
 impl RawConfig {
@@ -1759,7 +1835,19 @@ impl RawConfig {
             let (v, b) = (raw.list_items_max, ADMIN_LIST_ITEMS);
             spans.set_int(&mut a.list_items_max, "admin.list_items_max", v, b)?;
         }
-        if let Some(raw) = self.auth {
+        if let Some(mut raw) = self.auth {
+            let a = &mut config.auth;
+            spans.set_int(
+                &mut a.hash_workers,
+                "auth.hash_workers",
+                raw.hash_workers,
+                HASH_WORKERS,
+            )?;
+            let v = raw.hash_queue_max.take();
+            spans.set_int(&mut a.hash_queue_max, "auth.hash_queue_max", v, HASH_QUEUE)?;
+            let v = raw.failed_logins_per_minute_max.take();
+            let key = "auth.failed_logins_per_minute_max";
+            spans.set_int(&mut a.failed_logins_per_minute_max, key, v, FAILED_LOGINS)?;
             for (key, raw, slot) in [
                 ("auth.password_file", raw.password_file, &mut config.auth.password_file),
                 ("auth.acl_file", raw.acl_file, &mut config.auth.acl_file),
@@ -1871,6 +1959,9 @@ impl RawLimits {
         int!(topic_bytes_max, TOPIC_BYTES);
         int!(client_id_bytes_max, CLIENT_ID_BYTES);
         int!(subscriptions_per_client_max, SUBSCRIPTIONS_PER_CLIENT);
+        int!(preauth_packet_bytes_max, PREAUTH_PACKET_BYTES);
+        int!(user_properties_max, USER_PROPERTIES);
+        int!(user_property_bytes_max, USER_PROPERTY_BYTES);
         int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
         int!(write_timeout_secs, WRITE_TIMEOUT_SECS);
         int!(memory_budget_bytes, MEMORY_BUDGET_BYTES);
@@ -2323,6 +2414,9 @@ mod tests {
             topic_bytes_max = 17
             client_id_bytes_max = 23
             subscriptions_per_client_max = 19
+            preauth_packet_bytes_max = 700
+            user_properties_max = 0
+            user_property_bytes_max = 27
             connect_timeout_secs = 20
             write_timeout_secs = 27
             memory_budget_bytes = 2000000
@@ -2383,6 +2477,9 @@ mod tests {
             topic_bytes_max: 17,
             client_id_bytes_max: 23,
             subscriptions_per_client_max: 19,
+            preauth_packet_bytes_max: 700,
+            user_properties_max: 0,
+            user_property_bytes_max: 27,
             connect_timeout_secs: 20,
             write_timeout_secs: 27,
             memory_budget_bytes: 2_000_000,
@@ -2411,6 +2508,31 @@ mod tests {
         assert_eq!(c.runtime.spin_before_park(), None);
         assert_eq!(RuntimeConfig::default().spin_before_park(), Some(Duration::from_micros(50)));
         assert_eq!(c.log.level, LogLevel::Debug);
+    }
+
+    /// The password-worker keys of `[auth]` (issue 9): read into their fields, bounds checked.
+    #[test]
+    fn auth_worker_keys_are_read_and_bounded() {
+        let text =
+            "[auth]\nhash_workers = 3\nhash_queue_max = 5\nfailed_logins_per_minute_max = 7\n";
+        let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let a = &c.auth;
+        assert_eq!((a.hash_workers, a.hash_queue_max, a.failed_logins_per_minute_max), (3, 5, 7));
+        let d = AuthConfig::default();
+        assert_eq!(
+            (d.hash_workers, d.hash_queue_max, d.failed_logins_per_minute_max),
+            (2, 1024, 30)
+        );
+        for (key, bad) in [
+            ("hash_workers", "0"),
+            ("hash_workers", "65"),
+            ("hash_queue_max", "0"),
+            ("failed_logins_per_minute_max", "0"),
+        ] {
+            let e = parse(&format!("[auth]\n{key} = {bad}\n")).expect_err(key);
+            assert_eq!(e.key, format!("auth.{key}"), "{e}");
+            assert_eq!(e.line, 2, "{e}");
+        }
     }
 
     #[test]

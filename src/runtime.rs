@@ -141,8 +141,16 @@ pub enum StartError {
 
 impl Broker {
     /// Starts `cfg.shards` shards and returns once every listener accepts connections.
-    pub fn start(opts: RuntimeOptions, cfg: ShardConfig) -> Result<Broker, StartError> {
+    pub fn start(opts: RuntimeOptions, mut cfg: ShardConfig) -> Result<Broker, StartError> {
         let n = cfg.shards;
+        if cfg.hash_pool.is_none() {
+            // Password checks run here, off the shard threads (see `crate::auth::pool`).
+            let a = &cfg.auth_files;
+            let workers = (a.hash_workers as usize).max(1);
+            let pool = crate::auth::HashPool::start(workers, (a.hash_queue_max as usize).max(1), n)
+                .map_err(|e| StartError::Shard(0, format!("password check workers: {e}")))?;
+            cfg.hash_pool = Some(pool);
+        }
         assert!(n >= 1, "invariant: config validates shards >= 1");
         assert!(opts.mesh_channel_capacity >= 1 && opts.mesh_batch_max >= 1);
         // Resolve port 0 once, so every shard's SO_REUSEPORT listener shares the same port. The
@@ -503,6 +511,9 @@ async fn shard_main(
             }
         }
     }
+    if let Some(pool) = io.shard.borrow().config().hash_pool.clone() {
+        tasks.push(glommio::spawn_local(password_verdicts(Rc::clone(&io), pool)));
+    }
     if let (Some((data_tx, data_rx)), Some((ctl_tx, ctl_rx))) = (lanes, control_lanes) {
         let (data_tx, ctl_tx) = (Rc::new(data_tx), Rc::new(ctl_tx));
         let me = data_tx.peer_id();
@@ -652,6 +663,26 @@ async fn flush_lane(
     }
 }
 
+/// Feeds the password workers' verdicts for this shard back into it. The waker is registered
+/// before the queue is drained, so a verdict sent in between wakes the task again.
+async fn password_verdicts(io: Rc<ShardIo>, pool: Arc<crate::auth::HashPool>) {
+    let id = io.shard.borrow().id();
+    let Some(replies) = pool.replies(id) else { return };
+    loop {
+        let verdict = std::future::poll_fn(|cx| {
+            replies.register(cx.waker());
+            match replies.try_recv() {
+                Some(v) => std::task::Poll::Ready(v),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await;
+        io.shard.borrow_mut().handle_password_verdict(verdict, Instant::now());
+        io.outbox_ready.notify();
+        glommio::yield_if_needed().await;
+    }
+}
+
 fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>) {
     for (from, rx) in receivers.streams() {
         let io = Rc::clone(io);
@@ -684,7 +715,11 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let acl = dir.join("acl");
         std::fs::write(&acl, "topic readwrite a/#\n").expect("write acl");
-        let files = crate::config::AuthConfig { password_file: None, acl_file: Some(acl.clone()) };
+        let files = crate::config::AuthConfig {
+            password_file: None,
+            acl_file: Some(acl.clone()),
+            ..Default::default()
+        };
         let reload = Reload {
             requested: Arc::new(AtomicU64::new(1)),
             applied: (0..2).map(|_| AtomicU64::new(0)).collect(),

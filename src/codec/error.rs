@@ -108,13 +108,19 @@ pub enum ErrorKind {
         /// Control packet type (9 or 11).
         packet_type: u8,
     },
+    /// More User Properties in one packet than the server accepts, or more bytes of them
+    /// ([`crate::codec::DecodeLimits`]). Not a malformed packet: a server limit on how much a
+    /// packet may carry, so it maps to Packet Too Large (0x95), like the size limit.
+    UserPropertiesExceeded,
 }
 
 impl ErrorKind {
     /// The v5 reason code a server sends (in DISCONNECT, or CONNACK before the session exists).
     pub const fn reason_code(&self) -> ReasonCode {
         match self {
-            ErrorKind::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            ErrorKind::PacketTooLarge { .. } | ErrorKind::UserPropertiesExceeded => {
+                ReasonCode::PacketTooLarge
+            }
             // [MQTT-3.3.2-8]: Topic Alias 0 is "Topic Alias invalid".
             ErrorKind::InvalidPropertyValue { id: 0x23 } => ReasonCode::TopicAliasInvalid,
             ErrorKind::UnsupportedProtocolLevel(_) | ErrorKind::InvalidProtocolName => {
@@ -201,6 +207,9 @@ impl fmt::Display for ErrorKind {
             ErrorKind::ConnAckReservedFlags => f.write_str("CONNACK reserved flag bits are set"),
             ErrorKind::NoReasonCodes { packet_type } => {
                 write!(f, "packet type {packet_type} without a reason code")
+            }
+            ErrorKind::UserPropertiesExceeded => {
+                f.write_str("more user properties, or bytes of them, than the server accepts")
             }
         }
     }

@@ -32,11 +32,11 @@ use std::num::NonZeroU16;
 
 use bytes::Bytes;
 
-pub use decode::decode;
+pub use decode::{decode, decode_with, DecodeLimits};
 pub use encode::{encode, encode_publish, encoded_len, publish_len, PublishView};
 pub use error::{DecodeError, EncodeError, ErrorKind};
-pub use header::{check, FixedHeader, PacketType};
-pub use properties::{Properties, Property, PropertyContext};
+pub use header::{check, connect_version, FixedHeader, PacketType};
+pub use properties::{Properties, Property, PropertyContext, UserPropertyBudget};
 pub use reason::{ReasonCode, ReasonContext};
 
 /// The protocol version a connection speaks, fixed by its CONNECT.

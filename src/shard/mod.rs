@@ -89,6 +89,13 @@ pub struct ShardConfig {
     pub listeners: Vec<ListenerPolicy>,
     /// Largest packet accepted from a client (and advertised as Maximum Packet Size).
     pub packet_size_bytes_max: usize,
+    /// Largest packet accepted before the client is authenticated (its CONNECT, and AUTH
+    /// packets of the exchange), at most `packet_size_bytes_max`; checked at the fixed header.
+    pub preauth_packet_bytes_max: usize,
+    /// User Properties one packet may carry (0x95 beyond).
+    pub user_properties_max: usize,
+    /// Bytes of User Property names and values one packet may carry (0x95 beyond).
+    pub user_property_bytes_max: usize,
     /// Session bounds (in-flight window, queue).
     pub session: SessionLimits,
     /// Retained messages kept (replicated on every shard).
@@ -118,8 +125,15 @@ pub struct ShardConfig {
     pub mechanisms: crate::enhanced_auth::Mechanisms,
     /// Password file and ACL; replaced on reload with [`Shard::set_security`].
     pub security: std::sync::Arc<crate::auth::Security>,
-    /// Where the password file and ACL are read from again on reload.
+    /// Where the password file and ACL are read from again on reload; also the password
+    /// workers' settings.
     pub auth_files: crate::config::AuthConfig,
+    /// The worker threads that check passwords. `None`: [`crate::runtime::Broker::start`]
+    /// starts one from `auth_files`; a shard without one (tests, tools) checks inline.
+    pub hash_pool: Option<std::sync::Arc<crate::auth::HashPool>>,
+    /// Failed logins per source address per minute on this shard before its CONNECTs with
+    /// credentials are refused with 0x9F.
+    pub failed_logins_per_minute_max: u32,
     /// Bytes of deliveries waiting to be written to one connection; beyond, deliveries wait in
     /// its session queue. Reading from the connection pauses at twice this (its own responses).
     pub tx_bytes_max: usize,
@@ -158,6 +172,9 @@ impl ShardConfig {
                 redirect: None,
             }],
             packet_size_bytes_max: 1 << 20,
+            preauth_packet_bytes_max: 96 << 10,
+            user_properties_max: 128,
+            user_property_bytes_max: 32 << 10,
             session: SessionLimits {
                 inflight_max: 16,
                 queue_messages_max: 100,
@@ -178,6 +195,8 @@ impl ShardConfig {
             mechanisms: Default::default(),
             security: Default::default(),
             auth_files: Default::default(),
+            hash_pool: None,
+            failed_logins_per_minute_max: 30,
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
             flow: FlowLimits {
@@ -277,6 +296,9 @@ enum Phase {
     AwaitConnect { deadline: Instant },
     /// CONNECT with an Authentication Method received; AUTH exchange under way (§4.12).
     Authenticating { deadline: Instant },
+    /// CONNECT received; its password is being checked on a worker thread (`ticket` names the
+    /// job). Nothing is read meanwhile.
+    Verifying { deadline: Instant, ticket: u64 },
     /// CONNECT received; waiting for the registry, maybe a takeover, and the subscriptions of
     /// a moved session. Closed at `deadline` (the connect timeout again) if still waiting.
     Connecting { deadline: Instant },
@@ -446,6 +468,12 @@ pub struct Shard {
     claims_seen: Vec<ClaimGen>,
     /// CONNECTs waiting for the registry or a takeover, by request id.
     pending: HashMap<u64, PendingConnect>,
+    /// CONNECTs whose password a worker is checking, by ticket. At most one per connection in
+    /// `Phase::Verifying`, plus those whose connection closed before the verdict (bounded by
+    /// the pool's queue).
+    verifying: HashMap<u64, connect::AwaitingVerdict>,
+    /// Failed logins per source address (bounded, see [`crate::auth::ratelimit`]).
+    failed_logins: crate::auth::FailedLogins,
     /// Takeovers that arrived before the `ClaimReply` of the claim they name (at most one per
     /// pending CONNECT without a generation, so bounded by `pending`).
     early_takeovers: Vec<connect::EarlyTakeover>,
@@ -493,6 +521,7 @@ impl Shard {
         assert!(id < cfg.shards, "invariant: shard id below shard count");
         assert!(cfg.tx_bytes_max >= 1024, "invariant: tx bound holds a few packets");
         let peers = cfg.shards as usize;
+        let failed_logins_max = cfg.failed_logins_per_minute_max;
         Self {
             id,
             conns_per_listener: vec![0; cfg.listeners.len()],
@@ -511,6 +540,8 @@ impl Shard {
             next_claim: 1,
             claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
+            verifying: HashMap::new(),
+            failed_logins: crate::auth::FailedLogins::new(failed_logins_max),
             early_takeovers: Vec::new(),
             pending_acks: HashMap::new(),
             next_req: 1,
@@ -683,7 +714,7 @@ impl Shard {
                         || self.publisher_paused(&c.phase)
                         || c.awaiting_peers
                         || backlog
-                        || matches!(c.phase, Phase::Connecting { .. })
+                        || matches!(c.phase, Phase::Connecting { .. } | Phase::Verifying { .. })
                         || memory_paused,
                     memory_paused,
                 }
@@ -760,21 +791,47 @@ impl Shard {
             match c.phase {
                 Phase::Closing => return,
                 // Pipelined packets wait until CONNACK (or a held SUBACK) is out.
-                Phase::Connecting { .. } => return,
+                Phase::Connecting { .. } | Phase::Verifying { .. } => return,
                 _ if c.awaiting_peers => return,
                 _ => {}
             }
             let version = c.version;
-            let max = self.cfg.packet_size_bytes_max;
+            let pre_auth =
+                matches!(c.phase, Phase::AwaitConnect { .. } | Phase::Authenticating { .. });
+            // CVE-2023-0809's class: the first packet must be a CONNECT. Refused from its first
+            // byte, before a remaining length is even read, so nothing else is ever buffered.
+            let first_not_connect = matches!(c.phase, Phase::AwaitConnect { .. })
+                && c.rx.first().is_some_and(|b| b >> 4 != codec::PacketType::Connect as u8);
+            if first_not_connect {
+                self.metrics.protocol_errors += 1;
+                tracing::debug!(conn = id.0, "first packet is not CONNECT [MQTT-3.1.0-1]");
+                self.close(id, CloseReason::Refused, now);
+                return;
+            }
+            let limits = codec::DecodeLimits {
+                // CVE-2017-7651's class: before authentication only a small packet is accepted,
+                // checked at the fixed header, before its body is buffered.
+                packet_bytes_max: if pre_auth {
+                    self.cfg.preauth_packet_bytes_max
+                } else {
+                    self.cfg.packet_size_bytes_max
+                },
+                user_properties: codec::UserPropertyBudget {
+                    count: self.cfg.user_properties_max,
+                    bytes: self.cfg.user_property_bytes_max,
+                },
+            };
             let Some(c) = self.conn_mut(id) else { return };
-            match codec::decode(&mut c.rx, version, max) {
+            // Read before decoding consumes the bytes: how to refuse a CONNECT that fails.
+            let connect_version = if pre_auth { codec::connect_version(&c.rx) } else { None };
+            match codec::decode_with(&mut c.rx, version, &limits) {
                 Ok(Some(packet)) => self.handle_packet(id, packet, now),
                 Ok(None) => break,
                 Err(e) => {
                     self.metrics.protocol_errors += 1;
                     tracing::debug!(conn = id.0, error = %e, "malformed packet");
                     if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
-                        self.refuse_connect_error(id, &e, now);
+                        self.refuse_connect_error(id, &e, connect_version, now);
                     } else {
                         self.close(id, CloseReason::Protocol(e.reason_code()), now);
                     }
@@ -1109,6 +1166,7 @@ impl Shard {
     /// congested subscribers (`flow`).
     pub fn tick(&mut self, now: Instant) {
         self.metrics.memory_exhausted = u64::from(self.memory_exhausted());
+        self.failed_logins.expire(now);
         self.run_deadlines(now);
         self.flow_tick(now);
         self.flow_retry_outboxes();

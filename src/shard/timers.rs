@@ -98,6 +98,7 @@ impl Shard {
         let next = match c.phase {
             Phase::AwaitConnect { deadline }
             | Phase::Authenticating { deadline }
+            | Phase::Verifying { deadline, .. }
             | Phase::Connecting { deadline } => {
                 if now >= deadline {
                     return self.close(id, CloseReason::ConnectTimeout, now);
