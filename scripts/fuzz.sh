@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets of tests/fuzz (decode_v3, decode_v5, wal) one after another, each for a
-# bounded time. The targets only call tern::codec::fuzzing::decode_stream, the same body as the
-# property tests in tests/codec_props.rs.
+# Runs the cargo-fuzz targets of tests/fuzz one after another, each for a bounded time. Every
+# target only calls a body that a property test also runs (so `cargo test` exercises the same
+# checks):
+#   decode_v3, decode_v5   tern::codec::fuzzing::decode_stream   (tests/codec_props.rs)
+#   scram                  tern::fuzzing::scram                  (tests/parsers_props.rs)
+#   ws_handshake           tern::fuzzing::ws_handshake
+#   ws_frames              tern::fuzzing::ws_frames
+#   cert_cn                tern::fuzzing::certificate_cn
+#   acl_file               tern::fuzzing::acl_file
+#   password_file          tern::fuzzing::password_file
+#   config_toml            tern::fuzzing::config_text
+#   wal                    tern::persist::fuzzing::scan_and_decode (src/persist/tests.rs)
 #
 # Usage:
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #   scripts/fuzz.sh            # 600 s per target
-#   scripts/fuzz.sh 20         # smoke run for CI: about 20 s per target after the build
+#   scripts/fuzz.sh 10         # smoke run for CI: 10 s per target (10 targets) after one build
 #   scripts/fuzz.sh 60 decode_v5
+#
+# Environment: FUZZ_JOBS (targets run at once, default 1; the machine has 2 shared cores, so at
+# most 2).
 #
 # Environment: FUZZ_RSS_MB (libFuzzer -rss_limit_mb, default 2048), FUZZ_TIMEOUT_SECS (per-input
 # timeout, default 10). Corpus and crashes land in tests/fuzz/corpus/<target> and
@@ -28,8 +40,10 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode_v3 decode_v5 wal)
+  targets=(decode_v3 decode_v5 scram ws_handshake ws_frames cert_cn acl_file password_file
+    config_toml wal)
 fi
+jobs="${FUZZ_JOBS:-1}"
 rss_mb="${FUZZ_RSS_MB:-2048}"
 timeout_secs="${FUZZ_TIMEOUT_SECS:-10}"
 
@@ -41,6 +55,46 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
+# Seeds for the text and DER targets: one file per valid (or nearly valid) input.
+seed_text_corpus() {
+  local target="$1" dir="$2" i=0
+  local -a seeds=()
+  case "$target" in
+    scram)
+      seeds=('n,,n=user,r=abc' $'n,,n=user,r=abc\0c=biws,r=abcfuzz-server-nonce,p=AAAA'
+        '$scram-sha-256$4096$c2FsdA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='
+        'r=abcdef,s=c2FsdA==,i=4096')
+      ;;
+    ws_handshake)
+      seeds=($'GET /mqtt HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n')
+      ;;
+    ws_frames)
+      # chunk byte, then: masked binary "abc", ping "hi", close 1000.
+      seeds=($'\x03\x82\x83\x01\x02\x03\x04\x60\x60\x60\x89\x82\x01\x02\x03\x04\x69\x6b\x88\x82\x01\x02\x03\x04\x02\xea')
+      ;;
+    cert_cn)
+      if command -v openssl >/dev/null; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout /dev/null \
+          -subj "/O=Org/CN=device-1/C=NZ" -days 1 -outform DER -out "$dir/seed-cert.der" \
+          2>/dev/null || true
+      fi
+      ;;
+    acl_file)
+      seeds=($'topic read public/#\nuser alice\ntopic readwrite home/alice/#\ntopic deny home/alice/secret/#\npattern write devices/%c/#\n')
+      ;;
+    password_file)
+      seeds=($(grep -hv '^#' tests/fixtures/auth/mosquitto.passwd tests/fixtures/auth/argon2id.passwd))
+      ;;
+    config_toml)
+      seeds=($'[broker]\nshards = 2\n[[listener]]\nbind = "127.0.0.1:1883"\ntransport = "tcp"\n[[listener]]\nbind = "127.0.0.1:8080"\ntransport = "ws"\n[limits]\npacket_size_bytes_max = 65536\n[runtime]\nring_depth = 256\n')
+      ;;
+  esac
+  for seed in "${seeds[@]}"; do
+    printf '%s' "$seed" >"$dir/seed-$i"
+    i=$((i + 1))
+  done
+}
+
 # Writes a few valid encodings as seeds when the corpus is empty. Each seed starts with the
 # chunk-size byte the targets read first (0x00 = 1-byte chunks, 0xff = 256-byte chunks).
 seed_corpus() {
@@ -50,9 +104,15 @@ seed_corpus() {
     return
   fi
   local -a seeds
-  if [ "$target" = wal ]; then
-    return # libFuzzer starts from nothing; the property tests cover valid logs.
-  elif [ "$target" = decode_v3 ]; then
+  case "$target" in
+    decode_v3 | decode_v5) ;;
+    wal) return ;; # libFuzzer starts from nothing; the property tests cover valid logs.
+    *)
+      seed_text_corpus "$target" "$dir"
+      return
+      ;;
+  esac
+  if [ "$target" = decode_v3 ]; then
     seeds=(
       # 3.1.1 CONNECT, client id "c", keep alive 60
       '10 0f 00 04 4d 51 54 54 04 02 00 3c 00 01 63'
@@ -95,17 +155,42 @@ seed_corpus() {
   done
 }
 
-failed=()
+run_target() {
+  local target="$1"
+  echo "fuzz.sh: running $target for ${secs}s" >&2
+  cargo fuzz run --fuzz-dir "$fuzz_dir" --sanitizer none --debug-assertions "$target" \
+    -- -max_total_time="$secs" -rss_limit_mb="$rss_mb" -timeout="$timeout_secs" \
+    -print_final_stats=1 >"$fuzz_dir/artifacts/$target.log" 2>&1
+}
+
 for target in "${targets[@]}"; do
   seed_corpus "$target"
   mkdir -p "$fuzz_dir/artifacts/$target"
-  # Build first, so the time limit is spent fuzzing rather than compiling.
-  cargo fuzz build --fuzz-dir "$fuzz_dir" --sanitizer none --debug-assertions "$target"
-  echo "fuzz.sh: running $target for ${secs}s" >&2
-  if ! cargo fuzz run --fuzz-dir "$fuzz_dir" --sanitizer none --debug-assertions "$target" \
-    -- -max_total_time="$secs" -rss_limit_mb="$rss_mb" -timeout="$timeout_secs" \
-    -print_final_stats=1 2>&1 | tee "$fuzz_dir/artifacts/$target.log"; then
+done
+# Build every target once first, so the time limit is spent fuzzing rather than compiling.
+cargo fuzz build --fuzz-dir "$fuzz_dir" --sanitizer none --debug-assertions
+
+failed=()
+status_dir=$(mktemp -d)
+trap 'rm -rf "$status_dir"' EXIT
+running=0
+for target in "${targets[@]}"; do
+  (run_target "$target" || touch "$status_dir/$target") &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+done
+wait
+for target in "${targets[@]}"; do
+  log="$fuzz_dir/artifacts/$target.log"
+  # libFuzzer's final stats: executions and their rate.
+  execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$' || true)
+  echo "fuzz.sh: $target: ${execs:-?} executions in ${secs}s (log: $log)" >&2
+  if [ -e "$status_dir/$target" ]; then
     failed+=("$target")
+    tail -n 30 "$log" >&2
   fi
 done
 

@@ -227,8 +227,17 @@ def stall(port, args):
     burst = publish("stall/x", b"\x00" * 1024) * 1000
     count = args.messages
     t0 = time.time()
+    # Flow control pauses this publisher while the stalled subscriber is congested, until the
+    # slow-consumer policy (default: disconnect after 30 s) lets it go on: wait that out.
+    pub.settimeout(60)
+    sent = 0
     for _ in range(count // 1000):
-        pub.sendall(burst)
+        try:
+            pub.sendall(burst)
+        except (TimeoutError, socket.timeout):
+            print(f"publisher: paused by the broker for 60 s after {sent} x 1 KiB")
+            break
+        sent += 1000
         if time.time() - t0 > 120:
             print("publisher: stopped at 120 s")
             break
@@ -257,7 +266,11 @@ def retain_props(port, args):
     sock, buf, _ = mqtt_client(port, "rp", v5=True)
     props = empty_user_properties(180_000)
     for i in range(30):
-        sock.sendall(publish(f"rp/{i}", b"v", v5=True, retain=True, props=props))
+        try:
+            sock.sendall(publish(f"rp/{i}", b"v", v5=True, retain=True, props=props))
+        except (BrokenPipeError, ConnectionResetError):
+            print(f"retain-props: the broker closed the connection after {i} PUBLISHes")
+            return [sock]
     sock.sendall(PINGREQ)
     sock.settimeout(60)
     read_packet(sock, buf)

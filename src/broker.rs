@@ -4,18 +4,16 @@
 use std::time::Duration;
 
 use crate::auth::Security;
-use crate::config::{Config, ListenerConfig, QueueOverflow, Transport};
+use crate::config::{Config, ListenerConfig, QueueOverflow, SlowConsumer, Transport};
 use crate::net::{ListenerSpec, TlsSpec, TransportSpec, WsSpec};
 use crate::runtime::{Broker, RuntimeOptions, StartError};
 use crate::session::{OverflowPolicy, SessionLimits};
-use crate::shard::{ListenerPolicy, ShardConfig};
+use crate::shard::{FlowLimits, ListenerPolicy, ShardConfig, SlowConsumerPolicy};
 
-/// Output buffered for one connection before QoS 0 deliveries to it are dropped and reading
-/// from it pauses. The check is made before a packet is appended, so one packet of any allowed
-/// size always fits. Measured on this machine (loadtest/README.md): 64 KiB made a 1→8 QoS 0
-/// fan-out drop 99 % of deliveries whenever a subscriber lagged for a moment (63 k msg/s out),
-/// 2 MiB let a 100-subscriber flood queue seconds of messages (p50 9 s); 1 MiB keeps bursts
-/// and bounds a slow subscriber's backlog to about a second of its traffic.
+/// Deliveries buffered for one connection's next write; beyond, they wait in its session queue
+/// (where flow control counts them) and reading from the connection pauses at twice this (its
+/// own responses). The check is made before a packet is appended, so one packet of any allowed
+/// size always fits.
 const TX_BYTES_MAX: usize = 1 << 20;
 
 /// The shard settings for `config`.
@@ -38,6 +36,9 @@ pub fn shard_config(config: &Config) -> ShardConfig {
             })
             .collect(),
         packet_size_bytes_max: l.packet_size_bytes_max as usize,
+        preauth_packet_bytes_max: l.preauth_packet_bytes_max.min(l.packet_size_bytes_max) as usize,
+        user_properties_max: l.user_properties_max as usize,
+        user_property_bytes_max: l.user_property_bytes_max as usize,
         session: SessionLimits {
             inflight_max: l.inflight_max,
             queue_messages_max: l.session_queue_messages_max as usize,
@@ -64,6 +65,16 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         topic_alias_max: l.topic_alias_max,
         tx_bytes_max: TX_BYTES_MAX,
         outbox_messages_max: (l.mesh_channel_capacity as usize) * (l.mesh_batch_max as usize),
+        flow: FlowLimits {
+            high_water_messages: l.flow_high_water_messages as usize,
+            low_water_messages: l.flow_low_water_messages as usize,
+            hard_cap_messages: l.flow_hard_cap_messages as usize,
+            slow_consumer_timeout: Duration::from_millis(u64::from(l.slow_consumer_timeout_ms)),
+            slow_consumer_policy: match l.slow_consumer_policy {
+                SlowConsumer::Disconnect => SlowConsumerPolicy::Disconnect,
+                SlowConsumer::Drop => SlowConsumerPolicy::Drop,
+            },
+        },
         mesh_bytes_max: l.mesh_bytes_max as usize,
         mesh_bytes: std::sync::Arc::new(crate::shard::budget::MeshBytes::new(shards)),
         response_information_prefix: Some(config.broker.response_information_prefix.clone())
@@ -72,6 +83,9 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         mechanisms: Default::default(),
         security: std::sync::Arc::new(load_security(config)),
         auth_files: config.auth.clone(),
+        shared: config.shared_subscriptions.clone(),
+        hash_pool: None,
+        failed_logins_per_minute_max: config.auth.failed_logins_per_minute_max,
     }
 }
 
@@ -95,6 +109,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         ring_depth: config.runtime.ring_depth,
         spin_before_park: config.runtime.spin_before_park().unwrap_or(Duration::ZERO),
         pin_cores: config.runtime.pin_cores,
+        preempt_timer: Duration::from_micros(u64::from(config.runtime.preempt_timer_us)),
         mesh_channel_capacity: config.limits.mesh_channel_capacity as usize,
         mesh_batch_max: config.limits.mesh_batch_max as usize,
         listeners: config

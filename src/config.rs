@@ -27,6 +27,7 @@
 //! (`key_path_at`) that follows `[table]` / `[[array]]` headers, dotted keys and inline tables.
 //! Range and cross-field errors use the spans recorded from `toml::Spanned` raw fields.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -71,6 +72,8 @@ pub struct Config {
     /// `[[bridge]]`: connections to other brokers that forward topics both ways. Default none.
     /// Bound: 0..=16 bridges.
     pub bridges: Vec<BridgeConfig>,
+    /// `[shared_subscriptions]`: how a shared subscription group picks a member.
+    pub shared_subscriptions: SharedSubscriptionsConfig,
 }
 
 /// `[[bridge]]`: a connection to a remote broker, forwarding messages between it and this
@@ -173,6 +176,80 @@ impl BridgeDirection {
     /// Remote messages come here.
     pub const fn incoming(self) -> bool {
         matches!(self, BridgeDirection::In | BridgeDirection::Both)
+    }
+}
+
+/// How a message for a shared subscription group (`$share/{group}/{filter}`, §4.8.2) picks the
+/// one member that gets it. Whatever the strategy, members with a connection are preferred to
+/// offline ones with a persistent session (those get the message queued only when no member is
+/// online), and a message whose member has left or may not read the topic goes to another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SharedStrategy {
+    /// Each member in turn (each shard keeps its own turn for the messages published on it).
+    #[default]
+    RoundRobin,
+    /// A member drawn at random for each message.
+    Random,
+    /// The same member while it stays online and subscribed; another one after that.
+    Sticky,
+    /// By a hash of the publisher's client id: one publisher's messages go to one member while
+    /// the group does not change, which keeps their order.
+    HashClientId,
+    /// By a hash of the topic: one topic's messages go to one member while the group does not
+    /// change.
+    HashTopic,
+}
+
+impl SharedStrategy {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SharedStrategy::RoundRobin => "round_robin",
+            SharedStrategy::Random => "random",
+            SharedStrategy::Sticky => "sticky",
+            SharedStrategy::HashClientId => "hash_client_id",
+            SharedStrategy::HashTopic => "hash_topic",
+        }
+    }
+}
+
+/// Per-group strategy overrides allowed in `[shared_subscriptions.groups]`.
+pub const SHARED_GROUP_OVERRIDES_MAX: usize = 1024;
+
+/// `[shared_subscriptions]`: the strategy of every group, and overrides by group name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedSubscriptionsConfig {
+    /// The strategy of groups without an override. Default [`SharedStrategy::RoundRobin`].
+    pub strategy: SharedStrategy,
+    /// Group name (the `{group}` of `$share/{group}/{filter}`) → its strategy. Default empty.
+    /// Bound: [`SHARED_GROUP_OVERRIDES_MAX`] entries; a name is 1..=256 bytes without `/`, `+`
+    /// or `#` ([MQTT-4.8.2-2]).
+    pub groups: BTreeMap<String, SharedStrategy>,
+}
+
+impl SharedSubscriptionsConfig {
+    /// The strategy of the group named `name`.
+    pub fn strategy_for(&self, name: &str) -> SharedStrategy {
+        self.groups.get(name).copied().unwrap_or(self.strategy)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.groups.len() > SHARED_GROUP_OVERRIDES_MAX {
+            return Err(format!(
+                "at most {SHARED_GROUP_OVERRIDES_MAX} groups (got {})",
+                self.groups.len()
+            ));
+        }
+        for name in self.groups.keys() {
+            if name.is_empty() || name.len() > 256 || name.contains(['/', '+', '#']) {
+                return Err(format!(
+                    "group name {name:?} must be 1 to 256 bytes without '/', '+' or '#'"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -342,6 +419,23 @@ pub struct LimitsConfig {
     /// exceeded). Default 256. Bound: 1..=100_000. Worst-case memory: this times
     /// `topic_bytes_max` per client (256 KiB at the defaults).
     pub subscriptions_per_client_max: u32,
+    /// Largest first packet of a connection (the CONNECT) and of each AUTH packet before the
+    /// client is authenticated, fixed header included; checked at the fixed header, before the
+    /// body is buffered. A first packet that is not a CONNECT is refused from its first byte.
+    /// Default 98_304 (96 KiB): a will payload of the MQTT maximum (65_535 bytes) plus 32 KiB
+    /// for the will topic, client id, credentials and properties. Bound: 64..=268_435_460; the
+    /// bound in force is the smaller of this and `packet_size_bytes_max`. Worst-case memory:
+    /// this much per connection that has not finished its CONNECT.
+    pub preauth_packet_bytes_max: u32,
+    /// User Properties one packet may carry (all of its property lists together: a CONNECT's
+    /// and its will's). More: the packet is refused with 0x95 (CONNECT: CONNACK 0x95; later:
+    /// DISCONNECT 0x95). Default 128. Bound: 0..=65_535. Each costs about 64 bytes of heap on
+    /// top of its text while the packet lives.
+    pub user_properties_max: u32,
+    /// Bytes of names plus values of the User Properties of one packet; more is refused like
+    /// [`user_properties_max`](Self::user_properties_max). Default 32_768. Bound:
+    /// 0..=268_435_455.
+    pub user_property_bytes_max: u32,
     /// Seconds a new connection may take to send its CONNECT before it is closed; the same
     /// time again bounds the wait for CONNACK after it (registry and takeover), after which the
     /// connection is closed. Default 10. Bound: 1..=300.
@@ -380,9 +474,36 @@ pub struct LimitsConfig {
     /// turn). Default 64. Bound: 1..=4096.
     pub mesh_batch_max: u32,
     /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by the
-    /// receiving shard), each at its message cost; beyond it the shard's publishers stop being
-    /// read. Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+    /// receiving shard), each at its message cost; beyond it the publishers whose messages
+    /// cross the mesh stop being read (until it is half used). Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
     pub mesh_bytes_max: u64,
+    /// Flow control: messages queued for a connected subscriber at which the publishers that
+    /// feed it stop being read (on every shard) until it drains. Deliveries to a connected
+    /// subscriber are never dropped by a queue bound. Default 1000. Bound: 2..=1_000_000.
+    pub flow_high_water_messages: u32,
+    /// Queued messages at which the paused publishers are read again. Default 500. Bound:
+    /// 1..=999_999, and below `flow_high_water_messages`.
+    pub flow_low_water_messages: u32,
+    /// Queued messages at which a connected subscriber is a slow consumer at once (the memory
+    /// bound of a connected session's queue). Default 100_000. Bound: 2..=10_000_000, and at
+    /// least `flow_high_water_messages`.
+    pub flow_hard_cap_messages: u32,
+    /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
+    /// consumer. Default 30_000. Bound: 100..=3_600_000.
+    pub slow_consumer_timeout_ms: u32,
+    /// What happens to a slow consumer. Default [`SlowConsumer::Disconnect`].
+    pub slow_consumer_policy: SlowConsumer,
+}
+
+/// What happens to a slow consumer (`limits.slow_consumer_policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Close its connection (v5 reason 0x97); its publishers are read again.
+    Disconnect,
+    /// Drop new messages for it alone (counted) until it drains; its publishers are read again.
+    Drop,
 }
 
 /// What a full session queue drops.
@@ -430,6 +551,10 @@ pub struct RuntimeConfig {
     pub spin_before_park_us: u32,
     /// Pin each shard's thread to its own core. Default `true`.
     pub pin_cores: bool,
+    /// Microseconds a task may run before glommio asks it to yield (checked at each
+    /// connection's turn): how long one flooding connection can delay the others of its shard.
+    /// Default 500. Bound: 100..=100_000 (glommio's own default is 100 ms).
+    pub preempt_timer_us: u32,
 }
 
 /// `[persistence]`: durable sessions and retained messages (issue 12). Off unless a directory
@@ -530,7 +655,7 @@ pub struct AdminConfig {
 /// is relative to the working directory, as in Mosquitto. Validation reads and parses both
 /// files, so a missing or malformed file stops the broker at start with the file, line and
 /// reason; the broker reads them again on reload.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuthConfig {
     /// The password file: `username:hash` lines as written by `tern passwd` or Mosquitto's
     /// `mosquitto_passwd` (`$7$` PBKDF2-SHA512, `$6$` SHA-512, Argon2id). A client that sends a
@@ -542,6 +667,31 @@ pub struct AuthConfig {
     /// may use every topic. When set, whatever the file does not grant is refused, so an
     /// empty file denies everything.
     pub acl_file: Option<PathBuf>,
+    /// Threads that check passwords (the key derivations of the password file's hashes), so
+    /// that no shard thread spends that time. Default 2. Bound: 1..=64. Worst-case memory: this
+    /// many Argon2id checks at once, each at most 64 MiB (the cap on a file's memory cost).
+    pub hash_workers: u32,
+    /// Password checks waiting for a worker, all shards together; a CONNECT beyond it is
+    /// refused at once with 0x89 (Server busy; v3: 0x03 Server unavailable). Default 1024.
+    /// Bound: 1..=1_000_000.
+    pub hash_queue_max: u32,
+    /// Failed logins from one source address within a minute, counted on each shard, after
+    /// which CONNECTs with credentials from that address are refused without checking the
+    /// password (0x9F Connection rate exceeded; v3: 0x05 Not authorized) until the minute
+    /// ends. Default 30. Bound: 1..=1_000_000. Each shard remembers at most 16_384 addresses.
+    pub failed_logins_per_minute_max: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            password_file: None,
+            acl_file: None,
+            hash_workers: 2,
+            hash_queue_max: 1024,
+            failed_logins_per_minute_max: 30,
+        }
+    }
 }
 
 /// A log level, from most to least verbose.
@@ -618,6 +768,9 @@ impl Default for LimitsConfig {
             topic_bytes_max: 1024,
             client_id_bytes_max: 256,
             subscriptions_per_client_max: 256,
+            preauth_packet_bytes_max: 96 << 10,
+            user_properties_max: 128,
+            user_property_bytes_max: 32 << 10,
             connect_timeout_secs: 10,
             write_timeout_secs: 30,
             memory_budget_bytes: 2 * GIB as u64,
@@ -627,6 +780,11 @@ impl Default for LimitsConfig {
             topic_alias_max: 64,
             mesh_channel_capacity: 1024,
             mesh_batch_max: 64,
+            flow_high_water_messages: 1000,
+            flow_low_water_messages: 500,
+            flow_hard_cap_messages: 100_000,
+            slow_consumer_timeout_ms: 30_000,
+            slow_consumer_policy: SlowConsumer::Disconnect,
             mesh_bytes_max: 1 << 20,
         }
     }
@@ -639,6 +797,7 @@ impl Default for RuntimeConfig {
             ring_depth: 256,
             spin_before_park_us: 50,
             pin_cores: true,
+            preempt_timer_us: 500,
         }
     }
 }
@@ -699,6 +858,7 @@ impl Default for Config {
             persistence: PersistenceConfig::default(),
             admin: AdminConfig::default(),
             bridges: Vec::new(),
+            shared_subscriptions: SharedSubscriptionsConfig::default(),
         }
     }
 }
@@ -755,6 +915,17 @@ impl Config {
     /// `broker.metrics_bind`.
     pub fn admin_bind(&self) -> Option<SocketAddr> {
         self.admin.bind.or(self.broker.metrics_bind)
+    }
+
+    /// [`Config::from_str_named`] without opening the `[auth]` files: for the fuzz body
+    /// (`crate::fuzzing::config_text`), which must not read whatever path its input names.
+    pub(crate) fn from_str_without_files(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let source = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
+        let mut spans = Spans::default();
+        let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
+        config.check(&spans).map_err(|issue| source.error(issue))?;
+        Ok(config)
     }
 
     /// Checks every bound and cross-field rule, and that the `[auth]` files can be read and
@@ -913,7 +1084,13 @@ const TOPIC_LEVELS: Bound = bound(1, 256);
 const TOPIC_BYTES: Bound = bound(1, 65535);
 const CLIENT_ID_BYTES: Bound = bound(23, 65535);
 const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
+const PREAUTH_PACKET_BYTES: Bound = bound(64, 268_435_460);
+const USER_PROPERTIES: Bound = bound(0, 65535);
+const USER_PROPERTY_BYTES: Bound = bound(0, 268_435_455);
 const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
+const HASH_WORKERS: Bound = bound(1, 64);
+const HASH_QUEUE: Bound = bound(1, 1_000_000);
+const FAILED_LOGINS: Bound = bound(1, 1_000_000);
 const WRITE_TIMEOUT_SECS: Bound = bound(1, 3600);
 const MESH_BYTES: Bound = bound(64 * 1024, GIB);
 const MEMORY_BUDGET_BYTES: Bound = bound(1 << 20, 1024 * GIB);
@@ -923,6 +1100,11 @@ const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
 const TOPIC_ALIASES: Bound = bound(0, 4096);
 const MESH_CHANNEL_CAPACITY: Bound = bound(1, 65536);
 const MESH_BATCH: Bound = bound(1, 4096);
+const FLOW_HIGH_WATER: Bound = bound(2, 1_000_000);
+const FLOW_LOW_WATER: Bound = bound(1, 999_999);
+const FLOW_HARD_CAP: Bound = bound(2, 10_000_000);
+const SLOW_CONSUMER_TIMEOUT_MS: Bound = bound(100, 3_600_000);
+const PREEMPT_TIMER_US: Bound = bound(100, 100_000);
 const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
 const RING_DEPTH: Bound = bound(8, 32768);
 const FSYNC_INTERVAL_MS: Bound = bound(1, 60_000);
@@ -971,6 +1153,13 @@ impl Config {
         SYS_INTERVAL_SECS.check("broker.sys_interval_secs", wide(b.sys_interval_secs), spans)?;
         self.check_listeners(spans)?;
         self.limits.check(spans)?;
+        let key = "shared_subscriptions.groups";
+        self.shared_subscriptions.check().map_err(|message| spans.issue(&[key], message))?;
+        let a = &self.auth;
+        HASH_WORKERS.check("auth.hash_workers", wide(a.hash_workers), spans)?;
+        HASH_QUEUE.check("auth.hash_queue_max", wide(a.hash_queue_max), spans)?;
+        let key = "auth.failed_logins_per_minute_max";
+        FAILED_LOGINS.check(key, wide(a.failed_logins_per_minute_max), spans)?;
         let r = &self.runtime;
         IO_MEMORY_BYTES.check("runtime.io_memory_bytes", wide(r.io_memory_bytes), spans)?;
         RING_DEPTH.check("runtime.ring_depth", wide(r.ring_depth), spans)?;
@@ -980,6 +1169,7 @@ impl Config {
         }
         let spin = wide(r.spin_before_park_us);
         SPIN_BEFORE_PARK_US.check("runtime.spin_before_park_us", spin, spans)?;
+        PREEMPT_TIMER_US.check("runtime.preempt_timer_us", wide(r.preempt_timer_us), spans)?;
         let a = &self.admin;
         ADMIN_WORKERS.check("admin.workers", wide(a.workers), spans)?;
         ADMIN_REQUEST_BYTES.check("admin.request_bytes_max", wide(a.request_bytes_max), spans)?;
@@ -1248,7 +1438,7 @@ impl AdminConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 20] = [
+        let checks: [(&str, i64, Bound); 27] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -1267,6 +1457,9 @@ impl LimitsConfig {
                 wide(self.subscriptions_per_client_max),
                 SUBSCRIPTIONS_PER_CLIENT,
             ),
+            ("preauth_packet_bytes_max", wide(self.preauth_packet_bytes_max), PREAUTH_PACKET_BYTES),
+            ("user_properties_max", wide(self.user_properties_max), USER_PROPERTIES),
+            ("user_property_bytes_max", wide(self.user_property_bytes_max), USER_PROPERTY_BYTES),
             ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
             ("write_timeout_secs", wide(self.write_timeout_secs), WRITE_TIMEOUT_SECS),
             ("memory_budget_bytes", wide(self.memory_budget_bytes), MEMORY_BUDGET_BYTES),
@@ -1276,6 +1469,14 @@ impl LimitsConfig {
             ("topic_alias_max", wide(self.topic_alias_max), TOPIC_ALIASES),
             ("mesh_channel_capacity", wide(self.mesh_channel_capacity), MESH_CHANNEL_CAPACITY),
             ("mesh_batch_max", wide(self.mesh_batch_max), MESH_BATCH),
+            ("flow_high_water_messages", wide(self.flow_high_water_messages), FLOW_HIGH_WATER),
+            ("flow_low_water_messages", wide(self.flow_low_water_messages), FLOW_LOW_WATER),
+            ("flow_hard_cap_messages", wide(self.flow_hard_cap_messages), FLOW_HARD_CAP),
+            (
+                "slow_consumer_timeout_ms",
+                wide(self.slow_consumer_timeout_ms),
+                SLOW_CONSUMER_TIMEOUT_MS,
+            ),
             ("mesh_bytes_max", wide(self.mesh_bytes_max), MESH_BYTES),
         ];
         for (field, value, bound) in checks {
@@ -1297,6 +1498,22 @@ impl LimitsConfig {
                 );
                 return Err(spans.issue(&[&key(field), &key("packet_size_bytes_max")], message));
             }
+        }
+        if self.flow_low_water_messages >= self.flow_high_water_messages {
+            let message = format!(
+                "flow_low_water_messages ({}) must be below flow_high_water_messages ({})",
+                self.flow_low_water_messages, self.flow_high_water_messages
+            );
+            let keys = [key("flow_low_water_messages"), key("flow_high_water_messages")];
+            return Err(spans.issue(&[&keys[0], &keys[1]], message));
+        }
+        if self.flow_hard_cap_messages < self.flow_high_water_messages {
+            let message = format!(
+                "flow_hard_cap_messages ({}) must be at least flow_high_water_messages ({})",
+                self.flow_hard_cap_messages, self.flow_high_water_messages
+            );
+            let keys = [key("flow_hard_cap_messages"), key("flow_high_water_messages")];
+            return Err(spans.issue(&[&keys[0], &keys[1]], message));
         }
         // A shard drains up to one batch at a time from a channel; a smaller channel could never
         // fill a batch.
@@ -1330,6 +1547,7 @@ struct RawConfig {
     persistence: Option<RawPersistence>,
     admin: Option<RawAdmin>,
     bridge: Option<Spanned<Vec<RawBridge>>>,
+    shared_subscriptions: Option<RawShared>,
 }
 
 #[derive(Deserialize)]
@@ -1453,6 +1671,13 @@ impl RawBridge {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawShared {
+    strategy: Option<Spanned<SharedStrategy>>,
+    groups: Option<Spanned<BTreeMap<String, SharedStrategy>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawBroker {
     shards: Option<Spanned<i64>>,
     sys_interval_secs: Option<Spanned<i64>>,
@@ -1498,6 +1723,9 @@ struct RawLimits {
     topic_bytes_max: Option<Spanned<i64>>,
     client_id_bytes_max: Option<Spanned<i64>>,
     subscriptions_per_client_max: Option<Spanned<i64>>,
+    preauth_packet_bytes_max: Option<Spanned<i64>>,
+    user_properties_max: Option<Spanned<i64>>,
+    user_property_bytes_max: Option<Spanned<i64>>,
     connect_timeout_secs: Option<Spanned<i64>>,
     write_timeout_secs: Option<Spanned<i64>>,
     memory_budget_bytes: Option<Spanned<i64>>,
@@ -1507,6 +1735,11 @@ struct RawLimits {
     topic_alias_max: Option<Spanned<i64>>,
     mesh_channel_capacity: Option<Spanned<i64>>,
     mesh_batch_max: Option<Spanned<i64>>,
+    flow_high_water_messages: Option<Spanned<i64>>,
+    flow_low_water_messages: Option<Spanned<i64>>,
+    flow_hard_cap_messages: Option<Spanned<i64>>,
+    slow_consumer_timeout_ms: Option<Spanned<i64>>,
+    slow_consumer_policy: Option<Spanned<SlowConsumer>>,
     mesh_bytes_max: Option<Spanned<i64>>,
 }
 
@@ -1517,6 +1750,7 @@ struct RawRuntime {
     ring_depth: Option<Spanned<i64>>,
     spin_before_park_us: Option<Spanned<i64>>,
     pin_cores: Option<Spanned<bool>>,
+    preempt_timer_us: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1543,6 +1777,9 @@ struct RawAdmin {
 struct RawAuth {
     password_file: Option<Spanned<PathBuf>>,
     acl_file: Option<Spanned<PathBuf>>,
+    hash_workers: Option<Spanned<i64>>,
+    hash_queue_max: Option<Spanned<i64>>,
+    failed_logins_per_minute_max: Option<Spanned<i64>>,
 }
 
 impl RawConfig {
@@ -1591,6 +1828,13 @@ impl RawConfig {
         if let Some(raw) = self.limits {
             raw.build(&mut config.limits, spans)?;
         }
+        if let Some(raw) = self.shared_subscriptions {
+            let sh = &mut config.shared_subscriptions;
+            spans.set(&mut sh.strategy, "shared_subscriptions.strategy", raw.strategy);
+            spans.set(&mut sh.groups, "shared_subscriptions.groups", raw.groups);
+            let key = "shared_subscriptions.groups";
+            sh.check().map_err(|message| spans.issue(&[key], message))?;
+        }
         if let Some(raw) = self.runtime {
             let r = &mut config.runtime;
             spans.set_int(
@@ -1608,6 +1852,13 @@ impl RawConfig {
                 SPIN_BEFORE_PARK_US,
             )?;
             spans.set(&mut r.pin_cores, "runtime.pin_cores", raw.pin_cores);
+            let v = raw.preempt_timer_us;
+            spans.set_int(
+                &mut r.preempt_timer_us,
+                "runtime.preempt_timer_us",
+                v,
+                PREEMPT_TIMER_US,
+            )?;
         }
         if let Some(raw) = self.log {
             spans.set(&mut config.log.level, "log.level", raw.level);
@@ -1640,7 +1891,19 @@ impl RawConfig {
             let (v, b) = (raw.list_items_max, ADMIN_LIST_ITEMS);
             spans.set_int(&mut a.list_items_max, "admin.list_items_max", v, b)?;
         }
-        if let Some(raw) = self.auth {
+        if let Some(mut raw) = self.auth {
+            let a = &mut config.auth;
+            spans.set_int(
+                &mut a.hash_workers,
+                "auth.hash_workers",
+                raw.hash_workers,
+                HASH_WORKERS,
+            )?;
+            let v = raw.hash_queue_max.take();
+            spans.set_int(&mut a.hash_queue_max, "auth.hash_queue_max", v, HASH_QUEUE)?;
+            let v = raw.failed_logins_per_minute_max.take();
+            let key = "auth.failed_logins_per_minute_max";
+            spans.set_int(&mut a.failed_logins_per_minute_max, key, v, FAILED_LOGINS)?;
             for (key, raw, slot) in [
                 ("auth.password_file", raw.password_file, &mut config.auth.password_file),
                 ("auth.acl_file", raw.acl_file, &mut config.auth.acl_file),
@@ -1774,6 +2037,9 @@ impl RawLimits {
         int!(topic_bytes_max, TOPIC_BYTES);
         int!(client_id_bytes_max, CLIENT_ID_BYTES);
         int!(subscriptions_per_client_max, SUBSCRIPTIONS_PER_CLIENT);
+        int!(preauth_packet_bytes_max, PREAUTH_PACKET_BYTES);
+        int!(user_properties_max, USER_PROPERTIES);
+        int!(user_property_bytes_max, USER_PROPERTY_BYTES);
         int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
         int!(write_timeout_secs, WRITE_TIMEOUT_SECS);
         int!(memory_budget_bytes, MEMORY_BUDGET_BYTES);
@@ -1783,6 +2049,12 @@ impl RawLimits {
         int!(topic_alias_max, TOPIC_ALIASES);
         int!(mesh_channel_capacity, MESH_CHANNEL_CAPACITY);
         int!(mesh_batch_max, MESH_BATCH);
+        int!(flow_high_water_messages, FLOW_HIGH_WATER);
+        int!(flow_low_water_messages, FLOW_LOW_WATER);
+        int!(flow_hard_cap_messages, FLOW_HARD_CAP);
+        int!(slow_consumer_timeout_ms, SLOW_CONSUMER_TIMEOUT_MS);
+        let v = self.slow_consumer_policy;
+        spans.set(&mut l.slow_consumer_policy, "limits.slow_consumer_policy", v);
         int!(mesh_bytes_max, MESH_BYTES);
         Ok(())
     }
@@ -2079,6 +2351,25 @@ mod tests {
     }
 
     #[test]
+    fn shared_subscription_strategy_and_group_overrides() {
+        let c = parse(
+            "[shared_subscriptions]\nstrategy = \"hash_topic\"\n\
+             groups = { workers = \"sticky\", audit = \"random\" }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let sh = &c.shared_subscriptions;
+        assert_eq!(sh.strategy_for("workers"), SharedStrategy::Sticky);
+        assert_eq!(sh.strategy_for("audit"), SharedStrategy::Random);
+        assert_eq!(sh.strategy_for("other"), SharedStrategy::HashTopic);
+        assert_eq!(Config::default().shared_subscriptions.strategy, SharedStrategy::RoundRobin);
+        let e = parse_err("[shared_subscriptions]\nstrategy = \"fastest\"\n");
+        assert_eq!(e.key, "shared_subscriptions.strategy", "{e}");
+        // [MQTT-4.8.2-2]: a share name has no '/', '+' or '#'.
+        let e = parse_err("[shared_subscriptions]\ngroups = { \"a+b\" = \"sticky\" }\n");
+        assert_err(&e, 2, 10, "shared_subscriptions.groups", "without '/', '+' or '#'");
+    }
+
+    #[test]
     fn defaults_validate_and_empty_file_is_defaults() {
         let defaults = Config::default();
         assert_eq!(defaults.validate(), Ok(()));
@@ -2201,6 +2492,9 @@ mod tests {
             topic_bytes_max = 17
             client_id_bytes_max = 23
             subscriptions_per_client_max = 19
+            preauth_packet_bytes_max = 700
+            user_properties_max = 0
+            user_property_bytes_max = 27
             connect_timeout_secs = 20
             write_timeout_secs = 27
             memory_budget_bytes = 2000000
@@ -2210,12 +2504,18 @@ mod tests {
             topic_alias_max = 0
             mesh_channel_capacity = 26
             mesh_batch_max = 25
+            flow_high_water_messages = 27
+            flow_low_water_messages = 3
+            flow_hard_cap_messages = 28
+            slow_consumer_timeout_ms = 2900
+            slow_consumer_policy = "drop"
             mesh_bytes_max = 2000000
             [runtime]
             io_memory_bytes = 8192
             ring_depth = 8
             spin_before_park_us = 0
             pin_cores = false
+            preempt_timer_us = 250
             [log]
             level = "debug"
         "#;
@@ -2255,6 +2555,9 @@ mod tests {
             topic_bytes_max: 17,
             client_id_bytes_max: 23,
             subscriptions_per_client_max: 19,
+            preauth_packet_bytes_max: 700,
+            user_properties_max: 0,
+            user_property_bytes_max: 27,
             connect_timeout_secs: 20,
             write_timeout_secs: 27,
             memory_budget_bytes: 2_000_000,
@@ -2264,6 +2567,11 @@ mod tests {
             topic_alias_max: 0,
             mesh_channel_capacity: 26,
             mesh_batch_max: 25,
+            flow_high_water_messages: 27,
+            flow_low_water_messages: 3,
+            flow_hard_cap_messages: 28,
+            slow_consumer_timeout_ms: 2900,
+            slow_consumer_policy: SlowConsumer::Drop,
             mesh_bytes_max: 2_000_000,
         };
         assert_eq!(c.limits, expected);
@@ -2272,11 +2580,37 @@ mod tests {
             ring_depth: 8,
             spin_before_park_us: 0,
             pin_cores: false,
+            preempt_timer_us: 250,
         };
         assert_eq!(c.runtime, runtime);
         assert_eq!(c.runtime.spin_before_park(), None);
         assert_eq!(RuntimeConfig::default().spin_before_park(), Some(Duration::from_micros(50)));
         assert_eq!(c.log.level, LogLevel::Debug);
+    }
+
+    /// The password-worker keys of `[auth]` (issue 9): read into their fields, bounds checked.
+    #[test]
+    fn auth_worker_keys_are_read_and_bounded() {
+        let text =
+            "[auth]\nhash_workers = 3\nhash_queue_max = 5\nfailed_logins_per_minute_max = 7\n";
+        let c = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        let a = &c.auth;
+        assert_eq!((a.hash_workers, a.hash_queue_max, a.failed_logins_per_minute_max), (3, 5, 7));
+        let d = AuthConfig::default();
+        assert_eq!(
+            (d.hash_workers, d.hash_queue_max, d.failed_logins_per_minute_max),
+            (2, 1024, 30)
+        );
+        for (key, bad) in [
+            ("hash_workers", "0"),
+            ("hash_workers", "65"),
+            ("hash_queue_max", "0"),
+            ("failed_logins_per_minute_max", "0"),
+        ] {
+            let e = parse(&format!("[auth]\n{key} = {bad}\n")).expect_err(key);
+            assert_eq!(e.key, format!("auth.{key}"), "{e}");
+            assert_eq!(e.line, 2, "{e}");
+        }
     }
 
     #[test]

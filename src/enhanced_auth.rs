@@ -176,6 +176,15 @@ impl ScramSha256 {
     }
 }
 
+impl ScramSha256 {
+    /// The mechanism over `lookup` with a fixed server nonce, for the fuzz body
+    /// ([`crate::fuzzing::scram`]): deterministic runs, no OS randomness per input.
+    #[doc(hidden)]
+    pub fn for_fuzzing(lookup: CredentialLookup) -> Self {
+        Self { lookup, nonce: Arc::new(|| "fuzz-server-nonce".into()) }
+    }
+}
+
 fn random_nonce() -> String {
     let mut raw = [0u8; 18];
     // A failing OS RNG leaves zeros: the exchange still fails safe only if the proof does not
@@ -184,6 +193,53 @@ fn random_nonce() -> String {
         return String::new();
     }
     B64.encode(raw)
+}
+
+/// The credential shown for a user name that does not exist. Its salt is an HMAC of the name
+/// under a random key drawn once per process ([`server_secret`]), so it is stable for a name
+/// (asking twice gives the same salt, as for a real user) but tells nothing: a salt derived
+/// from the name alone (as before issue 9) let anyone compute it and so tell unknown users
+/// from real ones. The keys are HMACs too: no key derivation runs for an unknown user, and
+/// none runs for a known one either (the stored credential is used), so timing does not differ.
+fn decoy_credential(user: &str) -> ScramCredential {
+    let key = server_secret();
+    let tagged = |tag: &[u8]| {
+        let mut m = HmacSha256::new_from_slice(key).expect("invariant: HMAC takes any key length");
+        m.update(tag);
+        m.update(user.as_bytes());
+        <[u8; 32]>::from(m.finalize().into_bytes())
+    };
+    ScramCredential {
+        // 16 bytes, the length `tern passwd` writes for real SCRAM credentials.
+        salt: tagged(b"tern scram decoy salt\0")[..16].to_vec(),
+        iterations: SCRAM_ITERATIONS,
+        stored_key: tagged(b"tern scram decoy stored key\0"),
+        server_key: tagged(b"tern scram decoy server key\0"),
+    }
+}
+
+/// A random 32-byte key drawn once per process, for [`decoy_credential`]. If the OS RNG fails,
+/// the key falls back to the std hasher's per-process random seed mixed with the time: weaker,
+/// but still unknown to a client, and no panic.
+fn server_secret() -> &'static [u8; 32] {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    SECRET.get_or_init(|| {
+        let mut key = [0u8; 32];
+        if getrandom::getrandom(&mut key).is_err() {
+            use std::hash::{BuildHasher, Hasher};
+            for (i, chunk) in key.chunks_mut(8).enumerate() {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_usize(i);
+                h.write_u128(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos()),
+                );
+                chunk.copy_from_slice(&h.finish().to_le_bytes());
+            }
+        }
+        key
+    })
 }
 
 /// Splits `a=..,b=..` into attribute values, in order. An attribute name is one ASCII letter
@@ -235,7 +291,7 @@ impl Mechanism for ScramSha256 {
         // a wrong password: the exchange does not reveal which user names exist.
         let (cred, known) = match (self.lookup)(&user) {
             Some(c) => (c, true),
-            None => (ScramCredential::derive(b"", user.as_bytes(), SCRAM_ITERATIONS), false),
+            None => (decoy_credential(&user), false),
         };
         let nonce = format!("{client_nonce}{server_part}");
         let server_first = format!("r={nonce},s={},i={}", B64.encode(&cred.salt), cred.iterations);
@@ -304,11 +360,25 @@ pub mod client {
         format!("n,,n={},r={cnonce}", user.replace('=', "=3D").replace(',', "=2C"))
     }
 
-    /// The client-final message, and the server signature the client expects back.
+    /// The client-final message, and the server signature the client expects back. The
+    /// server's iteration count is refused above
+    /// [`SCRAM_ITERATIONS_MAX`](crate::auth::password::SCRAM_ITERATIONS_MAX): a server must not
+    /// make its client spin (the `scram` fuzz target found `i=40955095` taking minutes).
     pub fn finish(
         password: &[u8],
         client_first: &str,
         server_first: &str,
+    ) -> Result<(String, String), AuthError> {
+        let max = crate::auth::password::SCRAM_ITERATIONS_MAX;
+        finish_bounded(password, client_first, server_first, max)
+    }
+
+    /// [`finish`] refusing more than `iterations_max` iterations.
+    pub fn finish_bounded(
+        password: &[u8],
+        client_first: &str,
+        server_first: &str,
+        iterations_max: u32,
     ) -> Result<(String, String), AuthError> {
         let a = attrs(server_first);
         let nonce = match a.first() {
@@ -323,6 +393,9 @@ pub mod client {
             Some(('i', i)) => i.parse().map_err(|_| AuthError::Malformed("iterations"))?,
             _ => return Err(AuthError::Malformed("iterations")),
         };
+        if !(1..=iterations_max).contains(&iterations) {
+            return Err(AuthError::Malformed("iterations out of range"));
+        }
         let mut salted = [0u8; 32];
         pbkdf2::pbkdf2_hmac::<Sha256>(password, &salt, iterations, &mut salted);
         let client_key = hmac(&salted, b"Client Key");
@@ -409,6 +482,16 @@ p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
         }
     }
 
+    /// Found by the `scram` fuzz target: a server-first message with a huge iteration count
+    /// made the client helper run PBKDF2 for minutes.
+    #[test]
+    fn client_refuses_a_huge_iteration_count() {
+        let sf = "r=acdAA,s=caaaaaaa,i=40955095";
+        let e = client::finish(b"pw", "n,,n=u,r=acd", sf).expect_err("refused");
+        assert_eq!(e, AuthError::Malformed("iterations out of range"));
+        assert!(client::finish(b"pw", "n,,n=u,r=acd", "r=acdAA,s=caaaaaaa,i=0").is_err());
+    }
+
     #[test]
     fn malformed_messages_are_refused() {
         let m = rfc_mechanism();
@@ -416,6 +499,27 @@ p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
         assert!(matches!(m.start(b"n,,r=x"), Err(AuthError::Malformed(_))));
         assert!(matches!(m.start(&[0xff]), Err(AuthError::Malformed(_))));
         assert_eq!(ScramCredential::parse("$scram-sha-256$0$AA==$AA==$AA=="), None);
+    }
+
+    /// Issue 9: an unknown user's salt is not derivable from the name (it was the name itself),
+    /// is stable across attempts (as a real user's is), and differs between names.
+    #[test]
+    fn unknown_user_salt_does_not_reveal_that_the_user_is_unknown() {
+        let m = ScramSha256::new(Arc::new(|_| None));
+        let salt_of = |user: &str| -> String {
+            let first = client::first(user, "n0nce");
+            let Ok(Step::Continue(sf, _)) = m.start(first.as_bytes()) else { panic!("continue") };
+            let sf = String::from_utf8(sf).expect("utf8");
+            let salt = attrs(&sf).iter().find(|(k, _)| *k == 's').map(|(_, v)| v.to_string());
+            salt.expect("server-first has a salt")
+        };
+        let a = salt_of("mallory");
+        assert_eq!(a, salt_of("mallory"), "stable for one name");
+        assert_ne!(a, salt_of("mallory2"), "differs between names");
+        assert_ne!(a, B64.encode("mallory"), "not the name itself (the old salt)");
+        let decoded = B64.decode(&a).expect("base64");
+        assert_eq!(decoded.len(), 16, "looks like a real salt");
+        assert!(!decoded.windows(7).any(|w| w == b"mallory"), "the name does not show through");
     }
 
     /// Issue 9 regression: `n,,€=x` once sliced the string inside the three-byte '€' and

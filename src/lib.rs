@@ -20,6 +20,7 @@
 //!   files), the only modules that import glommio.
 //! - [`config`], [`broker`]: the configuration file and its mapping onto the layers.
 //! - [`metrics`]: per-shard counters.
+//! - `fuzzing` (hidden): the bodies of the fuzz targets and parser property tests.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, health checks, `/api/v1`) on threads of its
 //!   own; it asks the shards over bounded channels ([`shard::admin`] answers).
 //! - [`bridge`]: `[[bridge]]` forwarding to other brokers, a client thread per bridge.
@@ -36,6 +37,7 @@ pub mod check;
 pub mod codec;
 pub mod config;
 pub mod enhanced_auth;
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod mosquitto_conf;

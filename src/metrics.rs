@@ -75,7 +75,7 @@ metrics! {
     counter bytes_received,
     /// Bytes queued for clients.
     counter bytes_sent,
-    /// QoS 0 deliveries dropped: the subscriber's output buffer was full.
+    /// QoS 0 deliveries dropped for a slow subscriber (0 since flow control; kept for dashboards).
     counter messages_dropped_qos0_slow,
     /// QoS 0 deliveries dropped: the session has no connection.
     counter messages_dropped_qos0_offline,
@@ -85,6 +85,10 @@ metrics! {
     counter messages_dropped_expired,
     /// Deliveries dropped: larger than the client's Maximum Packet Size.
     counter messages_dropped_too_large,
+    /// Control packets not sent: over the client's Maximum Packet Size even without options.
+    counter packets_dropped_too_large,
+    /// Closes whose input drain hit its bound (2 s or 1 MiB) before the client closed.
+    counter close_drains_cut,
     /// Queued messages dropped because their session ended.
     counter messages_dropped_session_end,
     /// Shared deliveries dropped: the chosen member and every local member left.
@@ -107,6 +111,20 @@ metrics! {
     counter connect_timeouts,
     /// Times a peer shard's channel was full and the flusher had to wait.
     counter mesh_backpressure,
+    /// Times a publisher was paused by a congested subscriber or a full peer outbox.
+    counter flow_pauses,
+    /// Times such a pause was lifted (the subscriber drained to `flow_low_water_messages`).
+    counter flow_resumes,
+    /// Publishing sessions paused now.
+    gauge flow_paused_publishers,
+    /// Subscribers disconnected as slow consumers (policy `disconnect`).
+    counter slow_consumers_disconnected,
+    /// Subscribers that became slow consumers under policy `drop`.
+    counter slow_consumers_dropping,
+    /// Deliveries dropped for a slow consumer under policy `drop`.
+    counter messages_dropped_slow_consumer,
+    /// QoS 1/2 PUBLISH answered 0x97 (Quota exceeded) because a full offline queue refused it.
+    counter publish_quota_exceeded,
     /// CONNECTs refused because the memory budget was used up.
     counter connect_refused_memory,
     /// Deliveries not queued because the memory budget was used up.
@@ -125,8 +143,24 @@ metrics! {
     counter wal_records,
     /// Bytes appended to the write-ahead log.
     counter wal_bytes,
-    /// Group commits (one write and one fdatasync each).
+    /// Group commits (one write and one fdatasync each): fsyncs per second as a rate.
     counter wal_fsyncs,
+    /// Records made durable by those commits (divided by `wal_fsyncs`: records per fsync).
+    counter wal_records_synced,
+    /// Commit latency histogram, cumulative buckets: commits that took at most 250 µs.
+    counter wal_commit_le_250us,
+    /// Commits that took at most 1 ms (includes the smaller buckets).
+    counter wal_commit_le_1ms,
+    /// Commits that took at most 4 ms.
+    counter wal_commit_le_4ms,
+    /// Commits that took at most 16 ms.
+    counter wal_commit_le_16ms,
+    /// Commits that took at most 64 ms.
+    counter wal_commit_le_64ms,
+    /// Sum of every commit's latency, microseconds (with `wal_fsyncs`: the mean).
+    counter wal_commit_us_sum,
+    /// Times the records not yet durable reached `pending_records_max` (publishers paused).
+    counter wal_pending_full,
     /// Bytes dropped from torn or corrupt log tails at start.
     counter wal_discarded_bytes,
     /// Time the log recovery took at start, milliseconds.
@@ -143,6 +177,7 @@ impl Metrics {
             + self.messages_dropped_too_large
             + self.messages_dropped_session_end
             + self.messages_dropped_no_member
+            + self.messages_dropped_slow_consumer
             + self.messages_dropped_memory
     }
 }
@@ -299,6 +334,22 @@ impl StatsBoard {
             (
                 "$SYS/broker/retained messages/count".into(),
                 v(self.per_shard().first().map_or(0, |m| m.retained_messages)),
+            ),
+            // Durability (zero without a data directory).
+            ("$SYS/broker/persistence/log/bytes".into(), v(t.wal_bytes)),
+            ("$SYS/broker/persistence/log/records".into(), v(t.wal_records)),
+            ("$SYS/broker/persistence/fsyncs".into(), v(t.wal_fsyncs)),
+            (
+                "$SYS/broker/persistence/records per fsync".into(),
+                v(t.wal_records_synced.checked_div(t.wal_fsyncs).unwrap_or(0)),
+            ),
+            (
+                "$SYS/broker/persistence/commit latency mean us".into(),
+                v(t.wal_commit_us_sum.checked_div(t.wal_fsyncs).unwrap_or(0)),
+            ),
+            (
+                "$SYS/broker/persistence/recovery ms".into(),
+                v(self.per_shard().iter().map(|m| m.wal_recovery_ms).max().unwrap_or(0)),
             ),
         ]
         .into_iter()

@@ -20,6 +20,14 @@ use rustls::ServerConfig;
 
 use crate::metrics::StatsBoard;
 use crate::net::{accept_loop, tls, ListenerCtx, ListenerSpec, Notify, ShardIo, SCRATCH_BYTES};
+
+/// The two mesh lanes between every pair of shards: data (publishes) and control (everything
+/// else, flow control included), so control never waits behind data.
+#[derive(Clone)]
+struct Meshes {
+    data: MeshBuilder<Batch, Full>,
+    control: MeshBuilder<Batch, Full>,
+}
 use crate::shard::{Shard, ShardConfig, ShardMsg};
 
 /// How the executors are built.
@@ -33,6 +41,8 @@ pub struct RuntimeOptions {
     pub spin_before_park: Duration,
     /// Pin each shard to a core when there are enough cores.
     pub pin_cores: bool,
+    /// How long a task runs before glommio's `yield_if_needed` yields (fair turns).
+    pub preempt_timer: Duration,
     /// Slots in each cross-shard channel (each slot carries a batch).
     pub mesh_channel_capacity: usize,
     /// Messages per batch sent to a peer shard.
@@ -146,8 +156,16 @@ pub enum StartError {
 
 impl Broker {
     /// Starts `cfg.shards` shards and returns once every listener accepts connections.
-    pub fn start(opts: RuntimeOptions, cfg: ShardConfig) -> Result<Broker, StartError> {
+    pub fn start(opts: RuntimeOptions, mut cfg: ShardConfig) -> Result<Broker, StartError> {
         let n = cfg.shards;
+        if cfg.hash_pool.is_none() {
+            // Password checks run here, off the shard threads (see `crate::auth::pool`).
+            let a = &cfg.auth_files;
+            let workers = (a.hash_workers as usize).max(1);
+            let pool = crate::auth::HashPool::start(workers, (a.hash_queue_max as usize).max(1), n)
+                .map_err(|e| StartError::Shard(0, format!("password check workers: {e}")))?;
+            cfg.hash_pool = Some(pool);
+        }
         assert!(n >= 1, "invariant: config validates shards >= 1");
         assert!(opts.mesh_channel_capacity >= 1 && opts.mesh_batch_max >= 1);
         // Resolve port 0 once, so every shard's SO_REUSEPORT listener shares the same port. The
@@ -195,8 +213,10 @@ impl Broker {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let pin = opts.pin_cores && cores.len() >= usize::from(n);
         let stop = Arc::clone(&opts.stop);
-        let mesh: Option<MeshBuilder<Batch, Full>> =
-            (n > 1).then(|| MeshBuilder::full(usize::from(n), opts.mesh_channel_capacity));
+        let mesh: Option<Meshes> = (n > 1).then(|| Meshes {
+            data: MeshBuilder::full(usize::from(n), opts.mesh_channel_capacity),
+            control: MeshBuilder::full(usize::from(n), opts.mesh_channel_capacity),
+        });
         let (ready_tx, ready_rx) = mpsc::channel::<Ready>();
         let mut threads = Vec::new();
         for i in 0..n {
@@ -433,24 +453,37 @@ async fn shard_main(
     opts: RuntimeOptions,
     cfg: ShardConfig,
     listeners: Listeners,
-    mesh: Option<MeshBuilder<Batch, Full>>,
+    mesh: Option<Meshes>,
     stop: Arc<AtomicBool>,
     reload: Reload,
     ready: mpsc::Sender<Ready>,
 ) {
     let Listeners { addrs, tls_configs, restores } = listeners;
-    let (senders, receivers) = match mesh {
-        Some(m) => match m.join().await {
-            Ok((s, r)) => (Some(s), Some(r)),
-            Err(e) => {
-                let _ = ready.send(Err(StartError::Shard(id_hint, format!("mesh join: {e}"))));
-                return;
+    let (lanes, control_lanes) = match mesh {
+        Some(m) => {
+            // glommio numbers the peers of a mesh by executor id, so each shard has the same
+            // peer id in both meshes (checked below).
+            let joined = match m.data.join().await {
+                Ok(d) => m.control.join().await.map(|c| (d, c)),
+                Err(e) => Err(e),
+            };
+            match joined {
+                Ok((d, c)) if d.0.peer_id() == c.0.peer_id() => (Some(d), Some(c)),
+                Ok(_) => {
+                    let err = StartError::Shard(id_hint, "mesh join: peer ids differ".into());
+                    let _ = ready.send(Err(err));
+                    return;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(StartError::Shard(id_hint, format!("mesh join: {e}"))));
+                    return;
+                }
             }
-        },
+        }
         None => (None, None),
     };
     // The mesh numbers peers in join order: that number is the shard id everywhere.
-    let id = senders.as_ref().map_or(0, |s| s.peer_id() as u16);
+    let id = lanes.as_ref().map_or(0, |(s, _)| s.peer_id() as u16);
     let shard = std::cell::RefCell::new(Shard::new(id, cfg));
     let durable = match (&opts.persistence, take_restore(&restores, id)) {
         (Some(p), Some(r)) => match crate::persist::durable::open_shard(&shard, r, p).await {
@@ -467,7 +500,7 @@ async fn shard_main(
         durable,
         shard,
         scratch: std::cell::RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
-        outbox_ready: Notify::default(),
+        outbox_ready: Default::default(),
         stopping: std::cell::Cell::new(false),
         stop_waiters: Default::default(),
     });
@@ -493,6 +526,17 @@ async fn shard_main(
             Rc::new(ctx)
         })
         .collect();
+    // Connection tasks (accept loops and the connections they spawn) run in a task queue whose
+    // latency requirement sets glommio's preemption timer while it has work: `yield_if_needed`
+    // after each read then yields every `preempt_timer`, so one flooding connection cannot
+    // hold the shard. (Set on the executor itself, a sub-millisecond timer stalled the mesh
+    // join at start-up under load; a queue's requirement only applies once it runs.)
+    let conns = glommio::executor().create_task_queue(
+        glommio::Shares::default(),
+        glommio::Latency::Matters(opts.preempt_timer),
+        "connections",
+    );
+    let spawn_conns = |fut| glommio::spawn_local_into(fut, conns);
     let mut private = None;
     if opts.shard_ports {
         let ip = addrs.first().map_or([127, 0, 0, 1].into(), |a| a.ip());
@@ -500,7 +544,14 @@ async fn shard_main(
             Ok(l) => {
                 private = l.local_addr().ok();
                 // Same transport and policy as listener 0.
-                glommio::spawn_local(accept_loop(Rc::clone(&io), l, Rc::clone(&ctxs[0]))).detach();
+                match spawn_conns(accept_loop(Rc::clone(&io), l, Rc::clone(&ctxs[0]))) {
+                    Ok(t) => t.detach(),
+                    Err(e) => {
+                        let err = StartError::Shard(id, format!("task queue: {e}"));
+                        let _ = ready.send(Err(err));
+                        return;
+                    }
+                };
             }
             Err(e) => {
                 let err = StartError::Shard(id, format!("private listener: {e}"));
@@ -511,7 +562,13 @@ async fn shard_main(
     }
     let mut tasks = Vec::new();
     for (l, ctx) in listeners.into_iter().zip(&ctxs) {
-        tasks.push(glommio::spawn_local(accept_loop(Rc::clone(&io), l, Rc::clone(ctx))));
+        match spawn_conns(accept_loop(Rc::clone(&io), l, Rc::clone(ctx))) {
+            Ok(t) => tasks.push(t),
+            Err(e) => {
+                let _ = ready.send(Err(StartError::Shard(id, format!("task queue: {e}"))));
+                return;
+            }
+        }
     }
     if io.durable.is_some() {
         let io = Rc::clone(&io);
@@ -522,9 +579,23 @@ async fn shard_main(
         })
         .detach();
     }
-    if let (Some(s), Some(r)) = (senders, receivers) {
-        tasks.push(glommio::spawn_local(flush_outbox(Rc::clone(&io), s, opts.mesh_batch_max)));
-        spawn_receivers(&io, r);
+    if let Some(pool) = io.shard.borrow().config().hash_pool.clone() {
+        tasks.push(glommio::spawn_local(password_verdicts(Rc::clone(&io), pool)));
+    }
+    if let (Some((data_tx, data_rx)), Some((ctl_tx, ctl_rx))) = (lanes, control_lanes) {
+        let (data_tx, ctl_tx) = (Rc::new(data_tx), Rc::new(ctl_tx));
+        let me = data_tx.peer_id();
+        for peer in (0..data_tx.nr_consumers()).filter(|p| *p != me) {
+            for lane in [Lane::Control, Lane::Data] {
+                let senders = Rc::clone(if lane == Lane::Data { &data_tx } else { &ctl_tx });
+                let ready = io.outbox_ready.subscribe(peer, lane == Lane::Control);
+                let flusher =
+                    flush_lane(Rc::clone(&io), senders, peer, lane, ready, opts.mesh_batch_max);
+                tasks.push(glommio::spawn_local(flusher));
+            }
+        }
+        spawn_receivers(&io, ctl_rx, Lane::Control);
+        spawn_receivers(&io, data_rx, Lane::Data);
     }
     let _ = ready.send(Ok((id, private)));
     drop(ready);
@@ -535,6 +606,12 @@ async fn shard_main(
     let mut reload_seen = 0;
     while !stop.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(100)).await;
+        {
+            // Publishers paused by this shard's bytes crossing the mesh: those bytes drain on
+            // the receiving shards, which do not signal back.
+            let mut shard = io.shard.borrow_mut();
+            shard.flow_retry_outboxes();
+        }
         let requested = reload.requested.load(Ordering::SeqCst);
         if requested != reload_seen {
             reload_seen = requested;
@@ -607,52 +684,78 @@ async fn shutdown_shard(io: &Rc<ShardIo>) {
     tracing::info!(shard = shard.id(), "shard stopped");
 }
 
-/// Drains the shard's outboxes into the mesh, a batch per peer per turn. A full channel makes
-/// `send_to` wait: meanwhile the outbox grows past its bound and publishers pause reading.
-async fn flush_outbox(io: Rc<ShardIo>, senders: Senders<Batch>, batch_max: usize) {
-    let peers = senders.nr_consumers();
-    let me = senders.peer_id();
+/// Which outbox a flusher drains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Data,
+    Control,
+}
+
+/// Drains one outbox lane for one peer into the mesh, a batch per turn. A full channel makes
+/// `send_to` wait for this peer and lane only: the other peers and the control lane keep
+/// flowing. Meanwhile the data outbox grows, and past its bound the publishers that add to it
+/// are paused (`Shard::take_batch` resumes them).
+async fn flush_lane(
+    io: Rc<ShardIo>,
+    senders: Rc<Senders<Batch>>,
+    peer: usize,
+    lane: Lane,
+    ready: Rc<Notify>,
+    batch_max: usize,
+) {
     loop {
-        io.outbox_ready.wait().await;
-        // Bounded: every pass moves at least one batch or finds the outboxes empty.
+        ready.wait().await;
+        // Bounded: every pass moves one batch or finds the outbox empty.
         loop {
-            let mut sent_any = false;
-            for peer in (0..peers).filter(|p| *p != me) {
-                let batch: Batch = {
-                    let mut shard = io.shard.borrow_mut();
-                    let q = &mut shard.outbox()[peer];
-                    let n = q.len().min(batch_max);
-                    let batch = q.drain(..n).collect();
-                    drop(shard);
-                    if let Some(d) = &io.durable {
-                        d.note_sent(peer, n);
-                    }
-                    batch
-                };
-                if batch.is_empty() {
-                    continue;
+            let batch = {
+                let mut shard = io.shard.borrow_mut();
+                match lane {
+                    Lane::Data => shard.take_batch(peer, batch_max),
+                    Lane::Control => shard.take_control(peer, batch_max),
                 }
-                sent_any = true;
-                match senders.try_send_to(peer, batch) {
-                    Ok(()) => {}
-                    Err(GlommioError::WouldBlock(ResourceType::Channel(b))) => {
-                        io.shard.borrow_mut().metrics.mesh_backpressure += 1;
-                        if senders.send_to(peer, b).await.is_err() {
-                            return; // peer gone: shutting down
-                        }
-                    }
-                    Err(_) => return, // closed: shutting down
-                }
-            }
-            if !sent_any {
+            };
+            if batch.is_empty() {
                 break;
+            }
+            if let Some(d) = &io.durable {
+                d.note_sent(peer, lane == Lane::Control, batch.len());
+            }
+            match senders.try_send_to(peer, batch) {
+                Ok(()) => {}
+                Err(GlommioError::WouldBlock(ResourceType::Channel(b))) => {
+                    io.shard.borrow_mut().metrics.mesh_backpressure += 1;
+                    if senders.send_to(peer, b).await.is_err() {
+                        return; // peer gone: shutting down
+                    }
+                }
+                Err(_) => return, // closed: shutting down
             }
             glommio::yield_if_needed().await;
         }
     }
 }
 
-fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>) {
+/// Feeds the password workers' verdicts for this shard back into it. The waker is registered
+/// before the queue is drained, so a verdict sent in between wakes the task again.
+async fn password_verdicts(io: Rc<ShardIo>, pool: Arc<crate::auth::HashPool>) {
+    let id = io.shard.borrow().id();
+    let Some(replies) = pool.replies(id) else { return };
+    loop {
+        let verdict = std::future::poll_fn(|cx| {
+            replies.register(cx.waker());
+            match replies.try_recv() {
+                Some(v) => std::task::Poll::Ready(v),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await;
+        io.shard.borrow_mut().handle_password_verdict(verdict, Instant::now());
+        io.outbox_ready.notify();
+        glommio::yield_if_needed().await;
+    }
+}
+
+fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>, lane: Lane) {
     for (from, rx) in receivers.streams() {
         let io = Rc::clone(io);
         glommio::spawn_local(async move {
@@ -665,10 +768,10 @@ fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>) {
                         shard.handle_peer(from as u16, msg, now);
                     }
                     if let Some(d) = &io.durable {
-                        d.note_handled(from, n);
+                        d.note_handled(from, lane == Lane::Control, n);
                     }
+                    io.outbox_ready.notify_pending(&shard);
                 }
-                io.outbox_ready.notify();
                 io.durable_wake();
                 glommio::yield_if_needed().await;
             }
@@ -689,7 +792,11 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let acl = dir.join("acl");
         std::fs::write(&acl, "topic readwrite a/#\n").expect("write acl");
-        let files = crate::config::AuthConfig { password_file: None, acl_file: Some(acl.clone()) };
+        let files = crate::config::AuthConfig {
+            password_file: None,
+            acl_file: Some(acl.clone()),
+            ..Default::default()
+        };
         let reload = Reload {
             requested: Arc::new(AtomicU64::new(1)),
             applied: (0..2).map(|_| AtomicU64::new(0)).collect(),

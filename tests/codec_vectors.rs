@@ -665,23 +665,29 @@ fn subscribe_v5_options_and_properties() {
     vector(V5, &bytes, &expected);
 }
 
-/// v5-only subscription options are not on the wire for 3.1.1: only the QoS is encoded.
+/// v5-only subscription options cannot be said in 3.1.1, whose upper option bits are reserved
+/// ([MQTT-3.8.3-4]): the encoder refuses them rather than drop them; QoS alone encodes.
 #[test]
-fn subscribe_v5_options_are_dropped_for_v3() {
-    let sub = Packet::Subscribe(Subscribe {
-        packet_id: id(1),
-        filters: vec![(
-            "a".into(),
-            SubscriptionOptions {
-                qos: QoS::AtLeastOnce,
-                no_local: true,
-                retain_as_published: true,
-                retain_handling: RetainHandling::DoNotSend,
-            },
-        )],
-        properties: props(vec![Property::SubscriptionIdentifier(5)]),
-    });
-    assert_eq!(encode_bytes(&sub, V311), hex!("82 06 00 01 00 01 61 01"));
+fn subscribe_v5_options_are_refused_for_v3() {
+    let sub = |options| {
+        Packet::Subscribe(Subscribe {
+            packet_id: id(1),
+            filters: vec![("a".into(), options)],
+            properties: props(vec![Property::SubscriptionIdentifier(5)]),
+        })
+    };
+    let v5_only = SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: RetainHandling::DoNotSend,
+    };
+    assert!(matches!(
+        encode(&sub(v5_only), V311, &mut BytesMut::new()),
+        Err(EncodeError::NotForVersion { spec: "MQTT-3.8.3-4", .. })
+    ));
+    let plain = SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() };
+    assert_eq!(encode_bytes(&sub(plain), V311), hex!("82 06 00 01 00 01 61 01"));
 }
 
 /// 3.1.1 §3.9.3: granted QoS 0, 1, 2 and Failure 0x80.
@@ -824,9 +830,12 @@ fn disconnect_v3() {
             &Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)),
         );
     }
-    // A v5 reason is not on the wire for 3.x.
+    // A v5 reason cannot be said in 3.x: refused, not dropped.
     let p = Packet::Disconnect(ReasonPacket::new(ReasonCode::DisconnectWithWill));
-    assert_eq!(encode_bytes(&p, V311), hex!("E0 00"));
+    assert!(matches!(
+        encode(&p, V311, &mut BytesMut::new()),
+        Err(EncodeError::NotForVersion { spec: "§3.14.2.1", .. })
+    ));
 }
 
 /// 5.0 §3.14.2.1: remaining length 0 (Normal disconnection), 1 (reason only) and n (properties).
@@ -1107,21 +1116,37 @@ fn malformed_ping_with_body() {
 // Malformed: UTF-8 strings
 // ------------------------------------------------------------------------------------------------
 
+/// The UTF-8 statement of the connection's version: [MQTT-1.5.4-n] in 5.0, [MQTT-1.5.3-n] in
+/// 3.1.1 (and 3.1, which has no numbered statements).
+fn utf8_spec(version: ProtocolVersion, n: u8) -> &'static str {
+    match (version, n) {
+        (V5, 1) => "MQTT-1.5.4-1",
+        (V5, _) => "MQTT-1.5.4-2",
+        (_, 1) => "MQTT-1.5.3-1",
+        (_, _) => "MQTT-1.5.3-2",
+    }
+}
+
 /// [MQTT-1.5.4-1] (3.1.1 [MQTT-1.5.3-1]): ill-formed UTF-8 and surrogates.
 #[test]
 fn malformed_utf8_mqtt_1_5_4_1() {
     for version in ALL {
+        let spec = utf8_spec(version, 1);
         // C3 28: a lead byte followed by a non-continuation byte.
         let bytes = hex!("30 04 00 02 C3 28");
-        let kind = reject(version, &bytes, "MQTT-1.5.4-1", ReasonCode::MalformedPacket);
+        let kind = reject(version, &bytes, spec, ReasonCode::MalformedPacket);
         assert_eq!(kind, ErrorKind::InvalidUtf8);
         // ED A0 80: U+D800 encoded as if it were a character.
-        reject(version, &hex!("30 05 00 03 ED A0 80"), "MQTT-1.5.4-1", ReasonCode::MalformedPacket);
+        reject(version, &hex!("30 05 00 03 ED A0 80"), spec, ReasonCode::MalformedPacket);
         // C0 AF: overlong encoding of '/'.
-        reject(version, &hex!("30 04 00 02 C0 AF"), "MQTT-1.5.4-1", ReasonCode::MalformedPacket);
+        reject(version, &hex!("30 04 00 02 C0 AF"), spec, ReasonCode::MalformedPacket);
     }
-    // In a CONNECT client id.
+    // In a CONNECT client id: the statement of the version the CONNECT names, whatever the
+    // connection expected.
     let bytes = hex!("10 0F 00 04 4D 51 54 54 04 02 00 3C 00 03 ED BF BF");
+    reject(V311, &bytes, "MQTT-1.5.3-1", ReasonCode::MalformedPacket);
+    reject(V5, &bytes, "MQTT-1.5.3-1", ReasonCode::MalformedPacket);
+    let bytes = hex!("10 10 00 04 4D 51 54 54 05 02 00 3C 00 00 03 ED BF BF");
     reject(V311, &bytes, "MQTT-1.5.4-1", ReasonCode::MalformedPacket);
 }
 
@@ -1130,14 +1155,35 @@ fn malformed_utf8_mqtt_1_5_4_1() {
 fn malformed_null_character_mqtt_1_5_4_2() {
     for version in ALL {
         let bytes = hex!("30 05 00 03 61 00 62");
-        let kind = reject(version, &bytes, "MQTT-1.5.4-2", ReasonCode::MalformedPacket);
+        let kind = reject(version, &bytes, utf8_spec(version, 2), ReasonCode::MalformedPacket);
         assert_eq!(kind, ErrorKind::NullCharacter);
     }
     // In a v5 User Property key.
     let bytes = hex!("30 0B 00 01 74 07 26 00 01 00 00 01 62");
     reject(V5, &bytes, "MQTT-1.5.4-2", ReasonCode::MalformedPacket);
     // In a SUBSCRIBE topic filter.
-    reject(V311, &hex!("82 06 00 01 00 01 00 00"), "MQTT-1.5.4-2", ReasonCode::MalformedPacket);
+    reject(V311, &hex!("82 06 00 01 00 01 00 00"), "MQTT-1.5.3-2", ReasonCode::MalformedPacket);
+}
+
+/// A SUBACK without a reason code acknowledges no filter: every SUBSCRIBE has one, so it is
+/// malformed ([MQTT-3.8.4-6] in 5.0, [MQTT-3.8.4-5] in 3.1.1); so is a v5 UNSUBACK without one
+/// ([MQTT-3.11.3-1]). A 3.1.1 UNSUBACK has no payload at all.
+#[test]
+fn malformed_suback_unsuback_without_reason_codes() {
+    let kind = reject(V5, &hex!("90 03 00 01 00"), "MQTT-3.8.4-6", ReasonCode::MalformedPacket);
+    assert_eq!(kind, ErrorKind::NoReasonCodes { packet_type: 9 });
+    reject(V311, &hex!("90 02 00 01"), "MQTT-3.8.4-5", ReasonCode::MalformedPacket);
+    let kind = reject(V5, &hex!("B0 03 00 01 00"), "MQTT-3.11.3-1", ReasonCode::MalformedPacket);
+    assert_eq!(kind, ErrorKind::NoReasonCodes { packet_type: 11 });
+    decodes_to(
+        V311,
+        &hex!("B0 02 00 01"),
+        &Packet::UnsubAck(UnsubAck {
+            packet_id: id(1),
+            reasons: vec![],
+            properties: Properties::new(),
+        }),
+    );
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1728,14 +1774,14 @@ fn encode_refuses_packet_id_mismatch_mqtt_2_2_1_2() {
     assert!(out.is_empty(), "nothing written on error");
 }
 
-/// v5-only fields are left out for 3.x: properties, and reasons on acknowledgements (v3 SUBACK
-/// failure codes all become 0x80).
+/// Properties are left out for 3.x (a v5 message forwarded to a 3.x subscriber loses them by
+/// design); v3 SUBACK failure codes all become 0x80; a 3.1.1 UNSUBACK carries no reasons.
 #[test]
 fn encode_drops_v5_fields_for_v3() {
     let mut p = publish(QoS::AtMostOnce, "t", None, b"x");
     p.properties = props(vec![Property::MessageExpiryInterval(5), user("a", "b")]);
     assert_eq!(encode_bytes(&Packet::Publish(p), V311), hex!("30 04 00 01 74 78"));
-    let ack = Packet::PubAck(pub_resp(1, ReasonCode::QuotaExceeded, vec![user("a", "b")]));
+    let ack = Packet::PubAck(pub_resp(1, ReasonCode::Success, vec![user("a", "b")]));
     assert_eq!(encode_bytes(&ack, V311), hex!("40 02 00 01"));
     let suback = Packet::SubAck(SubAck {
         packet_id: id(1),
@@ -1752,6 +1798,60 @@ fn encode_drops_v5_fields_for_v3() {
     // v5 CONNACK reasons map to the closest v3 return code (3.1.1 §3.2.2.3).
     assert_eq!(encode_bytes(&connack(false, ReasonCode::Banned), V311), hex!("20 02 00 05"));
     assert_eq!(encode_bytes(&connack(false, ReasonCode::ServerBusy), V311), hex!("20 02 00 03"));
+}
+
+/// The encoder refuses what the version cannot carry instead of sending something else: a 3.x
+/// CONNECT with a password but no user name ([MQTT-3.1.2-22]), an empty topic in a 3.x PUBLISH
+/// or in a will ([MQTT-4.7.3-1]), a v5 PUBLISH with an empty topic and no alias
+/// ([MQTT-3.3.2-1]), a failure code in a 3.1 SUBACK, a reason on a 3.x acknowledgement, a
+/// SUBACK or v5 UNSUBACK without reason codes, AUTH before 5.0.
+#[test]
+fn encode_refuses_what_the_version_cannot_carry() {
+    let spec_of = |p: &Packet, v| match encode(p, v, &mut BytesMut::new()) {
+        Err(EncodeError::NotForVersion { spec, .. }) => spec,
+        other => panic!("{v:?}: expected a refusal, got {other:?}"),
+    };
+    let mut c = Connect {
+        version: V311,
+        clean_start: true,
+        keep_alive_secs: 10,
+        client_id: "c".into(),
+        will: None,
+        username: None,
+        password: Some(Bytes::from_static(b"pw")),
+        properties: Properties::new(),
+    };
+    assert_eq!(spec_of(&Packet::Connect(Box::new(c.clone())), V311), "MQTT-3.1.2-22");
+    c.version = V5; // allowed in 5.0 (§3.1.2.9)
+    assert!(encode(&Packet::Connect(Box::new(c)), V5, &mut BytesMut::new()).is_ok());
+    let empty = Packet::Publish(publish(QoS::AtMostOnce, "", None, b"x"));
+    assert_eq!(spec_of(&empty, V311), "MQTT-4.7.3-1");
+    assert_eq!(spec_of(&empty, V31), "MQTT-4.7.3-1");
+    assert_eq!(spec_of(&empty, V5), "MQTT-3.3.2-1");
+    let mut aliased = publish(QoS::AtMostOnce, "", None, b"x");
+    aliased.properties = props(vec![Property::TopicAlias(1)]);
+    assert!(encode(&Packet::Publish(aliased), V5, &mut BytesMut::new()).is_ok());
+    let refused = Packet::SubAck(SubAck {
+        packet_id: id(1),
+        reasons: vec![ReasonCode::GrantedQoS1, ReasonCode::NotAuthorized],
+        properties: Properties::new(),
+    });
+    assert_eq!(spec_of(&refused, V31), "§3.9.3");
+    assert_eq!(encode_bytes(&refused, V311), hex!("90 04 00 01 01 80"));
+    let none =
+        Packet::SubAck(SubAck { packet_id: id(1), reasons: vec![], properties: Properties::new() });
+    assert_eq!(spec_of(&none, V5), "MQTT-3.8.4-6");
+    assert_eq!(spec_of(&none, V311), "MQTT-3.8.4-5");
+    let none = Packet::UnsubAck(UnsubAck {
+        packet_id: id(1),
+        reasons: vec![],
+        properties: Properties::new(),
+    });
+    assert_eq!(spec_of(&none, V5), "MQTT-3.11.3-1");
+    let ack = Packet::PubRec(pub_resp(1, ReasonCode::QuotaExceeded, vec![]));
+    assert_eq!(spec_of(&ack, V311), "§3.4.2.1");
+    let auth = Packet::Auth(ReasonPacket::new(ReasonCode::ContinueAuthentication));
+    assert_eq!(encode(&auth, V311, &mut BytesMut::new()), Err(EncodeError::NotInVersion("AUTH")));
 }
 
 /// [MQTT-1.5.4-1] §1.5.4: a string longer than 65535 bytes cannot be encoded.

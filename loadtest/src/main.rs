@@ -48,7 +48,9 @@ sockets    --threads N (default: CPUs allowed) --source-addrs N (127.0.0.2.., de
 broker     --broker-pid PID (RSS, CPU, bytes per connection from /proc)
 output     --label NAME --json FILE|- --hdr FILE --svg FILE
 
-check bounds --throughput-min 0.5 --p99-max 4 --p99-slack-us 2000";
+check bounds (ratios tern/relay of the same run, against the baseline's; RESULT files hold
+           both, target tern and target relay) --throughput-min 0.5 --latency-max 4
+           --latency-slack-us 2000";
 
 /// `--key value` options and positional arguments.
 pub struct Args {
@@ -223,7 +225,7 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "check" => {
-            args.check_known(&["baseline", "throughput-min", "p99-max", "p99-slack-us"])?;
+            args.check_known(&["baseline", "throughput-min", "latency-max", "latency-slack-us"])?;
             let base = report::read_summaries(&[args
                 .opts
                 .get("baseline")
@@ -232,8 +234,8 @@ fn real_main() -> Result<ExitCode> {
             let cur = report::read_summaries(&args.positional)?;
             let bounds = report::CheckBounds {
                 throughput_ratio_min: args.num("throughput-min", 0.5)?,
-                p99_ratio_max: args.num("p99-max", 4.0)?,
-                p99_slack_us: args.num("p99-slack-us", 2000.0)?,
+                latency_ratio_max: args.num("latency-max", 4.0)?,
+                latency_slack_us: args.num("latency-slack-us", 2000.0)?,
             };
             let (text, ok) = report::check(&base, &cur, bounds);
             print!("{text}");

@@ -1,11 +1,13 @@
 //! Packet bodies, from bytes to the [`Packet`] model, for every version.
 
+use std::cell::Cell;
+
 use bytes::{Bytes, BytesMut};
 
 use super::error::{DecodeError, ErrorKind};
 use super::header::{check, FixedHeader, PacketType};
 use super::primitives::Reader;
-use super::properties::{Properties, PropertyContext};
+use super::properties::{Properties, PropertyContext, UserPropertyBudget};
 use super::reason::{ReasonCode, ReasonContext};
 use super::topic::{is_shared, validate_topic_filter, validate_topic_name};
 use super::*;
@@ -16,33 +18,83 @@ use super::*;
 /// exactly that packet's bytes were split off `buf`. `Err`: the stream is unusable; the
 /// connection gets the error's reason code and is closed. `version` is the connection's version
 /// (CONNECT names its own version and ignores it); before CONNECT pass the version you expect.
+///
+/// User Properties are not bounded here (this is the decoder for clients, tests and tools); the
+/// broker decodes with [`decode_with`] and its configured [`DecodeLimits`].
 pub fn decode(
     buf: &mut BytesMut,
     version: ProtocolVersion,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
-    let Some(header) = check(buf, max_packet_size, Some(version))? else {
+    let limits = DecodeLimits {
+        packet_bytes_max: max_packet_size,
+        user_properties: UserPropertyBudget::UNLIMITED,
+    };
+    decode_with(buf, version, &limits)
+}
+
+/// What the decoder accepts from one peer, beyond well-formedness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest whole packet, checked at the fixed header before the body is buffered.
+    pub packet_bytes_max: usize,
+    /// User Properties allowed in one packet (count, and bytes of names plus values), over all
+    /// of its property lists. Beyond it: [`ErrorKind::UserPropertiesExceeded`] (0x95).
+    pub user_properties: UserPropertyBudget,
+}
+
+/// [`decode`] with every bound of `limits`.
+pub fn decode_with(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    limits: &DecodeLimits,
+) -> Result<Option<Packet>, DecodeError> {
+    let Some(header) = check(buf, limits.packet_bytes_max, Some(version))? else {
         return Ok(None);
     };
     if buf.len() < header.packet_len() {
         return Ok(None);
     }
     let frame = buf.split_to(header.packet_len()).freeze();
-    decode_frame(&header, frame.slice(header.header_len..), version).map(Some)
+    let body = frame.slice(header.header_len..);
+    decode_frame(&header, body, version, limits.user_properties).map(Some)
 }
 
 /// Decodes the body of a packet whose fixed header is `header`. `body` holds exactly the
-/// remaining length.
-pub fn decode_frame(
+/// remaining length; its User Properties are charged to `budget`.
+fn decode_frame(
     header: &FixedHeader,
     body: Bytes,
     version: ProtocolVersion,
+    budget: UserPropertyBudget,
 ) -> Result<Packet, DecodeError> {
     debug_assert_eq!(body.len(), header.remaining_len);
+    // Errors cite the statements of the connection's version; CONNECT cites those of the
+    // version it names itself (see `decode_connect`).
+    let connect = header.packet_type == PacketType::Connect;
+    decode_body(header, body, version, budget).map_err(|e| {
+        if connect {
+            e
+        } else {
+            e.for_version(version)
+        }
+    })
+}
+
+fn decode_body(
+    header: &FixedHeader,
+    body: Bytes,
+    version: ProtocolVersion,
+    budget: UserPropertyBudget,
+) -> Result<Packet, DecodeError> {
     let mut r = Reader::new(body);
-    let d = Dec { v5: version.is_v5(), v31: version == ProtocolVersion::V31 };
+    let d = Dec {
+        v5: version.is_v5(),
+        v31: version == ProtocolVersion::V31,
+        budget: Cell::new(budget),
+    };
     let packet = match header.packet_type {
-        PacketType::Connect => Packet::Connect(Box::new(decode_connect(&mut r)?)),
+        PacketType::Connect => Packet::Connect(Box::new(decode_connect(&mut r, budget)?)),
         PacketType::ConnAck => Packet::ConnAck(d.connack(&mut r)?),
         PacketType::Publish => Packet::Publish(d.publish(header.flags, &mut r)?),
         PacketType::PubAck => Packet::PubAck(d.pub_resp(&mut r, header.packet_type)?),
@@ -74,6 +126,8 @@ pub fn decode_frame(
 struct Dec {
     v5: bool,
     v31: bool,
+    /// User Properties the rest of the packet may still carry.
+    budget: Cell<UserPropertyBudget>,
 }
 
 impl Dec {
@@ -94,10 +148,18 @@ impl Dec {
 
     fn properties(&self, r: &mut Reader, ctx: PropertyContext) -> Result<Properties, DecodeError> {
         if self.v5 {
-            Properties::decode(r, ctx)
+            self.bounded(r, ctx)
         } else {
             Ok(Properties::new())
         }
+    }
+
+    /// A property list charged to the packet's User Property budget.
+    fn bounded(&self, r: &mut Reader, ctx: PropertyContext) -> Result<Properties, DecodeError> {
+        let mut budget = self.budget.get();
+        let result = Properties::decode_bounded(r, ctx, &mut budget);
+        self.budget.set(budget);
+        result
     }
 
     fn reason(&self, byte: u8, ctx: ReasonContext, pt: u8) -> Result<ReasonCode, DecodeError> {
@@ -168,7 +230,7 @@ impl Dec {
             ReasonCode::Success
         };
         let properties = if self.v5 && r.remaining() > 0 {
-            Properties::decode(r, PropertyContext::PubResp)?
+            self.bounded(r, PropertyContext::PubResp)?
         } else {
             Properties::new()
         };
@@ -252,6 +314,12 @@ impl Dec {
             };
             reasons.push(reason);
         }
+        if reasons.is_empty() {
+            // One code per filter of the SUBSCRIBE, which has at least one ([MQTT-3.8.4-6] in
+            // 5.0, [MQTT-3.8.4-5] in 3.1.1).
+            let spec = self.spec("MQTT-3.8.4-6", "MQTT-3.8.4-5");
+            return Err(DecodeError::new(ErrorKind::NoReasonCodes { packet_type: 9 }, spec));
+        }
         Ok(SubAck { packet_id, reasons, properties })
     }
 
@@ -277,6 +345,12 @@ impl Dec {
         while self.v5 && r.remaining() > 0 {
             reasons.push(self.reason(r.u8()?, ReasonContext::UnsubAck, 11)?);
         }
+        if self.v5 && reasons.is_empty() {
+            // v5: one code per filter of the UNSUBSCRIBE ([MQTT-3.11.3-1]), which has at least
+            // one ([MQTT-3.10.3-2]). A 3.1.1 UNSUBACK has no payload.
+            let kind = ErrorKind::NoReasonCodes { packet_type: 11 };
+            return Err(DecodeError::new(kind, "MQTT-3.11.3-1"));
+        }
         Ok(UnsubAck { packet_id, reasons, properties })
     }
 
@@ -293,7 +367,7 @@ impl Dec {
         let reason = self.reason(r.u8()?, ctx, pt)?;
         let properties = if r.remaining() > 0 {
             let pctx = if pt == 15 { PropertyContext::Auth } else { PropertyContext::Disconnect };
-            Properties::decode(r, pctx)?
+            self.bounded(r, pctx)?
         } else {
             Properties::new()
         };
@@ -302,7 +376,7 @@ impl Dec {
 }
 
 /// CONNECT names its own version, so it is decoded before the connection has one.
-fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
+fn decode_connect(r: &mut Reader, budget: UserPropertyBudget) -> Result<Connect, DecodeError> {
     let name = r.string()?;
     let level = r.u8()?;
     let version = match (name.as_str(), level) {
@@ -317,7 +391,20 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
         }
         _ => return Err(DecodeError::new(ErrorKind::InvalidProtocolName, "MQTT-3.1.2-1")),
     };
-    let d = Dec { v5: version.is_v5(), v31: version == ProtocolVersion::V31 };
+    decode_connect_rest(r, version, budget).map_err(|e| e.for_version(version))
+}
+
+/// CONNECT after its protocol name and level.
+fn decode_connect_rest(
+    r: &mut Reader,
+    version: ProtocolVersion,
+    budget: UserPropertyBudget,
+) -> Result<Connect, DecodeError> {
+    let d = Dec {
+        v5: version.is_v5(),
+        v31: version == ProtocolVersion::V31,
+        budget: Cell::new(budget),
+    };
     let flags = r.u8()?;
     if flags & 0x01 != 0 {
         return Err(DecodeError::new(ErrorKind::ConnectReservedFlag, "MQTT-3.1.2-3"));

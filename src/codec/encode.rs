@@ -1,5 +1,5 @@
-//! The [`Packet`] model to bytes, for every version. Fields that a version does not have
-//! (properties and reason codes before v5) are left out when encoding for it.
+//! The [`Packet`] model to bytes, for every version. Properties are left out before v5; other
+//! fields a version cannot carry make the encoder refuse the packet (`check_version`).
 
 use bytes::{BufMut, BytesMut};
 
@@ -97,7 +97,68 @@ fn reason_tail_len(reason: ReasonCode, props: &Properties) -> Result<usize, Enco
     })
 }
 
+/// Refuses a packet that `version` cannot carry as given, rather than silently dropping what
+/// does not fit: the decoder of a peer speaking that version would refuse it or read something
+/// else. Properties are the exception: a v5 message forwarded to a 3.x subscriber loses them
+/// by design, so they are left out without error.
+fn check_version(packet: &Packet, version: ProtocolVersion) -> Result<(), EncodeError> {
+    let v5 = version.is_v5();
+    let refuse = |spec, what| Err(EncodeError::NotForVersion { spec, what });
+    match packet {
+        Packet::Connect(c) => {
+            // CONNECT is checked against the version it names.
+            if !c.version.is_v5() && c.password.is_some() && c.username.is_none() {
+                return refuse(
+                    "MQTT-3.1.2-22",
+                    "MQTT 3.x CONNECT with a password but no user name",
+                );
+            }
+            if c.will.as_ref().is_some_and(|w| w.topic.is_empty()) {
+                return refuse("MQTT-4.7.3-1", "will topic is empty");
+            }
+        }
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r)
+            if !v5 && r.reason != ReasonCode::Success =>
+        {
+            return refuse("§3.4.2.1", "reason codes on acknowledgements are MQTT 5 only");
+        }
+        Packet::Disconnect(d) if !v5 && d.reason != ReasonCode::Success => {
+            return refuse("§3.14.2.1", "DISCONNECT reason codes are MQTT 5 only");
+        }
+        Packet::Subscribe(s) if !v5 => {
+            let v5_only = |o: &SubscriptionOptions| {
+                o.no_local
+                    || o.retain_as_published
+                    || o.retain_handling != RetainHandling::default()
+            };
+            if s.filters.iter().any(|(_, o)| v5_only(o)) {
+                // 3.1.1: the upper bits of the options byte are reserved and 0.
+                return refuse(
+                    "MQTT-3.8.3-4",
+                    "No Local, Retain As Published and Retain Handling are MQTT 5 only",
+                );
+            }
+        }
+        Packet::SubAck(s) => {
+            if s.reasons.is_empty() {
+                let spec = if v5 { "MQTT-3.8.4-6" } else { "MQTT-3.8.4-5" };
+                return refuse(spec, "SUBACK without a reason code");
+            }
+            let failure = s.reasons.iter().any(|r| r.to_v3_suback() == 0x80);
+            if version == ProtocolVersion::V31 && failure {
+                return refuse("§3.9.3", "MQTT 3.1 SUBACK has no failure return code");
+            }
+        }
+        Packet::UnsubAck(u) if v5 && u.reasons.is_empty() => {
+            return refuse("MQTT-3.11.3-1", "UNSUBACK without a reason code");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn body_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, EncodeError> {
+    check_version(packet, version)?;
     let v5 = version.is_v5();
     Ok(match packet {
         Packet::Connect(c) => {
@@ -317,6 +378,18 @@ fn publish_body_len(p: &PublishView, v5: bool) -> Result<usize, EncodeError> {
         || p.qos != QoS::AtMostOnce && p.packet_id.is_none()
     {
         return Err(EncodeError::PacketIdMismatch);
+    }
+    if p.topic.is_empty() {
+        // 3.x: a topic name has at least one character ([MQTT-4.7.3-1]); v5 may leave it
+        // empty only when a Topic Alias stands for it ([MQTT-3.3.2-1], §3.3.2.3.4).
+        if !v5 {
+            let what = "MQTT 3.x PUBLISH with an empty topic";
+            return Err(EncodeError::NotForVersion { spec: "MQTT-4.7.3-1", what });
+        }
+        if p.properties.topic_alias().is_none() {
+            let what = "PUBLISH with an empty topic and no Topic Alias";
+            return Err(EncodeError::NotForVersion { spec: "MQTT-3.3.2-1", what });
+        }
     }
     let id = if p.packet_id.is_some() { 2 } else { 0 };
     Ok(str_len(p.topic)? + id + props_len(p.properties, v5)? + p.payload.len())

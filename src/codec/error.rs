@@ -102,13 +102,25 @@ pub enum ErrorKind {
     EmptyTopicWithoutAlias,
     /// CONNACK acknowledge flags with reserved bits set.
     ConnAckReservedFlags,
+    /// A SUBACK (any version) or v5 UNSUBACK without a single reason code, where there is one
+    /// per topic filter of the request and a request has at least one.
+    NoReasonCodes {
+        /// Control packet type (9 or 11).
+        packet_type: u8,
+    },
+    /// More User Properties in one packet than the server accepts, or more bytes of them
+    /// ([`crate::codec::DecodeLimits`]). Not a malformed packet: a server limit on how much a
+    /// packet may carry, so it maps to Packet Too Large (0x95), like the size limit.
+    UserPropertiesExceeded,
 }
 
 impl ErrorKind {
     /// The v5 reason code a server sends (in DISCONNECT, or CONNACK before the session exists).
     pub const fn reason_code(&self) -> ReasonCode {
         match self {
-            ErrorKind::PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            ErrorKind::PacketTooLarge { .. } | ErrorKind::UserPropertiesExceeded => {
+                ReasonCode::PacketTooLarge
+            }
             // [MQTT-3.3.2-8]: Topic Alias 0 is "Topic Alias invalid".
             ErrorKind::InvalidPropertyValue { id: 0x23 } => ReasonCode::TopicAliasInvalid,
             ErrorKind::UnsupportedProtocolLevel(_) | ErrorKind::InvalidProtocolName => {
@@ -193,6 +205,12 @@ impl fmt::Display for ErrorKind {
                 f.write_str("zero-length topic name without a Topic Alias")
             }
             ErrorKind::ConnAckReservedFlags => f.write_str("CONNACK reserved flag bits are set"),
+            ErrorKind::NoReasonCodes { packet_type } => {
+                write!(f, "packet type {packet_type} without a reason code")
+            }
+            ErrorKind::UserPropertiesExceeded => {
+                f.write_str("more user properties, or bytes of them, than the server accepts")
+            }
         }
     }
 }
@@ -218,6 +236,21 @@ impl DecodeError {
     pub const fn reason_code(&self) -> ReasonCode {
         self.kind.reason_code()
     }
+
+    /// The same error citing the statement of `version`'s specification where the two differ
+    /// in number: the UTF-8 string rules are [MQTT-1.5.3-x] in 3.1.1 (and 3.1) and
+    /// [MQTT-1.5.4-x] in 5.0.
+    pub fn for_version(mut self, version: super::ProtocolVersion) -> Self {
+        if !version.is_v5() {
+            self.spec = match self.spec {
+                "MQTT-1.5.4-1" => "MQTT-1.5.3-1",
+                "MQTT-1.5.4-2" => "MQTT-1.5.3-2",
+                "MQTT-1.5.4-3" => "MQTT-1.5.3-3",
+                other => other,
+            };
+        }
+        self
+    }
 }
 
 /// An encoding failure: the packet cannot be represented on the wire in this version.
@@ -235,4 +268,13 @@ pub enum EncodeError {
     /// A PUBLISH with QoS > 0 and no packet id, or QoS 0 with one.
     #[error("[MQTT-2.2.1-2] packet identifier presence does not match the QoS")]
     PacketIdMismatch,
+    /// A packet whose fields this version cannot carry or forbids: the encoder refuses it
+    /// rather than send something else than what was asked.
+    #[error("[{spec}] {what}")]
+    NotForVersion {
+        /// The normative statement (or section) it breaks.
+        spec: &'static str,
+        /// What is wrong.
+        what: &'static str,
+    },
 }

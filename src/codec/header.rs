@@ -124,3 +124,20 @@ pub fn check(
     }
     Ok(Some(header))
 }
+
+/// The protocol version named by a CONNECT at the start of `buf` (its protocol name and level,
+/// right after the fixed header), without decoding the rest. `None` when `buf` does not start
+/// with a CONNECT or does not hold those bytes yet. For choosing how to refuse a CONNECT that
+/// cannot be decoded (too large, too many user properties): a v5 client is told why in CONNACK.
+pub fn connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    if buf.first()? >> 4 != PacketType::Connect as u8 {
+        return None;
+    }
+    let (_, used) = decode_varint(buf.get(1..)?).ok()??;
+    match buf.get(1 + used..)? {
+        [0, 4, b'M', b'Q', b'T', b'T', 5, ..] => Some(ProtocolVersion::V5),
+        [0, 4, b'M', b'Q', b'T', b'T', 4, ..] => Some(ProtocolVersion::V311),
+        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, ..] => Some(ProtocolVersion::V31),
+        _ => None,
+    }
+}

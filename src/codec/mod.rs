@@ -1,8 +1,12 @@
 //! The MQTT wire codec for 3.1, 3.1.1 and 5.0. It does no IO: no sockets, no glommio, no clock.
 //!
 //! One packet model ([`Packet`]) serves every version; fields that only exist in v5 (properties,
-//! reason codes on acknowledgements) are empty or `Success` for v3 and are ignored when encoding
-//! for v3. Decoding is streaming over a [`bytes::BytesMut`]:
+//! reason codes on acknowledgements) are empty or `Success` for v3. Encoding for v3 leaves
+//! properties out (a v5 message forwarded to a 3.x subscriber loses them by design) but refuses
+//! what the version cannot say or forbids: a reason other than Success on an acknowledgement or
+//! DISCONNECT, v5 subscription options, a password without a user name, an empty topic, a
+//! failure code in a 3.1 SUBACK, AUTH ([`EncodeError::NotForVersion`]). Decoding is streaming
+//! over a [`bytes::BytesMut`]:
 //!
 //! 1. [`check`] reads the fixed header and answers "need more bytes" (`Ok(None)`), "malformed",
 //!    or "packet too large", before any of the body is buffered. The maximum packet size is
@@ -28,11 +32,11 @@ use std::num::NonZeroU16;
 
 use bytes::Bytes;
 
-pub use decode::decode;
+pub use decode::{decode, decode_with, DecodeLimits};
 pub use encode::{encode, encode_publish, encoded_len, publish_len, PublishView};
 pub use error::{DecodeError, EncodeError, ErrorKind};
-pub use header::{check, FixedHeader, PacketType};
-pub use properties::{Properties, Property, PropertyContext};
+pub use header::{check, connect_version, FixedHeader, PacketType};
+pub use properties::{Properties, Property, PropertyContext, UserPropertyBudget};
 pub use reason::{ReasonCode, ReasonContext};
 
 /// The protocol version a connection speaks, fixed by its CONNECT.

@@ -519,6 +519,20 @@ impl Properties {
     /// identifiers not allowed in the packet are malformed, a second copy of a property that may
     /// appear once is a protocol error (§2.2.2.2).
     pub fn decode(r: &mut Reader, ctx: PropertyContext) -> Result<Self, DecodeError> {
+        let mut unlimited = UserPropertyBudget::UNLIMITED;
+        Self::decode_bounded(r, ctx, &mut unlimited)
+    }
+
+    /// [`Properties::decode`], charging each User Property to `budget` (shared by every
+    /// property list of one packet). A property beyond the budget's count or bytes ends the
+    /// decode at once with [`ErrorKind::UserPropertiesExceeded`]: at most one property more than
+    /// the bound is ever allocated, so 180 000 empty user properties cost the same as 129
+    /// (CVE-2021-41039's class).
+    pub fn decode_bounded(
+        r: &mut Reader,
+        ctx: PropertyContext,
+        budget: &mut UserPropertyBudget,
+    ) -> Result<Self, DecodeError> {
         let len = r.varint()?;
         let mut sub = r.take(len)?;
         let mut list = Vec::new();
@@ -539,9 +553,39 @@ impl Properties {
                 return Err(DecodeError::new(ErrorKind::DuplicateProperty { id: pid }, "§2.2.2.2"));
             }
             seen |= 1 << pid;
+            if let Property::UserProperty(k, v) = &p {
+                budget.charge(k.len() + v.len())?;
+            }
             list.push(p);
         }
         Ok(Self(list))
+    }
+}
+
+/// What is left of a packet's allowance of User Properties (v5 §3.1.2.11.8 and the other
+/// packets' equivalents): how many more, and how many more bytes of names and values. One
+/// budget is shared by every property list of a packet (CONNECT: its own and the will's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserPropertyBudget {
+    /// User Properties still allowed.
+    pub count: usize,
+    /// Bytes of names plus values still allowed.
+    pub bytes: usize,
+}
+
+impl UserPropertyBudget {
+    /// No bound (clients, tests and tools that decode what a server sent).
+    pub const UNLIMITED: UserPropertyBudget =
+        UserPropertyBudget { count: usize::MAX, bytes: usize::MAX };
+
+    /// Takes one property of `bytes` name+value bytes, or refuses it.
+    fn charge(&mut self, bytes: usize) -> Result<(), DecodeError> {
+        if self.count == 0 || bytes > self.bytes {
+            return Err(DecodeError::new(ErrorKind::UserPropertiesExceeded, "§3.1.2.11.8"));
+        }
+        self.count -= 1;
+        self.bytes -= bytes;
+        Ok(())
     }
 }
 

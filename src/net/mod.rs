@@ -18,7 +18,7 @@ pub mod ws;
 pub mod ws_stream;
 
 use std::cell::{Cell, RefCell};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
@@ -38,8 +38,22 @@ use ws_stream::WsStream;
 /// Size of the per-shard scratch read buffer.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
 
+/// How often a connection held by an exhausted memory budget looks again (the only timed wait
+/// of a connection that is not writing: flow-control pauses are woken by the drain).
+const MEMORY_RECHECK: Duration = Duration::from_millis(10);
+
 /// Time a connection's orderly close (TLS close_notify, WebSocket close frame) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After the broker closes a connection (DISCONNECT, refusing CONNACK, protocol error) it shuts
+/// down its write side and reads and discards what the client still sends, until the client
+/// closes or this time passes. Closing a socket with unread input makes the kernel send a TCP
+/// reset, and a reset can destroy the DISCONNECT or CONNACK before the client reads it.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bytes read and discarded during [`CLOSE_DRAIN_TIMEOUT`] at most (the read lands in the shard's
+/// scratch buffer, so the drain holds no memory of its own).
+const CLOSE_DRAIN_BYTES_MAX: usize = 1 << 20;
 
 /// A one-waiter wake-up flag, local to a shard.
 #[derive(Default)]
@@ -71,6 +85,39 @@ impl Notify {
     }
 }
 
+/// Wakes the mesh flushers of a shard (one per peer and lane) when their outbox may have grown.
+#[derive(Default)]
+pub struct Signal {
+    /// (peer, control lane, flag) of each flusher.
+    waiters: RefCell<Vec<(usize, bool, Rc<Notify>)>>,
+}
+
+impl Signal {
+    /// Wakes every flusher.
+    pub fn notify(&self) {
+        for (_, _, n) in self.waiters.borrow().iter() {
+            n.notify();
+        }
+    }
+
+    /// Wakes the flushers whose outbox holds something (the hot paths: no wake-up, and no
+    /// empty pass, for a lane with nothing to send).
+    pub fn notify_pending(&self, shard: &Shard) {
+        for (peer, control, n) in self.waiters.borrow().iter() {
+            if shard.has_outgoing_on(*peer, *control) {
+                n.notify();
+            }
+        }
+    }
+
+    /// The flag of the flusher for `peer` on the control or the data lane.
+    pub fn subscribe(&self, peer: usize, control: bool) -> Rc<Notify> {
+        let n = Rc::new(Notify::default());
+        self.waiters.borrow_mut().push((peer, control, Rc::clone(&n)));
+        n
+    }
+}
+
 /// Per-shard resources shared by the IO tasks of that shard.
 pub struct ShardIo {
     /// The shard state.
@@ -79,8 +126,8 @@ pub struct ShardIo {
     pub durable: Option<crate::persist::durable::Durability>,
     /// Scratch read buffer, borrowed only inside one `poll`.
     pub scratch: RefCell<Box<[u8]>>,
-    /// Wakes the mesh flusher when an outbox may have grown.
-    pub outbox_ready: Notify,
+    /// Wakes the mesh flushers when an outbox may have grown.
+    pub outbox_ready: Signal,
     /// Set when the shard is shutting down: accept loops stop.
     pub stopping: Cell<bool>,
     /// Tasks waiting for `stopping` (the accept loops).
@@ -344,14 +391,103 @@ async fn establish(
     }
 }
 
-/// What woke the connection task.
+/// What one turn of a connection task did.
 enum Event {
-    /// Output to write or a close to carry out.
-    Work,
-    /// Data was read and handed to the shard.
+    /// Data was read and handed to the shard: yield if others wait (one read per turn).
     Read,
-    /// End of stream or socket error.
+    /// End of stream or socket error: the shard is told; pending output still goes out.
     Closed,
+    /// The output failed: nothing more can be written.
+    WriteFailed,
+    /// The peer accepted no byte of pending output for `write_timeout`.
+    WriteTimedOut,
+    /// Reading waits for the memory budget to recover (`ConnStatus::memory_paused`).
+    MemoryPaused,
+    /// The shard closed the connection and every byte is written.
+    Done,
+    /// The CONNECT was accepted: the client id is known (recorded in the span outside the
+    /// poll, where the span is entered).
+    Identified,
+}
+
+/// The write half of a connection's state: the bytes of the current write (taken from the
+/// shard with [`Shard::swap_tx`], so the buffer's allocation is reused) and how far it got.
+#[derive(Default)]
+struct Output {
+    buf: bytes::BytesMut,
+    written: usize,
+    /// The bytes are written and the transport's flush is pending (TLS, WebSocket).
+    flushing: bool,
+    /// The last `poll_write` moved bytes (or finished a flush): the write deadline restarts.
+    progressed: bool,
+    /// With persistence and `fsync = "always"`: the buffer is held until the log records it
+    /// depends on are durable (on this shard and on the shards it sent messages to).
+    gate: Option<crate::persist::durable::Gate>,
+}
+
+impl Output {
+    fn idle(&self) -> bool {
+        self.buf.is_empty() && !self.flushing
+    }
+
+    /// Writes as much as the socket takes, refilling from the shard; `Ready(Err)` when the
+    /// socket failed, `Ready(Ok)` when the shard has nothing more to write, `Pending` when the
+    /// socket is full (its readiness wakes the task).
+    fn poll_write<S: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        stream: &mut S,
+        shard: &mut Shard,
+        id: ConnId,
+        durable: Option<&crate::persist::durable::Durability>,
+    ) -> Poll<std::io::Result<()>> {
+        // Bounded: each pass writes bytes, flushes, or takes a new buffer (which is bounded by
+        // `tx_bytes_max` plus one packet); it returns when the shard has nothing more.
+        self.progressed = false;
+        loop {
+            if let (Some(gate), Some(d)) = (self.gate.as_mut(), durable) {
+                std::task::ready!(d.poll_gate(cx, gate))?;
+                self.gate = None;
+            }
+            if self.written < self.buf.len() {
+                match Pin::new(&mut *stream).poll_write(cx, &self.buf[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.written += n;
+                        self.progressed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else if self.flushing {
+                // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record.
+                std::task::ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+                self.flushing = false;
+                self.progressed = true;
+            } else {
+                self.buf.clear();
+                self.written = 0;
+                // Durability first: the records behind this output are appended, then the
+                // output is taken with no await in between (see `Durability::gate`). Group
+                // commit makes the wait cheap. Without a data directory this is one branch.
+                let gate = match durable {
+                    Some(d) if shard.status(id).has_tx => d.gate(shard),
+                    _ => None,
+                };
+                shard.swap_tx(id, &mut self.buf, Instant::now());
+                self.gate = gate.filter(|_| !self.buf.is_empty());
+                if self.buf.is_empty() {
+                    if self.buf.capacity() > crate::shard::IDLE_TX_CAPACITY_MAX {
+                        self.buf = bytes::BytesMut::new();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                self.flushing = true;
+            }
+        }
+    }
 }
 
 /// Drives one connection until it closes. Generic over the transport: plain TCP, TLS and
@@ -376,11 +512,20 @@ where
     serve_in_span(io, stream, id).instrument(span).await
 }
 
+/// The connection loop, full duplex: one task polls the write and the read side together, so
+/// a subscriber's PUBACKs and PINGREQs are read while its output is still being written. A
+/// connection that flow control pauses (`ConnStatus::read_paused`) arms no read and no timer:
+/// the shard wakes it when it may read again.
 async fn serve_in_span<S>(io: Rc<ShardIo>, mut stream: S, id: ConnId)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut client_id_known = false;
+    let mut out = Output::default();
+    let mut eof = false;
+    let mut stall: Option<glommio::timer::Timer> = None;
+    // The client closed or the socket failed: nothing to drain at the end.
+    let mut peer_gone = false;
     let write_timeout = io.shard.borrow().config().write_timeout;
     let mut timed_out = false;
     loop {
@@ -391,69 +536,51 @@ where
                 client_id_known = true;
             }
         }
-        // Durability first: every record produced so far (among them those behind this
-        // output: a session's queue for a PUBACK, a subscription for a SUBACK...) is appended,
-        // the output is taken with no await in between, and with fsync = "always" it is
-        // written only once the log is on disk up to there. Group commit makes the wait cheap.
-        // Messages it sent to other shards (a publish queued for a persistent session there)
-        // must be durable on those shards too.
-        let lsn = io.durable.as_ref().map(|d| (d.append_from(&io.shard), d.sent_marks(&io.shard)));
-        let tx = io.shard.borrow_mut().take_tx(id);
-        if let (Some(d), Some((lsn, marks)), false) = (&io.durable, lsn, tx.is_empty()) {
-            if let Err(e) = d.wait_durable(&io.shard, lsn).await {
-                tracing::error!(error = %e, "write-ahead log failed: closing the connection");
-                io.shard.borrow_mut().handle_closed(id, Instant::now());
-                break;
-            }
-            io.outbox_ready.notify();
-            d.wait_peers(&marks, &io.stopping).await;
-        }
-        // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record or frame.
-        if !tx.is_empty() {
-            match write_with_deadline(&mut stream, &tx, write_timeout).await {
-                Ok(()) => {}
-                Err(WriteFailed::TimedOut) => {
-                    // The peer accepted no byte for the whole deadline (issue 9: such a peer
-                    // parked this task forever, out of reach of keep alive and takeover).
-                    io.shard.borrow_mut().handle_write_timeout(id, Instant::now());
-                    io.outbox_ready.notify();
-                    timed_out = true;
-                    break;
-                }
-                Err(WriteFailed::Io) => {
-                    io.shard.borrow_mut().handle_closed(id, Instant::now());
-                    io.outbox_ready.notify();
-                    break;
-                }
-            }
-        }
-        let status = io.shard.borrow().status(id);
-        if status.closing && !status.has_tx {
-            break;
-        }
-        if status.has_tx {
-            continue;
-        }
-        if status.read_paused {
-            // Backpressure: our output or a peer shard's channel is full. Poll again shortly
-            // rather than reading more; this path only runs under overload.
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-            continue;
-        }
         let event = poll_fn(|cx| {
-            {
-                let mut shard = io.shard.borrow_mut();
-                shard.register_waker(id, cx.waker());
-                let st = shard.status(id);
-                if st.has_tx || st.closing {
-                    return Poll::Ready(Event::Work);
+            let mut shard = io.shard.borrow_mut();
+            shard.register_waker(id, cx.waker());
+            match out.poll_write(cx, &mut stream, &mut shard, id, io.durable.as_ref()) {
+                Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
+                Poll::Ready(Ok(())) => stall = None,
+                // Held until the log is durable: not the peer's doing, no write deadline.
+                Poll::Pending if out.gate.is_some() => stall = None,
+                Poll::Pending => {
+                    // A write the peer does not take: the deadline restarts with every byte it
+                    // accepts (issue 9: such a peer held its task forever). Armed only while a
+                    // write is blocked.
+                    if out.progressed || stall.is_none() {
+                        stall = Some(glommio::timer::Timer::new(write_timeout));
+                    }
+                    if let Some(t) = stall.as_mut() {
+                        if Pin::new(t).poll(cx).is_ready() {
+                            return Poll::Ready(Event::WriteTimedOut);
+                        }
+                    }
                 }
+            }
+            // Writing may have pumped queued messages and resumed publishers (local wakes,
+            // Resume messages for other shards).
+            io.outbox_ready.notify_pending(&shard);
+            if !client_id_known && shard.client_id(id).is_some() {
+                return Poll::Ready(Event::Identified);
+            }
+            let status = shard.status(id);
+            if status.closing || eof {
+                return if out.idle() { Poll::Ready(Event::Done) } else { Poll::Pending };
+            }
+            if status.memory_paused {
+                // The broker-wide budget recovers through other connections' progress, which
+                // does not know this one: look again shortly (only while memory is exhausted).
+                return Poll::Ready(Event::MemoryPaused);
+            }
+            if status.read_paused {
+                return Poll::Pending; // woken by the shard (resume, drain) or the write side
             }
             let mut scratch = io.scratch.borrow_mut();
             match Pin::new(&mut stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Closed),
                 Poll::Ready(Ok(n)) => {
-                    io.shard.borrow_mut().handle_read(id, &scratch[..n], Instant::now());
+                    shard.handle_read(id, &scratch[..n], Instant::now());
                     Poll::Ready(Event::Read)
                 }
                 Poll::Pending => Poll::Pending,
@@ -461,71 +588,81 @@ where
         })
         .await;
         match event {
-            Event::Work => {}
             Event::Read => {
-                io.outbox_ready.notify();
+                io.outbox_ready.notify_pending(&io.shard.borrow());
+                // Bounded work per turn: one read and its packets, then the others' turn.
                 glommio::yield_if_needed().await;
             }
             Event::Closed => {
+                eof = true;
+                peer_gone = true;
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 io.outbox_ready.notify();
             }
+            Event::WriteFailed => {
+                peer_gone = true;
+                io.shard.borrow_mut().handle_closed(id, Instant::now());
+                io.outbox_ready.notify();
+                break;
+            }
+            Event::WriteTimedOut => {
+                io.shard.borrow_mut().handle_write_timeout(id, Instant::now());
+                io.outbox_ready.notify();
+                timed_out = true;
+                break;
+            }
+            Event::Done => break,
+            Event::MemoryPaused => glommio::timer::sleep(MEMORY_RECHECK).await,
+            Event::Identified => {}
         }
     }
     // Bounded: a peer that stops reading cannot hold the slot through a TLS close_notify or a
-    // WebSocket close frame that never drains. After a write timeout there is no point trying.
+    // WebSocket close frame that never drains. After a write timeout there is no point trying,
+    // nor in draining input for a client that cannot read what we wrote.
     if !timed_out {
-        let _ = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
+        let closed = futures_lite::future::or(async { stream.close().await.is_ok() }, async {
             glommio::timer::sleep(CLOSE_TIMEOUT).await;
             false
         })
         .await;
+        if closed && !peer_gone && !drain_input(&io, &mut stream).await {
+            io.shard.borrow_mut().metrics.close_drains_cut += 1;
+        }
     }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
 }
 
-/// Why writing to a connection stopped.
-enum WriteFailed {
-    /// The peer accepted no byte for the write deadline.
-    TimedOut,
-    /// The socket failed or closed.
-    Io,
-}
-
-/// Writes and flushes `bytes`, failing when one write or the flush makes no progress within
-/// `deadline`: the clock restarts with every byte the peer accepts, so a slow but live peer is
-/// not cut off, while one that stops reading is.
-async fn write_with_deadline<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    bytes: &[u8],
-    deadline: Duration,
-) -> Result<(), WriteFailed> {
-    let mut off = 0;
-    // Bounded: every iteration writes at least one byte or returns.
-    while off < bytes.len() {
-        let wrote =
-            futures_lite::future::or(async { Some(stream.write(&bytes[off..]).await) }, async {
-                glommio::timer::sleep(deadline).await;
-                None
+/// Reads and discards input after our side has shut down writing, until end of stream, an
+/// error, [`CLOSE_DRAIN_BYTES_MAX`] bytes or [`CLOSE_DRAIN_TIMEOUT`], so the close that follows
+/// does not turn into a TCP reset that hides our last packet from the client. Returns whether
+/// the client closed (or the socket failed) within the bounds.
+async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) -> bool {
+    let drain = async {
+        let mut discarded = 0usize;
+        // Bounded by the byte budget (every read consumes at least one byte) and the timer.
+        while discarded < CLOSE_DRAIN_BYTES_MAX {
+            let n = poll_fn(|cx| {
+                let mut scratch = io.scratch.borrow_mut();
+                match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
+                    Poll::Ready(Ok(n)) => Poll::Ready(n),
+                    Poll::Ready(Err(_)) => Poll::Ready(0),
+                    Poll::Pending => Poll::Pending,
+                }
             })
             .await;
-        match wrote {
-            None => return Err(WriteFailed::TimedOut),
-            Some(Ok(0)) | Some(Err(_)) => return Err(WriteFailed::Io),
-            Some(Ok(n)) => off += n,
+            if n == 0 {
+                return true;
+            }
+            discarded += n;
         }
-    }
-    let flushed = futures_lite::future::or(async { Some(stream.flush().await) }, async {
-        glommio::timer::sleep(deadline).await;
-        None
-    })
-    .await;
-    match flushed {
-        None => Err(WriteFailed::TimedOut),
-        Some(Err(_)) => Err(WriteFailed::Io),
-        Some(Ok(())) => Ok(()),
-    }
+        false
+    };
+    let timer = async {
+        glommio::timer::sleep(CLOSE_DRAIN_TIMEOUT).await;
+        false
+    };
+    futures_lite::future::or(drain, timer).await
 }
 
 /// TCP keepalive probes start after this much silence on an accepted socket.

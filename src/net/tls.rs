@@ -138,85 +138,31 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// The subject common name (OID 2.5.4.3) of a DER certificate: the first one, as Mosquitto
-/// takes it. `None` when there is none or it is not a string type.
+/// takes it. `None` when the DER is not a certificate, or it has no CN, or the CN is not a
+/// UTF8String, PrintableString, IA5String or (ASCII-only) TeletexString, or is empty or holds
+/// U+0000.
 ///
-/// rustls has already verified the certificate, so the DER is well formed; this still checks
-/// every length and returns `None` rather than trusting it.
+/// rustls has already verified the certificate; the DER is still parsed by `x509-cert`, which
+/// checks every length, rather than trusted.
 pub fn subject_common_name(cert: &[u8]) -> Option<String> {
-    const SEQUENCE: u8 = 0x30;
-    const SET: u8 = 0x31;
-    const OID: u8 = 0x06;
-    const CN_OID: [u8; 3] = [0x55, 0x04, 0x03];
-    let (tag, cert, _) = der_element(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    let (tag, mut tbs, _) = der_element(cert)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    // tbsCertificate: [0] version (optional), serialNumber, signature, issuer, validity, subject.
-    if tbs.first() == Some(&0xA0) {
-        tbs = der_element(tbs)?.2;
-    }
-    for _ in 0..4 {
-        tbs = der_element(tbs)?.2;
-    }
-    let (tag, mut name, _) = der_element(tbs)?;
-    if tag != SEQUENCE {
-        return None;
-    }
-    // Name: SEQUENCE OF RelativeDistinguishedName (SET OF AttributeTypeAndValue).
-    while !name.is_empty() {
-        let (tag, mut rdn, rest) = der_element(name)?;
-        name = rest;
-        if tag != SET {
-            return None;
-        }
-        while !rdn.is_empty() {
-            let (tag, attr, rest) = der_element(rdn)?;
-            rdn = rest;
-            if tag != SEQUENCE {
-                return None;
-            }
-            let (tag, oid, value) = der_element(attr)?;
-            if tag != OID || oid != CN_OID {
-                continue;
-            }
-            let (tag, text, _) = der_element(value)?;
-            return match tag {
-                // UTF8String, PrintableString, IA5String, TeletexString (treated as Latin-1
-                // only when ASCII).
-                0x0C | 0x13 | 0x16 | 0x14 => {
-                    let s = std::str::from_utf8(text).ok()?;
-                    (!s.is_empty() && !s.contains('\0')).then(|| s.to_owned())
-                }
-                _ => None,
-            };
-        }
-    }
-    None
-}
-
-/// One DER element at the start of `input`: (tag, contents, rest). Single-byte tags and
-/// definite lengths only (DER allows nothing else for what we read).
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7F);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
+    use x509_cert::der::{Decode, Tag, Tagged};
+    const CN: x509_cert::der::oid::ObjectIdentifier =
+        x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
+    let cert = x509_cert::Certificate::from_der(cert).ok()?;
+    let atv = cert
+        .tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find(|atv| atv.oid == CN)?;
+    let text = match atv.value.tag() {
+        Tag::Utf8String | Tag::PrintableString | Tag::Ia5String => atv.value.value(),
+        Tag::TeletexString if atv.value.value().is_ascii() => atv.value.value(),
+        _ => return None,
     };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
+    let s = std::str::from_utf8(text).ok()?;
+    (!s.is_empty() && !s.contains('\0')).then(|| s.to_owned())
 }
 
 #[cfg(test)]
@@ -241,13 +187,10 @@ mod tests {
     }
 
     #[test]
-    fn der_lengths_are_checked() {
-        assert_eq!(der_element(&[0x30, 0x02, 1, 2, 9]), Some((0x30, &[1u8, 2][..], &[9u8][..])));
-        assert_eq!(der_element(&[0x30, 0x81, 0x01, 7]), Some((0x30, &[7u8][..], &[][..])));
-        assert_eq!(der_element(&[0x30, 0x03, 1, 2]), None);
-        assert_eq!(der_element(&[0x30, 0x80]), None); // indefinite length is not DER
-        assert_eq!(der_element(&[0x30]), None);
+    fn garbage_is_not_a_certificate() {
         assert_eq!(subject_common_name(&[]), None);
         assert_eq!(subject_common_name(&[0x30, 0x00]), None);
+        assert_eq!(subject_common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(subject_common_name(&[0x30, 0x80]), None); // indefinite length is not DER
     }
 }

@@ -3,6 +3,7 @@
 //! (`fsync = "always"`). Used by `crate::net` (connection tasks) and `crate::runtime`.
 
 use std::cell::RefCell;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::wal::{Lsn, Wal};
@@ -18,39 +19,57 @@ pub struct Durability {
     pub mode: FsyncMode,
     /// Period of the sync with [`FsyncMode::Interval`].
     pub interval: Duration,
-    /// Wakes the shard's sync task (records were produced outside a connection task).
+    /// Wakes the shard's sync task (records were appended, or produced outside a connection).
     pub wake: Notify,
     /// Cross-shard durability, see [`Progress`].
     pub progress: Progress,
     /// This shard's id and the shard count.
     me: usize,
     shards: usize,
-    /// Messages this shard has moved from its outbox into the mesh, per peer.
+    /// Messages this shard has moved from an outbox into the mesh, per lane and peer
+    /// (index `lane * shards + peer`, lane 0 data, 1 control).
     sent: RefCell<Vec<u64>>,
-    /// Messages this shard has handled from each peer.
+    /// Messages this shard has handled from each peer, same indexing.
     handled: RefCell<Vec<u64>>,
     /// The segment whose older segments were last compacted away.
     compacted: std::cell::Cell<u64>,
+    /// Connection outputs held by a [`Gate`]: woken after every sync.
+    gated: RefCell<Vec<Waker>>,
+    /// Some held output waits for other shards: the sync task looks again every
+    /// [`PEER_POLL`] (their progress is written by other threads, which cannot wake this one).
+    peer_waits: std::cell::Cell<bool>,
 }
 
+/// How often a gate that waits for other shards' logs is looked at again.
+const PEER_POLL: Duration = Duration::from_micros(100);
+
 /// How far each shard has made the messages of each other shard durable: entry
-/// `from * shards + to` counts the messages from `from` that `to` handled and then synced.
+/// `(lane * shards + from) * shards + to` counts the messages from `from` on `lane` that `to`
+/// handled and then synced.
 ///
 /// A publisher's PUBACK can depend on a record another shard writes (a message queued for a
-/// persistent session there). With `fsync = "always"` a connection's output therefore also
-/// waits until every peer has synced the messages this shard had sent it, or still held in
-/// its outbox, when the output was taken.
+/// persistent session there, a retained update the sequencer logs). With `fsync = "always"` a
+/// connection's output therefore also waits until every peer has synced the messages this
+/// shard had sent it, or still held in its outboxes, when the output was taken. Lanes are
+/// counted apart: each is FIFO, the two are not ordered with each other.
 pub type Progress = std::sync::Arc<[std::sync::atomic::AtomicU64]>;
 
 /// A new all-zero [`Progress`] for `shards` shards.
 pub fn new_progress(shards: usize) -> Progress {
-    (0..shards * shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()
+    (0..2 * shards * shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()
+}
+
+/// What a connection's output waits for before it is written (`fsync = "always"`): the log
+/// durable up to `lsn`, and each peer's progress (index into [`Progress`]) at its mark.
+#[derive(Debug)]
+pub struct Gate {
+    lsn: Lsn,
+    marks: Vec<(usize, u64)>,
 }
 
 impl Durability {
     /// Appends every record the shard produced since the last call; returns the last LSN.
-    pub fn append_from(&self, shard: &RefCell<Shard>) -> Lsn {
-        let mut shard = shard.borrow_mut();
+    pub fn append_from(&self, shard: &mut Shard) -> Lsn {
         let records = shard.take_records();
         if !records.is_empty() {
             let before = self.wal.stats();
@@ -69,23 +88,65 @@ impl Durability {
         self.wal.appended()
     }
 
-    /// Before output produced when `lsn` was the last record appended is written: with
-    /// `fsync = "always"`, waits until the log is durable up to `lsn` (other modes return at
-    /// once). An error means the log cannot be written: the caller must not send the output
-    /// (its acknowledgements would lie).
-    pub async fn wait_durable(&self, shard: &RefCell<Shard>, lsn: Lsn) -> std::io::Result<()> {
-        if self.mode == FsyncMode::Always && lsn > Lsn(0) {
-            self.sync(shard, lsn).await?;
+    /// Before a connection's output is taken from the shard (no await in between): appends
+    /// every record produced so far (those behind this output among them: a session's queue
+    /// for a PUBACK, a subscription for a SUBACK...) and, with `fsync = "always"`, returns what
+    /// the output must wait for. `None`: it may be written at once.
+    pub fn gate(&self, shard: &mut Shard) -> Option<Gate> {
+        let lsn = self.append_from(shard);
+        if self.mode != FsyncMode::Always {
+            return None;
         }
-        Ok(())
+        let mut marks = Vec::new();
+        {
+            use std::sync::atomic::Ordering;
+            let sent = self.sent.borrow();
+            for lane in 0..2 {
+                for peer in (0..self.shards).filter(|p| *p != self.me) {
+                    let queued = shard.outbox_len(peer, lane == 1) as u64;
+                    let mark = sent[lane * self.shards + peer] + queued;
+                    let cell = (lane * self.shards + self.me) * self.shards + peer;
+                    if mark > 0 && self.progress[cell].load(Ordering::Acquire) < mark {
+                        marks.push((cell, mark));
+                    }
+                }
+            }
+        }
+        let durable = self.wal.durable().map_or(true, |d| d < lsn);
+        (durable || !marks.is_empty()).then_some(Gate { lsn, marks })
+    }
+
+    /// Whether the output held by `gate` may be written; registers the task to be woken when
+    /// it may be. An error means the log cannot be written: the output must not be sent (its
+    /// acknowledgements would lie).
+    pub fn poll_gate(&self, cx: &mut Context<'_>, gate: &mut Gate) -> Poll<std::io::Result<()>> {
+        use std::sync::atomic::Ordering;
+        if self.wal.durable()? >= gate.lsn {
+            gate.marks.retain(|(cell, mark)| self.progress[*cell].load(Ordering::Acquire) < *mark);
+            if gate.marks.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            self.peer_waits.set(true);
+        }
+        let mut gated = self.gated.borrow_mut();
+        // At most one entry per held connection (a task polled again before the sync).
+        if !gated.iter().any(|w| w.will_wake(cx.waker())) {
+            gated.push(cx.waker().clone());
+        }
+        self.wake.notify();
+        Poll::Pending
     }
 
     async fn sync(&self, shard: &RefCell<Shard>, lsn: Lsn) -> std::io::Result<()> {
-        let before = self.wal.stats().fsyncs;
+        let before = self.wal.stats();
+        let start = std::time::Instant::now();
         self.wal.sync(lsn).await?;
-        let after = self.wal.stats().fsyncs;
-        if after > before {
-            shard.borrow_mut().metrics.wal_fsyncs += after - before;
+        let after = self.wal.stats();
+        if after.fsyncs > before.fsyncs {
+            let mut s = shard.borrow_mut();
+            s.metrics.wal_fsyncs += after.fsyncs - before.fsyncs;
+            s.metrics.wal_records_synced += after.records_synced - before.records_synced;
+            s.note_wal_commit(start.elapsed());
         }
         Ok(())
     }
@@ -100,7 +161,7 @@ impl Durability {
         if seq == 0 || self.compacted.get() >= seq {
             return Ok(());
         }
-        let lsn = self.append_from(shard);
+        let lsn = self.append_from(&mut shard.borrow_mut());
         let records = shard.borrow().compaction_records();
         for r in &records {
             self.wal.append(r);
@@ -120,76 +181,64 @@ impl Durability {
         Ok(())
     }
 
-    /// The flusher moved `n` messages for `peer` from the outbox into the mesh.
-    pub fn note_sent(&self, peer: usize, n: usize) {
-        if let Some(v) = self.sent.borrow_mut().get_mut(peer) {
+    /// A flusher moved `n` messages for `peer` from an outbox (`control` lane or data) into
+    /// the mesh.
+    pub fn note_sent(&self, peer: usize, control: bool, n: usize) {
+        let i = usize::from(control) * self.shards + peer;
+        if let Some(v) = self.sent.borrow_mut().get_mut(i) {
             *v += n as u64;
         }
     }
 
-    /// The shard handled `n` messages from `peer`.
-    pub fn note_handled(&self, peer: usize, n: usize) {
-        if let Some(v) = self.handled.borrow_mut().get_mut(peer) {
+    /// The shard handled `n` messages from `peer` on the `control` lane or the data lane.
+    pub fn note_handled(&self, peer: usize, control: bool, n: usize) {
+        let i = usize::from(control) * self.shards + peer;
+        if let Some(v) = self.handled.borrow_mut().get_mut(i) {
             *v += n as u64;
-        }
-    }
-
-    /// Per peer, the messages sent so far (moved into the mesh or still in the outbox). Take
-    /// it with the output, with no await in between.
-    pub fn sent_marks(&self, shard: &RefCell<Shard>) -> Vec<u64> {
-        let mut s = shard.borrow_mut();
-        let outbox = s.outbox();
-        self.sent
-            .borrow()
-            .iter()
-            .enumerate()
-            .map(|(p, n)| n + outbox.get(p).map_or(0, |q| q.len() as u64))
-            .collect()
-    }
-
-    /// With `fsync = "always"`: waits until every peer has synced the messages counted in
-    /// `marks`. Returns early when `stopping` says the shard is going down.
-    pub async fn wait_peers(&self, marks: &[u64], stopping: &std::cell::Cell<bool>) {
-        use std::sync::atomic::Ordering;
-        if self.mode != FsyncMode::Always {
-            return;
-        }
-        for (peer, mark) in marks.iter().enumerate() {
-            if peer == self.me || *mark == 0 {
-                continue;
-            }
-            let cell = &self.progress[self.me * self.shards + peer];
-            while cell.load(Ordering::Acquire) < *mark && !stopping.get() {
-                glommio::timer::sleep(Duration::from_micros(100)).await;
-            }
         }
     }
 
     /// The shard's sync task: records produced by peer messages and ticks are appended and,
     /// per the mode, synced at once (`always`) or every `interval` (`interval`; `never`
-    /// writes on the same period without `fdatasync`, see [`Wal::set_fdatasync`]).
+    /// writes on the same period without `fdatasync`, see [`Wal::set_fdatasync`]). Held
+    /// outputs are woken after every sync.
     pub async fn run(&self, shard: &RefCell<Shard>) {
         loop {
             match self.mode {
+                FsyncMode::Always if self.peer_waits.replace(false) => {
+                    futures_lite::future::or(self.wake.wait(), glommio::timer::sleep(PEER_POLL))
+                        .await
+                }
                 FsyncMode::Always => self.wake.wait().await,
                 _ => glommio::timer::sleep(self.interval).await,
             }
             let handled = self.handled.borrow().clone();
-            let lsn = self.append_from(shard);
-            if lsn > Lsn(0) {
+            let lsn = self.append_from(&mut shard.borrow_mut());
+            if lsn > self.wal.durable().unwrap_or(lsn) {
                 if let Err(e) = self.sync(shard, lsn).await {
                     tracing::error!(error = %e, "write-ahead log sync failed; acknowledgements stop");
+                    self.wake_gated();
                     return;
                 }
             }
-            for (from, n) in handled.iter().enumerate() {
-                let cell = &self.progress[from * self.shards + self.me];
-                cell.store(*n, std::sync::atomic::Ordering::Release);
+            for (i, n) in handled.iter().enumerate() {
+                let (lane, from) = (i / self.shards, i % self.shards);
+                let cell = &self.progress[(lane * self.shards + from) * self.shards + self.me];
+                cell.fetch_max(*n, std::sync::atomic::Ordering::AcqRel);
             }
+            self.wake_gated();
             if let Err(e) = self.compact_if_rotated(shard).await {
                 tracing::error!(error = %e, "write-ahead log compaction failed");
+                self.wake_gated();
                 return;
             }
+        }
+    }
+
+    fn wake_gated(&self) {
+        let woken = std::mem::take(&mut *self.gated.borrow_mut());
+        for w in woken {
+            w.wake();
         }
     }
 }
@@ -265,6 +314,9 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
         times.push(ms);
     }
     let (owner, duplicates) = owners(&replays);
+    let sequencer = usize::from(crate::shard::RETAIN_SEQUENCER);
+    let retained: Vec<_> =
+        replays.get(sequencer).map(|r| r.retained.values().cloned().collect()).unwrap_or_default();
     if duplicates > 0 {
         tracing::warn!(duplicates, "sessions found in two shards' logs; kept the first");
     }
@@ -274,7 +326,8 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
         out[shard].discarded_bytes = r.discarded_bytes as u64;
         out[shard].recovered = r;
         out[shard].recovery_ms = times[shard];
-        out[shard].retained = replayed.retained.into_values().collect();
+        // Retained updates are logged by the sequencer only; every replica starts from its set.
+        out[shard].retained = retained.clone();
         for (cid, snap) in replayed.sessions {
             if owner.get(&cid) != Some(&(shard as u16)) {
                 continue;
@@ -318,9 +371,11 @@ pub async fn open_shard(
         progress: std::sync::Arc::clone(&opts.progress),
         me: usize::from(id),
         shards,
-        sent: RefCell::new(vec![0; shards]),
-        handled: RefCell::new(vec![0; shards]),
+        sent: RefCell::new(vec![0; 2 * shards]),
+        handled: RefCell::new(vec![0; 2 * shards]),
         compacted: std::cell::Cell::new(0),
+        gated: RefCell::new(Vec::new()),
+        peer_waits: std::cell::Cell::new(false),
     })
 }
 

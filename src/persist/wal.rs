@@ -272,6 +272,15 @@ impl Wal {
         self.inner.borrow().appended
     }
 
+    /// Last record on disk, or the error that stopped the log (acknowledgements must stop).
+    pub fn durable(&self) -> std::io::Result<Lsn> {
+        let inner = self.inner.borrow();
+        match &inner.failed {
+            Some(e) => Err(std::io::Error::other(e.clone())),
+            None => Ok(inner.durable),
+        }
+    }
+
     /// Counters.
     pub fn stats(&self) -> WalStats {
         self.inner.borrow().stats

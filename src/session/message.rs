@@ -108,7 +108,7 @@ pub struct TransferredInflight {
 pub struct SessionState {
     /// Subscriptions.
     pub subscriptions: Vec<(String, Subscription)>,
-    /// Outbound messages in flight, in packet-id order.
+    /// Outbound messages in flight, in the order they were sent ([MQTT-4.6.0-1]).
     pub inflight: Vec<TransferredInflight>,
     /// Queued deliveries: message, QoS, retain, subscription ids.
     pub queue: Vec<(Message, QoS, bool, Vec<u32>)>,
@@ -121,10 +121,11 @@ pub struct SessionState {
 impl Session {
     /// Converts into the sendable form, consuming the session.
     pub fn into_state(self) -> SessionState {
+        let mut inflight: Vec<(u16, Inflight)> = self.inflight.into_iter().collect();
+        inflight.sort_unstable_by_key(|(_, f)| f.seq);
         SessionState {
             subscriptions: self.subscriptions.into_iter().collect(),
-            inflight: self
-                .inflight
+            inflight: inflight
                 .into_iter()
                 .map(|(id, f)| TransferredInflight {
                     packet_id: id,
@@ -157,8 +158,7 @@ impl Session {
                 subscription_ids: t.subscription_ids,
             };
             let state = if t.released { InflightState::AwaitComp } else { InflightState::AwaitAck };
-            s.inflight_bytes += out.cost_bytes();
-            s.inflight.insert(t.packet_id, Inflight { out, state });
+            s.insert_inflight(t.packet_id, out, state);
         }
         for (msg, qos, retain, subscription_ids) in state.queue {
             let out = Outgoing { msg: Rc::new(msg), qos, retain, subscription_ids };

@@ -12,7 +12,7 @@
 
 pub mod message;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -86,6 +86,22 @@ pub struct Inflight {
     pub out: Outgoing,
     /// Its progress.
     pub state: InflightState,
+    /// Send order: increases with every message put in flight. Packet ids wrap past 65535 and
+    /// are reused, so only this keeps publication order on resend ([MQTT-4.6.0-1]).
+    pub seq: u64,
+}
+
+/// What an acknowledgement from the client did to the outbound in-flight window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// It matched a message in the state that expects it.
+    Done,
+    /// No message is in flight with that packet id (a late duplicate, for instance).
+    Unknown,
+    /// The id is in flight, but this acknowledgement does not belong to its QoS or state (PUBREC
+    /// for QoS 1, PUBACK for QoS 2, PUBCOMP before PUBREL): a protocol violation
+    /// ([MQTT-4.8.0-1] in 3.1.1, [MQTT-4.13.1-1] in 5.0).
+    WrongKind,
 }
 
 /// Why a message was not queued.
@@ -110,8 +126,11 @@ pub struct Session {
     pub username: Option<String>,
     /// Topic filter → subscription.
     pub subscriptions: HashMap<String, Subscription>,
-    /// Outbound QoS 1/2 in flight, by packet id (ordered, for resend in order).
-    pub inflight: BTreeMap<u16, Inflight>,
+    /// Outbound QoS 1/2 in flight, by packet id. Resend order is [`Inflight::seq`], not the
+    /// id, which wraps.
+    pub inflight: HashMap<u16, Inflight>,
+    /// The `seq` of the next message put in flight.
+    next_seq: u64,
     /// Messages not yet sent.
     pub queue: VecDeque<Outgoing>,
     /// Bytes in `queue`.
@@ -137,7 +156,8 @@ impl Session {
             client_id,
             username: None,
             subscriptions: HashMap::new(),
-            inflight: BTreeMap::new(),
+            inflight: HashMap::new(),
+            next_seq: 0,
             queue: VecDeque::new(),
             queue_bytes: 0,
             inflight_bytes: 0,
@@ -169,9 +189,30 @@ impl Session {
     pub fn begin_inflight(&mut self, out: Outgoing) -> Option<PacketId> {
         debug_assert!(out.qos != QoS::AtMostOnce);
         let id = self.allocate_packet_id()?;
-        self.inflight_bytes += out.cost_bytes();
-        self.inflight.insert(id.get(), Inflight { out, state: InflightState::AwaitAck });
+        self.insert_inflight(id.get(), out, InflightState::AwaitAck);
         Some(id)
+    }
+
+    /// Test hook: the next packet id to try, to reach the wrap-around quickly.
+    #[cfg(test)]
+    pub(crate) fn set_next_packet_id(&mut self, id: u16) {
+        self.next_packet_id = id;
+    }
+
+    /// Records a message in flight under `id`, last in send order.
+    pub(crate) fn insert_inflight(&mut self, id: u16, out: Outgoing, state: InflightState) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.inflight_bytes += out.cost_bytes();
+        self.inflight.insert(id, Inflight { out, state, seq });
+    }
+
+    /// The in-flight messages in the order they were first sent ([MQTT-4.6.0-1]: resent in
+    /// that order on resume, whatever their packet ids after wrap-around).
+    pub fn inflight_in_send_order(&self) -> Vec<(u16, &Inflight)> {
+        let mut v: Vec<(u16, &Inflight)> = self.inflight.iter().map(|(id, f)| (*id, f)).collect();
+        v.sort_unstable_by_key(|(_, f)| f.seq);
+        v
     }
 
     /// Appends a message to the queue under the bounds. Returns what was dropped, if anything.
@@ -203,6 +244,45 @@ impl Session {
         }
     }
 
+    /// Appends a message for a connected client, past the queue bounds: flow control
+    /// (`crate::shard`) keeps this queue near its high-water mark by pausing publishers, and
+    /// applies its own hard cap.
+    pub fn enqueue_connected(&mut self, out: Outgoing) {
+        self.queue_bytes += out.cost_bytes();
+        self.queue.push_back(out);
+    }
+
+    /// Drops the QoS 0 messages from the queue (a client went offline: an offline session keeps
+    /// QoS 1/2 only). Returns how many were dropped.
+    pub fn drop_qos0(&mut self) -> u64 {
+        let before = self.queue.len();
+        self.queue.retain(|o| o.qos != QoS::AtMostOnce);
+        if self.queue.len() != before {
+            self.queue_bytes = self.queue.iter().map(Outgoing::cost_bytes).sum();
+        }
+        (before - self.queue.len()) as u64
+    }
+
+    /// Cuts the queue to its bounds (a client went offline with more queued than an offline
+    /// session may hold), by the overflow policy: `DropNewest` drops from the back,
+    /// `DropOldest` from the front. Returns how many messages were dropped.
+    pub fn trim_to_bounds(&mut self) -> u64 {
+        let mut dropped = 0;
+        // Bounded by the queue length.
+        while self.queue.len() > self.limits.queue_messages_max
+            || (self.queue_bytes > self.limits.queue_bytes_max && !self.queue.is_empty())
+        {
+            let out = match self.limits.overflow {
+                OverflowPolicy::DropNewest => self.queue.pop_back(),
+                OverflowPolicy::DropOldest => self.queue.pop_front(),
+            };
+            let Some(out) = out else { break };
+            self.queue_bytes -= out.cost_bytes();
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Takes the next queued message, skipping (and counting in `expired`) expired ones.
     pub fn dequeue(&mut self, now: Instant, expired: &mut u64) -> Option<Outgoing> {
         while let Some(out) = self.queue.pop_front() {
@@ -216,37 +296,48 @@ impl Session {
         None
     }
 
-    /// PUBACK for an outbound QoS 1 message: frees its slot. False if the id is unknown.
-    pub fn handle_puback(&mut self, id: PacketId) -> bool {
+    /// PUBACK for an outbound message: frees a QoS 1 slot. PUBACK for a QoS 2 id, in either
+    /// state, is the wrong acknowledgement.
+    pub fn handle_puback(&mut self, id: PacketId) -> AckOutcome {
         match self.inflight.get(&id.get()) {
+            None => AckOutcome::Unknown,
             Some(f) if f.out.qos == QoS::AtLeastOnce => {
                 self.remove_inflight(id.get());
-                true
+                AckOutcome::Done
             }
-            _ => false,
+            Some(_) => AckOutcome::WrongKind,
         }
     }
 
-    /// PUBREC for an outbound QoS 2 message: it moves to AwaitComp. False if unknown.
-    pub fn handle_pubrec(&mut self, id: PacketId) -> bool {
+    /// PUBREC for an outbound QoS 2 message: it moves to AwaitComp (again, for a duplicate
+    /// PUBREC, so PUBREL is resent). PUBREC for a QoS 1 id is the wrong acknowledgement.
+    pub fn handle_pubrec(&mut self, id: PacketId) -> AckOutcome {
         match self.inflight.get_mut(&id.get()) {
+            None => AckOutcome::Unknown,
             Some(f) if f.out.qos == QoS::ExactlyOnce => {
                 f.state = InflightState::AwaitComp;
-                true
+                AckOutcome::Done
             }
-            _ => false,
+            Some(_) => AckOutcome::WrongKind,
         }
     }
 
-    /// PUBCOMP for an outbound QoS 2 message: frees its slot. False if unknown.
-    pub fn handle_pubcomp(&mut self, id: PacketId) -> bool {
+    /// PUBCOMP for an outbound QoS 2 message after PUBREL: frees its slot. PUBCOMP for a QoS 1
+    /// id, or before the PUBREC/PUBREL exchange, is the wrong acknowledgement.
+    pub fn handle_pubcomp(&mut self, id: PacketId) -> AckOutcome {
         match self.inflight.get(&id.get()) {
+            None => AckOutcome::Unknown,
             Some(f) if f.state == InflightState::AwaitComp => {
                 self.remove_inflight(id.get());
-                true
+                AckOutcome::Done
             }
-            _ => false,
+            Some(_) => AckOutcome::WrongKind,
         }
+    }
+
+    /// The QoS of the message in flight under `id`, if any.
+    pub fn inflight_qos(&self, id: PacketId) -> Option<QoS> {
+        self.inflight.get(&id.get()).map(|f| f.out.qos)
     }
 
     /// Drops a PUBREC'd message whose PUBREC carried an error reason (v5 §4.3.3): its id is free.
@@ -335,11 +426,17 @@ mod tests {
         let b = s.begin_inflight(out(1, QoS::AtLeastOnce)).expect("id");
         assert_ne!(a, b);
         assert!(!s.window_open(u16::MAX), "inflight_max = 2");
-        assert!(!s.handle_pubcomp(a), "PUBCOMP before PUBREC is unknown");
-        assert!(!s.handle_puback(a), "PUBACK for a QoS 2 id is unknown");
-        assert!(s.handle_pubrec(a));
-        assert!(s.handle_pubcomp(a));
-        assert!(s.handle_puback(b));
+        // [MQTT-4.8.0-1] / [MQTT-4.13.1-1]: acknowledgements of the wrong kind are violations.
+        assert_eq!(s.handle_pubcomp(a), AckOutcome::WrongKind, "PUBCOMP before PUBREC");
+        assert_eq!(s.handle_puback(a), AckOutcome::WrongKind, "PUBACK for a QoS 2 id");
+        assert_eq!(s.handle_pubrec(b), AckOutcome::WrongKind, "PUBREC for a QoS 1 id");
+        assert_eq!(s.handle_pubcomp(b), AckOutcome::WrongKind, "PUBCOMP for a QoS 1 id");
+        assert_eq!(s.handle_pubrec(a), AckOutcome::Done);
+        assert_eq!(s.handle_puback(a), AckOutcome::WrongKind, "PUBACK after PUBREC");
+        assert_eq!(s.handle_pubrec(a), AckOutcome::Done, "a duplicate PUBREC is allowed");
+        assert_eq!(s.handle_pubcomp(a), AckOutcome::Done);
+        assert_eq!(s.handle_puback(b), AckOutcome::Done);
+        assert_eq!(s.handle_puback(b), AckOutcome::Unknown, "late duplicate");
         assert!(s.inflight.is_empty());
     }
 
@@ -353,6 +450,31 @@ mod tests {
         assert_eq!(a.get(), u16::MAX);
         let b = s.begin_inflight(out(0, QoS::AtLeastOnce)).expect("id");
         assert_eq!(b.get(), 1, "wraps to 1, never 0 ([MQTT-2.2.1-3])");
+    }
+
+    /// [MQTT-4.6.0-1]: messages are resent in the order they were sent, even after the packet
+    /// id wrapped past 65535 and the later message got the smaller id.
+    #[test]
+    fn send_order_survives_packet_id_wrap_around() {
+        let mut l = limits(OverflowPolicy::DropNewest);
+        l.inflight_max = 8;
+        let mut s = Session::new("c".into(), l, 0);
+        s.next_packet_id = u16::MAX - 1;
+        let ids: Vec<u16> = (0..4u8)
+            .map(|n| s.begin_inflight(out(n, QoS::AtLeastOnce)).expect("id").get())
+            .collect();
+        assert_eq!(ids, [u16::MAX - 1, u16::MAX, 1, 2]);
+        let order: Vec<u8> =
+            s.inflight_in_send_order().iter().map(|(_, f)| f.out.msg.payload[0]).collect();
+        assert_eq!(order, [0, 1, 2, 3]);
+        // The sendable form (takeover) keeps the order too.
+        let back = Session::from_state("c".into(), s.into_state(), l);
+        let order: Vec<(u16, u8)> = back
+            .inflight_in_send_order()
+            .iter()
+            .map(|(id, f)| (*id, f.out.msg.payload[0]))
+            .collect();
+        assert_eq!(order, [(u16::MAX - 1, 0), (u16::MAX, 1), (1, 2), (2, 3)]);
     }
 
     #[test]

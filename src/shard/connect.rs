@@ -59,11 +59,31 @@ impl Shard {
     }
 
     /// A CONNECT that failed to decode: v3.x answers CONNACK 0x01 for an unsupported level
-    /// ([MQTT-3.1.2-2]); v5 answers CONNACK with the reason; anything else just closes.
-    pub(super) fn refuse_connect_error(&mut self, id: ConnId, e: &DecodeError, now: Instant) {
-        if let ErrorKind::UnsupportedProtocolLevel(_) = e.kind {
+    /// ([MQTT-3.1.2-2]); a v5 CONNECT (`version`, read from its first bytes) over the pre-auth
+    /// size or the user-property bounds gets CONNACK 0x95 (§4.13.1 allows a CONNACK with the
+    /// reason before closing); anything else just closes.
+    pub(super) fn refuse_connect_error(
+        &mut self,
+        id: ConnId,
+        e: &DecodeError,
+        version: Option<ProtocolVersion>,
+        now: Instant,
+    ) {
+        match e.kind {
             // Answer in the 3.1.1 format every client can parse.
-            self.send(id, &connack(false, ReasonCode::UnsupportedProtocolVersion));
+            ErrorKind::UnsupportedProtocolLevel(_) => {
+                self.send(id, &connack(false, ReasonCode::UnsupportedProtocolVersion));
+            }
+            ErrorKind::PacketTooLarge { .. } | ErrorKind::UserPropertiesExceeded
+                if version == Some(ProtocolVersion::V5) =>
+            {
+                if let Some(c) = self.conn_mut(id) {
+                    c.version = ProtocolVersion::V5;
+                }
+                self.metrics.connect_refused += 1;
+                self.send(id, &connack(false, e.reason_code()));
+            }
+            _ => {}
         }
         self.close(id, CloseReason::Refused, now);
     }
@@ -185,13 +205,34 @@ impl Shard {
         let version = connect.version;
         let listener = self.conn(id).map_or(0, |c| c.listener);
         let verified = auth_done.is_some() || self.conn(id).is_some_and(|c| c.identity_verified);
-        if let Some(reason) = self.authenticate(listener, &connect, verified) {
-            self.metrics.auth_failures += 1;
-            // Logged without the password.
-            tracing::info!(conn = id.0, user = ?connect.username, client_id = %connect.client_id,
-                ?reason, "authentication failed");
-            return self.refuse(id, version, reason, now);
+        match self.authenticate(listener, &connect, verified) {
+            Auth::Pass => {}
+            Auth::Refuse(reason) => {
+                self.metrics.auth_failures += 1;
+                // Logged without the password.
+                tracing::info!(conn = id.0, user = ?connect.username,
+                    client_id = %connect.client_id, ?reason, "authentication failed");
+                return self.refuse(id, version, reason, now);
+            }
+            Auth::CheckPassword(db) => {
+                let pending = AwaitingVerdict { conn: id, connect, assigned_id, auth_done };
+                return self.verify_password(db, pending, now);
+            }
         }
+        self.claim_after_auth(id, connect, assigned_id, auth_done, now);
+    }
+
+    /// The rest of [`Shard::begin_claim`] once the client is authenticated: the will's ACL,
+    /// the session quota, then the client-id claim.
+    fn claim_after_auth(
+        &mut self,
+        id: ConnId,
+        connect: Box<Connect>,
+        assigned_id: bool,
+        auth_done: Option<(String, bytes::Bytes)>,
+        now: Instant,
+    ) {
+        let version = connect.version;
         if let Some(w) = &connect.will {
             let acl = self.cfg.security.acl.as_ref();
             if acl.is_some_and(|a| {
@@ -405,6 +446,8 @@ impl Shard {
                 self.publish_will(slot, will, now);
             }
         }
+        // Remove without releasing the registry (the new connection owns the id now).
+        self.flow_forget(slot);
         let s = self.sessions.get_mut(slot as usize).and_then(Option::take)?;
         self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
@@ -574,8 +617,15 @@ impl Shard {
         if let Some(s) = self.slot_mut(slot) {
             s.conn = Some(conn);
         }
+        // Shared memberships of the session are online now (installed offline).
+        self.shared_presence(slot, true);
         let resumed = ack.session_present;
-        self.send(conn, &Packet::ConnAck(ack));
+        if !self.send_fitted(conn, &Packet::ConnAck(ack)) {
+            // Not even the CONNACK without its optional properties fits the client's Maximum
+            // Packet Size ([MQTT-3.1.2-24]): close without sending anything.
+            self.close(conn, CloseReason::Refused, now);
+            return;
+        }
         self.metrics.connects += 1;
         // [MQTT-4.4.0-1]: resend unacknowledged messages on resume, then drain the queue.
         if resumed {
@@ -642,6 +692,8 @@ impl Shard {
             conn: None,
             expires_at: None,
             pending_will: None,
+            flow: Default::default(),
+            timers: Default::default(),
         };
         let slot = match self.free_sessions.pop() {
             Some(i) => {
@@ -710,28 +762,118 @@ fn auth_packet(reason: ReasonCode, method: &str, data: Vec<u8>) -> Packet {
     Packet::Auth(a)
 }
 
+/// A CONNECT whose password a worker is checking (`Shard::verifying`, by ticket). The ticket is
+/// also in the connection's `Phase::Verifying`, so a verdict can only resume the connection
+/// that asked, never one that reused its id.
+#[derive(Debug)]
+pub(crate) struct AwaitingVerdict {
+    conn: ConnId,
+    connect: Box<Connect>,
+    assigned_id: bool,
+    auth_done: Option<(String, bytes::Bytes)>,
+}
+
+/// What [`Shard::authenticate`] decided.
+enum Auth {
+    /// Go on with the claim.
+    Pass,
+    /// Refuse with this reason.
+    Refuse(ReasonCode),
+    /// The password must be checked against this file: a key derivation, done on a worker.
+    CheckPassword(std::sync::Arc<crate::auth::PasswordDb>),
+}
+
 impl Shard {
     /// Who may connect (Mosquitto's rules): a user name proven by TLS or enhanced
     /// authentication passes; a claimed user name needs its password when a password file is
     /// configured, and is refused outright on a listener without anonymous access that has no
-    /// way to check it; no user name needs anonymous access. Returns the refusal, if any.
-    fn authenticate(
-        &self,
-        listener: usize,
-        connect: &Connect,
-        verified: bool,
-    ) -> Option<ReasonCode> {
+    /// way to check it; no user name needs anonymous access.
+    fn authenticate(&self, listener: usize, connect: &Connect, verified: bool) -> Auth {
         let anonymous_ok = self.cfg.listeners[listener].allow_anonymous;
+        let anonymous =
+            if anonymous_ok { Auth::Pass } else { Auth::Refuse(ReasonCode::NotAuthorized) };
         match (&connect.username, verified, &self.cfg.security.passwords) {
-            (Some(_), true, _) => None,
-            (Some(user), false, Some(db)) => {
-                let ok = db.check(user, connect.password.as_deref());
-                (!ok).then_some(ReasonCode::BadUserNameOrPassword)
-            }
+            (Some(_), true, _) => Auth::Pass,
+            (Some(_), false, Some(db)) => Auth::CheckPassword(std::sync::Arc::clone(db)),
             // A user name nobody can check: only where anonymous access is allowed anyway.
-            (Some(_), false, None) => (!anonymous_ok).then_some(ReasonCode::NotAuthorized),
-            (None, _, _) => (!anonymous_ok).then_some(ReasonCode::NotAuthorized),
+            (Some(_), false, None) | (None, _, _) => anonymous,
         }
+    }
+
+    /// Hands the password check to the worker pool and parks the connection until its verdict
+    /// ([`Shard::handle_password_verdict`]). Refused at once, without a key derivation, when the
+    /// source address has too many recent failures (0x9F) or the pool's queue is full (0x89).
+    /// Without a pool (tests, tools) the check runs here.
+    fn verify_password(
+        &mut self,
+        db: std::sync::Arc<crate::auth::PasswordDb>,
+        pending: AwaitingVerdict,
+        now: Instant,
+    ) {
+        let id = pending.conn;
+        let version = pending.connect.version;
+        let Some(peer) = self.conn(id).map(|c| c.peer) else { return };
+        if self.failed_logins.is_blocked(peer.ip(), now) {
+            self.metrics.auth_failures += 1;
+            tracing::info!(conn = id.0, %peer, "too many failed logins from this address");
+            return self.refuse(id, version, ReasonCode::ConnectionRateExceeded, now);
+        }
+        let ticket = self.next_req;
+        self.next_req += 1;
+        let job = crate::auth::HashJob {
+            shard: self.id,
+            ticket,
+            db,
+            username: pending.connect.username.clone().unwrap_or_default(),
+            password: pending.connect.password.clone(),
+        };
+        let Some(pool) = self.cfg.hash_pool.clone() else {
+            let verdict = job.run();
+            self.verifying.insert(ticket, pending);
+            self.set_phase_verifying(id, ticket, now);
+            return self.handle_password_verdict(verdict, now);
+        };
+        match pool.try_submit(job) {
+            Ok(()) => {
+                self.verifying.insert(ticket, pending);
+                self.set_phase_verifying(id, ticket, now);
+            }
+            Err(e) => {
+                tracing::warn!(conn = id.0, ?e, "password check queue full: refusing CONNECT");
+                self.refuse(id, version, ReasonCode::ServerBusy, now);
+            }
+        }
+    }
+
+    fn set_phase_verifying(&mut self, id: ConnId, ticket: u64, now: Instant) {
+        let deadline = now + self.cfg.connect_timeout;
+        if let Some(c) = self.conn_mut(id) {
+            c.phase = Phase::Verifying { deadline, ticket };
+        }
+    }
+
+    /// A password check finished (see [`crate::auth::HashPool`]). The CONNECT waiting on it goes
+    /// on to the claim, or is refused with 0x86 and counted against its source address. A
+    /// verdict for a connection that has gone meanwhile is dropped.
+    pub fn handle_password_verdict(&mut self, verdict: crate::auth::Verdict, now: Instant) {
+        let Some(pending) = self.verifying.remove(&verdict.ticket) else { return };
+        let AwaitingVerdict { conn: id, connect, assigned_id, auth_done } = pending;
+        let waiting = self.conn(id).is_some_and(
+            |c| matches!(c.phase, Phase::Verifying { ticket, .. } if ticket == verdict.ticket),
+        );
+        if !waiting {
+            return;
+        }
+        if verdict.ok {
+            return self.claim_after_auth(id, connect, assigned_id, auth_done, now);
+        }
+        self.metrics.auth_failures += 1;
+        if let Some(peer) = self.conn(id).map(|c| c.peer) {
+            self.failed_logins.record_failure(peer.ip(), now);
+        }
+        tracing::info!(conn = id.0, user = ?connect.username, client_id = %connect.client_id,
+            "authentication failed: bad user name or password");
+        self.refuse(id, connect.version, ReasonCode::BadUserNameOrPassword, now);
     }
 
     /// The mechanism called `method`: SCRAM-SHA-256 over the password file, or a configured one.

@@ -1,7 +1,8 @@
 //! Messages between shards. Every variant is `Send`: it crosses threads through the mesh.
 //!
 //! Data plane: [`ShardMsg::Publish`]. Control plane: subscription deltas, retained updates,
-//! client-id claims and session takeover.
+//! client-id claims, session takeover and flow control ([`ShardMsg::Pause`]). The two planes
+//! travel on separate lanes (outboxes and mesh channels), so control never waits behind data.
 
 use crate::codec::{QoS, SubscriptionOptions};
 use crate::session::{Message, SessionState};
@@ -35,6 +36,8 @@ pub struct Member {
     pub options: SubscriptionOptions,
     /// v5 Subscription Identifier.
     pub identifier: Option<u32>,
+    /// The session has a connection (as its shard last said): online members are preferred.
+    pub online: bool,
 }
 
 /// A delivery chosen by the publishing shard for one shared-subscription member.
@@ -44,6 +47,11 @@ pub struct SharedDelivery {
     pub group: String,
     /// The chosen member.
     pub member: Member,
+    /// The member was chosen among online ones: an offline member is not acceptable yet.
+    pub online_only: bool,
+    /// Times this delivery was passed on to another shard because no member here could take
+    /// it; bounded by the shard count (twice: online members first, then any).
+    pub hops: u16,
 }
 
 /// One message from a shard to another.
@@ -96,7 +104,15 @@ pub enum ShardMsg {
         /// Slot of the member.
         slot: u32,
     },
-    /// A retained message was set (non-empty payload) or cleared (empty payload).
+    /// To the retained sequencer (shard 0): a client set (non-empty payload) or cleared (empty
+    /// payload) a retained message on the sending shard. The sequencer applies the bounds and
+    /// answers every replica with [`ShardMsg::Retain`].
+    RetainRequest {
+        /// The retained message.
+        msg: Message,
+    },
+    /// From the retained sequencer: a retained message was set (non-empty payload) or cleared
+    /// (empty payload), within the bounds, in the order every replica applies.
     Retain {
         /// The retained message.
         msg: Message,
@@ -138,6 +154,21 @@ pub enum ShardMsg {
         /// The session state, boxed to keep the enum small.
         state: Option<Box<SessionState>>,
     },
+    /// Flow control, to the publisher's shard: a subscriber here is above its high-water mark;
+    /// stop reading the connection of session `session` (if still `generation`).
+    Pause {
+        /// Session slot of the publisher.
+        session: u32,
+        /// Its generation.
+        generation: u32,
+    },
+    /// Flow control: that subscriber drained; one pause of the publisher is lifted.
+    Resume {
+        /// Session slot of the publisher.
+        session: u32,
+        /// Its generation.
+        generation: u32,
+    },
     /// To the registry shard: `owner` no longer holds a session for `client_id`. Applied only
     /// while the registry still records that very owner and generation, so a late release
     /// cannot erase a newer claim.
@@ -150,9 +181,11 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
-    /// Data-plane messages may be refused under backpressure; control messages may not.
+    /// Whether the message travels on the data lane: publishes, and retained updates (which
+    /// must stay in order with the publishes they come with). Everything else takes the control
+    /// lane, which is never behind data.
     pub fn is_data(&self) -> bool {
-        matches!(self, ShardMsg::Publish { .. })
+        matches!(self, ShardMsg::Publish { .. } | ShardMsg::Retain { .. })
     }
 }
 

@@ -8,7 +8,8 @@
 //! - inputs: [`Shard::accept`], [`Shard::handle_read`], [`Shard::handle_closed`],
 //!   [`Shard::handle_peer`] (a message from another shard), [`Shard::tick`];
 //! - outputs: each connection's pending bytes ([`Shard::take_tx`]) and close request, the
-//!   per-peer outboxes of [`ShardMsg`] ([`Shard::outbox`]), and the connection wakers it fires.
+//!   per-peer outboxes of [`ShardMsg`] on two lanes ([`Shard::take_batch`] for data,
+//!   [`Shard::take_control`] for control), and the connection wakers it fires.
 //!
 //! The runtime (`crate::runtime`, `crate::net`) moves bytes and messages; the tests drive
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
@@ -17,13 +18,16 @@
 pub mod admin;
 pub mod budget;
 mod connect;
+mod flow;
 pub mod message;
 mod persist;
 mod publish;
 mod retained;
+mod shared;
 mod subscribe;
+mod timers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -35,9 +39,15 @@ use crate::metrics::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
 pub(crate) use connect::registry_shard;
+pub(crate) use retained::RETAIN_SEQUENCER;
+pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
-use subscribe::SharedGroups;
+use shared::SharedGroups;
+
+/// Output buffer capacity an idle connection may keep for reuse; larger ones are freed once
+/// written (a burst does not leave a megabyte behind on every idle connection).
+pub const IDLE_TX_CAPACITY_MAX: usize = 4096;
 
 /// Identifies a connection within its shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,6 +92,13 @@ pub struct ShardConfig {
     pub listeners: Vec<ListenerPolicy>,
     /// Largest packet accepted from a client (and advertised as Maximum Packet Size).
     pub packet_size_bytes_max: usize,
+    /// Largest packet accepted before the client is authenticated (its CONNECT, and AUTH
+    /// packets of the exchange), at most `packet_size_bytes_max`; checked at the fixed header.
+    pub preauth_packet_bytes_max: usize,
+    /// User Properties one packet may carry (0x95 beyond).
+    pub user_properties_max: usize,
+    /// Bytes of User Property names and values one packet may carry (0x95 beyond).
+    pub user_property_bytes_max: usize,
     /// Session bounds (in-flight window, queue).
     pub session: SessionLimits,
     /// Retained messages kept (replicated on every shard).
@@ -111,13 +128,22 @@ pub struct ShardConfig {
     pub mechanisms: crate::enhanced_auth::Mechanisms,
     /// Password file and ACL; replaced on reload with [`Shard::set_security`].
     pub security: std::sync::Arc<crate::auth::Security>,
-    /// Where the password file and ACL are read from again on reload.
+    /// Where the password file and ACL are read from again on reload; also the password
+    /// workers' settings.
     pub auth_files: crate::config::AuthConfig,
-    /// Bytes waiting to be written to one connection before QoS 0 deliveries to it are dropped
-    /// and reading from it pauses.
+    /// The worker threads that check passwords. `None`: [`crate::runtime::Broker::start`]
+    /// starts one from `auth_files`; a shard without one (tests, tools) checks inline.
+    pub hash_pool: Option<std::sync::Arc<crate::auth::HashPool>>,
+    /// Failed logins per source address per minute on this shard before its CONNECTs with
+    /// credentials are refused with 0x9F.
+    pub failed_logins_per_minute_max: u32,
+    /// Bytes of deliveries waiting to be written to one connection; beyond, deliveries wait in
+    /// its session queue. Reading from the connection pauses at twice this (its own responses).
     pub tx_bytes_max: usize,
-    /// Messages waiting for one peer shard before publishers on this shard are paused.
+    /// Messages waiting for one peer shard before the publishers that add to it are paused.
     pub outbox_messages_max: usize,
+    /// Flow control: subscriber high/low-water marks and the slow-consumer policy.
+    pub flow: FlowLimits,
     /// Bytes of publishes this shard may have crossing the mesh before its publishers are
     /// paused (`limits.mesh_bytes_max`), counted in `mesh_bytes`.
     pub mesh_bytes_max: usize,
@@ -129,6 +155,8 @@ pub struct ShardConfig {
     /// Refuse v5 PUBLISH (and wills) whose Payload Format Indicator says UTF-8 when the payload
     /// is not (0x99, §3.3.2.3.2).
     pub check_payload_format: bool,
+    /// How shared subscription groups pick a member, by default and per group name.
+    pub shared: crate::config::SharedSubscriptionsConfig,
     /// The broker-wide memory budget, one counter shared by every shard (see [`budget`]).
     pub memory: std::sync::Arc<budget::MemoryBudget>,
     /// Time a peer may accept no output bytes before its connection is closed (the IO driver
@@ -147,6 +175,9 @@ impl ShardConfig {
                 redirect: None,
             }],
             packet_size_bytes_max: 1 << 20,
+            preauth_packet_bytes_max: 96 << 10,
+            user_properties_max: 128,
+            user_property_bytes_max: 32 << 10,
             session: SessionLimits {
                 inflight_max: 16,
                 queue_messages_max: 100,
@@ -167,12 +198,22 @@ impl ShardConfig {
             mechanisms: Default::default(),
             security: Default::default(),
             auth_files: Default::default(),
+            hash_pool: None,
+            failed_logins_per_minute_max: 30,
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
+            flow: FlowLimits {
+                high_water_messages: 20,
+                low_water_messages: 10,
+                hard_cap_messages: 1000,
+                slow_consumer_timeout: Duration::from_secs(10),
+                slow_consumer_policy: SlowConsumerPolicy::Disconnect,
+            },
             mesh_bytes_max: 1 << 20,
             mesh_bytes: std::sync::Arc::new(budget::MeshBytes::new(shards)),
             response_information_prefix: Some("responses/".into()),
             check_payload_format: true,
+            shared: Default::default(),
             memory: Default::default(),
             write_timeout: Duration::from_secs(30),
         }
@@ -204,6 +245,9 @@ pub enum CloseReason {
     Administrative,
     /// CONNACK with a refusal was sent.
     Refused,
+    /// A subscriber stayed congested too long, or its queue reached the hard cap, under the
+    /// slow-consumer policy `disconnect`.
+    SlowConsumer,
 }
 
 impl CloseReason {
@@ -230,6 +274,7 @@ impl CloseReason {
             CloseReason::TakenOver => "another connection took this client id over",
             CloseReason::Shutdown => "server shutting down",
             CloseReason::Administrative => "disconnected by an administrator",
+            CloseReason::SlowConsumer => "slow consumer: messages arrive faster than acknowledged",
             _ => "",
         }
     }
@@ -241,6 +286,7 @@ impl CloseReason {
             CloseReason::TakenOver => Some(ReasonCode::SessionTakenOver),
             CloseReason::Shutdown => Some(ReasonCode::ServerShuttingDown),
             CloseReason::Administrative => Some(ReasonCode::AdministrativeAction),
+            CloseReason::SlowConsumer => Some(flow::SLOW_CONSUMER_REASON),
             _ => None,
         }
     }
@@ -253,6 +299,9 @@ enum Phase {
     AwaitConnect { deadline: Instant },
     /// CONNECT with an Authentication Method received; AUTH exchange under way (§4.12).
     Authenticating { deadline: Instant },
+    /// CONNECT received; its password is being checked on a worker thread (`ticket` names the
+    /// job). Nothing is read meanwhile.
+    Verifying { deadline: Instant, ticket: u64 },
     /// CONNECT received; waiting for the registry, maybe a takeover, and the subscriptions of
     /// a moved session. Closed at `deadline` (the connect timeout again) if still waiting.
     Connecting { deadline: Instant },
@@ -317,6 +366,9 @@ pub(crate) struct Conn {
     /// The user name was proven by the transport (TLS client certificate) or by enhanced
     /// authentication, not just claimed in CONNECT.
     identity_verified: bool,
+    /// Flow control resumed reading: the keep-alive clock restarts at the next tick (the
+    /// broker, not the client, was the one not reading).
+    flow_resumed: bool,
     /// Bytes `will` is charged to the memory budget.
     will_charged: usize,
     /// Retained messages owed after a SUBACK, written a batch at a time as `tx` drains
@@ -354,6 +406,10 @@ pub(crate) struct SessionSlot {
     expires_at: Option<Instant>,
     /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
     pending_will: Option<(Will, Instant)>,
+    /// Flow control state, as subscriber and as publisher.
+    flow: flow::SlotFlow,
+    /// Expiry and will deadlines armed in the shard's heap.
+    timers: timers::SlotTimers,
     /// Bytes this session's messages are charged to the memory budget (its `held_bytes` when
     /// last recharged).
     charged: usize,
@@ -381,7 +437,8 @@ pub struct ConnStatus {
     pub has_tx: bool,
     /// The shard wants the socket closed once `tx` is flushed.
     pub closing: bool,
-    /// Reading should pause (output or mesh backpressure, or `memory_paused`).
+    /// Reading should pause: its own output is full, flow control holds its publisher, it
+    /// waits for other shards or owes retained messages, or `memory_paused`.
     pub read_paused: bool,
     /// The broker-wide memory budget is used up and this connection is owed nothing (no
     /// message queued or in flight for it), so what it sends could only add: its reads pause
@@ -414,6 +471,12 @@ pub struct Shard {
     claims_seen: Vec<ClaimGen>,
     /// CONNECTs waiting for the registry or a takeover, by request id.
     pending: HashMap<u64, PendingConnect>,
+    /// CONNECTs whose password a worker is checking, by ticket. At most one per connection in
+    /// `Phase::Verifying`, plus those whose connection closed before the verdict (bounded by
+    /// the pool's queue).
+    verifying: HashMap<u64, connect::AwaitingVerdict>,
+    /// Failed logins per source address (bounded, see [`crate::auth::ratelimit`]).
+    failed_logins: crate::auth::FailedLogins,
     /// Takeovers that arrived before the `ClaimReply` of the claim they name (at most one per
     /// pending CONNECT without a generation, so bounded by `pending`).
     early_takeovers: Vec<connect::EarlyTakeover>,
@@ -423,7 +486,18 @@ pub struct Shard {
     next_req: u64,
     /// Serial of the next accepted connection.
     next_conn_serial: u64,
+    /// Data lane: publishes for each peer shard.
     outbox: Vec<VecDeque<ShardMsg>>,
+    /// Control lane: everything else for each peer shard (never behind data).
+    control: Vec<VecDeque<ShardMsg>>,
+    /// Local publishers paused because the data outbox of a peer was full, by peer.
+    outbox_blocked: Vec<HashSet<crate::session::message::Origin>>,
+    /// Session slots above their high-water mark (visited by the slow-consumer check).
+    congested: HashSet<u32>,
+    /// Set when a full offline queue refused the message being routed (v5 PUBACK 0x97).
+    route_refused: bool,
+    /// Connect timeouts, keep alive, session expiry and delayed wills, earliest first.
+    deadlines: timers::Deadlines,
     /// Counters, read by the metrics endpoint and `$SYS`.
     pub metrics: Metrics,
     /// Publish-to-deliver latency of deliveries written by this shard, microseconds.
@@ -452,6 +526,7 @@ impl Shard {
         assert!(id < cfg.shards, "invariant: shard id below shard count");
         assert!(cfg.tx_bytes_max >= 1024, "invariant: tx bound holds a few packets");
         let peers = cfg.shards as usize;
+        let failed_logins_max = cfg.failed_logins_per_minute_max;
         Self {
             id,
             conns_per_listener: vec![0; cfg.listeners.len()],
@@ -470,6 +545,8 @@ impl Shard {
             next_claim: 1,
             claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
+            verifying: HashMap::new(),
+            failed_logins: crate::auth::FailedLogins::new(failed_logins_max),
             early_takeovers: Vec::new(),
             pending_acks: HashMap::new(),
             next_req: 1,
@@ -478,6 +555,11 @@ impl Shard {
             resume_reads: Vec::new(),
             journal: None,
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
+            control: (0..peers).map(|_| VecDeque::new()).collect(),
+            outbox_blocked: (0..peers).map(|_| HashSet::new()).collect(),
+            congested: HashSet::new(),
+            route_refused: false,
+            deadlines: Default::default(),
             metrics: Metrics::default(),
             latency: crate::metrics::new_latency_histogram(),
             scratch: Vec::new(),
@@ -553,6 +635,7 @@ impl Shard {
             client_id: String::new(),
             problem_info: true,
             awaiting_peers: false,
+            flow_resumed: false,
             auth: None,
             auth_method: None,
             identity_verified: false,
@@ -573,6 +656,7 @@ impl Shard {
                 (self.conns.len() - 1) as u32
             }
         };
+        self.arm_conn(ConnId(id), serial, now);
         Some(ConnId(id))
     }
 
@@ -630,11 +714,13 @@ impl Shard {
                 ConnStatus {
                     has_tx: !c.tx.is_empty() || backlog,
                     closing: matches!(c.phase, Phase::Closing),
-                    read_paused: c.tx.len() >= self.cfg.tx_bytes_max
-                        || self.outbox_full()
+                    // No shard-wide condition here: a full peer outbox or mesh byte bound
+                    // pauses the publishers that add to it (`flow`).
+                    read_paused: c.tx.len() >= 2 * self.cfg.tx_bytes_max
+                        || self.publisher_paused(&c.phase)
                         || c.awaiting_peers
                         || backlog
-                        || matches!(c.phase, Phase::Connecting { .. })
+                        || matches!(c.phase, Phase::Connecting { .. } | Phase::Verifying { .. })
                         || memory_paused,
                     memory_paused,
                 }
@@ -645,15 +731,33 @@ impl Shard {
         }
     }
 
-    /// Takes the bytes waiting for the connection, leaving an empty buffer. Retained messages
+    /// Takes the bytes waiting for the connection, leaving an empty buffer, then refills the
+    /// buffer from the session queue (up to `tx_bytes_max`), so the next write is ready while
+    /// this one goes out.
+    pub fn take_tx(&mut self, id: ConnId, now: Instant) -> BytesMut {
+        let mut out = BytesMut::new();
+        self.swap_tx(id, &mut out, now);
+        out
+    }
+
+    /// [`Shard::take_tx`] into the caller's (empty) buffer, whose allocation the connection
+    /// keeps for its next output: no buffer is freed and regrown per write. Retained messages
     /// owed to it are encoded first, a batch at a time.
-    pub fn take_tx(&mut self, id: ConnId) -> BytesMut {
+    pub fn swap_tx(&mut self, id: ConnId, buf: &mut BytesMut, now: Instant) {
+        debug_assert!(buf.is_empty());
         if self.conn(id).is_some_and(|c| !c.retained_backlog.is_empty()) {
-            self.drain_retained(id, Instant::now());
+            self.drain_retained(id, now);
         }
-        match self.conn_mut(id) {
-            Some(c) => std::mem::take(&mut c.tx),
-            None => BytesMut::new(),
+        let Some(c) = self.conn_mut(id) else { return };
+        std::mem::swap(&mut c.tx, buf);
+        if let Phase::Active { slot } = c.phase {
+            self.pump(id, slot, now);
+        }
+        // An idle connection keeps no large output buffer (the driver frees its own likewise).
+        if let Some(c) = self.conn_mut(id) {
+            if c.tx.is_empty() && c.tx.capacity() > IDLE_TX_CAPACITY_MAX {
+                c.tx = BytesMut::new();
+            }
         }
     }
 
@@ -693,21 +797,47 @@ impl Shard {
             match c.phase {
                 Phase::Closing => return,
                 // Pipelined packets wait until CONNACK (or a held SUBACK) is out.
-                Phase::Connecting { .. } => return,
+                Phase::Connecting { .. } | Phase::Verifying { .. } => return,
                 _ if c.awaiting_peers => return,
                 _ => {}
             }
             let version = c.version;
-            let max = self.cfg.packet_size_bytes_max;
+            let pre_auth =
+                matches!(c.phase, Phase::AwaitConnect { .. } | Phase::Authenticating { .. });
+            // CVE-2023-0809's class: the first packet must be a CONNECT. Refused from its first
+            // byte, before a remaining length is even read, so nothing else is ever buffered.
+            let first_not_connect = matches!(c.phase, Phase::AwaitConnect { .. })
+                && c.rx.first().is_some_and(|b| b >> 4 != codec::PacketType::Connect as u8);
+            if first_not_connect {
+                self.metrics.protocol_errors += 1;
+                tracing::debug!(conn = id.0, "first packet is not CONNECT [MQTT-3.1.0-1]");
+                self.close(id, CloseReason::Refused, now);
+                return;
+            }
+            let limits = codec::DecodeLimits {
+                // CVE-2017-7651's class: before authentication only a small packet is accepted,
+                // checked at the fixed header, before its body is buffered.
+                packet_bytes_max: if pre_auth {
+                    self.cfg.preauth_packet_bytes_max
+                } else {
+                    self.cfg.packet_size_bytes_max
+                },
+                user_properties: codec::UserPropertyBudget {
+                    count: self.cfg.user_properties_max,
+                    bytes: self.cfg.user_property_bytes_max,
+                },
+            };
             let Some(c) = self.conn_mut(id) else { return };
-            match codec::decode(&mut c.rx, version, max) {
+            // Read before decoding consumes the bytes: how to refuse a CONNECT that fails.
+            let connect_version = if pre_auth { codec::connect_version(&c.rx) } else { None };
+            match codec::decode_with(&mut c.rx, version, &limits) {
                 Ok(Some(packet)) => self.handle_packet(id, packet, now),
                 Ok(None) => break,
                 Err(e) => {
                     self.metrics.protocol_errors += 1;
                     tracing::debug!(conn = id.0, error = %e, "malformed packet");
                     if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
-                        self.refuse_connect_error(id, &e, now);
+                        self.refuse_connect_error(id, &e, connect_version, now);
                     } else {
                         self.close(id, CloseReason::Protocol(e.reason_code()), now);
                     }
@@ -743,7 +873,7 @@ impl Shard {
                 retain: true,
                 subscription_ids: r.identifier.into_iter().collect(),
             };
-            self.deliver(slot, out, now);
+            self.deliver_retained(slot, out, now);
         }
         self.recharge_backlog(id);
     }
@@ -855,20 +985,45 @@ impl Shard {
         self.close(id, reason, now);
     }
 
-    /// Encodes `packet` into the connection's output and wakes its task.
+    /// Encodes `packet` into the connection's output and wakes its task. A v5 packet larger
+    /// than the client's Maximum Packet Size loses its optional properties until it fits
+    /// ([MQTT-3.1.2-24]); one that cannot fit is not sent, and a CONNACK that cannot fit closes
+    /// the connection instead (see `complete_connack`).
     fn send(&mut self, id: ConnId, packet: &Packet) {
-        let Some(c) = self.conn_mut(id) else { return };
+        self.send_fitted(id, packet);
+    }
+
+    /// [`Shard::send`], returning whether the packet was sent.
+    fn send_fitted(&mut self, id: ConnId, packet: &Packet) -> bool {
+        let Some(c) = self.conn_mut(id) else { return false };
         let before = c.tx.len();
         if let Err(e) = codec::encode(packet, c.version, &mut c.tx) {
             // Only reachable with a packet the broker built wrong; keep serving others.
             tracing::error!(conn = id.0, error = %e, "could not encode packet");
-            return;
+            return false;
         }
+        if c.tx.len() - before > c.client_packet_max {
+            c.tx.truncate(before);
+            let (version, max) = (c.version, c.client_packet_max);
+            let fitted =
+                fit_packet(packet, |p| codec::encoded_len(p, version).is_ok_and(|n| n <= max));
+            let Some(fitted) = fitted else {
+                self.metrics.packets_dropped_too_large += 1;
+                tracing::debug!(conn = id.0, "packet exceeds the client's maximum packet size");
+                return false;
+            };
+            let c = self.conn_mut(id).expect("invariant: checked above");
+            if codec::encode(&fitted, version, &mut c.tx).is_err() {
+                return false;
+            }
+        }
+        let Some(c) = self.conn_mut(id) else { return false };
         let written = c.tx.len() - before;
         if let Some(w) = &c.waker {
             w.wake_by_ref();
         }
         self.metrics.bytes_sent += written as u64;
+        true
     }
 
     /// Closes a connection: sends the v5 DISCONNECT the reason calls for, publishes the will when
@@ -931,19 +1086,27 @@ impl Shard {
         let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
         if let Some(s) = self.slot_mut(slot) {
             s.pending_will = Some((will, due));
+            self.arm_will(slot, due);
         }
     }
 
     /// The connection of a session went away: end the session or start its expiry clock.
     fn detach_session(&mut self, slot: u32, now: Instant) {
         self.journal_touch(slot);
+        self.flow_offline(slot);
         let Some(s) = self.slot_mut(slot) else { return };
         s.conn = None;
         match s.session.expiry_secs {
-            0 => self.destroy_session(slot, now),
+            0 => return self.destroy_session(slot, now),
             u32::MAX => {}
-            expiry => s.expires_at = Some(now + Duration::from_secs(u64::from(expiry))),
+            expiry => {
+                let at = now + Duration::from_secs(u64::from(expiry));
+                s.expires_at = Some(at);
+                self.arm_expiry(slot, at);
+            }
         }
+        // A persistent session stays in its shared groups, as an offline member.
+        self.shared_presence(slot, false);
     }
 
     /// Brings the memory-budget charge of `slot` in line with what its session holds now.
@@ -995,6 +1158,7 @@ impl Shard {
         if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
             self.publish_will(slot, will, now);
         }
+        self.flow_forget(slot);
         let Some(s) = self.sessions.get_mut(slot as usize).and_then(Option::take) else { return };
         self.cfg.memory.recharge(s.charged, 0);
         self.free_sessions.push(slot);
@@ -1010,60 +1174,15 @@ impl Shard {
         self.send_to_registry(ShardMsg::Release { client_id, owner }, now);
     }
 
-    /// Periodic work: keep alive and connect timeouts, session expiry. Call about once a second.
+    /// Periodic work: keep alive and connect timeouts, session expiry, delayed wills, slow
+    /// consumers. Call about once a second; it visits only what is due (`timers`) and the
+    /// congested subscribers (`flow`).
     pub fn tick(&mut self, now: Instant) {
         self.metrics.memory_exhausted = u64::from(self.memory_exhausted());
-        let mut to_close = Vec::new();
-        for (i, c) in self.conns.iter().enumerate() {
-            let Some(c) = c else { continue };
-            match c.phase {
-                Phase::AwaitConnect { deadline }
-                | Phase::Authenticating { deadline }
-                | Phase::Connecting { deadline }
-                    if now >= deadline =>
-                {
-                    to_close.push((i as u32, CloseReason::ConnectTimeout))
-                }
-                // [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0): 1.5 times the keep alive.
-                Phase::Active { .. } if c.keep_alive_secs > 0 => {
-                    let limit = Duration::from_millis(u64::from(c.keep_alive_secs) * 1500);
-                    if now.duration_since(c.last_rx) > limit {
-                        to_close.push((i as u32, CloseReason::KeepAliveTimeout));
-                    }
-                }
-                _ => {}
-            }
-        }
-        for (i, reason) in to_close {
-            self.close(ConnId(i), reason, now);
-        }
-        let expired: Vec<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let s = s.as_ref()?;
-                (s.conn.is_none() && s.expires_at.is_some_and(|t| now >= t)).then_some(i as u32)
-            })
-            .collect();
-        for slot in expired {
-            self.metrics.sessions_expired += 1;
-            self.destroy_session(slot, now);
-        }
-        let due: Vec<u32> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let (_, at) = s.as_ref()?.pending_will.as_ref()?;
-                (now >= *at).then_some(i as u32)
-            })
-            .collect();
-        for slot in due {
-            if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
-                self.publish_will(slot, will, now);
-            }
-        }
+        self.failed_logins.expire(now);
+        self.run_deadlines(now);
+        self.flow_tick(now);
+        self.flow_retry_outboxes();
     }
 
     /// Closes every connection with "server shutting down". Sessions are kept until the process
@@ -1085,22 +1204,33 @@ impl Shard {
             .sum()
     }
 
-    /// The per-peer outboxes; the runtime drains them into the mesh.
-    pub fn outbox(&mut self) -> &mut [VecDeque<ShardMsg>] {
-        &mut self.outbox
-    }
-
-    fn outbox_full(&self) -> bool {
-        self.outbox.iter().any(|q| q.len() >= self.cfg.outbox_messages_max)
+    /// Whether the data outbox for `peer`, or this shard's publishes crossing the mesh in
+    /// bytes (`mesh_bytes_max`), are at their bound: a publisher adding to it is paused.
+    fn outbox_full(&self, peer: usize) -> bool {
+        self.outbox[peer].len() >= self.cfg.outbox_messages_max
             || self.cfg.mesh_bytes.in_flight(self.id) >= self.cfg.mesh_bytes_max
     }
 
-    /// Queues `msg` for `peer`; a message to this shard itself is handled at once.
+    /// The data-lane outboxes, for tests that move or inspect messages by hand.
+    #[cfg(test)]
+    pub(crate) fn outbox(&mut self) -> &mut [VecDeque<ShardMsg>] {
+        &mut self.outbox
+    }
+
+    /// The control-lane outboxes, for tests that move or inspect messages by hand.
+    #[cfg(test)]
+    pub(crate) fn control_lane(&mut self) -> &mut [VecDeque<ShardMsg>] {
+        &mut self.control
+    }
+
+    /// Queues `msg` for `peer` on its lane; a message to this shard itself is handled at once.
     fn send_to_peer(&mut self, peer: u16, msg: ShardMsg, now: Instant) {
         if peer == self.id {
             self.handle_peer(peer, msg, now);
-        } else {
+        } else if msg.is_data() {
             self.outbox[peer as usize].push_back(msg);
+        } else {
+            self.control[peer as usize].push_back(msg);
         }
     }
 
@@ -1108,7 +1238,9 @@ impl Shard {
     fn broadcast(&mut self, make: impl Fn() -> ShardMsg) {
         for peer in 0..self.cfg.shards {
             if peer != self.id {
-                self.outbox[peer as usize].push_back(make());
+                let msg = make();
+                let lane = if msg.is_data() { &mut self.outbox } else { &mut self.control };
+                lane[peer as usize].push_back(msg);
             }
         }
     }
@@ -1141,6 +1273,7 @@ impl Shard {
                 self.shared_remove(&group, shard, slot)
             }
             ShardMsg::Retain { msg } => self.retained_apply(msg),
+            ShardMsg::RetainRequest { msg } => self.retained_sequence(msg),
             ShardMsg::Claim { client_id, req } => self.registry_claim(from, client_id, req, now),
             ShardMsg::ClaimReply { req, generation, previous } => {
                 self.claim_reply(from, req, generation, previous, now)
@@ -1150,6 +1283,8 @@ impl Shard {
                 self.handle_takeover(client_id, target, ask, now)
             }
             ShardMsg::TakeoverReply { req, state } => self.finish_connect(req, state, now),
+            ShardMsg::Pause { session, generation } => self.publisher_pause(session, generation),
+            ShardMsg::Resume { session, generation } => self.publisher_resume(session, generation),
             ShardMsg::Release { client_id, owner } => {
                 // Only the claim it names: a newer claim stays ([MQTT-3.1.4-2] fencing).
                 if self.registry.get(&client_id) == Some(&owner) {
@@ -1163,6 +1298,53 @@ impl Shard {
     pub fn connection_count(&self) -> usize {
         self.metrics.connections_current as usize
     }
+}
+
+/// `packet` with optional v5 properties left out, step by step, until `fits` says it does: first
+/// Reason String and User Properties, which the server must not send when they would exceed
+/// the client's Maximum Packet Size ([MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.4.2-2],
+/// [MQTT-3.14.2-3] and the like for every packet); then, in a CONNACK, the properties whose
+/// absence means what we would say anyway or something more restrictive: Retain, Wildcard,
+/// Subscription Identifier and Shared Subscription Available (absent = 1), Topic Alias Maximum
+/// (absent = 0: the client uses no aliases), Response Information (optional, §3.2.2.3.15),
+/// Receive Maximum when it is 65 535 and Maximum Packet Size when it is the protocol maximum.
+/// `None` when even that does not fit.
+fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet> {
+    use codec::Property as P;
+    let diagnostic = |p: &P| !matches!(p, P::ReasonString(_) | P::UserProperty(..));
+    let mut p = packet.clone();
+    let props = match &mut p {
+        Packet::ConnAck(a) => &mut a.properties,
+        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
+            &mut r.properties
+        }
+        Packet::SubAck(a) => &mut a.properties,
+        Packet::UnsubAck(a) => &mut a.properties,
+        Packet::Disconnect(d) | Packet::Auth(d) => &mut d.properties,
+        _ => return None,
+    };
+    props.retain(diagnostic);
+    if fits(&p) {
+        return Some(p);
+    }
+    // Left out one kind at a time, least useful first, so as much as fits is kept.
+    let optional: [fn(&P) -> bool; 6] = [
+        |p| matches!(p, P::RetainAvailable(1) | P::WildcardSubscriptionAvailable(1)),
+        |p| matches!(p, P::SubscriptionIdentifierAvailable(1) | P::SharedSubscriptionAvailable(1)),
+        |p| matches!(p, P::ResponseInformation(_)),
+        |p| matches!(p, P::TopicAliasMaximum(_)),
+        |p| matches!(p, P::ReceiveMaximum(u16::MAX)),
+        |p| matches!(p, P::MaximumPacketSize(268_435_455..)),
+    ];
+    let Packet::ConnAck(a) = &mut p else { return None };
+    for is_optional in optional {
+        a.properties.retain(|p| !is_optional(p));
+        let fitted = Packet::ConnAck(a.clone());
+        if fits(&fitted) {
+            return Some(fitted);
+        }
+    }
+    None
 }
 
 /// Bytes a will counts for in the memory budget, as a message would.

@@ -90,10 +90,32 @@ impl Shard {
                 out.push(Record::Snapshot { client_id: s.session.client_id.clone(), session });
             }
         }
-        for m in self.retained.all() {
+        // Only the sequencer's log holds retained messages (see `retained_sequence`).
+        let retained =
+            if self.id == super::retained::RETAIN_SEQUENCER { self.retained.all() } else { vec![] };
+        for m in retained {
             out.push(Record::RetainSet(journal::store_message(&m, &j.clock)));
         }
         out
+    }
+
+    /// Messages waiting in this shard's outbox for `peer` on the `control` lane or the data
+    /// lane (the log's cross-shard marks count them as sent).
+    pub fn outbox_len(&self, peer: usize, control: bool) -> usize {
+        let lane = if control { &self.control } else { &self.outbox };
+        lane.get(peer).map_or(0, |q| q.len())
+    }
+
+    /// One group commit of the log took `took`: the commit latency histogram.
+    pub fn note_wal_commit(&mut self, took: Duration) {
+        let us = took.as_micros() as u64;
+        let m = &mut self.metrics;
+        m.wal_commit_us_sum += us;
+        m.wal_commit_le_250us += u64::from(us <= 250);
+        m.wal_commit_le_1ms += u64::from(us <= 1_000);
+        m.wal_commit_le_4ms += u64::from(us <= 4_000);
+        m.wal_commit_le_16ms += u64::from(us <= 16_000);
+        m.wal_commit_le_64ms += u64::from(us <= 64_000);
     }
 
     /// A turn changed the session in `slot`.
@@ -261,7 +283,7 @@ mod tests {
     }
 
     fn recv(s: &mut Shard, c: ConnId) -> Vec<Packet> {
-        let mut tx = s.take_tx(c);
+        let mut tx = s.take_tx(c, Instant::now());
         let mut out = Vec::new();
         while let Some(p) = codec::decode(&mut tx, V4, usize::MAX).expect("decodes") {
             out.push(p);

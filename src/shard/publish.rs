@@ -12,14 +12,14 @@ use crate::codec::{
     SubscriptionOptions, Will,
 };
 use crate::session::message::Origin;
-use crate::session::{Dropped, InflightState, Message, Outgoing};
+use crate::session::{AckOutcome, Dropped, InflightState, Message, Outgoing};
 
 /// One local subscription that matched a topic.
 #[derive(Clone, Debug)]
 pub(crate) struct LocalMatch {
-    slot: u32,
-    options: SubscriptionOptions,
-    identifier: Option<u32>,
+    pub(super) slot: u32,
+    pub(super) options: SubscriptionOptions,
+    pub(super) identifier: Option<u32>,
 }
 
 impl Shard {
@@ -157,9 +157,17 @@ impl Shard {
         if msg.retain {
             self.retain_local_and_broadcast(&msg);
         }
+        self.route_refused = false;
         let matched = self.route(msg, now);
-        let reason =
-            if v5 && !matched { ReasonCode::NoMatchingSubscribers } else { ReasonCode::Success };
+        let reason = if v5 && self.route_refused && p.qos != QoS::AtMostOnce {
+            // A full offline queue on this shard refused it: say so where the protocol can.
+            self.metrics.publish_quota_exceeded += 1;
+            ReasonCode::QuotaExceeded
+        } else if v5 && !matched {
+            ReasonCode::NoMatchingSubscribers
+        } else {
+            ReasonCode::Success
+        };
         self.ack(id, p.qos, p.packet_id, reason);
     }
 
@@ -228,15 +236,18 @@ impl Shard {
             (SubKey::Remote(shard), _) => peer_normal[usize::from(*shard)] = true,
             _ => {}
         });
-        for (group, member) in self.shared.pick(&msg.topic) {
+        // The publisher's client id, for the `hash_client_id` strategy.
+        let publisher = msg
+            .origin
+            .filter(|o| o.shard == self.id)
+            .and_then(|o| self.sessions.get(o.session as usize)?.as_ref())
+            .map_or("", |s| s.session.client_id.as_str());
+        for (group, member, online_only) in self.shared.pick(&msg.topic, publisher) {
+            let d = SharedDelivery { group, member, online_only, hops: 0 };
             if member.shard == self.id {
-                scratch.push(LocalMatch {
-                    slot: member.slot,
-                    options: member.options,
-                    identifier: member.identifier,
-                });
+                self.place_shared(d, &msg, &mut scratch);
             } else {
-                peer_shared[usize::from(member.shard)].push(SharedDelivery { group, member });
+                peer_shared[usize::from(member.shard)].push(d);
             }
         }
         let mut matched = !scratch.is_empty();
@@ -251,6 +262,11 @@ impl Shard {
                 self.cfg.mesh_bytes.sent(self.id, cost);
                 let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
                 self.outbox[peer].push_back(m);
+                if self.outbox_full(peer) {
+                    if let Some(o) = msg.origin {
+                        self.flow_outbox_full(peer, o);
+                    }
+                }
             }
             peer_normal[peer] = false;
         }
@@ -283,21 +299,9 @@ impl Shard {
                 }
             });
         }
+        // A member that left, went offline or may not read the topic is replaced (§4.8.2).
         for d in shared {
-            let valid = self.slot(d.member.slot).is_some_and(|s| {
-                s.generation == d.member.generation
-                    && s.session.subscriptions.contains_key(&d.group)
-            });
-            let member =
-                if valid { Some(d.member) } else { self.shared.local_member(&d.group, self.id) };
-            match member {
-                Some(m) => scratch.push(LocalMatch {
-                    slot: m.slot,
-                    options: m.options,
-                    identifier: m.identifier,
-                }),
-                None => self.metrics.messages_dropped_no_member += 1,
-            }
+            self.place_shared(d, &msg, &mut scratch);
         }
         let rc = Rc::new(msg);
         self.deliver_matches(&rc, &mut scratch, now);
@@ -344,33 +348,32 @@ impl Shard {
         }
     }
 
-    /// Hands one delivery to a session: written at once if its connection can take it, queued
-    /// otherwise (QoS 1/2), or dropped and counted (QoS 0 to a slow or absent connection).
+    /// Hands one delivery to a session. Connected: written at once if its output buffer and
+    /// in-flight window have room and nothing waits before it, queued otherwise (any QoS, past
+    /// the offline bounds: flow control slows the publisher down instead, `super::flow`).
+    /// Offline: queued under the offline bounds (QoS 1/2) or dropped and counted (QoS 0).
     pub(super) fn deliver(&mut self, slot: u32, out: Outgoing, now: Instant) {
-        let tx_max = self.cfg.tx_bytes_max;
+        self.deliver_from(slot, out, true, now)
+    }
+
+    /// [`Shard::deliver`] of a stored retained message at SUBSCRIBE: its publisher, who may
+    /// have published it long ago, is not the one to slow down.
+    pub(super) fn deliver_retained(&mut self, slot: u32, out: Outgoing, now: Instant) {
+        self.deliver_from(slot, out, false, now)
+    }
+
+    fn deliver_from(&mut self, slot: u32, out: Outgoing, live: bool, now: Instant) {
         // Read access is checked on every delivery, retained ones included.
         if !self.can_read(slot, &out.msg.topic) {
             return;
         }
         let Some(s) = self.slot_mut(slot) else { return };
-        let conn = s.conn;
-        match conn {
-            Some(conn) if out.qos == QoS::AtMostOnce => {
-                if self.conn(conn).is_some_and(|c| c.tx.len() >= tx_max) {
-                    self.metrics.messages_dropped_qos0_slow += 1;
-                    return;
-                }
-                self.write_publish(conn, &out, None, false, now);
-            }
+        match s.conn {
             Some(conn) => {
-                self.journal_touch(slot);
-                let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
-                let s = self.slot_mut(slot).expect("invariant: slot checked above");
-                if s.session.queue.is_empty() && s.session.window_open(receive_max) {
-                    self.send_inflight(conn, slot, out, now);
-                } else {
-                    self.enqueue(slot, out);
+                if out.qos != QoS::AtMostOnce {
+                    self.journal_touch(slot);
                 }
+                self.deliver_connected(conn, slot, out, live, now)
             }
             None if out.qos == QoS::AtMostOnce => self.metrics.messages_dropped_qos0_offline += 1,
             None => self.enqueue(slot, out),
@@ -378,6 +381,38 @@ impl Shard {
         self.recharge_slot(slot);
     }
 
+    fn deliver_connected(
+        &mut self,
+        conn: ConnId,
+        slot: u32,
+        out: Outgoing,
+        live: bool,
+        now: Instant,
+    ) {
+        let tx_max = self.cfg.tx_bytes_max;
+        let Some(c) = self.conn(conn) else { return };
+        let (receive_max, tx_room) = (c.client_receive_max, c.tx.len() < tx_max);
+        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
+        if s.flow.dropping() {
+            // A slow consumer under policy `drop`: it alone loses messages until it drains.
+            self.metrics.messages_dropped_slow_consumer += 1;
+            return;
+        }
+        if s.session.queue.is_empty() && tx_room {
+            if out.qos == QoS::AtMostOnce {
+                return self.write_publish(conn, &out, None, false, now);
+            }
+            if s.session.window_open(receive_max) {
+                return self.send_inflight(conn, slot, out, now);
+            }
+        }
+        let origin = out.msg.origin.filter(|_| live);
+        s.session.enqueue_connected(out);
+        self.flow_after_delivery(slot, origin, now);
+    }
+
+    /// Queues for an offline session, under its bounds; a refusal is counted and noted for the
+    /// PUBACK of the message being routed.
     fn enqueue(&mut self, slot: u32, out: Outgoing) {
         if self.memory_exhausted() {
             // The broker-wide budget is used up: queues stop growing (see `budget`).
@@ -396,7 +431,10 @@ impl Shard {
                 self.metrics.messages_dropped_queue_full += 1;
                 self.journal_touch(slot);
             }
-            Err(_) => self.metrics.messages_dropped_queue_full += 1,
+            Err(_) => {
+                self.metrics.messages_dropped_queue_full += 1;
+                self.route_refused = true;
+            }
         }
     }
 
@@ -409,7 +447,8 @@ impl Shard {
         let Some(s) = self.slot_mut(slot) else { return };
         let Some(pid) = s.session.begin_inflight(out.clone()) else {
             // All 65535 ids in flight: cannot happen below inflight_max, but never lose it.
-            self.enqueue(slot, out);
+            s.session.queue_bytes += out.cost_bytes();
+            s.session.queue.push_front(out);
             return;
         };
         self.write_publish(conn, &out, Some(pid), false, now);
@@ -475,18 +514,26 @@ impl Shard {
         }
     }
 
-    /// Sends queued messages while the in-flight window has room (and QoS 0 ones directly).
+    /// Sends queued messages while the in-flight window and the output buffer have room, then
+    /// resumes the publishers this subscriber paused if it drained to its low-water mark.
     pub(super) fn pump(&mut self, conn: ConnId, slot: u32, now: Instant) {
         self.pump_queue(conn, slot, now);
         self.recharge_slot(slot);
+        self.flow_check_drained(slot);
     }
 
     fn pump_queue(&mut self, conn: ConnId, slot: u32, now: Instant) {
-        let receive_max = self.conn(conn).map_or(u16::MAX, |c| c.client_receive_max);
+        let tx_max = self.cfg.tx_bytes_max;
+        let Some(c) = self.conn(conn) else { return };
+        let receive_max = c.client_receive_max;
         // Bounded by the queue length.
         loop {
+            if self.conn(conn).is_none_or(|c| c.tx.len() >= tx_max) {
+                return;
+            }
             let Some(s) = self.slot_mut(slot) else { return };
-            if !s.session.window_open(receive_max) {
+            let head_qos = s.session.queue.front().map(|o| o.qos);
+            if head_qos != Some(QoS::AtMostOnce) && !s.session.window_open(receive_max) {
                 return;
             }
             let mut expired = 0;
@@ -505,8 +552,13 @@ impl Shard {
     /// released ones, in their original order ([MQTT-4.4.0-1]).
     pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32, now: Instant) {
         let Some(s) = self.slot(slot) else { return };
-        let items: Vec<(u16, Outgoing, InflightState)> =
-            s.session.inflight.iter().map(|(id, f)| (*id, f.out.clone(), f.state)).collect();
+        // Send order, not id order: ids wrap past 65535 ([MQTT-4.6.0-1]).
+        let items: Vec<(u16, Outgoing, InflightState)> = s
+            .session
+            .inflight_in_send_order()
+            .into_iter()
+            .map(|(id, f)| (id, f.out.clone(), f.state))
+            .collect();
         for (id, out, state) in items {
             let pid = PacketId::new(id).expect("invariant: inflight ids are non-zero");
             match state {
@@ -516,9 +568,19 @@ impl Shard {
         }
     }
 
+    /// An acknowledgement that does not fit the QoS or state of the message in flight under its
+    /// id: a protocol violation ([MQTT-4.8.0-1] in 3.1.1: close; [MQTT-4.13.1-1] in 5.0:
+    /// DISCONNECT 0x82 and close).
+    fn wrong_ack(&mut self, id: ConnId, now: Instant) {
+        self.metrics.protocol_errors += 1;
+        self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
+    }
+
     pub(super) fn handle_puback(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
-        if let Some(s) = self.slot_mut(slot) {
-            s.session.handle_puback(r.packet_id);
+        let Some(s) = self.slot_mut(slot) else { return };
+        // An unknown id (a late duplicate) is ignored; PUBACK for a QoS 2 message is not.
+        if s.session.handle_puback(r.packet_id) == AckOutcome::WrongKind {
+            return self.wrong_ack(id, now);
         }
         self.pump(id, slot, now);
     }
@@ -526,15 +588,22 @@ impl Shard {
     pub(super) fn handle_pubrec(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         if r.reason.is_error() {
-            // v5 §4.3.3: an error PUBREC ends the exchange; the id is free again.
+            // v5 §4.3.3: an error PUBREC ends the exchange; the id is free again. On a QoS 1 id
+            // it is still the wrong acknowledgement.
+            if s.session.inflight_qos(r.packet_id) == Some(QoS::AtLeastOnce) {
+                return self.wrong_ack(id, now);
+            }
             s.session.abandon(r.packet_id);
             return self.pump(id, slot, now);
         }
-        let known = s.session.handle_pubrec(r.packet_id);
-        let reason = if known || !self.conn(id).is_some_and(|c| c.version.is_v5()) {
-            ReasonCode::Success
-        } else {
-            ReasonCode::PacketIdentifierNotFound
+        let reason = match s.session.handle_pubrec(r.packet_id) {
+            AckOutcome::WrongKind => return self.wrong_ack(id, now),
+            AckOutcome::Done => ReasonCode::Success,
+            // v5 §3.6.2: PUBREL 0x92 for an id we do not know; 3.1.1 has no reason codes.
+            AckOutcome::Unknown if self.conn(id).is_some_and(|c| c.version.is_v5()) => {
+                ReasonCode::PacketIdentifierNotFound
+            }
+            AckOutcome::Unknown => ReasonCode::Success,
         };
         let resp = PubResp { packet_id: r.packet_id, reason, properties: Properties::new() };
         self.send(id, &Packet::PubRel(resp));
@@ -553,8 +622,11 @@ impl Shard {
     }
 
     pub(super) fn handle_pubcomp(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
-        if let Some(s) = self.slot_mut(slot) {
-            s.session.handle_pubcomp(r.packet_id);
+        let Some(s) = self.slot_mut(slot) else { return };
+        // An unknown id is ignored (v5 §3.7.2 lets the client say 0x92 about its own side);
+        // PUBCOMP for a QoS 1 message or before our PUBREL is a violation.
+        if s.session.handle_pubcomp(r.packet_id) == AckOutcome::WrongKind {
+            return self.wrong_ack(id, now);
         }
         self.pump(id, slot, now);
     }

@@ -194,25 +194,51 @@ impl RetainedStore {
     }
 }
 
+/// The shard that orders every retained update. Each shard keeps a full replica, and the
+/// bounds are applied by this one shard only: it decides whether an update is stored, then
+/// sends it to every other replica in that order over the FIFO mesh channels, so every replica
+/// applies the same updates in the same order and holds the same set, whichever shard the
+/// publishers were on. The cost is one extra mesh hop for a retained publish made on another
+/// shard before its replica shows it.
+pub(crate) const RETAIN_SEQUENCER: u16 = 0;
+
 impl Shard {
-    /// Applies a retained update here and sends it to every other shard's replica.
+    /// A retained update (set, replace or clear) from a client, a will or `$SYS` on this
+    /// shard: applied through the sequencer so that replicas stay identical.
     pub(super) fn retain_local_and_broadcast(&mut self, msg: &Message) {
         let mut stored = msg.clone();
         stored.origin = None;
-        self.retained_apply(stored.clone());
-        self.broadcast(|| ShardMsg::Retain { msg: stored.clone() });
+        stored.received_at = None;
+        if self.id == RETAIN_SEQUENCER {
+            self.retained_sequence(stored);
+        } else {
+            let to = usize::from(RETAIN_SEQUENCER);
+            self.outbox[to].push_back(ShardMsg::RetainRequest { msg: stored });
+        }
     }
 
-    pub(super) fn retained_apply(&mut self, msg: Message) {
+    /// On the sequencer: applies the bounds, and when the update is kept sends it to every
+    /// other replica. A refused update goes nowhere, so no replica holds it.
+    pub(super) fn retained_sequence(&mut self, msg: Message) {
         let max = (self.cfg.retained_messages_max, self.cfg.retained_bytes_max);
         // Not charged to the memory budget: the store has bounds of its own and never drains,
         // so a budget it could fill would pause publishers for good (see `budget`).
-        let journaled = self.persistence_enabled().then(|| msg.clone());
-        if self.retained.apply(msg, max.0, max.1) == RetainOutcome::Refused {
+        let outcome = self.retained.apply(msg.clone(), max.0, max.1);
+        self.metrics.retained_messages = self.retained.len() as u64;
+        self.metrics.retained_bytes = self.retained.bytes() as u64;
+        if outcome == RetainOutcome::Refused {
             self.metrics.retained_refused += 1;
-        } else if let Some(msg) = journaled {
-            self.journal_retained(&msg);
+            return;
         }
+        // The sequencer's log holds the retained set (every replica is restored from it).
+        self.journal_retained(&msg);
+        self.broadcast(|| ShardMsg::Retain { msg: msg.clone() });
+    }
+
+    /// On a replica: an update the sequencer kept. The sequencer checked the bounds against the
+    /// same content this replica holds, so it is applied as it is.
+    pub(super) fn retained_apply(&mut self, msg: Message) {
+        self.retained.apply(msg, usize::MAX, usize::MAX);
         self.metrics.retained_messages = self.retained.len() as u64;
         self.metrics.retained_bytes = self.retained.bytes() as u64;
     }

@@ -378,19 +378,25 @@ impl Sim {
     /// Delivers the head of one random non-empty (from, to) channel.
     fn act_deliver_one(&mut self) {
         let n = self.shards.len();
-        let channels: Vec<(usize, usize)> = (0..n)
-            .flat_map(|f| (0..n).map(move |t| (f, t)))
-            .filter(|&(f, t)| !self.shards[f].outbox[t].is_empty())
+        // Two lanes per ordered pair (data and control), each a FIFO of its own.
+        let channels: Vec<(usize, usize, bool)> = (0..n)
+            .flat_map(|f| (0..n).flat_map(move |t| [(f, t, false), (f, t, true)]))
+            .filter(|&(f, t, control)| self.shards[f].has_outgoing_on(t, control))
             .collect();
         if channels.is_empty() {
             return;
         }
-        let (from, to) = *self.rng.pick(&channels);
-        self.deliver(from, to);
+        let (from, to, control) = *self.rng.pick(&channels);
+        self.deliver(from, to, control);
     }
 
-    fn deliver(&mut self, from: usize, to: usize) {
-        let Some(msg) = self.shards[from].outbox[to].pop_front() else { return };
+    fn deliver(&mut self, from: usize, to: usize, control: bool) {
+        let batch = if control {
+            self.shards[from].take_control(to, 1)
+        } else {
+            self.shards[from].take_batch(to, 1)
+        };
+        let Some(msg) = batch.into_iter().next() else { return };
         self.stats.mesh_messages += 1;
         let now = self.now;
         self.shards[to].handle_peer(from as u16, msg, now);
@@ -529,17 +535,18 @@ impl Sim {
         for _ in 0..100_000 {
             self.drain_clients();
             let n = self.shards.len();
-            let channels: Vec<(usize, usize)> = (0..n)
-                .flat_map(|f| (0..n).map(move |t| (f, t)))
-                .filter(|&(f, t)| !self.shards[f].outbox[t].is_empty())
+            // Two lanes per ordered pair (data and control), each a FIFO of its own.
+            let channels: Vec<(usize, usize, bool)> = (0..n)
+                .flat_map(|f| (0..n).flat_map(move |t| [(f, t, false), (f, t, true)]))
+                .filter(|&(f, t, control)| self.shards[f].has_outgoing_on(t, control))
                 .collect();
             if channels.is_empty() {
                 self.check_always();
                 self.check_quiet();
                 return;
             }
-            let (from, to) = *self.rng.pick(&channels);
-            self.deliver(from, to);
+            let (from, to, control) = *self.rng.pick(&channels);
+            self.deliver(from, to, control);
         }
         panic!("the mesh did not settle within 100 000 deliveries");
     }
@@ -583,7 +590,8 @@ impl Sim {
             let c = &self.conns[idx];
             (c.shard, c.conn, c.version)
         };
-        let mut tx = self.shards[shard].take_tx(conn);
+        let now = self.now;
+        let mut tx = self.shards[shard].take_tx(conn, now);
         let mut replies = Vec::new();
         // Bounded by the bytes taken.
         while let Some(p) = codec::decode(&mut tx, version, usize::MAX)

@@ -15,7 +15,7 @@ use crate::codec::{
     Packet, Properties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::session::Subscription;
-use crate::topic::{levels, parse_shared, SubscriptionTrie};
+use crate::topic::{levels, parse_shared};
 
 /// Key of a trie entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,91 +73,6 @@ pub(crate) struct PendingSubAck {
     identifier: Option<u32>,
 }
 
-/// One shared group `$share/{name}/{filter}`.
-#[derive(Debug)]
-struct Group {
-    key: u64,
-    filter: String,
-    members: Vec<Member>,
-    next: usize,
-}
-
-/// The replica of every shared-subscription group.
-#[derive(Default)]
-pub(crate) struct SharedGroups {
-    groups: HashMap<String, Group>,
-    names: HashMap<u64, String>,
-    trie: SubscriptionTrie<u64, ()>,
-    next_key: u64,
-}
-
-impl SharedGroups {
-    /// Adds or updates a member; true when it is new.
-    fn add(&mut self, group: &str, member: Member) -> bool {
-        let Some((_, filter)) = parse_shared(group) else { return false };
-        if !self.groups.contains_key(group) {
-            self.next_key += 1;
-            let key = self.next_key;
-            self.trie.insert(filter, key, ());
-            self.names.insert(key, group.to_owned());
-            let g = Group { key, filter: filter.to_owned(), members: Vec::new(), next: 0 };
-            self.groups.insert(group.to_owned(), g);
-        }
-        let g = self.groups.get_mut(group).expect("invariant: inserted above");
-        match g.members.iter_mut().find(|m| m.shard == member.shard && m.slot == member.slot) {
-            Some(m) => {
-                *m = member;
-                false
-            }
-            None => {
-                g.members.push(member);
-                true
-            }
-        }
-    }
-
-    /// Removes a member; true when it was there.
-    fn remove(&mut self, group: &str, shard: u16, slot: u32) -> bool {
-        let Some(g) = self.groups.get_mut(group) else { return false };
-        let before = g.members.len();
-        g.members.retain(|m| !(m.shard == shard && m.slot == slot));
-        let removed = g.members.len() != before;
-        if g.members.is_empty() {
-            let g = self.groups.remove(group).expect("invariant: found above");
-            self.trie.remove(&g.filter, &g.key);
-            self.names.remove(&g.key);
-        }
-        removed
-    }
-
-    /// One member per matching group, round robin ([MQTT-4.8.2-4]: each message goes to one
-    /// member of each group).
-    pub(crate) fn pick(&mut self, topic: &str) -> Vec<(String, Member)> {
-        if self.groups.is_empty() {
-            return Vec::new();
-        }
-        let mut keys = Vec::new();
-        self.trie.for_each_match(topic, |k, _| keys.push(*k));
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let Some(name) = self.names.get(&key) else { continue };
-            let Some(g) = self.groups.get_mut(name) else { continue };
-            if g.members.is_empty() {
-                continue;
-            }
-            let m = g.members[g.next % g.members.len()];
-            g.next = g.next.wrapping_add(1);
-            out.push((name.clone(), m));
-        }
-        out
-    }
-
-    /// A member of `group` on `shard`, for a delivery whose chosen member has left.
-    pub(crate) fn local_member(&self, group: &str, shard: u16) -> Option<Member> {
-        self.groups.get(group)?.members.iter().find(|m| m.shard == shard).copied()
-    }
-}
-
 impl Shard {
     /// Whether a topic name is within the configured bounds.
     pub(super) fn topic_name_allowed(&self, topic: &str) -> bool {
@@ -166,6 +81,7 @@ impl Shard {
 
     pub(super) fn handle_subscribe(&mut self, id: ConnId, slot: u32, s: Subscribe, now: Instant) {
         let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let v31 = self.conn(id).is_some_and(|c| c.version == crate::codec::ProtocolVersion::V31);
         let identifier = s.properties.subscription_identifiers().next();
         let req = self.next_req;
         self.next_req += 1;
@@ -176,6 +92,14 @@ impl Shard {
             // More filters in one packet than a session may hold: refused whole, each with
             // Quota exceeded (v3: 0x80 Failure), so one packet's work is bounded by the limit.
             self.metrics.subscribe_refused_too_many += 1;
+            if v31 {
+                // MQTT 3.1 has no failure return code in SUBACK: close instead.
+                return self.close(
+                    id,
+                    super::CloseReason::Protocol(ReasonCode::QuotaExceeded),
+                    now,
+                );
+            }
             let reason = if v5 { ReasonCode::QuotaExceeded } else { ReasonCode::UnspecifiedError };
             let ack = SubAck {
                 packet_id: s.packet_id,
@@ -245,6 +169,11 @@ impl Shard {
                     }
                 }
             };
+            if reason.is_error() && v31 {
+                // MQTT 3.1 has no failure return code in SUBACK (the codec refuses to encode
+                // 0x80 for it): a refused subscription closes the connection instead.
+                return self.close(id, super::CloseReason::Protocol(reason), now);
+            }
             answer[i] =
                 Some(if reason.is_error() && !v5 { ReasonCode::UnspecifiedError } else { reason });
         }
@@ -357,14 +286,17 @@ impl Shard {
     ) -> bool {
         if is_shared(filter) {
             let Some(generation) = self.slot(slot).map(|s| s.generation) else { return false };
+            let online = self.slot(slot).is_some_and(|s| s.conn.is_some());
             let member = Member {
                 shard: self.id,
                 slot,
                 generation,
                 options: sub.options,
                 identifier: sub.identifier,
+                online,
             };
-            if self.shared.add(filter, member) {
+            let strategy = self.shared_strategy(filter);
+            if self.shared.add(filter, member, strategy) {
                 self.metrics.subscriptions_current += 1;
             }
             let group = filter.to_owned();
@@ -434,7 +366,8 @@ impl Shard {
     }
 
     pub(super) fn shared_add(&mut self, group: &str, member: Member) {
-        self.shared.add(group, member);
+        let strategy = self.shared_strategy(group);
+        self.shared.add(group, member, strategy);
     }
 
     pub(super) fn shared_remove(&mut self, group: &str, shard: u16, slot: u32) {

@@ -51,7 +51,9 @@ impl Cluster {
             let mut moved = false;
             for from in 0..self.shards.len() {
                 for to in 0..self.shards.len() {
-                    let msgs: Vec<ShardMsg> = self.shards[from].outbox()[to].drain(..).collect();
+                    // Control lane first, as the runtime's flushers may deliver it.
+                    let mut msgs = self.shards[from].take_control(to, usize::MAX);
+                    msgs.extend(self.shards[from].take_batch(to, usize::MAX));
                     for m in msgs {
                         moved = true;
                         let now = self.now;
@@ -74,11 +76,17 @@ impl Cluster {
             for f in 0..self.shards.len() {
                 for t in 0..self.shards.len() {
                     // Bounded by the messages queued; handling may queue more for the next round.
-                    while let Some(m) = self.shards[f].outbox()[t].front() {
+                    while let Some(m) = self.shards[f].control_lane()[t].front() {
                         if (f, t) == (from, to) && matches!(m, ShardMsg::DeltaAck { .. }) {
                             break;
                         }
-                        let Some(m) = self.shards[f].outbox()[t].pop_front() else { break };
+                        let Some(m) = self.shards[f].control_lane()[t].pop_front() else { break };
+                        moved = true;
+                        let now = self.now;
+                        self.shards[t].handle_peer(f as u16, m, now);
+                    }
+                    // The data lane is a channel of its own: never held.
+                    for m in self.shards[f].take_batch(t, usize::MAX) {
                         moved = true;
                         let now = self.now;
                         self.shards[t].handle_peer(f as u16, m, now);
@@ -113,7 +121,8 @@ impl Cluster {
 
     /// Every packet the client has been sent since the last call.
     fn recv(&mut self, c: Client) -> Vec<Packet> {
-        let mut tx = self.shards[c.shard].take_tx(c.conn);
+        let now = self.now;
+        let mut tx = self.shards[c.shard].take_tx(c.conn, now);
         let mut out = Vec::new();
         while let Some(p) =
             codec::decode(&mut tx, c.version, usize::MAX).expect("broker output decodes")
@@ -551,7 +560,7 @@ fn repeated_filter_in_one_subscribe_counts_once() {
     let mut buf = BytesMut::new();
     codec::encode(&subscribe_packet(7, &filters), V4, &mut buf).expect("encodes");
     cl.shards[1].handle_read(s.conn, &buf, now);
-    let deltas = cl.shards[1].outbox()[0].len();
+    let deltas = cl.shards[1].control_lane()[0].len();
     assert_eq!(deltas, 1, "one SubAdd for the filter, not one per repeat");
     cl.settle();
     let got = cl.recv(s);
@@ -587,6 +596,7 @@ fn subscribe_with_more_filters_than_the_limit_is_refused() {
         assert_eq!(acks[0].reasons, vec![want; max + 1], "{version:?}");
         assert_eq!(cl.shards[0].metrics.subscribe_refused_too_many, 1);
         assert_eq!(cl.shards[0].metrics.subscriptions_current, 0);
+        assert!(cl.shards[1].control_lane().iter().all(|q| q.is_empty()));
         assert!(cl.shards[1].outbox().iter().all(|q| q.is_empty()));
         // Exactly the limit is accepted.
         cl.send(c, subscribe_packet(4, &filters[..max]));
@@ -653,6 +663,9 @@ fn user_properties(n: usize) -> Properties {
 #[test]
 fn properties_count_in_queue_and_retained_bounds() {
     let mut cl = Cluster::new(1);
+    // About accounting, not the per-packet user-property cap (tested on its own below).
+    cl.shards[0].cfg.user_properties_max = usize::MAX;
+    cl.shards[0].cfg.user_property_bytes_max = usize::MAX;
     let s = cl.connect(0, V4, "s", false); // persistent: queues while offline
     cl.subscribe(s, "u", QoS::AtLeastOnce);
     let now = cl.now;
@@ -741,6 +754,9 @@ fn memory_budget_refuses_connects_pauses_publishers_and_recovers() {
 #[test]
 fn wills_are_charged_while_held() {
     let mut cl = Cluster::new(1);
+    // About accounting, not the per-packet user-property cap (tested on its own below).
+    cl.shards[0].cfg.user_properties_max = usize::MAX;
+    cl.shards[0].cfg.user_property_bytes_max = usize::MAX;
     let c = cl.open(0, V5);
     let mut connect = connect_packet(V5, "w", true);
     if let Packet::Connect(cp) = &mut connect {
@@ -1134,4 +1150,302 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
         matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success),
         "CONNACK only, no stray SUBACK: {got:?}"
     );
+}
+
+#[path = "flow_tests.rs"]
+mod flow_tests;
+/// Issue 13: wrong acknowledgements, CONNACK size, retained replicas, shared subscriptions.
+mod protocol;
+
+// ------------------------------------------------------------------------------------------------
+// Pre-auth size and user-property bounds (issue 9 item 3, CVE-2017-7651, CVE-2023-0809,
+// CVE-2021-41039 classes).
+// ------------------------------------------------------------------------------------------------
+
+fn is_closing(cl: &Cluster, c: Client) -> bool {
+    cl.shards[c.shard].status(c.conn).closing
+}
+
+/// A v5 CONNECT for `id` whose own properties and will properties carry `connect_props` and
+/// `will_props` empty User Properties.
+fn connect_with_user_properties(id: &str, connect_props: usize, will_props: usize) -> Packet {
+    let empties = |n: usize| -> Properties {
+        (0..n).map(|_| crate::codec::Property::UserProperty(String::new(), String::new())).collect()
+    };
+    let Packet::Connect(mut c) = connect_packet(V5, id, true) else { unreachable!() };
+    c.properties = empties(connect_props);
+    c.will = Some(crate::codec::Will {
+        topic: "will/t".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: empties(will_props),
+    });
+    Packet::Connect(c)
+}
+
+/// [MQTT-3.1.0-1] / CVE-2017-7651: a CONNECT announcing more than `preauth_packet_bytes_max` is
+/// refused from its fixed header (v5: CONNACK 0x95; v3.1.1: closed), before its body arrives.
+#[test]
+fn preauth_bound_is_checked_at_the_fixed_header() {
+    let mut cl = Cluster::new(1);
+    let max = cl.shards[0].config().preauth_packet_bytes_max;
+    for (version, level) in [(V5, 5u8), (V4, 4)] {
+        let c = cl.open(0, version);
+        let mut head = BytesMut::from(&[0x10u8][..]);
+        codec::primitives::put_varint(&mut head, max + 1);
+        head.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', level]);
+        cl.send_raw(c, &head);
+        let got = cl.recv(c);
+        if version == V5 {
+            assert!(
+                matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::PacketTooLarge),
+                "CONNACK 0x95 expected, got {got:?}"
+            );
+        } else {
+            assert!(got.is_empty(), "v3 is closed without CONNACK, got {got:?}");
+        }
+        assert!(is_closing(&cl, c), "{version:?}: closed before the body was buffered");
+    }
+    // After CONNECT the full packet size applies: a PUBLISH twice the pre-auth bound is fine.
+    let c = cl.connect(0, V4, "big-publisher", true);
+    let payload: &'static [u8] = Box::leak(vec![b'x'; 2 * max].into_boxed_slice());
+    cl.publish(c, "t", payload, QoS::AtLeastOnce, 1);
+    assert!(matches!(&cl.recv(c)[..], [Packet::PubAck(_)]));
+    assert!(!is_closing(&cl, c));
+}
+
+/// A CONNECT with a will payload of the MQTT maximum (65 535 bytes) fits the default pre-auth
+/// bound: the default was chosen for it.
+#[test]
+fn preauth_bound_admits_a_maximum_will_payload() {
+    let mut cl = Cluster::new(1);
+    let c = cl.open(0, V5);
+    let Packet::Connect(mut p) = connect_with_user_properties("willful", 0, 0) else {
+        unreachable!()
+    };
+    if let Some(w) = p.will.as_mut() {
+        w.payload = Bytes::from(vec![7u8; 65_535]);
+    }
+    cl.send(c, Packet::Connect(p));
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
+}
+
+/// CVE-2023-0809: the first packet must be a CONNECT ([MQTT-3.1.0-1]); anything else is refused
+/// from its first byte, with nothing buffered.
+#[test]
+fn first_packet_other_than_connect_is_refused_from_its_first_byte() {
+    let mut cl = Cluster::new(1);
+    for first in [0x30u8, 0x82, 0x20, 0xC0, 0xF0, 0x00] {
+        let c = cl.open(0, V4);
+        cl.send_raw(c, &[first]);
+        assert!(is_closing(&cl, c), "first byte {first:#04x}: closed");
+        assert!(cl.recv(c).is_empty());
+    }
+}
+
+/// CVE-2021-41039 class: the User Properties of one packet are bounded in count and bytes;
+/// a CONNECT's and its will's count together. Over the bound: CONNACK 0x95.
+#[test]
+fn user_properties_in_connect_and_will_are_capped_together() {
+    let mut cl = Cluster::new(1);
+    let max = cl.shards[0].config().user_properties_max;
+    for (own, will, ok) in [(max, 0, true), (max / 2, max - max / 2, true), (max, 1, false)] {
+        let c = cl.open(0, V5);
+        cl.send(c, connect_with_user_properties("props", own, will));
+        let got = cl.recv(c);
+        let want = if ok { ReasonCode::Success } else { ReasonCode::PacketTooLarge };
+        assert!(
+            matches!(&got[..], [Packet::ConnAck(a)] if a.reason == want),
+            "{own}+{will}: {want:?} expected, got {got:?}"
+        );
+        assert_eq!(is_closing(&cl, c), !ok);
+    }
+}
+
+/// CVE-2021-41039 class on PUBLISH: 180 000 empty User Properties (900 KB, under the 1 MiB
+/// packet size) are refused with DISCONNECT 0x95; so is one property larger than the byte bound.
+#[test]
+fn user_properties_in_publish_are_capped_in_count_and_bytes() {
+    let mut cl = Cluster::new(1);
+    let bytes_max = cl.shards[0].config().user_property_bytes_max;
+    let many: Properties = (0..180_000)
+        .map(|_| crate::codec::Property::UserProperty(String::new(), String::new()))
+        .collect();
+    let big: Properties =
+        vec![crate::codec::Property::UserProperty("k".into(), "v".repeat(bytes_max))].into();
+    for props in [many, big] {
+        let c = cl.connect(0, V5, "publisher", true);
+        let Packet::Publish(mut p) = publish_packet("t", b"x", QoS::AtMostOnce, 0, false) else {
+            unreachable!()
+        };
+        p.properties = props;
+        cl.send(c, Packet::Publish(p));
+        let got = cl.recv(c);
+        assert!(
+            matches!(&got[..], [Packet::Disconnect(d)] if d.reason == ReasonCode::PacketTooLarge),
+            "DISCONNECT 0x95 expected, got {got:?}"
+        );
+        assert!(is_closing(&cl, c));
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Password checks off the shard thread, failed-login rate limit (issue 9 item 5).
+// ------------------------------------------------------------------------------------------------
+
+/// One shard with a password file (`alice` / `pw`, 10 PBKDF2 iterations) and, if `workers > 0`,
+/// a password pool of that many workers and a queue of `queue` jobs.
+fn cluster_with_passwords(workers: usize, queue: usize) -> Cluster {
+    let mut cfg = ShardConfig::for_tests(1);
+    let mut db = crate::auth::PasswordDb::new();
+    let hash = crate::auth::PasswordHash::new_pbkdf2_sha512(b"pw", 10).expect("hash");
+    db.upsert("alice", hash).expect("user");
+    cfg.security = std::sync::Arc::new(crate::auth::Security {
+        passwords: Some(std::sync::Arc::new(db)),
+        acl: None,
+    });
+    cfg.failed_logins_per_minute_max = 3;
+    if workers > 0 {
+        cfg.hash_pool = Some(crate::auth::HashPool::start(workers, queue, 1).expect("pool"));
+    }
+    Cluster { shards: vec![Shard::new(0, cfg)], now: Instant::now() }
+}
+
+fn login(version: ProtocolVersion, id: &str, password: &'static [u8]) -> Packet {
+    let Packet::Connect(mut c) = connect_packet(version, id, true) else { unreachable!() };
+    c.username = Some("alice".into());
+    c.password = Some(Bytes::from_static(password));
+    Packet::Connect(c)
+}
+
+impl Cluster {
+    /// Waits for the password workers' next verdict and hands it to the shard.
+    fn deliver_verdict(&mut self) {
+        let pool = self.shards[0].config().hash_pool.clone().expect("a pool");
+        let replies = pool.replies(0).expect("shard 0");
+        let v = replies.recv_timeout(Duration::from_secs(30)).expect("a verdict");
+        let now = self.now;
+        self.shards[0].handle_password_verdict(v, now);
+        self.settle();
+    }
+}
+
+/// The key derivation runs on a worker, not in `handle_read`: the CONNECT waits (no CONNACK,
+/// reading paused) until the verdict is handed back, then CONNACK follows.
+#[test]
+fn password_check_runs_on_a_worker_and_the_connect_waits_for_it() {
+    let mut cl = cluster_with_passwords(1, 8);
+    let c = cl.open(0, V5);
+    cl.send(c, login(V5, "a1", b"pw"));
+    assert!(cl.recv(c).is_empty(), "no CONNACK before the verdict");
+    assert!(cl.shards[0].status(c.conn).read_paused, "nothing is read while verifying");
+    cl.deliver_verdict();
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
+
+    let bad = cl.open(0, V5);
+    cl.send(bad, login(V5, "a2", b"wrong"));
+    assert!(cl.recv(bad).is_empty());
+    cl.deliver_verdict();
+    let got = cl.recv(bad);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::BadUserNameOrPassword),
+        "{got:?}"
+    );
+}
+
+/// A verdict for a connection that closed meanwhile is dropped; it cannot complete the CONNECT
+/// of another connection that reused the id.
+#[test]
+fn a_verdict_for_a_closed_connection_is_dropped() {
+    let mut cl = cluster_with_passwords(1, 8);
+    let c = cl.open(0, V4);
+    cl.send(c, login(V4, "gone", b"pw"));
+    let now = cl.now;
+    cl.shards[0].handle_closed(c.conn, now);
+    let reused = cl.open(0, V4);
+    cl.deliver_verdict();
+    assert!(cl.recv(reused).is_empty(), "the new connection got no CONNACK");
+    assert!(!is_closing(&cl, reused));
+}
+
+/// The failed-login bound: after `failed_logins_per_minute_max` bad passwords from one address
+/// the next CONNECT with credentials is refused at once with 0x9F, without a key derivation
+/// (the CONNACK comes synchronously, no verdict is awaited), even with the right password;
+/// after the minute it may try again.
+#[test]
+fn failed_logins_from_one_address_are_rate_limited() {
+    let mut cl = cluster_with_passwords(1, 8);
+    for i in 0..3 {
+        let c = cl.open(0, V5);
+        cl.send(c, login(V5, &format!("f{i}"), b"wrong"));
+        cl.deliver_verdict();
+        let got = cl.recv(c);
+        assert!(
+            matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::BadUserNameOrPassword)
+        );
+    }
+    let c = cl.open(0, V5);
+    cl.send(c, login(V5, "f3", b"pw"));
+    let got = cl.recv(c);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::ConnectionRateExceeded),
+        "{got:?}"
+    );
+    // v3 has no 0x9F: refused as not authorized.
+    let c = cl.open(0, V4);
+    cl.send(c, login(V4, "f4", b"pw"));
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason != ReasonCode::Success), "{got:?}");
+    cl.now += crate::auth::ratelimit::FAILED_LOGIN_WINDOW;
+    let now = cl.now;
+    cl.shards[0].tick(now);
+    let c = cl.open(0, V5);
+    cl.send(c, login(V5, "f5", b"pw"));
+    cl.deliver_verdict();
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
+}
+
+/// The password queue bound: when `hash_queue_max` checks wait for a worker, a CONNECT is
+/// refused at once with 0x89 Server busy (a pool whose queue nobody drains makes it exact).
+#[test]
+fn a_full_password_queue_refuses_with_server_busy() {
+    let mut cl = cluster_with_passwords(1, 8);
+    let pool = crate::auth::HashPool::without_workers(1, 1);
+    let filler = crate::auth::HashJob {
+        shard: 0,
+        ticket: u64::MAX,
+        db: std::sync::Arc::new(crate::auth::PasswordDb::new()),
+        username: "nobody".into(),
+        password: None,
+    };
+    pool.try_submit(filler).expect("one job fits");
+    let mut cfg = cl.shards[0].config().clone();
+    cfg.hash_pool = Some(pool);
+    cl.shards[0] = Shard::new(0, cfg);
+    let c = cl.open(0, V5);
+    cl.send(c, login(V5, "busy", b"pw"));
+    let got = cl.recv(c);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::ServerBusy),
+        "{got:?}"
+    );
+    // v3 has no 0x89: refused as server unavailable.
+    let c = cl.open(0, V4);
+    cl.send(c, login(V4, "busy3", b"pw"));
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason != ReasonCode::Success), "{got:?}");
+}
+
+/// Without a pool (tools, these tests' default) the check runs inline and answers at once.
+#[test]
+fn without_a_pool_the_check_runs_inline() {
+    let mut cl = cluster_with_passwords(0, 0);
+    let c = cl.open(0, V4);
+    cl.send(c, login(V4, "inline", b"pw"));
+    let got = cl.recv(c);
+    assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
 }

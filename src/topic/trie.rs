@@ -62,7 +62,9 @@ pub struct SubscriptionTrie<K, V> {
 /// One level of one or more filters.
 struct Node<K, V> {
     /// Children for literal levels, empty level (`""`) included.
-    children: HashMap<Box<str>, Node<K, V>>,
+    /// Keyed with aHash under a random per-process seed (hash flooding by crafted topic levels
+    /// needs the seed).
+    children: HashMap<Box<str>, Node<K, V>, ahash::RandomState>,
     /// The child for a `+` level.
     plus: Option<Box<Node<K, V>>>,
     /// The child for a `#` level. It only ever holds subscribers.
@@ -286,7 +288,12 @@ fn dismantle<K, V>(subtree: Node<K, V>) {
 
 impl<K, V> Node<K, V> {
     fn new() -> Self {
-        Node { children: HashMap::new(), plus: None, hash: None, subscribers: Subscribers::new() }
+        Node {
+            children: HashMap::default(),
+            plus: None,
+            hash: None,
+            subscribers: Subscribers::new(),
+        }
     }
 
     fn child(&self, edge: Edge<'_>) -> Option<&Node<K, V>> {

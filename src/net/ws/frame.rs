@@ -1,229 +1,19 @@
-//! WebSocket (RFC 6455), server side, without IO: the HTTP/1.1 upgrade request parser and its
-//! responses, and a frame decoder that turns masked client frames into the MQTT byte stream in
-//! place. The IO adapter that drives them is [`super::ws_stream`].
+//! WebSocket frames (RFC 6455 §5), server side, without IO: a decoder that turns masked client
+//! frames into the MQTT byte stream in place, and the encoders of the server's frames.
 //!
 //! What MQTT over WebSocket needs (MQTT 5.0 §6, 3.1.1 §6): binary frames only, the MQTT bytes in
 //! any split (a packet over several frames, several packets in one frame; the shard reassembles
-//! the byte stream, so frame boundaries carry no meaning here), subprotocol `mqtt` (`mqttv3.1`
-//! for old clients). Text frames are refused with close code 1003.
+//! the byte stream, so frame boundaries carry no meaning here). Text frames are refused with
+//! close code 1003.
 //!
 //! Memory: the decoder keeps at most one partial frame header (14 bytes) and one partial
 //! control-frame payload (125 bytes) per connection; data payload bytes are never buffered, they
-//! are unmasked where they lie and passed on.
+//! are unmasked where they lie and passed on. It must stay that way: no per-connection buffer.
 
 use std::fmt;
 
-use base64::Engine as _;
-use sha1::{Digest, Sha1};
-
-/// Largest upgrade request accepted (request line and headers). Browsers send well under 2 KiB.
-pub const HANDSHAKE_BYTES_MAX: usize = 8 * 1024;
-
-/// The GUID of RFC 6455 §1.3, appended to the client's key to compute the accept value.
-const ACCEPT_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// Subprotocols we speak, in order of preference: `mqtt` (MQTT 3.1.1 and 5.0), then the name
-/// MQTT 3.1 clients used.
-const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
-
 /// Largest payload of a control frame (RFC 6455 §5.5).
 const CONTROL_PAYLOAD_MAX: usize = 125;
-
-// ------------------------------------------------------------------------------------------------
-// The upgrade handshake.
-// ------------------------------------------------------------------------------------------------
-
-/// A valid upgrade request: what the 101 response needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Upgrade {
-    /// `Sec-WebSocket-Accept`.
-    pub accept: String,
-    /// The chosen subprotocol, `None` when the client offered none.
-    pub protocol: Option<&'static str>,
-}
-
-impl Upgrade {
-    /// The `101 Switching Protocols` response.
-    pub fn response(&self) -> Vec<u8> {
-        let mut r = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {}\r\n",
-            self.accept
-        );
-        if let Some(p) = self.protocol {
-            r.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
-        }
-        r.push_str("\r\n");
-        r.into_bytes()
-    }
-}
-
-/// Why an upgrade request was refused; each maps to an HTTP status.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum HandshakeError {
-    /// Malformed request or missing/invalid WebSocket header: 400.
-    BadRequest(&'static str),
-    /// The path is not the listener's `ws_path`: 404.
-    NotFound,
-    /// Not a GET: 405.
-    MethodNotAllowed,
-    /// `Sec-WebSocket-Version` is not 13: 426, advertising 13.
-    UnsupportedVersion,
-    /// The request is larger than [`HANDSHAKE_BYTES_MAX`]: 431.
-    TooLarge,
-}
-
-impl HandshakeError {
-    /// The HTTP status code and reason phrase.
-    pub const fn status(&self) -> (u16, &'static str) {
-        match self {
-            HandshakeError::BadRequest(_) => (400, "Bad Request"),
-            HandshakeError::NotFound => (404, "Not Found"),
-            HandshakeError::MethodNotAllowed => (405, "Method Not Allowed"),
-            HandshakeError::UnsupportedVersion => (426, "Upgrade Required"),
-            HandshakeError::TooLarge => (431, "Request Header Fields Too Large"),
-        }
-    }
-
-    /// The HTTP response sent before closing the connection.
-    pub fn response(&self) -> Vec<u8> {
-        let (code, phrase) = self.status();
-        let body = format!("{self}\n");
-        let mut r = format!("HTTP/1.1 {code} {phrase}\r\nConnection: close\r\n");
-        if matches!(self, HandshakeError::UnsupportedVersion) {
-            r.push_str("Sec-WebSocket-Version: 13\r\n");
-        }
-        if matches!(self, HandshakeError::MethodNotAllowed) {
-            r.push_str("Allow: GET\r\n");
-        }
-        r.push_str(&format!(
-            "Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-        r.into_bytes()
-    }
-}
-
-impl fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HandshakeError::BadRequest(why) => write!(f, "bad WebSocket upgrade request: {why}"),
-            HandshakeError::NotFound => write!(f, "no MQTT WebSocket endpoint at this path"),
-            HandshakeError::MethodNotAllowed => write!(f, "the WebSocket upgrade must be a GET"),
-            HandshakeError::UnsupportedVersion => write!(f, "only WebSocket version 13 is spoken"),
-            HandshakeError::TooLarge => {
-                write!(f, "upgrade request larger than {HANDSHAKE_BYTES_MAX} bytes")
-            }
-        }
-    }
-}
-
-/// Parses an upgrade request from the start of `buf`. `Ok(None)`: the headers are not complete
-/// yet (the caller reads more, up to [`HANDSHAKE_BYTES_MAX`]). `Ok(Some((upgrade, n)))`: the
-/// request took `n` bytes; anything after it is already WebSocket frames.
-pub fn parse_request(buf: &[u8], path: &str) -> Result<Option<(Upgrade, usize)>, HandshakeError> {
-    let Some(end) = find(buf, b"\r\n\r\n") else {
-        return if buf.len() >= HANDSHAKE_BYTES_MAX {
-            Err(HandshakeError::TooLarge)
-        } else {
-            Ok(None)
-        };
-    };
-    if end + 4 > HANDSHAKE_BYTES_MAX {
-        return Err(HandshakeError::TooLarge);
-    }
-    let head = std::str::from_utf8(&buf[..end])
-        .map_err(|_| HandshakeError::BadRequest("request is not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(m), Some(t), Some(v), None) => (m, t, v),
-        _ => return Err(HandshakeError::BadRequest("malformed request line")),
-    };
-    if version != "HTTP/1.1" {
-        return Err(HandshakeError::BadRequest("not HTTP/1.1"));
-    }
-    if method != "GET" {
-        return Err(HandshakeError::MethodNotAllowed);
-    }
-    // The query string, if any, is not part of the path.
-    if target.split('?').next() != Some(path) {
-        return Err(HandshakeError::NotFound);
-    }
-    let mut upgrade = false;
-    let mut connection_upgrade = false;
-    let mut ws_version = None;
-    let mut key = None;
-    let mut offered = false;
-    let mut protocol: Option<&'static str> = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(HandshakeError::BadRequest("malformed header line"));
-        };
-        let value = value.trim();
-        let has_token =
-            |token: &str| value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token));
-        match name.trim().to_ascii_lowercase().as_str() {
-            "upgrade" => upgrade |= has_token("websocket"),
-            "connection" => connection_upgrade |= has_token("upgrade"),
-            "sec-websocket-version" => ws_version = Some(value),
-            "sec-websocket-key" => key = Some(value),
-            "sec-websocket-protocol" => {
-                offered = true;
-                for p in value.split(',').map(str::trim) {
-                    let ours = SUBPROTOCOLS.iter().position(|s| s.eq_ignore_ascii_case(p));
-                    let current = protocol.and_then(|c| SUBPROTOCOLS.iter().position(|s| *s == c));
-                    if let Some(i) = ours {
-                        if current.is_none_or(|c| i < c) {
-                            protocol = Some(SUBPROTOCOLS[i]);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if !upgrade {
-        return Err(HandshakeError::BadRequest("missing Upgrade: websocket"));
-    }
-    if !connection_upgrade {
-        return Err(HandshakeError::BadRequest("missing Connection: Upgrade"));
-    }
-    match ws_version {
-        Some("13") => {}
-        Some(_) => return Err(HandshakeError::UnsupportedVersion),
-        None => return Err(HandshakeError::BadRequest("missing Sec-WebSocket-Version")),
-    }
-    let key = key.ok_or(HandshakeError::BadRequest("missing Sec-WebSocket-Key"))?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(key);
-    if decoded.map(|k| k.len()) != Ok(16) {
-        return Err(HandshakeError::BadRequest("Sec-WebSocket-Key is not 16 bytes in base64"));
-    }
-    // A client that offers subprotocols fails the connection unless one is selected; say why
-    // instead. A client that offers none (some embedded libraries) is accepted.
-    if offered && protocol.is_none() {
-        return Err(HandshakeError::BadRequest("subprotocol mqtt not offered"));
-    }
-    Ok(Some((Upgrade { accept: accept_key(key), protocol }, end + 4)))
-}
-
-/// `Sec-WebSocket-Accept` for a client key (RFC 6455 §4.2.2 item 5.4).
-pub fn accept_key(key: &str) -> String {
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(ACCEPT_GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-// ------------------------------------------------------------------------------------------------
-// Frames.
-// ------------------------------------------------------------------------------------------------
 
 /// Frame opcodes (RFC 6455 §5.2).
 mod opcode {
@@ -543,14 +333,6 @@ pub fn encode_close(code: u16, reason: &str, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    fn request(extra: &str) -> String {
-        format!(
-            "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
-             Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n{extra}\r\n"
-        )
-    }
-
     /// A masked client frame.
     fn frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
         let mut out = vec![first];
@@ -571,70 +353,6 @@ mod tests {
     }
 
     const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
-
-    #[test]
-    fn accept_key_matches_rfc_example() {
-        // RFC 6455 §1.3.
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    }
-
-    #[test]
-    fn upgrade_request_is_accepted() {
-        let text = request("Sec-WebSocket-Protocol: foo, mqttv3.1, mqtt\r\n");
-        let mut buf = text.clone().into_bytes();
-        buf.extend_from_slice(&[0x82, 0x80]); // the first frame may follow at once
-        let (up, n) = parse_request(&buf, "/mqtt").expect("valid").expect("complete");
-        assert_eq!(n, text.len());
-        assert_eq!(up.protocol, Some("mqtt"));
-        let resp = String::from_utf8(up.response()).expect("ascii");
-        assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{resp}");
-        assert!(resp.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-        assert!(resp.contains("Sec-WebSocket-Protocol: mqtt\r\n") && resp.ends_with("\r\n\r\n"));
-
-        let old = request("Sec-WebSocket-Protocol: mqttv3.1\r\n");
-        let (up, _) = parse_request(old.as_bytes(), "/mqtt").expect("ok").expect("complete");
-        assert_eq!(up.protocol, Some("mqttv3.1"));
-        let none = request("");
-        let (up, _) = parse_request(none.as_bytes(), "/mqtt").expect("ok").expect("complete");
-        assert_eq!(up.protocol, None);
-        assert!(!String::from_utf8_lossy(&up.response()).contains("Sec-WebSocket-Protocol"));
-        // A query string is not part of the path.
-        let q = request("").replacen("/mqtt", "/mqtt?x=1", 1);
-        assert!(parse_request(q.as_bytes(), "/mqtt").expect("ok").is_some());
-    }
-
-    #[test]
-    fn incomplete_and_oversized_requests() {
-        let text = request("");
-        assert_eq!(parse_request(&text.as_bytes()[..text.len() - 1], "/mqtt"), Ok(None));
-        let big = vec![b'a'; HANDSHAKE_BYTES_MAX];
-        assert_eq!(parse_request(&big, "/mqtt"), Err(HandshakeError::TooLarge));
-        let long = request(&format!("X-Pad: {}\r\n", "p".repeat(HANDSHAKE_BYTES_MAX)));
-        assert_eq!(parse_request(long.as_bytes(), "/mqtt"), Err(HandshakeError::TooLarge));
-    }
-
-    #[test]
-    fn bad_requests_are_refused_with_a_status() {
-        let cases: [(String, u16); 9] = [
-            (request("").replacen("/mqtt", "/other", 1), 404),
-            (request("").replacen("GET", "POST", 1), 405),
-            (request("").replace("Version: 13", "Version: 8"), 426),
-            (request("").replace("Upgrade: websocket", "Upgrade: h2c"), 400),
-            (request("").replace("keep-alive, Upgrade", "keep-alive"), 400),
-            (request("").replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="), 400),
-            (request("Sec-WebSocket-Protocol: chat\r\n"), 400),
-            (request("").replace("HTTP/1.1", "HTTP/1.0"), 400),
-            (request("bad header line\r\n"), 400),
-        ];
-        for (text, status) in cases {
-            let e = parse_request(text.as_bytes(), "/mqtt").expect_err(&text);
-            assert_eq!(e.status().0, status, "{text}");
-            let resp = String::from_utf8(e.response()).expect("ascii");
-            assert!(resp.starts_with(&format!("HTTP/1.1 {status} ")), "{resp}");
-        }
-        let e = HandshakeError::UnsupportedVersion.response();
-        assert!(String::from_utf8_lossy(&e).contains("Sec-WebSocket-Version: 13\r\n"));
-    }
 
     #[test]
     fn binary_frames_in_any_split() {

@@ -1,0 +1,425 @@
+//! Flow control (issue 10) in the in-memory harness: pause and resume across shards, no drop for
+//! a connected subscriber, peer-outbox pauses, the slow-consumer policies, offline refusals,
+//! and reads while output is pending.
+//!
+//! Bounds of `ShardConfig::for_tests`: high-water 20, low-water 10, hard cap 1000, slow
+//! consumer after 10 s, in-flight window 16, offline queue 100 messages.
+
+use super::*;
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+
+impl Cluster {
+    fn with_edit(n: u16, edit: impl Fn(&mut ShardConfig)) -> Self {
+        let shards = (0..n)
+            .map(|i| {
+                let mut cfg = ShardConfig::for_tests(n);
+                edit(&mut cfg);
+                Shard::new(i, cfg)
+            })
+            .collect();
+        Self { shards, now: Instant::now() }
+    }
+
+    /// Publishes `seq` as an 8-byte payload on `topic`.
+    fn publish_seq(&mut self, c: Client, topic: &str, qos: QoS, seq: u16) {
+        let p = Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            packet_id: (qos != QoS::AtMostOnce).then(|| pid(seq)),
+            properties: Properties::new(),
+            payload: Bytes::copy_from_slice(&u64::from(seq).to_be_bytes()),
+        };
+        self.send(c, Packet::Publish(p));
+    }
+
+    fn paused(&self, c: Client) -> bool {
+        self.shards[c.shard].status(c.conn).read_paused
+    }
+
+    /// Reads what the subscriber was sent, acknowledging each QoS 1 PUBLISH, until nothing
+    /// more comes; returns the sequence numbers in arrival order.
+    fn drain_acking(&mut self, c: Client) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        // Bounded: each round either receives something or stops.
+        for _ in 0..10_000 {
+            let got = self.recv(c);
+            let p = publishes(&got);
+            if p.is_empty() {
+                return seqs;
+            }
+            let ids: Vec<Option<PacketId>> = p.iter().map(|p| p.packet_id).collect();
+            for p in p {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&p.payload[..8]);
+                seqs.push(u64::from_be_bytes(b));
+            }
+            for id in ids.into_iter().flatten() {
+                self.send(c, Packet::PubAck(PubResp::success(id)));
+            }
+        }
+        panic!("subscriber never drained");
+    }
+}
+
+fn seqs(n: u16) -> Vec<u64> {
+    (1..=u64::from(n)).collect()
+}
+
+/// A subscriber that reads slower than its publisher: every QoS 1 message acknowledged to the
+/// publisher is delivered, none is dropped by a queue bound (the offline bound is 100, 300 are
+/// sent), and the publisher's connection is paused while the subscriber is above its
+/// high-water mark — on the same shard and across shards — and resumed once it drained.
+#[test]
+fn congested_subscriber_pauses_its_publisher_and_loses_nothing() {
+    for (sub_shard, pub_shard) in [(0, 0), (1, 0)] {
+        let mut cl = Cluster::new(2);
+        let sub = cl.connect(sub_shard, V4, "sub", true);
+        cl.subscribe(sub, "t", QoS::AtLeastOnce);
+        let publisher = cl.connect(pub_shard, V4, "pub", true);
+        // Another publisher on the same shard, feeding a healthy subscriber.
+        let other = cl.connect(pub_shard, V4, "other", true);
+        let healthy = cl.connect(1, V4, "healthy", true);
+        cl.subscribe(healthy, "u", QoS::AtLeastOnce);
+        // In-flight window 16, then the queue: the 36th message reaches the high-water mark.
+        for seq in 1..=35 {
+            cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+        }
+        assert!(!cl.paused(publisher), "below the high-water mark");
+        cl.publish_seq(publisher, "t", QoS::AtLeastOnce, 36);
+        assert!(cl.paused(publisher), "at the high-water mark ({sub_shard}/{pub_shard})");
+        // No shard-wide pause: a publisher feeding a healthy subscriber keeps going.
+        cl.publish_seq(other, "u", QoS::AtLeastOnce, 1);
+        assert!(!cl.paused(other));
+        assert_eq!(cl.drain_acking(healthy), vec![1]);
+        // What was already read when the pause came is still routed (a pause stops reading,
+        // not routing): push well past the offline queue bound of 100.
+        for seq in 37..=300 {
+            cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+        }
+        let acks = cl.recv(publisher);
+        assert_eq!(acks.len(), 300);
+        assert!(acks
+            .iter()
+            .all(|a| matches!(a, Packet::PubAck(r) if r.reason == ReasonCode::Success)));
+        assert!(cl.paused(publisher));
+        // The subscriber reads and acknowledges: everything arrives, in order, once.
+        assert_eq!(cl.drain_acking(sub), seqs(300));
+        assert!(!cl.paused(publisher), "resumed at the low-water mark");
+        let s = &cl.shards[sub_shard].metrics;
+        assert_eq!(s.messages_dropped_queue_full, 0);
+        assert_eq!(s.flow_pauses, 1, "one pause per subscriber and publisher");
+        assert_eq!(s.flow_resumes, 1);
+        assert_eq!(cl.shards[pub_shard].metrics.flow_paused_publishers, 0);
+    }
+}
+
+/// QoS 0 to a connected subscriber whose output buffer is full is queued (and pauses the
+/// publisher), not dropped; the subscriber gets every message in order.
+#[test]
+fn qos0_to_a_full_output_buffer_is_queued_not_dropped() {
+    let mut cl = Cluster::with_edit(1, |c| c.tx_bytes_max = 1024);
+    let sub = cl.connect(0, V4, "sub", true);
+    cl.subscribe(sub, "t", QoS::AtMostOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    for seq in 1..=500 {
+        cl.publish_seq(publisher, "t", QoS::AtMostOnce, seq);
+    }
+    assert!(cl.paused(publisher));
+    assert_eq!(cl.drain_acking(sub), seqs(500));
+    assert_eq!(cl.shards[0].metrics.messages_dropped_qos0_slow, 0);
+    assert!(!cl.paused(publisher));
+}
+
+/// A publish into a full peer outbox pauses that publisher only; draining the outbox to half
+/// resumes it.
+#[test]
+fn full_peer_outbox_pauses_only_the_publishers_feeding_it() {
+    let mut cl = Cluster::with_edit(2, |c| c.outbox_messages_max = 4);
+    let remote = cl.connect(1, V4, "remote", true);
+    cl.subscribe(remote, "t", QoS::AtMostOnce);
+    let local = cl.connect(0, V4, "local", true);
+    cl.subscribe(local, "l", QoS::AtMostOnce);
+    let feeder = cl.connect(0, V4, "feeder", true);
+    let other = cl.connect(0, V4, "other", true);
+    let mut buf = BytesMut::new();
+    for seq in 1..=4u16 {
+        let p = publish_packet("t", b"x", QoS::AtMostOnce, seq, false);
+        codec::encode(&p, V4, &mut buf).expect("encodes");
+    }
+    // Without settling: the outbox to shard 1 fills.
+    let now = cl.now;
+    cl.shards[0].handle_read(feeder.conn, &buf, now);
+    assert!(cl.paused(feeder));
+    cl.publish(other, "l", b"y", QoS::AtMostOnce, 0); // settles the mesh too
+    assert!(!cl.paused(other));
+    assert!(!cl.paused(feeder), "resumed once the outbox drained");
+    assert_eq!(publishes(&cl.recv(remote)).len(), 4);
+    assert_eq!(cl.shards[0].metrics.flow_pauses, 1);
+    assert_eq!(cl.shards[0].metrics.flow_resumes, 1);
+}
+
+/// A subscriber congested longer than the slow-consumer timeout is disconnected (policy
+/// `disconnect`, v5 DISCONNECT 0x97) and its publisher resumed; its persistent session keeps
+/// only what the offline bounds allow, and counts the rest.
+#[test]
+fn slow_consumer_is_disconnected_after_the_timeout() {
+    let mut cl = Cluster::new(2);
+    let sub = cl.open(1, V5);
+    let mut connect = connect_packet(V5, "slow", false);
+    if let Packet::Connect(c) = &mut connect {
+        c.properties.push(codec::Property::SessionExpiryInterval(600));
+    }
+    cl.send(sub, connect);
+    cl.recv(sub);
+    cl.subscribe(sub, "t", QoS::AtLeastOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    for seq in 1..=200 {
+        cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+    }
+    assert!(cl.paused(publisher));
+    let start = cl.now;
+    cl.shards[1].tick(start + Duration::from_secs(9));
+    assert!(!cl.shards[1].status(sub.conn).closing, "not before the timeout");
+    cl.shards[1].tick(start + Duration::from_secs(11));
+    cl.settle();
+    assert!(cl.shards[1].status(sub.conn).closing);
+    let got = cl.recv(sub);
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::QuotaExceeded),
+        "{got:?}"
+    );
+    assert!(!cl.paused(publisher), "the publisher is not held by a consumer that left");
+    let m = &cl.shards[1].metrics;
+    assert_eq!(m.slow_consumers_disconnected, 1);
+    assert_eq!(m.messages_dropped_qos0_offline, 0, "all QoS 1 here");
+    // 200 - 16 in flight = 184 queued; the offline bound of 100 keeps the first 100.
+    assert_eq!(m.messages_dropped_queue_full, 84);
+}
+
+/// The hard cap makes a slow consumer at once, whatever the time.
+#[test]
+fn slow_consumer_at_the_hard_cap() {
+    let mut cl = Cluster::with_edit(1, |c| c.flow.hard_cap_messages = 30);
+    let sub = cl.connect(0, V4, "sub", true);
+    cl.subscribe(sub, "t", QoS::AtLeastOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    for seq in 1..=46 {
+        cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+    }
+    assert!(cl.shards[0].status(sub.conn).closing, "16 in flight + 30 queued");
+    assert_eq!(cl.shards[0].metrics.slow_consumers_disconnected, 1);
+    assert!(!cl.paused(publisher));
+}
+
+/// Policy `drop`: the slow consumer stays connected and alone loses new messages (counted)
+/// until it drains; its publisher is resumed at once.
+#[test]
+fn slow_consumer_drop_policy_drops_for_it_alone() {
+    let mut cl = Cluster::with_edit(1, |c| c.flow.slow_consumer_policy = SlowConsumerPolicy::Drop);
+    let slow = cl.connect(0, V4, "slow", true);
+    cl.subscribe(slow, "t", QoS::AtLeastOnce);
+    let fast = cl.connect(0, V4, "fast", true);
+    cl.subscribe(fast, "t", QoS::AtLeastOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    let mut fast_got = Vec::new();
+    for seq in 1..=40 {
+        cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+        fast_got.extend(cl.drain_acking(fast));
+    }
+    assert!(cl.paused(publisher));
+    let later = cl.now + Duration::from_secs(11);
+    cl.shards[0].tick(later);
+    assert!(!cl.shards[0].status(slow.conn).closing);
+    assert!(!cl.paused(publisher));
+    assert_eq!(cl.shards[0].metrics.slow_consumers_dropping, 1);
+    for seq in 41..=50 {
+        cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+        fast_got.extend(cl.drain_acking(fast));
+    }
+    assert_eq!(fast_got, seqs(50), "the healthy subscriber loses nothing");
+    assert_eq!(cl.shards[0].metrics.messages_dropped_slow_consumer, 10);
+    // It drains, and receives again.
+    assert_eq!(cl.drain_acking(slow), seqs(40));
+    cl.publish_seq(publisher, "t", QoS::AtLeastOnce, 51);
+    assert_eq!(cl.drain_acking(slow), vec![51]);
+}
+
+/// An offline persistent session keeps its bounded queue; a v5 publisher whose QoS 1 message a
+/// full offline queue refused gets PUBACK 0x97 (Quota exceeded), and the drop is counted.
+#[test]
+fn full_offline_queue_answers_quota_exceeded_to_v5() {
+    let mut cl = Cluster::new(1);
+    let sub = cl.connect(0, V4, "dev", false);
+    cl.subscribe(sub, "t", QoS::AtLeastOnce);
+    let now = cl.now;
+    cl.shards[0].handle_closed(sub.conn, now);
+    cl.shards[0].release(sub.conn, now);
+    let publisher = cl.connect(0, V5, "pub", true);
+    for seq in 1..=101 {
+        cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+    }
+    let acks = cl.recv(publisher);
+    let reasons: Vec<ReasonCode> = acks
+        .iter()
+        .filter_map(|a| if let Packet::PubAck(r) = a { Some(r.reason) } else { None })
+        .collect();
+    assert_eq!(reasons.len(), 101);
+    assert!(reasons[..100].iter().all(|r| *r == ReasonCode::Success));
+    assert_eq!(reasons[100], ReasonCode::QuotaExceeded);
+    assert_eq!(cl.shards[0].metrics.messages_dropped_queue_full, 1);
+    assert_eq!(cl.shards[0].metrics.publish_quota_exceeded, 1);
+}
+
+/// Full duplex at the shard: a subscriber with a full output buffer and a queue is still read
+/// (its PUBACKs and PINGREQs are what drain it).
+#[test]
+fn subscriber_with_pending_output_is_still_read() {
+    let mut cl = Cluster::with_edit(1, |c| c.tx_bytes_max = 1024);
+    let sub = cl.connect(0, V4, "sub", true);
+    cl.subscribe(sub, "t", QoS::AtMostOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    for seq in 1..=100 {
+        cl.publish_seq(publisher, "t", QoS::AtMostOnce, seq);
+    }
+    let st = cl.shards[0].status(sub.conn);
+    assert!(st.has_tx && !st.read_paused, "{st:?}");
+    cl.send(sub, Packet::PingReq);
+    let got = cl.recv(sub);
+    assert!(got.iter().any(|p| matches!(p, Packet::PingResp)));
+}
+
+/// A publisher paused by flow control is not read, so its PINGREQs wait in the socket: the
+/// keep-alive clock ([MQTT-3.1.2-24]) must not close it for the broker's own pause, and starts
+/// again when it is resumed.
+#[test]
+fn paused_publisher_is_not_timed_out_by_keep_alive() {
+    let mut cl =
+        Cluster::with_edit(1, |c| c.flow.slow_consumer_timeout = Duration::from_secs(1000));
+    let sub = cl.connect(0, V4, "sub", true);
+    cl.subscribe(sub, "t", QoS::AtLeastOnce);
+    let publisher = cl.connect(0, V4, "pub", true); // keep alive 60 s: closed after 90 s
+    for seq in 1..=36 {
+        cl.publish_seq(publisher, "t", QoS::AtLeastOnce, seq);
+    }
+    assert!(cl.paused(publisher));
+    let start = cl.now;
+    // The subscriber stays alive on its own.
+    cl.now = start + Duration::from_secs(80);
+    cl.send(sub, Packet::PingReq);
+    cl.shards[0].tick(start + Duration::from_secs(100));
+    assert!(!cl.shards[0].status(publisher.conn).closing, "paused, not silent");
+    cl.now = start + Duration::from_secs(100);
+    assert_eq!(cl.drain_acking(sub), seqs(36));
+    assert!(!cl.paused(publisher));
+    cl.shards[0].tick(start + Duration::from_secs(101));
+    assert!(!cl.shards[0].status(publisher.conn).closing, "not closed at the resume");
+    // The clock restarts at the first keep-alive check after the resume (here at 190 s, the
+    // deadline armed during the pause): never early, at most one period late.
+    cl.shards[0].tick(start + Duration::from_secs(192));
+    assert!(!cl.shards[0].status(publisher.conn).closing);
+    cl.shards[0].tick(start + Duration::from_secs(192 + 91));
+    assert!(cl.shards[0].status(publisher.conn).closing, "and runs again after it");
+}
+
+/// Retained messages sent at SUBSCRIBE go past the high-water mark without pausing the clients
+/// that once published them, and none is dropped by the offline queue bound (100 here).
+#[test]
+fn retained_burst_at_subscribe_pauses_no_publisher() {
+    let mut cl = Cluster::new(1);
+    let publisher = cl.connect(0, V4, "pub", true);
+    for seq in 1..=150u16 {
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: format!("r/{seq}"),
+            packet_id: Some(pid(seq)),
+            properties: Properties::new(),
+            payload: Bytes::copy_from_slice(&u64::from(seq).to_be_bytes()),
+        };
+        cl.send(publisher, Packet::Publish(p));
+    }
+    cl.recv(publisher);
+    let sub = cl.connect(0, V4, "sub", true);
+    let s = Subscribe {
+        packet_id: pid(1),
+        filters: vec![(
+            "r/#".into(),
+            SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+        )],
+        properties: Properties::new(),
+    };
+    cl.send(sub, Packet::Subscribe(s));
+    assert!(!cl.paused(publisher));
+    let mut got = cl.drain_acking(sub);
+    got.sort_unstable();
+    assert_eq!(got, seqs(150));
+}
+
+/// Deadlines without scans: the heap holds one entry per connection however often it is
+/// checked, connect timeouts and keep alive still fire on time, and an expired offline
+/// session and a delayed will go out at their time ([MQTT-3.1.2-24], [MQTT-3.1.3-9]).
+#[test]
+fn deadlines_fire_on_time_from_one_entry_each() {
+    let mut cl = Cluster::new(1);
+    let start = cl.now;
+    let silent = cl.open(0, V4); // never sends CONNECT: connect timeout 5 s
+    let idle = cl.connect(0, V4, "idle", true); // keep alive 60 s
+    let busy = cl.connect(0, V4, "busy", true);
+    for s in 1..=200u64 {
+        let t = start + Duration::from_secs(s);
+        if s % 30 == 0 {
+            cl.now = t;
+            cl.send(busy, Packet::PingReq);
+        }
+        cl.shards[0].tick(t);
+        assert!(cl.shards[0].deadlines.len() <= 3, "one entry per connection at {s} s");
+        let closed = |cl: &Cluster, c: Client| cl.shards[0].status(c.conn).closing;
+        assert_eq!(closed(&cl, silent), s >= 5, "connect timeout at {s} s");
+        assert_eq!(closed(&cl, idle), s > 90, "keep alive at {s} s");
+        assert!(!closed(&cl, busy), "a client that pings stays at {s} s");
+    }
+    // A persistent v5 session with expiry 10 s ends 10 s after its connection.
+    let dev = cl.open(0, V5);
+    let mut connect = connect_packet(V5, "dev", false);
+    if let Packet::Connect(c) = &mut connect {
+        c.properties.push(codec::Property::SessionExpiryInterval(10));
+    }
+    cl.send(dev, connect);
+    cl.recv(dev);
+    let gone = cl.now;
+    cl.shards[0].handle_closed(dev.conn, gone);
+    cl.shards[0].release(dev.conn, gone);
+    cl.shards[0].tick(gone + Duration::from_secs(9));
+    assert_eq!(cl.shards[0].metrics.sessions_expired, 0);
+    cl.shards[0].tick(gone + Duration::from_secs(11));
+    assert_eq!(cl.shards[0].metrics.sessions_expired, 1);
+}
+
+/// QoS 0 messages queued for a connected subscriber are dropped (and counted) when it goes
+/// offline: an offline session keeps QoS 1/2 only.
+#[test]
+fn queued_qos0_is_dropped_when_the_subscriber_goes_offline() {
+    let mut cl = Cluster::with_edit(1, |c| c.tx_bytes_max = 1024);
+    let sub = cl.connect(0, V4, "sub", false);
+    cl.subscribe(sub, "t", QoS::AtLeastOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    // The QoS 1 window (16) fills first; then both kinds queue behind it.
+    for seq in 1..=60 {
+        let qos = if seq % 2 == 0 { QoS::AtLeastOnce } else { QoS::AtMostOnce };
+        cl.publish_seq(publisher, "t", qos, seq);
+    }
+    let now = cl.now;
+    cl.shards[0].handle_closed(sub.conn, now);
+    cl.shards[0].release(sub.conn, now);
+    let m = &cl.shards[0].metrics;
+    let queue = &cl.shards[0].sessions.iter().flatten().find(|s| s.session.client_id == "sub");
+    let queue = &queue.expect("persistent session kept").session.queue;
+    assert!(queue.iter().all(|o| o.qos == QoS::AtLeastOnce), "only QoS 1 kept offline");
+    assert!(m.messages_dropped_qos0_offline > 0);
+    let total = queue.len() as u64 + m.messages_dropped_qos0_offline + m.messages_sent;
+    assert_eq!(total, 60, "every message written, kept or counted");
+}

@@ -1,0 +1,167 @@
+//! Deadlines without scans: one min-heap of (due time, what) for connect timeouts, keep alive,
+//! session expiry and delayed wills. [`Shard::tick`] pops only what is due, so its cost is the
+//! number of deadlines reached, not the number of connections and sessions.
+//!
+//! Entries are checked, not trusted: a popped entry is compared with the state it refers to (a
+//! connection's serial, a session's generation and armed time), and either acts, re-arms itself
+//! at the real deadline (a keep alive that was refreshed by traffic since), or is dropped as
+//! stale. So traffic never touches the heap, and each connection has exactly one entry.
+//!
+//! - Connection: armed at accept for the next tick; while it waits for CONNECT, authenticates
+//!   or waits for its session, it re-arms a second ahead (these phases are short and bounded
+//!   by the connect timeout); once active, at `last_rx + 1.5 * keep alive`; with keep alive 0
+//!   it is dropped.
+//! - Session expiry and delayed will: armed when set, unless an earlier entry is already armed
+//!   for the slot (it re-arms at the real time when it pops); a flapping client therefore adds
+//!   no entries.
+
+use std::cmp::Reverse;
+use std::time::{Duration, Instant};
+
+use super::{CloseReason, ConnId, Phase, Shard};
+
+/// What a deadline is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Due {
+    /// Connect timeout or keep alive of connection `id` with this serial.
+    Conn { id: u32, serial: u64 },
+    /// Expiry of the offline session in `slot` of this generation.
+    Expiry { slot: u32, generation: u32 },
+    /// The delayed will of the session in `slot` of this generation.
+    Will { slot: u32, generation: u32 },
+}
+
+/// The heap: earliest deadline first.
+pub(crate) type Deadlines = std::collections::BinaryHeap<Reverse<(Instant, Due)>>;
+
+/// The armed deadlines of a session slot (one entry each at most in the heap).
+#[derive(Debug, Default)]
+pub(crate) struct SlotTimers {
+    expiry: Option<Instant>,
+    will: Option<Instant>,
+}
+
+/// How often a connection that has no deadline of its own yet is looked at.
+const PHASE_RECHECK: Duration = Duration::from_secs(1);
+
+impl Shard {
+    /// Arms the first deadline of a new connection.
+    pub(super) fn arm_conn(&mut self, id: ConnId, serial: u64, now: Instant) {
+        let first = (now + PHASE_RECHECK).min(now + self.cfg.connect_timeout);
+        self.deadlines.push(Reverse((first, Due::Conn { id: id.0, serial })));
+    }
+
+    /// Arms the expiry of the offline session in `slot` at `at`.
+    pub(super) fn arm_expiry(&mut self, slot: u32, at: Instant) {
+        let Some(s) = self.slot_mut(slot) else { return };
+        if s.timers.expiry.is_some_and(|armed| armed <= at) {
+            return; // an earlier entry re-arms at the real time
+        }
+        s.timers.expiry = Some(at);
+        let generation = s.generation;
+        self.deadlines.push(Reverse((at, Due::Expiry { slot, generation })));
+    }
+
+    /// Arms the delayed will of `slot` at `at`.
+    pub(super) fn arm_will(&mut self, slot: u32, at: Instant) {
+        let Some(s) = self.slot_mut(slot) else { return };
+        if s.timers.will.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        s.timers.will = Some(at);
+        let generation = s.generation;
+        self.deadlines.push(Reverse((at, Due::Will { slot, generation })));
+    }
+
+    /// Handles every deadline due at `now`. Bounded: each popped entry is acted on, dropped,
+    /// or re-armed strictly later than `now`.
+    pub(super) fn run_deadlines(&mut self, now: Instant) {
+        while let Some(Reverse((at, due))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            match due {
+                Due::Conn { id, serial } => self.conn_deadline(ConnId(id), serial, now),
+                Due::Expiry { slot, generation } => self.expiry_deadline(slot, generation, at, now),
+                Due::Will { slot, generation } => self.will_deadline(slot, generation, at, now),
+            }
+        }
+    }
+
+    fn conn_deadline(&mut self, id: ConnId, serial: u64, now: Instant) {
+        let paused = match self.conn(id) {
+            Some(c) if c.serial == serial => self.publisher_paused(&c.phase),
+            _ => return, // released; the slot may hold another connection now
+        };
+        let c = self.conn_mut(id).expect("invariant: checked above");
+        let next = match c.phase {
+            Phase::AwaitConnect { deadline }
+            | Phase::Authenticating { deadline }
+            | Phase::Verifying { deadline, .. }
+            | Phase::Connecting { deadline } => {
+                if now >= deadline {
+                    return self.close(id, CloseReason::ConnectTimeout, now);
+                }
+                // At the deadline, or sooner to see it become active.
+                deadline.min(now + PHASE_RECHECK)
+            }
+            Phase::Closing => return,
+            Phase::Active { .. } if c.keep_alive_secs == 0 => return,
+            Phase::Active { .. } => {
+                if paused || c.flow_resumed {
+                    // Not read because of flow control: its packets wait in the socket. The
+                    // clock restarts here, at the first check after a resume: never early, at
+                    // most one keep-alive period late (and any packet read sets it anyway).
+                    c.last_rx = now;
+                    c.flow_resumed = false;
+                }
+                // [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0): 1.5 times the keep alive.
+                let limit = Duration::from_millis(u64::from(c.keep_alive_secs) * 1500);
+                let deadline = c.last_rx + limit;
+                if now > deadline {
+                    return self.close(id, CloseReason::KeepAliveTimeout, now);
+                }
+                // Strictly after `now`, and at the same one-second grain as the tick.
+                deadline.max(now + Duration::from_millis(1))
+            }
+        };
+        self.deadlines.push(Reverse((next, Due::Conn { id: id.0, serial })));
+    }
+
+    fn expiry_deadline(&mut self, slot: u32, generation: u32, at: Instant, now: Instant) {
+        let Some(s) = self.slot_mut(slot).filter(|s| s.generation == generation) else { return };
+        if s.timers.expiry != Some(at) {
+            return; // superseded by an earlier entry
+        }
+        s.timers.expiry = None;
+        if s.conn.is_some() {
+            return;
+        }
+        match s.expires_at {
+            Some(t) if now >= t => {
+                self.metrics.sessions_expired += 1;
+                self.destroy_session(slot, now);
+            }
+            Some(t) => self.arm_expiry(slot, t),
+            None => {}
+        }
+    }
+
+    fn will_deadline(&mut self, slot: u32, generation: u32, at: Instant, now: Instant) {
+        let Some(s) = self.slot_mut(slot).filter(|s| s.generation == generation) else { return };
+        if s.timers.will != Some(at) {
+            return;
+        }
+        s.timers.will = None;
+        match s.pending_will.as_ref().map(|(_, due)| *due) {
+            Some(due) if now >= due => {
+                if let Some((will, _)) = s.pending_will.take() {
+                    self.publish_will(slot, will, now);
+                }
+            }
+            Some(due) => self.arm_will(slot, due),
+            None => {}
+        }
+    }
+}
