@@ -127,6 +127,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
                 mode: config.persistence.fsync,
                 interval: Duration::from_millis(u64::from(config.persistence.fsync_interval_ms)),
                 segment_bytes_max: config.persistence.segment_bytes_max,
+                pending_records_max: u64::from(config.persistence.pending_records_max),
                 progress: crate::persist::durable::new_progress(config.shard_count()),
             }
         }),

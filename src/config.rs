@@ -571,6 +571,10 @@ pub struct PersistenceConfig {
     /// A log segment that has grown past this many bytes is closed and the next one started.
     /// Default 64 MiB. Bound: 1 MiB..=1 GiB.
     pub segment_bytes_max: u64,
+    /// Records a shard may hold appended but not yet durable. At the bound the shard stops
+    /// reading from its clients until the log catches up (publishers wait; nothing is dropped;
+    /// metric `wal_pending_full`). Default 65 536. Bound: 64..=16 777 216.
+    pub pending_records_max: u32,
 }
 
 impl Default for PersistenceConfig {
@@ -580,6 +584,7 @@ impl Default for PersistenceConfig {
             fsync: FsyncMode::Always,
             fsync_interval_ms: 100,
             segment_bytes_max: 64 << 20,
+            pending_records_max: 65_536,
         }
     }
 }
@@ -1109,6 +1114,7 @@ const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
 const RING_DEPTH: Bound = bound(8, 32768);
 const FSYNC_INTERVAL_MS: Bound = bound(1, 60_000);
 const SEGMENT_BYTES: Bound = bound(1 << 20, 1 << 30);
+const PENDING_RECORDS: Bound = bound(64, 1 << 24);
 const SPIN_BEFORE_PARK_US: Bound = bound(0, 100_000);
 const ADMIN_WORKERS: Bound = bound(1, 64);
 const BRIDGES: Bound = bound(0, 16);
@@ -1557,6 +1563,7 @@ struct RawPersistence {
     fsync: Option<Spanned<FsyncMode>>,
     fsync_interval_ms: Option<Spanned<i64>>,
     segment_bytes_max: Option<Spanned<i64>>,
+    pending_records_max: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -1934,6 +1941,13 @@ impl RawConfig {
                 "persistence.segment_bytes_max",
                 v,
                 SEGMENT_BYTES,
+            )?;
+            let v = raw.pending_records_max;
+            spans.set_int(
+                &mut p.pending_records_max,
+                "persistence.pending_records_max",
+                v,
+                PENDING_RECORDS,
             )?;
         }
         Ok(config)
@@ -2942,6 +2956,7 @@ mod tests {
             "fsync_interval_ms = 0",
             "fsync_interval_ms = 60001",
             "segment_bytes_max = 1048575",
+            "pending_records_max = 63",
             "fsync = \"sometimes\"",
             "unknown = 1",
         ] {

@@ -576,6 +576,10 @@ where
             if status.read_paused {
                 return Poll::Pending; // woken by the shard (resume, drain) or the write side
             }
+            if let Some(d) = &io.durable {
+                // The log is `pending_records_max` behind: read again after its next sync.
+                std::task::ready!(d.poll_backlog(cx, &mut shard));
+            }
             let mut scratch = io.scratch.borrow_mut();
             match Pin::new(&mut stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Closed),

@@ -35,6 +35,10 @@ pub struct Durability {
     compacted: std::cell::Cell<u64>,
     /// Connection outputs held by a [`Gate`]: woken after every sync.
     gated: RefCell<Vec<Waker>>,
+    /// See [`PersistOptions::pending_records_max`].
+    pending_max: u64,
+    /// The shard is at that bound (counted once per episode).
+    backlogged: std::cell::Cell<bool>,
     /// Some held output waits for other shards: the sync task looks again every
     /// [`PEER_POLL`] (their progress is written by other threads, which cannot wake this one).
     peer_waits: std::cell::Cell<bool>,
@@ -130,6 +134,27 @@ impl Durability {
         }
         let mut gated = self.gated.borrow_mut();
         // At most one entry per held connection (a task polled again before the sync).
+        if !gated.iter().any(|w| w.will_wake(cx.waker())) {
+            gated.push(cx.waker().clone());
+        }
+        self.wake.notify();
+        Poll::Pending
+    }
+
+    /// Whether the shard must stop reading its clients: `pending_records_max` records are
+    /// appended (or collected) and not yet durable. The connection is woken after the next
+    /// sync. Back-pressure instead of a drop: a publisher waits, its messages are not lost.
+    pub fn poll_backlog(&self, cx: &mut Context<'_>, shard: &mut Shard) -> Poll<()> {
+        let durable = self.wal.durable().unwrap_or(Lsn(0));
+        let pending = self.wal.appended().0 - durable.0 + shard.records_pending() as u64;
+        if pending < self.pending_max {
+            self.backlogged.set(false);
+            return Poll::Ready(());
+        }
+        if !self.backlogged.replace(true) {
+            shard.metrics.wal_pending_full += 1;
+        }
+        let mut gated = self.gated.borrow_mut();
         if !gated.iter().any(|w| w.will_wake(cx.waker())) {
             gated.push(cx.waker().clone());
         }
@@ -254,6 +279,8 @@ pub struct PersistOptions {
     pub interval: Duration,
     /// Segment size bound.
     pub segment_bytes_max: u64,
+    /// Records appended and not yet durable at which the shard stops reading its clients.
+    pub pending_records_max: u64,
     /// Shared by the shards, see [`Progress`].
     pub progress: Progress,
 }
@@ -375,6 +402,8 @@ pub async fn open_shard(
         handled: RefCell::new(vec![0; 2 * shards]),
         compacted: std::cell::Cell::new(0),
         gated: RefCell::new(Vec::new()),
+        pending_max: opts.pending_records_max,
+        backlogged: std::cell::Cell::new(false),
         peer_waits: std::cell::Cell::new(false),
     })
 }

@@ -225,6 +225,12 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> Replayed {
                 }
                 _ => orphan += 1,
             },
+            Record::Dequeued { client_id, count } => match s.get_mut(&client_id) {
+                Some(e) if e.queue.len() >= count as usize => {
+                    e.queue.drain(..count as usize);
+                }
+                _ => orphan += 1,
+            },
             Record::Released { client_id, packet_id } => {
                 match s
                     .get_mut(&client_id)

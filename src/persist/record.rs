@@ -149,6 +149,15 @@ pub enum Record {
         /// Packet id it was sent with.
         packet_id: u16,
     },
+    /// The first `count` queued messages were taken off the queue without going in flight
+    /// (expired, written at QoS 0, or too large for the client). Added after format 1's
+    /// first records: an additive kind, older logs never hold it.
+    Dequeued {
+        /// Client identifier.
+        client_id: String,
+        /// How many.
+        count: u32,
+    },
     /// PUBREC received for an outbound QoS 2 message.
     Released {
         /// Client identifier.
@@ -224,6 +233,7 @@ mod kind {
     pub const SENT: u8 = 0x21;
     pub const RELEASED: u8 = 0x22;
     pub const ACKED: u8 = 0x23;
+    pub const DEQUEUED: u8 = 0x24;
     pub const QOS2_RECEIVED: u8 = 0x30;
     pub const QOS2_RELEASED: u8 = 0x31;
     pub const RETAIN_SET: u8 = 0x40;
@@ -468,6 +478,11 @@ impl Record {
             Record::Sent { client_id, packet_id } => {
                 id_record(&mut w, kind::SENT, client_id, *packet_id)
             }
+            Record::Dequeued { client_id, count } => {
+                w.u8(kind::DEQUEUED);
+                w.str(client_id);
+                w.u32(*count);
+            }
             Record::Released { client_id, packet_id } => {
                 id_record(&mut w, kind::RELEASED, client_id, *packet_id)
             }
@@ -543,6 +558,7 @@ impl Record {
             kind::UNSUBSCRIBE => Record::Unsubscribe { client_id: f.str()?, filter: f.str()? },
             kind::ENQUEUE => Record::Enqueue { client_id: f.str()?, delivery: f.delivery()? },
             kind::SENT => Record::Sent { client_id: f.str()?, packet_id: f.packet_id()? },
+            kind::DEQUEUED => Record::Dequeued { client_id: f.str()?, count: f.u32()? },
             kind::RELEASED => Record::Released { client_id: f.str()?, packet_id: f.packet_id()? },
             kind::ACKED => Record::Acked { client_id: f.str()?, packet_id: f.packet_id()? },
             kind::QOS2_RECEIVED => {
@@ -673,6 +689,7 @@ pub(crate) mod tests {
             Record::Unsubscribe { client_id: cid(), filter: "a/+".into() },
             Record::Enqueue { client_id: cid(), delivery: delivery() },
             Record::Sent { client_id: cid(), packet_id: 65_535 },
+            Record::Dequeued { client_id: cid(), count: 3 },
             Record::Released { client_id: cid(), packet_id: 1 },
             Record::Acked { client_id: cid(), packet_id: 2 },
             Record::Qos2Received { client_id: cid(), packet_id: 3 },

@@ -920,9 +920,8 @@ impl Shard {
 
     fn handle_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
         if let Some(Phase::Active { slot }) = self.conn(id).map(|c| &c.phase) {
-            // Any packet of a connected client may change its session.
             let slot = *slot;
-            self.journal_touch(slot);
+            self.journal_packet(slot, &packet);
         }
         let Some(c) = self.conn(id) else { return };
         let phase_active = match c.phase {

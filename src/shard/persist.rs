@@ -99,6 +99,35 @@ impl Shard {
         out
     }
 
+    /// Records collected and not yet taken by the driver.
+    pub fn records_pending(&self) -> usize {
+        self.journal.as_ref().map_or(0, |j| j.records.len() + j.touched.len() + j.ended.len())
+    }
+
+    /// A fine-grained change to the persistent session in `slot` (the hot path: a delivery, an
+    /// acknowledgement, an inbound QoS 2 id). Written only for a session the log already
+    /// holds and that no snapshot follows in this batch; a session not in the log yet gets
+    /// a snapshot instead, and a clean session (expiry 0) writes nothing.
+    pub(super) fn journal_op(&mut self, slot: u32, make: impl FnOnce(String) -> Record) {
+        let Some(j) = &self.journal else { return };
+        if j.touched_set.contains(&slot) {
+            return; // the snapshot taken with this batch holds the change
+        }
+        let Some(s) = self.slot(slot) else { return };
+        let cid = &s.session.client_id;
+        let persisted = j.persisted.contains(cid);
+        if s.session.expiry_secs == 0 && !persisted {
+            return;
+        }
+        if s.session.expiry_secs == 0 || !persisted {
+            return self.journal_touch(slot);
+        }
+        let record = make(cid.clone());
+        if let Some(j) = &mut self.journal {
+            j.records.push(record);
+        }
+    }
+
     /// Messages waiting in this shard's outbox for `peer` on the `control` lane or the data
     /// lane (the log's cross-shard marks count them as sent).
     pub fn outbox_len(&self, peer: usize, control: bool) -> usize {
@@ -116,6 +145,26 @@ impl Shard {
         m.wal_commit_le_4ms += u64::from(us <= 4_000);
         m.wal_commit_le_16ms += u64::from(us <= 16_000);
         m.wal_commit_le_64ms += u64::from(us <= 64_000);
+    }
+
+    /// A packet from the connected client of `slot`, before it is handled: the packets of the
+    /// hot path (PUBLISH, the acknowledgements, PINGREQ) write fine-grained records where
+    /// they change the session; any other (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH) may
+    /// change it in other ways and is followed by a snapshot of it.
+    pub(super) fn journal_packet(&mut self, slot: u32, packet: &crate::codec::Packet) {
+        use crate::codec::Packet;
+        if self.journal.is_none() {
+            return;
+        }
+        match packet {
+            Packet::Publish(_)
+            | Packet::PubAck(_)
+            | Packet::PubRec(_)
+            | Packet::PubRel(_)
+            | Packet::PubComp(_)
+            | Packet::PingReq => {}
+            _ => self.journal_touch(slot),
+        }
     }
 
     /// A turn changed the session in `slot`.
@@ -136,21 +185,45 @@ impl Shard {
         }
     }
 
-    /// `out` was queued to the session in `slot` (which has no connection).
+    /// `out` was queued to the session in `slot` (at the back of its queue).
     pub(super) fn journal_enqueued(&mut self, slot: u32, out: &Outgoing) {
         let Some(j) = &self.journal else { return };
-        let Some(s) = self.slot(slot) else { return };
-        let cid = &s.session.client_id;
-        if j.touched_set.contains(&slot) || !j.persisted.contains(cid) {
-            return self.journal_touch(slot);
+        let clock = j.clock;
+        self.journal_op(slot, |client_id| Record::Enqueue {
+            client_id,
+            delivery: journal::store_outgoing(out, &clock),
+        });
+    }
+
+    /// The head of the queue of `slot` went in flight under `packet_id`.
+    pub(super) fn journal_sent(&mut self, slot: u32, packet_id: u16) {
+        self.journal_op(slot, |client_id| Record::Sent { client_id, packet_id });
+    }
+
+    /// `count` messages left the head of the queue of `slot` without going in flight.
+    pub(super) fn journal_dequeued(&mut self, slot: u32, count: u64) {
+        if count > 0 {
+            let count = u32::try_from(count).unwrap_or(u32::MAX);
+            self.journal_op(slot, |client_id| Record::Dequeued { client_id, count });
         }
-        let record = Record::Enqueue {
-            client_id: cid.clone(),
-            delivery: journal::store_outgoing(out, &j.clock),
-        };
-        if let Some(j) = &mut self.journal {
-            j.records.push(record);
-        }
+    }
+
+    /// The outbound message `packet_id` of `slot` is done (PUBACK, PUBCOMP, error PUBREC).
+    pub(super) fn journal_acked(&mut self, slot: u32, packet_id: u16) {
+        self.journal_op(slot, |client_id| Record::Acked { client_id, packet_id });
+    }
+
+    /// PUBREC received for the outbound QoS 2 message `packet_id` of `slot`.
+    pub(super) fn journal_released(&mut self, slot: u32, packet_id: u16) {
+        self.journal_op(slot, |client_id| Record::Released { client_id, packet_id });
+    }
+
+    /// An inbound QoS 2 id was accepted (`received`) or released by PUBREL.
+    pub(super) fn journal_inbound_qos2(&mut self, slot: u32, packet_id: u16, received: bool) {
+        self.journal_op(slot, |client_id| match received {
+            true => Record::Qos2Received { client_id, packet_id },
+            false => Record::Qos2Released { client_id, packet_id },
+        });
     }
 
     /// The retained replica stored or cleared a message.

@@ -135,6 +135,8 @@ impl Shard {
                 );
             }
             s.session.inbound_qos2.insert(pid);
+            // Durable before PUBREC and before routing: a crash never routes it twice.
+            self.journal_inbound_qos2(slot, pid, true);
         }
         let expires_at = p
             .properties
@@ -369,12 +371,7 @@ impl Shard {
         }
         let Some(s) = self.slot_mut(slot) else { return };
         match s.conn {
-            Some(conn) => {
-                if out.qos != QoS::AtMostOnce {
-                    self.journal_touch(slot);
-                }
-                self.deliver_connected(conn, slot, out, live, now)
-            }
+            Some(conn) => self.deliver_connected(conn, slot, out, live, now),
             None if out.qos == QoS::AtMostOnce => self.metrics.messages_dropped_qos0_offline += 1,
             None => self.enqueue(slot, out),
         }
@@ -403,11 +400,18 @@ impl Shard {
                 return self.write_publish(conn, &out, None, false, now);
             }
             if s.session.window_open(receive_max) {
+                // Logged as queued, then sent from the head (`send_inflight`).
+                self.journal_enqueued(slot, &out);
                 return self.send_inflight(conn, slot, out, now);
             }
         }
         let origin = out.msg.origin.filter(|_| live);
+        let journaled = self.persistence_enabled().then(|| out.clone());
+        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
         s.session.enqueue_connected(out);
+        if let Some(out) = journaled {
+            self.journal_enqueued(slot, &out);
+        }
         self.flow_after_delivery(slot, origin, now);
     }
 
@@ -440,8 +444,11 @@ impl Shard {
 
     /// Starts a QoS 1/2 delivery: assigns a packet id and writes the PUBLISH.
     fn send_inflight(&mut self, conn: ConnId, slot: u32, out: Outgoing, now: Instant) {
+        // `out` is the head of the queue (taken by `pump_queue`, or logged as queued by
+        // `deliver_connected`): the log records where it went.
         if !self.fits_client(conn, &out, now) {
             self.metrics.messages_dropped_too_large += 1;
+            self.journal_dequeued(slot, 1);
             return;
         }
         let Some(s) = self.slot_mut(slot) else { return };
@@ -451,6 +458,7 @@ impl Shard {
             s.session.queue.push_front(out);
             return;
         };
+        self.journal_sent(slot, pid.get());
         self.write_publish(conn, &out, Some(pid), false, now);
     }
 
@@ -539,8 +547,10 @@ impl Shard {
             let mut expired = 0;
             let next = s.session.dequeue(now, &mut expired);
             self.metrics.messages_dropped_expired += expired;
+            self.journal_dequeued(slot, expired);
             let Some(out) = next else { return };
             if out.qos == QoS::AtMostOnce {
+                self.journal_dequeued(slot, 1);
                 self.write_publish(conn, &out, None, false, now);
             } else {
                 self.send_inflight(conn, slot, out, now);
@@ -579,8 +589,10 @@ impl Shard {
     pub(super) fn handle_puback(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         // An unknown id (a late duplicate) is ignored; PUBACK for a QoS 2 message is not.
-        if s.session.handle_puback(r.packet_id) == AckOutcome::WrongKind {
-            return self.wrong_ack(id, now);
+        match s.session.handle_puback(r.packet_id) {
+            AckOutcome::WrongKind => return self.wrong_ack(id, now),
+            AckOutcome::Done => self.journal_acked(slot, r.packet_id.get()),
+            AckOutcome::Unknown => {}
         }
         self.pump(id, slot, now);
     }
@@ -593,12 +605,18 @@ impl Shard {
             if s.session.inflight_qos(r.packet_id) == Some(QoS::AtLeastOnce) {
                 return self.wrong_ack(id, now);
             }
-            s.session.abandon(r.packet_id);
+            if s.session.inflight_qos(r.packet_id).is_some() {
+                s.session.abandon(r.packet_id);
+                self.journal_acked(slot, r.packet_id.get());
+            }
             return self.pump(id, slot, now);
         }
         let reason = match s.session.handle_pubrec(r.packet_id) {
             AckOutcome::WrongKind => return self.wrong_ack(id, now),
-            AckOutcome::Done => ReasonCode::Success,
+            AckOutcome::Done => {
+                self.journal_released(slot, r.packet_id.get());
+                ReasonCode::Success
+            }
             // v5 §3.6.2: PUBREL 0x92 for an id we do not know; 3.1.1 has no reason codes.
             AckOutcome::Unknown if self.conn(id).is_some_and(|c| c.version.is_v5()) => {
                 ReasonCode::PacketIdentifierNotFound
@@ -612,6 +630,9 @@ impl Shard {
     pub(super) fn handle_pubrel(&mut self, id: ConnId, slot: u32, r: PubResp) {
         let Some(s) = self.slot_mut(slot) else { return };
         let known = s.session.inbound_qos2.remove(&r.packet_id.get());
+        if known {
+            self.journal_inbound_qos2(slot, r.packet_id.get(), false);
+        }
         let reason = if known || !self.conn(id).is_some_and(|c| c.version.is_v5()) {
             ReasonCode::Success
         } else {
@@ -625,8 +646,10 @@ impl Shard {
         let Some(s) = self.slot_mut(slot) else { return };
         // An unknown id is ignored (v5 §3.7.2 lets the client say 0x92 about its own side);
         // PUBCOMP for a QoS 1 message or before our PUBREL is a violation.
-        if s.session.handle_pubcomp(r.packet_id) == AckOutcome::WrongKind {
-            return self.wrong_ack(id, now);
+        match s.session.handle_pubcomp(r.packet_id) {
+            AckOutcome::WrongKind => return self.wrong_ack(id, now),
+            AckOutcome::Done => self.journal_acked(slot, r.packet_id.get()),
+            AckOutcome::Unknown => {}
         }
         self.pump(id, slot, now);
     }
