@@ -39,10 +39,10 @@ use crate::metrics::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
 pub(crate) use connect::registry_shard;
-pub(crate) use retained::RETAIN_SEQUENCER;
 pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
+pub(crate) use retained::RETAIN_SEQUENCER;
 use shared::SharedGroups;
 
 /// Output buffer capacity an idle connection may keep for reuse; larger ones are freed once

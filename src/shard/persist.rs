@@ -480,4 +480,91 @@ mod tests {
             .iter()
             .any(|p| matches!(p, Packet::Publish(p) if &p.payload[..] == b"kept" && p.retain)));
     }
+
+    /// The hot path of a connected persistent subscriber writes fine-grained records, never a
+    /// snapshot, and they replay to the same state a compaction snapshot describes: queued,
+    /// in flight, released (PUBREC) and acknowledged deliveries [MQTT-4.4.0-1] (unacknowledged
+    /// messages are resent on resume), and the publisher's inbound QoS 2 id [MQTT-4.3.3-10].
+    #[test]
+    fn hot_path_writes_fine_grained_records_that_replay_like_a_snapshot() {
+        use crate::codec::{PacketId, PubResp};
+        let now = Instant::now();
+        let clock = Clock { instant: now, unix_ms: 1_700_000_000_000 };
+        let mut cfg = ShardConfig::for_tests(1);
+        cfg.session.inflight_max = 2;
+        let mut s = Shard::new(0, cfg);
+        s.enable_persistence(clock);
+        let mut log = Vec::new();
+        let (dev, _) = connect(&mut s, "dev", false, now);
+        let sub = Subscribe {
+            packet_id: PacketId::new(1).expect("id"),
+            filters: vec![(
+                "t/#".into(),
+                SubscriptionOptions { qos: QoS::ExactlyOnce, ..Default::default() },
+            )],
+            properties: Properties::new(),
+        };
+        send(&mut s, dev, Packet::Subscribe(sub), now);
+        let _ = recv(&mut s, dev);
+        log.extend(s.take_records());
+        let (p, _) = connect(&mut s, "pub", false, now);
+        log.extend(s.take_records());
+        // Four QoS 1 and one QoS 2 inbound: two go in flight, three wait in the queue.
+        for i in 1..=4u16 {
+            send(&mut s, p, publish("t/a", b"m", i, false), now);
+        }
+        let q2 = Packet::Publish(crate::codec::Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "t/b".into(),
+            packet_id: PacketId::new(9),
+            properties: Properties::new(),
+            payload: Bytes::from_static(b"two"),
+        });
+        send(&mut s, p, q2, now);
+        let recs = s.take_records();
+        assert!(
+            recs.iter().all(|r| !matches!(r, Record::Snapshot { .. })),
+            "no snapshot on the hot path: {recs:?}"
+        );
+        assert!(recs.iter().any(|r| matches!(r, Record::Sent { .. })));
+        assert!(recs.iter().any(|r| matches!(r, Record::Qos2Received { packet_id: 9, .. })));
+        log.extend(recs);
+        // The subscriber acknowledges what it got; the queue moves into flight.
+        let got = recv(&mut s, dev);
+        for pkt in got {
+            if let Packet::Publish(p) = pkt {
+                let id = p.packet_id.expect("QoS > 0");
+                send(&mut s, dev, Packet::PubAck(PubResp::success(id)), now);
+            }
+        }
+        let got = recv(&mut s, dev);
+        let mut released = false;
+        for pkt in got {
+            if let Packet::Publish(p) = pkt {
+                let id = p.packet_id.expect("QoS > 0");
+                match p.qos {
+                    QoS::ExactlyOnce if !released => {
+                        send(&mut s, dev, Packet::PubRec(PubResp::success(id)), now);
+                        released = true;
+                    }
+                    _ => send(&mut s, dev, Packet::PubAck(PubResp::success(id)), now),
+                }
+            }
+        }
+        let recs = s.take_records();
+        assert!(recs.iter().all(|r| !matches!(r, Record::Snapshot { .. })), "{recs:?}");
+        assert!(recs.iter().any(|r| matches!(r, Record::Acked { .. })));
+        log.extend(recs);
+        let replayed = replay(log);
+        let compact = replay(s.compaction_records());
+        assert_eq!(replayed.sessions, compact.sessions);
+        let dev = &replayed.sessions["dev"];
+        // Every QoS 1 message was acknowledged; the QoS 2 one is still owed.
+        let owed: Vec<_> = dev.inflight.iter().map(|i| &i.delivery).chain(&dev.queue).collect();
+        assert_eq!(owed.len(), 1, "{dev:?}");
+        assert_eq!(&owed[0].msg.payload[..], b"two");
+        assert_eq!(replayed.sessions["pub"].inbound_qos2, vec![9]);
+    }
 }
