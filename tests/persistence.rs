@@ -38,6 +38,11 @@ fn lines_of(child: &mut Child) -> Receiver<String> {
 
 /// Starts tern on `dir`; returns the child, its log lines and its address.
 fn start(dir: &Path, shards: u16) -> (Child, Receiver<String>, SocketAddr) {
+    start_with(dir, shards, 30)
+}
+
+/// [`start`], waiting up to `wait_secs` for it to listen.
+fn start_with(dir: &Path, shards: u16, wait_secs: u64) -> (Child, Receiver<String>, SocketAddr) {
     let config = dir.with_extension("toml");
     let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n[persistence]\nsegment_bytes_max = 1048576\n";
     std::fs::write(&config, text).expect("write config");
@@ -51,7 +56,7 @@ fn start(dir: &Path, shards: u16) -> (Child, Receiver<String>, SocketAddr) {
         .spawn()
         .expect("start tern");
     let rx = lines_of(&mut child);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(wait_secs);
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
         let line = rx.recv_timeout(left).expect("tern logs until it listens");
         if line.contains("recovered") || line.contains("WARN") {
@@ -67,7 +72,7 @@ fn start(dir: &Path, shards: u16) -> (Child, Receiver<String>, SocketAddr) {
             return (child, rx, addr);
         }
     }
-    panic!("tern did not listen within 30 s");
+    panic!("tern did not listen within {wait_secs} s");
 }
 
 fn kill9(child: &mut Child) {
@@ -376,4 +381,115 @@ fn chaos_kill_9_cycles() {
     kill9(&mut broker);
     println!("chaos: {} of {cycles} cycles passed", cycles - failures);
     assert_eq!(failures, 0, "{failures} of {cycles} cycles failed");
+}
+
+/// Recovery time for a large log (issue 12: "recovery time for 1 GiB of log"). Writes
+/// `TERN_RECOVERY_MIB` MiB (default 1024) of shard 0's log in 64 MiB segments — 1 000
+/// persistent sessions, each fed 1 KiB messages that are sent and acknowledged, as a busy
+/// broker would write them between compactions — then starts the real binary on it and times
+/// start-up until it listens, and prints the shard's own recovery time. Ignored: it writes a
+/// gigabyte. `cargo test --release --test persistence recovery_time -- --ignored --nocapture`
+#[test]
+#[ignore = "writes 1 GiB: run by hand"]
+fn recovery_time_of_a_large_log() {
+    use std::io::Write;
+    use tern::persist::format::{encode_frame, SegmentHeader, FORMAT};
+    use tern::persist::record::{Record, SessionSnapshot, StoredDelivery, StoredMessage};
+    let mib: u64 =
+        std::env::var("TERN_RECOVERY_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let seg_max: usize = 64 << 20;
+    let sessions = 1000u32;
+    let payload = bytes::Bytes::from(vec![b'p'; 1024]);
+    let (mut seq, mut total, mut records) = (0u64, 0u64, 0u64);
+    let mut buf = Vec::with_capacity(seg_max + (1 << 20));
+    let mut body = Vec::new();
+    let mut emit = |r: &Record, buf: &mut Vec<u8>, seq: &mut u64, total: &mut u64| {
+        if buf.is_empty() {
+            SegmentHeader { format: FORMAT, shard: 0, seq: *seq }.encode(buf);
+        }
+        body.clear();
+        r.encode(&mut body);
+        encode_frame(&body, buf);
+        if buf.len() >= seg_max {
+            let path = dir.join(format!("shard-000-{:016x}.wal", *seq));
+            std::fs::File::create(path).and_then(|mut f| f.write_all(buf)).expect("write");
+            *total += buf.len() as u64;
+            *seq += 1;
+            buf.clear();
+        }
+    };
+    for s in 0..sessions {
+        let session = SessionSnapshot {
+            expiry_secs: 3600,
+            offline_since_unix_ms: Some(0),
+            subscriptions: vec![(format!("s/{s}"), Default::default(), None)],
+            ..Default::default()
+        };
+        emit(
+            &Record::Snapshot { client_id: format!("c{s}"), session },
+            &mut buf,
+            &mut seq,
+            &mut total,
+        );
+    }
+    let mut i = 0u64;
+    while total + (buf.len() as u64) < mib << 20 {
+        let s = (i % u64::from(sessions)) as u32;
+        let client_id = format!("c{s}");
+        let msg = StoredMessage {
+            topic: format!("s/{s}"),
+            payload: payload.clone(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            expires_at_unix_ms: None,
+        };
+        let delivery =
+            StoredDelivery { msg, qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![] };
+        emit(
+            &Record::Enqueue { client_id: client_id.clone(), delivery },
+            &mut buf,
+            &mut seq,
+            &mut total,
+        );
+        let packet_id = (i / u64::from(sessions) % 100 + 1) as u16;
+        emit(
+            &Record::Sent { client_id: client_id.clone(), packet_id },
+            &mut buf,
+            &mut seq,
+            &mut total,
+        );
+        // The last round stays in flight: it must be restored.
+        if total + (buf.len() as u64) + (u64::from(sessions) << 11) < mib << 20 {
+            emit(&Record::Acked { client_id, packet_id }, &mut buf, &mut seq, &mut total);
+            records += 1;
+        }
+        records += 2;
+        i += 1;
+    }
+    if !buf.is_empty() {
+        let path = dir.join(format!("shard-000-{seq:016x}.wal"));
+        std::fs::File::create(path).and_then(|mut f| f.write_all(&buf)).expect("write");
+        total += buf.len() as u64;
+    }
+    // Start-up on a cold-ish cache is not measured: the files were just written.
+    let start = Instant::now();
+    let (mut broker, _logs, addr) = start_with(&dir, 2, 3600);
+    let took = start.elapsed();
+    let (mut c, present) = RawClient::mqtt_connect(addr, V4, "c7", false);
+    assert!(present, "a restored session [MQTT-3.2.2-2]");
+    let got = drain(&mut c, Duration::from_secs(2));
+    assert!(!got.is_empty(), "its in-flight message is resent");
+    kill9(&mut broker);
+    println!(
+        "recovery: {:.1} MiB in {} segments, {} records, {} sessions: start-up to listening {:?}",
+        total as f64 / f64::from(1 << 20),
+        seq + 1,
+        records + u64::from(sessions),
+        sessions,
+        took
+    );
 }

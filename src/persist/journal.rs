@@ -424,7 +424,8 @@ mod tests {
     fn a_drained_backlog_replays_in_order_and_in_linear_time() {
         let c = || "c".to_string();
         let n = 200_000u32;
-        let mut log = vec![Record::Snapshot { client_id: c(), session: SessionSnapshot::default() }];
+        let mut log =
+            vec![Record::Snapshot { client_id: c(), session: SessionSnapshot::default() }];
         for i in 0..n {
             let mut d = delivery(b"");
             d.msg.payload = Bytes::from(i.to_le_bytes().to_vec());
