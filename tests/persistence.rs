@@ -258,6 +258,12 @@ fn chaos_kill_9_cycles() {
     let (mut sub, _) = RawClient::mqtt_connect(addr, V4, "chaos-sub", false);
     sub.subscribe("c/#", QoS::ExactlyOnce);
     drop(sub);
+    // The online subscriber: connected while the publisher runs and the broker is killed.
+    let (mut online, _) = RawClient::mqtt_connect(addr, V4, "chaos-online", false);
+    online.subscribe("c/#", QoS::ExactlyOnce);
+    drop(online);
+    let online_state: Arc<Mutex<QoS2Receiver>> = Arc::default();
+    let mut online_ok_cycles = 0u32;
     // payload → (QoS, acknowledged); QoS 2 receptions over the whole run.
     let mut sent: HashMap<String, (QoS, bool)> = HashMap::new();
     let mut received: HashMap<String, usize> = HashMap::new();
@@ -270,6 +276,27 @@ fn chaos_kill_9_cycles() {
         seed ^= seed << 17;
         let kill_after = Duration::from_millis(20 + seed % 400);
         let log: Arc<Mutex<Vec<(String, QoS, bool)>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let online = {
+            let (state, stop) = (Arc::clone(&online_state), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let Ok(stream) = std::net::TcpStream::connect(addr) else { return false };
+                drop(stream);
+                let mut c = RawClient::connect_tcp(addr, V4);
+                c.send(&common::connect(V4, "chaos-online", false, 30));
+                if !matches!(c.recv_timeout(Duration::from_secs(5)), Some(Packet::ConnAck(_))) {
+                    return false;
+                }
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut st = state.lock().expect("lock");
+                    if st.receive_one(&mut c, Duration::from_millis(50)).is_none() {
+                        drop(st);
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                true
+            })
+        };
         let retained_seq: Arc<Mutex<u64>> = Arc::new(Mutex::new(retained_acked));
         let publisher = {
             let (log, retained_seq) = (Arc::clone(&log), Arc::clone(&retained_seq));
@@ -320,6 +347,8 @@ fn chaos_kill_9_cycles() {
         std::thread::sleep(kill_after);
         kill9(&mut broker);
         let _ = publisher.join();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        online_ok_cycles += u32::from(online.join().unwrap_or(false));
         let mut acked_now = 0;
         for (payload, qos, acked) in log.lock().expect("lock").drain(..) {
             acked_now += usize::from(acked);
@@ -341,6 +370,20 @@ fn chaos_kill_9_cycles() {
             tern::codec::ReasonCode::Success,
         )));
         drop(sub);
+        // The online subscriber reconnects and takes what it is still owed.
+        let (mut on, present) = RawClient::mqtt_connect(addr, V4, "chaos-online", false);
+        if !present {
+            problems.push("online session not present".to_string());
+        }
+        {
+            let mut st = online_state.lock().expect("lock");
+            let quiet = Duration::from_millis(700);
+            while st.receive_one(&mut on, quiet).is_some() {}
+        }
+        on.send(&Packet::Disconnect(tern::codec::ReasonPacket::new(
+            tern::codec::ReasonCode::Success,
+        )));
+        drop(on);
         for (payload, (qos, acked)) in &sent {
             let n = received.get(payload).copied().unwrap_or(0);
             if *acked && n == 0 {
@@ -348,6 +391,13 @@ fn chaos_kill_9_cycles() {
             }
             if *qos == QoS::ExactlyOnce && n > 1 {
                 problems.push(format!("QoS 2 {payload} delivered {n} times"));
+            }
+            let on = online_state.lock().expect("lock").counts.get(payload).copied().unwrap_or(0);
+            if *acked && on == 0 {
+                problems.push(format!("acknowledged {payload} ({qos:?}) lost online"));
+            }
+            if *qos == QoS::ExactlyOnce && on > 1 {
+                problems.push(format!("QoS 2 {payload} delivered {on} times online"));
             }
         }
         let (mut probe, _) = RawClient::mqtt_connect(addr, V4, "chaos-probe", true);
@@ -366,7 +416,10 @@ fn chaos_kill_9_cycles() {
         }
         drop(probe);
         // Everything acknowledged so far has been checked: forget delivered ones.
-        sent.retain(|p, _| !received.contains_key(p));
+        {
+            let on = &online_state.lock().expect("lock").counts;
+            sent.retain(|p, _| !(received.contains_key(p) && on.contains_key(p)));
+        }
         let acked_pending = sent.values().filter(|(_, a)| *a).count();
         if problems.is_empty() {
             println!(
@@ -379,7 +432,10 @@ fn chaos_kill_9_cycles() {
         }
     }
     kill9(&mut broker);
-    println!("chaos: {} of {cycles} cycles passed", cycles - failures);
+    println!(
+        "chaos: {} of {cycles} cycles passed (online subscriber connected in {online_ok_cycles})",
+        cycles - failures
+    );
     assert_eq!(failures, 0, "{failures} of {cycles} cycles failed");
 }
 
@@ -492,4 +548,50 @@ fn recovery_time_of_a_large_log() {
         sessions,
         took
     );
+}
+
+/// A QoS 2 receiver as a persistent client keeps it across connections: a PUBLISH whose
+/// packet id was PUBREC'd and not yet released is a resend, not a new message ([MQTT-4.3.3-9]:
+/// the receiver treats a PUBLISH with the same id as new only after it sent PUBCOMP).
+#[derive(Default)]
+struct QoS2Receiver {
+    counts: HashMap<String, usize>,
+    unreleased: std::collections::HashSet<u16>,
+}
+
+impl QoS2Receiver {
+    /// Handles one packet; `None` when none came within `wait` (or the connection is gone).
+    fn receive_one(&mut self, c: &mut RawClient, wait: Duration) -> Option<()> {
+        use std::io::Write;
+        let reply = |c: &mut RawClient, p: Packet| {
+            let mut out = bytes::BytesMut::new();
+            if tern::codec::encode(&p, V4, &mut out).is_ok() {
+                let _ = c.stream.write_all(&out);
+            }
+        };
+        match c.recv_timeout(wait)? {
+            Packet::Publish(Publish { qos, packet_id, payload, .. }) => {
+                let key = String::from_utf8_lossy(&payload).into_owned();
+                match (qos, packet_id) {
+                    (QoS::ExactlyOnce, Some(id)) => {
+                        if self.unreleased.insert(id.get()) {
+                            *self.counts.entry(key).or_default() += 1;
+                        }
+                        reply(c, Packet::PubRec(PubResp::success(id)));
+                    }
+                    (QoS::AtLeastOnce, Some(id)) => {
+                        *self.counts.entry(key).or_default() += 1;
+                        reply(c, Packet::PubAck(PubResp::success(id)));
+                    }
+                    _ => *self.counts.entry(key).or_default() += 1,
+                }
+            }
+            Packet::PubRel(r) => {
+                self.unreleased.remove(&r.packet_id.get());
+                reply(c, Packet::PubComp(PubResp::success(r.packet_id)));
+            }
+            _ => {}
+        }
+        Some(())
+    }
 }
