@@ -347,6 +347,7 @@ impl StatsBoard {
                 "$SYS/broker/persistence/commit latency mean us".into(),
                 v(t.wal_commit_us_sum.checked_div(t.wal_fsyncs).unwrap_or(0)),
             ),
+            ("$SYS/broker/persistence/pending full".into(), v(t.wal_pending_full)),
             (
                 "$SYS/broker/persistence/recovery ms".into(),
                 v(self.per_shard().iter().map(|m| m.wal_recovery_ms).max().unwrap_or(0)),

@@ -43,8 +43,22 @@ fn start(dir: &Path, shards: u16) -> (Child, Receiver<String>, SocketAddr) {
 
 /// [`start`], waiting up to `wait_secs` for it to listen.
 fn start_with(dir: &Path, shards: u16, wait_secs: u64) -> (Child, Receiver<String>, SocketAddr) {
+    start_cfg(dir, shards, wait_secs, "", "")
+}
+
+/// [`start_with`] with more `[broker]` and `[persistence]` lines.
+fn start_cfg(
+    dir: &Path,
+    shards: u16,
+    wait_secs: u64,
+    broker: &str,
+    persistence: &str,
+) -> (Child, Receiver<String>, SocketAddr) {
     let config = dir.with_extension("toml");
-    let text = "[[listener]]\nbind = \"127.0.0.1:0\"\n[persistence]\nsegment_bytes_max = 1048576\n";
+    let text = format!(
+        "[broker]\n{broker}\n[[listener]]\nbind = \"127.0.0.1:0\"\n[persistence]\n\
+         segment_bytes_max = 1048576\n{persistence}\n"
+    );
     std::fs::write(&config, text).expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(["--config", &config.display().to_string(), "--shards", &shards.to_string()])
@@ -594,4 +608,52 @@ impl QoS2Receiver {
         }
         Some(())
     }
+}
+
+/// The bound on records not yet durable (`[persistence] pending_records_max`): a publisher
+/// that pipelines far more QoS 1 messages than the bound is paused (the shard stops reading)
+/// until the log catches up, then goes on; every message is acknowledged and reaches the
+/// offline persistent subscriber [MQTT-4.3.2-2], none is dropped, and the bound is counted.
+#[test]
+fn pending_records_bound_pauses_the_publisher_and_drops_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let (mut broker, _logs, addr) =
+        start_cfg(&dir, 1, 30, "sys_interval_secs = 1", "pending_records_max = 64");
+    let (mut sub, _) = RawClient::mqtt_connect(addr, V4, "bound-sub", false);
+    sub.subscribe("b/#", QoS::AtLeastOnce);
+    sub.send(&Packet::Disconnect(tern::codec::ReasonPacket::new(tern::codec::ReasonCode::Success)));
+    drop(sub);
+    let (mut publ, _) = RawClient::mqtt_connect(addr, V4, "bound-pub", true);
+    let n = 600u16;
+    let mut burst = bytes::BytesMut::new();
+    for i in 1..=n {
+        let p = common::publish("b/x", format!("m{i}").as_bytes(), QoS::AtLeastOnce, i, false);
+        tern::codec::encode(&p, V4, &mut burst).expect("encode");
+    }
+    publ.send_raw(&burst);
+    let mut acked = 0;
+    while acked < n {
+        match publ.recv_timeout(Duration::from_secs(10)) {
+            Some(Packet::PubAck(_)) => acked += 1,
+            other => panic!("PUBACK {acked} of {n} expected, got {other:?}"),
+        }
+    }
+    let (mut sub, present) = RawClient::mqtt_connect(addr, V4, "bound-sub", false);
+    assert!(present);
+    let got = drain(&mut sub, Duration::from_secs(2));
+    for i in 1..=n {
+        assert!(got.contains_key(format!("m{i}").as_bytes()), "m{i} lost");
+    }
+    let (mut probe, _) = RawClient::mqtt_connect(addr, V4, "bound-probe", true);
+    probe.subscribe("$SYS/broker/persistence/pending full", QoS::AtMostOnce);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut full = 0u64;
+    while full == 0 && Instant::now() < deadline {
+        if let Some(Packet::Publish(p)) = probe.recv_timeout(Duration::from_secs(2)) {
+            full = String::from_utf8_lossy(&p.payload).parse().unwrap_or(0);
+        }
+    }
+    assert!(full > 0, "the bound was reached and counted");
+    kill9(&mut broker);
 }
