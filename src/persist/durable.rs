@@ -3,6 +3,7 @@
 //! (`fsync = "always"`). Used by `crate::net` (connection tasks) and `crate::runtime`.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -39,9 +40,6 @@ pub struct Durability {
     pending_max: u64,
     /// The shard is at that bound (counted once per episode).
     backlogged: std::cell::Cell<bool>,
-    /// Some held output waits for other shards: the sync task looks again every
-    /// [`PEER_POLL`] (their progress is written by other threads, which cannot wake this one).
-    peer_waits: std::cell::Cell<bool>,
 }
 
 /// How often a gate that waits for other shards' logs is looked at again.
@@ -65,10 +63,12 @@ pub fn new_progress(shards: usize) -> Progress {
 
 /// What a connection's output waits for before it is written (`fsync = "always"`): the log
 /// durable up to `lsn`, and each peer's progress (index into [`Progress`]) at its mark.
-#[derive(Debug)]
 pub struct Gate {
     lsn: Lsn,
     marks: Vec<(usize, u64)>,
+    /// While waiting for peers: when to look again (their progress is written by other
+    /// threads, which cannot wake this task).
+    recheck: Option<glommio::timer::Timer>,
 }
 
 impl Durability {
@@ -117,7 +117,7 @@ impl Durability {
             }
         }
         let durable = self.wal.durable().map_or(true, |d| d < lsn);
-        (durable || !marks.is_empty()).then_some(Gate { lsn, marks })
+        (durable || !marks.is_empty()).then_some(Gate { lsn, marks, recheck: None })
     }
 
     /// Whether the output held by `gate` may be written; registers the task to be woken when
@@ -126,11 +126,21 @@ impl Durability {
     pub fn poll_gate(&self, cx: &mut Context<'_>, gate: &mut Gate) -> Poll<std::io::Result<()>> {
         use std::sync::atomic::Ordering;
         if self.wal.durable()? >= gate.lsn {
-            gate.marks.retain(|(cell, mark)| self.progress[*cell].load(Ordering::Acquire) < *mark);
-            if gate.marks.is_empty() {
-                return Poll::Ready(Ok(()));
+            // Bounded: re-armed at most once per pass, and a pass ends with Pending.
+            loop {
+                gate.marks
+                    .retain(|(cell, mark)| self.progress[*cell].load(Ordering::Acquire) < *mark);
+                if gate.marks.is_empty() {
+                    gate.recheck = None;
+                    return Poll::Ready(Ok(()));
+                }
+                let timer =
+                    gate.recheck.get_or_insert_with(|| glommio::timer::Timer::new(PEER_POLL));
+                if std::pin::Pin::new(timer).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                gate.recheck = None;
             }
-            self.peer_waits.set(true);
         }
         let mut gated = self.gated.borrow_mut();
         // At most one entry per held connection (a task polled again before the sync).
@@ -230,10 +240,6 @@ impl Durability {
     pub async fn run(&self, shard: &RefCell<Shard>) {
         loop {
             match self.mode {
-                FsyncMode::Always if self.peer_waits.replace(false) => {
-                    futures_lite::future::or(self.wake.wait(), glommio::timer::sleep(PEER_POLL))
-                        .await
-                }
                 FsyncMode::Always => self.wake.wait().await,
                 _ => glommio::timer::sleep(self.interval).await,
             }
@@ -404,7 +410,6 @@ pub async fn open_shard(
         gated: RefCell::new(Vec::new()),
         pending_max: opts.pending_records_max,
         backlogged: std::cell::Cell::new(false),
-        peer_waits: std::cell::Cell::new(false),
     })
 }
 
