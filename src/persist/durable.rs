@@ -309,39 +309,55 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
     use super::journal::{owners, replay};
     use super::wal::{recover, WalConfig};
     use crate::shard::{registry_shard, ClaimGen, Owner};
-    let mut recovered = Vec::new();
-    let mut replays = Vec::new();
-    let mut times = Vec::new();
-    for shard in 0..shards {
-        let start = std::time::Instant::now();
-        let cfg =
-            WalConfig { dir: opts.dir.clone(), shard, segment_bytes_max: opts.segment_bytes_max };
-        let mut r = recover(&cfg)?;
-        let records = std::mem::take(&mut r.records);
-        let n = records.len();
-        let replayed = replay(records);
-        let ms = start.elapsed().as_millis() as u64;
-        tracing::info!(
-            shard,
-            segments = r.segments,
-            records = n,
-            sessions = replayed.sessions.len(),
-            retained = replayed.retained.len(),
-            torn_bytes = r.discarded_bytes,
-            bad_records = r.bad_records,
-            set_aside = r.set_aside,
-            orphan_records = replayed.orphans,
-            ms,
-            "write-ahead log recovered"
-        );
-        if r.discarded_bytes > 0 || r.set_aside > 0 {
-            tracing::warn!(
+    // Every shard's log at once, one thread each (start-up, before any shard serves).
+    let one =
+        |shard: u16| -> std::io::Result<(super::wal::Recovered, super::journal::Replayed, u64)> {
+            let start = std::time::Instant::now();
+            let cfg = WalConfig {
+                dir: opts.dir.clone(),
+                shard,
+                segment_bytes_max: opts.segment_bytes_max,
+            };
+            let mut r = recover(&cfg)?;
+            let records = std::mem::take(&mut r.records);
+            let n = records.len();
+            let replayed = replay(records);
+            let ms = start.elapsed().as_millis() as u64;
+            tracing::info!(
+                shard,
+                segments = r.segments,
+                records = n,
+                sessions = replayed.sessions.len(),
+                retained = replayed.retained.len(),
+                torn_bytes = r.discarded_bytes,
+                bad_records = r.bad_records,
+                set_aside = r.set_aside,
+                orphan_records = replayed.orphans,
+                ms,
+                "write-ahead log recovered"
+            );
+            if r.discarded_bytes > 0 || r.set_aside > 0 {
+                tracing::warn!(
                 shard,
                 torn_bytes = r.discarded_bytes,
                 set_aside = r.set_aside,
                 "torn or corrupt log tail truncated (records after the last whole one were never acknowledged)"
             );
-        }
+            }
+            Ok((r, replayed, ms))
+        };
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..shards).map(|shard| scope.spawn(move || one(shard))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(std::io::Error::other("recovery panicked"))))
+            .collect()
+    });
+    let mut recovered = Vec::new();
+    let mut replays = Vec::new();
+    let mut times = Vec::new();
+    for r in results {
+        let (r, replayed, ms) = r?;
         recovered.push(r);
         replays.push(replayed);
         times.push(ms);
