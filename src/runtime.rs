@@ -439,7 +439,7 @@ async fn shard_main(
     // The mesh numbers peers in join order: that number is the shard id everywhere.
     let id = lanes.as_ref().map_or(0, |(s, _)| s.peer_id() as u16);
     let io = Rc::new(ShardIo {
-        shard: std::cell::RefCell::new(Shard::new(id, cfg)),
+        shard: crate::net::ShardCell::new(Shard::new(id, cfg)),
         scratch: std::cell::RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
         outbox_ready: Default::default(),
         stopping: std::cell::Cell::new(false),

@@ -118,10 +118,95 @@ impl Signal {
     }
 }
 
+/// The shard and the wakers of the tasks driving its connections. The shard holds no wakers:
+/// it lists the connections that became ready ([`Shard::take_ready`]), and every mutable
+/// borrow taken through [`ShardCell::borrow_mut`] drains that list when it ends and wakes
+/// their tasks.
+pub struct ShardCell {
+    shard: RefCell<Shard>,
+    /// The waker of each connection's task, indexed by connection id.
+    wakers: RefCell<Vec<Option<Waker>>>,
+    /// Reused by every drain.
+    ready: RefCell<Vec<ConnId>>,
+}
+
+impl ShardCell {
+    /// Wraps `shard`.
+    pub fn new(shard: Shard) -> Self {
+        Self { shard: RefCell::new(shard), wakers: RefCell::default(), ready: RefCell::default() }
+    }
+
+    /// Shared access (no call that changes the shard).
+    pub fn borrow(&self) -> std::cell::Ref<'_, Shard> {
+        self.shard.borrow()
+    }
+
+    /// Mutable access; the connections the calls made ready are woken when the guard drops.
+    pub fn borrow_mut(&self) -> ShardMut<'_> {
+        ShardMut { shard: self.shard.borrow_mut(), cell: self }
+    }
+
+    /// Stores the waker of the task that drives connection `id`.
+    pub fn register_waker(&self, id: ConnId, waker: &Waker) {
+        let mut wakers = self.wakers.borrow_mut();
+        let i = id.0 as usize;
+        if wakers.len() <= i {
+            wakers.resize(i + 1, None);
+        }
+        match &wakers[i] {
+            Some(w) if w.will_wake(waker) => {}
+            _ => wakers[i] = Some(waker.clone()),
+        }
+    }
+}
+
+/// A mutable borrow of the shard (see [`ShardCell::borrow_mut`]).
+pub struct ShardMut<'a> {
+    shard: std::cell::RefMut<'a, Shard>,
+    cell: &'a ShardCell,
+}
+
+impl ShardMut<'_> {
+    /// Stores the waker of the task that drives connection `id`.
+    pub fn register_waker(&self, id: ConnId, waker: &Waker) {
+        self.cell.register_waker(id, waker);
+    }
+}
+
+impl std::ops::Deref for ShardMut<'_> {
+    type Target = Shard;
+    fn deref(&self) -> &Shard {
+        &self.shard
+    }
+}
+
+impl std::ops::DerefMut for ShardMut<'_> {
+    fn deref_mut(&mut self) -> &mut Shard {
+        &mut self.shard
+    }
+}
+
+impl Drop for ShardMut<'_> {
+    fn drop(&mut self) {
+        let mut ready = self.cell.ready.borrow_mut();
+        self.shard.take_ready(&mut ready);
+        if ready.is_empty() {
+            return;
+        }
+        let wakers = self.cell.wakers.borrow();
+        for id in ready.drain(..) {
+            // Waking only schedules the task; none runs inside this call.
+            if let Some(Some(w)) = wakers.get(id.0 as usize) {
+                w.wake_by_ref();
+            }
+        }
+    }
+}
+
 /// Per-shard resources shared by the IO tasks of that shard.
 pub struct ShardIo {
-    /// The shard state.
-    pub shard: RefCell<Shard>,
+    /// The shard state and its connections' wakers.
+    pub shard: ShardCell,
     /// Scratch read buffer, borrowed only inside one `poll`.
     pub scratch: RefCell<Box<[u8]>>,
     /// Wakes the mesh flushers when an outbox may have grown.

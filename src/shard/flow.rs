@@ -195,10 +195,10 @@ impl Shard {
         }
         let conn = s.conn;
         self.metrics.flow_paused_publishers -= 1;
-        if let Some(c) = conn.and_then(|id| self.conn_mut(id)) {
-            c.flow_resumed = true;
-            if let Some(w) = &c.waker {
-                w.wake_by_ref();
+        if let Some(id) = conn {
+            if let Some(c) = self.conn_mut(id) {
+                c.flow_resumed = true;
+                self.mark_ready(id);
             }
         }
     }

@@ -9,7 +9,9 @@
 //!   [`Shard::handle_peer`] (a message from another shard), [`Shard::tick`];
 //! - outputs: each connection's pending bytes ([`Shard::take_tx`]) and close request, the
 //!   per-peer outboxes of [`ShardMsg`] on two lanes ([`Shard::take_batch`] for data,
-//!   [`Shard::take_control`] for control), and the connection wakers it fires.
+//!   [`Shard::take_control`] for control), and the connections that became ready (new output,
+//!   a close, a lifted pause), drained with [`Shard::take_ready`]: the runtime wakes its own
+//!   tasks for them. The shard holds no task wakers.
 //!
 //! The runtime (`crate::runtime`, `crate::net`) moves bytes and messages; the tests drive
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
@@ -28,7 +30,6 @@ mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -324,8 +325,8 @@ pub(crate) struct Conn {
     rx: BytesMut,
     /// Encoded bytes waiting to be written.
     tx: BytesMut,
-    /// Wakes the connection's task when `tx` grows or the connection must close.
-    waker: Option<Waker>,
+    /// Already listed in [`Shard::take_ready`]'s list (each connection at most once).
+    ready: bool,
     /// Keep alive granted, 0 = none.
     keep_alive_secs: u16,
     /// Last time a packet arrived.
@@ -513,6 +514,9 @@ pub struct Shard {
     /// Connections whose pipelined input waits for the outermost `handle_read` (see
     /// `reading`). Each id at most once, so its length is bounded by the connection count.
     resume_reads: Vec<ConnId>,
+    /// Connections with new output or a state change since the runtime last asked
+    /// ([`Shard::take_ready`]). Each id at most once (`Conn::ready`).
+    ready: Vec<ConnId>,
 }
 
 impl Shard {
@@ -548,6 +552,7 @@ impl Shard {
             next_conn_serial: 1,
             reading: false,
             resume_reads: Vec::new(),
+            ready: Vec::new(),
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
             control: (0..peers).map(|_| VecDeque::new()).collect(),
             outbox_blocked: (0..peers).map(|_| HashSet::new()).collect(),
@@ -616,7 +621,7 @@ impl Shard {
             peer,
             rx: BytesMut::new(),
             tx: BytesMut::new(),
-            waker: None,
+            ready: false,
             keep_alive_secs: 0,
             last_rx: now,
             accepted_at: now,
@@ -682,12 +687,25 @@ impl Shard {
         self.conn(id).map(|c| c.client_id.as_str()).filter(|c| !c.is_empty())
     }
 
-    /// Stores the waker of the connection's task.
-    pub fn register_waker(&mut self, id: ConnId, waker: &Waker) {
-        if let Some(c) = self.conn_mut(id) {
-            match &c.waker {
-                Some(w) if w.will_wake(waker) => {}
-                _ => c.waker = Some(waker.clone()),
+    /// Moves the connections that became ready since the last call (new output in `tx`, a
+    /// close, a lifted flow-control pause) into `out`. The runtime calls it after each call into
+    /// the shard and wakes the tasks that drive those connections. Each connection is listed
+    /// at most once, so the list is bounded by the connection count.
+    pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
+        for id in self.ready.drain(..) {
+            if let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) {
+                c.ready = false;
+                out.push(id);
+            }
+        }
+    }
+
+    /// Lists connection `id` as ready (see [`Shard::take_ready`]).
+    fn mark_ready(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) {
+            if !c.ready {
+                c.ready = true;
+                self.ready.push(id);
             }
         }
     }
@@ -1008,9 +1026,7 @@ impl Shard {
         }
         let Some(c) = self.conn_mut(id) else { return false };
         let written = c.tx.len() - before;
-        if let Some(w) = &c.waker {
-            w.wake_by_ref();
-        }
+        self.mark_ready(id);
         self.metrics.bytes_sent += written as u64;
         true
     }
@@ -1041,9 +1057,7 @@ impl Shard {
         }
         let phase = std::mem::replace(&mut c.phase, Phase::Closing);
         let v5 = c.version.is_v5();
-        if let Some(w) = &c.waker {
-            w.wake_by_ref();
-        }
+        self.mark_ready(id);
         let will = self.take_will(id);
         tracing::info!(conn = id.0, ?reason, "disconnected");
         match reason {

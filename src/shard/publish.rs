@@ -487,9 +487,7 @@ impl Shard {
         };
         match codec::encode_publish(&view, c.version, &mut c.tx) {
             Ok(n) => {
-                if let Some(w) = &c.waker {
-                    w.wake_by_ref();
-                }
+                self.mark_ready(conn);
                 self.metrics.bytes_sent += n as u64;
                 self.metrics.messages_sent += 1;
                 if let Some(t) = out.msg.received_at {
