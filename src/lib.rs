@@ -19,7 +19,8 @@
 //! - [`net`], [`runtime`]: glommio: sockets, executors, the mesh. With `persist::wal` (DMA
 //!   files), the only modules that import glommio.
 //! - [`config`], [`broker`]: the configuration file and its mapping onto the layers.
-//! - [`metrics`]: per-shard counters.
+//! - [`counters`]: one shard's counters, no IO.
+//! - [`metrics`]: the board the shards copy their counters to, `/metrics` and `$SYS` rendering.
 //! - `fuzzing` (hidden): the bodies of the fuzz targets and parser property tests.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, health checks, `/api/v1`) on threads of its
 //!   own; it asks the shards over bounded channels ([`shard::admin`] answers).
@@ -36,6 +37,7 @@ pub mod broker;
 pub mod check;
 pub mod codec;
 pub mod config;
+pub mod counters;
 pub mod enhanced_auth;
 pub mod fuzzing;
 pub mod logging;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will};
-use crate::metrics::Metrics;
+use crate::counters::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
 pub use flow::{FlowLimits, SlowConsumerPolicy};
@@ -560,7 +560,7 @@ impl Shard {
             route_refused: false,
             deadlines: Default::default(),
             metrics: Metrics::default(),
-            latency: crate::metrics::new_latency_histogram(),
+            latency: crate::counters::new_latency_histogram(),
             scratch: Vec::new(),
             peer_normal: vec![false; peers],
             peer_shared: (0..peers).map(|_| Vec::new()).collect(),
