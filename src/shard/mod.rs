@@ -40,6 +40,7 @@ use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
 pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
+pub use shared::{SharedStrategy, SharedSubscriptionsConfig, SHARED_GROUP_OVERRIDES_MAX};
 use retained::RetainedStore;
 use shared::SharedGroups;
 
@@ -154,7 +155,7 @@ pub struct ShardConfig {
     /// is not (0x99, §3.3.2.3.2).
     pub check_payload_format: bool,
     /// How shared subscription groups pick a member, by default and per group name.
-    pub shared: crate::config::SharedSubscriptionsConfig,
+    pub shared: SharedSubscriptionsConfig,
     /// The broker-wide memory budget, one counter shared by every shard (see [`budget`]).
     pub memory: std::sync::Arc<budget::MemoryBudget>,
     /// Time a peer may accept no output bytes before its connection is closed (the IO driver
