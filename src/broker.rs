@@ -82,9 +82,8 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         check_payload_format: config.broker.check_payload_format,
         mechanisms: Default::default(),
         security: std::sync::Arc::new(load_security(config)),
-        auth_files: config.auth.clone(),
         shared: config.shared_subscriptions.clone(),
-        hash_pool: None,
+        password_checks_inline: false,
         failed_logins_per_minute_max: config.auth.failed_logins_per_minute_max,
     }
 }
@@ -124,6 +123,8 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         metrics_bind: config.admin_bind(),
         stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         admin_rx: Vec::new(),
+        auth_files: config.auth.clone(),
+        hash_pool: None,
     }
 }
 

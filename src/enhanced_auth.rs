@@ -219,8 +219,9 @@ fn decoy_credential(user: &str) -> ScramCredential {
 }
 
 /// A random 32-byte key drawn once per process, for [`decoy_credential`]. If the OS RNG fails,
-/// the key falls back to the std hasher's per-process random seed mixed with the time: weaker,
-/// but still unknown to a client, and no panic.
+/// the key falls back to the std hasher's random keys (seeded from the OS once per process and
+/// varied per instance): weaker, but still unknown to a client, and no panic. No clock: the
+/// core reads none.
 fn server_secret() -> &'static [u8; 32] {
     static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
     SECRET.get_or_init(|| {
@@ -230,11 +231,6 @@ fn server_secret() -> &'static [u8; 32] {
             for (i, chunk) in key.chunks_mut(8).enumerate() {
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
                 h.write_usize(i);
-                h.write_u128(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos()),
-                );
                 chunk.copy_from_slice(&h.finish().to_le_bytes());
             }
         }

@@ -49,6 +49,8 @@ pub mod runtime;
 pub mod session;
 pub mod shard;
 pub mod topic;
+#[cfg(test)]
+mod test_clock;
 
 /// The crate version, as published in `$SYS/broker/version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -25,6 +25,7 @@
 //! - [`password`]: the password file ([`PasswordDb`]) and its hash formats ([`PasswordHash`]).
 //! - [`acl`]: the ACL file ([`Acl`]) and its [`Decision`]s.
 //! - [`passwd_cmd`]: `tern passwd`, which creates and edits password files.
+//! - [`check`]: one password check as the shard asks for it, and its verdict.
 //! - [`pool`]: the worker threads that check passwords off the shard threads.
 //! - [`ratelimit`]: failed logins per source address.
 
@@ -33,6 +34,7 @@ use std::io::Read;
 use std::path::Path;
 
 pub mod acl;
+pub mod check;
 pub mod passwd_cmd;
 pub mod password;
 pub mod pool;
@@ -40,7 +42,8 @@ pub mod ratelimit;
 
 pub use acl::{Access, Acl, Decision};
 pub use password::{PasswordDb, PasswordHash};
-pub use pool::{HashJob, HashPool, Verdict};
+pub use check::{HashJob, Verdict};
+pub use pool::HashPool;
 pub use ratelimit::FailedLogins;
 
 /// Largest password or ACL file read. Both are small text files; the bound keeps a wrong path

@@ -125,14 +125,13 @@ pub struct ShardConfig {
     /// Enhanced authentication methods offered to v5 clients (§4.12), besides the
     /// SCRAM-SHA-256 that [`ShardConfig::security`] provides over the password file.
     pub mechanisms: crate::enhanced_auth::Mechanisms,
-    /// Password file and ACL; replaced on reload with [`Shard::set_security`].
+    /// Password file and ACL, parsed (the runtime reads the files); replaced on reload with
+    /// [`Shard::set_security`].
     pub security: std::sync::Arc<crate::auth::Security>,
-    /// Where the password file and ACL are read from again on reload; also the password
-    /// workers' settings.
-    pub auth_files: crate::config::AuthConfig,
-    /// The worker threads that check passwords. `None`: [`crate::runtime::Broker::start`]
-    /// starts one from `auth_files`; a shard without one (tests, tools) checks inline.
-    pub hash_pool: Option<std::sync::Arc<crate::auth::HashPool>>,
+    /// Check passwords inside the shard call (tests, tools). Otherwise (the broker) the shard
+    /// queues each check for the runtime ([`Shard::take_password_checks`]) and waits for its
+    /// verdict ([`Shard::handle_password_verdict`]).
+    pub password_checks_inline: bool,
     /// Failed logins per source address per minute on this shard before its CONNECTs with
     /// credentials are refused with 0x9F.
     pub failed_logins_per_minute_max: u32,
@@ -196,8 +195,7 @@ impl ShardConfig {
             topic_alias_max: 8,
             mechanisms: Default::default(),
             security: Default::default(),
-            auth_files: Default::default(),
-            hash_pool: None,
+            password_checks_inline: true,
             failed_logins_per_minute_max: 30,
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
@@ -474,6 +472,9 @@ pub struct Shard {
     /// `Phase::Verifying`, plus those whose connection closed before the verdict (bounded by
     /// the pool's queue).
     verifying: HashMap<u64, connect::AwaitingVerdict>,
+    /// Password checks for the runtime to run ([`Shard::take_password_checks`]): at most one per
+    /// connection in `Phase::Verifying`, so bounded by the connection count.
+    password_checks: Vec<crate::auth::HashJob>,
     /// Failed logins per source address (bounded, see [`crate::auth::ratelimit`]).
     failed_logins: crate::auth::FailedLogins,
     /// Takeovers that arrived before the `ClaimReply` of the claim they name (at most one per
@@ -546,6 +547,7 @@ impl Shard {
             claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
             verifying: HashMap::new(),
+            password_checks: Vec::new(),
             failed_logins: crate::auth::FailedLogins::new(failed_logins_max),
             early_takeovers: Vec::new(),
             pending_acks: HashMap::new(),
