@@ -92,7 +92,10 @@ pub fn shard_config(config: &Config) -> ShardConfig {
 /// validated; if they cannot be read now, Tern fails closed: no user name is accepted and the
 /// ACL denies everything, and the error is logged.
 fn load_security(config: &Config) -> Security {
-    Security::load(&config.auth).unwrap_or_else(|e| {
+    crate::auth::load_security(
+        config.auth.password_file.as_deref(),
+        config.auth.acl_file.as_deref(),
+    ).unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot load auth files: denying every client until reload");
         Security {
             passwords: Some(std::sync::Arc::new(crate::auth::PasswordDb::new())),

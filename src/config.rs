@@ -1286,11 +1286,11 @@ impl AuthConfig {
     /// message, e.g. `auth.acl_file: /etc/tern/acl:7: unknown access type "reed" ...`.
     fn check_files(&self, spans: &Spans) -> Result<(), Issue> {
         if let Some(path) = &self.password_file {
-            crate::auth::PasswordDb::load(path)
+            crate::auth::load_passwords(path)
                 .map_err(|e| spans.issue(&["auth.password_file"], e.to_string()))?;
         }
         if let Some(path) = &self.acl_file {
-            crate::auth::Acl::load(path)
+            crate::auth::load_acl(path)
                 .map_err(|e| spans.issue(&["auth.acl_file"], e.to_string()))?;
         }
         Ok(())

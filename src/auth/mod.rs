@@ -2,8 +2,8 @@
 //! `tern passwd` command that edits password files.
 //!
 //! This module owns the *files* and the *decisions*; it does not own when they are made. It does
-//! IO only in the `load` functions (once at start, and again on reload) and in
-//! [`passwd_cmd`]; every check at match time is pure and works on data parsed at load. It never
+//! IO only in [`files`] (once at start, and again on reload) and in [`passwd_cmd`]; every check
+//! at match time is pure and works on data parsed at load. It never
 //! touches sockets, the runtime or a clock. The broker decides when to call it:
 //!
 //! | event | call |
@@ -24,17 +24,17 @@
 //!
 //! - [`password`]: the password file ([`PasswordDb`]) and its hash formats ([`PasswordHash`]).
 //! - [`acl`]: the ACL file ([`Acl`]) and its [`Decision`]s.
+//! - [`files`]: reading the files (the only IO here besides `passwd_cmd`).
 //! - [`passwd_cmd`]: `tern passwd`, which creates and edits password files.
 //! - [`check`]: one password check as the shard asks for it, and its verdict.
 //! - [`pool`]: the worker threads that check passwords off the shard threads.
 //! - [`ratelimit`]: failed logins per source address.
 
 use std::fmt;
-use std::io::Read;
-use std::path::Path;
 
 pub mod acl;
 pub mod check;
+pub mod files;
 pub mod passwd_cmd;
 pub mod password;
 pub mod pool;
@@ -44,12 +44,8 @@ pub use acl::{Access, Acl, Decision};
 pub use password::{PasswordDb, PasswordHash};
 pub use check::{HashJob, Verdict};
 pub use pool::HashPool;
+pub use files::{load_acl, load_passwords, load_security, AUTH_FILE_BYTES_MAX};
 pub use ratelimit::FailedLogins;
-
-/// Largest password or ACL file read. Both are small text files; the bound keeps a wrong path
-/// (a log file, a device) from filling memory. Worst-case memory: about three times this while a
-/// file is parsed (the text, plus the parsed entries).
-pub const AUTH_FILE_BYTES_MAX: u64 = 16 << 20;
 
 /// A password or ACL file that was refused: which file, which line, and why.
 ///
@@ -66,7 +62,8 @@ pub struct AuthFileError {
 }
 
 impl AuthFileError {
-    pub(crate) fn at(file: &str, line: usize, reason: impl Into<String>) -> AuthFileError {
+    /// An error about `file` at `line` (0: the whole file).
+    pub fn at(file: &str, line: usize, reason: impl Into<String>) -> AuthFileError {
         AuthFileError { file: file.to_owned(), line, reason: reason.into() }
     }
 }
@@ -82,29 +79,6 @@ impl fmt::Display for AuthFileError {
 }
 
 impl std::error::Error for AuthFileError {}
-
-/// Reads a whole auth file as UTF-8, at most [`AUTH_FILE_BYTES_MAX`] bytes. Errors name the file
-/// as given; a non-UTF-8 byte is reported with its line number.
-pub(crate) fn read_file(path: &Path) -> Result<(String, String), AuthFileError> {
-    let name = path.display().to_string();
-    let io_error = |e: std::io::Error| AuthFileError::at(&name, 0, format!("cannot read: {e}"));
-    let file = std::fs::File::open(path).map_err(io_error)?;
-    let mut bytes = Vec::new();
-    // One byte more than allowed, so an oversized file is detected instead of truncated.
-    file.take(AUTH_FILE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(io_error)?;
-    if bytes.len() as u64 > AUTH_FILE_BYTES_MAX {
-        let reason = format!("file is larger than {AUTH_FILE_BYTES_MAX} bytes");
-        return Err(AuthFileError::at(&name, 0, reason));
-    }
-    match String::from_utf8(bytes) {
-        Ok(text) => Ok((name, text)),
-        Err(e) => {
-            let valid = e.utf8_error().valid_up_to();
-            let line = e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
-            Err(AuthFileError::at(&name, line, "not valid UTF-8"))
-        }
-    }
-}
 
 /// The lines of `text` with their 1-based numbers, `\r\n` and `\n` endings removed, and any
 /// `\r` left at the end of a line too (`str::lines` keeps a bare one), so that a file written
@@ -125,21 +99,6 @@ mod tests {
         assert_eq!(e.to_string(), "pw:3: empty user name");
         let e = AuthFileError::at("pw", 0, "cannot read: gone");
         assert_eq!(e.to_string(), "pw: cannot read: gone");
-    }
-
-    #[test]
-    fn read_file_errors() {
-        let e = read_file(Path::new("/nonexistent/tern/pw")).expect_err("missing");
-        assert_eq!((e.file.as_str(), e.line), ("/nonexistent/tern/pw", 0));
-        assert!(e.reason.starts_with("cannot read: "), "{e}");
-
-        let dir = std::env::temp_dir().join(format!("tern-auth-mod-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("bad-utf8");
-        std::fs::write(&path, b"a:b\nc:\xff\n").expect("write");
-        let e = read_file(&path).expect_err("bad utf-8");
-        assert_eq!((e.line, e.reason.as_str()), (2, "not valid UTF-8"));
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
@@ -174,25 +133,6 @@ impl fmt::Debug for Security {
 }
 
 impl Security {
-    /// Loads the configured files.
-    pub fn load(cfg: &crate::config::AuthConfig) -> Result<Security, AuthFileError> {
-        let passwords = match &cfg.password_file {
-            Some(p) => Some(std::sync::Arc::new(PasswordDb::load(p)?)),
-            None => None,
-        };
-        let acl = match &cfg.acl_file {
-            Some(p) => {
-                let acl = Acl::load(p)?;
-                for w in acl.warnings() {
-                    tracing::warn!(file = %p.display(), "{w}");
-                }
-                Some(acl)
-            }
-            None => None,
-        };
-        Ok(Security { passwords, acl })
-    }
-
     /// The SCRAM-SHA-256 mechanism over the password file, if there is one.
     pub fn scram(&self) -> Option<std::sync::Arc<dyn crate::enhanced_auth::Mechanism>> {
         let db = std::sync::Arc::clone(self.passwords.as_ref()?);
