@@ -178,7 +178,7 @@ impl ScramSha256 {
 
 impl ScramSha256 {
     /// The mechanism over `lookup` with a fixed server nonce, for the fuzz body
-    /// ([`crate::fuzzing::scram`]): deterministic runs, no OS randomness per input.
+    /// (`tern::fuzzing::scram`): deterministic runs, no OS randomness per input.
     #[doc(hidden)]
     pub fn for_fuzzing(lookup: CredentialLookup) -> Self {
         Self { lookup, nonce: Arc::new(|| "fuzz-server-nonce".into()) }

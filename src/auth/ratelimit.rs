@@ -8,7 +8,7 @@
 //! (an attacker with many addresses can shorten others' lockouts, not lengthen them).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use core::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Addresses one limiter remembers.

@@ -29,7 +29,7 @@ mod subscribe;
 mod timers;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;

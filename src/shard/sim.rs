@@ -29,7 +29,7 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
