@@ -95,7 +95,8 @@ fn load_security(config: &Config) -> Security {
     crate::auth::load_security(
         config.auth.password_file.as_deref(),
         config.auth.acl_file.as_deref(),
-    ).unwrap_or_else(|e| {
+    )
+    .unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot load auth files: denying every client until reload");
         Security {
             passwords: Some(std::sync::Arc::new(crate::auth::PasswordDb::new())),

@@ -30,15 +30,14 @@
 //! - [`persist`]: the write-ahead log (format and records with no IO; the glommio writer).
 #![forbid(unsafe_code)]
 
+pub use tern_core::{codec, counters, enhanced_auth, session, shard, topic};
+
 pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod check;
-pub mod codec;
 pub mod config;
-pub mod counters;
-pub mod enhanced_auth;
 pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
@@ -46,11 +45,6 @@ pub mod mosquitto_conf;
 pub mod net;
 pub mod persist;
 pub mod runtime;
-pub mod session;
-pub mod shard;
-pub mod topic;
-#[cfg(test)]
-mod test_clock;
 
 /// The crate version, as published in `$SYS/broker/version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -375,7 +375,10 @@ impl ReloadSnapshot {
         let security = if files.password_file.is_none() && files.acl_file.is_none() {
             None
         } else {
-            match crate::auth::load_security(files.password_file.as_deref(), files.acl_file.as_deref()) {
+            match crate::auth::load_security(
+                files.password_file.as_deref(),
+                files.acl_file.as_deref(),
+            ) {
                 Ok(s) => {
                     tracing::info!(generation, "password file and ACL reloaded");
                     Some(Arc::new(s))

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use super::{AuthFileError, Acl, PasswordDb, Security};
+use super::{Acl, AuthFileError, PasswordDb, Security};
 
 /// Largest password or ACL file read. Both are small text files; the bound keeps a wrong path
 /// (a log file, a device) from filling memory. Worst-case memory: about three times this while a
@@ -52,7 +52,7 @@ pub fn load_security(
     password_file: Option<&Path>,
     acl_file: Option<&Path>,
 ) -> Result<Security, AuthFileError> {
-        let passwords = match password_file {
+    let passwords = match password_file {
         Some(p) => Some(std::sync::Arc::new(load_passwords(p)?)),
         None => None,
     };

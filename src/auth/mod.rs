@@ -1,142 +1,14 @@
-//! Authentication and authorisation: Mosquitto-compatible password files and ACL files, and the
-//! `tern passwd` command that edits password files.
-//!
-//! This module owns the *files* and the *decisions*; it does not own when they are made. It does
-//! IO only in [`files`] (once at start, and again on reload) and in [`passwd_cmd`]; every check
-//! at match time is pure and works on data parsed at load. It never
-//! touches sockets, the runtime or a clock. The broker decides when to call it:
-//!
-//! | event | call |
-//! |---|---|
-//! | CONNECT with a user name | [`PasswordDb::check`] (slow on purpose: a key derivation), on a [`HashPool`] worker |
-//! | SUBSCRIBE, per filter | [`Acl::can_subscribe`] |
-//! | PUBLISH received (and a Will, at CONNECT) | [`Acl::can_publish`] |
-//! | each message delivered, retained ones included | [`Acl::can_read`] |
-//!
-//! Both files are in Mosquitto's formats so that existing files can be used unchanged; where
-//! Tern is stricter than Mosquitto (refusing a file Mosquitto would accept, or denying where
-//! Mosquitto would allow), the item's documentation says so and why. The rule throughout is
-//! *fail closed*: a line that cannot be understood is an error naming the file and line, never
-//! something skipped or an entry with an empty field; an ACL file with no entries denies
-//! everything.
-//!
-//! # Layout
-//!
-//! - [`password`]: the password file ([`PasswordDb`]) and its hash formats ([`PasswordHash`]).
-//! - [`acl`]: the ACL file ([`Acl`]) and its [`Decision`]s.
-//! - [`files`]: reading the files (the only IO here besides `passwd_cmd`).
-//! - [`passwd_cmd`]: `tern passwd`, which creates and edits password files.
-//! - [`check`]: one password check as the shard asks for it, and its verdict.
-//! - [`pool`]: the worker threads that check passwords off the shard threads.
-//! - [`ratelimit`]: failed logins per source address.
+//! Authentication and authorisation, the runtime's side: reading the password and ACL files
+//! ([`files`]), the worker threads that check passwords off the shard threads ([`pool`]), and
+//! `tern passwd` ([`passwd_cmd`]). The parsing and every decision (ACL rules, password
+//! verification, SCRAM, the failed-login limit) are in the core, `tern_core::auth`, re-exported
+//! here so `crate::auth::...` names both.
 
-use std::fmt;
+pub use tern_core::auth::*;
 
-pub mod acl;
-pub mod check;
 pub mod files;
 pub mod passwd_cmd;
-pub mod password;
 pub mod pool;
-pub mod ratelimit;
 
-pub use acl::{Access, Acl, Decision};
-pub use password::{PasswordDb, PasswordHash};
-pub use check::{HashJob, Verdict};
-pub use pool::HashPool;
 pub use files::{load_acl, load_passwords, load_security, AUTH_FILE_BYTES_MAX};
-pub use ratelimit::FailedLogins;
-
-/// A password or ACL file that was refused: which file, which line, and why.
-///
-/// Displays as `file:line: reason`, or `file: reason` when the problem is not on one line (the
-/// file cannot be read, or is too large).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthFileError {
-    /// The file, as given to the `load` function (or the name given to `parse`).
-    pub file: String,
-    /// 1-based line number, or 0 when the error is about the whole file.
-    pub line: usize,
-    /// What is wrong, e.g. `empty user name`. Never contains a password or a hash.
-    pub reason: String,
-}
-
-impl AuthFileError {
-    /// An error about `file` at `line` (0: the whole file).
-    pub fn at(file: &str, line: usize, reason: impl Into<String>) -> AuthFileError {
-        AuthFileError { file: file.to_owned(), line, reason: reason.into() }
-    }
-}
-
-impl fmt::Display for AuthFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line > 0 {
-            write!(f, "{}:{}: {}", self.file, self.line, self.reason)
-        } else {
-            write!(f, "{}: {}", self.file, self.reason)
-        }
-    }
-}
-
-impl std::error::Error for AuthFileError {}
-
-/// The lines of `text` with their 1-based numbers, `\r\n` and `\n` endings removed, and any
-/// `\r` left at the end of a line too (`str::lines` keeps a bare one), so that a file written
-/// back by `tern passwd` reads the same as the original (found by the `password_file` fuzz
-/// target: a line `\r` was written back as `\r\n` and read again as an empty line; then
-/// `\r\r`, which stripping one `\r` did not fix).
-pub(crate) fn numbered_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.lines().enumerate().map(|(i, line)| (i + 1, line.trim_end_matches('\r')))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_display() {
-        let e = AuthFileError::at("pw", 3, "empty user name");
-        assert_eq!(e.to_string(), "pw:3: empty user name");
-        let e = AuthFileError::at("pw", 0, "cannot read: gone");
-        assert_eq!(e.to_string(), "pw: cannot read: gone");
-    }
-
-    #[test]
-    fn lines_are_numbered_from_one_without_crlf() {
-        let lines: Vec<_> = numbered_lines("a\r\nb\n\nc").collect();
-        assert_eq!(lines, [(1, "a"), (2, "b"), (3, ""), (4, "c")]);
-        let lines: Vec<_> = numbered_lines("a\n\r").collect();
-        assert_eq!(lines, [(1, "a"), (2, "")]);
-        let lines: Vec<_> = numbered_lines("a\r\r\n\r\r").collect();
-        assert_eq!(lines, [(1, "a"), (2, "")]);
-    }
-}
-
-/// What a shard checks clients against: the password file, the ACL file, and the SCRAM-SHA-256
-/// mechanism over the password file's `$scram-sha-256$` entries. Immutable; a reload builds a
-/// new one and each shard swaps its `Arc` (no lock on the hot path).
-#[derive(Default)]
-pub struct Security {
-    /// The password file, if configured.
-    pub passwords: Option<std::sync::Arc<PasswordDb>>,
-    /// The ACL file, if configured (absent: everything allowed).
-    pub acl: Option<Acl>,
-}
-
-impl fmt::Debug for Security {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Security")
-            .field("passwords", &self.passwords.as_ref().map(|p| p.len()))
-            .field("acl", &self.acl.is_some())
-            .finish()
-    }
-}
-
-impl Security {
-    /// The SCRAM-SHA-256 mechanism over the password file, if there is one.
-    pub fn scram(&self) -> Option<std::sync::Arc<dyn crate::enhanced_auth::Mechanism>> {
-        let db = std::sync::Arc::clone(self.passwords.as_ref()?);
-        let lookup = std::sync::Arc::new(move |user: &str| db.scram(user));
-        Some(std::sync::Arc::new(crate::enhanced_auth::ScramSha256::new(lookup)))
-    }
-}
+pub use pool::HashPool;

@@ -795,8 +795,7 @@ mod tests {
         let mut db = crate::auth::PasswordDb::new();
         let hash = crate::auth::PasswordHash::new_pbkdf2_sha512(b"pw", 10).expect("hash");
         db.upsert("alice", hash).expect("user");
-        cfg.security =
-            Arc::new(crate::auth::Security { passwords: Some(Arc::new(db)), acl: None });
+        cfg.security = Arc::new(crate::auth::Security { passwords: Some(Arc::new(db)), acl: None });
         cfg.password_checks_inline = false;
         let cell = ShardCell::new(Shard::new(0, cfg), Some(pool));
         let now = Instant::now();

@@ -849,9 +849,9 @@ impl Shard {
     pub fn password_check_refused(&mut self, ticket: u64, now: Instant) {
         let Some(pending) = self.verifying.remove(&ticket) else { return };
         let id = pending.conn;
-        let waiting = self.conn(id).is_some_and(
-            |c| matches!(c.phase, Phase::Verifying { ticket: t, .. } if t == ticket),
-        );
+        let waiting = self
+            .conn(id)
+            .is_some_and(|c| matches!(c.phase, Phase::Verifying { ticket: t, .. } if t == ticket));
         if waiting {
             tracing::warn!(conn = id.0, "password check queue full: refusing CONNECT");
             self.refuse(id, pending.connect.version, ReasonCode::ServerBusy, now);

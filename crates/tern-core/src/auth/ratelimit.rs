@@ -7,8 +7,8 @@
 //! that ended are dropped first; if none has, the address with the oldest window is forgotten
 //! (an attacker with many addresses can shorten others' lockouts, not lengthen them).
 
-use std::collections::HashMap;
 use core::net::IpAddr;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Addresses one limiter remembers.

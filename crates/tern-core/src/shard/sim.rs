@@ -28,8 +28,8 @@
 //! TERN_SIM_SEED=123 TERN_SIM_STEPS=20000 cargo test --lib shard::sim
 //! ```
 
-use std::collections::{HashMap, HashSet};
 use core::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 

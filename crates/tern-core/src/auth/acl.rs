@@ -802,7 +802,7 @@ mod tests {
 
     #[test]
     fn fixture_file() {
-        let a = Acl::parse("acl.conf", include_str!("../../tests/fixtures/auth/acl.conf"))
+        let a = Acl::parse("acl.conf", include_str!("../../../../tests/fixtures/auth/acl.conf"))
             .expect("fixture parses");
         assert!(a.can_read(None, "c", "public/news"));
         assert!(!a.can_publish(None, "c", "public/news"));

@@ -28,8 +28,8 @@ mod shared;
 mod subscribe;
 mod timers;
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use core::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -40,9 +40,9 @@ use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
 pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
-pub use shared::{SharedStrategy, SharedSubscriptionsConfig, SHARED_GROUP_OVERRIDES_MAX};
 use retained::RetainedStore;
 use shared::SharedGroups;
+pub use shared::{SharedStrategy, SharedSubscriptionsConfig, SHARED_GROUP_OVERRIDES_MAX};
 
 /// Output buffer capacity an idle connection may keep for reuse; larger ones are freed once
 /// written (a burst does not leave a megabyte behind on every idle connection).

@@ -681,9 +681,9 @@ mod tests {
     use super::*;
 
     /// Written by Mosquitto 2.0.11's `mosquitto_passwd` (see tests/fixtures/auth/README.md).
-    const MOSQUITTO_FILE: &str = include_str!("../../tests/fixtures/auth/mosquitto.passwd");
+    const MOSQUITTO_FILE: &str = include_str!("../../../../tests/fixtures/auth/mosquitto.passwd");
     /// Argon2id hashes made by the reference `argon2` tool (libargon2).
-    const ARGON2_FILE: &str = include_str!("../../tests/fixtures/auth/argon2id.passwd");
+    const ARGON2_FILE: &str = include_str!("../../../../tests/fixtures/auth/argon2id.passwd");
 
     fn parse(text: &str) -> Result<PasswordDb, AuthFileError> {
         PasswordDb::parse("pw", text)

@@ -404,7 +404,10 @@ mod tests {
         assert_eq!(s.enqueue(out(9, QoS::AtLeastOnce)), Err(Dropped::EvictedOldest));
         assert_eq!(s.queue.len(), 3);
         let mut expired = 0;
-        assert_eq!(s.dequeue(crate::test_clock::test_epoch(), &mut expired).expect("q").msg.payload[0], 1);
+        assert_eq!(
+            s.dequeue(crate::test_clock::test_epoch(), &mut expired).expect("q").msg.payload[0],
+            1
+        );
     }
 
     #[test]
