@@ -1,14 +1,14 @@
-//! Authentication and authorisation: Mosquitto-compatible password files and ACL files, and the
-//! `tern passwd` command that edits password files.
+//! Authentication and authorisation decisions over Mosquitto-compatible password files and ACL
+//! files, parsed from text handed in.
 //!
-//! This module owns the *files* and the *decisions*; it does not own when they are made. It does
-//! IO only in [`files`] (once at start, and again on reload) and in [`passwd_cmd`]; every check
-//! at match time is pure and works on data parsed at load. It never
-//! touches sockets, the runtime or a clock. The broker decides when to call it:
+//! This module owns the *formats* and the *decisions*; it does not read files (the runtime,
+//! `tern::auth::files`, does, at start and on reload) and does not own when checks are made.
+//! Every check is pure and works on data parsed at load. It never touches sockets, files,
+//! threads or a clock. The broker decides when to call it:
 //!
 //! | event | call |
 //! |---|---|
-//! | CONNECT with a user name | [`PasswordDb::check`] (slow on purpose: a key derivation), on a [`HashPool`] worker |
+//! | CONNECT with a user name | [`PasswordDb::check`] (slow on purpose: a key derivation), queued by the shard as a [`HashJob`] for the runtime's workers |
 //! | SUBSCRIBE, per filter | [`Acl::can_subscribe`] |
 //! | PUBLISH received (and a Will, at CONNECT) | [`Acl::can_publish`] |
 //! | each message delivered, retained ones included | [`Acl::can_read`] |
@@ -24,10 +24,7 @@
 //!
 //! - [`password`]: the password file ([`PasswordDb`]) and its hash formats ([`PasswordHash`]).
 //! - [`acl`]: the ACL file ([`Acl`]) and its [`Decision`]s.
-//! - [`files`]: reading the files (the only IO here besides `passwd_cmd`).
-//! - [`passwd_cmd`]: `tern passwd`, which creates and edits password files.
 //! - [`check`]: one password check as the shard asks for it, and its verdict.
-//! - [`pool`]: the worker threads that check passwords off the shard threads.
 //! - [`ratelimit`]: failed logins per source address.
 
 use std::fmt;

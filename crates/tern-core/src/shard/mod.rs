@@ -13,7 +13,7 @@
 //!   a close, a lifted pause), drained with [`Shard::take_ready`]: the runtime wakes its own
 //!   tasks for them. The shard holds no task wakers.
 //!
-//! The runtime (`crate::runtime`, `crate::net`) moves bytes and messages; the tests drive
+//! The runtime (`tern::runtime`, `tern::net`) moves bytes and messages; the tests drive
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 

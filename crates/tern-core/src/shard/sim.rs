@@ -25,7 +25,7 @@
 //! `TERN_SIM_SEEDS` the number of seeds (the default is a few seconds' worth for CI):
 //!
 //! ```text
-//! TERN_SIM_SEED=123 TERN_SIM_STEPS=20000 cargo test --lib shard::sim
+//! TERN_SIM_SEED=123 TERN_SIM_STEPS=20000 cargo test -p tern-core --lib shard::sim
 //! ```
 
 use core::net::SocketAddr;
@@ -851,7 +851,7 @@ pub(super) fn run_seed(seed: u64, steps: u64) -> SimStats {
                 .unwrap_or_default();
             panic!(
                 "simulation seed {seed} failed: {msg}\nreproduce: TERN_SIM_SEED={seed} \
-                 TERN_SIM_STEPS={steps} cargo test --lib shard::sim"
+                 TERN_SIM_STEPS={steps} cargo test -p tern-core --lib shard::sim"
             );
         }
     }
