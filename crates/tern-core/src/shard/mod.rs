@@ -1022,7 +1022,7 @@ impl Shard {
                 tracing::debug!(conn = id.0, "packet exceeds the client's maximum packet size");
                 return false;
             };
-            let c = self.conn_mut(id).expect("invariant: checked above");
+            let Some(c) = self.conn_mut(id) else { return false };
             if codec::encode(&fitted, version, &mut c.tx).is_err() {
                 return false;
             }

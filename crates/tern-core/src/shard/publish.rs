@@ -65,7 +65,7 @@ impl Shard {
                         now,
                     );
                 }
-                let c = self.conn_mut(id).expect("invariant: checked above");
+                let Some(c) = self.conn_mut(id) else { return };
                 if p.topic.is_empty() {
                     match c.aliases.get(&alias) {
                         Some(t) => p.topic = t.clone(),
@@ -387,7 +387,7 @@ impl Shard {
         let tx_max = self.cfg.tx_bytes_max;
         let Some(c) = self.conn(conn) else { return };
         let (receive_max, tx_room) = (c.client_receive_max, c.tx.len() < tx_max);
-        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
+        let Some(s) = self.slot_mut(slot) else { return };
         if s.flow.dropping() {
             // A slow consumer under policy `drop`: it alone loses messages until it drains.
             self.metrics.messages_dropped_slow_consumer += 1;

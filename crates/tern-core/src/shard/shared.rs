@@ -69,7 +69,7 @@ impl SharedGroups {
             };
             self.groups.insert(group.to_owned(), g);
         }
-        let g = self.groups.get_mut(group).expect("invariant: inserted above");
+        let Some(g) = self.groups.get_mut(group) else { return false }; // inserted above
         match g.members.binary_search_by_key(&(member.shard, member.slot), |m| (m.shard, m.slot)) {
             Ok(i) => {
                 g.members[i] = member;
@@ -89,9 +89,10 @@ impl SharedGroups {
         g.members.retain(|m| !(m.shard == shard && m.slot == slot));
         let removed = g.members.len() != before;
         if g.members.is_empty() {
-            let g = self.groups.remove(group).expect("invariant: found above");
-            self.trie.remove(&g.filter, &g.key);
-            self.names.remove(&g.key);
+            if let Some(g) = self.groups.remove(group) {
+                self.trie.remove(&g.filter, &g.key);
+                self.names.remove(&g.key);
+            }
         }
         removed
     }
