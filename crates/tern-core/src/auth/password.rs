@@ -57,10 +57,9 @@ pub const PBKDF2_ITERATIONS_DEFAULT: u32 = 1000;
 /// password worker here). Was 1 000 000 before issue 9.
 pub const PBKDF2_ITERATIONS_MAX: u32 = 210_000;
 
-/// Largest SCRAM-SHA-256 iteration count accepted in a file: 600 000, OWASP's recommendation for
-/// PBKDF2-HMAC-SHA256 (2023). A SCRAM exchange never derives a key on the broker; this bounds
-/// the check of a plain CONNECT password against a `$scram-sha-256$` entry.
-pub const SCRAM_ITERATIONS_MAX: u32 = 600_000;
+/// Largest SCRAM-SHA-256 iteration count accepted in a file (defined with the mechanism, which
+/// applies it too).
+pub use crate::enhanced_auth::SCRAM_ITERATIONS_MAX;
 
 /// Salt length `tern passwd` writes for `$7$`. Mosquitto 2.0 reads only 12-byte salts (later
 /// versions also read 64), so 12 keeps the files readable by every Mosquitto 2.x.
