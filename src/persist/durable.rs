@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::wal::{Lsn, Wal};
 use crate::config::FsyncMode;
-use crate::net::Notify;
+use crate::net::{Notify, ShardCell};
 use crate::shard::Shard;
 
 /// A shard's open log and how it is synced.
@@ -172,7 +172,7 @@ impl Durability {
         Poll::Pending
     }
 
-    async fn sync(&self, shard: &RefCell<Shard>, lsn: Lsn) -> std::io::Result<()> {
+    async fn sync(&self, shard: &ShardCell, lsn: Lsn) -> std::io::Result<()> {
         let before = self.wal.stats();
         let start = std::time::Instant::now();
         self.wal.sync(lsn).await?;
@@ -191,7 +191,7 @@ impl Durability {
     /// already there, syncs it, and deletes the older segments. Replay of the remaining
     /// segments gives the same state: earlier records of the new segment are superseded by the
     /// snapshots, later ones apply on top.
-    async fn compact_if_rotated(&self, shard: &RefCell<Shard>) -> std::io::Result<()> {
+    async fn compact_if_rotated(&self, shard: &ShardCell) -> std::io::Result<()> {
         let seq = self.wal.segment_seq();
         if seq == 0 || self.compacted.get() >= seq {
             return Ok(());
@@ -237,7 +237,7 @@ impl Durability {
     /// per the mode, synced at once (`always`) or every `interval` (`interval`; `never`
     /// writes on the same period without `fdatasync`, see [`Wal::set_fdatasync`]). Held
     /// outputs are woken after every sync.
-    pub async fn run(&self, shard: &RefCell<Shard>) {
+    pub async fn run(&self, shard: &ShardCell) {
         loop {
             match self.mode {
                 FsyncMode::Always => self.wake.wait().await,
@@ -394,7 +394,7 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
 /// In the shard's thread, once its id is known: installs the restored state into the shard,
 /// turns record collection on and opens the log for appending.
 pub async fn open_shard(
-    shard: &RefCell<Shard>,
+    shard: &ShardCell,
     mut restore: ShardRestore,
     opts: &PersistOptions,
 ) -> std::io::Result<Durability> {
@@ -405,7 +405,7 @@ pub async fn open_shard(
     let wal = Wal::open(cfg, &mut restore.recovered).await?;
     wal.set_fdatasync(opts.mode != FsyncMode::Never);
     let mut s = shard.borrow_mut();
-    s.enable_persistence(super::journal::Clock::now());
+    s.enable_persistence(clock_now());
     let now = std::time::Instant::now();
     s.restore(restore.sessions, restore.registry, restore.retained, now);
     s.metrics.wal_discarded_bytes = restore.discarded_bytes;
@@ -429,6 +429,14 @@ pub async fn open_shard(
     })
 }
 
-fn s_count(shard: &RefCell<Shard>) -> u16 {
+fn s_count(shard: &ShardCell) -> u16 {
     shard.borrow().config().shards
+}
+
+/// Reads both clocks once, to convert instants to wall-clock time for the log.
+fn clock_now() -> super::journal::Clock {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    super::journal::Clock { instant: std::time::Instant::now(), unix_ms }
 }

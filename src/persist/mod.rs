@@ -17,8 +17,7 @@
 pub mod dir;
 pub mod durable;
 pub mod format;
-pub mod journal;
-pub mod record;
+pub use tern_core::persist::{journal, record};
 pub mod wal;
 
 /// Fuzz bodies shared by the cargo-fuzz target `wal` and the property tests.

@@ -164,7 +164,7 @@ proptest::proptest! {
     #[test]
     fn damaged_valid_logs_never_panic_and_a_zeroed_length_is_not_clean(at in 0usize..4096, byte in proptest::prelude::any::<u8>()) {
         let mut log = Vec::new();
-        for r in super::record::tests::every_kind() {
+        for r in super::record::examples::every_kind() {
             let mut body = Vec::new();
             r.encode(&mut body);
             format::encode_frame(&body, &mut log);
@@ -189,7 +189,7 @@ fn fixtures() -> std::path::PathBuf {
 fn write_format_fixture() {
     let dir = fixtures().join(format!("format-{}", format::FORMAT));
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let records = super::record::tests::every_kind();
+    let records = super::record::examples::every_kind();
     let mut bytes = Vec::new();
     format::SegmentHeader { format: format::FORMAT, shard: 0, seq: 0 }.encode(&mut bytes);
     let mut text = String::new();

@@ -623,8 +623,9 @@ fn id_record(w: &mut Writer<'_>, kind: u8, client_id: &str, packet_id: u16) {
     w.u16(packet_id);
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Example records (tests and the log-format fixtures of the `tern` crate).
+#[doc(hidden)]
+pub mod examples {
     use super::*;
     use crate::codec::Property;
 
@@ -652,7 +653,7 @@ pub(crate) mod tests {
     }
 
     /// One record of every kind.
-    pub(crate) fn every_kind() -> Vec<Record> {
+    pub fn every_kind() -> Vec<Record> {
         let cid = || "client-é".to_string();
         let options = SubscriptionOptions {
             qos: QoS::ExactlyOnce,
@@ -718,6 +719,12 @@ pub(crate) mod tests {
             Record::Snapshot { client_id: String::new(), session: SessionSnapshot::default() },
         ]
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::examples::*;
+    use super::*;
 
     #[test]
     fn every_kind_round_trips() {

@@ -356,7 +356,7 @@ mod tests {
     }
 
     fn recv(s: &mut Shard, c: ConnId) -> Vec<Packet> {
-        let mut tx = s.take_tx(c, Instant::now());
+        let mut tx = s.take_tx(c, crate::test_clock::test_epoch());
         let mut out = Vec::new();
         while let Some(p) = codec::decode(&mut tx, V4, usize::MAX).expect("decodes") {
             out.push(p);
@@ -400,7 +400,7 @@ mod tests {
     /// (session state of a clean_session=0 session is kept), while a clean session writes none.
     #[test]
     fn records_of_a_persistent_session_restore_it() {
-        let now = Instant::now();
+        let now = crate::test_clock::test_epoch();
         let clock = Clock { instant: now, unix_ms: 1_700_000_000_000 };
         let mut s = Shard::new(0, ShardConfig::for_tests(1));
         s.enable_persistence(clock);
@@ -488,7 +488,7 @@ mod tests {
     #[test]
     fn hot_path_writes_fine_grained_records_that_replay_like_a_snapshot() {
         use crate::codec::{PacketId, PubResp};
-        let now = Instant::now();
+        let now = crate::test_clock::test_epoch();
         let clock = Clock { instant: now, unix_ms: 1_700_000_000_000 };
         let mut cfg = ShardConfig::for_tests(1);
         cfg.session.inflight_max = 2;

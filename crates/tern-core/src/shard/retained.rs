@@ -200,7 +200,7 @@ impl RetainedStore {
 /// applies the same updates in the same order and holds the same set, whichever shard the
 /// publishers were on. The cost is one extra mesh hop for a retained publish made on another
 /// shard before its replica shows it.
-pub(crate) const RETAIN_SEQUENCER: u16 = 0;
+pub const RETAIN_SEQUENCER: u16 = 0;
 
 impl Shard {
     /// A retained update (set, replace or clear) from a client, a will or `$SYS` on this
@@ -256,7 +256,7 @@ mod tests {
 
     fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {
         let mut out = Vec::new();
-        store.matching(filter, Instant::now(), &mut out);
+        store.matching(filter, crate::test_clock::test_epoch(), &mut out);
         let mut t: Vec<String> = out.iter().map(|m| m.topic.clone()).collect();
         t.sort();
         t
