@@ -132,6 +132,7 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
                 segment_bytes_max: config.persistence.segment_bytes_max,
                 pending_records_max: u64::from(config.persistence.pending_records_max),
                 progress: crate::persist::durable::new_progress(config.shard_count()),
+                clock: crate::persist::durable::clock_now(),
             }
         }),
         metrics_bind: config.admin_bind(),

@@ -74,7 +74,7 @@ pub struct Gate {
 impl Durability {
     /// Appends every record the shard produced since the last call; returns the last LSN.
     pub fn append_from(&self, shard: &mut Shard) -> Lsn {
-        let records = shard.take_records();
+        let records = shard.take_records(std::time::Instant::now());
         if !records.is_empty() {
             let before = self.wal.stats();
             for r in &records {
@@ -289,17 +289,21 @@ pub struct PersistOptions {
     pub pending_records_max: u64,
     /// Shared by the shards, see [`Progress`].
     pub progress: Progress,
+    /// One reading of both clocks for every shard (stamps taken on different shards compare).
+    pub clock: super::journal::Clock,
 }
 
 /// What one shard starts from: its repaired log and the state it describes.
 #[derive(Debug, Default)]
 pub struct ShardRestore {
     recovered: super::wal::Recovered,
-    sessions: Vec<(String, super::record::SessionSnapshot, crate::shard::ClaimGen)>,
+    sessions: Vec<(String, super::record::SessionSnapshot, crate::shard::ClaimGen, u64)>,
     registry: Vec<(String, crate::shard::Owner)>,
     retained: Vec<super::record::StoredMessage>,
     recovery_ms: u64,
     discarded_bytes: u64,
+    /// Sessions this log holds that another shard's log holds more recently.
+    superseded: Vec<String>,
 }
 
 /// Start-up, before any shard serves: recovers every shard's log (blocking file IO, one shard
@@ -379,12 +383,16 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
         out[shard].retained = retained.clone();
         for (cid, snap) in replayed.sessions {
             if owner.get(&cid) != Some(&(shard as u16)) {
+                // A stale copy left by a crash during a move: ended in this log at start, so
+                // it cannot come back once the owner ends the session.
+                out[shard].superseded.push(cid);
                 continue;
             }
             let reg = usize::from(registry_shard(&cid, shards));
             let generation = ClaimGen(next_gen[reg]);
             next_gen[reg] += 1;
-            out[shard].sessions.push((cid.clone(), snap, generation));
+            let stamp = replayed.stamps.get(&cid).copied().unwrap_or(0);
+            out[shard].sessions.push((cid.clone(), snap, generation, stamp));
             out[reg].registry.push((cid, Owner { shard: shard as u16, generation }));
         }
     }
@@ -404,8 +412,11 @@ pub async fn open_shard(
         WalConfig { dir: opts.dir.clone(), shard: id, segment_bytes_max: opts.segment_bytes_max };
     let wal = Wal::open(cfg, &mut restore.recovered).await?;
     wal.set_fdatasync(opts.mode != FsyncMode::Never);
+    for client_id in std::mem::take(&mut restore.superseded) {
+        wal.append(&super::record::Record::SessionEnd { client_id });
+    }
     let mut s = shard.borrow_mut();
-    s.enable_persistence(clock_now());
+    s.enable_persistence(opts.clock);
     let now = std::time::Instant::now();
     s.restore(restore.sessions, restore.registry, restore.retained, now);
     s.metrics.wal_discarded_bytes = restore.discarded_bytes;
@@ -434,7 +445,7 @@ fn s_count(shard: &ShardCell) -> u16 {
 }
 
 /// Reads both clocks once, to convert instants to wall-clock time for the log.
-fn clock_now() -> super::journal::Clock {
+pub fn clock_now() -> super::journal::Clock {
     let unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

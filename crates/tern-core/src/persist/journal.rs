@@ -34,6 +34,17 @@ impl Clock {
         }
     }
 
+    /// `t` as Unix microseconds (the stamps of [`Record::Owned`]: one clock reading shared
+    /// by every shard, so stamps taken on different shards compare).
+    pub fn to_unix_us(&self, t: Instant) -> u64 {
+        let base = self.unix_ms.saturating_mul(1000);
+        if t >= self.instant {
+            base.saturating_add((t - self.instant).as_micros() as u64)
+        } else {
+            base.saturating_sub((self.instant - t).as_micros() as u64)
+        }
+    }
+
     /// Unix milliseconds as an instant (clamped to this clock's reading for times before it
     /// that an `Instant` cannot hold).
     pub fn to_instant(&self, unix_ms: u64) -> Instant {
@@ -158,6 +169,8 @@ pub struct Replayed {
     pub retained: BTreeMap<String, StoredMessage>,
     /// Records that named a session or packet id the replay did not know (counted, skipped).
     pub orphans: usize,
+    /// When this shard took each session ([`Record::Owned`]), where the log says.
+    pub stamps: BTreeMap<String, u64>,
 }
 
 /// Folds records, in log order, into sessions and retained messages.
@@ -198,7 +211,15 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> Replayed {
             }
             Record::SessionEnd { client_id } => {
                 heads.remove(&client_id);
+                out.stamps.remove(&client_id);
                 s.remove(&client_id);
+            }
+            Record::Owned { client_id, stamp_us } => {
+                if s.contains_key(&client_id) {
+                    out.stamps.insert(client_id, stamp_us);
+                } else {
+                    orphan += 1;
+                }
             }
             Record::Subscribe { client_id, filter, options, identifier } => {
                 match s.get_mut(&client_id) {
@@ -295,21 +316,29 @@ fn skip_front(e: &mut SessionSnapshot, head: &mut usize, n: usize) {
 }
 
 /// Merges the replays of every shard's log. A client id found in more than one log (a crash
-/// during a move between shards) is kept where it was found first, in shard order, and the
-/// others are dropped and counted. Retained messages: each shard keeps its own replica.
+/// during a move between shards) is kept in the log that took it last (the highest
+/// [`Record::Owned`] stamp; on a tie, or without stamps, the lowest shard), and the others are
+/// dropped and counted.
 pub fn owners(replays: &[Replayed]) -> (HashMap<String, u16>, usize) {
-    let mut owner = HashMap::new();
+    let mut owner: HashMap<String, (u16, u64)> = HashMap::new();
     let mut duplicates = 0;
     for (shard, r) in replays.iter().enumerate() {
         for cid in r.sessions.keys() {
-            if owner.contains_key(cid) {
-                duplicates += 1;
-            } else {
-                owner.insert(cid.clone(), shard as u16);
+            let stamp = r.stamps.get(cid).copied().unwrap_or(0);
+            match owner.get_mut(cid) {
+                Some(o) => {
+                    duplicates += 1;
+                    if stamp > o.1 {
+                        *o = (shard as u16, stamp);
+                    }
+                }
+                None => {
+                    owner.insert(cid.clone(), (shard as u16, stamp));
+                }
             }
         }
     }
-    (owner, duplicates)
+    (owner.into_iter().map(|(c, (s, _))| (c, s)).collect(), duplicates)
 }
 
 /// Restored queued messages as `Outgoing`s (used by tests).
@@ -445,5 +474,39 @@ mod tests {
             .map(|d| u32::from_le_bytes(d.msg.payload[..].try_into().expect("4 bytes")))
             .collect();
         assert_eq!(left, vec![n - 2, n - 1]);
+    }
+
+    /// A session left in two logs by a crash during a move between shards is kept where it
+    /// was taken last (the higher `Owned` stamp), whatever the shard order; a log without
+    /// stamps keeps the first.
+    #[test]
+    fn a_session_in_two_logs_is_kept_where_it_was_taken_last() {
+        let c = || "c".to_string();
+        let log = |stamp: u64, payload: &'static [u8]| {
+            let mut l = vec![
+                Record::Snapshot { client_id: c(), session: SessionSnapshot::default() },
+                Record::Owned { client_id: c(), stamp_us: stamp },
+            ];
+            l.push(Record::Enqueue { client_id: c(), delivery: delivery(payload) });
+            replay(l)
+        };
+        let (owner, dup) = owners(&[log(200, b"new"), log(100, b"old")]);
+        assert_eq!((owner["c"], dup), (0, 1));
+        let (owner, dup) = owners(&[log(100, b"old"), log(200, b"new")]);
+        assert_eq!((owner["c"], dup), (1, 1));
+        let unstamped = || {
+            replay(vec![Record::Snapshot { client_id: c(), session: SessionSnapshot::default() }])
+        };
+        assert_eq!(owners(&[unstamped(), unstamped()]).0["c"], 0);
+        // An end forgets the stamp with the session.
+        let mut l = vec![
+            Record::Snapshot { client_id: c(), session: SessionSnapshot::default() },
+            Record::Owned { client_id: c(), stamp_us: 5 },
+            Record::SessionEnd { client_id: c() },
+        ];
+        l.push(Record::Owned { client_id: c(), stamp_us: 6 });
+        let r = replay(l);
+        assert!(r.stamps.is_empty() && r.sessions.is_empty());
+        assert_eq!(r.orphans, 1);
     }
 }

@@ -112,6 +112,16 @@ pub enum Record {
         /// When the connection ended, if it did.
         offline_since_unix_ms: Option<u64>,
     },
+    /// The session was installed on this shard at `stamp_us` (microseconds since the Unix
+    /// epoch, from one clock reading shared by all shards). When a crash during a move between
+    /// shards leaves a session in two logs, recovery keeps the copy with the later stamp.
+    /// Additive kind: logs without it keep their session where it was first found.
+    Owned {
+        /// Client identifier.
+        client_id: String,
+        /// When the shard took the session.
+        stamp_us: u64,
+    },
     /// The session is gone from this shard's log.
     SessionEnd {
         /// Client identifier.
@@ -227,6 +237,7 @@ mod kind {
     pub const SESSION_OPEN: u8 = 0x01;
     pub const SESSION_EXPIRY: u8 = 0x02;
     pub const SESSION_END: u8 = 0x03;
+    pub const OWNED: u8 = 0x04;
     pub const SUBSCRIBE: u8 = 0x10;
     pub const UNSUBSCRIBE: u8 = 0x11;
     pub const ENQUEUE: u8 = 0x20;
@@ -458,6 +469,11 @@ impl Record {
                 w.u8(kind::SESSION_END);
                 w.str(client_id);
             }
+            Record::Owned { client_id, stamp_us } => {
+                w.u8(kind::OWNED);
+                w.str(client_id);
+                w.u64(*stamp_us);
+            }
             Record::Subscribe { client_id, filter, options, identifier } => {
                 w.u8(kind::SUBSCRIBE);
                 w.str(client_id);
@@ -549,6 +565,7 @@ impl Record {
                 offline_since_unix_ms: f.opt_u64()?,
             },
             kind::SESSION_END => Record::SessionEnd { client_id: f.str()? },
+            kind::OWNED => Record::Owned { client_id: f.str()?, stamp_us: f.u64()? },
             kind::SUBSCRIBE => Record::Subscribe {
                 client_id: f.str()?,
                 filter: f.str()?,
@@ -675,6 +692,7 @@ pub mod examples {
                 offline_since_unix_ms: Some(5),
             },
             Record::SessionEnd { client_id: cid() },
+            Record::Owned { client_id: cid(), stamp_us: 1_764_000_000_000_123 },
             Record::Subscribe {
                 client_id: cid(),
                 filter: "$share/g/a/#".into(),

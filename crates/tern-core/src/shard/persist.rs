@@ -9,7 +9,7 @@
 //! every retained update the replica applied). The driver appends them to the shard's log, and
 //! with `fsync = "always"` holds the output produced in that turn until they are durable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::{ClaimGen, Owner, Shard};
@@ -28,8 +28,9 @@ pub(crate) struct Journal {
     touched_set: HashSet<u32>,
     /// Sessions that left this shard since the last `take_records`.
     ended: Vec<String>,
-    /// Client ids whose session the log holds (a snapshot written and no end since).
-    persisted: HashSet<String>,
+    /// Client ids whose session the log holds (a snapshot written and no end since), with
+    /// when this shard took it (the stamp of its `Owned` record).
+    persisted: HashMap<String, u64>,
 }
 
 impl Shard {
@@ -41,7 +42,7 @@ impl Shard {
             touched: Vec::new(),
             touched_set: HashSet::new(),
             ended: Vec::new(),
-            persisted: HashSet::new(),
+            persisted: HashMap::new(),
         });
     }
 
@@ -51,10 +52,11 @@ impl Shard {
     }
 
     /// Records produced since the last call, in log order (empty when persistence is off).
-    pub fn take_records(&mut self) -> Vec<Record> {
+    /// `now` stamps the sessions this shard took since the last call ([`Record::Owned`]).
+    pub fn take_records(&mut self, now: Instant) -> Vec<Record> {
         let Some(mut j) = self.journal.take() else { return Vec::new() };
         for client_id in j.ended.drain(..) {
-            if j.persisted.remove(&client_id) {
+            if j.persisted.remove(&client_id).is_some() {
                 j.records.push(Record::SessionEnd { client_id });
             }
         }
@@ -64,14 +66,19 @@ impl Shard {
             let Some(s) = self.slot(slot) else { continue };
             let cid = &s.session.client_id;
             if s.session.expiry_secs == 0 {
-                if j.persisted.remove(cid) {
+                if j.persisted.remove(cid).is_some() {
                     j.records.push(Record::SessionEnd { client_id: cid.clone() });
                 }
                 continue;
             }
             let session = slot_snapshot(s, &j.clock);
-            j.persisted.insert(cid.clone());
             j.records.push(Record::Snapshot { client_id: cid.clone(), session });
+            if !j.persisted.contains_key(cid) {
+                // New in this log (created, resumed after an end, or moved here).
+                let stamp_us = j.clock.to_unix_us(now);
+                j.persisted.insert(cid.clone(), stamp_us);
+                j.records.push(Record::Owned { client_id: cid.clone(), stamp_us });
+            }
         }
         let out = std::mem::take(&mut j.records);
         self.journal = Some(j);
@@ -87,7 +94,12 @@ impl Shard {
         for s in self.sessions.iter().flatten() {
             if s.session.expiry_secs > 0 {
                 let session = slot_snapshot(s, &j.clock);
-                out.push(Record::Snapshot { client_id: s.session.client_id.clone(), session });
+                let client_id = s.session.client_id.clone();
+                let stamp = j.persisted.get(&client_id).copied();
+                out.push(Record::Snapshot { client_id: client_id.clone(), session });
+                if let Some(stamp_us) = stamp {
+                    out.push(Record::Owned { client_id, stamp_us });
+                }
             }
         }
         // Only the sequencer's log holds retained messages (see `retained_sequence`).
@@ -115,7 +127,7 @@ impl Shard {
         }
         let Some(s) = self.slot(slot) else { return };
         let cid = &s.session.client_id;
-        let persisted = j.persisted.contains(cid);
+        let persisted = j.persisted.contains_key(cid);
         if s.session.expiry_secs == 0 && !persisted {
             return;
         }
@@ -179,7 +191,7 @@ impl Shard {
     /// The session of `client_id` left this shard (ended or moved away).
     pub(super) fn journal_ended(&mut self, client_id: &str) {
         if let Some(j) = &mut self.journal {
-            if j.persisted.contains(client_id) {
+            if j.persisted.contains_key(client_id) {
                 j.ended.push(client_id.to_owned());
             }
         }
@@ -243,13 +255,13 @@ impl Shard {
     /// Call [`Shard::enable_persistence`] first; nothing restored here is written again.
     pub fn restore(
         &mut self,
-        sessions: Vec<(String, SessionSnapshot, ClaimGen)>,
+        sessions: Vec<(String, SessionSnapshot, ClaimGen, u64)>,
         registry: Vec<(String, Owner)>,
         retained: Vec<StoredMessage>,
         now: Instant,
     ) {
         let Some(mut j) = self.journal.take() else { return };
-        for (client_id, snap, claim) in sessions {
+        for (client_id, snap, claim, stamp_us) in sessions {
             if self.by_client.contains_key(&client_id)
                 || self.by_client.len() >= self.cfg.sessions_max
             {
@@ -275,7 +287,7 @@ impl Shard {
                     s.expires_at = Some(at.max(now));
                 }
             }
-            j.persisted.insert(client_id);
+            j.persisted.insert(client_id, stamp_us);
             self.metrics.sessions_restored += 1;
         }
         for (client_id, owner) in registry {
@@ -415,17 +427,17 @@ mod tests {
             properties: Properties::new(),
         };
         send(&mut s, dev, Packet::Subscribe(sub), now);
-        let recs = s.take_records();
+        let recs = s.take_records(now);
         assert!(recs.iter().any(|r| matches!(r, Record::Snapshot { client_id, session }
             if client_id == "dev" && session.subscriptions.len() == 1)));
         log.extend(recs);
         s.handle_closed(dev, now);
         s.release(dev, now);
-        log.extend(s.take_records());
+        log.extend(s.take_records(now));
         let (p, _) = connect(&mut s, "pub", true, now);
         send(&mut s, p, publish("t", b"queued", 1, false), now);
         send(&mut s, p, publish("r", b"kept", 2, true), now);
-        let recs = s.take_records();
+        let recs = s.take_records(now);
         assert!(recs
             .iter()
             .any(|r| matches!(r, Record::Enqueue { client_id, .. } if client_id == "dev")));
@@ -448,11 +460,11 @@ mod tests {
         let sessions = replayed
             .sessions
             .into_iter()
-            .map(|(cid, snap)| (cid, snap, ClaimGen(1)))
+            .map(|(cid, snap)| (cid, snap, ClaimGen(1), 1))
             .collect::<Vec<_>>();
         let registry = vec![("dev".to_string(), Owner { shard: 0, generation: ClaimGen(1) })];
         t.restore(sessions, registry, replayed.retained.into_values().collect(), now);
-        assert!(t.take_records().is_empty(), "restored state is not written again");
+        assert!(t.take_records(now).is_empty(), "restored state is not written again");
         assert_eq!(t.metrics.sessions_restored, 1);
         let c = t.accept(0, "127.0.0.1:1".parse().expect("addr"), now).expect("accept");
         let resume = Connect {
@@ -506,9 +518,9 @@ mod tests {
         };
         send(&mut s, dev, Packet::Subscribe(sub), now);
         let _ = recv(&mut s, dev);
-        log.extend(s.take_records());
+        log.extend(s.take_records(now));
         let (p, _) = connect(&mut s, "pub", false, now);
-        log.extend(s.take_records());
+        log.extend(s.take_records(now));
         // Four QoS 1 and one QoS 2 inbound: two go in flight, three wait in the queue.
         for i in 1..=4u16 {
             send(&mut s, p, publish("t/a", b"m", i, false), now);
@@ -523,7 +535,7 @@ mod tests {
             payload: Bytes::from_static(b"two"),
         });
         send(&mut s, p, q2, now);
-        let recs = s.take_records();
+        let recs = s.take_records(now);
         assert!(
             recs.iter().all(|r| !matches!(r, Record::Snapshot { .. })),
             "no snapshot on the hot path: {recs:?}"
@@ -553,7 +565,7 @@ mod tests {
                 }
             }
         }
-        let recs = s.take_records();
+        let recs = s.take_records(now);
         assert!(recs.iter().all(|r| !matches!(r, Record::Snapshot { .. })), "{recs:?}");
         assert!(recs.iter().any(|r| matches!(r, Record::Acked { .. })));
         log.extend(recs);
