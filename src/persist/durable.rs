@@ -34,6 +34,9 @@ pub struct Durability {
     handled: RefCell<Vec<u64>>,
     /// The segment whose older segments were last compacted away.
     compacted: std::cell::Cell<u64>,
+    /// Sessions moved to other shards whose `SessionEnd` waits for those shards' progress
+    /// (see [`Shard::take_moved`]), oldest first, with the marks they wait for.
+    moved: RefCell<std::collections::VecDeque<(Vec<(usize, u64)>, Vec<String>)>>,
     /// Connection outputs held by a [`Gate`]: woken after every sync.
     gated: RefCell<Vec<Waker>>,
     /// See [`PersistOptions::pending_records_max`].
@@ -83,6 +86,11 @@ impl Durability {
             let after = self.wal.stats();
             shard.metrics.wal_records += after.records - before.records;
             shard.metrics.wal_bytes += after.bytes - before.bytes;
+            let moved = shard.take_moved();
+            if !moved.is_empty() {
+                let marks = self.marks(shard);
+                self.moved.borrow_mut().push_back((marks, moved));
+            }
             // Records with no output waiting on them (a client's PUBACK, a DISCONNECT) are
             // synced by the sync task soon rather than at the next acknowledgement.
             if self.mode == FsyncMode::Always {
@@ -101,23 +109,46 @@ impl Durability {
         if self.mode != FsyncMode::Always {
             return None;
         }
+        let marks = self.marks(shard);
+        let durable = self.wal.durable().map_or(true, |d| d < lsn);
+        (durable || !marks.is_empty()).then_some(Gate { lsn, marks, recheck: None })
+    }
+
+    /// Per peer and lane, the messages sent so far (moved into the mesh or still in an
+    /// outbox) that the peer has not yet synced: (`Progress` index, count).
+    fn marks(&self, shard: &Shard) -> Vec<(usize, u64)> {
+        use std::sync::atomic::Ordering;
         let mut marks = Vec::new();
-        {
-            use std::sync::atomic::Ordering;
-            let sent = self.sent.borrow();
-            for lane in 0..2 {
-                for peer in (0..self.shards).filter(|p| *p != self.me) {
-                    let queued = shard.outbox_len(peer, lane == 1) as u64;
-                    let mark = sent[lane * self.shards + peer] + queued;
-                    let cell = (lane * self.shards + self.me) * self.shards + peer;
-                    if mark > 0 && self.progress[cell].load(Ordering::Acquire) < mark {
-                        marks.push((cell, mark));
-                    }
+        let sent = self.sent.borrow();
+        for lane in 0..2 {
+            for peer in (0..self.shards).filter(|p| *p != self.me) {
+                let queued = shard.outbox_len(peer, lane == 1) as u64;
+                let mark = sent[lane * self.shards + peer] + queued;
+                let cell = (lane * self.shards + self.me) * self.shards + peer;
+                if mark > 0 && self.progress[cell].load(Ordering::Acquire) < mark {
+                    marks.push((cell, mark));
                 }
             }
         }
-        let durable = self.wal.durable().map_or(true, |d| d < lsn);
-        (durable || !marks.is_empty()).then_some(Gate { lsn, marks, recheck: None })
+        marks
+    }
+
+    /// Appends the `SessionEnd` of moved sessions whose new shard has logged them.
+    fn end_moved(&self) {
+        use std::sync::atomic::Ordering;
+        let mut moved = self.moved.borrow_mut();
+        // Bounded by the list; each pass removes the front or stops.
+        while let Some((marks, _)) = moved.front() {
+            if marks.iter().any(|(cell, mark)| self.progress[*cell].load(Ordering::Acquire) < *mark)
+            {
+                break;
+            }
+            if let Some((_, names)) = moved.pop_front() {
+                for client_id in names {
+                    self.wal.append(&super::record::Record::SessionEnd { client_id });
+                }
+            }
+        }
     }
 
     /// Whether the output held by `gate` may be written; registers the task to be woken when
@@ -240,6 +271,11 @@ impl Durability {
     pub async fn run(&self, shard: &ShardCell) {
         loop {
             match self.mode {
+                // Moved sessions wait for peers, whose progress does not wake this shard.
+                FsyncMode::Always if !self.moved.borrow().is_empty() => {
+                    futures_lite::future::or(self.wake.wait(), glommio::timer::sleep(PEER_POLL))
+                        .await
+                }
                 FsyncMode::Always => self.wake.wait().await,
                 _ => glommio::timer::sleep(self.interval).await,
             }
@@ -258,6 +294,7 @@ impl Durability {
                 cell.fetch_max(*n, std::sync::atomic::Ordering::AcqRel);
             }
             self.wake_gated();
+            self.end_moved();
             if let Err(e) = self.compact_if_rotated(shard).await {
                 tracing::error!(error = %e, "write-ahead log compaction failed");
                 self.wake_gated();
@@ -435,6 +472,7 @@ pub async fn open_shard(
         handled: RefCell::new(vec![0; 2 * shards]),
         compacted: std::cell::Cell::new(0),
         gated: RefCell::new(Vec::new()),
+        moved: RefCell::default(),
         pending_max: opts.pending_records_max,
         backlogged: std::cell::Cell::new(false),
     })

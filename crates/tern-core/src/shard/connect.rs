@@ -455,7 +455,7 @@ impl Shard {
             self.remove_subscription_entry(slot, filter);
         }
         self.by_client.remove(&s.session.client_id);
-        self.journal_ended(&s.session.client_id);
+        self.journal_left(&s.session.client_id, !clean_start);
         self.metrics.sessions_current = self.by_client.len() as u64;
         if clean_start {
             self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;

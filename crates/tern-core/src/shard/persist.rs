@@ -26,8 +26,12 @@ pub(crate) struct Journal {
     /// Slots touched since the last `take_records`, in first-touch order.
     touched: Vec<u32>,
     touched_set: HashSet<u32>,
-    /// Sessions that left this shard since the last `take_records`.
-    ended: Vec<String>,
+    /// Sessions that left this shard since the last `take_records`, and whether each lives
+    /// on (handed to a new connection, maybe on another shard) rather than ended.
+    ended: Vec<(String, bool)>,
+    /// Sessions handed to another shard: their `SessionEnd` waits until that shard has
+    /// logged them (see [`Shard::take_moved`]).
+    moved: Vec<String>,
     /// Client ids whose session the log holds (a snapshot written and no end since), with
     /// when this shard took it (the stamp of its `Owned` record).
     persisted: HashMap<String, u64>,
@@ -42,6 +46,7 @@ impl Shard {
             touched: Vec::new(),
             touched_set: HashSet::new(),
             ended: Vec::new(),
+            moved: Vec::new(),
             persisted: HashMap::new(),
         });
     }
@@ -55,8 +60,14 @@ impl Shard {
     /// `now` stamps the sessions this shard took since the last call ([`Record::Owned`]).
     pub fn take_records(&mut self, now: Instant) -> Vec<Record> {
         let Some(mut j) = self.journal.take() else { return Vec::new() };
-        for client_id in j.ended.drain(..) {
-            if j.persisted.remove(&client_id).is_some() {
+        for (client_id, lives_on) in std::mem::take(&mut j.ended) {
+            if j.persisted.remove(&client_id).is_none() {
+                continue;
+            }
+            if lives_on && !self.by_client.contains_key(&client_id) {
+                // Moved to another shard: ending it here now could leave it in no log.
+                j.moved.push(client_id);
+            } else {
                 j.records.push(Record::SessionEnd { client_id });
             }
         }
@@ -188,13 +199,27 @@ impl Shard {
         }
     }
 
-    /// The session of `client_id` left this shard (ended or moved away).
+    /// The session of `client_id` ended on this shard.
     pub(super) fn journal_ended(&mut self, client_id: &str) {
+        self.journal_left(client_id, false);
+    }
+
+    /// The session of `client_id` left this shard: ended, or (`lives_on`) handed to a new
+    /// connection, here or on another shard.
+    pub(super) fn journal_left(&mut self, client_id: &str, lives_on: bool) {
         if let Some(j) = &mut self.journal {
             if j.persisted.contains_key(client_id) {
-                j.ended.push(client_id.to_owned());
+                j.ended.push((client_id.to_owned(), lives_on));
             }
         }
+    }
+
+    /// Sessions moved to another shard since the last call (after [`Shard::take_records`]):
+    /// the driver writes their `SessionEnd` once the other shards have synced what this one
+    /// had sent them by then (the session among it), so a crash leaves each in at least one
+    /// log; a copy left in two is resolved by the `Owned` stamps.
+    pub fn take_moved(&mut self) -> Vec<String> {
+        self.journal.as_mut().map(|j| std::mem::take(&mut j.moved)).unwrap_or_default()
     }
 
     /// `out` was queued to the session in `slot` (at the back of its queue).
