@@ -134,7 +134,7 @@ impl Durability {
     }
 
     /// Appends the `SessionEnd` of moved sessions whose new shard has logged them.
-    fn end_moved(&self) {
+    fn end_moved(&self, shard: &ShardCell) {
         use std::sync::atomic::Ordering;
         let mut moved = self.moved.borrow_mut();
         // Bounded by the list; each pass removes the front or stops.
@@ -145,7 +145,10 @@ impl Durability {
             }
             if let Some((_, names)) = moved.pop_front() {
                 for client_id in names {
-                    self.wal.append(&super::record::Record::SessionEnd { client_id });
+                    // Back here meanwhile: the log holds it again, under a newer stamp.
+                    if !shard.borrow().journal_holds(&client_id) {
+                        self.wal.append(&super::record::Record::SessionEnd { client_id });
+                    }
                 }
             }
         }
@@ -294,7 +297,7 @@ impl Durability {
                 cell.fetch_max(*n, std::sync::atomic::Ordering::AcqRel);
             }
             self.wake_gated();
-            self.end_moved();
+            self.end_moved(shard);
             if let Err(e) = self.compact_if_rotated(shard).await {
                 tracing::error!(error = %e, "write-ahead log compaction failed");
                 self.wake_gated();

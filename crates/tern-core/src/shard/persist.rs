@@ -214,6 +214,11 @@ impl Shard {
         }
     }
 
+    /// Whether this shard's log holds the session of `client_id` now.
+    pub fn journal_holds(&self, client_id: &str) -> bool {
+        self.journal.as_ref().is_some_and(|j| j.persisted.contains_key(client_id))
+    }
+
     /// Sessions moved to another shard since the last call (after [`Shard::take_records`]):
     /// the driver writes their `SessionEnd` once the other shards have synced what this one
     /// had sent them by then (the session among it), so a crash leaves each in at least one
