@@ -12,7 +12,7 @@ PORT=${TERN_PERF_PORT:-27850}
 OUT=$CARGO_TARGET_DIR/persist-bench
 rm -rf "$OUT"
 mkdir -p "$OUT"
-cargo build --release -q -p tern -p tern-loadtest
+if [[ ${TERN_BENCH_PREBUILT:-0} != 1 ]]; then cargo build --release -q -p tern -p tern-loadtest; fi
 LOADTEST=$CARGO_TARGET_DIR/release/tern-loadtest
 BROKER=$CARGO_TARGET_DIR/release/tern
 PID=

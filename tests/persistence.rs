@@ -60,7 +60,9 @@ fn start_cfg(
          segment_bytes_max = 1048576\n{persistence}\n"
     );
     std::fs::write(&config, text).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+    // TERN_BIN: another build of the broker (the recovery timing uses a release build).
+    let bin = std::env::var("TERN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_tern").into());
+    let mut child = Command::new(bin)
         .args(["--config", &config.display().to_string(), "--shards", &shards.to_string()])
         .args(["--data-dir", &dir.display().to_string()])
         .env("RUST_LOG", "info")
@@ -465,6 +467,7 @@ fn chaos_kill_9_cycles() {
 /// broker would write them between compactions — then starts the real binary on it and times
 /// start-up until it listens, and prints the shard's own recovery time. Ignored: it writes a
 /// gigabyte. `cargo test --release --test persistence recovery_time -- --ignored --nocapture`
+/// (or a debug test binary with `TERN_BIN=target/release/tern`).
 #[test]
 #[ignore = "writes 1 GiB: run by hand"]
 fn recovery_time_of_a_large_log() {
