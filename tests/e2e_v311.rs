@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{connect, pid, start, start_with, RawClient};
-use tern::codec::{Packet, ProtocolVersion, PubResp, QoS, ReasonCode, Will};
+use tern::codec::{Packet, ProtocolVersion, PubResp, QoS, ReasonCode, ReasonPacket, Will};
 
 const V4: ProtocolVersion = ProtocolVersion::V311;
 
@@ -87,7 +87,7 @@ fn clean_session_discards_state() {
     let b = start();
     let (mut dev, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", false);
     dev.subscribe("x", QoS::AtLeastOnce);
-    dev.send(&Packet::Disconnect(Default::default()));
+    dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
     assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
     // A QoS 1 message for the persistent session while it is offline: it is queued for it.
     let (mut publ, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "p1", true);
@@ -108,7 +108,7 @@ fn clean_session_discards_state() {
     assert_eq!((m.topic.as_ref(), &m.payload[..]), ("y", &b"marker"[..]), "no state of s1 left");
 
     // The clean session ends with its connection: a later persistent connect finds none.
-    dev.send(&Packet::Disconnect(Default::default()));
+    dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
     assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
     let (_dev, present) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", false);
     assert!(!present, "[MQTT-3.1.2-6] the clean session was not kept");

@@ -214,11 +214,8 @@ pub struct ScenarioArgs {
 
 fn run_scenario(kind: scenario::Kind, args: &ScenarioArgs) -> Result<ExitCode> {
     let s = scenario::Scenario::from_args(kind, args)?;
-    let mut summary = if args.procs > 1 {
-        runner::run_multi(s, args.procs)?
-    } else {
-        runner::run(s, false)?
-    };
+    let mut summary =
+        if args.procs > 1 { runner::run_multi(s, args.procs)? } else { runner::run(s, false)? };
     summary.target.clone_from(&args.target);
     eprint!("{}", summary.table());
     summary.write_files(args.json.as_deref(), args.hdr.as_deref(), args.svg.as_deref())?;

@@ -652,10 +652,8 @@ fn parse_argon2id(text: &str) -> Result<Scheme, HashError> {
         return Err(malformed(&"no salt or no hash"));
     };
     let mut salt_buf = [0u8; 64];
-    let salt = salt
-        .decode_b64(&mut salt_buf)
-        .map_err(|e| bad(format!("salt: bad base64: {e}")))?
-        .to_vec();
+    let salt =
+        salt.decode_b64(&mut salt_buf).map_err(|e| bad(format!("salt: bad base64: {e}")))?.to_vec();
     let hash = hash.as_bytes().to_vec();
     for (name, len, (lo, hi)) in [
         ("salt", salt.len(), ARGON2_SALT_BYTES_READ),
@@ -806,28 +804,68 @@ mod tests {
             ("alice:$7$101$!!!!$AAAAAAAAAAAAAAAAAAAAAA".into(), "salt: bad base64"),
             ("alice:$7$101$ovTPebm9XGjn5I6M$not*base64".into(), "hash: bad base64"),
             ("alice:$7$101$ovTPebm9XGjn5I6M$AAAA".into(), "hash must be 64 bytes (got 3)"),
-            ("alice:$7$101$AAAA$AAAAAAAAAAAAAAAAAAAAAA".into(), "salt must be 12 or 64 bytes (got 3)"),
-            ("alice:$7$$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(), "iterations is not a decimal number"),
-            ("alice:$7$-5$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(), "iterations is not a decimal number"),
-            ("alice:$7$0$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(), "iterations must be between 1 and"),
-            ("alice:$7$99999999999$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(), "iterations is too large"),
+            (
+                "alice:$7$101$AAAA$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "salt must be 12 or 64 bytes (got 3)",
+            ),
+            (
+                "alice:$7$$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "iterations is not a decimal number",
+            ),
+            (
+                "alice:$7$-5$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "iterations is not a decimal number",
+            ),
+            (
+                "alice:$7$0$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "iterations must be between 1 and",
+            ),
+            (
+                "alice:$7$99999999999$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "iterations is too large",
+            ),
             ("alice:$7$2000000$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(), "(got 2000000)"),
             ("alice:$7$101$ovTPebm9XGjn5I6M".into(), "malformed $7$ hash"),
             ("alice:$6$ovTPebm9XGjn5I6M".into(), "malformed $6$ hash"),
-            ("alice:$argon2id$v=19$m=1024,t=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(), "all required"),
-            ("alice:$argon2id$v=19$m=1024,t=1,p=1,k=2$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(), "\"k\""),
-            ("alice:$argon2id$v=19$m=1024,m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(), "twice"),
-            ("alice:$argon2id$v=18$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(), "version 18"),
-            ("alice:$argon2id$v=19$m=9999999,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(), "m (memory"),
-            ("alice:$argon2id$v=19$m=1024,t=0,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(), "t (passes)"),
+            (
+                "alice:$argon2id$v=19$m=1024,t=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "all required",
+            ),
+            (
+                "alice:$argon2id$v=19$m=1024,t=1,p=1,k=2$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "\"k\"",
+            ),
+            (
+                "alice:$argon2id$v=19$m=1024,m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA"
+                    .into(),
+                "twice",
+            ),
+            (
+                "alice:$argon2id$v=18$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "version 18",
+            ),
+            (
+                "alice:$argon2id$v=19$m=9999999,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "m (memory",
+            ),
+            (
+                "alice:$argon2id$v=19$m=1024,t=0,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "t (passes)",
+            ),
             (
                 "alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdA$AAAAAAAAAAAAAAAAAAAAAA".into(),
                 "salt must be 8",
             ),
             ("alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAA".into(), "hash must be 16"),
-            ("alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ=$AAAAAAAAAAAAAAAAAAAAAA".into(), "salt: bad base64"),
+            (
+                "alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ=$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "salt: bad base64",
+            ),
             ("alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ".into(), "malformed $argon2id$"),
-            ("alice:$argon2i$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(), "unknown hash type"),
+            (
+                "alice:$argon2i$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "unknown hash type",
+            ),
             ("ali\u{7}ce:$6$x$y".into(), "control character"),
         ];
         for (line, reason) in cases {
