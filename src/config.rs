@@ -596,8 +596,6 @@ const BRIDGE_TOPICS: Bound = Bound { lo: 1, hi: 64 };
 const DEFAULT_WS_PATH: &str = "/mqtt";
 /// A shorter bearer token is refused: it could be guessed.
 const ADMIN_TOKEN_BYTES_MIN: usize = 16;
-/// Per-group strategy overrides allowed in `[shared_subscriptions.groups]`.
-pub const SHARED_GROUP_OVERRIDES_MAX: usize = 1024;
 
 // ------------------------------------------------------------------------------------------------
 // The value types of keys.
@@ -659,65 +657,7 @@ impl BridgeDirection {
     }
 }
 
-/// How a message for a shared subscription group (`$share/{group}/{filter}`, §4.8.2) picks the
-/// one member that gets it. Whatever the strategy, members with a connection are preferred to
-/// offline ones with a persistent session (those get the message queued only when no member is
-/// online), and a message whose member has left or may not read the topic goes to another.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum SharedStrategy {
-    /// Each member in turn (each shard keeps its own turn for the messages published on it).
-    #[default]
-    RoundRobin,
-    /// A member drawn at random for each message.
-    Random,
-    /// The same member while it stays online and subscribed; another one after that.
-    Sticky,
-    /// By a hash of the publisher's client id: one publisher's messages go to one member while
-    /// the group does not change, which keeps their order.
-    HashClientId,
-    /// By a hash of the topic: one topic's messages go to one member while the group does not
-    /// change.
-    HashTopic,
-}
-
-impl SharedStrategy {
-    /// The name used in the configuration file.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            SharedStrategy::RoundRobin => "round_robin",
-            SharedStrategy::Random => "random",
-            SharedStrategy::Sticky => "sticky",
-            SharedStrategy::HashClientId => "hash_client_id",
-            SharedStrategy::HashTopic => "hash_topic",
-        }
-    }
-}
-
-impl SharedSubscriptionsConfig {
-    /// The strategy of the group named `name`.
-    pub fn strategy_for(&self, name: &str) -> SharedStrategy {
-        self.groups.get(name).copied().unwrap_or(self.strategy)
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if self.groups.len() > SHARED_GROUP_OVERRIDES_MAX {
-            return Err(format!(
-                "at most {SHARED_GROUP_OVERRIDES_MAX} groups (got {})",
-                self.groups.len()
-            ));
-        }
-        for name in self.groups.keys() {
-            if name.is_empty() || name.len() > 256 || name.contains(['/', '+', '#']) {
-                return Err(format!(
-                    "group name {name:?} must be 1 to 256 bytes without '/', '+' or '#'"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
+pub use crate::shard::{SharedStrategy, SharedSubscriptionsConfig, SHARED_GROUP_OVERRIDES_MAX};
 
 /// Wire transport of a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -1284,15 +1224,62 @@ settings! {
     }
 }
 
-settings! {
-    /// `[shared_subscriptions]`: the strategy of every group, and overrides by group name.
-    pub struct SharedSubscriptionsConfig(RawShared) {
-        /// The strategy of groups without an override. Default [`SharedStrategy::RoundRobin`].
-        strategy: SharedStrategy = SharedStrategy::RoundRobin;
-        /// Group name (the `{group}` of `$share/{group}/{filter}`) → its strategy. Default
-        /// empty. Bound: [`SHARED_GROUP_OVERRIDES_MAX`] entries; a name is 1..=256 bytes without
-        /// `/`, `+` or `#` ([MQTT-4.8.2-2]).
-        groups: BTreeMap<String, SharedStrategy> = BTreeMap::new();
+/// `[shared_subscriptions]`: the type lives in the core ([`crate::shard`]), which routes by it,
+/// so its two keys are read here by hand rather than declared with `settings!`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    strategy: Option<Spanned<SharedStrategy>>,
+    groups: Option<Spanned<BTreeMap<String, SharedStrategy>>>,
+}
+
+impl Setting for SharedSubscriptionsConfig {
+    type Raw = RawShared;
+    type Field = RawShared;
+    const TABLE: bool = true;
+
+    fn split(field: RawShared) -> (Option<Range<usize>>, RawShared) {
+        (None, field)
+    }
+
+    fn from_raw(raw: RawShared, key: &str, spans: &mut Spans) -> Result<Self, Issue> {
+        let mut value = Self::default();
+        if let Some(s) = raw.strategy {
+            value.strategy = SharedStrategy::from_field(s, &format!("{key}.strategy"), spans)?;
+        }
+        let groups = format!("{key}.groups");
+        if let Some(g) = raw.groups {
+            value.groups = Setting::from_field(g, &groups, spans)?;
+        }
+        value.check().map_err(|message| spans.issue(&[&groups], message))?;
+        Ok(value)
+    }
+
+    fn describe(path: &str, array: bool, out: &mut Vec<TableDoc>) {
+        let d = Self::default();
+        out.push(TableDoc {
+            path: path.to_owned(),
+            array,
+            doc: "`[shared_subscriptions]`: how a shared subscription group picks a member.\n",
+            keys: vec![
+                KeyDoc {
+                    key: "strategy",
+                    default: d.strategy.toml(),
+                    bound: None,
+                    doc: "The strategy of groups without an override: round_robin, random, \
+                          sticky, hash_client_id or hash_topic. Default round_robin.\n",
+                },
+                KeyDoc {
+                    key: "groups",
+                    default: d.groups.toml(),
+                    bound: None,
+                    doc: "Group name (the {group} of $share/{group}/{filter}) -> its strategy. \
+                          Default empty. At most 1024 entries; a name is 1..=256 bytes without \
+                          '/', '+' or '#'.\n",
+                },
+            ],
+            optional: false,
+        });
     }
 }
 
@@ -1334,12 +1321,6 @@ impl Finish for BridgeTopic {
             return Err(spans.issue_near(&format!("{key}.filter"), &[key], message));
         }
         Ok(())
-    }
-}
-
-impl Finish for SharedSubscriptionsConfig {
-    fn finish(&mut self, key: &str, spans: &Spans) -> Result<(), Issue> {
-        self.check().map_err(|message| spans.issue(&[&format!("{key}.groups")], message))
     }
 }
 
@@ -1835,11 +1816,11 @@ impl AuthConfig {
     /// message, e.g. `auth.acl_file: /etc/tern/acl:7: unknown access type "reed" ...`.
     fn check_files(&self, spans: &Spans) -> Result<(), Issue> {
         if let Some(path) = &self.password_file {
-            crate::auth::PasswordDb::load(path)
+            crate::auth::load_passwords(path)
                 .map_err(|e| spans.issue(&["auth.password_file"], e.to_string()))?;
         }
         if let Some(path) = &self.acl_file {
-            crate::auth::Acl::load(path)
+            crate::auth::load_acl(path)
                 .map_err(|e| spans.issue(&["auth.acl_file"], e.to_string()))?;
         }
         Ok(())

@@ -343,8 +343,24 @@ impl Scenario {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> crate::Args {
-        crate::Args::parse(v.iter().map(|s| s.to_string())).expect("args")
+    /// The options of `tern-loadtest p2p ARGS...` as clap parses them.
+    fn args(v: &[&str]) -> crate::ScenarioArgs {
+        use clap::Parser;
+        let argv = ["tern-loadtest", "p2p"].iter().chain(v);
+        match crate::Cli::try_parse_from(argv).expect("args").command {
+            crate::Command::P2p(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// A client process gets the scenario its parent built, field for field.
+    #[test]
+    fn a_scenario_survives_the_trip_to_a_child() {
+        let s = Scenario::from_args(Kind::Conn, &args(&["--qos", "2", "--mqtt", "5"]))
+            .expect("scenario");
+        let back: Scenario =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
     }
 
     #[test]
