@@ -12,8 +12,7 @@
 //! skips: without Chromium or mqtt.js it says how to get them. Every step is bounded in time.
 
 mod common;
-#[path = "interop/support.rs"]
-mod support;
+use common::interop as support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

@@ -4,8 +4,7 @@
 //! certificates are generated at run time (tests/interop/support.rs).
 
 mod common;
-#[path = "interop/support.rs"]
-mod support;
+use common::interop as support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

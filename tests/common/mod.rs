@@ -1,6 +1,9 @@
-//! Shared test helpers: a broker on 127.0.0.1 port 0 with two shards, each shard also reachable
-//! on a private port (so a test can place a client on a given shard), and a blocking raw-packet
-//! client built on the project's codec.
+//! The one support module of the integration tests (`mod common;` in each): a broker on
+//! 127.0.0.1 port 0 with two shards, each shard also reachable on a private port (so a test can
+//! place a client on a given shard), and a blocking raw-packet client built on the project's
+//! codec; `process` runs the real binary in a scratch directory
+//! (`tempfile`); `interop` has test certificates, a TLS client, a client over any stream and a
+//! WebSocket client.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{Read, Write};
@@ -15,6 +18,7 @@ use tern::codec::{
 use tern::config::Config;
 use tern::runtime::Broker;
 
+pub mod interop;
 pub mod process;
 
 /// A running test broker.

@@ -18,6 +18,11 @@ impl TempDir {
         TempDir(dir.path().to_path_buf(), dir)
     }
 
+    /// The path of `name` in the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
     /// Writes `text` to `name` in the directory and returns its path.
     pub fn file(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.join(name);
