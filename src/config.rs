@@ -11,7 +11,7 @@
 //! tern.toml:12:16: limits.inflight_max: must be between 1 and 65535 (got 0)
 //! ```
 //!
-//! Rules every setting follows (STYLE rules 4 and 16):
+//! Rules every setting follows:
 //!
 //! - Every limit has a documented default and a maximum. **0 never means unlimited.** Exactly two
 //!   settings accept 0 as a real value: [`LimitsConfig::topic_alias_max`] (0 = the client may not
