@@ -278,17 +278,10 @@ impl<S: Read + Write> Mqtt<S> {
     }
 }
 
+// The packets are common's builders, with the defaults these tests use.
+
 fn common_connect(version: ProtocolVersion, id: &str) -> Packet {
-    Packet::Connect(Box::new(codec::Connect {
-        version,
-        clean_start: true,
-        keep_alive_secs: 30,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: codec::Properties::new(),
-    }))
+    super::connect(version, id, true, 30)
 }
 
 pub fn connect_packet(version: ProtocolVersion, id: &str) -> Packet {
@@ -297,7 +290,7 @@ pub fn connect_packet(version: ProtocolVersion, id: &str) -> Packet {
 
 pub fn subscribe_packet(filter: &str, qos: QoS, id: u16) -> Packet {
     Packet::Subscribe(codec::Subscribe {
-        packet_id: codec::PacketId::new(id).expect("non-zero"),
+        packet_id: super::pid(id),
         filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
         properties: codec::Properties::new(),
     })
@@ -305,15 +298,7 @@ pub fn subscribe_packet(filter: &str, qos: QoS, id: u16) -> Packet {
 
 /// A QoS 0 publish.
 pub fn publish_packet(topic: &str, payload: &[u8]) -> Packet {
-    Packet::Publish(codec::Publish {
-        dup: false,
-        qos: QoS::AtMostOnce,
-        retain: false,
-        topic: topic.into(),
-        packet_id: None,
-        properties: codec::Properties::new(),
-        payload: bytes::Bytes::copy_from_slice(payload),
-    })
+    super::publish(topic, payload, QoS::AtMostOnce, 0, false)
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -11,10 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern::codec::{
-    self, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe,
-    SubscriptionOptions,
-};
+use tern::codec::{self, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS};
 use tern::config::Config;
 use tern::runtime::Broker;
 
@@ -165,11 +162,7 @@ impl RawClient {
     }
 
     pub fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(1),
-            filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
-            properties: Properties::new(),
-        }));
+        self.send(&interop::subscribe_packet(filter, qos, 1));
         match self.recv() {
             Packet::SubAck(a) => assert!(!a.reasons[0].is_error(), "SUBACK refused: {a:?}"),
             other => panic!("expected SUBACK, got {other:?}"),
