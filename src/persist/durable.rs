@@ -36,7 +36,7 @@ pub struct Durability {
     compacted: std::cell::Cell<u64>,
     /// Sessions moved to other shards whose `SessionEnd` waits for those shards' progress
     /// (see [`Shard::take_moved`]), oldest first, with the marks they wait for.
-    moved: RefCell<std::collections::VecDeque<(Vec<(usize, u64)>, Vec<String>)>>,
+    moved: RefCell<std::collections::VecDeque<MovedAway>>,
     /// Connection outputs held by a [`Gate`]: woken after every sync.
     gated: RefCell<Vec<Waker>>,
     /// See [`PersistOptions::pending_records_max`].
@@ -44,6 +44,10 @@ pub struct Durability {
     /// The shard is at that bound (counted once per episode).
     backlogged: std::cell::Cell<bool>,
 }
+
+/// Sessions moved to other shards in one batch: the peer marks their end waits for, and
+/// their client ids.
+type MovedAway = (Vec<(usize, u64)>, Vec<String>);
 
 /// How often a gate that waits for other shards' logs is looked at again.
 const PEER_POLL: Duration = Duration::from_micros(100);
