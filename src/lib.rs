@@ -39,6 +39,7 @@ pub mod config;
 pub mod enhanced_auth;
 pub mod fuzzing;
 pub mod logging;
+pub mod memory_plan;
 pub mod metrics;
 pub mod mosquitto_conf;
 pub mod net;
