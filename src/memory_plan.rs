@@ -13,9 +13,11 @@ use crate::config::Config;
 
 /// Broker memory one idle plain-TCP connection and its session hold besides the records
 /// counted by [`crate::shard::record_sizes`]: the connection's task (its future and glommio's
-/// task header), glommio's armed read readiness `Source`, and allocator rounding. Measured with
-/// `tern-loadtest conn` at 19 000 idle connections minus the record sizes (loadtest/README.md).
-pub const RUNTIME_BYTES_PER_CONNECTION: usize = 700;
+/// task header), glommio's armed read readiness `Source`, the client id's map entries, the
+/// deadline heap entry, and allocator rounding. Measured with `tern-loadtest conn`: 2 725 B per
+/// connection at 19 000 idle connections, minus the 608 B of records (loadtest/README.md,
+/// "Compact connections").
+pub const RUNTIME_BYTES_PER_CONNECTION: usize = 2_100;
 
 /// The figures, in bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
