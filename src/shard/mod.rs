@@ -1129,7 +1129,16 @@ impl Shard {
             w.wake_by_ref();
         }
         let will = self.take_will(id);
-        tracing::info!(conn = id.0, ?reason, "disconnected");
+        if tracing::enabled!(tracing::Level::INFO) {
+            // The connection's own span exists at debug level only: name it here.
+            let peer = self.conn(id).map(|c| c.peer.to_string()).unwrap_or_default();
+            let cid = match phase {
+                Phase::Active { slot } => self.slot(slot).map(|s| s.session.client_id.as_str()),
+                _ => None,
+            };
+            let cid = cid.unwrap_or_default();
+            tracing::info!(conn = id.0, %peer, client_id = cid, ?reason, "disconnected");
+        }
         match reason {
             CloseReason::KeepAliveTimeout => self.metrics.keepalive_timeouts += 1,
             CloseReason::ConnectTimeout => self.metrics.connect_timeouts += 1,
