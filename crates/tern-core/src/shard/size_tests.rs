@@ -46,7 +46,7 @@ fn session_slot_within_budget() {
 /// CONNACK and a PINGREQ/PINGRESP round, the connection is its hot record only.
 #[test]
 fn idle_connection_holds_no_cold_state() {
-    let now = Instant::now();
+    let now = crate::test_clock::test_epoch();
     let mut shard = Shard::new(0, ShardConfig::for_tests(1));
     let peer = "127.0.0.1:5000".parse().expect("literal address");
     let id = shard.accept(0, peer, now).expect("accepted");
@@ -86,7 +86,7 @@ fn idle_connection_holds_no_cold_state() {
 /// The cold part is allocated when something rare happens, and freed when it is over.
 #[test]
 fn cold_state_comes_and_goes() {
-    let now = Instant::now();
+    let now = crate::test_clock::test_epoch();
     let mut shard = Shard::new(0, ShardConfig::for_tests(1));
     let peer = "127.0.0.1:5000".parse().expect("literal address");
     let id = shard.accept(0, peer, now).expect("accepted");

@@ -69,7 +69,8 @@ impl<T> Slab<T> {
         self.len
     }
 
-    /// The occupied entries with their indexes, in index order.
+    /// The occupied entries with their indexes, in index order (the simulation's invariants).
+    #[cfg(test)]
     pub(crate) fn entries(&self) -> impl Iterator<Item = (u32, &T)> {
         self.chunks
             .iter()
