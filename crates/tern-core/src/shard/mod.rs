@@ -466,10 +466,11 @@ pub(crate) struct RetainedOut {
     identifier: Option<u32>,
 }
 
-/// Deadlines (keep alive, connect timeout, expiry, delayed will) handled per turn of the shard:
-/// at about 0.1-0.5 us each when nothing is due but a re-arm, and a few us for a close, a
-/// turn stays well under a millisecond (`benches/timers.rs` measures it with a million).
-pub const DEADLINES_PER_TURN: usize = 1024;
+/// Deadlines (keep alive, connect timeout, expiry, delayed will) handled per turn of the shard.
+/// `tests/timers.rs` (a million idle sessions) measured ~2.3 us of wall time per deadline on
+/// average on a 2-vCPU machine at load 14 (a close or an expiry costs more than a re-arm), so a
+/// turn of 256 averages ~0.6 ms; see loadtest/README.md for the worst turns measured.
+pub const DEADLINES_PER_TURN: usize = 256;
 
 /// Retained messages written per drain of a connection's backlog.
 const RETAINED_BATCH: usize = 64;
