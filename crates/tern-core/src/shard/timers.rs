@@ -75,7 +75,7 @@ impl Shard {
 
     /// Handles the deadlines due at `now`, at most `budget` of them; returns whether due ones
     /// remain (the caller runs the rest in later turns, so one turn stays short however many
-    /// connections fall due in the same second: `benches/timers.rs`). Bounded: each popped
+    /// connections fall due in the same second: `tests/timers.rs`). Bounded: each popped
     /// entry is acted on, dropped, or re-armed strictly later than `now`.
     pub(super) fn run_deadlines(&mut self, now: Instant, budget: usize) -> bool {
         for _ in 0..budget {
