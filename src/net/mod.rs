@@ -842,6 +842,7 @@ mod tests {
                 let shard = Shard::new(0, crate::shard::ShardConfig::for_tests(1));
                 let io = Rc::new(ShardIo {
                     shard: ShardCell::new(shard, None),
+                    durable: None,
                     scratch: RefCell::new(vec![0; 64].into_boxed_slice()),
                     outbox_ready: Signal::default(),
                     stopping: Cell::new(false),

@@ -102,7 +102,7 @@ impl Shard {
     pub fn compaction_records(&self) -> Vec<Record> {
         let Some(j) = &self.journal else { return Vec::new() };
         let mut out = Vec::new();
-        for s in self.sessions.iter().flatten() {
+        for s in self.sessions.iter() {
             if s.session.expiry_secs > 0 {
                 let session = slot_snapshot(s, &j.clock);
                 let client_id = s.session.client_id.clone();
