@@ -18,7 +18,7 @@
 #   CONNS=5000                             connections of the conn-* row
 #   CARGO_TARGET_DIR                       where the release build goes (default: target)
 #   RUMQTTD_ROOT=/opt/rumqttd                where rumqttd is (or gets) installed
-# Installs mosquitto (apt) and rumqttd 0.20.0 (cargo install --locked, minutes) when missing;
+# Installs mosquitto (apt) and rumqttd 0.20.0 (cargo install, minutes) when missing;
 # with CI set it installs nothing and leaves rumqttd out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,8 +49,9 @@ if [[ " $PEERS " == *" rumqttd "* ]] && ! command -v rumqttd >/dev/null; then
         PEERS=${PEERS//rumqttd/}
     else
         echo "installing rumqttd 0.20.0 into $RUMQTTD_ROOT (cargo install, minutes here)" >&2
-        # The pinned version with its own lock file, so every run measures the same build.
-        cargo install rumqttd --version 0.20.0 --locked --root "$RUMQTTD_ROOT"
+        # The pinned version. Not --locked: its locked metrics 0.22.1 no longer borrow-checks on
+        # rustc 1.95 (E0521), so its dependencies resolve to their newest compatible releases.
+        cargo install rumqttd --version 0.20.0 --root "$RUMQTTD_ROOT"
     fi
 fi
 echo "building tern and tern-loadtest (release)" >&2
