@@ -27,7 +27,7 @@ fn second_instance_on_the_same_port_is_refused_and_the_first_keeps_serving() {
     let (code, _, stderr) = run(&["--config", &config.display().to_string()]);
     assert_eq!(code, 1, "the second instance must fail: {stderr}");
     let want = format!(
-        "{}:3: listener bind = \"127.0.0.1:{port}\": address already in use",
+        "{}:3:8: listener bind = \"127.0.0.1:{port}\": address already in use",
         config.display()
     );
     assert!(stderr.contains(&want), "expected {want:?} in {stderr:?}");
@@ -49,7 +49,8 @@ fn the_admin_listener_is_probed_too() {
     let config = dir.file("tern.toml", &text);
     let (code, _, stderr) = run(&["--config", &config.display().to_string()]);
     assert_eq!(code, 1, "{stderr}");
-    let want = format!("{}:6: admin.bind = \"{taken}\": address already in use", config.display());
+    let want =
+        format!("{}:6:8: admin.bind = \"{taken}\": address already in use", config.display());
     assert!(stderr.contains(&want), "expected {want:?} in {stderr:?}");
 }
 
@@ -165,6 +166,20 @@ fn passwd_subcommand_writes_a_file_the_broker_reads() {
     let (code, _, err) = run(&["passwd", "-c", "-D", &file, "alice"]);
     assert_eq!(code, 1);
     assert!(err.contains("-c and -D"), "{err}");
+}
+
+/// `tern default-config` prints every declared key at its default: the file it prints is a
+/// valid configuration, and the same keys as the example `tern.toml` hold the same values.
+#[test]
+fn default_config_prints_a_valid_reference() {
+    let dir = TempDir::new("default-config");
+    let (code, out, err) = run(&["default-config"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("[limits]\n") && out.contains("\ninflight_max = 32\n"), "{out}");
+    let file = dir.file("reference.toml", &out);
+    let (code, out, err) = run(&["check-config", &file.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("OK (1 listener(s), 0 with TLS)"), "{out}");
 }
 
 #[test]
