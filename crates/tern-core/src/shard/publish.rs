@@ -22,29 +22,70 @@ pub(crate) struct LocalMatch {
     pub(super) identifier: Option<u32>,
 }
 
-/// One encoded PUBLISH reused for every subscriber of a message that gets the same bytes: the
-/// same message, protocol family (3.x or 5), QoS and RETAIN, and no properties of its own
-/// (Topic Alias, remaining expiry, Subscription Identifiers). QoS 1/2 copies differ only in the
-/// packet id, patched in place. Filled by the first such delivery of a fan-out and cleared when
-/// the fan-out ends, so it never outlives the message it holds (which also keeps the `Rc`'s
-/// address from being reused while it is compared).
+/// The encoded PUBLISH of the message being fanned out, one per variant (protocol family 3.x
+/// or 5, QoS, RETAIN), reused for every subscriber that gets those bytes: no properties of its
+/// own (Topic Alias, remaining expiry, Subscription Identifiers). QoS 1/2 copies differ only in
+/// the packet id, patched in place. Filled by the first delivery of each variant and cleared
+/// when the fan-out ends, so it never outlives the message it holds (which also keeps the
+/// `Rc`'s address from being reused while it is compared). At most 12 variants (2 x 3 x 2); the
+/// buffers are kept across fan-outs.
 #[derive(Default)]
 pub(crate) struct SharedEncoding {
     /// On while one `deliver_matches` delivers to more than one subscriber.
     active: bool,
-    /// The message encoded, its family (v5), QoS and RETAIN.
-    key: Option<(Rc<Message>, bool, QoS, bool)>,
-    /// The encoded packet (allocation kept across fan-outs).
+    /// The message the live variants encode.
+    msg: Option<Rc<Message>>,
+    variants: Vec<Variant>,
+}
+
+/// One encoding of [`SharedEncoding`].
+struct Variant {
+    /// Protocol family (v5), QoS, RETAIN.
+    key: (bool, QoS, bool),
+    /// Whether `bytes` encode the current message (false: a buffer kept for reuse).
+    live: bool,
     bytes: Vec<u8>,
     /// Offset of the packet id in `bytes` (QoS 1/2).
     pid_at: usize,
 }
 
 impl SharedEncoding {
-    fn matches(&self, msg: &Rc<Message>, v5: bool, qos: QoS, retain: bool) -> bool {
-        self.key.as_ref().is_some_and(|(m, kv5, kq, kr)| {
-            Rc::ptr_eq(m, msg) && *kv5 == v5 && *kq == qos && *kr == retain
-        })
+    /// The live encoding of `msg` in variant `key`.
+    fn find(&self, msg: &Rc<Message>, key: (bool, QoS, bool)) -> Option<&Variant> {
+        if !self.msg.as_ref().is_some_and(|m| Rc::ptr_eq(m, msg)) {
+            return None;
+        }
+        self.variants.iter().find(|v| v.live && v.key == key)
+    }
+
+    /// Stores `frame` as the encoding of `msg` in variant `key`.
+    fn store(&mut self, msg: &Rc<Message>, key: (bool, QoS, bool), frame: &[u8], pid_at: usize) {
+        if !self.msg.as_ref().is_some_and(|m| Rc::ptr_eq(m, msg)) {
+            self.clear();
+            self.msg = Some(Rc::clone(msg));
+        }
+        // Bounded: one live entry per key, so at most 12 entries ever exist.
+        let i = match self.variants.iter().position(|v| v.key == key || !v.live) {
+            Some(i) => i,
+            None => {
+                self.variants.push(Variant { key, live: false, bytes: Vec::new(), pid_at: 0 });
+                self.variants.len() - 1
+            }
+        };
+        let v = &mut self.variants[i];
+        v.key = key;
+        v.live = true;
+        v.bytes.clear();
+        v.bytes.extend_from_slice(frame);
+        v.pid_at = pid_at;
+    }
+
+    /// Ends the fan-out: drops the message, keeps the buffers.
+    fn clear(&mut self) {
+        self.msg = None;
+        for v in &mut self.variants {
+            v.live = false;
+        }
     }
 }
 
@@ -395,7 +436,7 @@ impl Shard {
             self.deliver(slot, out, now);
         }
         self.shared_encoding.active = false;
-        self.shared_encoding.key = None;
+        self.shared_encoding.clear();
     }
 
     /// Hands one delivery to a session. Connected: written at once if its output buffer and
@@ -532,14 +573,16 @@ impl Shard {
         let props = outgoing_properties(out, v5, now, alias);
         // The same bytes as every other subscriber of this fan-out: no properties of its own.
         let reusable = shared.active && props.is_none() && alias.is_none() && !dup;
-        let written = if reusable && shared.matches(&out.msg, v5, out.qos, out.retain) {
+        let key = (v5, out.qos, out.retain);
+        let found = if reusable { shared.find(&out.msg, key) } else { None };
+        let written = if let Some(v) = found {
             let start = c.tx.len();
-            c.tx.extend_from_slice(&shared.bytes);
+            c.tx.extend_from_slice(&v.bytes);
             if let Some(pid) = packet_id {
-                let at = start + shared.pid_at;
+                let at = start + v.pid_at;
                 c.tx[at..at + 2].copy_from_slice(&pid.get().to_be_bytes());
             }
-            Ok(shared.bytes.len())
+            Ok(v.bytes.len())
         } else {
             let view = PublishView {
                 dup,
@@ -554,10 +597,9 @@ impl Shard {
             let result = codec::encode_publish(&view, c.version, &mut c.tx);
             if let (true, Ok(n)) = (reusable, &result) {
                 // Remembered for the next subscriber: fixed header, topic, then the packet id.
-                shared.bytes.clear();
-                shared.bytes.extend_from_slice(&c.tx[start..start + n]);
-                shared.pid_at = fixed_header_len(&shared.bytes) + 2 + out.msg.topic.len();
-                shared.key = Some((Rc::clone(&out.msg), v5, out.qos, out.retain));
+                let frame = &c.tx[start..start + n];
+                let pid_at = fixed_header_len(frame) + 2 + out.msg.topic.len();
+                shared.store(&out.msg, key, frame, pid_at);
             }
             result
         };
