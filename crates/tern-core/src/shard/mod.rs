@@ -592,6 +592,12 @@ pub struct Shard {
     pub metrics: Metrics,
     /// Publish-to-deliver latency of deliveries written by this shard, microseconds.
     pub latency: hdrhistogram::Histogram<u64>,
+    /// Latency samples not yet in `latency`: (value, count) of a run of equal values (the
+    /// deliveries of one publish share one), recorded with one `record_n` (`publish`).
+    latency_run: (u64, u64),
+    /// The PUBLISH encoding shared by the subscribers of the message being delivered
+    /// (`publish::SharedEncoding`); set only inside one `deliver_matches`.
+    shared_encoding: publish::SharedEncoding,
     /// Reused per publish: local deliveries (slot, options, subscription id).
     scratch: Vec<publish::LocalMatch>,
     /// Reused per publish: which peer shards have non-shared subscribers (one flag per shard).
@@ -656,6 +662,8 @@ impl Shard {
             deadlines: Default::default(),
             metrics: Metrics::default(),
             latency: crate::counters::new_latency_histogram(),
+            latency_run: (0, 0),
+            shared_encoding: publish::SharedEncoding::default(),
             scratch: Vec::new(),
             peer_normal: vec![false; peers],
             peer_shared: (0..peers).map(|_| Vec::new()).collect(),
@@ -1303,6 +1311,7 @@ impl Shard {
     /// [`Shard::tick`] handling at most `budget` due deadlines; returns whether due ones remain,
     /// which [`Shard::run_due`] handles in later turns (with the same `now`).
     pub fn tick_bounded(&mut self, now: Instant, budget: usize) -> bool {
+        self.flush_latency();
         self.metrics.memory_exhausted = u64::from(self.memory_exhausted());
         self.failed_logins.expire(now);
         let more = self.run_deadlines(now, budget);

@@ -22,7 +22,94 @@ pub(crate) struct LocalMatch {
     pub(super) identifier: Option<u32>,
 }
 
+/// The encoded PUBLISH of the message being fanned out, one per variant (protocol family 3.x
+/// or 5, QoS, RETAIN), reused for every subscriber that gets those bytes: no properties of its
+/// own (Topic Alias, remaining expiry, Subscription Identifiers). QoS 1/2 copies differ only in
+/// the packet id, patched in place. Filled by the first delivery of each variant and cleared
+/// when the fan-out ends, so it never outlives the message it holds (which also keeps the
+/// `Rc`'s address from being reused while it is compared). At most 12 variants (2 x 3 x 2); the
+/// buffers are kept across fan-outs.
+#[derive(Default)]
+pub(crate) struct SharedEncoding {
+    /// On while one `deliver_matches` delivers to more than one subscriber.
+    active: bool,
+    /// The message the live variants encode.
+    msg: Option<Rc<Message>>,
+    variants: Vec<Variant>,
+}
+
+/// One encoding of [`SharedEncoding`].
+struct Variant {
+    /// Protocol family (v5), QoS, RETAIN.
+    key: (bool, QoS, bool),
+    /// Whether `bytes` encode the current message (false: a buffer kept for reuse).
+    live: bool,
+    bytes: Vec<u8>,
+    /// Offset of the packet id in `bytes` (QoS 1/2).
+    pid_at: usize,
+}
+
+impl SharedEncoding {
+    /// The live encoding of `msg` in variant `key`.
+    fn find(&self, msg: &Rc<Message>, key: (bool, QoS, bool)) -> Option<&Variant> {
+        if !self.msg.as_ref().is_some_and(|m| Rc::ptr_eq(m, msg)) {
+            return None;
+        }
+        self.variants.iter().find(|v| v.live && v.key == key)
+    }
+
+    /// Stores `frame` as the encoding of `msg` in variant `key`.
+    fn store(&mut self, msg: &Rc<Message>, key: (bool, QoS, bool), frame: &[u8], pid_at: usize) {
+        if !self.msg.as_ref().is_some_and(|m| Rc::ptr_eq(m, msg)) {
+            self.clear();
+            self.msg = Some(Rc::clone(msg));
+        }
+        // Bounded: one live entry per key, so at most 12 entries ever exist.
+        let i = match self.variants.iter().position(|v| v.key == key || !v.live) {
+            Some(i) => i,
+            None => {
+                self.variants.push(Variant { key, live: false, bytes: Vec::new(), pid_at: 0 });
+                self.variants.len() - 1
+            }
+        };
+        let v = &mut self.variants[i];
+        v.key = key;
+        v.live = true;
+        v.bytes.clear();
+        v.bytes.extend_from_slice(frame);
+        v.pid_at = pid_at;
+    }
+
+    /// Ends the fan-out: drops the message, keeps the buffers.
+    fn clear(&mut self) {
+        self.msg = None;
+        for v in &mut self.variants {
+            v.live = false;
+        }
+    }
+}
+
 impl Shard {
+    /// Records one publish-to-deliver latency sample. Equal consecutive samples (every
+    /// delivery of one fan-out) are counted and recorded together.
+    fn record_latency(&mut self, us: u64) {
+        let us = us.clamp(1, 60_000_000);
+        if self.latency_run.0 == us {
+            self.latency_run.1 += 1;
+            return;
+        }
+        self.flush_latency();
+        self.latency_run = (us, 1);
+    }
+
+    /// Moves the pending run of latency samples into the histogram (before it is read).
+    pub fn flush_latency(&mut self) {
+        let (us, n) = std::mem::take(&mut self.latency_run);
+        if n > 0 {
+            let _ = self.latency.record_n(us, n);
+        }
+    }
+
     fn origin(&self, slot: u32) -> Option<Origin> {
         let s = self.slot(slot)?;
         Some(Origin { shard: self.id, session: slot, generation: s.generation })
@@ -326,6 +413,8 @@ impl Shard {
                 }))
         });
         matches.sort_unstable_by_key(|m| m.slot);
+        // Several subscribers: the first one's PUBLISH encoding serves the others.
+        self.shared_encoding.active = matches.len() > 1;
         let mut i = 0;
         while i < matches.len() {
             let slot = matches[i].slot;
@@ -348,6 +437,8 @@ impl Shard {
             };
             self.deliver(slot, out, now);
         }
+        self.shared_encoding.active = false;
+        self.shared_encoding.clear();
     }
 
     /// Hands one delivery to a session. Connected: written at once if its output buffer and
@@ -493,30 +584,60 @@ impl Shard {
             self.metrics.messages_dropped_too_large += 1;
             return;
         }
-        let Some(c) = self.conn_mut(conn) else { return };
+        let mut shared = std::mem::take(&mut self.shared_encoding);
+        let Some(c) = self.conn_mut(conn) else {
+            self.shared_encoding = shared;
+            return;
+        };
         let v5 = c.version.is_v5();
         let (alias, with_topic) = outbound_alias(c, &out.msg.topic);
         let props = outgoing_properties(out, v5, now, alias);
-        let view = PublishView {
-            dup,
-            qos: out.qos,
-            retain: out.retain,
-            topic: if with_topic { &out.msg.topic } else { "" },
-            packet_id,
-            properties: props.as_ref().unwrap_or(&out.msg.properties),
-            payload: &out.msg.payload,
+        // The same bytes as every other subscriber of this fan-out: no properties of its own.
+        let reusable = shared.active && props.is_none() && alias.is_none() && !dup;
+        let key = (v5, out.qos, out.retain);
+        let found = if reusable { shared.find(&out.msg, key) } else { None };
+        let written = if let Some(v) = found {
+            let start = c.tx.len();
+            c.tx.extend_from_slice(&v.bytes);
+            if let Some(pid) = packet_id {
+                let at = start + v.pid_at;
+                c.tx[at..at + 2].copy_from_slice(&pid.get().to_be_bytes());
+            }
+            Ok(v.bytes.len())
+        } else {
+            let view = PublishView {
+                dup,
+                qos: out.qos,
+                retain: out.retain,
+                topic: if with_topic { &out.msg.topic } else { "" },
+                packet_id,
+                properties: props.as_ref().unwrap_or(&out.msg.properties),
+                payload: &out.msg.payload,
+            };
+            let start = c.tx.len();
+            let result = codec::encode_publish(&view, c.version, &mut c.tx);
+            if let (true, Ok(n)) = (reusable, &result) {
+                // Remembered for the next subscriber: fixed header, topic, then the packet id.
+                let frame = &c.tx[start..start + n];
+                let pid_at = fixed_header_len(frame) + 2 + out.msg.topic.len();
+                shared.store(&out.msg, key, frame, pid_at);
+            }
+            result
         };
-        match codec::encode_publish(&view, c.version, &mut c.tx) {
+        match written {
             Ok(n) => {
+                self.shared_encoding = shared;
                 self.mark_ready(conn);
                 self.metrics.bytes_sent += n as u64;
                 self.metrics.messages_sent += 1;
                 if let Some(t) = out.msg.received_at {
-                    let us = now.saturating_duration_since(t).as_micros() as u64;
-                    let _ = self.latency.record(us.clamp(1, 60_000_000));
+                    self.record_latency(now.saturating_duration_since(t).as_micros() as u64);
                 }
             }
-            Err(e) => tracing::error!(conn = conn.0, error = %e, "could not encode PUBLISH"),
+            Err(e) => {
+                self.shared_encoding = shared;
+                tracing::error!(conn = conn.0, error = %e, "could not encode PUBLISH");
+            }
         }
     }
 
@@ -671,6 +792,12 @@ fn outbound_alias(c: &mut super::Conn, topic: &str) -> (Option<u16>, bool) {
         return (Some(a), true);
     }
     (None, true)
+}
+
+/// Bytes of an encoded packet's fixed header: the type byte and the Remaining Length varint
+/// (a byte with the high bit clear ends it; at most 4).
+fn fixed_header_len(frame: &[u8]) -> usize {
+    1 + frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0).map_or(4, |i| i + 1)
 }
 
 /// Human-readable text for a refused PUBLISH.

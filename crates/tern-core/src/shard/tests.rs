@@ -1412,3 +1412,59 @@ fn without_a_pool_the_check_runs_inline() {
     let got = cl.recv(c);
     assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
 }
+
+/// A fan-out encodes the PUBLISH once and copies it to every subscriber that gets the same
+/// bytes (`publish::SharedEncoding`); each copy still carries that subscriber's own packet id
+/// ([MQTT-2.2.1-2]: a QoS 1 PUBLISH carries a non-zero id unused by that session), and
+/// subscribers with another version, QoS or properties of their own get their own encoding.
+#[test]
+fn fan_out_shares_one_encoding_with_per_subscriber_packet_ids() {
+    let mut cl = Cluster::new(1);
+    let p = cl.connect(0, V4, "pub", true);
+    let mut subs = Vec::new();
+    for (i, (version, qos)) in [
+        (V4, QoS::AtLeastOnce),
+        (V4, QoS::AtLeastOnce),
+        (V4, QoS::AtMostOnce),
+        (ProtocolVersion::V31, QoS::AtLeastOnce),
+        (V5, QoS::AtLeastOnce),
+        (V5, QoS::AtLeastOnce),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = cl.connect(0, version, &format!("s{i}"), true);
+        cl.subscribe(c, "fan/+", qos);
+        subs.push((c, qos));
+    }
+    // Subscriber 1 alone gets a message first, so its next packet id differs from the others'.
+    let solo = cl.connect(0, V4, "solo", true);
+    cl.subscribe(solo, "solo/1", QoS::AtLeastOnce);
+    let (s1, _) = subs[1];
+    cl.subscribe(s1, "solo/1", QoS::AtLeastOnce);
+    cl.publish(p, "solo/1", b"first", QoS::AtLeastOnce, 1);
+    assert_eq!(publishes(&cl.recv(s1)).len(), 1);
+    assert_eq!(publishes(&cl.recv(solo)).len(), 1);
+    let before = cl.shards[0].metrics.messages_sent;
+
+    cl.publish(p, "fan/x", b"shared payload", QoS::AtLeastOnce, 2);
+    let mut ids = Vec::new();
+    for (c, qos) in &subs {
+        let got = cl.recv(*c);
+        let got = publishes(&got);
+        assert_eq!(got.len(), 1, "one PUBLISH each");
+        let m = got[0];
+        assert_eq!(
+            (m.topic.as_str(), &m.payload[..], m.qos),
+            ("fan/x", &b"shared payload"[..], *qos)
+        );
+        assert!(!m.dup && !m.retain);
+        ids.push(m.packet_id.map(PacketId::get));
+    }
+    // Fresh sessions start at id 1; subscriber 1 used id 1 for the first message.
+    assert_eq!(ids, [Some(1), Some(2), None, Some(1), Some(1), Some(1)]);
+    assert_eq!(cl.shards[0].metrics.messages_sent - before, subs.len() as u64);
+    // The latency samples of the fan-out (one run of equal values) all reach the histogram.
+    cl.shards[0].flush_latency();
+    assert_eq!(cl.shards[0].latency.len(), 2 + subs.len() as u64);
+}
