@@ -103,6 +103,10 @@ metrics! {
     counter wills_published,
     /// Malformed packets received.
     counter protocol_errors,
+    /// Packets refused before authentication by `limits.preauth_packet_bytes_max` (also in `protocol_errors`).
+    counter preauth_packets_refused_size,
+    /// Packets refused by `limits.user_properties_max` / `user_property_bytes_max` (also in `protocol_errors`).
+    counter user_properties_refused,
     /// Connections closed for a protocol error.
     counter protocol_closes,
     /// Connections closed by keep alive.
@@ -300,6 +304,9 @@ impl StatsBoard {
             ("$SYS/broker/bytes/received".into(), v(t.bytes_received)),
             ("$SYS/broker/bytes/sent".into(), v(t.bytes_sent)),
             ("$SYS/broker/subscriptions/count".into(), v(t.subscriptions_current)),
+            // Not in Mosquitto's layout: the pre-authentication and user-property bounds.
+            ("$SYS/broker/packets/refused/preauth size".into(), v(t.preauth_packets_refused_size)),
+            ("$SYS/broker/packets/refused/user properties".into(), v(t.user_properties_refused)),
             // Every shard holds a replica: the count is one shard's, not the sum.
             (
                 "$SYS/broker/retained messages/count".into(),

@@ -829,6 +829,15 @@ impl Shard {
                 Ok(None) => break,
                 Err(e) => {
                     self.metrics.protocol_errors += 1;
+                    match e.kind {
+                        codec::ErrorKind::PacketTooLarge { .. } if pre_auth => {
+                            self.metrics.preauth_packets_refused_size += 1;
+                        }
+                        codec::ErrorKind::UserPropertiesExceeded => {
+                            self.metrics.user_properties_refused += 1;
+                        }
+                        _ => {}
+                    }
                     tracing::debug!(conn = id.0, error = %e, "malformed packet");
                     if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
                         self.refuse_connect_error(id, &e, connect_version, now);
@@ -1342,6 +1351,8 @@ fn will_cost(w: &Will) -> usize {
         + w.properties.heap_bytes()
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

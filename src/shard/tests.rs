@@ -1207,12 +1207,16 @@ fn preauth_bound_is_checked_at_the_fixed_header() {
         }
         assert!(is_closing(&cl, c), "{version:?}: closed before the body was buffered");
     }
+    // Each refusal has a counter of its own (besides `protocol_errors`).
+    assert_eq!(cl.shards[0].metrics.preauth_packets_refused_size, 2);
+    assert_eq!(cl.shards[0].metrics.user_properties_refused, 0);
     // After CONNECT the full packet size applies: a PUBLISH twice the pre-auth bound is fine.
     let c = cl.connect(0, V4, "big-publisher", true);
     let payload: &'static [u8] = Box::leak(vec![b'x'; 2 * max].into_boxed_slice());
     cl.publish(c, "t", payload, QoS::AtLeastOnce, 1);
     assert!(matches!(&cl.recv(c)[..], [Packet::PubAck(_)]));
     assert!(!is_closing(&cl, c));
+    assert_eq!(cl.shards[0].metrics.preauth_packets_refused_size, 2, "not a pre-auth refusal");
 }
 
 /// A CONNECT with a will payload of the MQTT maximum (65 535 bytes) fits the default pre-auth
@@ -1262,6 +1266,8 @@ fn user_properties_in_connect_and_will_are_capped_together() {
         );
         assert_eq!(is_closing(&cl, c), !ok);
     }
+    assert_eq!(cl.shards[0].metrics.user_properties_refused, 1, "the one over the cap counted");
+    assert_eq!(cl.shards[0].metrics.preauth_packets_refused_size, 0);
 }
 
 /// CVE-2021-41039 class on PUBLISH: 180 000 empty User Properties (900 KB, under the 1 MiB
@@ -1289,6 +1295,7 @@ fn user_properties_in_publish_are_capped_in_count_and_bytes() {
         );
         assert!(is_closing(&cl, c));
     }
+    assert_eq!(cl.shards[0].metrics.user_properties_refused, 2, "count and bytes caps counted");
 }
 
 // ------------------------------------------------------------------------------------------------
