@@ -1027,14 +1027,45 @@ impl Shard {
     /// Closes a connection: sends the v5 DISCONNECT the reason calls for, publishes the will when
     /// the close was abnormal, detaches or ends the session. The socket is closed by the driver
     /// once the output is flushed.
+    ///
+    /// Wills ([MQTT-3.1.2-8]): a connection's will is published when it closes without
+    /// DISCONNECT once its CONNECT was accepted, that is once its session is installed: when
+    /// Active, and when Connecting with the session installed and only the CONNACK held until
+    /// the other shards apply its moved subscriptions (the will is stored on the connection
+    /// then). Before that (waiting for CONNECT, authentication, the password check, the
+    /// registry or a takeover) the CONNECT was not accepted and no will exists: a client that
+    /// never got in cannot publish.
     pub fn close(&mut self, id: ConnId, reason: CloseReason, now: Instant) {
+        let held = self.conn_ref(id).and_then(|r| self.held_connack_slot(r));
         let Some((phase, will)) = self.close_conn_only(id, reason) else { return };
-        if let Phase::Active { slot } = phase {
-            if let Some(w) = will.filter(|_| reason.publishes_will()) {
-                self.will_or_delay(slot, w, now);
+        let will = will.filter(|_| reason.publishes_will());
+        match phase {
+            Phase::Active { slot } => {
+                if let Some(w) = will {
+                    self.will_or_delay(slot, w, now);
+                }
+                self.detach_session(slot, now);
             }
-            self.detach_session(slot, now);
+            // The session detaches when its held CONNACK completes and finds the connection
+            // gone (`complete_connack`); the will goes now, or waits for its delay there.
+            Phase::Connecting { .. } => {
+                if let (Some(w), Some(slot)) = (will, held) {
+                    self.will_or_delay(slot, w, now);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// The session slot whose CONNACK waits for the other shards on behalf of connection `r`.
+    /// Linear in the held acknowledgements (bounded by the connections waiting for peers).
+    fn held_connack_slot(&self, r: ConnRef) -> Option<u32> {
+        self.pending_acks.values().find_map(|(a, _)| match a {
+            subscribe::PendingAck::Conn { conn, slot, claim, .. } if *conn == r => {
+                self.slot(*slot).is_some_and(|s| s.claim == *claim).then_some(*slot)
+            }
+            _ => None,
+        })
     }
 
     /// Marks the connection closing and sends the v5 DISCONNECT, without touching its session.
