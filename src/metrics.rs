@@ -65,6 +65,8 @@ metrics! {
     counter retained_refused,
     /// Retained messages not sent after a SUBACK: the connection already owed the maximum.
     counter retained_dropped_backlog,
+    /// Retained messages not sent because their publisher may no longer publish to the topic.
+    counter retained_denied_source,
     /// PUBLISH packets received from clients.
     counter messages_received,
     /// PUBLISH packets written to clients.

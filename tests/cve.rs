@@ -362,7 +362,7 @@ fn cve_2021_41039_user_properties_are_capped_per_packet() {
     still_serves(b.addr, "honest");
 }
 
-/// CVE-2021-34434 / CVE-2018-12546 (Mosquitto): a durable session kept subscriptions its user
+/// CVE-2021-34434 (Mosquitto): a durable session kept subscriptions its user
 /// lost the right to. Here a resumed session is checked against the ACL in force: after a
 /// reload revokes the right, messages on the revoked topic no longer reach it.
 #[test]
@@ -383,6 +383,35 @@ fn cve_2021_34434_resumed_session_is_rechecked_against_the_acl() {
     publisher.publish("news/today", b"revoked too", QoS::AtLeastOnce, 2, false);
     assert!(matches!(publisher.recv(), Packet::PubAck(_)));
     assert!(c.recv_timeout(Duration::from_secs(2)).is_none(), "nothing on a revoked topic");
+}
+
+/// CVE-2018-12546 (Mosquitto <= 1.5.4): a retained message stayed deliverable after its
+/// publisher lost the right to publish to its topic. Here each retained message keeps who
+/// published it, and delivery from the store checks that client against the ACL in force: after
+/// a reload that revokes the write right, a new subscriber gets nothing (counted in
+/// `retained_denied_source`), while the subscribers' own read right is unchanged.
+#[test]
+fn cve_2018_12546_retained_message_is_not_served_after_its_publisher_is_revoked() {
+    let acl = temp_file("12546.acl", "topic readwrite news/#\ntopic readwrite alive\n");
+    let path = acl.clone();
+    let b = start_with(2, |c| c.auth.acl_file = Some(acl));
+    let (mut publisher, _) = RawClient::mqtt_connect(b.addr, V4, "newsroom", true);
+    publisher.publish("news/flash", b"retained", QoS::AtLeastOnce, 1, true);
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    // While the right holds, a subscriber gets the retained message.
+    let (mut before, _) = RawClient::mqtt_connect(b.addr, V4, "before", true);
+    before.subscribe("news/#", QoS::AtMostOnce);
+    let p = before.recv_publish();
+    assert!(p.retain && &p.payload[..] == b"retained", "{p:?}");
+    std::fs::write(&path, "topic read news/#\ntopic readwrite alive\n").expect("write");
+    assert!(b.broker.as_ref().expect("running").reload(Duration::from_secs(10)));
+    for id in ["after-1", "after-2"] {
+        let (mut after, _) = RawClient::mqtt_connect(b.addr, V4, id, true);
+        after.subscribe("news/#", QoS::AtMostOnce);
+        let got = after.recv_timeout(Duration::from_millis(500));
+        assert!(got.is_none(), "{id}: retained message of a revoked publisher served: {got:?}");
+    }
+    still_serves(b.addr, "honest");
 }
 
 /// CVE-2023-28366 (Mosquitto 1.3.2-2.0.15): QoS 2 PUBLISHes with repeated packet ids whose

@@ -1299,8 +1299,8 @@ impl Shard {
             ShardMsg::SharedRemove { group, shard, slot } => {
                 self.shared_remove(&group, shard, slot)
             }
-            ShardMsg::Retain { msg } => self.retained_apply(msg),
-            ShardMsg::RetainRequest { msg } => self.retained_sequence(msg),
+            ShardMsg::Retain { msg, source } => self.retained_apply(msg, source),
+            ShardMsg::RetainRequest { msg, source } => self.retained_sequence(msg, source),
             ShardMsg::Claim { client_id, req } => self.registry_claim(from, client_id, req, now),
             ShardMsg::ClaimReply { req, generation, previous } => {
                 self.claim_reply(from, req, generation, previous, now)

@@ -23,6 +23,16 @@ pub(crate) struct LocalMatch {
 }
 
 impl Shard {
+    /// The identity of the client of `slot`, kept with its retained messages.
+    fn retain_source(&self, slot: u32) -> Option<super::message::RetainSource> {
+        let s = &self.slot(slot)?.session;
+        let p = super::message::Publisher {
+            username: s.username.clone(),
+            client_id: s.client_id.clone(),
+        };
+        Some(std::sync::Arc::new(p))
+    }
+
     fn origin(&self, slot: u32) -> Option<Origin> {
         let s = self.slot(slot)?;
         Some(Origin { shard: self.id, session: slot, generation: s.generation })
@@ -155,7 +165,7 @@ impl Shard {
         // message is queued or retained (issue 9: a 1-byte retained payload held 64 KiB).
         msg.detach();
         if msg.retain {
-            self.retain_local_and_broadcast(&msg);
+            self.retain_local_and_broadcast(&msg, self.retain_source(slot));
         }
         self.route_refused = false;
         let matched = self.route(msg, now);
@@ -204,7 +214,7 @@ impl Shard {
             received_at: None,
         };
         if msg.retain {
-            self.retain_local_and_broadcast(&msg);
+            self.retain_local_and_broadcast(&msg, self.retain_source(slot));
         }
         self.route(msg, now);
     }
@@ -214,7 +224,7 @@ impl Shard {
     pub fn publish_sys(&mut self, topics: Vec<(String, String)>, now: Instant) {
         for (topic, value) in topics {
             let msg = Message::new(topic, value.into(), QoS::AtMostOnce, true);
-            self.retain_local_and_broadcast(&msg);
+            self.retain_local_and_broadcast(&msg, None);
             self.route(msg, now);
         }
     }
