@@ -651,3 +651,69 @@ fn mosquitto_2_0_12_default_listener_is_loopback_only() {
     let c = tern::config::Config::from_str_named(text, "tern.toml").expect("parses");
     assert!(c.listeners[0].bind.ip().is_loopback(), "{:?}", c.listeners[0].bind);
 }
+
+/// Mode bits of `path` that anyone but the owner has.
+fn others_bits(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o077
+}
+
+/// CVE-2017-9868 (Mosquitto <= 1.4.12): the persistence file was world readable. Every file
+/// Tern creates holding secrets or state is private to its user, whatever the umask: the
+/// password file written by `tern passwd -c` (run here under `umask 000`) and the write-ahead
+/// log's segments.
+#[test]
+fn cve_2017_9868_state_files_are_not_world_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = dir.path().join("passwd");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" passwd -c -b \"$1\" alice s3cret-pw")
+        .arg(env!("CARGO_BIN_EXE_tern"))
+        .arg(&passwd)
+        .status()
+        .expect("tern passwd runs");
+    assert!(status.success());
+    assert_eq!(others_bits(&passwd), 0, "password file readable by others");
+    // Updating it (a temporary file renamed over it) keeps it private too.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" passwd -b \"$1\" bob other-pw")
+        .arg(env!("CARGO_BIN_EXE_tern"))
+        .arg(&passwd)
+        .status()
+        .expect("tern passwd runs");
+    assert!(status.success());
+    assert_eq!(others_bits(&passwd), 0, "updated password file readable by others");
+
+    use tern::persist::{record::Record, wal};
+    let cfg = wal::WalConfig { dir: dir.path().join("wal"), shard: 0, segment_bytes_max: 4096 };
+    std::fs::create_dir_all(&cfg.dir).expect("wal dir");
+    let wal_dir = cfg.dir.clone();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(64 << 10)
+        .ring_depth(64)
+        .spawn(move || async move {
+            let mut recovered = wal::recover(&cfg).expect("recover");
+            let log = wal::Wal::open(cfg, &mut recovered).await.expect("open");
+            // Enough records to rotate into a second segment.
+            for i in 0..200u32 {
+                let r = Record::SessionExpiry {
+                    client_id: format!("client-{i}"),
+                    expiry_secs: i,
+                    offline_since_unix_ms: None,
+                };
+                let lsn = log.append(&r);
+                log.sync(lsn).await.expect("sync");
+            }
+        })
+        .expect("executor starts")
+        .join()
+        .expect("executor ran");
+    let segments: Vec<_> = std::fs::read_dir(&wal_dir).expect("read_dir").collect();
+    assert!(segments.len() >= 2, "the log rotated: {segments:?}");
+    for e in segments {
+        let path = e.expect("entry").path();
+        assert_eq!(others_bits(&path), 0, "{} readable by others", path.display());
+    }
+}
