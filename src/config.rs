@@ -486,6 +486,12 @@ pub struct LimitsConfig {
     /// bound of a connected session's queue). Default 100_000. Bound: 2..=10_000_000, and at
     /// least `flow_high_water_messages`.
     pub flow_hard_cap_messages: u32,
+    /// Bytes queued and in flight for a connected subscriber (each message at its cost) at
+    /// which it is a slow consumer at once: the byte bound of a connected session whatever
+    /// its publishers do, a client publishing to its own subscription included (it is never
+    /// paused on its own behalf). Default 32 MiB. Bound: 64 KiB..=1 GiB, and at least
+    /// `packet_size_bytes_max`.
+    pub flow_hard_cap_bytes: u64,
     /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
     /// consumer. Default 30_000. Bound: 100..=3_600_000.
     pub slow_consumer_timeout_ms: u32,
@@ -740,6 +746,7 @@ impl Default for LimitsConfig {
             flow_high_water_messages: 1000,
             flow_low_water_messages: 500,
             flow_hard_cap_messages: 100_000,
+            flow_hard_cap_bytes: 32 << 20,
             slow_consumer_timeout_ms: 30_000,
             slow_consumer_policy: SlowConsumer::Disconnect,
             mesh_bytes_max: 1 << 20,
@@ -1392,7 +1399,7 @@ impl AdminConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 27] = [
+        let checks: [(&str, i64, Bound); 28] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -1426,6 +1433,7 @@ impl LimitsConfig {
             ("flow_high_water_messages", wide(self.flow_high_water_messages), FLOW_HIGH_WATER),
             ("flow_low_water_messages", wide(self.flow_low_water_messages), FLOW_LOW_WATER),
             ("flow_hard_cap_messages", wide(self.flow_hard_cap_messages), FLOW_HARD_CAP),
+            ("flow_hard_cap_bytes", wide(self.flow_hard_cap_bytes), MESH_BYTES),
             (
                 "slow_consumer_timeout_ms",
                 wide(self.slow_consumer_timeout_ms),
@@ -1443,6 +1451,7 @@ impl LimitsConfig {
             ("retained_bytes_max", self.retained_bytes_max),
             ("memory_budget_bytes", self.memory_budget_bytes),
             ("mesh_bytes_max", self.mesh_bytes_max),
+            ("flow_hard_cap_bytes", self.flow_hard_cap_bytes),
         ];
         for (field, value) in stores {
             if value < packet {
@@ -1682,6 +1691,7 @@ struct RawLimits {
     flow_high_water_messages: Option<Spanned<i64>>,
     flow_low_water_messages: Option<Spanned<i64>>,
     flow_hard_cap_messages: Option<Spanned<i64>>,
+    flow_hard_cap_bytes: Option<Spanned<i64>>,
     slow_consumer_timeout_ms: Option<Spanned<i64>>,
     slow_consumer_policy: Option<Spanned<SlowConsumer>>,
     mesh_bytes_max: Option<Spanned<i64>>,
@@ -1974,6 +1984,7 @@ impl RawLimits {
         int!(flow_high_water_messages, FLOW_HIGH_WATER);
         int!(flow_low_water_messages, FLOW_LOW_WATER);
         int!(flow_hard_cap_messages, FLOW_HARD_CAP);
+        int!(flow_hard_cap_bytes, MESH_BYTES);
         int!(slow_consumer_timeout_ms, SLOW_CONSUMER_TIMEOUT_MS);
         let v = self.slow_consumer_policy;
         spans.set(&mut l.slow_consumer_policy, "limits.slow_consumer_policy", v);
@@ -2429,6 +2440,7 @@ mod tests {
             flow_high_water_messages = 27
             flow_low_water_messages = 3
             flow_hard_cap_messages = 28
+            flow_hard_cap_bytes = 3000000
             slow_consumer_timeout_ms = 2900
             slow_consumer_policy = "drop"
             mesh_bytes_max = 2000000
@@ -2492,6 +2504,7 @@ mod tests {
             flow_high_water_messages: 27,
             flow_low_water_messages: 3,
             flow_hard_cap_messages: 28,
+            flow_hard_cap_bytes: 3_000_000,
             slow_consumer_timeout_ms: 2900,
             slow_consumer_policy: SlowConsumer::Drop,
             mesh_bytes_max: 2_000_000,
@@ -2586,6 +2599,7 @@ mod tests {
             "mesh_channel_capacity",
             "mesh_batch_max",
             "mesh_bytes_max",
+            "flow_hard_cap_bytes",
         ];
         for field in limits {
             let e = parse_err(&format!("[limits]\n{field} = 0\n"));

@@ -511,6 +511,73 @@ fn cve_2021_33175_crafted_packet_sizes_are_refused_at_the_fixed_header() {
     still_serves(b.addr, "honest");
 }
 
+/// CVE-2021-33175 (EMQ X), per-connection half: one connection must not grow the broker's
+/// memory however it behaves once connected. Here a client subscribes to its own topic and
+/// writes 1 KiB publishes to it without ever reading: its deliveries fill its output bound
+/// (1 MiB), then its queue; it is never paused on its own behalf (it could not read what would
+/// resume it), so `limits.flow_hard_cap_bytes` (4 MiB here) makes it a slow consumer: closed,
+/// nothing more read from it. What it manages to write is bounded by those bounds plus the
+/// kernel's socket buffers (a few MiB on loopback), not by what it offers (64 MiB: before the
+/// byte cap, all of it was read and queued up to the 100 000-message cap), and other clients
+/// are served meanwhile.
+#[test]
+fn cve_2021_33175_one_connection_cannot_grow_without_bound() {
+    use std::io::{Read, Write};
+    let b = start_with(1, |c| c.limits.flow_hard_cap_bytes = 4 << 20);
+    let (mut c, _) = RawClient::mqtt_connect(b.addr, V4, "hoarder", true);
+    c.subscribe("hoard/#", QoS::AtMostOnce);
+    let mut batch = BytesMut::new();
+    for _ in 0..64 {
+        let p = common::publish("hoard/x", &[b'x'; 1024], QoS::AtMostOnce, 0, false);
+        codec::encode(&p, V4, &mut batch).expect("encodes");
+    }
+    c.stream.set_nonblocking(true).expect("nonblocking");
+    let offered = 64usize << 20;
+    let (mut written, mut at) = (0usize, 0usize);
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    while written < offered && last_progress.elapsed() < Duration::from_secs(2) {
+        assert!(started.elapsed() < Duration::from_secs(30), "bounded in time");
+        match c.stream.write(&batch[at..]) {
+            Ok(n) => {
+                written += n;
+                at = (at + n) % batch.len();
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(
+        written < 24 << 20,
+        "the broker kept reading a connection it could not write to: {} MiB accepted",
+        written >> 20
+    );
+    // What the broker wrote is readable, then the connection ends (slow consumer).
+    c.stream.set_nonblocking(false).expect("blocking");
+    let mut sink = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the broker closed the hoarder");
+        match c.stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the hoarder is still open: {e}")
+            }
+            Err(_) => break, // reset: closed too
+        }
+    }
+    still_serves(b.addr, "honest");
+}
+
 /// CVE-2026-21888 (NanoMQ <= 0.24.6): a 5-byte Variable Byte Integer was accepted and read out
 /// of bounds. Here a remaining length longer than 4 bytes, or not minimal, is malformed
 /// (§1.5.5): the connection is closed, before and after CONNECT.

@@ -203,6 +203,7 @@ impl ShardConfig {
                 high_water_messages: 20,
                 low_water_messages: 10,
                 hard_cap_messages: 1000,
+                hard_cap_bytes: 4 << 20,
                 slow_consumer_timeout: Duration::from_secs(10),
                 slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             },
