@@ -267,8 +267,8 @@ impl Shard {
         self.send_to_registry(ShardMsg::Claim { client_id, req }, now);
     }
 
-    /// The shard this registry partition names as the owner of `client_id` (tests only).
-    #[cfg(test)]
+    /// The shard this registry partition names as the owner of `client_id` (tests and fuzzing only).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn registry_owner(&self, client_id: &str) -> Option<Owner> {
         self.registry.get(client_id).copied()
     }
