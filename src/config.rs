@@ -492,11 +492,6 @@ pub struct LimitsConfig {
     /// paused on its own behalf). Default 32 MiB. Bound: 64 KiB..=1 GiB, and at least
     /// `packet_size_bytes_max`.
     pub flow_hard_cap_bytes: u64,
-    /// Bytes queued for a connected subscriber (each message at its cost) at which the
-    /// publishers feeding it are paused, as at `flow_high_water_messages`; they resume once it
-    /// is at half of it (and at `flow_low_water_messages`). Default 256 KiB. Bound:
-    /// 4 KiB..=1 GiB.
-    pub flow_high_water_bytes: u64,
     /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
     /// consumer. Default 30_000. Bound: 100..=3_600_000.
     pub slow_consumer_timeout_ms: u32,
@@ -752,7 +747,6 @@ impl Default for LimitsConfig {
             flow_low_water_messages: 500,
             flow_hard_cap_messages: 100_000,
             flow_hard_cap_bytes: 32 << 20,
-            flow_high_water_bytes: 256 << 10,
             slow_consumer_timeout_ms: 30_000,
             slow_consumer_policy: SlowConsumer::Disconnect,
             mesh_bytes_max: 1 << 20,
@@ -1072,7 +1066,6 @@ const MESH_BATCH: Bound = bound(1, 4096);
 const FLOW_HIGH_WATER: Bound = bound(2, 1_000_000);
 const FLOW_LOW_WATER: Bound = bound(1, 999_999);
 const FLOW_HARD_CAP: Bound = bound(2, 10_000_000);
-const FLOW_HIGH_WATER_BYTES: Bound = bound(4096, GIB);
 const SLOW_CONSUMER_TIMEOUT_MS: Bound = bound(100, 3_600_000);
 const PREEMPT_TIMER_US: Bound = bound(100, 100_000);
 const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
@@ -1406,7 +1399,7 @@ impl AdminConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 29] = [
+        let checks: [(&str, i64, Bound); 28] = [
             ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
             ("inflight_max", wide(self.inflight_max), INFLIGHT),
             (
@@ -1441,7 +1434,6 @@ impl LimitsConfig {
             ("flow_low_water_messages", wide(self.flow_low_water_messages), FLOW_LOW_WATER),
             ("flow_hard_cap_messages", wide(self.flow_hard_cap_messages), FLOW_HARD_CAP),
             ("flow_hard_cap_bytes", wide(self.flow_hard_cap_bytes), MESH_BYTES),
-            ("flow_high_water_bytes", wide(self.flow_high_water_bytes), FLOW_HIGH_WATER_BYTES),
             (
                 "slow_consumer_timeout_ms",
                 wide(self.slow_consumer_timeout_ms),
@@ -1700,7 +1692,6 @@ struct RawLimits {
     flow_low_water_messages: Option<Spanned<i64>>,
     flow_hard_cap_messages: Option<Spanned<i64>>,
     flow_hard_cap_bytes: Option<Spanned<i64>>,
-    flow_high_water_bytes: Option<Spanned<i64>>,
     slow_consumer_timeout_ms: Option<Spanned<i64>>,
     slow_consumer_policy: Option<Spanned<SlowConsumer>>,
     mesh_bytes_max: Option<Spanned<i64>>,
@@ -1994,7 +1985,6 @@ impl RawLimits {
         int!(flow_low_water_messages, FLOW_LOW_WATER);
         int!(flow_hard_cap_messages, FLOW_HARD_CAP);
         int!(flow_hard_cap_bytes, MESH_BYTES);
-        int!(flow_high_water_bytes, FLOW_HIGH_WATER_BYTES);
         int!(slow_consumer_timeout_ms, SLOW_CONSUMER_TIMEOUT_MS);
         let v = self.slow_consumer_policy;
         spans.set(&mut l.slow_consumer_policy, "limits.slow_consumer_policy", v);
@@ -2451,7 +2441,6 @@ mod tests {
             flow_low_water_messages = 3
             flow_hard_cap_messages = 28
             flow_hard_cap_bytes = 3000000
-            flow_high_water_bytes = 70000
             slow_consumer_timeout_ms = 2900
             slow_consumer_policy = "drop"
             mesh_bytes_max = 2000000
@@ -2516,7 +2505,6 @@ mod tests {
             flow_low_water_messages: 3,
             flow_hard_cap_messages: 28,
             flow_hard_cap_bytes: 3_000_000,
-            flow_high_water_bytes: 70_000,
             slow_consumer_timeout_ms: 2900,
             slow_consumer_policy: SlowConsumer::Drop,
             mesh_bytes_max: 2_000_000,
@@ -2612,7 +2600,6 @@ mod tests {
             "mesh_batch_max",
             "mesh_bytes_max",
             "flow_hard_cap_bytes",
-            "flow_high_water_bytes",
         ];
         for field in limits {
             let e = parse_err(&format!("[limits]\n{field} = 0\n"));

@@ -6,7 +6,7 @@
 //! `tx_bytes_max`, and the queue takes over when it is full or the in-flight window is closed).
 //!
 //! - **High-water mark.** A delivery that leaves the queue at or above
-//!   [`FlowLimits::high_water_messages`] or [`FlowLimits::high_water_bytes`] pauses the message's publishing session: its
+//!   [`FlowLimits::high_water_messages`] pauses the message's publishing session: its
 //!   connection is not read until every subscriber that paused it has drained. A publisher on
 //!   this shard is paused at once; one on another shard gets [`ShardMsg::Pause`] on the control
 //!   lane (never queued behind data), and later [`ShardMsg::Resume`].
@@ -52,9 +52,6 @@ pub enum SlowConsumerPolicy {
 pub struct FlowLimits {
     /// Queued messages of a connected subscriber at which its publishers are paused.
     pub high_water_messages: usize,
-    /// Bytes queued for a connected subscriber (each message at its cost) at which its
-    /// publishers are paused too; resumed at half of it (and the low-water mark).
-    pub high_water_bytes: usize,
     /// Queued messages at which they are resumed (below the high-water mark).
     pub low_water_messages: usize,
     /// Queued messages at which a subscriber is a slow consumer at once.
@@ -71,7 +68,6 @@ impl Default for FlowLimits {
     fn default() -> Self {
         Self {
             high_water_messages: 1000,
-            high_water_bytes: 256 << 10,
             low_water_messages: 500,
             hard_cap_messages: 100_000,
             hard_cap_bytes: 32 << 20,
@@ -122,9 +118,7 @@ impl Shard {
             self.congested.insert(slot);
             return self.slow_consumer(slot, now);
         }
-        let over = queued >= limits.high_water_messages
-            || s.session.queue_bytes >= limits.high_water_bytes;
-        if !over || s.flow.dropping {
+        if queued < limits.high_water_messages || s.flow.dropping {
             return;
         }
         if s.flow.congested_since.is_none() {
@@ -154,10 +148,9 @@ impl Shard {
     /// publisher it paused and end its congestion episode.
     pub(super) fn flow_check_drained(&mut self, slot: u32) {
         let low = self.cfg.flow.low_water_messages;
-        let low_bytes = self.cfg.flow.high_water_bytes / 2;
         let Some(s) = self.slot(slot) else { return };
         let episode = s.flow.congested_since.is_some() || s.flow.dropping;
-        if !episode || s.session.queue.len() > low || s.session.queue_bytes > low_bytes {
+        if !episode || s.session.queue.len() > low {
             return;
         }
         self.flow_release(slot);

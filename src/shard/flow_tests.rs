@@ -446,38 +446,3 @@ fn self_publisher_is_bounded_in_bytes() {
     assert_eq!(cl.shards[0].metrics.slow_consumers_disconnected, 1);
     assert_eq!(cl.shards[0].config().memory.used(), 0, "its queue released");
 }
-
-/// Issue 9 (stalled subscriber): the high-water mark counts bytes too. With 16 KiB messages
-/// and `high_water_bytes` 64 KiB, a subscriber that stops reading pauses its publisher once its
-/// queue holds 64 KiB (4 messages past its output buffer), long before the 20-message mark;
-/// the publisher resumes when the queue is back at half of it.
-#[test]
-fn high_water_in_bytes_pauses_before_the_message_mark() {
-    let mut cl = Cluster::with_edit(1, |c| {
-        c.flow.high_water_bytes = 64 << 10;
-        c.tx_bytes_max = 64 << 10;
-    });
-    let sub = cl.connect(0, V4, "sub", true);
-    cl.subscribe(sub, "big", QoS::AtMostOnce);
-    let publisher = cl.connect(0, V4, "pub", true);
-    let payload: &'static [u8] = Box::leak(vec![b'x'; 16 << 10].into_boxed_slice());
-    let mut sent = 0;
-    while !cl.paused(publisher) {
-        cl.publish(publisher, "big", payload, QoS::AtMostOnce, 0);
-        sent += 1;
-        assert!(sent < 20, "paused by bytes before the message high-water mark");
-    }
-    assert!(sent >= 4, "the output buffer and 64 KiB of queue first ({sent})");
-    assert_eq!(cl.shards[0].metrics.flow_pauses, 1);
-    // The subscriber reads: its queue drains and the publisher is read again; nothing lost.
-    let mut got = 0;
-    for _ in 0..100 {
-        got += publishes(&cl.recv(sub)).len();
-        if got == sent {
-            break;
-        }
-    }
-    assert_eq!(got, sent, "nothing dropped for a connected subscriber");
-    assert!(!cl.paused(publisher), "resumed");
-    assert_eq!(cl.shards[0].metrics.flow_resumes, 1);
-}

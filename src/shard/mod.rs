@@ -201,7 +201,6 @@ impl ShardConfig {
             outbox_messages_max: 1024,
             flow: FlowLimits {
                 high_water_messages: 20,
-                high_water_bytes: 256 << 10,
                 low_water_messages: 10,
                 hard_cap_messages: 1000,
                 hard_cap_bytes: 4 << 20,
