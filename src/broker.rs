@@ -83,9 +83,8 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         check_payload_format: config.broker.check_payload_format,
         mechanisms: Default::default(),
         security: std::sync::Arc::new(load_security(config)),
-        auth_files: config.auth.clone(),
         shared: config.shared_subscriptions.clone(),
-        hash_pool: None,
+        password_checks_inline: false,
         failed_logins_per_minute_max: config.auth.failed_logins_per_minute_max,
     }
 }
@@ -94,7 +93,11 @@ pub fn shard_config(config: &Config) -> ShardConfig {
 /// validated; if they cannot be read now, Tern fails closed: no user name is accepted and the
 /// ACL denies everything, and the error is logged.
 fn load_security(config: &Config) -> Security {
-    Security::load(&config.auth).unwrap_or_else(|e| {
+    crate::auth::load_security(
+        config.auth.password_file.as_deref(),
+        config.auth.acl_file.as_deref(),
+    )
+    .unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot load auth files: denying every client until reload");
         Security {
             passwords: Some(std::sync::Arc::new(crate::auth::PasswordDb::new())),
@@ -125,6 +128,8 @@ pub fn runtime_options(config: &Config) -> RuntimeOptions {
         metrics_bind: config.admin_bind(),
         stop: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         admin_rx: Vec::new(),
+        auth_files: config.auth.clone(),
+        hash_pool: None,
     }
 }
 

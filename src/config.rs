@@ -177,79 +177,7 @@ impl BridgeDirection {
     }
 }
 
-/// How a message for a shared subscription group (`$share/{group}/{filter}`, §4.8.2) picks the
-/// one member that gets it. Whatever the strategy, members with a connection are preferred to
-/// offline ones with a persistent session (those get the message queued only when no member is
-/// online), and a message whose member has left or may not read the topic goes to another.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum SharedStrategy {
-    /// Each member in turn (each shard keeps its own turn for the messages published on it).
-    #[default]
-    RoundRobin,
-    /// A member drawn at random for each message.
-    Random,
-    /// The same member while it stays online and subscribed; another one after that.
-    Sticky,
-    /// By a hash of the publisher's client id: one publisher's messages go to one member while
-    /// the group does not change, which keeps their order.
-    HashClientId,
-    /// By a hash of the topic: one topic's messages go to one member while the group does not
-    /// change.
-    HashTopic,
-}
-
-impl SharedStrategy {
-    /// The name used in the configuration file.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            SharedStrategy::RoundRobin => "round_robin",
-            SharedStrategy::Random => "random",
-            SharedStrategy::Sticky => "sticky",
-            SharedStrategy::HashClientId => "hash_client_id",
-            SharedStrategy::HashTopic => "hash_topic",
-        }
-    }
-}
-
-/// Per-group strategy overrides allowed in `[shared_subscriptions.groups]`.
-pub const SHARED_GROUP_OVERRIDES_MAX: usize = 1024;
-
-/// `[shared_subscriptions]`: the strategy of every group, and overrides by group name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SharedSubscriptionsConfig {
-    /// The strategy of groups without an override. Default [`SharedStrategy::RoundRobin`].
-    pub strategy: SharedStrategy,
-    /// Group name (the `{group}` of `$share/{group}/{filter}`) → its strategy. Default empty.
-    /// Bound: [`SHARED_GROUP_OVERRIDES_MAX`] entries; a name is 1..=256 bytes without `/`, `+`
-    /// or `#` ([MQTT-4.8.2-2]).
-    pub groups: BTreeMap<String, SharedStrategy>,
-}
-
-impl SharedSubscriptionsConfig {
-    /// The strategy of the group named `name`.
-    pub fn strategy_for(&self, name: &str) -> SharedStrategy {
-        self.groups.get(name).copied().unwrap_or(self.strategy)
-    }
-
-    fn check(&self) -> Result<(), String> {
-        if self.groups.len() > SHARED_GROUP_OVERRIDES_MAX {
-            return Err(format!(
-                "at most {SHARED_GROUP_OVERRIDES_MAX} groups (got {})",
-                self.groups.len()
-            ));
-        }
-        for name in self.groups.keys() {
-            if name.is_empty() || name.len() > 256 || name.contains(['/', '+', '#']) {
-                return Err(format!(
-                    "group name {name:?} must be 1 to 256 bytes without '/', '+' or '#'"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
+pub use crate::shard::{SharedStrategy, SharedSubscriptionsConfig, SHARED_GROUP_OVERRIDES_MAX};
 
 /// `[broker]`: process-wide settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1365,11 +1293,11 @@ impl AuthConfig {
     /// message, e.g. `auth.acl_file: /etc/tern/acl:7: unknown access type "reed" ...`.
     fn check_files(&self, spans: &Spans) -> Result<(), Issue> {
         if let Some(path) = &self.password_file {
-            crate::auth::PasswordDb::load(path)
+            crate::auth::load_passwords(path)
                 .map_err(|e| spans.issue(&["auth.password_file"], e.to_string()))?;
         }
         if let Some(path) = &self.acl_file {
-            crate::auth::Acl::load(path)
+            crate::auth::load_acl(path)
                 .map_err(|e| spans.issue(&["auth.acl_file"], e.to_string()))?;
         }
         Ok(())

@@ -11,15 +11,27 @@
 //!
 //! # Layout
 //!
-//! - [`codec`]: the wire codec, no IO.
-//! - [`topic`]: topic filters and the subscription trie, no IO.
-//! - [`session`]: the state of one MQTT session, no IO.
-//! - [`shard`]: the broker logic of one core, no IO: bytes and shard messages in, bytes and
-//!   shard messages out, time passed in.
-//! - [`net`], [`runtime`]: glommio: sockets, executors, the mesh. With `persist::wal` (DMA
-//!   files), the only modules that import glommio.
+//! The protocol is the `tern-core` crate (`crates/tern-core`), re-exported here so that
+//! `tern::shard` and `crate::shard` name it. It does no IO, starts no thread, holds no task
+//! waker and reads no clock: bytes, shard messages, parsed auth files and the time go in; bytes,
+//! shard messages, the connections that became ready and the password checks to run come out.
+//!
+//! - [`codec`]: the wire codec.
+//! - [`topic`]: topic filters and the subscription trie.
+//! - [`session`]: the state of one MQTT session.
+//! - [`shard`]: the broker logic of one core.
+//! - [`enhanced_auth`]: v5 enhanced authentication (SCRAM-SHA-256).
+//! - [`counters`]: one shard's counters.
+//! - [`auth`]: the core's ACL and password decisions, re-exported with this crate's file
+//!   loading ([`auth::files`]), password workers ([`auth::pool`]) and `tern passwd`.
+//!
+//! This crate is the runtime around it:
+//!
+//! - [`net`], [`runtime`]: glommio: sockets, executors, the mesh; [`net::ShardCell`] keeps the
+//!   connection tasks' wakers and wakes those the shard reports ready. With `persist::wal`
+//!   (DMA files), the only modules that import glommio.
 //! - [`config`], [`broker`]: the configuration file and its mapping onto the layers.
-//! - [`metrics`]: per-shard counters.
+//! - [`metrics`]: the board the shards copy their counters to; `/metrics` and `$SYS`.
 //! - `fuzzing` (hidden): the bodies of the fuzz targets and parser property tests.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, health checks, `/api/v1`) on threads of its
 //!   own; it asks the shards over bounded channels ([`shard::admin`] answers).
@@ -29,14 +41,14 @@
 //! - [`persist`]: the write-ahead log (format and records with no IO; the glommio writer).
 #![forbid(unsafe_code)]
 
+pub use tern_core::{codec, counters, enhanced_auth, session, shard, topic};
+
 pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod check;
-pub mod codec;
 pub mod config;
-pub mod enhanced_auth;
 pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
@@ -44,9 +56,6 @@ pub mod mosquitto_conf;
 pub mod net;
 pub mod persist;
 pub mod runtime;
-pub mod session;
-pub mod shard;
-pub mod topic;
 
 /// The crate version, as published in `$SYS/broker/version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -66,6 +66,12 @@ pub struct RuntimeOptions {
     /// Admin API requests, one receiver per shard (indexed by shard id), polled by the shard's
     /// loop every 100 ms. Empty when the admin API is off.
     pub admin_rx: Vec<crossbeam_channel::Receiver<crate::admin::ShardRequest>>,
+    /// Where the password file and ACL are read from again on reload (the shards get the
+    /// parsed result); also the password workers' settings.
+    pub auth_files: crate::config::AuthConfig,
+    /// The worker threads that check the passwords the shards queue. `None`:
+    /// [`Broker::start`] starts one from `auth_files`.
+    pub hash_pool: Option<Arc<crate::auth::HashPool>>,
 }
 
 /// A batch of messages from one shard to another.
@@ -141,15 +147,17 @@ pub enum StartError {
 
 impl Broker {
     /// Starts `cfg.shards` shards and returns once every listener accepts connections.
-    pub fn start(opts: RuntimeOptions, mut cfg: ShardConfig) -> Result<Broker, StartError> {
+    pub fn start(mut opts: RuntimeOptions, mut cfg: ShardConfig) -> Result<Broker, StartError> {
         let n = cfg.shards;
-        if cfg.hash_pool.is_none() {
+        // The shards queue password checks; the pool runs them off the shard threads.
+        cfg.password_checks_inline = false;
+        if opts.hash_pool.is_none() {
             // Password checks run here, off the shard threads (see `crate::auth::pool`).
-            let a = &cfg.auth_files;
+            let a = &opts.auth_files;
             let workers = (a.hash_workers as usize).max(1);
             let pool = crate::auth::HashPool::start(workers, (a.hash_queue_max as usize).max(1), n)
                 .map_err(|e| StartError::Shard(0, format!("password check workers: {e}")))?;
-            cfg.hash_pool = Some(pool);
+            opts.hash_pool = Some(pool);
         }
         assert!(n >= 1, "invariant: config validates shards >= 1");
         assert!(opts.mesh_channel_capacity >= 1 && opts.mesh_batch_max >= 1);
@@ -367,7 +375,10 @@ impl ReloadSnapshot {
         let security = if files.password_file.is_none() && files.acl_file.is_none() {
             None
         } else {
-            match crate::auth::Security::load(files) {
+            match crate::auth::load_security(
+                files.password_file.as_deref(),
+                files.acl_file.as_deref(),
+            ) {
                 Ok(s) => {
                     tracing::info!(generation, "password file and ACL reloaded");
                     Some(Arc::new(s))
@@ -439,7 +450,7 @@ async fn shard_main(
     // The mesh numbers peers in join order: that number is the shard id everywhere.
     let id = lanes.as_ref().map_or(0, |(s, _)| s.peer_id() as u16);
     let io = Rc::new(ShardIo {
-        shard: std::cell::RefCell::new(Shard::new(id, cfg)),
+        shard: crate::net::ShardCell::new(Shard::new(id, cfg), opts.hash_pool.clone()),
         scratch: std::cell::RefCell::new(vec![0u8; SCRATCH_BYTES].into_boxed_slice()),
         outbox_ready: Default::default(),
         stopping: std::cell::Cell::new(false),
@@ -511,7 +522,7 @@ async fn shard_main(
             }
         }
     }
-    if let Some(pool) = io.shard.borrow().config().hash_pool.clone() {
+    if let Some(pool) = opts.hash_pool.clone() {
         tasks.push(glommio::spawn_local(password_verdicts(Rc::clone(&io), pool)));
     }
     if let (Some((data_tx, data_rx)), Some((ctl_tx, ctl_rx))) = (lanes, control_lanes) {
@@ -547,8 +558,7 @@ async fn shard_main(
         let requested = reload.requested.load(Ordering::SeqCst);
         if requested != reload_seen {
             reload_seen = requested;
-            let files = io.shard.borrow().config().auth_files.clone();
-            let (security, tls) = reload.snapshot(requested, &opts.listeners, &files);
+            let (security, tls) = reload.snapshot(requested, &opts.listeners, &opts.auth_files);
             for (ctx, config) in ctxs.iter().zip(tls) {
                 if let Some(config) = config {
                     ctx.set_tls(config);

@@ -249,7 +249,7 @@ fn execute(cmd: &Command, password: Option<&str>) -> Result<(), String> {
     let file = cmd.file.display();
     let mut db = match cmd.action {
         Action::Create => PasswordDb::new(),
-        Action::Update | Action::Delete => PasswordDb::load(&cmd.file).map_err(|e| {
+        Action::Update | Action::Delete => crate::auth::load_passwords(&cmd.file).map_err(|e| {
             if e.line == 0 {
                 format!("{e} (use -c to create a new file)")
             } else {
@@ -408,7 +408,7 @@ mod tests {
         let file = dir.0.join("passwd");
         let f = file.to_str().expect("utf-8 path");
         run(&args(&["-c", "-b", f, "alice", "one"])).expect("create");
-        let db = PasswordDb::load(&file).expect("load");
+        let db = crate::auth::load_passwords(&file).expect("load");
         assert!(db.check("alice", Some(b"one")) && db.len() == 1);
         let text = std::fs::read_to_string(&file).expect("read");
         assert!(text.starts_with("alice:$7$1000$") && text.ends_with('\n'), "{text}");
@@ -424,21 +424,21 @@ mod tests {
         let text = std::fs::read_to_string(&file).expect("read");
         assert!(text.starts_with("# users\nalice:$7$1000$"), "{text}");
         assert!(text.contains("\nbob:$7$7$"), "{text}");
-        let db = PasswordDb::load(&file).expect("load");
+        let db = crate::auth::load_passwords(&file).expect("load");
         assert!(db.check("alice", Some(b"three")) && !db.check("alice", Some(b"one")));
         assert!(db.check("bob", Some(b"two")));
         let mode = std::fs::metadata(&file).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o640);
 
         run(&args(&["-D", f, "alice"])).expect("delete");
-        let db = PasswordDb::load(&file).expect("load");
+        let db = crate::auth::load_passwords(&file).expect("load");
         assert!(!db.contains("alice") && db.contains("bob"));
         let e = run(&args(&["-D", f, "alice"])).expect_err("already gone");
         assert!(e.contains("not found"), "{e}");
 
         // -c replaces the file.
         run(&args(&["-c", "-b", f, "carol", "four"])).expect("recreate");
-        let db = PasswordDb::load(&file).expect("load");
+        let db = crate::auth::load_passwords(&file).expect("load");
         assert!(db.contains("carol") && db.len() == 1);
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(&dir.0).expect("dir").collect();
@@ -472,6 +472,6 @@ mod tests {
         let l = link.to_str().expect("utf-8 path");
         run(&args(&["-b", l, "alice", "x"])).expect("update through link");
         assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink());
-        assert!(PasswordDb::load(&real).expect("load").contains("alice"));
+        assert!(crate::auth::load_passwords(&real).expect("load").contains("alice"));
     }
 }

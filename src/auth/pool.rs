@@ -23,52 +23,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
-use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
-use super::PasswordDb;
-
-/// One password to check, for `shard`'s connection waiting on `ticket`.
-pub struct HashJob {
-    /// The shard that waits for the verdict.
-    pub shard: u16,
-    /// Identifies the waiting connection within the shard.
-    pub ticket: u64,
-    /// The password file in force when the CONNECT arrived.
-    pub db: Arc<PasswordDb>,
-    /// The user name of the CONNECT.
-    pub username: String,
-    /// The password of the CONNECT, if any (none never matches).
-    pub password: Option<Bytes>,
-}
-
-impl HashJob {
-    /// Runs the check (slow on purpose). Workers call this; tests may call it inline.
-    pub fn run(&self) -> Verdict {
-        let ok = self.db.check(&self.username, self.password.as_deref());
-        Verdict { ticket: self.ticket, ok }
-    }
-}
-
-impl fmt::Debug for HashJob {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the password.
-        f.debug_struct("HashJob")
-            .field("shard", &self.shard)
-            .field("ticket", &self.ticket)
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The answer to one [`HashJob`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Verdict {
-    /// The job's ticket.
-    pub ticket: u64,
-    /// Whether the password matched.
-    pub ok: bool,
-}
+pub use super::check::{HashJob, Verdict};
 
 /// Verdicts for one shard, and the waker of the task that drains them.
 pub struct Replies {
@@ -199,6 +156,8 @@ impl HashPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::PasswordDb;
+    use bytes::Bytes;
     use std::time::Duration;
 
     fn db() -> Arc<PasswordDb> {

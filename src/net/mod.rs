@@ -118,10 +118,117 @@ impl Signal {
     }
 }
 
+/// The shard and the wakers of the tasks driving its connections. The shard holds no wakers:
+/// it lists the connections that became ready ([`Shard::take_ready`]), and every mutable
+/// borrow taken through [`ShardCell::borrow_mut`] drains that list when it ends and wakes
+/// their tasks. The same drain hands the password checks the shard queued
+/// ([`Shard::take_password_checks`]) to the worker pool.
+pub struct ShardCell {
+    shard: RefCell<Shard>,
+    /// The waker of each connection's task, indexed by connection id.
+    wakers: RefCell<Vec<Option<Waker>>>,
+    /// Reused by every drain.
+    ready: RefCell<Vec<ConnId>>,
+    /// Runs the password checks the shard queues (`None`: the shard checks inline).
+    pool: Option<Arc<crate::auth::HashPool>>,
+    /// Reused by every drain.
+    checks: RefCell<Vec<crate::auth::HashJob>>,
+}
+
+impl ShardCell {
+    /// Wraps `shard`; its password checks go to `pool`.
+    pub fn new(shard: Shard, pool: Option<Arc<crate::auth::HashPool>>) -> Self {
+        Self {
+            shard: RefCell::new(shard),
+            wakers: RefCell::default(),
+            ready: RefCell::default(),
+            pool,
+            checks: RefCell::default(),
+        }
+    }
+
+    /// Shared access (no call that changes the shard).
+    pub fn borrow(&self) -> std::cell::Ref<'_, Shard> {
+        self.shard.borrow()
+    }
+
+    /// Mutable access; the connections the calls made ready are woken when the guard drops.
+    pub fn borrow_mut(&self) -> ShardMut<'_> {
+        ShardMut { shard: self.shard.borrow_mut(), cell: self }
+    }
+
+    /// Stores the waker of the task that drives connection `id`.
+    pub fn register_waker(&self, id: ConnId, waker: &Waker) {
+        let mut wakers = self.wakers.borrow_mut();
+        let i = id.0 as usize;
+        if wakers.len() <= i {
+            wakers.resize(i + 1, None);
+        }
+        match &wakers[i] {
+            Some(w) if w.will_wake(waker) => {}
+            _ => wakers[i] = Some(waker.clone()),
+        }
+    }
+}
+
+/// A mutable borrow of the shard (see [`ShardCell::borrow_mut`]).
+pub struct ShardMut<'a> {
+    shard: std::cell::RefMut<'a, Shard>,
+    cell: &'a ShardCell,
+}
+
+impl ShardMut<'_> {
+    /// Stores the waker of the task that drives connection `id`.
+    pub fn register_waker(&self, id: ConnId, waker: &Waker) {
+        self.cell.register_waker(id, waker);
+    }
+}
+
+impl std::ops::Deref for ShardMut<'_> {
+    type Target = Shard;
+    fn deref(&self) -> &Shard {
+        &self.shard
+    }
+}
+
+impl std::ops::DerefMut for ShardMut<'_> {
+    fn deref_mut(&mut self) -> &mut Shard {
+        &mut self.shard
+    }
+}
+
+impl Drop for ShardMut<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.cell.pool {
+            let mut checks = self.cell.checks.borrow_mut();
+            self.shard.take_password_checks(&mut checks);
+            for job in checks.drain(..) {
+                let ticket = job.ticket;
+                if let Err(e) = pool.try_submit(job) {
+                    tracing::debug!(?e, "password check not queued");
+                    self.shard.password_check_refused(ticket, Instant::now());
+                }
+            }
+        }
+        let mut ready = self.cell.ready.borrow_mut();
+        self.shard.take_ready(&mut ready);
+        if ready.is_empty() {
+            return;
+        }
+        let wakers = self.cell.wakers.borrow();
+        for id in ready.drain(..) {
+            // Waking only schedules the task; none runs inside this call.
+            if let Some(Some(w)) = wakers.get(id.0 as usize) {
+                w.wake_by_ref();
+            }
+        }
+    }
+}
+
 /// Per-shard resources shared by the IO tasks of that shard.
 pub struct ShardIo {
-    /// The shard state.
-    pub shard: RefCell<Shard>,
+    /// The shard state and its connections' wakers.
+    pub shard: ShardCell,
     /// Scratch read buffer, borrowed only inside one `poll`.
     pub scratch: RefCell<Box<[u8]>>,
     /// Wakes the mesh flushers when an outbox may have grown.
@@ -667,6 +774,53 @@ fn tune_socket(stream: &impl std::os::fd::AsRawFd, write_timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The password queue bound, end to end on the runtime side: a check the shard queues is
+    /// handed to the pool when the borrow ends; when the pool's queue (`hash_queue_max`) is full
+    /// the CONNECT is refused at once with 0x89 Server busy. A pool whose queue nobody drains
+    /// makes it exact.
+    #[test]
+    fn a_full_password_queue_refuses_with_server_busy() {
+        use crate::codec::{Connect, Packet, Properties, ProtocolVersion, ReasonCode};
+        let pool = crate::auth::HashPool::without_workers(1, 1);
+        let filler = crate::auth::HashJob {
+            shard: 0,
+            ticket: u64::MAX,
+            db: Arc::new(crate::auth::PasswordDb::new()),
+            username: "nobody".into(),
+            password: None,
+        };
+        pool.try_submit(filler).expect("one job fits");
+        let mut cfg = crate::shard::ShardConfig::for_tests(1);
+        let mut db = crate::auth::PasswordDb::new();
+        let hash = crate::auth::PasswordHash::new_pbkdf2_sha512(b"pw", 10).expect("hash");
+        db.upsert("alice", hash).expect("user");
+        cfg.security = Arc::new(crate::auth::Security { passwords: Some(Arc::new(db)), acl: None });
+        cfg.password_checks_inline = false;
+        let cell = ShardCell::new(Shard::new(0, cfg), Some(pool));
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let id = cell.borrow_mut().accept(0, peer, now).expect("accepted");
+        let connect = Packet::Connect(Box::new(Connect {
+            version: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive_secs: 60,
+            client_id: "busy".into(),
+            will: None,
+            username: Some("alice".into()),
+            password: Some(bytes::Bytes::from_static(b"pw")),
+            properties: Properties::new(),
+        }));
+        let mut buf = bytes::BytesMut::new();
+        crate::codec::encode(&connect, ProtocolVersion::V5, &mut buf).expect("encodes");
+        cell.borrow_mut().handle_read(id, &buf, now);
+        let mut tx = cell.borrow_mut().take_tx(id, now);
+        let got = crate::codec::decode(&mut tx, ProtocolVersion::V5, usize::MAX).expect("decodes");
+        assert!(
+            matches!(&got, Some(Packet::ConnAck(a)) if a.reason == ReasonCode::ServerBusy),
+            "{got:?}"
+        );
+    }
 
     /// Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT` (issue 9: a peer that vanished
     /// without a FIN, or stopped acknowledging, held its connection forever).

@@ -3,4 +3,6 @@
 //! `shard::fuzzing::tests` also runs.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tern::shard::fuzzing::shard_core(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    tern::shard::fuzzing::shard_core(data, std::time::Instant::now())
+});

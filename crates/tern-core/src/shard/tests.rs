@@ -1,7 +1,7 @@
 //! Shards driven in one thread: bytes in, bytes out, mesh messages moved by hand. No sockets,
 //! no glommio; time is passed in.
 
-use std::net::SocketAddr;
+use core::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -37,7 +37,7 @@ impl Cluster {
     /// Shards sharing `cfg` (and so one memory budget).
     fn with_config(cfg: ShardConfig) -> Self {
         let shards = (0..cfg.shards).map(|i| Shard::new(i, cfg.clone())).collect();
-        Self { shards, now: Instant::now() }
+        Self { shards, now: crate::test_clock::test_epoch() }
     }
 
     /// Moves mesh messages until every outbox is empty (bounded to catch loops).
@@ -478,47 +478,6 @@ fn packets_pipelined_after_connect_wait_for_connack() {
         assert!(matches!(got[0], Packet::ConnAck(_)), "CONNACK first, got {got:?}");
         assert!(matches!(got[1], Packet::SubAck(_)));
         assert!(matches!(got[2], Packet::PingResp));
-    }
-}
-
-/// Issue 9 regression: 3 000 pipelined SUBSCRIBEs in one read once recursed
-/// `handle_read` → `complete_suback` → `handle_read` once per packet and overflowed the shard
-/// stack. Every SUBSCRIBE is answered, in order, from one call.
-#[test]
-fn pipelined_subscribes_do_not_recurse_per_packet() {
-    const N: u16 = 3_000;
-    for shards in [1, 2] {
-        // On a small stack, so that recursion per packet fails here in release builds too,
-        // where frames are smaller than in debug ones.
-        let got = std::thread::Builder::new()
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let mut cl = Cluster::new(shards);
-                let c = cl.open(0, V4);
-                let mut buf = BytesMut::new();
-                codec::encode(&connect_packet(V4, "piper", true), V4, &mut buf).expect("encodes");
-                for i in 1..=N {
-                    let s = Subscribe {
-                        packet_id: pid(i),
-                        filters: vec![("p".into(), SubscriptionOptions::default())],
-                        properties: Properties::new(),
-                    };
-                    codec::encode(&Packet::Subscribe(s), V4, &mut buf).expect("encodes");
-                }
-                let now = cl.now;
-                cl.shards[0].handle_read(c.conn, &buf, now);
-                cl.settle_within(2 * usize::from(N));
-                cl.recv(c)
-            })
-            .expect("spawn")
-            .join()
-            .expect("no stack overflow or panic");
-        assert!(matches!(got.first(), Some(Packet::ConnAck(_))), "{shards} shards");
-        let ids: Vec<u16> = got
-            .iter()
-            .filter_map(|p| if let Packet::SubAck(a) = p { Some(a.packet_id.get()) } else { None })
-            .collect();
-        assert_eq!(ids, (1..=N).collect::<Vec<_>>(), "{shards} shards: every SUBACK, in order");
     }
 }
 
@@ -1302,9 +1261,10 @@ fn user_properties_in_publish_are_capped_in_count_and_bytes() {
 // Password checks off the shard thread, failed-login rate limit (issue 9 item 5).
 // ------------------------------------------------------------------------------------------------
 
-/// One shard with a password file (`alice` / `pw`, 10 PBKDF2 iterations) and, if `workers > 0`,
-/// a password pool of that many workers and a queue of `queue` jobs.
-fn cluster_with_passwords(workers: usize, queue: usize) -> Cluster {
+/// One shard with a password file (`alice` / `pw`, 10 PBKDF2 iterations) that, with `queued`,
+/// queues its password checks for the runtime (as the broker does) instead of running them
+/// inline.
+fn cluster_with_passwords(queued: bool) -> Cluster {
     let mut cfg = ShardConfig::for_tests(1);
     let mut db = crate::auth::PasswordDb::new();
     let hash = crate::auth::PasswordHash::new_pbkdf2_sha512(b"pw", 10).expect("hash");
@@ -1314,10 +1274,8 @@ fn cluster_with_passwords(workers: usize, queue: usize) -> Cluster {
         acl: None,
     });
     cfg.failed_logins_per_minute_max = 3;
-    if workers > 0 {
-        cfg.hash_pool = Some(crate::auth::HashPool::start(workers, queue, 1).expect("pool"));
-    }
-    Cluster { shards: vec![Shard::new(0, cfg)], now: Instant::now() }
+    cfg.password_checks_inline = !queued;
+    Cluster { shards: vec![Shard::new(0, cfg)], now: crate::test_clock::test_epoch() }
 }
 
 fn login(version: ProtocolVersion, id: &str, password: &'static [u8]) -> Packet {
@@ -1328,11 +1286,18 @@ fn login(version: ProtocolVersion, id: &str, password: &'static [u8]) -> Packet 
 }
 
 impl Cluster {
-    /// Waits for the password workers' next verdict and hands it to the shard.
+    /// The password checks the shard queued since the last call.
+    fn take_checks(&mut self) -> Vec<crate::auth::HashJob> {
+        let mut jobs = Vec::new();
+        self.shards[0].take_password_checks(&mut jobs);
+        jobs
+    }
+
+    /// Runs the one queued password check, as a worker would, and hands its verdict back.
     fn deliver_verdict(&mut self) {
-        let pool = self.shards[0].config().hash_pool.clone().expect("a pool");
-        let replies = pool.replies(0).expect("shard 0");
-        let v = replies.recv_timeout(Duration::from_secs(30)).expect("a verdict");
+        let jobs = self.take_checks();
+        assert_eq!(jobs.len(), 1, "one check queued");
+        let v = jobs[0].run();
         let now = self.now;
         self.shards[0].handle_password_verdict(v, now);
         self.settle();
@@ -1343,7 +1308,7 @@ impl Cluster {
 /// reading paused) until the verdict is handed back, then CONNACK follows.
 #[test]
 fn password_check_runs_on_a_worker_and_the_connect_waits_for_it() {
-    let mut cl = cluster_with_passwords(1, 8);
+    let mut cl = cluster_with_passwords(true);
     let c = cl.open(0, V5);
     cl.send(c, login(V5, "a1", b"pw"));
     assert!(cl.recv(c).is_empty(), "no CONNACK before the verdict");
@@ -1367,7 +1332,7 @@ fn password_check_runs_on_a_worker_and_the_connect_waits_for_it() {
 /// of another connection that reused the id.
 #[test]
 fn a_verdict_for_a_closed_connection_is_dropped() {
-    let mut cl = cluster_with_passwords(1, 8);
+    let mut cl = cluster_with_passwords(true);
     let c = cl.open(0, V4);
     cl.send(c, login(V4, "gone", b"pw"));
     let now = cl.now;
@@ -1384,7 +1349,7 @@ fn a_verdict_for_a_closed_connection_is_dropped() {
 /// after the minute it may try again.
 #[test]
 fn failed_logins_from_one_address_are_rate_limited() {
-    let mut cl = cluster_with_passwords(1, 8);
+    let mut cl = cluster_with_passwords(true);
     for i in 0..3 {
         let c = cl.open(0, V5);
         cl.send(c, login(V5, &format!("f{i}"), b"wrong"));
@@ -1416,25 +1381,19 @@ fn failed_logins_from_one_address_are_rate_limited() {
     assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success), "{got:?}");
 }
 
-/// The password queue bound: when `hash_queue_max` checks wait for a worker, a CONNECT is
-/// refused at once with 0x89 Server busy (a pool whose queue nobody drains makes it exact).
+/// The password queue bound, as the shard sees it: when the runtime cannot queue a check (its
+/// workers' queue holds `hash_queue_max` jobs, see `auth::pool`'s tests) it answers
+/// `password_check_refused`, and the CONNECT is refused with 0x89 Server busy.
 #[test]
-fn a_full_password_queue_refuses_with_server_busy() {
-    let mut cl = cluster_with_passwords(1, 8);
-    let pool = crate::auth::HashPool::without_workers(1, 1);
-    let filler = crate::auth::HashJob {
-        shard: 0,
-        ticket: u64::MAX,
-        db: std::sync::Arc::new(crate::auth::PasswordDb::new()),
-        username: "nobody".into(),
-        password: None,
-    };
-    pool.try_submit(filler).expect("one job fits");
-    let mut cfg = cl.shards[0].config().clone();
-    cfg.hash_pool = Some(pool);
-    cl.shards[0] = Shard::new(0, cfg);
+fn a_refused_password_check_refuses_with_server_busy() {
+    let mut cl = cluster_with_passwords(true);
     let c = cl.open(0, V5);
     cl.send(c, login(V5, "busy", b"pw"));
+    assert!(cl.recv(c).is_empty(), "waiting for the check");
+    let now = cl.now;
+    for job in cl.take_checks() {
+        cl.shards[0].password_check_refused(job.ticket, now);
+    }
     let got = cl.recv(c);
     assert!(
         matches!(&got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::ServerBusy),
@@ -1443,14 +1402,18 @@ fn a_full_password_queue_refuses_with_server_busy() {
     // v3 has no 0x89: refused as server unavailable.
     let c = cl.open(0, V4);
     cl.send(c, login(V4, "busy3", b"pw"));
+    let now = cl.now;
+    for job in cl.take_checks() {
+        cl.shards[0].password_check_refused(job.ticket, now);
+    }
     let got = cl.recv(c);
     assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.reason != ReasonCode::Success), "{got:?}");
 }
 
-/// Without a pool (tools, these tests' default) the check runs inline and answers at once.
+/// With `password_checks_inline` (tools, these tests' default) the check runs inline and answers at once.
 #[test]
 fn without_a_pool_the_check_runs_inline() {
-    let mut cl = cluster_with_passwords(0, 0);
+    let mut cl = cluster_with_passwords(false);
     let c = cl.open(0, V4);
     cl.send(c, login(V4, "inline", b"pw"));
     let got = cl.recv(c);

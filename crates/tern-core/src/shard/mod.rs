@@ -9,9 +9,11 @@
 //!   [`Shard::handle_peer`] (a message from another shard), [`Shard::tick`];
 //! - outputs: each connection's pending bytes ([`Shard::take_tx`]) and close request, the
 //!   per-peer outboxes of [`ShardMsg`] on two lanes ([`Shard::take_batch`] for data,
-//!   [`Shard::take_control`] for control), and the connection wakers it fires.
+//!   [`Shard::take_control`] for control), and the connections that became ready (new output,
+//!   a close, a lifted pause), drained with [`Shard::take_ready`]: the runtime wakes its own
+//!   tasks for them. The shard holds no task wakers.
 //!
-//! The runtime (`crate::runtime`, `crate::net`) moves bytes and messages; the tests drive
+//! The runtime (`tern::runtime`, `tern::net`) moves bytes and messages; the tests drive
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 
@@ -26,21 +28,21 @@ mod shared;
 mod subscribe;
 mod timers;
 
+use core::net::SocketAddr;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
 use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will};
-use crate::metrics::Metrics;
+use crate::counters::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
 pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
 use retained::RetainedStore;
 use shared::SharedGroups;
+pub use shared::{SharedStrategy, SharedSubscriptionsConfig, SHARED_GROUP_OVERRIDES_MAX};
 
 /// Output buffer capacity an idle connection may keep for reuse; larger ones are freed once
 /// written (a burst does not leave a megabyte behind on every idle connection).
@@ -123,14 +125,13 @@ pub struct ShardConfig {
     /// Enhanced authentication methods offered to v5 clients (§4.12), besides the
     /// SCRAM-SHA-256 that [`ShardConfig::security`] provides over the password file.
     pub mechanisms: crate::enhanced_auth::Mechanisms,
-    /// Password file and ACL; replaced on reload with [`Shard::set_security`].
+    /// Password file and ACL, parsed (the runtime reads the files); replaced on reload with
+    /// [`Shard::set_security`].
     pub security: std::sync::Arc<crate::auth::Security>,
-    /// Where the password file and ACL are read from again on reload; also the password
-    /// workers' settings.
-    pub auth_files: crate::config::AuthConfig,
-    /// The worker threads that check passwords. `None`: [`crate::runtime::Broker::start`]
-    /// starts one from `auth_files`; a shard without one (tests, tools) checks inline.
-    pub hash_pool: Option<std::sync::Arc<crate::auth::HashPool>>,
+    /// Check passwords inside the shard call (tests, tools). Otherwise (the broker) the shard
+    /// queues each check for the runtime ([`Shard::take_password_checks`]) and waits for its
+    /// verdict ([`Shard::handle_password_verdict`]).
+    pub password_checks_inline: bool,
     /// Failed logins per source address per minute on this shard before its CONNECTs with
     /// credentials are refused with 0x9F.
     pub failed_logins_per_minute_max: u32,
@@ -153,7 +154,7 @@ pub struct ShardConfig {
     /// is not (0x99, §3.3.2.3.2).
     pub check_payload_format: bool,
     /// How shared subscription groups pick a member, by default and per group name.
-    pub shared: crate::config::SharedSubscriptionsConfig,
+    pub shared: SharedSubscriptionsConfig,
     /// The broker-wide memory budget, one counter shared by every shard (see [`budget`]).
     pub memory: std::sync::Arc<budget::MemoryBudget>,
     /// Time a peer may accept no output bytes before its connection is closed (the IO driver
@@ -194,8 +195,7 @@ impl ShardConfig {
             topic_alias_max: 8,
             mechanisms: Default::default(),
             security: Default::default(),
-            auth_files: Default::default(),
-            hash_pool: None,
+            password_checks_inline: true,
             failed_logins_per_minute_max: 30,
             tx_bytes_max: 256 * 1024,
             outbox_messages_max: 1024,
@@ -325,8 +325,8 @@ pub(crate) struct Conn {
     rx: BytesMut,
     /// Encoded bytes waiting to be written.
     tx: BytesMut,
-    /// Wakes the connection's task when `tx` grows or the connection must close.
-    waker: Option<Waker>,
+    /// Already listed in [`Shard::take_ready`]'s list (each connection at most once).
+    ready: bool,
     /// Keep alive granted, 0 = none.
     keep_alive_secs: u16,
     /// Last time a packet arrived.
@@ -473,6 +473,9 @@ pub struct Shard {
     /// `Phase::Verifying`, plus those whose connection closed before the verdict (bounded by
     /// the pool's queue).
     verifying: HashMap<u64, connect::AwaitingVerdict>,
+    /// Password checks for the runtime to run ([`Shard::take_password_checks`]): at most one per
+    /// connection in `Phase::Verifying`, so bounded by the connection count.
+    password_checks: Vec<crate::auth::HashJob>,
     /// Failed logins per source address (bounded, see [`crate::auth::ratelimit`]).
     failed_logins: crate::auth::FailedLogins,
     /// Takeovers that arrived before the `ClaimReply` of the claim they name (at most one per
@@ -514,6 +517,9 @@ pub struct Shard {
     /// Connections whose pipelined input waits for the outermost `handle_read` (see
     /// `reading`). Each id at most once, so its length is bounded by the connection count.
     resume_reads: Vec<ConnId>,
+    /// Connections with new output or a state change since the runtime last asked
+    /// ([`Shard::take_ready`]). Each id at most once (`Conn::ready`).
+    ready: Vec<ConnId>,
 }
 
 impl Shard {
@@ -542,6 +548,7 @@ impl Shard {
             claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
             verifying: HashMap::new(),
+            password_checks: Vec::new(),
             failed_logins: crate::auth::FailedLogins::new(failed_logins_max),
             early_takeovers: Vec::new(),
             pending_acks: HashMap::new(),
@@ -549,6 +556,7 @@ impl Shard {
             next_conn_serial: 1,
             reading: false,
             resume_reads: Vec::new(),
+            ready: Vec::new(),
             outbox: (0..peers).map(|_| VecDeque::new()).collect(),
             control: (0..peers).map(|_| VecDeque::new()).collect(),
             outbox_blocked: (0..peers).map(|_| HashSet::new()).collect(),
@@ -556,7 +564,7 @@ impl Shard {
             route_refused: false,
             deadlines: Default::default(),
             metrics: Metrics::default(),
-            latency: crate::metrics::new_latency_histogram(),
+            latency: crate::counters::new_latency_histogram(),
             scratch: Vec::new(),
             peer_normal: vec![false; peers],
             peer_shared: (0..peers).map(|_| Vec::new()).collect(),
@@ -617,7 +625,7 @@ impl Shard {
             peer,
             rx: BytesMut::new(),
             tx: BytesMut::new(),
-            waker: None,
+            ready: false,
             keep_alive_secs: 0,
             last_rx: now,
             accepted_at: now,
@@ -683,12 +691,25 @@ impl Shard {
         self.conn(id).map(|c| c.client_id.as_str()).filter(|c| !c.is_empty())
     }
 
-    /// Stores the waker of the connection's task.
-    pub fn register_waker(&mut self, id: ConnId, waker: &Waker) {
-        if let Some(c) = self.conn_mut(id) {
-            match &c.waker {
-                Some(w) if w.will_wake(waker) => {}
-                _ => c.waker = Some(waker.clone()),
+    /// Moves the connections that became ready since the last call (new output in `tx`, a
+    /// close, a lifted flow-control pause) into `out`. The runtime calls it after each call into
+    /// the shard and wakes the tasks that drive those connections. Each connection is listed
+    /// at most once, so the list is bounded by the connection count.
+    pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
+        for id in self.ready.drain(..) {
+            if let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) {
+                c.ready = false;
+                out.push(id);
+            }
+        }
+    }
+
+    /// Lists connection `id` as ready (see [`Shard::take_ready`]).
+    fn mark_ready(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id.0 as usize).and_then(Option::as_mut) {
+            if !c.ready {
+                c.ready = true;
+                self.ready.push(id);
             }
         }
     }
@@ -1011,16 +1032,14 @@ impl Shard {
                 tracing::debug!(conn = id.0, "packet exceeds the client's maximum packet size");
                 return false;
             };
-            let c = self.conn_mut(id).expect("invariant: checked above");
+            let Some(c) = self.conn_mut(id) else { return false };
             if codec::encode(&fitted, version, &mut c.tx).is_err() {
                 return false;
             }
         }
         let Some(c) = self.conn_mut(id) else { return false };
         let written = c.tx.len() - before;
-        if let Some(w) = &c.waker {
-            w.wake_by_ref();
-        }
+        self.mark_ready(id);
         self.metrics.bytes_sent += written as u64;
         true
     }
@@ -1082,9 +1101,7 @@ impl Shard {
         }
         let phase = std::mem::replace(&mut c.phase, Phase::Closing);
         let v5 = c.version.is_v5();
-        if let Some(w) = &c.waker {
-            w.wake_by_ref();
-        }
+        self.mark_ready(id);
         let will = self.take_will(id);
         tracing::info!(conn = id.0, ?reason, "disconnected");
         match reason {

@@ -808,10 +808,12 @@ impl Shard {
         }
     }
 
-    /// Hands the password check to the worker pool and parks the connection until its verdict
-    /// ([`Shard::handle_password_verdict`]). Refused at once, without a key derivation, when the
-    /// source address has too many recent failures (0x9F) or the pool's queue is full (0x89).
-    /// Without a pool (tests, tools) the check runs here.
+    /// Queues the password check for the runtime ([`Shard::take_password_checks`]) and parks
+    /// the connection until its verdict ([`Shard::handle_password_verdict`]). Refused at once,
+    /// without a key derivation, when the source address has too many recent failures (0x9F).
+    /// With [`ShardConfig::password_checks_inline`] (tests, tools) the check runs here.
+    ///
+    /// [`ShardConfig::password_checks_inline`]: super::ShardConfig::password_checks_inline
     fn verify_password(
         &mut self,
         db: std::sync::Arc<crate::auth::PasswordDb>,
@@ -835,21 +837,34 @@ impl Shard {
             username: pending.connect.username.clone().unwrap_or_default(),
             password: pending.connect.password.clone(),
         };
-        let Some(pool) = self.cfg.hash_pool.clone() else {
+        self.verifying.insert(ticket, pending);
+        self.set_phase_verifying(id, ticket, now);
+        if self.cfg.password_checks_inline {
             let verdict = job.run();
-            self.verifying.insert(ticket, pending);
-            self.set_phase_verifying(id, ticket, now);
             return self.handle_password_verdict(verdict, now);
-        };
-        match pool.try_submit(job) {
-            Ok(()) => {
-                self.verifying.insert(ticket, pending);
-                self.set_phase_verifying(id, ticket, now);
-            }
-            Err(e) => {
-                tracing::warn!(conn = id.0, ?e, "password check queue full: refusing CONNECT");
-                self.refuse(id, version, ReasonCode::ServerBusy, now);
-            }
+        }
+        self.password_checks.push(job);
+    }
+
+    /// Moves the password checks queued since the last call into `out`. The runtime runs them
+    /// off the shard (a key derivation is slow on purpose) and answers each with
+    /// [`Shard::handle_password_verdict`], or [`Shard::password_check_refused`] when it cannot
+    /// take it.
+    pub fn take_password_checks(&mut self, out: &mut Vec<crate::auth::HashJob>) {
+        out.append(&mut self.password_checks);
+    }
+
+    /// The runtime could not queue the check of `ticket` (its workers' queue is full): the
+    /// CONNECT is refused with 0x89 (Server busy).
+    pub fn password_check_refused(&mut self, ticket: u64, now: Instant) {
+        let Some(pending) = self.verifying.remove(&ticket) else { return };
+        let id = pending.conn;
+        let waiting = self
+            .conn(id)
+            .is_some_and(|c| matches!(c.phase, Phase::Verifying { ticket: t, .. } if t == ticket));
+        if waiting {
+            tracing::warn!(conn = id.0, "password check queue full: refusing CONNECT");
+            self.refuse(id, pending.connect.version, ReasonCode::ServerBusy, now);
         }
     }
 
@@ -860,7 +875,7 @@ impl Shard {
         }
     }
 
-    /// A password check finished (see [`crate::auth::HashPool`]). The CONNECT waiting on it goes
+    /// A password check finished (see [`Shard::take_password_checks`]). The CONNECT waiting on it goes
     /// on to the claim, or is refused with 0x86 and counted against its source address. A
     /// verdict for a connection that has gone meanwhile is dropped.
     pub fn handle_password_verdict(&mut self, verdict: crate::auth::Verdict, now: Instant) {

@@ -35,7 +35,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
 
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
@@ -44,7 +43,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha512};
 use subtle::ConstantTimeEq;
 
-use super::{numbered_lines, read_file, AuthFileError};
+use super::{numbered_lines, AuthFileError};
 
 /// PBKDF2 iterations written by `tern passwd` unless told otherwise. Mosquitto 2.0's
 /// `mosquitto_passwd` writes 101 (`PW_DEFAULT_ITERATIONS`); its development branch raised the
@@ -58,10 +57,9 @@ pub const PBKDF2_ITERATIONS_DEFAULT: u32 = 1000;
 /// password worker here). Was 1 000 000 before issue 9.
 pub const PBKDF2_ITERATIONS_MAX: u32 = 210_000;
 
-/// Largest SCRAM-SHA-256 iteration count accepted in a file: 600 000, OWASP's recommendation for
-/// PBKDF2-HMAC-SHA256 (2023). A SCRAM exchange never derives a key on the broker; this bounds
-/// the check of a plain CONNECT password against a `$scram-sha-256$` entry.
-pub const SCRAM_ITERATIONS_MAX: u32 = 600_000;
+/// Largest SCRAM-SHA-256 iteration count accepted in a file (defined with the mechanism, which
+/// applies it too).
+pub use crate::enhanced_auth::SCRAM_ITERATIONS_MAX;
 
 /// Salt length `tern passwd` writes for `$7$`. Mosquitto 2.0 reads only 12-byte salts (later
 /// versions also read 64), so 12 keeps the files readable by every Mosquitto 2.x.
@@ -120,7 +118,7 @@ const MOSQUITTO_BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// A parsed password file: user names and their hashes, plus the comment lines, in file order.
 ///
-/// Built by [`PasswordDb::load`] at start and on reload; immutable afterwards except through
+/// Built by [`PasswordDb::parse`] at start and on reload; immutable afterwards except through
 /// [`upsert`](Self::upsert) and [`remove`](Self::remove), which only `tern passwd` uses. It holds
 /// no file handle and is `Send + Sync`, so one loaded copy can be shared by every shard.
 #[derive(Clone)]
@@ -143,13 +141,6 @@ impl PasswordDb {
     /// An empty database (for `tern passwd -c`). Checking any user against it fails.
     pub fn new() -> PasswordDb {
         PasswordDb { lines: Vec::new(), index: HashMap::new() }
-    }
-
-    /// Reads and parses the password file at `path`. Errors name the file as given and the
-    /// line; the whole file is refused if any line is malformed.
-    pub fn load(path: &Path) -> Result<PasswordDb, AuthFileError> {
-        let (name, text) = read_file(path)?;
-        PasswordDb::parse(&name, &text)
     }
 
     /// Parses the text of a password file; `name` stands for the file in errors.
@@ -689,13 +680,9 @@ mod tests {
     use super::*;
 
     /// Written by Mosquitto 2.0.11's `mosquitto_passwd` (see tests/fixtures/auth/README.md).
-    const MOSQUITTO_FILE: &str = include_str!("../../tests/fixtures/auth/mosquitto.passwd");
+    const MOSQUITTO_FILE: &str = include_str!("../../../../tests/fixtures/auth/mosquitto.passwd");
     /// Argon2id hashes made by the reference `argon2` tool (libargon2).
-    const ARGON2_FILE: &str = include_str!("../../tests/fixtures/auth/argon2id.passwd");
-
-    fn fixture_path(name: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth").join(name)
-    }
+    const ARGON2_FILE: &str = include_str!("../../../../tests/fixtures/auth/argon2id.passwd");
 
     fn parse(text: &str) -> Result<PasswordDb, AuthFileError> {
         PasswordDb::parse("pw", text)
@@ -710,7 +697,7 @@ mod tests {
 
     #[test]
     fn mosquitto_passwd_fixture_known_answers() {
-        let db = PasswordDb::load(&fixture_path("mosquitto.passwd")).expect("fixture loads");
+        let db = parse(MOSQUITTO_FILE).expect("fixture parses");
         assert_eq!(db.len(), 5);
         let cases: [(&str, &str); 5] = [
             ("alice", "correct horse battery staple"), // $7$, 101 iterations (the 2.0 default)

@@ -238,7 +238,7 @@ fn disconnect_reason_string_left_out_to_fit() {
 // Shared subscriptions (§4.8.2).
 // ---------------------------------------------------------------------------------------------
 
-use crate::config::SharedStrategy;
+use crate::shard::SharedStrategy;
 
 /// Connects `id` (optionally as `user`, with a persistent session when `persistent`) and
 /// subscribes it to `filter` at QoS 1.

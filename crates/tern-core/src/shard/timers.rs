@@ -94,7 +94,7 @@ impl Shard {
             Some(c) if c.serial == serial => self.publisher_paused(&c.phase),
             _ => return, // released; the slot may hold another connection now
         };
-        let c = self.conn_mut(id).expect("invariant: checked above");
+        let Some(c) = self.conn_mut(id) else { return };
         let next = match c.phase {
             Phase::AwaitConnect { deadline }
             | Phase::Authenticating { deadline }

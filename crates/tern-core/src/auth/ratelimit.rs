@@ -7,8 +7,8 @@
 //! that ended are dropped first; if none has, the address with the oldest window is forgotten
 //! (an attacker with many addresses can shorten others' lockouts, not lengthen them).
 
+use core::net::IpAddr;
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Addresses one limiter remembers.
@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn blocks_after_max_failures_until_the_window_ends() {
-        let t0 = Instant::now();
+        let t0 = crate::test_clock::test_epoch();
         let mut f = FailedLogins::new(3);
         for _ in 0..2 {
             f.record_failure(ip(1), t0);
@@ -102,7 +102,7 @@ mod tests {
     /// The map bound: one more address than the bound evicts the oldest window.
     #[test]
     fn remembers_at_most_the_bound() {
-        let t0 = Instant::now();
+        let t0 = crate::test_clock::test_epoch();
         let mut f = FailedLogins::new(1);
         for n in 0..FAILED_LOGIN_SOURCES_MAX as u32 {
             f.record_failure(ip(n), t0 + Duration::from_micros(u64::from(n)));

@@ -268,7 +268,7 @@ mod tests {
 
     fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {
         let mut out = Vec::new();
-        store.matching(filter, Instant::now(), &mut out);
+        store.matching(filter, crate::test_clock::test_epoch(), &mut out);
         let mut t: Vec<String> = out.iter().map(|m| m.topic.clone()).collect();
         t.sort();
         t

@@ -144,10 +144,11 @@ fn peer_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9))
 }
 
-/// Runs the whole-cluster fuzz body on `data`. Panics on a broken invariant.
-pub fn shard_core(data: &[u8]) {
+/// Runs the whole-cluster fuzz body on `data`, with the cluster's clock starting at `start`
+/// (the core reads no clock: the caller gives it). Panics on a broken invariant.
+pub fn shard_core(data: &[u8], start: Instant) {
     let mut u = Unstructured::new(data);
-    let Ok(mut cluster) = Cluster::new(&mut u) else { return };
+    let Ok(mut cluster) = Cluster::new(&mut u, start) else { return };
     for _ in 0..OPS_MAX {
         let Ok(op) = Op::arbitrary(&mut u) else { break };
         cluster.apply(op);
@@ -161,7 +162,7 @@ pub fn shard_core(data: &[u8]) {
 }
 
 impl Cluster {
-    fn new(u: &mut Unstructured<'_>) -> arbitrary::Result<Self> {
+    fn new(u: &mut Unstructured<'_>, start: Instant) -> arbitrary::Result<Self> {
         let n = u.int_in_range(1..=3u16)?;
         let mut cfg = ShardConfig::for_tests(n);
         // Small bounds so that inputs reach them: output, queues, flow, memory, mesh.
@@ -182,14 +183,7 @@ impl Cluster {
         cfg.mesh_bytes = mesh.clone();
         let session_expiry_max = Duration::from_secs(cfg.session_expiry_secs_max.into());
         let shards = (0..n).map(|i| Shard::new(i, cfg.clone())).collect();
-        Ok(Self {
-            shards,
-            memory,
-            mesh,
-            now: Instant::now(),
-            clients: Vec::new(),
-            session_expiry_max,
-        })
+        Ok(Self { shards, memory, mesh, now: start, clients: Vec::new(), session_expiry_max })
     }
 
     fn client(&self, i: u8) -> Option<usize> {
@@ -650,7 +644,7 @@ mod tests {
         fn hostile_clients_never_break_the_cluster(
             data in proptest::collection::vec(any::<u8>(), 0..4096)
         ) {
-            super::shard_core(&data);
+            super::shard_core(&data, crate::test_clock::test_epoch());
         }
     }
 }

@@ -128,7 +128,7 @@ impl Shard {
         if queued >= limits.hard_cap_messages {
             return self.slow_consumer(slot, now);
         }
-        let s = self.slot_mut(slot).expect("invariant: slot checked above");
+        let Some(s) = self.slot_mut(slot) else { return };
         // Never pause a connection on its own behalf: it could not read the acknowledgements
         // that would resume it.
         let Some(o) = origin.filter(|o| !(o.shard == me && o.session == slot)) else { return };
@@ -206,10 +206,10 @@ impl Shard {
         }
         let conn = s.conn;
         self.metrics.flow_paused_publishers -= 1;
-        if let Some(c) = conn.and_then(|id| self.conn_mut(id)) {
-            c.flow_resumed = true;
-            if let Some(w) = &c.waker {
-                w.wake_by_ref();
+        if let Some(id) = conn {
+            if let Some(c) = self.conn_mut(id) {
+                c.flow_resumed = true;
+                self.mark_ready(id);
             }
         }
     }

@@ -75,7 +75,7 @@ impl Shard {
                         now,
                     );
                 }
-                let c = self.conn_mut(id).expect("invariant: checked above");
+                let Some(c) = self.conn_mut(id) else { return };
                 if p.topic.is_empty() {
                     match c.aliases.get(&alias) {
                         Some(t) => p.topic = t.clone(),
@@ -397,7 +397,7 @@ impl Shard {
         let tx_max = self.cfg.tx_bytes_max;
         let Some(c) = self.conn(conn) else { return };
         let (receive_max, tx_room) = (c.client_receive_max, c.tx.len() < tx_max);
-        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
+        let Some(s) = self.slot_mut(slot) else { return };
         if s.flow.dropping() {
             // A slow consumer under policy `drop`: it alone loses messages until it drains.
             self.metrics.messages_dropped_slow_consumer += 1;
@@ -497,9 +497,7 @@ impl Shard {
         };
         match codec::encode_publish(&view, c.version, &mut c.tx) {
             Ok(n) => {
-                if let Some(w) = &c.waker {
-                    w.wake_by_ref();
-                }
+                self.mark_ready(conn);
                 self.metrics.bytes_sent += n as u64;
                 self.metrics.messages_sent += 1;
                 if let Some(t) = out.msg.received_at {

@@ -18,7 +18,7 @@ impl Cluster {
                 Shard::new(i, cfg)
             })
             .collect();
-        Self { shards, now: Instant::now() }
+        Self { shards, now: crate::test_clock::test_epoch() }
     }
 
     /// Publishes `seq` as an 8-byte payload on `topic`.

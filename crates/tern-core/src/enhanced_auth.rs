@@ -21,6 +21,11 @@ pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 /// Iterations used for new SCRAM credentials (RFC 7677 asks for at least 4096).
 pub const SCRAM_ITERATIONS: u32 = 4096;
 
+/// Largest SCRAM-SHA-256 iteration count accepted in a file: 600 000, OWASP's recommendation for
+/// PBKDF2-HMAC-SHA256 (2023). A SCRAM exchange never derives a key on the broker; this bounds
+/// the check of a plain CONNECT password against a `$scram-sha-256$` entry.
+pub const SCRAM_ITERATIONS_MAX: u32 = 600_000;
+
 /// Why an exchange failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -178,7 +183,7 @@ impl ScramSha256 {
 
 impl ScramSha256 {
     /// The mechanism over `lookup` with a fixed server nonce, for the fuzz body
-    /// ([`crate::fuzzing::scram`]): deterministic runs, no OS randomness per input.
+    /// (`tern::fuzzing::scram`): deterministic runs, no OS randomness per input.
     #[doc(hidden)]
     pub fn for_fuzzing(lookup: CredentialLookup) -> Self {
         Self { lookup, nonce: Arc::new(|| "fuzz-server-nonce".into()) }
@@ -219,8 +224,9 @@ fn decoy_credential(user: &str) -> ScramCredential {
 }
 
 /// A random 32-byte key drawn once per process, for [`decoy_credential`]. If the OS RNG fails,
-/// the key falls back to the std hasher's per-process random seed mixed with the time: weaker,
-/// but still unknown to a client, and no panic.
+/// the key falls back to the std hasher's random keys (seeded from the OS once per process and
+/// varied per instance): weaker, but still unknown to a client, and no panic. No clock: the
+/// core reads none.
 fn server_secret() -> &'static [u8; 32] {
     static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
     SECRET.get_or_init(|| {
@@ -230,11 +236,6 @@ fn server_secret() -> &'static [u8; 32] {
             for (i, chunk) in key.chunks_mut(8).enumerate() {
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
                 h.write_usize(i);
-                h.write_u128(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos()),
-                );
                 chunk.copy_from_slice(&h.finish().to_le_bytes());
             }
         }
@@ -362,14 +363,14 @@ pub mod client {
 
     /// The client-final message, and the server signature the client expects back. The
     /// server's iteration count is refused above
-    /// [`SCRAM_ITERATIONS_MAX`](crate::auth::password::SCRAM_ITERATIONS_MAX): a server must not
+    /// [`SCRAM_ITERATIONS_MAX`]: a server must not
     /// make its client spin (the `scram` fuzz target found `i=40955095` taking minutes).
     pub fn finish(
         password: &[u8],
         client_first: &str,
         server_first: &str,
     ) -> Result<(String, String), AuthError> {
-        let max = crate::auth::password::SCRAM_ITERATIONS_MAX;
+        let max = SCRAM_ITERATIONS_MAX;
         finish_bounded(password, client_first, server_first, max)
     }
 

@@ -391,7 +391,7 @@ mod tests {
         }
         assert_eq!(s.enqueue(out(9, QoS::AtLeastOnce)), Err(Dropped::QueueFull));
         let mut expired = 0;
-        let first = s.dequeue(Instant::now(), &mut expired).expect("queued");
+        let first = s.dequeue(crate::test_clock::test_epoch(), &mut expired).expect("queued");
         assert_eq!(first.msg.payload[0], 0);
     }
 
@@ -404,7 +404,10 @@ mod tests {
         assert_eq!(s.enqueue(out(9, QoS::AtLeastOnce)), Err(Dropped::EvictedOldest));
         assert_eq!(s.queue.len(), 3);
         let mut expired = 0;
-        assert_eq!(s.dequeue(Instant::now(), &mut expired).expect("q").msg.payload[0], 1);
+        assert_eq!(
+            s.dequeue(crate::test_clock::test_epoch(), &mut expired).expect("q").msg.payload[0],
+            1
+        );
     }
 
     #[test]
@@ -480,7 +483,7 @@ mod tests {
     #[test]
     fn expired_messages_are_skipped() {
         let mut s = Session::new("c".into(), limits(OverflowPolicy::DropNewest), 0);
-        let now = Instant::now();
+        let now = crate::test_clock::test_epoch();
         let mut m = Message::new("t".into(), Bytes::new(), QoS::AtLeastOnce, false);
         m.expires_at = Some(now);
         let o = Outgoing {

@@ -199,7 +199,8 @@ impl Shard {
         let Some((_, left)) = self.pending_acks.get_mut(&req) else { return };
         *left -= 1;
         if *left == 0 {
-            match self.pending_acks.remove(&req).expect("invariant: found above").0 {
+            let Some((ack, _)) = self.pending_acks.remove(&req) else { return };
+            match ack {
                 PendingAck::Sub(p) => self.complete_suback(p, now),
                 PendingAck::Conn { conn, slot, claim, ack } => {
                     self.complete_connack(conn, slot, claim, ack, now)
