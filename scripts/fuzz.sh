@@ -12,7 +12,7 @@
 #   config_toml            tern::fuzzing::config_text
 #   wal                    tern::persist::fuzzing::scan_and_decode (src/persist/tests.rs)
 #   shard_core             tern::shard::fuzzing::shard_core: the whole shard core, several
-#                          shards, hostile clients (proptest in src/shard/fuzzing.rs)
+#                          shards, hostile clients (proptest in crates/tern-core/src/shard/fuzzing.rs)
 #
 # Usage:
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]

@@ -385,6 +385,10 @@ impl Cluster {
             self.settle();
         }
         for (si, s) in self.shards.iter().enumerate() {
+            assert!(
+                !s.has_outgoing_on(si, false) && !s.has_outgoing_on(si, true),
+                "shard {si}: a message addressed to itself (no mesh channel carries it)"
+            );
             assert!(s.conns.iter().all(Option::is_none), "shard {si}: a connection remains");
             assert_eq!(s.metrics.connections_current, 0, "shard {si}: connection gauge");
             assert!(
@@ -635,6 +639,18 @@ pub(crate) fn check_quiet(shards: &[Shard]) {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    /// Found by `shard_core` after 717 085 runs (open, not fixed yet): 48 mesh bytes of shard 0
+    /// stay counted once every client has left and the mesh is empty, so `mesh_bytes_max` would
+    /// slowly fill. Not a message addressed to itself; the shared-subscription forward in
+    /// `place_shared` charges nothing while the receiver releases, but evening that out does
+    /// not cure this input. Run with `--ignored`.
+    #[test]
+    #[ignore = "open finding of the shard_core fuzz target: mesh byte accounting"]
+    fn regression_mesh_bytes_balance() {
+        let data = include_bytes!("fuzz-regression-mesh-bytes.bin");
+        super::shard_core(data, crate::test_clock::test_epoch());
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
