@@ -640,13 +640,11 @@ pub(crate) fn check_quiet(shards: &[Shard]) {
 mod tests {
     use proptest::prelude::*;
 
-    /// Found by `shard_core` after 717 085 runs (open, not fixed yet): 48 mesh bytes of shard 0
-    /// stay counted once every client has left and the mesh is empty, so `mesh_bytes_max` would
-    /// slowly fill. Not a message addressed to itself; the shared-subscription forward in
-    /// `place_shared` charges nothing while the receiver releases, but evening that out does
-    /// not cure this input. Run with `--ignored`.
+    /// Found by `shard_core` after 717 085 runs: 48 mesh bytes of shard 0 stayed counted once
+    /// every client had left and the mesh was empty (`mesh_bytes_max` would slowly fill): the
+    /// sender charged the message's cost with its topic's spare capacity, the receiver released
+    /// the cost of the clone it got, which has none. Now both count the copy that travels.
     #[test]
-    #[ignore = "open finding of the shard_core fuzz target: mesh byte accounting"]
     fn regression_mesh_bytes_balance() {
         let data = include_bytes!("fuzz-regression-mesh-bytes.bin");
         super::shard_core(data, crate::test_clock::test_epoch());

@@ -261,16 +261,20 @@ impl Shard {
             }
         }
         let mut matched = !scratch.is_empty();
-        let cost = msg.cost_bytes();
         for peer in 0..shards {
             let shared = std::mem::take(&mut peer_shared[peer]);
             if peer_normal[peer] || !shared.is_empty() {
                 matched = true;
                 self.metrics.messages_forwarded += 1;
-                // Charged while it crosses the mesh; the receiving shard releases it.
+                // Charged while it crosses the mesh; the receiving shard releases it. Counted
+                // on the copy that travels: `cost_bytes` counts the topic's capacity, which a
+                // clone does not keep (found by the `shard_core` fuzz target: the sender
+                // charged a topic with spare capacity, the receiver released less).
+                let copy = msg.clone();
+                let cost = copy.cost_bytes();
                 self.cfg.memory.recharge(0, cost);
                 self.cfg.mesh_bytes.sent(self.id, cost);
-                let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
+                let m = ShardMsg::Publish { msg: copy, normal: peer_normal[peer], shared };
                 self.outbox[peer].push_back(m);
                 if self.outbox_full(peer) {
                     if let Some(o) = msg.origin {
