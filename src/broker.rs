@@ -14,7 +14,7 @@ use crate::shard::{FlowLimits, ListenerPolicy, ShardConfig, SlowConsumerPolicy};
 /// (where flow control counts them) and reading from the connection pauses at twice this (its
 /// own responses). The check is made before a packet is appended, so one packet of any allowed
 /// size always fits.
-const TX_BYTES_MAX: usize = 256 << 10;
+pub const TX_BYTES_MAX: usize = 256 << 10;
 
 /// The shard settings for `config`.
 pub fn shard_config(config: &Config) -> ShardConfig {
@@ -177,6 +177,9 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             .map_err(|source| in_use(format!("listener[{i}].bind"), l.bind, source))?;
     }
     let mut opts = runtime_options(config);
+    let plan = crate::memory_plan::MemoryPlan::for_this_host(config);
+    plan.log();
+    opts.stats.set_memory_plan(plan.values());
     let stats = std::sync::Arc::clone(&opts.stats);
     let stats_for_bridges = std::sync::Arc::clone(&opts.stats);
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1,4 +1,4 @@
-//! Tern's configuration: a TOML file → serde raw structs → range and cross-field checks → an
+//! Tern's configuration: a TOML file → the declared settings → range and cross-field checks → an
 //! immutable, validated [`Config`].
 //!
 //! This module owns the meaning, default and bound of every setting. It must not do IO beyond
@@ -11,7 +11,7 @@
 //! tern.toml:12:16: limits.inflight_max: must be between 1 and 65535 (got 0)
 //! ```
 //!
-//! Rules every setting follows (STYLE rules 4 and 16):
+//! Rules every setting follows:
 //!
 //! - Every limit has a documented default and a maximum. **0 never means unlimited.** Exactly two
 //!   settings accept 0 as a real value: [`LimitsConfig::topic_alias_max`] (0 = the client may not
@@ -19,13 +19,28 @@
 //! - Limits are named `<thing>_<unit>_max`.
 //! - Unknown keys are errors, so a typo is never silently ignored.
 //!
-//! The example `tern.toml` at the repository root lists every key with its default; a unit test
-//! checks that it parses to exactly [`Config::default()`].
+//! # One declaration per setting
 //!
-//! How errors get their position: TOML syntax, unknown-key and wrong-type errors come from the
-//! `toml` crate with a byte span; the dotted key at that span is recovered by a small line scanner
-//! (`key_path_at`) that follows `[table]` / `[[array]]` headers, dotted keys and inline tables.
-//! Range and cross-field errors use the spans recorded from `toml::Spanned` raw fields.
+//! Each table of the file is one `settings!` block, and each key one line in it: its doc comment,
+//! name, type, default and (for integers) bound:
+//!
+//! ```text
+//! /// Outgoing QoS 1/2 window per client ... Default 32.
+//! inflight_max: u16 = 32, 1..=65535;
+//! ```
+//!
+//! From that line follow the public field, its default ([`Default`]), the serde shape of the key
+//! in the file (unknown keys refused), the bound check (on the file's value before it is narrowed
+//! to the field's type, and again in [`Config::validate`]), where the key is for later errors
+//! ([`KeyPositions`]), and its entry in [`Config::reference`], the generated documentation of
+//! every key. A unit test checks that the example `tern.toml` at the repository root documents
+//! every declared key with its default and parses to exactly [`Config::default()`]. Rules that
+//! tie several keys together are written by hand below the declarations.
+//!
+//! How errors get their position: TOML syntax errors come from the `toml` crate with a byte span
+//! (and no key); unknown-key and wrong-type errors with a span and, through
+//! `serde_path_to_error`, the dotted path of the key; range and cross-field errors use the spans
+//! recorded from `toml::Spanned` values.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,94 +50,556 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use toml::Spanned;
 
 // ------------------------------------------------------------------------------------------------
-// The validated configuration.
+// The declaration macro.
 // ------------------------------------------------------------------------------------------------
 
-/// The whole, validated broker configuration. Built by [`Config::load`],
-/// [`Config::from_str_named`] or [`Config::default`]; cloned once into each shard at startup and
-/// never changed afterwards (there is no hot reload of the configuration; only the files it
-/// names, the TLS certificates, are read again on SIGHUP).
+/// Declares one table of the configuration file: the public struct (one field per key) and its
+/// [`Default`], raw serde shape, conversion, bound checks and documentation. Each key is
 ///
-/// The fields are public so tests can build variants; code that builds one by hand should call
-/// [`Config::validate`] before using it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    /// `[broker]`: process-wide settings.
-    pub broker: BrokerConfig,
-    /// `[[listener]]`: the sockets to accept clients on, in file order. Default: one TCP listener
-    /// on `127.0.0.1:1883` with anonymous access (local-only, like Mosquitto 2). A file that has
-    /// any `[[listener]]` replaces the default list entirely. Bound: 1..=16 listeners.
-    pub listeners: Vec<ListenerConfig>,
-    /// `[limits]`: protocol and resource limits.
-    pub limits: LimitsConfig,
-    /// `[runtime]`: options passed explicitly to the io_uring runtime (glommio).
-    pub runtime: RuntimeConfig,
-    /// `[log]`: logging.
-    pub log: LogConfig,
-    /// `[auth]`: the password and ACL files.
-    pub auth: AuthConfig,
-    /// `[admin]`: the HTTP listener for `/metrics`, health checks and the admin API.
-    pub admin: AdminConfig,
-    /// `[[bridge]]`: connections to other brokers that forward topics both ways. Default none.
-    /// Bound: 0..=16 bridges.
-    pub bridges: Vec<BridgeConfig>,
-    /// `[shared_subscriptions]`: how a shared subscription group picks a member.
-    pub shared_subscriptions: SharedSubscriptionsConfig,
+/// ```text
+/// /// doc (the first line is its summary in the generated reference)
+/// field [as "toml_name"]: Type = default [, lo..=hi];
+/// ```
+///
+/// A bound (`lo..=hi`, inclusive, written as `i64` expressions; wrap a compound one in
+/// parentheses) makes the key an integer in the file, checked before it is narrowed to `Type`.
+/// A `Type` that is itself a declared table (or a `Vec` / `Option` of one) is a nested table.
+macro_rules! settings {
+    (
+        $(#[doc = $sdoc:literal])*
+        pub struct $name:ident ($raw:ident) {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident $(as $alias:literal)? : $ty:ty = $default:expr $(, $lo:tt ..= $hi:tt)? ;
+            )*
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub struct $name {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $raw {
+            $(
+                $(#[serde(rename = $alias)])?
+                #[serde(default)]
+                $field: Option<settings!(@field $ty $(, $lo)?)>,
+            )*
+        }
+
+        impl Section for $name {
+            type Raw = $raw;
+
+            fn apply(&mut self, raw: $raw, prefix: &str, spans: &mut Spans) -> Result<(), Issue> {
+                $(
+                    if let Some(value) = raw.$field {
+                        let key = format!("{prefix}{}", settings!(@name $field $(as $alias)?));
+                        self.$field = settings!(@convert value, &key, spans, $ty $(, $lo, $hi)?)?;
+                    }
+                )*
+                Ok(())
+            }
+
+            fn check_bounds(&self, prefix: &str, spans: &Spans) -> Result<(), Issue> {
+                $(
+                    settings!(@check (&self.$field), prefix, spans,
+                        settings!(@name $field $(as $alias)?) $(, $lo, $hi)?);
+                )*
+                Ok(())
+            }
+
+            fn describe_keys(path: &str, out: &mut Vec<TableDoc>) {
+                let defaults = Self::default();
+                let mut keys = Vec::new();
+                $(
+                    let name = settings!(@name $field $(as $alias)?);
+                    if <$ty as Setting>::TABLE {
+                        let first = out.len();
+                        <$ty as Setting>::describe(&join(path, name), false, out);
+                        if !Setting::present(&defaults.$field) {
+                            out[first..].iter_mut().for_each(|t| t.optional = true);
+                        }
+                    } else {
+                        keys.push(KeyDoc {
+                            key: name,
+                            default: Setting::toml(&defaults.$field),
+                            bound: settings!(@bound $(, $lo, $hi)?),
+                            doc: concat!($($doc, "\n"),*),
+                        });
+                    }
+                )*
+                if !keys.is_empty() {
+                    // Before the nested tables it leads: a table's own keys come first.
+                    let at = out.iter().position(|t| t.path.starts_with(&format!("{path}.")));
+                    let doc = TableDoc {
+                        path: path.to_owned(),
+                        array: false,
+                        doc: concat!($($sdoc, "\n"),*),
+                        keys,
+                        optional: false,
+                    };
+                    out.insert(at.unwrap_or(out.len()), doc);
+                }
+            }
+        }
+
+        impl Setting for $name {
+            type Raw = $raw;
+            // A table has no span of its own: `toml::Spanned` cannot read a table made by
+            // dotted keys (`limits.inflight_max = 1`).
+            type Field = $raw;
+            const TABLE: bool = true;
+
+            fn split(field: $raw) -> (Option<Range<usize>>, $raw) {
+                (None, field)
+            }
+
+            fn from_raw(raw: $raw, key: &str, spans: &mut Spans) -> Result<Self, Issue> {
+                let mut value = Self::default();
+                let prefix = if key.is_empty() { String::new() } else { format!("{key}.") };
+                value.apply(raw, &prefix, spans)?;
+                Finish::finish(&mut value, key, spans)?;
+                Ok(value)
+            }
+
+            fn check_nested(&self, key: &str, spans: &Spans) -> Result<(), Issue> {
+                self.check_bounds(&format!("{key}."), spans)
+            }
+
+            fn describe(path: &str, array: bool, out: &mut Vec<TableDoc>) {
+                let first = out.len();
+                <$name as Section>::describe_keys(path, out);
+                if let Some(t) = out[first..].iter_mut().find(|t| t.path == path) {
+                    t.array = array;
+                }
+            }
+        }
+    };
+
+    (@field $ty:ty, $lo:tt) => { Spanned<i64> };
+    (@field $ty:ty) => { <$ty as Setting>::Field };
+
+    (@name $field:ident as $alias:literal) => { $alias };
+    (@name $field:ident) => { stringify!($field) };
+
+    (@convert $value:expr, $key:expr, $spans:ident, $ty:ty, $lo:tt, $hi:tt) => {{
+        $spans.insert($key, $value.span());
+        bounded::<$ty>($value.into_inner(), $key, $spans, Bound { lo: $lo, hi: $hi })
+    }};
+    (@convert $value:expr, $key:expr, $spans:ident, $ty:ty) => {
+        <$ty as Setting>::from_field($value, $key, $spans)
+    };
+
+    (@check $value:expr, $prefix:ident, $spans:ident, $name:expr, $lo:tt, $hi:tt) => {
+        if let Some(v) = Int::wide($value) {
+            Bound { lo: $lo, hi: $hi }.check(&format!("{}{}", $prefix, $name), v, $spans)?;
+        }
+    };
+    (@check $value:expr, $prefix:ident, $spans:ident, $name:expr) => {
+        Setting::check_nested($value, &format!("{}{}", $prefix, $name), $spans)?;
+    };
+
+    (@bound , $lo:tt, $hi:tt) => { Some(($lo, $hi)) };
+    (@bound) => { None };
 }
 
-/// `[[bridge]]`: a connection to a remote broker, forwarding messages between it and this
-/// broker for the topics in `topics`. It runs on a thread of its own and attaches to this broker
-/// as a v5 client on the first TCP listener (see `crate::bridge`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BridgeConfig {
-    /// A name, unique among bridges: letters, digits, `-`, `_`; 1 to 64 bytes. Required.
-    pub name: String,
-    /// The remote broker, `host:port` (a host name is resolved at each connect). Required.
-    pub address: String,
-    /// The MQTT version spoken to the remote: 3.1.1 (default; the CONNECT carries the bridge
-    /// bit Mosquitto uses to avoid echoing messages back) or 5 (No Local on subscriptions).
-    pub protocol: BridgeProtocol,
-    /// Client id at the remote broker, and of the local session. Default `tern-bridge-NAME`.
-    pub client_id: String,
-    /// User name at the remote broker. Default absent.
-    pub username: Option<String>,
-    /// Password at the remote broker. Default absent.
-    pub password: Option<String>,
-    /// Start a new session at the remote on each connect. Default `false`: the remote keeps
-    /// the bridge's subscriptions and queues its QoS 1 messages while the bridge is away.
-    pub clean_start: bool,
-    /// Keep alive sent to the remote, seconds. Default 60. Bound: 5..=65535.
-    pub keepalive_secs: u16,
-    /// First reconnect delay, seconds; doubles after each failure up to `reconnect_max_secs`.
-    /// Default 1. Bound: 1..=3600.
-    pub reconnect_min_secs: u32,
-    /// Longest reconnect delay, seconds. Default 60. Bound: 1..=3600, at least
-    /// `reconnect_min_secs`.
-    pub reconnect_max_secs: u32,
-    /// QoS 1 messages forwarded and not yet acknowledged, per direction; at the bound the bridge
-    /// stops reading from the side that sends, so the messages wait in that broker's session
-    /// queue (bounded there). Default 64. Bound: 1..=65535.
-    pub inflight_max: u16,
-    /// TLS to the remote: the PEM CA certificates the remote's certificate must chain to. TLS is
-    /// on when this is set. Default absent (plain TCP).
-    pub cafile: Option<PathBuf>,
-    /// PEM client certificate chain, for a remote that requires one (with `keyfile`).
-    pub certfile: Option<PathBuf>,
-    /// PEM private key of `certfile`.
-    pub keyfile: Option<PathBuf>,
-    /// Name the remote's certificate must carry. Default: the host of `address`.
-    pub server_name: Option<String>,
-    /// User name of the bridge's local connection, when the local listener needs one.
-    pub local_username: Option<String>,
-    /// Password of the bridge's local connection.
-    pub local_password: Option<String>,
-    /// The topics forwarded (`[[bridge.topic]]`). Bound: 1..=64.
-    pub topics: Vec<BridgeTopic>,
+/// A declared table (generated by `settings!`).
+trait Section: Default {
+    /// The table as serde reads it: every key optional.
+    type Raw;
+
+    /// Overwrites the fields whose keys the file has; `prefix` is the table's dotted path and
+    /// a `.` (empty at the top).
+    fn apply(&mut self, raw: Self::Raw, prefix: &str, spans: &mut Spans) -> Result<(), Issue>;
+
+    /// Checks every declared bound, nested tables included.
+    fn check_bounds(&self, prefix: &str, spans: &Spans) -> Result<(), Issue>;
+
+    /// Appends the documentation of the table at `path` and of its nested tables.
+    fn describe_keys(path: &str, out: &mut Vec<TableDoc>);
 }
+
+/// Checks that need the whole table once it is read (a required key, a default that depends on
+/// another key). Most tables have none.
+trait Finish {
+    fn finish(&mut self, _key: &str, _spans: &Spans) -> Result<(), Issue> {
+        Ok(())
+    }
+}
+
+/// A type a key can have: how it is read from the file and written in the documentation.
+trait Setting: Sized {
+    /// What serde reads from the file.
+    type Raw: DeserializeOwned;
+    /// How the key's value is held in its table: [`Spanned`] to know where it is, for all
+    /// but tables.
+    type Field: DeserializeOwned;
+    /// Whether the key is a table of its own (documented as one).
+    const TABLE: bool = false;
+
+    /// Where the value is, if known, and the value.
+    fn split(field: Self::Field) -> (Option<Range<usize>>, Self::Raw);
+
+    /// The value from the file at `key`, recording where it is.
+    fn from_field(field: Self::Field, key: &str, spans: &mut Spans) -> Result<Self, Issue> {
+        let (span, raw) = Self::split(field);
+        if let Some(span) = span {
+            spans.insert(key, span);
+        }
+        Self::from_raw(raw, key, spans)
+    }
+
+    /// The value from what the file holds at `key`.
+    fn from_raw(raw: Self::Raw, key: &str, spans: &mut Spans) -> Result<Self, Issue>;
+
+    /// The value as TOML, for the documentation; `None` when it is absent or a table.
+    fn toml(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether the default value is there at all (an absent option or an empty list is not).
+    fn present(&self) -> bool {
+        true
+    }
+
+    /// Checks the bounds of a nested table (nothing for a plain value).
+    fn check_nested(&self, _key: &str, _spans: &Spans) -> Result<(), Issue> {
+        Ok(())
+    }
+
+    /// Appends the documentation of a nested table at `path`.
+    fn describe(_path: &str, _array: bool, _out: &mut Vec<TableDoc>) {}
+}
+
+/// The documentation of one table, generated from its declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDoc {
+    /// Dotted path, e.g. `limits` or `listener.redirect`.
+    pub path: String,
+    /// Whether the table is an array of tables (`[[listener]]`).
+    pub array: bool,
+    /// What the table is for.
+    pub doc: &'static str,
+    /// Its keys, in declaration order.
+    pub keys: Vec<KeyDoc>,
+    /// Whether the table is absent from the default configuration (an optional table, or an
+    /// array of tables that is empty by default).
+    pub optional: bool,
+}
+
+/// The documentation of one key, generated from its declaration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyDoc {
+    /// The key as written in the file.
+    pub key: &'static str,
+    /// Its default as TOML, or `None` when it is absent by default.
+    pub default: Option<String>,
+    /// Its inclusive bound, for integers.
+    pub bound: Option<(i64, i64)>,
+    /// What it means (the declaration's doc comment).
+    pub doc: &'static str,
+}
+
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path}.{name}")
+    }
+}
+
+impl<S: Setting> Setting for Vec<S> {
+    type Raw = Vec<S::Field>;
+    type Field = Spanned<Vec<S::Field>>;
+    const TABLE: bool = S::TABLE;
+
+    fn split(field: Self::Field) -> (Option<Range<usize>>, Self::Raw) {
+        (Some(field.span()), field.into_inner())
+    }
+
+    /// A file with the array replaces the default list entirely.
+    fn from_raw(raw: Self::Raw, key: &str, spans: &mut Spans) -> Result<Self, Issue> {
+        let mut list = Vec::with_capacity(raw.len());
+        for (i, entry) in raw.into_iter().enumerate() {
+            list.push(S::from_field(entry, &format!("{key}[{i}]"), spans)?);
+        }
+        Ok(list)
+    }
+
+    fn present(&self) -> bool {
+        !self.is_empty()
+    }
+
+    fn check_nested(&self, key: &str, spans: &Spans) -> Result<(), Issue> {
+        for (i, entry) in self.iter().enumerate() {
+            entry.check_nested(&format!("{key}[{i}]"), spans)?;
+        }
+        Ok(())
+    }
+
+    fn describe(path: &str, _array: bool, out: &mut Vec<TableDoc>) {
+        S::describe(path, true, out);
+    }
+}
+
+impl<T: Setting> Setting for Option<T> {
+    type Raw = T::Raw;
+    type Field = T::Field;
+    const TABLE: bool = T::TABLE;
+
+    fn split(field: T::Field) -> (Option<Range<usize>>, T::Raw) {
+        T::split(field)
+    }
+
+    fn from_raw(raw: T::Raw, key: &str, spans: &mut Spans) -> Result<Self, Issue> {
+        T::from_raw(raw, key, spans).map(Some)
+    }
+
+    fn toml(&self) -> Option<String> {
+        self.as_ref().and_then(Setting::toml)
+    }
+
+    fn present(&self) -> bool {
+        self.is_some()
+    }
+
+    fn check_nested(&self, key: &str, spans: &Spans) -> Result<(), Issue> {
+        self.as_ref().map_or(Ok(()), |v| v.check_nested(key, spans))
+    }
+
+    fn describe(path: &str, array: bool, out: &mut Vec<TableDoc>) {
+        T::describe(path, array, out);
+    }
+}
+
+/// Values the file holds as they are (strings, booleans, paths, maps).
+macro_rules! plain_setting {
+    ($($ty:ty => $toml:expr),* $(,)?) => {$(
+        impl Setting for $ty {
+            type Raw = $ty;
+
+            type Field = Spanned<Self::Raw>;
+
+            fn split(field: Self::Field) -> (Option<Range<usize>>, Self::Raw) {
+                (Some(field.span()), field.into_inner())
+            }
+
+            fn from_raw(raw: $ty, _key: &str, _spans: &mut Spans) -> Result<Self, Issue> {
+                Ok(raw)
+            }
+
+            fn toml(&self) -> Option<String> {
+                let to_toml: fn(&$ty) -> Option<String> = $toml;
+                to_toml(self)
+            }
+        }
+    )*};
+}
+
+plain_setting! {
+    bool => |v| Some(v.to_string()),
+    String => |v| Some(toml_string(v)),
+    PathBuf => |v| Some(toml_string(&v.display().to_string())),
+    BTreeMap<String, SharedStrategy> => |v| {
+        let entries: Vec<String> =
+            v.iter().map(|(k, s)| format!("{} = \"{}\"", toml_string(k), s.as_str())).collect();
+        Some(format!("{{ {} }}", entries.join(", ")))
+    },
+}
+
+/// The enums of the file: read by their serde names, documented by `as_str`.
+macro_rules! enum_setting {
+    ($($ty:ty),* $(,)?) => {$(
+        impl Setting for $ty {
+            type Raw = $ty;
+
+            type Field = Spanned<Self::Raw>;
+
+            fn split(field: Self::Field) -> (Option<Range<usize>>, Self::Raw) {
+                (Some(field.span()), field.into_inner())
+            }
+
+            fn from_raw(raw: $ty, _key: &str, _spans: &mut Spans) -> Result<Self, Issue> {
+                Ok(raw)
+            }
+
+            fn toml(&self) -> Option<String> {
+                Some(format!("\"{}\"", self.as_str()))
+            }
+        }
+    )*};
+}
+
+enum_setting!(
+    BridgeProtocol,
+    BridgeDirection,
+    SharedStrategy,
+    Transport,
+    QueueOverflow,
+    SlowConsumer,
+    LogLevel,
+    LogFormat,
+);
+
+/// `IP:port`; no host names (no DNS at startup).
+impl Setting for SocketAddr {
+    type Raw = String;
+    type Field = Spanned<String>;
+
+    fn split(field: Self::Field) -> (Option<Range<usize>>, Self::Raw) {
+        (Some(field.span()), field.into_inner())
+    }
+
+    fn from_raw(raw: String, key: &str, spans: &mut Spans) -> Result<Self, Issue> {
+        raw.parse().map_err(|_| {
+            let message = format!(
+                "not an IP address and port like \"127.0.0.1:1883\" or \"[::]:1883\" (got \
+                 {raw:?}; host names are not accepted)"
+            );
+            spans.issue(&[key], message)
+        })
+    }
+
+    fn toml(&self) -> Option<String> {
+        Some(format!("\"{self}\""))
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The integer types of bounded keys; `Option` for a key that is absent by default.
+trait Int: Sized {
+    /// The value from the file, `None` when it does not fit the type.
+    fn narrow(value: i64) -> Option<Self>;
+    /// The value for a bound check, `None` when absent; saturating, which is exact because
+    /// every bound lies inside `i64`.
+    fn wide(&self) -> Option<i64>;
+}
+
+macro_rules! int_setting {
+    ($($ty:ty),*) => {$(
+        impl Int for $ty {
+            fn narrow(value: i64) -> Option<Self> {
+                <$ty>::try_from(value).ok()
+            }
+
+            fn wide(&self) -> Option<i64> {
+                Some(i64::try_from(*self).unwrap_or(i64::MAX))
+            }
+        }
+
+        impl Setting for $ty {
+            type Raw = i64;
+
+            type Field = Spanned<Self::Raw>;
+
+            fn split(field: Self::Field) -> (Option<Range<usize>>, Self::Raw) {
+                (Some(field.span()), field.into_inner())
+            }
+
+            fn from_raw(raw: i64, key: &str, spans: &mut Spans) -> Result<Self, Issue> {
+                <$ty>::try_from(raw)
+                    .map_err(|_| spans.issue(&[key], format!("out of range (got {raw})")))
+            }
+
+            fn toml(&self) -> Option<String> {
+                Some(self.to_string())
+            }
+        }
+    )*};
+}
+
+int_setting!(u8, u16, u32, u64, usize);
+
+impl<T: Int> Int for Option<T> {
+    fn narrow(value: i64) -> Option<Self> {
+        T::narrow(value).map(Some)
+    }
+
+    fn wide(&self) -> Option<i64> {
+        self.as_ref().and_then(Int::wide)
+    }
+}
+
+/// Bound-checks and narrows an integer from the file, so a value too big for its type gets the
+/// same message as any other out-of-range value.
+fn bounded<T: Int>(value: i64, key: &str, spans: &Spans, bound: Bound) -> Result<T, Issue> {
+    bound.check(key, value, spans)?;
+    // Every bound lies inside its field's type (a unit test checks it), so this only fails on a
+    // programming error; report it like an out-of-range value anyway.
+    T::narrow(value).ok_or_else(|| spans.issue(&[key], format!("out of range (got {value})")))
+}
+
+/// An inclusive range of allowed values.
+#[derive(Clone, Copy, Debug)]
+struct Bound {
+    lo: i64,
+    hi: i64,
+}
+
+impl Bound {
+    fn check(self, key: &str, value: i64, spans: &Spans) -> Result<(), Issue> {
+        if (self.lo..=self.hi).contains(&value) {
+            return Ok(());
+        }
+        let message = format!("must be between {} and {} (got {value})", self.lo, self.hi);
+        Err(spans.issue(&[key], message))
+    }
+}
+
+/// A length or count, for a bound check; saturating, which is exact because every bound lies
+/// inside `i64`.
+fn wide(len: usize) -> i64 {
+    i64::try_from(len).unwrap_or(i64::MAX)
+}
+
+const GIB: i64 = 1 << 30;
+/// Largest configuration file read, so a wrong path (a log file, a device) cannot eat memory.
+const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Most shards: the bound of `broker.shards` and of the per-core default.
+const SHARDS_MAX: usize = 256;
+const LISTENERS: Bound = Bound { lo: 1, hi: 16 };
+const REDIRECT_REFERENCE_BYTES: Bound = Bound { lo: 1, hi: 1024 };
+const WS_PATH_BYTES: Bound = Bound { lo: 1, hi: 256 };
+const RESPONSE_INFORMATION_PREFIX_BYTES_MAX: usize = 256;
+const BRIDGES: Bound = Bound { lo: 0, hi: 16 };
+const BRIDGE_TOPICS: Bound = Bound { lo: 1, hi: 64 };
+/// The WebSocket path mqtt.js, paho and Mosquitto users expect.
+const DEFAULT_WS_PATH: &str = "/mqtt";
+/// A shorter bearer token is refused: it could be guessed.
+const ADMIN_TOKEN_BYTES_MIN: usize = 16;
+
+// ------------------------------------------------------------------------------------------------
+// The value types of keys.
+// ------------------------------------------------------------------------------------------------
 
 /// The MQTT version a bridge speaks to its remote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -136,20 +613,14 @@ pub enum BridgeProtocol {
     V5,
 }
 
-/// `[[bridge.topic]]`: one forwarded filter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BridgeTopic {
-    /// The topic filter, without the prefixes. Required.
-    pub filter: String,
-    /// Which way messages go. Default [`BridgeDirection::Out`].
-    pub direction: BridgeDirection,
-    /// QoS of the bridge's subscriptions, so the highest QoS forwarded: 0 or 1 (QoS 2 messages
-    /// cross as QoS 1). Default 0.
-    pub qos: u8,
-    /// Prefix of the topic on this broker: local topic = `local_prefix` + topic. Default "".
-    pub local_prefix: String,
-    /// Prefix of the topic on the remote: remote topic = `remote_prefix` + topic. Default "".
-    pub remote_prefix: String,
+impl BridgeProtocol {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BridgeProtocol::V311 => "3.1.1",
+            BridgeProtocol::V5 => "5",
+        }
+    }
 }
 
 /// Which way a bridge topic is forwarded.
@@ -166,6 +637,15 @@ pub enum BridgeDirection {
 }
 
 impl BridgeDirection {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BridgeDirection::Out => "out",
+            BridgeDirection::In => "in",
+            BridgeDirection::Both => "both",
+        }
+    }
+
     /// Local messages go to the remote.
     pub const fn outgoing(self) -> bool {
         matches!(self, BridgeDirection::Out | BridgeDirection::Both)
@@ -178,72 +658,6 @@ impl BridgeDirection {
 }
 
 pub use crate::shard::{SharedStrategy, SharedSubscriptionsConfig, SHARED_GROUP_OVERRIDES_MAX};
-
-/// `[broker]`: process-wide settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BrokerConfig {
-    /// Number of shards (one thread and one io_uring each). Default: absent, meaning one shard per
-    /// available core (see [`Config::shard_count`]). Bound: 1..=256.
-    pub shards: Option<u16>,
-    /// Seconds between two publications of the `$SYS/broker/...` statistics topics.
-    /// Default 10. Bound: 1..=3600.
-    pub sys_interval_secs: u32,
-    /// MQTT v5 Response Information (§3.2.2.3.15) given to clients that ask for it: this prefix
-    /// followed by the client id and `/`. An empty string means "not offered".
-    /// Default `"responses/"`. Bound: at most 256 bytes.
-    pub response_information_prefix: String,
-    /// Refuse v5 messages whose Payload Format Indicator says UTF-8 when the payload is not
-    /// (PUBACK/PUBREC or DISCONNECT 0x99, CONNACK 0x99 for a will; §3.3.2.3.2 lets a server
-    /// check). Default true.
-    pub check_payload_format: bool,
-    /// The older name of [`AdminConfig::bind`] (the HTTP listener of `/metrics`, the health
-    /// checks and the admin API); setting both is an error. Default absent: off.
-    pub metrics_bind: Option<SocketAddr>,
-}
-
-/// One `[[listener]]`: a socket clients connect to, and what it allows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenerConfig {
-    /// Address and port to bind, e.g. `127.0.0.1:1883` or `[::]:1883`. Host names are not
-    /// accepted (no DNS at startup). Port 0 picks a free port (tests). Default `127.0.0.1:1883`.
-    /// Two listeners may not overlap (same port and the same or an unspecified address), because
-    /// with `SO_REUSEPORT` both binds would succeed and silently split the clients.
-    pub bind: SocketAddr,
-    /// Wire transport. Default [`Transport::Tcp`].
-    pub transport: Transport,
-    /// Whether a client may connect without a user name. Default `true`, which is safe only
-    /// because the default listener is bound to the loopback address.
-    pub allow_anonymous: bool,
-    /// Connections accepted on this listener, summed over all shards; one more is refused at
-    /// accept. Default 100_000. Bound: 1..=10_000_000. Worst-case memory: each connection
-    /// holds its buffers plus one session (see [`LimitsConfig`] for the per-session bounds).
-    pub connections_max: u32,
-    /// MQTT v5 server redirection for every client of this listener (CONNACK with a Server
-    /// Reference). Default: absent. Kept as data; acting on it is the session's job.
-    pub redirect: Option<Redirect>,
-    /// `tls` / `wss` only, required there: the server's PEM certificate chain, leaf first.
-    /// Read at start and again on SIGHUP; a relative path is relative to the working directory.
-    pub certfile: Option<PathBuf>,
-    /// `tls` / `wss` only, required there: the PEM private key of `certfile` (PKCS#8, PKCS#1
-    /// or SEC1). Read at start and on SIGHUP.
-    pub keyfile: Option<PathBuf>,
-    /// `tls` / `wss` only: PEM CA certificates that client certificates must chain to. With it,
-    /// a client certificate is requested and verified when presented; required by
-    /// [`require_certificate`](Self::require_certificate). Default: absent (no client
-    /// certificates are requested).
-    pub cafile: Option<PathBuf>,
-    /// `tls` / `wss` only: refuse a TLS client that presents no valid certificate (mutual TLS).
-    /// Needs `cafile`. Default `false`.
-    pub require_certificate: bool,
-    /// `tls` / `wss` only: the subject CN of the client certificate becomes the client's user
-    /// name, replacing any user name in CONNECT. Needs `require_certificate`. A certificate
-    /// without a CN is refused at the handshake. Default `false`.
-    pub use_identity_as_username: bool,
-    /// `ws` / `wss` only: the HTTP path the WebSocket upgrade must ask for; any other path gets
-    /// 404. Default `"/mqtt"` (what mqtt.js and paho use). Bound: 1..=256 bytes, starting with
-    /// `/`, printable ASCII without spaces, `?` or `#`.
-    pub ws_path: String,
-}
 
 /// Wire transport of a listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -284,149 +698,6 @@ impl Transport {
     }
 }
 
-/// MQTT v5 server redirection (a `[listener.redirect]` table).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Redirect {
-    /// The Server Reference sent to the client, e.g. `"other.example.com:1883"`. Required.
-    /// Bound: 1..=1024 bytes, because it is copied into every CONNACK of the listener.
-    pub reference: String,
-    /// `true`: reason code 0x9D (Server moved); `false`: 0x9C (Use another server).
-    /// Default `false`.
-    pub permanent: bool,
-}
-
-/// `[limits]`: protocol and resource limits. None of them can be 0 except
-/// [`topic_alias_max`](Self::topic_alias_max).
-///
-/// Worst-case memory per client session is roughly `session_queue_bytes_max` (queued messages,
-/// in-flight ones included) + `subscriptions_per_client_max * topic_bytes_max` (filters) +
-/// `topic_alias_max * topic_bytes_max` (aliases) + one packet of `packet_size_bytes_max` being
-/// read. At the defaults that is about 16 MiB + 256 KiB + 64 KiB + 1 MiB. The broker-wide sum
-/// over `sessions_max` sessions is NOT a realistic bound (16 TiB at the defaults): these limits
-/// stop one client from taking everything, they are not a global memory budget.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitsConfig {
-    /// Largest MQTT packet accepted or sent, fixed header included; checked at the fixed header,
-    /// before the body is buffered, and advertised as v5 Maximum Packet Size. Default 1 MiB
-    /// (1_048_576). Bound: 64..=268_435_460 (the protocol maximum). Worst-case memory: one
-    /// packet of this size per connection being read.
-    pub packet_size_bytes_max: u32,
-    /// Outgoing QoS 1/2 window per client: messages sent and not yet acknowledged. Also
-    /// advertised to v5 clients as Receive Maximum (their window towards us). Default 32.
-    /// Bound: 1..=65535. In-flight messages count towards the session queue limits.
-    pub inflight_max: u16,
-    /// Messages queued for one session (offline, or online but beyond the in-flight window).
-    /// Default 1000. Bound: 1..=1_000_000. On overflow, [`queue_overflow`](Self::queue_overflow)
-    /// applies.
-    pub session_queue_messages_max: u32,
-    /// Payload bytes queued for one session. Default 16 MiB. Bound: 1..=1 GiB, and at least
-    /// `packet_size_bytes_max` so one maximum-size message always fits. Worst-case memory: this
-    /// much per session.
-    pub session_queue_bytes_max: u64,
-    /// What to drop when a session queue is full. Default [`QueueOverflow::DropNewest`].
-    pub queue_overflow: QueueOverflow,
-    /// Retained messages kept by the whole broker. Default 100_000. Bound: 1..=100_000_000.
-    /// A retained message beyond this is not stored (the publish itself still goes through).
-    pub retained_messages_max: u32,
-    /// Retained payload bytes kept by the whole broker. Default 256 MiB. Bound: 1..=64 GiB, and
-    /// at least `packet_size_bytes_max`. Worst-case memory: this much, plus the topics.
-    pub retained_bytes_max: u64,
-    /// Levels (`/`-separated parts) in a topic name or filter. Default 32. Bound: 1..=256.
-    /// Topics up to 32 levels are matched with no allocation (the trie's inline stack); deeper
-    /// ones, when allowed here, spill the match stack to the heap.
-    pub topic_levels_max: u16,
-    /// Bytes in a topic name or filter. Default 1024. Bound: 1..=65535 (the MQTT string
-    /// maximum).
-    pub topic_bytes_max: u16,
-    /// Bytes in a client identifier. Default 256. Bound: 23..=65535: the spec requires every
-    /// server to accept 1 to 23 bytes [MQTT-3.1.3-5].
-    pub client_id_bytes_max: u16,
-    /// Subscriptions (topic filters) one client may hold; more are refused with 0x97 (Quota
-    /// exceeded). Default 256. Bound: 1..=100_000. Worst-case memory: this times
-    /// `topic_bytes_max` per client (256 KiB at the defaults).
-    pub subscriptions_per_client_max: u32,
-    /// Largest first packet of a connection (the CONNECT) and of each AUTH packet before the
-    /// client is authenticated, fixed header included; checked at the fixed header, before the
-    /// body is buffered. A first packet that is not a CONNECT is refused from its first byte.
-    /// Default 98_304 (96 KiB): a will payload of the MQTT maximum (65_535 bytes) plus 32 KiB
-    /// for the will topic, client id, credentials and properties. Bound: 64..=268_435_460; the
-    /// bound in force is the smaller of this and `packet_size_bytes_max`. Worst-case memory:
-    /// this much per connection that has not finished its CONNECT.
-    pub preauth_packet_bytes_max: u32,
-    /// User Properties one packet may carry (all of its property lists together: a CONNECT's
-    /// and its will's). More: the packet is refused with 0x95 (CONNECT: CONNACK 0x95; later:
-    /// DISCONNECT 0x95). Default 128. Bound: 0..=65_535. Each costs about 64 bytes of heap on
-    /// top of its text while the packet lives.
-    pub user_properties_max: u32,
-    /// Bytes of names plus values of the User Properties of one packet; more is refused like
-    /// [`user_properties_max`](Self::user_properties_max). Default 32_768. Bound:
-    /// 0..=268_435_455.
-    pub user_property_bytes_max: u32,
-    /// Seconds a new connection may take to send its CONNECT before it is closed; the same
-    /// time again bounds the wait for CONNACK after it (registry and takeover), after which the
-    /// connection is closed. Default 10. Bound: 1..=300.
-    pub connect_timeout_secs: u32,
-    /// Seconds a client may accept no bytes of its output before its connection is closed
-    /// (and its will published). Default 30. Bound: 1..=3600.
-    pub write_timeout_secs: u32,
-    /// Bytes of messages the whole broker may hold for delivery (queued, in flight, crossing
-    /// between shards, wills, retained messages owed after a SUBACK; the retained store has
-    /// its own bounds), each at payload + topic + properties + overhead. When reached,
-    /// publishers' reads pause, new clean-start connections are refused and new queue entries
-    /// are dropped.
-    /// Default 2 GiB. Bound: 1 MiB..=1 TiB, and at least `packet_size_bytes_max`.
-    pub memory_budget_bytes: u64,
-    /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by this
-    /// (v5 Server Keep Alive) so no connection can sit idle longer. Default 3600.
-    /// Bound: 1..=65535.
-    pub keepalive_secs_max: u16,
-    /// Persistent sessions kept, connected or not; a new one beyond this is refused with 0x97.
-    /// Default 1_000_000. Bound: 1..=100_000_000.
-    pub sessions_max: u32,
-    /// Cap on the v5 Session Expiry Interval a client may ask for (and the expiry given to v3
-    /// clean_session=0 sessions). Default 604_800 (7 days). Bound: 1..=31_536_000 (365 days);
-    /// "never expires" (0xFFFFFFFF) is therefore not available.
-    pub session_expiry_secs_max: u32,
-    /// Inbound topic aliases a v5 client may use (advertised as Topic Alias Maximum). Default 64.
-    /// Bound: 0..=4096. **0 is a real value here: the client may not use topic aliases.** This
-    /// is the one limit where 0 is allowed. Worst-case memory: this times `topic_bytes_max` per
-    /// client (64 KiB at the defaults).
-    pub topic_alias_max: u16,
-    /// Slots in each cross-shard channel (one channel per ordered pair of shards). When full,
-    /// the publisher's connection gets backpressure. Default 1024. Bound: 1..=65536, and at least
-    /// `mesh_batch_max`. Worst-case memory: `shards^2` channels of this many messages each.
-    pub mesh_channel_capacity: u32,
-    /// Messages a shard takes from one mesh channel per turn before it yields (bounded work per
-    /// turn). Default 64. Bound: 1..=4096.
-    pub mesh_batch_max: u32,
-    /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by the
-    /// receiving shard), each at its message cost; beyond it the publishers whose messages
-    /// cross the mesh stop being read (until it is half used). Default 1 MiB. Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
-    pub mesh_bytes_max: u64,
-    /// Flow control: messages queued for a connected subscriber at which the publishers that
-    /// feed it stop being read (on every shard) until it drains. Deliveries to a connected
-    /// subscriber are never dropped by a queue bound. Default 1000. Bound: 2..=1_000_000.
-    pub flow_high_water_messages: u32,
-    /// Queued messages at which the paused publishers are read again. Default 500. Bound:
-    /// 1..=999_999, and below `flow_high_water_messages`.
-    pub flow_low_water_messages: u32,
-    /// Queued messages at which a connected subscriber is a slow consumer at once (the memory
-    /// bound of a connected session's queue). Default 100_000. Bound: 2..=10_000_000, and at
-    /// least `flow_high_water_messages`.
-    pub flow_hard_cap_messages: u32,
-    /// Bytes queued and in flight for a connected subscriber (each message at its cost) at
-    /// which it is a slow consumer at once: the byte bound of a connected session whatever
-    /// its publishers do, a client publishing to its own subscription included (it is never
-    /// paused on its own behalf). Default 32 MiB. Bound: 64 KiB..=1 GiB, and at least
-    /// `packet_size_bytes_max`.
-    pub flow_hard_cap_bytes: u64,
-    /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
-    /// consumer. Default 30_000. Bound: 100..=3_600_000.
-    pub slow_consumer_timeout_ms: u32,
-    /// What happens to a slow consumer. Default [`SlowConsumer::Disconnect`].
-    pub slow_consumer_policy: SlowConsumer,
-}
-
 /// What happens to a slow consumer (`limits.slow_consumer_policy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -436,6 +707,16 @@ pub enum SlowConsumer {
     Disconnect,
     /// Drop new messages for it alone (counted) until it drains; its publishers are read again.
     Drop,
+}
+
+impl SlowConsumer {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SlowConsumer::Disconnect => "disconnect",
+            SlowConsumer::Drop => "drop",
+        }
+    }
 }
 
 /// What a full session queue drops.
@@ -465,39 +746,6 @@ impl QueueOverflow {
     }
 }
 
-/// `[runtime]`: options handed explicitly to the io_uring runtime instead of trusting its
-/// defaults (glommio reserves 10 MiB of locked io memory by default, more than `ulimit -l`
-/// allows on many machines).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuntimeConfig {
-    /// Locked memory each shard registers with io_uring for its buffers. Default 65536.
-    /// Bound: 4096..=1 GiB. Worst-case memory: this times the shard count, all of it locked,
-    /// which must fit in `ulimit -l` (memlock).
-    pub io_memory_bytes: usize,
-    /// Entries in each io_uring submission ring. Default 256. Bound: a power of two in
-    /// 8..=32768.
-    pub ring_depth: usize,
-    /// Microseconds a shard spins looking for work before it parks its thread. Default 50.
-    /// Bound: 0..=100_000. **0 is a real value: park at once, without spinning** (saves CPU,
-    /// costs latency).
-    pub spin_before_park_us: u32,
-    /// Pin each shard's thread to its own core. Default `true`.
-    pub pin_cores: bool,
-    /// Microseconds a task may run before glommio asks it to yield (checked at each
-    /// connection's turn): how long one flooding connection can delay the others of its shard.
-    /// Default 500. Bound: 100..=100_000 (glommio's own default is 100 ms).
-    pub preempt_timer_us: u32,
-}
-
-/// `[log]`: logging.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogConfig {
-    /// The most verbose level emitted. Default [`LogLevel::Info`].
-    pub level: LogLevel,
-    /// How each line is written. Default [`LogFormat::Text`].
-    pub format: LogFormat,
-}
-
 /// The shape of a log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -511,76 +759,12 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[admin]`: one plain-HTTP listener serving `GET /metrics` (Prometheus), `GET /healthz`,
-/// `GET /readyz` and, behind a bearer token, the `/api/v1/...` admin API. Off unless `bind` (or
-/// the older `broker.metrics_bind`) is set. Every request is bounded: head size, header count
-/// (32), concurrent requests (`workers`), the wait for the shards (`reply_timeout_ms`) and the
-/// items in one list (`list_items_max`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AdminConfig {
-    /// Address of the HTTP listener. Default: absent (off).
-    pub bind: Option<SocketAddr>,
-    /// Bearer token the `/api/v1/...` endpoints require (`Authorization: Bearer TOKEN`). At
-    /// least 16 bytes. Default: absent; without `token` or `token_file` the API answers 401 to
-    /// everything (`/metrics`, `/healthz` and `/readyz` need no token).
-    pub token: Option<String>,
-    /// A file whose first line is the token (so the token stays out of `tern.toml`). Read at
-    /// start and checked at validation. Exclusive with `token`. Default: absent.
-    pub token_file: Option<PathBuf>,
-    /// Requests served at once, each by its own thread; a connection beyond them (and a queue of
-    /// as many again) gets 503. Default 4. Bound: 1..=64.
-    pub workers: u16,
-    /// Largest request head (request line and headers) read, bytes; larger gets 431. Requests
-    /// carry no body. Default 8192. Bound: 1024..=65536.
-    pub request_bytes_max: u32,
-    /// How long a request waits for the shards' answers before it gets 504, milliseconds.
-    /// Default 2000. Bound: 100..=60000.
-    pub reply_timeout_ms: u32,
-    /// Most items in one list answer (clients, subscriptions), over all shards; the answer says
-    /// when it was cut (`"truncated": true`). Default 1000. Bound: 1..=100000.
-    pub list_items_max: u32,
-}
-
-/// `[auth]`: where user names, passwords and permissions come from. Both files are in
-/// Mosquitto's formats, so existing files work unchanged (see [`crate::auth`]). A relative path
-/// is relative to the working directory, as in Mosquitto. Validation reads and parses both
-/// files, so a missing or malformed file stops the broker at start with the file, line and
-/// reason; the broker reads them again on reload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthConfig {
-    /// The password file: `username:hash` lines as written by `tern passwd` or Mosquitto's
-    /// `mosquitto_passwd` (`$7$` PBKDF2-SHA512, `$6$` SHA-512, Argon2id). A client that sends a
-    /// user name must send that user's password. Whether a client may send no user name at all
-    /// is each listener's `allow_anonymous`. Default: absent.
-    pub password_file: Option<PathBuf>,
-    /// The ACL file: `user`, `topic` and `pattern` lines in Mosquitto's syntax, deciding who may
-    /// publish, subscribe to and receive which topics. Default: absent, and then every client
-    /// may use every topic. When set, whatever the file does not grant is refused, so an
-    /// empty file denies everything.
-    pub acl_file: Option<PathBuf>,
-    /// Threads that check passwords (the key derivations of the password file's hashes), so
-    /// that no shard thread spends that time. Default 2. Bound: 1..=64. Worst-case memory: this
-    /// many Argon2id checks at once, each at most 64 MiB (the cap on a file's memory cost).
-    pub hash_workers: u32,
-    /// Password checks waiting for a worker, all shards together; a CONNECT beyond it is
-    /// refused at once with 0x89 (Server busy; v3: 0x03 Server unavailable). Default 1024.
-    /// Bound: 1..=1_000_000.
-    pub hash_queue_max: u32,
-    /// Failed logins from one source address within a minute, counted on each shard, after
-    /// which CONNECTs with credentials from that address are refused without checking the
-    /// password (0x9F Connection rate exceeded; v3: 0x05 Not authorized) until the minute
-    /// ends. Default 30. Bound: 1..=1_000_000. Each shard remembers at most 16_384 addresses.
-    pub failed_logins_per_minute_max: u32,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            password_file: None,
-            acl_file: None,
-            hash_workers: 2,
-            hash_queue_max: 1024,
-            failed_logins_per_minute_max: 30,
+impl LogFormat {
+    /// The name used in the configuration file.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
         }
     }
 }
@@ -615,102 +799,534 @@ impl LogLevel {
     }
 }
 
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        BrokerConfig {
-            shards: None,
-            sys_interval_secs: 10,
-            response_information_prefix: "responses/".into(),
-            check_payload_format: true,
-            metrics_bind: None,
-        }
+// ------------------------------------------------------------------------------------------------
+// The declarations: one line per key.
+// ------------------------------------------------------------------------------------------------
+
+settings! {
+    /// The whole, validated broker configuration. Built by [`Config::load`],
+    /// [`Config::from_str_named`] or [`Config::default`]; cloned once into each shard at startup
+    /// and never changed afterwards (there is no hot reload of the configuration; only the files
+    /// it names, the TLS certificates, are read again on SIGHUP).
+    ///
+    /// The fields are public so tests can build variants; code that builds one by hand should
+    /// call [`Config::validate`] before using it.
+    pub struct Config(RawConfig) {
+        /// `[broker]`: process-wide settings.
+        broker: BrokerConfig = BrokerConfig::default();
+        /// `[[listener]]`: the sockets to accept clients on, in file order. Default: one TCP
+        /// listener on `127.0.0.1:1883` with anonymous access (local-only, like Mosquitto 2). A
+        /// file that has any `[[listener]]` replaces the default list entirely. Bound: 1..=16
+        /// listeners.
+        listeners as "listener": Vec<ListenerConfig> = vec![ListenerConfig::default()];
+        /// `[limits]`: protocol and resource limits.
+        limits: LimitsConfig = LimitsConfig::default();
+        /// `[runtime]`: options passed explicitly to the io_uring runtime (glommio).
+        runtime: RuntimeConfig = RuntimeConfig::default();
+        /// `[log]`: logging.
+        log: LogConfig = LogConfig::default();
+        /// `[auth]`: the password and ACL files.
+        auth: AuthConfig = AuthConfig::default();
+        /// `[admin]`: the HTTP listener for `/metrics`, health checks and the admin API.
+        admin: AdminConfig = AdminConfig::default();
+        /// `[[bridge]]`: connections to other brokers that forward topics both ways. Default
+        /// none. Bound: 0..=16 bridges.
+        bridges as "bridge": Vec<BridgeConfig> = Vec::new();
+        /// `[shared_subscriptions]`: how a shared subscription group picks a member.
+        shared_subscriptions: SharedSubscriptionsConfig = SharedSubscriptionsConfig::default();
     }
 }
 
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        ListenerConfig {
-            bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            transport: Transport::Tcp,
-            allow_anonymous: true,
-            connections_max: 100_000,
-            redirect: None,
-            certfile: None,
-            keyfile: None,
-            cafile: None,
-            require_certificate: false,
-            use_identity_as_username: false,
-            ws_path: DEFAULT_WS_PATH.to_owned(),
-        }
+settings! {
+    /// `[broker]`: process-wide settings.
+    pub struct BrokerConfig(RawBroker) {
+        /// Number of shards (one thread and one io_uring each). Default: absent, meaning one
+        /// shard per available core (see [`Config::shard_count`]). Bound: 1..=256.
+        shards: Option<u16> = None, 1..=256;
+        /// Seconds between two publications of the `$SYS/broker/...` statistics topics.
+        /// Default 10. Bound: 1..=3600.
+        sys_interval_secs: u32 = 10, 1..=3600;
+        /// MQTT v5 Response Information (§3.2.2.3.15) given to clients that ask for it: this
+        /// prefix followed by the client id and `/`. An empty string means "not offered".
+        /// Default `"responses/"`. Bound: at most 256 bytes.
+        response_information_prefix: String = "responses/".into();
+        /// Refuse v5 messages whose Payload Format Indicator says UTF-8 when the payload is not
+        /// (PUBACK/PUBREC or DISCONNECT 0x99, CONNACK 0x99 for a will; §3.3.2.3.2 lets a server
+        /// check). Default true.
+        check_payload_format: bool = true;
+        /// The older name of [`AdminConfig::bind`] (the HTTP listener of `/metrics`, the health
+        /// checks and the admin API); setting both is an error. Default absent: off.
+        metrics_bind: Option<SocketAddr> = None;
     }
 }
 
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            packet_size_bytes_max: 1 << 20,
-            inflight_max: 32,
-            session_queue_messages_max: 1000,
-            session_queue_bytes_max: 16 << 20,
-            queue_overflow: QueueOverflow::DropNewest,
-            retained_messages_max: 100_000,
-            retained_bytes_max: 256 << 20,
-            topic_levels_max: 32,
-            topic_bytes_max: 1024,
-            client_id_bytes_max: 256,
-            subscriptions_per_client_max: 256,
-            preauth_packet_bytes_max: 96 << 10,
-            user_properties_max: 128,
-            user_property_bytes_max: 32 << 10,
-            connect_timeout_secs: 10,
-            write_timeout_secs: 30,
-            memory_budget_bytes: 2 * GIB as u64,
-            keepalive_secs_max: 3600,
-            sessions_max: 1_000_000,
-            session_expiry_secs_max: 7 * 24 * 3600,
-            topic_alias_max: 64,
-            mesh_channel_capacity: 1024,
-            mesh_batch_max: 64,
-            flow_high_water_messages: 1000,
-            flow_low_water_messages: 500,
-            flow_hard_cap_messages: 100_000,
-            flow_hard_cap_bytes: 32 << 20,
-            slow_consumer_timeout_ms: 30_000,
-            slow_consumer_policy: SlowConsumer::Disconnect,
-            mesh_bytes_max: 1 << 20,
-        }
+settings! {
+    /// One `[[listener]]`: a socket clients connect to, and what it allows.
+    pub struct ListenerConfig(RawListener) {
+        /// Address and port to bind, e.g. `127.0.0.1:1883` or `[::]:1883`. Host names are not
+        /// accepted (no DNS at startup). Port 0 picks a free port (tests). Default
+        /// `127.0.0.1:1883`. Two listeners may not overlap (same port and the same or an
+        /// unspecified address), because with `SO_REUSEPORT` both binds would succeed and
+        /// silently split the clients.
+        bind: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 1883));
+        /// Wire transport. Default [`Transport::Tcp`].
+        transport: Transport = Transport::Tcp;
+        /// Whether a client may connect without a user name. Default `true`, which is safe only
+        /// because the default listener is bound to the loopback address.
+        allow_anonymous: bool = true;
+        /// Connections accepted on this listener, summed over all shards; one more is refused
+        /// at accept. Default 100_000. Bound: 1..=10_000_000. Worst-case memory: each connection
+        /// holds its buffers plus one session (see [`LimitsConfig`] for the per-session bounds).
+        connections_max: u32 = 100_000, 1..=10_000_000;
+        /// MQTT v5 server redirection for every client of this listener (CONNACK with a Server
+        /// Reference). Default: absent. Kept as data; acting on it is the session's job.
+        redirect: Option<Redirect> = None;
+        /// `tls` / `wss` only, required there: the server's PEM certificate chain, leaf first.
+        /// Read at start and again on SIGHUP; a relative path is relative to the working
+        /// directory.
+        certfile: Option<PathBuf> = None;
+        /// `tls` / `wss` only, required there: the PEM private key of `certfile` (PKCS#8,
+        /// PKCS#1 or SEC1). Read at start and on SIGHUP.
+        keyfile: Option<PathBuf> = None;
+        /// `tls` / `wss` only: PEM CA certificates that client certificates must chain to. With
+        /// it, a client certificate is requested and verified when presented; required by
+        /// [`require_certificate`](Self::require_certificate). Default: absent (no client
+        /// certificates are requested).
+        cafile: Option<PathBuf> = None;
+        /// `tls` / `wss` only: refuse a TLS client that presents no valid certificate (mutual
+        /// TLS). Needs `cafile`. Default `false`.
+        require_certificate: bool = false;
+        /// `tls` / `wss` only: the subject CN of the client certificate becomes the client's
+        /// user name, replacing any user name in CONNECT. Needs `require_certificate`. A
+        /// certificate without a CN is refused at the handshake. Default `false`.
+        use_identity_as_username: bool = false;
+        /// `ws` / `wss` only: the HTTP path the WebSocket upgrade must ask for; any other path
+        /// gets 404. Default `"/mqtt"` (what mqtt.js and paho use). Bound: 1..=256 bytes,
+        /// starting with `/`, printable ASCII without spaces, `?` or `#`.
+        ws_path: String = DEFAULT_WS_PATH.to_owned();
     }
 }
 
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            io_memory_bytes: 64 << 10,
-            ring_depth: 256,
-            spin_before_park_us: 50,
-            pin_cores: true,
-            preempt_timer_us: 500,
-        }
+settings! {
+    /// MQTT v5 server redirection (a `[listener.redirect]` table).
+    pub struct Redirect(RawRedirect) {
+        /// The Server Reference sent to the client, e.g. `"other.example.com:1883"`. Required.
+        /// Bound: 1..=1024 bytes, because it is copied into every CONNACK of the listener.
+        reference: String = String::new();
+        /// `true`: reason code 0x9D (Server moved); `false`: 0x9C (Use another server).
+        /// Default `false`.
+        permanent: bool = false;
     }
 }
 
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig { level: LogLevel::Info, format: LogFormat::Text }
+settings! {
+    /// `[limits]`: protocol and resource limits. None of them can be 0 except
+    /// [`topic_alias_max`](Self::topic_alias_max).
+    ///
+    /// Worst-case memory per client session is roughly `session_queue_bytes_max` (queued
+    /// messages, in-flight ones included) + `subscriptions_per_client_max * topic_bytes_max`
+    /// (filters) + `topic_alias_max * topic_bytes_max` (aliases) + one packet of
+    /// `packet_size_bytes_max` being read. At the defaults that is about 16 MiB + 256 KiB + 64
+    /// KiB + 1 MiB. The broker-wide sum over `sessions_max` sessions is NOT a realistic bound (16
+    /// TiB at the defaults): these limits stop one client from taking everything, they are not
+    /// a global memory budget.
+    pub struct LimitsConfig(RawLimits) {
+        /// Largest MQTT packet accepted or sent, fixed header included; checked at the fixed
+        /// header, before the body is buffered, and advertised as v5 Maximum Packet Size.
+        /// Default 1 MiB (1_048_576). Bound: 64..=268_435_460 (the protocol maximum: a remaining
+        /// length of 268_435_455 plus a 5-byte fixed header). Worst-case memory: one packet of
+        /// this size per connection being read.
+        packet_size_bytes_max: u32 = 1 << 20, 64..=268_435_460;
+        /// Outgoing QoS 1/2 window per client: messages sent and not yet acknowledged. Also
+        /// advertised to v5 clients as Receive Maximum (their window towards us). Default 32.
+        /// Bound: 1..=65535. In-flight messages count towards the session queue limits.
+        inflight_max: u16 = 32, 1..=65535;
+        /// Messages queued for one session (offline, or online but beyond the in-flight
+        /// window). Default 1000. Bound: 1..=1_000_000. On overflow,
+        /// [`queue_overflow`](Self::queue_overflow) applies.
+        session_queue_messages_max: u32 = 1000, 1..=1_000_000;
+        /// Payload bytes queued for one session. Default 16 MiB. Bound: 1..=1 GiB, and at least
+        /// `packet_size_bytes_max` so one maximum-size message always fits. Worst-case memory:
+        /// this much per session.
+        session_queue_bytes_max: u64 = 16 << 20, 1..=GIB;
+        /// What to drop when a session queue is full. Default [`QueueOverflow::DropNewest`].
+        queue_overflow: QueueOverflow = QueueOverflow::DropNewest;
+        /// Retained messages kept by the whole broker. Default 100_000. Bound:
+        /// 1..=100_000_000. A retained message beyond this is not stored (the publish itself
+        /// still goes through).
+        retained_messages_max: u32 = 100_000, 1..=100_000_000;
+        /// Retained payload bytes kept by the whole broker. Default 256 MiB. Bound: 1..=64 GiB,
+        /// and at least `packet_size_bytes_max`. Worst-case memory: this much, plus the topics.
+        retained_bytes_max: u64 = 256 << 20, 1..=(64 * GIB);
+        /// Levels (`/`-separated parts) in a topic name or filter. Default 32. Bound: 1..=256.
+        /// Topics up to 32 levels are matched with no allocation (the trie's inline stack);
+        /// deeper ones, when allowed here, spill the match stack to the heap.
+        topic_levels_max: u16 = 32, 1..=256;
+        /// Bytes in a topic name or filter. Default 1024. Bound: 1..=65535 (the MQTT string
+        /// maximum).
+        topic_bytes_max: u16 = 1024, 1..=65535;
+        /// Bytes in a client identifier. Default 256. Bound: 23..=65535: the spec requires
+        /// every server to accept 1 to 23 bytes [MQTT-3.1.3-5].
+        client_id_bytes_max: u16 = 256, 23..=65535;
+        /// Subscriptions (topic filters) one client may hold; more are refused with 0x97
+        /// (Quota exceeded). Default 256. Bound: 1..=100_000. Worst-case memory: this times
+        /// `topic_bytes_max` per client (256 KiB at the defaults).
+        subscriptions_per_client_max: u32 = 256, 1..=100_000;
+        /// Largest first packet of a connection (the CONNECT) and of each AUTH packet before
+        /// the client is authenticated, fixed header included; checked at the fixed header,
+        /// before the body is buffered. A first packet that is not a CONNECT is refused from
+        /// its first byte. Default 98_304 (96 KiB): a will payload of the MQTT maximum (65_535
+        /// bytes) plus 32 KiB for the will topic, client id, credentials and properties.
+        /// Bound: 64..=268_435_460; the bound in force is the smaller of this and
+        /// `packet_size_bytes_max`. Worst-case memory: this much per connection that has not
+        /// finished its CONNECT.
+        preauth_packet_bytes_max: u32 = 96 << 10, 64..=268_435_460;
+        /// User Properties one packet may carry (all of its property lists together: a
+        /// CONNECT's and its will's). More: the packet is refused with 0x95 (CONNECT: CONNACK
+        /// 0x95; later: DISCONNECT 0x95). Default 128. Bound: 0..=65_535. Each costs about 64
+        /// bytes of heap on top of its text while the packet lives.
+        user_properties_max: u32 = 128, 0..=65535;
+        /// Bytes of names plus values of the User Properties of one packet; more is refused
+        /// like [`user_properties_max`](Self::user_properties_max). Default 32_768. Bound:
+        /// 0..=268_435_455.
+        user_property_bytes_max: u32 = 32 << 10, 0..=268_435_455;
+        /// Seconds a new connection may take to send its CONNECT before it is closed; the same
+        /// time again bounds the wait for CONNACK after it (registry and takeover), after which
+        /// the connection is closed. Default 10. Bound: 1..=300.
+        connect_timeout_secs: u32 = 10, 1..=300;
+        /// Seconds a client may accept no bytes of its output before its connection is closed
+        /// (and its will published). Default 30. Bound: 1..=3600.
+        write_timeout_secs: u32 = 30, 1..=3600;
+        /// Bytes of messages the whole broker may hold for delivery (queued, in flight,
+        /// crossing between shards, wills, retained messages owed after a SUBACK; the retained
+        /// store has its own bounds), each at payload + topic + properties + overhead. When
+        /// reached, publishers' reads pause, new clean-start connections are refused and new
+        /// queue entries are dropped. Default 2 GiB. Bound: 1 MiB..=1 TiB, and at least
+        /// `packet_size_bytes_max`.
+        memory_budget_bytes: u64 = 2 << 30, (1 << 20)..=(1024 * GIB);
+        /// Largest keep-alive a client may use; a larger (or 0 = none) request is replaced by
+        /// this (v5 Server Keep Alive) so no connection can sit idle longer. Default 3600.
+        /// Bound: 1..=65535.
+        keepalive_secs_max: u16 = 3600, 1..=65535;
+        /// Persistent sessions kept, connected or not; a new one beyond this is refused with
+        /// 0x97. Default 1_000_000. Bound: 1..=100_000_000.
+        sessions_max: u32 = 1_000_000, 1..=100_000_000;
+        /// Cap on the v5 Session Expiry Interval a client may ask for (and the expiry given to
+        /// v3 clean_session=0 sessions). Default 604_800 (7 days). Bound: 1..=31_536_000 (365
+        /// days); "never expires" (0xFFFFFFFF) is therefore not available.
+        session_expiry_secs_max: u32 = 7 * 24 * 3600, 1..=(365 * 24 * 3600);
+        /// Inbound topic aliases a v5 client may use (advertised as Topic Alias Maximum).
+        /// Default 64. Bound: 0..=4096. **0 is a real value here: the client may not use topic
+        /// aliases.** This is the one limit where 0 is allowed. Worst-case memory: this times
+        /// `topic_bytes_max` per client (64 KiB at the defaults).
+        topic_alias_max: u16 = 64, 0..=4096;
+        /// Slots in each cross-shard channel (one channel per ordered pair of shards). When
+        /// full, the publisher's connection gets backpressure. Default 1024. Bound: 1..=65536,
+        /// and at least `mesh_batch_max`. Worst-case memory: `shards^2` channels of this many
+        /// messages each.
+        mesh_channel_capacity: u32 = 1024, 1..=65536;
+        /// Messages a shard takes from one mesh channel per turn before it yields (bounded work
+        /// per turn). Default 64. Bound: 1..=4096.
+        mesh_batch_max: u32 = 64, 1..=4096;
+        /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by
+        /// the receiving shard), each at its message cost; beyond it the publishers whose
+        /// messages cross the mesh stop being read (until it is half used). Default 1 MiB.
+        /// Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+        mesh_bytes_max: u64 = 1 << 20, (64 * 1024)..=GIB;
+        /// Flow control: messages queued for a connected subscriber at which the publishers
+        /// that feed it stop being read (on every shard) until it drains. Deliveries to a
+        /// connected subscriber are never dropped by a queue bound. Default 1000. Bound:
+        /// 2..=1_000_000.
+        flow_high_water_messages: u32 = 1000, 2..=1_000_000;
+        /// Queued messages at which the paused publishers are read again. Default 500. Bound:
+        /// 1..=999_999, and below `flow_high_water_messages`.
+        flow_low_water_messages: u32 = 500, 1..=999_999;
+        /// Queued messages at which a connected subscriber is a slow consumer at once (the
+        /// memory bound of a connected session's queue). Default 100_000. Bound:
+        /// 2..=10_000_000, and at least `flow_high_water_messages`.
+        flow_hard_cap_messages: u32 = 100_000, 2..=10_000_000;
+        /// Bytes queued and in flight for a connected subscriber (each message at its cost)
+        /// at which it is a slow consumer at once: the byte bound of a connected session
+        /// whatever its publishers do, a client publishing to its own subscription included
+        /// (it is never paused on its own behalf). Default 32 MiB. Bound: 64 KiB..=1 GiB, and
+        /// at least `packet_size_bytes_max`.
+        flow_hard_cap_bytes: u64 = 32 << 20, (64 * 1024)..=GIB;
+        /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
+        /// consumer. Default 30_000. Bound: 100..=3_600_000.
+        slow_consumer_timeout_ms: u32 = 30_000, 100..=3_600_000;
+        /// What happens to a slow consumer. Default [`SlowConsumer::Disconnect`].
+        slow_consumer_policy: SlowConsumer = SlowConsumer::Disconnect;
     }
 }
 
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            bind: None,
-            token: None,
-            token_file: None,
-            workers: 4,
-            request_bytes_max: 8192,
-            reply_timeout_ms: 2000,
-            list_items_max: 1000,
+settings! {
+    /// `[runtime]`: options handed explicitly to the io_uring runtime instead of trusting its
+    /// defaults (glommio reserves 10 MiB of locked io memory by default, more than `ulimit -l`
+    /// allows on many machines).
+    pub struct RuntimeConfig(RawRuntime) {
+        /// Locked memory each shard registers with io_uring for its buffers. Default 65536.
+        /// Bound: 4096..=1 GiB. Worst-case memory: this times the shard count, all of it
+        /// locked, which must fit in `ulimit -l` (memlock).
+        io_memory_bytes: usize = 64 << 10, 4096..=GIB;
+        /// Entries in each io_uring submission ring. Default 256. Bound: a power of two in
+        /// 8..=32768.
+        ring_depth: usize = 256, 8..=32768;
+        /// Microseconds a shard spins looking for work before it parks its thread. Default 50.
+        /// Bound: 0..=100_000. **0 is a real value: park at once, without spinning** (saves
+        /// CPU, costs latency).
+        spin_before_park_us: u32 = 50, 0..=100_000;
+        /// Pin each shard's thread to its own core. Default `true`.
+        pin_cores: bool = true;
+        /// Microseconds a task may run before glommio asks it to yield (checked at each
+        /// connection's turn): how long one flooding connection can delay the others of its
+        /// shard. Default 500. Bound: 100..=100_000 (glommio's own default is 100 ms).
+        preempt_timer_us: u32 = 500, 100..=100_000;
+    }
+}
+
+settings! {
+    /// `[log]`: logging.
+    pub struct LogConfig(RawLog) {
+        /// The most verbose level emitted. Default [`LogLevel::Info`].
+        level: LogLevel = LogLevel::Info;
+        /// How each line is written. Default [`LogFormat::Text`].
+        format: LogFormat = LogFormat::Text;
+    }
+}
+
+settings! {
+    /// `[admin]`: one plain-HTTP listener serving `GET /metrics` (Prometheus), `GET /healthz`,
+    /// `GET /readyz` and, behind a bearer token, the `/api/v1/...` admin API. Off unless `bind`
+    /// (or the older `broker.metrics_bind`) is set. Every request is bounded: head size, header
+    /// count (32), concurrent requests (`workers`), the wait for the shards
+    /// (`reply_timeout_ms`) and the items in one list (`list_items_max`).
+    pub struct AdminConfig(RawAdmin) {
+        /// Address of the HTTP listener. Default: absent (off).
+        bind: Option<SocketAddr> = None;
+        /// Bearer token the `/api/v1/...` endpoints require (`Authorization: Bearer TOKEN`). At
+        /// least 16 bytes. Default: absent; without `token` or `token_file` the API answers 401
+        /// to everything (`/metrics`, `/healthz` and `/readyz` need no token).
+        token: Option<String> = None;
+        /// A file whose first line is the token (so the token stays out of `tern.toml`). Read
+        /// at start and checked at validation. Exclusive with `token`. Default: absent.
+        token_file: Option<PathBuf> = None;
+        /// Requests served at once, each by its own thread; a connection beyond them (and a
+        /// queue of as many again) gets 503. Default 4. Bound: 1..=64.
+        workers: u16 = 4, 1..=64;
+        /// Largest request head (request line and headers) read, bytes; larger gets 431.
+        /// Requests carry no body. Default 8192. Bound: 1024..=65536.
+        request_bytes_max: u32 = 8192, 1024..=65536;
+        /// How long a request waits for the shards' answers before it gets 504, milliseconds.
+        /// Default 2000. Bound: 100..=60000.
+        reply_timeout_ms: u32 = 2000, 100..=60_000;
+        /// Most items in one list answer (clients, subscriptions), over all shards; the answer
+        /// says when it was cut (`"truncated": true`). Default 1000. Bound: 1..=100000.
+        list_items_max: u32 = 1000, 1..=100_000;
+    }
+}
+
+settings! {
+    /// `[auth]`: where user names, passwords and permissions come from. Both files are in
+    /// Mosquitto's formats, so existing files work unchanged (see [`crate::auth`]). A relative
+    /// path is relative to the working directory, as in Mosquitto. Validation reads and parses
+    /// both files, so a missing or malformed file stops the broker at start with the file, line
+    /// and reason; the broker reads them again on reload.
+    pub struct AuthConfig(RawAuth) {
+        /// The password file: `username:hash` lines as written by `tern passwd` or Mosquitto's
+        /// `mosquitto_passwd` (`$7$` PBKDF2-SHA512, `$6$` SHA-512, Argon2id). A client that
+        /// sends a user name must send that user's password. Whether a client may send no user
+        /// name at all is each listener's `allow_anonymous`. Default: absent.
+        password_file: Option<PathBuf> = None;
+        /// The ACL file: `user`, `topic` and `pattern` lines in Mosquitto's syntax, deciding who
+        /// may publish, subscribe to and receive which topics. Default: absent, and then every
+        /// client may use every topic. When set, whatever the file does not grant is refused,
+        /// so an empty file denies everything.
+        acl_file: Option<PathBuf> = None;
+        /// Threads that check passwords (the key derivations of the password file's hashes),
+        /// so that no shard thread spends that time. Default 2. Bound: 1..=64. Worst-case
+        /// memory: this many Argon2id checks at once, each at most 64 MiB (the cap on a file's
+        /// memory cost).
+        hash_workers: u32 = 2, 1..=64;
+        /// Password checks waiting for a worker, all shards together; a CONNECT beyond it is
+        /// refused at once with 0x89 (Server busy; v3: 0x03 Server unavailable). Default 1024.
+        /// Bound: 1..=1_000_000.
+        hash_queue_max: u32 = 1024, 1..=1_000_000;
+        /// Failed logins from one source address within a minute, counted on each shard, after
+        /// which CONNECTs with credentials from that address are refused without checking the
+        /// password (0x9F Connection rate exceeded; v3: 0x05 Not authorized) until the minute
+        /// ends. Default 30. Bound: 1..=1_000_000. Each shard remembers at most 16_384
+        /// addresses.
+        failed_logins_per_minute_max: u32 = 30, 1..=1_000_000;
+    }
+}
+
+settings! {
+    /// `[[bridge]]`: a connection to a remote broker, forwarding messages between it and this
+    /// broker for the topics in `topics`. It runs on a thread of its own and attaches to this
+    /// broker as a v5 client on the first TCP listener (see `crate::bridge`).
+    pub struct BridgeConfig(RawBridge) {
+        /// A name, unique among bridges: letters, digits, `-`, `_`; 1 to 64 bytes. Required.
+        name: String = String::new();
+        /// The remote broker, `host:port` (a host name is resolved at each connect). Required.
+        address: String = String::new();
+        /// The MQTT version spoken to the remote: 3.1.1 (default; the CONNECT carries the
+        /// bridge bit Mosquitto uses to avoid echoing messages back) or 5 (No Local on
+        /// subscriptions).
+        protocol: BridgeProtocol = BridgeProtocol::V311;
+        /// Client id at the remote broker, and of the local session. Default `tern-bridge-NAME`.
+        client_id: String = String::new();
+        /// User name at the remote broker. Default absent.
+        username: Option<String> = None;
+        /// Password at the remote broker. Default absent.
+        password: Option<String> = None;
+        /// Start a new session at the remote on each connect. Default `false`: the remote keeps
+        /// the bridge's subscriptions and queues its QoS 1 messages while the bridge is away.
+        clean_start: bool = false;
+        /// Keep alive sent to the remote, seconds. Default 60. Bound: 5..=65535.
+        keepalive_secs: u16 = 60, 5..=65535;
+        /// First reconnect delay, seconds; doubles after each failure up to
+        /// `reconnect_max_secs`. Default 1. Bound: 1..=3600.
+        reconnect_min_secs: u32 = 1, 1..=3600;
+        /// Longest reconnect delay, seconds. Default 60. Bound: 1..=3600, at least
+        /// `reconnect_min_secs`.
+        reconnect_max_secs: u32 = 60, 1..=3600;
+        /// QoS 1 messages forwarded and not yet acknowledged, per direction; at the bound the
+        /// bridge stops reading from the side that sends, so the messages wait in that broker's
+        /// session queue (bounded there). Default 64. Bound: 1..=65535.
+        inflight_max: u16 = 64, 1..=65535;
+        /// TLS to the remote: the PEM CA certificates the remote's certificate must chain to.
+        /// TLS is on when this is set. Default absent (plain TCP).
+        cafile: Option<PathBuf> = None;
+        /// PEM client certificate chain, for a remote that requires one (with `keyfile`).
+        certfile: Option<PathBuf> = None;
+        /// PEM private key of `certfile`.
+        keyfile: Option<PathBuf> = None;
+        /// Name the remote's certificate must carry. Default: the host of `address`.
+        server_name: Option<String> = None;
+        /// User name of the bridge's local connection, when the local listener needs one.
+        local_username: Option<String> = None;
+        /// Password of the bridge's local connection.
+        local_password: Option<String> = None;
+        /// The topics forwarded (`[[bridge.topic]]`). Bound: 1..=64.
+        topics as "topic": Vec<BridgeTopic> = Vec::new();
+    }
+}
+
+settings! {
+    /// `[[bridge.topic]]`: one forwarded filter.
+    pub struct BridgeTopic(RawBridgeTopic) {
+        /// The topic filter, without the prefixes. Required.
+        filter: String = String::new();
+        /// Which way messages go. Default [`BridgeDirection::Out`].
+        direction: BridgeDirection = BridgeDirection::Out;
+        /// QoS of the bridge's subscriptions, so the highest QoS forwarded: 0 or 1 (QoS 2
+        /// messages cross as QoS 1). Default 0.
+        qos: u8 = 0, 0..=1;
+        /// Prefix of the topic on this broker: local topic = `local_prefix` + topic. Default "".
+        local_prefix: String = String::new();
+        /// Prefix of the topic on the remote: remote topic = `remote_prefix` + topic. Default
+        /// "".
+        remote_prefix: String = String::new();
+    }
+}
+
+/// `[shared_subscriptions]`: the type lives in the core ([`crate::shard`]), which routes by it,
+/// so its two keys are read here by hand rather than declared with `settings!`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    strategy: Option<Spanned<SharedStrategy>>,
+    groups: Option<Spanned<BTreeMap<String, SharedStrategy>>>,
+}
+
+impl Setting for SharedSubscriptionsConfig {
+    type Raw = RawShared;
+    type Field = RawShared;
+    const TABLE: bool = true;
+
+    fn split(field: RawShared) -> (Option<Range<usize>>, RawShared) {
+        (None, field)
+    }
+
+    fn from_raw(raw: RawShared, key: &str, spans: &mut Spans) -> Result<Self, Issue> {
+        let mut value = Self::default();
+        if let Some(s) = raw.strategy {
+            value.strategy = SharedStrategy::from_field(s, &format!("{key}.strategy"), spans)?;
         }
+        let groups = format!("{key}.groups");
+        if let Some(g) = raw.groups {
+            value.groups = Setting::from_field(g, &groups, spans)?;
+        }
+        value.check().map_err(|message| spans.issue(&[&groups], message))?;
+        Ok(value)
+    }
+
+    fn describe(path: &str, array: bool, out: &mut Vec<TableDoc>) {
+        let d = Self::default();
+        out.push(TableDoc {
+            path: path.to_owned(),
+            array,
+            doc: "`[shared_subscriptions]`: how a shared subscription group picks a member.\n",
+            keys: vec![
+                KeyDoc {
+                    key: "strategy",
+                    default: d.strategy.toml(),
+                    bound: None,
+                    doc: "The strategy of groups without an override: round_robin, random, \
+                          sticky, hash_client_id or hash_topic. Default round_robin.\n",
+                },
+                KeyDoc {
+                    key: "groups",
+                    default: d.groups.toml(),
+                    bound: None,
+                    doc: "Group name (the {group} of $share/{group}/{filter}) -> its strategy. \
+                          Default empty. At most 1024 entries; a name is 1..=256 bytes without \
+                          '/', '+' or '#'.\n",
+                },
+            ],
+            optional: false,
+        });
+    }
+}
+
+// Tables whose keys need nothing once read.
+impl Finish for Config {}
+impl Finish for BrokerConfig {}
+impl Finish for ListenerConfig {}
+impl Finish for LimitsConfig {}
+impl Finish for RuntimeConfig {}
+impl Finish for LogConfig {}
+impl Finish for AdminConfig {}
+impl Finish for AuthConfig {}
+
+impl Finish for Redirect {
+    fn finish(&mut self, key: &str, spans: &Spans) -> Result<(), Issue> {
+        let reference = format!("{key}.reference");
+        if spans.get(&reference).is_none() {
+            let message = "missing required key \"reference\"".to_owned();
+            return Err(spans.issue_near(&reference, &[&format!("{key}.permanent")], message));
+        }
+        Ok(())
+    }
+}
+
+impl Finish for BridgeConfig {
+    /// The client id defaults to `tern-bridge-NAME`.
+    fn finish(&mut self, key: &str, spans: &Spans) -> Result<(), Issue> {
+        if spans.get(&format!("{key}.client_id")).is_none() {
+            self.client_id = format!("tern-bridge-{}", self.name);
+        }
+        Ok(())
+    }
+}
+
+impl Finish for BridgeTopic {
+    fn finish(&mut self, key: &str, spans: &Spans) -> Result<(), Issue> {
+        if spans.get(&format!("{key}.filter")).is_none() {
+            let message = "missing required key \"filter\"".to_owned();
+            return Err(spans.issue_near(&format!("{key}.filter"), &[key], message));
+        }
+        Ok(())
     }
 }
 
@@ -733,24 +1349,6 @@ impl AdminConfig {
             ));
         }
         Ok(Some(token))
-    }
-}
-
-impl Default for Config {
-    /// The embedded defaults: one TCP listener on `127.0.0.1:1883` allowing anonymous clients,
-    /// and every limit at its documented default.
-    fn default() -> Self {
-        Config {
-            broker: BrokerConfig::default(),
-            listeners: vec![ListenerConfig::default()],
-            limits: LimitsConfig::default(),
-            runtime: RuntimeConfig::default(),
-            log: LogConfig::default(),
-            auth: AuthConfig::default(),
-            admin: AdminConfig::default(),
-            bridges: Vec::new(),
-            shared_subscriptions: SharedSubscriptionsConfig::default(),
-        }
     }
 }
 
@@ -785,10 +1383,7 @@ impl Config {
     /// [`Config::from_str_named`], also returning where each key present in the file is.
     pub fn from_str_located(text: &str, name: &str) -> Result<(Config, KeyPositions), ConfigError> {
         let source = Source { name, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
-        let mut spans = Spans::default();
-        let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
-        config.check(&spans).map_err(|issue| source.error(issue))?;
+        let (config, spans) = source.parse()?;
         config.auth.check_files(&spans).map_err(|issue| source.error(issue))?;
         config.admin.check_token(&spans).map_err(|issue| source.error(issue))?;
         let keys = spans
@@ -802,6 +1397,50 @@ impl Config {
         Ok((config, KeyPositions { file: name.to_owned(), keys }))
     }
 
+    /// The documentation of every table and key, generated from the declarations, in
+    /// declaration order.
+    pub fn describe() -> Vec<TableDoc> {
+        let mut out = Vec::new();
+        <Config as Section>::describe_keys("", &mut out);
+        out
+    }
+
+    /// A `tern.toml` with every key at its default (keys absent by default commented out) and
+    /// each key's documentation and bound above it, generated from the declarations.
+    pub fn reference() -> String {
+        let mut out = String::from(
+            "# Tern configuration: every key at its default, generated from the declarations\n\
+             # in src/config.rs (`tern default-config`).\n",
+        );
+        for table in Config::describe() {
+            out.push('\n');
+            for line in table.doc.lines().take_while(|l| !l.trim().is_empty()) {
+                out.push_str(&format!("# {}\n", line.trim()).replace("# \n", "#\n"));
+            }
+            // A table absent by default is shown commented out, with its keys.
+            let off = if table.optional { "# " } else { "" };
+            if table.array {
+                out.push_str(&format!("{off}[[{}]]\n", table.path));
+            } else {
+                out.push_str(&format!("{off}[{}]\n", table.path));
+            }
+            for key in table.keys {
+                out.push('\n');
+                for line in key.doc.lines() {
+                    out.push_str(&format!("# {}\n", line.trim()));
+                }
+                if let Some((lo, hi)) = key.bound {
+                    out.push_str(&format!("# Bound: {lo}..={hi}.\n"));
+                }
+                match key.default {
+                    Some(value) => out.push_str(&format!("{off}{} = {value}\n", key.key)),
+                    None => out.push_str(&format!("# {} = (absent by default)\n", key.key)),
+                }
+            }
+        }
+        out
+    }
+
     /// The address of the admin/metrics HTTP listener: `admin.bind`, or the older
     /// `broker.metrics_bind`.
     pub fn admin_bind(&self) -> Option<SocketAddr> {
@@ -811,12 +1450,7 @@ impl Config {
     /// [`Config::from_str_named`] without opening the `[auth]` files: for the fuzz body
     /// (`crate::fuzzing::config_text`), which must not read whatever path its input names.
     pub(crate) fn from_str_without_files(text: &str, name: &str) -> Result<Config, ConfigError> {
-        let source = Source { name, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
-        let mut spans = Spans::default();
-        let config = raw.build(&mut spans).map_err(|issue| source.error(issue))?;
-        config.check(&spans).map_err(|issue| source.error(issue))?;
-        Ok(config)
+        Source { name, text }.parse().map(|(config, _)| config)
     }
 
     /// Checks every bound and cross-field rule, and that the `[auth]` files can be read and
@@ -834,9 +1468,9 @@ impl Config {
     pub fn shard_count(&self) -> usize {
         match self.broker.shards {
             Some(n) => usize::from(n),
-            None => std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .clamp(1, SHARDS.hi as usize),
+            None => {
+                std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, SHARDS_MAX)
+            }
         }
     }
 }
@@ -897,7 +1531,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Where each key present in a configuration file is (1-based line and column), so an error
-/// found after validation, at start, can name the line: `tern.toml:7: listener bind =
+/// found after validation, at start, can name the line: `tern.toml:7:8: listener bind =
 /// "127.0.0.1:1883": address already in use`. Keys are dotted as in [`ConfigError::key`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyPositions {
@@ -929,6 +1563,14 @@ impl KeyPositions {
         }
     }
 
+    /// `FILE:LINE:COL` of the first of `keys` in the file, or `FILE` when none is there.
+    pub fn file_line_col(&self, keys: &[&str]) -> String {
+        match keys.iter().find_map(|k| self.get(k)) {
+            Some((line, column)) => format!("{}:{line}:{column}", self.file),
+            None => self.file.clone(),
+        }
+    }
+
     /// `FILE:LINE:COL: key: message`, the [`ConfigError`] format, for a problem found after
     /// parsing (e.g. a certificate that does not load).
     pub fn error(&self, key: &str, message: String) -> ConfigError {
@@ -938,132 +1580,29 @@ impl KeyPositions {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Bounds. Each is written once and used both when converting the file and by `check`.
-// ------------------------------------------------------------------------------------------------
-
-/// Largest configuration file read, so a wrong path (a log file, a device) cannot eat memory.
-const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
-
-/// An inclusive range of allowed values.
-#[derive(Clone, Copy)]
-struct Bound {
-    lo: i64,
-    hi: i64,
-}
-
-const fn bound(lo: i64, hi: i64) -> Bound {
-    Bound { lo, hi }
-}
-
-const GIB: i64 = 1 << 30;
-const SHARDS: Bound = bound(1, 256);
-const SYS_INTERVAL_SECS: Bound = bound(1, 3600);
-const LISTENERS: Bound = bound(1, 16);
-const CONNECTIONS: Bound = bound(1, 10_000_000);
-const REDIRECT_REFERENCE_BYTES: Bound = bound(1, 1024);
-const WS_PATH_BYTES: Bound = bound(1, 256);
-/// The WebSocket path mqtt.js, paho and Mosquitto users expect.
-const DEFAULT_WS_PATH: &str = "/mqtt";
-/// The protocol maximum: a remaining length of 268_435_455 plus a 5-byte fixed header.
-const PACKET_SIZE_BYTES: Bound = bound(64, 268_435_460);
-const INFLIGHT: Bound = bound(1, 65535);
-const SESSION_QUEUE_MESSAGES: Bound = bound(1, 1_000_000);
-const SESSION_QUEUE_BYTES: Bound = bound(1, GIB);
-const RETAINED_MESSAGES: Bound = bound(1, 100_000_000);
-const RETAINED_BYTES: Bound = bound(1, 64 * GIB);
-const TOPIC_LEVELS: Bound = bound(1, 256);
-const TOPIC_BYTES: Bound = bound(1, 65535);
-const CLIENT_ID_BYTES: Bound = bound(23, 65535);
-const SUBSCRIPTIONS_PER_CLIENT: Bound = bound(1, 100_000);
-const PREAUTH_PACKET_BYTES: Bound = bound(64, 268_435_460);
-const USER_PROPERTIES: Bound = bound(0, 65535);
-const USER_PROPERTY_BYTES: Bound = bound(0, 268_435_455);
-const CONNECT_TIMEOUT_SECS: Bound = bound(1, 300);
-const HASH_WORKERS: Bound = bound(1, 64);
-const HASH_QUEUE: Bound = bound(1, 1_000_000);
-const FAILED_LOGINS: Bound = bound(1, 1_000_000);
-const WRITE_TIMEOUT_SECS: Bound = bound(1, 3600);
-const MESH_BYTES: Bound = bound(64 * 1024, GIB);
-const MEMORY_BUDGET_BYTES: Bound = bound(1 << 20, 1024 * GIB);
-const KEEPALIVE_SECS: Bound = bound(1, 65535);
-const SESSIONS: Bound = bound(1, 100_000_000);
-const SESSION_EXPIRY_SECS: Bound = bound(1, 365 * 24 * 3600);
-const TOPIC_ALIASES: Bound = bound(0, 4096);
-const MESH_CHANNEL_CAPACITY: Bound = bound(1, 65536);
-const MESH_BATCH: Bound = bound(1, 4096);
-const FLOW_HIGH_WATER: Bound = bound(2, 1_000_000);
-const FLOW_LOW_WATER: Bound = bound(1, 999_999);
-const FLOW_HARD_CAP: Bound = bound(2, 10_000_000);
-const SLOW_CONSUMER_TIMEOUT_MS: Bound = bound(100, 3_600_000);
-const PREEMPT_TIMER_US: Bound = bound(100, 100_000);
-const IO_MEMORY_BYTES: Bound = bound(4096, GIB);
-const RING_DEPTH: Bound = bound(8, 32768);
-const SPIN_BEFORE_PARK_US: Bound = bound(0, 100_000);
-const ADMIN_WORKERS: Bound = bound(1, 64);
-const BRIDGES: Bound = bound(0, 16);
-const BRIDGE_TOPICS: Bound = bound(1, 64);
-const BRIDGE_KEEPALIVE_SECS: Bound = bound(5, 65535);
-const BRIDGE_RECONNECT_SECS: Bound = bound(1, 3600);
-const BRIDGE_INFLIGHT: Bound = bound(1, 65535);
-const BRIDGE_QOS: Bound = bound(0, 1);
-const ADMIN_REQUEST_BYTES: Bound = bound(1024, 65536);
-const ADMIN_REPLY_TIMEOUT_MS: Bound = bound(100, 60_000);
-const ADMIN_LIST_ITEMS: Bound = bound(1, 100_000);
-/// A shorter bearer token is refused: it could be guessed.
-const ADMIN_TOKEN_BYTES_MIN: usize = 16;
-
-impl Bound {
-    fn check(self, key: &str, value: i64, spans: &Spans) -> Result<(), Issue> {
-        if (self.lo..=self.hi).contains(&value) {
-            return Ok(());
-        }
-        let message = format!("must be between {} and {} (got {value})", self.lo, self.hi);
-        Err(spans.issue(&[key], message))
-    }
-}
-
-/// Widens any config integer for a bound check; values that do not fit `i64` are out of every
-/// bound, so saturating is exact.
-fn wide<T: TryInto<i64>>(value: T) -> i64 {
-    value.try_into().unwrap_or(i64::MAX)
-}
-
-// ------------------------------------------------------------------------------------------------
 // Validation of the typed config.
 // ------------------------------------------------------------------------------------------------
 
 impl Config {
     /// Every bound and cross-field rule. `spans` locates the keys that came from a file.
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
+        // Every declared bound first, then the rules that tie keys together.
+        self.check_bounds("", spans)?;
         let b = &self.broker;
-        if let Some(shards) = b.shards {
-            SHARDS.check("broker.shards", wide(shards), spans)?;
+        if b.response_information_prefix.len() > RESPONSE_INFORMATION_PREFIX_BYTES_MAX {
+            let message = format!("must be at most {RESPONSE_INFORMATION_PREFIX_BYTES_MAX} bytes");
+            return Err(spans.issue(&["broker.response_information_prefix"], message));
         }
-        SYS_INTERVAL_SECS.check("broker.sys_interval_secs", wide(b.sys_interval_secs), spans)?;
         self.check_listeners(spans)?;
         self.limits.check(spans)?;
         let key = "shared_subscriptions.groups";
         self.shared_subscriptions.check().map_err(|message| spans.issue(&[key], message))?;
-        let a = &self.auth;
-        HASH_WORKERS.check("auth.hash_workers", wide(a.hash_workers), spans)?;
-        HASH_QUEUE.check("auth.hash_queue_max", wide(a.hash_queue_max), spans)?;
-        let key = "auth.failed_logins_per_minute_max";
-        FAILED_LOGINS.check(key, wide(a.failed_logins_per_minute_max), spans)?;
         let r = &self.runtime;
-        IO_MEMORY_BYTES.check("runtime.io_memory_bytes", wide(r.io_memory_bytes), spans)?;
-        RING_DEPTH.check("runtime.ring_depth", wide(r.ring_depth), spans)?;
         if !r.ring_depth.is_power_of_two() {
             let message = format!("must be a power of two (got {})", r.ring_depth);
             return Err(spans.issue(&["runtime.ring_depth"], message));
         }
-        let spin = wide(r.spin_before_park_us);
-        SPIN_BEFORE_PARK_US.check("runtime.spin_before_park_us", spin, spans)?;
-        PREEMPT_TIMER_US.check("runtime.preempt_timer_us", wide(r.preempt_timer_us), spans)?;
         let a = &self.admin;
-        ADMIN_WORKERS.check("admin.workers", wide(a.workers), spans)?;
-        ADMIN_REQUEST_BYTES.check("admin.request_bytes_max", wide(a.request_bytes_max), spans)?;
-        ADMIN_REPLY_TIMEOUT_MS.check("admin.reply_timeout_ms", wide(a.reply_timeout_ms), spans)?;
-        ADMIN_LIST_ITEMS.check("admin.list_items_max", wide(a.list_items_max), spans)?;
         if a.bind.is_some() && b.metrics_bind.is_some() {
             let message = "set admin.bind or the older broker.metrics_bind, not both".to_owned();
             return Err(spans.issue(&["admin.bind", "broker.metrics_bind"], message));
@@ -1090,15 +1629,12 @@ impl Config {
         for (i, listener) in self.listeners.iter().enumerate() {
             let key = |field: &str| format!("listener[{i}].{field}");
             listener.check_transport(i, spans)?;
-            CONNECTIONS.check(&key("connections_max"), wide(listener.connections_max), spans)?;
             if let Some(redirect) = &listener.redirect {
-                let len = wide(redirect.reference.len());
+                let len = redirect.reference.len();
                 let keys = [key("redirect.reference"), key("redirect")];
-                if !(REDIRECT_REFERENCE_BYTES.lo..=REDIRECT_REFERENCE_BYTES.hi).contains(&len) {
-                    let message = format!(
-                        "must be between {} and {} bytes long (got {len})",
-                        REDIRECT_REFERENCE_BYTES.lo, REDIRECT_REFERENCE_BYTES.hi
-                    );
+                let (lo, hi) = (REDIRECT_REFERENCE_BYTES.lo, REDIRECT_REFERENCE_BYTES.hi);
+                if !(lo..=hi).contains(&wide(len)) {
+                    let message = format!("must be between {lo} and {hi} bytes long (got {len})");
                     return Err(spans.issue(&[&keys[0], &keys[1]], message));
                 }
             }
@@ -1156,17 +1692,12 @@ impl Config {
                     message,
                 ));
             }
-            let keepalive = wide(b.keepalive_secs);
-            BRIDGE_KEEPALIVE_SECS.check(&key("keepalive_secs"), keepalive, spans)?;
             let (lo, hi) = (b.reconnect_min_secs, b.reconnect_max_secs);
-            BRIDGE_RECONNECT_SECS.check(&key("reconnect_min_secs"), wide(lo), spans)?;
-            BRIDGE_RECONNECT_SECS.check(&key("reconnect_max_secs"), wide(hi), spans)?;
             if hi < lo {
                 let message =
                     format!("reconnect_max_secs ({hi}) is below reconnect_min_secs ({lo})");
                 return Err(spans.issue(&[&key("reconnect_max_secs")], message));
             }
-            BRIDGE_INFLIGHT.check(&key("inflight_max"), wide(b.inflight_max), spans)?;
             if b.certfile.is_some() != b.keyfile.is_some() {
                 let message = "certfile and keyfile go together".to_owned();
                 return Err(spans.issue(&[&key("certfile"), &key("keyfile")], message));
@@ -1175,11 +1706,9 @@ impl Config {
                 let message = "TLS keys need cafile (TLS is on when cafile is set)".to_owned();
                 return Err(spans.issue(&[&key("certfile"), &key("server_name")], message));
             }
-            let count = wide(b.topics.len());
-            BRIDGE_TOPICS.check(&key("topic"), count, spans)?;
+            BRIDGE_TOPICS.check(&key("topic"), wide(b.topics.len()), spans)?;
             for (j, t) in b.topics.iter().enumerate() {
                 let tkey = |field: &str| format!("bridge[{i}].topic[{j}].{field}");
-                BRIDGE_QOS.check(&tkey("qos"), wide(t.qos), spans)?;
                 for (field, prefix) in
                     [("local_prefix", &t.local_prefix), ("remote_prefix", &t.remote_prefix)]
                 {
@@ -1327,51 +1856,6 @@ impl AdminConfig {
 impl LimitsConfig {
     fn check(&self, spans: &Spans) -> Result<(), Issue> {
         let key = |field: &str| format!("limits.{field}");
-        let checks: [(&str, i64, Bound); 28] = [
-            ("packet_size_bytes_max", wide(self.packet_size_bytes_max), PACKET_SIZE_BYTES),
-            ("inflight_max", wide(self.inflight_max), INFLIGHT),
-            (
-                "session_queue_messages_max",
-                wide(self.session_queue_messages_max),
-                SESSION_QUEUE_MESSAGES,
-            ),
-            ("session_queue_bytes_max", wide(self.session_queue_bytes_max), SESSION_QUEUE_BYTES),
-            ("retained_messages_max", wide(self.retained_messages_max), RETAINED_MESSAGES),
-            ("retained_bytes_max", wide(self.retained_bytes_max), RETAINED_BYTES),
-            ("topic_levels_max", wide(self.topic_levels_max), TOPIC_LEVELS),
-            ("topic_bytes_max", wide(self.topic_bytes_max), TOPIC_BYTES),
-            ("client_id_bytes_max", wide(self.client_id_bytes_max), CLIENT_ID_BYTES),
-            (
-                "subscriptions_per_client_max",
-                wide(self.subscriptions_per_client_max),
-                SUBSCRIPTIONS_PER_CLIENT,
-            ),
-            ("preauth_packet_bytes_max", wide(self.preauth_packet_bytes_max), PREAUTH_PACKET_BYTES),
-            ("user_properties_max", wide(self.user_properties_max), USER_PROPERTIES),
-            ("user_property_bytes_max", wide(self.user_property_bytes_max), USER_PROPERTY_BYTES),
-            ("connect_timeout_secs", wide(self.connect_timeout_secs), CONNECT_TIMEOUT_SECS),
-            ("write_timeout_secs", wide(self.write_timeout_secs), WRITE_TIMEOUT_SECS),
-            ("memory_budget_bytes", wide(self.memory_budget_bytes), MEMORY_BUDGET_BYTES),
-            ("keepalive_secs_max", wide(self.keepalive_secs_max), KEEPALIVE_SECS),
-            ("sessions_max", wide(self.sessions_max), SESSIONS),
-            ("session_expiry_secs_max", wide(self.session_expiry_secs_max), SESSION_EXPIRY_SECS),
-            ("topic_alias_max", wide(self.topic_alias_max), TOPIC_ALIASES),
-            ("mesh_channel_capacity", wide(self.mesh_channel_capacity), MESH_CHANNEL_CAPACITY),
-            ("mesh_batch_max", wide(self.mesh_batch_max), MESH_BATCH),
-            ("flow_high_water_messages", wide(self.flow_high_water_messages), FLOW_HIGH_WATER),
-            ("flow_low_water_messages", wide(self.flow_low_water_messages), FLOW_LOW_WATER),
-            ("flow_hard_cap_messages", wide(self.flow_hard_cap_messages), FLOW_HARD_CAP),
-            ("flow_hard_cap_bytes", wide(self.flow_hard_cap_bytes), MESH_BYTES),
-            (
-                "slow_consumer_timeout_ms",
-                wide(self.slow_consumer_timeout_ms),
-                SLOW_CONSUMER_TIMEOUT_MS,
-            ),
-            ("mesh_bytes_max", wide(self.mesh_bytes_max), MESH_BYTES),
-        ];
-        for (field, value, bound) in checks {
-            bound.check(&key(field), value, spans)?;
-        }
         let packet = u64::from(self.packet_size_bytes_max);
         // A queue or store smaller than one packet could never hold a maximum-size message.
         let stores = [
@@ -1421,507 +1905,6 @@ impl LimitsConfig {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Raw structs: the file as serde sees it. Every field is optional (absent = default), integers
-// are read as i64 so an out-of-range value gets the same message as any other bound violation,
-// and unknown keys are refused.
-// ------------------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    broker: Option<RawBroker>,
-    listener: Option<Spanned<Vec<RawListener>>>,
-    limits: Option<RawLimits>,
-    runtime: Option<RawRuntime>,
-    log: Option<RawLog>,
-    auth: Option<RawAuth>,
-    admin: Option<RawAdmin>,
-    bridge: Option<Spanned<Vec<RawBridge>>>,
-    shared_subscriptions: Option<RawShared>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBridge {
-    name: Option<Spanned<String>>,
-    address: Option<Spanned<String>>,
-    protocol: Option<Spanned<BridgeProtocol>>,
-    client_id: Option<Spanned<String>>,
-    username: Option<Spanned<String>>,
-    password: Option<Spanned<String>>,
-    clean_start: Option<Spanned<bool>>,
-    keepalive_secs: Option<Spanned<i64>>,
-    reconnect_min_secs: Option<Spanned<i64>>,
-    reconnect_max_secs: Option<Spanned<i64>>,
-    inflight_max: Option<Spanned<i64>>,
-    cafile: Option<Spanned<PathBuf>>,
-    certfile: Option<Spanned<PathBuf>>,
-    keyfile: Option<Spanned<PathBuf>>,
-    server_name: Option<Spanned<String>>,
-    local_username: Option<Spanned<String>>,
-    local_password: Option<Spanned<String>>,
-    topic: Option<Spanned<Vec<RawBridgeTopic>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBridgeTopic {
-    filter: Option<Spanned<String>>,
-    direction: Option<Spanned<BridgeDirection>>,
-    qos: Option<Spanned<i64>>,
-    local_prefix: Option<Spanned<String>>,
-    remote_prefix: Option<Spanned<String>>,
-}
-
-impl RawBridge {
-    fn build(self, i: usize, spans: &mut Spans) -> Result<BridgeConfig, Issue> {
-        let key = |field: &str| format!("bridge[{i}].{field}");
-        fn opt<T>(spans: &mut Spans, key: &str, raw: Option<Spanned<T>>) -> Option<T> {
-            raw.map(|v| {
-                spans.insert(key, v.span());
-                v.into_inner()
-            })
-        }
-        let name = opt(spans, &key("name"), self.name).unwrap_or_default();
-        let mut b = BridgeConfig {
-            client_id: format!("tern-bridge-{name}"),
-            name,
-            address: opt(spans, &key("address"), self.address).unwrap_or_default(),
-            protocol: opt(spans, &key("protocol"), self.protocol).unwrap_or(BridgeProtocol::V311),
-            username: opt(spans, &key("username"), self.username),
-            password: opt(spans, &key("password"), self.password),
-            clean_start: opt(spans, &key("clean_start"), self.clean_start).unwrap_or(false),
-            keepalive_secs: 60,
-            reconnect_min_secs: 1,
-            reconnect_max_secs: 60,
-            inflight_max: 64,
-            cafile: opt(spans, &key("cafile"), self.cafile),
-            certfile: opt(spans, &key("certfile"), self.certfile),
-            keyfile: opt(spans, &key("keyfile"), self.keyfile),
-            server_name: opt(spans, &key("server_name"), self.server_name),
-            local_username: opt(spans, &key("local_username"), self.local_username),
-            local_password: opt(spans, &key("local_password"), self.local_password),
-            topics: Vec::new(),
-        };
-        if let Some(id) = opt(spans, &key("client_id"), self.client_id) {
-            b.client_id = id;
-        }
-        let k = key("keepalive_secs");
-        spans.set_int(&mut b.keepalive_secs, &k, self.keepalive_secs, BRIDGE_KEEPALIVE_SECS)?;
-        let k = key("reconnect_min_secs");
-        spans.set_int(
-            &mut b.reconnect_min_secs,
-            &k,
-            self.reconnect_min_secs,
-            BRIDGE_RECONNECT_SECS,
-        )?;
-        let k = key("reconnect_max_secs");
-        spans.set_int(
-            &mut b.reconnect_max_secs,
-            &k,
-            self.reconnect_max_secs,
-            BRIDGE_RECONNECT_SECS,
-        )?;
-        let k = key("inflight_max");
-        spans.set_int(&mut b.inflight_max, &k, self.inflight_max, BRIDGE_INFLIGHT)?;
-        if let Some(list) = self.topic {
-            spans.insert(&key("topic"), list.span());
-            for (j, raw) in list.into_inner().into_iter().enumerate() {
-                let tkey = |field: &str| format!("bridge[{i}].topic[{j}].{field}");
-                let Some(filter) = opt(spans, &tkey("filter"), raw.filter) else {
-                    let message = "missing required key \"filter\"".to_owned();
-                    return Err(spans.issue(&[&key("topic")], message));
-                };
-                let mut t = BridgeTopic {
-                    filter,
-                    direction: opt(spans, &tkey("direction"), raw.direction)
-                        .unwrap_or(BridgeDirection::Out),
-                    qos: 0,
-                    local_prefix: opt(spans, &tkey("local_prefix"), raw.local_prefix)
-                        .unwrap_or_default(),
-                    remote_prefix: opt(spans, &tkey("remote_prefix"), raw.remote_prefix)
-                        .unwrap_or_default(),
-                };
-                spans.set_int(&mut t.qos, &tkey("qos"), raw.qos, BRIDGE_QOS)?;
-                b.topics.push(t);
-            }
-        }
-        Ok(b)
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawShared {
-    strategy: Option<Spanned<SharedStrategy>>,
-    groups: Option<Spanned<BTreeMap<String, SharedStrategy>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBroker {
-    shards: Option<Spanned<i64>>,
-    sys_interval_secs: Option<Spanned<i64>>,
-    response_information_prefix: Option<Spanned<String>>,
-    check_payload_format: Option<Spanned<bool>>,
-    metrics_bind: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    bind: Option<Spanned<String>>,
-    transport: Option<Spanned<Transport>>,
-    allow_anonymous: Option<Spanned<bool>>,
-    connections_max: Option<Spanned<i64>>,
-    redirect: Option<Spanned<RawRedirect>>,
-    certfile: Option<Spanned<PathBuf>>,
-    keyfile: Option<Spanned<PathBuf>>,
-    cafile: Option<Spanned<PathBuf>>,
-    require_certificate: Option<Spanned<bool>>,
-    use_identity_as_username: Option<Spanned<bool>>,
-    ws_path: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRedirect {
-    reference: Option<Spanned<String>>,
-    permanent: Option<Spanned<bool>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    packet_size_bytes_max: Option<Spanned<i64>>,
-    inflight_max: Option<Spanned<i64>>,
-    session_queue_messages_max: Option<Spanned<i64>>,
-    session_queue_bytes_max: Option<Spanned<i64>>,
-    queue_overflow: Option<Spanned<QueueOverflow>>,
-    retained_messages_max: Option<Spanned<i64>>,
-    retained_bytes_max: Option<Spanned<i64>>,
-    topic_levels_max: Option<Spanned<i64>>,
-    topic_bytes_max: Option<Spanned<i64>>,
-    client_id_bytes_max: Option<Spanned<i64>>,
-    subscriptions_per_client_max: Option<Spanned<i64>>,
-    preauth_packet_bytes_max: Option<Spanned<i64>>,
-    user_properties_max: Option<Spanned<i64>>,
-    user_property_bytes_max: Option<Spanned<i64>>,
-    connect_timeout_secs: Option<Spanned<i64>>,
-    write_timeout_secs: Option<Spanned<i64>>,
-    memory_budget_bytes: Option<Spanned<i64>>,
-    keepalive_secs_max: Option<Spanned<i64>>,
-    sessions_max: Option<Spanned<i64>>,
-    session_expiry_secs_max: Option<Spanned<i64>>,
-    topic_alias_max: Option<Spanned<i64>>,
-    mesh_channel_capacity: Option<Spanned<i64>>,
-    mesh_batch_max: Option<Spanned<i64>>,
-    flow_high_water_messages: Option<Spanned<i64>>,
-    flow_low_water_messages: Option<Spanned<i64>>,
-    flow_hard_cap_messages: Option<Spanned<i64>>,
-    flow_hard_cap_bytes: Option<Spanned<i64>>,
-    slow_consumer_timeout_ms: Option<Spanned<i64>>,
-    slow_consumer_policy: Option<Spanned<SlowConsumer>>,
-    mesh_bytes_max: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRuntime {
-    io_memory_bytes: Option<Spanned<i64>>,
-    ring_depth: Option<Spanned<i64>>,
-    spin_before_park_us: Option<Spanned<i64>>,
-    pin_cores: Option<Spanned<bool>>,
-    preempt_timer_us: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    level: Option<Spanned<LogLevel>>,
-    format: Option<Spanned<LogFormat>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    bind: Option<Spanned<String>>,
-    token: Option<Spanned<String>>,
-    token_file: Option<Spanned<PathBuf>>,
-    workers: Option<Spanned<i64>>,
-    request_bytes_max: Option<Spanned<i64>>,
-    reply_timeout_ms: Option<Spanned<i64>>,
-    list_items_max: Option<Spanned<i64>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    password_file: Option<Spanned<PathBuf>>,
-    acl_file: Option<Spanned<PathBuf>>,
-    hash_workers: Option<Spanned<i64>>,
-    hash_queue_max: Option<Spanned<i64>>,
-    failed_logins_per_minute_max: Option<Spanned<i64>>,
-}
-
-impl RawConfig {
-    /// Fills in defaults and converts to the typed config, recording where each present key is.
-    /// Integers are bound-checked here, before narrowing, so a value too big for its type gets
-    /// the same message as any other out-of-range value.
-    fn build(self, spans: &mut Spans) -> Result<Config, Issue> {
-        let mut config = Config::default();
-        if let Some(raw) = self.broker {
-            let b = &mut config.broker;
-            b.shards = raw.shards.map(|v| spans.int("broker.shards", v, SHARDS)).transpose()?;
-            let v = raw.sys_interval_secs;
-            spans.set_int(
-                &mut b.sys_interval_secs,
-                "broker.sys_interval_secs",
-                v,
-                SYS_INTERVAL_SECS,
-            )?;
-            let key = "broker.response_information_prefix";
-            spans.set(&mut b.response_information_prefix, key, raw.response_information_prefix);
-            if b.response_information_prefix.len() > 256 {
-                return Err(spans.issue(&[key], "must be at most 256 bytes".into()));
-            }
-            let key = "broker.check_payload_format";
-            spans.set(&mut b.check_payload_format, key, raw.check_payload_format);
-            if let Some(bind) = raw.metrics_bind {
-                let key = "broker.metrics_bind";
-                spans.insert(key, bind.span());
-                let parsed = bind.get_ref().parse().map_err(|_| {
-                    let message = format!(
-                        "not an IP address and port like \"127.0.0.1:9883\" (got {:?})",
-                        bind.get_ref()
-                    );
-                    spans.issue(&[key], message)
-                })?;
-                b.metrics_bind = Some(parsed);
-            }
-        }
-        if let Some(list) = self.listener {
-            spans.insert("listener", list.span());
-            config.listeners.clear();
-            for (i, raw) in list.into_inner().into_iter().enumerate() {
-                config.listeners.push(raw.build(i, spans)?);
-            }
-        }
-        if let Some(raw) = self.limits {
-            raw.build(&mut config.limits, spans)?;
-        }
-        if let Some(raw) = self.shared_subscriptions {
-            let sh = &mut config.shared_subscriptions;
-            spans.set(&mut sh.strategy, "shared_subscriptions.strategy", raw.strategy);
-            spans.set(&mut sh.groups, "shared_subscriptions.groups", raw.groups);
-            let key = "shared_subscriptions.groups";
-            sh.check().map_err(|message| spans.issue(&[key], message))?;
-        }
-        if let Some(raw) = self.runtime {
-            let r = &mut config.runtime;
-            spans.set_int(
-                &mut r.io_memory_bytes,
-                "runtime.io_memory_bytes",
-                raw.io_memory_bytes,
-                IO_MEMORY_BYTES,
-            )?;
-            spans.set_int(&mut r.ring_depth, "runtime.ring_depth", raw.ring_depth, RING_DEPTH)?;
-            let v = raw.spin_before_park_us;
-            spans.set_int(
-                &mut r.spin_before_park_us,
-                "runtime.spin_before_park_us",
-                v,
-                SPIN_BEFORE_PARK_US,
-            )?;
-            spans.set(&mut r.pin_cores, "runtime.pin_cores", raw.pin_cores);
-            let v = raw.preempt_timer_us;
-            spans.set_int(
-                &mut r.preempt_timer_us,
-                "runtime.preempt_timer_us",
-                v,
-                PREEMPT_TIMER_US,
-            )?;
-        }
-        if let Some(raw) = self.log {
-            spans.set(&mut config.log.level, "log.level", raw.level);
-            spans.set(&mut config.log.format, "log.format", raw.format);
-        }
-        if let Some(list) = self.bridge {
-            spans.insert("bridge", list.span());
-            for (i, raw) in list.into_inner().into_iter().enumerate() {
-                config.bridges.push(raw.build(i, spans)?);
-            }
-        }
-        if let Some(raw) = self.admin {
-            let a = &mut config.admin;
-            if let Some(bind) = raw.bind {
-                a.bind = Some(parse_addr(spans, "admin.bind", &bind, "127.0.0.1:9883")?);
-            }
-            if let Some(t) = raw.token {
-                spans.insert("admin.token", t.span());
-                a.token = Some(t.into_inner());
-            }
-            if let Some(t) = raw.token_file {
-                spans.insert("admin.token_file", t.span());
-                a.token_file = Some(t.into_inner());
-            }
-            spans.set_int(&mut a.workers, "admin.workers", raw.workers, ADMIN_WORKERS)?;
-            let (v, b) = (raw.request_bytes_max, ADMIN_REQUEST_BYTES);
-            spans.set_int(&mut a.request_bytes_max, "admin.request_bytes_max", v, b)?;
-            let (v, b) = (raw.reply_timeout_ms, ADMIN_REPLY_TIMEOUT_MS);
-            spans.set_int(&mut a.reply_timeout_ms, "admin.reply_timeout_ms", v, b)?;
-            let (v, b) = (raw.list_items_max, ADMIN_LIST_ITEMS);
-            spans.set_int(&mut a.list_items_max, "admin.list_items_max", v, b)?;
-        }
-        if let Some(mut raw) = self.auth {
-            let a = &mut config.auth;
-            spans.set_int(
-                &mut a.hash_workers,
-                "auth.hash_workers",
-                raw.hash_workers,
-                HASH_WORKERS,
-            )?;
-            let v = raw.hash_queue_max.take();
-            spans.set_int(&mut a.hash_queue_max, "auth.hash_queue_max", v, HASH_QUEUE)?;
-            let v = raw.failed_logins_per_minute_max.take();
-            let key = "auth.failed_logins_per_minute_max";
-            spans.set_int(&mut a.failed_logins_per_minute_max, key, v, FAILED_LOGINS)?;
-            for (key, raw, slot) in [
-                ("auth.password_file", raw.password_file, &mut config.auth.password_file),
-                ("auth.acl_file", raw.acl_file, &mut config.auth.acl_file),
-            ] {
-                if let Some(path) = raw {
-                    spans.insert(key, path.span());
-                    *slot = Some(path.into_inner());
-                }
-            }
-        }
-        Ok(config)
-    }
-}
-
-/// An `IP:port` value, recorded at `key`.
-fn parse_addr(
-    spans: &mut Spans,
-    key: &str,
-    raw: &Spanned<String>,
-    example: &str,
-) -> Result<SocketAddr, Issue> {
-    spans.insert(key, raw.span());
-    raw.get_ref().parse().map_err(|_| {
-        let message =
-            format!("not an IP address and port like \"{example}\" (got {:?})", raw.get_ref());
-        spans.issue(&[key], message)
-    })
-}
-
-impl RawListener {
-    fn build(self, i: usize, spans: &mut Spans) -> Result<ListenerConfig, Issue> {
-        let key = |field: &str| format!("listener[{i}].{field}");
-        let mut l = ListenerConfig::default();
-        if let Some(bind) = self.bind {
-            let k = key("bind");
-            spans.insert(&k, bind.span());
-            l.bind = bind.get_ref().parse().map_err(|_| {
-                let message = format!(
-                    "not an IP address and port like \"127.0.0.1:1883\" or \"[::]:1883\" \
-                     (got {:?}; host names are not accepted)",
-                    bind.get_ref()
-                );
-                spans.issue(&[&k], message)
-            })?;
-        }
-        spans.set(&mut l.transport, &key("transport"), self.transport);
-        spans.set(&mut l.allow_anonymous, &key("allow_anonymous"), self.allow_anonymous);
-        spans.set_int(
-            &mut l.connections_max,
-            &key("connections_max"),
-            self.connections_max,
-            CONNECTIONS,
-        )?;
-        if let Some(raw) = self.redirect {
-            spans.insert(&key("redirect"), raw.span());
-            let raw = raw.into_inner();
-            let mut permanent = false;
-            spans.set(&mut permanent, &key("redirect.permanent"), raw.permanent);
-            let Some(reference) = raw.reference else {
-                let message = "missing required key \"reference\"".to_owned();
-                return Err(spans.issue(&[&key("redirect")], message));
-            };
-            spans.insert(&key("redirect.reference"), reference.span());
-            l.redirect = Some(Redirect { reference: reference.into_inner(), permanent });
-        }
-        for (field, raw, slot) in [
-            ("certfile", self.certfile, &mut l.certfile),
-            ("keyfile", self.keyfile, &mut l.keyfile),
-            ("cafile", self.cafile, &mut l.cafile),
-        ] {
-            if let Some(raw) = raw {
-                spans.insert(&key(field), raw.span());
-                *slot = Some(raw.into_inner());
-            }
-        }
-        spans.set(
-            &mut l.require_certificate,
-            &key("require_certificate"),
-            self.require_certificate,
-        );
-        let v = self.use_identity_as_username;
-        spans.set(&mut l.use_identity_as_username, &key("use_identity_as_username"), v);
-        spans.set(&mut l.ws_path, &key("ws_path"), self.ws_path);
-        Ok(l)
-    }
-}
-
-impl RawLimits {
-    fn build(self, l: &mut LimitsConfig, spans: &mut Spans) -> Result<(), Issue> {
-        // One line per key; the macro only removes the repetition of the key's name.
-        macro_rules! int {
-            ($field:ident, $bound:expr) => {
-                spans.set_int(
-                    &mut l.$field,
-                    concat!("limits.", stringify!($field)),
-                    self.$field,
-                    $bound,
-                )?
-            };
-        }
-        int!(packet_size_bytes_max, PACKET_SIZE_BYTES);
-        int!(inflight_max, INFLIGHT);
-        int!(session_queue_messages_max, SESSION_QUEUE_MESSAGES);
-        int!(session_queue_bytes_max, SESSION_QUEUE_BYTES);
-        spans.set(&mut l.queue_overflow, "limits.queue_overflow", self.queue_overflow);
-        int!(retained_messages_max, RETAINED_MESSAGES);
-        int!(retained_bytes_max, RETAINED_BYTES);
-        int!(topic_levels_max, TOPIC_LEVELS);
-        int!(topic_bytes_max, TOPIC_BYTES);
-        int!(client_id_bytes_max, CLIENT_ID_BYTES);
-        int!(subscriptions_per_client_max, SUBSCRIPTIONS_PER_CLIENT);
-        int!(preauth_packet_bytes_max, PREAUTH_PACKET_BYTES);
-        int!(user_properties_max, USER_PROPERTIES);
-        int!(user_property_bytes_max, USER_PROPERTY_BYTES);
-        int!(connect_timeout_secs, CONNECT_TIMEOUT_SECS);
-        int!(write_timeout_secs, WRITE_TIMEOUT_SECS);
-        int!(memory_budget_bytes, MEMORY_BUDGET_BYTES);
-        int!(keepalive_secs_max, KEEPALIVE_SECS);
-        int!(sessions_max, SESSIONS);
-        int!(session_expiry_secs_max, SESSION_EXPIRY_SECS);
-        int!(topic_alias_max, TOPIC_ALIASES);
-        int!(mesh_channel_capacity, MESH_CHANNEL_CAPACITY);
-        int!(mesh_batch_max, MESH_BATCH);
-        int!(flow_high_water_messages, FLOW_HIGH_WATER);
-        int!(flow_low_water_messages, FLOW_LOW_WATER);
-        int!(flow_hard_cap_messages, FLOW_HARD_CAP);
-        int!(flow_hard_cap_bytes, MESH_BYTES);
-        int!(slow_consumer_timeout_ms, SLOW_CONSUMER_TIMEOUT_MS);
-        let v = self.slow_consumer_policy;
-        spans.set(&mut l.slow_consumer_policy, "limits.slow_consumer_policy", v);
-        int!(mesh_bytes_max, MESH_BYTES);
-        Ok(())
-    }
-}
-
-// ------------------------------------------------------------------------------------------------
 // Positions: spans of the keys present in the file, and turning spans into errors.
 // ------------------------------------------------------------------------------------------------
 
@@ -1963,38 +1946,6 @@ impl Spans {
         let span = near.iter().find_map(|k| self.get(k));
         Issue { key: key.to_owned(), span, message }
     }
-
-    /// Overwrites `slot` with the value from the file, if present.
-    fn set<T>(&mut self, slot: &mut T, key: &str, raw: Option<Spanned<T>>) {
-        if let Some(raw) = raw {
-            self.insert(key, raw.span());
-            *slot = raw.into_inner();
-        }
-    }
-
-    /// Bound-checks and narrows an integer from the file.
-    fn int<T: TryFrom<i64>>(&mut self, key: &str, raw: Spanned<i64>, b: Bound) -> Result<T, Issue> {
-        self.insert(key, raw.span());
-        let value = raw.into_inner();
-        b.check(key, value, self)?;
-        // Every bound lies inside its field's type (the defaults test checks the maxima), so
-        // this only fails on a programming error; report it like an out-of-range value anyway.
-        T::try_from(value).map_err(|_| self.issue(&[key], format!("out of range (got {value})")))
-    }
-
-    /// [`Spans::int`], overwriting `slot` if the key is present.
-    fn set_int<T: TryFrom<i64>>(
-        &mut self,
-        slot: &mut T,
-        key: &str,
-        raw: Option<Spanned<i64>>,
-        b: Bound,
-    ) -> Result<(), Issue> {
-        if let Some(raw) = raw {
-            *slot = self.int(key, raw, b)?;
-        }
-        Ok(())
-    }
 }
 
 /// The text being parsed and its name, to turn spans into lines and columns.
@@ -2018,12 +1969,42 @@ impl Source<'_> {
         }
     }
 
-    /// A syntax, unknown-key or wrong-type error from the `toml` crate.
-    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let span = e.span();
-        let key = span.as_ref().map(|s| key_path_at(self.text, s.start)).unwrap_or_default();
+    /// Reads the text into the declared tables, then checks every bound and cross-field rule.
+    fn parse(&self) -> Result<(Config, Spans), ConfigError> {
+        let deserializer = toml::Deserializer::new(self.text);
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| self.toml_error(&e))?;
+        let mut spans = Spans::default();
+        let config = Config::from_raw(raw, "", &mut spans).map_err(|issue| self.error(issue))?;
+        config.check(&spans).map_err(|issue| self.error(issue))?;
+        Ok((config, spans))
+    }
+
+    /// A syntax, unknown-key or wrong-type error from the `toml` crate, with the dotted path
+    /// of the key serde was reading (none for a syntax error: the file is parsed whole first).
+    fn toml_error(&self, e: &serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+        let mut key = String::new();
+        for segment in e.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key: name }
+                | serde_path_to_error::Segment::Enum { variant: name } => {
+                    // `toml::Spanned` reads a value through private keys; they are no part
+                    // of the user's path.
+                    if name.starts_with("$__") {
+                        continue;
+                    }
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push_str(name);
+                }
+                serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        let inner = e.inner();
         // The crate's messages speak serde ("field", "i64"); say it in TOML terms, on one line.
-        let mut message = e
+        let mut message = inner
             .message()
             .trim()
             .replace('\n', "; ")
@@ -2032,7 +2013,7 @@ impl Source<'_> {
         if key == "listener" && message.contains("expected a sequence") {
             message.push_str(" (write each listener as a [[listener]] table)");
         }
-        self.error(Issue { key, span, message })
+        self.error(Issue { key, span: inner.span(), message })
     }
 }
 
@@ -2051,140 +2032,6 @@ fn floor_char_boundary(text: &str, offset: usize) -> usize {
         offset -= 1;
     }
     offset
-}
-
-// ------------------------------------------------------------------------------------------------
-// The dotted key at a byte offset, for errors from the `toml` crate (which gives only a span).
-// ------------------------------------------------------------------------------------------------
-
-/// Best-effort dotted path (`limits.inflight_max`, `listener[1].bind`) of the key at byte
-/// `offset` of `text`, found by scanning lines: it follows `[table]` and `[[array]]` headers
-/// (numbering array entries from 0), dotted keys and one line of inline tables. A value that
-/// continues over several lines is attributed to the last key above it. Multi-line strings can
-/// mislead it; no Tern setting is one.
-fn key_path_at(text: &str, offset: usize) -> String {
-    let offset = floor_char_boundary(text, offset);
-    let mut table = String::new();
-    let mut arrays: Vec<(String, usize)> = Vec::new(); // `[[name]]` → entries seen so far
-    let mut last_key = String::new();
-    let mut line_start = 0;
-    for line in text.split_inclusive('\n') {
-        let line_end = line_start + line.len();
-        let here = offset < line_end || line_end == text.len();
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('[') {
-            table = header_path(trimmed, &mut arrays);
-            last_key.clear();
-        } else {
-            let limit = if here { offset - line_start } else { line.len() };
-            let keys = line_keys(line, limit);
-            if !keys.is_empty() {
-                last_key = keys.join(".");
-            }
-        }
-        if here {
-            break;
-        }
-        line_start = line_end;
-    }
-    match (table.is_empty(), last_key.is_empty()) {
-        (_, true) => table,
-        (true, false) => last_key,
-        (false, false) => format!("{table}.{last_key}"),
-    }
-}
-
-/// The resolved path of a `[a.b]` or `[[a]]` header line; counts `[[a]]` entries in `arrays`.
-fn header_path(line: &str, arrays: &mut Vec<(String, usize)>) -> String {
-    let is_array = line.starts_with("[[");
-    let inner = line.trim_start_matches('[');
-    let inner = inner.split(']').next().unwrap_or_default();
-    let parts: Vec<String> = inner.split('.').map(clean_key).collect();
-    let name = parts.join(".");
-    if is_array {
-        match arrays.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, count)) => *count += 1,
-            None => arrays.push((name, 1)),
-        }
-    }
-    // Index every prefix that is an array of tables: `[listener.redirect]` after the second
-    // `[[listener]]` is `listener[1].redirect`.
-    let mut raw = String::new();
-    let mut path = String::new();
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            raw.push('.');
-            path.push('.');
-        }
-        raw.push_str(part);
-        path.push_str(part);
-        if let Some((_, count)) = arrays.iter().find(|(n, _)| *n == raw) {
-            path.push_str(&format!("[{}]", count - 1));
-        }
-    }
-    path
-}
-
-/// The keys leading to byte `limit` of one `key = value` line: `["a"]` for `a = 1`,
-/// `["r", "reference"]` inside `r = { reference = 5 }`. Scanning stops at the first delimiter at
-/// or after `limit`, after taking the key that `limit` falls in, if any.
-fn line_keys(line: &str, limit: usize) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut depth = 0usize;
-    let mut token_start = 0;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for (i, c) in line.char_indices() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' && q == '"' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        let delimiter = matches!(c, '=' | '{' | '}' | ',' | '#' | '\n');
-        if i >= limit && delimiter {
-            if c == '=' && token_start <= limit {
-                push_key(&mut keys, depth, &line[token_start..i]);
-            }
-            break;
-        }
-        match c {
-            '"' | '\'' => quote = Some(c),
-            '#' => break,
-            '=' => {
-                push_key(&mut keys, depth, &line[token_start..i]);
-                token_start = i + 1;
-            }
-            '{' => {
-                depth += 1;
-                token_start = i + 1;
-            }
-            '}' => {
-                depth = depth.saturating_sub(1);
-                keys.truncate(depth + 1);
-                token_start = i + 1;
-            }
-            ',' => token_start = i + 1,
-            _ => {}
-        }
-    }
-    keys
-}
-
-fn push_key(keys: &mut Vec<String>, depth: usize, token: &str) {
-    let key = token.split('.').map(clean_key).collect::<Vec<_>>().join(".");
-    if !key.is_empty() {
-        keys.truncate(depth);
-        keys.push(key);
-    }
-}
-
-fn clean_key(part: &str) -> String {
-    part.trim().trim_matches(|c| c == '"' || c == '\'').to_owned()
 }
 
 #[cfg(test)]
@@ -2276,6 +2123,8 @@ mod tests {
         assert_eq!(p.get("listener[0].bind"), Some((3, 8)));
         assert_eq!(p.file_line(&["listener[0].bind"]), "t.toml:3");
         assert_eq!(p.file_line(&["admin.bind"]), "t.toml");
+        assert_eq!(p.file_line_col(&["listener[0].bind"]), "t.toml:3:8");
+        assert_eq!(p.file_line_col(&["admin.bind"]), "t.toml");
         assert_eq!(KeyPositions::built_in().file_line(&["x"]), "<built-in>");
     }
 
@@ -2557,12 +2406,15 @@ mod tests {
 
     #[test]
     fn syntax_errors() {
+        // The file is parsed whole before any key is read, so a syntax error has a position and
+        // no key.
         let e = parse_err("[broker]\nsys_interval_secs = 10\n[limits\ninflight_max = 3\n");
-        assert_err(&e, 3, 8, "limits", "invalid table header");
+        assert_err(&e, 3, 8, "", "invalid table header");
+        assert!(e.to_string().starts_with("tern.toml:3:8: invalid table header"), "{e}");
         let e = parse_err("[limits]\ninflight_max = = 3\n");
-        assert_eq!((e.line, e.key.as_str()), (2, "limits.inflight_max"), "{e}");
+        assert_eq!((e.line, e.key.as_str()), (2, ""), "{e}");
         let e = parse_err("[limits]\ninflight_max = 3\ninflight_max = 4\n");
-        assert_err(&e, 3, 1, "limits.inflight_max", "duplicate key");
+        assert_err(&e, 3, 1, "", "duplicate key `inflight_max` in table `limits`");
         assert!(!e.message.contains('\n'), "{e:?}");
     }
 
@@ -2734,7 +2586,7 @@ mod tests {
     #[test]
     fn redirect_needs_a_reference() {
         let e = parse_err("[[listener]]\n[listener.redirect]\npermanent = true\n");
-        assert_eq!((e.key.as_str(), e.line), ("listener[0].redirect", 2), "{e}");
+        assert_eq!((e.key.as_str(), e.line), ("listener[0].redirect.reference", 3), "{e}");
         assert!(e.message.contains("missing required key \"reference\""), "{e}");
         let e = parse_err("[[listener]]\nredirect = { reference = \"\" }\n");
         assert_err(&e, 2, 26, "listener[0].redirect.reference", "between 1 and 1024 bytes");
@@ -2798,9 +2650,8 @@ mod tests {
         assert_eq!((e.file.as_str(), e.line, e.column), ("/nonexistent/dir/tern.toml", 0, 0));
         assert!(e.to_string().starts_with("/nonexistent/dir/tern.toml: cannot read: "), "{e}");
 
-        let dir = std::env::temp_dir().join(format!("tern-config-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("bad.toml");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[limits]\n\ninflight_max = 0\n").expect("write");
         let e = Config::load(&path).expect_err("bad value");
         assert_eq!(e.file, path.display().to_string());
@@ -2810,75 +2661,120 @@ mod tests {
         assert!(e.message.contains("larger than"), "{e}");
         std::fs::write(&path, "[limits]\ninflight_max = 7\n").expect("write");
         assert_eq!(Config::load(&path).map(|c| c.limits.inflight_max), Ok(7));
-        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 
     #[test]
     fn bounds_fit_their_field_types() {
-        // `Spans::int` narrows after the bound check; this is what makes that infallible.
-        assert!(SHARDS.hi <= i64::from(u16::MAX));
-        assert!(PACKET_SIZE_BYTES.hi <= i64::from(u32::MAX));
-        for b in
-            [INFLIGHT, TOPIC_LEVELS, TOPIC_BYTES, CLIENT_ID_BYTES, KEEPALIVE_SECS, TOPIC_ALIASES]
-        {
-            assert!(b.lo >= 0 && b.hi <= i64::from(u16::MAX));
+        // `bounded` narrows after the bound check; this is what makes that infallible: both ends
+        // of every declared bound are read into the field without "out of range".
+        let mut zero_allowed = Vec::new();
+        for table in Config::describe() {
+            let header = if table.array {
+                format!("[[{}]]", table.path)
+            } else {
+                format!("[{}]", table.path)
+            };
+            for key in &table.keys {
+                let Some((lo, hi)) = key.bound else { continue };
+                let path = format!("{}.{}", table.path, key.key);
+                assert!(lo <= hi, "{path}");
+                if lo == 0 {
+                    zero_allowed.push(path.clone());
+                }
+                for v in [lo, hi] {
+                    if let Err(e) = parse(&format!("{header}\n{} = {v}\n", key.key)) {
+                        let own = e.key.ends_with(&format!(".{}", key.key));
+                        assert!(!(own && e.message.contains("range")), "{path} = {v}: {e}");
+                        assert!(!(own && e.message.contains("between")), "{path} = {v}: {e}");
+                    }
+                }
+            }
         }
-        for b in [
-            SYS_INTERVAL_SECS,
-            CONNECTIONS,
-            SESSION_QUEUE_MESSAGES,
-            RETAINED_MESSAGES,
-            SUBSCRIPTIONS_PER_CLIENT,
-            CONNECT_TIMEOUT_SECS,
-            WRITE_TIMEOUT_SECS,
-            SESSIONS,
-            SESSION_EXPIRY_SECS,
-            MESH_CHANNEL_CAPACITY,
-            MESH_BATCH,
-            SPIN_BEFORE_PARK_US,
-        ] {
-            assert!(b.lo >= 0 && b.hi <= i64::from(u32::MAX));
-        }
-        // 0 is allowed only where it is a documented real value.
-        assert_eq!((TOPIC_ALIASES.lo, SPIN_BEFORE_PARK_US.lo), (0, 0));
+        // 0 is allowed only where it is a documented real value (or a count of optional
+        // things, or QoS 0).
+        assert_eq!(
+            zero_allowed,
+            [
+                "limits.user_properties_max",
+                "limits.user_property_bytes_max",
+                "limits.topic_alias_max",
+                "runtime.spin_before_park_us",
+                "bridge.topic.qos",
+            ]
+        );
     }
 
     #[test]
-    fn key_path_scanner() {
-        let text = "a = 1\n[t]\nx = { y = 1, z = { w = 2 } }\n[[arr]]\n[[arr]]\n[arr.sub]\nk = 3\n";
-        let at = |needle: &str| {
-            let offset = text.find(needle).expect("needle");
-            key_path_at(text, offset)
-        };
-        assert_eq!(at("1\n"), "a");
-        assert_eq!(at("y"), "t.x.y");
-        assert_eq!(at("2 }"), "t.x.z.w");
-        assert_eq!(at("k ="), "arr[1].sub.k");
-        assert_eq!(at("sub"), "arr[1].sub");
-        assert_eq!(key_path_at(text, text.len()), "arr[1].sub.k");
+    fn the_generated_reference_is_the_defaults() {
+        let text = Config::reference();
+        let config = Config::from_str_named(&text, "reference.toml").unwrap_or_else(|e| {
+            panic!("{e}\n{text}");
+        });
+        assert_eq!(config, Config::default());
+        assert!(text.contains("[limits]\n") && text.contains("[[listener]]\n"), "{text}");
+        assert!(text.contains("\ninflight_max = 32\n"), "{text}");
+        assert!(text.contains("# Bound: 1..=65535.\ninflight_max = 32\n"), "{text}");
+    }
+
+    /// The example `tern.toml` documents every declared key: a key with a default is set to it
+    /// (or shown commented out with it), a key absent by default is shown commented out.
+    #[test]
+    fn example_file_documents_every_declared_key() {
+        let text = include_str!("../tern.toml");
+        let file: toml::Table = toml::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let lines: Vec<&str> = text.lines().map(|l| l.trim_start_matches(['#', ' '])).collect();
+        let mut missing = Vec::new();
+        for table in Config::describe() {
+            // The table in the file: arrays of tables by their first entry.
+            let mut here = Some(&file);
+            for part in table.path.split('.') {
+                here = here.and_then(|t| match t.get(part) {
+                    Some(toml::Value::Table(t)) => Some(t),
+                    Some(toml::Value::Array(a)) => a.first().and_then(|v| v.as_table()),
+                    _ => None,
+                });
+            }
+            for key in &table.keys {
+                let path = format!("{}.{}", table.path, key.key);
+                let set = here.and_then(|t| t.get(key.key));
+                match (&key.default, set) {
+                    (Some(default), Some(value)) => {
+                        let want: toml::Table = toml::from_str(&format!("v = {default}"))
+                            .unwrap_or_else(|e| panic!("{path}: {e}"));
+                        assert_eq!(Some(value), want.get("v"), "{path} is not at its default");
+                    }
+                    (Some(default), None) => {
+                        let shown = format!("{} = {default}", key.key);
+                        let example = format!("{} = ", key.key);
+                        if !lines.iter().any(|l| l.starts_with(&shown) || l.starts_with(&example)) {
+                            missing.push(path);
+                        }
+                    }
+                    (None, Some(_)) => panic!("{path} is absent by default, not set"),
+                    (None, None) => {
+                        let example = format!("{} = ", key.key);
+                        if !lines.iter().any(|l| l.starts_with(&example)) {
+                            missing.push(path);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "tern.toml does not document {missing:?}");
     }
 
     /// A scratch directory for tests that write auth files; removed on drop.
-    struct AuthDir(std::path::PathBuf);
+    struct AuthDir(tempfile::TempDir);
 
     impl AuthDir {
-        fn new(tag: &str) -> AuthDir {
-            let dir =
-                std::env::temp_dir().join(format!("tern-config-auth-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            AuthDir(dir)
+        fn new() -> AuthDir {
+            AuthDir(tempfile::tempdir().expect("temp dir"))
         }
 
         fn file(&self, name: &str, text: &str) -> String {
-            let path = self.0.join(name);
+            let path = self.0.path().join(name);
             std::fs::write(&path, text).expect("write");
             path.display().to_string()
-        }
-    }
-
-    impl Drop for AuthDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -2899,7 +2795,7 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
 
         // An empty ACL file is valid: it denies everything.
-        let dir = AuthDir::new("ok");
+        let dir = AuthDir::new();
         let empty = dir.file("empty.acl", "");
         let c = parse(&format!("[auth]\nacl_file = {empty:?}\n")).unwrap_or_else(|e| panic!("{e}"));
         assert!(c.auth.password_file.is_none());
@@ -2907,7 +2803,7 @@ mod tests {
 
     #[test]
     fn auth_file_errors_name_the_file_line_and_reason() {
-        let dir = AuthDir::new("bad");
+        let dir = AuthDir::new();
         let acl = dir.file("acl", "# acl\ntopic read a\ntopik read b\n");
         let e = parse_err(&format!("# x\n[auth]\nacl_file = {acl:?}\n"));
         assert_err(&e, 3, 12, "auth.acl_file", &format!("{acl}:3: unknown keyword \"topik\""));

@@ -51,6 +51,7 @@ pub mod check;
 pub mod config;
 pub mod fuzzing;
 pub mod logging;
+pub mod memory_plan;
 pub mod metrics;
 pub mod mosquitto_conf;
 pub mod net;

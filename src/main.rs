@@ -1,6 +1,7 @@
 //! The `tern` binary: parses arguments (clap), loads the configuration, starts the broker and
 //! waits for SIGINT/SIGTERM (SIGHUP re-reads the TLS certificates, password file and ACL). It
-//! holds no broker logic. Subcommands: `passwd`, `check-config`, `import-mosquitto-conf`.
+//! holds no broker logic. Subcommands: `passwd`, `check-config`, `default-config`,
+//! `import-mosquitto-conf`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ enum Command {
         /// The configuration file.
         file: PathBuf,
     },
+    /// Print every configuration key at its default, with its documentation and bound
+    /// (generated from the declarations in src/config.rs).
+    DefaultConfig,
     /// Write a tern.toml from a mosquitto.conf, listing every directive not translated.
     ImportMosquittoConf {
         /// The mosquitto.conf to read.
@@ -76,6 +80,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::DefaultConfig) => {
+            print!("{}", Config::reference());
+            ExitCode::SUCCESS
+        }
         Some(Command::ImportMosquittoConf { file, output }) => import(&file, output.as_deref()),
         None => serve(cli.config, cli.shards),
     }
@@ -135,7 +143,7 @@ fn serve(config_path: Option<PathBuf>, shards: Option<u16>) -> ExitCode {
         Err(e) => {
             match &e {
                 StartError::AddrInUse { key, .. } => {
-                    eprintln!("{}: {e}", positions.file_line(&[key.as_str()]))
+                    eprintln!("{}: {e}", positions.file_line_col(&[key.as_str()]))
                 }
                 _ => eprintln!("tern: {e}"),
             }

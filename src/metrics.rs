@@ -33,6 +33,8 @@ pub struct StatsBoard {
     connections_max: Mutex<u64>,
     /// The bridges' counters, set once at start.
     bridges: std::sync::OnceLock<Vec<std::sync::Arc<crate::bridge::BridgeStats>>>,
+    /// The memory plan's figures (name, bytes, help), set once at start.
+    memory_plan: std::sync::OnceLock<Vec<(&'static str, u64, &'static str)>>,
 }
 
 impl std::fmt::Debug for StatsBoard {
@@ -50,6 +52,7 @@ impl StatsBoard {
             started: Instant::now(),
             connections_max: Mutex::new(0),
             bridges: std::sync::OnceLock::new(),
+            memory_plan: std::sync::OnceLock::new(),
         }
     }
 
@@ -90,6 +93,16 @@ impl StatsBoard {
             let _ = h.add(&s.lock().unwrap_or_else(|p| p.into_inner()).latency);
         }
         h
+    }
+
+    /// Registers the memory plan's figures (once, at start) for `/metrics`
+    /// (`tern_memory_plan_<name>`) and `$SYS/broker/memory/plan/<name>`.
+    pub fn set_memory_plan(&self, values: Vec<(&'static str, u64, &'static str)>) {
+        let _ = self.memory_plan.set(values);
+    }
+
+    fn memory_plan_values(&self) -> &[(&'static str, u64, &'static str)] {
+        self.memory_plan.get().map_or(&[], Vec::as_slice)
     }
 
     /// Registers the bridges' counters (once, at start) for `/metrics` and `$SYS`.
@@ -166,6 +179,11 @@ impl StatsBoard {
         .chain(self.bridge_values().into_iter().flat_map(|(name, values)| {
             values.map(|b| (format!("$SYS/broker/bridges/{name}/{}", b.key), v(b.value)))
         }))
+        .chain(
+            self.memory_plan_values()
+                .iter()
+                .map(|(name, bytes, _)| (format!("$SYS/broker/memory/plan/{name}"), v(*bytes))),
+        )
         .collect()
     }
 
@@ -207,6 +225,11 @@ impl StatsBoard {
                 }
             }
         }
+        for (name, bytes, help) in self.memory_plan_values() {
+            let _ = writeln!(out, "# HELP tern_memory_plan_{name} {help}");
+            let _ = writeln!(out, "# TYPE tern_memory_plan_{name} gauge");
+            let _ = writeln!(out, "tern_memory_plan_{name} {bytes}");
+        }
         let _ = writeln!(out, "# HELP tern_uptime_seconds Seconds since the broker started.");
         let _ = writeln!(out, "# TYPE tern_uptime_seconds gauge");
         let _ = writeln!(out, "tern_uptime_seconds {}", self.uptime_secs());
@@ -237,6 +260,22 @@ impl StatsBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start-up memory plan is in `/metrics` and `$SYS` (issue 11).
+    #[test]
+    fn memory_plan_is_exposed() {
+        let board = StatsBoard::new(1);
+        assert!(!board.prometheus().contains("tern_memory_plan_"), "nothing before it is set");
+        let plan = crate::memory_plan::MemoryPlan::new(&crate::config::Config::default(), 1 << 30);
+        board.set_memory_plan(plan.values());
+        let text = board.prometheus();
+        assert!(text.contains("# TYPE tern_memory_plan_connection_idle_bytes gauge"), "{text}");
+        let line = format!("tern_memory_plan_session_worst_bytes {}", plan.session_worst_bytes);
+        assert!(text.contains(&line), "{text}");
+        let sys = board.sys_topics();
+        let host = ("$SYS/broker/memory/plan/host_bytes".to_string(), (1u64 << 30).to_string());
+        assert!(sys.contains(&host), "{sys:?}");
+    }
 
     #[test]
     fn totals_add_up_and_render() {

@@ -28,7 +28,7 @@ struct Meshes {
     data: MeshBuilder<Batch, Full>,
     control: MeshBuilder<Batch, Full>,
 }
-use crate::shard::{Shard, ShardConfig, ShardMsg};
+use crate::shard::{Shard, ShardConfig, ShardMsg, DEADLINES_PER_TURN};
 
 /// How the executors are built.
 #[derive(Clone, Debug)]
@@ -575,8 +575,17 @@ async fn shard_main(
         let now = Instant::now();
         if now.duration_since(last_tick) >= Duration::from_secs(1) {
             last_tick = now;
+            // Deadline work in bounded turns with the connections' tasks between them: a
+            // million keep-alives falling due in one second cannot stall the shard (issue 11).
+            let mut more = io.shard.borrow_mut().tick_bounded(now, DEADLINES_PER_TURN);
+            // Bounded: every turn handles DEADLINES_PER_TURN due entries, each of which is
+            // acted on or re-armed after `now`.
+            while more {
+                io.outbox_ready.notify();
+                glommio::executor().yield_task_queue_now().await;
+                more = io.shard.borrow_mut().run_due(now, DEADLINES_PER_TURN);
+            }
             let mut shard = io.shard.borrow_mut();
-            shard.tick(now);
             opts.stats.update(usize::from(id), &shard.metrics, &shard.latency);
             if id == 0 && now.duration_since(last_sys) >= opts.sys_interval {
                 last_sys = now;

@@ -4,8 +4,7 @@
 //! a bridge over mutual TLS.
 
 mod common;
-#[path = "interop/support.rs"]
-mod support;
+use common::interop as support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -6,8 +6,7 @@
 //! process under `panic = "abort"`) or unbounded growth rather than memory corruption.
 
 mod common;
-#[path = "interop/support.rs"]
-mod support;
+use common::interop as support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

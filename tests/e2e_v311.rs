@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{connect, pid, start, start_with, RawClient};
-use tern::codec::{Packet, ProtocolVersion, PubResp, QoS, ReasonCode, Will};
+use tern::codec::{Packet, ProtocolVersion, PubResp, QoS, ReasonCode, ReasonPacket, Will};
 
 const V4: ProtocolVersion = ProtocolVersion::V311;
 
@@ -82,14 +82,36 @@ fn persistent_session_keeps_qos1_messages_while_offline() {
 
 #[test]
 fn clean_session_discards_state() {
-    // [MQTT-3.1.2-6]: Clean Session 1 discards any previous session.
+    // [MQTT-3.1.2-6]: Clean Session 1 discards any previous session: its subscriptions and the
+    // messages queued for it; and the new session lasts only as long as its connection.
     let b = start();
     let (mut dev, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", false);
     dev.subscribe("x", QoS::AtLeastOnce);
-    drop(dev);
-    std::thread::sleep(Duration::from_millis(100));
-    let (_dev, present) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s1", true);
+    dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
+    assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
+    // A QoS 1 message for the persistent session while it is offline: it is queued for it.
+    let (mut publ, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "p1", true);
+    publ.publish("x", b"while-away", QoS::AtLeastOnce, 1, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+
+    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s1", true);
     assert!(!present, "[MQTT-3.2.2-1] session present 0 with clean session");
+    // The queued message is gone: the next packet is the SUBACK of a new subscription, not the
+    // queued PUBLISH (which a resumed session gets right after CONNACK, [MQTT-4.4.0-1]).
+    dev.subscribe("y", QoS::AtLeastOnce);
+    // The subscription to "x" is gone: of "x" then "y" from one publisher, only "y" arrives.
+    publ.publish("x", b"after", QoS::AtLeastOnce, 2, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    publ.publish("y", b"marker", QoS::AtLeastOnce, 3, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    let m = dev.recv_publish();
+    assert_eq!((m.topic.as_ref(), &m.payload[..]), ("y", &b"marker"[..]), "no state of s1 left");
+
+    // The clean session ends with its connection: a later persistent connect finds none.
+    dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
+    assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
+    let (_dev, present) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", false);
+    assert!(!present, "[MQTT-3.1.2-6] the clean session was not kept");
 }
 
 #[test]

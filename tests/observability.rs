@@ -117,7 +117,7 @@ fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needles: &[&str]) -> Option
 }
 
 #[test]
-fn logs_have_a_connection_span_and_connect_disconnect_events() {
+fn logs_name_the_connection_in_connect_disconnect_events() {
     // The real binary, with its own logging setup: RUST_LOG picks the level.
     let dir = std::env::temp_dir().join(format!("tern-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -145,12 +145,15 @@ fn logs_have_a_connection_span_and_connect_disconnect_events() {
     let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     let connected = connected.expect("a connect event");
-    assert!(connected.contains("conn{shard="), "span with shard: {connected}");
-    assert!(connected.contains("peer="), "span with peer: {connected}");
-    assert!(connected.contains("client_id=\"log-probe\""), "span records client id: {connected}");
+    // At info the events name the connection themselves (the per-connection span is a debug
+    // span: at info it would hold ~0.7 KB for every idle connection, issue 11).
+    assert!(connected.contains("shard="), "event with shard: {connected}");
+    assert!(connected.contains("peer=127.0.0.1:"), "event with peer: {connected}");
+    assert!(connected.contains("client_id=\"log-probe\""), "event with client id: {connected}");
     let disconnected = disconnected.expect("a disconnect event with its reason");
     assert!(
         disconnected.contains("client_id=\"log-probe\""),
-        "span records client id: {disconnected}"
+        "event with client id: {disconnected}"
     );
+    assert!(disconnected.contains("peer=127.0.0.1:"), "event with peer: {disconnected}");
 }

@@ -9,6 +9,7 @@
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tern::fuzzing;
+use tern::net::ws::frame::client_frame;
 
 fn config() -> ProptestConfig {
     let mut c = ProptestConfig::default();
@@ -89,25 +90,6 @@ const WS_LINES: &[&str] = &[
     " folded",
 ];
 
-/// A masked client frame.
-fn frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = vec![first];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
 /// Frame sequences: binary, fragments, pings, pongs, closes, text, with any first byte.
 fn frames() -> impl Strategy<Value = Vec<u8>> {
     let one = (
@@ -115,7 +97,7 @@ fn frames() -> impl Strategy<Value = Vec<u8>> {
         vec(any::<u8>(), 0..300),
         any::<[u8; 4]>(),
     )
-        .prop_map(|(first, payload, mask)| frame(first, &payload, mask));
+        .prop_map(|(first, payload, mask)| client_frame(first, &payload, mask));
     (any::<u8>(), vec(one, 0..6)).prop_map(|(chunk, fs)| {
         let mut out = vec![chunk];
         fs.into_iter().for_each(|f| out.extend(f));

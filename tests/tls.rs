@@ -1,11 +1,10 @@
 //! TLS listeners end to end against a real two-shard broker: a rustls client (TLS 1.3 and
 //! 1.2), `openssl s_client`, Python paho-mqtt with TLS, mutual TLS, the certificate CN as the
 //! user name, and certificate reload (in process, and SIGHUP to the `tern` binary). The
-//! certificates are generated at run time (tests/interop/support.rs).
+//! certificates are generated at run time (tests/common/interop.rs).
 
 mod common;
-#[path = "interop/support.rs"]
-mod support;
+use common::interop as support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

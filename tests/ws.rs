@@ -4,8 +4,7 @@
 //! `transport="websockets"` (plain and TLS).
 
 mod common;
-#[path = "interop/support.rs"]
-mod support;
+use common::interop as support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

@@ -19,174 +19,216 @@ mod runner;
 mod scenario;
 mod stats;
 
-use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
 
-const USAGE: &str = "\
-usage: tern-loadtest SCENARIO [--option value ...]
-       tern-loadtest relay --listen 127.0.0.1:1890 [--max-secs 3600]
-       tern-loadtest table [--primary tern] RESULT.json ...
-       tern-loadtest check --baseline loadtest/baseline.json [bounds] RESULT.json ...
-       tern-loadtest merge --out FILE RESULT.json ...
-       tern-loadtest plot --out FILE.svg [--title T] RESULT.json ...
-
-SCENARIO: conn | p2p | fanout | fanin | sharedsub | retained
-
-target     --host 127.0.0.1 --port 1883 --mqtt 4|5 (4 = 3.1.1) --target NAME (report column)
-shape      --publishers N --subscribers N (defaults: p2p 8/8, fanout 1/8, fanin 8/1,
-           sharedsub 8/4, retained 1/4)
-messages   --qos 0|1|2 --payload BYTES (>= 24; default 64) --rate MSG/S (all publishers
-           together; 0 = as fast as possible) --inflight N (QoS 1/2 window, default 16)
-           --clean 1|0 (0 = persistent sessions) --retained N (retained: topics stored first)
-bounds     --duration SECS (default 10) --messages N (total, default 50000000) --drain SECS (3)
-conn       --connections N --conn-rate N/S (0 = as fast as possible) --hold SECS (10)
-           --procs N (client processes) --connects-pending N (256 per thread)
-           --connect-timeout SECS (60) --keepalive SECS (60)
-sockets    --threads N (default: CPUs allowed) --source-addrs N (127.0.0.2.., default 8; 0 = none)
-broker     --broker-pid PID (RSS, CPU, bytes per connection from /proc)
-output     --label NAME --json FILE|- --hdr FILE --svg FILE
-
-check bounds (ratios tern/relay of the same run, against the baseline's; RESULT files hold
-           both, target tern and target relay) --throughput-min 0.5 --latency-max 4
-           --latency-slack-us 2000";
-
-/// `--key value` options and positional arguments.
-pub struct Args {
-    opts: BTreeMap<String, String>,
-    positional: Vec<String>,
+/// Load generator, latency recorder and peer comparison for MQTT brokers.
+///
+/// Every run is bounded in time (--duration, --hold) and in count (--messages).
+#[derive(Parser, Debug)]
+#[command(name = "tern-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-impl Args {
-    /// Splits `it` into options (every option takes a value) and positional arguments.
-    pub fn parse(it: impl Iterator<Item = String>) -> Result<Self> {
-        let mut opts = BTreeMap::new();
-        let mut positional = Vec::new();
-        let mut it = it.peekable();
-        while let Some(a) = it.next() {
-            if let Some(k) = a.strip_prefix("--") {
-                let v = it.next().with_context(|| format!("--{k} needs a value"))?;
-                opts.insert(k.to_string(), v);
-            } else {
-                positional.push(a);
-            }
-        }
-        Ok(Self { opts, positional })
-    }
-
-    /// A string option.
-    pub fn str(&self, k: &str, default: &str) -> String {
-        self.opts.get(k).cloned().unwrap_or_else(|| default.to_string())
-    }
-
-    /// A numeric option.
-    pub fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T> {
-        match self.opts.get(k) {
-            None => Ok(default),
-            Some(v) => v.parse().map_err(|_| anyhow::anyhow!("--{k}: not a valid number: {v}")),
-        }
-    }
-
-    /// An optional numeric option.
-    pub fn opt_num<T: std::str::FromStr>(&self, k: &str) -> Result<Option<T>> {
-        self.opts
-            .get(k)
-            .map(|v| v.parse().map_err(|_| anyhow::anyhow!("--{k}: not a valid number: {v}")))
-            .transpose()
-    }
-
-    fn check_known(&self, known: &[&str]) -> Result<()> {
-        for k in self.opts.keys() {
-            if !known.contains(&k.as_str()) {
-                bail!("unknown option --{k}\n\n{USAGE}");
-            }
-        }
-        Ok(())
-    }
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connection storm: N connections opened at R/s, then held idle (with keep-alive pings).
+    Conn(ScenarioArgs),
+    /// Point-to-point: publisher i -> topic i -> subscriber i (default 8/8).
+    P2p(ScenarioArgs),
+    /// Fan-out: every subscriber receives every publisher's topic (default 1 -> 8).
+    Fanout(ScenarioArgs),
+    /// Fan-in: many publishers, one wildcard subscriber (default 8 -> 1).
+    Fanin(ScenarioArgs),
+    /// Shared-subscription fan-in: each message to one member (default 8 -> 4).
+    Sharedsub(ScenarioArgs),
+    /// Retained-heavy wildcard subscribe: R retained topics first, then subscribers (1 -> 4).
+    Retained(ScenarioArgs),
+    /// The raw-relay ceiling: a trivial forwarder to measure the harness against.
+    Relay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:1890")]
+        listen: std::net::SocketAddr,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 3600.0)]
+        max_secs: f64,
+    },
+    /// A comparison table of result files.
+    Table {
+        /// The target the other columns are compared with.
+        #[arg(long, default_value = "tern")]
+        primary: String,
+        /// Result files (JSON).
+        #[arg(value_name = "RESULT.json")]
+        files: Vec<String>,
+    },
+    /// Checks results against a baseline: ratios tern/relay of the same run, against the
+    /// baseline's (RESULT files hold both, target tern and target relay).
+    Check {
+        /// The baseline result file.
+        #[arg(long, value_name = "FILE")]
+        baseline: String,
+        /// Lowest throughput ratio allowed, relative to the baseline's.
+        #[arg(long, default_value_t = 0.5)]
+        throughput_min: f64,
+        /// Highest latency ratio allowed, relative to the baseline's.
+        #[arg(long, default_value_t = 4.0)]
+        latency_max: f64,
+        /// Latency differences below this many microseconds always pass.
+        #[arg(long, default_value_t = 2000.0)]
+        latency_slack_us: f64,
+        /// Result files (JSON).
+        #[arg(value_name = "RESULT.json")]
+        files: Vec<String>,
+    },
+    /// Merges result files into one JSON array.
+    Merge {
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Result files (JSON).
+        #[arg(value_name = "RESULT.json")]
+        files: Vec<String>,
+    },
+    /// An SVG latency plot of result files.
+    Plot {
+        /// The SVG file to write.
+        #[arg(long, value_name = "FILE.svg")]
+        out: PathBuf,
+        /// The plot's title.
+        #[arg(long, default_value = "latency")]
+        title: String,
+        /// Result files (JSON).
+        #[arg(value_name = "RESULT.json")]
+        files: Vec<String>,
+    },
+    /// A client process of a multi-process `conn` run: the scenario as JSON, written by the
+    /// parent. Prints READY, then its summary as JSON on its last line.
+    #[command(hide = true)]
+    Child {
+        /// The scenario (serde_json of `scenario::Scenario`).
+        scenario: String,
+    },
 }
 
-const SCENARIO_OPTS: &[&str] = &[
-    "host",
-    "port",
-    "mqtt",
-    "target",
-    "publishers",
-    "subscribers",
-    "qos",
-    "payload",
-    "rate",
-    "inflight",
-    "clean",
-    "retained",
-    "duration",
-    "messages",
-    "drain",
-    "connections",
-    "conn-rate",
-    "hold",
-    "procs",
-    "connects-pending",
-    "connect-timeout",
-    "keepalive",
-    "threads",
-    "source-addrs",
-    "broker-pid",
-    "label",
-    "json",
-    "hdr",
-    "svg",
-    "conn-offset",
-    "run-id",
-    "child",
-];
+/// The options of every scenario. Defaults that depend on the scenario (shape, label) are
+/// filled in by [`scenario::Scenario::from_args`].
+#[derive(Args, Debug, Clone)]
+pub struct ScenarioArgs {
+    /// Broker host (an IP address).
+    #[arg(long, default_value = "127.0.0.1", help_heading = "Target")]
+    pub host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883, help_heading = "Target")]
+    pub port: u16,
+    /// MQTT version: 4 (3.1.1) or 5.
+    #[arg(long, default_value_t = 4, value_name = "4|5", help_heading = "Target")]
+    pub mqtt: u8,
+    /// Name of the target in the report's columns.
+    #[arg(long, default_value = "", value_name = "NAME", help_heading = "Target")]
+    pub target: String,
+    /// Publishing connections (defaults: p2p 8, fanout 1, fanin 8, sharedsub 8, retained 1).
+    #[arg(long, value_name = "N", help_heading = "Shape")]
+    pub publishers: Option<usize>,
+    /// Subscribing connections (defaults: p2p 8, fanout 8, fanin 1, sharedsub 4, retained 4).
+    #[arg(long, value_name = "N", help_heading = "Shape")]
+    pub subscribers: Option<usize>,
+    /// QoS of every publish and subscription.
+    #[arg(long, default_value_t = 0, value_name = "0|1|2", help_heading = "Messages")]
+    pub qos: u8,
+    /// Payload bytes per message (at least 24: the timestamp and sequence header).
+    #[arg(long, default_value_t = 64, value_name = "BYTES", help_heading = "Messages")]
+    pub payload: usize,
+    /// Publish rate of all publishers together, msg/s; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0, value_name = "MSG/S", help_heading = "Messages")]
+    pub rate: u64,
+    /// QoS 1/2 window per publisher.
+    #[arg(long, default_value_t = 16, value_name = "N", help_heading = "Messages")]
+    pub inflight: u16,
+    /// 1 = clean sessions, 0 = persistent sessions.
+    #[arg(long, default_value_t = 1, value_name = "1|0", help_heading = "Messages")]
+    pub clean: u8,
+    /// `retained`: retained topics stored first.
+    #[arg(long, default_value_t = 10_000, value_name = "N", help_heading = "Messages")]
+    pub retained: u64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS", help_heading = "Bounds")]
+    pub duration: f64,
+    /// Messages in total, at most.
+    #[arg(long, default_value_t = 50_000_000, value_name = "N", help_heading = "Bounds")]
+    pub messages: u64,
+    /// Seconds to wait for outstanding deliveries after publishing.
+    #[arg(long, default_value_t = 3.0, value_name = "SECS", help_heading = "Bounds")]
+    pub drain: f64,
+    /// `conn`: connections to open.
+    #[arg(long, default_value_t = 1000, value_name = "N", help_heading = "Conn")]
+    pub connections: usize,
+    /// `conn`: connection attempts per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0, value_name = "N/S", help_heading = "Conn")]
+    pub conn_rate: u64,
+    /// `conn`: seconds to hold the connections once all are up.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS", help_heading = "Conn")]
+    pub hold: f64,
+    /// `conn`: client processes (each gets its share of the connections).
+    #[arg(long, default_value_t = 1, value_name = "N", help_heading = "Conn")]
+    pub procs: usize,
+    /// Connection attempts in flight at once per thread.
+    #[arg(long, default_value_t = 256, value_name = "N", help_heading = "Conn")]
+    pub connects_pending: usize,
+    /// Seconds allowed for connecting (and subscribing).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS", help_heading = "Conn")]
+    pub connect_timeout: f64,
+    /// Keep alive sent in CONNECT (rumqttd refuses 0).
+    #[arg(long, default_value_t = 60, value_name = "SECS", help_heading = "Conn")]
+    pub keepalive: u16,
+    /// Worker threads (default: the CPUs this process may run on).
+    #[arg(long, value_name = "N", help_heading = "Sockets")]
+    pub threads: Option<usize>,
+    /// Loopback source addresses 127.0.0.2.. to spread connections over; 0 = none.
+    #[arg(long, default_value_t = 8, value_name = "N", help_heading = "Sockets")]
+    pub source_addrs: u8,
+    /// Broker pid: RSS, CPU and bytes per connection from /proc.
+    #[arg(long, value_name = "PID", help_heading = "Broker")]
+    pub broker_pid: Option<u32>,
+    /// Label copied into the report (default: the scenario name).
+    #[arg(long, value_name = "NAME", help_heading = "Output")]
+    pub label: Option<String>,
+    /// Write the summary JSON here (`-` = standard output).
+    #[arg(long, value_name = "FILE|-", help_heading = "Output")]
+    pub json: Option<String>,
+    /// Write the HDR latency distribution here.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub hdr: Option<String>,
+    /// Write an SVG latency plot here.
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub svg: Option<String>,
+    /// Prefix of topics and client ids (default: unique per run).
+    #[arg(long, hide = true)]
+    pub run_id: Option<String>,
+}
 
-/// Options a parent passes on to its client processes unchanged.
-const CHILD_DROP: &[&str] = &[
-    "procs",
-    "broker-pid",
-    "connections",
-    "conn-rate",
-    "label",
-    "json",
-    "hdr",
-    "svg",
-    "conn-offset",
-    "child",
-    "target",
-];
-
-fn run_scenario(kind: scenario::Kind, args: &Args) -> Result<ExitCode> {
-    args.check_known(SCENARIO_OPTS)?;
+fn run_scenario(kind: scenario::Kind, args: &ScenarioArgs) -> Result<ExitCode> {
     let s = scenario::Scenario::from_args(kind, args)?;
-    let child = args.num::<u8>("child", 0)? != 0;
-    let procs: usize = args.num("procs", 1)?;
-    let mut summary = if procs > 1 {
-        let mut pass = Vec::new();
-        for (k, v) in &args.opts {
-            if !CHILD_DROP.contains(&k.as_str()) {
-                pass.push(format!("--{k}"));
-                pass.push(v.clone());
-            }
-        }
-        // One run id for all children so client ids stay unique across processes.
-        if !args.opts.contains_key("run-id") {
-            pass.push("--run-id".into());
-            pass.push(s.run_id.clone());
-        }
-        runner::run_multi(s, procs, &pass)?
-    } else {
-        runner::run(s, child)?
-    };
-    summary.target = args.str("target", "");
-    if child {
-        // The parent reads the last stdout line.
-        println!("{}", serde_json::to_string(&summary)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+    let mut summary =
+        if args.procs > 1 { runner::run_multi(s, args.procs)? } else { runner::run(s, false)? };
+    summary.target.clone_from(&args.target);
     eprint!("{}", summary.table());
-    let opt = |k: &str| args.opts.get(k).map(String::as_str);
-    summary.write_files(opt("json"), opt("hdr"), opt("svg"))?;
+    summary.write_files(args.json.as_deref(), args.hdr.as_deref(), args.svg.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A client process: runs the scenario its parent serialized, prints the summary JSON last.
+fn run_child(json: &str) -> Result<ExitCode> {
+    let s: scenario::Scenario = serde_json::from_str(json).context("the child's scenario")?;
+    s.validate()?;
+    let summary = runner::run(s, true)?;
+    // The parent reads the last stdout line.
+    println!("{}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -201,63 +243,46 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<ExitCode> {
-    let mut argv = std::env::args().skip(1);
-    let Some(cmd) = argv.next() else {
-        eprintln!("{USAGE}");
-        return Ok(ExitCode::from(2));
-    };
-    let args = Args::parse(argv)?;
-    match cmd.as_str() {
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+    use scenario::Kind;
+    match Cli::parse().command {
+        Command::Conn(a) => run_scenario(Kind::Conn, &a),
+        Command::P2p(a) => run_scenario(Kind::P2p, &a),
+        Command::Fanout(a) => run_scenario(Kind::Fanout, &a),
+        Command::Fanin(a) => run_scenario(Kind::Fanin, &a),
+        Command::Sharedsub(a) => run_scenario(Kind::Sharedsub, &a),
+        Command::Retained(a) => run_scenario(Kind::Retained, &a),
+        Command::Child { scenario } => run_child(&scenario),
+        Command::Relay { listen, max_secs } => {
+            relay::run(listen, max_secs)?;
             Ok(ExitCode::SUCCESS)
         }
-        "relay" => {
-            args.check_known(&["listen", "max-secs"])?;
-            let listen = args.str("listen", "127.0.0.1:1890").parse().context("--listen")?;
-            relay::run(listen, args.num("max-secs", 3600.0)?)?;
+        Command::Table { primary, files } => {
+            let runs = report::read_summaries(&files)?;
+            print!("{}", report::comparison_table(&runs, &primary));
             Ok(ExitCode::SUCCESS)
         }
-        "table" => {
-            args.check_known(&["primary"])?;
-            let runs = report::read_summaries(&args.positional)?;
-            print!("{}", report::comparison_table(&runs, &args.str("primary", "tern")));
-            Ok(ExitCode::SUCCESS)
-        }
-        "check" => {
-            args.check_known(&["baseline", "throughput-min", "latency-max", "latency-slack-us"])?;
-            let base = report::read_summaries(&[args
-                .opts
-                .get("baseline")
-                .context("--baseline FILE")?
-                .clone()])?;
-            let cur = report::read_summaries(&args.positional)?;
+        Command::Check { baseline, throughput_min, latency_max, latency_slack_us, files } => {
+            let base = report::read_summaries(&[baseline])?;
+            let cur = report::read_summaries(&files)?;
             let bounds = report::CheckBounds {
-                throughput_ratio_min: args.num("throughput-min", 0.5)?,
-                latency_ratio_max: args.num("latency-max", 4.0)?,
-                latency_slack_us: args.num("latency-slack-us", 2000.0)?,
+                throughput_ratio_min: throughput_min,
+                latency_ratio_max: latency_max,
+                latency_slack_us,
             };
             let (text, ok) = report::check(&base, &cur, bounds);
             print!("{text}");
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        "merge" => {
-            args.check_known(&["out"])?;
-            let runs = report::read_summaries(&args.positional)?;
-            report::write_array(args.opts.get("out").context("--out FILE")?.as_ref(), &runs)?;
+        Command::Merge { out, files } => {
+            let runs = report::read_summaries(&files)?;
+            report::write_array(&out, &runs)?;
             Ok(ExitCode::SUCCESS)
         }
-        "plot" => {
-            args.check_known(&["out", "title"])?;
-            let runs = report::read_summaries(&args.positional)?;
+        Command::Plot { out, title, files } => {
+            let runs = report::read_summaries(&files)?;
             let refs: Vec<_> = runs.iter().collect();
-            let out = args.opts.get("out").context("--out FILE")?;
-            std::fs::write(out, report::svg_plot(&args.str("title", "latency"), &refs))?;
+            std::fs::write(out, report::svg_plot(&title, &refs))?;
             Ok(ExitCode::SUCCESS)
-        }
-        name => {
-            let kind = scenario::Kind::parse(name).with_context(|| USAGE.to_string())?;
-            run_scenario(kind, &args)
         }
     }
 }

@@ -345,7 +345,7 @@ fn broker_stats(
 /// `conn` over `procs` client processes (each is this binary with a slice of the connections):
 /// one process may hold at most RLIMIT_NOFILE sockets. The parent samples the broker when every
 /// child has reported READY, then merges the children's summaries.
-pub fn run_multi(s: Scenario, procs: usize, child_args: &[String]) -> Result<Summary> {
+pub fn run_multi(s: Scenario, procs: usize) -> Result<Summary> {
     if s.kind != Kind::Conn {
         bail!("--procs applies to the conn scenario only (latency needs one clock domain)");
     }
@@ -360,11 +360,16 @@ pub fn run_multi(s: Scenario, procs: usize, child_args: &[String]) -> Result<Sum
         if n == 0 {
             break;
         }
+        // The child's own share of the scenario, handed over as JSON: the same run id (so client
+        // ids stay unique across processes), its connections and rate, no broker sampling.
+        let mut part = s.clone();
+        part.connections = n;
+        part.conn_offset = offset;
+        part.conn_rate_per_sec = s.conn_rate_per_sec / procs as u64;
+        part.label = format!("{}#{k}", s.label);
+        part.broker_pid = None;
         let mut cmd = Command::new(&exe);
-        cmd.arg("conn").args(child_args);
-        cmd.args(["--connections", &n.to_string(), "--conn-offset", &offset.to_string()]);
-        cmd.args(["--conn-rate", &(s.conn_rate_per_sec / procs as u64).to_string()]);
-        cmd.args(["--child", "1", "--label", &format!("{}#{k}", s.label)]);
+        cmd.arg("child").arg(serde_json::to_string(&part).context("serializing the scenario")?);
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         children.push(cmd.spawn().context("spawning a client process")?);
     }

@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tern::codec::{ProtocolVersion, QoS};
 
 /// The scenario kinds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// Connection storm: N connections opened at R/s, then held idle (with keep-alive pings).
@@ -30,19 +30,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Parses a scenario name.
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "conn" => Kind::Conn,
-            "p2p" => Kind::P2p,
-            "fanout" => Kind::Fanout,
-            "fanin" => Kind::Fanin,
-            "sharedsub" => Kind::Sharedsub,
-            "retained" => Kind::Retained,
-            _ => bail!("unknown scenario {s:?} (conn|p2p|fanout|fanin|sharedsub|retained)"),
-        })
-    }
-
     /// The name used on the command line and in reports.
     pub const fn name(self) -> &'static str {
         match self {
@@ -74,8 +61,9 @@ pub const PAYLOAD_HEADER_BYTES: usize = 24;
 /// "TLT1": marks a payload this harness wrote, so stray messages are not misread.
 pub const PAYLOAD_MAGIC: u32 = 0x544C_5431;
 
-/// Every parameter of one run. Built by [`Scenario::from_args`], validated there.
-#[derive(Clone, Debug, Serialize)]
+/// Every parameter of one run. Built by [`Scenario::from_args`], validated there; a
+/// multi-process run hands each client process its own as JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Scenario {
     /// Free-form label copied into the report (e.g. "fanout-qos0").
     pub label: String,
@@ -86,10 +74,10 @@ pub struct Scenario {
     /// Broker port.
     pub port: u16,
     /// MQTT version: 4 (3.1.1) or 5.
-    #[serde(serialize_with = "ser_version")]
+    #[serde(serialize_with = "ser_version", deserialize_with = "de_version")]
     pub version: ProtocolVersion,
     /// QoS of every publish and subscription.
-    #[serde(serialize_with = "ser_qos")]
+    #[serde(serialize_with = "ser_qos", deserialize_with = "de_qos")]
     pub qos: QoS,
     /// Publishing connections.
     pub publishers: usize,
@@ -147,6 +135,19 @@ fn ser_qos<S: serde::Serializer>(q: &QoS, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u8(*q as u8)
 }
 
+fn de_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ProtocolVersion, D::Error> {
+    match u8::deserialize(d)? {
+        4 | 3 => Ok(ProtocolVersion::V311),
+        5 => Ok(ProtocolVersion::V5),
+        v => Err(serde::de::Error::custom(format!("MQTT version 4 or 5, got {v}"))),
+    }
+}
+
+fn de_qos<'de, D: serde::Deserializer<'de>>(d: D) -> Result<QoS, D::Error> {
+    let q = u8::deserialize(d)?;
+    QoS::from_u8(q).ok_or_else(|| serde::de::Error::custom(format!("QoS 0, 1 or 2, got {q}")))
+}
+
 /// What one connection does.
 #[derive(Clone, Debug)]
 pub enum Role {
@@ -187,52 +188,52 @@ pub struct ConnPlan {
 }
 
 impl Scenario {
-    /// Builds a scenario from `--key value` pairs (see the usage text in main.rs).
-    pub fn from_args(kind: Kind, args: &crate::Args) -> Result<Self> {
+    /// Builds a scenario from the command line's options, filling in the defaults that
+    /// depend on the kind.
+    pub fn from_args(kind: Kind, args: &crate::ScenarioArgs) -> Result<Self> {
         let (pubs, subs) = kind.default_shape();
         let threads_default = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let version = match args.num("mqtt", 4)? {
+        let version = match args.mqtt {
             4 | 3 => ProtocolVersion::V311,
             5 => ProtocolVersion::V5,
             v => bail!("--mqtt must be 4 (3.1.1) or 5, got {v}"),
         };
-        let qos = QoS::from_u8(args.num("qos", 0)?).context("--qos must be 0, 1 or 2")?;
-        let rate_per_sec = args.num("rate", 0)?;
-        let duration_secs: f64 = args.num("duration", 10.0)?;
+        let qos = QoS::from_u8(args.qos).context("--qos must be 0, 1 or 2")?;
         let s = Scenario {
-            label: args.str("label", kind.name()),
+            label: args.label.clone().unwrap_or_else(|| kind.name().to_owned()),
             kind,
-            host: args.str("host", "127.0.0.1"),
-            port: args.num("port", 1883)?,
+            host: args.host.clone(),
+            port: args.port,
             version,
             qos,
-            publishers: args.num("publishers", pubs)?,
-            subscribers: args.num("subscribers", subs)?,
-            payload_bytes: args.num("payload", 64)?,
-            rate_per_sec,
-            duration_secs,
-            messages_max: args.num("messages", 50_000_000)?,
-            drain_secs: args.num("drain", 3.0)?,
-            clean: args.num::<u8>("clean", 1)? != 0,
-            inflight_max: args.num("inflight", 16)?,
-            keepalive_secs: args.num("keepalive", 60)?,
-            connections: args.num("connections", 1000)?,
-            conn_rate_per_sec: args.num("conn-rate", 0)?,
-            hold_secs: args.num("hold", 10.0)?,
-            connects_pending_max: args.num("connects-pending", 256)?,
-            connect_timeout_secs: args.num("connect-timeout", 60.0)?,
-            retained_messages: args.num("retained", 10_000)?,
-            threads: args.num("threads", threads_default)?,
-            source_addrs: args.num("source-addrs", 8)?,
-            conn_offset: args.num("conn-offset", 0)?,
-            run_id: args.str("run-id", &format!("{:x}", std::process::id())),
-            broker_pid: args.opt_num("broker-pid")?,
+            publishers: args.publishers.unwrap_or(pubs),
+            subscribers: args.subscribers.unwrap_or(subs),
+            payload_bytes: args.payload,
+            rate_per_sec: args.rate,
+            duration_secs: args.duration,
+            messages_max: args.messages,
+            drain_secs: args.drain,
+            clean: args.clean != 0,
+            inflight_max: args.inflight,
+            keepalive_secs: args.keepalive,
+            connections: args.connections,
+            conn_rate_per_sec: args.conn_rate,
+            hold_secs: args.hold,
+            connects_pending_max: args.connects_pending,
+            connect_timeout_secs: args.connect_timeout,
+            retained_messages: args.retained,
+            threads: args.threads.unwrap_or(threads_default),
+            source_addrs: args.source_addrs,
+            conn_offset: 0,
+            run_id: args.run_id.clone().unwrap_or_else(|| format!("{:x}", std::process::id())),
+            broker_pid: args.broker_pid,
         };
         s.validate()?;
         Ok(s)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Every bound of a scenario (also checked again in a client process).
+    pub fn validate(&self) -> Result<()> {
         if self.payload_bytes < PAYLOAD_HEADER_BYTES {
             bail!("--payload must be at least {PAYLOAD_HEADER_BYTES} bytes (timestamp + sequence)");
         }
@@ -342,8 +343,24 @@ impl Scenario {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> crate::Args {
-        crate::Args::parse(v.iter().map(|s| s.to_string())).expect("args")
+    /// The options of `tern-loadtest p2p ARGS...` as clap parses them.
+    fn args(v: &[&str]) -> crate::ScenarioArgs {
+        use clap::Parser;
+        let argv = ["tern-loadtest", "p2p"].iter().chain(v);
+        match crate::Cli::try_parse_from(argv).expect("args").command {
+            crate::Command::P2p(a) => a,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    /// A client process gets the scenario its parent built, field for field.
+    #[test]
+    fn a_scenario_survives_the_trip_to_a_child() {
+        let s = Scenario::from_args(Kind::Conn, &args(&["--qos", "2", "--mqtt", "5"]))
+            .expect("scenario");
+        let back: Scenario =
+            serde_json::from_str(&serde_json::to_string(&s).expect("json")).expect("parse");
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Shared test helpers: a broker on 127.0.0.1 port 0 with two shards, each shard also reachable
-//! on a private port (so a test can place a client on a given shard), and a blocking raw-packet
-//! client built on the project's codec.
+//! The one support module of the integration tests (`mod common;` in each): a broker on
+//! 127.0.0.1 port 0 with two shards, each shard also reachable on a private port (so a test can
+//! place a client on a given shard), and a blocking raw-packet client built on the project's
+//! codec; `process` runs the real binary in a scratch directory
+//! (`tempfile`); `interop` has test certificates, a TLS client, a client over any stream and a
+//! WebSocket client.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{Read, Write};
@@ -8,13 +11,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern::codec::{
-    self, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, Subscribe,
-    SubscriptionOptions,
-};
+use tern::codec::{self, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS};
 use tern::config::Config;
 use tern::runtime::Broker;
 
+pub mod interop;
 pub mod process;
 
 /// A running test broker.
@@ -161,11 +162,7 @@ impl RawClient {
     }
 
     pub fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(&Packet::Subscribe(Subscribe {
-            packet_id: pid(1),
-            filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
-            properties: Properties::new(),
-        }));
+        self.send(&interop::subscribe_packet(filter, qos, 1));
         match self.recv() {
             Packet::SubAck(a) => assert!(!a.reasons[0].is_error(), "SUBACK refused: {a:?}"),
             other => panic!("expected SUBACK, got {other:?}"),

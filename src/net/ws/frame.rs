@@ -329,40 +329,44 @@ pub fn encode_close(code: u16, reason: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(reason);
 }
 
+/// A client frame as a browser sends it: first byte `first` (FIN, RSV and opcode bits), the
+/// payload length, `mask` and the masked payload (RFC 6455 §5.2). The broker never sends one;
+/// this is the one builder the unit tests, the property tests and the integration tests'
+/// WebSocket client use.
+#[doc(hidden)]
+pub fn client_frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut out = vec![first];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A masked client frame.
-    fn frame(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![first];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=0xFFFF => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
-    }
 
     const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
 
     #[test]
     fn binary_frames_in_any_split() {
         let payload: Vec<u8> = (0..300u16).map(|i| i as u8).collect();
-        let mut wire = frame(0x02, &payload[..10], MASK); // fin=0: start of a message
+        let mut wire = client_frame(0x02, &payload[..10], MASK); // fin=0: start of a message
         wire[0] = 0x02;
-        wire.extend(frame(0x00, &payload[10..200], [1, 2, 3, 4])); // continuation, not fin
-        wire.extend(frame(0x80, &payload[200..], [9, 8, 7, 6])); // final continuation
-        wire.extend(frame(0x82, &[], MASK)); // empty binary frame
-        wire.extend(frame(0x82, b"xyz", MASK));
+        wire.extend(client_frame(0x00, &payload[10..200], [1, 2, 3, 4])); // continuation, not fin
+        wire.extend(client_frame(0x80, &payload[200..], [9, 8, 7, 6])); // final continuation
+        wire.extend(client_frame(0x82, &[], MASK)); // empty binary frame
+        wire.extend(client_frame(0x82, b"xyz", MASK));
         let mut want = payload.clone();
         want.extend_from_slice(b"xyz");
         // Every split point, and byte by byte.
@@ -383,7 +387,7 @@ mod tests {
     fn extended_lengths() {
         for len in [125usize, 126, 65535, 65536, 70_000] {
             let payload = vec![0xA5; len];
-            let mut buf = frame(0x82, &payload, MASK);
+            let mut buf = client_frame(0x82, &payload, MASK);
             let mut dec = FrameDecoder::new(100_000);
             let n = dec.decode_in_place(&mut buf).expect("valid");
             assert_eq!(&buf[..n], &payload[..], "len {len}");
@@ -392,14 +396,14 @@ mod tests {
 
     #[test]
     fn ping_pong_and_close() {
-        let mut wire = frame(0x89, b"hi", MASK);
-        wire.extend(frame(0x8A, b"unsolicited", MASK));
-        wire.extend(frame(0x82, b"ab", MASK));
-        wire.extend(frame(0x89, b"again", MASK));
+        let mut wire = client_frame(0x89, b"hi", MASK);
+        wire.extend(client_frame(0x8A, b"unsolicited", MASK));
+        wire.extend(client_frame(0x82, b"ab", MASK));
+        wire.extend(client_frame(0x89, b"again", MASK));
         let mut close = vec![0x03, 0xE8];
         close.extend_from_slice(b"bye");
-        wire.extend(frame(0x88, &close, MASK));
-        wire.extend(frame(0x82, b"after close", MASK));
+        wire.extend(client_frame(0x88, &close, MASK));
+        wire.extend(client_frame(0x82, b"after close", MASK));
         let mut dec = FrameDecoder::new(1024);
         let n = dec.decode_in_place(&mut wire).expect("valid");
         assert_eq!(&wire[..n], b"ab");
@@ -407,7 +411,7 @@ mod tests {
         assert_eq!(dec.take_pong(), None);
         assert_eq!(dec.close_received(), Some(1000));
 
-        let mut empty_close = frame(0x88, &[], MASK);
+        let mut empty_close = client_frame(0x88, &[], MASK);
         let mut dec = FrameDecoder::new(1024);
         assert_eq!(dec.decode_in_place(&mut empty_close), Ok(0));
         assert_eq!(dec.close_received(), Some(1005));
@@ -416,19 +420,19 @@ mod tests {
     #[test]
     fn protocol_errors_carry_close_codes() {
         let mut unmasked = vec![0x82, 0x01, 0x00];
-        let mut long_control = frame(0x89, &[0; 126], MASK);
+        let mut long_control = client_frame(0x89, &[0; 126], MASK);
         let cases: Vec<(Vec<u8>, u16)> = vec![
-            (frame(0x81, b"text", MASK), close_code::UNSUPPORTED_DATA),
+            (client_frame(0x81, b"text", MASK), close_code::UNSUPPORTED_DATA),
             (std::mem::take(&mut unmasked), close_code::PROTOCOL_ERROR),
-            (frame(0xC2, b"rsv1", MASK), close_code::PROTOCOL_ERROR),
-            (frame(0x83, b"op3", MASK), close_code::PROTOCOL_ERROR),
-            (frame(0x80, b"cont", MASK), close_code::PROTOCOL_ERROR),
-            (frame(0x09, b"frag ping", MASK), close_code::PROTOCOL_ERROR),
+            (client_frame(0xC2, b"rsv1", MASK), close_code::PROTOCOL_ERROR),
+            (client_frame(0x83, b"op3", MASK), close_code::PROTOCOL_ERROR),
+            (client_frame(0x80, b"cont", MASK), close_code::PROTOCOL_ERROR),
+            (client_frame(0x09, b"frag ping", MASK), close_code::PROTOCOL_ERROR),
             (std::mem::take(&mut long_control), close_code::PROTOCOL_ERROR),
-            (frame(0x82, &[0; 101], MASK), close_code::TOO_BIG),
-            (frame(0x88, &[0x03], MASK), close_code::PROTOCOL_ERROR),
-            (frame(0x88, &[0x03, 0xED], MASK), close_code::PROTOCOL_ERROR), // 1005 not on wire
-            (frame(0x88, &[0x03, 0xE8, 0xFF], MASK), close_code::INVALID_PAYLOAD),
+            (client_frame(0x82, &[0; 101], MASK), close_code::TOO_BIG),
+            (client_frame(0x88, &[0x03], MASK), close_code::PROTOCOL_ERROR),
+            (client_frame(0x88, &[0x03, 0xED], MASK), close_code::PROTOCOL_ERROR), // 1005 not on wire
+            (client_frame(0x88, &[0x03, 0xE8, 0xFF], MASK), close_code::INVALID_PAYLOAD),
         ];
         for (mut wire, code) in cases {
             let mut dec = FrameDecoder::new(100);
@@ -436,8 +440,8 @@ mod tests {
             assert_eq!(e.code, code, "{e}");
         }
         // A new binary message while a fragmented one is open.
-        let mut wire = frame(0x02, b"a", MASK);
-        wire.extend(frame(0x82, b"b", MASK));
+        let mut wire = client_frame(0x02, b"a", MASK);
+        wire.extend(client_frame(0x82, b"b", MASK));
         let e = FrameDecoder::new(100).decode_in_place(&mut wire).expect_err("refused");
         assert_eq!(e.code, close_code::PROTOCOL_ERROR);
     }

@@ -388,8 +388,8 @@ impl PasswordHash {
             parse_pbkdf2(rest)?
         } else if let Some(rest) = text.strip_prefix("$6$") {
             parse_sha512(rest)?
-        } else if let Some(rest) = text.strip_prefix("$argon2id$") {
-            parse_argon2id(rest)?
+        } else if text.starts_with("$argon2id$") {
+            parse_argon2id(text)?
         } else if text.starts_with("$scram-sha-256$") {
             let cred = crate::enhanced_auth::ScramCredential::parse(text)
                 .ok_or_else(|| bad("malformed $scram-sha-256$ credential"))?;
@@ -586,35 +586,38 @@ fn mosquitto_salt_and_hash(
 }
 
 /// `[v=<version>$]m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>`, after `$argon2id$`.
-fn parse_argon2id(rest: &str) -> Result<Scheme, HashError> {
-    let malformed =
-        || bad("malformed $argon2id$ hash (expected $argon2id$v=19$m=..,t=..,p=..$<salt>$<hash>)");
-    let mut fields: Vec<&str> = rest.split('$').collect();
-    // The version field is optional in the PHC format; absent means Argon2 1.0 (0x10).
-    let version = match fields.first().and_then(|f| f.strip_prefix("v=")) {
-        Some(v) => {
-            let v = decimal(v, "version")?;
-            fields.remove(0);
-            v
-        }
-        None => 0x10,
+/// An Argon2id PHC string, read by the `password-hash` crate's parser; the bounds on cost, salt
+/// and output are Tern's.
+fn parse_argon2id(text: &str) -> Result<Scheme, HashError> {
+    use argon2::password_hash::{Error as PhcError, PasswordHash as Phc};
+    let (out_lo, out_hi) = ARGON2_OUTPUT_BYTES_READ;
+    let malformed = |why: &dyn fmt::Display| {
+        bad(format!(
+            "malformed $argon2id$ hash ({why}; expected $argon2id$v=19$m=..,t=..,p=..$<salt>$<hash>)"
+        ))
     };
+    let phc = Phc::new(text).map_err(|e| match e {
+        PhcError::OutputSize { .. } => {
+            bad(format!("argon2 hash must be {out_lo} to {out_hi} bytes"))
+        }
+        PhcError::SaltInvalid(e) => bad(format!("salt: bad base64: {e}")),
+        e => malformed(&e),
+    })?;
+    // The version field is optional in the PHC format; absent means Argon2 1.0 (0x10).
+    let version = phc.version.unwrap_or(0x10);
     if version != 0x10 && version != 0x13 {
         return Err(bad(format!("unknown argon2 version {version} (expected 16 or 19)")));
     }
-    let [params, salt, hash] = fields[..] else {
-        return Err(malformed());
-    };
     let (mut memory_kib, mut passes, mut lanes) = (None, None, None);
-    for param in params.split(',') {
-        let (key, value) = param.split_once('=').ok_or_else(malformed)?;
-        let slot = match key {
+    for (key, value) in phc.params.iter() {
+        let slot = match key.as_str() {
             "m" => &mut memory_kib,
             "t" => &mut passes,
             "p" => &mut lanes,
-            _ => return Err(bad(format!("unsupported argon2 parameter {key:?}"))),
+            key => return Err(bad(format!("unsupported argon2 parameter {key:?}"))),
         };
-        if slot.replace(decimal(value, key)?).is_some() {
+        let value = value.decimal().map_err(|_| bad(format!("argon2 {key}: not a number")))?;
+        if slot.replace(value).is_some() {
             return Err(bad(format!("argon2 parameter {key:?} given twice")));
         }
     }
@@ -636,8 +639,13 @@ fn parse_argon2id(rest: &str) -> Result<Scheme, HashError> {
             "argon2 m * t must be at most {ARGON2_WORK_MAX} KiB-passes (got {memory_kib} * {passes})"
         )));
     }
-    let salt = STANDARD_NO_PAD.decode(salt).map_err(|e| bad(format!("salt: bad base64: {e}")))?;
-    let hash = STANDARD_NO_PAD.decode(hash).map_err(|e| bad(format!("hash: bad base64: {e}")))?;
+    let (Some(salt), Some(hash)) = (phc.salt, phc.hash) else {
+        return Err(malformed(&"no salt or no hash"));
+    };
+    let mut salt_buf = [0u8; 64];
+    let salt =
+        salt.decode_b64(&mut salt_buf).map_err(|e| bad(format!("salt: bad base64: {e}")))?.to_vec();
+    let hash = hash.as_bytes().to_vec();
     for (name, len, (lo, hi)) in [
         ("salt", salt.len(), ARGON2_SALT_BYTES_READ),
         ("hash", hash.len(), ARGON2_OUTPUT_BYTES_READ),
@@ -780,31 +788,71 @@ mod tests {
             ("alice:$5$abc$def".into(), "unknown hash type"),
             ("alice:$2b$10$abcdefghijklmnopqrstuv".into(), "unknown hash type"),
             (format!("alice:{hash7}:extra"), "hash: bad base64"),
-            ("alice:$7$101$!!!!$AAAA".into(), "salt: bad base64"),
+            ("alice:$7$101$!!!!$AAAAAAAAAAAAAAAAAAAAAA".into(), "salt: bad base64"),
             ("alice:$7$101$ovTPebm9XGjn5I6M$not*base64".into(), "hash: bad base64"),
             ("alice:$7$101$ovTPebm9XGjn5I6M$AAAA".into(), "hash must be 64 bytes (got 3)"),
-            ("alice:$7$101$AAAA$AAAA".into(), "salt must be 12 or 64 bytes (got 3)"),
-            ("alice:$7$$ovTPebm9XGjn5I6M$AAAA".into(), "iterations is not a decimal number"),
-            ("alice:$7$-5$ovTPebm9XGjn5I6M$AAAA".into(), "iterations is not a decimal number"),
-            ("alice:$7$0$ovTPebm9XGjn5I6M$AAAA".into(), "iterations must be between 1 and"),
-            ("alice:$7$99999999999$ovTPebm9XGjn5I6M$AAAA".into(), "iterations is too large"),
-            ("alice:$7$2000000$ovTPebm9XGjn5I6M$AAAA".into(), "(got 2000000)"),
+            (
+                "alice:$7$101$AAAA$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "salt must be 12 or 64 bytes (got 3)",
+            ),
+            (
+                "alice:$7$$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "iterations is not a decimal number",
+            ),
+            (
+                "alice:$7$-5$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "iterations is not a decimal number",
+            ),
+            (
+                "alice:$7$0$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "iterations must be between 1 and",
+            ),
+            (
+                "alice:$7$99999999999$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "iterations is too large",
+            ),
+            ("alice:$7$2000000$ovTPebm9XGjn5I6M$AAAAAAAAAAAAAAAAAAAAAA".into(), "(got 2000000)"),
             ("alice:$7$101$ovTPebm9XGjn5I6M".into(), "malformed $7$ hash"),
             ("alice:$6$ovTPebm9XGjn5I6M".into(), "malformed $6$ hash"),
-            ("alice:$argon2id$v=19$m=1024,t=1$c2FsdHNhbHQ$AAAA".into(), "all required"),
-            ("alice:$argon2id$v=19$m=1024,t=1,p=1,k=2$c2FsdHNhbHQ$AAAA".into(), "\"k\""),
-            ("alice:$argon2id$v=19$m=1024,m=1024,t=1,p=1$c2FsdHNhbHQ$AAAA".into(), "twice"),
-            ("alice:$argon2id$v=18$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAA".into(), "version 18"),
-            ("alice:$argon2id$v=19$m=9999999,t=1,p=1$c2FsdHNhbHQ$AAAA".into(), "m (memory"),
-            ("alice:$argon2id$v=19$m=1024,t=0,p=1$c2FsdHNhbHQ$AAAA".into(), "t (passes)"),
+            (
+                "alice:$argon2id$v=19$m=1024,t=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "all required",
+            ),
+            (
+                "alice:$argon2id$v=19$m=1024,t=1,p=1,k=2$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "\"k\"",
+            ),
+            (
+                "alice:$argon2id$v=19$m=1024,m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA"
+                    .into(),
+                "twice",
+            ),
+            (
+                "alice:$argon2id$v=18$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "version 18",
+            ),
+            (
+                "alice:$argon2id$v=19$m=9999999,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "m (memory",
+            ),
+            (
+                "alice:$argon2id$v=19$m=1024,t=0,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "t (passes)",
+            ),
             (
                 "alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdA$AAAAAAAAAAAAAAAAAAAAAA".into(),
                 "salt must be 8",
             ),
             ("alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAA".into(), "hash must be 16"),
-            ("alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ=$AAAA".into(), "salt: bad base64"),
+            (
+                "alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ=$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "salt: bad base64",
+            ),
             ("alice:$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ".into(), "malformed $argon2id$"),
-            ("alice:$argon2i$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAA".into(), "unknown hash type"),
+            (
+                "alice:$argon2i$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA".into(),
+                "unknown hash type",
+            ),
             ("ali\u{7}ce:$6$x$y".into(), "control character"),
         ];
         for (line, reason) in cases {

@@ -151,7 +151,7 @@ impl Shard {
             AdminRequest::Clients { limit } => {
                 let mut out = Vec::new();
                 let mut cut = false;
-                for slot in 0..self.sessions.len() as u32 {
+                for slot in 0..self.sessions.end() {
                     let Some(info) = self.client_info(slot, now) else { continue };
                     if out.len() >= *limit {
                         cut = true;
@@ -179,7 +179,7 @@ impl Shard {
             AdminRequest::Subscriptions { filter, limit } => {
                 let mut out = Vec::new();
                 let mut cut = false;
-                'sessions: for s in self.sessions.iter().flatten() {
+                'sessions: for s in self.sessions.iter() {
                     for (f, sub) in &s.session.subscriptions {
                         if filter.as_deref().is_some_and(|want| !matches(want, f)) {
                             continue;

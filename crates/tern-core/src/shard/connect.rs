@@ -121,11 +121,12 @@ impl Shard {
         let Some(c) = self.conn_mut(id) else { return };
         c.version = version;
         c.phase = Phase::Connecting { deadline };
-        let listener = c.listener;
+        let listener = usize::from(c.listener);
         // The transport's identity (TLS client certificate CN) wins over the CONNECT user name.
-        if let Some(name) = c.tls_username.take() {
+        if let Some(name) = c.cold.as_mut().and_then(|cold| cold.tls_username.take()) {
             connect.username = Some(name.into());
             c.identity_verified = true;
+            c.trim_cold();
         }
 
         // Client identifier rules ([MQTT-3.1.3-5..9] in 3.1.1, §3.1.3.1 in 5.0).
@@ -203,7 +204,7 @@ impl Shard {
         now: Instant,
     ) {
         let version = connect.version;
-        let listener = self.conn(id).map_or(0, |c| c.listener);
+        let listener = self.conn(id).map_or(0, |c| usize::from(c.listener));
         let verified = auth_done.is_some() || self.conn(id).is_some_and(|c| c.identity_verified);
         match self.authenticate(listener, &connect, verified) {
             Auth::Pass => {}
@@ -451,16 +452,16 @@ impl Shard {
         }
         // A will waiting for its delay: the client is back, so it is not sent — unless the new
         // connection starts clean and the old session ends here.
-        if let Some((will, _)) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
+        if let Some(pending) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
+            let (will, _) = *pending;
             if clean_start {
                 self.publish_will(slot, will, now);
             }
         }
         // Remove without releasing the registry (the new connection owns the id now).
         self.flow_forget(slot);
-        let s = self.sessions.get_mut(slot as usize).and_then(Option::take)?;
+        let s = self.sessions.remove(slot)?;
         self.cfg.memory.recharge(s.charged, 0);
-        self.free_sessions.push(slot);
         for filter in s.session.subscriptions.keys() {
             self.remove_subscription_entry(slot, filter);
         }
@@ -541,7 +542,6 @@ impl Shard {
         // CONNECT wait in `rx` ([MQTT-3.1.4-5] allows them), deliveries wait in the session.
         let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
         c.keep_alive_secs = keep_alive;
-        c.client_id = connect.client_id.clone();
         self.set_will(conn, connect.will.clone());
         let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
         if v5 {
@@ -558,7 +558,7 @@ impl Shard {
                 ack.properties.push(Property::AuthenticationMethod(method.clone()));
                 ack.properties.push(Property::AuthenticationData(data));
                 if let Some(c) = self.conn_mut(conn) {
-                    c.auth_method = Some(method);
+                    c.cold_mut().auth_method = Some(method);
                 }
             }
         }
@@ -704,16 +704,7 @@ impl Shard {
             flow: Default::default(),
             timers: Default::default(),
         };
-        let slot = match self.free_sessions.pop() {
-            Some(i) => {
-                self.sessions[i as usize] = Some(entry);
-                i
-            }
-            None => {
-                self.sessions.push(Some(entry));
-                (self.sessions.len() - 1) as u32
-            }
-        };
+        let slot = self.sessions.insert(entry);
         self.by_client.insert(client_id, slot);
         self.metrics.sessions_current = self.by_client.len() as u64;
         self.recharge_slot(slot);
@@ -933,7 +924,8 @@ impl Shard {
                 let Some(c) = self.conn_mut(id) else { return };
                 c.phase = Phase::Authenticating { deadline };
                 let connect = Some((connect, assigned_id));
-                c.auth = Some(AuthInProgress { exchange, method: method.clone(), connect });
+                c.cold_mut().auth =
+                    Some(AuthInProgress { exchange, method: method.clone(), connect });
                 self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
             }
             Ok(Step::Success { username, data }) => {
@@ -954,8 +946,10 @@ impl Shard {
         let method = a.properties.authentication_method();
         let data = a.properties.authentication_data().unwrap_or_default();
         let authenticating = matches!(c.phase, Phase::Authenticating { .. });
-        let reauth_method = c.auth_method.clone();
-        match (a.reason, c.auth.take()) {
+        let reauth_method = c.auth_method().cloned();
+        let progress = c.cold.as_mut().and_then(|cold| cold.auth.take());
+        c.trim_cold();
+        match (a.reason, progress) {
             (ReasonCode::ContinueAuthentication, Some(progress))
                 if method.as_deref() == Some(progress.method.as_str()) =>
             {
@@ -984,7 +978,8 @@ impl Shard {
         match mech.start(data) {
             Ok(Step::Continue(out, exchange)) => {
                 let Some(c) = self.conn_mut(id) else { return };
-                c.auth = Some(AuthInProgress { exchange, method: method.clone(), connect: None });
+                let progress = AuthInProgress { exchange, method: method.clone(), connect: None };
+                c.cold_mut().auth = Some(progress);
                 self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
             }
             Ok(Step::Success { data, .. }) => {
@@ -1002,7 +997,8 @@ impl Shard {
         match (exchange.step(data), connect) {
             (Ok(Step::Continue(out, exchange)), connect) => {
                 let Some(c) = self.conn_mut(id) else { return };
-                c.auth = Some(AuthInProgress { exchange, method: method.clone(), connect });
+                c.cold_mut().auth =
+                    Some(AuthInProgress { exchange, method: method.clone(), connect });
                 self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
             }
             (Ok(Step::Success { username, data }), Some((mut connect, assigned_id))) => {
@@ -1053,7 +1049,7 @@ fn apply_client_limits(c: &mut Conn, props: &Properties, alias_cap: u16) {
         c.client_receive_max = r;
     }
     if let Some(m) = props.maximum_packet_size() {
-        c.client_packet_max = m as usize;
+        c.client_packet_max = m;
     }
     if props.request_problem_information() == Some(0) {
         c.problem_info = false;

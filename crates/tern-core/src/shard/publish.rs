@@ -77,7 +77,7 @@ impl Shard {
                 }
                 let Some(c) = self.conn_mut(id) else { return };
                 if p.topic.is_empty() {
-                    match c.aliases.get(&alias) {
+                    match c.cold.as_ref().and_then(|cold| cold.aliases.get(&alias)) {
                         Some(t) => p.topic = t.clone(),
                         None => {
                             return self.close(
@@ -88,7 +88,7 @@ impl Shard {
                         }
                     }
                 } else {
-                    c.aliases.insert(alias, p.topic.clone());
+                    c.cold_mut().aliases.insert(alias, p.topic.clone());
                 }
                 p.properties.remove(codec::properties::id::TOPIC_ALIAS);
             }
@@ -250,7 +250,7 @@ impl Shard {
         let publisher = msg
             .origin
             .filter(|o| o.shard == self.id)
-            .and_then(|o| self.sessions.get(o.session as usize)?.as_ref())
+            .and_then(|o| self.sessions.get(o.session))
             .map_or("", |s| s.session.client_id.as_str());
         for (group, member, online_only) in self.shared.pick(&msg.topic, publisher) {
             let d = SharedDelivery { group, member, online_only, hops: 0 };
@@ -458,7 +458,7 @@ impl Shard {
     /// Whether the encoded PUBLISH fits the client's Maximum Packet Size ([MQTT-3.1.2-25]).
     fn fits_client(&self, conn: ConnId, out: &Outgoing, now: Instant) -> bool {
         let Some(c) = self.conn(conn) else { return false };
-        if c.client_packet_max == usize::MAX {
+        if c.client_packet_max == u32::MAX {
             return true;
         }
         let props = outgoing_properties(out, c.version.is_v5(), now, None);
@@ -471,7 +471,7 @@ impl Shard {
             properties: props.as_ref().unwrap_or(&out.msg.properties),
             payload: &out.msg.payload,
         };
-        codec::publish_len(&view, c.version).is_ok_and(|n| n <= c.client_packet_max)
+        codec::publish_len(&view, c.version).is_ok_and(|n| n <= c.packet_max())
     }
 
     fn write_publish(
@@ -638,12 +638,14 @@ fn outbound_alias(c: &mut super::Conn, topic: &str) -> (Option<u16>, bool) {
     if c.out_alias_max == 0 || !c.version.is_v5() {
         return (None, true);
     }
-    if let Some(&a) = c.out_aliases.get(topic) {
+    if let Some(&a) = c.cold.as_ref().and_then(|cold| cold.out_aliases.get(topic)) {
         return (Some(a), false);
     }
-    if c.out_aliases.len() < usize::from(c.out_alias_max) {
-        let a = c.out_aliases.len() as u16 + 1;
-        c.out_aliases.insert(topic.to_owned(), a);
+    let max = usize::from(c.out_alias_max);
+    let out_aliases = &mut c.cold_mut().out_aliases;
+    if out_aliases.len() < max {
+        let a = out_aliases.len() as u16 + 1;
+        out_aliases.insert(topic.to_owned(), a);
         return (Some(a), true);
     }
     (None, true)

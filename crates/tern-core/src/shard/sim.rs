@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::{ConnId, Shard, ShardConfig};
+use super::{ConnId, Phase, Shard, ShardConfig};
 use crate::codec::ReasonCode;
 use crate::codec::{
     self, Connect, Packet, PacketId, Properties, Property, ProtocolVersion, PubResp, Publish, QoS,
@@ -698,7 +698,32 @@ impl Sim {
 
     /// Invariants that hold after every step.
     fn check_always(&mut self) {
-        super::fuzzing::check_cluster(&self.shards);
+        let mut live: HashMap<&str, (usize, u32)> = HashMap::new();
+        for (si, s) in self.shards.iter().enumerate() {
+            for (cid, &slot) in &s.by_client {
+                let bound = s.slot(slot).map(|x| x.session.client_id.as_str());
+                assert_eq!(bound, Some(cid.as_str()), "shard {si}: slot {slot} bound to two ids");
+            }
+            for (i, slot) in s.sessions.entries() {
+                let owner = s.by_client.get(&slot.session.client_id);
+                assert_eq!(owner, Some(&i), "shard {si}: slot {i} unreachable");
+            }
+            for (i, c) in s.conns.entries() {
+                let Phase::Active { slot } = c.phase else { continue };
+                let sess = s.slot(slot).expect("an Active connection has its session");
+                // The client id is stored once, in the session: the slot must name this
+                // connection back, or the connection is on a foreign slot.
+                assert_eq!(
+                    sess.conn,
+                    Some(ConnId(i)),
+                    "shard {si}: slot {slot} not bound to conn {i}"
+                );
+                let cid = sess.session.client_id.as_str();
+                if let Some(other) = live.insert(cid, (si, i)) {
+                    panic!("two live connections for {cid:?}: {other:?} and {:?}", (si, i));
+                }
+            }
+        }
         for c in &self.conns {
             let closing = self.shards[c.shard].status(c.conn).closing;
             if let Some(at) = c.connect_done_at.filter(|_| !c.connacked && !closing) {
@@ -718,7 +743,42 @@ impl Sim {
 
     /// Invariants of a cluster whose mesh is empty.
     fn check_quiet(&mut self) {
-        super::fuzzing::check_quiet(&self.shards);
+        for (si, s) in self.shards.iter().enumerate() {
+            for (i, c) in s.conns.entries() {
+                assert!(
+                    !matches!(c.phase, Phase::Connecting { .. }),
+                    "shard {si}: conn {i} still waits for CONNACK with the mesh empty"
+                );
+            }
+        }
+        let mut owners: HashMap<&str, usize> = HashMap::new();
+        for (si, s) in self.shards.iter().enumerate() {
+            for cid in s.by_client.keys() {
+                if let Some(other) = owners.insert(cid.as_str(), si) {
+                    panic!("sessions for {cid:?} on shards {other} and {si}");
+                }
+            }
+        }
+        for (cid, si) in &owners {
+            let reg = super::connect::registry_shard(cid, self.shards.len() as u16);
+            let entry = self.shards[usize::from(reg)].registry_owner(cid);
+            let claim = self.shards[*si]
+                .by_client
+                .get(*cid)
+                .and_then(|&x| self.shards[*si].slot(x))
+                .map(|x| x.claim);
+            let expected = claim.map(|generation| super::Owner { shard: *si as u16, generation });
+            assert_eq!(entry, expected, "registry disagrees on the owner of {cid:?}");
+        }
+        // And every registry entry names a live session: nothing leaks in the registry.
+        for (ri, r) in self.shards.iter().enumerate() {
+            for (cid, owner) in &r.registry {
+                let s = &self.shards[usize::from(owner.shard)];
+                let claim = s.by_client.get(cid).and_then(|&x| s.slot(x)).map(|x| x.claim);
+                assert_eq!(claim, Some(owner.generation), "registry {ri}: {cid:?} leaked");
+            }
+            assert!(r.pending.is_empty() && r.early_takeovers.is_empty(), "shard {ri} idle");
+        }
         self.check_deliveries();
     }
 

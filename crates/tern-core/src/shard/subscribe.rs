@@ -232,10 +232,11 @@ impl Shard {
         // and bounded work per turn after, and QoS 0 ones are not dropped for a full buffer.
         let cap = self.cfg.retained_messages_max;
         let mut msgs = Vec::new();
-        let mut backlog = match self.conn_mut(conn) {
-            Some(c) => std::mem::take(&mut c.retained_backlog),
+        let backlog = match self.conn_mut(conn) {
+            Some(c) => c.cold.as_mut().map(|cold| std::mem::take(&mut cold.retained_backlog)),
             None => return,
         };
+        let mut backlog = backlog.unwrap_or_default();
         for (filter, qos) in p.retained_for {
             msgs.clear();
             self.retained.matching(&filter, now, &mut msgs);
@@ -253,7 +254,9 @@ impl Shard {
             }
         }
         if let Some(c) = self.conn_mut(conn) {
-            c.retained_backlog = backlog;
+            if !backlog.is_empty() || c.cold.is_some() {
+                c.cold_mut().retained_backlog = backlog;
+            }
         }
         self.drain_retained(conn, now);
         // Packets that arrived behind the SUBSCRIBE.

@@ -1,13 +1,12 @@
-//! Helpers shared by the transport tests (`tests/tls.rs`, `tests/ws.rs`, `tests/browser.rs`):
+//! Helpers shared by the transport tests (`tests/tls.rs`, `tests/ws.rs`, `tests/browser.rs`,
+//! `tests/cve.rs`, `tests/bridge_mosquitto.rs`), part of the one test support module `common`:
 //! test certificates generated at run time with rcgen (no private key is committed), a blocking
 //! MQTT client over any `Read + Write`, a rustls client, and a small WebSocket client that can
 //! split and pack frames as the tests need.
-#![allow(dead_code)] // each test binary uses a different subset
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,33 +17,11 @@ use rcgen::{
 };
 use tern::codec::{self, Packet, ProtocolVersion, QoS, SubscriptionOptions};
 
+pub use super::process::TempDir;
+
 // ------------------------------------------------------------------------------------------------
 // Certificates.
 // ------------------------------------------------------------------------------------------------
-
-/// A scratch directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tern-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A certificate authority that issues server and client certificates, all written as PEM
 /// files into `dir`.
@@ -301,17 +278,10 @@ impl<S: Read + Write> Mqtt<S> {
     }
 }
 
+// The packets are common's builders, with the defaults these tests use.
+
 fn common_connect(version: ProtocolVersion, id: &str) -> Packet {
-    Packet::Connect(Box::new(codec::Connect {
-        version,
-        clean_start: true,
-        keep_alive_secs: 30,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: codec::Properties::new(),
-    }))
+    super::connect(version, id, true, 30)
 }
 
 pub fn connect_packet(version: ProtocolVersion, id: &str) -> Packet {
@@ -320,7 +290,7 @@ pub fn connect_packet(version: ProtocolVersion, id: &str) -> Packet {
 
 pub fn subscribe_packet(filter: &str, qos: QoS, id: u16) -> Packet {
     Packet::Subscribe(codec::Subscribe {
-        packet_id: codec::PacketId::new(id).expect("non-zero"),
+        packet_id: super::pid(id),
         filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
         properties: codec::Properties::new(),
     })
@@ -328,15 +298,7 @@ pub fn subscribe_packet(filter: &str, qos: QoS, id: u16) -> Packet {
 
 /// A QoS 0 publish.
 pub fn publish_packet(topic: &str, payload: &[u8]) -> Packet {
-    Packet::Publish(codec::Publish {
-        dup: false,
-        qos: QoS::AtMostOnce,
-        retain: false,
-        topic: topic.into(),
-        packet_id: None,
-        properties: codec::Properties::new(),
-        payload: bytes::Bytes::copy_from_slice(payload),
-    })
+    super::publish(topic, payload, QoS::AtMostOnce, 0, false)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -358,24 +320,13 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-/// A masked client frame.
+/// A masked client frame (the crate's one builder, with a fixed mask).
 pub fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x11, 0x7E, 0xC3, 0x05];
-    let mut out = vec![if fin { 0x80 } else { 0 } | op];
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    tern::net::ws::frame::client_frame(
+        if fin { 0x80 } else { 0 } | op,
+        payload,
+        [0x11, 0x7E, 0xC3, 0x05],
+    )
 }
 
 /// A WebSocket client over `S`. As `Read + Write` it carries MQTT bytes: each write is one

@@ -1,0 +1,106 @@
+//! Size budgets of the records every connection and session holds (issue 11). At a million
+//! connections each byte of these records is a megabyte, so a test fails when one grows past
+//! its budget: a new field that every connection needs must be argued for here (raise the
+//! budget in the same commit); one that few connections need belongs in [`ConnCold`] or behind a
+//! `Box` in the session slot.
+
+use std::mem::size_of;
+
+use super::*;
+
+/// The hot connection record, as stored in its slab entry.
+const CONN_BUDGET: usize = 208;
+/// A session slot as stored in its slab entry (the `Session` itself is most of it).
+const SESSION_SLOT_BUDGET: usize = 400;
+
+#[test]
+fn hot_connection_record_within_budget() {
+    let sizes = record_sizes();
+    eprintln!(
+        "Conn {} (cold part {} when used), session slot {}, Session {}, SlotFlow {}, Phase {}",
+        sizes.conn,
+        sizes.conn_cold,
+        sizes.session_slot,
+        size_of::<Session>(),
+        size_of::<flow::SlotFlow>(),
+        size_of::<Phase>(),
+    );
+    assert!(sizes.conn <= CONN_BUDGET, "Conn is {} bytes, budget {CONN_BUDGET}", sizes.conn);
+    // The slab stores `Option<Conn>` without a separate tag.
+    assert_eq!(size_of::<Option<Conn>>(), size_of::<Conn>());
+}
+
+#[test]
+fn session_slot_within_budget() {
+    let sizes = record_sizes();
+    assert!(
+        sizes.session_slot <= SESSION_SLOT_BUDGET,
+        "session slot is {} bytes, budget {SESSION_SLOT_BUDGET}",
+        sizes.session_slot
+    );
+    // Rare state stays boxed: a pending will is one pointer in the slot.
+    assert_eq!(size_of::<Option<Box<(Will, Instant)>>>(), size_of::<usize>());
+}
+
+/// An idle connection holds no cold part, no receive buffer and no will: after CONNECT,
+/// CONNACK and a PINGREQ/PINGRESP round, the connection is its hot record only.
+#[test]
+fn idle_connection_holds_no_cold_state() {
+    let now = crate::test_clock::test_epoch();
+    let mut shard = Shard::new(0, ShardConfig::for_tests(1));
+    let peer = "127.0.0.1:5000".parse().expect("literal address");
+    let id = shard.accept(0, peer, now).expect("accepted");
+    let connect = codec::Connect {
+        version: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive_secs: 30,
+        client_id: "idle".into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    };
+    let mut bytes = BytesMut::new();
+    codec::encode(&Packet::Connect(Box::new(connect)), ProtocolVersion::V5, &mut bytes)
+        .expect("encodes");
+    // A partial packet is kept until it completes, then the buffer is freed.
+    shard.handle_read(id, &bytes[..5], now);
+    assert!(shard.conn(id).is_some_and(|c| c.rx.capacity() > 0), "partial CONNECT kept");
+    shard.handle_read(id, &bytes[5..], now);
+    assert!(!shard.take_tx(id, now).is_empty(), "CONNACK");
+    shard.handle_read(id, &[0xC0, 0x00], now); // PINGREQ
+    assert_eq!(&shard.take_tx(id, now)[..], &[0xD0, 0x00], "PINGRESP");
+    // The driver hands its written buffer back (`swap_tx`): with nothing more to send, the
+    // connection does not keep it.
+    let mut written = BytesMut::with_capacity(64);
+    shard.swap_tx(id, &mut written, now);
+    assert!(written.is_empty());
+    let c = shard.conn(id).expect("connected");
+    assert_eq!(c.tx.capacity(), 0, "no output buffer between packets");
+    assert!(c.cold.is_none(), "no cold part on an idle connection");
+    assert_eq!(c.rx.capacity(), 0, "no receive buffer between packets");
+    // The client id is stored once, in the session, and found through the slot.
+    assert_eq!(shard.client_id(id), Some("idle"));
+}
+
+/// The cold part is allocated when something rare happens, and freed when it is over.
+#[test]
+fn cold_state_comes_and_goes() {
+    let now = crate::test_clock::test_epoch();
+    let mut shard = Shard::new(0, ShardConfig::for_tests(1));
+    let peer = "127.0.0.1:5000".parse().expect("literal address");
+    let id = shard.accept(0, peer, now).expect("accepted");
+    let will = Will {
+        topic: "w".into(),
+        payload: bytes::Bytes::from_static(b"x"),
+        qos: codec::QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+    };
+    shard.set_will(id, Some(will));
+    assert!(shard.conn(id).is_some_and(|c| c.cold.is_some()), "a will lives in the cold part");
+    assert!(shard.take_will(id).is_some());
+    assert!(shard.conn(id).is_some_and(|c| c.cold.is_none()), "freed once the will is gone");
+    let used = shard.cfg.memory.used();
+    assert_eq!(used, 0, "the will's charge is released with it");
+}

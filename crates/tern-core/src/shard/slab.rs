@@ -1,0 +1,124 @@
+//! A slab that grows in fixed chunks (issue 11): connections and session slots live here.
+//!
+//! A `Vec<Option<T>>` doubles when full, so at 2^k + 1 entries it holds room for 2^(k+1) and,
+//! while it grows, both the old and the new buffer; with records of a few hundred bytes that
+//! slack is most of the memory per connection at some counts. Here a full slab adds one chunk
+//! of [`CHUNK`] entries: the slack is at most one chunk, and growing copies nothing (entries
+//! never move, only the small vector of chunk pointers doubles).
+
+/// Entries per chunk.
+pub(crate) const CHUNK: usize = 1024;
+
+/// Entries addressed by a `u32` index, reused after removal (lowest free first is not
+/// promised: the most recently freed index is reused first).
+#[derive(Debug)]
+pub(crate) struct Slab<T> {
+    chunks: Vec<Box<[Option<T>]>>,
+    free: Vec<u32>,
+    /// Indexes ever handed out: `0..len` are valid to look up.
+    len: u32,
+}
+
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Self { chunks: Vec::new(), free: Vec::new(), len: 0 }
+    }
+}
+
+impl<T> Slab<T> {
+    /// The entry at `i`, if occupied.
+    pub(crate) fn get(&self, i: u32) -> Option<&T> {
+        let i = i as usize;
+        self.chunks.get(i / CHUNK)?[i % CHUNK].as_ref()
+    }
+
+    /// The entry at `i`, if occupied.
+    pub(crate) fn get_mut(&mut self, i: u32) -> Option<&mut T> {
+        let i = i as usize;
+        self.chunks.get_mut(i / CHUNK)?[i % CHUNK].as_mut()
+    }
+
+    /// Stores `value` in a free entry and returns its index.
+    pub(crate) fn insert(&mut self, value: T) -> u32 {
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                let i = self.len;
+                if i as usize == self.chunks.len() * CHUNK {
+                    self.chunks.push((0..CHUNK).map(|_| None).collect());
+                }
+                self.len += 1;
+                i
+            }
+        };
+        let i_usize = i as usize;
+        self.chunks[i_usize / CHUNK][i_usize % CHUNK] = Some(value);
+        i
+    }
+
+    /// Takes the entry at `i` out; its index is reused by a later insert.
+    pub(crate) fn remove(&mut self, i: u32) -> Option<T> {
+        let iu = i as usize;
+        let v = self.chunks.get_mut(iu / CHUNK)?[iu % CHUNK].take()?;
+        self.free.push(i);
+        Some(v)
+    }
+
+    /// One past the highest index ever handed out.
+    pub(crate) fn end(&self) -> u32 {
+        self.len
+    }
+
+    /// The occupied entries with their indexes, in index order (the simulation's and the
+    /// fuzz body's invariants).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (u32, &T)> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter())
+            .zip(0u32..)
+            .filter_map(|(e, i)| Some((i, e.as_ref()?)))
+    }
+
+    /// The occupied entries, in index order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flat_map(|c| c.iter()).flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_by_one_chunk_and_reuses_freed_indexes() {
+        let mut s: Slab<u64> = Slab::default();
+        for i in 0..CHUNK as u64 {
+            assert_eq!(s.insert(i), i as u32);
+        }
+        assert_eq!(s.chunks.len(), 1, "exactly one chunk for CHUNK entries");
+        assert_eq!(s.insert(7), CHUNK as u32);
+        assert_eq!(s.chunks.len(), 2, "one more chunk, not a doubling of every entry");
+        assert_eq!(s.remove(3), Some(3));
+        assert_eq!(s.get(3), None);
+        assert_eq!(s.remove(3), None, "a free entry cannot be removed twice");
+        assert_eq!(s.insert(42), 3, "the freed index is reused");
+        assert_eq!(s.get(3), Some(&42));
+        assert_eq!(s.get(u32::MAX), None);
+        assert_eq!(s.iter().count(), CHUNK + 1);
+        assert_eq!(s.end(), CHUNK as u32 + 1);
+    }
+
+    #[test]
+    fn entries_never_move_when_it_grows() {
+        let mut s: Slab<u32> = Slab::default();
+        let first = s.insert(1);
+        let before = std::ptr::from_ref(s.get(first).expect("inserted"));
+        for i in 0..(3 * CHUNK) as u32 {
+            s.insert(i);
+        }
+        let after = std::ptr::from_ref(s.get(first).expect("still there"));
+        assert_eq!(before, after, "growing added chunks without moving the first one");
+        assert_eq!(s.get(first), Some(&1));
+    }
+}

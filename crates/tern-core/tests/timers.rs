@@ -1,0 +1,168 @@
+//! A million idle sessions through their timers, in the sans-IO shard (issue 11): how long the
+//! longest turn of deadline work takes.
+//!
+//! `cargo test -p tern-core --release --test timers -- --ignored --nocapture` (an ignored test:
+//! it takes a minute and several GB; `TERN_BENCH_SESSIONS=200000` for a smaller run). One shard; `N` MQTT 5 clients connect over a 10 s ramp of simulated time with keep alive
+//! 60 s and a Session Expiry Interval of 120 s, then say nothing. Simulated time then advances a
+//! second at a time; at each second the shard's deadline work runs as the runtime runs it:
+//! [`Shard::tick_bounded`], then [`Shard::run_due`] calls of at most `DEADLINES_PER_TURN`
+//! entries until nothing due is left. Every idle client is checked once after CONNECT, times out at 90 s (1.5 x keep alive,
+//! the session goes offline) and its session expires 120 s later. Printed: the wall time of
+//! every turn (worst, p99, count), and the keep-alive timeouts and expiries that happened, which
+//! must equal `N` each.
+//!
+//! Not a criterion bench: the figure of merit is the worst single turn, not a mean. The wall
+//! clock is read here, outside the shard, only to time each turn (the shard itself gets
+//! simulated time as an argument).
+#![allow(clippy::disallowed_methods)]
+
+use std::net::SocketAddr;
+
+// The broker's allocator (src/main.rs): a turn's cost includes what its closes and expiries free.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tern_core::codec::{self, Connect, Packet, Properties, Property, ProtocolVersion};
+use tern_core::shard::{Shard, ShardConfig, DEADLINES_PER_TURN};
+
+fn connect_bytes(i: usize) -> BytesMut {
+    let mut properties = Properties::default();
+    properties.push(Property::SessionExpiryInterval(120));
+    let c = Connect {
+        version: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive_secs: 60,
+        client_id: format!("dev-{i:07}"),
+        will: None,
+        username: None,
+        password: None,
+        properties,
+    };
+    let mut buf = BytesMut::new();
+    codec::encode(&Packet::Connect(Box::new(c)), ProtocolVersion::V5, &mut buf)
+        .expect("a CONNECT encodes");
+    buf
+}
+
+#[test]
+#[ignore = "a million sessions: minutes in a debug build; run with --release --ignored"]
+fn million_idle_sessions_worst_turn() {
+    let n: usize =
+        std::env::var("TERN_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let mut cfg = ShardConfig::for_tests(1);
+    cfg.listeners[0].connections_max = n;
+    cfg.sessions_max = n;
+    cfg.session_expiry_secs_max = 3600;
+    let mut shard = Shard::new(0, cfg);
+    let peer: SocketAddr = "127.0.0.1:40000".parse().expect("literal address");
+    let t0 = Instant::now();
+    let ramp = Duration::from_secs(10);
+    let mut turns: Vec<Duration> = Vec::new();
+    let budget: usize = std::env::var("TERN_BENCH_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEADLINES_PER_TURN);
+    let mut cpu_turns: Vec<(Duration, u64)> = Vec::new();
+    let mut ready = Vec::new();
+    let mut turn = |shard: &mut Shard, now: Instant, turns: &mut Vec<Duration>| {
+        // Bounded: each call handles at most `budget` entries, and an entry is re-armed
+        // strictly after `now`, so the loop ends.
+        let mut more = true;
+        let mut first = true;
+        while more {
+            let (start, cpu) = (Instant::now(), thread_cpu());
+            more = if first { shard.tick_bounded(now, budget) } else { shard.run_due(now, budget) };
+            first = false;
+            turns.push(start.elapsed());
+            // As the runtime does after every call (outside the timed turn).
+            shard.take_ready(&mut ready);
+            ready.clear();
+            if let (Some(a), Some(b)) = (cpu, thread_cpu()) {
+                let second = now.duration_since(t0).as_secs();
+                cpu_turns.push((b.saturating_sub(a), second));
+            }
+        }
+    };
+    let build = Instant::now();
+    let mut open = Vec::with_capacity(n);
+    let mut next_second = t0 + Duration::from_secs(1);
+    for i in 0..n {
+        let now = t0 + ramp.mul_f64(i as f64 / n as f64);
+        // The runtime ticks once a second while clients keep connecting.
+        if now >= next_second {
+            turn(&mut shard, next_second, &mut turns);
+            next_second += Duration::from_secs(1);
+        }
+        let id = shard.accept(0, peer, now).expect("under connections_max");
+        shard.handle_read(id, &connect_bytes(i), now);
+        let connack = shard.take_tx(id, now);
+        assert!(!connack.is_empty(), "CONNACK for client {i}");
+        open.push(id);
+    }
+    eprintln!(
+        "{n} sessions connected in {:.1} s of wall time ({} connections, {} sessions)",
+        build.elapsed().as_secs_f64(),
+        shard.metrics.connections_current,
+        shard.metrics.sessions_current,
+    );
+    // 10 s ramp + 90 s keep-alive + 120 s expiry, and some margin.
+    let end = t0 + Duration::from_secs(240);
+    let mut now = next_second;
+    while now <= end {
+        turn(&mut shard, now, &mut turns);
+        // What the IO driver does for a connection the shard closed (outside the timed turn).
+        open.retain(|&id| {
+            let closing = shard.status(id).closing;
+            if closing {
+                shard.release(id, now);
+            }
+            !closing
+        });
+        now += Duration::from_secs(1);
+    }
+    let m = &shard.metrics;
+    turns.sort_unstable();
+    cpu_turns.sort_unstable();
+    let cpu_worst = cpu_turns.last().map(|t| t.0).unwrap_or_default();
+    let cpu_p99 = cpu_turns.get(cpu_turns.len() * 99 / 100).map(|t| t.0).unwrap_or_default();
+    let slowest: Vec<String> = cpu_turns
+        .iter()
+        .rev()
+        .take(8)
+        .map(|(d, sec)| format!("{:.2} ms at {sec} s", d.as_secs_f64() * 1e3))
+        .collect();
+    println!("slowest turns (CPU time, simulated second): {}", slowest.join(", "));
+    let worst = turns.last().copied().unwrap_or_default();
+    let p99 = turns.get(turns.len() * 99 / 100).copied().unwrap_or_default();
+    let total: Duration = turns.iter().sum();
+    println!(
+        "timers: {n} idle sessions, {} turns of <= {budget} deadlines: wall worst {:.3} ms, \
+         p99 {:.3} ms, total {:.1} ms; on-CPU worst {:.3} ms, p99 {:.3} ms; keep-alive \
+         timeouts {}, sessions expired {}, left: {} connections, {} sessions",
+        turns.len(),
+        worst.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3,
+        cpu_worst.as_secs_f64() * 1e3,
+        cpu_p99.as_secs_f64() * 1e3,
+        m.keepalive_timeouts,
+        m.sessions_expired,
+        m.connections_current,
+        m.sessions_current,
+    );
+    assert_eq!(m.keepalive_timeouts, n as u64, "every idle client timed out");
+    assert_eq!(m.sessions_expired, n as u64, "every offline session expired");
+    if cpu_worst > Duration::from_millis(1) {
+        println!("!!! a turn used more than 1 ms of CPU");
+    }
+}
+
+/// CPU time this thread has run (`/proc/thread-self/schedstat`, ns): on a busy machine the
+/// wall time of a turn includes the time other processes held the core.
+fn thread_cpu() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
