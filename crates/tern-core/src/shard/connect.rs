@@ -376,9 +376,19 @@ impl Shard {
     ) {
         if let Some(slot) = self.by_client.get(&client_id).copied() {
             if self.slot(slot).is_some_and(|s| s.claim == target) {
+                // Resumed on this same shard: the reply below installs the session inline. Its
+                // filters stay announced to the other shards meanwhile, or a publish routed on
+                // another shard between our SubRemove and SubAdd would find no subscriber
+                // although the session exists ([MQTT-3.1.2-5], issue: resume loss).
+                let pinned = if ask.to == self.id && !ask.clean_start {
+                    self.pin_filters(slot)
+                } else {
+                    Vec::new()
+                };
                 let state = self.take_local_session(slot, ask.clean_start, now);
                 let reply = ShardMsg::TakeoverReply { req: ask.req, state };
-                return self.send_to_peer(ask.to, reply, now);
+                self.send_to_peer(ask.to, reply, now);
+                return self.unpin_filters(pinned);
             }
         }
         let pending = self.pending.iter().find_map(|(req, p)| {
@@ -400,6 +410,41 @@ impl Shard {
         }
         // The session of `target` ended here (its release lost the race): nothing to hand over.
         self.send_to_peer(ask.to, ShardMsg::TakeoverReply { req: ask.req, state: None }, now);
+    }
+
+    /// Holds one extra reference on each non-shared filter of `slot` announced to the other
+    /// shards, so that removing the session does not broadcast `SubRemove`; returns the filters
+    /// held, for [`Shard::unpin_filters`].
+    fn pin_filters(&mut self, slot: u32) -> Vec<String> {
+        let Some(s) = self.slot(slot) else { return Vec::new() };
+        let filters: Vec<String> = s
+            .session
+            .subscriptions
+            .keys()
+            .filter(|f| {
+                !crate::codec::topic::is_shared(f) && self.local_filter_refs.contains_key(*f)
+            })
+            .cloned()
+            .collect();
+        for f in &filters {
+            if let Some(refs) = self.local_filter_refs.get_mut(f) {
+                *refs += 1;
+            }
+        }
+        filters
+    }
+
+    /// Drops the references [`Shard::pin_filters`] took; a filter no session holds any more
+    /// is withdrawn from the other shards then.
+    fn unpin_filters(&mut self, filters: Vec<String>) {
+        for f in filters {
+            let Some(refs) = self.local_filter_refs.get_mut(&f) else { continue };
+            *refs -= 1;
+            if *refs == 0 {
+                self.local_filter_refs.remove(&f);
+                self.broadcast(|| ShardMsg::SubRemove { filter: f.clone() });
+            }
+        }
     }
 
     /// Detaches a local session from its connection (closing it) and removes it; returns its
