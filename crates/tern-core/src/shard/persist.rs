@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::{ClaimGen, Owner, Shard};
+use crate::codec::Will;
 use crate::persist::journal::{self, Clock};
 use crate::persist::record::{Record, SessionSnapshot, StoredMessage};
 use crate::session::{Outgoing, Session};
@@ -108,6 +109,13 @@ impl Shard {
                 let client_id = s.session.client_id.clone();
                 let stamp = j.persisted.get(&client_id).copied();
                 out.push(Record::Snapshot { client_id: client_id.clone(), session });
+                if let Some((will, due)) = s.pending_will.as_deref() {
+                    out.push(Record::WillPending {
+                        client_id: client_id.clone(),
+                        will: will.clone(),
+                        due_unix_ms: j.clock.to_unix(*due),
+                    });
+                }
                 if let Some(stamp_us) = stamp {
                     out.push(Record::Owned { client_id, stamp_us });
                 }
@@ -266,6 +274,55 @@ impl Shard {
             true => Record::Qos2Received { client_id, packet_id },
             false => Record::Qos2Released { client_id, packet_id },
         });
+    }
+
+    /// The session in `slot` holds `will` until `due` (its Will Delay Interval started). Written
+    /// whatever the session's other records: replay keeps pending wills apart from sessions.
+    pub(super) fn journal_will_pending(&mut self, slot: u32, will: &Will, due: Instant) {
+        let Some(cid) = self.slot(slot).map(|s| s.session.client_id.clone()) else { return };
+        if let Some(j) = &mut self.journal {
+            let due_unix_ms = j.clock.to_unix(due);
+            j.records.push(Record::WillPending { client_id: cid, will: will.clone(), due_unix_ms });
+        }
+    }
+
+    /// Takes the pending will of `slot` (to publish it, or because its client came back),
+    /// writing `WillDone` so that a restart does not publish it again.
+    pub(super) fn take_pending_will(&mut self, slot: u32) -> Option<Box<(Will, Instant)>> {
+        let s = self.slot_mut(slot)?;
+        let pending = s.pending_will.take()?;
+        let client_id = s.session.client_id.clone();
+        if let Some(j) = &mut self.journal {
+            j.records.push(Record::WillDone { client_id });
+        }
+        Some(pending)
+    }
+
+    /// Start-up, after [`Shard::restore`]: the wills recovered as pending (client id, will,
+    /// due in Unix ms) wait again in their restored sessions. The deadline is wall-clock time,
+    /// so the broker's downtime counts towards it; one that passed while the broker was down
+    /// is published on the first tick. A will whose session was not restored is dropped and
+    /// counted. Nothing is written again.
+    pub fn restore_wills(&mut self, wills: Vec<(String, Will, u64)>, now: Instant) {
+        let Some(clock) = self.journal.as_ref().map(|j| j.clock) else { return };
+        for (client_id, will, due_unix_ms) in wills {
+            let slot = self.by_client.get(&client_id).copied();
+            let Some(s) = slot.and_then(|slot| self.slot_mut(slot)).filter(|s| s.conn.is_none())
+            else {
+                self.metrics.wills_not_restored += 1;
+                continue;
+            };
+            let mut due = clock.to_instant(due_unix_ms).max(now);
+            if let Some(at) = s.expires_at {
+                // [MQTT-3.1.3-9]: no later than the session's end.
+                due = due.min(at);
+            }
+            s.pending_will = Some(Box::new((will, due)));
+            self.metrics.wills_restored += 1;
+            if let Some(slot) = slot {
+                self.arm_will(slot, due);
+            }
+        }
     }
 
     /// The retained replica stored or cleared a message.
