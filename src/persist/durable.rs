@@ -379,6 +379,7 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
                 records = n,
                 sessions = replayed.sessions.len(),
                 retained = replayed.retained.len(),
+                pending_wills = replayed.wills.len(),
                 torn_bytes = r.discarded_bytes,
                 bad_records = r.bad_records,
                 set_aside = r.set_aside,
