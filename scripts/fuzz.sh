@@ -11,11 +11,13 @@
 #   password_file          tern::fuzzing::password_file
 #   config_toml            tern::fuzzing::config_text
 #   wal                    tern::persist::fuzzing::scan_and_decode (src/persist/tests.rs)
+#   shard_core             tern::shard::fuzzing::shard_core: the whole shard core, several
+#                          shards, hostile clients (proptest in crates/tern-core/src/shard/fuzzing.rs)
 #
 # Usage:
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #   scripts/fuzz.sh            # 600 s per target
-#   scripts/fuzz.sh 10         # smoke run for CI: 10 s per target (10 targets) after one build
+#   scripts/fuzz.sh 10         # smoke run for CI: 10 s per target (11 targets) after one build
 #   scripts/fuzz.sh 60 decode_v5
 #
 # Environment: FUZZ_JOBS (targets run at once, default 1; the machine has 2 shared cores, so at
@@ -41,7 +43,7 @@ shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   targets=(decode_v3 decode_v5 scram ws_handshake ws_frames cert_cn acl_file password_file
-    config_toml wal)
+    config_toml wal shard_core)
 fi
 jobs="${FUZZ_JOBS:-1}"
 rss_mb="${FUZZ_RSS_MB:-2048}"
@@ -106,7 +108,7 @@ seed_corpus() {
   local -a seeds
   case "$target" in
     decode_v3 | decode_v5) ;;
-    wal) return ;; # libFuzzer starts from nothing; the property tests cover valid logs.
+    wal | shard_core) return ;; # libFuzzer starts from nothing (shard_core: any bytes are ops).
     *)
       seed_text_corpus "$target" "$dir"
       return

@@ -14,7 +14,7 @@ use crate::shard::{FlowLimits, ListenerPolicy, ShardConfig, SlowConsumerPolicy};
 /// (where flow control counts them) and reading from the connection pauses at twice this (its
 /// own responses). The check is made before a packet is appended, so one packet of any allowed
 /// size always fits.
-pub const TX_BYTES_MAX: usize = 1 << 20;
+pub const TX_BYTES_MAX: usize = 256 << 10;
 
 /// The shard settings for `config`.
 pub fn shard_config(config: &Config) -> ShardConfig {
@@ -69,6 +69,7 @@ pub fn shard_config(config: &Config) -> ShardConfig {
             high_water_messages: l.flow_high_water_messages as usize,
             low_water_messages: l.flow_low_water_messages as usize,
             hard_cap_messages: l.flow_hard_cap_messages as usize,
+            hard_cap_bytes: l.flow_hard_cap_bytes as usize,
             slow_consumer_timeout: Duration::from_millis(u64::from(l.slow_consumer_timeout_ms)),
             slow_consumer_policy: match l.slow_consumer_policy {
                 SlowConsumer::Disconnect => SlowConsumerPolicy::Disconnect,

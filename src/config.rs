@@ -1096,6 +1096,12 @@ settings! {
         /// memory bound of a connected session's queue). Default 100_000. Bound:
         /// 2..=10_000_000, and at least `flow_high_water_messages`.
         flow_hard_cap_messages: u32 = 100_000, 2..=10_000_000;
+        /// Bytes queued and in flight for a connected subscriber (each message at its cost)
+        /// at which it is a slow consumer at once: the byte bound of a connected session
+        /// whatever its publishers do, a client publishing to its own subscription included
+        /// (it is never paused on its own behalf). Default 32 MiB. Bound: 64 KiB..=1 GiB, and
+        /// at least `packet_size_bytes_max`.
+        flow_hard_cap_bytes: u64 = 32 << 20, (64 * 1024)..=GIB;
         /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
         /// consumer. Default 30_000. Bound: 100..=3_600_000.
         slow_consumer_timeout_ms: u32 = 30_000, 100..=3_600_000;
@@ -1909,6 +1915,7 @@ impl LimitsConfig {
             ("retained_bytes_max", self.retained_bytes_max),
             ("memory_budget_bytes", self.memory_budget_bytes),
             ("mesh_bytes_max", self.mesh_bytes_max),
+            ("flow_hard_cap_bytes", self.flow_hard_cap_bytes),
         ];
         for (field, value) in stores {
             if value < packet {
@@ -2292,6 +2299,7 @@ mod tests {
             flow_high_water_messages = 27
             flow_low_water_messages = 3
             flow_hard_cap_messages = 28
+            flow_hard_cap_bytes = 3000000
             slow_consumer_timeout_ms = 2900
             slow_consumer_policy = "drop"
             mesh_bytes_max = 2000000
@@ -2355,6 +2363,7 @@ mod tests {
             flow_high_water_messages: 27,
             flow_low_water_messages: 3,
             flow_hard_cap_messages: 28,
+            flow_hard_cap_bytes: 3_000_000,
             slow_consumer_timeout_ms: 2900,
             slow_consumer_policy: SlowConsumer::Drop,
             mesh_bytes_max: 2_000_000,
@@ -2449,6 +2458,7 @@ mod tests {
             "mesh_channel_capacity",
             "mesh_batch_max",
             "mesh_bytes_max",
+            "flow_hard_cap_bytes",
         ];
         for field in limits {
             let e = parse_err(&format!("[limits]\n{field} = 0\n"));

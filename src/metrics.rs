@@ -166,6 +166,9 @@ impl StatsBoard {
             ("$SYS/broker/bytes/received".into(), v(t.bytes_received)),
             ("$SYS/broker/bytes/sent".into(), v(t.bytes_sent)),
             ("$SYS/broker/subscriptions/count".into(), v(t.subscriptions_current)),
+            // Not in Mosquitto's layout: the pre-authentication and user-property bounds.
+            ("$SYS/broker/packets/refused/preauth size".into(), v(t.preauth_packets_refused_size)),
+            ("$SYS/broker/packets/refused/user properties".into(), v(t.user_properties_refused)),
             // Every shard holds a replica: the count is one shard's, not the sum.
             (
                 "$SYS/broker/retained messages/count".into(),

@@ -361,7 +361,7 @@ fn cve_2021_41039_user_properties_are_capped_per_packet() {
     still_serves(b.addr, "honest");
 }
 
-/// CVE-2021-34434 / CVE-2018-12546 (Mosquitto): a durable session kept subscriptions its user
+/// CVE-2021-34434 (Mosquitto): a durable session kept subscriptions its user
 /// lost the right to. Here a resumed session is checked against the ACL in force: after a
 /// reload revokes the right, messages on the revoked topic no longer reach it.
 #[test]
@@ -382,6 +382,35 @@ fn cve_2021_34434_resumed_session_is_rechecked_against_the_acl() {
     publisher.publish("news/today", b"revoked too", QoS::AtLeastOnce, 2, false);
     assert!(matches!(publisher.recv(), Packet::PubAck(_)));
     assert!(c.recv_timeout(Duration::from_secs(2)).is_none(), "nothing on a revoked topic");
+}
+
+/// CVE-2018-12546 (Mosquitto <= 1.5.4): a retained message stayed deliverable after its
+/// publisher lost the right to publish to its topic. Here each retained message keeps who
+/// published it, and delivery from the store checks that client against the ACL in force: after
+/// a reload that revokes the write right, a new subscriber gets nothing (counted in
+/// `retained_denied_source`), while the subscribers' own read right is unchanged.
+#[test]
+fn cve_2018_12546_retained_message_is_not_served_after_its_publisher_is_revoked() {
+    let acl = temp_file("12546.acl", "topic readwrite news/#\ntopic readwrite alive\n");
+    let path = acl.clone();
+    let b = start_with(2, |c| c.auth.acl_file = Some(acl));
+    let (mut publisher, _) = RawClient::mqtt_connect(b.addr, V4, "newsroom", true);
+    publisher.publish("news/flash", b"retained", QoS::AtLeastOnce, 1, true);
+    assert!(matches!(publisher.recv(), Packet::PubAck(_)));
+    // While the right holds, a subscriber gets the retained message.
+    let (mut before, _) = RawClient::mqtt_connect(b.addr, V4, "before", true);
+    before.subscribe("news/#", QoS::AtMostOnce);
+    let p = before.recv_publish();
+    assert!(p.retain && &p.payload[..] == b"retained", "{p:?}");
+    std::fs::write(&path, "topic read news/#\ntopic readwrite alive\n").expect("write");
+    assert!(b.broker.as_ref().expect("running").reload(Duration::from_secs(10)));
+    for id in ["after-1", "after-2"] {
+        let (mut after, _) = RawClient::mqtt_connect(b.addr, V4, id, true);
+        after.subscribe("news/#", QoS::AtMostOnce);
+        let got = after.recv_timeout(Duration::from_millis(500));
+        assert!(got.is_none(), "{id}: retained message of a revoked publisher served: {got:?}");
+    }
+    still_serves(b.addr, "honest");
 }
 
 /// CVE-2023-28366 (Mosquitto 1.3.2-2.0.15): QoS 2 PUBLISHes with repeated packet ids whose
@@ -478,6 +507,73 @@ fn cve_2021_33175_crafted_packet_sizes_are_refused_at_the_fixed_header() {
     c.send_raw(&head);
     assert_eq!(disconnect_reason(&mut c), Some(ReasonCode::PacketTooLarge));
     assert!(c.closed_within(Duration::from_secs(5)));
+    still_serves(b.addr, "honest");
+}
+
+/// CVE-2021-33175 (EMQ X), per-connection half: one connection must not grow the broker's
+/// memory however it behaves once connected. Here a client subscribes to its own topic and
+/// writes 1 KiB publishes to it without ever reading: its deliveries fill its output bound
+/// (1 MiB), then its queue; it is never paused on its own behalf (it could not read what would
+/// resume it), so `limits.flow_hard_cap_bytes` (4 MiB here) makes it a slow consumer: closed,
+/// nothing more read from it. What it manages to write is bounded by those bounds plus the
+/// kernel's socket buffers (a few MiB on loopback), not by what it offers (64 MiB: before the
+/// byte cap, all of it was read and queued up to the 100 000-message cap), and other clients
+/// are served meanwhile.
+#[test]
+fn cve_2021_33175_one_connection_cannot_grow_without_bound() {
+    use std::io::{Read, Write};
+    let b = start_with(1, |c| c.limits.flow_hard_cap_bytes = 4 << 20);
+    let (mut c, _) = RawClient::mqtt_connect(b.addr, V4, "hoarder", true);
+    c.subscribe("hoard/#", QoS::AtMostOnce);
+    let mut batch = BytesMut::new();
+    for _ in 0..64 {
+        let p = common::publish("hoard/x", &[b'x'; 1024], QoS::AtMostOnce, 0, false);
+        codec::encode(&p, V4, &mut batch).expect("encodes");
+    }
+    c.stream.set_nonblocking(true).expect("nonblocking");
+    let offered = 64usize << 20;
+    let (mut written, mut at) = (0usize, 0usize);
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    while written < offered && last_progress.elapsed() < Duration::from_secs(2) {
+        assert!(started.elapsed() < Duration::from_secs(30), "bounded in time");
+        match c.stream.write(&batch[at..]) {
+            Ok(n) => {
+                written += n;
+                at = (at + n) % batch.len();
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(
+        written < 24 << 20,
+        "the broker kept reading a connection it could not write to: {} MiB accepted",
+        written >> 20
+    );
+    // What the broker wrote is readable, then the connection ends (slow consumer).
+    c.stream.set_nonblocking(false).expect("blocking");
+    let mut sink = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(Instant::now() < deadline, "the broker closed the hoarder");
+        match c.stream.read(&mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the hoarder is still open: {e}")
+            }
+            Err(_) => break, // reset: closed too
+        }
+    }
     still_serves(b.addr, "honest");
 }
 
@@ -620,4 +716,70 @@ fn mosquitto_2_0_12_default_listener_is_loopback_only() {
     let text = "[[listener]]\ntransport = \"tcp\"\n";
     let c = tern::config::Config::from_str_named(text, "tern.toml").expect("parses");
     assert!(c.listeners[0].bind.ip().is_loopback(), "{:?}", c.listeners[0].bind);
+}
+
+/// Mode bits of `path` that anyone but the owner has.
+fn others_bits(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o077
+}
+
+/// CVE-2017-9868 (Mosquitto <= 1.4.12): the persistence file was world readable. Every file
+/// Tern creates holding secrets or state is private to its user, whatever the umask: the
+/// password file written by `tern passwd -c` (run here under `umask 000`) and the write-ahead
+/// log's segments.
+#[test]
+fn cve_2017_9868_state_files_are_not_world_readable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwd = dir.path().join("passwd");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" passwd -c -b \"$1\" alice s3cret-pw")
+        .arg(env!("CARGO_BIN_EXE_tern"))
+        .arg(&passwd)
+        .status()
+        .expect("tern passwd runs");
+    assert!(status.success());
+    assert_eq!(others_bits(&passwd), 0, "password file readable by others");
+    // Updating it (a temporary file renamed over it) keeps it private too.
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$0\" passwd -b \"$1\" bob other-pw")
+        .arg(env!("CARGO_BIN_EXE_tern"))
+        .arg(&passwd)
+        .status()
+        .expect("tern passwd runs");
+    assert!(status.success());
+    assert_eq!(others_bits(&passwd), 0, "updated password file readable by others");
+
+    use tern::persist::{record::Record, wal};
+    let cfg = wal::WalConfig { dir: dir.path().join("wal"), shard: 0, segment_bytes_max: 4096 };
+    std::fs::create_dir_all(&cfg.dir).expect("wal dir");
+    let wal_dir = cfg.dir.clone();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(64 << 10)
+        .ring_depth(64)
+        .spawn(move || async move {
+            let mut recovered = wal::recover(&cfg).expect("recover");
+            let log = wal::Wal::open(cfg, &mut recovered).await.expect("open");
+            // Enough records to rotate into a second segment.
+            for i in 0..200u32 {
+                let r = Record::SessionExpiry {
+                    client_id: format!("client-{i}"),
+                    expiry_secs: i,
+                    offline_since_unix_ms: None,
+                };
+                let lsn = log.append(&r);
+                log.sync(lsn).await.expect("sync");
+            }
+        })
+        .expect("executor starts")
+        .join()
+        .expect("executor ran");
+    let segments: Vec<_> = std::fs::read_dir(&wal_dir).expect("read_dir").collect();
+    assert!(segments.len() >= 2, "the log rotated: {segments:?}");
+    for e in segments {
+        let path = e.expect("entry").path();
+        assert_eq!(others_bits(&path), 0, "{} readable by others", path.display());
+    }
 }

@@ -123,7 +123,14 @@ fn pingreqs_are_read_while_output_is_pending() {
     }
     let mut got = 0;
     let mut pongs = 0;
+    // The client keeps its keep alive while it reads (a slow debug-build reader on a busy
+    // machine may take more than 3 s after the last PINGREQ above).
+    let mut last_ping = Instant::now();
     while got < N {
+        if last_ping.elapsed() >= Duration::from_secs(1) {
+            sub.send_raw(&ping);
+            last_ping = Instant::now();
+        }
         match sub.recv_timeout(Duration::from_secs(10)) {
             Some(Packet::Publish(_)) => got += 1,
             Some(Packet::PingResp) => pongs += 1,

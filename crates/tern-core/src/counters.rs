@@ -61,6 +61,8 @@ metrics! {
     counter retained_refused,
     /// Retained messages not sent after a SUBACK: the connection already owed the maximum.
     counter retained_dropped_backlog,
+    /// Retained messages not sent because their publisher may no longer publish to the topic.
+    counter retained_denied_source,
     /// PUBLISH packets received from clients.
     counter messages_received,
     /// PUBLISH packets written to clients.
@@ -99,6 +101,10 @@ metrics! {
     counter wills_published,
     /// Malformed packets received.
     counter protocol_errors,
+    /// Packets refused before authentication by `limits.preauth_packet_bytes_max` (also in `protocol_errors`).
+    counter preauth_packets_refused_size,
+    /// Packets refused by `limits.user_properties_max` / `user_property_bytes_max` (also in `protocol_errors`).
+    counter user_properties_refused,
     /// Connections closed for a protocol error.
     counter protocol_closes,
     /// Connections closed by keep alive.

@@ -212,7 +212,7 @@ impl Shard {
                 // An empty retained message clears the topic ([MQTT-3.3.1-10]); applied to this
                 // replica only, because the HTTP thread asks every shard.
                 let clear = Message::new(topic.clone(), Bytes::new(), QoS::AtMostOnce, true);
-                self.retained_apply(clear);
+                self.retained_apply(clear, None);
                 AdminReply::RetainedDeleted(held)
             }
         }

@@ -268,8 +268,8 @@ impl Shard {
         self.send_to_registry(ShardMsg::Claim { client_id, req }, now);
     }
 
-    /// The shard this registry partition names as the owner of `client_id` (tests only).
-    #[cfg(test)]
+    /// The shard this registry partition names as the owner of `client_id` (tests and fuzzing only).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn registry_owner(&self, client_id: &str) -> Option<Owner> {
         self.registry.get(client_id).copied()
     }
@@ -421,23 +421,33 @@ impl Shard {
             })
             .map(|(req, _)| *req)
             .collect();
+        // [MQTT-3.1.4-2]: the existing connection is closed; its will is published because
+        // it did not end with DISCONNECT, unless it has a Will Delay and the session lives
+        // on in the new connection ([MQTT-3.1.3-9]). The session is handed over below. A
+        // connection whose CONNECT was accepted but whose CONNACK waits for the other shards
+        // counts as the existing connection (its will is stored, see `Shard::close`).
+        let mut old_wills = Vec::new();
         for req in waiting {
             if let Some((PendingAck::Conn { conn, .. }, _)) = self.pending_acks.remove(&req) {
                 if self.still_connecting(conn) {
                     self.metrics.takeovers_superseded += 1;
-                    self.close(conn.id, CloseReason::TakenOver, now);
+                    if let Some((_, Some(w))) =
+                        self.close_conn_only(conn.id, CloseReason::TakenOver)
+                    {
+                        old_wills.push(w);
+                    }
                 }
             }
         }
         if let Some(old) = self.slot_mut(slot).and_then(|s| s.conn.take()) {
-            // [MQTT-3.1.4-2]: the existing connection is closed; its will is published because
-            // it did not end with DISCONNECT, unless it has a Will Delay and the session lives
-            // on in the new connection ([MQTT-3.1.3-9]). The session is handed over below.
             if let Some((_, Some(will))) = self.close_conn_only(old, CloseReason::TakenOver) {
-                let delayed = will.properties.will_delay_interval().unwrap_or(0) > 0;
-                if !delayed || clean_start {
-                    self.publish_will(slot, will, now);
-                }
+                old_wills.push(will);
+            }
+        }
+        for will in old_wills {
+            let delayed = will.properties.will_delay_interval().unwrap_or(0) > 0;
+            if !delayed || clean_start {
+                self.publish_will(slot, will, now);
             }
         }
         // A will waiting for its delay: the client is back, so it is not sent — unless the new

@@ -21,7 +21,7 @@
 //!   offline bounds (QoS 0 included); the pauses keep the queue near the high-water mark.
 //! - **Slow consumers.** A subscriber congested longer than
 //!   [`FlowLimits::slow_consumer_timeout`], or whose queue reaches
-//!   [`FlowLimits::hard_cap_messages`], is a slow consumer: it is disconnected, or (policy
+//!   [`FlowLimits::hard_cap_messages`] or holds [`FlowLimits::hard_cap_bytes`], is a slow consumer: it is disconnected, or (policy
 //!   `drop`) it alone loses new messages until it drains, and its publishers are resumed either
 //!   way. Then a persistent session keeps at most the offline queue bounds.
 //!
@@ -56,6 +56,8 @@ pub struct FlowLimits {
     pub low_water_messages: usize,
     /// Queued messages at which a subscriber is a slow consumer at once.
     pub hard_cap_messages: usize,
+    /// Bytes queued and in flight at which a subscriber is a slow consumer at once.
+    pub hard_cap_bytes: usize,
     /// Time a subscriber may stay above its high-water mark before it is a slow consumer.
     pub slow_consumer_timeout: Duration,
     /// What happens to a slow consumer.
@@ -68,6 +70,7 @@ impl Default for FlowLimits {
             high_water_messages: 1000,
             low_water_messages: 500,
             hard_cap_messages: 100_000,
+            hard_cap_bytes: 32 << 20,
             slow_consumer_timeout: Duration::from_secs(30),
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
         }
@@ -110,6 +113,14 @@ impl Shard {
         let me = self.id;
         let Some(s) = self.slot_mut(slot) else { return };
         let queued = s.session.queue.len();
+        if s.session.held_bytes() >= limits.hard_cap_bytes && !s.flow.dropping {
+            // The byte bound of a connected session, whoever feeds it (issue 9: a client
+            // publishing to its own subscription is never paused and reached the message cap,
+            // ~100 MiB of 1 KiB messages).
+            s.flow.congested_since.get_or_insert(now);
+            self.congested.insert(slot);
+            return self.slow_consumer(slot, now);
+        }
         if queued < limits.high_water_messages || s.flow.dropping {
             return;
         }

@@ -423,3 +423,26 @@ fn queued_qos0_is_dropped_when_the_subscriber_goes_offline() {
     let total = queue.len() as u64 + m.messages_dropped_qos0_offline + m.messages_sent;
     assert_eq!(total, 60, "every message written, kept or counted");
 }
+
+/// Issue 9: a client publishing to its own subscription is never paused on its own behalf (it
+/// could not read what would resume it), so only the hard caps bound its queue. The byte cap
+/// (`flow_hard_cap_bytes`) makes it a slow consumer once its session holds that much, before
+/// the message cap: with 16 KiB messages and a 256 KiB cap, after about 16 queued messages
+/// (the output buffer of 256 KiB takes the first ones) rather than the 1000 of the message cap.
+#[test]
+fn self_publisher_is_bounded_in_bytes() {
+    let mut cl = Cluster::with_edit(1, |c| c.flow.hard_cap_bytes = 256 << 10);
+    let c = cl.connect(0, V4, "loop", true);
+    cl.subscribe(c, "self/#", QoS::AtMostOnce);
+    let payload: &'static [u8] = Box::leak(vec![b'x'; 16 << 10].into_boxed_slice());
+    let mut sent = 0;
+    // Never reads its output: the output buffer fills, then the queue.
+    while !cl.shards[0].status(c.conn).closing {
+        cl.publish(c, "self/x", payload, QoS::AtMostOnce, 0);
+        sent += 1;
+        assert!(sent <= 100, "closed as a slow consumer within the byte cap");
+    }
+    assert!(sent > 16, "the output buffer was used first ({sent} sent)");
+    assert_eq!(cl.shards[0].metrics.slow_consumers_disconnected, 1);
+    assert_eq!(cl.shards[0].config().memory.used(), 0, "its queue released");
+}

@@ -54,6 +54,21 @@ pub struct SharedDelivery {
     pub hops: u16,
 }
 
+/// The client that published a retained message: its user name and client id, checked against
+/// the ACL in force whenever the message is delivered from the store (CVE-2018-12546: a
+/// retained message must not outlive its publisher's right to publish it). Shared by every
+/// replica of the message.
+pub type RetainSource = std::sync::Arc<Publisher>;
+
+/// A publishing client's identity, as the ACL sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Publisher {
+    /// User name, if the client gave one.
+    pub username: Option<String>,
+    /// Client identifier.
+    pub client_id: String,
+}
+
 /// One message from a shard to another.
 #[derive(Debug)]
 pub enum ShardMsg {
@@ -110,12 +125,16 @@ pub enum ShardMsg {
     RetainRequest {
         /// The retained message.
         msg: Message,
+        /// Who published it (None: the broker).
+        source: Option<RetainSource>,
     },
     /// From the retained sequencer: a retained message was set (non-empty payload) or cleared
     /// (empty payload), within the bounds, in the order every replica applies.
     Retain {
         /// The retained message.
         msg: Message,
+        /// Who published it (None: the broker).
+        source: Option<RetainSource>,
     },
     /// To the registry shard of `client_id`: the sender wants to own it.
     Claim {

@@ -209,6 +209,7 @@ impl ShardConfig {
                 high_water_messages: 20,
                 low_water_messages: 10,
                 hard_cap_messages: 1000,
+                hard_cap_bytes: 4 << 20,
                 slow_consumer_timeout: Duration::from_secs(10),
                 slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             },
@@ -940,6 +941,15 @@ impl Shard {
                 Ok(None) => break,
                 Err(e) => {
                     self.metrics.protocol_errors += 1;
+                    match e.kind {
+                        codec::ErrorKind::PacketTooLarge { .. } if pre_auth => {
+                            self.metrics.preauth_packets_refused_size += 1;
+                        }
+                        codec::ErrorKind::UserPropertiesExceeded => {
+                            self.metrics.user_properties_refused += 1;
+                        }
+                        _ => {}
+                    }
                     tracing::debug!(conn = id.0, error = %e, "malformed packet");
                     if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
                         self.refuse_connect_error(id, &e, connect_version, now);
@@ -1140,14 +1150,45 @@ impl Shard {
     /// Closes a connection: sends the v5 DISCONNECT the reason calls for, publishes the will when
     /// the close was abnormal, detaches or ends the session. The socket is closed by the driver
     /// once the output is flushed.
+    ///
+    /// Wills ([MQTT-3.1.2-8]): a connection's will is published when it closes without
+    /// DISCONNECT once its CONNECT was accepted, that is once its session is installed: when
+    /// Active, and when Connecting with the session installed and only the CONNACK held until
+    /// the other shards apply its moved subscriptions (the will is stored on the connection
+    /// then). Before that (waiting for CONNECT, authentication, the password check, the
+    /// registry or a takeover) the CONNECT was not accepted and no will exists: a client that
+    /// never got in cannot publish.
     pub fn close(&mut self, id: ConnId, reason: CloseReason, now: Instant) {
+        let held = self.conn_ref(id).and_then(|r| self.held_connack_slot(r));
         let Some((phase, will)) = self.close_conn_only(id, reason) else { return };
-        if let Phase::Active { slot } = phase {
-            if let Some(w) = will.filter(|_| reason.publishes_will()) {
-                self.will_or_delay(slot, w, now);
+        let will = will.filter(|_| reason.publishes_will());
+        match phase {
+            Phase::Active { slot } => {
+                if let Some(w) = will {
+                    self.will_or_delay(slot, w, now);
+                }
+                self.detach_session(slot, now);
             }
-            self.detach_session(slot, now);
+            // The session detaches when its held CONNACK completes and finds the connection
+            // gone (`complete_connack`); the will goes now, or waits for its delay there.
+            Phase::Connecting { .. } => {
+                if let (Some(w), Some(slot)) = (will, held) {
+                    self.will_or_delay(slot, w, now);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// The session slot whose CONNACK waits for the other shards on behalf of connection `r`.
+    /// Linear in the held acknowledgements (bounded by the connections waiting for peers).
+    fn held_connack_slot(&self, r: ConnRef) -> Option<u32> {
+        self.pending_acks.values().find_map(|(a, _)| match a {
+            subscribe::PendingAck::Conn { conn, slot, claim, .. } if *conn == r => {
+                self.slot(*slot).is_some_and(|s| s.claim == *claim).then_some(*slot)
+            }
+            _ => None,
+        })
     }
 
     /// Marks the connection closing and sends the v5 DISCONNECT, without touching its session.
@@ -1410,8 +1451,8 @@ impl Shard {
             ShardMsg::SharedRemove { group, shard, slot } => {
                 self.shared_remove(&group, shard, slot)
             }
-            ShardMsg::Retain { msg } => self.retained_apply(msg),
-            ShardMsg::RetainRequest { msg } => self.retained_sequence(msg),
+            ShardMsg::Retain { msg, source } => self.retained_apply(msg, source),
+            ShardMsg::RetainRequest { msg, source } => self.retained_sequence(msg, source),
             ShardMsg::Claim { client_id, req } => self.registry_claim(from, client_id, req, now),
             ShardMsg::ClaimReply { req, generation, previous } => {
                 self.claim_reply(from, req, generation, previous, now)
@@ -1493,6 +1534,8 @@ fn will_cost(w: &Will) -> usize {
         + w.properties.heap_bytes()
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]

@@ -382,7 +382,9 @@ impl Shard {
             self.registry.insert(client_id, owner);
         }
         for m in retained {
-            self.retained_apply(journal::load_message(m, &j.clock));
+            // The log does not keep the publisher of a retained message (CVE-2018-12546's check):
+            // a restored one has no source and is served like a broker-published one.
+            self.retained_apply(journal::load_message(m, &j.clock), None);
         }
         self.journal = Some(j);
         // The restored state is in the log already.

@@ -110,6 +110,16 @@ impl Shard {
         }
     }
 
+    /// The identity of the client of `slot`, kept with its retained messages.
+    fn retain_source(&self, slot: u32) -> Option<super::message::RetainSource> {
+        let s = &self.slot(slot)?.session;
+        let p = super::message::Publisher {
+            username: s.username.clone(),
+            client_id: s.client_id.clone(),
+        };
+        Some(std::sync::Arc::new(p))
+    }
+
     fn origin(&self, slot: u32) -> Option<Origin> {
         let s = self.slot(slot)?;
         Some(Origin { shard: self.id, session: slot, generation: s.generation })
@@ -244,7 +254,7 @@ impl Shard {
         // message is queued or retained (issue 9: a 1-byte retained payload held 64 KiB).
         msg.detach();
         if msg.retain {
-            self.retain_local_and_broadcast(&msg);
+            self.retain_local_and_broadcast(&msg, self.retain_source(slot));
         }
         self.route_refused = false;
         let matched = self.route(msg, now);
@@ -293,7 +303,7 @@ impl Shard {
             received_at: None,
         };
         if msg.retain {
-            self.retain_local_and_broadcast(&msg);
+            self.retain_local_and_broadcast(&msg, self.retain_source(slot));
         }
         self.route(msg, now);
     }
@@ -303,7 +313,7 @@ impl Shard {
     pub fn publish_sys(&mut self, topics: Vec<(String, String)>, now: Instant) {
         for (topic, value) in topics {
             let msg = Message::new(topic, value.into(), QoS::AtMostOnce, true);
-            self.retain_local_and_broadcast(&msg);
+            self.retain_local_and_broadcast(&msg, None);
             self.route(msg, now);
         }
     }
@@ -340,16 +350,20 @@ impl Shard {
             }
         }
         let mut matched = !scratch.is_empty();
-        let cost = msg.cost_bytes();
         for peer in 0..shards {
             let shared = std::mem::take(&mut peer_shared[peer]);
             if peer_normal[peer] || !shared.is_empty() {
                 matched = true;
                 self.metrics.messages_forwarded += 1;
-                // Charged while it crosses the mesh; the receiving shard releases it.
+                // Charged while it crosses the mesh; the receiving shard releases it. Counted
+                // on the copy that travels: `cost_bytes` counts the topic's capacity, which a
+                // clone does not keep (found by the `shard_core` fuzz target: the sender
+                // charged a topic with spare capacity, the receiver released less).
+                let copy = msg.clone();
+                let cost = copy.cost_bytes();
                 self.cfg.memory.recharge(0, cost);
                 self.cfg.mesh_bytes.sent(self.id, cost);
-                let m = ShardMsg::Publish { msg: msg.clone(), normal: peer_normal[peer], shared };
+                let m = ShardMsg::Publish { msg: copy, normal: peer_normal[peer], shared };
                 self.outbox[peer].push_back(m);
                 if self.outbox_full(peer) {
                     if let Some(o) = msg.origin {

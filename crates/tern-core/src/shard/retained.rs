@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
+use super::message::RetainSource;
 use super::{Shard, ShardMsg};
 use crate::session::Message;
 
@@ -18,6 +19,8 @@ use crate::session::Message;
 struct Node {
     children: HashMap<Box<str>, Node>,
     msg: Option<Rc<Message>>,
+    /// Who published `msg` (None: the broker, or a store built before sources were kept).
+    source: Option<RetainSource>,
 }
 
 /// Retained messages by topic, as a trie of topic levels.
@@ -37,18 +40,28 @@ pub(crate) enum RetainOutcome {
 }
 
 impl RetainedStore {
-    fn find(&self, topic: &str) -> Option<&Rc<Message>> {
+    fn node(&self, topic: &str) -> Option<&Node> {
         let mut node = &self.root;
         for level in topic.split('/') {
             node = node.children.get(level)?;
         }
-        node.msg.as_ref()
+        Some(node)
+    }
+
+    fn find(&self, topic: &str) -> Option<&Rc<Message>> {
+        self.node(topic)?.msg.as_ref()
+    }
+
+    /// Who published the retained message of `topic`.
+    pub(crate) fn source(&self, topic: &str) -> Option<&RetainSource> {
+        self.node(topic)?.source.as_ref()
     }
 
     /// Sets, replaces or (empty payload, [MQTT-3.3.1-10]) clears the retained message of a topic.
     pub(crate) fn apply(
         &mut self,
         msg: Message,
+        source: Option<RetainSource>,
         count_max: usize,
         bytes_max: usize,
     ) -> RetainOutcome {
@@ -68,6 +81,7 @@ impl RetainedStore {
             node = node.children.entry(level.into()).or_default();
         }
         node.msg = Some(Rc::new(msg));
+        node.source = source;
         RetainOutcome::Stored
     }
 
@@ -84,6 +98,7 @@ impl RetainedStore {
             }
         }
         let Some(old) = node.msg.take() else { return };
+        node.source = None;
         self.bytes -= old.cost_bytes();
         self.count -= 1;
         // Prune: find the deepest ancestor that must stay (has a message or another child),
@@ -205,25 +220,32 @@ pub const RETAIN_SEQUENCER: u16 = 0;
 impl Shard {
     /// A retained update (set, replace or clear) from a client, a will or `$SYS` on this
     /// shard: applied through the sequencer so that replicas stay identical.
-    pub(super) fn retain_local_and_broadcast(&mut self, msg: &Message) {
+    ///
+    /// `source` is the publishing client, whose right to publish the topic is checked again
+    /// each time the message is delivered from the store (see [`RetainSource`]).
+    pub(super) fn retain_local_and_broadcast(
+        &mut self,
+        msg: &Message,
+        source: Option<RetainSource>,
+    ) {
         let mut stored = msg.clone();
         stored.origin = None;
         stored.received_at = None;
         if self.id == RETAIN_SEQUENCER {
-            self.retained_sequence(stored);
+            self.retained_sequence(stored, source);
         } else {
             let to = usize::from(RETAIN_SEQUENCER);
-            self.outbox[to].push_back(ShardMsg::RetainRequest { msg: stored });
+            self.outbox[to].push_back(ShardMsg::RetainRequest { msg: stored, source });
         }
     }
 
     /// On the sequencer: applies the bounds, and when the update is kept sends it to every
     /// other replica. A refused update goes nowhere, so no replica holds it.
-    pub(super) fn retained_sequence(&mut self, msg: Message) {
+    pub(super) fn retained_sequence(&mut self, msg: Message, source: Option<RetainSource>) {
         let max = (self.cfg.retained_messages_max, self.cfg.retained_bytes_max);
         // Not charged to the memory budget: the store has bounds of its own and never drains,
         // so a budget it could fill would pause publishers for good (see `budget`).
-        let outcome = self.retained.apply(msg.clone(), max.0, max.1);
+        let outcome = self.retained.apply(msg.clone(), source.clone(), max.0, max.1);
         self.metrics.retained_messages = self.retained.len() as u64;
         self.metrics.retained_bytes = self.retained.bytes() as u64;
         if outcome == RetainOutcome::Refused {
@@ -232,13 +254,13 @@ impl Shard {
         }
         // The sequencer's log holds the retained set (every replica is restored from it).
         self.journal_retained(&msg);
-        self.broadcast(|| ShardMsg::Retain { msg: msg.clone() });
+        self.broadcast(|| ShardMsg::Retain { msg: msg.clone(), source: source.clone() });
     }
 
     /// On a replica: an update the sequencer kept. The sequencer checked the bounds against the
     /// same content this replica holds, so it is applied as it is.
-    pub(super) fn retained_apply(&mut self, msg: Message) {
-        self.retained.apply(msg, usize::MAX, usize::MAX);
+    pub(super) fn retained_apply(&mut self, msg: Message, source: Option<RetainSource>) {
+        self.retained.apply(msg, source, usize::MAX, usize::MAX);
         self.metrics.retained_messages = self.retained.len() as u64;
         self.metrics.retained_bytes = self.retained.bytes() as u64;
     }
@@ -252,6 +274,12 @@ mod tests {
 
     fn msg(topic: &str, payload: &'static [u8]) -> Message {
         Message::new(topic.into(), bytes::Bytes::from_static(payload), QoS::AtMostOnce, true)
+    }
+
+    impl RetainedStore {
+        fn apply_test(&mut self, m: Message, count_max: usize, bytes_max: usize) -> RetainOutcome {
+            self.apply(m, None, count_max, bytes_max)
+        }
     }
 
     fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {
@@ -271,7 +299,7 @@ mod tests {
             ["a", "a/b", "a/b/c", "a//c", "/a", "/", "b/b", "$SYS/x", "$SYS", "a/$x", "c/d/e/f"];
         let mut store = RetainedStore::default();
         for n in names {
-            assert_eq!(store.apply(msg(n, b"v"), 100, 1 << 20), RetainOutcome::Stored);
+            assert_eq!(store.apply_test(msg(n, b"v"), 100, 1 << 20), RetainOutcome::Stored);
         }
         let filters = [
             "#", "+", "a/#", "a/+", "+/b", "+/+", "/+", "+/#", "a/+/c", "$SYS/#", "$SYS", "+/$x",
@@ -288,19 +316,19 @@ mod tests {
     #[test]
     fn clearing_prunes_and_keeps_the_counts() {
         let mut store = RetainedStore::default();
-        store.apply(msg("a/b/c", b"1"), 10, 1 << 20);
-        store.apply(msg("a", b"2"), 10, 1 << 20);
-        store.apply(msg("a/b/c", b"33"), 10, 1 << 20); // replace
+        store.apply_test(msg("a/b/c", b"1"), 10, 1 << 20);
+        store.apply_test(msg("a", b"2"), 10, 1 << 20);
+        store.apply_test(msg("a/b/c", b"33"), 10, 1 << 20); // replace
         assert_eq!(store.len(), 2);
-        assert_eq!(store.apply(msg("a/b/c", b""), 10, 1 << 20), RetainOutcome::Cleared);
+        assert_eq!(store.apply_test(msg("a/b/c", b""), 10, 1 << 20), RetainOutcome::Cleared);
         assert_eq!(store.len(), 1);
         assert!(store.root.children["a"].children.is_empty(), "empty levels pruned");
-        store.apply(msg("a", b""), 10, 1 << 20);
+        store.apply_test(msg("a", b""), 10, 1 << 20);
         assert!(store.root.children.is_empty());
         assert_eq!((store.len(), store.bytes()), (0, 0));
         // Bounds: a new topic beyond the count is refused, a replacement is not.
-        store.apply(msg("x", b"1"), 1, 1 << 20);
-        assert_eq!(store.apply(msg("y", b"1"), 1, 1 << 20), RetainOutcome::Refused);
-        assert_eq!(store.apply(msg("x", b"2"), 1, 1 << 20), RetainOutcome::Stored);
+        store.apply_test(msg("x", b"1"), 1, 1 << 20);
+        assert_eq!(store.apply_test(msg("y", b"1"), 1, 1 << 20), RetainOutcome::Refused);
+        assert_eq!(store.apply_test(msg("x", b"2"), 1, 1 << 20), RetainOutcome::Stored);
     }
 }

@@ -251,7 +251,13 @@ impl Shard {
             Resolved::Local(m) => matches.push(m),
             Resolved::Forward(peer, d) => {
                 self.metrics.messages_forwarded += 1;
-                let m = ShardMsg::Publish { msg: msg.clone(), normal: false, shared: vec![d] };
+                // Charged while it crosses the mesh, as in `route`: the receiver releases every
+                // Publish it handles, so an uncharged one would wrap this shard's count.
+                let copy = msg.clone();
+                let cost = copy.cost_bytes();
+                self.cfg.memory.recharge(0, cost);
+                self.cfg.mesh_bytes.sent(self.id, cost);
+                let m = ShardMsg::Publish { msg: copy, normal: false, shared: vec![d] };
                 self.outbox[usize::from(peer)].push_back(m);
             }
             Resolved::Dropped => self.metrics.messages_dropped_no_member += 1,

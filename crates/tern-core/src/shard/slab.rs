@@ -69,8 +69,9 @@ impl<T> Slab<T> {
         self.len
     }
 
-    /// The occupied entries with their indexes, in index order (the simulation's invariants).
-    #[cfg(test)]
+    /// The occupied entries with their indexes, in index order (the simulation's and the
+    /// fuzz body's invariants).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn entries(&self) -> impl Iterator<Item = (u32, &T)> {
         self.chunks
             .iter()

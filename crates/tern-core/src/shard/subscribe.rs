@@ -241,6 +241,10 @@ impl Shard {
             msgs.clear();
             self.retained.matching(&filter, now, &mut msgs);
             for msg in msgs.drain(..) {
+                if !self.retained_source_allowed(&msg.topic) {
+                    self.metrics.retained_denied_source += 1;
+                    continue;
+                }
                 if backlog.len() >= cap {
                     self.metrics.retained_dropped_backlog += 1;
                     continue;
@@ -257,6 +261,15 @@ impl Shard {
         self.drain_retained(conn, now);
         // Packets that arrived behind the SUBSCRIBE.
         self.handle_read(conn, &[], now);
+    }
+
+    /// CVE-2018-12546: a retained message is delivered only while the client that published
+    /// it may still publish to its topic under the ACL in force (a reload may have revoked it
+    /// since). Messages the broker published itself, and every message without an ACL, pass.
+    fn retained_source_allowed(&self, topic: &str) -> bool {
+        let Some(acl) = &self.cfg.security.acl else { return true };
+        let Some(src) = self.retained.source(topic) else { return true };
+        acl.can_publish(src.username.as_deref(), &src.client_id, topic)
     }
 
     pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: u32, u: Unsubscribe) {

@@ -1166,12 +1166,16 @@ fn preauth_bound_is_checked_at_the_fixed_header() {
         }
         assert!(is_closing(&cl, c), "{version:?}: closed before the body was buffered");
     }
+    // Each refusal has a counter of its own (besides `protocol_errors`).
+    assert_eq!(cl.shards[0].metrics.preauth_packets_refused_size, 2);
+    assert_eq!(cl.shards[0].metrics.user_properties_refused, 0);
     // After CONNECT the full packet size applies: a PUBLISH twice the pre-auth bound is fine.
     let c = cl.connect(0, V4, "big-publisher", true);
     let payload: &'static [u8] = Box::leak(vec![b'x'; 2 * max].into_boxed_slice());
     cl.publish(c, "t", payload, QoS::AtLeastOnce, 1);
     assert!(matches!(&cl.recv(c)[..], [Packet::PubAck(_)]));
     assert!(!is_closing(&cl, c));
+    assert_eq!(cl.shards[0].metrics.preauth_packets_refused_size, 2, "not a pre-auth refusal");
 }
 
 /// A CONNECT with a will payload of the MQTT maximum (65 535 bytes) fits the default pre-auth
@@ -1221,6 +1225,8 @@ fn user_properties_in_connect_and_will_are_capped_together() {
         );
         assert_eq!(is_closing(&cl, c), !ok);
     }
+    assert_eq!(cl.shards[0].metrics.user_properties_refused, 1, "the one over the cap counted");
+    assert_eq!(cl.shards[0].metrics.preauth_packets_refused_size, 0);
 }
 
 /// CVE-2021-41039 class on PUBLISH: 180 000 empty User Properties (900 KB, under the 1 MiB
@@ -1248,6 +1254,7 @@ fn user_properties_in_publish_are_capped_in_count_and_bytes() {
         );
         assert!(is_closing(&cl, c));
     }
+    assert_eq!(cl.shards[0].metrics.user_properties_refused, 2, "count and bytes caps counted");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1467,4 +1474,119 @@ fn fan_out_shares_one_encoding_with_per_subscriber_packet_ids() {
     // The latency samples of the fan-out (one run of equal values) all reach the histogram.
     cl.shards[0].flush_latency();
     assert_eq!(cl.shards[0].latency.len(), 2 + subs.len() as u64);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Wills of connections closed before their CONNACK (issue 9).
+// ------------------------------------------------------------------------------------------------
+
+/// A client id whose registry partition is on shard `reg` of 2.
+fn id_registered_on(prefix: &str, reg: u16) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|id| connect::registry_shard(id, 2) == reg)
+        .expect("some id hashes to that shard")
+}
+
+/// Wills to `will/#` the watcher has received.
+fn wills_seen(cl: &mut Cluster, watcher: Client) -> Vec<String> {
+    publishes(&cl.recv(watcher)).iter().map(|p| p.topic.clone()).collect()
+}
+
+/// [MQTT-3.1.2-8]: a will exists once the CONNECT is accepted. A connection closed while its
+/// CONNECT waits for the registry (socket closed, Connecting deadline) or superseded by a newer
+/// CONNECT for the same id before its claim was answered never had a session: its will is not
+/// published (Mosquitto likewise drops the will of a CONNECT it refuses).
+#[test]
+fn will_of_a_connect_not_yet_accepted_is_not_published() {
+    let mut cl = Cluster::new(2);
+    let watcher = cl.connect(0, V4, "watcher", true);
+    cl.subscribe(watcher, "will/#", QoS::AtMostOnce);
+    let encoded = |id: &str| {
+        let mut buf = BytesMut::new();
+        let p = with_will(connect_packet(V4, id, true), &format!("will/{id}"));
+        codec::encode(&p, V4, &mut buf).expect("encodes");
+        buf
+    };
+    // 1. The socket fails while the claim is on its way to the registry on shard 0.
+    let id = id_registered_on("n", 0);
+    let c = cl.open(1, V4);
+    let now = cl.now;
+    cl.shards[1].handle_read(c.conn, &encoded(&id), now);
+    cl.shards[1].handle_closed(c.conn, now);
+    cl.settle();
+    assert!(cl.recv(c).is_empty());
+    // 2. The Connecting deadline passes with the registry's answer held back.
+    let id2 = id_registered_on("t", 0);
+    let c2 = cl.open(1, V4);
+    cl.shards[1].handle_read(c2.conn, &encoded(&id2), now);
+    let timeout = cl.shards[1].config().connect_timeout;
+    cl.shards[1].tick(now + timeout);
+    assert!(cl.shards[1].status(c2.conn).closing, "closed at the connect deadline");
+    cl.settle();
+    // 3. Two CONNECTs for one id before either claim is answered by the registry on the other
+    //    shard: the older is superseded without CONNACK.
+    let id3 = id_registered_on("s", 0);
+    // A session for the id on shard 0 (no will), so the older CONNECT waits for its takeover.
+    let holder = cl.connect(0, V4, &id3, true);
+    let older = cl.open(1, V4);
+    let newer = cl.open(1, V4);
+    cl.shards[1].handle_read(older.conn, &encoded(&id3), now);
+    cl.shards[1].handle_read(newer.conn, &encoded(&id3), now);
+    cl.settle();
+    let (older_got, newer_got) = (cl.recv(older), cl.recv(newer));
+    assert!(older_got.is_empty(), "the superseded CONNECT gets no CONNACK: {older_got:?}");
+    assert!(cl.shards[1].status(older.conn).closing);
+    assert_eq!(cl.shards[1].metrics.takeovers_superseded, 1);
+    assert!(cl.shards[0].status(holder.conn).closing, "the holder was taken over");
+    assert!(cl.shards[0].status(holder.conn).closing, "the holder was taken over");
+    assert!(matches!(&newer_got[..], [Packet::ConnAck(a)] if a.reason == ReasonCode::Success));
+    assert_eq!(wills_seen(&mut cl, watcher), Vec::<String>::new(), "no will from any of them");
+    // The newest connection's own will works as usual.
+    cl.shards[1].handle_closed(newer.conn, now);
+    cl.settle();
+    assert_eq!(wills_seen(&mut cl, watcher), vec![format!("will/{id3}")]);
+}
+
+/// [MQTT-3.1.2-8], [MQTT-3.1.4-3]: a CONNECT that resumed a session whose subscriptions are
+/// moving here was accepted (the session is installed; only the CONNACK waits for the other
+/// shards). Closed without DISCONNECT in that window — socket failure, Connecting deadline, or
+/// taken over by a newer CONNECT — its will is published, as it would be a moment later.
+#[test]
+fn will_of_a_connection_whose_connack_is_held_is_published() {
+    for how in ["socket", "deadline", "takeover"] {
+        let mut cl = Cluster::new(2);
+        let watcher = cl.connect(0, V4, "watcher", true);
+        cl.subscribe(watcher, "will/#", QoS::AtMostOnce);
+        let id = id_registered_on("h", 1);
+        let old = cl.connect(0, V4, &id, false);
+        cl.subscribe(old, "s", QoS::AtLeastOnce);
+        // Resume on shard 1; shard 0's acknowledgement of the moved subscription is held.
+        let waiting = cl.open(1, V4);
+        let mut buf = BytesMut::new();
+        let p = with_will(connect_packet(V4, &id, false), "will/held");
+        codec::encode(&p, V4, &mut buf).expect("encodes");
+        let now = cl.now;
+        cl.shards[1].handle_read(waiting.conn, &buf, now);
+        cl.settle_holding_delta_acks(0, 1);
+        assert!(cl.recv(waiting).is_empty(), "{how}: CONNACK held");
+        assert!(cl.shards[0].status(old.conn).closing, "{how}: the first connection taken over");
+        match how {
+            "socket" => cl.shards[1].handle_closed(waiting.conn, now),
+            "deadline" => {
+                let timeout = cl.shards[1].config().connect_timeout;
+                cl.shards[1].tick(now + timeout);
+            }
+            _ => {
+                let newest = cl.open(1, V4);
+                cl.send(newest, connect_packet(V4, &id, false));
+                assert!(matches!(&cl.recv(newest)[..], [Packet::ConnAck(_)]), "{how}");
+            }
+        }
+        assert!(cl.shards[1].status(waiting.conn).closing, "{how}: closed");
+        cl.settle();
+        assert!(cl.recv(waiting).is_empty(), "{how}: no CONNACK after the close");
+        assert_eq!(wills_seen(&mut cl, watcher), vec!["will/held".to_string()], "{how}");
+        assert_eq!(cl.shards[1].metrics.wills_published, 1, "{how}: once");
+    }
 }
