@@ -722,9 +722,16 @@ fn a_pending_delayed_will_survives_kill_9() {
     let (mut broker, _logs, addr) = start(&dir, 2);
     let (mut sub, present) = RawClient::mqtt_connect(addr, V4, "will-sub", false);
     assert!(present);
-    let mut wills = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+    let mut wills: Vec<(String, Instant)> = Vec::new();
+    // Up to 8 s for the will, then 2 s more for any other (`w-back`'s was due 0.2 s earlier).
+    let deadline = |w: &[(String, Instant)]| match w.first() {
+        Some((_, at)) => *at + Duration::from_secs(2),
+        None => Instant::now() + Duration::from_secs(8),
+    };
+    let start = Instant::now();
+    while let Some(left) =
+        deadline(&wills).min(start + Duration::from_secs(10)).checked_duration_since(Instant::now())
+    {
         match sub.recv_timeout(left) {
             Some(Packet::Publish(p)) => {
                 if let Some(id) = p.packet_id {
