@@ -666,3 +666,85 @@ fn pending_records_bound_pauses_the_publisher_and_drops_nothing() {
     assert!(full > 0, "the bound was reached and counted");
     kill9(&mut broker);
 }
+
+/// A v5 client with a session expiry and a will (QoS 1 on `will/t`) delayed `delay` seconds.
+fn connect_with_delayed_will(addr: SocketAddr, id: &str, delay: Option<u32>) -> RawClient {
+    use tern::codec::{Properties, Property, Will};
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+    let mut c = RawClient::connect_tcp(addr, V5);
+    let mut connect = match common::connect(V5, id, false, 30) {
+        Packet::Connect(c) => c,
+        _ => unreachable!(),
+    };
+    connect.properties.push(Property::SessionExpiryInterval(60));
+    connect.will = delay.map(|d| {
+        let mut properties = Properties::new();
+        properties.push(Property::WillDelayInterval(d));
+        Will {
+            topic: "will/t".into(),
+            payload: bytes::Bytes::copy_from_slice(id.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties,
+        }
+    });
+    c.send(&Packet::Connect(connect));
+    assert!(matches!(c.recv(), Packet::ConnAck(a) if !a.reason.is_error()));
+    c
+}
+
+/// A delayed will pending when the broker is SIGKILLed is published after the restart, once
+/// its delay has run (wall-clock time from the drop) [MQTT-3.1.3-9]; the will of a client that
+/// came back before the crash is not [MQTT-3.1.3-9].
+#[test]
+fn a_pending_delayed_will_survives_kill_9() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let (mut broker, _logs, addr) = start(&dir, 2);
+    // A persistent subscriber to the wills, offline at the crash.
+    let (mut sub, _) = RawClient::mqtt_connect(addr, V4, "will-sub", false);
+    sub.subscribe("will/t", QoS::AtLeastOnce);
+    drop(sub);
+    // `w-back` drops its socket, then comes back (without a will) before the crash.
+    drop(connect_with_delayed_will(addr, "w-back", Some(2)));
+    std::thread::sleep(Duration::from_millis(200));
+    let back = connect_with_delayed_will(addr, "w-back", None);
+    // `w-gone` drops its socket (no DISCONNECT): its will waits 2 s.
+    let gone = connect_with_delayed_will(addr, "w-gone", Some(2));
+    let dropped = Instant::now();
+    drop(gone);
+    // Long enough for the close to be logged and synced, well within the delay.
+    std::thread::sleep(Duration::from_millis(500));
+    kill9(&mut broker);
+    assert!(dropped.elapsed() < Duration::from_secs(2), "killed within the delay");
+    drop(back);
+
+    let (mut broker, _logs, addr) = start(&dir, 2);
+    let (mut sub, present) = RawClient::mqtt_connect(addr, V4, "will-sub", false);
+    assert!(present);
+    let mut wills: Vec<(String, Instant)> = Vec::new();
+    // Up to 8 s for the will, then 2 s more for any other (`w-back`'s was due 0.2 s earlier).
+    let deadline = |w: &[(String, Instant)]| match w.first() {
+        Some((_, at)) => *at + Duration::from_secs(2),
+        None => Instant::now() + Duration::from_secs(8),
+    };
+    let start = Instant::now();
+    while let Some(left) =
+        deadline(&wills).min(start + Duration::from_secs(10)).checked_duration_since(Instant::now())
+    {
+        match sub.recv_timeout(left) {
+            Some(Packet::Publish(p)) => {
+                if let Some(id) = p.packet_id {
+                    sub.send(&Packet::PubAck(PubResp::success(id)));
+                }
+                wills.push((String::from_utf8_lossy(&p.payload).into_owned(), Instant::now()));
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let names: Vec<&str> = wills.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["w-gone"], "the pending will only, once");
+    assert!(wills[0].1 >= dropped + Duration::from_secs(2), "not before its delay ended");
+    kill9(&mut broker);
+}

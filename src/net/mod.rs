@@ -714,16 +714,21 @@ where
                 peer_gone = true;
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 io.outbox_ready.notify();
+                // The close's records (a delayed will pending, the session's offline time)
+                // have no output to carry them to the log: wake its sync task.
+                io.durable_wake();
             }
             Event::WriteFailed => {
                 peer_gone = true;
                 io.shard.borrow_mut().handle_closed(id, Instant::now());
                 io.outbox_ready.notify();
+                io.durable_wake();
                 break;
             }
             Event::WriteTimedOut => {
                 io.shard.borrow_mut().handle_write_timeout(id, Instant::now());
                 io.outbox_ready.notify();
+                io.durable_wake();
                 timed_out = true;
                 break;
             }
@@ -758,6 +763,7 @@ where
     }
     io.shard.borrow_mut().release(id, Instant::now());
     io.outbox_ready.notify();
+    io.durable_wake();
 }
 
 /// Reads and discards input after our side has shut down writing, until end of stream, an

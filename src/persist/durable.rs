@@ -344,6 +344,8 @@ pub struct ShardRestore {
     sessions: Vec<(String, super::record::SessionSnapshot, crate::shard::ClaimGen, u64)>,
     registry: Vec<(String, crate::shard::Owner)>,
     retained: Vec<super::record::StoredMessage>,
+    /// Delayed wills pending in the restored sessions: client id, will, due (Unix ms).
+    wills: Vec<(String, crate::codec::Will, u64)>,
     recovery_ms: u64,
     discarded_bytes: u64,
     /// Sessions this log holds that another shard's log holds more recently.
@@ -377,6 +379,7 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
                 records = n,
                 sessions = replayed.sessions.len(),
                 retained = replayed.retained.len(),
+                pending_wills = replayed.wills.len(),
                 torn_bytes = r.discarded_bytes,
                 bad_records = r.bad_records,
                 set_aside = r.set_aside,
@@ -425,6 +428,7 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
         out[shard].recovery_ms = times[shard];
         // Retained updates are logged by the sequencer only; every replica starts from its set.
         out[shard].retained = retained.clone();
+        let mut wills = replayed.wills;
         for (cid, snap) in replayed.sessions {
             if owner.get(&cid) != Some(&(shard as u16)) {
                 // A stale copy left by a crash during a move: ended in this log at start, so
@@ -436,6 +440,9 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
             let generation = ClaimGen(next_gen[reg]);
             next_gen[reg] += 1;
             let stamp = replayed.stamps.get(&cid).copied().unwrap_or(0);
+            if let Some((will, due)) = wills.remove(&cid) {
+                out[shard].wills.push((cid.clone(), will, due));
+            }
             out[shard].sessions.push((cid.clone(), snap, generation, stamp));
             out[reg].registry.push((cid, Owner { shard: shard as u16, generation }));
         }
@@ -463,6 +470,7 @@ pub async fn open_shard(
     s.enable_persistence(opts.clock);
     let now = std::time::Instant::now();
     s.restore(restore.sessions, restore.registry, restore.retained, now);
+    s.restore_wills(std::mem::take(&mut restore.wills), now);
     s.metrics.wal_discarded_bytes = restore.discarded_bytes;
     s.metrics.wal_recovery_ms = restore.recovery_ms;
     drop(s);

@@ -141,6 +141,10 @@ metrics! {
     counter sessions_restored,
     /// Sessions found in the log but not restored (`sessions_max` reached, or duplicated).
     counter sessions_not_restored,
+    /// Delayed wills restored from the write-ahead log at start, waiting again.
+    counter wills_restored,
+    /// Delayed wills found in the log whose session was not restored (dropped).
+    counter wills_not_restored,
     /// Records appended to the write-ahead log.
     counter wal_records,
     /// Bytes appended to the write-ahead log.

@@ -171,6 +171,8 @@ pub struct Replayed {
     pub orphans: usize,
     /// When this shard took each session ([`Record::Owned`]), where the log says.
     pub stamps: BTreeMap<String, u64>,
+    /// v5 wills waiting for their delay, by client id, with when each is due (Unix ms).
+    pub wills: BTreeMap<String, (crate::codec::Will, u64)>,
 }
 
 /// Folds records, in log order, into sessions and retained messages.
@@ -293,6 +295,16 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> Replayed {
             Record::Snapshot { client_id, session } => {
                 heads.remove(&client_id);
                 s.insert(client_id, session);
+            }
+            // Kept apart from the session: a snapshot does not hold the will, and the shard
+            // writes `WillDone` whenever a pending will leaves its session.
+            Record::WillPending { client_id, will, due_unix_ms } => {
+                out.wills.insert(client_id, (will, due_unix_ms));
+            }
+            Record::WillDone { client_id } => {
+                if out.wills.remove(&client_id).is_none() {
+                    orphan += 1;
+                }
             } // Record is non_exhaustive within the crate only for outside users.
         }
     }

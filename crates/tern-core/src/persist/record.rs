@@ -21,11 +21,13 @@
 //! | `Qos2Received` / `Qos2Released` | an inbound QoS 2 id, before PUBREC / before PUBCOMP |
 //! | `RetainSet` / `RetainClear` | a retained message is stored or cleared |
 //! | `Snapshot` | a whole session, written by compaction and by the shard a session moves to |
+//! | `WillPending` | a v5 will starts waiting for its Will Delay Interval (and by compaction) |
+//! | `WillDone` | that will was published or cancelled (the client came back) |
 
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::primitives::Reader;
-use crate::codec::{Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions};
+use crate::codec::{Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, Will};
 
 /// A message as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +212,24 @@ pub enum Record {
         /// Its state.
         session: SessionSnapshot,
     },
+    /// A v5 will is waiting for its Will Delay Interval (or its session's expiry, whichever
+    /// is first, [MQTT-3.1.3-9]): it is published at `due_unix_ms` unless a `WillDone`
+    /// follows. The deadline is wall-clock time, so the downtime of a restart counts.
+    /// Additive kind: older logs never hold it.
+    WillPending {
+        /// Client identifier.
+        client_id: String,
+        /// The will as the client sent it (properties as in CONNECT).
+        will: Will,
+        /// When it is due, Unix milliseconds.
+        due_unix_ms: u64,
+    },
+    /// The pending will of the session was published, or cancelled by a reconnect.
+    /// Additive kind: older logs never hold it.
+    WillDone {
+        /// Client identifier.
+        client_id: String,
+    },
 }
 
 /// Why a record body could not be read.
@@ -250,6 +270,8 @@ mod kind {
     pub const RETAIN_SET: u8 = 0x40;
     pub const RETAIN_CLEAR: u8 = 0x41;
     pub const SNAPSHOT: u8 = 0x50;
+    pub const WILL_PENDING: u8 = 0x60;
+    pub const WILL_DONE: u8 = 0x61;
 }
 
 /// Writes fields of a record body.
@@ -316,6 +338,15 @@ impl Writer<'_> {
         m.properties.encode(&mut props);
         self.bin(&props);
         self.opt_u64(m.expires_at_unix_ms);
+    }
+    fn will(&mut self, w: &Will) {
+        self.str(&w.topic);
+        self.bin(&w.payload);
+        self.u8(w.qos as u8);
+        self.bool(w.retain);
+        let mut props = BytesMut::new();
+        w.properties.encode(&mut props);
+        self.bin(&props);
     }
     fn delivery(&mut self, d: &StoredDelivery) {
         self.message(&d.msg);
@@ -424,6 +455,20 @@ impl<'a> Fields<'a> {
         }
         let expires_at_unix_ms = self.opt_u64()?;
         Ok(StoredMessage { topic, payload, qos, retain, properties, expires_at_unix_ms })
+    }
+    fn will(&mut self) -> Result<Will, RecordError> {
+        let topic = self.str()?;
+        let payload = Bytes::copy_from_slice(self.bin()?);
+        let qos = self.qos()?;
+        let retain = self.bool()?;
+        let props = Bytes::copy_from_slice(self.bin()?);
+        let mut r = Reader::new(props);
+        let properties = Properties::decode(&mut r, PropertyContext::Will)
+            .map_err(|_| RecordError::Invalid("will properties"))?;
+        if r.remaining() != 0 {
+            return Err(RecordError::Invalid("bytes after the will properties"));
+        }
+        Ok(Will { topic, payload, qos, retain, properties })
     }
     fn delivery(&mut self) -> Result<StoredDelivery, RecordError> {
         let msg = self.message()?;
@@ -546,6 +591,16 @@ impl Record {
                     w.u16(*id);
                 }
             }
+            Record::WillPending { client_id, will, due_unix_ms } => {
+                w.u8(kind::WILL_PENDING);
+                w.str(client_id);
+                w.will(will);
+                w.u64(*due_unix_ms);
+            }
+            Record::WillDone { client_id } => {
+                w.u8(kind::WILL_DONE);
+                w.str(client_id);
+            }
         }
     }
 
@@ -625,6 +680,10 @@ impl Record {
                 };
                 Record::Snapshot { client_id, session }
             }
+            kind::WILL_PENDING => {
+                Record::WillPending { client_id: f.str()?, will: f.will()?, due_unix_ms: f.u64()? }
+            }
+            kind::WILL_DONE => Record::WillDone { client_id: f.str()? },
             other => return Err(RecordError::Kind(other)),
         };
         match f.0.len() {
@@ -735,6 +794,23 @@ pub mod examples {
                 },
             },
             Record::Snapshot { client_id: String::new(), session: SessionSnapshot::default() },
+            Record::WillPending {
+                client_id: cid(),
+                will: Will {
+                    topic: "w/t".into(),
+                    payload: Bytes::from_static(b"gone\x00"),
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    properties: {
+                        let mut p = Properties::new();
+                        p.push(Property::WillDelayInterval(2));
+                        p.push(Property::MessageExpiryInterval(30));
+                        p
+                    },
+                },
+                due_unix_ms: 1_764_000_002_000,
+            },
+            Record::WillDone { client_id: cid() },
         ]
     }
 }

@@ -497,7 +497,7 @@ impl Shard {
         }
         // A will waiting for its delay: the client is back, so it is not sent — unless the new
         // connection starts clean and the old session ends here.
-        if let Some(pending) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
+        if let Some(pending) = self.take_pending_will(slot) {
             let (will, _) = *pending;
             if clean_start {
                 self.publish_will(slot, will, now);

@@ -1243,6 +1243,7 @@ impl Shard {
             return self.publish_will(slot, will, now);
         }
         let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
+        self.journal_will_pending(slot, &will, due);
         if let Some(s) = self.slot_mut(slot) {
             s.pending_will = Some(Box::new((will, due)));
             self.arm_will(slot, due);
@@ -1322,7 +1323,7 @@ impl Shard {
     /// and the registry forgets this shard as the owner.
     fn destroy_session(&mut self, slot: u32, now: Instant) {
         // A delayed will goes out when its session ends ([MQTT-3.1.3-9]).
-        if let Some(pending) = self.slot_mut(slot).and_then(|s| s.pending_will.take()) {
+        if let Some(pending) = self.take_pending_will(slot) {
             let (will, _) = *pending;
             self.publish_will(slot, will, now);
         }

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::{ClaimGen, Owner, Shard};
+use crate::codec::Will;
 use crate::persist::journal::{self, Clock};
 use crate::persist::record::{Record, SessionSnapshot, StoredMessage};
 use crate::session::{Outgoing, Session};
@@ -108,6 +109,13 @@ impl Shard {
                 let client_id = s.session.client_id.clone();
                 let stamp = j.persisted.get(&client_id).copied();
                 out.push(Record::Snapshot { client_id: client_id.clone(), session });
+                if let Some((will, due)) = s.pending_will.as_deref() {
+                    out.push(Record::WillPending {
+                        client_id: client_id.clone(),
+                        will: will.clone(),
+                        due_unix_ms: j.clock.to_unix(*due),
+                    });
+                }
                 if let Some(stamp_us) = stamp {
                     out.push(Record::Owned { client_id, stamp_us });
                 }
@@ -266,6 +274,55 @@ impl Shard {
             true => Record::Qos2Received { client_id, packet_id },
             false => Record::Qos2Released { client_id, packet_id },
         });
+    }
+
+    /// The session in `slot` holds `will` until `due` (its Will Delay Interval started). Written
+    /// whatever the session's other records: replay keeps pending wills apart from sessions.
+    pub(super) fn journal_will_pending(&mut self, slot: u32, will: &Will, due: Instant) {
+        let Some(cid) = self.slot(slot).map(|s| s.session.client_id.clone()) else { return };
+        if let Some(j) = &mut self.journal {
+            let due_unix_ms = j.clock.to_unix(due);
+            j.records.push(Record::WillPending { client_id: cid, will: will.clone(), due_unix_ms });
+        }
+    }
+
+    /// Takes the pending will of `slot` (to publish it, or because its client came back),
+    /// writing `WillDone` so that a restart does not publish it again.
+    pub(super) fn take_pending_will(&mut self, slot: u32) -> Option<Box<(Will, Instant)>> {
+        let s = self.slot_mut(slot)?;
+        let pending = s.pending_will.take()?;
+        let client_id = s.session.client_id.clone();
+        if let Some(j) = &mut self.journal {
+            j.records.push(Record::WillDone { client_id });
+        }
+        Some(pending)
+    }
+
+    /// Start-up, after [`Shard::restore`]: the wills recovered as pending (client id, will,
+    /// due in Unix ms) wait again in their restored sessions. The deadline is wall-clock time,
+    /// so the broker's downtime counts towards it; one that passed while the broker was down
+    /// is published on the first tick. A will whose session was not restored is dropped and
+    /// counted. Nothing is written again.
+    pub fn restore_wills(&mut self, wills: Vec<(String, Will, u64)>, now: Instant) {
+        let Some(clock) = self.journal.as_ref().map(|j| j.clock) else { return };
+        for (client_id, will, due_unix_ms) in wills {
+            let slot = self.by_client.get(&client_id).copied();
+            let Some(s) = slot.and_then(|slot| self.slot_mut(slot)).filter(|s| s.conn.is_none())
+            else {
+                self.metrics.wills_not_restored += 1;
+                continue;
+            };
+            let mut due = clock.to_instant(due_unix_ms).max(now);
+            if let Some(at) = s.expires_at {
+                // [MQTT-3.1.3-9]: no later than the session's end.
+                due = due.min(at);
+            }
+            s.pending_will = Some(Box::new((will, due)));
+            self.metrics.wills_restored += 1;
+            if let Some(slot) = slot {
+                self.arm_will(slot, due);
+            }
+        }
     }
 
     /// The retained replica stored or cleared a message.
@@ -610,5 +667,177 @@ mod tests {
         assert_eq!(owed.len(), 1, "{dev:?}");
         assert_eq!(&owed[0].msg.payload[..], b"two");
         assert_eq!(replayed.sessions["pub"].inbound_qos2, vec![9]);
+    }
+}
+
+#[cfg(test)]
+mod will_tests {
+    use super::*;
+    use crate::codec::{
+        self, Connect, Packet, Properties, Property, ProtocolVersion, QoS, Subscribe,
+        SubscriptionOptions,
+    };
+    use crate::persist::journal::replay;
+    use crate::shard::{ConnId, ShardConfig};
+    use bytes::{Bytes, BytesMut};
+
+    const V5: ProtocolVersion = ProtocolVersion::V5;
+
+    fn send(s: &mut Shard, c: ConnId, p: Packet, now: Instant) {
+        let mut buf = BytesMut::new();
+        codec::encode(&p, V5, &mut buf).expect("encode");
+        s.handle_read(c, &buf, now);
+    }
+
+    fn recv(s: &mut Shard, c: ConnId) -> Vec<Packet> {
+        let mut tx = s.take_tx(c, crate::test_clock::test_epoch());
+        let mut out = Vec::new();
+        while let Some(p) = codec::decode(&mut tx, V5, usize::MAX).expect("decodes") {
+            out.push(p);
+        }
+        out
+    }
+
+    /// A v5 client with session expiry 60 s and, when `will_delay` is set, a will on `w/t`.
+    fn connect(s: &mut Shard, id: &str, will_delay: Option<u32>, now: Instant) -> ConnId {
+        let c = s.accept(0, "127.0.0.1:1".parse().expect("addr"), now).expect("accept");
+        let mut properties = Properties::new();
+        properties.push(Property::SessionExpiryInterval(60));
+        let will = will_delay.map(|d| {
+            let mut p = Properties::new();
+            p.push(Property::WillDelayInterval(d));
+            codec::Will {
+                topic: "w/t".into(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: p,
+            }
+        });
+        let connect = Connect {
+            version: V5,
+            clean_start: false,
+            keep_alive_secs: 0,
+            client_id: id.into(),
+            will,
+            username: None,
+            password: None,
+            properties,
+        };
+        send(s, c, Packet::Connect(Box::new(connect)), now);
+        assert!(matches!(recv(s, c).first(), Some(Packet::ConnAck(_))));
+        c
+    }
+
+    fn subscribe(s: &mut Shard, c: ConnId, now: Instant) {
+        let sub = Subscribe {
+            packet_id: crate::codec::PacketId::new(1).expect("id"),
+            filters: vec![(
+                "w/t".into(),
+                SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            )],
+            properties: Properties::new(),
+        };
+        send(s, c, Packet::Subscribe(sub), now);
+        let _ = recv(s, c);
+    }
+
+    fn wills_received(s: &mut Shard, c: ConnId) -> usize {
+        recv(s, c)
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(p) if p.topic == "w/t" && &p.payload[..] == b"gone"))
+            .count()
+    }
+
+    /// The log of a shard where the client `w` (will delay 2 s) lost its connection at `now`,
+    /// and, when `back`, reconnected 1 s later; with the compaction of the end state.
+    fn log_of_a_drop(clock: Clock, back: bool) -> (Vec<Record>, Vec<Record>) {
+        let now = clock.instant;
+        let mut s = Shard::new(0, ShardConfig::for_tests(1));
+        s.enable_persistence(clock);
+        let mut log = Vec::new();
+        let w = connect(&mut s, "w", Some(2), now);
+        log.extend(s.take_records(now));
+        s.handle_closed(w, now);
+        s.release(w, now);
+        assert_eq!(s.metrics.wills_published, 0, "the will waits for its delay");
+        log.extend(s.take_records(now));
+        if back {
+            let later = now + Duration::from_secs(1);
+            let _w = connect(&mut s, "w", None, later);
+            log.extend(s.take_records(later));
+            s.tick(later + Duration::from_secs(5));
+            assert_eq!(s.metrics.wills_published, 0, "[MQTT-3.1.3-9] not sent after a reconnect");
+        }
+        (log, s.compaction_records())
+    }
+
+    /// Restores `log` into a fresh shard whose clock reads `at` (the broker restarted then),
+    /// with a subscriber to `w/t`; returns the shard and the subscriber.
+    fn restart(log: Vec<Record>, clock: Clock, at: Instant) -> (Shard, ConnId) {
+        let replayed = replay(log);
+        let mut t = Shard::new(0, ShardConfig::for_tests(1));
+        t.enable_persistence(clock);
+        let sessions: Vec<_> =
+            replayed.sessions.into_iter().map(|(cid, snap)| (cid, snap, ClaimGen(1), 1)).collect();
+        let registry = sessions
+            .iter()
+            .map(|(cid, ..)| (cid.clone(), Owner { shard: 0, generation: ClaimGen(1) }))
+            .collect();
+        t.restore(sessions, registry, Vec::new(), at);
+        let wills = replayed.wills.into_iter().map(|(c, (w, due))| (c, w, due)).collect();
+        t.restore_wills(wills, at);
+        assert!(t.take_records(at).is_empty(), "restored state is not written again");
+        let sub = connect(&mut t, "sub", None, at);
+        subscribe(&mut t, sub, at);
+        (t, sub)
+    }
+
+    /// A delayed will pending at a crash is published after the restart when its delay ends,
+    /// counted from the disconnect in wall-clock time (the downtime counts) [MQTT-3.1.3-9];
+    /// compaction writes the same pending will.
+    #[test]
+    fn a_pending_delayed_will_is_published_after_a_restart_at_its_time() {
+        let t0 = crate::test_clock::test_epoch();
+        let clock = Clock { instant: t0, unix_ms: 1_700_000_000_000 };
+        let (log, compact) = log_of_a_drop(clock, false);
+        let replayed = replay(log.clone());
+        assert_eq!(replayed.wills["w"].1, 1_700_000_002_000, "due 2 s after the drop");
+        assert_eq!(replay(compact).wills, replayed.wills);
+        // Restarted 1.5 s after the drop: the new process's clock has another origin.
+        let t1 = t0 + Duration::from_secs(100);
+        let restarted = Clock { instant: t1, unix_ms: 1_700_000_001_500 };
+        let (mut t, sub) = restart(log.clone(), restarted, t1);
+        assert_eq!(t.metrics.wills_restored, 1);
+        t.tick(t1 + Duration::from_millis(400));
+        assert_eq!(wills_received(&mut t, sub), 0, "0.5 s of the delay left");
+        t.tick(t1 + Duration::from_millis(600));
+        assert_eq!(wills_received(&mut t, sub), 1, "published when the delay ends");
+        let recs = t.take_records(t1 + Duration::from_millis(600));
+        assert!(recs
+            .iter()
+            .any(|r| matches!(r, Record::WillDone { client_id } if client_id == "w")));
+        // Restarted after the delay had passed: published on the first tick.
+        let late = Clock { instant: t1, unix_ms: 1_700_000_030_000 };
+        let (mut t, sub) = restart(log, late, t1);
+        t.tick(t1);
+        assert_eq!(wills_received(&mut t, sub), 1);
+    }
+
+    /// A client that came back before the crash cancelled its will: the log says so and the
+    /// restarted broker never publishes it [MQTT-3.1.3-9].
+    #[test]
+    fn a_will_cancelled_by_a_reconnect_stays_cancelled_after_a_restart() {
+        let t0 = crate::test_clock::test_epoch();
+        let clock = Clock { instant: t0, unix_ms: 1_700_000_000_000 };
+        let (log, compact) = log_of_a_drop(clock, true);
+        assert!(log.iter().any(|r| matches!(r, Record::WillDone { .. })));
+        assert!(replay(log.clone()).wills.is_empty());
+        assert!(replay(compact).wills.is_empty());
+        let restarted = Clock { instant: t0, unix_ms: 1_700_000_001_500 };
+        let (mut t, sub) = restart(log, restarted, t0);
+        t.tick(t0 + Duration::from_secs(10));
+        assert_eq!(wills_received(&mut t, sub), 0);
+        assert_eq!(t.metrics.wills_published, 0);
     }
 }

@@ -160,7 +160,7 @@ impl Shard {
         s.timers.will = None;
         match s.pending_will.as_ref().map(|p| p.1) {
             Some(due) if now >= due => {
-                if let Some(pending) = s.pending_will.take() {
+                if let Some(pending) = self.take_pending_will(slot) {
                     let (will, _) = *pending;
                     self.publish_will(slot, will, now);
                 }
