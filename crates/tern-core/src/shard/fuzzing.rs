@@ -20,8 +20,8 @@
 //! test `shard::fuzzing::tests` run this same body.
 #![doc(hidden)]
 
+use core::net::SocketAddr;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
