@@ -13,9 +13,12 @@
 //!
 //! Rules every setting follows:
 //!
-//! - Every limit has a documented default and a maximum. **0 never means unlimited.** Exactly two
-//!   settings accept 0 as a real value: [`LimitsConfig::topic_alias_max`] (0 = the client may not
-//!   use topic aliases) and [`RuntimeConfig::spin_before_park_us`] (0 = park without spinning).
+//! - Every limit has a documented default and a maximum. **0 never means unlimited.** The
+//!   settings that accept 0 take it as a real value: [`LimitsConfig::topic_alias_max`] (0 = the
+//!   client may not use topic aliases), [`RuntimeConfig::spin_before_park_us`] (0 = park without
+//!   spinning), `limits.user_properties_max` and `limits.user_property_bytes_max` (0 = no User
+//!   Properties accepted) and a bridge topic's `qos` (0 = QoS 0); `bounds_fit_their_field_types` lists
+//!   them.
 //! - Limits are named `<thing>_<unit>_max`.
 //! - Unknown keys are errors, so a typo is never silently ignored.
 //!
