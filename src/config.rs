@@ -17,8 +17,8 @@
 //!   settings that accept 0 take it as a real value: [`LimitsConfig::topic_alias_max`] (0 = the
 //!   client may not use topic aliases), [`RuntimeConfig::spin_before_park_us`] (0 = park without
 //!   spinning), `limits.user_properties_max` and `limits.user_property_bytes_max` (0 = no User
-//!   Properties accepted) and a bridge topic's `qos` (0 = QoS 0); `bounds_fit_their_field_types` lists
-//!   them.
+//!   Properties accepted) and a bridge topic's `qos` (0 = QoS 0); the test
+//!   `bounds_fit_their_field_types` lists them.
 //! - Limits are named `<thing>_<unit>_max`.
 //! - Unknown keys are errors, so a typo is never silently ignored.
 //!
