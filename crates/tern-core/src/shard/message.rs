@@ -40,6 +40,20 @@ pub struct Member {
     pub online: bool,
 }
 
+impl Member {
+    /// Session `slot` (of `generation`) on `shard` as a member, with the options and
+    /// identifier of its subscription `sub`.
+    pub(crate) fn of(
+        shard: u16,
+        slot: u32,
+        generation: u32,
+        sub: &crate::session::Subscription,
+        online: bool,
+    ) -> Self {
+        Member { shard, slot, generation, options: sub.options, identifier: sub.identifier, online }
+    }
+}
+
 /// A delivery chosen by the publishing shard for one shared-subscription member.
 #[derive(Clone, Debug)]
 pub struct SharedDelivery {

@@ -274,17 +274,7 @@ impl Shard {
             .subscriptions
             .iter()
             .filter(|(f, _)| crate::codec::topic::is_shared(f))
-            .map(|(f, sub)| {
-                let member = Member {
-                    shard: self.id,
-                    slot,
-                    generation,
-                    options: sub.options,
-                    identifier: sub.identifier,
-                    online,
-                };
-                (f.clone(), member)
-            })
+            .map(|(f, sub)| (f.clone(), Member::of(self.id, slot, generation, sub, online)))
             .collect();
         for (group, member) in subs {
             let strategy = self.shared_strategy(&group);

@@ -304,14 +304,7 @@ impl Shard {
         if is_shared(filter) {
             let Some(generation) = self.slot(slot).map(|s| s.generation) else { return false };
             let online = self.slot(slot).is_some_and(|s| s.conn.is_some());
-            let member = Member {
-                shard: self.id,
-                slot,
-                generation,
-                options: sub.options,
-                identifier: sub.identifier,
-                online,
-            };
+            let member = Member::of(self.id, slot, generation, sub, online);
             let strategy = self.shared_strategy(filter);
             if self.shared.add(filter, member, strategy) {
                 self.metrics.subscriptions_current += 1;
