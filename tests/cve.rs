@@ -660,8 +660,22 @@ fn cve_2025_59946_cross_shard_subscription_updates_are_messages() {
         s.send(&Packet::Unsubscribe(unsub));
         p.publish("churn/x", b"noise", QoS::AtMostOnce, 0, false);
     }
-    s.subscribe("churn/#", QoS::AtLeastOnce);
-    // Drain acks and noise; then only messages after the final SUBACK count.
+    // The final SUBSCRIBE (id 1000): earlier acks and noise may still be queued ahead of its
+    // SUBACK, and the server may send matching PUBLISHes before it (MQTT 3.1.1 §3.8.4 allows it),
+    // so read until its own SUBACK, then drain what is left.
+    s.send(&support::subscribe_packet("churn/#", QoS::AtLeastOnce, 1000));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no SUBACK for the final SUBSCRIBE");
+        match s.recv_timeout(Duration::from_secs(2)) {
+            Some(Packet::SubAck(a)) if a.packet_id.get() == 1000 => {
+                assert!(!a.reasons[0].is_error(), "final SUBACK refused: {a:?}");
+                break;
+            }
+            Some(_) => {}
+            None => panic!("connection quiet before the final SUBACK"),
+        }
+    }
     while s.recv_timeout(Duration::from_millis(500)).is_some() {}
     for i in 0..20u16 {
         p.publish("churn/x", format!("m{i}").as_bytes(), QoS::AtLeastOnce, i + 1, false);
