@@ -70,6 +70,8 @@ pub fn shard_config(config: &Config) -> ShardConfig {
             low_water_messages: l.flow_low_water_messages as usize,
             hard_cap_messages: l.flow_hard_cap_messages as usize,
             hard_cap_bytes: l.flow_hard_cap_bytes as usize,
+            high_water_bytes: l.flow_high_water_bytes as usize,
+            qos0_queue_bytes_max: l.flow_qos0_queue_bytes_max as usize,
             slow_consumer_timeout: Duration::from_millis(u64::from(l.slow_consumer_timeout_ms)),
             slow_consumer_policy: match l.slow_consumer_policy {
                 SlowConsumer::Disconnect => SlowConsumerPolicy::Disconnect,

@@ -60,6 +60,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything sizeable is allocated: a huge page the allocator touches now stays
+    // resident (`runtime.transparent_huge_pages`, applied once the configuration is read).
+    let thp_off = tern::runtime::set_transparent_huge_pages(false);
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Passwd(args)) => match tern::auth::passwd_cmd::run_args(args) {
@@ -89,7 +92,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::ImportMosquittoConf { file, output }) => import(&file, output.as_deref()),
-        None => serve(cli.config, cli.shards, cli.data_dir),
+        None => serve(cli.config, cli.shards, cli.data_dir, thp_off),
     }
 }
 
@@ -122,7 +125,12 @@ fn import(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode 
     ExitCode::SUCCESS
 }
 
-fn serve(config_path: Option<PathBuf>, shards: Option<u16>, data_dir: Option<PathBuf>) -> ExitCode {
+fn serve(
+    config_path: Option<PathBuf>,
+    shards: Option<u16>,
+    data_dir: Option<PathBuf>,
+    thp_off: std::io::Result<()>,
+) -> ExitCode {
     let (mut config, positions) = match &config_path {
         Some(path) => match Config::load_located(path) {
             Ok(c) => c,
@@ -144,6 +152,14 @@ fn serve(config_path: Option<PathBuf>, shards: Option<u16>, data_dir: Option<Pat
         config.persistence.dir = Some(dir);
     }
     tern::logging::init(&config.log);
+    let thp = match config.runtime.transparent_huge_pages {
+        true => tern::runtime::set_transparent_huge_pages(true),
+        false => thp_off,
+    };
+    if let Err(e) = thp {
+        // An old kernel or a seccomp filter: memory grows in larger steps, nothing else.
+        tracing::warn!(error = %e, "cannot set runtime.transparent_huge_pages");
+    }
 
     let running = match tern::broker::start(&config) {
         Ok(r) => r,

@@ -82,6 +82,15 @@ type Batch = Vec<ShardMsg>;
 /// What a shard reports once it serves: its id and its private listener, or why it failed.
 type Ready = Result<(u16, Option<SocketAddr>), StartError>;
 
+/// Allows or forbids transparent huge pages for the whole process (`runtime.
+/// transparent_huge_pages`), with `prctl(PR_SET_THP_DISABLE)`: it applies to every later page
+/// fault, of existing mappings too, on every thread. The allocator (mimalloc) asks for huge
+/// pages, so where the kernel grants them one touched byte costs 2 MiB of resident memory;
+/// `main` forbids them before the configuration is read, then applies the setting.
+pub fn set_transparent_huge_pages(allowed: bool) -> std::io::Result<()> {
+    nix::sys::prctl::set_thp_disable(!allowed).map_err(std::io::Error::from)
+}
+
 /// A running broker.
 pub struct Broker {
     threads: Vec<JoinHandle<()>>,

@@ -103,7 +103,13 @@ fn qos1_flood_across_shards_loses_nothing() {
 #[test]
 fn pingreqs_are_read_while_output_is_pending() {
     const N: u16 = 200;
-    let b = start_with(1, |_| {});
+    // One thread writes all 200 publishes before it reads: flow control must not pause that
+    // publisher (the write would block the reader too), so the byte marks sit above the 12.8
+    // MB it sends (the message mark, 1000, already does).
+    let b = start_with(1, |c| {
+        c.limits.flow_high_water_bytes = 64 << 20;
+        c.limits.flow_qos0_queue_bytes_max = 64 << 20;
+    });
     let mut sub = RawClient::connect_tcp(b.shard_addrs[0], V4);
     sub.send(&common::connect(V4, "stalled", true, 2));
     assert!(matches!(sub.recv(), Packet::ConnAck(_)));

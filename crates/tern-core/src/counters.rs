@@ -73,7 +73,7 @@ metrics! {
     counter bytes_received,
     /// Bytes queued for clients.
     counter bytes_sent,
-    /// QoS 0 deliveries dropped for a slow subscriber (0 since flow control; kept for dashboards).
+    /// QoS 0 deliveries dropped: the connected subscriber's queue holds `flow_qos0_queue_bytes_max`.
     counter messages_dropped_qos0_slow,
     /// QoS 0 deliveries dropped: the session has no connection.
     counter messages_dropped_qos0_offline,

@@ -6,19 +6,27 @@
 //! `tx_bytes_max`, and the queue takes over when it is full or the in-flight window is closed).
 //!
 //! - **High-water mark.** A delivery that leaves the queue at or above
-//!   [`FlowLimits::high_water_messages`] pauses the message's publishing session: its
+//!   [`FlowLimits::high_water_messages`] or [`FlowLimits::high_water_bytes`] pauses the
+//!   message's publishing session: its
 //!   connection is not read until every subscriber that paused it has drained. A publisher on
 //!   this shard is paused at once; one on another shard gets [`ShardMsg::Pause`] on the control
 //!   lane (never queued behind data), and later [`ShardMsg::Resume`].
-//! - **Low-water mark.** When the queue falls to [`FlowLimits::low_water_messages`] (a PUBACK,
+//! - **Low-water mark.** When the queue falls to [`FlowLimits::low_water_messages`] and to half
+//!   of [`FlowLimits::high_water_bytes`] (a PUBACK,
 //!   a write, a pump), every publisher it paused is resumed. A subscriber pauses each publisher
 //!   at most once per congestion episode, so the pause count of a publisher is the number of
 //!   subscribers (and peer outboxes) it is waiting for.
 //! - **Peer outboxes.** A publish routed to a peer shard whose outbox holds
 //!   `outbox_messages_max` messages pauses its publisher until that outbox is half empty:
 //!   publishers feeding other shards and local subscribers keep flowing (no shard-wide pause).
-//! - **No drop while connected.** Deliveries to a connected subscriber are queued past the
-//!   offline bounds (QoS 0 included); the pauses keep the queue near the high-water mark.
+//! - **No QoS 1/2 drop while connected.** Deliveries to a connected subscriber are queued past
+//!   the offline bounds; the pauses keep the queue near the high-water mark.
+//! - **The QoS 0 overshoot is bounded.** A pause takes hold only once what its publisher had
+//!   already read, or had sent across the mesh, has arrived (issue 9: ~2 000 messages of 1 KiB
+//!   past a mark of 1 000 behind a stalled subscriber). A QoS 0 delivery that would take the
+//!   queue past [`FlowLimits::qos0_queue_bytes_max`] is dropped and counted
+//!   (`messages_dropped_qos0_slow`) instead; an empty queue always takes one message. QoS 0 is
+//!   at most once, acknowledged to nobody: no promise is broken.
 //! - **Slow consumers.** A subscriber congested longer than
 //!   [`FlowLimits::slow_consumer_timeout`], or whose queue reaches
 //!   [`FlowLimits::hard_cap_messages`] or holds [`FlowLimits::hard_cap_bytes`], is a slow consumer: it is disconnected, or (policy
@@ -58,6 +66,12 @@ pub struct FlowLimits {
     pub hard_cap_messages: usize,
     /// Bytes queued and in flight at which a subscriber is a slow consumer at once.
     pub hard_cap_bytes: usize,
+    /// Bytes queued (each message at its cost) at which its publishers are paused too; they
+    /// are resumed at the low-water mark once the queue also holds at most half of this.
+    pub high_water_bytes: usize,
+    /// Bytes queued past which a QoS 0 delivery to a connected subscriber is dropped and
+    /// counted instead of queued (an empty queue always takes one message).
+    pub qos0_queue_bytes_max: usize,
     /// Time a subscriber may stay above its high-water mark before it is a slow consumer.
     pub slow_consumer_timeout: Duration,
     /// What happens to a slow consumer.
@@ -71,6 +85,8 @@ impl Default for FlowLimits {
             low_water_messages: 500,
             hard_cap_messages: 100_000,
             hard_cap_bytes: 32 << 20,
+            high_water_bytes: 512 << 10,
+            qos0_queue_bytes_max: 1 << 20,
             slow_consumer_timeout: Duration::from_secs(30),
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
         }
@@ -121,7 +137,9 @@ impl Shard {
             self.congested.insert(slot);
             return self.slow_consumer(slot, now);
         }
-        if queued < limits.high_water_messages || s.flow.dropping {
+        let over = queued >= limits.high_water_messages
+            || s.session.queue_bytes >= limits.high_water_bytes;
+        if !over || s.flow.dropping {
             return;
         }
         if s.flow.congested_since.is_none() {
@@ -151,9 +169,10 @@ impl Shard {
     /// publisher it paused and end its congestion episode.
     pub(super) fn flow_check_drained(&mut self, slot: u32) {
         let low = self.cfg.flow.low_water_messages;
+        let low_bytes = self.cfg.flow.high_water_bytes / 2;
         let Some(s) = self.slot(slot) else { return };
         let episode = s.flow.congested_since.is_some() || s.flow.dropping;
-        if !episode || s.session.queue.len() > low {
+        if !episode || s.session.queue.len() > low || s.session.queue_bytes > low_bytes {
             return;
         }
         self.flow_release(slot);

@@ -446,3 +446,119 @@ fn self_publisher_is_bounded_in_bytes() {
     assert_eq!(cl.shards[0].metrics.slow_consumers_disconnected, 1);
     assert_eq!(cl.shards[0].config().memory.used(), 0, "its queue released");
 }
+
+/// `seq` as a 1 KiB PUBLISH on `topic` (the sequence number in its first 8 bytes).
+fn kib_publish(topic: &str, qos: QoS, seq: u16) -> Packet {
+    let mut payload = vec![0u8; 1024];
+    payload[..8].copy_from_slice(&u64::from(seq).to_be_bytes());
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: (qos != QoS::AtMostOnce).then(|| pid(seq)),
+        properties: Properties::new(),
+        payload: Bytes::from(payload),
+    })
+}
+
+/// Bytes queued for the session named `client_id` on `shard`.
+fn queue_bytes(cl: &Cluster, shard: usize, client_id: &str) -> usize {
+    let s = cl.shards[shard].sessions.iter().find(|s| s.session.client_id == client_id);
+    s.expect("session exists").session.queue_bytes
+}
+
+/// Issue 9, stalled subscriber: the pause at the high-water mark takes hold only after the
+/// publisher's current read (and, across shards, what it already sent over the mesh) is
+/// routed. 200 QoS 0 publishes of 1 KiB in one read overshoot a 16 KiB high-water mark; the
+/// queue stops at `flow_qos0_queue_bytes_max` (32 KiB) and the rest is dropped and counted in
+/// `messages_dropped_qos0_slow`. Every message is delivered or counted, in order; the
+/// publisher is paused, then resumed once the subscriber drains.
+#[test]
+fn qos0_overshoot_stops_at_its_byte_bound() {
+    const N: u16 = 200;
+    const QOS0_MAX: usize = 32 << 10;
+    for (sub_shard, pub_shard) in [(0, 0), (1, 0)] {
+        let mut cl = Cluster::with_edit(2, |c| {
+            c.tx_bytes_max = 1024;
+            c.flow.high_water_messages = 1000;
+            c.flow.high_water_bytes = 16 << 10;
+            c.flow.qos0_queue_bytes_max = QOS0_MAX;
+        });
+        let sub = cl.connect(sub_shard, V4, "sub", true);
+        cl.subscribe(sub, "t", QoS::AtMostOnce);
+        let publisher = cl.connect(pub_shard, V4, "pub", true);
+        let mut burst = BytesMut::new();
+        for seq in 1..=N {
+            codec::encode(&kib_publish("t", QoS::AtMostOnce, seq), V4, &mut burst).expect("enc");
+        }
+        cl.send_raw(publisher, &burst);
+        assert!(cl.paused(publisher), "paused at the byte high-water mark");
+        let held = queue_bytes(&cl, sub_shard, "sub");
+        assert!(held <= QOS0_MAX, "queue {held} B within its bound ({sub_shard}/{pub_shard})");
+        assert!(held > QOS0_MAX - 2048, "filled up to the bound: {held} B");
+        let dropped = cl.shards[sub_shard].metrics.messages_dropped_qos0_slow;
+        assert!(dropped > 100, "the overshoot was dropped: {dropped}");
+        let got = cl.drain_acking(sub);
+        assert_eq!(got.len() as u64 + dropped, u64::from(N), "delivered or counted");
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
+        // The Resume crosses the control lane (no PUBACK to carry a settle at QoS 0).
+        cl.settle();
+        assert!(!cl.paused(publisher), "resumed once drained ({sub_shard}/{pub_shard})");
+        assert_eq!(cl.shards[pub_shard].metrics.flow_paused_publishers, 0);
+    }
+}
+
+/// The same overshoot at QoS 1 is queued whole: the QoS 0 byte bound never drops a message
+/// that was acknowledged (the hard caps bound it, `slow_consumer_at_the_hard_cap`).
+#[test]
+fn qos1_overshoot_is_queued_not_dropped() {
+    const N: u16 = 200;
+    for (sub_shard, pub_shard) in [(0, 0), (1, 0)] {
+        let mut cl = Cluster::with_edit(2, |c| {
+            c.tx_bytes_max = 1024;
+            c.flow.high_water_messages = 1000;
+            c.flow.high_water_bytes = 16 << 10;
+            c.flow.qos0_queue_bytes_max = 32 << 10;
+        });
+        let sub = cl.connect(sub_shard, V4, "sub", true);
+        cl.subscribe(sub, "t", QoS::AtLeastOnce);
+        let publisher = cl.connect(pub_shard, V4, "pub", true);
+        let mut burst = BytesMut::new();
+        for seq in 1..=N {
+            codec::encode(&kib_publish("t", QoS::AtLeastOnce, seq), V4, &mut burst).expect("enc");
+        }
+        cl.send_raw(publisher, &burst);
+        assert!(cl.paused(publisher));
+        assert!(queue_bytes(&cl, sub_shard, "sub") > 32 << 10, "past the QoS 0 bound");
+        assert_eq!(cl.drain_acking(sub), seqs(N));
+        assert_eq!(cl.shards[sub_shard].metrics.messages_dropped_qos0_slow, 0);
+        assert!(!cl.paused(publisher));
+    }
+}
+
+/// `flow_high_water_bytes`: 1 KiB messages pause their publisher once 16 KiB are queued, far
+/// below the message mark (1000); it is resumed when the queue is under half of it again.
+#[test]
+fn byte_high_water_mark_pauses_and_resumes() {
+    let mut cl = Cluster::with_edit(1, |c| {
+        c.tx_bytes_max = 1024;
+        c.flow.high_water_messages = 1000;
+        c.flow.high_water_bytes = 16 << 10;
+    });
+    let sub = cl.connect(0, V4, "sub", true);
+    cl.subscribe(sub, "t", QoS::AtMostOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    let mut sent = 0;
+    while !cl.paused(publisher) {
+        sent += 1;
+        assert!(sent <= 40, "paused by bytes, not by the message mark");
+        cl.send(publisher, kib_publish("t", QoS::AtMostOnce, sent));
+    }
+    assert!(queue_bytes(&cl, 0, "sub") >= 16 << 10);
+    assert_eq!(cl.shards[0].metrics.flow_pauses, 1);
+    assert_eq!(cl.drain_acking(sub), seqs(sent));
+    assert!(!cl.paused(publisher));
+    assert_eq!(cl.shards[0].metrics.flow_resumes, 1);
+    assert_eq!(cl.shards[0].metrics.messages_dropped_qos0_slow, 0);
+}

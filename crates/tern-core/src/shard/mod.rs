@@ -210,6 +210,8 @@ impl ShardConfig {
                 low_water_messages: 10,
                 hard_cap_messages: 1000,
                 hard_cap_bytes: 4 << 20,
+                high_water_bytes: 1 << 20,
+                qos0_queue_bytes_max: 2 << 20,
                 slow_consumer_timeout: Duration::from_secs(10),
                 slow_consumer_policy: SlowConsumerPolicy::Disconnect,
             },

@@ -511,6 +511,17 @@ impl Shard {
             }
         }
         let origin = out.msg.origin.filter(|_| live);
+        let qos0_max = self.cfg.flow.qos0_queue_bytes_max;
+        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
+        if out.qos == QoS::AtMostOnce
+            && !s.session.queue.is_empty()
+            && s.session.queue_bytes + out.cost_bytes() > qos0_max
+        {
+            // What arrives before the pause takes hold (`super::flow`): QoS 0 is dropped and
+            // counted past its byte bound; the publisher is paused all the same.
+            self.metrics.messages_dropped_qos0_slow += 1;
+            return self.flow_after_delivery(slot, origin, now);
+        }
         let journaled = self.persistence_enabled().then(|| out.clone());
         let s = self.slot_mut(slot).expect("invariant: checked by the caller");
         s.session.enqueue_connected(out);
