@@ -218,7 +218,10 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             .map_err(|source| StartError::Bind { addr, source })?;
     }
     let stop = std::sync::Arc::clone(&opts.stop);
-    let broker = Broker::start(opts, shard_config(config)).inspect_err(|_| {
+    let shard_cfg = shard_config(config);
+    // What the shards hold (charged), beside what the process holds (resident), in /metrics.
+    opts.stats.set_memory_budget(std::sync::Arc::clone(&shard_cfg.memory));
+    let broker = Broker::start(opts, shard_cfg).inspect_err(|_| {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     })?;
     start_bridges(config, &broker, &stats_for_bridges)?;

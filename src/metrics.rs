@@ -35,6 +35,8 @@ pub struct StatsBoard {
     bridges: std::sync::OnceLock<Vec<std::sync::Arc<crate::bridge::BridgeStats>>>,
     /// The memory plan's figures (name, bytes, help), set once at start.
     memory_plan: std::sync::OnceLock<Vec<(&'static str, u64, &'static str)>>,
+    /// The broker-wide memory budget, set once at start: what the shards hold for delivery.
+    memory_budget: std::sync::OnceLock<std::sync::Arc<crate::shard::budget::MemoryBudget>>,
 }
 
 impl std::fmt::Debug for StatsBoard {
@@ -53,6 +55,7 @@ impl StatsBoard {
             connections_max: Mutex::new(0),
             bridges: std::sync::OnceLock::new(),
             memory_plan: std::sync::OnceLock::new(),
+            memory_budget: std::sync::OnceLock::new(),
         }
     }
 
@@ -99,6 +102,23 @@ impl StatsBoard {
     /// (`tern_memory_plan_<name>`) and `$SYS/broker/memory/plan/<name>`.
     pub fn set_memory_plan(&self, values: Vec<(&'static str, u64, &'static str)>) {
         let _ = self.memory_plan.set(values);
+    }
+
+    /// Registers the broker-wide memory budget (once, at start): `/metrics` shows its charged
+    /// bytes (`tern_memory_charged_bytes`) beside the process's resident memory
+    /// (`tern_process_resident_bytes`), so messages held apart from memory the allocator or
+    /// the buffers keep.
+    pub fn set_memory_budget(&self, budget: std::sync::Arc<crate::shard::budget::MemoryBudget>) {
+        let _ = self.memory_budget.set(budget);
+    }
+
+    /// The process's resident memory in bytes (`VmRSS` of `/proc/self/status`, in KiB there,
+    /// whatever the page size), when it can be read.
+    fn resident_bytes() -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().next()?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     fn memory_plan_values(&self) -> &[(&'static str, u64, &'static str)] {
@@ -247,6 +267,21 @@ impl StatsBoard {
             let _ = writeln!(out, "# TYPE tern_memory_plan_{name} gauge");
             let _ = writeln!(out, "tern_memory_plan_{name} {bytes}");
         }
+        if let Some(budget) = self.memory_budget.get() {
+            let name = "tern_memory_charged_bytes";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Bytes of messages held for delivery, charged to limits.memory_budget_bytes (all shards)."
+            );
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", budget.used());
+        }
+        if let Some(rss) = Self::resident_bytes() {
+            let name = "tern_process_resident_bytes";
+            let _ = writeln!(out, "# HELP {name} Resident memory of the broker process (RSS).");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {rss}");
+        }
         let _ = writeln!(out, "# HELP tern_uptime_seconds Seconds since the broker started.");
         let _ = writeln!(out, "# TYPE tern_uptime_seconds gauge");
         let _ = writeln!(out, "tern_uptime_seconds {}", self.uptime_secs());
@@ -292,6 +327,26 @@ mod tests {
         let sys = board.sys_topics();
         let host = ("$SYS/broker/memory/plan/host_bytes".to_string(), (1u64 << 30).to_string());
         assert!(sys.contains(&host), "{sys:?}");
+    }
+
+    /// Issue 9: the bytes the shards hold for delivery beside the process's RSS, so growth
+    /// the bounds see is told apart from memory the allocator or buffers keep.
+    #[test]
+    fn charged_and_resident_memory_are_exposed() {
+        let board = StatsBoard::new(1);
+        assert!(!board.prometheus().contains("tern_memory_charged_bytes"), "not set yet");
+        let budget = std::sync::Arc::new(crate::shard::budget::MemoryBudget::new(1 << 20));
+        budget.recharge(0, 12_345);
+        board.set_memory_budget(std::sync::Arc::clone(&budget));
+        let text = board.prometheus();
+        assert!(text.contains("# TYPE tern_memory_charged_bytes gauge"), "{text}");
+        assert!(text.contains("tern_memory_charged_bytes 12345\n"), "{text}");
+        let rss = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tern_process_resident_bytes "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("resident bytes on Linux");
+        assert!(rss > 1 << 20, "a test process holds more than 1 MiB: {rss}");
     }
 
     #[test]
