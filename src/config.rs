@@ -2746,6 +2746,16 @@ mod tests {
             "limits.mesh_channel_capacity",
             "must be at least mesh_batch_max (8)",
         );
+        // Issue 9: the QoS 0 overshoot bound sits at or above the byte high-water mark (below
+        // it, QoS 0 would be dropped before any publisher is paused).
+        let e = parse_err("[limits]\nflow_high_water_bytes = 2097152\n");
+        assert_err(
+            &e,
+            2,
+            25,
+            "limits.flow_high_water_bytes",
+            "flow_qos0_queue_bytes_max (1048576) must be at least flow_high_water_bytes (2097152)",
+        );
     }
 
     #[test]
