@@ -431,7 +431,13 @@ fn queued_qos0_is_dropped_when_the_subscriber_goes_offline() {
 /// (the output buffer of 256 KiB takes the first ones) rather than the 1000 of the message cap.
 #[test]
 fn self_publisher_is_bounded_in_bytes() {
-    let mut cl = Cluster::with_edit(1, |c| c.flow.hard_cap_bytes = 256 << 10);
+    // The QoS 0 overshoot bound (64 KiB) is below the hard cap, yet a client fed by itself is
+    // never paused, so its QoS 0 is not dropped there: the hard cap closes it.
+    let mut cl = Cluster::with_edit(1, |c| {
+        c.flow.hard_cap_bytes = 256 << 10;
+        c.flow.high_water_bytes = 32 << 10;
+        c.flow.qos0_queue_bytes_max = 64 << 10;
+    });
     let c = cl.connect(0, V4, "loop", true);
     cl.subscribe(c, "self/#", QoS::AtMostOnce);
     let payload: &'static [u8] = Box::leak(vec![b'x'; 16 << 10].into_boxed_slice());
@@ -444,6 +450,7 @@ fn self_publisher_is_bounded_in_bytes() {
     }
     assert!(sent > 16, "the output buffer was used first ({sent} sent)");
     assert_eq!(cl.shards[0].metrics.slow_consumers_disconnected, 1);
+    assert_eq!(cl.shards[0].metrics.messages_dropped_qos0_slow, 0, "closed, not dropped for");
     assert_eq!(cl.shards[0].config().memory.used(), 0, "its queue released");
 }
 

@@ -512,8 +512,14 @@ impl Shard {
         }
         let origin = out.msg.origin.filter(|_| live);
         let qos0_max = self.cfg.flow.qos0_queue_bytes_max;
+        // A client fed by itself is never paused on its own behalf: its QoS 0 is left to the
+        // hard caps, which close it (issue 9, CVE-2021-33175's class), rather than dropped
+        // while the broker goes on reading it.
+        let me = self.id;
+        let own = out.msg.origin.is_some_and(|o| o.shard == me && o.session == slot);
         let s = self.slot_mut(slot).expect("invariant: checked by the caller");
         if out.qos == QoS::AtMostOnce
+            && !own
             && !s.session.queue.is_empty()
             && s.session.queue_bytes + out.cost_bytes() > qos0_max
         {
