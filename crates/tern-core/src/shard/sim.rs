@@ -923,6 +923,7 @@ impl Sim {
                 assert_eq!(claim, Some(owner.generation), "registry {ri}: {cid:?} leaked");
             }
             assert!(r.pending.is_empty() && r.early_takeovers.is_empty(), "shard {ri} idle");
+            assert!(r.pending_by_client.is_empty(), "shard {ri}: pending index empty");
             assert_eq!(
                 r.handover.in_transit(),
                 0,
