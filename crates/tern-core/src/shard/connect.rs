@@ -392,9 +392,7 @@ impl Shard {
                 // everywhere (`handover`). The forward entries go in before the session's own
                 // leave, so its filters stay announced throughout.
                 let upstream = self.joining_take(slot);
-                let forwarding = std::env::var("TERN_NO_HANDOVER").is_err()
-                    && !ask.clean_start
-                    && (!same_shard || upstream.is_some());
+                let forwarding = !ask.clean_start && (!same_shard || upstream.is_some());
                 if forwarding {
                     let filters =
                         if same_shard { Vec::new() } else { self.forwardable_filters(slot) };
