@@ -1336,7 +1336,7 @@ impl Shard {
             self.publish_will(slot, will, now);
         }
         self.flow_forget(slot);
-        let upstream = self.joining_take(slot);
+        let upstream = self.joining_take(slot).and_then(|t| t.upstream());
         let Some(s) = self.sessions.remove(slot) else { return };
         if let Some(up) = upstream {
             self.joining_abandoned(&s.session.client_id, up, now);

@@ -358,7 +358,7 @@ impl Shard {
             }
         }
         let mut matched = !scratch.is_empty() || !forwards.is_empty();
-        self.forward_matches(&msg, &mut forwards, now);
+        self.forward_matches(&msg, &mut forwards, None, now);
         self.handover.scratch = forwards;
         for peer in 0..shards {
             let shared = std::mem::take(&mut peer_shared[peer]);
@@ -412,7 +412,7 @@ impl Shard {
                 _ => {}
             });
             self.admit_matches(&mut scratch, Some(from), msg.id);
-            self.forward_matches(&msg, &mut forwards, now);
+            self.forward_matches(&msg, &mut forwards, Some(from), now);
             self.handover.scratch = forwards;
         }
         // A member that left, went offline or may not read the topic is replaced (§4.8.2).
