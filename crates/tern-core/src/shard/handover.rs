@@ -183,7 +183,7 @@ impl Handover {
     }
 
     /// Records, joining sessions and fences not finished (0 once the cluster settles).
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(test)]
     pub(crate) fn in_transit(&self) -> usize {
         self.forwards.len()
             + self.by_client.len()
