@@ -35,6 +35,9 @@
 //! Chains: a session can move again before its previous move has drained (O → N → M). N then
 //! keeps a forward record too, relays what O forwards, and passes `ForwardStop` on to O only
 //! when M's arrives, so the first owner drains only once the last one is announced everywhere.
+//! The record inherits the joining state (the ids already given, the peers not yet fenced and
+//! their fence), so a late copy reaching N is neither forwarded as new nor lost; a session
+//! resumed on the shard where it was joining keeps that state in its new slot.
 //! A session that ends while joining stops its upstream at once; what arrives for it after is
 //! counted in `messages_dropped_session_end`.
 
