@@ -600,7 +600,7 @@ fn cve_2026_21888_five_byte_varint_is_malformed() {
 /// packet leaves nothing half-read.
 #[test]
 fn cve_2026_25627_mqtt_over_websocket_is_reassembled_across_frames() {
-    use support::{Mqtt, WsClient, OP_BINARY};
+    use support::{WsClient, OP_BINARY};
     let b = start_with(2, |c| {
         c.listeners[0].transport = tern::config::Transport::Ws;
         c.listeners.push(tern::config::ListenerConfig {
@@ -609,12 +609,9 @@ fn cve_2026_25627_mqtt_over_websocket_is_reassembled_across_frames() {
         });
     });
     let mut ws = WsClient::upgrade(support::tcp(b.addr), "/mqtt");
-    let mut wire = Mqtt::<std::net::TcpStream>::encode(&support::connect_packet(V4, "ws-cve"), V4);
-    wire.extend(Mqtt::<std::net::TcpStream>::encode(
-        &support::subscribe_packet("ws/cve", QoS::AtMostOnce, 3),
-        V4,
-    ));
-    wire.extend(Mqtt::<std::net::TcpStream>::encode(&support::publish_packet("ws/cve", b"x"), V4));
+    let mut wire = common::encode(&common::connect_packet(V4, "ws-cve"), V4);
+    wire.extend(common::encode(&common::subscribe_packet("ws/cve", QoS::AtMostOnce, 3), V4));
+    wire.extend(common::encode(&common::publish_packet("ws/cve", b"x"), V4));
     let mut at = 0;
     for i in 0.. {
         if at >= wire.len() {
@@ -624,7 +621,7 @@ fn cve_2026_25627_mqtt_over_websocket_is_reassembled_across_frames() {
         ws.send_frame(true, OP_BINARY, &wire[at..end]);
         at = end;
     }
-    let mut m = Mqtt::new(ws, V4);
+    let mut m = RawClient::new(ws, V4);
     assert!(matches!(m.recv(), Packet::ConnAck(a) if a.reason == ReasonCode::Success));
     assert!(matches!(m.recv(), Packet::SubAck(_)));
     assert!(matches!(m.recv(), Packet::Publish(p) if &p.payload[..] == b"x"));
@@ -663,7 +660,7 @@ fn cve_2025_59946_cross_shard_subscription_updates_are_messages() {
     // The final SUBSCRIBE (id 1000): earlier acks and noise may still be queued ahead of its
     // SUBACK, and the server may send matching PUBLISHes before it (MQTT 3.1.1 §3.8.4 allows it),
     // so read until its own SUBACK, then drain what is left.
-    s.send(&support::subscribe_packet("churn/#", QoS::AtLeastOnce, 1000));
+    s.send(&common::subscribe_packet("churn/#", QoS::AtLeastOnce, 1000));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert!(Instant::now() < deadline, "no SUBACK for the final SUBSCRIBE");
