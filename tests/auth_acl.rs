@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use common::{connect, start_with, RawClient};
 use tern::auth::PasswordHash;
-use tern::codec::{
-    Packet, Properties, Property, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscriptionOptions,
-};
+use tern::codec::{Packet, Property, ProtocolVersion, QoS, ReasonCode};
 
 const V4: ProtocolVersion = ProtocolVersion::V311;
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -62,18 +60,7 @@ fn login(
 }
 
 fn suback(c: &mut RawClient, filter: &str) -> ReasonCode {
-    c.send(&Packet::Subscribe(Subscribe {
-        packet_id: common::pid(1),
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-        )],
-        properties: Properties::new(),
-    }));
-    match c.recv() {
-        Packet::SubAck(a) => a.reasons[0],
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
+    c.subscribe_with(common::subscribe_packet(filter, QoS::AtLeastOnce, 1)).reasons[0]
 }
 
 #[test]

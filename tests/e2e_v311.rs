@@ -80,38 +80,91 @@ fn persistent_session_keeps_qos1_messages_while_offline() {
     }
 }
 
+/// Every packet before the PINGRESP: the broker answers a PINGREQ in order, so what a session
+/// owed its client right after CONNACK ([MQTT-4.4.0-1]) comes before it.
+fn packets_before_pingresp(c: &mut RawClient) -> Vec<Packet> {
+    c.send(&Packet::PingReq);
+    let mut before = Vec::new();
+    loop {
+        match c.recv() {
+            Packet::PingResp => return before,
+            other => before.push(other),
+        }
+    }
+}
+
+/// Of a message to `x` then one to `y` from one publisher (in this order), the first that
+/// reaches `c`, which subscribes to `y` only: a remaining subscription to `x` would deliver the
+/// `x` message first.
+fn first_of_x_then_y(c: &mut RawClient, publ: &mut RawClient, id: u16) -> (String, Vec<u8>) {
+    c.subscribe("y", QoS::AtLeastOnce);
+    publ.publish("x", b"to-x", QoS::AtLeastOnce, id, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    publ.publish("y", b"marker", QoS::AtLeastOnce, id + 1, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    let m = c.recv_publish();
+    c.send(&Packet::PubAck(PubResp::success(m.packet_id.expect("QoS 1 has an id"))));
+    (m.topic.to_string(), m.payload.to_vec())
+}
+
 #[test]
 fn clean_session_discards_state() {
-    // [MQTT-3.1.2-6]: Clean Session 1 discards any previous session: its subscriptions and the
-    // messages queued for it; and the new session lasts only as long as its connection.
+    // [MQTT-3.1.2-6]: Clean Session 1 discards any previous session (its subscriptions and the
+    // messages queued for it), and the new session lasts only as long as its connection. The
+    // state is first shown to exist (a resume gets it), then shown gone after a clean connect,
+    // both on that connection and for a later persistent connect.
     let b = start();
+    let (mut publ, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "p1", true);
     let (mut dev, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", false);
     dev.subscribe("x", QoS::AtLeastOnce);
-    dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
-    assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
-    // A QoS 1 message for the persistent session while it is offline: it is queued for it.
-    let (mut publ, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "p1", true);
-    publ.publish("x", b"while-away", QoS::AtLeastOnce, 1, false);
-    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    let away = |dev: RawClient, publ: &mut RawClient, payload: &[u8], id: u16| {
+        let mut dev = dev;
+        dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
+        assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
+        publ.publish("x", payload, QoS::AtLeastOnce, id, false);
+        assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    };
 
-    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s1", true);
+    // The control: a QoS 1 message for the offline persistent session is queued, and a resume
+    // gets it with its subscription [MQTT-3.1.2-4], [MQTT-3.2.2-2].
+    away(dev, &mut publ, b"queued-1", 1);
+    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s1", false);
+    assert!(present, "[MQTT-3.2.2-2] the persistent session was kept");
+    let owed = packets_before_pingresp(&mut dev);
+    assert!(
+        matches!(&owed[..], [Packet::Publish(m)] if &m.payload[..] == b"queued-1"),
+        "the queued message is resent after CONNACK: {owed:?}"
+    );
+    let Packet::Publish(m) = &owed[0] else { unreachable!() };
+    dev.send(&Packet::PubAck(PubResp::success(m.packet_id.expect("QoS 1 has an id"))));
+    // And queued again: the session that a clean connect must discard holds a subscription
+    // and a message.
+    away(dev, &mut publ, b"queued-2", 2);
+
+    // Clean Session 1 on the other shard: nothing of that session is left.
+    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", true);
     assert!(!present, "[MQTT-3.2.2-1] session present 0 with clean session");
-    // The queued message is gone: the next packet is the SUBACK of a new subscription, not the
-    // queued PUBLISH (which a resumed session gets right after CONNACK, [MQTT-4.4.0-1]).
-    dev.subscribe("y", QoS::AtLeastOnce);
-    // The subscription to "x" is gone: of "x" then "y" from one publisher, only "y" arrives.
-    publ.publish("x", b"after", QoS::AtLeastOnce, 2, false);
-    assert!(matches!(publ.recv(), Packet::PubAck(_)));
-    publ.publish("y", b"marker", QoS::AtLeastOnce, 3, false);
-    assert!(matches!(publ.recv(), Packet::PubAck(_)));
-    let m = dev.recv_publish();
-    assert_eq!((m.topic.as_ref(), &m.payload[..]), ("y", &b"marker"[..]), "no state of s1 left");
+    let owed = packets_before_pingresp(&mut dev);
+    assert!(owed.is_empty(), "the queued message was discarded: {owed:?}");
+    assert_eq!(
+        first_of_x_then_y(&mut dev, &mut publ, 3),
+        ("y".into(), b"marker".to_vec()),
+        "the subscription to x was discarded"
+    );
 
-    // The clean session ends with its connection: a later persistent connect finds none.
+    // The clean session ends with its connection, and the discarded one does not come back: a
+    // later persistent connect finds no session, no message and no subscription.
     dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
     assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
-    let (_dev, present) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", false);
+    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s1", false);
     assert!(!present, "[MQTT-3.1.2-6] the clean session was not kept");
+    let owed = packets_before_pingresp(&mut dev);
+    assert!(owed.is_empty(), "no message of the discarded session: {owed:?}");
+    assert_eq!(
+        first_of_x_then_y(&mut dev, &mut publ, 5),
+        ("y".into(), b"marker".to_vec()),
+        "no subscription of the discarded session"
+    );
 }
 
 #[test]

@@ -49,16 +49,12 @@ fn sub(
     opts: SubscriptionOptions,
     props: Vec<Property>,
 ) -> Vec<ReasonCode> {
-    c.send(&Packet::Subscribe(Subscribe {
+    c.subscribe_with(Packet::Subscribe(Subscribe {
         packet_id: pid(1),
         filters: vec![(filter.into(), opts)],
         properties: props.into(),
-    }));
-    loop {
-        if let Packet::SubAck(a) = c.recv() {
-            return a.reasons;
-        }
-    }
+    }))
+    .reasons
 }
 
 fn qos(q: QoS) -> SubscriptionOptions {

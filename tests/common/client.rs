@@ -106,14 +106,14 @@ impl<S: Transport> RawClient<S> {
         self.recv_timeout(RECV_TIMEOUT).expect("a packet within 5 s")
     }
 
-    /// Receives until a PUBLISH arrives, skipping other packets (acks).
+    /// Receives until a PUBLISH arrives, skipping other packets (acks; bounded: 10 000).
     pub fn recv_publish(&mut self) -> Publish {
-        for _ in 0..100 {
+        for _ in 0..10_000 {
             if let Packet::Publish(p) = self.recv() {
                 return p;
             }
         }
-        panic!("no PUBLISH in 100 packets");
+        panic!("no PUBLISH in 10 000 packets");
     }
 
     /// True once the broker has closed the connection (EOF) within `timeout`, skipping packets.
