@@ -22,6 +22,10 @@ const FRAME_OUT_BYTES_MAX: usize = 64 * 1024;
 /// what arrives is only frame headers and control frames.
 const READ_PASSES_MAX: usize = 16;
 
+/// Bytes of a refused upgrade request's connection read and discarded after the HTTP error, so
+/// the close does not reset the connection under the response (a few times the largest request).
+const REFUSED_DRAIN_BYTES_MAX: usize = 4 * ws::HANDSHAKE_BYTES_MAX;
+
 /// Performs the server side of the upgrade on `stream`: reads the request (at most
 /// [`ws::HANDSHAKE_BYTES_MAX`] bytes), answers 101 or an HTTP error. On success returns the bytes
 /// that followed the request (the first frames, if the client did not wait). The caller bounds
@@ -53,6 +57,17 @@ where
                 let _ = stream.write_all(&e.response()).await;
                 let _ = stream.flush().await;
                 let _ = stream.close().await;
+                // Closing a socket with unread input (the rest of an oversized request) makes
+                // the kernel send a TCP reset, which can destroy the response before the client
+                // reads it: read and discard until the client closes. Bounded here in bytes and
+                // by the caller's handshake timeout.
+                let mut discarded = 0;
+                while discarded < REFUSED_DRAIN_BYTES_MAX {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => discarded += n,
+                    }
+                }
                 return Err(HandshakeFailure::Refused(e));
             }
         }

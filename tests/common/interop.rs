@@ -166,7 +166,7 @@ impl TlsClient {
     pub fn connect(&self, addr: SocketAddr, ca_file: &Path) -> io::Result<TlsStream> {
         let tcp = TcpStream::connect(addr)?;
         tcp.set_nodelay(true)?;
-        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        tcp.set_read_timeout(Some(super::client::RECV_TIMEOUT))?;
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let conn =
             rustls::ClientConnection::new(self.config(ca_file), name).map_err(io::Error::other)?;
@@ -240,14 +240,24 @@ pub fn upgrade_request(path: &str, protocols: Option<&str>) -> String {
 }
 
 /// Reads an HTTP response head (up to the blank line) byte by byte, so nothing after it is
-/// consumed.
+/// consumed. A head cut short ends with a note saying why (EOF, or the read error and when), so
+/// a failing assertion on it tells a reset from a timeout.
 pub fn read_http_head<S: Read>(s: &mut S) -> String {
+    let started = std::time::Instant::now();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match s.read(&mut b) {
             Ok(1) => head.push(b[0]),
-            _ => break,
+            Ok(_) => {
+                head.extend_from_slice(b"[EOF before the end of the head]");
+                break;
+            }
+            Err(e) => {
+                let note = format!("[read failed after {:?}: {e}]", started.elapsed());
+                head.extend_from_slice(note.as_bytes());
+                break;
+            }
         }
         assert!(head.len() < 16 * 1024, "response head too long");
     }
@@ -350,11 +360,11 @@ impl<S: Read + Write> Write for WsClient<S> {
     }
 }
 
-/// A TCP connection to `addr` with a 5 s read timeout.
+/// A TCP connection to `addr` with reads bounded by [`super::client::RECV_TIMEOUT`].
 pub fn tcp(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).expect("nodelay");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(super::client::RECV_TIMEOUT)).expect("timeout");
     s
 }
 
