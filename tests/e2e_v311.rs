@@ -65,7 +65,9 @@ fn persistent_session_keeps_qos1_messages_while_offline() {
     let (mut dev, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "meter-9", false);
     dev.subscribe("meter/9/cmd", QoS::AtLeastOnce);
     drop(dev); // network drop, no DISCONNECT
-    std::thread::sleep(Duration::from_millis(200));
+               // Shard 0 has seen the drop (its only connection is gone), so the messages below are
+               // queued for an offline session rather than written to the dead socket.
+    assert!(b.wait_shard_stats(0, |m| m.connections_total >= 1 && m.connections_current == 0));
     let (mut p, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "backend", true);
     for i in 1..=3u16 {
         p.publish("meter/9/cmd", format!("m{i}").as_bytes(), QoS::AtLeastOnce, i, false);
@@ -250,9 +252,10 @@ fn retained_messages_on_wildcard_subscribe_across_shards() {
     assert!(matches!(p.recv(), Packet::PubAck(_)));
     p.publish("site/b/state", b"off", QoS::AtMostOnce, 0, true);
     p.publish("site/b/state", b"", QoS::AtMostOnce, 0, true); // [MQTT-3.3.1-10] clears
-    p.send(&Packet::PingReq);
-    assert!(matches!(p.recv(), Packet::PingResp));
-    std::thread::sleep(Duration::from_millis(100)); // replica update crosses the mesh
+                                                              // A last retained update from the same publisher: once shard 1's replica has it, it has
+                                                              // the ones before it (shard 0 sequences them, in order, to every replica).
+    p.publish("sync/retained", b"1", QoS::AtMostOnce, 0, true);
+    common::wait_retained(b.shard_addrs[1], "sync/retained", b"1");
     let (mut s, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s", true);
     s.subscribe("site/+/state", QoS::AtLeastOnce);
     let m = s.recv_publish();
@@ -268,8 +271,8 @@ fn shared_subscription_delivers_each_message_once() {
     let (mut a, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "worker-a", true);
     let (mut c, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "worker-b", true);
     a.subscribe("$share/workers/jobs/#", QoS::AtMostOnce);
+    // Each SUBACK is held until every shard applied the subscription: no wait needed.
     c.subscribe("$share/workers/jobs/#", QoS::AtMostOnce);
-    std::thread::sleep(Duration::from_millis(100));
     let (mut p, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "p", true);
     for i in 0..20u8 {
         p.publish("jobs/x", &[i], QoS::AtMostOnce, 0, false);

@@ -121,3 +121,27 @@ pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     poll_until(PATIENCE, f).unwrap_or_else(|| panic!("not within {PATIENCE:?}: {what}"))
 }
+
+/// Waits until the retained message `payload` on `topic` is in the replica of the shard that
+/// serves `addr`: a probe client subscribes (again and again: each SUBSCRIBE re-sends the
+/// retained messages, [MQTT-3.3.1-6]) until it arrives. Retained updates reach the replicas in
+/// the order shard 0 sequenced them, so once a later update of a publisher is seen, its earlier
+/// ones are applied too.
+pub fn wait_retained(addr: SocketAddr, topic: &str, payload: &[u8]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PROBES: AtomicUsize = AtomicUsize::new(0);
+    let id = format!("retained-probe-{}", PROBES.fetch_add(1, Ordering::Relaxed));
+    let v = tern::codec::ProtocolVersion::V311;
+    let (mut probe, _) = RawClient::mqtt_connect(addr, v, &id, true);
+    eventually(&format!("retained {topic} at {addr}"), || {
+        probe.subscribe(topic, tern::codec::QoS::AtMostOnce);
+        while let Some(p) = probe.recv_timeout(Duration::from_millis(100)) {
+            if let tern::codec::Packet::Publish(m) = p {
+                if m.retain && m.topic.as_str() == topic && m.payload[..] == *payload {
+                    return Some(());
+                }
+            }
+        }
+        None
+    });
+}
