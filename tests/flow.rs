@@ -13,20 +13,8 @@ use tern::codec::{self, Packet, ProtocolVersion, PubResp, QoS};
 
 const V4: ProtocolVersion = ProtocolVersion::V311;
 
-/// Waits until the shards' counters, reported once a second, satisfy `ok`.
-fn wait_stats(b: &common::TestBroker, ok: impl Fn(&tern::metrics::Metrics) -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if ok(&b.stats.total()) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// 20 000 QoS 1 messages pipelined from shard 1 into a subscriber on shard 0 that reads nothing
-/// for a second: every PUBACKed message arrives, in order, once; the publisher was paused by
+/// until the publisher has been paused: every PUBACKed message arrives, in order, once; the publisher was paused by
 /// a Pause message across shards and resumed; nothing was dropped.
 #[test]
 fn qos1_flood_across_shards_loses_nothing() {
@@ -72,8 +60,8 @@ fn qos1_flood_across_shards_loses_nothing() {
         writer.write_all(&out).expect("write");
         writer
     });
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(wait_stats(&b, |m| m.flow_pauses > 0), "the publisher was paused");
+    // The subscriber reads nothing until the flood has paused the publisher.
+    assert!(b.wait_stats(|m| m.flow_pauses > 0), "the publisher was paused");
     let mut next = 1u64;
     while next <= u64::from(N) {
         let Some(p) = sub.recv_timeout(Duration::from_secs(20)) else {
@@ -90,7 +78,7 @@ fn qos1_flood_across_shards_loses_nothing() {
     }
     let _writer = pubs.join().expect("publisher thread");
     assert_eq!(acks.join().expect("ack thread"), u32::from(N), "every PUBLISH acknowledged");
-    assert!(wait_stats(&b, |m| m.flow_resumes >= m.flow_pauses && m.flow_paused_publishers == 0));
+    assert!(b.wait_stats(|m| m.flow_resumes >= m.flow_pauses && m.flow_paused_publishers == 0));
     let m = b.stats.total();
     assert_eq!(m.messages_dropped(), 0, "{m:?}");
 }
@@ -141,7 +129,7 @@ fn pingreqs_are_read_while_output_is_pending() {
     // Each PINGREQ was read while the output was blocked; the PINGRESPs queue behind the
     // deliveries, so the first ones arrive with them.
     assert!(pongs >= 1, "PINGREQs answered");
-    assert!(wait_stats(&b, |m| m.keepalive_timeouts == 0 && m.messages_sent >= u64::from(N)));
+    assert!(b.wait_stats(|m| m.keepalive_timeouts == 0 && m.messages_sent >= u64::from(N)));
 }
 
 /// Fair turns: while one connection floods its shard with QoS 0 publishes (to a subscriber that
@@ -196,7 +184,8 @@ fn a_flooding_publisher_does_not_starve_a_probe_on_the_same_shard() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The flood is running before the probes start.
+    assert!(b.wait_stats(|m| m.messages_received > 1_000), "the flood started");
     let mut lat = Vec::new();
     for i in 0..200u16 {
         let sent = Instant::now();
