@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{start_with, RawClient};
 use support::{run_bounded, TempDir};
@@ -181,10 +181,8 @@ fn serve(mut stream: TcpStream, page: &[u8], script: &[u8], done: &AtomicBool) {
             ("200 OK", "text/plain", b"done")
         }
         "/hold" => {
-            let deadline = Instant::now() + Duration::from_millis(PAGE_TIMEOUT_MS + 5_000);
-            while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let timeout = Duration::from_millis(PAGE_TIMEOUT_MS + 5_000);
+            let _ = common::poll_until(timeout, || done.load(Ordering::SeqCst).then_some(()));
             ("200 OK", "text/plain", b"released")
         }
         _ => ("404 Not Found", "text/plain", b"not found"),

@@ -291,10 +291,7 @@ fn openssl_s_client_speaks_mqtt_over_tls12_and_tls13() {
             let mut ack = [0u8; 4];
             stdout.read_exact(&mut ack).map(|_| ack)
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !reader.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let _ = common::poll_until(Duration::from_secs(10), || reader.is_finished().then_some(()));
         drop(stdin);
         let _ = child.kill();
         let output = child.wait_with_output().expect("wait");
