@@ -41,7 +41,7 @@ fn mqtt_js_in_headless_chromium_over_websocket() {
         c.listeners.push(tern::config::ListenerConfig { bind: tcp, ..Default::default() });
     });
     let tcp_addr = b.broker.as_ref().expect("running").local_addrs[1];
-    let mut watcher = RawClient::new(support::tcp(tcp_addr), ProtocolVersion::V311);
+    let mut watcher = RawClient::connect_tcp(tcp_addr, ProtocolVersion::V311);
     watcher.connect_ok("tcp-watcher");
     watcher.subscribe("browser/+", QoS::AtMostOnce);
 

@@ -66,7 +66,7 @@ fn rustls_client_tls13_and_tls12_publish_and_subscribe() {
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("secure/a", &b"over tls 1.2"[..]));
 
     // Listeners share the broker: a plain TCP client reaches the TLS subscriber.
-    let mut tcp = RawClient::new(support::tcp(addr(&b, 1)), V4);
+    let mut tcp = RawClient::connect_tcp(addr(&b, 1), V4);
     tcp.connect_ok("tcp-pub");
     tcp.publish("secure/b", b"from tcp", QoS::AtMostOnce, 0, false);
     assert_eq!(&sub.recv_publish().payload[..], b"from tcp");

@@ -77,7 +77,7 @@ fn mqtt_packets_split_across_frames_and_packed_into_one() {
     assert_eq!(got, ["m0", "m1", "m2"]);
     // Cross-transport: a TCP publisher reaches the WebSocket subscriber, and a payload larger
     // than one 64 KiB output frame arrives whole.
-    let mut tcp = RawClient::new(support::tcp(addr(&b, 1)), V4);
+    let mut tcp = RawClient::connect_tcp(addr(&b, 1), V4);
     tcp.connect_ok("tcp-pub");
     let big = vec![0xA7; 150_000];
     tcp.publish("ws/big", &big, QoS::AtMostOnce, 0, false);
