@@ -316,7 +316,7 @@ impl Shard {
             .partition(|e| e.client_id == client_id && e.target < generation);
         self.early_takeovers = keep;
         for e in stale {
-            let reply = ShardMsg::TakeoverReply { req: e.ask.req, state: None };
+            let reply = ShardMsg::TakeoverReply { req: e.ask.req, state: None, forwarding: false };
             self.send_to_peer(e.ask.to, reply, now);
         }
         match previous {
@@ -328,7 +328,7 @@ impl Shard {
                 let msg = ShardMsg::Takeover { client_id, req, generation, target, clean_start };
                 self.send_to_peer(owner.shard, msg, now);
             }
-            None => self.finish_connect(req, None, now),
+            None => self.finish_connect(req, None, None, now),
         }
     }
 
@@ -338,7 +338,7 @@ impl Shard {
         let Some(p) = self.pending.get_mut(&req) else {
             return self.send_to_peer(
                 ask.to,
-                ShardMsg::TakeoverReply { req: ask.req, state: None },
+                ShardMsg::TakeoverReply { req: ask.req, state: None, forwarding: false },
                 now,
             );
         };
@@ -346,7 +346,7 @@ impl Shard {
             // A stale request: the newer one keeps the session.
             return self.send_to_peer(
                 ask.to,
-                ShardMsg::TakeoverReply { req: ask.req, state: None },
+                ShardMsg::TakeoverReply { req: ask.req, state: None, forwarding: false },
                 now,
             );
         }
@@ -355,7 +355,7 @@ impl Shard {
             // Only one claim names this one as its predecessor; answer any other empty-handed.
             self.send_to_peer(
                 older.to,
-                ShardMsg::TakeoverReply { req: older.req, state: None },
+                ShardMsg::TakeoverReply { req: older.req, state: None, forwarding: false },
                 now,
             );
         }
@@ -380,13 +380,27 @@ impl Shard {
                 // filters stay announced to the other shards meanwhile, or a publish routed on
                 // another shard between our SubRemove and SubAdd would find no subscriber
                 // although the session exists ([MQTT-3.1.2-5], issue: resume loss).
-                let pinned = if ask.to == self.id && !ask.clean_start {
+                let same_shard = ask.to == self.id;
+                let pinned = if same_shard && !ask.clean_start {
                     self.pin_filters(slot)
                 } else {
                     Vec::new()
                 };
+                // Moving to another shard (or moving on while a previous shard still forwards
+                // to it): keep matching here and forward until the new shard is announced
+                // everywhere (`handover`). The forward entries go in before the session's own
+                // leave, so its filters stay announced throughout.
+                let upstream = self.joining_take(slot);
+                let forwarding = !ask.clean_start && (!same_shard || upstream.is_some());
+                if forwarding {
+                    let filters =
+                        if same_shard { Vec::new() } else { self.forwardable_filters(slot) };
+                    self.forward_start(&client_id, ask.to, ask.generation, filters, upstream);
+                } else if let Some(up) = upstream {
+                    self.joining_abandoned(&client_id, up, now);
+                }
                 let state = self.take_local_session(slot, ask.clean_start, now);
-                let reply = ShardMsg::TakeoverReply { req: ask.req, state };
+                let reply = ShardMsg::TakeoverReply { req: ask.req, state, forwarding };
                 self.send_to_peer(ask.to, reply, now);
                 return self.unpin_filters(pinned);
             }
@@ -409,7 +423,11 @@ impl Shard {
             return;
         }
         // The session of `target` ended here (its release lost the race): nothing to hand over.
-        self.send_to_peer(ask.to, ShardMsg::TakeoverReply { req: ask.req, state: None }, now);
+        self.send_to_peer(
+            ask.to,
+            ShardMsg::TakeoverReply { req: ask.req, state: None, forwarding: false },
+            now,
+        );
     }
 
     /// Holds one extra reference on each non-shared filter of `slot` announced to the other
@@ -523,10 +541,12 @@ impl Shard {
     /// The previous owner answered (or there was none): install the session (resumed from
     /// `state` or new) and answer CONNACK — or, if a newer CONNECT superseded this one, pass
     /// the session on to it.
+    /// `upstream`: the shard that sent the session and still forwards what arrives for it.
     pub(super) fn finish_connect(
         &mut self,
         req: u64,
         state: Option<Box<SessionState>>,
+        upstream: Option<u16>,
         now: Instant,
     ) {
         let Some(p) = self.pending.remove(&req) else { return };
@@ -540,7 +560,16 @@ impl Shard {
                 }
                 other => other,
             };
-            let reply = ShardMsg::TakeoverReply { req: ask.req, state };
+            // The session only passes through: relay what its previous shard still forwards.
+            let relay = upstream.zip(generation).map(|(from, g)| (from, g, false));
+            let forwarding = relay.is_some() && state.is_some();
+            if forwarding {
+                let client_id = connect.client_id.clone();
+                self.forward_start(&client_id, ask.to, ask.generation, Vec::new(), relay);
+            } else if let Some(up) = relay {
+                self.joining_abandoned(&connect.client_id, up, now);
+            }
+            let reply = ShardMsg::TakeoverReply { req: ask.req, state, forwarding };
             return self.send_to_peer(ask.to, reply, now);
         }
         let Some(claim) = generation else {
@@ -571,6 +600,15 @@ impl Shard {
         let req = self.next_req;
         self.next_req += 1;
         let (slot, told) = self.install_session(session, claim, Some(req));
+        match upstream {
+            // Its previous shard forwards until every shard routes here (`handover`).
+            Some(from) if resumed => self.joining_start(slot, claim, from, now),
+            Some(from) => {
+                let up = (from, claim, false);
+                self.joining_abandoned(&connect.client_id, up, now);
+            }
+            None => {}
+        }
         if !still_open {
             // The connection went away while we waited: keep a persistent session offline.
             self.detach_session(slot, now);
