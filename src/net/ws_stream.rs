@@ -267,3 +267,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         Pin::new(&mut this.inner).poll_close(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client in memory: what it sent, read from `input`; what the server wrote, in `output`.
+    struct Peer {
+        input: futures_lite::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl AsyncRead for Peer {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.input).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Peer {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.output.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// An oversized upgrade request is refused with 431 and the rest of it is read before the
+    /// socket is closed: closing with unread input would make the kernel reset the connection,
+    /// which can destroy the 431 before the client reads it.
+    #[test]
+    fn a_refused_upgrade_reads_the_rest_of_the_request() {
+        let request = format!("GET /mqtt HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(12_000));
+        let mut peer = Peer {
+            input: futures_lite::io::Cursor::new(request.clone().into_bytes()),
+            output: Vec::new(),
+        };
+        let result = futures_lite::future::block_on(handshake(&mut peer, "/mqtt"));
+        assert!(matches!(result, Err(HandshakeFailure::Refused(HandshakeError::TooLarge))));
+        assert!(peer.output.starts_with(b"HTTP/1.1 431 "), "{:?}", peer.output);
+        assert_eq!(peer.input.position(), request.len() as u64, "the whole request was read");
+    }
+}
