@@ -265,6 +265,7 @@ impl Shard {
             handoff: None,
         };
         self.pending.insert(req, pending);
+        self.pending_by_client.entry(client_id.clone()).or_default().push(req);
         self.send_to_registry(ShardMsg::Claim { client_id, req }, now);
     }
 
@@ -405,18 +406,15 @@ impl Shard {
                 return self.unpin_filters(pinned);
             }
         }
-        let pending = self.pending.iter().find_map(|(req, p)| {
-            (p.connect.client_id == client_id && p.generation == Some(target)).then_some(*req)
-        });
+        let reqs = self.pending_by_client.get(&client_id).map_or(&[][..], |v| &v[..]);
+        let claims = reqs.iter().filter_map(|r| self.pending.get(r).map(|p| (*r, p.generation)));
+        let pending = claims.clone().find_map(|(req, g)| (g == Some(target)).then_some(req));
         if let Some(req) = pending {
             return self.supersede(req, ask, now);
         }
         let registry = usize::from(registry_shard(&client_id, self.cfg.shards));
         let answered = self.claims_seen.get(registry).is_some_and(|g| *g >= target);
-        let unanswered_here = self
-            .pending
-            .values()
-            .any(|p| p.connect.client_id == client_id && p.generation.is_none());
+        let unanswered_here = claims.clone().any(|(_, g)| g.is_none());
         if !answered && unanswered_here {
             // Our claim `target` is on its way back from the registry: wait for it there.
             self.early_takeovers.push(EarlyTakeover { client_id, target, ask });
@@ -550,6 +548,12 @@ impl Shard {
         now: Instant,
     ) {
         let Some(p) = self.pending.remove(&req) else { return };
+        if let Some(reqs) = self.pending_by_client.get_mut(&p.connect.client_id) {
+            reqs.retain(|r| *r != req);
+            if reqs.is_empty() {
+                self.pending_by_client.remove(&p.connect.client_id);
+            }
+        }
         let PendingConnect { conn: cref, connect, assigned_id, auth_done, generation, handoff } = p;
         let conn = cref.id;
         if let Some(ask) = handoff {

@@ -99,6 +99,8 @@ struct Joining {
     unfenced: Vec<bool>,
     /// Ids delivered during the window (bounded).
     seen: HashSet<u64>,
+    /// The upstream's [`ShardMsg::ForwardEnd`] arrived (the final fence runs).
+    ended: bool,
 }
 
 /// What a fence does once every peer has answered.
@@ -219,8 +221,9 @@ impl Shard {
 
     /// Takes the joining state of a session leaving `slot`: its upstream, as
     /// (shard, generation, stop sent).
+    /// None if it has none, or if its upstream has already sent its last forward.
     pub(super) fn joining_take(&mut self, slot: u32) -> Option<(u16, ClaimGen, bool)> {
-        let j = self.handover.joining.remove(&slot)?;
+        let j = self.handover.joining.remove(&slot).filter(|j| !j.ended)?;
         Some((j.upstream.from, j.upstream.generation, j.upstream.stop_sent))
     }
 
@@ -246,7 +249,7 @@ impl Shard {
         let mut unfenced = vec![true; shards];
         unfenced[usize::from(self.id)] = false;
         let upstream = Upstream { from, generation: claim, stop_sent: false };
-        let joining = Joining { claim, upstream, unfenced, seen: HashSet::new() };
+        let joining = Joining { claim, upstream, unfenced, seen: HashSet::new(), ended: false };
         self.handover.joining.insert(slot, joining);
         self.fence(FenceThen::Joined { slot, claim }, now);
     }
@@ -393,10 +396,13 @@ impl Shard {
         }
         // Or the joining session itself.
         let Some(slot) = self.by_client.get(client_id).copied() else { return };
-        let ends = self.handover.joining.get(&slot).is_some_and(|j| {
-            j.claim == generation && j.upstream.from == from && j.upstream.generation == generation
-        });
+        let Some(j) = self.handover.joining.get_mut(&slot) else { return };
+        let ends = j.claim == generation
+            && j.upstream.from == from
+            && j.upstream.generation == generation
+            && !j.ended;
         if ends {
+            j.ended = true;
             // Copies routed by a peer before the old shard drained may still be on their way
             // here directly: keep de-duplicating until every peer's data lane is past them.
             self.fence(FenceThen::Settled { slot, claim: generation }, now);

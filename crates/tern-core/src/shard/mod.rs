@@ -560,6 +560,9 @@ pub struct Shard {
     claims_seen: Vec<ClaimGen>,
     /// CONNECTs waiting for the registry or a takeover, by request id.
     pending: HashMap<u64, PendingConnect>,
+    /// The request ids in `pending` by client id, so a `Takeover` finds its claim without a
+    /// walk over every pending CONNECT (a reconnect storm has many).
+    pending_by_client: HashMap<String, Vec<u64>>,
     /// CONNECTs whose password a worker is checking, by ticket. At most one per connection in
     /// `Phase::Verifying`, plus those whose connection closed before the verdict (bounded by
     /// the pool's queue).
@@ -647,6 +650,7 @@ impl Shard {
             next_claim: 1,
             claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
+            pending_by_client: HashMap::new(),
             verifying: HashMap::new(),
             password_checks: Vec::new(),
             failed_logins: crate::auth::FailedLogins::new(failed_logins_max),
