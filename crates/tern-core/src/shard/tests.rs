@@ -1111,6 +1111,8 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
     );
 }
 
+/// Issue 15: session expiry, message expiry and will delay on the harness clock.
+mod expiry;
 #[path = "flow_tests.rs"]
 mod flow_tests;
 /// Issue 13: wrong acknowledgements, CONNACK size, retained replicas, shared subscriptions.
