@@ -40,6 +40,10 @@
 //! resumed on the shard where it was joining keeps that state in its new slot.
 //! A session that ends while joining stops its upstream at once; what arrives for it after is
 //! counted in `messages_dropped_session_end`.
+//!
+//! Shared subscriptions: the session's memberships stay announced until its new place is —
+//! withdrawn after the new member's `SharedAdd` on the same shard, or when the forward record
+//! ends, deliveries picked for the old member meanwhile being forwarded ([`Shard::forward_shared`]).
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
