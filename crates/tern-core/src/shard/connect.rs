@@ -391,18 +391,49 @@ impl Shard {
                 // to it): keep matching here and forward until the new shard is announced
                 // everywhere (`handover`). The forward entries go in before the session's own
                 // leave, so its filters stay announced throughout.
-                let upstream = self.joining_take(slot);
-                let forwarding = !ask.clean_start && (!same_shard || upstream.is_some());
+                // A session still joining (its previous shard may still forward) carries that
+                // on: to the next shard's forward record, or to its new slot here.
+                let taken = self.joining_take(slot);
+                let upstream = taken.as_ref().and_then(super::handover::Taken::upstream);
+                let forwarding = !ask.clean_start && !same_shard;
+                let mut fid = None;
+                let held_here;
                 if forwarding {
-                    let filters =
-                        if same_shard { Vec::new() } else { self.forwardable_filters(slot) };
-                    self.forward_start(&client_id, ask.to, ask.generation, filters, upstream);
+                    let filters = self.forwardable_filters(slot);
+                    let carry = self.carry_of(taken);
+                    let (to, generation) = (ask.to, ask.generation);
+                    fid = Some(
+                        self.forward_start(&client_id, to, generation, filters, upstream, carry),
+                    );
+                } else if let Some(t) = taken.filter(|_| !ask.clean_start) {
+                    self.inherit_stash(&client_id, t);
                 } else if let Some(up) = upstream {
                     self.joining_abandoned(&client_id, up, now);
                 }
+                // Its shared memberships stay announced until its new place is: withdrawn
+                // by the forward record's end, or after the inline reply installed it here.
+                if !ask.clean_start {
+                    self.handover.held_shared = Some(Vec::new());
+                }
                 let state = self.take_local_session(slot, ask.clean_start, now);
+                let held = self.handover.held_shared.take().unwrap_or_default();
+                if let Some(fid) = fid {
+                    self.forward_member(fid, held);
+                    held_here = Vec::new();
+                } else {
+                    held_here = held;
+                }
                 let reply = ShardMsg::TakeoverReply { req: ask.req, state, forwarding };
                 self.send_to_peer(ask.to, reply, now);
+                // After the new member's SharedAdd (installed inline above), so no replica is
+                // ever left without the session as a member.
+                for (group, old_slot, generation) in held_here {
+                    self.remove_shared_member(&group, old_slot, generation);
+                }
+                // The inline reply took the stash, unless the session went nowhere.
+                if let Some(up) = self.inherit_take(&client_id).and_then(|t| t.upstream()) {
+                    self.joining_abandoned(&client_id, up, now);
+                }
                 return self.unpin_filters(pinned);
             }
         }
@@ -524,7 +555,18 @@ impl Shard {
         let s = self.sessions.remove(slot)?;
         self.cfg.memory.recharge(s.charged, 0);
         for filter in s.session.subscriptions.keys() {
-            self.remove_subscription_entry(slot, filter);
+            // A moving session's shared memberships stay announced until its new place is
+            // known everywhere (`handover`): the caller removes them.
+            if let Some(held) = self
+                .handover
+                .held_shared
+                .as_mut()
+                .filter(|_| crate::codec::topic::is_shared(filter))
+            {
+                held.push((filter.clone(), slot, s.generation));
+                continue;
+            }
+            self.remove_subscription_entry(slot, s.generation, filter);
         }
         self.by_client.remove(&s.session.client_id);
         self.journal_left(&s.session.client_id, !clean_start);
@@ -565,11 +607,17 @@ impl Shard {
                 other => other,
             };
             // The session only passes through: relay what its previous shard still forwards.
-            let relay = upstream.zip(generation).map(|(from, g)| (from, g, false));
+            let inherited = self.inherit_take(&connect.client_id);
+            let relay = upstream
+                .zip(generation)
+                .map(|(from, g)| (from, g, false))
+                .or_else(|| inherited.as_ref().and_then(super::handover::Taken::upstream));
             let forwarding = relay.is_some() && state.is_some();
             if forwarding {
                 let client_id = connect.client_id.clone();
-                self.forward_start(&client_id, ask.to, ask.generation, Vec::new(), relay);
+                let (to, generation) = (ask.to, ask.generation);
+                let carry = self.carry_of(inherited);
+                let _ = self.forward_start(&client_id, to, generation, Vec::new(), relay, carry);
             } else if let Some(up) = relay {
                 self.joining_abandoned(&connect.client_id, up, now);
             }
@@ -604,7 +652,18 @@ impl Shard {
         let req = self.next_req;
         self.next_req += 1;
         let (slot, told) = self.install_session(session, claim, Some(req));
+        let inherited = self.inherit_take(&connect.client_id);
         match upstream {
+            // Resumed on the shard where it was joining: the joining goes on in this slot.
+            _ if inherited.is_some() => match inherited {
+                Some(t) if resumed => self.joining_inherit(slot, claim, t),
+                Some(t) => {
+                    if let Some(up) = t.upstream() {
+                        self.joining_abandoned(&connect.client_id, up, now);
+                    }
+                }
+                None => {}
+            },
             // Its previous shard forwards until every shard routes here (`handover`).
             Some(from) if resumed => self.joining_start(slot, claim, from, now),
             Some(from) => {

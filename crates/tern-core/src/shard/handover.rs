@@ -35,8 +35,15 @@
 //! Chains: a session can move again before its previous move has drained (O → N → M). N then
 //! keeps a forward record too, relays what O forwards, and passes `ForwardStop` on to O only
 //! when M's arrives, so the first owner drains only once the last one is announced everywhere.
+//! The record inherits the joining state (the ids already given, the peers not yet fenced and
+//! their fence), so a late copy reaching N is neither forwarded as new nor lost; a session
+//! resumed on the shard where it was joining keeps that state in its new slot.
 //! A session that ends while joining stops its upstream at once; what arrives for it after is
 //! counted in `messages_dropped_session_end`.
+//!
+//! Shared subscriptions: the session's memberships stay announced until its new place is —
+//! withdrawn after the new member's `SharedAdd` on the same shard, or when the forward record
+//! ends, deliveries picked for the old member meanwhile being forwarded ([`Shard::forward_shared`]).
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -58,6 +65,9 @@ pub struct ForwardedDelivery {
     pub msg: Message,
     /// Options and identifier of each matching subscription.
     pub matches: Vec<(SubscriptionOptions, Option<u32>)>,
+    /// A shared-subscription delivery: the group picked this session once, so it is not
+    /// de-duplicated against the session's other subscriptions.
+    pub shared: bool,
 }
 
 /// The shard a session came from, while that shard may still forward messages for it.
@@ -69,6 +79,35 @@ struct Upstream {
     generation: ClaimGen,
     /// We told it to drain ([`ShardMsg::ForwardStop`]).
     stop_sent: bool,
+}
+
+/// What a joining session that moves on leaves to its forward record: the ids it was given
+/// (so a late copy is not forwarded as new) and the peers whose fence answer is missing
+/// (their direct copies reach the next owner through the previous shard).
+#[derive(Debug, Default)]
+pub(super) struct Carry {
+    seen: HashSet<u64>,
+    unfenced: Vec<bool>,
+    /// The joining session's fence, whose answers still clear `unfenced`.
+    fence: Option<u64>,
+}
+
+/// A joining session's state taken as it leaves its slot.
+#[derive(Debug)]
+pub(super) struct Taken(Joining);
+
+impl Taken {
+    /// Its upstream, as (shard, generation, stop sent); None once that sent its last forward.
+    pub(super) fn upstream(&self) -> Option<(u16, ClaimGen, bool)> {
+        let u = &self.0.upstream;
+        (!self.0.ended).then_some((u.from, u.generation, u.stop_sent))
+    }
+
+    /// What a forward record inherits when the session moves to another shard.
+    fn into_carry(self, fences: &HashMap<u64, FenceWait>) -> Carry {
+        let fence = fences.contains_key(&self.0.fence).then_some(self.0.fence);
+        Carry { seen: self.0.seen, unfenced: self.0.unfenced, fence }
+    }
 }
 
 /// This shard handed a session on and forwards what still arrives for it.
@@ -88,6 +127,12 @@ struct Forward {
     stopping: bool,
     /// Every peer answered the drain fence.
     fenced: bool,
+    /// Inherited from the session's joining state here, if it moved on while joining.
+    carry: Carry,
+    /// The session's slot and slot generation here, for its shared memberships.
+    member: Option<(u32, u32)>,
+    /// Its shared memberships here (group, slot, slot generation), withdrawn when it ends.
+    shared: Vec<(String, u32, u32)>,
 }
 
 /// A session installed here whose previous owner may still forward messages for it.
@@ -101,6 +146,8 @@ struct Joining {
     seen: HashSet<u64>,
     /// The upstream's [`ShardMsg::ForwardEnd`] arrived (the final fence runs).
     ended: bool,
+    /// Token of the fence that clears `unfenced`.
+    fence: u64,
 }
 
 /// What a fence does once every peer has answered.
@@ -132,6 +179,16 @@ pub(crate) struct Handover {
     next_forward: u32,
     joining: HashMap<u32, Joining>,
     fences: HashMap<u64, FenceWait>,
+    /// Joining fences whose session moved on: token → the forward record that inherited it.
+    fence_records: HashMap<u64, u32>,
+    /// Shared-subscription members handed on: (slot, slot generation) → forward record.
+    by_member: HashMap<(u32, u32), u32>,
+    /// Set around a session's removal for a handover: its shared memberships (group, slot,
+    /// slot generation) are collected here instead of withdrawn (never set between calls).
+    pub(super) held_shared: Option<Vec<(String, u32, u32)>>,
+    /// A joining session resumed on this same shard, between its removal and the inline
+    /// reply that installs it (never set between calls).
+    inherit: Option<(String, Taken)>,
     next_fence: u64,
     next_msg: u64,
     /// Reused per publish: matches of forward entries.
@@ -145,9 +202,16 @@ impl Handover {
     }
 
     /// Records, joining sessions and fences not finished (0 once the cluster settles).
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(test)]
     pub(crate) fn in_transit(&self) -> usize {
-        self.forwards.len() + self.by_client.len() + self.joining.len() + self.fences.len()
+        self.forwards.len()
+            + self.by_client.len()
+            + self.joining.len()
+            + self.fences.len()
+            + self.fence_records.len()
+            + self.by_member.len()
+            + usize::from(self.held_shared.is_some())
+            + usize::from(self.inherit.is_some())
     }
 }
 
@@ -176,7 +240,8 @@ impl Shard {
         generation: ClaimGen,
         filters: Vec<(String, SubVal)>,
         upstream: Option<(u16, ClaimGen, bool)>,
-    ) {
+        carry: Carry,
+    ) -> u32 {
         let fid = self.handover.next_forward;
         self.handover.next_forward = self.handover.next_forward.wrapping_add(1);
         let mut held = Vec::with_capacity(filters.len());
@@ -197,10 +262,58 @@ impl Shard {
             upstream,
             stopping: false,
             fenced: false,
+            carry,
+            member: None,
+            shared: Vec::new(),
         };
+        if let Some(token) = record.carry.fence {
+            self.handover.fence_records.insert(token, fid);
+        }
         self.handover.forwards.insert(fid, record);
         self.handover.by_client.entry(client_id.to_owned()).or_default().push(fid);
         self.metrics.handover_records += 1;
+        fid
+    }
+
+    /// Record `fid` also stands for the shared-subscription memberships of the session that
+    /// was in `slot` (of slot generation `generation`): a delivery other shards still pick for
+    /// that member is forwarded too, until their replicas know the member's new place.
+    /// `shared` are its memberships, kept announced until the record ends.
+    pub(super) fn forward_member(&mut self, fid: u32, shared: Vec<(String, u32, u32)>) {
+        let Some(&(_, slot, generation)) = shared.first() else { return };
+        if let Some(f) = self.handover.forwards.get_mut(&fid) {
+            f.member = Some((slot, generation));
+            f.shared = shared;
+            self.handover.by_member.insert((slot, generation), fid);
+        }
+    }
+
+    /// A shared delivery picked for `member` of this shard whose session was handed on: sent
+    /// to its new shard. False if the member is not one of ours in transit.
+    pub(super) fn forward_shared(
+        &mut self,
+        member: &super::message::Member,
+        msg: &Message,
+        now: Instant,
+    ) -> bool {
+        if member.shard != self.id || self.handover.by_member.is_empty() {
+            return false;
+        }
+        let Some(&fid) = self.handover.by_member.get(&(member.slot, member.generation)) else {
+            return false;
+        };
+        let cap = self.forward_cap();
+        let Some(f) = self.handover.forwards.get_mut(&fid) else { return false };
+        if f.sent >= cap {
+            self.metrics.messages_dropped_queue_full += 1;
+            return true;
+        }
+        f.sent += 1;
+        let (to, client_id, generation) = (f.to, f.client_id.clone(), f.generation);
+        let matches = vec![(member.options, member.identifier)];
+        let delivery = ForwardedDelivery { msg: msg.clone(), matches, shared: true };
+        self.send_forwarded(to, client_id, generation, delivery, now);
+        true
     }
 
     /// The filters (non-shared, announced) and trie values of a session about to be handed on.
@@ -222,9 +335,42 @@ impl Shard {
     /// Takes the joining state of a session leaving `slot`: its upstream, as
     /// (shard, generation, stop sent).
     /// None if it has none, or if its upstream has already sent its last forward.
-    pub(super) fn joining_take(&mut self, slot: u32) -> Option<(u16, ClaimGen, bool)> {
-        let j = self.handover.joining.remove(&slot).filter(|j| !j.ended)?;
-        Some((j.upstream.from, j.upstream.generation, j.upstream.stop_sent))
+    pub(super) fn joining_take(&mut self, slot: u32) -> Option<Taken> {
+        self.handover.joining.remove(&slot).map(Taken)
+    }
+
+    /// The forward record's inheritance from a joining session that moves to another shard.
+    pub(super) fn carry_of(&self, taken: Option<Taken>) -> Carry {
+        taken.map(|t| t.into_carry(&self.handover.fences)).unwrap_or_default()
+    }
+
+    /// A joining session resumed on this same shard: the new session in `slot` (claim
+    /// `claim`) continues its joining (same upstream, same ids, same fence).
+    pub(super) fn joining_inherit(&mut self, slot: u32, claim: ClaimGen, taken: Taken) {
+        let mut j = taken.0;
+        j.claim = claim;
+        if let Some(w) = self.handover.fences.get_mut(&j.fence) {
+            w.then = match w.then {
+                FenceThen::Joined { .. } => FenceThen::Joined { slot, claim },
+                FenceThen::Settled { .. } => FenceThen::Settled { slot, claim },
+                other => other,
+            };
+        }
+        self.handover.joining.insert(slot, j);
+    }
+
+    /// Stashes a joining session resumed on this same shard until the inline reply installs
+    /// it (or passes it on).
+    pub(super) fn inherit_stash(&mut self, client_id: &str, taken: Taken) {
+        self.handover.inherit = Some((client_id.to_owned(), taken));
+    }
+
+    /// The stashed joining state for `client_id`, if any.
+    pub(super) fn inherit_take(&mut self, client_id: &str) -> Option<Taken> {
+        if self.handover.inherit.as_ref().is_some_and(|(c, _)| c == client_id) {
+            return self.handover.inherit.take().map(|(_, t)| t);
+        }
+        None
     }
 
     /// A joining session left without being handed on (ended, or discarded by a clean start):
@@ -249,13 +395,17 @@ impl Shard {
         let mut unfenced = vec![true; shards];
         unfenced[usize::from(self.id)] = false;
         let upstream = Upstream { from, generation: claim, stop_sent: false };
-        let joining = Joining { claim, upstream, unfenced, seen: HashSet::new(), ended: false };
+        let fence = self.handover.next_fence;
+        let joining =
+            Joining { claim, upstream, unfenced, seen: HashSet::new(), ended: false, fence };
         self.handover.joining.insert(slot, joining);
-        self.fence(FenceThen::Joined { slot, claim }, now);
+        let token = self.fence(FenceThen::Joined { slot, claim }, now);
+        debug_assert_eq!(token, fence, "invariant: the fence took the next token");
     }
 
     /// Sends every peer a fence; `then` runs when all have answered (at once without peers).
-    fn fence(&mut self, then: FenceThen, now: Instant) {
+    /// Returns its token.
+    fn fence(&mut self, then: FenceThen, now: Instant) -> u64 {
         let token = self.handover.next_fence;
         self.handover.next_fence += 1;
         let shards = usize::from(self.cfg.shards);
@@ -263,10 +413,12 @@ impl Shard {
         waiting[usize::from(self.id)] = false;
         let left = shards - 1;
         if left == 0 {
-            return self.fence_done(then, now);
+            self.fence_done(then, now);
+            return token;
         }
         self.handover.fences.insert(token, FenceWait { waiting, left, then });
         self.broadcast(|| ShardMsg::Fence { token });
+        token
     }
 
     /// A peer answered fence `token` on its data lane.
@@ -278,15 +430,25 @@ impl Shard {
         }
         w.left -= 1;
         let then = w.then;
+        let done = w.left == 0;
         if let FenceThen::Joined { slot, claim } = then {
-            if let Some(j) = self.handover.joining.get_mut(&slot) {
-                if j.claim == claim {
-                    j.unfenced[usize::from(from)] = false;
+            match self.handover.joining.get_mut(&slot) {
+                Some(j) if j.claim == claim => j.unfenced[usize::from(from)] = false,
+                _ => {
+                    // The session moved on: its forward record inherited the fence.
+                    let fid = self.handover.fence_records.get(&token).copied();
+                    let record = fid.and_then(|f| self.handover.forwards.get_mut(&f));
+                    if let Some(unfenced) =
+                        record.and_then(|r| r.carry.unfenced.get_mut(usize::from(from)))
+                    {
+                        *unfenced = false;
+                    }
                 }
             }
         }
-        if w.left == 0 {
+        if done {
             self.handover.fences.remove(&token);
+            self.handover.fence_records.remove(&token);
             self.fence_done(then, now);
         }
     }
@@ -345,7 +507,7 @@ impl Shard {
             let msg = ShardMsg::ForwardStop { client_id: client_id.to_owned(), generation };
             self.send_to_peer(to, msg, now);
         }
-        self.fence(FenceThen::Drained { fid }, now);
+        let _ = self.fence(FenceThen::Drained { fid }, now);
     }
 
     /// Ends record `fid` once its peers are drained and its upstream has ended.
@@ -356,6 +518,15 @@ impl Shard {
             return;
         }
         let Some(f) = self.handover.forwards.remove(&fid) else { return };
+        if let Some(token) = f.carry.fence {
+            self.handover.fence_records.remove(&token);
+        }
+        if let Some(member) = f.member {
+            self.handover.by_member.remove(&member);
+        }
+        for (group, slot, generation) in &f.shared {
+            self.remove_shared_member(group, *slot, *generation);
+        }
         if let Some(ids) = self.handover.by_client.get_mut(&f.client_id) {
             ids.retain(|i| *i != fid);
             if ids.is_empty() {
@@ -397,15 +568,18 @@ impl Shard {
         // Or the joining session itself.
         let Some(slot) = self.by_client.get(client_id).copied() else { return };
         let Some(j) = self.handover.joining.get_mut(&slot) else { return };
-        let ends = j.claim == generation
-            && j.upstream.from == from
-            && j.upstream.generation == generation
-            && !j.ended;
+        // The upstream names the claim it handed the session to, which a resume on this
+        // shard since has replaced (`joining_inherit`): match the upstream, not the claim.
+        let ends = j.upstream.from == from && j.upstream.generation == generation && !j.ended;
         if ends {
             j.ended = true;
+            let claim = j.claim;
             // Copies routed by a peer before the old shard drained may still be on their way
             // here directly: keep de-duplicating until every peer's data lane is past them.
-            self.fence(FenceThen::Settled { slot, claim: generation }, now);
+            let token = self.fence(FenceThen::Settled { slot, claim }, now);
+            if let Some(j) = self.handover.joining.get_mut(&slot) {
+                j.fence = token;
+            }
         }
     }
 
@@ -415,6 +589,7 @@ impl Shard {
         &mut self,
         msg: &Message,
         matches: &mut Vec<LocalMatch>,
+        from: Option<u16>,
         now: Instant,
     ) {
         if matches.is_empty() {
@@ -431,13 +606,25 @@ impl Shard {
                 i += 1;
             }
             let Some(f) = self.handover.forwards.get_mut(&fid) else { continue };
+            // Inherited from a joining session that moved on: a direct copy from a peer it had
+            // not fenced comes through its previous shard, and an id it was given is not new.
+            if from.is_some_and(|p| f.carry.unfenced.get(usize::from(p)).copied().unwrap_or(false))
+            {
+                self.metrics.handover_skipped += 1;
+                continue;
+            }
+            if msg.id != 0 && f.carry.seen.contains(&msg.id) {
+                self.metrics.handover_duplicates += 1;
+                continue;
+            }
             if f.sent >= cap {
                 self.metrics.messages_dropped_queue_full += 1;
                 continue;
             }
             f.sent += 1;
             let (to, client_id, generation) = (f.to, f.client_id.clone(), f.generation);
-            self.send_forwarded(to, client_id, generation, msg.clone(), these, now);
+            let delivery = ForwardedDelivery { msg: msg.clone(), matches: these, shared: false };
+            self.send_forwarded(to, client_id, generation, delivery, now);
         }
         matches.clear();
     }
@@ -447,14 +634,13 @@ impl Shard {
         to: u16,
         client_id: String,
         generation: ClaimGen,
-        msg: Message,
-        matches: Vec<(SubscriptionOptions, Option<u32>)>,
+        delivery: ForwardedDelivery,
         now: Instant,
     ) {
         // Charged while it crosses the mesh, like a routed publish; the receiver releases it.
-        self.cfg.memory.recharge(0, msg.cost_bytes());
+        self.cfg.memory.recharge(0, delivery.msg.cost_bytes());
         self.metrics.handover_forwarded += 1;
-        let delivery = Box::new(ForwardedDelivery { msg, matches });
+        let delivery = Box::new(delivery);
         self.send_to_peer(to, ShardMsg::Forwarded { client_id, generation, delivery }, now);
     }
 
@@ -467,7 +653,7 @@ impl Shard {
         delivery: ForwardedDelivery,
         now: Instant,
     ) {
-        let ForwardedDelivery { msg, matches } = delivery;
+        let ForwardedDelivery { msg, matches, shared } = delivery;
         self.cfg.memory.recharge(msg.cost_bytes(), 0);
         // Passed on by a record of ours (the session moved on from here).
         let fid = self.forward_find(&client_id, |f| {
@@ -476,22 +662,32 @@ impl Shard {
         if let Some(fid) = fid {
             let cap = self.forward_cap();
             let Some(f) = self.handover.forwards.get_mut(&fid) else { return };
+            if msg.id != 0 && f.carry.seen.contains(&msg.id) {
+                self.metrics.handover_duplicates += 1;
+                return;
+            }
             if f.sent >= cap {
                 self.metrics.messages_dropped_queue_full += 1;
                 return;
             }
             f.sent += 1;
             let (to, generation) = (f.to, f.generation);
-            return self.send_forwarded(to, client_id, generation, msg, matches, now);
+            let delivery = ForwardedDelivery { msg, matches, shared };
+            return self.send_forwarded(to, client_id, generation, delivery, now);
         }
         // Or delivered to the session, if it is still the one handed over.
-        let slot = self.by_client.get(&client_id).copied();
-        let Some(slot) = slot.filter(|s| self.slot(*s).is_some_and(|s| s.claim == generation))
-        else {
+        let slot =
+            self.by_client.get(&client_id).copied().filter(|s| {
+                self.slot(*s).is_some_and(|x| x.claim == generation)
+                    || self.handover.joining.get(s).is_some_and(|j| {
+                        j.upstream.from == from && j.upstream.generation == generation
+                    })
+            });
+        let Some(slot) = slot else {
             self.metrics.messages_dropped_session_end += 1;
             return;
         };
-        if !self.handover_admit(slot, None, msg.id) {
+        if !shared && !self.handover_admit(slot, None, msg.id) {
             return;
         }
         let generation_here = self.slot(slot).map(|s| s.generation);

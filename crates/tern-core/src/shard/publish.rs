@@ -352,13 +352,13 @@ impl Shard {
         for (group, member, online_only) in self.shared.pick(&msg.topic, publisher) {
             let d = SharedDelivery { group, member, online_only, hops: 0 };
             if member.shard == self.id {
-                self.place_shared(d, &msg, &mut scratch);
+                self.place_shared(d, &msg, &mut scratch, now);
             } else {
                 peer_shared[usize::from(member.shard)].push(d);
             }
         }
         let mut matched = !scratch.is_empty() || !forwards.is_empty();
-        self.forward_matches(&msg, &mut forwards, now);
+        self.forward_matches(&msg, &mut forwards, None, now);
         self.handover.scratch = forwards;
         for peer in 0..shards {
             let shared = std::mem::take(&mut peer_shared[peer]);
@@ -412,12 +412,12 @@ impl Shard {
                 _ => {}
             });
             self.admit_matches(&mut scratch, Some(from), msg.id);
-            self.forward_matches(&msg, &mut forwards, now);
+            self.forward_matches(&msg, &mut forwards, Some(from), now);
             self.handover.scratch = forwards;
         }
         // A member that left, went offline or may not read the topic is replaced (§4.8.2).
         for d in shared {
-            self.place_shared(d, &msg, &mut scratch);
+            self.place_shared(d, &msg, &mut scratch, now);
         }
         let rc = Rc::new(msg);
         self.deliver_matches(&rc, &mut scratch, now);
