@@ -1154,8 +1154,8 @@ settings! {
         /// Default `false`: the allocator asks for huge pages, and where the kernel grants
         /// them (`/sys/kernel/mm/transparent_hugepage/enabled` at `always` or `madvise`) one
         /// touched byte costs 2 MiB of resident memory, so the broker's RSS grew in 2 MiB steps
-        /// that its own bounds do not see (issue 9: +16 MiB of a +20 MiB growth behind a
-        /// stalled subscriber, 20 MiB more at start). `true` trades that for fewer TLB misses.
+        /// that its own bounds do not see (issue 9: +16-20 MiB instead of +3-4 MiB behind a
+        /// stalled subscriber, ~17 MB more at start). `true` trades that for fewer TLB misses.
         transparent_huge_pages: bool = false;
     }
 }
