@@ -269,10 +269,9 @@ impl StatsBoard {
         }
         if let Some(budget) = self.memory_budget.get() {
             let name = "tern_memory_charged_bytes";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Bytes of messages held for delivery, charged to limits.memory_budget_bytes (all shards)."
-            );
+            let help = "Bytes of messages held for delivery (all shards), as limits.\
+                        memory_budget_bytes counts them.";
+            let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
             let _ = writeln!(out, "{name} {}", budget.used());
         }
