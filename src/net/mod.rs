@@ -619,6 +619,9 @@ enum Event {
 /// to the shard's epoll set. Only plain TCP parks: TLS and WebSocket streams hold protocol state
 /// (rustls buffers, frame decoding) that a bare socket cannot carry.
 trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Whether `park` can succeed.
+    const PARKS: bool = false;
+
     /// A duplicate of the socket's descriptor, when the transport can park.
     fn park(&self) -> Option<std::net::TcpStream> {
         None
@@ -626,6 +629,8 @@ trait Transport: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl Transport for TcpStream {
+    const PARKS: bool = true;
+
     fn park(&self) -> Option<std::net::TcpStream> {
         socket2::SockRef::from(self).try_clone().ok().map(std::net::TcpStream::from)
     }
@@ -746,6 +751,12 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
     let mut client_id_known = false;
     // Armed while the connection idles with nothing to write (see `PARK_IDLE`).
     let mut idle: Option<glommio::timer::Timer> = None;
+    let parks = S::PARKS && io.shard.parking.is_some();
+    // A new connection parks as soon as it is first idle after its CONNACK, without waiting
+    // `PARK_IDLE`: in a connection storm the tasks and read polls of the connections just
+    // accepted would otherwise pile up for a second, and the allocator keeps the pages they
+    // took (issue 11). One park and resume more for a client that goes on talking.
+    let mut park_at_once = !resumed;
     let mut out = Output::default();
     let mut eof = false;
     let mut stall: Option<glommio::timer::Timer> = None;
@@ -819,7 +830,10 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                     shard.handle_read(id, &scratch[..n], Instant::now());
                     Poll::Ready(Event::Read)
                 }
-                Poll::Pending if client_id_known && out.idle() && out.gate.is_none() => {
+                Poll::Pending if parks && client_id_known && out.idle() && out.gate.is_none() => {
+                    if park_at_once {
+                        return Poll::Ready(Event::Park);
+                    }
                     // Nothing to read or write: park once this has lasted `PARK_IDLE`.
                     let timer = idle.get_or_insert_with(|| glommio::timer::Timer::new(PARK_IDLE));
                     match Pin::new(timer).poll(cx) {
@@ -866,6 +880,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
             Event::Identified => {}
             Event::Park => {
                 idle = None;
+                park_at_once = false;
                 // The task ends here and drops `stream` (its descriptor and armed poll); the
                 // duplicate in the epoll set keeps the socket open. No await between the
                 // checks in the poll above and this: nothing arrived for it in between.
@@ -1089,6 +1104,53 @@ mod tests {
             .expect("executor ran");
         eprintln!("connection task future: {size} bytes");
         assert!(size <= CONNECTION_FUTURE_BUDGET, "{size} > {CONNECTION_FUTURE_BUDGET}");
+    }
+
+    /// [`EpollReady`] relies on glommio arming a read poll on a stream built from a descriptor
+    /// and surfacing its completion as a failed read: it stays pending while the epoll set is
+    /// empty of events and completes once a registered socket becomes readable.
+    #[test]
+    fn epoll_readiness_wakes_the_parker() {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        use std::io::Write;
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(64 << 10)
+            .ring_depth(64)
+            .spawn(|| async {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let mut client =
+                    std::net::TcpStream::connect(listener.local_addr().expect("addr"))
+                        .expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
+                epoll.add(&server, EpollEvent::new(EpollFlags::EPOLLIN, 7)).expect("add");
+                let mut ready = EpollReady::default();
+                let timed_out = futures_lite::future::or(
+                    async { ready.wait(&epoll).await.map(|()| false) },
+                    async {
+                        glommio::timer::sleep(Duration::from_millis(200)).await;
+                        Ok(true)
+                    },
+                )
+                .await;
+                assert!(timed_out.expect("waits"), "ready with no event");
+                client.write_all(b"x").expect("write");
+                let woke = futures_lite::future::or(
+                    async { ready.wait(&epoll).await.map(|()| true) },
+                    async {
+                        glommio::timer::sleep(Duration::from_secs(5)).await;
+                        Ok(false)
+                    },
+                )
+                .await;
+                assert!(woke.expect("waits"), "not woken by a readable socket");
+                let mut events = [EpollEvent::empty(); 4];
+                assert_eq!(epoll.wait(&mut events, 0).expect("epoll_wait"), 1);
+                assert_eq!(events[0].data(), 7);
+            })
+            .expect("executor")
+            .join()
+            .expect("executor ran");
     }
 
     /// The password queue bound, end to end on the runtime side: a check the shard queues is
