@@ -1070,10 +1070,11 @@ mod tests {
     use super::*;
     use glommio::{LocalExecutorBuilder, Placement};
 
-    /// Bytes the future of an idle plain-TCP connection's task may take (issue 11): every
-    /// connection holds one for its whole life, beside glommio's task header and its armed
-    /// read `Source` (which this crate cannot shrink). Measured in this (debug) build: 600.
-    const CONNECTION_FUTURE_BUDGET: usize = 640;
+    /// Bytes the future of a connection's task may take (issue 11). A parked plain-TCP
+    /// connection holds none (nor glommio's task header and armed read `Source`), but every
+    /// active connection, and every TLS and WebSocket connection, holds one. Measured in this
+    /// (debug) build: 680 (600 before the park timer and flags).
+    const CONNECTION_FUTURE_BUDGET: usize = 704;
 
     #[test]
     fn connection_task_future_is_small() {
