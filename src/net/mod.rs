@@ -1119,9 +1119,8 @@ mod tests {
             .ring_depth(64)
             .spawn(|| async {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                let mut client =
-                    std::net::TcpStream::connect(listener.local_addr().expect("addr"))
-                        .expect("connect");
+                let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
+                    .expect("connect");
                 let (server, _) = listener.accept().expect("accept");
                 let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
                 epoll.add(&server, EpollEvent::new(EpollFlags::EPOLLIN, 7)).expect("add");

@@ -37,7 +37,8 @@ fn idle_connection_records_per_connection() {
     let now = Instant::now();
     let before = rss_bytes();
     let mut written = BytesMut::new();
-    let ids: Vec<_> = (0..n).map(|_| shard.accept(0, peer, now).expect("under the limit")).collect();
+    let ids: Vec<_> =
+        (0..n).map(|_| shard.accept(0, peer, now).expect("under the limit")).collect();
     let accepted = rss_bytes();
     eprintln!("accepted: {:.0} B per connection", (accepted - before) as f64 / n as f64);
     for (i, &id) in ids.iter().enumerate() {
