@@ -1150,12 +1150,13 @@ settings! {
         /// connection's turn): how long one flooding connection can delay the others of its
         /// shard. Default 500. Bound: 100..=100_000 (glommio's own default is 100 ms).
         preempt_timer_us: u32 = 500, 100..=100_000;
-        /// Let the kernel back the process's memory with 2 MiB transparent huge pages.
-        /// Default `false`: the allocator asks for huge pages, and where the kernel grants
-        /// them (`/sys/kernel/mm/transparent_hugepage/enabled` at `always` or `madvise`) one
-        /// touched byte costs 2 MiB of resident memory, so the broker's RSS grew in 2 MiB steps
-        /// that its own bounds do not see (issue 9: +16-20 MiB instead of +3-4 MiB behind a
-        /// stalled subscriber, ~17 MB more at start). `true` trades that for fewer TLB misses.
+        /// Let the kernel back the heap with transparent huge pages. Default `false`: the
+        /// allocator asks for huge pages on its arena, and then every 2 MiB region touched
+        /// counts whole, so idle connections cost about twice their records (issue 11:
+        /// 988 instead of ~1 500 bytes per idle connection at 19 000), and RSS grows in 2 MiB
+        /// steps the broker's bounds do not see (issue 9: +16-20 MiB instead of +3-4 MiB behind
+        /// a stalled subscriber, ~17 MB more at start). `false` disables them for the process
+        /// (`PR_SET_THP_DISABLE`) at start.
         transparent_huge_pages: bool = false;
     }
 }

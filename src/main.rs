@@ -60,9 +60,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Before anything sizeable is allocated: a huge page the allocator touches now stays
-    // resident (`runtime.transparent_huge_pages`, applied once the configuration is read).
-    let thp_off = tern::runtime::set_transparent_huge_pages(false);
+    // First, before the allocator's arena is touched much: with transparent huge pages every
+    // 2 MiB region touched counts whole (`runtime.transparent_huge_pages`, default off; `serve`
+    // turns them back on when configured).
+    let thp_disabled = nix::sys::prctl::set_thp_disable(true);
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Passwd(args)) => match tern::auth::passwd_cmd::run_args(args) {
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::ImportMosquittoConf { file, output }) => import(&file, output.as_deref()),
-        None => serve(cli.config, cli.shards, cli.data_dir, thp_off),
+        None => serve(cli.config, cli.shards, cli.data_dir, thp_disabled.is_ok()),
     }
 }
 
@@ -129,7 +130,7 @@ fn serve(
     config_path: Option<PathBuf>,
     shards: Option<u16>,
     data_dir: Option<PathBuf>,
-    thp_off: std::io::Result<()>,
+    thp_disabled: bool,
 ) -> ExitCode {
     let (mut config, positions) = match &config_path {
         Some(path) => match Config::load_located(path) {
@@ -152,13 +153,13 @@ fn serve(
         config.persistence.dir = Some(dir);
     }
     tern::logging::init(&config.log);
-    let thp = match config.runtime.transparent_huge_pages {
-        true => tern::runtime::set_transparent_huge_pages(true),
-        false => thp_off,
-    };
-    if let Err(e) = thp {
-        // An old kernel or a seccomp filter: memory grows in larger steps, nothing else.
-        tracing::warn!(error = %e, "cannot set runtime.transparent_huge_pages");
+    if config.runtime.transparent_huge_pages {
+        // `main` turned them off before anything else; the configuration wants them.
+        if let Err(e) = nix::sys::prctl::set_thp_disable(false) {
+            tracing::warn!(error = %e, "could not enable transparent huge pages");
+        }
+    } else if !thp_disabled {
+        tracing::warn!("could not disable transparent huge pages (runtime.transparent_huge_pages)");
     }
 
     let running = match tern::broker::start(&config) {

@@ -19,7 +19,9 @@ use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use rustls::ServerConfig;
 
 use crate::metrics::StatsBoard;
-use crate::net::{accept_loop, tls, ListenerCtx, ListenerSpec, Notify, ShardIo, SCRATCH_BYTES};
+use crate::net::{
+    accept_loop, parker, tls, ListenerCtx, ListenerSpec, Notify, ShardIo, SCRATCH_BYTES,
+};
 
 /// The two mesh lanes between every pair of shards: data (publishes) and control (everything
 /// else, flow control included), so control never waits behind data.
@@ -81,15 +83,6 @@ type Batch = Vec<ShardMsg>;
 
 /// What a shard reports once it serves: its id and its private listener, or why it failed.
 type Ready = Result<(u16, Option<SocketAddr>), StartError>;
-
-/// Allows or forbids transparent huge pages for the whole process (`runtime.
-/// transparent_huge_pages`), with `prctl(PR_SET_THP_DISABLE)`: it applies to every later page
-/// fault, of existing mappings too, on every thread. The allocator (mimalloc) asks for huge
-/// pages, so where the kernel grants them one touched byte costs 2 MiB of resident memory;
-/// `main` forbids them before the configuration is read, then applies the setting.
-pub fn set_transparent_huge_pages(allowed: bool) -> std::io::Result<()> {
-    nix::sys::prctl::set_thp_disable(!allowed).map_err(std::io::Error::from)
-}
 
 /// A running broker.
 pub struct Broker {
@@ -578,6 +571,16 @@ async fn shard_main(
                 let _ = ready.send(Err(err));
                 return;
             }
+        }
+    }
+    // Resumes parked idle connections; in the connections' queue, as their tasks are.
+    match glommio::spawn_local_into(parker(Rc::clone(&io)), conns) {
+        Ok(t) => {
+            t.detach();
+        }
+        Err(e) => {
+            let _ = ready.send(Err(StartError::Shard(id, format!("task queue: {e}"))));
+            return;
         }
     }
     let mut tasks = Vec::new();
