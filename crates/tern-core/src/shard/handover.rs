@@ -288,18 +288,33 @@ impl Shard {
         }
     }
 
-    /// A shared delivery picked for `member` of this shard whose session was handed on: sent
-    /// to its new shard. False if the member is not one of ours in transit.
+    /// A shared delivery for `group` picked for `member`: if that member is a session of ours
+    /// handed on, it is sent to its new shard; with `any_member`, if no member here can take it,
+    /// to any session of the group handed on from here (a replica picked a member that had
+    /// already been replaced, §4.8.2 lets another member of the group have it). False if
+    /// neither applies.
     pub(super) fn forward_shared(
         &mut self,
+        group: &str,
         member: &super::message::Member,
         msg: &Message,
+        any_member: bool,
         now: Instant,
     ) -> bool {
-        if member.shard != self.id || self.handover.by_member.is_empty() {
+        if self.handover.forwards.is_empty() {
             return false;
         }
-        let Some(&fid) = self.handover.by_member.get(&(member.slot, member.generation)) else {
+        let exact = (member.shard == self.id)
+            .then(|| self.handover.by_member.get(&(member.slot, member.generation)).copied())
+            .flatten();
+        let in_group = || {
+            let ids = self.handover.forwards.iter();
+            // The lowest id, so that a seeded simulation replays the same choice.
+            ids.filter(|(_, f)| f.shared.iter().any(|(g, _, _)| g == group))
+                .map(|(id, _)| *id)
+                .min()
+        };
+        let Some(fid) = exact.or_else(|| any_member.then(in_group).flatten()) else {
             return false;
         };
         let cap = self.forward_cap();

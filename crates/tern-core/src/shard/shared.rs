@@ -251,9 +251,11 @@ impl Shard {
     ) {
         // The member's session moved to another shard and this replica does not know yet:
         // it still gets the delivery (`handover`).
-        if self.forward_shared(&d.member, msg, now) {
+        if self.forward_shared(&d.group, &d.member, msg, false, now) {
             return;
         }
+        let group = d.group.clone();
+        let member = d.member;
         match self.resolve_shared(d, &msg.topic) {
             Resolved::Local(m) => matches.push(m),
             Resolved::Forward(peer, d) => {
@@ -267,7 +269,11 @@ impl Shard {
                 let m = ShardMsg::Publish { msg: copy, normal: false, shared: vec![d] };
                 self.outbox[usize::from(peer)].push_back(m);
             }
-            Resolved::Dropped => self.metrics.messages_dropped_no_member += 1,
+            Resolved::Dropped => {
+                if !self.forward_shared(&group, &member, msg, true, now) {
+                    self.metrics.messages_dropped_no_member += 1;
+                }
+            }
         }
     }
 
