@@ -646,7 +646,12 @@ impl Output {
                 );
                 self.buf = split.free;
                 if !split.held.is_empty() {
-                    let gate = gate.unwrap_or_else(crate::persist::durable::Gate::open);
+                    let mut gate = gate.unwrap_or_else(crate::persist::durable::Gate::open);
+                    if let (true, Some(d)) = (split.barrier, durable) {
+                        // A QoS 2 PUBLISH routed from another shard: its publisher's QoS 2
+                        // id is in that shard's log.
+                        d.hold_for_origins(&mut gate);
+                    }
                     self.held_bytes += split.held.len();
                     self.barriers += usize::from(split.barrier);
                     self.held.push_back(Held { bytes: split.held, gate, barrier: split.barrier });

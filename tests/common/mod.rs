@@ -82,6 +82,9 @@ pub struct RawClient {
     pub stream: TcpStream,
     pub version: ProtocolVersion,
     buf: BytesMut,
+    /// PUBLISHes that arrived before the SUBACK `subscribe` waited for: returned first by the
+    /// next receive.
+    early: std::collections::VecDeque<Packet>,
 }
 
 impl RawClient {
@@ -89,7 +92,7 @@ impl RawClient {
         let stream = TcpStream::connect(addr).expect("tcp connect");
         stream.set_nodelay(true).expect("nodelay");
         stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        Self { stream, version, buf: BytesMut::new() }
+        Self { stream, version, buf: BytesMut::new(), early: Default::default() }
     }
 
     pub fn send(&mut self, p: &Packet) {
@@ -104,6 +107,9 @@ impl RawClient {
 
     /// The next packet, or None on EOF / timeout.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Packet> {
+        if let Some(p) = self.early.pop_front() {
+            return Some(p);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(p) = codec::decode(&mut self.buf, self.version, usize::MAX)
@@ -161,12 +167,27 @@ impl RawClient {
         }
     }
 
+    /// Subscribes and waits for the SUBACK. Matching PUBLISHes (retained ones) may come
+    /// before it ("The Server is permitted to start sending PUBLISH packets matching the
+    /// Subscription before the Server sends the SUBACK", §3.8.4; with persistence the SUBACK
+    /// waits for the log and they do not): they are kept for the next receive.
     pub fn subscribe(&mut self, filter: &str, qos: QoS) {
         self.send(&interop::subscribe_packet(filter, qos, 1));
-        match self.recv() {
-            Packet::SubAck(a) => assert!(!a.reasons[0].is_error(), "SUBACK refused: {a:?}"),
-            other => panic!("expected SUBACK, got {other:?}"),
+        let mut early = std::collections::VecDeque::new();
+        // Bounded: a SUBACK within 100 packets.
+        for _ in 0..100 {
+            match self.recv() {
+                Packet::SubAck(a) => {
+                    assert!(!a.reasons[0].is_error(), "SUBACK refused: {a:?}");
+                    early.append(&mut self.early);
+                    self.early = early;
+                    return;
+                }
+                p @ Packet::Publish(_) => early.push_back(p),
+                other => panic!("expected SUBACK, got {other:?}"),
+            }
         }
+        panic!("no SUBACK in 100 packets");
     }
 
     pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) {
