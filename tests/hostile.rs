@@ -3,8 +3,9 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::{start_custom, start_with, RawClient};
@@ -281,4 +282,76 @@ fn ten_concurrent_connects_with_one_client_id_leave_exactly_one_alive() {
         }
     }
     still_serves(b.addr, "honest");
+}
+
+/// Issue 9 (acknowledged means kept, [MQTT-3.1.2-5], [MQTT-4.4.0-1]): a persistent subscriber
+/// that keeps reconnecting, alternately on each shard and with its previous connection still
+/// open (the new CONNECT takes it over, [MQTT-3.1.4-2]), while another client publishes at
+/// QoS 1, receives every message whose PUBACK the publisher got. Before the `handover`
+/// protocol a message routed to the old shard while the session moved matched nobody.
+#[test]
+fn persistent_subscriber_moving_between_shards_loses_no_acknowledged_message() {
+    const MESSAGES: u32 = 3_000;
+    let b = start_with(2, |_| {});
+    let addrs = b.shard_addrs.clone();
+    let (mut sub, _) = RawClient::mqtt_connect(addrs[0], V4, "mover", false);
+    sub.subscribe("move/#", QoS::AtLeastOnce);
+    let publisher = std::thread::spawn(move || {
+        let (mut p, _) = RawClient::mqtt_connect(addrs[1], V4, "mover-pub", true);
+        let mut acked = Vec::new();
+        for seq in 0..MESSAGES {
+            let id = (seq % 60_000 + 1) as u16;
+            p.publish("move/x", &seq.to_be_bytes(), QoS::AtLeastOnce, id, false);
+            match p.recv() {
+                Packet::PubAck(a) if a.packet_id.get() == id && !a.reason.is_error() => {
+                    acked.push(seq)
+                }
+                other => panic!("seq {seq}: expected PUBACK {id}, got {other:?}"),
+            }
+        }
+        acked
+    });
+    let mut received = HashSet::new();
+    let mut moves = 0;
+    while !publisher.is_finished() && moves < 200 {
+        // Read for a while (a few messages), then move on.
+        read_until(&mut sub, Instant::now() + Duration::from_millis(15), &mut received);
+        // The next connection takes the session over while this one is still open.
+        let shard = b.shard_addrs[(moves + 1) % 2];
+        let (next, present) = RawClient::mqtt_connect(shard, V4, "mover", false);
+        assert!(present, "move {moves}: the session is resumed ([MQTT-3.2.2-2])");
+        drop(std::mem::replace(&mut sub, next));
+        moves += 1;
+    }
+    let acked = publisher.join().expect("publisher ran");
+    // Then until quiet: what the session still holds arrives now.
+    while read_until(&mut sub, Instant::now() + Duration::from_secs(2), &mut received) > 0 {}
+    let lost: Vec<u32> = acked.iter().copied().filter(|s| !received.contains(s)).collect();
+    assert!(moves >= 5, "the subscriber moved while messages flowed ({moves} moves)");
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged messages lost over {moves} moves: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(20)]
+    );
+    still_serves(b.addr, "honest-mover");
+}
+
+/// Reads and acknowledges PUBLISHes until `deadline`, recording their sequence numbers;
+/// returns how many arrived.
+fn read_until(c: &mut RawClient, deadline: Instant, received: &mut HashSet<u32>) -> usize {
+    let mut n = 0;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Some(p) = c.recv_timeout(left) else { break };
+        if let Packet::Publish(m) = p {
+            n += 1;
+            let seq = u32::from_be_bytes(m.payload[..4].try_into().expect("4 bytes"));
+            received.insert(seq);
+            if let Some(id) = m.packet_id {
+                c.send(&Packet::PubAck(codec::PubResp::success(id)));
+            }
+        }
+    }
+    n
 }

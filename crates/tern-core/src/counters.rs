@@ -45,6 +45,16 @@ metrics! {
     counter takeovers,
     /// Pending CONNECTs closed before CONNACK because a newer CONNECT took their client id.
     counter takeovers_superseded,
+    /// Sessions handed to another shard while messages may still be routed here for them.
+    counter handover_records,
+    /// Messages forwarded to a session's new shard after its handover.
+    counter handover_forwarded,
+    /// Direct deliveries to a joining session skipped (its previous shard forwards them).
+    counter handover_skipped,
+    /// Deliveries to a joining session dropped as the second copy of one message.
+    counter handover_duplicates,
+    /// Message ids a joining session could not record: its de-duplication set was full.
+    counter handover_dedup_full,
     /// Sessions held now (connected or not).
     gauge sessions_current,
     /// Sessions ended by their expiry interval.

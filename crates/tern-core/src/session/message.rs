@@ -42,6 +42,9 @@ pub struct Message {
     pub origin: Option<Origin>,
     /// When the broker received it, for the publish-to-deliver latency histogram.
     pub received_at: Option<Instant>,
+    /// Identity given by the shard that routed it (that shard in the top 16 bits, a sequence
+    /// below); 0 until routed. A session that moves between shards gets each id once.
+    pub id: u64,
 }
 
 /// Fixed per-message overhead counted against queue byte bounds (struct and allocator slack).
@@ -59,6 +62,7 @@ impl Message {
             expires_at: None,
             origin: None,
             received_at: None,
+            id: 0,
         }
     }
 

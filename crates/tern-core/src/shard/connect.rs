@@ -265,6 +265,7 @@ impl Shard {
             handoff: None,
         };
         self.pending.insert(req, pending);
+        self.pending_by_client.entry(client_id.clone()).or_default().push(req);
         self.send_to_registry(ShardMsg::Claim { client_id, req }, now);
     }
 
@@ -316,7 +317,7 @@ impl Shard {
             .partition(|e| e.client_id == client_id && e.target < generation);
         self.early_takeovers = keep;
         for e in stale {
-            let reply = ShardMsg::TakeoverReply { req: e.ask.req, state: None };
+            let reply = ShardMsg::TakeoverReply { req: e.ask.req, state: None, forwarding: false };
             self.send_to_peer(e.ask.to, reply, now);
         }
         match previous {
@@ -328,7 +329,7 @@ impl Shard {
                 let msg = ShardMsg::Takeover { client_id, req, generation, target, clean_start };
                 self.send_to_peer(owner.shard, msg, now);
             }
-            None => self.finish_connect(req, None, now),
+            None => self.finish_connect(req, None, None, now),
         }
     }
 
@@ -338,7 +339,7 @@ impl Shard {
         let Some(p) = self.pending.get_mut(&req) else {
             return self.send_to_peer(
                 ask.to,
-                ShardMsg::TakeoverReply { req: ask.req, state: None },
+                ShardMsg::TakeoverReply { req: ask.req, state: None, forwarding: false },
                 now,
             );
         };
@@ -346,7 +347,7 @@ impl Shard {
             // A stale request: the newer one keeps the session.
             return self.send_to_peer(
                 ask.to,
-                ShardMsg::TakeoverReply { req: ask.req, state: None },
+                ShardMsg::TakeoverReply { req: ask.req, state: None, forwarding: false },
                 now,
             );
         }
@@ -355,7 +356,7 @@ impl Shard {
             // Only one claim names this one as its predecessor; answer any other empty-handed.
             self.send_to_peer(
                 older.to,
-                ShardMsg::TakeoverReply { req: older.req, state: None },
+                ShardMsg::TakeoverReply { req: older.req, state: None, forwarding: false },
                 now,
             );
         }
@@ -380,36 +381,61 @@ impl Shard {
                 // filters stay announced to the other shards meanwhile, or a publish routed on
                 // another shard between our SubRemove and SubAdd would find no subscriber
                 // although the session exists ([MQTT-3.1.2-5], issue: resume loss).
-                let pinned = if ask.to == self.id && !ask.clean_start {
+                let same_shard = ask.to == self.id;
+                let pinned = if same_shard && !ask.clean_start {
                     self.pin_filters(slot)
                 } else {
                     Vec::new()
                 };
+                // Moving to another shard (or moving on while a previous shard still forwards
+                // to it): keep matching here and forward until the new shard is announced
+                // everywhere (`handover`). The forward entries go in before the session's own
+                // leave, so its filters stay announced throughout.
+                // A session still joining (its previous shard may still forward) carries that
+                // on: to the next shard's forward record, or to its new slot here.
+                let taken = self.joining_take(slot);
+                let upstream = taken.as_ref().and_then(super::handover::Taken::upstream);
+                let forwarding = !ask.clean_start && !same_shard;
+                if forwarding {
+                    let filters = self.forwardable_filters(slot);
+                    let carry = self.carry_of(taken);
+                    let (to, generation) = (ask.to, ask.generation);
+                    self.forward_start(&client_id, to, generation, filters, upstream, carry);
+                } else if let Some(t) = taken.filter(|_| !ask.clean_start) {
+                    self.inherit_stash(&client_id, t);
+                } else if let Some(up) = upstream {
+                    self.joining_abandoned(&client_id, up, now);
+                }
                 let state = self.take_local_session(slot, ask.clean_start, now);
-                let reply = ShardMsg::TakeoverReply { req: ask.req, state };
+                let reply = ShardMsg::TakeoverReply { req: ask.req, state, forwarding };
                 self.send_to_peer(ask.to, reply, now);
+                // The inline reply took the stash, unless the session went nowhere.
+                if let Some(up) = self.inherit_take(&client_id).and_then(|t| t.upstream()) {
+                    self.joining_abandoned(&client_id, up, now);
+                }
                 return self.unpin_filters(pinned);
             }
         }
-        let pending = self.pending.iter().find_map(|(req, p)| {
-            (p.connect.client_id == client_id && p.generation == Some(target)).then_some(*req)
-        });
+        let reqs = self.pending_by_client.get(&client_id).map_or(&[][..], |v| &v[..]);
+        let claims = reqs.iter().filter_map(|r| self.pending.get(r).map(|p| (*r, p.generation)));
+        let pending = claims.clone().find_map(|(req, g)| (g == Some(target)).then_some(req));
         if let Some(req) = pending {
             return self.supersede(req, ask, now);
         }
         let registry = usize::from(registry_shard(&client_id, self.cfg.shards));
         let answered = self.claims_seen.get(registry).is_some_and(|g| *g >= target);
-        let unanswered_here = self
-            .pending
-            .values()
-            .any(|p| p.connect.client_id == client_id && p.generation.is_none());
+        let unanswered_here = claims.clone().any(|(_, g)| g.is_none());
         if !answered && unanswered_here {
             // Our claim `target` is on its way back from the registry: wait for it there.
             self.early_takeovers.push(EarlyTakeover { client_id, target, ask });
             return;
         }
         // The session of `target` ended here (its release lost the race): nothing to hand over.
-        self.send_to_peer(ask.to, ShardMsg::TakeoverReply { req: ask.req, state: None }, now);
+        self.send_to_peer(
+            ask.to,
+            ShardMsg::TakeoverReply { req: ask.req, state: None, forwarding: false },
+            now,
+        );
     }
 
     /// Holds one extra reference on each non-shared filter of `slot` announced to the other
@@ -523,13 +549,21 @@ impl Shard {
     /// The previous owner answered (or there was none): install the session (resumed from
     /// `state` or new) and answer CONNACK — or, if a newer CONNECT superseded this one, pass
     /// the session on to it.
+    /// `upstream`: the shard that sent the session and still forwards what arrives for it.
     pub(super) fn finish_connect(
         &mut self,
         req: u64,
         state: Option<Box<SessionState>>,
+        upstream: Option<u16>,
         now: Instant,
     ) {
         let Some(p) = self.pending.remove(&req) else { return };
+        if let Some(reqs) = self.pending_by_client.get_mut(&p.connect.client_id) {
+            reqs.retain(|r| *r != req);
+            if reqs.is_empty() {
+                self.pending_by_client.remove(&p.connect.client_id);
+            }
+        }
         let PendingConnect { conn: cref, connect, assigned_id, auth_done, generation, handoff } = p;
         let conn = cref.id;
         if let Some(ask) = handoff {
@@ -540,7 +574,22 @@ impl Shard {
                 }
                 other => other,
             };
-            let reply = ShardMsg::TakeoverReply { req: ask.req, state };
+            // The session only passes through: relay what its previous shard still forwards.
+            let inherited = self.inherit_take(&connect.client_id);
+            let relay = upstream
+                .zip(generation)
+                .map(|(from, g)| (from, g, false))
+                .or_else(|| inherited.as_ref().and_then(super::handover::Taken::upstream));
+            let forwarding = relay.is_some() && state.is_some();
+            if forwarding {
+                let client_id = connect.client_id.clone();
+                let (to, generation) = (ask.to, ask.generation);
+                let carry = self.carry_of(inherited);
+                self.forward_start(&client_id, to, generation, Vec::new(), relay, carry);
+            } else if let Some(up) = relay {
+                self.joining_abandoned(&connect.client_id, up, now);
+            }
+            let reply = ShardMsg::TakeoverReply { req: ask.req, state, forwarding };
             return self.send_to_peer(ask.to, reply, now);
         }
         let Some(claim) = generation else {
@@ -571,6 +620,26 @@ impl Shard {
         let req = self.next_req;
         self.next_req += 1;
         let (slot, told) = self.install_session(session, claim, Some(req));
+        let inherited = self.inherit_take(&connect.client_id);
+        match upstream {
+            // Resumed on the shard where it was joining: the joining goes on in this slot.
+            _ if inherited.is_some() => match inherited {
+                Some(t) if resumed => self.joining_inherit(slot, claim, t),
+                Some(t) => {
+                    if let Some(up) = t.upstream() {
+                        self.joining_abandoned(&connect.client_id, up, now);
+                    }
+                }
+                None => {}
+            },
+            // Its previous shard forwards until every shard routes here (`handover`).
+            Some(from) if resumed => self.joining_start(slot, claim, from, now),
+            Some(from) => {
+                let up = (from, claim, false);
+                self.joining_abandoned(&connect.client_id, up, now);
+            }
+            None => {}
+        }
         if !still_open {
             // The connection went away while we waited: keep a persistent session offline.
             self.detach_session(slot, now);

@@ -186,6 +186,44 @@ pub enum ShardMsg {
         req: u64,
         /// The session state, boxed to keep the enum small.
         state: Option<Box<SessionState>>,
+        /// The sender keeps forwarding what still arrives for the session
+        /// ([`ShardMsg::Forwarded`]) until told [`ShardMsg::ForwardStop`] (`shard::handover`).
+        forwarding: bool,
+    },
+    /// From a session's previous shard: a message that matched the session there after the
+    /// handover (`shard::handover`, step 1).
+    Forwarded {
+        /// Client identifier of the session.
+        client_id: String,
+        /// The claim under which the receiver holds the session.
+        generation: ClaimGen,
+        /// The message and the subscriptions it matched, boxed to keep the enum small.
+        delivery: Box<super::handover::ForwardedDelivery>,
+    },
+    /// To a session's previous shard: every shard routes to the sender now; drain and stop
+    /// forwarding (`shard::handover`, step 3).
+    ForwardStop {
+        /// Client identifier.
+        client_id: String,
+        /// The claim under which the sender holds the session.
+        generation: ClaimGen,
+    },
+    /// From a session's previous shard: nothing more is forwarded for it.
+    ForwardEnd {
+        /// Client identifier.
+        client_id: String,
+        /// The claim under which the receiver holds the session.
+        generation: ClaimGen,
+    },
+    /// Answer [`ShardMsg::FenceAck`] on the data lane (behind everything routed before).
+    Fence {
+        /// Echoed in the answer.
+        token: u64,
+    },
+    /// Answer to [`ShardMsg::Fence`], on the data lane.
+    FenceAck {
+        /// The fence's token.
+        token: u64,
     },
     /// Flow control, to the publisher's shard: a subscriber here is above its high-water mark;
     /// stop reading the connection of session `session` (if still `generation`).
@@ -214,11 +252,15 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
-    /// Whether the message travels on the data lane: publishes, and retained updates (which
-    /// must stay in order with the publishes they come with). Everything else takes the control
+    /// Whether the message travels on the data lane: publishes, retained updates (which
+    /// must stay in order with the publishes they come with) and fence answers (behind the
+    /// publishes routed before them). Everything else takes the control
     /// lane, which is never behind data.
     pub fn is_data(&self) -> bool {
-        matches!(self, ShardMsg::Publish { .. } | ShardMsg::Retain { .. })
+        matches!(
+            self,
+            ShardMsg::Publish { .. } | ShardMsg::Retain { .. } | ShardMsg::FenceAck { .. }
+        )
     }
 }
 

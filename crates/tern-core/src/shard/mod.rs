@@ -21,6 +21,7 @@ pub mod admin;
 pub mod budget;
 mod connect;
 mod flow;
+mod handover;
 pub mod message;
 mod persist;
 mod publish;
@@ -559,6 +560,9 @@ pub struct Shard {
     claims_seen: Vec<ClaimGen>,
     /// CONNECTs waiting for the registry or a takeover, by request id.
     pending: HashMap<u64, PendingConnect>,
+    /// The request ids in `pending` by client id, so a `Takeover` finds its claim without a
+    /// walk over every pending CONNECT (a reconnect storm has many).
+    pending_by_client: HashMap<String, Vec<u64>>,
     /// CONNECTs whose password a worker is checking, by ticket. At most one per connection in
     /// `Phase::Verifying`, plus those whose connection closed before the verdict (bounded by
     /// the pool's queue).
@@ -571,6 +575,8 @@ pub struct Shard {
     /// Takeovers that arrived before the `ClaimReply` of the claim they name (at most one per
     /// pending CONNECT without a generation, so bounded by `pending`).
     early_takeovers: Vec<connect::EarlyTakeover>,
+    /// Sessions handed over or joining while messages may still arrive on their old shard.
+    handover: handover::Handover,
     /// Acknowledgements waiting for the other shards to apply subscriptions, by request id,
     /// with the number of peer answers still missing.
     pending_acks: HashMap<u64, (subscribe::PendingAck, usize)>,
@@ -644,10 +650,12 @@ impl Shard {
             next_claim: 1,
             claims_seen: vec![ClaimGen(0); peers],
             pending: HashMap::new(),
+            pending_by_client: HashMap::new(),
             verifying: HashMap::new(),
             password_checks: Vec::new(),
             failed_logins: crate::auth::FailedLogins::new(failed_logins_max),
             early_takeovers: Vec::new(),
+            handover: handover::Handover::default(),
             pending_acks: HashMap::new(),
             next_req: 1,
             next_conn_serial: 1,
@@ -1328,7 +1336,11 @@ impl Shard {
             self.publish_will(slot, will, now);
         }
         self.flow_forget(slot);
+        let upstream = self.joining_take(slot).and_then(|t| t.upstream());
         let Some(s) = self.sessions.remove(slot) else { return };
+        if let Some(up) = upstream {
+            self.joining_abandoned(&s.session.client_id, up, now);
+        }
         self.cfg.memory.recharge(s.charged, 0);
         for filter in s.session.subscriptions.keys() {
             self.remove_subscription_entry(slot, filter);
@@ -1432,7 +1444,7 @@ impl Shard {
                 let cost = msg.cost_bytes();
                 self.cfg.memory.recharge(cost, 0);
                 self.cfg.mesh_bytes.received(from, cost);
-                self.deliver_forwarded(msg, normal, shared, now)
+                self.deliver_forwarded(from, msg, normal, shared, now)
             }
             ShardMsg::SubAdd { filter, ack } => {
                 self.remote_sub_add(from, &filter);
@@ -1461,7 +1473,21 @@ impl Shard {
                 let ask = connect::Handoff { to: from, req, generation, clean_start };
                 self.handle_takeover(client_id, target, ask, now)
             }
-            ShardMsg::TakeoverReply { req, state } => self.finish_connect(req, state, now),
+            ShardMsg::TakeoverReply { req, state, forwarding } => {
+                let upstream = forwarding.then_some(from);
+                self.finish_connect(req, state, upstream, now)
+            }
+            ShardMsg::Forwarded { client_id, generation, delivery } => {
+                self.forwarded(from, client_id, generation, *delivery, now)
+            }
+            ShardMsg::ForwardStop { client_id, generation } => {
+                self.forward_stop(from, &client_id, generation, now)
+            }
+            ShardMsg::ForwardEnd { client_id, generation } => {
+                self.forward_ended(from, &client_id, generation, now)
+            }
+            ShardMsg::Fence { token } => self.send_to_peer(from, ShardMsg::FenceAck { token }, now),
+            ShardMsg::FenceAck { token } => self.fence_acked(from, token, now),
             ShardMsg::Pause { session, generation } => self.publisher_pause(session, generation),
             ShardMsg::Resume { session, generation } => self.publisher_resume(session, generation),
             ShardMsg::Release { client_id, owner } => {

@@ -249,6 +249,7 @@ impl Shard {
             expires_at,
             origin: self.origin(slot),
             received_at: Some(now),
+            id: 0,
         };
         // A payload sliced from the read buffer would pin all of it for as long as the
         // message is queued or retained (issue 9: a 1-byte retained payload held 64 KiB).
@@ -301,6 +302,7 @@ impl Shard {
             expires_at,
             origin: self.origin(slot),
             received_at: None,
+            id: 0,
         };
         if msg.retain {
             self.retain_local_and_broadcast(&msg, self.retain_source(slot));
@@ -320,7 +322,8 @@ impl Shard {
 
     /// Routes a message to every matching subscriber: local ones directly, other shards by one
     /// message each. Returns whether anyone matched.
-    pub(crate) fn route(&mut self, msg: Message, now: Instant) -> bool {
+    pub(crate) fn route(&mut self, mut msg: Message, now: Instant) -> bool {
+        self.stamp_message(&mut msg);
         let shards = usize::from(self.cfg.shards);
         // Per-peer marks, reused across publishes (sized at start, left all-false and empty).
         let mut peer_normal = std::mem::take(&mut self.peer_normal);
@@ -328,13 +331,18 @@ impl Shard {
         debug_assert!(peer_normal.len() == shards && peer_normal.iter().all(|b| !b));
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
+        let mut forwards = std::mem::take(&mut self.handover.scratch);
         self.trie.for_each_match(&msg.topic, |key, val| match (key, val) {
             (SubKey::Local(slot), SubVal::Local { options, identifier }) => {
                 scratch.push(LocalMatch { slot: *slot, options: *options, identifier: *identifier })
             }
             (SubKey::Remote(shard), _) => peer_normal[usize::from(*shard)] = true,
+            (SubKey::Forward(f), SubVal::Local { options, identifier }) => {
+                forwards.push(LocalMatch { slot: *f, options: *options, identifier: *identifier })
+            }
             _ => {}
         });
+        self.admit_matches(&mut scratch, None, msg.id);
         // The publisher's client id, for the `hash_client_id` strategy.
         let publisher = msg
             .origin
@@ -349,7 +357,9 @@ impl Shard {
                 peer_shared[usize::from(member.shard)].push(d);
             }
         }
-        let mut matched = !scratch.is_empty();
+        let mut matched = !scratch.is_empty() || !forwards.is_empty();
+        self.forward_matches(&msg, &mut forwards, None, now);
+        self.handover.scratch = forwards;
         for peer in 0..shards {
             let shared = std::mem::take(&mut peer_shared[peer]);
             if peer_normal[peer] || !shared.is_empty() {
@@ -384,6 +394,7 @@ impl Shard {
     /// A publish routed here by another shard.
     pub(super) fn deliver_forwarded(
         &mut self,
+        from: u16,
         msg: Message,
         normal: bool,
         shared: Vec<SharedDelivery>,
@@ -392,15 +403,17 @@ impl Shard {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         if normal {
-            self.trie.for_each_match(&msg.topic, |key, val| {
-                if let (SubKey::Local(slot), SubVal::Local { options, identifier }) = (key, val) {
-                    scratch.push(LocalMatch {
-                        slot: *slot,
-                        options: *options,
-                        identifier: *identifier,
-                    });
-                }
+            let mut forwards = std::mem::take(&mut self.handover.scratch);
+            self.trie.for_each_match(&msg.topic, |key, val| match (key, val) {
+                (SubKey::Local(slot), SubVal::Local { options, identifier }) => scratch
+                    .push(LocalMatch { slot: *slot, options: *options, identifier: *identifier }),
+                (SubKey::Forward(f), SubVal::Local { options, identifier }) => forwards
+                    .push(LocalMatch { slot: *f, options: *options, identifier: *identifier }),
+                _ => {}
             });
+            self.admit_matches(&mut scratch, Some(from), msg.id);
+            self.forward_matches(&msg, &mut forwards, Some(from), now);
+            self.handover.scratch = forwards;
         }
         // A member that left, went offline or may not read the topic is replaced (§4.8.2).
         for d in shared {

@@ -231,6 +231,7 @@ impl Shard {
         let mut stored = msg.clone();
         stored.origin = None;
         stored.received_at = None;
+        stored.id = 0;
         if self.id == RETAIN_SEQUENCER {
             self.retained_sequence(stored, source);
         } else {

@@ -19,7 +19,14 @@
 //!   generation;
 //! - every QoS 1/2 message a publisher saw acknowledged reaches each of the two stable
 //!   subscribers (QoS 1 at least once, QoS 2 exactly once) unless a drop counter moved, and the
-//!   QoS >= 1 messages of one publishing connection arrive in publish order.
+//!   QoS >= 1 messages of one publishing connection arrive in publish order;
+//! - the same for two persistent subscribers that keep reconnecting on random shards, with
+//!   their old connection still open (a takeover) or closed first: every acknowledged message
+//!   reaches the session across its moves (QoS 2 once: the client keeps its QoS 2 state as a
+//!   real one does), checked whenever the subscriber is connected and the cluster is quiet.
+//!   Their order is not checked: while a session moves, forwarded and direct copies may
+//!   interleave (`shard::handover`);
+//! - once quiet, no handover is left in transit (no forward record, joining session or fence).
 //!
 //! `TERN_SIM_SEED=N` runs seed N only; `TERN_SIM_STEPS` sets the steps per seed and
 //! `TERN_SIM_SEEDS` the number of seeds (the default is a few seconds' worth for CI):
@@ -88,7 +95,13 @@ enum Role {
     /// Subscribed to `t/#` at QoS 2 from the start and never disconnected: every acknowledged
     /// QoS >= 1 message must reach it.
     Stable,
+    /// A persistent session subscribed to `t/#` from the start, reconnecting on random shards:
+    /// every acknowledged QoS >= 1 message must reach the session across its moves.
+    Resuming,
 }
+
+/// Client ids of the resuming subscribers; their ledger index is 2 + position.
+const RESUMING_IDS: [&str; 2] = ["r0", "r1"];
 
 /// One simulated client connection.
 struct SimConn {
@@ -115,6 +128,8 @@ struct SimConn {
     sub_pids: HashSet<u16>,
     /// The last time a stable subscriber pinged.
     last_ping: Instant,
+    /// Index in the ledger for the stable and resuming subscribers.
+    ledger_index: Option<usize>,
 }
 
 /// What the stable subscribers must receive.
@@ -126,6 +141,14 @@ struct Ledger {
     received: Vec<HashMap<(u64, u32), u32>>,
     /// Per stable subscriber and publisher: last QoS >= 1 seq received (first deliveries).
     last_seq: Vec<HashMap<u64, u32>>,
+    /// Per resuming subscriber: acknowledged messages not yet verified (checked when it is
+    /// connected at a quiet point).
+    owed: Vec<HashMap<(u64, u32), QoS>>,
+    /// Per resuming subscriber: inbound QoS 2 ids received and not yet released, kept across
+    /// its connections as a client with a persistent session keeps them.
+    qos2_ids: Vec<HashSet<u16>>,
+    /// Acknowledged messages found missing so far (all subscribers), against the drop counters.
+    missing_total: u64,
 }
 
 /// The simulated cluster and its clients.
@@ -141,8 +164,6 @@ struct Sim {
     /// broker rightly takes it for a resend).
     next_pid_by_client: HashMap<String, u16>,
     ledger: Ledger,
-    /// Sum of the drop counters that can hit a connected subscriber, at the last check.
-    drops_seen: u64,
     /// Counters for the report.
     stats: SimStats,
 }
@@ -188,7 +209,10 @@ impl Sim {
         let mut rng = Rng(seed);
         let n = 2 + rng.below(2) as u16;
         let long_timeout = rng.chance(50);
-        let shards = (0..n).map(|i| Shard::new(i, sim_config(n, long_timeout))).collect();
+        // One configuration cloned: the shards share its memory budget and mesh counters, as
+        // the runtime's do (a message charged on one shard is released on another).
+        let cfg = sim_config(n, long_timeout);
+        let shards = (0..n).map(|i| Shard::new(i, cfg.clone())).collect();
         let start = crate::test_clock::test_epoch();
         let mut sim = Self {
             rng,
@@ -199,7 +223,6 @@ impl Sim {
             next_uid: 1,
             next_pid_by_client: HashMap::new(),
             ledger: Ledger::default(),
-            drops_seen: 0,
             stats: SimStats::default(),
         };
         sim.open_stable_subscribers();
@@ -211,6 +234,7 @@ impl Sim {
         for (i, version) in [ProtocolVersion::V311, ProtocolVersion::V5].into_iter().enumerate() {
             let shard = i % self.shards.len();
             let idx = self.open(shard, version, &format!("stable{i}"), Role::Stable, true);
+            self.conns[idx].ledger_index = Some(i);
             self.feed_all(idx);
             self.ledger.received.push(HashMap::new());
             self.ledger.last_seq.push(HashMap::new());
@@ -230,6 +254,77 @@ impl Sim {
             self.feed_all(idx);
         }
         self.settle();
+        for (i, id) in RESUMING_IDS.iter().enumerate() {
+            let shard = (i + 1) % self.shards.len();
+            let version = [ProtocolVersion::V311, ProtocolVersion::V5][i];
+            let idx = self.open(shard, version, id, Role::Resuming, false);
+            self.conns[idx].ledger_index = Some(2 + i);
+            self.feed_all(idx);
+            self.ledger.received.push(HashMap::new());
+            self.ledger.last_seq.push(HashMap::new());
+            self.ledger.owed.push(HashMap::new());
+            self.ledger.qos2_ids.push(HashSet::new());
+        }
+        self.settle();
+        for i in 0..RESUMING_IDS.len() {
+            let idx = self.resuming_conn(i).expect("resuming subscriber connected");
+            // r0 at QoS 2, r1 at QoS 1.
+            let qos = [QoS::ExactlyOnce, QoS::AtLeastOnce][i];
+            let s = Subscribe {
+                packet_id: pid(1),
+                filters: vec![("t/#".into(), SubscriptionOptions { qos, ..Default::default() })],
+                properties: Properties::new(),
+            };
+            self.write(idx, &Packet::Subscribe(s));
+            self.conns[idx].sub_pids.insert(1);
+            self.feed_all(idx);
+        }
+        self.settle();
+    }
+
+    /// The newest connection of resuming subscriber `i`, if it is connected and open.
+    fn resuming_conn(&self, i: usize) -> Option<usize> {
+        let idx = (0..self.conns.len())
+            .filter(|&c| self.conns[c].ledger_index == Some(2 + i))
+            .max_by_key(|&c| self.conns[c].uid)?;
+        let c = &self.conns[idx];
+        let open = !self.shards[c.shard].status(c.conn).closing;
+        (c.connacked && open).then_some(idx)
+    }
+
+    /// A resuming subscriber reconnects on a random shard: its old connection is left open
+    /// (the new CONNECT takes it over, [MQTT-3.1.4-2]) or closed first, by DISCONNECT or by
+    /// the network. The session persists ([MQTT-3.1.2-5]); nothing acknowledged may be lost.
+    fn act_resume(&mut self) {
+        let i = self.rng.below(RESUMING_IDS.len());
+        let newest = (0..self.conns.len())
+            .filter(|&c| self.conns[c].ledger_index == Some(2 + i))
+            .max_by_key(|&c| self.conns[c].uid);
+        if let Some(old) = newest {
+            // One reconnect at a time per client: wait for the last CONNECT's answer.
+            let closing = self.shards[self.conns[old].shard].status(self.conns[old].conn).closing;
+            if !self.conns[old].connacked && !closing {
+                return;
+            }
+            match self.rng.below(3) {
+                0 if self.conns[old].connacked && !closing => {
+                    self.write(old, &Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
+                    self.feed_all(old);
+                }
+                1 if !closing => {
+                    let (shard, conn) = (self.conns[old].shard, self.conns[old].conn);
+                    self.shards[shard].handle_closed(conn, self.now);
+                }
+                _ => {}
+            }
+        }
+        let shard = self.rng.below(self.shards.len());
+        let version = [ProtocolVersion::V311, ProtocolVersion::V5][i];
+        let idx = self.open(shard, version, RESUMING_IDS[i], Role::Resuming, false);
+        self.conns[idx].ledger_index = Some(2 + i);
+        if self.rng.chance(70) {
+            self.feed_all(idx);
+        }
     }
 
     fn run(&mut self, steps: u64) {
@@ -240,6 +335,22 @@ impl Sim {
             self.check_always();
         }
         self.settle();
+        // Every resuming subscriber connected at the end, so that what it is owed is checked.
+        for (i, id) in RESUMING_IDS.iter().enumerate() {
+            if self.resuming_conn(i).is_none() {
+                let version = [ProtocolVersion::V311, ProtocolVersion::V5][i];
+                let idx = self.open(0, version, id, Role::Resuming, false);
+                self.conns[idx].ledger_index = Some(2 + i);
+                self.feed_all(idx);
+            }
+        }
+        self.settle();
+        for i in 0..RESUMING_IDS.len() {
+            assert!(
+                self.resuming_conn(i).is_some() && self.ledger.owed[i].is_empty(),
+                "resuming subscriber {i} checked at the end"
+            );
+        }
         self.stats.steps = self.step;
     }
 
@@ -250,7 +361,8 @@ impl Sim {
             30..=54 => self.act_deliver_one(),
             55..=59 => self.act_close(),
             60..=64 => self.act_release(),
-            65..=69 => self.act_subscribe(),
+            65..=67 => self.act_subscribe(),
+            68..=69 => self.act_resume(),
             70..=84 => self.act_publish(),
             85..=93 => self.act_tick(),
             _ => self.settle(),
@@ -268,8 +380,11 @@ impl Sim {
         clean: bool,
     ) -> usize {
         let conn = self.shards[shard].accept(0, peer_addr(), self.now).expect("under the limit");
-        let keep_alive_secs = if role == Role::Stable { 600 } else { 60 };
+        let keep_alive_secs = if role == Role::Chaos { 60 } else { 600 };
         let mut properties = Properties::new();
+        if version.is_v5() && role == Role::Resuming {
+            properties.push(Property::SessionExpiryInterval(u32::MAX));
+        }
         if version.is_v5() && role == Role::Chaos {
             let expiry = *self.rng.pick(&[0u32, 0, 30, 3_000]);
             if expiry > 0 {
@@ -315,6 +430,7 @@ impl Sim {
             inbound_qos2: HashSet::new(),
             sub_pids: HashSet::new(),
             last_ping: self.now,
+            ledger_index: None,
         });
         self.conns.len() - 1
     }
@@ -422,7 +538,7 @@ impl Sim {
     /// The driver closes the socket of a connection the shard is done with.
     fn act_release(&mut self) {
         let closing: Vec<usize> = (0..self.conns.len())
-            .filter(|&i| self.conns[i].role == Role::Chaos)
+            .filter(|&i| self.conns[i].role != Role::Stable)
             .filter(|&i| self.shards[self.conns[i].shard].status(self.conns[i].conn).closing)
             .collect();
         if closing.is_empty() {
@@ -541,6 +657,11 @@ impl Sim {
                 .filter(|&(f, t, control)| self.shards[f].has_outgoing_on(t, control))
                 .collect();
             if channels.is_empty() {
+                // Clients answer what they read, which may make the broker write more (the
+                // next queued messages after PUBACKs): quiet means nothing more to read too.
+                if self.drain_clients() > 0 {
+                    continue;
+                }
                 self.check_always();
                 self.check_quiet();
                 return;
@@ -578,14 +699,14 @@ impl Sim {
         codec::encode(p, c.version, &mut c.unsent).expect("simulated packets encode");
     }
 
-    fn drain_clients(&mut self) {
-        for idx in 0..self.conns.len() {
-            self.drain_client(idx);
-        }
+    /// Reads every client's output; returns the packets read.
+    fn drain_clients(&mut self) -> usize {
+        (0..self.conns.len()).map(|idx| self.drain_client(idx)).sum()
     }
 
-    /// Reads what the broker wrote to one client and answers as a client would.
-    fn drain_client(&mut self, idx: usize) {
+    /// Reads what the broker wrote to one client and answers as a client would; returns the
+    /// packets read.
+    fn drain_client(&mut self, idx: usize) -> usize {
         let (shard, conn, version) = {
             let c = &self.conns[idx];
             (c.shard, c.conn, c.version)
@@ -593,10 +714,12 @@ impl Sim {
         let now = self.now;
         let mut tx = self.shards[shard].take_tx(conn, now);
         let mut replies = Vec::new();
+        let mut read = 0;
         // Bounded by the bytes taken.
         while let Some(p) = codec::decode(&mut tx, version, usize::MAX)
             .unwrap_or_else(|e| panic!("broker output does not decode: {e}"))
         {
+            read += 1;
             self.on_packet(idx, p, &mut replies);
         }
         assert!(tx.is_empty(), "broker wrote a partial packet");
@@ -605,10 +728,11 @@ impl Sim {
                 self.write(idx, r);
             }
             // A client answers at once, or a little later (the bytes wait in `unsent`).
-            if self.conns[idx].role == Role::Stable || self.rng.chance(80) {
+            if self.conns[idx].role != Role::Chaos || self.rng.chance(80) {
                 self.feed_all(idx);
             }
         }
+        read
     }
 
     fn on_packet(&mut self, idx: usize, p: Packet, replies: &mut Vec<Packet>) {
@@ -625,6 +749,9 @@ impl Sim {
             Packet::Publish(p) => self.on_publish(idx, p, replies),
             Packet::PubRel(r) => {
                 self.conns[idx].inbound_qos2.remove(&r.packet_id.get());
+                if let Some(i) = self.resuming_index(idx) {
+                    self.ledger.qos2_ids[i].remove(&r.packet_id.get());
+                }
                 replies.push(Packet::PubComp(PubResp::success(r.packet_id)));
             }
             Packet::PubAck(r) => self.on_ack(idx, r, QoS::AtLeastOnce),
@@ -673,25 +800,43 @@ impl Sim {
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 replies.push(Packet::PubRec(PubResp::success(id)));
-                self.conns[idx].inbound_qos2.insert(id.get())
+                match self.resuming_index(idx) {
+                    // The session's QoS 2 state outlives the connection ([MQTT-4.3.3-10]).
+                    Some(i) => self.ledger.qos2_ids[i].insert(id.get()),
+                    None => self.conns[idx].inbound_qos2.insert(id.get()),
+                }
             }
             _ => panic!("QoS > 0 PUBLISH without a packet id"),
         };
-        if self.conns[idx].role != Role::Stable || !p.topic.starts_with("t/") {
+        let Some(li) = self.conns[idx].ledger_index else { return };
+        if !p.topic.starts_with("t/") {
             return;
         }
-        assert!(first_time, "stable subscriber got a QoS 2 message twice before PUBREL");
+        if self.conns[idx].role == Role::Resuming {
+            if !first_time {
+                // A resend of a QoS 2 message this session already has (DUP after a move).
+                return;
+            }
+        } else {
+            assert!(first_time, "stable subscriber got a QoS 2 message twice before PUBREL");
+        }
         let b = &p.payload[..];
         assert_eq!(b.len(), 13, "payload is the simulation's");
         let uid = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
         let seq = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-        let n = self.ledger.received[idx].entry((uid, seq)).or_insert(0);
+        let n = self.ledger.received[li].entry((uid, seq)).or_insert(0);
         *n += 1;
-        if *n == 1 && p.qos != QoS::AtMostOnce {
-            let last = self.ledger.last_seq[idx].entry(uid).or_insert(0);
+        if *n == 1 && p.qos != QoS::AtMostOnce && self.conns[idx].role == Role::Stable {
+            let last = self.ledger.last_seq[li].entry(uid).or_insert(0);
             assert!(seq > *last, "publisher {uid}: seq {seq} after {last} (order lost)");
             *last = seq;
         }
+    }
+
+    /// The resuming subscriber (0 or 1) that connection `idx` belongs to, if any.
+    fn resuming_index(&self, idx: usize) -> Option<usize> {
+        let c = &self.conns[idx];
+        (c.role == Role::Resuming).then(|| c.ledger_index.map(|l| l - 2)).flatten()
     }
 
     // ---- invariants ------------------------------------------------------------------------
@@ -778,12 +923,20 @@ impl Sim {
                 assert_eq!(claim, Some(owner.generation), "registry {ri}: {cid:?} leaked");
             }
             assert!(r.pending.is_empty() && r.early_takeovers.is_empty(), "shard {ri} idle");
+            assert!(r.pending_by_client.is_empty(), "shard {ri}: pending index empty");
+            assert_eq!(
+                r.handover.in_transit(),
+                0,
+                "shard {ri}: a handover left in transit: {:?}",
+                r.handover
+            );
         }
         self.check_deliveries();
     }
 
-    /// Every acknowledged QoS >= 1 message reached both stable subscribers (QoS 2 once), unless
-    /// a drop counter that can hit a connected subscriber moved.
+    /// Every acknowledged QoS >= 1 message reached both stable subscribers (QoS 2 once), and
+    /// each resuming subscriber that is connected now, unless a drop counter that can hit a
+    /// connected subscriber moved (cumulative: a resuming subscriber is checked later).
     fn check_deliveries(&mut self) {
         let drops: u64 = self
             .shards
@@ -791,31 +944,48 @@ impl Sim {
             .map(|s| {
                 let m = &s.metrics;
                 m.messages_dropped_queue_full
+                    + m.messages_dropped_memory
                     + m.messages_dropped_too_large
                     + m.messages_dropped_expired
                     + m.messages_dropped_qos0_slow
             })
             .sum();
-        let allowed = drops - self.drops_seen;
-        self.drops_seen = drops;
+        for owed in &mut self.ledger.owed {
+            owed.extend(self.ledger.acked.iter().map(|(k, v)| (*k, *v)));
+        }
+        type Owed = Vec<((u64, u32), QoS)>;
+        let mut checks: Vec<(usize, Owed)> = (0..2)
+            .map(|sub| (sub, self.ledger.acked.iter().map(|(k, v)| (*k, *v)).collect()))
+            .collect();
+        for i in 0..RESUMING_IDS.len() {
+            if self.resuming_conn(i).is_some() {
+                checks.push((2 + i, self.ledger.owed[i].drain().collect()));
+            }
+        }
         let mut missing = 0;
-        for (&(uid, seq), &qos) in &self.ledger.acked {
-            for sub in 0..self.ledger.received.len() {
+        for (sub, msgs) in checks {
+            for ((uid, seq), qos) in msgs {
                 let n = self.ledger.received[sub].get(&(uid, seq)).copied().unwrap_or(0);
                 if n == 0 {
                     missing += 1;
-                    eprintln!("step {}: {uid}/{seq} {qos:?} missing at stable {sub}", self.step);
+                    eprintln!(
+                        "step {}: {uid}/{seq} {qos:?} missing at subscriber {sub}",
+                        self.step
+                    );
                 }
                 assert!(
-                    qos != QoS::ExactlyOnce || n <= 1,
-                    "QoS 2 message {uid}/{seq} delivered {n} times to stable subscriber {sub}"
+                    qos != QoS::ExactlyOnce || n <= 1 || sub == 3,
+                    "QoS 2 message {uid}/{seq} delivered {n} times to subscriber {sub}"
                 );
                 self.stats.deliveries_checked += 1;
             }
         }
+        self.ledger.missing_total += missing;
         assert!(
-            missing <= allowed,
-            "{missing} acknowledged messages lost, {allowed} drops counted"
+            self.ledger.missing_total <= drops,
+            "{} acknowledged messages lost, {} drops counted",
+            self.ledger.missing_total,
+            drops
         );
         self.ledger.acked.clear();
     }

@@ -24,6 +24,9 @@ pub(crate) enum SubKey {
     Local(u32),
     /// Every subscription of another shard on this filter.
     Remote(u16),
+    /// A session handed to another shard, still matched here to forward what arrives for it
+    /// (`shard::handover`); the number is its forward record.
+    Forward(u32),
 }
 
 /// Value of a trie entry.
