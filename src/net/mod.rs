@@ -630,6 +630,10 @@ impl Output {
                     self.buf = bytes::BytesMut::new();
                 }
                 if self.held.is_empty() {
+                    // An idle connection keeps no held-output ring either.
+                    if self.held.capacity() > 0 {
+                        self.held = std::collections::VecDeque::new();
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 // The front's gate registered this task above.
