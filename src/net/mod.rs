@@ -531,15 +531,23 @@ struct Output {
     /// on are durable (on this shard and on the shards it sent messages to), oldest first.
     /// Only acknowledgements and what must stay behind them are held
     /// ([`crate::persist::hold`]); deliveries in the same buffer go out at once. Bounded:
-    /// no new output is taken from the shard while `held_bytes` is at `tx_bytes_max` (the
-    /// shard's own bound then pauses the reads).
-    held: std::collections::VecDeque<Held>,
-    held_bytes: usize,
-    /// Held parts that contain a barrier: while any is unwritten, all new output is held.
-    barriers: usize,
+    /// no new output is taken from the shard while `bytes` is at `tx_bytes_max` (the shard's
+    /// own bound then pauses the reads). Boxed and present only while something is held: every
+    /// connection's task carries this field (issue 11).
+    held: Option<Box<HeldQueue>>,
     /// The last `poll_write` returned `Pending` waiting for the log, not for the socket (no
     /// write deadline: not the peer's doing).
     gated: bool,
+}
+
+/// Output held for the log, oldest first.
+#[derive(Default)]
+struct HeldQueue {
+    parts: std::collections::VecDeque<Held>,
+    /// Bytes in `parts`.
+    bytes: usize,
+    /// Parts that contain a barrier: while any is unwritten, all new output is held.
+    barriers: usize,
 }
 
 /// Output held for the log: its bytes and what they wait for.
@@ -551,7 +559,7 @@ struct Held {
 
 impl Output {
     fn idle(&self) -> bool {
-        self.buf.is_empty() && !self.flushing && self.held.is_empty()
+        self.buf.is_empty() && !self.flushing && self.held.is_none()
     }
 
     /// Writes as much as the socket takes, refilling from the shard; `Ready(Err)` when the
@@ -597,20 +605,28 @@ impl Output {
             self.buf.clear();
             self.written = 0;
             // The oldest held part goes first once the log has caught up with it.
-            if let (Some(front), Some(d)) = (self.held.front_mut(), durable) {
+            if let (Some(q), Some(d)) = (self.held.as_deref_mut(), durable) {
+                let Some(front) = q.parts.front_mut() else {
+                    // Never left empty (removed with its last part); harmless if it were.
+                    self.held = None;
+                    continue;
+                };
                 match d.poll_gate(cx, &mut front.gate) {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Ready(Ok(())) => {
-                        if let Some(h) = self.held.pop_front() {
-                            self.held_bytes -= h.bytes.len();
-                            self.barriers -= usize::from(h.barrier);
+                        if let Some(h) = q.parts.pop_front() {
+                            q.bytes -= h.bytes.len();
+                            q.barriers -= usize::from(h.barrier);
                             self.buf = h.bytes;
                             self.flushing = true;
+                        }
+                        if q.parts.is_empty() {
+                            self.held = None;
                         }
                         continue;
                     }
                     // Registered for the next sync; meanwhile newer deliveries may go out.
-                    Poll::Pending if self.held_bytes >= shard.config().tx_bytes_max => {
+                    Poll::Pending if q.bytes >= shard.config().tx_bytes_max => {
                         self.gated = true;
                         return Poll::Pending;
                     }
@@ -629,24 +645,20 @@ impl Output {
                 if self.buf.capacity() > crate::shard::IDLE_TX_CAPACITY_MAX {
                     self.buf = bytes::BytesMut::new();
                 }
-                if self.held.is_empty() {
-                    // An idle connection keeps no held-output ring either.
-                    if self.held.capacity() > 0 {
-                        self.held = std::collections::VecDeque::new();
-                    }
+                if self.held.is_none() {
                     return Poll::Ready(Ok(()));
                 }
                 // The front's gate registered this task above.
                 self.gated = true;
                 return Poll::Pending;
             }
-            if gate.is_some() || !self.held.is_empty() {
+            if gate.is_some() || self.held.is_some() {
                 // Only what promises durability waits (see `persist::hold`); with older output
                 // still held, this output keeps its place behind it where it must (a gate
                 // that is open already: the log had nothing pending for it).
                 let split = crate::persist::hold::split_output(
                     std::mem::take(&mut self.buf),
-                    self.barriers > 0,
+                    self.held.as_ref().is_some_and(|q| q.barriers > 0),
                 );
                 self.buf = split.free;
                 if !split.held.is_empty() {
@@ -656,9 +668,10 @@ impl Output {
                         // id is in that shard's log.
                         d.hold_for_origins(&mut gate);
                     }
-                    self.held_bytes += split.held.len();
-                    self.barriers += usize::from(split.barrier);
-                    self.held.push_back(Held { bytes: split.held, gate, barrier: split.barrier });
+                    let q = self.held.get_or_insert_with(Box::default);
+                    q.bytes += split.held.len();
+                    q.barriers += usize::from(split.barrier);
+                    q.parts.push_back(Held { bytes: split.held, gate, barrier: split.barrier });
                 }
                 if self.buf.is_empty() {
                     continue;
