@@ -574,6 +574,14 @@ mod bound_tests {
     fn server(
         workers: usize,
     ) -> (std::net::SocketAddr, Arc<AdminState>, Vec<Receiver<ShardRequest>>) {
+        server_waiting(workers, Duration::from_millis(100))
+    }
+
+    /// [`server`] whose requests wait `reply_timeout` for the shards.
+    fn server_waiting(
+        workers: usize,
+        reply_timeout: Duration,
+    ) -> (std::net::SocketAddr, Arc<AdminState>, Vec<Receiver<ShardRequest>>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (senders, receivers) = channels(2);
@@ -586,7 +594,7 @@ mod bound_tests {
             limits: AdminLimits {
                 workers,
                 request_bytes_max: 1024,
-                reply_timeout: Duration::from_millis(100),
+                reply_timeout,
                 list_items_max: 10,
             },
             counters: AdminCounters::default(),
@@ -623,18 +631,25 @@ mod bound_tests {
 
     #[test]
     fn connections_beyond_the_workers_and_their_queue_get_503() {
-        let (addr, state, _keep) = server(1);
-        // One idle connection occupies the only worker (until its 2 s read timeout), a second
-        // waits in the queue (as many places as workers); the third is refused at once.
-        let _busy = TcpStream::connect(addr).expect("connect");
-        std::thread::sleep(Duration::from_millis(200));
+        let (addr, state, keep) = server_waiting(1, Duration::from_secs(60));
+        // The only worker is held by a request waiting for shard answers that the test holds
+        // back; it has taken the request once the question reaches shard 0's channel (no
+        // fixed sleep: a loaded machine may take long to get there).
+        let get = format!("GET /api/v1/clients HTTP/1.1\r\nauthorization: Bearer {TOKEN}\r\n\r\n");
+        let mut busy = TcpStream::connect(addr).expect("connect");
+        busy.write_all(get.as_bytes()).expect("write");
+        let held = keep[0].recv_timeout(Duration::from_secs(30)).expect("the worker is busy");
+        // The next connection waits in the queue (as many places as workers), the one after
+        // is refused at once: the accept thread takes them in the order they connected.
         let _queued = TcpStream::connect(addr).expect("connect");
-        std::thread::sleep(Duration::from_millis(200));
         let started = Instant::now();
         let r = request(addr, "GET /healthz HTTP/1.1\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
-        assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+        assert!(started.elapsed() < Duration::from_secs(5), "refused at once");
         assert_eq!(state.counters.busy.load(Ordering::Relaxed), 1);
+        // Dropping every copy of the reply channel ends the held request (504) at once.
+        drop(held);
+        drop(keep[1].try_recv());
         state.stop.store(true, Ordering::SeqCst);
     }
 

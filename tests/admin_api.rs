@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::process::{address_in, free_port, TempDir, Tern};
 use common::RawClient;
@@ -27,18 +27,6 @@ fn curl(method: &str, url: &str, auth: Option<&str>) -> (u16, String) {
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
-/// Polls `f` until it returns Some, for state that reaches every shard within ~100 ms.
-fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "condition not met within 5 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn start(dir: &TempDir) -> (Tern, SocketAddr, String) {
@@ -119,7 +107,7 @@ fn clients_subscriptions_disconnect_and_retained() {
     assert_eq!(json(&body)["subscriptions"].as_array().map(Vec::len), Some(2), "{body}");
 
     // Retained: every shard's replica, read and cleared through the API.
-    let body = eventually(|| {
+    let body = common::eventually("the retained message in every replica", || {
         let (code, body) = api("GET", "retained/sensors/a/temp");
         (code == 200).then_some(body)
     });

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use common::{connect, start_with, RawClient};
 use tern::auth::PasswordHash;
-use tern::codec::{
-    Packet, Properties, Property, ProtocolVersion, QoS, ReasonCode, Subscribe, SubscriptionOptions,
-};
+use tern::codec::{Packet, Property, ProtocolVersion, QoS, ReasonCode};
 
 const V4: ProtocolVersion = ProtocolVersion::V311;
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -62,18 +60,7 @@ fn login(
 }
 
 fn suback(c: &mut RawClient, filter: &str) -> ReasonCode {
-    c.send(&Packet::Subscribe(Subscribe {
-        packet_id: common::pid(1),
-        filters: vec![(
-            filter.into(),
-            SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-        )],
-        properties: Properties::new(),
-    }));
-    match c.recv() {
-        Packet::SubAck(a) => a.reasons[0],
-        other => panic!("expected SUBACK, got {other:?}"),
-    }
+    c.subscribe_with(common::subscribe_packet(filter, QoS::AtLeastOnce, 1)).reasons[0]
 }
 
 #[test]
@@ -179,7 +166,11 @@ fn retained_messages_are_checked_on_delivery() {
     let (mut bob, _) = login(b.addr, V4, "bob-r", Some("bob"), Some(b"builder"));
     bob.publish("devices/bob-r/state", b"on", QoS::AtLeastOnce, 1, true);
     assert!(matches!(bob.recv(), Packet::PubAck(_)));
-    std::thread::sleep(Duration::from_millis(150));
+    // Every shard's replica holds it (the only retained message), so the check below is made
+    // against a stored message on whichever shard `bob-s` lands.
+    for shard in 0..2 {
+        assert!(b.wait_shard_stats(shard, |m| m.retained_messages == 1), "replica {shard}");
+    }
     // Another bob client may subscribe to its own devices/%c/#, never sees bob-r's retained.
     let (mut other, _) = login(b.addr, V4, "bob-s", Some("bob"), Some(b"builder"));
     assert_eq!(suback(&mut other, "devices/bob-s/#"), ReasonCode::GrantedQoS1);

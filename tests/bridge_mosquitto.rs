@@ -45,11 +45,7 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::eventually("mosquitto listens", || std::net::TcpStream::connect(addr).ok());
         Mosquitto(child)
     }
 
@@ -98,11 +94,9 @@ fn metric(admin: SocketAddr, series: &str) -> Option<u64> {
 
 /// Waits until the bridge's connected gauge reads `want`.
 fn wait_connected(admin: SocketAddr, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(admin, "tern_bridge_connected{bridge=\"cloud\"}") != Some(want) {
-        assert!(Instant::now() < deadline, "bridge connected != {want}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::eventually(&format!("bridge connected == {want}"), || {
+        (metric(admin, "tern_bridge_connected{bridge=\"cloud\"}") == Some(want)).then_some(())
+    });
 }
 
 /// Starts tern and returns it with its MQTT and admin addresses, once the bridge is up.
@@ -250,11 +244,9 @@ fn bridge_over_mutual_tls() {
         pki.server_key.display()
     );
     let _mosquitto = Mosquitto::start_with(&dir, plain_port, &tls);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto TLS listener");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::eventually("mosquitto's TLS listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", tls_port)).ok()
+    });
     let config = format!(
         "[[listener]]\nbind = \"127.0.0.1:{tern_port}\"\n\n\
          [[bridge]]\nname = \"cloud\"\naddress = \"127.0.0.1:{tls_port}\"\n\

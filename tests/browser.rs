@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::start_with;
-use support::{run_bounded, Mqtt, TempDir};
+use common::{start_with, RawClient};
+use support::{run_bounded, TempDir};
 use tern::codec::{ProtocolVersion, QoS};
 use tern::config::Transport;
 
@@ -41,7 +41,7 @@ fn mqtt_js_in_headless_chromium_over_websocket() {
         c.listeners.push(tern::config::ListenerConfig { bind: tcp, ..Default::default() });
     });
     let tcp_addr = b.broker.as_ref().expect("running").local_addrs[1];
-    let mut watcher = Mqtt::new(support::tcp(tcp_addr), ProtocolVersion::V311);
+    let mut watcher = RawClient::connect_tcp(tcp_addr, ProtocolVersion::V311);
     watcher.connect_ok("tcp-watcher");
     watcher.subscribe("browser/+", QoS::AtMostOnce);
 
@@ -181,10 +181,8 @@ fn serve(mut stream: TcpStream, page: &[u8], script: &[u8], done: &AtomicBool) {
             ("200 OK", "text/plain", b"done")
         }
         "/hold" => {
-            let deadline = Instant::now() + Duration::from_millis(PAGE_TIMEOUT_MS + 5_000);
-            while !done.load(Ordering::SeqCst) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            let timeout = Duration::from_millis(PAGE_TIMEOUT_MS + 5_000);
+            let _ = common::poll_until(timeout, || done.load(Ordering::SeqCst).then_some(()));
             ("200 OK", "text/plain", b"released")
         }
         _ => ("404 Not Found", "text/plain", b"not found"),

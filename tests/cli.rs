@@ -66,6 +66,11 @@ fn two_instances_on_different_ports_both_start() {
     }
 }
 
+/// Waits until a `tern` started without a log pipe accepts connections on `addr`.
+fn listens(addr: std::net::SocketAddr) {
+    common::eventually("tern listens", || std::net::TcpStream::connect(addr).ok());
+}
+
 #[test]
 fn log_written_to_a_file_has_no_escape_sequences() {
     let dir = TempDir::new("log-file");
@@ -85,18 +90,12 @@ fn log_written_to_a_file_has_no_escape_sequences() {
         .spawn()
         .expect("start tern");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut connected = None;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            connected = Some(());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    connected.expect("tern listens");
+    listens(addr);
     let (mut c, _) = RawClient::mqtt_connect(addr, V4, "file-probe", true);
     c.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
-    std::thread::sleep(Duration::from_millis(300));
+    common::eventually("the connection in the log file", || {
+        std::fs::read_to_string(&log).ok()?.contains("file-probe").then_some(())
+    });
     let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     let text = std::fs::read(&log).expect("read log");
@@ -304,16 +303,10 @@ fn under_systemd_lines_have_journal_priorities_and_no_timestamp() {
         .spawn()
         .expect("start tern");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let mut up = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(up, "tern listens");
-    std::thread::sleep(Duration::from_millis(200));
+    listens(addr);
+    common::eventually("the listening line in the journal file", || {
+        std::fs::read_to_string(&log).ok()?.contains("listening").then_some(())
+    });
     let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).expect("read log");

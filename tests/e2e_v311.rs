@@ -65,7 +65,9 @@ fn persistent_session_keeps_qos1_messages_while_offline() {
     let (mut dev, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "meter-9", false);
     dev.subscribe("meter/9/cmd", QoS::AtLeastOnce);
     drop(dev); // network drop, no DISCONNECT
-    std::thread::sleep(Duration::from_millis(200));
+               // Shard 0 has seen the drop (its only connection is gone), so the messages below are
+               // queued for an offline session rather than written to the dead socket.
+    assert!(b.wait_shard_stats(0, |m| m.connections_total >= 1 && m.connections_current == 0));
     let (mut p, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "backend", true);
     for i in 1..=3u16 {
         p.publish("meter/9/cmd", format!("m{i}").as_bytes(), QoS::AtLeastOnce, i, false);
@@ -80,38 +82,91 @@ fn persistent_session_keeps_qos1_messages_while_offline() {
     }
 }
 
+/// Every packet before the PINGRESP: the broker answers a PINGREQ in order, so what a session
+/// owed its client right after CONNACK ([MQTT-4.4.0-1]) comes before it.
+fn packets_before_pingresp(c: &mut RawClient) -> Vec<Packet> {
+    c.send(&Packet::PingReq);
+    let mut before = Vec::new();
+    loop {
+        match c.recv() {
+            Packet::PingResp => return before,
+            other => before.push(other),
+        }
+    }
+}
+
+/// Of a message to `x` then one to `y` from one publisher (in this order), the first that
+/// reaches `c`, which subscribes to `y` only: a remaining subscription to `x` would deliver the
+/// `x` message first.
+fn first_of_x_then_y(c: &mut RawClient, publ: &mut RawClient, id: u16) -> (String, Vec<u8>) {
+    c.subscribe("y", QoS::AtLeastOnce);
+    publ.publish("x", b"to-x", QoS::AtLeastOnce, id, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    publ.publish("y", b"marker", QoS::AtLeastOnce, id + 1, false);
+    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    let m = c.recv_publish();
+    c.send(&Packet::PubAck(PubResp::success(m.packet_id.expect("QoS 1 has an id"))));
+    (m.topic.to_string(), m.payload.to_vec())
+}
+
 #[test]
 fn clean_session_discards_state() {
-    // [MQTT-3.1.2-6]: Clean Session 1 discards any previous session: its subscriptions and the
-    // messages queued for it; and the new session lasts only as long as its connection.
+    // [MQTT-3.1.2-6]: Clean Session 1 discards any previous session (its subscriptions and the
+    // messages queued for it), and the new session lasts only as long as its connection. The
+    // state is first shown to exist (a resume gets it), then shown gone after a clean connect,
+    // both on that connection and for a later persistent connect.
     let b = start();
+    let (mut publ, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "p1", true);
     let (mut dev, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", false);
     dev.subscribe("x", QoS::AtLeastOnce);
-    dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
-    assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
-    // A QoS 1 message for the persistent session while it is offline: it is queued for it.
-    let (mut publ, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "p1", true);
-    publ.publish("x", b"while-away", QoS::AtLeastOnce, 1, false);
-    assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    let away = |dev: RawClient, publ: &mut RawClient, payload: &[u8], id: u16| {
+        let mut dev = dev;
+        dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
+        assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
+        publ.publish("x", payload, QoS::AtLeastOnce, id, false);
+        assert!(matches!(publ.recv(), Packet::PubAck(_)));
+    };
 
-    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s1", true);
+    // The control: a QoS 1 message for the offline persistent session is queued, and a resume
+    // gets it with its subscription [MQTT-3.1.2-4], [MQTT-3.2.2-2].
+    away(dev, &mut publ, b"queued-1", 1);
+    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s1", false);
+    assert!(present, "[MQTT-3.2.2-2] the persistent session was kept");
+    let owed = packets_before_pingresp(&mut dev);
+    assert!(
+        matches!(&owed[..], [Packet::Publish(m)] if &m.payload[..] == b"queued-1"),
+        "the queued message is resent after CONNACK: {owed:?}"
+    );
+    let Packet::Publish(m) = &owed[0] else { unreachable!() };
+    dev.send(&Packet::PubAck(PubResp::success(m.packet_id.expect("QoS 1 has an id"))));
+    // And queued again: the session that a clean connect must discard holds a subscription
+    // and a message.
+    away(dev, &mut publ, b"queued-2", 2);
+
+    // Clean Session 1 on the other shard: nothing of that session is left.
+    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", true);
     assert!(!present, "[MQTT-3.2.2-1] session present 0 with clean session");
-    // The queued message is gone: the next packet is the SUBACK of a new subscription, not the
-    // queued PUBLISH (which a resumed session gets right after CONNACK, [MQTT-4.4.0-1]).
-    dev.subscribe("y", QoS::AtLeastOnce);
-    // The subscription to "x" is gone: of "x" then "y" from one publisher, only "y" arrives.
-    publ.publish("x", b"after", QoS::AtLeastOnce, 2, false);
-    assert!(matches!(publ.recv(), Packet::PubAck(_)));
-    publ.publish("y", b"marker", QoS::AtLeastOnce, 3, false);
-    assert!(matches!(publ.recv(), Packet::PubAck(_)));
-    let m = dev.recv_publish();
-    assert_eq!((m.topic.as_ref(), &m.payload[..]), ("y", &b"marker"[..]), "no state of s1 left");
+    let owed = packets_before_pingresp(&mut dev);
+    assert!(owed.is_empty(), "the queued message was discarded: {owed:?}");
+    assert_eq!(
+        first_of_x_then_y(&mut dev, &mut publ, 3),
+        ("y".into(), b"marker".to_vec()),
+        "the subscription to x was discarded"
+    );
 
-    // The clean session ends with its connection: a later persistent connect finds none.
+    // The clean session ends with its connection, and the discarded one does not come back: a
+    // later persistent connect finds no session, no message and no subscription.
     dev.send(&Packet::Disconnect(ReasonPacket::new(ReasonCode::Success)));
     assert!(dev.closed_within(Duration::from_secs(5)), "DISCONNECT closes the connection");
-    let (_dev, present) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s1", false);
+    let (mut dev, present) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s1", false);
     assert!(!present, "[MQTT-3.1.2-6] the clean session was not kept");
+    let owed = packets_before_pingresp(&mut dev);
+    assert!(owed.is_empty(), "no message of the discarded session: {owed:?}");
+    assert_eq!(
+        first_of_x_then_y(&mut dev, &mut publ, 5),
+        ("y".into(), b"marker".to_vec()),
+        "no subscription of the discarded session"
+    );
 }
 
 #[test]
@@ -197,9 +252,10 @@ fn retained_messages_on_wildcard_subscribe_across_shards() {
     assert!(matches!(p.recv(), Packet::PubAck(_)));
     p.publish("site/b/state", b"off", QoS::AtMostOnce, 0, true);
     p.publish("site/b/state", b"", QoS::AtMostOnce, 0, true); // [MQTT-3.3.1-10] clears
-    p.send(&Packet::PingReq);
-    assert!(matches!(p.recv(), Packet::PingResp));
-    std::thread::sleep(Duration::from_millis(100)); // replica update crosses the mesh
+                                                              // A last retained update from the same publisher: once shard 1's replica has it, it has
+                                                              // the ones before it (shard 0 sequences them, in order, to every replica).
+    p.publish("sync/retained", b"1", QoS::AtMostOnce, 0, true);
+    common::wait_retained(b.shard_addrs[1], "sync/retained", b"1");
     let (mut s, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "s", true);
     s.subscribe("site/+/state", QoS::AtLeastOnce);
     let m = s.recv_publish();
@@ -215,8 +271,8 @@ fn shared_subscription_delivers_each_message_once() {
     let (mut a, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "worker-a", true);
     let (mut c, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "worker-b", true);
     a.subscribe("$share/workers/jobs/#", QoS::AtMostOnce);
+    // Each SUBACK is held until every shard applied the subscription: no wait needed.
     c.subscribe("$share/workers/jobs/#", QoS::AtMostOnce);
-    std::thread::sleep(Duration::from_millis(100));
     let (mut p, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "p", true);
     for i in 0..20u8 {
         p.publish("jobs/x", &[i], QoS::AtMostOnce, 0, false);

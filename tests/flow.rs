@@ -13,20 +13,8 @@ use tern::codec::{self, Packet, ProtocolVersion, PubResp, QoS};
 
 const V4: ProtocolVersion = ProtocolVersion::V311;
 
-/// Waits until the shards' counters, reported once a second, satisfy `ok`.
-fn wait_stats(b: &common::TestBroker, ok: impl Fn(&tern::metrics::Metrics) -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if ok(&b.stats.total()) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// 20 000 QoS 1 messages pipelined from shard 1 into a subscriber on shard 0 that reads nothing
-/// for a second: every PUBACKed message arrives, in order, once; the publisher was paused by
+/// until the publisher has been paused: every PUBACKed message arrives, in order, once; the publisher was paused by
 /// a Pause message across shards and resumed; nothing was dropped.
 #[test]
 fn qos1_flood_across_shards_loses_nothing() {
@@ -39,21 +27,15 @@ fn qos1_flood_across_shards_loses_nothing() {
     sub.subscribe("flood", QoS::AtLeastOnce);
     let (publ, _) = RawClient::mqtt_connect(b.shard_addrs[1], V4, "flooder", true);
     let mut writer = publ.stream.try_clone().expect("clone");
-    let mut reader = publ.stream;
+    let mut reader = publ;
     // Acks are read on their own thread so the publisher never stops on its own account.
     let acks = std::thread::spawn(move || {
-        let mut buf = BytesMut::new();
         let mut n = 0u32;
-        reader.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
         while n < u32::from(N) {
-            let mut chunk = [0u8; 65536];
-            match reader.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            }
-            while let Ok(Some(p)) = codec::decode(&mut buf, V4, usize::MAX) {
-                assert!(matches!(p, Packet::PubAck(_)), "{p:?}");
-                n += 1;
+            match reader.recv_timeout(Duration::from_secs(30)) {
+                Some(Packet::PubAck(_)) => n += 1,
+                Some(p) => panic!("PUBACK expected, got {p:?}"),
+                None => break,
             }
         }
         n
@@ -72,12 +54,13 @@ fn qos1_flood_across_shards_loses_nothing() {
         writer.write_all(&out).expect("write");
         writer
     });
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(wait_stats(&b, |m| m.flow_pauses > 0), "the publisher was paused");
+    // The subscriber reads nothing until the flood has paused the publisher.
+    assert!(b.wait_stats(|m| m.flow_pauses > 0), "the publisher was paused");
     let mut next = 1u64;
     while next <= u64::from(N) {
         let Some(p) = sub.recv_timeout(Duration::from_secs(20)) else {
-            panic!("delivery stopped at {next} of {N}");
+            // The shards' counters tell a publisher left paused from a lost delivery.
+            panic!("delivery stopped at {next} of {N}; per shard: {:#?}", b.stats.per_shard());
         };
         let Packet::Publish(p) = p else { continue };
         let mut seq = [0u8; 8];
@@ -90,7 +73,7 @@ fn qos1_flood_across_shards_loses_nothing() {
     }
     let _writer = pubs.join().expect("publisher thread");
     assert_eq!(acks.join().expect("ack thread"), u32::from(N), "every PUBLISH acknowledged");
-    assert!(wait_stats(&b, |m| m.flow_resumes >= m.flow_pauses && m.flow_paused_publishers == 0));
+    assert!(b.wait_stats(|m| m.flow_resumes >= m.flow_pauses && m.flow_paused_publishers == 0));
     let m = b.stats.total();
     assert_eq!(m.messages_dropped(), 0, "{m:?}");
 }
@@ -141,7 +124,7 @@ fn pingreqs_are_read_while_output_is_pending() {
     // Each PINGREQ was read while the output was blocked; the PINGRESPs queue behind the
     // deliveries, so the first ones arrive with them.
     assert!(pongs >= 1, "PINGREQs answered");
-    assert!(wait_stats(&b, |m| m.keepalive_timeouts == 0 && m.messages_sent >= u64::from(N)));
+    assert!(b.wait_stats(|m| m.keepalive_timeouts == 0 && m.messages_sent >= u64::from(N)));
 }
 
 /// Fair turns: while one connection floods its shard with QoS 0 publishes (to a subscriber that
@@ -196,7 +179,8 @@ fn a_flooding_publisher_does_not_starve_a_probe_on_the_same_shard() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The flood is running before the probes start.
+    assert!(b.wait_stats(|m| m.messages_received > 1_000), "the flood started");
     let mut lat = Vec::new();
     for i in 0..200u16 {
         let sent = Instant::now();

@@ -91,6 +91,41 @@ fn start_cfg(
     panic!("tern did not listen within {wait_secs} s");
 }
 
+/// The records of every shard's log in `dir` as a restart now would read them: the segments
+/// are copied (the broker goes on writing the originals, and `wal::recover` repairs what it
+/// reads) and recovered from the copy. A record found here survives a SIGKILL: it is in the
+/// file.
+fn logged_records(dir: &Path, shards: u16) -> Vec<tern::persist::record::Record> {
+    use tern::persist::wal;
+    let copy = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("shard-") && name.ends_with(".wal") {
+            // A segment removed by compaction meanwhile is simply not copied.
+            let _ = std::fs::copy(&path, copy.path().join(name));
+        }
+    }
+    let mut records = Vec::new();
+    for shard in 0..shards {
+        let cfg = wal::WalConfig { dir: copy.path().into(), shard, segment_bytes_max: 1 << 20 };
+        records.extend(wal::recover(&cfg).expect("recover the copy").records);
+    }
+    records
+}
+
+/// Waits until the delayed will of `id` is pending in the log (the broker saw the connection
+/// drop and logged it).
+fn wait_will_logged(dir: &Path, shards: u16, id: &str) {
+    use tern::persist::record::Record;
+    common::eventually(&format!("the pending will of {id} in the log"), || {
+        logged_records(dir, shards)
+            .iter()
+            .any(|r| matches!(r, Record::WillPending { client_id, .. } if client_id == id))
+            .then_some(())
+    });
+}
+
 fn kill9(child: &mut Child) {
     child.kill().expect("SIGKILL");
     let _ = child.wait();
@@ -154,8 +189,9 @@ fn survives_kill_9(shards: u16) {
     assert!(!present);
     sub.subscribe("t/#", QoS::ExactlyOnce);
     sub.send(&Packet::Disconnect(tern::codec::ReasonPacket::new(tern::codec::ReasonCode::Success)));
+    // Offline before the publisher starts: the broker has handled the DISCONNECT.
+    assert!(sub.closed_within(common::PATIENCE), "DISCONNECT closes the connection");
     drop(sub);
-    std::thread::sleep(Duration::from_millis(100));
 
     // A persistent publisher: QoS 1 and QoS 2 messages, each acknowledged; retained updates.
     let (mut publ, _) = RawClient::mqtt_connect(addr, V4, "durable-pub", false);
@@ -182,18 +218,24 @@ fn survives_kill_9(shards: u16) {
         qos1(&mut publ, "big/x", &big, 300 + 2 * i, true);
         qos1(&mut publ, "big/x", b"", 301 + 2 * i, true);
     }
-    std::thread::sleep(Duration::from_millis(300));
     {
         let prefix = "shard-000-";
-        let seqs: Vec<u64> = std::fs::read_dir(&dir)
-            .expect("read dir")
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter_map(|n| {
-                let hex = n.strip_prefix(prefix)?.strip_suffix(".wal")?.to_owned();
-                u64::from_str_radix(&hex, 16).ok()
-            })
-            .collect();
-        assert!(!seqs.is_empty() && seqs.iter().all(|s| *s > 0), "shard 0: {seqs:?}");
+        let seqs = || -> Vec<u64> {
+            std::fs::read_dir(&dir)
+                .expect("read dir")
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter_map(|n| {
+                    let hex = n.strip_prefix(prefix)?.strip_suffix(".wal")?.to_owned();
+                    u64::from_str_radix(&hex, 16).ok()
+                })
+                .collect()
+        };
+        // The first segment is removed once a snapshot in a later one covers it.
+        let compacted = common::poll_until(common::PATIENCE, || {
+            let s = seqs();
+            (!s.is_empty() && s.iter().all(|s| *s > 0)).then_some(())
+        });
+        assert!(compacted.is_some(), "shard 0: {:?}", seqs());
     }
 
     // An inbound QoS 2 exchange left at PUBREC: the broker owns the message now.
@@ -705,16 +747,19 @@ fn a_pending_delayed_will_survives_kill_9() {
     let (mut sub, _) = RawClient::mqtt_connect(addr, V4, "will-sub", false);
     sub.subscribe("will/t", QoS::AtLeastOnce);
     drop(sub);
-    // `w-back` drops its socket, then comes back (without a will) before the crash.
+    // `w-back` drops its socket, then comes back (without a will) before the crash, once its
+    // will is pending.
     drop(connect_with_delayed_will(addr, "w-back", Some(2)));
-    std::thread::sleep(Duration::from_millis(200));
+    let back_dropped = Instant::now();
+    wait_will_logged(&dir, 2, "w-back");
     let back = connect_with_delayed_will(addr, "w-back", None);
+    assert!(back_dropped.elapsed() < Duration::from_secs(2), "came back within the delay");
     // `w-gone` drops its socket (no DISCONNECT): its will waits 2 s.
     let gone = connect_with_delayed_will(addr, "w-gone", Some(2));
     let dropped = Instant::now();
     drop(gone);
-    // Long enough for the close to be logged and synced, well within the delay.
-    std::thread::sleep(Duration::from_millis(500));
+    // Killed once the pending will is in the log, within the delay.
+    wait_will_logged(&dir, 2, "w-gone");
     kill9(&mut broker);
     assert!(dropped.elapsed() < Duration::from_secs(2), "killed within the delay");
     drop(back);

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{start_with, TestBroker};
-use support::{file_cert_der, run_bounded, server_cert_der, Mqtt, Pki, TlsClient};
+use common::{start_with, RawClient, TestBroker};
+use support::{file_cert_der, run_bounded, server_cert_der, Pki, TlsClient};
 use tern::codec::{ProtocolVersion, QoS, ReasonCode};
 use tern::config::{Config, Transport};
 
@@ -52,28 +52,28 @@ fn rustls_client_tls13_and_tls12_publish_and_subscribe() {
     let tls13 = TlsClient::default().connect(b.addr, &pki.ca_file).expect("TLS 1.3 handshake");
     assert_eq!(tls13.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(server_cert_der(&tls13), file_cert_der(&pki.server_cert));
-    let mut sub = Mqtt::new(tls13, V5);
+    let mut sub = RawClient::new(tls13, V5);
     sub.connect_ok("tls-sub");
     sub.subscribe("secure/#", QoS::AtLeastOnce);
 
     let tls12 = TlsClient { tls12_only: true, ..Default::default() };
     let tls12 = tls12.connect(b.addr, &pki.ca_file).expect("TLS 1.2 handshake");
     assert_eq!(tls12.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
-    let mut publ = Mqtt::new(tls12, V4);
+    let mut publ = RawClient::new(tls12, V4);
     publ.connect_ok("tls-pub");
-    publ.publish("secure/a", b"over tls 1.2");
+    publ.publish("secure/a", b"over tls 1.2", QoS::AtMostOnce, 0, false);
     let p = sub.recv_publish();
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("secure/a", &b"over tls 1.2"[..]));
 
     // Listeners share the broker: a plain TCP client reaches the TLS subscriber.
-    let mut tcp = Mqtt::new(support::tcp(addr(&b, 1)), V4);
+    let mut tcp = RawClient::connect_tcp(addr(&b, 1), V4);
     tcp.connect_ok("tcp-pub");
-    tcp.publish("secure/b", b"from tcp");
+    tcp.publish("secure/b", b"from tcp", QoS::AtMostOnce, 0, false);
     assert_eq!(&sub.recv_publish().payload[..], b"from tcp");
 
     // A large publish crosses many TLS records in both directions.
     let big = vec![0x5A; 200_000];
-    publ.publish("secure/big", &big);
+    publ.publish("secure/big", &big, QoS::AtMostOnce, 0, false);
     assert_eq!(sub.recv_publish().payload.len(), big.len());
 }
 
@@ -82,7 +82,7 @@ fn plain_mqtt_on_a_tls_listener_is_refused() {
     let pki = Pki::new("tls-plain");
     let b = start_tls(&pki, |_| {});
     let mut raw = support::tcp(b.addr);
-    let connect = Mqtt::<std::net::TcpStream>::encode(&support::connect_packet(V4, "x"), V4);
+    let connect = common::encode(&common::connect_packet(V4, "x"), V4);
     raw.write_all(&connect).expect("write");
     let mut buf = [0u8; 64];
     // rustls answers a non-TLS first record with an alert or just closes; never a CONNACK.
@@ -101,7 +101,7 @@ fn mutual_tls_accepts_a_good_certificate_and_refuses_others() {
         client_cert: Some((pki.client_cert.clone(), pki.client_key.clone())),
         ..Default::default()
     };
-    let mut c = Mqtt::new(good.connect(b.addr, &pki.ca_file).expect("mTLS handshake"), V4);
+    let mut c = RawClient::new(good.connect(b.addr, &pki.ca_file).expect("mTLS handshake"), V4);
     c.connect_ok("with-cert");
     c.subscribe("m/#", QoS::AtMostOnce);
 
@@ -115,7 +115,7 @@ fn mutual_tls_accepts_a_good_certificate_and_refuses_others() {
     };
     assert!(refused(&stranger, b.addr, &pki.ca_file), "certificate from an unknown CA");
     // The good client is still served.
-    c.publish("m/1", b"still here");
+    c.publish("m/1", b"still here", QoS::AtMostOnce, 0, false);
     assert_eq!(&c.recv_publish().payload[..], b"still here");
 }
 
@@ -123,8 +123,8 @@ fn mutual_tls_accepts_a_good_certificate_and_refuses_others() {
 /// client finishes first) the connection fails instead of answering CONNECT.
 fn refused(client: &TlsClient, addr: SocketAddr, ca: &Path) -> bool {
     let Ok(s) = client.connect(addr, ca) else { return true };
-    let mut m = Mqtt::new(s, V4);
-    m.send(&support::connect_packet(V4, "refused"));
+    let mut m = RawClient::new(s, V4);
+    m.send(&common::connect_packet(V4, "refused"));
     m.recv_timeout(Duration::from_secs(3)).is_none()
 }
 
@@ -132,13 +132,14 @@ fn refused(client: &TlsClient, addr: SocketAddr, ca: &Path) -> bool {
 fn optional_client_certificate_is_verified_when_presented() {
     let pki = Pki::new("mtls-optional");
     let b = start_tls(&pki, |c| c.listeners[0].cafile = Some(pki.ca_file.clone()));
-    let mut anon = Mqtt::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("tls"), V4);
+    let mut anon =
+        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("tls"), V4);
     anon.connect_ok("no-cert");
     let good = TlsClient {
         client_cert: Some((pki.client_cert.clone(), pki.client_key.clone())),
         ..Default::default()
     };
-    let mut c = Mqtt::new(good.connect(b.addr, &pki.ca_file).expect("tls"), V4);
+    let mut c = RawClient::new(good.connect(b.addr, &pki.ca_file).expect("tls"), V4);
     c.connect_ok("cert");
     let other = Pki::new("mtls-optional-other");
     let stranger = TlsClient {
@@ -169,11 +170,11 @@ fn certificate_cn_is_the_user_name() {
         ..Default::default()
     };
     for version in [V4, V5] {
-        let mut m = Mqtt::new(client.connect(b.addr, &pki.ca_file).expect("tls"), version);
+        let mut m = RawClient::new(client.connect(b.addr, &pki.ca_file).expect("tls"), version);
         let ack = m.connect("cn-user", None);
         assert_eq!(ack.reason, ReasonCode::Success, "the CN device-42 is the user name");
     }
-    let mut m = Mqtt::new(client.connect(addr(&b, 2), &pki.ca_file).expect("tls"), V4);
+    let mut m = RawClient::new(client.connect(addr(&b, 2), &pki.ca_file).expect("tls"), V4);
     assert_eq!(m.connect("no-cn-user", None).reason, ReasonCode::NotAuthorized);
     // A certificate without a CN cannot log in where the CN is the identity.
     let (cert, key) = no_cn_client(&pki);
@@ -197,7 +198,7 @@ fn reload_swaps_certificates_for_new_connections_only() {
     let broker = b.broker.as_ref().expect("running");
     let old_der = file_cert_der(&pki.server_cert);
     let mut before =
-        Mqtt::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("tls"), V4);
+        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("tls"), V4);
     before.connect_ok("before-reload");
     before.subscribe("r/#", QoS::AtMostOnce);
 
@@ -214,9 +215,10 @@ fn reload_swaps_certificates_for_new_connections_only() {
         assert_eq!(server_cert_der(&s), new_der, "new connections get the new certificate");
     }
     // The connection made before the reload is still up and served.
-    let mut after = Mqtt::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("tls"), V4);
+    let mut after =
+        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("tls"), V4);
     after.connect_ok("after-reload");
-    after.publish("r/1", b"across the reload");
+    after.publish("r/1", b"across the reload", QoS::AtMostOnce, 0, false);
     assert_eq!(&before.recv_publish().payload[..], b"across the reload");
 
     // A bad certificate: the previous one stays in use.
@@ -232,7 +234,7 @@ fn reload_swaps_certificates_for_new_connections_only() {
     assert!(broker.reload(Duration::from_secs(5)));
     let s = TlsClient::default().connect(b.addr, &pki.ca_file).expect("tls after mismatch");
     assert_eq!(server_cert_der(&s), new_der, "a mismatched key keeps the previous certificate");
-    after.publish("r/2", b"still");
+    after.publish("r/2", b"still", QoS::AtMostOnce, 0, false);
     assert_eq!(&before.recv_publish().payload[..], b"still");
 }
 
@@ -257,7 +259,7 @@ fn bad_certificate_files_stop_the_start_with_the_file_named() {
 fn openssl_s_client_speaks_mqtt_over_tls12_and_tls13() {
     let pki = Pki::new("openssl");
     let b = start_tls(&pki, |c| c.listeners[0].cafile = Some(pki.ca_file.clone()));
-    let connect = Mqtt::<std::net::TcpStream>::encode(&support::connect_packet(V4, "openssl"), V4);
+    let connect = common::encode(&common::connect_packet(V4, "openssl"), V4);
     let port = b.addr.port().to_string();
     let client_cert = pki.client_cert.display().to_string();
     let client_key = pki.client_key.display().to_string();
@@ -289,10 +291,7 @@ fn openssl_s_client_speaks_mqtt_over_tls12_and_tls13() {
             let mut ack = [0u8; 4];
             stdout.read_exact(&mut ack).map(|_| ack)
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !reader.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let _ = common::poll_until(Duration::from_secs(10), || reader.is_finished().then_some(()));
         drop(stdin);
         let _ = child.kill();
         let output = child.wait_with_output().expect("wait");
@@ -373,7 +372,7 @@ fn sighup_reloads_the_certificates_of_the_tern_binary() {
         .expect("tern logs its listening address");
     let old = TlsClient::default().connect(addr, &pki.ca_file).expect("tls");
     assert_eq!(server_cert_der(&old), file_cert_der(&pki.server_cert));
-    let mut old = Mqtt::new(old, V4);
+    let mut old = RawClient::new(old, V4);
     old.connect_ok("before-sighup");
 
     let (cert, key) = pki.issue_server("tern-after-sighup");

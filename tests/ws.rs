@@ -11,9 +11,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{start_with, TestBroker};
+use common::{start_with, RawClient, TestBroker};
 use support::{
-    client_frame, read_http_head, run_bounded, upgrade_request, Mqtt, Pki, TlsClient, WsClient,
+    client_frame, read_http_head, run_bounded, upgrade_request, Pki, TlsClient, WsClient,
     OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
 };
 use tern::codec::{Packet, ProtocolVersion, QoS};
@@ -39,7 +39,7 @@ fn addr(b: &TestBroker, listener: usize) -> SocketAddr {
 }
 
 fn encode(p: &Packet, v: ProtocolVersion) -> Vec<u8> {
-    Mqtt::<std::net::TcpStream>::encode(p, v)
+    common::encode(p, v)
 }
 
 #[test]
@@ -47,22 +47,21 @@ fn mqtt_packets_split_across_frames_and_packed_into_one() {
     let b = start_ws(|_| {});
     let mut ws = WsClient::upgrade(support::tcp(b.addr), "/mqtt");
     // CONNECT split over three frames of one fragmented message (binary + 2 continuations).
-    let connect = encode(&support::connect_packet(V4, "ws-split"), V4);
+    let connect = encode(&common::connect_packet(V4, "ws-split"), V4);
     ws.send_frame(false, OP_BINARY, &connect[..3]);
     ws.send_frame(false, OP_CONT, &connect[3..10]);
     ws.send_frame(true, OP_CONT, &connect[10..]);
-    let mut m = Mqtt::new(ws, V4);
+    let mut m = RawClient::new(ws, V4);
     assert!(matches!(m.recv(), Packet::ConnAck(a) if a.reason == tern::codec::ReasonCode::Success));
     // SUBSCRIBE split over two separate binary messages, byte 1 alone.
-    let sub = encode(&support::subscribe_packet("ws/#", QoS::AtLeastOnce, 7), V4);
+    let sub = encode(&common::subscribe_packet("ws/#", QoS::AtLeastOnce, 7), V4);
     m.stream.send_frame(true, OP_BINARY, &sub[..1]);
     m.stream.send_frame(true, OP_BINARY, &sub[1..]);
     assert!(matches!(m.recv(), Packet::SubAck(_)));
     // Three PUBLISHes and a PINGREQ packed into one frame.
     let mut packed = Vec::new();
     for i in 0..3 {
-        packed
-            .extend(encode(&support::publish_packet("ws/packed", format!("m{i}").as_bytes()), V4));
+        packed.extend(encode(&common::publish_packet("ws/packed", format!("m{i}").as_bytes()), V4));
     }
     packed.extend(encode(&Packet::PingReq, V4));
     m.stream.send_frame(true, OP_BINARY, &packed);
@@ -78,13 +77,13 @@ fn mqtt_packets_split_across_frames_and_packed_into_one() {
     assert_eq!(got, ["m0", "m1", "m2"]);
     // Cross-transport: a TCP publisher reaches the WebSocket subscriber, and a payload larger
     // than one 64 KiB output frame arrives whole.
-    let mut tcp = Mqtt::new(support::tcp(addr(&b, 1)), V4);
+    let mut tcp = RawClient::connect_tcp(addr(&b, 1), V4);
     tcp.connect_ok("tcp-pub");
     let big = vec![0xA7; 150_000];
-    tcp.publish("ws/big", &big);
+    tcp.publish("ws/big", &big, QoS::AtMostOnce, 0, false);
     assert_eq!(m.recv_publish().payload.len(), big.len());
     // Mixed with control frames between fragments.
-    let publ = encode(&support::publish_packet("ws/x", b"around a ping"), V4);
+    let publ = encode(&common::publish_packet("ws/x", b"around a ping"), V4);
     m.stream.send_frame(false, OP_BINARY, &publ[..4]);
     m.stream.send_frame(true, OP_PING, b"mid");
     m.stream.send_frame(true, OP_CONT, &publ[4..]);
@@ -95,11 +94,11 @@ fn mqtt_packets_split_across_frames_and_packed_into_one() {
 fn ping_gets_pong_and_close_is_answered() {
     let b = start_ws(|_| {});
     let mut ws = WsClient::upgrade(support::tcp(b.addr), "/mqtt");
-    ws.write_all(&encode(&support::connect_packet(V5, "ws-ping"), V5)).expect("write");
+    ws.write_all(&encode(&common::connect_packet(V5, "ws-ping"), V5)).expect("write");
     ws.send_frame(true, OP_PING, b"are you there");
     let f = ws.next_control().expect("pong");
     assert_eq!((f.op, f.payload.as_slice()), (OP_PONG, &b"are you there"[..]));
-    let mut m = Mqtt::new(ws, V5);
+    let mut m = RawClient::new(ws, V5);
     assert!(matches!(m.recv(), Packet::ConnAck(_)));
     // Client-initiated close: the server answers with the same code and closes the socket.
     let mut close = 1000u16.to_be_bytes().to_vec();
@@ -108,13 +107,16 @@ fn ping_gets_pong_and_close_is_answered() {
     let f = m.stream.next_control().expect("close reply");
     assert_eq!(f.op, OP_CLOSE);
     assert_eq!(&f.payload[..2], &1000u16.to_be_bytes());
-    assert!(m.stream.read_frame().is_none(), "socket closed after the close handshake");
+    // EOF, not a read timeout: the server closed its side.
+    let mut rest = [0u8; 1];
+    let end = m.stream.s.read(&mut rest).map_err(|e| e.kind());
+    assert_eq!(end, Ok(0), "socket closed after the close handshake");
 }
 
 #[test]
 fn server_closes_with_a_close_frame_after_disconnect() {
     let b = start_ws(|_| {});
-    let mut m = Mqtt::new(WsClient::upgrade(support::tcp(b.addr), "/mqtt"), V4);
+    let mut m = RawClient::new(WsClient::upgrade(support::tcp(b.addr), "/mqtt"), V4);
     m.connect_ok("ws-bye");
     m.send(&Packet::Disconnect(tern::codec::ReasonPacket::new(tern::codec::ReasonCode::Success)));
     let f = m.stream.next_control().expect("close frame");
@@ -139,9 +141,9 @@ fn bad_frames_close_with_their_code() {
         assert!(ws.read_frame().is_none(), "closed after code {code}");
     }
     // A frame that fits but carries a packet over the MQTT limit: the shard refuses it.
-    let mut m = Mqtt::new(WsClient::upgrade(support::tcp(b.addr), "/mqtt"), V4);
+    let mut m = RawClient::new(WsClient::upgrade(support::tcp(b.addr), "/mqtt"), V4);
     m.connect_ok("ws-limit");
-    m.publish("big", &[1; 1030]);
+    m.publish("big", &[1; 1030], QoS::AtMostOnce, 0, false);
     assert!(m.recv_timeout(Duration::from_secs(3)).is_none(), "closed on the oversized packet");
 }
 
@@ -190,14 +192,16 @@ fn secure_websocket_with_rustls() {
         l.keyfile = Some(pki.server_key.clone());
     });
     let tls = TlsClient::default().connect(b.addr, &pki.ca_file).expect("tls");
-    let mut sub = Mqtt::new(WsClient::upgrade(tls, "/mqtt"), V5);
+    let mut sub = RawClient::new(WsClient::upgrade(tls, "/mqtt"), V5);
     sub.connect_ok("wss-sub");
     sub.subscribe("wss/#", QoS::AtLeastOnce);
     let tls = TlsClient { tls12_only: true, ..Default::default() };
-    let mut publ =
-        Mqtt::new(WsClient::upgrade(tls.connect(b.addr, &pki.ca_file).expect("tls"), "/mqtt"), V4);
+    let mut publ = RawClient::new(
+        WsClient::upgrade(tls.connect(b.addr, &pki.ca_file).expect("tls"), "/mqtt"),
+        V4,
+    );
     publ.connect_ok("wss-pub");
-    let connect_and_publish = encode(&support::publish_packet("wss/a", b"secure ws"), V4);
+    let connect_and_publish = encode(&common::publish_packet("wss/a", b"secure ws"), V4);
     publ.stream.send_frame(false, OP_BINARY, &connect_and_publish[..5]);
     publ.stream.send_frame(true, OP_CONT, &connect_and_publish[5..]);
     assert_eq!(&sub.recv_publish().payload[..], b"secure ws");

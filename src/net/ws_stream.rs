@@ -22,6 +22,10 @@ const FRAME_OUT_BYTES_MAX: usize = 64 * 1024;
 /// what arrives is only frame headers and control frames.
 const READ_PASSES_MAX: usize = 16;
 
+/// Bytes of a refused upgrade request's connection read and discarded after the HTTP error, so
+/// the close does not reset the connection under the response (a few times the largest request).
+const REFUSED_DRAIN_BYTES_MAX: usize = 4 * ws::HANDSHAKE_BYTES_MAX;
+
 /// Performs the server side of the upgrade on `stream`: reads the request (at most
 /// [`ws::HANDSHAKE_BYTES_MAX`] bytes), answers 101 or an HTTP error. On success returns the bytes
 /// that followed the request (the first frames, if the client did not wait). The caller bounds
@@ -53,6 +57,17 @@ where
                 let _ = stream.write_all(&e.response()).await;
                 let _ = stream.flush().await;
                 let _ = stream.close().await;
+                // Closing a socket with unread input (the rest of an oversized request) makes
+                // the kernel send a TCP reset, which can destroy the response before the client
+                // reads it: read and discard until the client closes. Bounded here in bytes and
+                // by the caller's handshake timeout.
+                let mut discarded = 0;
+                while discarded < REFUSED_DRAIN_BYTES_MAX {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => discarded += n,
+                    }
+                }
                 return Err(HandshakeFailure::Refused(e));
             }
         }
@@ -250,5 +265,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         this.start_close(close_code::NORMAL, "");
         std::task::ready!(this.poll_flush_out(cx))?;
         Pin::new(&mut this.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client in memory: what it sent, read from `input`; what the server wrote, in `output`.
+    struct Peer {
+        input: futures_lite::io::Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl AsyncRead for Peer {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.input).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Peer {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.output.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// An oversized upgrade request is refused with 431 and the rest of it is read before the
+    /// socket is closed: closing with unread input would make the kernel reset the connection,
+    /// which can destroy the 431 before the client reads it.
+    #[test]
+    fn a_refused_upgrade_reads_the_rest_of_the_request() {
+        let request = format!("GET /mqtt HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(12_000));
+        let mut peer = Peer {
+            input: futures_lite::io::Cursor::new(request.clone().into_bytes()),
+            output: Vec::new(),
+        };
+        let result = futures_lite::future::block_on(handshake(&mut peer, "/mqtt"));
+        assert!(matches!(result, Err(HandshakeFailure::Refused(HandshakeError::TooLarge))));
+        assert!(peer.output.starts_with(b"HTTP/1.1 431 "), "{:?}", peer.output);
+        assert_eq!(peer.input.position(), request.len() as u64, "the whole request was read");
     }
 }

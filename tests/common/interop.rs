@@ -1,21 +1,19 @@
 //! Helpers shared by the transport tests (`tests/tls.rs`, `tests/ws.rs`, `tests/browser.rs`,
 //! `tests/cve.rs`, `tests/bridge_mosquitto.rs`), part of the one test support module `common`:
-//! test certificates generated at run time with rcgen (no private key is committed), a blocking
-//! MQTT client over any `Read + Write`, a rustls client, and a small WebSocket client that can
-//! split and pack frames as the tests need.
+//! test certificates generated at run time with rcgen (no private key is committed), a rustls
+//! client, and a small WebSocket client that can split and pack frames as the tests need. MQTT
+//! goes over either through `common::RawClient` (both are a `common::Transport`).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use tern::codec::{self, Packet, ProtocolVersion, QoS, SubscriptionOptions};
 
 pub use super::process::TempDir;
 
@@ -124,6 +122,12 @@ fn pem_certs(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
 
 pub type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
+impl super::Transport for TlsStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(timeout)
+    }
+}
+
 /// Client options: which TLS versions, and an optional client certificate.
 #[derive(Default, Clone)]
 pub struct TlsClient {
@@ -162,7 +166,7 @@ impl TlsClient {
     pub fn connect(&self, addr: SocketAddr, ca_file: &Path) -> io::Result<TlsStream> {
         let tcp = TcpStream::connect(addr)?;
         tcp.set_nodelay(true)?;
-        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        tcp.set_read_timeout(Some(super::client::RECV_TIMEOUT))?;
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let conn =
             rustls::ClientConnection::new(self.config(ca_file), name).map_err(io::Error::other)?;
@@ -182,123 +186,6 @@ pub fn server_cert_der(s: &TlsStream) -> Vec<u8> {
 /// The DER of the first certificate in a PEM file.
 pub fn file_cert_der(path: &Path) -> Vec<u8> {
     pem_certs(path)[0].to_vec()
-}
-
-// ------------------------------------------------------------------------------------------------
-// A blocking MQTT client over any stream.
-// ------------------------------------------------------------------------------------------------
-
-pub struct Mqtt<S> {
-    pub stream: S,
-    pub version: ProtocolVersion,
-    buf: BytesMut,
-}
-
-impl<S: Read + Write> Mqtt<S> {
-    pub fn new(stream: S, version: ProtocolVersion) -> Self {
-        Self { stream, version, buf: BytesMut::new() }
-    }
-
-    pub fn encode(p: &Packet, version: ProtocolVersion) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        codec::encode(p, version, &mut out).expect("encode");
-        out.to_vec()
-    }
-
-    pub fn send(&mut self, p: &Packet) {
-        let bytes = Self::encode(p, self.version);
-        self.stream.write_all(&bytes).expect("write");
-        self.stream.flush().expect("flush");
-    }
-
-    /// The next packet, or None on EOF, error or timeout (the socket's read timeout bounds
-    /// each read; the deadline bounds the whole).
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Packet> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(p) = codec::decode(&mut self.buf, self.version, usize::MAX)
-                .expect("broker output decodes")
-            {
-                return Some(p);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    pub fn recv(&mut self) -> Packet {
-        self.recv_timeout(Duration::from_secs(5)).expect("a packet within 5 s")
-    }
-
-    /// Sends CONNECT and returns the CONNACK.
-    pub fn connect(&mut self, id: &str, username: Option<&str>) -> codec::ConnAck {
-        let Packet::Connect(mut c) = common_connect(self.version, id) else { unreachable!() };
-        c.username = username.map(str::to_owned);
-        self.send(&Packet::Connect(c));
-        match self.recv() {
-            Packet::ConnAck(a) => a,
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    /// CONNECT that must succeed.
-    pub fn connect_ok(&mut self, id: &str) {
-        let a = self.connect(id, None);
-        assert_eq!(a.reason, codec::ReasonCode::Success, "CONNACK refused: {a:?}");
-    }
-
-    pub fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(&subscribe_packet(filter, qos, 1));
-        match self.recv() {
-            Packet::SubAck(a) => assert!(!a.reasons[0].is_error(), "SUBACK refused: {a:?}"),
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    pub fn publish(&mut self, topic: &str, payload: &[u8]) {
-        self.send(&publish_packet(topic, payload));
-    }
-
-    pub fn recv_publish(&mut self) -> codec::Publish {
-        for _ in 0..100 {
-            if let Packet::Publish(p) = self.recv() {
-                return p;
-            }
-        }
-        panic!("no PUBLISH in 100 packets");
-    }
-}
-
-// The packets are common's builders, with the defaults these tests use.
-
-fn common_connect(version: ProtocolVersion, id: &str) -> Packet {
-    super::connect(version, id, true, 30)
-}
-
-pub fn connect_packet(version: ProtocolVersion, id: &str) -> Packet {
-    common_connect(version, id)
-}
-
-pub fn subscribe_packet(filter: &str, qos: QoS, id: u16) -> Packet {
-    Packet::Subscribe(codec::Subscribe {
-        packet_id: super::pid(id),
-        filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
-        properties: codec::Properties::new(),
-    })
-}
-
-/// A QoS 0 publish.
-pub fn publish_packet(topic: &str, payload: &[u8]) -> Packet {
-    super::publish(topic, payload, QoS::AtMostOnce, 0, false)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -353,14 +240,24 @@ pub fn upgrade_request(path: &str, protocols: Option<&str>) -> String {
 }
 
 /// Reads an HTTP response head (up to the blank line) byte by byte, so nothing after it is
-/// consumed.
+/// consumed. A head cut short ends with a note saying why (EOF, or the read error and when), so
+/// a failing assertion on it tells a reset from a timeout.
 pub fn read_http_head<S: Read>(s: &mut S) -> String {
+    let started = std::time::Instant::now();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         match s.read(&mut b) {
             Ok(1) => head.push(b[0]),
-            _ => break,
+            Ok(_) => {
+                head.extend_from_slice(b"[EOF before the end of the head]");
+                break;
+            }
+            Err(e) => {
+                let note = format!("[read failed after {:?}: {e}]", started.elapsed());
+                head.extend_from_slice(note.as_bytes());
+                break;
+            }
         }
         assert!(head.len() < 16 * 1024, "response head too long");
     }
@@ -424,6 +321,12 @@ impl<S: Read + Write> WsClient<S> {
     }
 }
 
+impl<S: super::Transport> super::Transport for WsClient<S> {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.s.set_read_timeout(timeout)
+    }
+}
+
 impl<S: Read + Write> Read for WsClient<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.pending.is_empty() {
@@ -457,11 +360,11 @@ impl<S: Read + Write> Write for WsClient<S> {
     }
 }
 
-/// A TCP connection to `addr` with a 5 s read timeout.
+/// A TCP connection to `addr` with reads bounded by [`super::client::RECV_TIMEOUT`].
 pub fn tcp(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
     s.set_nodelay(true).expect("nodelay");
-    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.set_read_timeout(Some(super::client::RECV_TIMEOUT)).expect("timeout");
     s
 }
 
@@ -491,18 +394,11 @@ pub fn run_bounded(cmd: &mut std::process::Command, timeout: Duration) -> (bool,
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = super::poll_until(timeout, || child.try_wait().expect("wait"));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let (out, mut err) = (out_t.join().expect("join"), err_t.join().expect("join"));
     if status.is_none() {
         err.push_str(&format!("\n[killed after {timeout:?}]"));

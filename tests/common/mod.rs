@@ -1,22 +1,26 @@
 //! The one support module of the integration tests (`mod common;` in each): a broker on
 //! 127.0.0.1 port 0 with two shards, each shard also reachable on a private port (so a test can
-//! place a client on a given shard), and a blocking raw-packet client built on the project's
-//! codec; `process` runs the real binary in a scratch directory
-//! (`tempfile`); `interop` has test certificates, a TLS client, a client over any stream and a
-//! WebSocket client.
+//! place a client on a given shard); `client` is the one blocking raw-packet MQTT client, over
+//! TCP, TLS or WebSocket; [`eventually`] waits for a condition instead of sleeping;
+//! `process` runs the real binary in a scratch directory (`tempfile`); `interop` has test
+//! certificates, a TLS client and a WebSocket transport.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tern::codec::{self, Connect, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS};
 use tern::config::Config;
 use tern::runtime::Broker;
 
+pub mod client;
 pub mod interop;
 pub mod process;
+
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use client::{
+    connect, connect_packet, encode, pid, publish, publish_packet, subscribe_packet, RawClient,
+    Transport,
+};
 
 /// A running test broker.
 pub struct TestBroker {
@@ -27,6 +31,23 @@ pub struct TestBroker {
     pub shard_addrs: Vec<SocketAddr>,
     /// Where the shards report their counters.
     pub stats: std::sync::Arc<tern::metrics::StatsBoard>,
+}
+
+impl TestBroker {
+    /// Waits until the shards' counters (each shard reports them once a second) satisfy `ok`;
+    /// false after [`PATIENCE`].
+    pub fn wait_stats(&self, ok: impl Fn(&tern::metrics::Metrics) -> bool) -> bool {
+        poll_until(PATIENCE, || ok(&self.stats.total()).then_some(())).is_some()
+    }
+
+    /// [`Self::wait_stats`] over one shard's counters.
+    pub fn wait_shard_stats(
+        &self,
+        shard: usize,
+        ok: impl Fn(&tern::metrics::Metrics) -> bool,
+    ) -> bool {
+        poll_until(PATIENCE, || ok(&self.stats.per_shard()[shard]).then_some(())).is_some()
+    }
 }
 
 impl Drop for TestBroker {
@@ -77,159 +98,50 @@ pub fn start() -> TestBroker {
     start_with(2, |_| {})
 }
 
-/// A blocking MQTT client speaking raw packets through the project's codec.
-pub struct RawClient {
-    pub stream: TcpStream,
-    pub version: ProtocolVersion,
-    buf: BytesMut,
-    /// PUBLISHes that arrived before the SUBACK `subscribe` waited for: returned first by the
-    /// next receive.
-    early: std::collections::VecDeque<Packet>,
+/// How long a test waits for a condition that normally holds within milliseconds to a second.
+/// Generous: the tests run on a loaded 2-core CI machine, and a wait ends as soon as the
+/// condition holds, so only a failing test pays for it.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Polls `f` (every 20 ms) until it returns `Some`, or `None` once `timeout` has passed.
+pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
-impl RawClient {
-    pub fn connect_tcp(addr: SocketAddr, version: ProtocolVersion) -> Self {
-        let stream = TcpStream::connect(addr).expect("tcp connect");
-        stream.set_nodelay(true).expect("nodelay");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        Self { stream, version, buf: BytesMut::new(), early: Default::default() }
-    }
+/// Polls `f` until it returns `Some` (within [`PATIENCE`]), else fails the test with `what`.
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll_until(PATIENCE, f).unwrap_or_else(|| panic!("not within {PATIENCE:?}: {what}"))
+}
 
-    pub fn send(&mut self, p: &Packet) {
-        let mut out = BytesMut::new();
-        codec::encode(p, self.version, &mut out).expect("encode");
-        self.stream.write_all(&out).expect("write");
-    }
-
-    pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    /// The next packet, or None on EOF / timeout.
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<Packet> {
-        if let Some(p) = self.early.pop_front() {
-            return Some(p);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(p) = codec::decode(&mut self.buf, self.version, usize::MAX)
-                .expect("broker output decodes")
-            {
-                return Some(p);
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => return None,
-            }
-        }
-    }
-
-    pub fn recv(&mut self) -> Packet {
-        self.recv_timeout(Duration::from_secs(5)).expect("a packet within 5 s")
-    }
-
-    /// True once the broker has closed the connection (EOF) within `timeout`, skipping packets.
-    pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            let _ = self.buf.split();
-            let mut chunk = [0u8; 4096];
-            self.stream.set_read_timeout(Some(Duration::from_millis(50))).ok();
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => {}
-            }
-        }
-        false
-    }
-
-    /// Connects with CONNECT and expects CONNACK success; returns session present.
-    pub fn mqtt_connect(
-        addr: SocketAddr,
-        version: ProtocolVersion,
-        id: &str,
-        clean: bool,
-    ) -> (Self, bool) {
-        let mut c = Self::connect_tcp(addr, version);
-        c.send(&connect(version, id, clean, 30));
-        match c.recv() {
-            Packet::ConnAck(a) => {
-                assert_eq!(a.reason, codec::ReasonCode::Success, "CONNACK refused: {a:?}");
-                (c, a.session_present)
-            }
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    /// Subscribes and waits for the SUBACK. Matching PUBLISHes (retained ones) may come
-    /// before it ("The Server is permitted to start sending PUBLISH packets matching the
-    /// Subscription before the Server sends the SUBACK", §3.8.4; with persistence the SUBACK
-    /// waits for the log and they do not): they are kept for the next receive.
-    pub fn subscribe(&mut self, filter: &str, qos: QoS) {
-        self.send(&interop::subscribe_packet(filter, qos, 1));
-        let mut early = std::collections::VecDeque::new();
-        // Bounded: a SUBACK within 100 packets.
-        for _ in 0..100 {
-            match self.recv() {
-                Packet::SubAck(a) => {
-                    assert!(!a.reasons[0].is_error(), "SUBACK refused: {a:?}");
-                    early.append(&mut self.early);
-                    self.early = early;
-                    return;
+/// Waits until the retained message `payload` on `topic` is in the replica of the shard that
+/// serves `addr`: a probe client subscribes (again and again: each SUBSCRIBE re-sends the
+/// retained messages, [MQTT-3.3.1-6]) until it arrives. Retained updates reach the replicas in
+/// the order shard 0 sequenced them, so once a later update of a publisher is seen, its earlier
+/// ones are applied too.
+pub fn wait_retained(addr: SocketAddr, topic: &str, payload: &[u8]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PROBES: AtomicUsize = AtomicUsize::new(0);
+    let id = format!("retained-probe-{}", PROBES.fetch_add(1, Ordering::Relaxed));
+    let v = tern::codec::ProtocolVersion::V311;
+    let (mut probe, _) = RawClient::mqtt_connect(addr, v, &id, true);
+    eventually(&format!("retained {topic} at {addr}"), || {
+        probe.subscribe(topic, tern::codec::QoS::AtMostOnce);
+        while let Some(p) = probe.recv_timeout(Duration::from_millis(100)) {
+            if let tern::codec::Packet::Publish(m) = p {
+                if m.retain && m.topic.as_str() == topic && m.payload[..] == *payload {
+                    return Some(());
                 }
-                p @ Packet::Publish(_) => early.push_back(p),
-                other => panic!("expected SUBACK, got {other:?}"),
             }
         }
-        panic!("no SUBACK in 100 packets");
-    }
-
-    pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) {
-        self.send(&publish(topic, payload, qos, id, retain));
-    }
-
-    /// Receives until a PUBLISH arrives (acks and others are returned in `skipped`).
-    pub fn recv_publish(&mut self) -> Publish {
-        for _ in 0..100 {
-            if let Packet::Publish(p) = self.recv() {
-                return p;
-            }
-        }
-        panic!("no PUBLISH in 100 packets");
-    }
-}
-
-pub fn pid(v: u16) -> PacketId {
-    PacketId::new(v).expect("non-zero")
-}
-
-pub fn connect(version: ProtocolVersion, id: &str, clean: bool, keep_alive: u16) -> Packet {
-    Packet::Connect(Box::new(Connect {
-        version,
-        clean_start: clean,
-        keep_alive_secs: keep_alive,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-        properties: Properties::new(),
-    }))
-}
-
-pub fn publish(topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: topic.into(),
-        packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
-        properties: Properties::new(),
-        payload: Bytes::copy_from_slice(payload),
-    })
+        None
+    });
 }

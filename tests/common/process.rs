@@ -112,12 +112,10 @@ pub fn address_in(line: &str) -> SocketAddr {
 impl Drop for Tern {
     fn drop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if super::poll_until(Duration::from_secs(5), || self.child.try_wait().ok().flatten())
+            .is_some()
+        {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -133,10 +131,7 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run tern");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _ = super::poll_until(Duration::from_secs(30), || child.try_wait().ok().flatten());
     let _ = child.kill();
     let out = child.wait_with_output().expect("output");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();

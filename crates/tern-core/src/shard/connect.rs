@@ -396,19 +396,40 @@ impl Shard {
                 let taken = self.joining_take(slot);
                 let upstream = taken.as_ref().and_then(super::handover::Taken::upstream);
                 let forwarding = !ask.clean_start && !same_shard;
+                let mut fid = None;
+                let held_here;
                 if forwarding {
                     let filters = self.forwardable_filters(slot);
                     let carry = self.carry_of(taken);
                     let (to, generation) = (ask.to, ask.generation);
-                    self.forward_start(&client_id, to, generation, filters, upstream, carry);
+                    fid = Some(
+                        self.forward_start(&client_id, to, generation, filters, upstream, carry),
+                    );
                 } else if let Some(t) = taken.filter(|_| !ask.clean_start) {
                     self.inherit_stash(&client_id, t);
                 } else if let Some(up) = upstream {
                     self.joining_abandoned(&client_id, up, now);
                 }
+                // Its shared memberships stay announced until its new place is: withdrawn
+                // by the forward record's end, or after the inline reply installed it here.
+                if !ask.clean_start {
+                    self.handover.held_shared = Some(Vec::new());
+                }
                 let state = self.take_local_session(slot, ask.clean_start, now);
+                let held = self.handover.held_shared.take().unwrap_or_default();
+                if let Some(fid) = fid {
+                    self.forward_member(fid, held);
+                    held_here = Vec::new();
+                } else {
+                    held_here = held;
+                }
                 let reply = ShardMsg::TakeoverReply { req: ask.req, state, forwarding };
                 self.send_to_peer(ask.to, reply, now);
+                // After the new member's SharedAdd (installed inline above), so no replica is
+                // ever left without the session as a member.
+                for (group, old_slot, generation) in held_here {
+                    self.remove_shared_member(&group, old_slot, generation);
+                }
                 // The inline reply took the stash, unless the session went nowhere.
                 if let Some(up) = self.inherit_take(&client_id).and_then(|t| t.upstream()) {
                     self.joining_abandoned(&client_id, up, now);
@@ -534,7 +555,18 @@ impl Shard {
         let s = self.sessions.remove(slot)?;
         self.cfg.memory.recharge(s.charged, 0);
         for filter in s.session.subscriptions.keys() {
-            self.remove_subscription_entry(slot, filter);
+            // A moving session's shared memberships stay announced until its new place is
+            // known everywhere (`handover`): the caller removes them.
+            if let Some(held) = self
+                .handover
+                .held_shared
+                .as_mut()
+                .filter(|_| crate::codec::topic::is_shared(filter))
+            {
+                held.push((filter.clone(), slot, s.generation));
+                continue;
+            }
+            self.remove_subscription_entry(slot, s.generation, filter);
         }
         self.by_client.remove(&s.session.client_id);
         self.journal_left(&s.session.client_id, !clean_start);
@@ -585,7 +617,7 @@ impl Shard {
                 let client_id = connect.client_id.clone();
                 let (to, generation) = (ask.to, ask.generation);
                 let carry = self.carry_of(inherited);
-                self.forward_start(&client_id, to, generation, Vec::new(), relay, carry);
+                let _ = self.forward_start(&client_id, to, generation, Vec::new(), relay, carry);
             } else if let Some(up) = relay {
                 self.joining_abandoned(&connect.client_id, up, now);
             }

@@ -40,6 +40,10 @@
 //! resumed on the shard where it was joining keeps that state in its new slot.
 //! A session that ends while joining stops its upstream at once; what arrives for it after is
 //! counted in `messages_dropped_session_end`.
+//!
+//! Shared subscriptions: the session's memberships stay announced until its new place is —
+//! withdrawn after the new member's `SharedAdd` on the same shard, or when the forward record
+//! ends, deliveries picked for the old member meanwhile being forwarded ([`Shard::forward_shared`]).
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -61,6 +65,9 @@ pub struct ForwardedDelivery {
     pub msg: Message,
     /// Options and identifier of each matching subscription.
     pub matches: Vec<(SubscriptionOptions, Option<u32>)>,
+    /// A shared-subscription delivery: the group picked this session once, so it is not
+    /// de-duplicated against the session's other subscriptions.
+    pub shared: bool,
 }
 
 /// The shard a session came from, while that shard may still forward messages for it.
@@ -122,6 +129,10 @@ struct Forward {
     fenced: bool,
     /// Inherited from the session's joining state here, if it moved on while joining.
     carry: Carry,
+    /// The session's slot and slot generation here, for its shared memberships.
+    member: Option<(u32, u32)>,
+    /// Its shared memberships here (group, slot, slot generation), withdrawn when it ends.
+    shared: Vec<(String, u32, u32)>,
 }
 
 /// A session installed here whose previous owner may still forward messages for it.
@@ -170,6 +181,11 @@ pub(crate) struct Handover {
     fences: HashMap<u64, FenceWait>,
     /// Joining fences whose session moved on: token → the forward record that inherited it.
     fence_records: HashMap<u64, u32>,
+    /// Shared-subscription members handed on: (slot, slot generation) → forward record.
+    by_member: HashMap<(u32, u32), u32>,
+    /// Set around a session's removal for a handover: its shared memberships (group, slot,
+    /// slot generation) are collected here instead of withdrawn (never set between calls).
+    pub(super) held_shared: Option<Vec<(String, u32, u32)>>,
     /// A joining session resumed on this same shard, between its removal and the inline
     /// reply that installs it (never set between calls).
     inherit: Option<(String, Taken)>,
@@ -193,6 +209,8 @@ impl Handover {
             + self.joining.len()
             + self.fences.len()
             + self.fence_records.len()
+            + self.by_member.len()
+            + usize::from(self.held_shared.is_some())
             + usize::from(self.inherit.is_some())
     }
 }
@@ -223,7 +241,7 @@ impl Shard {
         filters: Vec<(String, SubVal)>,
         upstream: Option<(u16, ClaimGen, bool)>,
         carry: Carry,
-    ) {
+    ) -> u32 {
         let fid = self.handover.next_forward;
         self.handover.next_forward = self.handover.next_forward.wrapping_add(1);
         let mut held = Vec::with_capacity(filters.len());
@@ -245,6 +263,8 @@ impl Shard {
             stopping: false,
             fenced: false,
             carry,
+            member: None,
+            shared: Vec::new(),
         };
         if let Some(token) = record.carry.fence {
             self.handover.fence_records.insert(token, fid);
@@ -252,6 +272,48 @@ impl Shard {
         self.handover.forwards.insert(fid, record);
         self.handover.by_client.entry(client_id.to_owned()).or_default().push(fid);
         self.metrics.handover_records += 1;
+        fid
+    }
+
+    /// Record `fid` also stands for the shared-subscription memberships of the session that
+    /// was in `slot` (of slot generation `generation`): a delivery other shards still pick for
+    /// that member is forwarded too, until their replicas know the member's new place.
+    /// `shared` are its memberships, kept announced until the record ends.
+    pub(super) fn forward_member(&mut self, fid: u32, shared: Vec<(String, u32, u32)>) {
+        let Some(&(_, slot, generation)) = shared.first() else { return };
+        if let Some(f) = self.handover.forwards.get_mut(&fid) {
+            f.member = Some((slot, generation));
+            f.shared = shared;
+            self.handover.by_member.insert((slot, generation), fid);
+        }
+    }
+
+    /// A shared delivery picked for `member` of this shard whose session was handed on: sent
+    /// to its new shard. False if the member is not one of ours in transit.
+    pub(super) fn forward_shared(
+        &mut self,
+        member: &super::message::Member,
+        msg: &Message,
+        now: Instant,
+    ) -> bool {
+        if member.shard != self.id || self.handover.by_member.is_empty() {
+            return false;
+        }
+        let Some(&fid) = self.handover.by_member.get(&(member.slot, member.generation)) else {
+            return false;
+        };
+        let cap = self.forward_cap();
+        let Some(f) = self.handover.forwards.get_mut(&fid) else { return false };
+        if f.sent >= cap {
+            self.metrics.messages_dropped_queue_full += 1;
+            return true;
+        }
+        f.sent += 1;
+        let (to, client_id, generation) = (f.to, f.client_id.clone(), f.generation);
+        let matches = vec![(member.options, member.identifier)];
+        let delivery = ForwardedDelivery { msg: msg.clone(), matches, shared: true };
+        self.send_forwarded(to, client_id, generation, delivery, now);
+        true
     }
 
     /// The filters (non-shared, announced) and trie values of a session about to be handed on.
@@ -459,6 +521,12 @@ impl Shard {
         if let Some(token) = f.carry.fence {
             self.handover.fence_records.remove(&token);
         }
+        if let Some(member) = f.member {
+            self.handover.by_member.remove(&member);
+        }
+        for (group, slot, generation) in &f.shared {
+            self.remove_shared_member(group, *slot, *generation);
+        }
         if let Some(ids) = self.handover.by_client.get_mut(&f.client_id) {
             ids.retain(|i| *i != fid);
             if ids.is_empty() {
@@ -555,7 +623,8 @@ impl Shard {
             }
             f.sent += 1;
             let (to, client_id, generation) = (f.to, f.client_id.clone(), f.generation);
-            self.send_forwarded(to, client_id, generation, msg.clone(), these, now);
+            let delivery = ForwardedDelivery { msg: msg.clone(), matches: these, shared: false };
+            self.send_forwarded(to, client_id, generation, delivery, now);
         }
         matches.clear();
     }
@@ -565,14 +634,13 @@ impl Shard {
         to: u16,
         client_id: String,
         generation: ClaimGen,
-        msg: Message,
-        matches: Vec<(SubscriptionOptions, Option<u32>)>,
+        delivery: ForwardedDelivery,
         now: Instant,
     ) {
         // Charged while it crosses the mesh, like a routed publish; the receiver releases it.
-        self.cfg.memory.recharge(0, msg.cost_bytes());
+        self.cfg.memory.recharge(0, delivery.msg.cost_bytes());
         self.metrics.handover_forwarded += 1;
-        let delivery = Box::new(ForwardedDelivery { msg, matches });
+        let delivery = Box::new(delivery);
         self.send_to_peer(to, ShardMsg::Forwarded { client_id, generation, delivery }, now);
     }
 
@@ -585,7 +653,7 @@ impl Shard {
         delivery: ForwardedDelivery,
         now: Instant,
     ) {
-        let ForwardedDelivery { msg, matches } = delivery;
+        let ForwardedDelivery { msg, matches, shared } = delivery;
         self.cfg.memory.recharge(msg.cost_bytes(), 0);
         // Passed on by a record of ours (the session moved on from here).
         let fid = self.forward_find(&client_id, |f| {
@@ -604,7 +672,8 @@ impl Shard {
             }
             f.sent += 1;
             let (to, generation) = (f.to, f.generation);
-            return self.send_forwarded(to, client_id, generation, msg, matches, now);
+            let delivery = ForwardedDelivery { msg, matches, shared };
+            return self.send_forwarded(to, client_id, generation, delivery, now);
         }
         // Or delivered to the session, if it is still the one handed over.
         let slot =
@@ -618,7 +687,7 @@ impl Shard {
             self.metrics.messages_dropped_session_end += 1;
             return;
         };
-        if !self.handover_admit(slot, None, msg.id) {
+        if !shared && !self.handover_admit(slot, None, msg.id) {
             return;
         }
         let generation_here = self.slot(slot).map(|s| s.generation);

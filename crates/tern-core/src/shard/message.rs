@@ -132,6 +132,8 @@ pub enum ShardMsg {
         shard: u16,
         /// Slot of the member.
         slot: u32,
+        /// Slot generation of the member (a newer session in the same slot stays).
+        generation: u32,
     },
     /// To the retained sequencer (shard 0): a client set (non-empty payload) or cleared (empty
     /// payload) a retained message on the sending shard. The sequencer applies the bounds and

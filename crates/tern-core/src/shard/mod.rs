@@ -1343,7 +1343,7 @@ impl Shard {
         }
         self.cfg.memory.recharge(s.charged, 0);
         for filter in s.session.subscriptions.keys() {
-            self.remove_subscription_entry(slot, filter);
+            self.remove_subscription_entry(slot, s.generation, filter);
         }
         self.metrics.messages_dropped_session_end += s.session.queue.len() as u64;
         self.by_client.remove(&s.session.client_id);
@@ -1460,8 +1460,8 @@ impl Shard {
                     self.send_to_peer(from, ShardMsg::DeltaAck { req }, now);
                 }
             }
-            ShardMsg::SharedRemove { group, shard, slot } => {
-                self.shared_remove(&group, shard, slot)
+            ShardMsg::SharedRemove { group, shard, slot, generation } => {
+                self.shared_remove(&group, shard, slot, generation)
             }
             ShardMsg::Retain { msg, source } => self.retained_apply(msg, source),
             ShardMsg::RetainRequest { msg, source } => self.retained_sequence(msg, source),

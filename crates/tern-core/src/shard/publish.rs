@@ -352,7 +352,7 @@ impl Shard {
         for (group, member, online_only) in self.shared.pick(&msg.topic, publisher) {
             let d = SharedDelivery { group, member, online_only, hops: 0 };
             if member.shard == self.id {
-                self.place_shared(d, &msg, &mut scratch);
+                self.place_shared(d, &msg, &mut scratch, now);
             } else {
                 peer_shared[usize::from(member.shard)].push(d);
             }
@@ -417,7 +417,7 @@ impl Shard {
         }
         // A member that left, went offline or may not read the topic is replaced (§4.8.2).
         for d in shared {
-            self.place_shared(d, &msg, &mut scratch);
+            self.place_shared(d, &msg, &mut scratch, now);
         }
         let rc = Rc::new(msg);
         self.deliver_matches(&rc, &mut scratch, now);

@@ -82,11 +82,12 @@ impl SharedGroups {
         }
     }
 
-    /// Removes a member; the group goes when its last member does. True when it was there.
-    pub(crate) fn remove(&mut self, group: &str, shard: u16, slot: u32) -> bool {
+    /// Removes the member (`shard`, `slot`) of slot `generation` (a newer session in a reused
+    /// slot stays); the group goes when its last member does. True when it was there.
+    pub(crate) fn remove(&mut self, group: &str, shard: u16, slot: u32, generation: u32) -> bool {
         let Some(g) = self.groups.get_mut(group) else { return false };
         let before = g.members.len();
-        g.members.retain(|m| !(m.shard == shard && m.slot == slot));
+        g.members.retain(|m| !(m.shard == shard && m.slot == slot && m.generation == generation));
         let removed = g.members.len() != before;
         if g.members.is_empty() {
             if let Some(g) = self.groups.remove(group) {
@@ -246,7 +247,13 @@ impl Shard {
         d: SharedDelivery,
         msg: &crate::session::Message,
         matches: &mut Vec<LocalMatch>,
+        now: std::time::Instant,
     ) {
+        // The member's session moved to another shard and this replica does not know yet:
+        // it still gets the delivery (`handover`).
+        if self.forward_shared(&d.member, msg, now) {
+            return;
+        }
         match self.resolve_shared(d, &msg.topic) {
             Resolved::Local(m) => matches.push(m),
             Resolved::Forward(peer, d) => {

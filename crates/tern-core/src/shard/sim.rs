@@ -20,7 +20,8 @@
 //! - every QoS 1/2 message a publisher saw acknowledged reaches each of the two stable
 //!   subscribers (QoS 1 at least once, QoS 2 exactly once) unless a drop counter moved, and the
 //!   QoS >= 1 messages of one publishing connection arrive in publish order;
-//! - the same for two persistent subscribers that keep reconnecting on random shards, with
+//! - the same for two persistent subscribers (one of them the only member of a shared group)
+//!   that keep reconnecting on random shards, with
 //!   their old connection still open (a takeover) or closed first: every acknowledged message
 //!   reaches the session across its moves (QoS 2 once: the client keeps its QoS 2 state as a
 //!   real one does), checked whenever the subscriber is connected and the cluster is quiet.
@@ -268,11 +269,13 @@ impl Sim {
         self.settle();
         for i in 0..RESUMING_IDS.len() {
             let idx = self.resuming_conn(i).expect("resuming subscriber connected");
-            // r0 at QoS 2, r1 at QoS 1.
+            // r0 at QoS 2 on `t/#`; r1 at QoS 1 as the only member of shared group `r`
+            // (§4.8.2: every message reaches the group's one member).
             let qos = [QoS::ExactlyOnce, QoS::AtLeastOnce][i];
+            let filter = ["t/#", "$share/r/t/#"][i];
             let s = Subscribe {
                 packet_id: pid(1),
-                filters: vec![("t/#".into(), SubscriptionOptions { qos, ..Default::default() })],
+                filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
                 properties: Properties::new(),
             };
             self.write(idx, &Packet::Subscribe(s));

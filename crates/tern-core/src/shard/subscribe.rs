@@ -150,9 +150,10 @@ impl Shard {
                 } else {
                     let sub = Subscription { options, identifier };
                     sess.session.subscriptions.insert(filter.clone(), sub.clone());
+                    let generation = sess.generation;
                     if existing {
                         // [MQTT-3.8.4-3]: replaces the old subscription.
-                        self.remove_subscription_entry(slot, &filter);
+                        self.remove_subscription_entry(slot, generation, &filter);
                     }
                     told +=
                         usize::from(self.add_subscription_entry(slot, &filter, &sub, Some(req)));
@@ -280,8 +281,9 @@ impl Shard {
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
             let Some(s) = self.slot_mut(slot) else { return };
+            let generation = s.generation;
             if s.session.subscriptions.remove(filter).is_some() {
-                self.remove_subscription_entry(slot, filter);
+                self.remove_subscription_entry(slot, generation, filter);
                 reasons.push(ReasonCode::Success);
             } else {
                 reasons.push(ReasonCode::NoSubscriptionExisted);
@@ -333,14 +335,10 @@ impl Shard {
 
     /// Removes a session's subscription entry; tells the other shards when this shard has no
     /// subscriber left on the filter.
-    pub(super) fn remove_subscription_entry(&mut self, slot: u32, filter: &str) {
+    /// `generation`: the slot generation of the session the entry belongs to.
+    pub(super) fn remove_subscription_entry(&mut self, slot: u32, generation: u32, filter: &str) {
         if is_shared(filter) {
-            if self.shared.remove(filter, self.id, slot) {
-                self.metrics.subscriptions_current -= 1;
-            }
-            let (group, shard) = (filter.to_owned(), self.id);
-            self.broadcast(|| ShardMsg::SharedRemove { group: group.clone(), shard, slot });
-            return;
+            return self.remove_shared_member(filter, slot, generation);
         }
         if self.trie.remove(filter, &SubKey::Local(slot)).is_none() {
             return;
@@ -353,6 +351,16 @@ impl Shard {
             let f = filter.to_owned();
             self.broadcast(|| ShardMsg::SubRemove { filter: f.clone() });
         }
+    }
+
+    /// Removes the shared-group member (this shard, `slot`, `generation`) here and on every
+    /// replica.
+    pub(super) fn remove_shared_member(&mut self, group: &str, slot: u32, generation: u32) {
+        if self.shared.remove(group, self.id, slot, generation) {
+            self.metrics.subscriptions_current -= 1;
+        }
+        let (group, shard) = (group.to_owned(), self.id);
+        self.broadcast(|| ShardMsg::SharedRemove { group: group.clone(), shard, slot, generation });
     }
 
     pub(super) fn remote_sub_add(&mut self, from: u16, filter: &str) {
@@ -383,7 +391,7 @@ impl Shard {
         self.shared.add(group, member, strategy);
     }
 
-    pub(super) fn shared_remove(&mut self, group: &str, shard: u16, slot: u32) {
-        self.shared.remove(group, shard, slot);
+    pub(super) fn shared_remove(&mut self, group: &str, shard: u16, slot: u32, generation: u32) {
+        self.shared.remove(group, shard, slot, generation);
     }
 }

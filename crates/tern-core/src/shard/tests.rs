@@ -1111,6 +1111,8 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
     );
 }
 
+/// Issue 15: session expiry, message expiry and will delay on the harness clock.
+mod expiry;
 #[path = "flow_tests.rs"]
 mod flow_tests;
 /// Issue 13: wrong acknowledgements, CONNACK size, retained replicas, shared subscriptions.
@@ -1618,7 +1620,7 @@ fn step_one(cl: &mut Cluster) -> bool {
 /// publish routed there in between was acknowledged and matched nobody.
 #[test]
 fn publish_during_a_same_shard_resume_reaches_the_resumed_session() {
-    publish_during_resume(&[(0, 0), (1, 1)]);
+    publish_during_resume(&[(0, 0), (1, 1)], "cmd");
 }
 
 /// The same across shards (session taken over by a connection on the other shard). Before
@@ -1629,10 +1631,18 @@ fn publish_during_a_same_shard_resume_reaches_the_resumed_session() {
 /// each message id once.
 #[test]
 fn publish_during_a_cross_shard_resume_reaches_the_resumed_session() {
-    publish_during_resume(&[(0, 1), (1, 0)]);
+    publish_during_resume(&[(0, 1), (1, 0)], "cmd");
 }
 
-fn publish_during_resume(moves: &[(usize, usize)]) {
+/// The same for a session that is the only member of a shared subscription group (§4.8.2):
+/// a delivery another shard picked for the member at its old place is forwarded to it, not
+/// dropped for want of a member (`messages_dropped_no_member`).
+#[test]
+fn shared_delivery_during_a_resume_reaches_the_moved_member() {
+    publish_during_resume(&[(0, 0), (1, 1), (0, 1), (1, 0)], "$share/g/cmd");
+}
+
+fn publish_during_resume(moves: &[(usize, usize)], filter: &str) {
     for registry in 0..2u16 {
         let id = (0..)
             .map(|i| format!("dev{i}"))
@@ -1648,7 +1658,8 @@ fn publish_during_resume(moves: &[(usize, usize)]) {
                                  {publisher}, offline {offline}, {qos:?}, after {at} messages"
                             );
                             let (o, n, p) = (old_shard, new_shard, publisher);
-                            if !resume_case(&id, o, n, p, offline, qos, at, &case) {
+                            let case = format!("{filter}: {case}");
+                            if !resume_case(&id, filter, o, n, p, offline, qos, at, &case) {
                                 break;
                             }
                         }
@@ -1664,6 +1675,7 @@ fn publish_during_resume(moves: &[(usize, usize)]) {
 #[allow(clippy::too_many_arguments)]
 fn resume_case(
     id: &str,
+    filter: &str,
     old_shard: usize,
     new_shard: usize,
     publisher: usize,
@@ -1674,7 +1686,7 @@ fn resume_case(
 ) -> bool {
     let mut cl = Cluster::new(2);
     let old = cl.connect(old_shard, V4, id, false);
-    cl.subscribe(old, "cmd", QoS::ExactlyOnce);
+    cl.subscribe(old, filter, QoS::ExactlyOnce);
     let p = cl.connect(publisher, V4, "pub", true);
     if offline {
         let now = cl.now;
@@ -1708,7 +1720,12 @@ fn resume_case(
     let dropped: u64 = cl
         .shards
         .iter()
-        .map(|s| s.metrics.messages_dropped_session_end + s.metrics.messages_dropped_queue_full)
+        .map(|s| {
+            let m = &s.metrics;
+            m.messages_dropped_session_end
+                + m.messages_dropped_queue_full
+                + m.messages_dropped_no_member
+        })
         .sum();
     let got = cl.recv(back);
     assert!(
