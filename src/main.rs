@@ -60,6 +60,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First, before the allocator's arena is touched much: with transparent huge pages every
+    // 2 MiB region touched counts whole (`runtime.transparent_huge_pages`, default off; `serve`
+    // turns them back on when configured).
+    let thp_disabled = nix::sys::prctl::set_thp_disable(true);
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Passwd(args)) => match tern::auth::passwd_cmd::run_args(args) {
@@ -89,7 +93,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::ImportMosquittoConf { file, output }) => import(&file, output.as_deref()),
-        None => serve(cli.config, cli.shards, cli.data_dir),
+        None => serve(cli.config, cli.shards, cli.data_dir, thp_disabled.is_ok()),
     }
 }
 
@@ -122,7 +126,12 @@ fn import(file: &std::path::Path, output: Option<&std::path::Path>) -> ExitCode 
     ExitCode::SUCCESS
 }
 
-fn serve(config_path: Option<PathBuf>, shards: Option<u16>, data_dir: Option<PathBuf>) -> ExitCode {
+fn serve(
+    config_path: Option<PathBuf>,
+    shards: Option<u16>,
+    data_dir: Option<PathBuf>,
+    thp_disabled: bool,
+) -> ExitCode {
     let (mut config, positions) = match &config_path {
         Some(path) => match Config::load_located(path) {
             Ok(c) => c,
@@ -144,6 +153,14 @@ fn serve(config_path: Option<PathBuf>, shards: Option<u16>, data_dir: Option<Pat
         config.persistence.dir = Some(dir);
     }
     tern::logging::init(&config.log);
+    if config.runtime.transparent_huge_pages {
+        // `main` turned them off before anything else; the configuration wants them.
+        if let Err(e) = nix::sys::prctl::set_thp_disable(false) {
+            tracing::warn!(error = %e, "could not enable transparent huge pages");
+        }
+    } else if !thp_disabled {
+        tracing::warn!("could not disable transparent huge pages (runtime.transparent_huge_pages)");
+    }
 
     let running = match tern::broker::start(&config) {
         Ok(r) => r,

@@ -12,12 +12,13 @@
 use crate::config::Config;
 
 /// Broker memory one idle plain-TCP connection and its session hold besides the records
-/// counted by [`crate::shard::record_sizes`]: the connection's task (its future and glommio's
-/// task header), glommio's armed read readiness `Source`, the client id's map entries, the
-/// deadline heap entry, and allocator rounding. Measured with `tern-loadtest conn`: 2 725 B per
-/// connection at 19 000 idle connections, minus the 608 B of records (loadtest/README.md,
-/// "Compact connections").
-pub const RUNTIME_BYTES_PER_CONNECTION: usize = 2_100;
+/// counted by [`crate::shard::record_sizes`]: the client id's map entries, the deadline heap
+/// entry, the waker and parked-socket slots, and allocator rounding. A parked connection has no
+/// task and no glommio `Source` (`crate::net`, parking). Measured with `tern-loadtest conn`
+/// (transparent huge pages off, the default): 976-998 B per connection at 19 000 idle
+/// connections, 900 B per connection between 5 000 and 19 000, minus the ~600 B of records
+/// (loadtest/README.md, "Compact connections").
+pub const RUNTIME_BYTES_PER_CONNECTION: usize = 400;
 
 /// The figures, in bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,7 +19,9 @@ use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 use rustls::ServerConfig;
 
 use crate::metrics::StatsBoard;
-use crate::net::{accept_loop, tls, ListenerCtx, ListenerSpec, Notify, ShardIo, SCRATCH_BYTES};
+use crate::net::{
+    accept_loop, parker, tls, ListenerCtx, ListenerSpec, Notify, ShardIo, SCRATCH_BYTES,
+};
 
 /// The two mesh lanes between every pair of shards: data (publishes) and control (everything
 /// else, flow control included), so control never waits behind data.
@@ -569,6 +571,16 @@ async fn shard_main(
                 let _ = ready.send(Err(err));
                 return;
             }
+        }
+    }
+    // Resumes parked idle connections; in the connections' queue, as their tasks are.
+    match glommio::spawn_local_into(parker(Rc::clone(&io)), conns) {
+        Ok(t) => {
+            t.detach();
+        }
+        Err(e) => {
+            let _ = ready.send(Err(StartError::Shard(id, format!("task queue: {e}"))));
+            return;
         }
     }
     let mut tasks = Vec::new();

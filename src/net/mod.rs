@@ -55,6 +55,16 @@ const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// scratch buffer, so the drain holds no memory of its own).
 const CLOSE_DRAIN_BYTES_MAX: usize = 1 << 20;
 
+/// A plain-TCP connection with nothing to write and nothing read for this long is parked: its
+/// task ends and its socket waits in the shard's epoll set ([`Parking`]). Long enough that a
+/// connection exchanging packets every few hundred milliseconds keeps its task (a park and an
+/// unpark cost a `dup`, two `epoll_ctl` and a task spawn), short against keep-alive intervals.
+pub const PARK_IDLE: Duration = Duration::from_secs(1);
+
+/// Connections the parker resumes per turn at most (epoll events and shard wake-ups each), so a
+/// shutdown or a broadcast to a million parked connections is spread over turns.
+const UNPARK_PER_TURN: usize = 256;
+
 /// A one-waiter wake-up flag, local to a shard.
 #[derive(Default)]
 pub struct Notify {
@@ -133,6 +143,48 @@ pub struct ShardCell {
     pool: Option<Arc<crate::auth::HashPool>>,
     /// Reused by every drain.
     checks: RefCell<Vec<crate::auth::HashJob>>,
+    /// Idle plain-TCP connections without a task (`None`: epoll unavailable, nothing parks).
+    parking: Option<Parking>,
+}
+
+/// Idle plain-TCP connections parked without a task of their own (issue 11). glommio waits
+/// for a socket's readiness only through a per-socket `Source` (~0.5 KB, allocated per armed
+/// poll) held by the task that reads it (~0.7 KB of future and header): most of an idle
+/// connection's memory. A parked connection is a bare socket in one epoll set per shard
+/// instead; the epoll descriptor itself is the single thing glommio watches ([`parker`]).
+/// A parked connection resumes (a new task on the same socket) when the socket becomes
+/// readable or closes, or when the shard has something for it ([`ShardMut`]'s drop).
+struct Parking {
+    epoll: nix::sys::epoll::Epoll,
+    /// The parked sockets, indexed by connection id (a duplicate of the descriptor the task
+    /// had; registered in `epoll` under the connection id).
+    sockets: RefCell<Vec<Option<std::net::TcpStream>>>,
+    /// Parked connections the shard made ready: the parker resumes them.
+    wake: RefCell<Vec<ConnId>>,
+    /// Wakes the parker when `wake` grows.
+    notify: Notify,
+}
+
+impl Parking {
+    fn new() -> Option<Self> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags};
+        match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+            Ok(epoll) => Some(Self {
+                epoll,
+                sockets: RefCell::default(),
+                wake: RefCell::default(),
+                notify: Notify::default(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "epoll unavailable: idle connections keep their tasks");
+                None
+            }
+        }
+    }
+
+    fn is_parked(&self, id: ConnId) -> bool {
+        matches!(self.sockets.borrow().get(id.0 as usize), Some(Some(_)))
+    }
 }
 
 impl ShardCell {
@@ -144,7 +196,47 @@ impl ShardCell {
             ready: RefCell::default(),
             pool,
             checks: RefCell::default(),
+            parking: Parking::new(),
         }
+    }
+
+    /// Parks connection `id`: `socket` (a duplicate of the task's descriptor) goes into the
+    /// epoll set and the task's waker is dropped. `false` when it could not be registered
+    /// (the task keeps serving the connection).
+    fn park(&self, id: ConnId, socket: std::net::TcpStream) -> bool {
+        use nix::sys::epoll::{EpollEvent, EpollFlags};
+        let Some(p) = &self.parking else { return false };
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        if let Err(e) = p.epoll.add(&socket, EpollEvent::new(interest, u64::from(id.0))) {
+            tracing::debug!(error = %e, "could not park a connection");
+            return false;
+        }
+        let i = id.0 as usize;
+        let mut sockets = p.sockets.borrow_mut();
+        if sockets.len() <= i {
+            sockets.resize_with(i + 1, || None);
+        }
+        sockets[i] = Some(socket);
+        // The waker holds the ended task's allocation; a parked connection has none.
+        if let Some(w) = self.wakers.borrow_mut().get_mut(i) {
+            *w = None;
+        }
+        self.shard.borrow_mut().metrics.connections_parked += 1;
+        true
+    }
+
+    /// Takes parked connection `id`'s socket out of the epoll set (`None`: not parked).
+    fn unpark(&self, id: ConnId) -> Option<std::net::TcpStream> {
+        let p = self.parking.as_ref()?;
+        let socket = p.sockets.borrow_mut().get_mut(id.0 as usize)?.take()?;
+        // Before the descriptor can close: a registration outlives a closed descriptor while
+        // a duplicate of it is open.
+        if let Err(e) = p.epoll.delete(&socket) {
+            tracing::debug!(error = %e, "epoll delete of a parked connection");
+        }
+        let mut shard = self.shard.borrow_mut();
+        shard.metrics.connections_parked = shard.metrics.connections_parked.saturating_sub(1);
+        Some(socket)
     }
 
     /// Shared access (no call that changes the shard).
@@ -220,6 +312,10 @@ impl Drop for ShardMut<'_> {
             // Waking only schedules the task; none runs inside this call.
             if let Some(Some(w)) = wakers.get(id.0 as usize) {
                 w.wake_by_ref();
+            } else if let Some(p) = self.cell.parking.as_ref().filter(|p| p.is_parked(id)) {
+                // No task: the parker starts one.
+                p.wake.borrow_mut().push(id);
+                p.notify.notify();
             }
         }
     }
@@ -391,7 +487,7 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
             // No handshake: the shard takes the connection now (and refuses it over the limit).
             let id = io.shard.borrow_mut().accept(ctx.index, peer, Instant::now());
             let Some(id) = id else { continue }; // over the limit: dropping closes it
-            glommio::spawn_local(serve(Rc::clone(&io), stream, id)).detach();
+            glommio::spawn_local(serve(Rc::clone(&io), stream, id, false)).detach();
             continue;
         }
         let limit = io.shard.borrow().config().listeners[ctx.index].connections_max;
@@ -448,9 +544,9 @@ async fn handshake_and_serve(
     // A task of its own, so the memory of this handshake future is freed now rather than held
     // for the life of the connection (it is laid out to hold the streams of every transport).
     match established {
-        Established::Tls(s) => glommio::spawn_local(serve(io, s, id)).detach(),
-        Established::Ws(s) => glommio::spawn_local(serve(io, s, id)).detach(),
-        Established::Wss(s) => glommio::spawn_local(serve(io, s, id)).detach(),
+        Established::Tls(s) => glommio::spawn_local(serve(io, s, id, false)).detach(),
+        Established::Ws(s) => glommio::spawn_local(serve(io, s, id, false)).detach(),
+        Established::Wss(s) => glommio::spawn_local(serve(io, s, id, false)).detach(),
     };
 }
 
@@ -515,7 +611,34 @@ enum Event {
     /// The CONNECT was accepted: the client id is known (recorded in the span outside the
     /// poll, where the span is entered).
     Identified,
+    /// Idle for [`PARK_IDLE`] with nothing to write: park the connection ([`Parking`]).
+    Park,
 }
+
+/// A connection's byte stream as the driver needs it; `park` hands an idle connection's socket
+/// to the shard's epoll set. Only plain TCP parks: TLS and WebSocket streams hold protocol state
+/// (rustls buffers, frame decoding) that a bare socket cannot carry.
+trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Whether `park` can succeed.
+    const PARKS: bool = false;
+
+    /// A duplicate of the socket's descriptor, when the transport can park.
+    fn park(&self) -> Option<std::net::TcpStream> {
+        None
+    }
+}
+
+impl Transport for TcpStream {
+    const PARKS: bool = true;
+
+    fn park(&self) -> Option<std::net::TcpStream> {
+        socket2::SockRef::from(self).try_clone().ok().map(std::net::TcpStream::from)
+    }
+}
+
+impl Transport for futures_rustls::server::TlsStream<TcpStream> {}
+impl Transport for WsStream<TcpStream> {}
+impl Transport for WsStream<futures_rustls::server::TlsStream<TcpStream>> {}
 
 /// The write half of a connection's state: the bytes of the current write (taken from the
 /// shard with [`Shard::swap_tx`], so the buffer's allocation is reused) and how far it got.
@@ -682,12 +805,10 @@ impl Output {
     }
 }
 
-/// Drives one connection until it closes. Generic over the transport: plain TCP, TLS and
-/// WebSocket streams all read into the shard's scratch buffer and write what the shard returns.
-async fn serve<S>(io: Rc<ShardIo>, stream: S, id: ConnId)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Drives one connection until it closes or parks. Generic over the transport: plain TCP, TLS
+/// and WebSocket streams all read into the shard's scratch buffer and write what the shard
+/// returns. `resumed`: a parked connection's new task (it does not log "connected" again).
+async fn serve<S: Transport>(io: Rc<ShardIo>, stream: S, id: ConnId, resumed: bool) {
     use tracing::Instrument;
     // One span per connection at debug level: shard, peer address, and the client id once
     // CONNECT names it; everything the shard logs for this connection's packets is inside it.
@@ -704,18 +825,27 @@ where
         peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
         client_id = tracing::field::Empty
     );
-    serve_in_span(io, stream, id).instrument(span).await
+    serve_in_span(io, stream, id, resumed).instrument(span).await
 }
 
 /// The connection loop, full duplex: one task polls the write and the read side together, so
 /// a subscriber's PUBACKs and PINGREQs are read while its output is still being written. A
 /// connection that flow control pauses (`ConnStatus::read_paused`) arms no read and no timer:
 /// the shard wakes it when it may read again.
-async fn serve_in_span<S>(io: Rc<ShardIo>, mut stream: S, id: ConnId)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId, resumed: bool) {
     let mut client_id_known = false;
+    // The park timer (see `PARK_IDLE`) and the last time bytes moved. The timer is not reset
+    // by traffic (a timer insert and removal per read cost a busy connection ~15 % of its
+    // throughput): when it fires, the connection parks if it has been quiet since, and
+    // otherwise re-arms for the rest; at most one timer per `PARK_IDLE` per connection.
+    let mut idle: Option<glommio::timer::Timer> = None;
+    let mut last_io = Instant::now();
+    let parks = S::PARKS && io.shard.parking.is_some();
+    // A new connection parks as soon as it is first idle after its CONNACK, without waiting
+    // `PARK_IDLE`: in a connection storm the tasks and read polls of the connections just
+    // accepted would otherwise pile up for a second, and the allocator keeps the pages they
+    // took (issue 11). One park and resume more for a client that goes on talking.
+    let mut park_at_once = !resumed;
     let mut out = Output::default();
     let mut eof = false;
     let mut stall: Option<glommio::timer::Timer> = None;
@@ -728,8 +858,10 @@ where
             let shard = io.shard.borrow();
             if let Some(cid) = shard.client_id(id) {
                 tracing::Span::current().record("client_id", cid);
-                let peer = shard.peer(id).map(|p| p.to_string()).unwrap_or_default();
-                tracing::info!(shard = shard.id(), %peer, client_id = cid, "connected");
+                if !resumed {
+                    let peer = shard.peer(id).map(|p| p.to_string()).unwrap_or_default();
+                    tracing::info!(shard = shard.id(), %peer, client_id = cid, "connected");
+                }
                 client_id_known = true;
             }
         }
@@ -754,6 +886,9 @@ where
                         }
                     }
                 }
+            }
+            if out.progressed {
+                last_io = Instant::now();
             }
             // Writing may have pumped queued messages and resumed publishers (local wakes,
             // Resume messages for other shards).
@@ -781,8 +916,29 @@ where
             match Pin::new(&mut stream).poll_read(cx, &mut scratch[..]) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Poll::Ready(Event::Closed),
                 Poll::Ready(Ok(n)) => {
-                    shard.handle_read(id, &scratch[..n], Instant::now());
+                    last_io = Instant::now();
+                    shard.handle_read(id, &scratch[..n], last_io);
                     Poll::Ready(Event::Read)
+                }
+                Poll::Pending if parks && client_id_known && out.idle() => {
+                    if park_at_once {
+                        return Poll::Ready(Event::Park);
+                    }
+                    // Nothing to read or write: park once this has lasted `PARK_IDLE`.
+                    let timer = idle.get_or_insert_with(|| glommio::timer::Timer::new(PARK_IDLE));
+                    if Pin::new(timer).poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let quiet = last_io.elapsed();
+                    if quiet >= PARK_IDLE {
+                        return Poll::Ready(Event::Park);
+                    }
+                    let mut rest = glommio::timer::Timer::new(PARK_IDLE - quiet);
+                    if Pin::new(&mut rest).poll(cx).is_ready() {
+                        return Poll::Ready(Event::Park); // quiet for all but a moment
+                    }
+                    idle = Some(rest);
+                    Poll::Pending
                 }
                 Poll::Pending => Poll::Pending,
             }
@@ -820,6 +976,18 @@ where
             Event::Done => break,
             Event::MemoryPaused => glommio::timer::sleep(MEMORY_RECHECK).await,
             Event::Identified => {}
+            Event::Park => {
+                idle = None;
+                park_at_once = false;
+                // The task ends here and drops `stream` (its descriptor and armed poll); the
+                // duplicate in the epoll set keeps the socket open. No await between the
+                // checks in the poll above and this: nothing arrived for it in between.
+                if let Some(socket) = stream.park() {
+                    if io.shard.park(id, socket) {
+                        return;
+                    }
+                }
+            }
         }
     }
     // Boxed: the close and drain futures (their timers, the transport's close) are live only
@@ -883,6 +1051,92 @@ async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) -> bool
     futures_lite::future::or(drain, timer).await
 }
 
+/// Resumes parked connections ([`Parking`]) for the life of the shard: those whose socket became
+/// readable or closed (the epoll set), and those the shard made ready. Each gets a new task on
+/// its socket. Runs in the connections' task queue (spawn it there).
+pub async fn parker(io: Rc<ShardIo>) {
+    use nix::sys::epoll::EpollEvent;
+    let Some(p) = io.shard.parking.as_ref() else { return };
+    let mut ready = EpollReady::default();
+    let mut events = vec![EpollEvent::empty(); UNPARK_PER_TURN];
+    let mut ids = Vec::with_capacity(UNPARK_PER_TURN);
+    loop {
+        let from_epoll = futures_lite::future::or(
+            async {
+                p.notify.wait().await;
+                false
+            },
+            async {
+                if let Err(e) = ready.wait(&p.epoll).await {
+                    // Out of descriptors for the duplicate: look again shortly.
+                    tracing::debug!(error = %e, "cannot watch the epoll set");
+                    glommio::timer::sleep(MEMORY_RECHECK).await;
+                }
+                true
+            },
+        )
+        .await;
+        let n = p.epoll.wait(&mut events, 0).unwrap_or(0);
+        for e in &events[..n] {
+            // Connection ids are u32 (the event data is the id it was registered under).
+            if let Ok(raw) = u32::try_from(e.data()) {
+                resume(&io, ConnId(raw));
+            }
+        }
+        {
+            let mut wake = p.wake.borrow_mut();
+            let take = wake.len().min(UNPARK_PER_TURN);
+            ids.extend(wake.drain(..take));
+            if !wake.is_empty() {
+                p.notify.notify(); // the rest next turn
+            }
+        }
+        for id in ids.drain(..) {
+            resume(&io, id);
+        }
+        if from_epoll && n == 0 {
+            // A readiness with no event (taken meanwhile): do not spin on it.
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+/// A new task for parked connection `id` (nothing when it is no longer parked).
+fn resume(io: &Rc<ShardIo>, id: ConnId) {
+    if let Some(socket) = io.shard.unpark(id) {
+        let stream = TcpStream::from(socket2::Socket::from(socket));
+        glommio::spawn_local(serve(Rc::clone(io), stream, id, true)).detach();
+    }
+}
+
+/// Waits, through glommio's reactor, until the shard's epoll set has events. glommio exposes
+/// readiness only through its streams, and a stream built from a descriptor arms a read poll
+/// on it at once; built on a duplicate of the epoll descriptor, that poll completes when the
+/// set has events, and the read that follows fails (`ENOTSOCK`), which is the signal. The
+/// test `epoll_readiness_wakes_the_parker` holds glommio to this.
+#[derive(Default)]
+struct EpollReady {
+    armed: Option<TcpStream>,
+}
+
+impl EpollReady {
+    async fn wait(&mut self, epoll: &nix::sys::epoll::Epoll) -> std::io::Result<()> {
+        use futures_lite::io::AsyncReadExt;
+        let armed = match &mut self.armed {
+            Some(armed) => armed,
+            None => {
+                let dup = std::net::TcpStream::from(epoll.0.try_clone()?);
+                self.armed.insert(TcpStream::from(socket2::Socket::from(dup)))
+            }
+        };
+        let mut byte = [0u8; 1];
+        let _ = armed.read(&mut byte).await;
+        self.armed = None;
+        Ok(())
+    }
+}
+
 /// TCP keepalive probes start after this much silence on an accepted socket.
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Interval between TCP keepalive probes.
@@ -914,10 +1168,11 @@ mod tests {
     use super::*;
     use glommio::{LocalExecutorBuilder, Placement};
 
-    /// Bytes the future of an idle plain-TCP connection's task may take (issue 11): every
-    /// connection holds one for its whole life, beside glommio's task header and its armed
-    /// read `Source` (which this crate cannot shrink). Measured in this (debug) build: 600.
-    const CONNECTION_FUTURE_BUDGET: usize = 640;
+    /// Bytes the future of a connection's task may take (issue 11). A parked plain-TCP
+    /// connection holds none (nor glommio's task header and armed read `Source`), but every
+    /// active connection, and every TLS and WebSocket connection, holds one. Measured in this
+    /// (debug) build: 680 (600 before the park timer and flags).
+    const CONNECTION_FUTURE_BUDGET: usize = 704;
 
     #[test]
     fn connection_task_future_is_small() {
@@ -940,7 +1195,7 @@ mod tests {
                     stop_waiters: RefCell::new(Vec::new()),
                 });
                 let id = io.shard.borrow_mut().accept(0, addr, Instant::now()).expect("accepted");
-                let task = serve(io, stream, id);
+                let task = serve(io, stream, id, false);
                 std::mem::size_of_val(&task)
             })
             .expect("executor")
@@ -948,6 +1203,52 @@ mod tests {
             .expect("executor ran");
         eprintln!("connection task future: {size} bytes");
         assert!(size <= CONNECTION_FUTURE_BUDGET, "{size} > {CONNECTION_FUTURE_BUDGET}");
+    }
+
+    /// [`EpollReady`] relies on glommio arming a read poll on a stream built from a descriptor
+    /// and surfacing its completion as a failed read: it stays pending while the epoll set is
+    /// empty of events and completes once a registered socket becomes readable.
+    #[test]
+    fn epoll_readiness_wakes_the_parker() {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+        use std::io::Write;
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(64 << 10)
+            .ring_depth(64)
+            .spawn(|| async {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr"))
+                    .expect("connect");
+                let (server, _) = listener.accept().expect("accept");
+                let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).expect("epoll");
+                epoll.add(&server, EpollEvent::new(EpollFlags::EPOLLIN, 7)).expect("add");
+                let mut ready = EpollReady::default();
+                let timed_out = futures_lite::future::or(
+                    async { ready.wait(&epoll).await.map(|()| false) },
+                    async {
+                        glommio::timer::sleep(Duration::from_millis(200)).await;
+                        Ok(true)
+                    },
+                )
+                .await;
+                assert!(timed_out.expect("waits"), "ready with no event");
+                client.write_all(b"x").expect("write");
+                let woke = futures_lite::future::or(
+                    async { ready.wait(&epoll).await.map(|()| true) },
+                    async {
+                        glommio::timer::sleep(Duration::from_secs(5)).await;
+                        Ok(false)
+                    },
+                )
+                .await;
+                assert!(woke.expect("waits"), "not woken by a readable socket");
+                let mut events = [EpollEvent::empty(); 4];
+                assert_eq!(epoll.wait(&mut events, 0).expect("epoll_wait"), 1);
+                assert_eq!(events[0].data(), 7);
+            })
+            .expect("executor")
+            .join()
+            .expect("executor ran");
     }
 
     /// The password queue bound, end to end on the runtime side: a check the shard queues is

@@ -31,6 +31,8 @@ macro_rules! metrics {
 metrics! {
     /// Connections open now.
     gauge connections_current,
+    /// Idle plain-TCP connections parked now: no task of their own, their socket in the shard's epoll set (counted in `connections_current` too).
+    gauge connections_parked,
     /// Connections accepted since start.
     counter connections_total,
     /// Connections refused because a listener's `connections_max` was reached.
