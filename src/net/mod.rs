@@ -650,19 +650,46 @@ struct Output {
     flushing: bool,
     /// The last `poll_write` moved bytes (or finished a flush): the write deadline restarts.
     progressed: bool,
-    /// With persistence and `fsync = "always"`: the buffer is held until the log records it
-    /// depends on are durable (on this shard and on the shards it sent messages to).
-    gate: Option<crate::persist::durable::Gate>,
+    /// With persistence and `fsync = "always"`: output held until the log records it depends
+    /// on are durable (on this shard and on the shards it sent messages to), oldest first.
+    /// Only acknowledgements and what must stay behind them are held
+    /// ([`crate::persist::hold`]); deliveries in the same buffer go out at once. Bounded:
+    /// no new output is taken from the shard while `bytes` is at `tx_bytes_max` (the shard's
+    /// own bound then pauses the reads). Boxed and present only while something is held: every
+    /// connection's task carries this field (issue 11).
+    held: Option<Box<HeldQueue>>,
+    /// The last `poll_write` returned `Pending` waiting for the log, not for the socket (no
+    /// write deadline: not the peer's doing).
+    gated: bool,
+}
+
+/// Output held for the log, oldest first.
+#[derive(Default)]
+struct HeldQueue {
+    parts: std::collections::VecDeque<Held>,
+    /// Bytes in `parts`.
+    bytes: usize,
+    /// Parts that contain a barrier: while any is unwritten, all new output is held.
+    barriers: usize,
+}
+
+/// Output held for the log: its bytes and what they wait for.
+struct Held {
+    bytes: bytes::BytesMut,
+    gate: crate::persist::durable::Gate,
+    barrier: bool,
 }
 
 impl Output {
     fn idle(&self) -> bool {
-        self.buf.is_empty() && !self.flushing
+        self.buf.is_empty() && !self.flushing && self.held.is_none()
     }
 
     /// Writes as much as the socket takes, refilling from the shard; `Ready(Err)` when the
-    /// socket failed, `Ready(Ok)` when the shard has nothing more to write, `Pending` when the
-    /// socket is full (its readiness wakes the task).
+    /// socket failed (or the log cannot be written: held acknowledgements must never go out),
+    /// `Ready(Ok)` when the shard has nothing more to write, `Pending` when the socket is full
+    /// (its readiness wakes the task) or held output waits for the log (`gated`; the sync
+    /// wakes the task).
     fn poll_write<S: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut std::task::Context<'_>,
@@ -671,14 +698,12 @@ impl Output {
         id: ConnId,
         durable: Option<&crate::persist::durable::Durability>,
     ) -> Poll<std::io::Result<()>> {
-        // Bounded: each pass writes bytes, flushes, or takes a new buffer (which is bounded by
-        // `tx_bytes_max` plus one packet); it returns when the shard has nothing more.
+        // Bounded: each pass writes bytes, flushes, releases a held part, or takes a new buffer
+        // (which is bounded by `tx_bytes_max` plus one packet, and only while fewer than
+        // `tx_bytes_max` bytes are held); it returns when the shard has nothing more.
         self.progressed = false;
+        self.gated = false;
         loop {
-            if let (Some(gate), Some(d)) = (self.gate.as_mut(), durable) {
-                std::task::ready!(d.poll_gate(cx, gate))?;
-                self.gate = None;
-            }
             if self.written < self.buf.len() {
                 match Pin::new(&mut *stream).poll_write(cx, &self.buf[self.written..]) {
                     Poll::Ready(Ok(0)) => {
@@ -691,31 +716,91 @@ impl Output {
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
                 }
-            } else if self.flushing {
+                continue;
+            }
+            if self.flushing {
                 // `flush` is a no-op on TCP; TLS and WebSocket may hold the tail of a record.
                 std::task::ready!(Pin::new(&mut *stream).poll_flush(cx))?;
                 self.flushing = false;
                 self.progressed = true;
-            } else {
-                self.buf.clear();
-                self.written = 0;
-                // Durability first: the records behind this output are appended, then the
-                // output is taken with no await in between (see `Durability::gate`). Group
-                // commit makes the wait cheap. Without a data directory this is one branch.
-                let gate = match durable {
-                    Some(d) if shard.status(id).has_tx => d.gate(shard),
-                    _ => None,
+                continue;
+            }
+            self.buf.clear();
+            self.written = 0;
+            // The oldest held part goes first once the log has caught up with it.
+            if let (Some(q), Some(d)) = (self.held.as_deref_mut(), durable) {
+                let Some(front) = q.parts.front_mut() else {
+                    // Never left empty (removed with its last part); harmless if it were.
+                    self.held = None;
+                    continue;
                 };
-                shard.swap_tx(id, &mut self.buf, Instant::now());
-                self.gate = gate.filter(|_| !self.buf.is_empty());
-                if self.buf.is_empty() {
-                    if self.buf.capacity() > crate::shard::IDLE_TX_CAPACITY_MAX {
-                        self.buf = bytes::BytesMut::new();
+                match d.poll_gate(cx, &mut front.gate) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        if let Some(h) = q.parts.pop_front() {
+                            q.bytes -= h.bytes.len();
+                            q.barriers -= usize::from(h.barrier);
+                            self.buf = h.bytes;
+                            self.flushing = true;
+                        }
+                        if q.parts.is_empty() {
+                            self.held = None;
+                        }
+                        continue;
                     }
+                    // Registered for the next sync; meanwhile newer deliveries may go out.
+                    Poll::Pending if q.bytes >= shard.config().tx_bytes_max => {
+                        self.gated = true;
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            // Durability first: the records behind this output are appended, then the output
+            // is taken with no await in between (see `Durability::gate`). Group commit makes
+            // the wait cheap. Without a data directory this is one branch.
+            let gate = match durable {
+                Some(d) if shard.status(id).has_tx => d.gate(shard),
+                _ => None,
+            };
+            shard.swap_tx(id, &mut self.buf, Instant::now());
+            if self.buf.is_empty() {
+                if self.buf.capacity() > crate::shard::IDLE_TX_CAPACITY_MAX {
+                    self.buf = bytes::BytesMut::new();
+                }
+                if self.held.is_none() {
                     return Poll::Ready(Ok(()));
                 }
-                self.flushing = true;
+                // The front's gate registered this task above.
+                self.gated = true;
+                return Poll::Pending;
             }
+            if gate.is_some() || self.held.is_some() {
+                // Only what promises durability waits (see `persist::hold`); with older output
+                // still held, this output keeps its place behind it where it must (a gate
+                // that is open already: the log had nothing pending for it).
+                let split = crate::persist::hold::split_output(
+                    std::mem::take(&mut self.buf),
+                    self.held.as_ref().is_some_and(|q| q.barriers > 0),
+                );
+                self.buf = split.free;
+                if !split.held.is_empty() {
+                    let mut gate = gate.unwrap_or_else(crate::persist::durable::Gate::open);
+                    if let (true, Some(d)) = (split.barrier, durable) {
+                        // A QoS 2 PUBLISH routed from another shard: its publisher's QoS 2
+                        // id is in that shard's log.
+                        d.hold_for_origins(&mut gate);
+                    }
+                    let q = self.held.get_or_insert_with(Box::default);
+                    q.bytes += split.held.len();
+                    q.barriers += usize::from(split.barrier);
+                    q.parts.push_back(Held { bytes: split.held, gate, barrier: split.barrier });
+                }
+                if self.buf.is_empty() {
+                    continue;
+                }
+            }
+            self.flushing = true;
         }
     }
 }
@@ -787,7 +872,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                 Poll::Ready(Err(_)) => return Poll::Ready(Event::WriteFailed),
                 Poll::Ready(Ok(())) => stall = None,
                 // Held until the log is durable: not the peer's doing, no write deadline.
-                Poll::Pending if out.gate.is_some() => stall = None,
+                Poll::Pending if out.gated => stall = None,
                 Poll::Pending => {
                     // A write the peer does not take: the deadline restarts with every byte it
                     // accepts (issue 9: such a peer held its task forever). Armed only while a
@@ -835,7 +920,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                     shard.handle_read(id, &scratch[..n], last_io);
                     Poll::Ready(Event::Read)
                 }
-                Poll::Pending if parks && client_id_known && out.idle() && out.gate.is_none() => {
+                Poll::Pending if parks && client_id_known && out.idle() => {
                     if park_at_once {
                         return Poll::Ready(Event::Park);
                     }

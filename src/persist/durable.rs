@@ -54,18 +54,31 @@ const PEER_POLL: Duration = Duration::from_micros(100);
 
 /// How far each shard has made the messages of each other shard durable: entry
 /// `(lane * shards + from) * shards + to` counts the messages from `from` on `lane` that `to`
-/// handled and then synced.
+/// handled and then synced. Entries from `2 * shards * shards` on (same indexing after that
+/// offset, [`origin_cell`]) count the messages `from` sent `to` whose sender had synced every
+/// record it produced before sending them.
 ///
 /// A publisher's PUBACK can depend on a record another shard writes (a message queued for a
 /// persistent session there, a retained update the sequencer logs). With `fsync = "always"` a
 /// connection's output therefore also waits until every peer has synced the messages this
 /// shard had sent it, or still held in its outboxes, when the output was taken. Lanes are
 /// counted apart: each is FIFO, the two are not ordered with each other.
+///
+/// The other direction: a QoS 2 PUBLISH to a subscriber must not go out before the inbound
+/// QoS 2 id of its publisher is durable ([`crate::persist::hold`]), and that id is in the log
+/// of the shard the publisher is on. Held output with a barrier therefore also waits until
+/// every peer has synced what it had written before the messages this shard handled from it.
 pub type Progress = std::sync::Arc<[std::sync::atomic::AtomicU64]>;
 
 /// A new all-zero [`Progress`] for `shards` shards.
 pub fn new_progress(shards: usize) -> Progress {
-    (0..2 * shards * shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()
+    (0..4 * shards * shards).map(|_| std::sync::atomic::AtomicU64::new(0)).collect()
+}
+
+/// The [`Progress`] entry counting the messages `from` sent `to` on `lane` (0 data, 1 control)
+/// after syncing the records it produced before them.
+fn origin_cell(shards: usize, lane: usize, from: usize, to: usize) -> usize {
+    2 * shards * shards + (lane * shards + from) * shards + to
 }
 
 /// What a connection's output waits for before it is written (`fsync = "always"`): the log
@@ -76,6 +89,14 @@ pub struct Gate {
     /// While waiting for peers: when to look again (their progress is written by other
     /// threads, which cannot wake this task).
     recheck: Option<glommio::timer::Timer>,
+}
+
+impl Gate {
+    /// A gate that is open already (output that depends on nothing not yet durable, held only
+    /// to keep its place behind older held output).
+    pub fn open() -> Self {
+        Self { lsn: Lsn(0), marks: Vec::new(), recheck: None }
+    }
 }
 
 impl Durability {
@@ -116,6 +137,36 @@ impl Durability {
         let marks = self.marks(shard);
         let durable = self.wal.durable().map_or(true, |d| d < lsn);
         (durable || !marks.is_empty()).then_some(Gate { lsn, marks, recheck: None })
+    }
+
+    /// Output held behind a barrier (a QoS 2 PUBLISH among it) also waits until every peer
+    /// has synced the records it wrote before the messages this shard handled from it so far
+    /// (a publisher's inbound QoS 2 id on its shard, see [`Progress`]).
+    pub fn hold_for_origins(&self, gate: &mut Gate) {
+        use std::sync::atomic::Ordering;
+        let handled = self.handled.borrow();
+        for lane in 0..2 {
+            for peer in (0..self.shards).filter(|p| *p != self.me) {
+                let mark = handled[lane * self.shards + peer];
+                let cell = origin_cell(self.shards, lane, peer, self.me);
+                if mark > 0 && self.progress[cell].load(Ordering::Acquire) < mark {
+                    gate.marks.push((cell, mark));
+                }
+            }
+        }
+    }
+
+    /// Per peer and lane, the messages produced so far (moved into the mesh or still in an
+    /// outbox): every record produced before them is collected or appended by now.
+    fn produced(&self, shard: &Shard) -> Vec<u64> {
+        let sent = self.sent.borrow();
+        (0..2 * self.shards)
+            .map(|i| {
+                let (lane, peer) = (i / self.shards, i % self.shards);
+                let queued = if peer == self.me { 0 } else { shard.outbox_len(peer, lane == 1) };
+                sent[i] + queued as u64
+            })
+            .collect()
     }
 
     /// Per peer and lane, the messages sent so far (moved into the mesh or still in an
@@ -255,11 +306,15 @@ impl Durability {
     }
 
     /// A flusher moved `n` messages for `peer` from an outbox (`control` lane or data) into
-    /// the mesh.
+    /// the mesh. The sync task is woken: the peer may wait for it to say that the records
+    /// before them are durable (see [`Progress`]), even when this shard has none to write.
     pub fn note_sent(&self, peer: usize, control: bool, n: usize) {
         let i = usize::from(control) * self.shards + peer;
         if let Some(v) = self.sent.borrow_mut().get_mut(i) {
             *v += n as u64;
+        }
+        if self.mode == FsyncMode::Always {
+            self.wake.notify();
         }
     }
 
@@ -287,6 +342,8 @@ impl Durability {
                 _ => glommio::timer::sleep(self.interval).await,
             }
             let handled = self.handled.borrow().clone();
+            // Before the append: the records behind these messages are all appended below.
+            let produced = self.produced(&shard.borrow());
             let lsn = self.append_from(&mut shard.borrow_mut());
             if lsn > self.wal.durable().unwrap_or(lsn) {
                 if let Err(e) = self.sync(shard, lsn).await {
@@ -299,6 +356,13 @@ impl Durability {
                 let (lane, from) = (i / self.shards, i % self.shards);
                 let cell = &self.progress[(lane * self.shards + from) * self.shards + self.me];
                 cell.fetch_max(*n, std::sync::atomic::Ordering::AcqRel);
+            }
+            for (i, n) in produced.iter().enumerate() {
+                let (lane, to) = (i / self.shards, i % self.shards);
+                if to != self.me {
+                    let cell = &self.progress[origin_cell(self.shards, lane, self.me, to)];
+                    cell.fetch_max(*n, std::sync::atomic::Ordering::AcqRel);
+                }
             }
             self.wake_gated();
             self.end_moved(shard);

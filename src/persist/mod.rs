@@ -5,19 +5,22 @@
 //!   changes) and their encoding. No IO, no clock.
 //! - [`wal`]: the log on glommio DMA files: group commit and recovery.
 //! - [`journal`]: conversions between the shard's state and records, and the replay. No IO.
+//! - [`hold`]: which outgoing packets wait for the log (acknowledgements), which do not
+//!   (QoS 0/1 deliveries). No IO.
 //! - [`dir`]: the data directory and its lock.
 //!
 //! Wiring: the shard (`crate::shard`, sans-IO) collects records in a list the driver drains
 //! ([`crate::shard::Shard::take_records`]) and appends to the shard's [`wal::Wal`]; with
-//! `fsync = "always"` the connection driver writes a connection's output only after the log is
-//! durable up to the last record appended when that output was produced (`crate::net`). At
+//! `fsync = "always"` the connection driver writes a connection's acknowledgements (and what
+//! must stay behind them, see [`hold`]) only after the log is durable up to the last record
+//! appended when that output was produced; QoS 0/1 deliveries go out at once (`crate::net`). At
 //! start, every shard's log is recovered and replayed before the shards serve
 //! (`crate::runtime`).
 
 pub mod dir;
 pub mod durable;
 pub mod format;
-pub use tern_core::persist::{journal, record};
+pub use tern_core::persist::{hold, journal, record};
 pub mod wal;
 
 /// Fuzz bodies shared by the cargo-fuzz target `wal` and the property tests.

@@ -87,6 +87,46 @@ fn group_commit_makes_every_synced_record_durable_with_fewer_fsyncs() {
     }
 }
 
+/// One commit in flight per log, and the next one takes everything appended meanwhile: a
+/// record synced while a commit runs waits for it, then 100 records appended during it go to
+/// disk in one more commit (2 fsyncs for 101 records).
+#[test]
+fn records_appended_during_a_commit_go_in_the_next_one_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = cfg(dir.path(), 64 << 20);
+    let stats = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(64 << 10)
+        .ring_depth(128)
+        .spawn(move || async move {
+            let mut recovered = recover(&cfg).expect("recover");
+            let wal = Rc::new(Wal::open(cfg, &mut recovered).await.expect("open"));
+            let first = {
+                let wal = Rc::clone(&wal);
+                glommio::spawn_local(async move {
+                    let lsn = wal.append(&rec(0));
+                    wal.sync(lsn).await.expect("sync");
+                })
+            };
+            // Back here once the first task awaits its commit's write.
+            glommio::executor().yield_now().await;
+            let in_flight = wal.stats().fsyncs == 0 && wal.durable().expect("ok").0 == 0;
+            let mut last = wal.appended();
+            for i in 1..=100 {
+                last = wal.append(&rec(i));
+            }
+            wal.sync(last).await.expect("sync");
+            first.await;
+            (in_flight, wal.stats())
+        })
+        .expect("executor starts")
+        .join()
+        .expect("executor ran");
+    let (in_flight, stats) = stats;
+    assert!(in_flight, "the first commit was still running when the 100 were appended");
+    assert_eq!(stats.records_synced, 101);
+    assert_eq!(stats.fsyncs, 2, "one commit for the first record, one for the 100 after it");
+}
+
 fn only_segment(dir: &Path) -> std::path::PathBuf {
     let mut v: Vec<_> =
         std::fs::read_dir(dir).expect("dir").map(|e| e.expect("e").path()).collect();
