@@ -317,17 +317,9 @@ impl Shard {
         let Some(fid) = exact.or_else(|| any_member.then(in_group).flatten()) else {
             return false;
         };
-        let cap = self.forward_cap();
-        let Some(f) = self.handover.forwards.get_mut(&fid) else { return false };
-        if f.sent >= cap {
-            self.metrics.messages_dropped_queue_full += 1;
-            return true;
-        }
-        f.sent += 1;
-        let (to, client_id, generation) = (f.to, f.client_id.clone(), f.generation);
         let matches = vec![(member.options, member.identifier)];
         let delivery = ForwardedDelivery { msg: msg.clone(), matches, shared: true };
-        self.send_forwarded(to, client_id, generation, delivery, now);
+        self.forward_through(fid, delivery, now);
         true
     }
 
@@ -611,7 +603,6 @@ impl Shard {
             return;
         }
         matches.sort_unstable_by_key(|m| m.slot);
-        let cap = self.forward_cap();
         let mut i = 0;
         while i < matches.len() {
             let fid = matches[i].slot;
@@ -628,20 +619,30 @@ impl Shard {
                 self.metrics.handover_skipped += 1;
                 continue;
             }
-            if msg.id != 0 && f.carry.seen.contains(&msg.id) {
-                self.metrics.handover_duplicates += 1;
-                continue;
-            }
-            if f.sent >= cap {
-                self.metrics.messages_dropped_queue_full += 1;
-                continue;
-            }
-            f.sent += 1;
-            let (to, client_id, generation) = (f.to, f.client_id.clone(), f.generation);
             let delivery = ForwardedDelivery { msg: msg.clone(), matches: these, shared: false };
-            self.send_forwarded(to, client_id, generation, delivery, now);
+            self.forward_through(fid, delivery, now);
         }
         matches.clear();
+    }
+
+    /// Sends `delivery` on through record `fid`: not if the record inherited its id as already
+    /// given (shared deliveries excepted: a group picks a session once), dropped and counted
+    /// past the record's bound.
+    fn forward_through(&mut self, fid: u32, delivery: ForwardedDelivery, now: Instant) {
+        let cap = self.forward_cap();
+        let Some(f) = self.handover.forwards.get_mut(&fid) else { return };
+        let id = delivery.msg.id;
+        if !delivery.shared && id != 0 && f.carry.seen.contains(&id) {
+            self.metrics.handover_duplicates += 1;
+            return;
+        }
+        if f.sent >= cap {
+            self.metrics.messages_dropped_queue_full += 1;
+            return;
+        }
+        f.sent += 1;
+        let (to, client_id, generation) = (f.to, f.client_id.clone(), f.generation);
+        self.send_forwarded(to, client_id, generation, delivery, now);
     }
 
     fn send_forwarded(
@@ -675,20 +676,8 @@ impl Shard {
             f.upstream.is_some_and(|u| u.from == from && u.generation == generation)
         });
         if let Some(fid) = fid {
-            let cap = self.forward_cap();
-            let Some(f) = self.handover.forwards.get_mut(&fid) else { return };
-            if msg.id != 0 && f.carry.seen.contains(&msg.id) {
-                self.metrics.handover_duplicates += 1;
-                return;
-            }
-            if f.sent >= cap {
-                self.metrics.messages_dropped_queue_full += 1;
-                return;
-            }
-            f.sent += 1;
-            let (to, generation) = (f.to, f.generation);
             let delivery = ForwardedDelivery { msg, matches, shared };
-            return self.send_forwarded(to, client_id, generation, delivery, now);
+            return self.forward_through(fid, delivery, now);
         }
         // Or delivered to the session, if it is still the one handed over.
         let slot =
