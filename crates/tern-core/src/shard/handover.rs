@@ -129,9 +129,8 @@ struct Forward {
     fenced: bool,
     /// Inherited from the session's joining state here, if it moved on while joining.
     carry: Carry,
-    /// The session's slot and slot generation here, for its shared memberships.
-    member: Option<(u32, u32)>,
-    /// Its shared memberships here (group, slot, slot generation), withdrawn when it ends.
+    /// Its shared memberships here (group, slot, slot generation; one slot for all), withdrawn
+    /// when it ends; their (slot, generation) keys `Handover::by_member`.
     shared: Vec<(String, u32, u32)>,
 }
 
@@ -263,7 +262,6 @@ impl Shard {
             stopping: false,
             fenced: false,
             carry,
-            member: None,
             shared: Vec::new(),
         };
         if let Some(token) = record.carry.fence {
@@ -275,14 +273,13 @@ impl Shard {
         fid
     }
 
-    /// Record `fid` also stands for the shared-subscription memberships of the session that
-    /// was in `slot` (of slot generation `generation`): a delivery other shards still pick for
-    /// that member is forwarded too, until their replicas know the member's new place.
-    /// `shared` are its memberships, kept announced until the record ends.
+    /// Record `fid` also stands for the session's shared-subscription memberships `shared`
+    /// (group, its old slot, slot generation), kept announced until the record ends: a delivery
+    /// other shards still pick for that member is forwarded too, until their replicas know the
+    /// member's new place.
     pub(super) fn forward_member(&mut self, fid: u32, shared: Vec<(String, u32, u32)>) {
         let Some(&(_, slot, generation)) = shared.first() else { return };
         if let Some(f) = self.handover.forwards.get_mut(&fid) {
-            f.member = Some((slot, generation));
             f.shared = shared;
             self.handover.by_member.insert((slot, generation), fid);
         }
@@ -528,8 +525,8 @@ impl Shard {
         if let Some(token) = f.carry.fence {
             self.handover.fence_records.remove(&token);
         }
-        if let Some(member) = f.member {
-            self.handover.by_member.remove(&member);
+        if let Some(&(_, slot, generation)) = f.shared.first() {
+            self.handover.by_member.remove(&(slot, generation));
         }
         for (group, slot, generation) in &f.shared {
             self.remove_shared_member(group, *slot, *generation);
