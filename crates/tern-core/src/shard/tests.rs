@@ -1741,3 +1741,40 @@ fn resume_case(
     }
     true
 }
+
+/// The bound on what one forward record forwards (the session's queue bound plus its window,
+/// `handover`): while a session moves, messages past it are dropped and counted in
+/// `messages_dropped_queue_full` on the old shard, not held without limit.
+#[test]
+fn a_forward_record_forwards_at_most_its_bound() {
+    let mut cfg = ShardConfig::for_tests(2);
+    cfg.session.queue_messages_max = 2;
+    cfg.session.inflight_max = 1;
+    let mut cl = Cluster::with_config(cfg);
+    let old = cl.connect(0, V4, "mover", false);
+    cl.subscribe(old, "cmd", QoS::AtLeastOnce);
+    let p = cl.connect(0, V4, "pub", true);
+    // Resume on shard 1; move mesh messages until shard 0 has handed the session over.
+    let back = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, "mover", false), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(back.conn, &buf, now);
+    while cl.shards[0].metrics.handover_records == 0 {
+        assert!(step_one(&mut cl), "the takeover reaches shard 0");
+    }
+    // Five publishes on shard 0 while its forward record is live: 2 + 1 forwarded, 2 dropped.
+    let mut buf = BytesMut::new();
+    for i in 1..=5u16 {
+        let m = publish_packet("cmd", b"m", QoS::AtLeastOnce, i, false);
+        codec::encode(&m, V4, &mut buf).expect("encodes");
+    }
+    let now = cl.now;
+    cl.shards[0].handle_read(p.conn, &buf, now);
+    assert_eq!(cl.shards[0].metrics.handover_forwarded, 3, "forwarded up to the bound");
+    assert_eq!(cl.shards[0].metrics.messages_dropped_queue_full, 2, "the rest counted");
+    cl.settle();
+    for (i, s) in cl.shards.iter().enumerate() {
+        assert_eq!(s.handover.in_transit(), 0, "shard {i}: the handover finished");
+    }
+}
