@@ -15,8 +15,13 @@ Scenarios (issue 9, "Done when" and "Memory that the limits do not see"):
   sub-repeat    5 000 retained messages, then one ~240 KB SUBSCRIBE repeating `r/#`; does the
                 broker keep answering another client?
 
+`stall --layout same|cross` places the publisher on the stalled subscriber's shard or on another
+one (the broker's admin listener is enabled to read `tern_connections_current` per shard, and
+the publisher reconnects, at most 20 times, until it lands where asked); `any` (the default)
+takes the kernel's SO_REUSEPORT choice, which differs from run to run.
+
 Usage: scripts/memory-attacks.py --broker target/release/tern --scenario stall [--shards 2]
-       [--set 'limits.memory_budget_bytes=67108864'] ...
+       [--layout same|cross] [--set 'limits.memory_budget_bytes=67108864'] ...
 """
 
 import argparse
@@ -29,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 
 # --- MQTT encoding (just what the scenarios send) ---------------------------------------------
@@ -190,9 +196,36 @@ class Probe(threading.Thread):
         sock.close()
 
 
-def start_broker(binary, shards, settings):
+def shard_connections(admin_port, total, timeout=5.0):
+    """Connections per shard from /metrics once they add up to `total` (the gauges are
+    reported once a second); None if they do not within `timeout`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        counts = {}
+        for line in text.splitlines():
+            if line.startswith("tern_connections_current{shard="):
+                shard = int(line.split('"')[1])
+                counts[shard] = int(float(line.split()[-1]))
+        per = [counts[k] for k in sorted(counts)]
+        if sum(per) == total:
+            return per
+        time.sleep(0.1)
+    return None
+
+
+def new_shard(before, after):
+    """The shard whose connection count grew by one between two samples."""
+    grown = [i for i, (a, b) in enumerate(zip(before, after)) if b == a + 1]
+    return grown[0] if len(grown) == 1 else None
+
+
+def start_broker(binary, shards, settings, admin_port=None):
     port = free_port()
     sections = {"limits": {}}
+    if admin_port:
+        sections["admin"] = {"bind": f'"127.0.0.1:{admin_port}"'}
     for kv in settings:
         key, value = kv.split("=", 1)
         section, name = key.split(".", 1)
@@ -218,12 +251,34 @@ def start_broker(binary, shards, settings):
 # --- scenarios -------------------------------------------------------------------------------
 
 def stall(port, args):
+    placed = args.layout != "any"
+    if placed:
+        base = shard_connections(args.admin_port, 1)  # the probe
     sub = dial(port)
     sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sub.sendall(connect("stalled", keep_alive=0))
     sub.sendall(subscribe(1, ["stall/#"]))
     time.sleep(0.2)  # CONNACK and SUBACK arrive; from now on `sub` reads nothing
-    pub, _, _ = mqtt_client(port, "flooder")
+    if placed:
+        with_sub = shard_connections(args.admin_port, 2)
+        sub_shard = new_shard(base, with_sub) if base and with_sub else None
+        if sub_shard is None:
+            sys.exit("layout: cannot tell the subscriber's shard from /metrics")
+    for attempt in range(20):
+        pub, _, _ = mqtt_client(port, "flooder")
+        if not placed:
+            break
+        with_pub = shard_connections(args.admin_port, 3)
+        pub_shard = new_shard(with_sub, with_pub) if with_pub else None
+        if pub_shard is not None and (pub_shard == sub_shard) == (args.layout == "same"):
+            print(f"layout {args.layout}: subscriber on shard {sub_shard}, publisher on shard "
+                  f"{pub_shard} (attempt {attempt + 1})")
+            break
+        pub.close()
+        if shard_connections(args.admin_port, 2) is None:
+            sys.exit("layout: the publisher's connection did not end")
+    else:
+        sys.exit(f"layout {args.layout}: not reached in 20 attempts")
     burst = publish("stall/x", b"\x00" * 1024) * 1000
     count = args.messages
     t0 = time.time()
@@ -351,8 +406,13 @@ def main():
     ap.add_argument("--wait", type=float, default=1.0,
                     help="seconds between the attack and the final RSS sample (max 60)")
     ap.add_argument("--set", action="append", default=[], help="section.key=value for tern.toml")
+    ap.add_argument("--layout", choices=["any", "same", "cross"], default="any",
+                    help="stall: publisher on the subscriber's shard, on another, or either")
     args = ap.parse_args()
-    proc, port = start_broker(args.broker, args.shards, args.set)
+    args.admin_port = free_port() if args.layout != "any" else None
+    if args.layout == "cross" and args.shards < 2:
+        sys.exit("--layout cross needs --shards 2 or more")
+    proc, port = start_broker(args.broker, args.shards, args.set, args.admin_port)
     try:
         time.sleep(0.5)
         before = rss_kib(proc.pid)

@@ -712,6 +712,10 @@ impl Output {
                     Poll::Ready(Ok(n)) => {
                         self.written += n;
                         self.progressed = true;
+                        // What this buffer still holds counts against the connection's output
+                        // bound; the room freed refills the shard's buffer (issue 9).
+                        let left = self.buf.len() - self.written;
+                        shard.output_unwritten(id, left, Instant::now());
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
@@ -784,6 +788,8 @@ impl Output {
                     self.held.as_ref().is_some_and(|q| q.barriers > 0),
                 );
                 self.buf = split.free;
+                // Held output has its own bound (above); what goes out now is this part.
+                shard.output_unwritten(id, self.buf.len(), Instant::now());
                 if !split.held.is_empty() {
                     let mut gate = gate.unwrap_or_else(crate::persist::durable::Gate::open);
                     if let (true, Some(d)) = (split.barrier, durable) {

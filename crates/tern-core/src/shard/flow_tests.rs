@@ -569,3 +569,75 @@ fn byte_high_water_mark_pauses_and_resumes() {
     assert_eq!(cl.shards[0].metrics.flow_resumes, 1);
     assert_eq!(cl.shards[0].metrics.messages_dropped_qos0_slow, 0);
 }
+
+/// The sequence numbers of the PUBLISHes in `bytes` (what a driver wrote), with their ids.
+fn written_seqs(bytes: &[u8]) -> Vec<(u64, Option<PacketId>)> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(p) = codec::decode(&mut buf, V4, usize::MAX).expect("broker output decodes") {
+        if let Packet::Publish(p) = p {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&p.payload[..8]);
+            out.push((u64::from_be_bytes(b), p.packet_id));
+        }
+    }
+    out
+}
+
+/// Issue 9, stalled subscriber: what the driver took with `swap_tx` and has not written counts
+/// against `tx_bytes_max` together with the buffer the shard refills meanwhile, so a socket
+/// that takes nothing holds one output bound, not two (the driver's buffer and a full `tx`).
+/// The queue takes the rest (QoS 1: nothing dropped), and the room the socket frees as it
+/// takes bytes is refilled at once. Same shard and across shards, QoS 0 and 1.
+#[test]
+fn unwritten_driver_output_counts_against_the_output_bound() {
+    const TX_MAX: usize = 8 << 10;
+    const PACKET: usize = 1024 + 16;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        for (sub_shard, pub_shard) in [(0, 0), (1, 0)] {
+            let mut cl = Cluster::with_edit(2, |c| {
+                c.tx_bytes_max = TX_MAX;
+                c.flow.high_water_messages = 1000;
+                c.flow.high_water_bytes = 1 << 20;
+            });
+            let sub = cl.connect(sub_shard, V4, "sub", true);
+            cl.subscribe(sub, "t", qos);
+            let publisher = cl.connect(pub_shard, V4, "pub", true);
+            let now = cl.now;
+            let output = |cl: &Cluster| cl.shards[sub_shard].conn(sub.conn).map_or(0, |c| c.tx.len());
+            for seq in 1..=4 {
+                cl.send(publisher, kib_publish("t", qos, seq));
+            }
+            // The driver takes the output; the socket takes none of it.
+            let mut driver = BytesMut::new();
+            cl.shards[sub_shard].swap_tx(sub.conn, &mut driver, now);
+            assert_eq!(written_seqs(&driver).len(), 4);
+            for seq in 5..=40 {
+                cl.send(publisher, kib_publish("t", qos, seq));
+            }
+            let held = driver.len() + output(&cl);
+            assert!(held <= TX_MAX + PACKET, "one bound of output, not two: {held} B");
+            assert!(held >= TX_MAX, "the bound is used: {held} B");
+            assert!(queue_bytes(&cl, sub_shard, "sub") > 0, "the rest waits in the queue");
+            // The socket takes half of the driver's buffer: that room is refilled at once.
+            let before = output(&cl);
+            let left = driver.len() / 2;
+            cl.shards[sub_shard].output_unwritten(sub.conn, left, now);
+            let after = output(&cl);
+            assert!(after >= before + left - PACKET, "refilled: {before} -> {after} B");
+            assert!(left + after <= TX_MAX + PACKET, "still one bound: {} B", left + after);
+            // Everything arrives in order, once, with nothing dropped.
+            let mut got = Vec::new();
+            for (seq, id) in written_seqs(&driver) {
+                got.push(seq);
+                if let Some(id) = id {
+                    cl.send(sub, Packet::PubAck(PubResp::success(id)));
+                }
+            }
+            got.extend(cl.drain_acking(sub));
+            assert_eq!(got, seqs(40), "{qos:?} {sub_shard}/{pub_shard}");
+            let m = &cl.shards[sub_shard].metrics;
+            assert_eq!(m.messages_dropped_qos0_slow + m.messages_dropped_queue_full, 0);
+        }
+    }
+}

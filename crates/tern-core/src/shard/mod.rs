@@ -331,6 +331,11 @@ pub(crate) struct Conn {
     rx: BytesMut,
     /// Encoded bytes waiting to be written.
     tx: BytesMut,
+    /// Bytes the driver took with [`Shard::swap_tx`] and has not written yet, as it last told
+    /// ([`Shard::output_unwritten`]). Counted with `tx` against `tx_bytes_max` (issue 9): a
+    /// socket that stops taking bytes holds one bound of output, not the driver's buffer and
+    /// a refilled `tx` beside it. Saturated at `u32::MAX` (four bytes: the record's budget).
+    unwritten: u32,
     /// Already listed in [`Shard::take_ready`]'s list (each connection at most once).
     ready: bool,
     /// Last time a packet arrived.
@@ -411,6 +416,12 @@ impl ConnCold {
 }
 
 impl Conn {
+    /// Output held for this connection: the buffer being filled and what the driver took and
+    /// has not written. `tx_bytes_max` bounds this, not `tx` alone (issue 9).
+    fn output_bytes(&self) -> usize {
+        self.tx.len() + self.unwritten as usize
+    }
+
     /// The rare state, allocated now if it was not.
     fn cold_mut(&mut self) -> &mut ConnCold {
         self.cold.get_or_insert_with(Box::default)
@@ -739,6 +750,7 @@ impl Shard {
             peer,
             rx: BytesMut::new(),
             tx: BytesMut::new(),
+            unwritten: 0,
             ready: false,
             keep_alive_secs: 0,
             last_rx: now,
@@ -832,7 +844,7 @@ impl Shard {
                     closing: matches!(c.phase, Phase::Closing),
                     // No shard-wide condition here: a full peer outbox or mesh byte bound
                     // pauses the publishers that add to it (`flow`).
-                    read_paused: c.tx.len() >= 2 * self.cfg.tx_bytes_max
+                    read_paused: c.output_bytes() >= 2 * self.cfg.tx_bytes_max
                         || self.publisher_paused(&c.phase)
                         || c.awaiting_peers
                         || backlog
@@ -847,26 +859,42 @@ impl Shard {
         }
     }
 
-    /// Takes the bytes waiting for the connection, leaving an empty buffer, then refills the
-    /// buffer from the session queue (up to `tx_bytes_max`), so the next write is ready while
-    /// this one goes out.
+    /// Takes the bytes waiting for the connection as written at once (tests and tools that
+    /// consume output whole), leaving an empty buffer, then refills the buffer from the
+    /// session queue (up to `tx_bytes_max`).
     pub fn take_tx(&mut self, id: ConnId, now: Instant) -> BytesMut {
         let mut out = BytesMut::new();
         self.swap_tx(id, &mut out, now);
+        self.output_unwritten(id, 0, now);
         out
     }
 
-    /// [`Shard::take_tx`] into the caller's (empty) buffer, whose allocation the connection
-    /// keeps for its next output: no buffer is freed and regrown per write. Retained messages
-    /// owed to it are encoded first, a batch at a time.
+    /// The driver's turn: the bytes waiting for the connection go into the caller's (empty)
+    /// buffer, whose allocation the connection keeps for its next output (no buffer is freed
+    /// and regrown per write). An empty `buf` means the driver wrote everything it took
+    /// before. What it takes now counts against `tx_bytes_max` until it reports it written
+    /// ([`Shard::output_unwritten`]), so the buffer refilled meanwhile holds only the rest of
+    /// the bound. Retained messages owed to it are encoded first, a batch at a time.
     pub fn swap_tx(&mut self, id: ConnId, buf: &mut BytesMut, now: Instant) {
         debug_assert!(buf.is_empty());
-        if self.conn(id).is_some_and(Conn::has_backlog) {
+        let Some(c) = self.conn_mut(id) else { return };
+        c.unwritten = 0;
+        if c.has_backlog() {
             self.drain_retained(id, now);
         }
         let Some(c) = self.conn_mut(id) else { return };
+        let active = match c.phase {
+            Phase::Active { slot } => Some(slot),
+            _ => None,
+        };
+        if let (true, Some(slot)) = (c.tx.is_empty(), active) {
+            // The whole bound was the driver's until now: the queue waits for this turn.
+            self.pump(id, slot, now);
+        }
+        let Some(c) = self.conn_mut(id) else { return };
         std::mem::swap(&mut c.tx, buf);
-        if let Phase::Active { slot } = c.phase {
+        c.unwritten = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        if let Some(slot) = active {
             self.pump(id, slot, now);
         }
         // An idle connection keeps no large output buffer (the driver frees its own likewise).
@@ -874,6 +902,20 @@ impl Shard {
             if c.tx.is_empty() && c.tx.capacity() > IDLE_TX_CAPACITY_MAX {
                 c.tx = BytesMut::new();
             }
+        }
+    }
+
+    /// The driver still holds `bytes` of what it took with [`Shard::swap_tx`] unwritten (it
+    /// calls this as the socket takes them). The room that frees refills the output buffer
+    /// from the session queue at once, so the next write is ready while this one goes out.
+    pub fn output_unwritten(&mut self, id: ConnId, bytes: usize, now: Instant) {
+        let Some(c) = self.conn_mut(id) else { return };
+        c.unwritten = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let Phase::Active { slot } = c.phase else { return };
+        if c.output_bytes() < self.cfg.tx_bytes_max
+            && self.slot(slot).is_some_and(|s| !s.session.queue.is_empty())
+        {
+            self.pump(id, slot, now);
         }
     }
 
@@ -990,7 +1032,7 @@ impl Shard {
                 }
                 break;
             };
-            if c.tx.len() >= half {
+            if c.output_bytes() >= half {
                 break;
             }
             let Some(r) = c.cold.as_mut().and_then(|cold| cold.retained_backlog.pop_front()) else {

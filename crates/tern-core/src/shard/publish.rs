@@ -506,7 +506,7 @@ impl Shard {
     ) {
         let tx_max = self.cfg.tx_bytes_max;
         let Some(c) = self.conn(conn) else { return };
-        let (receive_max, tx_room) = (c.client_receive_max, c.tx.len() < tx_max);
+        let (receive_max, tx_room) = (c.client_receive_max, c.output_bytes() < tx_max);
         let Some(s) = self.slot_mut(slot) else { return };
         if s.flow.dropping() {
             // A slow consumer under policy `drop`: it alone loses messages until it drains.
@@ -699,7 +699,7 @@ impl Shard {
         let receive_max = c.client_receive_max;
         // Bounded by the queue length.
         loop {
-            if self.conn(conn).is_none_or(|c| c.tx.len() >= tx_max) {
+            if self.conn(conn).is_none_or(|c| c.output_bytes() >= tx_max) {
                 return;
             }
             let Some(s) = self.slot_mut(slot) else { return };
