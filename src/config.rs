@@ -1085,7 +1085,8 @@ settings! {
         /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by
         /// the receiving shard), each at its message cost; beyond it the publishers whose
         /// messages cross the mesh stop being read (until it is half used). Default 1 MiB.
-        /// Bound: 64 KiB..=1 GiB, and at least `packet_size_bytes_max`.
+        /// Bound: 64 KiB..=1 GiB. A threshold, not a store: a larger message still crosses,
+        /// and its publisher waits until it is handled.
         mesh_bytes_max: u64 = 1 << 20, (64 * 1024)..=GIB;
         /// Flow control: messages queued for a connected subscriber at which the publishers
         /// that feed it stop being read (on every shard) until it drains. Deliveries to a
@@ -1940,7 +1941,6 @@ impl LimitsConfig {
             ("session_queue_bytes_max", self.session_queue_bytes_max),
             ("retained_bytes_max", self.retained_bytes_max),
             ("memory_budget_bytes", self.memory_budget_bytes),
-            ("mesh_bytes_max", self.mesh_bytes_max),
             ("flow_hard_cap_bytes", self.flow_hard_cap_bytes),
         ];
         for (field, value) in stores {

@@ -16,7 +16,7 @@
 //! (`retained_messages_max`, `retained_bytes_max` per replica, counted at the same cost), and
 //! since nothing drains them, a budget they filled would pause publishers for good.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The shared counter and its limit.
 #[derive(Debug)]
@@ -67,33 +67,59 @@ impl Default for MemoryBudget {
 /// by sending shard. The sender adds, the receiver subtracts; a shard whose count reaches
 /// `limits.mesh_bytes_max` stops reading its publishers (issue 9: the cross-shard queues held
 /// up to ~130 000 messages, ~100 MB, behind a subscriber that stopped reading).
+///
+/// A sender whose publishers wait for these bytes to drain raises its `waiting` flag; the
+/// receiver that brings the count down to half the bound clears it and tells the sender
+/// ([`super::ShardMsg::MeshDrained`]), so the publishers resume as soon as the bytes are
+/// handled, not at the sender's next periodic check (issue 10: up to 100 ms of a paused
+/// cross-shard flow per episode).
 #[derive(Debug)]
 pub struct MeshBytes {
     by_sender: Box<[AtomicUsize]>,
+    waiting: Box<[AtomicBool]>,
 }
 
 impl MeshBytes {
     /// Counters for `shards` shards.
     pub fn new(shards: u16) -> Self {
-        Self { by_sender: (0..shards).map(|_| AtomicUsize::new(0)).collect() }
+        Self {
+            by_sender: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
+            waiting: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+        }
     }
 
     /// Shard `sender` put `bytes` on the mesh.
     pub fn sent(&self, sender: u16, bytes: usize) {
         if let Some(c) = self.by_sender.get(usize::from(sender)) {
-            c.fetch_add(bytes, Ordering::Relaxed);
+            c.fetch_add(bytes, Ordering::SeqCst);
         }
     }
 
-    /// A publish from `sender` of `bytes` was handled by its receiver.
-    pub fn received(&self, sender: u16, bytes: usize) {
-        if let Some(c) = self.by_sender.get(usize::from(sender)) {
-            c.fetch_sub(bytes, Ordering::Relaxed);
+    /// A publish from `sender` of `bytes` was handled by its receiver. True when the sender
+    /// waits for its count to fall to `half` and it now has: the caller tells it (once per
+    /// wait).
+    pub fn received(&self, sender: u16, bytes: usize, half: usize) -> bool {
+        let Some(c) = self.by_sender.get(usize::from(sender)) else { return false };
+        // SeqCst with `wait`: either the sender sees the lower count, or this sees its flag.
+        let left = c.fetch_sub(bytes, Ordering::SeqCst).saturating_sub(bytes);
+        left <= half
+            && self.waiting.get(usize::from(sender)).is_some_and(|w| w.swap(false, Ordering::SeqCst))
+    }
+
+    /// Shard `sender` has publishers waiting until its count is at most `half`: true if it
+    /// already is (the flag is then left down), else the flag is up for the receivers.
+    pub fn wait(&self, sender: u16, half: usize) -> bool {
+        let Some(w) = self.waiting.get(usize::from(sender)) else { return true };
+        w.store(true, Ordering::SeqCst);
+        if self.in_flight(sender) <= half {
+            w.store(false, Ordering::SeqCst);
+            return true;
         }
+        false
     }
 
     /// Bytes `sender` has crossing the mesh now.
     pub fn in_flight(&self, sender: u16) -> usize {
-        self.by_sender.get(usize::from(sender)).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.by_sender.get(usize::from(sender)).map_or(0, |c| c.load(Ordering::SeqCst))
     }
 }

@@ -252,6 +252,8 @@ impl Shard {
         }
         self.metrics.flow_pauses += 1;
         self.publisher_pause(origin.session, origin.generation);
+        // Woken by the receiver that drains the mesh bytes, not by the periodic retry.
+        self.cfg.mesh_bytes.wait(self.id, self.cfg.mesh_bytes_max / 2);
     }
 
     /// Takes up to `n` data messages for `peer` (the runtime's flusher); resumes the publishers
@@ -265,12 +267,13 @@ impl Shard {
     }
 
     /// Resumes the publishers paused by a peer outbox once it is half empty and this shard's
-    /// bytes crossing the mesh are under half their bound. Called when a batch is taken and by
-    /// the runtime's 100 ms loop (the mesh bytes drain on the receiving shards, which do not
-    /// signal back); a no-op while nobody waits.
+    /// bytes crossing the mesh are under half their bound. Called when a batch is taken, when
+    /// a receiver says the mesh bytes drained ([`ShardMsg::MeshDrained`]; the wait is re-armed
+    /// if they are above half again) and, as a fallback, by the runtime's 100 ms loop; a no-op
+    /// while nobody waits.
     pub fn flow_retry_outboxes(&mut self) {
         if self.outbox_blocked.iter().all(HashSet::is_empty)
-            || self.cfg.mesh_bytes.in_flight(self.id) > self.cfg.mesh_bytes_max / 2
+            || !self.cfg.mesh_bytes.wait(self.id, self.cfg.mesh_bytes_max / 2)
         {
             return;
         }

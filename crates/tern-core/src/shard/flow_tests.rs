@@ -641,3 +641,52 @@ fn unwritten_driver_output_counts_against_the_output_bound() {
         }
     }
 }
+
+/// Issue 10, mesh bytes: a publisher paused because its shard's publishes crossing the mesh
+/// reached `mesh_bytes_max` is resumed by the receiver that drains them
+/// ([`ShardMsg::MeshDrained`] on the control lane), not by the sender's periodic retry: here
+/// the outbox is emptied by hand (no `take_batch`, which also retries) and nothing else runs.
+#[test]
+fn mesh_bytes_pause_is_lifted_by_the_receiver() {
+    // One configuration for both shards: they share the mesh byte counters.
+    let mut cfg = ShardConfig::for_tests(2);
+    cfg.mesh_bytes_max = 4096;
+    let mut cl = Cluster::with_config(cfg);
+    let sub = cl.connect(1, V4, "sub", true);
+    cl.subscribe(sub, "t", QoS::AtMostOnce);
+    let publisher = cl.connect(0, V4, "pub", true);
+    let mut one = BytesMut::new();
+    codec::encode(&kib_publish("t", QoS::AtMostOnce, 1), V4, &mut one).expect("encodes");
+    let now = cl.now;
+    let mut sent = 0;
+    while !cl.paused(publisher) {
+        cl.shards[0].handle_read(publisher.conn, &one, now);
+        sent += 1;
+        assert!(sent <= 5, "paused once ~4 KiB are in the mesh");
+    }
+    // The flusher took everything: the outbox is empty, the bytes are in the channel.
+    let in_channel: Vec<ShardMsg> = cl.shards[0].outbox()[1].drain(..).collect();
+    assert_eq!(in_channel.len(), sent);
+    assert!(cl.paused(publisher), "still paused: the bytes are not handled yet");
+    for m in in_channel {
+        cl.shards[1].handle_peer(0, m, now);
+    }
+    assert!(cl.paused(publisher), "the sender has not heard yet");
+    let told: Vec<ShardMsg> = cl.shards[1].control_lane()[0].drain(..).collect();
+    assert!(
+        told.iter().any(|m| matches!(m, ShardMsg::MeshDrained)),
+        "the receiver tells the waiting sender: {told:?}"
+    );
+    for m in told {
+        cl.shards[0].handle_peer(1, m, now);
+    }
+    assert!(!cl.paused(publisher), "resumed by the receiver's message");
+    assert_eq!(publishes(&cl.recv(sub)).len(), sent);
+    // Once, not per message: nobody waits any more.
+    cl.shards[0].handle_read(publisher.conn, &one, now);
+    let msgs: Vec<ShardMsg> = cl.shards[0].outbox()[1].drain(..).collect();
+    for m in msgs {
+        cl.shards[1].handle_peer(0, m, now);
+    }
+    assert!(cl.shards[1].control_lane()[0].is_empty(), "no message when nobody waits");
+}

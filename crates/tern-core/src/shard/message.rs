@@ -242,6 +242,9 @@ pub enum ShardMsg {
         /// Its generation.
         generation: u32,
     },
+    /// Flow control, to a shard whose publishers wait for its bytes crossing the mesh
+    /// (`limits.mesh_bytes_max`): the receiver brought them down to half the bound.
+    MeshDrained,
     /// To the registry shard: `owner` no longer holds a session for `client_id`. Applied only
     /// while the registry still records that very owner and generation, so a late release
     /// cannot erase a newer claim.

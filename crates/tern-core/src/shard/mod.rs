@@ -1487,7 +1487,10 @@ impl Shard {
                 // Charged by the sender while it crossed the mesh (see `route`).
                 let cost = msg.cost_bytes();
                 self.cfg.memory.recharge(cost, 0);
-                self.cfg.mesh_bytes.received(from, cost);
+                let half = self.cfg.mesh_bytes_max / 2;
+                if self.cfg.mesh_bytes.received(from, cost, half) {
+                    self.send_to_peer(from, ShardMsg::MeshDrained, now);
+                }
                 self.deliver_forwarded(from, msg, normal, shared, now)
             }
             ShardMsg::SubAdd { filter, ack } => {
@@ -1534,6 +1537,7 @@ impl Shard {
             ShardMsg::FenceAck { token } => self.fence_acked(from, token, now),
             ShardMsg::Pause { session, generation } => self.publisher_pause(session, generation),
             ShardMsg::Resume { session, generation } => self.publisher_resume(session, generation),
+            ShardMsg::MeshDrained => self.flow_retry_outboxes(),
             ShardMsg::Release { client_id, owner } => {
                 // Only the claim it names: a newer claim stays ([MQTT-3.1.4-2] fencing).
                 if self.registry.get(&client_id) == Some(&owner) {
