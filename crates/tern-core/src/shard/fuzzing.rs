@@ -148,7 +148,8 @@ fn peer_addr() -> SocketAddr {
 /// (the core reads no clock: the caller gives it). Panics on a broken invariant.
 pub fn shard_core(data: &[u8], start: Instant) {
     let mut u = Unstructured::new(data);
-    let Ok(mut cluster) = Cluster::new(&mut u, start) else { return };
+    let last = data.last().copied().unwrap_or(0);
+    let Ok(mut cluster) = Cluster::new(&mut u, last, start) else { return };
     for _ in 0..OPS_MAX {
         let Ok(op) = Op::arbitrary(&mut u) else { break };
         cluster.apply(op);
@@ -162,7 +163,7 @@ pub fn shard_core(data: &[u8], start: Instant) {
 }
 
 impl Cluster {
-    fn new(u: &mut Unstructured<'_>, start: Instant) -> arbitrary::Result<Self> {
+    fn new(u: &mut Unstructured<'_>, last: u8, start: Instant) -> arbitrary::Result<Self> {
         let n = u.int_in_range(1..=3u16)?;
         let mut cfg = ShardConfig::for_tests(n);
         // Small bounds so that inputs reach them: output, queues, flow, memory, mesh.
@@ -178,6 +179,11 @@ impl Cluster {
         cfg.user_properties_max = u.int_in_range(0..=8)?;
         cfg.preauth_packet_bytes_max = *u.choose(&[64usize, 4096, 96 << 10])?;
         let memory = Arc::new(budget::MemoryBudget::new(*u.choose(&[512usize, 8192, 2 << 30])?));
+        // The flow byte bounds come from the input's last byte, read beside the stream (not
+        // taken from it): stored inputs decode to the same configuration and operations as
+        // before these were chosen (`fuzz-regression-mesh-bytes.bin` stays what it was).
+        cfg.flow.high_water_bytes = [1 << 20, 4096, 16 << 10, 64 << 10][usize::from(last & 3)];
+        cfg.flow.qos0_queue_bytes_max = [2 << 20, 1024, 8 << 10, 64 << 10][usize::from((last >> 2) & 3)];
         let mesh = Arc::new(budget::MeshBytes::new(n));
         cfg.memory = memory.clone();
         cfg.mesh_bytes = mesh.clone();
