@@ -1832,3 +1832,35 @@ fn a_joining_sessions_dedup_set_is_bounded_and_counts_what_it_cannot_record() {
     assert!(publishes(&cl.recv(back)).is_empty(), "no recorded id delivered twice");
     assert_eq!(cl.shards[1].metrics.messages_dropped_queue_full, 0, "nothing dropped for it");
 }
+
+/// [MQTT-3.8.4-3]: a SUBSCRIBE repeating an existing filter replaces the subscription, and
+/// the subscription is there throughout: a QoS 1 publish on the other shard reaches it
+/// whichever of the re-SUBSCRIBE's mesh messages that shard has applied. Before the fix the
+/// shard withdrew the filter (`SubRemove` / `SharedRemove`) and announced it again, and a
+/// publish routed between the two matched nobody.
+#[test]
+fn resubscribing_keeps_the_subscription_for_publishes_on_other_shards() {
+    for filter in ["t", "$share/g/t"] {
+        for cut in 0..6 {
+            let mut cl = Cluster::new(2);
+            let sub = cl.connect(0, V4, "sub", true);
+            cl.subscribe(sub, filter, QoS::AtLeastOnce);
+            let p = cl.connect(1, V4, "pub", true);
+            let mut buf = BytesMut::new();
+            let again = subscribe_packet(2, &[(filter, QoS::AtLeastOnce)]);
+            codec::encode(&again, V4, &mut buf).expect("encodes");
+            let now = cl.now;
+            cl.shards[0].handle_read(sub.conn, &buf, now);
+            for _ in 0..cut {
+                step_one(&mut cl);
+            }
+            let mut buf = BytesMut::new();
+            codec::encode(&publish_packet("t", b"m", QoS::AtLeastOnce, 1, false), V4, &mut buf)
+                .expect("encodes");
+            cl.shards[1].handle_read(p.conn, &buf, now);
+            cl.settle();
+            let got = cl.recv(sub);
+            assert_eq!(publishes(&got).len(), 1, "{filter}, cut {cut}: delivered once: {got:?}");
+        }
+    }
+}
