@@ -303,7 +303,10 @@ fn acknowledged_state_survives_kill_9_two_shards() {
 /// restart every message whose PUBACK the publisher got reaches the session at least once
 /// [MQTT-4.3.2-1] — also one the old shard forwarded to the session's new shard during a move,
 /// which only the new shard logs (its PUBACK waits for that shard's sync: `Publications` in
-/// `src/persist/durable.rs`). Three rounds, killed after 0.4–1.2 s of moving.
+/// `src/persist/durable.rs`). Three rounds, killed after 0.4–1.2 s of moving. The window in
+/// which that ordering matters is a sync long, so this test rarely hits it (three runs without
+/// the ordering passed); it checks that acknowledgements keep flowing and nothing acknowledged
+/// is lost, and `persist::durable::tests` check the ordering itself.
 #[test]
 fn moving_subscriber_keeps_acknowledged_messages_across_kill_9() {
     use std::sync::{Arc, Mutex};
