@@ -350,24 +350,23 @@ impl Writer<'_> {
             | (o.retain_handling as u8) << 4;
         self.u8(byte);
     }
+    /// What a stored message and a will both start with: topic, payload, QoS, retain and
+    /// properties.
+    fn head(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool, props: &Properties) {
+        self.str(topic);
+        self.bin(payload);
+        self.u8(qos as u8);
+        self.bool(retain);
+        let mut encoded = BytesMut::new();
+        props.encode(&mut encoded);
+        self.bin(&encoded);
+    }
     fn message(&mut self, m: &StoredMessage) {
-        self.str(&m.topic);
-        self.bin(&m.payload);
-        self.u8(m.qos as u8);
-        self.bool(m.retain);
-        let mut props = BytesMut::new();
-        m.properties.encode(&mut props);
-        self.bin(&props);
+        self.head(&m.topic, &m.payload, m.qos, m.retain, &m.properties);
         self.opt_u64(m.expires_at_unix_ms);
     }
     fn will(&mut self, w: &Will) {
-        self.str(&w.topic);
-        self.bin(&w.payload);
-        self.u8(w.qos as u8);
-        self.bool(w.retain);
-        let mut props = BytesMut::new();
-        w.properties.encode(&mut props);
-        self.bin(&props);
+        self.head(&w.topic, &w.payload, w.qos, w.retain, &w.properties);
     }
     fn delivery(&mut self, d: &StoredDelivery) {
         self.message(&d.msg);
@@ -462,34 +461,29 @@ impl<'a> Fields<'a> {
             retain_handling,
         })
     }
-    fn message(&mut self) -> Result<StoredMessage, RecordError> {
+    /// See [`Writer::head`]; the properties are those allowed in `context`.
+    fn head(&mut self, context: PropertyContext) -> Result<Will, RecordError> {
         let topic = self.str()?;
         let payload = Bytes::copy_from_slice(self.bin()?);
         let qos = self.qos()?;
         let retain = self.bool()?;
         let props = Bytes::copy_from_slice(self.bin()?);
         let mut r = Reader::new(props);
-        let properties = Properties::decode(&mut r, PropertyContext::Publish)
+        let properties = Properties::decode(&mut r, context)
             .map_err(|_| RecordError::Invalid("message properties"))?;
         if r.remaining() != 0 {
             return Err(RecordError::Invalid("bytes after the message properties"));
         }
+        Ok(Will { topic, payload, qos, retain, properties })
+    }
+    fn message(&mut self) -> Result<StoredMessage, RecordError> {
+        let Will { topic, payload, qos, retain, properties } =
+            self.head(PropertyContext::Publish)?;
         let expires_at_unix_ms = self.opt_u64()?;
         Ok(StoredMessage { topic, payload, qos, retain, properties, expires_at_unix_ms })
     }
     fn will(&mut self) -> Result<Will, RecordError> {
-        let topic = self.str()?;
-        let payload = Bytes::copy_from_slice(self.bin()?);
-        let qos = self.qos()?;
-        let retain = self.bool()?;
-        let props = Bytes::copy_from_slice(self.bin()?);
-        let mut r = Reader::new(props);
-        let properties = Properties::decode(&mut r, PropertyContext::Will)
-            .map_err(|_| RecordError::Invalid("will properties"))?;
-        if r.remaining() != 0 {
-            return Err(RecordError::Invalid("bytes after the will properties"));
-        }
-        Ok(Will { topic, payload, qos, retain, properties })
+        self.head(PropertyContext::Will)
     }
     fn delivery(&mut self) -> Result<StoredDelivery, RecordError> {
         let msg = self.message()?;
