@@ -1,6 +1,7 @@
 //! Application messages as the broker holds them, and the sendable form of a session that moves
 //! between shards on takeover.
 
+use crate::ids::{MessageId, ShardId, SlotGen, SlotId};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -13,11 +14,11 @@ use crate::codec::{Properties, QoS};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// Shard of the publishing connection.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Session slot on that shard.
-    pub session: u32,
+    pub session: SlotId,
     /// Generation of that slot, so a reused slot is not mistaken for the publisher.
-    pub generation: u32,
+    pub generation: SlotGen,
 }
 
 /// An application message. Held as `Rc<Message>` inside a shard (one copy however many local
@@ -44,7 +45,7 @@ pub struct Message {
     pub received_at: Option<Instant>,
     /// Identity given by the shard that routed it (that shard in the top 16 bits, a sequence
     /// below); 0 until routed. A session that moves between shards gets each id once.
-    pub id: u64,
+    pub id: MessageId,
 }
 
 /// Fixed per-message overhead counted against queue byte bounds (struct and allocator slack).
@@ -62,7 +63,7 @@ impl Message {
             expires_at: None,
             origin: None,
             received_at: None,
-            id: 0,
+            id: MessageId::UNROUTED,
         }
     }
 

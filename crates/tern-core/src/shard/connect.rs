@@ -11,6 +11,7 @@
 //! older one, so no two shards wait for each other, and the newest CONNECT wins
 //! ([MQTT-3.1.4-2]). CONNACK is bound to (slot, generation); `Release` carries its generation.
 
+use crate::ids::{ShardId, SlotGen, SlotId};
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
@@ -27,11 +28,11 @@ use crate::enhanced_auth::{Exchange, Step};
 use crate::session::{Session, SessionState};
 
 /// The registry shard of a client id.
-pub fn registry_shard(client_id: &str, shards: u16) -> u16 {
+pub fn registry_shard(client_id: &str, shards: u16) -> ShardId {
     // FNV-1a: stable across processes and shards, unlike the std RandomState.
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     client_id.hash(&mut h);
-    (h.finish() % u64::from(shards)) as u16
+    ShardId((h.finish() % u64::from(shards)) as u16)
 }
 
 struct Fnv(u64);
@@ -277,7 +278,13 @@ impl Shard {
 
     /// On the registry shard: record `from` as the owner under a new generation, answer with
     /// the generation and the previous owner.
-    pub(super) fn registry_claim(&mut self, from: u16, client_id: String, req: u64, now: Instant) {
+    pub(super) fn registry_claim(
+        &mut self,
+        from: ShardId,
+        client_id: String,
+        req: u64,
+        now: Instant,
+    ) {
         let generation = ClaimGen(self.next_claim);
         self.next_claim += 1;
         let previous = self.registry.insert(client_id, Owner { shard: from, generation });
@@ -288,7 +295,7 @@ impl Shard {
     /// session, or start a new one.
     pub(super) fn claim_reply(
         &mut self,
-        registry: u16,
+        registry: ShardId,
         req: u64,
         generation: ClaimGen,
         previous: Option<Owner>,
@@ -462,7 +469,7 @@ impl Shard {
     /// Holds one extra reference on each non-shared filter of `slot` announced to the other
     /// shards, so that removing the session does not broadcast `SubRemove`; returns the filters
     /// held, for [`Shard::unpin_filters`].
-    fn pin_filters(&mut self, slot: u32) -> Vec<String> {
+    fn pin_filters(&mut self, slot: SlotId) -> Vec<String> {
         let Some(s) = self.slot(slot) else { return Vec::new() };
         let filters: Vec<String> = s
             .session
@@ -499,7 +506,7 @@ impl Shard {
     /// asked owns the client id now.
     fn take_local_session(
         &mut self,
-        slot: u32,
+        slot: SlotId,
         clean_start: bool,
         now: Instant,
     ) -> Option<Box<SessionState>> {
@@ -586,7 +593,7 @@ impl Shard {
         &mut self,
         req: u64,
         state: Option<Box<SessionState>>,
-        upstream: Option<u16>,
+        upstream: Option<ShardId>,
         now: Instant,
     ) {
         let Some(p) = self.pending.remove(&req) else { return };
@@ -749,7 +756,7 @@ impl Shard {
     pub(super) fn complete_connack(
         &mut self,
         cref: ConnRef,
-        slot: u32,
+        slot: SlotId,
         claim: ClaimGen,
         ack: ConnAck,
         now: Instant,
@@ -834,9 +841,9 @@ impl Shard {
         session: Session,
         claim: ClaimGen,
         ack: Option<u64>,
-    ) -> (u32, usize) {
+    ) -> (SlotId, usize) {
         let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        self.next_generation = SlotGen(self.next_generation.0.wrapping_add(1).max(1));
         let client_id = session.client_id.clone();
         let filters: Vec<(String, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
@@ -869,7 +876,7 @@ impl Shard {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Handoff {
     /// Shard of the newer CONNECT.
-    pub(super) to: u16,
+    pub(super) to: ShardId,
     /// Its request id, echoed in the `TakeoverReply`.
     pub(super) req: u64,
     /// Its claim's generation.

@@ -182,7 +182,7 @@ impl Cluster {
         cfg.memory = memory.clone();
         cfg.mesh_bytes = mesh.clone();
         let session_expiry_max = Duration::from_secs(cfg.session_expiry_secs_max.into());
-        let shards = (0..n).map(|i| Shard::new(i, cfg.clone())).collect();
+        let shards = (0..n).map(|i| Shard::new(crate::ids::ShardId(i), cfg.clone())).collect();
         Ok(Self { shards, memory, mesh, now: start, clients: Vec::new(), session_expiry_max })
     }
 
@@ -290,7 +290,7 @@ impl Cluster {
         };
         let Some(msg) = batch.into_iter().next() else { return false };
         let now = self.now;
-        self.shards[to].handle_peer(from as u16, msg, now);
+        self.shards[to].handle_peer(crate::ids::ShardId(from as u16), msg, now);
         true
     }
 
@@ -395,7 +395,11 @@ impl Cluster {
             assert_eq!(s.metrics.subscriptions_current, 0, "shard {si}: subscription gauge");
             assert!(s.registry.is_empty(), "shard {si}: registry entries leaked");
             assert!(s.verifying.is_empty() && s.pending_acks.is_empty(), "shard {si}: pending");
-            assert_eq!(self.mesh.in_flight(si as u16), 0, "shard {si}: mesh bytes leaked");
+            assert_eq!(
+                self.mesh.in_flight(crate::ids::ShardId(si as u16)),
+                0,
+                "shard {si}: mesh bytes leaked"
+            );
         }
         assert_eq!(self.memory.used(), 0, "memory budget charge leaked");
     }
@@ -612,7 +616,8 @@ pub(crate) fn check_quiet(shards: &[Shard]) {
         let entry = shards[usize::from(reg)].registry_owner(cid);
         let claim =
             shards[si].by_client.get(*cid).and_then(|&x| shards[si].slot(x)).map(|x| x.claim);
-        let expected = claim.map(|generation| super::Owner { shard: si as u16, generation });
+        let expected = claim
+            .map(|generation| super::Owner { shard: crate::ids::ShardId(si as u16), generation });
         assert_eq!(entry, expected, "registry disagrees on the owner of {cid:?}");
     }
     for (ri, r) in shards.iter().enumerate() {

@@ -215,7 +215,7 @@ impl RetainedStore {
 /// applies the same updates in the same order and holds the same set, whichever shard the
 /// publishers were on. The cost is one extra mesh hop for a retained publish made on another
 /// shard before its replica shows it.
-pub const RETAIN_SEQUENCER: u16 = 0;
+pub const RETAIN_SEQUENCER: crate::ids::ShardId = crate::ids::ShardId(0);
 
 impl Shard {
     /// A retained update (set, replace or clear) from a client, a will or `$SYS` on this
@@ -231,7 +231,7 @@ impl Shard {
         let mut stored = msg.clone();
         stored.origin = None;
         stored.received_at = None;
-        stored.id = 0;
+        stored.id = crate::ids::MessageId::UNROUTED;
         if self.id == RETAIN_SEQUENCER {
             self.retained_sequence(stored, source);
         } else {
