@@ -45,7 +45,7 @@
 //! withdrawn after the new member's `SharedAdd` on the same shard, or when the forward record
 //! ends, deliveries picked for the old member meanwhile being forwarded ([`Shard::forward_shared`]).
 
-use crate::ids::{MessageId, ShardId, SlotGen, SlotId, SlotRef};
+use crate::ids::{MessageId, ShardId, SlotId, SlotRef};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
@@ -73,13 +73,21 @@ pub struct ForwardedDelivery {
 
 /// The shard a session came from, while that shard may still forward messages for it.
 #[derive(Clone, Copy, Debug)]
-struct Upstream {
+pub(super) struct Upstream {
     /// Shard forwarding to us.
     from: ShardId,
     /// The claim under which we received the session (the upstream's record names it).
     generation: ClaimGen,
     /// We told it to drain ([`ShardMsg::ForwardStop`]).
     stop_sent: bool,
+}
+
+impl Upstream {
+    /// Shard `from`, which handed the session on under claim `generation` and has not been
+    /// told to drain yet.
+    pub(super) fn new(from: ShardId, generation: ClaimGen) -> Self {
+        Upstream { from, generation, stop_sent: false }
+    }
 }
 
 /// What a joining session that moves on leaves to its forward record: the ids it was given
@@ -98,10 +106,9 @@ pub(super) struct Carry {
 pub(super) struct Taken(Joining);
 
 impl Taken {
-    /// Its upstream, as (shard, generation, stop sent); None once that sent its last forward.
-    pub(super) fn upstream(&self) -> Option<(ShardId, ClaimGen, bool)> {
-        let u = &self.0.upstream;
-        (!self.0.ended).then_some((u.from, u.generation, u.stop_sent))
+    /// Its upstream; None once that sent its last forward.
+    pub(super) fn upstream(&self) -> Option<Upstream> {
+        (!self.0.ended).then_some(self.0.upstream)
     }
 
     /// What a forward record inherits when the session moves to another shard.
@@ -132,7 +139,15 @@ struct Forward {
     carry: Carry,
     /// Its shared memberships here (group, slot, slot generation; one slot for all), withdrawn
     /// when it ends; their (slot, generation) keys `Handover::by_member`.
-    shared: Vec<(String, SlotId, SlotGen)>,
+    shared: Vec<SharedMembership>,
+}
+
+/// A shared-subscription membership of a session that leaves its slot: the group (the full
+/// `$share/{group}/{filter}` text) and the member's key on this shard.
+#[derive(Clone, Debug)]
+pub(super) struct SharedMembership {
+    pub(super) group: String,
+    pub(super) member: SlotRef,
 }
 
 /// A session installed here whose previous owner may still forward messages for it.
@@ -189,7 +204,7 @@ pub(crate) struct Handover {
     by_member: HashMap<SlotRef, ForwardId>,
     /// Set around a session's removal for a handover: its shared memberships (group, slot,
     /// slot generation) are collected here instead of withdrawn (never set between calls).
-    pub(super) held_shared: Option<Vec<(String, SlotId, SlotGen)>>,
+    pub(super) held_shared: Option<Vec<SharedMembership>>,
     /// A joining session resumed on this same shard, between its removal and the inline
     /// reply that installs it (never set between calls).
     inherit: Option<(String, Taken)>,
@@ -243,7 +258,7 @@ impl Shard {
         to: ShardId,
         generation: ClaimGen,
         filters: Vec<(String, SubVal)>,
-        upstream: Option<(ShardId, ClaimGen, bool)>,
+        upstream: Option<Upstream>,
         carry: Carry,
     ) -> ForwardId {
         let fid = ForwardId(self.handover.next_forward);
@@ -255,8 +270,6 @@ impl Shard {
             self.trie.insert(&filter, SubKey::Forward(fid), val);
             held.push(filter);
         }
-        let upstream =
-            upstream.map(|(from, generation, stop_sent)| Upstream { from, generation, stop_sent });
         let record = Forward {
             client_id: client_id.to_owned(),
             to,
@@ -282,15 +295,11 @@ impl Shard {
     /// (group, its old slot, slot generation), kept announced until the record ends: a delivery
     /// other shards still pick for that member is forwarded too, until their replicas know the
     /// member's new place.
-    pub(super) fn forward_member(
-        &mut self,
-        fid: ForwardId,
-        shared: Vec<(String, SlotId, SlotGen)>,
-    ) {
-        let Some(&(_, slot, generation)) = shared.first() else { return };
+    pub(super) fn forward_member(&mut self, fid: ForwardId, shared: Vec<SharedMembership>) {
+        let Some(member) = shared.first().map(|m| m.member) else { return };
         if let Some(f) = self.handover.forwards.get_mut(&fid) {
             f.shared = shared;
-            self.handover.by_member.insert(SlotRef { slot, generation }, fid);
+            self.handover.by_member.insert(member, fid);
         }
     }
 
@@ -321,9 +330,7 @@ impl Shard {
         let in_group = || {
             let ids = self.handover.forwards.iter();
             // The lowest id, so that a seeded simulation replays the same choice.
-            ids.filter(|(_, f)| f.shared.iter().any(|(g, _, _)| g == group))
-                .map(|(id, _)| *id)
-                .min()
+            ids.filter(|(_, f)| f.shared.iter().any(|m| m.group == group)).map(|(id, _)| *id).min()
         };
         let Some(fid) = exact.or_else(|| any_member.then(in_group).flatten()) else {
             return false;
@@ -393,13 +400,8 @@ impl Shard {
 
     /// A joining session left without being handed on (ended, or discarded by a clean start):
     /// its upstream may drain now; what it still forwards is dropped and counted.
-    pub(super) fn joining_abandoned(
-        &mut self,
-        client_id: &str,
-        upstream: (ShardId, ClaimGen, bool),
-        now: Instant,
-    ) {
-        let (from, generation, stop_sent) = upstream;
+    pub(super) fn joining_abandoned(&mut self, client_id: &str, upstream: Upstream, now: Instant) {
+        let Upstream { from, generation, stop_sent } = upstream;
         if !stop_sent {
             let msg = ShardMsg::ForwardStop { client_id: client_id.to_owned(), generation };
             self.send_to_peer(from, msg, now);
@@ -545,11 +547,11 @@ impl Shard {
         if let Some(token) = f.carry.fence {
             self.handover.fence_records.remove(&token);
         }
-        if let Some(&(_, slot, generation)) = f.shared.first() {
-            self.handover.by_member.remove(&SlotRef { slot, generation });
+        if let Some(m) = f.shared.first() {
+            self.handover.by_member.remove(&m.member);
         }
-        for (group, slot, generation) in &f.shared {
-            self.remove_shared_member(group, *slot, *generation);
+        for m in &f.shared {
+            self.remove_shared_member(&m.group, m.member.slot, m.member.generation);
         }
         if let Some(ids) = self.handover.by_client.get_mut(&f.client_id) {
             ids.retain(|i| *i != fid);

@@ -497,7 +497,7 @@ pub(crate) struct SessionSlot {
     expires_at: Option<Instant>,
     /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
     /// Boxed: few sessions have one, and a `Will` is large.
-    pending_will: Option<Box<(Will, Instant)>>,
+    pending_will: Option<Box<PendingWill>>,
     /// Flow control state, as subscriber and as publisher.
     flow: flow::SlotFlow,
     /// Expiry and will deadlines armed in the shard's heap.
@@ -505,6 +505,14 @@ pub(crate) struct SessionSlot {
     /// Bytes this session's messages are charged to the memory budget (its `held_bytes` when
     /// last recharged).
     charged: usize,
+}
+
+/// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2).
+#[derive(Debug)]
+pub(crate) struct PendingWill {
+    will: Will,
+    /// When it is published unless its client comes back first.
+    due: Instant,
 }
 
 /// A CONNECT waiting for the registry or a takeover.
@@ -582,7 +590,7 @@ pub struct Shard {
     handover: handover::Handover,
     /// Acknowledgements waiting for the other shards to apply subscriptions, by request id,
     /// with the number of peer answers still missing.
-    pending_acks: HashMap<u64, (subscribe::PendingAck, usize)>,
+    pending_acks: HashMap<u64, subscribe::HeldAck>,
     next_req: u64,
     /// Serial of the next accepted connection.
     next_conn_serial: u64,
@@ -1194,7 +1202,7 @@ impl Shard {
     /// The session slot whose CONNACK waits for the other shards on behalf of connection `r`.
     /// Linear in the held acknowledgements (bounded by the connections waiting for peers).
     fn held_connack_slot(&self, r: ConnRef) -> Option<SlotId> {
-        self.pending_acks.values().find_map(|(a, _)| match a {
+        self.pending_acks.values().find_map(|held| match &held.ack {
             subscribe::PendingAck::Conn { conn, slot, claim, .. } if *conn == r => {
                 self.slot(*slot).is_some_and(|s| s.claim == *claim).then_some(*slot)
             }
@@ -1256,7 +1264,7 @@ impl Shard {
         let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
         self.journal_will_pending(slot, &will, due);
         if let Some(s) = self.slot_mut(slot) {
-            s.pending_will = Some(Box::new((will, due)));
+            s.pending_will = Some(Box::new(PendingWill { will, due }));
             self.arm_will(slot, due);
         }
     }
@@ -1335,8 +1343,7 @@ impl Shard {
     fn destroy_session(&mut self, slot: SlotId, now: Instant) {
         // A delayed will goes out when its session ends ([MQTT-3.1.3-9]).
         if let Some(pending) = self.take_pending_will(slot) {
-            let (will, _) = *pending;
-            self.publish_will(slot, will, now);
+            self.publish_will(slot, pending.will, now);
         }
         self.flow_forget(slot);
         let upstream = self.joining_take(slot).and_then(|t| t.upstream());

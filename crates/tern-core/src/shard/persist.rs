@@ -13,7 +13,7 @@ use crate::ids::SlotId;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::{ClaimGen, Owner, Shard};
+use super::{ClaimGen, Owner, PendingWill, Shard};
 use crate::codec::Will;
 use crate::persist::journal::{self, Clock};
 use crate::persist::record::{Record, SessionSnapshot, StoredMessage};
@@ -110,7 +110,7 @@ impl Shard {
                 let client_id = s.session.client_id.clone();
                 let stamp = j.persisted.get(&client_id).copied();
                 out.push(Record::Snapshot { client_id: client_id.clone(), session });
-                if let Some((will, due)) = s.pending_will.as_deref() {
+                if let Some(PendingWill { will, due }) = s.pending_will.as_deref() {
                     out.push(Record::WillPending {
                         client_id: client_id.clone(),
                         will: will.clone(),
@@ -289,7 +289,7 @@ impl Shard {
 
     /// Takes the pending will of `slot` (to publish it, or because its client came back),
     /// writing `WillDone` so that a restart does not publish it again.
-    pub(super) fn take_pending_will(&mut self, slot: SlotId) -> Option<Box<(Will, Instant)>> {
+    pub(super) fn take_pending_will(&mut self, slot: SlotId) -> Option<Box<PendingWill>> {
         let s = self.slot_mut(slot)?;
         let pending = s.pending_will.take()?;
         let client_id = s.session.client_id.clone();
@@ -318,7 +318,7 @@ impl Shard {
                 // [MQTT-3.1.3-9]: no later than the session's end.
                 due = due.min(at);
             }
-            s.pending_will = Some(Box::new((will, due)));
+            s.pending_will = Some(Box::new(PendingWill { will, due }));
             self.metrics.wills_restored += 1;
             if let Some(slot) = slot {
                 self.arm_will(slot, due);
@@ -363,7 +363,7 @@ impl Shard {
             let mut session = Session::from_state(client_id.clone(), state, self.cfg.session);
             session.expiry_secs = expiry;
             session.username = username;
-            let (slot, _) = self.install_session(session, claim, None);
+            let slot = self.install_session(session, claim, None).slot;
             if expiry != u32::MAX {
                 // Offline since the snapshot said, or (connected at the crash) since now.
                 let since = match offline_since {

@@ -47,6 +47,14 @@ pub(crate) enum SubVal {
     },
 }
 
+/// A [`PendingAck`] and the number of peer answers ([`ShardMsg::DeltaAck`]) it still waits for.
+#[derive(Debug)]
+pub(crate) struct HeldAck {
+    pub(super) ack: PendingAck,
+    /// Peer answers missing, at least 1 while held.
+    pub(super) left: usize,
+}
+
 /// An acknowledgement held until every other shard has applied the subscriptions it covers,
 /// so that a publish accepted anywhere after the client sees it reaches the client.
 #[derive(Debug)]
@@ -198,7 +206,8 @@ impl Shard {
         if told == 0 || peers == 0 {
             self.complete_suback(pending, now);
         } else {
-            self.pending_acks.insert(req, (PendingAck::Sub(pending), told * peers));
+            self.pending_acks
+                .insert(req, HeldAck { ack: PendingAck::Sub(pending), left: told * peers });
             if let Some(c) = self.conn_mut(id) {
                 c.awaiting_peers = true;
             }
@@ -207,10 +216,10 @@ impl Shard {
 
     /// A peer applied one of our subscription deltas.
     pub(super) fn delta_acked(&mut self, req: u64, now: Instant) {
-        let Some((_, left)) = self.pending_acks.get_mut(&req) else { return };
-        *left -= 1;
-        if *left == 0 {
-            let Some((ack, _)) = self.pending_acks.remove(&req) else { return };
+        let Some(held) = self.pending_acks.get_mut(&req) else { return };
+        held.left -= 1;
+        if held.left == 0 {
+            let Some(HeldAck { ack, .. }) = self.pending_acks.remove(&req) else { return };
             match ack {
                 PendingAck::Sub(p) => self.complete_suback(p, now),
                 PendingAck::Conn { conn, slot, claim, ack } => {

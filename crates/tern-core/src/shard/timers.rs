@@ -159,11 +159,10 @@ impl Shard {
             return;
         }
         s.timers.will = None;
-        match s.pending_will.as_ref().map(|p| p.1) {
+        match s.pending_will.as_ref().map(|p| p.due) {
             Some(due) if now >= due => {
                 if let Some(pending) = self.take_pending_will(slot) {
-                    let (will, _) = *pending;
-                    self.publish_will(slot, will, now);
+                    self.publish_will(slot, pending.will, now);
                 }
             }
             Some(due) => self.arm_will(slot, due),
