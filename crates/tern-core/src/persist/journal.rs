@@ -287,7 +287,7 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> Replayed {
                 None => orphan += 1,
             },
             Record::RetainSet(m) => {
-                out.retained.insert(m.topic.clone(), m);
+                out.retained.insert(m.topic.to_string(), m);
             }
             Record::RetainClear { topic } => {
                 out.retained.remove(&topic);
@@ -373,7 +373,7 @@ mod tests {
     fn delivery(payload: &'static [u8]) -> StoredDelivery {
         StoredDelivery {
             msg: StoredMessage {
-                topic: "t".into(),
+                topic: crate::codec::TopicName::new("t").expect("valid"),
                 payload: Bytes::from_static(payload),
                 qos: QoS::AtLeastOnce,
                 retain: false,

@@ -27,13 +27,15 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::primitives::Reader;
-use crate::codec::{Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, Will};
+use crate::codec::{
+    Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, TopicName, Will,
+};
 
 /// A message as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMessage {
-    /// Topic name.
-    pub topic: String,
+    /// Topic name (a record whose topic does not validate is refused when read).
+    pub topic: TopicName,
     /// Payload.
     pub payload: Bytes,
     /// QoS it was published with.
@@ -442,7 +444,7 @@ impl<'a> Fields<'a> {
         })
     }
     fn message(&mut self) -> Result<StoredMessage, RecordError> {
-        let topic = self.str()?;
+        let topic = TopicName::new(self.str()?).map_err(|_| RecordError::Invalid("topic"))?;
         let payload = Bytes::copy_from_slice(self.bin()?);
         let qos = self.qos()?;
         let retain = self.bool()?;
@@ -468,6 +470,7 @@ impl<'a> Fields<'a> {
         if r.remaining() != 0 {
             return Err(RecordError::Invalid("bytes after the will properties"));
         }
+        let topic = TopicName::new(topic).map_err(|_| RecordError::Invalid("will topic"))?;
         Ok(Will { topic, payload, qos, retain, properties })
     }
     fn delivery(&mut self) -> Result<StoredDelivery, RecordError> {
@@ -710,7 +713,7 @@ pub mod examples {
         properties.push(Property::ContentType("text/plain".into()));
         properties.push(Property::UserProperty("k".into(), "v".into()));
         StoredMessage {
-            topic: topic.into(),
+            topic: TopicName::new(topic).expect("invariant: example topics are valid"),
             payload: Bytes::from_static(b"\x00payload\xff"),
             qos: QoS::ExactlyOnce,
             retain: true,
@@ -797,7 +800,7 @@ pub mod examples {
             Record::WillPending {
                 client_id: cid(),
                 will: Will {
-                    topic: "w/t".into(),
+                    topic: TopicName::new("w/t").expect("valid"),
                     payload: Bytes::from_static(b"gone\x00"),
                     qos: QoS::AtLeastOnce,
                     retain: true,

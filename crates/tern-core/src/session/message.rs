@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Inflight, InflightState, Outgoing, Session, SessionLimits, Subscription};
-use crate::codec::{Properties, QoS};
+use crate::codec::{Properties, QoS, TopicName};
 
 /// Who published a message: used for the v5 No Local option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,7 +26,7 @@ pub struct Origin {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// Topic name (never an alias: aliases are resolved on receipt).
-    pub topic: String,
+    pub topic: TopicName,
     /// Payload. A message built from a client's packet owns it ([`Message::detach`]): a slice
     /// of the receive buffer would pin the whole buffer (up to 64 KiB per 1-byte payload).
     pub payload: Bytes,
@@ -53,7 +53,7 @@ pub const MESSAGE_OVERHEAD_BYTES: usize = 96;
 
 impl Message {
     /// A message with no properties, no expiry and no origin.
-    pub fn new(topic: String, payload: Bytes, qos: QoS, retain: bool) -> Self {
+    pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> Self {
         Self {
             topic,
             payload,

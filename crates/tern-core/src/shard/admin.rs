@@ -201,7 +201,7 @@ impl Shard {
             }
             AdminRequest::RetainedGet { topic } => {
                 let found = self.retained.get(topic, now).map(|m| RetainedInfo {
-                    topic: m.topic.clone(),
+                    topic: m.topic.to_string(),
                     qos: qos_number(m.qos),
                     payload_bytes: m.payload.len(),
                     payload: m.payload.clone(),
@@ -212,8 +212,11 @@ impl Shard {
                 let held = self.retained.get(topic, now).is_some();
                 // An empty retained message clears the topic ([MQTT-3.3.1-10]); applied to this
                 // replica only, because the HTTP thread asks every shard.
-                let clear = Message::new(topic.clone(), Bytes::new(), QoS::AtMostOnce, true);
-                self.retained_apply(clear, None);
+                // A topic that is not a valid name holds no retained message to delete.
+                if let Ok(topic) = crate::codec::TopicName::new(topic.clone()) {
+                    let clear = Message::new(topic, Bytes::new(), QoS::AtMostOnce, true);
+                    self.retained_apply(clear, None);
+                }
                 AdminReply::RetainedDeleted(held)
             }
         }

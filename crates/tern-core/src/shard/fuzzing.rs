@@ -455,18 +455,21 @@ fn build(spec: &PacketSpec, c: &Client) -> Packet {
                     properties.push(Property::AuthenticationMethod("SCRAM-SHA-256".into()));
                 }
             }
-            let will = will.map(|(t, q, retain, delay)| {
+            // A will topic that is not a valid name cannot be built (the decoder refuses it
+            // before the shard sees it): the CONNECT goes without a will then.
+            let will = will.and_then(|(t, q, retain, delay)| {
+                let topic = crate::codec::TopicName::new(topic(t)).ok()?;
                 let mut properties = Properties::new();
                 if v5 && delay > 0 {
                     properties.push(Property::WillDelayInterval(u32::from(delay) * 10));
                 }
-                Will {
-                    topic: topic(t),
+                Some(Will {
+                    topic,
                     payload: Bytes::from_static(b"gone"),
                     qos: QoS::from_u8(q % 3).unwrap_or(QoS::AtMostOnce),
                     retain,
                     properties,
-                }
+                })
             });
             Packet::Connect(Box::new(Connect {
                 version: c.version,

@@ -330,7 +330,7 @@ impl Shard {
     pub(super) fn journal_retained(&mut self, msg: &crate::session::Message) {
         if let Some(j) = &mut self.journal {
             j.records.push(if msg.payload.is_empty() {
-                Record::RetainClear { topic: msg.topic.clone() }
+                Record::RetainClear { topic: msg.topic.to_string() }
             } else {
                 Record::RetainSet(journal::store_message(msg, &j.clock))
             });
@@ -711,7 +711,7 @@ mod will_tests {
             let mut p = Properties::new();
             p.push(Property::WillDelayInterval(d));
             codec::Will {
-                topic: "w/t".into(),
+                topic: crate::codec::TopicName::new("w/t").expect("valid topic"),
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtLeastOnce,
                 retain: false,

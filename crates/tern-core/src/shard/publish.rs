@@ -10,7 +10,7 @@ use super::subscribe::{SubKey, SubVal};
 use super::{CloseReason, ConnId, Shard, ShardMsg};
 use crate::codec::{
     self, Packet, PacketId, Properties, Property, PubResp, Publish, PublishView, QoS, ReasonCode,
-    SubscriptionOptions, Will,
+    SubscriptionOptions, TopicName, Will,
 };
 use crate::session::message::Origin;
 use crate::session::{AckOutcome, Dropped, InflightState, Message, Outgoing};
@@ -192,7 +192,13 @@ impl Shard {
                 return self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
             }
         }
-        if !self.topic_name_allowed(&p.topic) {
+        // Valid by now: the decoder checked it, or it came from the alias map, which holds
+        // only names the decoder checked. An alias-only PUBLISH without a known alias was
+        // closed above; anything else that slips through is a protocol error, not a panic.
+        let Ok(topic) = TopicName::new(std::mem::take(&mut p.topic)) else {
+            return self.close(id, CloseReason::Protocol(ReasonCode::TopicNameInvalid), now);
+        };
+        if !self.topic_name_allowed(&topic) {
             if v5 && p.qos != QoS::AtMostOnce {
                 return self.ack(id, p.qos, p.packet_id, ReasonCode::TopicNameInvalid);
             }
@@ -203,9 +209,9 @@ impl Shard {
             let s = self.slot(slot);
             let user = s.and_then(|s| s.session.username.as_deref());
             let cid = s.map_or("", |s| s.session.client_id.as_str());
-            !acl.can_publish(user, cid, &p.topic)
+            !acl.can_publish(user, cid, &topic)
         });
-        if p.topic.starts_with("$SYS") || denied {
+        if topic.starts_with("$SYS") || denied {
             // `$SYS/` is the broker's: refused (v5) or dropped (v3) like an ACL denial.
             self.metrics.publish_denied += 1;
             let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
@@ -249,7 +255,7 @@ impl Shard {
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
         p.properties.remove(codec::properties::id::MESSAGE_EXPIRY_INTERVAL);
         let mut msg = Message {
-            topic: p.topic,
+            topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
@@ -322,6 +328,8 @@ impl Shard {
     /// subscriber gets the latest values at once.
     pub fn publish_sys(&mut self, topics: Vec<(String, String)>, now: Instant) {
         for (topic, value) in topics {
+            // The runtime's own `$SYS/...` names; one that does not validate is skipped.
+            let Ok(topic) = TopicName::new(topic) else { continue };
             let msg = Message::new(topic, value.into(), QoS::AtMostOnce, true);
             self.retain_local_and_broadcast(&msg, None);
             self.route(msg, now);

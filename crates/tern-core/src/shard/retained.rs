@@ -274,7 +274,12 @@ mod tests {
     use crate::topic::matches;
 
     fn msg(topic: &str, payload: &'static [u8]) -> Message {
-        Message::new(topic.into(), bytes::Bytes::from_static(payload), QoS::AtMostOnce, true)
+        Message::new(
+            crate::codec::TopicName::new(topic).expect("valid topic"),
+            bytes::Bytes::from_static(payload),
+            QoS::AtMostOnce,
+            true,
+        )
     }
 
     impl RetainedStore {
@@ -286,7 +291,7 @@ mod tests {
     fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {
         let mut out = Vec::new();
         store.matching(filter, crate::test_clock::test_epoch(), &mut out);
-        let mut t: Vec<String> = out.iter().map(|m| m.topic.clone()).collect();
+        let mut t: Vec<String> = out.iter().map(|m| m.topic.to_string()).collect();
         t.sort();
         t
     }

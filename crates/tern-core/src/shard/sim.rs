@@ -395,7 +395,7 @@ impl Sim {
             }
         }
         let will = (role == Role::Chaos && self.rng.chance(30)).then(|| Will {
-            topic: format!("w/{id}"),
+            topic: crate::codec::TopicName::new(format!("w/{id}")).expect("valid topic"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: false,

@@ -92,7 +92,7 @@ fn cold_state_comes_and_goes() {
     let peer = "127.0.0.1:5000".parse().expect("literal address");
     let id = shard.accept(0, peer, now).expect("accepted");
     let will = Will {
-        topic: "w".into(),
+        topic: crate::codec::TopicName::new("w").expect("valid topic"),
         payload: bytes::Bytes::from_static(b"x"),
         qos: codec::QoS::AtMostOnce,
         retain: false,

@@ -348,7 +348,7 @@ fn will_is_published_on_abnormal_close_only() {
         let mut connect = connect_packet(V4, id, true);
         if let Packet::Connect(cp) = &mut connect {
             cp.will = Some(Will {
-                topic: format!("will/{id}"),
+                topic: crate::codec::TopicName::new(format!("will/{id}")).expect("valid topic"),
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtMostOnce,
                 retain: false,
@@ -601,8 +601,12 @@ fn subscription_count_is_incremental_and_exact() {
 #[test]
 fn stored_payload_does_not_pin_the_read_buffer() {
     let chunk = Bytes::from(vec![7u8; 64 * 1024]);
-    let mut msg =
-        crate::session::Message::new("t".into(), chunk.slice(10..11), QoS::AtMostOnce, true);
+    let mut msg = crate::session::Message::new(
+        crate::codec::TopicName::new("t").expect("valid topic"),
+        chunk.slice(10..11),
+        QoS::AtMostOnce,
+        true,
+    );
     assert!(!chunk.is_unique(), "the slice shares the chunk");
     msg.detach();
     assert!(chunk.is_unique(), "after detach the message holds its own copy");
@@ -721,7 +725,7 @@ fn wills_are_charged_while_held() {
     let mut connect = connect_packet(V5, "w", true);
     if let Packet::Connect(cp) = &mut connect {
         cp.will = Some(Will {
-            topic: "will/w".into(),
+            topic: crate::codec::TopicName::new("will/w").expect("valid topic"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,
             retain: false,
@@ -784,7 +788,7 @@ fn connect_as(version: ProtocolVersion, id: &str, user: &str, clean: bool) -> Pa
 fn with_will(mut p: Packet, topic: &str) -> Packet {
     if let Packet::Connect(c) = &mut p {
         c.will = Some(Will {
-            topic: topic.into(),
+            topic: crate::codec::TopicName::new(topic).expect("valid topic"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,
             retain: false,
@@ -1145,7 +1149,7 @@ fn connect_with_user_properties(id: &str, connect_props: usize, will_props: usiz
     let Packet::Connect(mut c) = connect_packet(V5, id, true) else { unreachable!() };
     c.properties = empties(connect_props);
     c.will = Some(crate::codec::Will {
-        topic: "will/t".into(),
+        topic: crate::codec::TopicName::new("will/t").expect("valid topic"),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
         retain: false,
