@@ -23,6 +23,7 @@ pub mod primitives;
 pub mod properties;
 pub mod reason;
 pub mod topic;
+pub use topic::{TopicFilter, TopicName};
 
 mod decode;
 mod encode;
@@ -36,7 +37,7 @@ pub use decode::{decode, decode_with, DecodeLimits};
 pub use encode::{encode, encode_publish, encoded_len, publish_len, PublishView};
 pub use error::{DecodeError, EncodeError, ErrorKind};
 pub use header::{check, connect_version, FixedHeader, PacketType};
-pub use properties::{Properties, Property, PropertyContext, UserPropertyBudget};
+pub use properties::{Properties, Property, PropertyContext, UserPropertyBudget, Variable};
 pub use reason::{ReasonCode, ReasonContext};
 
 /// The protocol version a connection speaks, fixed by its CONNECT.
@@ -122,7 +123,7 @@ impl PacketId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Will {
     /// Topic the will is published to.
-    pub topic: String,
+    pub topic: TopicName,
     /// Will payload.
     pub payload: Bytes,
     /// QoS of the will publish.

@@ -16,6 +16,7 @@
 //! (`retained_messages_max`, `retained_bytes_max` per replica, counted at the same cost), and
 //! since nothing drains them, a budget they filled would pause publishers for good.
 
+use crate::ids::ShardId;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// The shared counter and its limit.
@@ -89,7 +90,7 @@ impl MeshBytes {
     }
 
     /// Shard `sender` put `bytes` on the mesh.
-    pub fn sent(&self, sender: u16, bytes: usize) {
+    pub fn sent(&self, sender: ShardId, bytes: usize) {
         if let Some(c) = self.by_sender.get(usize::from(sender)) {
             c.fetch_add(bytes, Ordering::SeqCst);
         }
@@ -98,7 +99,7 @@ impl MeshBytes {
     /// A publish from `sender` of `bytes` was handled by its receiver. True when the sender
     /// waits for its count to fall to `half` and it now has: the caller tells it (once per
     /// wait).
-    pub fn received(&self, sender: u16, bytes: usize, half: usize) -> bool {
+    pub fn received(&self, sender: ShardId, bytes: usize, half: usize) -> bool {
         let Some(c) = self.by_sender.get(usize::from(sender)) else { return false };
         // SeqCst with `wait`: either the sender sees the lower count, or this sees its flag.
         let left = c.fetch_sub(bytes, Ordering::SeqCst).saturating_sub(bytes);
@@ -108,7 +109,7 @@ impl MeshBytes {
 
     /// Shard `sender` has publishers waiting until its count is at most `half`: true if it
     /// already is (the flag is then left down), else the flag is up for the receivers.
-    pub fn wait(&self, sender: u16, half: usize) -> bool {
+    pub fn wait(&self, sender: ShardId, half: usize) -> bool {
         let Some(w) = self.waiting.get(usize::from(sender)) else { return true };
         w.store(true, Ordering::SeqCst);
         if self.in_flight(sender) <= half {
@@ -119,7 +120,7 @@ impl MeshBytes {
     }
 
     /// Bytes `sender` has crossing the mesh now.
-    pub fn in_flight(&self, sender: u16) -> usize {
+    pub fn in_flight(&self, sender: ShardId) -> usize {
         self.by_sender.get(usize::from(sender)).map_or(0, |c| c.load(Ordering::SeqCst))
     }
 }

@@ -36,7 +36,8 @@ impl Cluster {
 
     /// Shards sharing `cfg` (and so one memory budget).
     fn with_config(cfg: ShardConfig) -> Self {
-        let shards = (0..cfg.shards).map(|i| Shard::new(i, cfg.clone())).collect();
+        let shards =
+            (0..cfg.shards).map(|i| Shard::new(crate::ids::ShardId(i), cfg.clone())).collect();
         Self { shards, now: crate::test_clock::test_epoch() }
     }
 
@@ -57,7 +58,7 @@ impl Cluster {
                     for m in msgs {
                         moved = true;
                         let now = self.now;
-                        self.shards[to].handle_peer(from as u16, m, now);
+                        self.shards[to].handle_peer(crate::ids::ShardId(from as u16), m, now);
                     }
                 }
             }
@@ -83,13 +84,13 @@ impl Cluster {
                         let Some(m) = self.shards[f].control_lane()[t].pop_front() else { break };
                         moved = true;
                         let now = self.now;
-                        self.shards[t].handle_peer(f as u16, m, now);
+                        self.shards[t].handle_peer(crate::ids::ShardId(f as u16), m, now);
                     }
                     // The data lane is a channel of its own: never held.
                     for m in self.shards[f].take_batch(t, usize::MAX) {
                         moved = true;
                         let now = self.now;
-                        self.shards[t].handle_peer(f as u16, m, now);
+                        self.shards[t].handle_peer(crate::ids::ShardId(f as u16), m, now);
                     }
                 }
             }
@@ -347,7 +348,7 @@ fn will_is_published_on_abnormal_close_only() {
         let mut connect = connect_packet(V4, id, true);
         if let Packet::Connect(cp) = &mut connect {
             cp.will = Some(Will {
-                topic: format!("will/{id}"),
+                topic: crate::codec::TopicName::new(format!("will/{id}")).expect("valid topic"),
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtMostOnce,
                 retain: false,
@@ -600,8 +601,12 @@ fn subscription_count_is_incremental_and_exact() {
 #[test]
 fn stored_payload_does_not_pin_the_read_buffer() {
     let chunk = Bytes::from(vec![7u8; 64 * 1024]);
-    let mut msg =
-        crate::session::Message::new("t".into(), chunk.slice(10..11), QoS::AtMostOnce, true);
+    let mut msg = crate::session::Message::new(
+        crate::codec::TopicName::new("t").expect("valid topic"),
+        chunk.slice(10..11),
+        QoS::AtMostOnce,
+        true,
+    );
     assert!(!chunk.is_unique(), "the slice shares the chunk");
     msg.detach();
     assert!(chunk.is_unique(), "after detach the message holds its own copy");
@@ -720,7 +725,7 @@ fn wills_are_charged_while_held() {
     let mut connect = connect_packet(V5, "w", true);
     if let Packet::Connect(cp) = &mut connect {
         cp.will = Some(Will {
-            topic: "will/w".into(),
+            topic: crate::codec::TopicName::new("will/w").expect("valid topic"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,
             retain: false,
@@ -783,7 +788,7 @@ fn connect_as(version: ProtocolVersion, id: &str, user: &str, clean: bool) -> Pa
 fn with_will(mut p: Packet, topic: &str) -> Packet {
     if let Packet::Connect(c) = &mut p {
         c.will = Some(Will {
-            topic: topic.into(),
+            topic: crate::codec::TopicName::new(topic).expect("valid topic"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,
             retain: false,
@@ -979,9 +984,9 @@ fn mesh_bytes_bound_pauses_publishers_until_received() {
         sent += 1;
         assert!(sent <= 5, "paused once ~4 KiB are in the mesh");
     }
-    assert!(cl.shards[0].config().mesh_bytes.in_flight(0) >= 4096);
+    assert!(cl.shards[0].config().mesh_bytes.in_flight(crate::ids::ShardId(0)) >= 4096);
     cl.settle();
-    assert_eq!(cl.shards[0].config().mesh_bytes.in_flight(0), 0);
+    assert_eq!(cl.shards[0].config().mesh_bytes.in_flight(crate::ids::ShardId(0)), 0);
     assert!(!cl.shards[0].status(p.conn).read_paused, "reads resume");
     assert_eq!(publishes(&cl.recv(s)).len(), sent);
 }
@@ -997,7 +1002,7 @@ fn takeover_while_the_new_connection_waits_for_connack() {
     // A client id whose registry is shard 1, so that a claim from shard 1 is answered at once.
     let id = (0..)
         .map(|i| format!("x{i}"))
-        .find(|id| connect::registry_shard(id, 2) == 1)
+        .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(1))
         .expect("some id hashes to shard 1");
     let old = cl.connect(0, V4, &id, false);
     cl.subscribe(old, "s", QoS::AtLeastOnce);
@@ -1038,14 +1043,22 @@ fn late_release_does_not_erase_a_newer_claim() {
     let reg = usize::from(connect::registry_shard(&id, 2));
     let now = cl.now;
     let claim = |req| ShardMsg::Claim { client_id: id.clone(), req };
-    cl.shards[reg].handle_peer(0, claim(1), now);
+    cl.shards[reg].handle_peer(crate::ids::ShardId(0), claim(1), now);
     let first = cl.shards[reg].registry_owner(&id).expect("claimed");
-    cl.shards[reg].handle_peer(1, claim(2), now);
+    cl.shards[reg].handle_peer(crate::ids::ShardId(1), claim(2), now);
     let second = cl.shards[reg].registry_owner(&id).expect("claimed");
     assert!(second.generation > first.generation, "a newer claim has a larger generation");
-    cl.shards[reg].handle_peer(0, ShardMsg::Release { client_id: id.clone(), owner: first }, now);
+    cl.shards[reg].handle_peer(
+        crate::ids::ShardId(0),
+        ShardMsg::Release { client_id: id.clone(), owner: first },
+        now,
+    );
     assert_eq!(cl.shards[reg].registry_owner(&id), Some(second), "the newer claim stays");
-    cl.shards[reg].handle_peer(1, ShardMsg::Release { client_id: id.clone(), owner: second }, now);
+    cl.shards[reg].handle_peer(
+        crate::ids::ShardId(1),
+        ShardMsg::Release { client_id: id.clone(), owner: second },
+        now,
+    );
     assert_eq!(cl.shards[reg].registry_owner(&id), None, "its own release ends it");
 }
 
@@ -1057,7 +1070,7 @@ fn connecting_has_a_deadline() {
     let mut cl = Cluster::new(2);
     let id = (0..)
         .map(|i| format!("d{i}"))
-        .find(|id| connect::registry_shard(id, 2) == 0)
+        .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(0))
         .expect("some id hashes to shard 0");
     let c = cl.open(1, V4);
     let mut buf = BytesMut::new();
@@ -1085,7 +1098,7 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
     let mut cl = Cluster::new(2);
     let id = (0..)
         .map(|i| format!("s{i}"))
-        .find(|id| connect::registry_shard(id, 2) == 1)
+        .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(1))
         .expect("some id hashes to shard 1");
     let old = cl.connect(1, V4, &id, false);
     let s = Subscribe {
@@ -1136,7 +1149,7 @@ fn connect_with_user_properties(id: &str, connect_props: usize, will_props: usiz
     let Packet::Connect(mut c) = connect_packet(V5, id, true) else { unreachable!() };
     c.properties = empties(connect_props);
     c.will = Some(crate::codec::Will {
-        topic: "will/t".into(),
+        topic: crate::codec::TopicName::new("will/t").expect("valid topic"),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
         retain: false,
@@ -1277,7 +1290,10 @@ fn cluster_with_passwords(queued: bool) -> Cluster {
     });
     cfg.failed_logins_per_minute_max = 3;
     cfg.password_checks_inline = !queued;
-    Cluster { shards: vec![Shard::new(0, cfg)], now: crate::test_clock::test_epoch() }
+    Cluster {
+        shards: vec![Shard::new(crate::ids::ShardId(0), cfg)],
+        now: crate::test_clock::test_epoch(),
+    }
 }
 
 fn login(version: ProtocolVersion, id: &str, password: &'static [u8]) -> Packet {
@@ -1486,7 +1502,7 @@ fn fan_out_shares_one_encoding_with_per_subscriber_packet_ids() {
 fn id_registered_on(prefix: &str, reg: u16) -> String {
     (0..)
         .map(|i| format!("{prefix}{i}"))
-        .find(|id| connect::registry_shard(id, 2) == reg)
+        .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(reg))
         .expect("some id hashes to that shard")
 }
 
@@ -1603,7 +1619,7 @@ fn step_one(cl: &mut Cluster) -> bool {
             let m = m.or_else(|| cl.shards[f].take_batch(t, 1).pop());
             if let Some(m) = m {
                 let now = cl.now;
-                cl.shards[t].handle_peer(f as u16, m, now);
+                cl.shards[t].handle_peer(crate::ids::ShardId(f as u16), m, now);
                 return true;
             }
         }
@@ -1646,7 +1662,7 @@ fn publish_during_resume(moves: &[(usize, usize)], filter: &str) {
     for registry in 0..2u16 {
         let id = (0..)
             .map(|i| format!("dev{i}"))
-            .find(|id| connect::registry_shard(id, 2) == registry)
+            .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(registry))
             .expect("some id hashes to each shard");
         for &(old_shard, new_shard) in moves {
             for publisher in 0..2usize {
@@ -1776,5 +1792,91 @@ fn a_forward_record_forwards_at_most_its_bound() {
     cl.settle();
     for (i, s) in cl.shards.iter().enumerate() {
         assert_eq!(s.handover.in_transit(), 0, "shard {i}: the handover finished");
+    }
+}
+
+/// A joining session's de-duplication set is bounded like a forward record (queue bound +
+/// window): ids past it are counted in `handover_dedup_full`, and their messages are still
+/// delivered — a full set may let a QoS 1 copy through twice (allowed: QoS 1 is "at least
+/// once", [MQTT-4.3.2-1]), never drop one.
+#[test]
+fn a_joining_sessions_dedup_set_is_bounded_and_counts_what_it_cannot_record() {
+    let mut cfg = ShardConfig::for_tests(2);
+    cfg.session.queue_messages_max = 2;
+    cfg.session.inflight_max = 1;
+    let mut cl = Cluster::with_config(cfg);
+    let old = cl.connect(0, V4, "mover", false);
+    cl.subscribe(old, "cmd", QoS::AtLeastOnce);
+    let p = cl.connect(1, V4, "pub", true);
+    // Resume on shard 1; move mesh messages one at a time until its CONNACK is out.
+    let back = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, "mover", false), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(back.conn, &buf, now);
+    while !cl.recv(back).iter().any(|p| matches!(p, Packet::ConnAck(_))) {
+        assert!(step_one(&mut cl), "the resume is answered");
+    }
+    assert!(cl.shards[1].handover.any_joining(), "the session is still joining");
+    // Five publishes routed on shard 1 while it joins, each delivered and acknowledged before
+    // the next: three ids recorded, two not (the set is full), all five delivered.
+    let mut got = 0;
+    for i in 1..=5u16 {
+        let mut buf = BytesMut::new();
+        let m = publish_packet("cmd", b"m", QoS::AtLeastOnce, i, false);
+        codec::encode(&m, V4, &mut buf).expect("encodes");
+        let now = cl.now;
+        cl.shards[1].handle_read(p.conn, &buf, now);
+        let packets = cl.recv(back);
+        for id in publishes(&packets).iter().filter_map(|m| m.packet_id) {
+            got += 1;
+            let mut buf = BytesMut::new();
+            codec::encode(&Packet::PubAck(PubResp::success(id)), V4, &mut buf).expect("encodes");
+            cl.shards[1].handle_read(back.conn, &buf, now);
+        }
+    }
+    assert!(cl.shards[1].handover.any_joining(), "all five arrived inside the window");
+    assert_eq!(cl.shards[1].metrics.handover_dedup_full, 2, "ids past the bound counted");
+    assert_eq!(got, 5, "every acknowledged publish delivered");
+    // The old shard forwards its copies (up to its own bound); the recorded ids are not
+    // delivered twice.
+    cl.settle();
+    for (i, s) in cl.shards.iter().enumerate() {
+        assert_eq!(s.handover.in_transit(), 0, "shard {i}: the handover finished");
+    }
+    assert!(cl.shards[1].metrics.handover_duplicates >= 1, "a forwarded copy was recognised");
+    assert!(publishes(&cl.recv(back)).is_empty(), "no recorded id delivered twice");
+    assert_eq!(cl.shards[1].metrics.messages_dropped_queue_full, 0, "nothing dropped for it");
+}
+
+/// [MQTT-3.8.4-3]: a SUBSCRIBE repeating an existing filter replaces the subscription, and
+/// the subscription is there throughout: a QoS 1 publish on the other shard reaches it
+/// whichever of the re-SUBSCRIBE's mesh messages that shard has applied. Before the fix the
+/// shard withdrew the filter (`SubRemove` / `SharedRemove`) and announced it again, and a
+/// publish routed between the two matched nobody.
+#[test]
+fn resubscribing_keeps_the_subscription_for_publishes_on_other_shards() {
+    for filter in ["t", "$share/g/t"] {
+        for cut in 0..6 {
+            let mut cl = Cluster::new(2);
+            let sub = cl.connect(0, V4, "sub", true);
+            cl.subscribe(sub, filter, QoS::AtLeastOnce);
+            let p = cl.connect(1, V4, "pub", true);
+            let mut buf = BytesMut::new();
+            let again = subscribe_packet(2, &[(filter, QoS::AtLeastOnce)]);
+            codec::encode(&again, V4, &mut buf).expect("encodes");
+            let now = cl.now;
+            cl.shards[0].handle_read(sub.conn, &buf, now);
+            for _ in 0..cut {
+                step_one(&mut cl);
+            }
+            let mut buf = BytesMut::new();
+            codec::encode(&publish_packet("t", b"m", QoS::AtLeastOnce, 1, false), V4, &mut buf)
+                .expect("encodes");
+            cl.shards[1].handle_read(p.conn, &buf, now);
+            cl.settle();
+            let got = cl.recv(sub);
+            assert_eq!(publishes(&got).len(), 1, "{filter}, cut {cut}: delivered once: {got:?}");
+        }
     }
 }
