@@ -1084,10 +1084,13 @@ settings! {
         mesh_batch_max: u32 = 64, 1..=4096;
         /// Bytes of publishes one shard may have crossing the mesh (sent, not yet handled by
         /// the receiving shard), each at its message cost; beyond it the publishers whose
-        /// messages cross the mesh stop being read (until it is half used). Default 1 MiB.
-        /// Bound: 64 KiB..=1 GiB. A threshold, not a store: a larger message still crosses,
-        /// and its publisher waits until it is handled.
-        mesh_bytes_max: u64 = 1 << 20, (64 * 1024)..=GIB;
+        /// messages cross the mesh stop being read (until it is half used; the receiver that
+        /// drains it says so). Default 256 KiB: what one stalled subscriber on another shard
+        /// can hold in flight (issue 9), and below `flow_qos0_queue_bytes_max` minus
+        /// `flow_high_water_bytes`, so a subscriber that is only slow loses no QoS 0 to the
+        /// overshoot. Bound: 64 KiB..=1 GiB. A threshold, not a store: a larger message still
+        /// crosses, and its publisher waits until it is handled.
+        mesh_bytes_max: u64 = 256 * 1024, (64 * 1024)..=GIB;
         /// Flow control: messages queued for a connected subscriber at which the publishers
         /// that feed it stop being read (on every shard) until it drains. Deliveries to a
         /// connected subscriber are never dropped by a queue bound. Default 1000. Bound:
