@@ -20,8 +20,11 @@ one (the broker's admin listener is enabled to read `tern_connections_current` p
 the publisher reconnects, at most 20 times, until it lands where asked); `any` (the default)
 takes the kernel's SO_REUSEPORT choice, which differs from run to run.
 
+`--check` makes it a regression check: exit status 1 unless the peak growth is at most
+`--limit-mib` (default 4, the issue's target) and, for `stall`, the probe's p99 is under 10 ms.
+
 Usage: scripts/memory-attacks.py --broker target/release/tern --scenario stall [--shards 2]
-       [--layout same|cross] [--set 'limits.memory_budget_bytes=67108864'] ...
+       [--layout same|cross] [--check [--limit-mib 4]] [--set 'limits.memory_budget_bytes=67108864'] ...
 """
 
 import argparse
@@ -408,6 +411,10 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="section.key=value for tern.toml")
     ap.add_argument("--layout", choices=["any", "same", "cross"], default="any",
                     help="stall: publisher on the subscriber's shard, on another, or either")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 unless peak RSS growth <= --limit-mib (and, for stall, the probe "
+                         "p99 < 10 ms): a regression check")
+    ap.add_argument("--limit-mib", type=float, default=4.0)
     args = ap.parse_args()
     args.admin_port = free_port() if args.layout != "any" else None
     if args.layout == "cross" and args.shards < 2:
@@ -441,6 +448,18 @@ def main():
             k.close()
         alive = proc.poll() is None
         print(f"broker alive at the end: {alive}")
+        if args.check:
+            failures = []
+            if (peak - before) / 1024 > args.limit_mib:
+                failures.append(f"peak growth {(peak - before) / 1024:.1f} MiB > {args.limit_mib}")
+            if probe and (not probe.rtts or p99 >= 10.0):
+                failures.append("probe p99 not under 10 ms")
+            if not alive:
+                failures.append("broker died")
+            if failures:
+                print("CHECK FAILED: " + "; ".join(failures))
+                sys.exit(1)
+            print("check passed")
     finally:
         proc.terminate()
         try:
