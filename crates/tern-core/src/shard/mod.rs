@@ -33,6 +33,7 @@ mod timers;
 
 use core::net::SocketAddr;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -547,13 +548,16 @@ pub struct Shard {
     /// Session slots, in chunks.
     sessions: slab::Slab<SessionSlot>,
     next_generation: u32,
-    by_client: HashMap<String, u32>,
+    /// Client id → session slot. The key is the session's own `client_id` (one allocation).
+    by_client: HashMap<Rc<str>, u32>,
     trie: SubscriptionTrie<subscribe::SubKey, subscribe::SubVal>,
     local_filter_refs: HashMap<String, u32>,
     shared: SharedGroups,
     retained: RetainedStore,
     /// Registry partition: client id → owning shard and the generation of its claim.
-    registry: HashMap<String, Owner>,
+    /// A session installed on this shard takes its client id from here when present, so
+    /// both share one allocation (issue 11).
+    registry: HashMap<Rc<str>, Owner>,
     /// The registry partition's generation counter (one for all its client ids).
     next_claim: u64,
     /// Per registry shard: the highest generation of our claims it has answered. Answers
@@ -786,7 +790,7 @@ impl Shard {
     pub fn client_id(&self, id: ConnId) -> Option<&str> {
         // Stored once, in the session: the connection knows its slot once CONNECT is accepted.
         match self.conn(id)?.phase {
-            Phase::Active { slot } => self.slot(slot).map(|s| s.session.client_id.as_str()),
+            Phase::Active { slot } => self.slot(slot).map(|s| &*s.session.client_id),
             _ => None,
         }
     }
@@ -1220,7 +1224,7 @@ impl Shard {
             // The connection's own span exists at debug level only: name it here.
             let peer = self.conn(id).map(|c| c.peer.to_string()).unwrap_or_default();
             let cid = match phase {
-                Phase::Active { slot } => self.slot(slot).map(|s| s.session.client_id.as_str()),
+                Phase::Active { slot } => self.slot(slot).map(|s| &*s.session.client_id),
                 _ => None,
             };
             let cid = cid.unwrap_or_default();
@@ -1352,7 +1356,7 @@ impl Shard {
         self.journal_ended(&s.session.client_id);
         self.metrics.sessions_current = self.by_client.len() as u64;
         let owner = Owner { shard: self.id, generation: s.claim };
-        let client_id = s.session.client_id;
+        let client_id = s.session.client_id.to_string();
         self.send_to_registry(ShardMsg::Release { client_id, owner }, now);
     }
 
@@ -1494,8 +1498,8 @@ impl Shard {
             ShardMsg::Resume { session, generation } => self.publisher_resume(session, generation),
             ShardMsg::Release { client_id, owner } => {
                 // Only the claim it names: a newer claim stays ([MQTT-3.1.4-2] fencing).
-                if self.registry.get(&client_id) == Some(&owner) {
-                    self.registry.remove(&client_id);
+                if self.registry.get(client_id.as_str()) == Some(&owner) {
+                    self.registry.remove(client_id.as_str());
                 }
             }
         }
