@@ -55,12 +55,6 @@ const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// scratch buffer, so the drain holds no memory of its own).
 const CLOSE_DRAIN_BYTES_MAX: usize = 1 << 20;
 
-/// A plain-TCP connection with nothing to write and nothing read for this long is parked: its
-/// task ends and its socket waits in the shard's epoll set ([`Parking`]). Long enough that a
-/// connection exchanging packets every few hundred milliseconds keeps its task (a park and an
-/// unpark cost a `dup`, two `epoll_ctl` and a task spawn), short against keep-alive intervals.
-pub const PARK_IDLE: Duration = Duration::from_secs(1);
-
 /// Connections the parker resumes per turn at most (epoll events and shard wake-ups each), so a
 /// shutdown or a broadcast to a million parked connections is spread over turns.
 const UNPARK_PER_TURN: usize = 256;
@@ -611,7 +605,7 @@ enum Event {
     /// The CONNECT was accepted: the client id is known (recorded in the span outside the
     /// poll, where the span is entered).
     Identified,
-    /// Idle for [`PARK_IDLE`] with nothing to write: park the connection ([`Parking`]).
+    /// Idle for `limits.park_idle_ms` with nothing to write: park the connection ([`Parking`]).
     Park,
 }
 
@@ -834,15 +828,17 @@ async fn serve<S: Transport>(io: Rc<ShardIo>, stream: S, id: ConnId, resumed: bo
 /// the shard wakes it when it may read again.
 async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId, resumed: bool) {
     let mut client_id_known = false;
-    // The park timer (see `PARK_IDLE`) and the last time bytes moved. The timer is not reset
+    // The park timer (`limits.park_idle_ms`: a resumed plain-TCP connection with nothing to
+    // write and nothing read for this long parks, its task ends and its socket waits in the
+    // shard's epoll set, see `Parking`) and the last time bytes moved. The timer is not reset
     // by traffic (a timer insert and removal per read cost a busy connection ~15 % of its
     // throughput): when it fires, the connection parks if it has been quiet since, and
-    // otherwise re-arms for the rest; at most one timer per `PARK_IDLE` per connection.
+    // otherwise re-arms for the rest; at most one timer per `park_idle` per connection.
     let mut idle: Option<glommio::timer::Timer> = None;
     let mut last_io = Instant::now();
     let parks = S::PARKS && io.shard.parking.is_some();
     // A new connection parks as soon as it is first idle after its CONNACK, without waiting
-    // `PARK_IDLE`: in a connection storm the tasks and read polls of the connections just
+    // `park_idle`: in a connection storm the tasks and read polls of the connections just
     // accepted would otherwise pile up for a second, and the allocator keeps the pages they
     // took (issue 11). One park and resume more for a client that goes on talking.
     let mut park_at_once = !resumed;
@@ -852,6 +848,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
     // The client closed or the socket failed: nothing to drain at the end.
     let mut peer_gone = false;
     let write_timeout = io.shard.borrow().config().write_timeout;
+    let park_idle = io.shard.borrow().config().park_idle;
     let mut timed_out = false;
     loop {
         if !client_id_known {
@@ -924,16 +921,16 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                     if park_at_once {
                         return Poll::Ready(Event::Park);
                     }
-                    // Nothing to read or write: park once this has lasted `PARK_IDLE`.
-                    let timer = idle.get_or_insert_with(|| glommio::timer::Timer::new(PARK_IDLE));
+                    // Nothing to read or write: park once this has lasted `park_idle`.
+                    let timer = idle.get_or_insert_with(|| glommio::timer::Timer::new(park_idle));
                     if Pin::new(timer).poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                     let quiet = last_io.elapsed();
-                    if quiet >= PARK_IDLE {
+                    if quiet >= park_idle {
                         return Poll::Ready(Event::Park);
                     }
-                    let mut rest = glommio::timer::Timer::new(PARK_IDLE - quiet);
+                    let mut rest = glommio::timer::Timer::new(park_idle - quiet);
                     if Pin::new(&mut rest).poll(cx).is_ready() {
                         return Poll::Ready(Event::Park); // quiet for all but a moment
                     }

@@ -168,6 +168,9 @@ pub struct ShardConfig {
     /// Time a peer may accept no output bytes before its connection is closed (the IO driver
     /// applies it; the will is published).
     pub write_timeout: Duration,
+    /// Time a resumed plain-TCP connection with nothing to read or write keeps its task before
+    /// the IO driver parks it (`limits.park_idle_ms`; issue 11). The core does not use it.
+    pub park_idle: Duration,
 }
 
 impl ShardConfig {
@@ -224,6 +227,7 @@ impl ShardConfig {
             shared: Default::default(),
             memory: Default::default(),
             write_timeout: Duration::from_secs(30),
+            park_idle: Duration::from_secs(1),
         }
     }
 }
