@@ -1059,6 +1059,15 @@ settings! {
         /// `dup`, two `epoll_ctl` and a task spawn) for clients that talk every few hundred
         /// ms. Default 1000. Bound: 10..=3_600_000.
         park_idle_ms: u32 = 1000, 10..=3_600_000;
+        /// Connections per shard between accept and CONNACK at once (TLS or WebSocket
+        /// handshake, waiting for CONNECT, for the client-id registry or a takeover). At the
+        /// bound the shard stops accepting until one settles; the next clients wait in the
+        /// kernel's listen backlog, and each wait counts in `accepts_deferred`. A storm of
+        /// reconnecting devices then holds a bounded number of handshake states (a TLS
+        /// handshake holds ~30-60 KB) and leaves the shard time for its connected clients.
+        /// Silent connections hold their place up to `connect_timeout_secs`. Default 1024.
+        /// Bound: 1..=1_000_000.
+        connecting_max: u32 = 1024, 1..=1_000_000;
         /// Bytes of messages the whole broker may hold for delivery (queued, in flight,
         /// crossing between shards, wills, retained messages owed after a SUBACK; the retained
         /// store has its own bounds), each at payload + topic + properties + overhead. When
@@ -2332,6 +2341,7 @@ mod tests {
             connect_timeout_secs = 20
             write_timeout_secs = 27
             park_idle_ms = 1234
+            connecting_max = 77
             memory_budget_bytes = 2000000
             keepalive_secs_max = 21
             sessions_max = 22
@@ -2400,6 +2410,7 @@ mod tests {
             connect_timeout_secs: 20,
             write_timeout_secs: 27,
             park_idle_ms: 1234,
+            connecting_max: 77,
             memory_budget_bytes: 2_000_000,
             keepalive_secs_max: 21,
             sessions_max: 22,
@@ -2506,6 +2517,7 @@ mod tests {
             "connect_timeout_secs",
             "write_timeout_secs",
             "park_idle_ms",
+            "connecting_max",
             "memory_budget_bytes",
             "keepalive_secs_max",
             "sessions_max",

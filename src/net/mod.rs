@@ -329,6 +329,72 @@ pub struct ShardIo {
     pub stopping: Cell<bool>,
     /// Tasks waiting for `stopping` (the accept loops).
     pub stop_waiters: RefCell<Vec<Waker>>,
+    /// Connections accepted and not yet past CONNACK (`limits.connecting_max`).
+    pub admission: Admission,
+}
+
+/// Connections accepted this many at most in a row; then the accept loop yields, so a
+/// connection storm's accepts are spread over turns and the shard's other tasks (keep alive,
+/// deliveries) run between batches (issue 11).
+const ACCEPTS_PER_TURN: usize = 64;
+
+/// The shard's connections between accept and CONNACK: TLS or WebSocket handshake, waiting
+/// for CONNECT, for the registry or for a takeover. At most `limits.connecting_max` per shard;
+/// at the bound the accept loops wait (the next clients wait in the kernel's listen backlog)
+/// until one settles, so a storm of reconnecting devices holds a bounded number of handshake
+/// and CONNECT states and cannot starve the connected ones (issue 11).
+#[derive(Default)]
+pub struct Admission {
+    connecting: Cell<usize>,
+    /// Accept loops waiting for room.
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Admission {
+    /// Connections between accept and CONNACK now.
+    pub fn connecting(&self) -> usize {
+        self.connecting.get()
+    }
+
+    fn enter(&self) {
+        self.connecting.set(self.connecting.get() + 1);
+    }
+
+    fn leave(&self) {
+        self.connecting.set(self.connecting.get().saturating_sub(1));
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Waits until fewer than `max` connections are connecting.
+    async fn room(&self, max: usize) {
+        poll_fn(|cx| {
+            if self.connecting.get() < max {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// One connection's place in [`Admission`], from accept until its CONNACK or its end.
+struct Connecting<'a>(&'a Admission);
+
+impl Connecting<'_> {
+    /// The place passes to the connection's serving task (which takes its own guard).
+    fn hand_on(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 impl ShardIo {
@@ -450,7 +516,31 @@ impl ListenerCtx {
 /// Accepts connections on `listener` until the shard stops.
 pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<ListenerCtx>) {
     let mut backoff = Duration::from_millis(5);
+    let mut batch = 0;
     while !io.stopping.get() {
+        batch += 1;
+        if batch > ACCEPTS_PER_TURN {
+            batch = 1;
+            futures_lite::future::yield_now().await;
+        }
+        let connecting_max = io.shard.borrow().config().connecting_max;
+        if io.admission.connecting() >= connecting_max {
+            io.shard.borrow_mut().metrics.accepts_deferred += 1;
+            let room = futures_lite::future::or(
+                async {
+                    io.admission.room(connecting_max).await;
+                    true
+                },
+                async {
+                    io.stopped().await;
+                    false
+                },
+            );
+            if !room.await {
+                break;
+            }
+            continue;
+        }
         // The accept is raced only against shutdown, never against a timer: dropping an
         // io_uring accept that has already completed would lose that connection (its client
         // would wait for a CONNACK that never comes).
@@ -481,6 +571,7 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
             // No handshake: the shard takes the connection now (and refuses it over the limit).
             let id = io.shard.borrow_mut().accept(ctx.index, peer, Instant::now());
             let Some(id) = id else { continue }; // over the limit: dropping closes it
+            io.admission.enter(); // left by `serve` at CONNACK
             glommio::spawn_local(serve(Rc::clone(&io), stream, id, false)).detach();
             continue;
         }
@@ -490,6 +581,7 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
             continue;
         }
         ctx.handshakes.set(ctx.handshakes.get() + 1);
+        io.admission.enter(); // left by the handshake task or, once established, by `serve`
         glommio::spawn_local(handshake_and_serve(Rc::clone(&io), Rc::clone(&ctx), stream, peer))
             .detach();
     }
@@ -510,6 +602,7 @@ async fn handshake_and_serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
+    let connecting = Connecting(&io.admission);
     let timeout = ctx.handshake_timeout;
     let result = futures_lite::future::or(async { Some(establish(&ctx, stream).await) }, async {
         glommio::timer::sleep(timeout).await;
@@ -534,7 +627,7 @@ async fn handshake_and_serve(
     }
     let id = io.shard.borrow_mut().accept_with_identity(ctx.index, peer, Instant::now(), identity);
     let Some(id) = id else { return }; // over the limit: dropping closes it
-
+    connecting.hand_on();
     // A task of its own, so the memory of this handshake future is freed now rather than held
     // for the life of the connection (it is laid out to hold the streams of every transport).
     match established {
@@ -828,6 +921,8 @@ async fn serve<S: Transport>(io: Rc<ShardIo>, stream: S, id: ConnId, resumed: bo
 /// the shard wakes it when it may read again.
 async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId, resumed: bool) {
     let mut client_id_known = false;
+    // A new connection holds its place among the connecting ones until its CONNACK.
+    let mut connecting = (!resumed).then(|| Connecting(&io.admission));
     // The park timer (`limits.park_idle_ms`: a resumed plain-TCP connection with nothing to
     // write and nothing read for this long parks, its task ends and its socket waits in the
     // shard's epoll set, see `Parking`) and the last time bytes moved. The timer is not reset
@@ -860,6 +955,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                     tracing::info!(shard = shard.id(), %peer, client_id = cid, "connected");
                 }
                 client_id_known = true;
+                connecting = None;
             }
         }
         let event = poll_fn(|cx| {
@@ -990,6 +1086,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
     // Boxed: the close and drain futures (their timers, the transport's close) are live only
     // at the end, but an async fn is as large as its largest state, so inline they would
     // enlarge every idle connection's task (issue 11).
+    drop(connecting); // closed before its CONNACK: its place goes to the next client
     Box::pin(finish(io, stream, id, timed_out, peer_gone)).await;
 }
 
@@ -1190,6 +1287,7 @@ mod tests {
                     outbox_ready: Signal::default(),
                     stopping: Cell::new(false),
                     stop_waiters: RefCell::new(Vec::new()),
+                    admission: Admission::default(),
                 });
                 let id = io.shard.borrow_mut().accept(0, addr, Instant::now()).expect("accepted");
                 let task = serve(io, stream, id, false);

@@ -171,6 +171,9 @@ pub struct ShardConfig {
     /// Time a resumed plain-TCP connection with nothing to read or write keeps its task before
     /// the IO driver parks it (`limits.park_idle_ms`; issue 11). The core does not use it.
     pub park_idle: Duration,
+    /// Connections of this shard between accept and CONNACK at once (`limits.connecting_max`);
+    /// the IO driver stops accepting at the bound. The core does not use it.
+    pub connecting_max: usize,
 }
 
 impl ShardConfig {
@@ -228,6 +231,7 @@ impl ShardConfig {
             memory: Default::default(),
             write_timeout: Duration::from_secs(30),
             park_idle: Duration::from_secs(1),
+            connecting_max: 1024,
         }
     }
 }
