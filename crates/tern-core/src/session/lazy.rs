@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 /// A `HashMap` allocated only while it holds an entry.
+// The box is the point: one pointer inline instead of the map's 48 bytes while empty.
+#[allow(clippy::box_collection)]
 #[derive(Debug, Clone)]
 pub struct LazyMap<K, V>(Option<Box<HashMap<K, V>>>);
 
