@@ -104,7 +104,10 @@ impl MeshBytes {
         // SeqCst with `wait`: either the sender sees the lower count, or this sees its flag.
         let left = c.fetch_sub(bytes, Ordering::SeqCst).saturating_sub(bytes);
         left <= half
-            && self.waiting.get(usize::from(sender)).is_some_and(|w| w.swap(false, Ordering::SeqCst))
+            && self
+                .waiting
+                .get(usize::from(sender))
+                .is_some_and(|w| w.swap(false, Ordering::SeqCst))
     }
 
     /// Shard `sender` has publishers waiting until its count is at most `half`: true if it

@@ -604,7 +604,8 @@ fn unwritten_driver_output_counts_against_the_output_bound() {
             cl.subscribe(sub, "t", qos);
             let publisher = cl.connect(pub_shard, V4, "pub", true);
             let now = cl.now;
-            let output = |cl: &Cluster| cl.shards[sub_shard].conn(sub.conn).map_or(0, |c| c.tx.len());
+            let output =
+                |cl: &Cluster| cl.shards[sub_shard].conn(sub.conn).map_or(0, |c| c.tx.len());
             for seq in 1..=4 {
                 cl.send(publisher, kib_publish("t", qos, seq));
             }
@@ -669,7 +670,7 @@ fn mesh_bytes_pause_is_lifted_by_the_receiver() {
     assert_eq!(in_channel.len(), sent);
     assert!(cl.paused(publisher), "still paused: the bytes are not handled yet");
     for m in in_channel {
-        cl.shards[1].handle_peer(0, m, now);
+        cl.shards[1].handle_peer(crate::ids::ShardId(0), m, now);
     }
     assert!(cl.paused(publisher), "the sender has not heard yet");
     let told: Vec<ShardMsg> = cl.shards[1].control_lane()[0].drain(..).collect();
@@ -678,7 +679,7 @@ fn mesh_bytes_pause_is_lifted_by_the_receiver() {
         "the receiver tells the waiting sender: {told:?}"
     );
     for m in told {
-        cl.shards[0].handle_peer(1, m, now);
+        cl.shards[0].handle_peer(crate::ids::ShardId(1), m, now);
     }
     assert!(!cl.paused(publisher), "resumed by the receiver's message");
     assert_eq!(publishes(&cl.recv(sub)).len(), sent);
@@ -686,7 +687,7 @@ fn mesh_bytes_pause_is_lifted_by_the_receiver() {
     cl.shards[0].handle_read(publisher.conn, &one, now);
     let msgs: Vec<ShardMsg> = cl.shards[0].outbox()[1].drain(..).collect();
     for m in msgs {
-        cl.shards[1].handle_peer(0, m, now);
+        cl.shards[1].handle_peer(crate::ids::ShardId(0), m, now);
     }
     assert!(cl.shards[1].control_lane()[0].is_empty(), "no message when nobody waits");
 }

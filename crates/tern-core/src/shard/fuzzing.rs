@@ -183,7 +183,8 @@ impl Cluster {
         // taken from it): stored inputs decode to the same configuration and operations as
         // before these were chosen (`fuzz-regression-mesh-bytes.bin` stays what it was).
         cfg.flow.high_water_bytes = [1 << 20, 4096, 16 << 10, 64 << 10][usize::from(last & 3)];
-        cfg.flow.qos0_queue_bytes_max = [2 << 20, 1024, 8 << 10, 64 << 10][usize::from((last >> 2) & 3)];
+        cfg.flow.qos0_queue_bytes_max =
+            [2 << 20, 1024, 8 << 10, 64 << 10][usize::from((last >> 2) & 3)];
         let mesh = Arc::new(budget::MeshBytes::new(n));
         cfg.memory = memory.clone();
         cfg.mesh_bytes = mesh.clone();
