@@ -1129,18 +1129,21 @@ settings! {
         /// Flow control in bytes: bytes queued for a connected subscriber (each message at its
         /// cost) at which the publishers that feed it stop being read, like
         /// `flow_high_water_messages`; they are read again once the queue is also at or under
-        /// half of this. Default 524_288 (512 KiB). Bound: 4 KiB..=1 GiB.
-        flow_high_water_bytes: u64 = 512 << 10, 4096..=GIB;
+        /// half of this. Default 262_144 (256 KiB; was 512 KiB: issue 9, a stalled subscriber on
+        /// another shard cost up to 4.5 MiB of RSS). Bound: 4 KiB..=1 GiB.
+        flow_high_water_bytes: u64 = 256 << 10, 4096..=GIB;
         /// Bytes queued for a connected subscriber past which a new QoS 0 delivery to it is
         /// dropped and counted (`messages_dropped_qos0_slow`) instead of queued (an empty
         /// queue always takes one message). The pause at the high-water mark takes hold only
         /// after what was already read, or is crossing from other shards, has arrived: this
         /// bounds that overshoot for QoS 0 (issue 9: a stalled subscriber held ~2 000 messages
         /// of 1 KiB past a mark of 1 000). QoS 1/2 is never dropped here: the hard caps apply.
-        /// Default 1_048_576 (1 MiB). Bound: 4 KiB..=1 GiB, and at least
-        /// `flow_high_water_bytes`. Worst-case memory: this much per connected subscriber
-        /// (plus its QoS 1/2 backlog, bounded by the hard caps).
-        flow_qos0_queue_bytes_max: u64 = 1 << 20, 4096..=GIB;
+        /// Default 786_432 (768 KiB; was 1 MiB): at least `flow_high_water_bytes` plus
+        /// `mesh_bytes_max` plus a read, the largest overshoot of a subscriber that is only
+        /// slow. Bound: 4 KiB..=1 GiB, and at least `flow_high_water_bytes`. Worst-case
+        /// memory: this much per connected subscriber (plus its QoS 1/2 backlog, bounded by
+        /// the hard caps).
+        flow_qos0_queue_bytes_max: u64 = 768 << 10, 4096..=GIB;
         /// Milliseconds a subscriber may stay above its high-water mark before it is a slow
         /// consumer. Default 30_000. Bound: 100..=3_600_000.
         slow_consumer_timeout_ms: u32 = 30_000, 100..=3_600_000;
@@ -2785,7 +2788,7 @@ mod tests {
             2,
             25,
             "limits.flow_high_water_bytes",
-            "flow_qos0_queue_bytes_max (1048576) must be at least flow_high_water_bytes (2097152)",
+            "flow_qos0_queue_bytes_max (786432) must be at least flow_high_water_bytes (2097152)",
         );
     }
 

@@ -801,7 +801,7 @@ impl Output {
                         self.progressed = true;
                         // What this buffer still holds counts against the connection's output
                         // bound; the room freed refills the shard's buffer (issue 9).
-                        let left = self.buf.len() - self.written;
+                        let left = self.buf.len().saturating_sub(self.written);
                         shard.output_unwritten(id, left, Instant::now());
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

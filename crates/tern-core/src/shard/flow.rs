@@ -86,8 +86,8 @@ impl Default for FlowLimits {
             low_water_messages: 500,
             hard_cap_messages: 100_000,
             hard_cap_bytes: 32 << 20,
-            high_water_bytes: 512 << 10,
-            qos0_queue_bytes_max: 1 << 20,
+            high_water_bytes: 256 << 10,
+            qos0_queue_bytes_max: 768 << 10,
             slow_consumer_timeout: Duration::from_secs(30),
             slow_consumer_policy: SlowConsumerPolicy::Disconnect,
         }
