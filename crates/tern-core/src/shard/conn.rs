@@ -3,12 +3,15 @@
 
 use core::net::SocketAddr;
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::{connect, RetainedOut};
-use crate::codec::{self, Packet, ProtocolVersion, Will};
+use super::budget::MemoryBudget;
+use super::connect::AuthInProgress;
+use super::{publish, CloseReason, RetainedOut};
+use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, Will};
+use crate::session::Outgoing;
 
 /// Where a connection stands.
 #[derive(Debug)]
@@ -35,46 +38,46 @@ pub(super) enum Phase {
 /// and allocated on first use.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(super) phase: Phase,
+    phase: Phase,
     /// Unique per shard over its life (see [`ConnRef`]).
-    pub(super) serial: u64,
+    serial: u64,
     /// Received bytes not yet decoded (a partial packet). Empty and unallocated when idle.
-    pub(super) rx: BytesMut,
+    rx: BytesMut,
     /// Encoded bytes waiting to be written.
-    pub(super) tx: BytesMut,
+    tx: BytesMut,
     /// Already listed in [`Shard::take_ready`]'s list (each connection at most once).
-    pub(super) ready: bool,
+    ready: bool,
     /// Last time a packet arrived.
-    pub(super) last_rx: Instant,
+    last_rx: Instant,
     /// When the connection was accepted (the admin API's connected-since).
-    pub(super) accepted_at: Instant,
+    accepted_at: Instant,
     /// Peer address, for logs, the failed-login limit and the admin API.
-    pub(super) peer: SocketAddr,
+    peer: SocketAddr,
     /// Client's Maximum Packet Size (v5), unlimited for v3.
-    pub(super) client_packet_max: u32,
+    client_packet_max: u32,
     /// Listener the connection came in on.
-    pub(super) listener: u16,
+    listener: u16,
     /// Keep alive granted, 0 = none.
-    pub(super) keep_alive_secs: u16,
+    keep_alive_secs: u16,
     /// Client's Receive Maximum (v5), 65535 for v3.
-    pub(super) client_receive_max: u16,
+    client_receive_max: u16,
     /// Outbound aliases this connection may hold (the map is in `cold`, made on first use).
-    pub(super) out_alias_max: u16,
+    out_alias_max: u16,
     /// Negotiated version (V311 until CONNECT says otherwise).
-    pub(super) version: ProtocolVersion,
+    version: ProtocolVersion,
     /// Whether the client asked for problem information (v5), default true.
-    pub(super) problem_info: bool,
+    problem_info: bool,
     /// A SUBSCRIBE waits for the other shards: later packets wait in `rx` so that responses
     /// keep the order of requests.
-    pub(super) awaiting_peers: bool,
+    awaiting_peers: bool,
     /// The user name was proven by the transport (TLS client certificate) or by enhanced
     /// authentication, not just claimed in CONNECT.
-    pub(super) identity_verified: bool,
+    identity_verified: bool,
     /// Flow control resumed reading: the keep-alive clock restarts at the next tick (the
     /// broker, not the client, was the one not reading).
-    pub(super) flow_resumed: bool,
+    flow_resumed: bool,
     /// The rare state, `None` until something needs it (see [`Conn::cold_mut`]).
-    pub(super) cold: Option<Box<ConnCold>>,
+    cold: Option<Box<ConnCold>>,
 }
 
 /// What few connections use: allocated on first use, freed when it holds nothing again
@@ -82,28 +85,28 @@ pub(crate) struct Conn {
 #[derive(Debug, Default)]
 pub(crate) struct ConnCold {
     /// Will to publish on abnormal close.
-    pub(super) will: Option<Will>,
+    will: Option<Will>,
     /// Bytes `will` is charged to the memory budget.
-    pub(super) will_charged: usize,
+    will_charged: usize,
     /// Inbound topic aliases (v5): alias → topic. At most `topic_alias_max` entries.
-    pub(super) aliases: HashMap<u16, String>,
+    aliases: HashMap<u16, String>,
     /// Outbound topic aliases (v5): topic → alias, assigned on first use up to
     /// min(client's Topic Alias Maximum, our `topic_alias_max`).
-    pub(super) out_aliases: HashMap<String, u16>,
+    out_aliases: HashMap<String, u16>,
     /// The user name the transport vouches for (TLS listener with `use_identity_as_username`:
     /// the client certificate's CN). When set, it replaces the CONNECT user name. Set only by
     /// [`Shard::accept_with_identity`]; the shard knows nothing else about transports.
-    pub(super) tls_username: Option<Box<str>>,
+    tls_username: Option<Box<str>>,
     /// Enhanced authentication exchange under way (CONNECT or re-authentication).
-    pub(super) auth: Option<connect::AuthInProgress>,
+    auth: Option<AuthInProgress>,
     /// The Authentication Method of the CONNECT, which re-authentication must repeat.
-    pub(super) auth_method: Option<String>,
+    auth_method: Option<String>,
     /// Retained messages owed after a SUBACK, written a batch at a time as `tx` drains
     /// ([`Shard::drain_retained`]). At most `retained_messages_max` entries; reading pauses
     /// while any wait, so one connection holds one SUBSCRIBE's worth at a time.
-    pub(super) retained_backlog: VecDeque<RetainedOut>,
+    retained_backlog: VecDeque<RetainedOut>,
     /// Bytes `retained_backlog` is charged to the memory budget.
-    pub(super) backlog_charged: usize,
+    backlog_charged: usize,
 }
 
 impl ConnCold {
@@ -121,22 +124,579 @@ impl ConnCold {
     }
 }
 
+/// What [`Conn::poll_packet`] found in the connection's input.
+#[derive(Debug)]
+pub(super) enum Input {
+    /// A whole packet, taken from the input.
+    Packet(Packet),
+    /// No whole packet is buffered; the rest comes with a later read. An input buffer left
+    /// empty has been freed (an idle connection holds none).
+    Incomplete,
+    /// The connection does not read now: it is closing, or waits for its CONNACK (registry,
+    /// takeover, password verdict) or for the other shards to apply a SUBSCRIBE. What it
+    /// pipelined stays buffered, so responses keep the order of requests.
+    Held,
+    /// CVE-2023-0809's class: the first packet is not a CONNECT ([MQTT-3.1.0-1]), seen from its
+    /// first byte, before a remaining length is read, so nothing else was buffered.
+    NotConnect,
+    /// The next packet is malformed or over a bound.
+    Malformed {
+        error: codec::DecodeError,
+        /// The packet came before authentication (so the pre-auth size bound applied).
+        pre_auth: bool,
+        /// The connection was waiting for its CONNECT (refused with a CONNACK where one can be).
+        awaiting_connect: bool,
+        /// The protocol version the CONNECT's first bytes name, read before decoding.
+        connect_version: Option<ProtocolVersion>,
+    },
+}
+
+/// The input bounds [`Conn::poll_packet`] applies (from the shard's configuration).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct InputLimits {
+    /// Largest packet once authenticated.
+    pub(super) packet_bytes_max: usize,
+    /// Largest packet before authentication (CVE-2017-7651's class).
+    pub(super) preauth_packet_bytes_max: usize,
+    /// User Properties one packet may carry.
+    pub(super) user_properties: codec::UserPropertyBudget,
+}
+
+/// What the connection's deadline says at `now` (see [`Conn::poll_timeout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Deadline {
+    /// No deadline: closing, or active without keep alive.
+    None,
+    /// Look again at this time.
+    At(Instant),
+    /// The deadline passed: close for this reason.
+    Expired(CloseReason),
+}
+
+/// Why [`Conn::send`] wrote nothing.
+#[derive(Debug)]
+pub(super) enum Unsent {
+    /// The packet could not be encoded (a packet the broker built wrong).
+    Encode(codec::EncodeError),
+    /// Not even without its optional properties does it fit the client's Maximum Packet
+    /// Size ([MQTT-3.1.2-24]).
+    TooLarge,
+}
+
 impl Conn {
+    /// A connection accepted at `now` from `peer` on `listener`, waiting for its CONNECT until
+    /// `connect_deadline`. `tls_username` is the identity its transport proved, if any.
+    pub(super) fn new(
+        serial: u64,
+        listener: u16,
+        peer: SocketAddr,
+        now: Instant,
+        connect_deadline: Instant,
+        tls_username: Option<String>,
+    ) -> Self {
+        let cold = tls_username.map(|name| {
+            Box::new(ConnCold { tls_username: Some(name.into_boxed_str()), ..Default::default() })
+        });
+        Conn {
+            phase: Phase::AwaitConnect { deadline: connect_deadline },
+            serial,
+            version: ProtocolVersion::V311,
+            listener,
+            peer,
+            rx: BytesMut::new(),
+            tx: BytesMut::new(),
+            ready: false,
+            keep_alive_secs: 0,
+            last_rx: now,
+            accepted_at: now,
+            client_receive_max: u16::MAX,
+            client_packet_max: u32::MAX,
+            out_alias_max: 0,
+            problem_info: true,
+            awaiting_peers: false,
+            flow_resumed: false,
+            identity_verified: false,
+            cold,
+        }
+    }
+
+    // --- What it is -------------------------------------------------------------------------
+
+    /// Where the connection stands.
+    pub(super) fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The session slot it is bound to, once active.
+    pub(super) fn active_slot(&self) -> Option<u32> {
+        match self.phase {
+            Phase::Active { slot } => Some(slot),
+            _ => None,
+        }
+    }
+
+    /// Whether the shard closed it (its output is being flushed).
+    pub(super) fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing)
+    }
+
+    /// Whether it waits for the registry, a takeover or the other shards before its CONNACK.
+    pub(super) fn is_connecting(&self) -> bool {
+        matches!(self.phase, Phase::Connecting { .. })
+    }
+
+    /// Whether its password check `ticket` is the one it waits for.
+    pub(super) fn awaits_verdict(&self, ticket: u64) -> bool {
+        matches!(self.phase, Phase::Verifying { ticket: t, .. } if t == ticket)
+    }
+
+    /// Unique per shard over its life (see [`super::ConnRef`]).
+    pub(super) fn serial(&self) -> u64 {
+        self.serial
+    }
+
+    /// The negotiated protocol version (3.1.1 until a CONNECT says otherwise).
+    pub(super) fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// Peer address.
+    pub(super) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Index of the listener it came in on.
+    pub(super) fn listener(&self) -> usize {
+        usize::from(self.listener)
+    }
+
+    /// When it was accepted.
+    pub(super) fn accepted_at(&self) -> Instant {
+        self.accepted_at
+    }
+
+    /// Whether the user name was proven (TLS client certificate, enhanced authentication).
+    pub(super) fn identity_verified(&self) -> bool {
+        self.identity_verified
+    }
+
+    // --- Phase transitions --------------------------------------------------------------------
+
+    /// Answers in `version` from now on (a CONNECT, or the refusal of one, named it).
+    pub(super) fn set_version(&mut self, version: ProtocolVersion) {
+        self.version = version;
+    }
+
+    /// CONNECT accepted for processing: waits for the registry, a takeover or the other shards
+    /// until `deadline`. Reading stops until CONNACK.
+    pub(super) fn start_connecting(&mut self, deadline: Instant) {
+        self.phase = Phase::Connecting { deadline };
+    }
+
+    /// Its password is being checked as job `ticket`, until `deadline`. Reading stops.
+    pub(super) fn start_verifying(&mut self, deadline: Instant, ticket: u64) {
+        self.phase = Phase::Verifying { deadline, ticket };
+    }
+
+    /// An enhanced-authentication exchange started by CONNECT runs until `deadline`.
+    pub(super) fn start_authenticating(&mut self, deadline: Instant, progress: AuthInProgress) {
+        self.phase = Phase::Authenticating { deadline };
+        self.cold_mut().auth = Some(progress);
+    }
+
+    /// CONNACK is being sent: bound to session `slot`.
+    pub(super) fn activate(&mut self, slot: u32) {
+        self.phase = Phase::Active { slot };
+    }
+
+    /// Marks it closing; returns the phase it left, or `None` when it was closing already.
+    pub(super) fn start_close(&mut self) -> Option<Phase> {
+        if self.is_closing() {
+            return None;
+        }
+        Some(std::mem::replace(&mut self.phase, Phase::Closing))
+    }
+
+    /// A SUBSCRIBE waits for the other shards (`true`) or was answered (`false`): reading is
+    /// held meanwhile.
+    pub(super) fn set_awaiting_peers(&mut self, waiting: bool) {
+        self.awaiting_peers = waiting;
+    }
+
+    /// Lists it as ready; false if it was listed already (see `Shard::take_ready`).
+    pub(super) fn mark_ready(&mut self) -> bool {
+        !std::mem::replace(&mut self.ready, true)
+    }
+
+    /// Taken off the ready list.
+    pub(super) fn clear_ready(&mut self) {
+        self.ready = false;
+    }
+
+    // --- Input --------------------------------------------------------------------------------
+
+    /// Bytes arrived at `now`: buffered behind any partial packet, and the keep-alive clock
+    /// restarts. False (and dropped) when the connection is closing.
+    pub(super) fn receive(&mut self, data: &[u8], now: Instant) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        self.rx.extend_from_slice(data);
+        self.last_rx = now;
+        true
+    }
+
+    /// The next whole packet from the input, under `limits`: before authentication only a
+    /// small packet is accepted, checked at its fixed header before its body is buffered
+    /// (CVE-2017-7651's class), and the first packet must be a CONNECT.
+    pub(super) fn poll_packet(&mut self, limits: &InputLimits) -> Input {
+        match self.phase {
+            Phase::Closing | Phase::Connecting { .. } | Phase::Verifying { .. } => {
+                return Input::Held
+            }
+            _ if self.awaiting_peers => return Input::Held,
+            _ => {}
+        }
+        let awaiting_connect = matches!(self.phase, Phase::AwaitConnect { .. });
+        let pre_auth = awaiting_connect || matches!(self.phase, Phase::Authenticating { .. });
+        if awaiting_connect
+            && self.rx.first().is_some_and(|b| b >> 4 != codec::PacketType::Connect as u8)
+        {
+            return Input::NotConnect;
+        }
+        let decode = codec::DecodeLimits {
+            packet_bytes_max: if pre_auth {
+                limits.preauth_packet_bytes_max
+            } else {
+                limits.packet_bytes_max
+            },
+            user_properties: limits.user_properties,
+        };
+        // Read before decoding consumes the bytes: how to refuse a CONNECT that fails.
+        let connect_version = if pre_auth { codec::connect_version(&self.rx) } else { None };
+        match codec::decode_with(&mut self.rx, self.version, &decode) {
+            Ok(Some(packet)) => Input::Packet(packet),
+            Ok(None) => {
+                // An idle connection keeps no receive buffer.
+                if self.rx.is_empty() && self.rx.capacity() > 0 {
+                    self.rx = BytesMut::new();
+                }
+                Input::Incomplete
+            }
+            Err(error) => Input::Malformed { error, pre_auth, awaiting_connect, connect_version },
+        }
+    }
+
+    /// Whether reading waits for something other than its own output or flow control: a
+    /// CONNACK (registry, takeover, password verdict), the other shards, or retained messages
+    /// it is owed.
+    pub(super) fn read_held(&self) -> bool {
+        self.awaiting_peers
+            || self.has_backlog()
+            || matches!(self.phase, Phase::Connecting { .. } | Phase::Verifying { .. })
+    }
+
+    // --- Deadlines ----------------------------------------------------------------------------
+
+    /// Keep alive granted, in seconds (0: none).
+    pub(super) fn set_keep_alive(&mut self, secs: u16) {
+        self.keep_alive_secs = secs;
+    }
+
+    /// Flow control resumed reading: the keep-alive clock restarts at the next check (the
+    /// broker, not the client, was the one not reading).
+    pub(super) fn note_flow_resumed(&mut self) {
+        self.flow_resumed = true;
+    }
+
+    /// Its deadline at `now`: the connect timeout of the phases before CONNACK (looked at
+    /// again no later than `recheck`, to see the phase change), or 1.5 times the keep alive
+    /// since the last packet once active ([MQTT-3.1.2-24] in 3.1.1, [MQTT-3.1.2-22] in 5.0).
+    /// `read_paused`: flow control holds its reading now, so silence is not the client's.
+    pub(super) fn poll_timeout(
+        &mut self,
+        now: Instant,
+        read_paused: bool,
+        recheck: Duration,
+    ) -> Deadline {
+        match self.phase {
+            Phase::AwaitConnect { deadline }
+            | Phase::Authenticating { deadline }
+            | Phase::Verifying { deadline, .. }
+            | Phase::Connecting { deadline } => {
+                if now >= deadline {
+                    return Deadline::Expired(CloseReason::ConnectTimeout);
+                }
+                // At the deadline, or sooner to see it become active.
+                Deadline::At(deadline.min(now + recheck))
+            }
+            Phase::Closing => Deadline::None,
+            Phase::Active { .. } if self.keep_alive_secs == 0 => Deadline::None,
+            Phase::Active { .. } => {
+                if read_paused || self.flow_resumed {
+                    // Not read because of flow control: its packets wait in the socket. The
+                    // clock restarts here, at the first check after a resume: never early, at
+                    // most one keep-alive period late (and any packet read sets it anyway).
+                    self.last_rx = now;
+                    self.flow_resumed = false;
+                }
+                let limit = Duration::from_millis(u64::from(self.keep_alive_secs) * 1500);
+                let deadline = self.last_rx + limit;
+                if now > deadline {
+                    return Deadline::Expired(CloseReason::KeepAliveTimeout);
+                }
+                // Strictly after `now`, and at the same one-second grain as the tick.
+                Deadline::At(deadline.max(now + Duration::from_millis(1)))
+            }
+        }
+    }
+
+    // --- Client limits and topic aliases (v5) -------------------------------------------------
+
+    /// Records what a v5 client said it can take in its CONNECT; `alias_cap` bounds the
+    /// outbound topic aliases.
+    pub(super) fn apply_client_limits(&mut self, props: &codec::Properties, alias_cap: u16) {
+        // Outbound aliases: as many as the client takes, bounded by our own maximum.
+        self.out_alias_max = props.topic_alias_maximum().unwrap_or(0).min(alias_cap);
+        if let Some(r) = props.receive_maximum() {
+            self.client_receive_max = r;
+        }
+        if let Some(m) = props.maximum_packet_size() {
+            self.client_packet_max = m;
+        }
+        if props.request_problem_information() == Some(0) {
+            self.problem_info = false;
+        }
+    }
+
+    /// The client's Receive Maximum (65 535 for v3).
+    pub(super) fn client_receive_max(&self) -> u16 {
+        self.client_receive_max
+    }
+
+    /// Whether refusals may carry a Reason String: v5, and the client did not turn problem
+    /// information off ([MQTT-3.1.2-29]).
+    pub(super) fn wants_reason_strings(&self) -> bool {
+        self.problem_info && self.version.is_v5()
+    }
+
+    /// The client's Maximum Packet Size in bytes.
+    fn packet_max(&self) -> usize {
+        self.client_packet_max as usize
+    }
+
+    /// Resolves the Topic Alias of an inbound v5 PUBLISH (§3.3.2.3.4), then removes it (aliases
+    /// are per hop). `alias_max` is the maximum we advertised. At most `alias_max` entries.
+    pub(super) fn resolve_topic_alias(
+        &mut self,
+        p: &mut codec::Publish,
+        alias_max: u16,
+    ) -> Result<(), ReasonCode> {
+        let Some(alias) = p.properties.topic_alias() else { return Ok(()) };
+        if alias > alias_max {
+            // [MQTT-3.3.2-9]: alias above the maximum we advertised.
+            return Err(ReasonCode::TopicAliasInvalid);
+        }
+        if p.topic.is_empty() {
+            match self.cold.as_ref().and_then(|cold| cold.aliases.get(&alias)) {
+                Some(t) => p.topic = t.clone(),
+                None => return Err(ReasonCode::ProtocolError),
+            }
+        } else {
+            self.cold_mut().aliases.insert(alias, p.topic.clone());
+        }
+        p.properties.remove(codec::properties::id::TOPIC_ALIAS);
+        Ok(())
+    }
+
+    /// The outbound Topic Alias for `topic` (§3.3.2.3.4), assigning the next one on first use
+    /// while the client's maximum allows; and whether the topic name must still be sent (true
+    /// when the alias is new or there is none).
+    fn outbound_alias(&mut self, topic: &str) -> (Option<u16>, bool) {
+        if self.out_alias_max == 0 || !self.version.is_v5() {
+            return (None, true);
+        }
+        if let Some(&a) = self.cold.as_ref().and_then(|cold| cold.out_aliases.get(topic)) {
+            return (Some(a), false);
+        }
+        let max = usize::from(self.out_alias_max);
+        let out_aliases = &mut self.cold_mut().out_aliases;
+        if out_aliases.len() < max {
+            let a = out_aliases.len() as u16 + 1;
+            out_aliases.insert(topic.to_owned(), a);
+            return (Some(a), true);
+        }
+        (None, true)
+    }
+
+    // --- Output -------------------------------------------------------------------------------
+
+    /// Bytes waiting to be written.
+    pub(super) fn tx_len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Whether anything is owed to the peer: bytes, or retained messages to encode.
+    pub(super) fn has_output(&self) -> bool {
+        !self.tx.is_empty() || self.has_backlog()
+    }
+
+    /// Exchanges the output with `buf` (the driver's empty buffer, whose allocation is kept
+    /// for the next output).
+    pub(super) fn swap_tx(&mut self, buf: &mut BytesMut) {
+        std::mem::swap(&mut self.tx, buf);
+    }
+
+    /// Frees an empty output buffer larger than `idle_max` (an idle connection keeps none).
+    pub(super) fn trim_idle_tx(&mut self, idle_max: usize) {
+        if self.tx.is_empty() && self.tx.capacity() > idle_max {
+            self.tx = BytesMut::new();
+        }
+    }
+
+    /// Drops the unsent output (the peer stopped reading).
+    pub(super) fn discard_tx(&mut self) {
+        self.tx = BytesMut::new();
+    }
+
+    /// Encodes `packet` into the output; returns the bytes written. A v5 packet larger than the
+    /// client's Maximum Packet Size loses its optional properties until it fits
+    /// ([MQTT-3.1.2-24], see [`fit_packet`]).
+    pub(super) fn send(&mut self, packet: &Packet) -> Result<usize, Unsent> {
+        let before = self.tx.len();
+        codec::encode(packet, self.version, &mut self.tx).map_err(Unsent::Encode)?;
+        if self.tx.len() - before > self.packet_max() {
+            self.tx.truncate(before);
+            let (version, max) = (self.version, self.packet_max());
+            let fitted =
+                fit_packet(packet, |p| codec::encoded_len(p, version).is_ok_and(|n| n <= max));
+            let fitted = fitted.ok_or(Unsent::TooLarge)?;
+            codec::encode(&fitted, version, &mut self.tx).map_err(Unsent::Encode)?;
+        }
+        Ok(self.tx.len() - before)
+    }
+
+    /// Whether the PUBLISH of `out` fits the client's Maximum Packet Size ([MQTT-3.1.2-25]).
+    pub(super) fn fits(&self, out: &Outgoing, now: Instant) -> bool {
+        if self.client_packet_max == u32::MAX {
+            return true;
+        }
+        let props = publish::outgoing_properties(out, self.version.is_v5(), now, None);
+        let view = codec::PublishView {
+            dup: false,
+            qos: out.qos,
+            retain: out.retain,
+            topic: &out.msg.topic,
+            packet_id: codec::PacketId::new(1).filter(|_| out.qos != codec::QoS::AtMostOnce),
+            properties: props.as_ref().unwrap_or(&out.msg.properties),
+            payload: &out.msg.payload,
+        };
+        codec::publish_len(&view, self.version).is_ok_and(|n| n <= self.packet_max())
+    }
+
+    /// Encodes the PUBLISH of `out` into the output, with an outbound topic alias where the
+    /// client takes them; returns the bytes written. Without properties of its own it reuses
+    /// (and otherwise stores) the bytes `shared` holds for the subscribers of this fan-out.
+    pub(super) fn write_publish(
+        &mut self,
+        out: &Outgoing,
+        packet_id: Option<codec::PacketId>,
+        dup: bool,
+        now: Instant,
+        shared: &mut publish::SharedEncoding,
+    ) -> Result<usize, codec::EncodeError> {
+        let v5 = self.version.is_v5();
+        let (alias, with_topic) = self.outbound_alias(&out.msg.topic);
+        let props = publish::outgoing_properties(out, v5, now, alias);
+        // The same bytes as every other subscriber of this fan-out: no properties of its own.
+        let reusable = shared.is_active() && props.is_none() && alias.is_none() && !dup;
+        let key = (v5, out.qos, out.retain);
+        let found = if reusable { shared.find(&out.msg, key) } else { None };
+        if let Some((bytes, pid_at)) = found {
+            let start = self.tx.len();
+            self.tx.extend_from_slice(bytes);
+            if let Some(pid) = packet_id {
+                let at = start + pid_at;
+                self.tx[at..at + 2].copy_from_slice(&pid.get().to_be_bytes());
+            }
+            return Ok(bytes.len());
+        }
+        let view = codec::PublishView {
+            dup,
+            qos: out.qos,
+            retain: out.retain,
+            topic: if with_topic { &out.msg.topic } else { "" },
+            packet_id,
+            properties: props.as_ref().unwrap_or(&out.msg.properties),
+            payload: &out.msg.payload,
+        };
+        let start = self.tx.len();
+        let n = codec::encode_publish(&view, self.version, &mut self.tx)?;
+        if reusable {
+            // Remembered for the next subscriber: fixed header, topic, then the packet id.
+            let frame = &self.tx[start..start + n];
+            let pid_at = publish::fixed_header_len(frame) + 2 + out.msg.topic.len();
+            shared.store(&out.msg, key, frame, pid_at);
+        }
+        Ok(n)
+    }
+
+    // --- Rare state: will, authentication, retained backlog -----------------------------------
+
     /// The rare state, allocated now if it was not.
-    pub(super) fn cold_mut(&mut self) -> &mut ConnCold {
+    fn cold_mut(&mut self) -> &mut ConnCold {
         self.cold.get_or_insert_with(Box::default)
     }
 
     /// Frees the rare state when it holds nothing.
-    pub(super) fn trim_cold(&mut self) {
+    fn trim_cold(&mut self) {
         if self.cold.as_ref().is_some_and(|c| c.is_empty()) {
             self.cold = None;
         }
     }
 
-    /// Whether retained messages are owed to this connection.
-    pub(super) fn has_backlog(&self) -> bool {
-        self.cold.as_ref().is_some_and(|c| !c.retained_backlog.is_empty())
+    /// Stores the will (replacing any) and charges it to `memory` at `cost` bytes.
+    pub(super) fn set_will(&mut self, will: Option<Will>, cost: usize, memory: &MemoryBudget) {
+        if will.is_none() && self.cold.is_none() {
+            return;
+        }
+        let cold = self.cold_mut();
+        memory.recharge(cold.will_charged, cost);
+        cold.will_charged = cost;
+        cold.will = will;
+        self.trim_cold();
+    }
+
+    /// Takes the will and releases its charge to `memory`.
+    pub(super) fn take_will(&mut self, memory: &MemoryBudget) -> Option<Will> {
+        let cold = self.cold.as_mut()?;
+        memory.recharge(cold.will_charged, 0);
+        cold.will_charged = 0;
+        let will = cold.will.take();
+        self.trim_cold();
+        will
+    }
+
+    /// The user name its transport proved (TLS client certificate), taken once, at CONNECT:
+    /// from then on the identity counts as verified.
+    pub(super) fn take_transport_identity(&mut self) -> Option<Box<str>> {
+        let name = self.cold.as_mut().and_then(|cold| cold.tls_username.take())?;
+        self.identity_verified = true;
+        self.trim_cold();
+        Some(name)
+    }
+
+    /// The enhanced-authentication exchange under way, taken (the caller puts back the next
+    /// step with [`Conn::set_auth`]).
+    pub(super) fn take_auth(&mut self) -> Option<AuthInProgress> {
+        let progress = self.cold.as_mut().and_then(|cold| cold.auth.take());
+        self.trim_cold();
+        progress
+    }
+
+    /// Stores the enhanced-authentication exchange under way.
+    pub(super) fn set_auth(&mut self, progress: AuthInProgress) {
+        self.cold_mut().auth = Some(progress);
     }
 
     /// The Authentication Method of the CONNECT, if enhanced authentication was used.
@@ -144,9 +704,62 @@ impl Conn {
         self.cold.as_ref().and_then(|c| c.auth_method.as_ref())
     }
 
-    /// The client's Maximum Packet Size in bytes.
-    pub(super) fn packet_max(&self) -> usize {
-        self.client_packet_max as usize
+    /// Records the Authentication Method the CONNECT used (re-authentication repeats it).
+    pub(super) fn set_auth_method(&mut self, method: String) {
+        self.cold_mut().auth_method = Some(method);
+    }
+
+    /// Whether retained messages are owed to this connection.
+    pub(super) fn has_backlog(&self) -> bool {
+        self.cold.as_ref().is_some_and(|c| !c.retained_backlog.is_empty())
+    }
+
+    /// The retained messages owed, taken (empty if none).
+    pub(super) fn take_backlog(&mut self) -> VecDeque<RetainedOut> {
+        self.cold
+            .as_mut()
+            .map(|cold| std::mem::take(&mut cold.retained_backlog))
+            .unwrap_or_default()
+    }
+
+    /// Stores the retained messages owed.
+    pub(super) fn set_backlog(&mut self, backlog: VecDeque<RetainedOut>) {
+        if !backlog.is_empty() || self.cold.is_some() {
+            self.cold_mut().retained_backlog = backlog;
+        }
+    }
+
+    /// The next retained message owed.
+    pub(super) fn pop_backlog(&mut self) -> Option<RetainedOut> {
+        self.cold.as_mut().and_then(|cold| cold.retained_backlog.pop_front())
+    }
+
+    /// Drops the retained messages owed, and their buffer.
+    pub(super) fn clear_backlog(&mut self) {
+        if let Some(cold) = self.cold.as_mut() {
+            cold.retained_backlog = VecDeque::new();
+        }
+    }
+
+    /// Brings the charge of the retained backlog to `memory` in line with its length (the
+    /// messages are the store's; an entry costs its own size).
+    pub(super) fn recharge_backlog(&mut self, memory: &MemoryBudget) {
+        let Some(cold) = self.cold.as_mut() else { return };
+        let now = cold.retained_backlog.len() * std::mem::size_of::<RetainedOut>();
+        memory.recharge(cold.backlog_charged, now);
+        cold.backlog_charged = now;
+        if now == 0 {
+            cold.retained_backlog = VecDeque::new();
+            self.trim_cold();
+        }
+    }
+
+    // --- For the size tests -------------------------------------------------------------------
+
+    /// Capacities of the input and output buffers, and whether the rare state is allocated.
+    #[cfg(test)]
+    pub(super) fn footprint(&self) -> (usize, usize, bool) {
+        (self.rx.capacity(), self.tx.capacity(), self.cold.is_some())
     }
 }
 
@@ -159,7 +772,7 @@ impl Conn {
 /// (absent = 0: the client uses no aliases), Response Information (optional, §3.2.2.3.15),
 /// Receive Maximum when it is 65 535 and Maximum Packet Size when it is the protocol maximum.
 /// `None` when even that does not fit.
-pub(super) fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet> {
+fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet> {
     use codec::Property as P;
     let diagnostic = |p: &P| !matches!(p, P::ReasonString(_) | P::UserProperty(..));
     let mut p = packet.clone();

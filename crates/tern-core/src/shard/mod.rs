@@ -38,11 +38,13 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will};
+#[cfg(test)]
+use crate::codec::ProtocolVersion;
+use crate::codec::{self, Packet, ReasonCode, ReasonPacket, Will};
 use crate::counters::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
-use conn::{fit_packet, Conn, ConnCold, Phase};
+use conn::{Conn, ConnCold, Input, Phase};
 pub use connect::registry_shard;
 pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
@@ -589,31 +591,9 @@ impl Shard {
         self.conns_per_listener[listener] += 1;
         let serial = self.next_conn_serial;
         self.next_conn_serial += 1;
-        let cold = tls_username.map(|name| {
-            Box::new(ConnCold { tls_username: Some(name.into_boxed_str()), ..Default::default() })
-        });
-        let conn = Conn {
-            phase: Phase::AwaitConnect { deadline: now + self.cfg.connect_timeout },
-            serial,
-            version: ProtocolVersion::V311,
-            // Listener indexes come from the configuration's listener list (far below 65 536).
-            listener: listener as u16,
-            peer,
-            rx: BytesMut::new(),
-            tx: BytesMut::new(),
-            ready: false,
-            keep_alive_secs: 0,
-            last_rx: now,
-            accepted_at: now,
-            client_receive_max: u16::MAX,
-            client_packet_max: u32::MAX,
-            out_alias_max: 0,
-            problem_info: true,
-            awaiting_peers: false,
-            flow_resumed: false,
-            identity_verified: false,
-            cold,
-        };
+        let deadline = now + self.cfg.connect_timeout;
+        // Listener indexes come from the configuration's listener list (far below 65 536).
+        let conn = Conn::new(serial, listener as u16, peer, now, deadline, tls_username);
         self.metrics.connections_total += 1;
         self.metrics.connections_current += 1;
         let id = self.conns.insert(conn);
@@ -622,13 +602,12 @@ impl Shard {
     }
 
     fn conn_ref(&self, id: ConnId) -> Option<ConnRef> {
-        self.conn(id).map(|c| ConnRef { id, serial: c.serial })
+        self.conn(id).map(|c| ConnRef { id, serial: c.serial() })
     }
 
     /// Whether the very connection `r` names is still waiting for its CONNACK.
     fn still_connecting(&self, r: ConnRef) -> bool {
-        self.conn(r.id)
-            .is_some_and(|c| c.serial == r.serial && matches!(c.phase, Phase::Connecting { .. }))
+        self.conn(r.id).is_some_and(|c| c.serial() == r.serial && c.is_connecting())
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
@@ -641,16 +620,14 @@ impl Shard {
 
     /// The peer address of a connection, for logs.
     pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
-        self.conn(id).map(|c| c.peer)
+        self.conn(id).map(Conn::peer)
     }
 
     /// The client id of a connection once its CONNECT was accepted, for logs.
     pub fn client_id(&self, id: ConnId) -> Option<&str> {
         // Stored once, in the session: the connection knows its slot once CONNECT is accepted.
-        match self.conn(id)?.phase {
-            Phase::Active { slot } => self.slot(slot).map(|s| s.session.client_id.as_str()),
-            _ => None,
-        }
+        let slot = self.conn(id)?.active_slot()?;
+        self.slot(slot).map(|s| s.session.client_id.as_str())
     }
 
     /// Moves the connections that became ready since the last call (new output in `tx`, a
@@ -660,7 +637,7 @@ impl Shard {
     pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
         for id in self.ready.drain(..) {
             if let Some(c) = self.conns.get_mut(id.0) {
-                c.ready = false;
+                c.clear_ready();
                 out.push(id);
             }
         }
@@ -669,8 +646,7 @@ impl Shard {
     /// Lists connection `id` as ready (see [`Shard::take_ready`]).
     fn mark_ready(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(id.0) {
-            if !c.ready {
-                c.ready = true;
+            if c.mark_ready() {
                 self.ready.push(id);
             }
         }
@@ -681,24 +657,19 @@ impl Shard {
         match self.conn(id) {
             Some(c) => {
                 let memory_paused = self.memory_exhausted()
-                    && match c.phase {
-                        Phase::Active { slot } => {
-                            self.slot(slot).is_none_or(|s| s.session.held_bytes() == 0)
-                        }
+                    && match c.active_slot() {
+                        Some(slot) => self.slot(slot).is_none_or(|s| s.session.held_bytes() == 0),
                         // A CONNECT is read, to be refused with a reason code.
-                        _ => false,
+                        None => false,
                     };
-                let backlog = c.has_backlog();
                 ConnStatus {
-                    has_tx: !c.tx.is_empty() || backlog,
-                    closing: matches!(c.phase, Phase::Closing),
+                    has_tx: c.has_output(),
+                    closing: c.is_closing(),
                     // No shard-wide condition here: a full peer outbox or mesh byte bound
                     // pauses the publishers that add to it (`flow`).
-                    read_paused: c.tx.len() >= 2 * self.cfg.tx_bytes_max
-                        || self.publisher_paused(&c.phase)
-                        || c.awaiting_peers
-                        || backlog
-                        || matches!(c.phase, Phase::Connecting { .. } | Phase::Verifying { .. })
+                    read_paused: c.tx_len() >= 2 * self.cfg.tx_bytes_max
+                        || self.publisher_paused(c.phase())
+                        || c.read_held()
                         || memory_paused,
                     memory_paused,
                 }
@@ -727,15 +698,13 @@ impl Shard {
             self.drain_retained(id, now);
         }
         let Some(c) = self.conn_mut(id) else { return };
-        std::mem::swap(&mut c.tx, buf);
-        if let Phase::Active { slot } = c.phase {
+        c.swap_tx(buf);
+        if let Some(slot) = c.active_slot() {
             self.pump(id, slot, now);
         }
         // An idle connection keeps no large output buffer (the driver frees its own likewise).
         if let Some(c) = self.conn_mut(id) {
-            if c.tx.is_empty() && c.tx.capacity() > IDLE_TX_CAPACITY_MAX {
-                c.tx = BytesMut::new();
-            }
+            c.trim_idle_tx(IDLE_TX_CAPACITY_MAX);
         }
     }
 
@@ -743,11 +712,9 @@ impl Shard {
     /// one. A malformed packet closes this connection only.
     pub fn handle_read(&mut self, id: ConnId, data: &[u8], now: Instant) {
         let Some(c) = self.conn_mut(id) else { return };
-        if matches!(c.phase, Phase::Closing) {
+        if !c.receive(data, now) {
             return;
         }
-        c.rx.extend_from_slice(data);
-        c.last_rx = now;
         self.metrics.bytes_received += data.len() as u64;
         if self.reading {
             // Called from inside a decode loop (a completed CONNACK or SUBACK): resume later,
@@ -769,51 +736,28 @@ impl Shard {
     /// Decodes and handles the whole packets buffered for `id` while the connection may
     /// read (not closing, not waiting for CONNACK or a held SUBACK).
     fn decode_packets(&mut self, id: ConnId, now: Instant) {
+        let limits = conn::InputLimits {
+            packet_bytes_max: self.cfg.packet_size_bytes_max,
+            preauth_packet_bytes_max: self.cfg.preauth_packet_bytes_max,
+            user_properties: codec::UserPropertyBudget {
+                count: self.cfg.user_properties_max,
+                bytes: self.cfg.user_property_bytes_max,
+            },
+        };
         // Bounded: each iteration consumes at least one packet from a finite buffer.
         loop {
             let Some(c) = self.conn_mut(id) else { return };
-            match c.phase {
-                Phase::Closing => return,
-                // Pipelined packets wait until CONNACK (or a held SUBACK) is out.
-                Phase::Connecting { .. } | Phase::Verifying { .. } => return,
-                _ if c.awaiting_peers => return,
-                _ => {}
-            }
-            let version = c.version;
-            let pre_auth =
-                matches!(c.phase, Phase::AwaitConnect { .. } | Phase::Authenticating { .. });
-            // CVE-2023-0809's class: the first packet must be a CONNECT. Refused from its first
-            // byte, before a remaining length is even read, so nothing else is ever buffered.
-            let first_not_connect = matches!(c.phase, Phase::AwaitConnect { .. })
-                && c.rx.first().is_some_and(|b| b >> 4 != codec::PacketType::Connect as u8);
-            if first_not_connect {
-                self.metrics.protocol_errors += 1;
-                tracing::debug!(conn = id.0, "first packet is not CONNECT [MQTT-3.1.0-1]");
-                self.close(id, CloseReason::Refused, now);
-                return;
-            }
-            let limits = codec::DecodeLimits {
-                // CVE-2017-7651's class: before authentication only a small packet is accepted,
-                // checked at the fixed header, before its body is buffered.
-                packet_bytes_max: if pre_auth {
-                    self.cfg.preauth_packet_bytes_max
-                } else {
-                    self.cfg.packet_size_bytes_max
-                },
-                user_properties: codec::UserPropertyBudget {
-                    count: self.cfg.user_properties_max,
-                    bytes: self.cfg.user_property_bytes_max,
-                },
-            };
-            let Some(c) = self.conn_mut(id) else { return };
-            // Read before decoding consumes the bytes: how to refuse a CONNECT that fails.
-            let connect_version = if pre_auth { codec::connect_version(&c.rx) } else { None };
-            match codec::decode_with(&mut c.rx, version, &limits) {
-                Ok(Some(packet)) => self.handle_packet(id, packet, now),
-                Ok(None) => break,
-                Err(e) => {
+            match c.poll_packet(&limits) {
+                Input::Packet(packet) => self.handle_packet(id, packet, now),
+                Input::Incomplete | Input::Held => return,
+                Input::NotConnect => {
                     self.metrics.protocol_errors += 1;
-                    match e.kind {
+                    tracing::debug!(conn = id.0, "first packet is not CONNECT [MQTT-3.1.0-1]");
+                    return self.close(id, CloseReason::Refused, now);
+                }
+                Input::Malformed { error, pre_auth, awaiting_connect, connect_version } => {
+                    self.metrics.protocol_errors += 1;
+                    match error.kind {
                         codec::ErrorKind::PacketTooLarge { .. } if pre_auth => {
                             self.metrics.preauth_packets_refused_size += 1;
                         }
@@ -822,20 +766,14 @@ impl Shard {
                         }
                         _ => {}
                     }
-                    tracing::debug!(conn = id.0, error = %e, "malformed packet");
-                    if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
-                        self.refuse_connect_error(id, &e, connect_version, now);
+                    tracing::debug!(conn = id.0, %error, "malformed packet");
+                    if awaiting_connect {
+                        self.refuse_connect_error(id, &error, connect_version, now);
                     } else {
-                        self.close(id, CloseReason::Protocol(e.reason_code()), now);
+                        self.close(id, CloseReason::Protocol(error.reason_code()), now);
                     }
                     return;
                 }
-            }
-        }
-        // An idle connection keeps no receive buffer.
-        if let Some(c) = self.conn_mut(id) {
-            if c.rx.is_empty() && c.rx.capacity() > 0 {
-                c.rx = BytesMut::new();
             }
         }
     }
@@ -846,18 +784,14 @@ impl Shard {
         let half = self.cfg.tx_bytes_max / 2;
         for _ in 0..RETAINED_BATCH {
             let Some(c) = self.conn_mut(id) else { return };
-            let Phase::Active { slot } = c.phase else {
-                if let Some(cold) = c.cold.as_mut() {
-                    cold.retained_backlog.clear();
-                }
+            let Some(slot) = c.active_slot() else {
+                c.clear_backlog();
                 break;
             };
-            if c.tx.len() >= half {
+            if c.tx_len() >= half {
                 break;
             }
-            let Some(r) = c.cold.as_mut().and_then(|cold| cold.retained_backlog.pop_front()) else {
-                break;
-            };
+            let Some(r) = c.pop_backlog() else { break };
             let out = crate::session::Outgoing {
                 msg: r.msg,
                 qos: r.qos,
@@ -873,14 +807,8 @@ impl Shard {
     /// length (the messages are the store's; an entry costs its own size).
     fn recharge_backlog(&mut self, id: ConnId) {
         // The fields, not `conn_mut`: the memory budget is borrowed beside the connection.
-        let Some(c) = self.conns.get_mut(id.0) else { return };
-        let Some(cold) = c.cold.as_mut() else { return };
-        let now = cold.retained_backlog.len() * std::mem::size_of::<RetainedOut>();
-        self.cfg.memory.recharge(cold.backlog_charged, now);
-        cold.backlog_charged = now;
-        if now == 0 {
-            cold.retained_backlog = VecDeque::new();
-            c.trim_cold();
+        if let Some(c) = self.conns.get_mut(id.0) {
+            c.recharge_backlog(&self.cfg.memory);
         }
     }
 
@@ -894,43 +822,38 @@ impl Shard {
     pub fn handle_write_timeout(&mut self, id: ConnId, now: Instant) {
         self.close(id, CloseReason::WriteTimeout, now);
         if let Some(c) = self.conn_mut(id) {
-            c.tx = BytesMut::new();
+            c.discard_tx();
         }
     }
 
     /// The driver closed the socket: the connection slot is freed.
     pub fn release(&mut self, id: ConnId, now: Instant) {
-        if self.conn(id).is_some_and(|c| !matches!(c.phase, Phase::Closing)) {
+        if self.conn(id).is_some_and(|c| !c.is_closing()) {
             self.close(id, CloseReason::NetworkError, now);
         }
-        self.take_will(id);
-        if let Some(cold) = self.conn_mut(id).and_then(|c| c.cold.as_mut()) {
-            cold.retained_backlog = VecDeque::new();
-        }
-        self.recharge_backlog(id);
-        if let Some(c) = self.conns.remove(id.0) {
-            self.conns_per_listener[usize::from(c.listener)] -= 1;
+        let Some(mut c) = self.conns.remove(id.0) else { return };
+        c.take_will(&self.cfg.memory);
+        c.clear_backlog();
+        c.recharge_backlog(&self.cfg.memory);
+        {
+            self.conns_per_listener[c.listener()] -= 1;
             self.metrics.connections_current -= 1;
         }
     }
 
     fn handle_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
-        if let Some(Phase::Active { slot }) = self.conn(id).map(|c| &c.phase) {
-            let slot = *slot;
+        let Some(c) = self.conn(id) else { return };
+        let phase_active = c.active_slot();
+        let awaiting_connect = matches!(c.phase(), Phase::AwaitConnect { .. });
+        let authenticating = matches!(c.phase(), Phase::Authenticating { .. });
+        if let Some(slot) = phase_active {
             self.journal_packet(slot, &packet);
         }
-        let Some(c) = self.conn(id) else { return };
-        let phase_active = match c.phase {
-            Phase::Active { slot } => Some(slot),
-            _ => None,
-        };
         match (packet, phase_active) {
-            (Packet::Connect(connect), None) if matches!(c.phase, Phase::AwaitConnect { .. }) => {
+            (Packet::Connect(connect), None) if awaiting_connect => {
                 self.handle_connect(id, connect, now)
             }
-            (Packet::Auth(a), None) if matches!(c.phase, Phase::Authenticating { .. }) => {
-                self.handle_auth(id, a, now)
-            }
+            (Packet::Auth(a), None) if authenticating => self.handle_auth(id, a, now),
             (Packet::Auth(a), Some(_)) => self.handle_auth(id, a, now),
             // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
             (Packet::Connect(_), _) => {
@@ -959,7 +882,7 @@ impl Shard {
     }
 
     fn handle_disconnect(&mut self, id: ConnId, slot: u32, d: ReasonPacket, now: Instant) {
-        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let v5 = self.conn(id).is_some_and(|c| c.version().is_v5());
         if v5 {
             if let Some(expiry) = d.properties.session_expiry_interval() {
                 let cap = self.cfg.session_expiry_secs_max;
@@ -991,32 +914,23 @@ impl Shard {
     /// [`Shard::send`], returning whether the packet was sent.
     fn send_fitted(&mut self, id: ConnId, packet: &Packet) -> bool {
         let Some(c) = self.conn_mut(id) else { return false };
-        let before = c.tx.len();
-        if let Err(e) = codec::encode(packet, c.version, &mut c.tx) {
-            // Only reachable with a packet the broker built wrong; keep serving others.
-            tracing::error!(conn = id.0, error = %e, "could not encode packet");
-            return false;
-        }
-        if c.tx.len() - before > c.packet_max() {
-            c.tx.truncate(before);
-            let (version, max) = (c.version, c.packet_max());
-            let fitted =
-                fit_packet(packet, |p| codec::encoded_len(p, version).is_ok_and(|n| n <= max));
-            let Some(fitted) = fitted else {
+        match c.send(packet) {
+            Ok(written) => {
+                self.mark_ready(id);
+                self.metrics.bytes_sent += written as u64;
+                true
+            }
+            Err(conn::Unsent::TooLarge) => {
                 self.metrics.packets_dropped_too_large += 1;
                 tracing::debug!(conn = id.0, "packet exceeds the client's maximum packet size");
-                return false;
-            };
-            let Some(c) = self.conn_mut(id) else { return false };
-            if codec::encode(&fitted, version, &mut c.tx).is_err() {
-                return false;
+                false
+            }
+            Err(conn::Unsent::Encode(e)) => {
+                // Only reachable with a packet the broker built wrong; keep serving others.
+                tracing::error!(conn = id.0, error = %e, "could not encode packet");
+                false
             }
         }
-        let Some(c) = self.conn_mut(id) else { return false };
-        let written = c.tx.len() - before;
-        self.mark_ready(id);
-        self.metrics.bytes_sent += written as u64;
-        true
     }
 
     /// Closes a connection: sends the v5 DISCONNECT the reason calls for, publishes the will when
@@ -1070,17 +984,15 @@ impl Shard {
         id: ConnId,
         reason: CloseReason,
     ) -> Option<(Phase, Option<Will>)> {
-        let c = self.conn_mut(id)?;
-        if matches!(c.phase, Phase::Closing) {
-            return None;
-        }
-        let phase = std::mem::replace(&mut c.phase, Phase::Closing);
-        let v5 = c.version.is_v5();
+        // The fields, not `conn_mut`: the memory budget is borrowed beside the connection.
+        let c = self.conns.get_mut(id.0)?;
+        let phase = c.start_close()?;
+        let v5 = c.version().is_v5();
+        let will = c.take_will(&self.cfg.memory);
+        let peer = c.peer();
         self.mark_ready(id);
-        let will = self.take_will(id);
         if tracing::enabled!(tracing::Level::INFO) {
             // The connection's own span exists at debug level only: name it here.
-            let peer = self.conn(id).map(|c| c.peer.to_string()).unwrap_or_default();
             let cid = match phase {
                 Phase::Active { slot } => self.slot(slot).map(|s| s.session.client_id.as_str()),
                 _ => None,
@@ -1161,26 +1073,9 @@ impl Shard {
     /// Stores a connection's will and charges it to the memory budget.
     pub(crate) fn set_will(&mut self, id: ConnId, will: Option<Will>) {
         let cost = will.as_ref().map_or(0, will_cost);
-        let Some(c) = self.conns.get_mut(id.0) else { return };
-        if will.is_none() && c.cold.is_none() {
-            return;
+        if let Some(c) = self.conns.get_mut(id.0) {
+            c.set_will(will, cost, &self.cfg.memory);
         }
-        let cold = c.cold_mut();
-        self.cfg.memory.recharge(cold.will_charged, cost);
-        cold.will_charged = cost;
-        cold.will = will;
-        c.trim_cold();
-    }
-
-    /// Takes a connection's will and releases its charge.
-    fn take_will(&mut self, id: ConnId) -> Option<Will> {
-        let c = self.conns.get_mut(id.0)?;
-        let cold = c.cold.as_mut()?;
-        self.cfg.memory.recharge(cold.will_charged, 0);
-        cold.will_charged = 0;
-        let will = cold.will.take();
-        c.trim_cold();
-        will
     }
 
     fn slot(&self, slot: u32) -> Option<&SessionSlot> {

@@ -83,8 +83,8 @@ impl Shard {
     }
 
     pub(super) fn handle_subscribe(&mut self, id: ConnId, slot: u32, s: Subscribe, now: Instant) {
-        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
-        let v31 = self.conn(id).is_some_and(|c| c.version == crate::codec::ProtocolVersion::V31);
+        let v5 = self.conn(id).is_some_and(|c| c.version().is_v5());
+        let v31 = self.conn(id).is_some_and(|c| c.version() == crate::codec::ProtocolVersion::V31);
         let identifier = s.properties.subscription_identifiers().next();
         let req = self.next_req;
         self.next_req += 1;
@@ -193,7 +193,7 @@ impl Shard {
         } else {
             self.pending_acks.insert(req, (PendingAck::Sub(pending), told * peers));
             if let Some(c) = self.conn_mut(id) {
-                c.awaiting_peers = true;
+                c.set_awaiting_peers(true);
             }
         }
     }
@@ -218,15 +218,14 @@ impl Shard {
         // The very connection that subscribed, still on its session: a connection that reused
         // the id (even on the same slot, after a takeover) never sees this SUBACK (issue 9).
         let conn = p.conn.id;
-        let still_bound = self.conn(conn).is_some_and(|c| {
-            c.serial == p.conn.serial
-                && matches!(c.phase, super::Phase::Active { slot } if slot == p.slot)
-        });
+        let still_bound = self
+            .conn(conn)
+            .is_some_and(|c| c.serial() == p.conn.serial && c.active_slot() == Some(p.slot));
         if !still_bound {
             return;
         }
         if let Some(c) = self.conn_mut(conn) {
-            c.awaiting_peers = false;
+            c.set_awaiting_peers(false);
         }
         self.send(conn, &Packet::SubAck(p.ack));
         let identifier = p.identifier;
@@ -236,11 +235,7 @@ impl Shard {
         // and bounded work per turn after, and QoS 0 ones are not dropped for a full buffer.
         let cap = self.cfg.retained_messages_max;
         let mut msgs = Vec::new();
-        let backlog = match self.conn_mut(conn) {
-            Some(c) => c.cold.as_mut().map(|cold| std::mem::take(&mut cold.retained_backlog)),
-            None => return,
-        };
-        let mut backlog = backlog.unwrap_or_default();
+        let Some(mut backlog) = self.conn_mut(conn).map(super::Conn::take_backlog) else { return };
         for (filter, qos) in p.retained_for {
             msgs.clear();
             self.retained.matching(&filter, now, &mut msgs);
@@ -258,9 +253,7 @@ impl Shard {
             }
         }
         if let Some(c) = self.conn_mut(conn) {
-            if !backlog.is_empty() || c.cold.is_some() {
-                c.cold_mut().retained_backlog = backlog;
-            }
+            c.set_backlog(backlog);
         }
         self.drain_retained(conn, now);
         // Packets that arrived behind the SUBSCRIBE.
@@ -277,7 +270,7 @@ impl Shard {
     }
 
     pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: u32, u: Unsubscribe) {
-        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let v5 = self.conn(id).is_some_and(|c| c.version().is_v5());
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
             let Some(s) = self.slot_mut(slot) else { return };
