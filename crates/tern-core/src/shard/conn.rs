@@ -809,3 +809,208 @@ fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet>
     }
     None
 }
+
+/// The connection state machine alone: no shard, no socket, time passed in.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Connect, Properties, Property, PubResp, Publish, QoS};
+    use bytes::Bytes;
+
+    const LIMITS: InputLimits = InputLimits {
+        packet_bytes_max: 1 << 20,
+        preauth_packet_bytes_max: 1024,
+        user_properties: codec::UserPropertyBudget { count: 16, bytes: 1024 },
+    };
+
+    fn conn(now: Instant) -> Conn {
+        let peer = "127.0.0.1:1".parse().expect("test address");
+        Conn::new(1, 0, peer, now, now + Duration::from_secs(5), None)
+    }
+
+    fn connect_bytes(version: ProtocolVersion, password_bytes: usize) -> BytesMut {
+        let connect = Connect {
+            version,
+            clean_start: true,
+            keep_alive_secs: 60,
+            client_id: "c".into(),
+            will: None,
+            username: Some("u".into()),
+            password: Some(Bytes::from(vec![b'p'; password_bytes])),
+            properties: Properties::new(),
+        };
+        let mut buf = BytesMut::new();
+        codec::encode(&Packet::Connect(Box::new(connect)), version, &mut buf).expect("encodes");
+        buf
+    }
+
+    fn publish(topic: &str, alias: Option<u16>) -> codec::Publish {
+        let mut properties = Properties::new();
+        if let Some(a) = alias {
+            properties.push(Property::TopicAlias(a));
+        }
+        Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: topic.into(),
+            packet_id: None,
+            properties,
+            payload: Bytes::from_static(b"x"),
+        }
+    }
+
+    #[test]
+    fn a_partial_packet_waits_for_the_rest_then_the_buffer_is_freed() {
+        let t0 = crate::test_clock::test_epoch();
+        let mut c = conn(t0);
+        let bytes = connect_bytes(ProtocolVersion::V311, 4);
+        let (head, tail) = bytes.split_at(5);
+        assert!(c.receive(head, t0));
+        assert!(matches!(c.poll_packet(&LIMITS), Input::Incomplete));
+        assert!(c.footprint().0 > 0, "the partial CONNECT is kept");
+        assert!(c.receive(tail, t0));
+        assert!(matches!(c.poll_packet(&LIMITS), Input::Packet(Packet::Connect(_))));
+        assert!(matches!(c.poll_packet(&LIMITS), Input::Incomplete));
+        assert_eq!(c.footprint().0, 0, "no receive buffer once idle");
+    }
+
+    /// CVE-2023-0809's class, [MQTT-3.1.0-1]: refused from its first byte.
+    #[test]
+    fn the_first_packet_must_be_connect() {
+        let t0 = crate::test_clock::test_epoch();
+        let mut c = conn(t0);
+        assert!(c.receive(&[0xC0], t0)); // PINGREQ's first byte, no length yet
+        assert!(matches!(c.poll_packet(&LIMITS), Input::NotConnect));
+    }
+
+    /// CVE-2017-7651's class: before authentication the small bound applies, after it the
+    /// configured one.
+    #[test]
+    fn the_preauth_bound_applies_until_connect_is_accepted() {
+        let t0 = crate::test_clock::test_epoch();
+        let mut c = conn(t0);
+        let big = connect_bytes(ProtocolVersion::V5, 2000);
+        // Refused from its first bytes (the fixed header, and the level for the CONNACK).
+        assert!(c.receive(&big[..16], t0));
+        match c.poll_packet(&LIMITS) {
+            Input::Malformed { error, pre_auth, awaiting_connect, connect_version } => {
+                assert!(matches!(error.kind, codec::ErrorKind::PacketTooLarge { .. }));
+                assert!(pre_auth && awaiting_connect);
+                assert_eq!(connect_version, Some(ProtocolVersion::V5));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let mut c = conn(t0);
+        c.set_version(ProtocolVersion::V5);
+        c.activate(1);
+        let mut pubs = BytesMut::new();
+        let mut p = publish("t", None);
+        p.payload = Bytes::from(vec![0; 2000]);
+        codec::encode(&Packet::Publish(p), ProtocolVersion::V5, &mut pubs).expect("encodes");
+        assert!(c.receive(&pubs, t0));
+        assert!(matches!(c.poll_packet(&LIMITS), Input::Packet(Packet::Publish(_))));
+    }
+
+    #[test]
+    fn reading_is_held_while_connecting_and_resumes_in_order() {
+        let t0 = crate::test_clock::test_epoch();
+        let mut c = conn(t0);
+        c.start_connecting(t0 + Duration::from_secs(5));
+        assert!(c.receive(&[0xC0, 0x00], t0));
+        assert!(matches!(c.poll_packet(&LIMITS), Input::Held));
+        assert!(c.read_held());
+        c.activate(3);
+        assert_eq!(c.active_slot(), Some(3));
+        assert!(matches!(c.poll_packet(&LIMITS), Input::Packet(Packet::PingReq)));
+        assert_eq!(c.start_close().map(|p| matches!(p, Phase::Active { slot: 3 })), Some(true));
+        assert!(c.start_close().is_none(), "closing twice does nothing");
+        assert!(!c.receive(&[0xC0, 0x00], t0), "a closing connection reads nothing");
+    }
+
+    #[test]
+    fn the_connect_timeout_then_the_keep_alive_deadline() {
+        let t0 = crate::test_clock::test_epoch();
+        let recheck = Duration::from_secs(1);
+        let mut c = conn(t0);
+        assert_eq!(c.poll_timeout(t0, false, recheck), Deadline::At(t0 + recheck));
+        let late = t0 + Duration::from_secs(5);
+        assert_eq!(
+            c.poll_timeout(late, false, recheck),
+            Deadline::Expired(CloseReason::ConnectTimeout)
+        );
+        c.activate(1);
+        assert_eq!(c.poll_timeout(late, false, recheck), Deadline::None, "keep alive 0: none");
+        // [MQTT-3.1.2-24]: 1.5 times the keep alive since the last packet.
+        c.set_keep_alive(10);
+        assert_eq!(c.poll_timeout(t0, false, recheck), Deadline::At(t0 + Duration::from_secs(15)));
+        let after = t0 + Duration::from_millis(15_001);
+        // Flow control held its reading: the silence is not the client's, the clock restarts.
+        assert_eq!(
+            c.poll_timeout(after, true, recheck),
+            Deadline::At(after + Duration::from_secs(15))
+        );
+        let silent = after + Duration::from_millis(15_001);
+        assert_eq!(
+            c.poll_timeout(silent, false, recheck),
+            Deadline::Expired(CloseReason::KeepAliveTimeout)
+        );
+        assert!(c.receive(&[], silent));
+        assert!(matches!(c.poll_timeout(silent, false, recheck), Deadline::At(_)));
+    }
+
+    /// §3.3.2.3.4: an alias is set by a PUBLISH with a topic and used by one without.
+    #[test]
+    fn inbound_topic_aliases() {
+        let t0 = crate::test_clock::test_epoch();
+        let mut c = conn(t0);
+        let mut p = publish("", Some(2));
+        assert_eq!(c.resolve_topic_alias(&mut p, 4), Err(ReasonCode::ProtocolError));
+        let mut p = publish("a/b", Some(2));
+        assert_eq!(c.resolve_topic_alias(&mut p, 4), Ok(()));
+        assert_eq!(p.properties.topic_alias(), None, "aliases are per hop");
+        let mut p = publish("", Some(2));
+        assert_eq!(c.resolve_topic_alias(&mut p, 4), Ok(()));
+        assert_eq!(p.topic, "a/b");
+        // [MQTT-3.3.2-9]: above the maximum we advertised.
+        let mut p = publish("x", Some(5));
+        assert_eq!(c.resolve_topic_alias(&mut p, 4), Err(ReasonCode::TopicAliasInvalid));
+    }
+
+    #[test]
+    fn outbound_aliases_are_bounded_by_the_clients_maximum() {
+        let t0 = crate::test_clock::test_epoch();
+        let mut c = conn(t0);
+        c.set_version(ProtocolVersion::V5);
+        let mut props = Properties::new();
+        props.push(Property::TopicAliasMaximum(1));
+        c.apply_client_limits(&props, 8);
+        assert_eq!(c.outbound_alias("a"), (Some(1), true));
+        assert_eq!(c.outbound_alias("a"), (Some(1), false));
+        assert_eq!(c.outbound_alias("b"), (None, true), "the client takes one alias only");
+    }
+
+    /// [MQTT-3.1.2-24], [MQTT-3.4.2-2]: the Reason String goes when the packet would exceed the
+    /// client's Maximum Packet Size; a packet that cannot fit is not written.
+    #[test]
+    fn output_fits_the_clients_maximum_packet_size() {
+        let t0 = crate::test_clock::test_epoch();
+        let mut c = conn(t0);
+        c.set_version(ProtocolVersion::V5);
+        let mut props = Properties::new();
+        props.push(Property::MaximumPacketSize(16));
+        c.apply_client_limits(&props, 8);
+        let mut ack = PubResp {
+            packet_id: codec::PacketId::new(1).expect("non-zero"),
+            reason: ReasonCode::NotAuthorized,
+            properties: Properties::new(),
+        };
+        ack.properties.push(Property::ReasonString("a reason far longer than sixteen".into()));
+        let n = c.send(&Packet::PubAck(ack)).expect("fits without its Reason String");
+        assert!(n <= 16 && c.tx_len() == n);
+        let mut big = publish("t", None);
+        big.payload = Bytes::from(vec![0; 64]);
+        assert!(matches!(c.send(&Packet::Publish(big)), Err(Unsent::TooLarge)));
+        assert_eq!(c.tx_len(), n, "nothing of the refused packet stays");
+    }
+}
