@@ -1085,17 +1085,17 @@ impl Shard {
         let authenticating = matches!(c.phase(), Phase::Authenticating { .. });
         let reauth_method = c.auth_method().cloned();
         let progress = c.take_auth();
-        match (a.reason, progress) {
-            (ReasonCode::ContinueAuthentication, Some(progress))
-                if method.as_deref() == Some(progress.method.as_str()) =>
+        match (a.reason, progress, method) {
+            (ReasonCode::ContinueAuthentication, Some(progress), Some(method))
+                if method == progress.method =>
             {
                 self.auth_step(id, progress, &data, now)
             }
             // §4.12.1: re-authentication repeats the CONNECT's method, while connected.
-            (ReasonCode::ReAuthenticate, None)
-                if !authenticating && method.is_some() && method == reauth_method =>
+            (ReasonCode::ReAuthenticate, None, Some(method))
+                if !authenticating && reauth_method.as_ref() == Some(&method) =>
             {
-                self.reauth_start(id, method.expect("invariant: checked is_some"), &data, now)
+                self.reauth_start(id, method, &data, now)
             }
             // Any other AUTH is a Protocol Error (§4.12, §3.15.2.1).
             _ => {

@@ -497,7 +497,16 @@ impl Shard {
         let tx_max = self.cfg.tx_bytes_max;
         let Some(c) = self.conn(conn) else { return };
         let (receive_max, tx_room) = (c.client_receive_max(), c.tx_len() < tx_max);
-        let Some(s) = self.slot_mut(slot) else { return };
+        let origin = out.msg.origin.filter(|_| live);
+        let qos0_max = self.cfg.flow.qos0_queue_bytes_max;
+        // A client fed by itself is never paused on its own behalf: its QoS 0 is left to the
+        // hard caps, which close it (issue 9, CVE-2021-33175's class), rather than dropped
+        // while the broker goes on reading it.
+        let me = self.id;
+        let own = out.msg.origin.is_some_and(|o| o.shard == me && o.session == slot);
+        let journaled = self.persistence_enabled();
+        // The field, not `slot_mut`: the counters are borrowed beside the session.
+        let Some(s) = self.sessions.get_mut(slot) else { return };
         if s.flow.dropping() {
             // A slow consumer under policy `drop`: it alone loses messages until it drains.
             self.metrics.messages_dropped_slow_consumer += 1;
@@ -513,14 +522,6 @@ impl Shard {
                 return self.send_inflight(conn, slot, out, now);
             }
         }
-        let origin = out.msg.origin.filter(|_| live);
-        let qos0_max = self.cfg.flow.qos0_queue_bytes_max;
-        // A client fed by itself is never paused on its own behalf: its QoS 0 is left to the
-        // hard caps, which close it (issue 9, CVE-2021-33175's class), rather than dropped
-        // while the broker goes on reading it.
-        let me = self.id;
-        let own = out.msg.origin.is_some_and(|o| o.shard == me && o.session == slot);
-        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
         if out.qos == QoS::AtMostOnce
             && !own
             && !s.session.queue.is_empty()
@@ -531,8 +532,7 @@ impl Shard {
             self.metrics.messages_dropped_qos0_slow += 1;
             return self.flow_after_delivery(slot, origin, now);
         }
-        let journaled = self.persistence_enabled().then(|| out.clone());
-        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
+        let journaled = journaled.then(|| out.clone());
         s.session.enqueue_connected(out);
         if let Some(out) = journaled {
             self.journal_enqueued(slot, &out);
@@ -600,11 +600,13 @@ impl Shard {
         dup: bool,
         now: Instant,
     ) {
-        if out.qos == QoS::AtMostOnce && !self.fits_client(conn, out, now) {
+        // The field, not `conn_mut`: the counters and the shared encoding are borrowed beside
+        // the connection.
+        let Some(c) = self.conns.get_mut(conn.0) else { return };
+        if out.qos == QoS::AtMostOnce && !c.fits(out, now) {
             self.metrics.messages_dropped_too_large += 1;
             return;
         }
-        let Some(c) = self.conns.get_mut(conn.0) else { return };
         match c.write_publish(out, packet_id, dup, now, &mut self.shared_encoding) {
             Ok(n) => {
                 self.mark_ready(conn);

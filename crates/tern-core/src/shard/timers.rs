@@ -95,11 +95,13 @@ impl Shard {
     }
 
     fn conn_deadline(&mut self, id: ConnId, serial: u64, now: Instant) {
-        let paused = match self.conn(id) {
-            Some(c) if c.serial() == serial => self.publisher_paused(c.phase()),
-            _ => return, // released; the slot may hold another connection now
+        // The fields, not `conn_mut`: the session is read beside the connection.
+        let Some(c) = self.conns.get_mut(id.0).filter(|c| c.serial() == serial) else {
+            return; // released; the slot may hold another connection now
         };
-        let Some(c) = self.conn_mut(id) else { return };
+        // Flow control holds its reading (`Shard::publisher_paused`).
+        let session = c.active_slot().and_then(|slot| self.sessions.get(slot));
+        let paused = session.is_some_and(|s| s.flow.paused());
         match c.poll_timeout(now, paused, PHASE_RECHECK) {
             Deadline::None => {}
             Deadline::Expired(reason) => self.close(id, reason, now),
