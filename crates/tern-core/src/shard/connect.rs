@@ -686,12 +686,19 @@ impl Shard {
         let alias_cap = self.cfg.topic_alias_max;
         // The phase stays Connecting until CONNACK is sent: packets the client pipelines after
         // CONNECT wait in `rx` ([MQTT-3.1.4-5] allows them), deliveries wait in the session.
-        let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
+        // The field, not `conn_mut`: the memory budget is borrowed beside the connection.
+        let Some(c) = self.conns.get_mut(conn.0) else { return self.detach_session(slot, now) };
         c.set_keep_alive(keep_alive);
         if v5 {
             c.apply_client_limits(&connect.properties, alias_cap);
         }
-        self.set_will(conn, connect.will.clone());
+        if let Some((method, _)) = auth_done.as_ref().filter(|_| v5) {
+            // Re-authentication must repeat it (§4.12.1).
+            c.set_auth_method(method.clone());
+        }
+        let will_cost = connect.will.as_ref().map_or(0, super::will_cost);
+        c.set_will(connect.will.clone(), will_cost, &self.cfg.memory);
+        let peer = c.peer();
         let mut ack = ConnAck {
             session_present: resumed,
             reason: ReasonCode::Success,
@@ -700,15 +707,11 @@ impl Shard {
         if v5 {
             self.connack_properties(&mut ack.properties, &connect, keep_alive, assigned_id, expiry);
             if let Some((method, data)) = auth_done {
-                ack.properties.push(Property::AuthenticationMethod(method.clone()));
+                ack.properties.push(Property::AuthenticationMethod(method));
                 ack.properties.push(Property::AuthenticationData(data));
-                if let Some(c) = self.conn_mut(conn) {
-                    c.set_auth_method(method);
-                }
             }
         }
-        let peer = self.conn(conn).map(Conn::peer);
-        tracing::debug!(conn = conn.0, ?peer, client_id = %connect.client_id, resumed, "session bound");
+        tracing::debug!(conn = conn.0, %peer, client_id = %connect.client_id, resumed, "session bound");
         let peers = usize::from(self.cfg.shards) - 1;
         if told == 0 || peers == 0 {
             self.complete_connack(cref, slot, claim, ack, now);

@@ -1070,14 +1070,6 @@ impl Shard {
         self.cfg.memory.exhausted()
     }
 
-    /// Stores a connection's will and charges it to the memory budget.
-    pub(crate) fn set_will(&mut self, id: ConnId, will: Option<Will>) {
-        let cost = will.as_ref().map_or(0, will_cost);
-        if let Some(c) = self.conns.get_mut(id.0) {
-            c.set_will(will, cost, &self.cfg.memory);
-        }
-    }
-
     fn slot(&self, slot: u32) -> Option<&SessionSlot> {
         self.sessions.get(slot)
     }

@@ -99,9 +99,10 @@ fn cold_state_comes_and_goes() {
         retain: false,
         properties: Default::default(),
     };
-    shard.set_will(id, Some(will));
-    assert!(shard.conn(id).is_some_and(|c| c.footprint().2), "a will lives in the cold part");
     let memory = std::sync::Arc::clone(&shard.cfg.memory);
+    let cost = super::will_cost(&will);
+    shard.conn_mut(id).expect("accepted").set_will(Some(will), cost, &memory);
+    assert!(shard.conn(id).is_some_and(|c| c.footprint().2), "a will lives in the cold part");
     assert!(shard.conn_mut(id).and_then(|c| c.take_will(&memory)).is_some());
     assert!(shard.conn(id).is_some_and(|c| !c.footprint().2), "freed once the will is gone");
     let used = shard.cfg.memory.used();
