@@ -39,13 +39,13 @@ pub(super) enum Phase {
 #[derive(Debug)]
 pub(crate) struct Conn {
     phase: Phase,
-    /// Unique per shard over its life (see [`ConnRef`]).
+    /// Unique per shard over its life (see [`super::ConnRef`]).
     serial: u64,
     /// Received bytes not yet decoded (a partial packet). Empty and unallocated when idle.
     rx: BytesMut,
     /// Encoded bytes waiting to be written.
     tx: BytesMut,
-    /// Already listed in [`Shard::take_ready`]'s list (each connection at most once).
+    /// Already listed in [`super::Shard::take_ready`]'s list (each connection at most once).
     ready: bool,
     /// Last time a packet arrived.
     last_rx: Instant,
@@ -95,14 +95,14 @@ pub(crate) struct ConnCold {
     out_aliases: HashMap<String, u16>,
     /// The user name the transport vouches for (TLS listener with `use_identity_as_username`:
     /// the client certificate's CN). When set, it replaces the CONNECT user name. Set only by
-    /// [`Shard::accept_with_identity`]; the shard knows nothing else about transports.
+    /// [`super::Shard::accept_with_identity`]; the shard knows nothing else about transports.
     tls_username: Option<Box<str>>,
     /// Enhanced authentication exchange under way (CONNECT or re-authentication).
     auth: Option<AuthInProgress>,
     /// The Authentication Method of the CONNECT, which re-authentication must repeat.
     auth_method: Option<String>,
     /// Retained messages owed after a SUBACK, written a batch at a time as `tx` drains
-    /// ([`Shard::drain_retained`]). At most `retained_messages_max` entries; reading pauses
+    /// ([`super::Shard::drain_retained`]). At most `retained_messages_max` entries; reading pauses
     /// while any wait, so one connection holds one SUBSCRIBE's worth at a time.
     retained_backlog: VecDeque<RetainedOut>,
     /// Bytes `retained_backlog` is charged to the memory budget.
