@@ -13,6 +13,11 @@
 //!   a close, a lifted pause), drained with [`Shard::take_ready`]: the runtime wakes its own
 //!   tasks for them. The shard holds no task wakers.
 //!
+//! Each connection's own protocol state (framing, phase and deadlines, keep alive, topic
+//! aliases, the client's limits, its output buffer) is a `Conn` of `conn.rs` with private
+//! fields: the shard asks it for packets and deadlines and acts on the answers, and keeps to
+//! itself what spans connections (sessions, registry, replicas, routing).
+//!
 //! The runtime (`tern::runtime`, `tern::net`) moves bytes and messages; the tests drive
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
@@ -832,13 +837,12 @@ impl Shard {
             self.close(id, CloseReason::NetworkError, now);
         }
         let Some(mut c) = self.conns.remove(id.0) else { return };
+        // What it still holds is released from the memory budget with it.
         c.take_will(&self.cfg.memory);
         c.clear_backlog();
         c.recharge_backlog(&self.cfg.memory);
-        {
-            self.conns_per_listener[c.listener()] -= 1;
-            self.metrics.connections_current -= 1;
-        }
+        self.conns_per_listener[c.listener()] -= 1;
+        self.metrics.connections_current -= 1;
     }
 
     fn handle_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
