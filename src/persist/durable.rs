@@ -486,7 +486,7 @@ pub struct ShardRestore {
     recovered: super::wal::Recovered,
     sessions: Vec<(String, super::record::SessionSnapshot, crate::shard::ClaimGen, u64)>,
     registry: Vec<(String, crate::shard::Owner)>,
-    retained: Vec<super::record::StoredMessage>,
+    retained: Vec<(super::record::StoredMessage, Option<super::record::StoredSource>)>,
     /// Delayed wills pending in the restored sessions: client id, will, due (Unix ms).
     wills: Vec<(String, crate::codec::Will, u64)>,
     recovery_ms: u64,
@@ -558,8 +558,13 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
     }
     let (owner, duplicates) = owners(&replays);
     let sequencer = usize::from(crate::shard::RETAIN_SEQUENCER);
-    let retained: Vec<_> =
-        replays.get(sequencer).map(|r| r.retained.values().cloned().collect()).unwrap_or_default();
+    let retained: Vec<_> = replays
+        .get(sequencer)
+        .map(|r| {
+            let source = |t: &String| r.retained_sources.get(t).cloned();
+            r.retained.iter().map(|(t, m)| (m.clone(), source(t))).collect()
+        })
+        .unwrap_or_default();
     if duplicates > 0 {
         tracing::warn!(duplicates, "sessions found in two shards' logs; kept the first");
     }
