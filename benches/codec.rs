@@ -59,7 +59,8 @@ fn connect_v5() -> Packet {
         keep_alive_secs: 60,
         client_id: "sensor-gateway-0042".to_owned(),
         will: Some(Will {
-            topic: "clients/sensor-gateway-0042/status".to_owned(),
+            topic: tern::codec::TopicName::new("clients/sensor-gateway-0042/status")
+                .expect("valid topic"),
             payload: Bytes::from_static(b"offline"),
             qos: QoS::AtLeastOnce,
             retain: true,

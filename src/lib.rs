@@ -41,7 +41,7 @@
 //! - [`persist`]: the write-ahead log (format and records with no IO; the glommio writer).
 #![forbid(unsafe_code)]
 
-pub use tern_core::{codec, counters, enhanced_auth, session, shard, topic};
+pub use tern_core::{codec, counters, enhanced_auth, ids, session, shard, topic};
 
 pub mod admin;
 pub mod auth;

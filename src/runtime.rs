@@ -497,7 +497,10 @@ async fn shard_main(
     };
     // The mesh numbers peers in join order: that number is the shard id everywhere.
     let id = lanes.as_ref().map_or(0, |(s, _)| s.peer_id() as u16);
-    let shard = crate::net::ShardCell::new(Shard::new(id, cfg), opts.hash_pool.clone());
+    let shard = crate::net::ShardCell::new(
+        Shard::new(tern_core::ids::ShardId(id), cfg),
+        opts.hash_pool.clone(),
+    );
     let durable = match (&opts.persistence, take_restore(&restores, id)) {
         (Some(p), Some(r)) => match crate::persist::durable::open_shard(&shard, r, p).await {
             Ok(d) => Some(d),
@@ -710,9 +713,13 @@ async fn shutdown_shard(io: &Rc<ShardIo>) {
     let undelivered = shard.undelivered_messages();
     if undelivered > 0 {
         // Accepted (acknowledged) messages held in sessions: they are not silently dropped.
-        tracing::warn!(shard = shard.id(), undelivered, "shutting down with undelivered messages");
+        tracing::warn!(
+            shard = shard.id().0,
+            undelivered,
+            "shutting down with undelivered messages"
+        );
     }
-    tracing::info!(shard = shard.id(), "shard stopped");
+    tracing::info!(shard = shard.id().0, "shard stopped");
 }
 
 /// Which outbox a flusher drains.
@@ -796,7 +803,7 @@ fn spawn_receivers(io: &Rc<ShardIo>, mut receivers: Receivers<Batch>, lane: Lane
                     let mut shard = io.shard.borrow_mut();
                     let n = batch.len();
                     for msg in batch {
-                        shard.handle_peer(from as u16, msg, now);
+                        shard.handle_peer(tern_core::ids::ShardId(from as u16), msg, now);
                     }
                     if let Some(d) = &io.durable {
                         d.note_handled(from, lane == Lane::Control, n);

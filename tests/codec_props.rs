@@ -257,7 +257,7 @@ fn props_for(v: ProtocolVersion, ctx: PropertyContext) -> BoxedStrategy<Properti
 fn will(v: ProtocolVersion) -> impl Strategy<Value = Will> {
     (topic_name(), binary(32), qos(), any::<bool>(), props_for(v, PropertyContext::Will)).prop_map(
         |(topic, payload, qos, retain, properties)| Will {
-            topic,
+            topic: tern::codec::TopicName::new(topic).expect("the strategy makes valid names"),
             payload,
             qos,
             retain,

@@ -197,7 +197,7 @@ fn connect_v311_with_will_username_password() {
         keep_alive_secs: 300,
         client_id: "id".into(),
         will: Some(Will {
-            topic: "w/t".into(),
+            topic: tern::codec::TopicName::new("w/t").expect("valid topic"),
             payload: Bytes::from_static(b"bye"),
             qos: QoS::AtLeastOnce,
             retain: true,
@@ -220,7 +220,7 @@ fn connect_v311_empty_client_id_and_will_payload() {
         keep_alive_secs: 0,
         client_id: String::new(),
         will: Some(Will {
-            topic: "a".into(),
+            topic: tern::codec::TopicName::new("a").expect("valid topic"),
             payload: Bytes::new(),
             qos: QoS::ExactlyOnce,
             retain: false,
@@ -287,7 +287,7 @@ fn connect_v5_full_properties_and_will_properties() {
         keep_alive_secs: 30,
         client_id: "cid".into(),
         will: Some(Will {
-            topic: "will".into(),
+            topic: tern::codec::TopicName::new("will").expect("valid topic"),
             payload: Bytes::from_static(b"x"),
             qos: QoS::AtLeastOnce,
             retain: false,

@@ -269,7 +269,7 @@ fn cve_2019_11778_will_delay_longer_than_session_expiry() {
     watcher.subscribe("will/11778", QoS::AtMostOnce);
     let mut c = RawClient::connect_tcp(b.addr, V5);
     let will = Will {
-        topic: "will/11778".into(),
+        topic: tern::codec::TopicName::new("will/11778").expect("valid topic"),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
         retain: false,
@@ -335,7 +335,7 @@ fn cve_2021_41039_user_properties_are_capped_per_packet() {
     let b = start_with(1, |_| {});
     let max = tern::config::LimitsConfig::default().user_properties_max as usize;
     let will = Will {
-        topic: "w".into(),
+        topic: tern::codec::TopicName::new("w").expect("valid topic"),
         payload: Bytes::new(),
         qos: QoS::AtMostOnce,
         retain: false,
@@ -452,7 +452,7 @@ fn cve_2023_3592_will_properties_are_validated() {
         Property::ServerKeepAlive(1),
     ] {
         let will = Will {
-            topic: "w/3592".into(),
+            topic: tern::codec::TopicName::new("w/3592").expect("valid topic"),
             payload: Bytes::from_static(b"leak"),
             qos: QoS::AtMostOnce,
             retain: false,

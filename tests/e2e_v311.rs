@@ -179,7 +179,7 @@ fn keepalive_expiry_closes_and_publishes_will() {
     let mut c = connect(V4, "sleepy", true, 1);
     if let Packet::Connect(cp) = &mut c {
         cp.will = Some(Will {
-            topic: "status/sleepy".into(),
+            topic: tern::codec::TopicName::new("status/sleepy").expect("valid topic"),
             payload: "offline".into(),
             qos: QoS::AtMostOnce,
             retain: false,

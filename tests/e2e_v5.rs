@@ -370,7 +370,7 @@ fn payload_format_indicator_with_bad_utf8_is_refused() {
 fn will_connect(id: &str, delay: u32, expiry: u32) -> Connect {
     let mut c = connect_props(id, true, vec![Property::SessionExpiryInterval(expiry)]);
     c.will = Some(Will {
-        topic: format!("wd/{id}"),
+        topic: tern::codec::TopicName::new(format!("wd/{id}")).expect("valid topic"),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
         retain: false,

@@ -108,7 +108,7 @@ fn subscriber_that_stops_reading_is_closed_by_the_write_deadline() {
     let mut connect = common::connect(V4, "stalled", true, 600);
     if let Packet::Connect(c) = &mut connect {
         c.will = Some(codec::Will {
-            topic: "will/stalled".into(),
+            topic: tern::codec::TopicName::new("will/stalled").expect("valid topic"),
             payload: bytes::Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,
             retain: false,

@@ -651,7 +651,7 @@ fn recovery_time_of_a_large_log() {
         let s = (i % u64::from(sessions)) as u32;
         let client_id = format!("c{s}");
         let msg = StoredMessage {
-            topic: format!("s/{s}"),
+            topic: tern::codec::TopicName::new(format!("s/{s}")).expect("valid topic"),
             payload: payload.clone(),
             qos: QoS::AtLeastOnce,
             retain: false,
@@ -813,7 +813,7 @@ fn connect_with_delayed_will(addr: SocketAddr, id: &str, delay: Option<u32>) -> 
         let mut properties = Properties::new();
         properties.push(Property::WillDelayInterval(d));
         Will {
-            topic: "will/t".into(),
+            topic: tern::codec::TopicName::new("will/t").expect("valid topic"),
             payload: bytes::Bytes::copy_from_slice(id.as_bytes()),
             qos: QoS::AtLeastOnce,
             retain: false,

@@ -23,7 +23,7 @@ fn settle(shards: &mut [Shard], rounds: usize, now: Instant) {
                 msgs.extend(shards[from].take_batch(to, usize::MAX));
                 for m in msgs {
                     moved = true;
-                    shards[to].handle_peer(from as u16, m, now);
+                    shards[to].handle_peer(tern::ids::ShardId(from as u16), m, now);
                 }
             }
         }
@@ -36,8 +36,9 @@ fn settle(shards: &mut [Shard], rounds: usize, now: Instant) {
 fn run(shards: u16) -> Vec<Packet> {
     const N: u16 = 3_000;
     let now = Instant::now();
-    let mut cluster: Vec<Shard> =
-        (0..shards).map(|i| Shard::new(i, ShardConfig::for_tests(shards))).collect();
+    let mut cluster: Vec<Shard> = (0..shards)
+        .map(|i| Shard::new(tern::ids::ShardId(i), ShardConfig::for_tests(shards)))
+        .collect();
     let peer = "127.0.0.1:40000".parse().expect("addr");
     let conn = cluster[0].accept(0, peer, now).expect("under the limit");
     let mut buf = BytesMut::new();

@@ -148,8 +148,8 @@ impl HashPool {
     }
 
     /// The verdict queue of `shard`.
-    pub fn replies(&self, shard: u16) -> Option<&Replies> {
-        self.replies.get(usize::from(shard))
+    pub fn replies(&self, shard: tern_core::ids::ShardId) -> Option<&Replies> {
+        self.replies.get(shard.index())
     }
 }
 
@@ -169,7 +169,7 @@ mod tests {
 
     fn job(shard: u16, ticket: u64, password: &'static [u8]) -> HashJob {
         HashJob {
-            shard,
+            shard: tern_core::ids::ShardId(shard),
             ticket,
             db: db(),
             username: "u".into(),
@@ -182,14 +182,14 @@ mod tests {
         let pool = HashPool::start(2, 8, 2).expect("pool");
         pool.try_submit(job(1, 7, b"pw")).expect("queued");
         pool.try_submit(job(0, 9, b"wrong")).expect("queued");
-        let r1 = pool.replies(1).expect("shard 1");
-        let r0 = pool.replies(0).expect("shard 0");
+        let r1 = pool.replies(tern_core::ids::ShardId(1)).expect("shard 1");
+        let r0 = pool.replies(tern_core::ids::ShardId(0)).expect("shard 0");
         assert_eq!(r1.recv_timeout(Duration::from_secs(10)), Some(Verdict { ticket: 7, ok: true }));
         assert_eq!(
             r0.recv_timeout(Duration::from_secs(10)),
             Some(Verdict { ticket: 9, ok: false })
         );
-        assert!(pool.replies(2).is_none());
+        assert!(pool.replies(tern_core::ids::ShardId(2)).is_none());
     }
 
     /// The queue bound: with one worker busy on a slow check, `queue_max` more are accepted and

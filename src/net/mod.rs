@@ -821,7 +821,7 @@ async fn serve<S: Transport>(io: Rc<ShardIo>, stream: S, id: ConnId, resumed: bo
     };
     let span = tracing::debug_span!(
         "conn",
-        shard,
+        shard = shard.0,
         peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
         client_id = tracing::field::Empty
     );
@@ -860,7 +860,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                 tracing::Span::current().record("client_id", cid);
                 if !resumed {
                     let peer = shard.peer(id).map(|p| p.to_string()).unwrap_or_default();
-                    tracing::info!(shard = shard.id(), %peer, client_id = cid, "connected");
+                    tracing::info!(shard = shard.id().0, %peer, client_id = cid, "connected");
                 }
                 client_id_known = true;
             }
@@ -1185,7 +1185,8 @@ mod tests {
                 // The kernel completes the handshake into the backlog: no accept needed first.
                 let _client = std::net::TcpStream::connect(addr).expect("connect");
                 let stream = listener.accept().await.expect("accept");
-                let shard = Shard::new(0, crate::shard::ShardConfig::for_tests(1));
+                let shard =
+                    Shard::new(tern_core::ids::ShardId(0), crate::shard::ShardConfig::for_tests(1));
                 let io = Rc::new(ShardIo {
                     shard: ShardCell::new(shard, None),
                     durable: None,
@@ -1260,7 +1261,7 @@ mod tests {
         use crate::codec::{Connect, Packet, Properties, ProtocolVersion, ReasonCode};
         let pool = crate::auth::HashPool::without_workers(1, 1);
         let filler = crate::auth::HashJob {
-            shard: 0,
+            shard: tern_core::ids::ShardId(0),
             ticket: u64::MAX,
             db: Arc::new(crate::auth::PasswordDb::new()),
             username: "nobody".into(),
@@ -1273,7 +1274,7 @@ mod tests {
         db.upsert("alice", hash).expect("user");
         cfg.security = Arc::new(crate::auth::Security { passwords: Some(Arc::new(db)), acl: None });
         cfg.password_checks_inline = false;
-        let cell = ShardCell::new(Shard::new(0, cfg), Some(pool));
+        let cell = ShardCell::new(Shard::new(tern_core::ids::ShardId(0), cfg), Some(pool));
         let now = Instant::now();
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         let id = cell.borrow_mut().accept(0, peer, now).expect("accepted");

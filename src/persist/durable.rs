@@ -592,7 +592,9 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
                 out[shard].wills.push((cid.clone(), will, due));
             }
             out[shard].sessions.push((cid.clone(), snap, generation, stamp));
-            out[reg].registry.push((cid, Owner { shard: shard as u16, generation }));
+            out[reg]
+                .registry
+                .push((cid, Owner { shard: tern_core::ids::ShardId(shard as u16), generation }));
         }
     }
     Ok(out)
@@ -608,7 +610,7 @@ pub async fn open_shard(
     use super::wal::WalConfig;
     let id = shard.borrow().id();
     let cfg =
-        WalConfig { dir: opts.dir.clone(), shard: id, segment_bytes_max: opts.segment_bytes_max };
+        WalConfig { dir: opts.dir.clone(), shard: id.0, segment_bytes_max: opts.segment_bytes_max };
     let wal = Wal::open(cfg, &mut restore.recovered).await?;
     wal.set_fdatasync(opts.mode != FsyncMode::Never);
     for client_id in std::mem::take(&mut restore.superseded) {

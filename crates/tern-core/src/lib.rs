@@ -33,12 +33,14 @@
 //!   password-check request and verdict.
 //! - [`enhanced_auth`]: v5 enhanced authentication (SCRAM-SHA-256).
 //! - [`counters`]: one shard's counters and latency histogram.
+//! - [`ids`]: shard, session-slot, slot-generation and message ids.
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod codec;
 pub mod counters;
 pub mod enhanced_auth;
+pub mod ids;
 pub mod persist;
 pub mod session;
 pub mod shard;

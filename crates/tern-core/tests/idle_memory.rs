@@ -32,7 +32,7 @@ fn idle_connection_records_per_connection() {
     let mut cfg = ShardConfig::for_tests(1);
     cfg.listeners[0].connections_max = n;
     cfg.sessions_max = n;
-    let mut shard = Shard::new(0, cfg);
+    let mut shard = Shard::new(tern_core::ids::ShardId(0), cfg);
     let peer: SocketAddr = "127.0.0.1:40000".parse().expect("literal address");
     let now = Instant::now();
     let before = rss_bytes();

@@ -55,7 +55,7 @@ fn million_idle_sessions_worst_turn() {
     cfg.listeners[0].connections_max = n;
     cfg.sessions_max = n;
     cfg.session_expiry_secs_max = 3600;
-    let mut shard = Shard::new(0, cfg);
+    let mut shard = Shard::new(tern_core::ids::ShardId(0), cfg);
     let peer: SocketAddr = "127.0.0.1:40000".parse().expect("literal address");
     let t0 = Instant::now();
     let ramp = Duration::from_secs(10);

@@ -4,6 +4,7 @@
 //! (`tern::auth::pool`), and the verdict comes back as an input
 //! (`Shard::handle_password_verdict`). No IO, no threads.
 
+use crate::ids::ShardId;
 use std::fmt;
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use super::PasswordDb;
 /// One password to check, for `shard`'s connection waiting on `ticket`.
 pub struct HashJob {
     /// The shard that waits for the verdict.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Identifies the waiting connection within the shard.
     pub ticket: u64,
     /// The password file in force when the CONNECT arrived.

@@ -434,8 +434,7 @@ fn decode_connect_rest(
     let client_id = r.string()?;
     let will = if will_flag {
         let properties = d.properties(r, PropertyContext::Will)?;
-        let topic = r.string()?;
-        validate_topic_name(&topic, d.v5)?;
+        let topic = TopicName::new(r.string()?)?;
         let payload = r.binary()?;
         Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
     } else {

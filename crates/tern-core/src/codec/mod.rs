@@ -23,6 +23,7 @@ pub mod primitives;
 pub mod properties;
 pub mod reason;
 pub mod topic;
+pub use topic::{TopicFilter, TopicName};
 
 mod decode;
 mod encode;
@@ -122,7 +123,7 @@ impl PacketId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Will {
     /// Topic the will is published to.
-    pub topic: String,
+    pub topic: TopicName,
     /// Will payload.
     pub payload: Bytes,
     /// QoS of the will publish.

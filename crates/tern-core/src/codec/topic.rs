@@ -61,6 +61,133 @@ pub fn is_shared(filter: &str) -> bool {
     filter.starts_with(SHARE_PREFIX)
 }
 
+/// [MQTT-1.5.4-2]: no U+0000 in a UTF-8 string. The wire decoder checks this for every
+/// string; the newtypes check it again for names that come from elsewhere (config, ACL, logs).
+fn reject_nul(s: &str) -> Result<(), DecodeError> {
+    if s.contains('\0') {
+        return Err(DecodeError::new(ErrorKind::NullCharacter, "MQTT-1.5.4-2"));
+    }
+    Ok(())
+}
+
+/// A topic name (§4.7): non-empty ([MQTT-4.7.3-1]), without wildcards ([MQTT-3.3.2-2]) or
+/// U+0000 ([MQTT-1.5.4-2]). Made only by [`TopicName::new`], so holding one means it is valid.
+/// (A v5 PUBLISH that names its topic by alias alone has no topic name until the alias is
+/// resolved: [`crate::codec::Publish::topic`] is empty then.)
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicName(String);
+
+impl TopicName {
+    /// Checks `name` and wraps it.
+    pub fn new(name: impl Into<String>) -> Result<Self, DecodeError> {
+        let name = name.into();
+        validate_topic_name(&name, true)?;
+        reject_nul(&name)?;
+        Ok(TopicName(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a `String`.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// Bytes allocated for the name (memory accounting).
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    /// Frees spare capacity (a name kept for long: a retained message, a will).
+    pub fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+/// A topic filter (§4.7): non-empty ([MQTT-4.7.3-1]), `#` only as the whole last level
+/// ([MQTT-4.7.1-1] in v5, [MQTT-4.7.1-2] in 3.1.1), `+` only as a whole level ([MQTT-4.7.1-2]
+/// / [MQTT-4.7.1-3]), a well-formed `$share/{group}/` prefix if it has one ([MQTT-4.8.2-1],
+/// [MQTT-4.8.2-2]), no U+0000 ([MQTT-1.5.4-2]). Made only by [`TopicFilter::new`].
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicFilter(String);
+
+impl TopicFilter {
+    /// Checks `filter` and wraps it. `v5` only picks the statement ids of the error (the rules
+    /// are the same in both versions).
+    pub fn new(filter: impl Into<String>, v5: bool) -> Result<Self, DecodeError> {
+        let filter = filter.into();
+        validate_topic_filter(&filter, v5)?;
+        reject_nul(&filter)?;
+        Ok(TopicFilter(filter))
+    }
+
+    /// The filter.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The filter as a `String`.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// Whether it is a shared subscription (`$share/{group}/{filter}`, §4.8.2).
+    pub fn is_shared(&self) -> bool {
+        is_shared(&self.0)
+    }
+}
+
+macro_rules! str_newtype {
+    ($t:ident) => {
+        impl std::ops::Deref for $t {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl AsRef<str> for $t {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&self.0, f)
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+    };
+}
+str_newtype!(TopicName);
+str_newtype!(TopicFilter);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +220,22 @@ mod tests {
         assert_eq!(e.spec, "MQTT-4.7.1-2");
         let e = validate_topic_filter("sport+", false).expect_err("sport+");
         assert_eq!(e.spec, "MQTT-4.7.1-3");
+    }
+
+    #[test]
+    fn newtypes_accept_only_what_validates() {
+        assert_eq!(TopicName::new("a/b").map(String::from), Ok("a/b".to_owned()));
+        assert_eq!(TopicName::new("").map_err(|e| e.spec), Err("MQTT-4.7.3-1"));
+        assert_eq!(TopicName::new("a/#").map_err(|e| e.spec), Err("MQTT-3.3.2-2"));
+        assert_eq!(TopicName::new("a\0b").map_err(|e| e.spec), Err("MQTT-1.5.4-2"));
+        let f = TopicFilter::new("$share/g/a/+", true).expect("valid");
+        assert!(f.is_shared());
+        assert_eq!(f, "$share/g/a/+");
+        assert_eq!(TopicFilter::new("", false).map_err(|e| e.spec), Err("MQTT-4.7.3-1"));
+        assert_eq!(TopicFilter::new("a/#/b", true).map_err(|e| e.spec), Err("MQTT-4.7.1-1"));
+        assert_eq!(TopicFilter::new("a/#/b", false).map_err(|e| e.spec), Err("MQTT-4.7.1-2"));
+        assert_eq!(TopicFilter::new("a+", false).map_err(|e| e.spec), Err("MQTT-4.7.1-3"));
+        assert_eq!(TopicFilter::new("a/\0", true).map_err(|e| e.spec), Err("MQTT-1.5.4-2"));
     }
 
     #[test]

@@ -292,8 +292,8 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> Replayed {
             },
             Record::RetainSet(m) => {
                 // A new message: its source, if any, follows it.
-                out.retained_sources.remove(&m.topic);
-                out.retained.insert(m.topic.clone(), m);
+                out.retained_sources.remove(m.topic.as_str());
+                out.retained.insert(m.topic.to_string(), m);
             }
             Record::RetainSource { topic, source } => {
                 if out.retained.contains_key(&topic) {
@@ -387,7 +387,7 @@ mod tests {
     fn delivery(payload: &'static [u8]) -> StoredDelivery {
         StoredDelivery {
             msg: StoredMessage {
-                topic: "t".into(),
+                topic: crate::codec::TopicName::new("t").expect("valid"),
                 payload: Bytes::from_static(payload),
                 qos: QoS::AtLeastOnce,
                 retain: false,

@@ -28,7 +28,9 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::primitives::Reader;
-use crate::codec::{Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, Will};
+use crate::codec::{
+    Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, TopicName, Will,
+};
 
 /// The client that published a retained message ([`Record::RetainSource`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,8 +44,8 @@ pub struct StoredSource {
 /// A message as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMessage {
-    /// Topic name.
-    pub topic: String,
+    /// Topic name (a record whose topic does not validate is refused when read).
+    pub topic: TopicName,
     /// Payload.
     pub payload: Bytes,
     /// QoS it was published with.
@@ -463,7 +465,7 @@ impl<'a> Fields<'a> {
     }
     /// See [`Writer::head`]; the properties are those allowed in `context`.
     fn head(&mut self, context: PropertyContext) -> Result<Will, RecordError> {
-        let topic = self.str()?;
+        let topic = TopicName::new(self.str()?).map_err(|_| RecordError::Invalid("topic"))?;
         let payload = Bytes::copy_from_slice(self.bin()?);
         let qos = self.qos()?;
         let retain = self.bool()?;
@@ -735,7 +737,7 @@ pub mod examples {
         properties.push(Property::ContentType("text/plain".into()));
         properties.push(Property::UserProperty("k".into(), "v".into()));
         StoredMessage {
-            topic: topic.into(),
+            topic: TopicName::new(topic).expect("invariant: example topics are valid"),
             payload: Bytes::from_static(b"\x00payload\xff"),
             qos: QoS::ExactlyOnce,
             retain: true,
@@ -830,7 +832,7 @@ pub mod examples {
             Record::WillPending {
                 client_id: cid(),
                 will: Will {
-                    topic: "w/t".into(),
+                    topic: TopicName::new("w/t").expect("valid"),
                     payload: Bytes::from_static(b"gone\x00"),
                     qos: QoS::AtLeastOnce,
                     retain: true,

@@ -1,23 +1,24 @@
 //! Application messages as the broker holds them, and the sendable form of a session that moves
 //! between shards on takeover.
 
+use crate::ids::{MessageId, ShardId, SlotGen, SlotId};
 use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::{Inflight, InflightState, Outgoing, Session, SessionLimits, Subscription};
-use crate::codec::{Properties, QoS};
+use crate::codec::{Properties, QoS, TopicName};
 
 /// Who published a message: used for the v5 No Local option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// Shard of the publishing connection.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Session slot on that shard.
-    pub session: u32,
+    pub session: SlotId,
     /// Generation of that slot, so a reused slot is not mistaken for the publisher.
-    pub generation: u32,
+    pub generation: SlotGen,
 }
 
 /// An application message. Held as `Rc<Message>` inside a shard (one copy however many local
@@ -25,7 +26,7 @@ pub struct Origin {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// Topic name (never an alias: aliases are resolved on receipt).
-    pub topic: String,
+    pub topic: TopicName,
     /// Payload. A message built from a client's packet owns it ([`Message::detach`]): a slice
     /// of the receive buffer would pin the whole buffer (up to 64 KiB per 1-byte payload).
     pub payload: Bytes,
@@ -44,7 +45,7 @@ pub struct Message {
     pub received_at: Option<Instant>,
     /// Identity given by the shard that routed it (that shard in the top 16 bits, a sequence
     /// below); 0 until routed. A session that moves between shards gets each id once.
-    pub id: u64,
+    pub id: MessageId,
 }
 
 /// Fixed per-message overhead counted against queue byte bounds (struct and allocator slack).
@@ -52,7 +53,7 @@ pub const MESSAGE_OVERHEAD_BYTES: usize = 96;
 
 impl Message {
     /// A message with no properties, no expiry and no origin.
-    pub fn new(topic: String, payload: Bytes, qos: QoS, retain: bool) -> Self {
+    pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> Self {
         Self {
             topic,
             payload,
@@ -62,7 +63,7 @@ impl Message {
             expires_at: None,
             origin: None,
             received_at: None,
-            id: 0,
+            id: MessageId::UNROUTED,
         }
     }
 

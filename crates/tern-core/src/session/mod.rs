@@ -379,7 +379,12 @@ mod tests {
     }
 
     fn out(n: u8, qos: QoS) -> Outgoing {
-        let msg = Message::new("t".into(), Bytes::from(vec![n]), qos, false);
+        let msg = Message::new(
+            crate::codec::TopicName::new("t").expect("valid topic"),
+            Bytes::from(vec![n]),
+            qos,
+            false,
+        );
         Outgoing { msg: Rc::new(msg), qos, retain: false, subscription_ids: Vec::new() }
     }
 
@@ -484,7 +489,12 @@ mod tests {
     fn expired_messages_are_skipped() {
         let mut s = Session::new("c".into(), limits(OverflowPolicy::DropNewest), 0);
         let now = crate::test_clock::test_epoch();
-        let mut m = Message::new("t".into(), Bytes::new(), QoS::AtLeastOnce, false);
+        let mut m = Message::new(
+            crate::codec::TopicName::new("t").expect("valid topic"),
+            Bytes::new(),
+            QoS::AtLeastOnce,
+            false,
+        );
         m.expires_at = Some(now);
         let o = Outgoing {
             msg: Rc::new(m),

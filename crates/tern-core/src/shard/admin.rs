@@ -5,6 +5,7 @@
 //!
 //! Every list answer is bounded by the `limit` the request carries.
 
+use crate::ids::{ShardId, SlotId};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -91,7 +92,7 @@ pub struct ClientInfo {
     /// "3.1", "3.1.1" or "5", when connected.
     pub protocol: Option<&'static str>,
     /// The shard that holds the session.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Seconds since the connection was accepted, when connected.
     pub connected_secs: Option<u64>,
     /// Subscriptions held.
@@ -114,7 +115,7 @@ pub struct SubscriptionInfo {
     /// Maximum QoS granted.
     pub qos: u8,
     /// The shard of the session.
-    pub shard: u16,
+    pub shard: ShardId,
 }
 
 /// A retained message.
@@ -151,7 +152,7 @@ impl Shard {
             AdminRequest::Clients { limit } => {
                 let mut out = Vec::new();
                 let mut cut = false;
-                for slot in 0..self.sessions.end() {
+                for slot in self.sessions.keys() {
                     let Some(info) = self.client_info(slot, now) else { continue };
                     if out.len() >= *limit {
                         cut = true;
@@ -171,7 +172,7 @@ impl Shard {
                 };
                 let conn = self.slot(slot).and_then(|s| s.conn);
                 if let Some(c) = conn {
-                    tracing::info!(shard = self.id, client_id = %id, "admin API: disconnect");
+                    tracing::info!(shard = self.id.0, client_id = %id, "admin API: disconnect");
                     self.close(c, CloseReason::Administrative, now);
                 }
                 AdminReply::Disconnect { found: true, disconnected: conn.is_some() }
@@ -200,7 +201,7 @@ impl Shard {
             }
             AdminRequest::RetainedGet { topic } => {
                 let found = self.retained.get(topic, now).map(|m| RetainedInfo {
-                    topic: m.topic.clone(),
+                    topic: m.topic.to_string(),
                     qos: qos_number(m.qos),
                     payload_bytes: m.payload.len(),
                     payload: m.payload.clone(),
@@ -211,14 +212,17 @@ impl Shard {
                 let held = self.retained.get(topic, now).is_some();
                 // An empty retained message clears the topic ([MQTT-3.3.1-10]); applied to this
                 // replica only, because the HTTP thread asks every shard.
-                let clear = Message::new(topic.clone(), Bytes::new(), QoS::AtMostOnce, true);
-                self.retained_apply(clear, None);
+                // A topic that is not a valid name holds no retained message to delete.
+                if let Ok(topic) = crate::codec::TopicName::new(topic.clone()) {
+                    let clear = Message::new(topic, Bytes::new(), QoS::AtMostOnce, true);
+                    self.retained_apply(clear, None);
+                }
                 AdminReply::RetainedDeleted(held)
             }
         }
     }
 
-    fn client_info(&self, slot: u32, now: Instant) -> Option<ClientInfo> {
+    fn client_info(&self, slot: SlotId, now: Instant) -> Option<ClientInfo> {
         let s = self.slot(slot)?;
         let conn = s.conn.and_then(|c: ConnId| self.conn(c));
         let conn = conn.filter(|c| c.active_slot().is_some());

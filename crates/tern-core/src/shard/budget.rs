@@ -16,6 +16,7 @@
 //! (`retained_messages_max`, `retained_bytes_max` per replica, counted at the same cost), and
 //! since nothing drains them, a budget they filled would pause publishers for good.
 
+use crate::ids::ShardId;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The shared counter and its limit.
@@ -79,21 +80,21 @@ impl MeshBytes {
     }
 
     /// Shard `sender` put `bytes` on the mesh.
-    pub fn sent(&self, sender: u16, bytes: usize) {
+    pub fn sent(&self, sender: ShardId, bytes: usize) {
         if let Some(c) = self.by_sender.get(usize::from(sender)) {
             c.fetch_add(bytes, Ordering::Relaxed);
         }
     }
 
     /// A publish from `sender` of `bytes` was handled by its receiver.
-    pub fn received(&self, sender: u16, bytes: usize) {
+    pub fn received(&self, sender: ShardId, bytes: usize) {
         if let Some(c) = self.by_sender.get(usize::from(sender)) {
             c.fetch_sub(bytes, Ordering::Relaxed);
         }
     }
 
     /// Bytes `sender` has crossing the mesh now.
-    pub fn in_flight(&self, sender: u16) -> usize {
+    pub fn in_flight(&self, sender: ShardId) -> usize {
         self.by_sender.get(usize::from(sender)).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 }

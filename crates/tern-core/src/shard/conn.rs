@@ -11,6 +11,7 @@ use super::budget::MemoryBudget;
 use super::connect::AuthInProgress;
 use super::{publish, CloseReason, RetainedOut};
 use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, Will};
+use crate::ids::SlotId;
 use crate::session::Outgoing;
 
 /// Where a connection stands.
@@ -27,7 +28,7 @@ pub(super) enum Phase {
     /// a moved session. Closed at `deadline` (the connect timeout again) if still waiting.
     Connecting { deadline: Instant },
     /// Bound to a session slot.
-    Active { slot: u32 },
+    Active { slot: SlotId },
     /// Closed by the shard; bytes in `tx` are flushed, then the socket is closed.
     Closing,
 }
@@ -228,7 +229,7 @@ impl Conn {
     }
 
     /// The session slot it is bound to, once active.
-    pub(super) fn active_slot(&self) -> Option<u32> {
+    pub(super) fn active_slot(&self) -> Option<SlotId> {
         match self.phase {
             Phase::Active { slot } => Some(slot),
             _ => None,
@@ -305,7 +306,7 @@ impl Conn {
     }
 
     /// CONNACK is being sent: bound to session `slot`.
-    pub(super) fn activate(&mut self, slot: u32) {
+    pub(super) fn activate(&mut self, slot: SlotId) {
         self.phase = Phase::Active { slot };
     }
 
@@ -903,7 +904,7 @@ mod tests {
         }
         let mut c = conn(t0);
         c.set_version(ProtocolVersion::V5);
-        c.activate(1);
+        c.activate(SlotId(1));
         let mut pubs = BytesMut::new();
         let mut p = publish("t", None);
         p.payload = Bytes::from(vec![0; 2000]);
@@ -920,10 +921,13 @@ mod tests {
         assert!(c.receive(&[0xC0, 0x00], t0));
         assert!(matches!(c.poll_packet(&LIMITS), Input::Held));
         assert!(c.read_held());
-        c.activate(3);
-        assert_eq!(c.active_slot(), Some(3));
+        c.activate(SlotId(3));
+        assert_eq!(c.active_slot(), Some(SlotId(3)));
         assert!(matches!(c.poll_packet(&LIMITS), Input::Packet(Packet::PingReq)));
-        assert_eq!(c.start_close().map(|p| matches!(p, Phase::Active { slot: 3 })), Some(true));
+        assert_eq!(
+            c.start_close().map(|p| matches!(p, Phase::Active { slot: SlotId(3) })),
+            Some(true)
+        );
         assert!(c.start_close().is_none(), "closing twice does nothing");
         assert!(!c.receive(&[0xC0, 0x00], t0), "a closing connection reads nothing");
     }
@@ -939,7 +943,7 @@ mod tests {
             c.poll_timeout(late, false, recheck),
             Deadline::Expired(CloseReason::ConnectTimeout)
         );
-        c.activate(1);
+        c.activate(SlotId(1));
         assert_eq!(c.poll_timeout(late, false, recheck), Deadline::None, "keep alive 0: none");
         // [MQTT-3.1.2-24]: 1.5 times the keep alive since the last packet.
         c.set_keep_alive(10);

@@ -11,10 +11,12 @@
 //! older one, so no two shards wait for each other, and the newest CONNECT wins
 //! ([MQTT-3.1.4-2]). CONNACK is bound to (slot, generation); `Release` carries its generation.
 
+use super::handover::SharedMembership;
+use crate::ids::{ShardId, SlotGen, SlotId, SlotRef};
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
-use super::subscribe::PendingAck;
+use super::subscribe::{HeldAck, PendingAck};
 use super::{
     ClaimGen, CloseReason, Conn, ConnId, ConnRef, Owner, PendingConnect, Phase, SessionSlot, Shard,
     ShardMsg,
@@ -27,11 +29,11 @@ use crate::enhanced_auth::{Exchange, Step};
 use crate::session::{Session, SessionState};
 
 /// The registry shard of a client id.
-pub fn registry_shard(client_id: &str, shards: u16) -> u16 {
+pub fn registry_shard(client_id: &str, shards: u16) -> ShardId {
     // FNV-1a: stable across processes and shards, unlike the std RandomState.
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     client_id.hash(&mut h);
-    (h.finish() % u64::from(shards)) as u16
+    ShardId((h.finish() % u64::from(shards)) as u16)
 }
 
 struct Fnv(u64);
@@ -276,7 +278,13 @@ impl Shard {
 
     /// On the registry shard: record `from` as the owner under a new generation, answer with
     /// the generation and the previous owner.
-    pub(super) fn registry_claim(&mut self, from: u16, client_id: String, req: u64, now: Instant) {
+    pub(super) fn registry_claim(
+        &mut self,
+        from: ShardId,
+        client_id: String,
+        req: u64,
+        now: Instant,
+    ) {
         let generation = ClaimGen(self.next_claim);
         self.next_claim += 1;
         let previous = self.registry.insert(client_id, Owner { shard: from, generation });
@@ -287,7 +295,7 @@ impl Shard {
     /// session, or start a new one.
     pub(super) fn claim_reply(
         &mut self,
-        registry: u16,
+        registry: ShardId,
         req: u64,
         generation: ClaimGen,
         previous: Option<Owner>,
@@ -426,8 +434,8 @@ impl Shard {
                 self.send_to_peer(ask.to, reply, now);
                 // After the new member's SharedAdd (installed inline above), so no replica is
                 // ever left without the session as a member.
-                for (group, old_slot, generation) in held_here {
-                    self.remove_shared_member(&group, old_slot, generation);
+                for m in held_here {
+                    self.remove_shared_member(&m.group, m.member.slot, m.member.generation);
                 }
                 // The inline reply took the stash, unless the session went nowhere.
                 if let Some(up) = self.inherit_take(&client_id).and_then(|t| t.upstream()) {
@@ -461,7 +469,7 @@ impl Shard {
     /// Holds one extra reference on each non-shared filter of `slot` announced to the other
     /// shards, so that removing the session does not broadcast `SubRemove`; returns the filters
     /// held, for [`Shard::unpin_filters`].
-    fn pin_filters(&mut self, slot: u32) -> Vec<String> {
+    fn pin_filters(&mut self, slot: SlotId) -> Vec<String> {
         let Some(s) = self.slot(slot) else { return Vec::new() };
         let filters: Vec<String> = s
             .session
@@ -498,7 +506,7 @@ impl Shard {
     /// asked owns the client id now.
     fn take_local_session(
         &mut self,
-        slot: u32,
+        slot: SlotId,
         clean_start: bool,
         now: Instant,
     ) -> Option<Box<SessionState>> {
@@ -507,8 +515,8 @@ impl Shard {
         let waiting: Vec<u64> = self
             .pending_acks
             .iter()
-            .filter(|(_, (a, _))| {
-                matches!(a, PendingAck::Conn { slot: s, claim: g, .. } if *s == slot && *g == claim)
+            .filter(|(_, held)| {
+                matches!(&held.ack, PendingAck::Conn { slot: s, claim: g, .. } if *s == slot && *g == claim)
             })
             .map(|(req, _)| *req)
             .collect();
@@ -519,7 +527,9 @@ impl Shard {
         // counts as the existing connection (its will is stored, see `Shard::close`).
         let mut old_wills = Vec::new();
         for req in waiting {
-            if let Some((PendingAck::Conn { conn, .. }, _)) = self.pending_acks.remove(&req) {
+            if let Some(HeldAck { ack: PendingAck::Conn { conn, .. }, .. }) =
+                self.pending_acks.remove(&req)
+            {
                 if self.still_connecting(conn) {
                     self.metrics.takeovers_superseded += 1;
                     if let Some((_, Some(w))) =
@@ -544,9 +554,8 @@ impl Shard {
         // A will waiting for its delay: the client is back, so it is not sent — unless the new
         // connection starts clean and the old session ends here.
         if let Some(pending) = self.take_pending_will(slot) {
-            let (will, _) = *pending;
             if clean_start {
-                self.publish_will(slot, will, now);
+                self.publish_will(slot, pending.will, now);
             }
         }
         // Remove without releasing the registry (the new connection owns the id now).
@@ -562,7 +571,8 @@ impl Shard {
                 .as_mut()
                 .filter(|_| crate::codec::topic::is_shared(filter))
             {
-                held.push((filter.clone(), slot, s.generation));
+                let member = SlotRef { slot, generation: s.generation };
+                held.push(SharedMembership { group: filter.clone(), member });
                 continue;
             }
             self.remove_subscription_entry(slot, s.generation, filter);
@@ -585,7 +595,7 @@ impl Shard {
         &mut self,
         req: u64,
         state: Option<Box<SessionState>>,
-        upstream: Option<u16>,
+        upstream: Option<ShardId>,
         now: Instant,
     ) {
         let Some(p) = self.pending.remove(&req) else { return };
@@ -609,7 +619,7 @@ impl Shard {
             let inherited = self.inherit_take(&connect.client_id);
             let relay = upstream
                 .zip(generation)
-                .map(|(from, g)| (from, g, false))
+                .map(|(from, g)| super::handover::Upstream::new(from, g))
                 .or_else(|| inherited.as_ref().and_then(super::handover::Taken::upstream));
             let forwarding = relay.is_some() && state.is_some();
             if forwarding {
@@ -650,7 +660,7 @@ impl Shard {
         }
         let req = self.next_req;
         self.next_req += 1;
-        let (slot, told) = self.install_session(session, claim, Some(req));
+        let Installed { slot, told } = self.install_session(session, claim, Some(req));
         let inherited = self.inherit_take(&connect.client_id);
         match upstream {
             // Resumed on the shard where it was joining: the joining goes on in this slot.
@@ -666,7 +676,7 @@ impl Shard {
             // Its previous shard forwards until every shard routes here (`handover`).
             Some(from) if resumed => self.joining_start(slot, claim, from, now),
             Some(from) => {
-                let up = (from, claim, false);
+                let up = super::handover::Upstream::new(from, claim);
                 self.joining_abandoned(&connect.client_id, up, now);
             }
             None => {}
@@ -718,7 +728,7 @@ impl Shard {
         } else {
             // The moved subscriptions must be live on every shard before the client is told.
             let pending = PendingAck::Conn { conn: cref, slot, claim, ack };
-            self.pending_acks.insert(req, (pending, told * peers));
+            self.pending_acks.insert(req, HeldAck { ack: pending, left: told * peers });
         }
     }
 
@@ -750,7 +760,7 @@ impl Shard {
     pub(super) fn complete_connack(
         &mut self,
         cref: ConnRef,
-        slot: u32,
+        slot: SlotId,
         claim: ClaimGen,
         ack: ConnAck,
         now: Instant,
@@ -835,9 +845,9 @@ impl Shard {
         session: Session,
         claim: ClaimGen,
         ack: Option<u64>,
-    ) -> (u32, usize) {
+    ) -> Installed {
         let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        self.next_generation = SlotGen(self.next_generation.0.wrapping_add(1).max(1));
         let client_id = session.client_id.clone();
         let filters: Vec<(String, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
@@ -861,8 +871,16 @@ impl Shard {
         for (filter, sub) in filters {
             told += usize::from(self.add_subscription_entry(slot, &filter, &sub, ack));
         }
-        (slot, told)
+        Installed { slot, told }
     }
+}
+
+/// A session [`Shard::install_session`] installed: its slot, and how many subscription deltas
+/// went to the other shards with its acknowledgement.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Installed {
+    pub(super) slot: SlotId,
+    pub(super) told: usize,
 }
 
 /// Where a superseded (or superseding) claim's session goes: the shard and request of the
@@ -870,7 +888,7 @@ impl Shard {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Handoff {
     /// Shard of the newer CONNECT.
-    pub(super) to: u16,
+    pub(super) to: ShardId,
     /// Its request id, echoed in the `TakeoverReply`.
     pub(super) req: u64,
     /// Its claim's generation.

@@ -37,6 +37,7 @@
 //! each other (neither reads the other's acknowledgements); the slow-consumer timeout breaks
 //! that cycle.
 
+use crate::ids::{SlotGen, SlotId};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -124,7 +125,12 @@ impl SlotFlow {
 impl Shard {
     /// After a delivery to the connected subscriber `slot`: at or above its high-water mark,
     /// pause the message's publisher; at the hard cap, apply the slow-consumer policy.
-    pub(super) fn flow_after_delivery(&mut self, slot: u32, origin: Option<Origin>, now: Instant) {
+    pub(super) fn flow_after_delivery(
+        &mut self,
+        slot: SlotId,
+        origin: Option<Origin>,
+        now: Instant,
+    ) {
         let limits = self.cfg.flow;
         let me = self.id;
         let Some(s) = self.slot_mut(slot) else { return };
@@ -167,7 +173,7 @@ impl Shard {
 
     /// After the queue of `slot` shrank: at or below the low-water mark, resume every
     /// publisher it paused and end its congestion episode.
-    pub(super) fn flow_check_drained(&mut self, slot: u32) {
+    pub(super) fn flow_check_drained(&mut self, slot: SlotId) {
         let low = self.cfg.flow.low_water_messages;
         let low_bytes = self.cfg.flow.high_water_bytes / 2;
         let Some(s) = self.slot(slot) else { return };
@@ -180,7 +186,7 @@ impl Shard {
 
     /// Ends the congestion episode of `slot`: resumes the publishers it paused. Called when it
     /// drains, goes offline, is taken over or ends.
-    pub(super) fn flow_release(&mut self, slot: u32) {
+    pub(super) fn flow_release(&mut self, slot: SlotId) {
         let Some(s) = self.slot_mut(slot) else { return };
         s.flow.congested_since = None;
         s.flow.dropping = false;
@@ -199,7 +205,7 @@ impl Shard {
 
     /// The session `slot` is about to leave this shard (ended or taken over): resume what it
     /// paused as a subscriber, and take it out of the paused-publisher gauge.
-    pub(super) fn flow_forget(&mut self, slot: u32) {
+    pub(super) fn flow_forget(&mut self, slot: SlotId) {
         self.flow_release(slot);
         if self.slot(slot).is_some_and(|s| s.flow.paused()) {
             self.metrics.flow_paused_publishers -= 1;
@@ -207,7 +213,7 @@ impl Shard {
     }
 
     /// A subscriber paused the publishing session `slot` (if it is still that generation).
-    pub(super) fn publisher_pause(&mut self, slot: u32, generation: u32) {
+    pub(super) fn publisher_pause(&mut self, slot: SlotId, generation: SlotGen) {
         let Some(s) = self.slot_mut(slot).filter(|s| s.generation == generation) else { return };
         s.flow.paused_by += 1;
         if s.flow.paused_by == 1 {
@@ -217,7 +223,7 @@ impl Shard {
 
     /// A subscriber resumed the publishing session `slot`; its connection is woken when no
     /// one holds it any more.
-    pub(super) fn publisher_resume(&mut self, slot: u32, generation: u32) {
+    pub(super) fn publisher_resume(&mut self, slot: SlotId, generation: SlotGen) {
         let Some(s) = self.slot_mut(slot).filter(|s| s.generation == generation) else { return };
         if s.flow.paused_by == 0 {
             return;
@@ -302,7 +308,7 @@ impl Shard {
     }
 
     /// Applies the slow-consumer policy to the connected subscriber `slot`.
-    fn slow_consumer(&mut self, slot: u32, now: Instant) {
+    fn slow_consumer(&mut self, slot: SlotId, now: Instant) {
         let Some(s) = self.slot(slot) else { return };
         let conn = s.conn;
         match self.cfg.flow.slow_consumer_policy {
@@ -327,7 +333,7 @@ impl Shard {
     /// the congested ones.
     pub(super) fn flow_tick(&mut self, now: Instant) {
         let timeout = self.cfg.flow.slow_consumer_timeout;
-        let slow: Vec<u32> = self
+        let slow: Vec<SlotId> = self
             .congested
             .iter()
             .copied()
@@ -345,7 +351,7 @@ impl Shard {
     /// A session went offline: its publishers are resumed, the QoS 0 messages queued while it
     /// was connected are dropped (an offline session keeps none), and its queue is cut to the
     /// offline bounds (what the overflow policy drops is counted).
-    pub(super) fn flow_offline(&mut self, slot: u32) {
+    pub(super) fn flow_offline(&mut self, slot: SlotId) {
         self.flow_release(slot);
         let Some(s) = self.slot_mut(slot) else { return };
         let qos0 = s.session.drop_qos0();

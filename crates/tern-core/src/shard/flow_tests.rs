@@ -15,7 +15,7 @@ impl Cluster {
             .map(|i| {
                 let mut cfg = ShardConfig::for_tests(n);
                 edit(&mut cfg);
-                Shard::new(i, cfg)
+                Shard::new(crate::ids::ShardId(i), cfg)
             })
             .collect();
         Self { shards, now: crate::test_clock::test_epoch() }

@@ -182,7 +182,7 @@ impl Cluster {
         cfg.memory = memory.clone();
         cfg.mesh_bytes = mesh.clone();
         let session_expiry_max = Duration::from_secs(cfg.session_expiry_secs_max.into());
-        let shards = (0..n).map(|i| Shard::new(i, cfg.clone())).collect();
+        let shards = (0..n).map(|i| Shard::new(crate::ids::ShardId(i), cfg.clone())).collect();
         Ok(Self { shards, memory, mesh, now: start, clients: Vec::new(), session_expiry_max })
     }
 
@@ -290,7 +290,7 @@ impl Cluster {
         };
         let Some(msg) = batch.into_iter().next() else { return false };
         let now = self.now;
-        self.shards[to].handle_peer(from as u16, msg, now);
+        self.shards[to].handle_peer(crate::ids::ShardId(from as u16), msg, now);
         true
     }
 
@@ -395,7 +395,11 @@ impl Cluster {
             assert_eq!(s.metrics.subscriptions_current, 0, "shard {si}: subscription gauge");
             assert!(s.registry.is_empty(), "shard {si}: registry entries leaked");
             assert!(s.verifying.is_empty() && s.pending_acks.is_empty(), "shard {si}: pending");
-            assert_eq!(self.mesh.in_flight(si as u16), 0, "shard {si}: mesh bytes leaked");
+            assert_eq!(
+                self.mesh.in_flight(crate::ids::ShardId(si as u16)),
+                0,
+                "shard {si}: mesh bytes leaked"
+            );
         }
         assert_eq!(self.memory.used(), 0, "memory budget charge leaked");
     }
@@ -451,18 +455,21 @@ fn build(spec: &PacketSpec, c: &Client) -> Packet {
                     properties.push(Property::AuthenticationMethod("SCRAM-SHA-256".into()));
                 }
             }
-            let will = will.map(|(t, q, retain, delay)| {
+            // A will topic that is not a valid name cannot be built (the decoder refuses it
+            // before the shard sees it): the CONNECT goes without a will then.
+            let will = will.and_then(|(t, q, retain, delay)| {
+                let topic = crate::codec::TopicName::new(topic(t)).ok()?;
                 let mut properties = Properties::new();
                 if v5 && delay > 0 {
                     properties.push(Property::WillDelayInterval(u32::from(delay) * 10));
                 }
-                Will {
-                    topic: topic(t),
+                Some(Will {
+                    topic,
                     payload: Bytes::from_static(b"gone"),
                     qos: QoS::from_u8(q % 3).unwrap_or(QoS::AtMostOnce),
                     retain,
                     properties,
-                }
+                })
             });
             Packet::Connect(Box::new(Connect {
                 version: c.version,
@@ -612,7 +619,8 @@ pub(crate) fn check_quiet(shards: &[Shard]) {
         let entry = shards[usize::from(reg)].registry_owner(cid);
         let claim =
             shards[si].by_client.get(*cid).and_then(|&x| shards[si].slot(x)).map(|x| x.claim);
-        let expected = claim.map(|generation| super::Owner { shard: si as u16, generation });
+        let expected = claim
+            .map(|generation| super::Owner { shard: crate::ids::ShardId(si as u16), generation });
         assert_eq!(entry, expected, "registry disagrees on the owner of {cid:?}");
     }
     for (ri, r) in shards.iter().enumerate() {

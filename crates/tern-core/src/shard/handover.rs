@@ -45,6 +45,7 @@
 //! withdrawn after the new member's `SharedAdd` on the same shard, or when the forward record
 //! ends, deliveries picked for the old member meanwhile being forwarded ([`Shard::forward_shared`]).
 
+use crate::ids::{MessageId, ShardId, SlotId, SlotRef};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Instant;
@@ -72,13 +73,21 @@ pub struct ForwardedDelivery {
 
 /// The shard a session came from, while that shard may still forward messages for it.
 #[derive(Clone, Copy, Debug)]
-struct Upstream {
+pub(super) struct Upstream {
     /// Shard forwarding to us.
-    from: u16,
+    from: ShardId,
     /// The claim under which we received the session (the upstream's record names it).
     generation: ClaimGen,
     /// We told it to drain ([`ShardMsg::ForwardStop`]).
     stop_sent: bool,
+}
+
+impl Upstream {
+    /// Shard `from`, which handed the session on under claim `generation` and has not been
+    /// told to drain yet.
+    pub(super) fn new(from: ShardId, generation: ClaimGen) -> Self {
+        Upstream { from, generation, stop_sent: false }
+    }
 }
 
 /// What a joining session that moves on leaves to its forward record: the ids it was given
@@ -86,7 +95,7 @@ struct Upstream {
 /// (their direct copies reach the next owner through the previous shard).
 #[derive(Debug, Default)]
 pub(super) struct Carry {
-    seen: HashSet<u64>,
+    seen: HashSet<MessageId>,
     unfenced: Vec<bool>,
     /// The joining session's fence, whose answers still clear `unfenced`.
     fence: Option<u64>,
@@ -97,10 +106,9 @@ pub(super) struct Carry {
 pub(super) struct Taken(Joining);
 
 impl Taken {
-    /// Its upstream, as (shard, generation, stop sent); None once that sent its last forward.
-    pub(super) fn upstream(&self) -> Option<(u16, ClaimGen, bool)> {
-        let u = &self.0.upstream;
-        (!self.0.ended).then_some((u.from, u.generation, u.stop_sent))
+    /// Its upstream; None once that sent its last forward.
+    pub(super) fn upstream(&self) -> Option<Upstream> {
+        (!self.0.ended).then_some(self.0.upstream)
     }
 
     /// What a forward record inherits when the session moves to another shard.
@@ -115,7 +123,7 @@ impl Taken {
 struct Forward {
     client_id: String,
     /// The next owner and the claim it holds the session under.
-    to: u16,
+    to: ShardId,
     generation: ClaimGen,
     /// Filters held in the trie under `SubKey::Forward` (each counted in `local_filter_refs`).
     filters: Vec<String>,
@@ -131,7 +139,15 @@ struct Forward {
     carry: Carry,
     /// Its shared memberships here (group, slot, slot generation; one slot for all), withdrawn
     /// when it ends; their (slot, generation) keys `Handover::by_member`.
-    shared: Vec<(String, u32, u32)>,
+    shared: Vec<SharedMembership>,
+}
+
+/// A shared-subscription membership of a session that leaves its slot: the group (the full
+/// `$share/{group}/{filter}` text) and the member's key on this shard.
+#[derive(Clone, Debug)]
+pub(super) struct SharedMembership {
+    pub(super) group: String,
+    pub(super) member: SlotRef,
 }
 
 /// A session installed here whose previous owner may still forward messages for it.
@@ -142,7 +158,7 @@ struct Joining {
     /// Per peer: its fence answer has not arrived, so what it routes directly is skipped.
     unfenced: Vec<bool>,
     /// Ids delivered during the window (bounded).
-    seen: HashSet<u64>,
+    seen: HashSet<MessageId>,
     /// The upstream's [`ShardMsg::ForwardEnd`] arrived (the final fence runs).
     ended: bool,
     /// Token of the fence that clears `unfenced`.
@@ -153,12 +169,12 @@ struct Joining {
 #[derive(Debug, Clone, Copy)]
 enum FenceThen {
     /// The joining session in `slot` (of `claim`) may stop its upstream.
-    Joined { slot: u32, claim: ClaimGen },
+    Joined { slot: SlotId, claim: ClaimGen },
     /// Forward record `fid` has drained its peers.
-    Drained { fid: u32 },
+    Drained { fid: ForwardId },
     /// The joining session in `slot` (of `claim`) got its upstream's last forward, and every
     /// peer's data lane is past what it routed before: the session has joined.
-    Settled { slot: u32, claim: ClaimGen },
+    Settled { slot: SlotId, claim: ClaimGen },
 }
 
 #[derive(Debug)]
@@ -168,30 +184,34 @@ struct FenceWait {
     then: FenceThen,
 }
 
+/// A forward record's number (a session handed on from here, see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ForwardId(pub(crate) u32);
+
 /// A shard's handover state. Every map is bounded by the sessions in transit: one record per
 /// handover not yet drained, one joining entry per session installed from a forwarding shard,
 /// one fence per record or joining session.
 #[derive(Debug, Default)]
 pub(crate) struct Handover {
-    forwards: HashMap<u32, Forward>,
-    by_client: HashMap<String, Vec<u32>>,
+    forwards: HashMap<ForwardId, Forward>,
+    by_client: HashMap<String, Vec<ForwardId>>,
     next_forward: u32,
-    joining: HashMap<u32, Joining>,
+    joining: HashMap<SlotId, Joining>,
     fences: HashMap<u64, FenceWait>,
     /// Joining fences whose session moved on: token → the forward record that inherited it.
-    fence_records: HashMap<u64, u32>,
+    fence_records: HashMap<u64, ForwardId>,
     /// Shared-subscription members handed on: (slot, slot generation) → forward record.
-    by_member: HashMap<(u32, u32), u32>,
+    by_member: HashMap<SlotRef, ForwardId>,
     /// Set around a session's removal for a handover: its shared memberships (group, slot,
     /// slot generation) are collected here instead of withdrawn (never set between calls).
-    pub(super) held_shared: Option<Vec<(String, u32, u32)>>,
+    pub(super) held_shared: Option<Vec<SharedMembership>>,
     /// A joining session resumed on this same shard, between its removal and the inline
     /// reply that installs it (never set between calls).
     inherit: Option<(String, Taken)>,
     next_fence: u64,
     next_msg: u64,
     /// Reused per publish: matches of forward entries.
-    pub(super) scratch: Vec<LocalMatch>,
+    pub(super) scratch: Vec<LocalMatch<ForwardId>>,
 }
 
 impl Handover {
@@ -217,9 +237,9 @@ impl Handover {
 impl Shard {
     /// Gives a message routed here its id: this shard in the top 16 bits, a sequence below.
     pub(super) fn stamp_message(&mut self, msg: &mut Message) {
-        if msg.id == 0 {
+        if msg.id.is_unrouted() {
             self.handover.next_msg += 1;
-            msg.id = (u64::from(self.id) << 48) | (self.handover.next_msg & ((1 << 48) - 1));
+            msg.id = MessageId::new(self.id, self.handover.next_msg);
         }
     }
 
@@ -235,13 +255,13 @@ impl Shard {
     pub(super) fn forward_start(
         &mut self,
         client_id: &str,
-        to: u16,
+        to: ShardId,
         generation: ClaimGen,
         filters: Vec<(String, SubVal)>,
-        upstream: Option<(u16, ClaimGen, bool)>,
+        upstream: Option<Upstream>,
         carry: Carry,
-    ) -> u32 {
-        let fid = self.handover.next_forward;
+    ) -> ForwardId {
+        let fid = ForwardId(self.handover.next_forward);
         self.handover.next_forward = self.handover.next_forward.wrapping_add(1);
         let mut held = Vec::with_capacity(filters.len());
         for (filter, val) in filters {
@@ -250,8 +270,6 @@ impl Shard {
             self.trie.insert(&filter, SubKey::Forward(fid), val);
             held.push(filter);
         }
-        let upstream =
-            upstream.map(|(from, generation, stop_sent)| Upstream { from, generation, stop_sent });
         let record = Forward {
             client_id: client_id.to_owned(),
             to,
@@ -277,11 +295,11 @@ impl Shard {
     /// (group, its old slot, slot generation), kept announced until the record ends: a delivery
     /// other shards still pick for that member is forwarded too, until their replicas know the
     /// member's new place.
-    pub(super) fn forward_member(&mut self, fid: u32, shared: Vec<(String, u32, u32)>) {
-        let Some(&(_, slot, generation)) = shared.first() else { return };
+    pub(super) fn forward_member(&mut self, fid: ForwardId, shared: Vec<SharedMembership>) {
+        let Some(member) = shared.first().map(|m| m.member) else { return };
         if let Some(f) = self.handover.forwards.get_mut(&fid) {
             f.shared = shared;
-            self.handover.by_member.insert((slot, generation), fid);
+            self.handover.by_member.insert(member, fid);
         }
     }
 
@@ -302,14 +320,17 @@ impl Shard {
             return false;
         }
         let exact = (member.shard == self.id)
-            .then(|| self.handover.by_member.get(&(member.slot, member.generation)).copied())
+            .then(|| {
+                self.handover
+                    .by_member
+                    .get(&SlotRef { slot: member.slot, generation: member.generation })
+                    .copied()
+            })
             .flatten();
         let in_group = || {
             let ids = self.handover.forwards.iter();
             // The lowest id, so that a seeded simulation replays the same choice.
-            ids.filter(|(_, f)| f.shared.iter().any(|(g, _, _)| g == group))
-                .map(|(id, _)| *id)
-                .min()
+            ids.filter(|(_, f)| f.shared.iter().any(|m| m.group == group)).map(|(id, _)| *id).min()
         };
         let Some(fid) = exact.or_else(|| any_member.then(in_group).flatten()) else {
             return false;
@@ -321,7 +342,7 @@ impl Shard {
     }
 
     /// The filters (non-shared, announced) and trie values of a session about to be handed on.
-    pub(super) fn forwardable_filters(&self, slot: u32) -> Vec<(String, SubVal)> {
+    pub(super) fn forwardable_filters(&self, slot: SlotId) -> Vec<(String, SubVal)> {
         let Some(s) = self.slot(slot) else { return Vec::new() };
         s.session
             .subscriptions
@@ -339,7 +360,7 @@ impl Shard {
     /// Takes the joining state of a session leaving `slot`: its upstream, as
     /// (shard, generation, stop sent).
     /// None if it has none, or if its upstream has already sent its last forward.
-    pub(super) fn joining_take(&mut self, slot: u32) -> Option<Taken> {
+    pub(super) fn joining_take(&mut self, slot: SlotId) -> Option<Taken> {
         self.handover.joining.remove(&slot).map(Taken)
     }
 
@@ -350,7 +371,7 @@ impl Shard {
 
     /// A joining session resumed on this same shard: the new session in `slot` (claim
     /// `claim`) continues its joining (same upstream, same ids, same fence).
-    pub(super) fn joining_inherit(&mut self, slot: u32, claim: ClaimGen, taken: Taken) {
+    pub(super) fn joining_inherit(&mut self, slot: SlotId, claim: ClaimGen, taken: Taken) {
         let mut j = taken.0;
         j.claim = claim;
         if let Some(w) = self.handover.fences.get_mut(&j.fence) {
@@ -379,13 +400,8 @@ impl Shard {
 
     /// A joining session left without being handed on (ended, or discarded by a clean start):
     /// its upstream may drain now; what it still forwards is dropped and counted.
-    pub(super) fn joining_abandoned(
-        &mut self,
-        client_id: &str,
-        upstream: (u16, ClaimGen, bool),
-        now: Instant,
-    ) {
-        let (from, generation, stop_sent) = upstream;
+    pub(super) fn joining_abandoned(&mut self, client_id: &str, upstream: Upstream, now: Instant) {
+        let Upstream { from, generation, stop_sent } = upstream;
         if !stop_sent {
             let msg = ShardMsg::ForwardStop { client_id: client_id.to_owned(), generation };
             self.send_to_peer(from, msg, now);
@@ -394,7 +410,13 @@ impl Shard {
 
     /// On the new owner, after installing a session that `from` still forwards to (under
     /// `claim`): fence every peer (see the module doc, step 2).
-    pub(super) fn joining_start(&mut self, slot: u32, claim: ClaimGen, from: u16, now: Instant) {
+    pub(super) fn joining_start(
+        &mut self,
+        slot: SlotId,
+        claim: ClaimGen,
+        from: ShardId,
+        now: Instant,
+    ) {
         let shards = usize::from(self.cfg.shards);
         let mut unfenced = vec![true; shards];
         unfenced[usize::from(self.id)] = false;
@@ -426,7 +448,7 @@ impl Shard {
     }
 
     /// A peer answered fence `token` on its data lane.
-    pub(super) fn fence_acked(&mut self, from: u16, token: u64, now: Instant) {
+    pub(super) fn fence_acked(&mut self, from: ShardId, token: u64, now: Instant) {
         let Some(w) = self.handover.fences.get_mut(&token) else { return };
         let Some(flag) = w.waiting.get_mut(usize::from(from)) else { return };
         if !std::mem::replace(flag, false) {
@@ -486,7 +508,7 @@ impl Shard {
     }
 
     /// Which record of `client_id` matches `pred`.
-    fn forward_find(&self, client_id: &str, pred: impl Fn(&Forward) -> bool) -> Option<u32> {
+    fn forward_find(&self, client_id: &str, pred: impl Fn(&Forward) -> bool) -> Option<ForwardId> {
         let ids = self.handover.by_client.get(client_id)?;
         ids.iter().copied().find(|fid| self.handover.forwards.get(fid).is_some_and(&pred))
     }
@@ -495,7 +517,7 @@ impl Shard {
     /// routes to it: stop our upstream (if any) and drain our peers.
     pub(super) fn forward_stop(
         &mut self,
-        from: u16,
+        from: ShardId,
         client_id: &str,
         generation: ClaimGen,
         now: Instant,
@@ -515,7 +537,7 @@ impl Shard {
     }
 
     /// Ends record `fid` once its peers are drained and its upstream has ended.
-    fn forward_try_end(&mut self, fid: u32, now: Instant) {
+    fn forward_try_end(&mut self, fid: ForwardId, now: Instant) {
         let done =
             self.handover.forwards.get(&fid).is_some_and(|f| f.fenced && f.upstream.is_none());
         if !done {
@@ -525,11 +547,11 @@ impl Shard {
         if let Some(token) = f.carry.fence {
             self.handover.fence_records.remove(&token);
         }
-        if let Some(&(_, slot, generation)) = f.shared.first() {
-            self.handover.by_member.remove(&(slot, generation));
+        if let Some(m) = f.shared.first() {
+            self.handover.by_member.remove(&m.member);
         }
-        for (group, slot, generation) in &f.shared {
-            self.remove_shared_member(group, *slot, *generation);
+        for m in &f.shared {
+            self.remove_shared_member(&m.group, m.member.slot, m.member.generation);
         }
         if let Some(ids) = self.handover.by_client.get_mut(&f.client_id) {
             ids.retain(|i| *i != fid);
@@ -554,7 +576,7 @@ impl Shard {
     /// `from` forwards nothing more for `client_id` (held here under `generation`).
     pub(super) fn forward_ended(
         &mut self,
-        from: u16,
+        from: ShardId,
         client_id: &str,
         generation: ClaimGen,
         now: Instant,
@@ -592,8 +614,8 @@ impl Shard {
     pub(super) fn forward_matches(
         &mut self,
         msg: &Message,
-        matches: &mut Vec<LocalMatch>,
-        from: Option<u16>,
+        matches: &mut Vec<LocalMatch<ForwardId>>,
+        from: Option<ShardId>,
         now: Instant,
     ) {
         if matches.is_empty() {
@@ -625,11 +647,11 @@ impl Shard {
     /// Sends `delivery` on through record `fid`: not if the record inherited its id as already
     /// given (shared deliveries excepted: a group picks a session once), dropped and counted
     /// past the record's bound.
-    fn forward_through(&mut self, fid: u32, delivery: ForwardedDelivery, now: Instant) {
+    fn forward_through(&mut self, fid: ForwardId, delivery: ForwardedDelivery, now: Instant) {
         let cap = self.forward_cap();
         let Some(f) = self.handover.forwards.get_mut(&fid) else { return };
         let id = delivery.msg.id;
-        if !delivery.shared && id != 0 && f.carry.seen.contains(&id) {
+        if !delivery.shared && !id.is_unrouted() && f.carry.seen.contains(&id) {
             self.metrics.handover_duplicates += 1;
             return;
         }
@@ -644,7 +666,7 @@ impl Shard {
 
     fn send_forwarded(
         &mut self,
-        to: u16,
+        to: ShardId,
         client_id: String,
         generation: ClaimGen,
         delivery: ForwardedDelivery,
@@ -660,7 +682,7 @@ impl Shard {
     /// A delivery forwarded by `from` for `client_id`, which it handed over under `generation`.
     pub(super) fn forwarded(
         &mut self,
-        from: u16,
+        from: ShardId,
         client_id: String,
         generation: ClaimGen,
         delivery: ForwardedDelivery,
@@ -726,14 +748,14 @@ impl Shard {
     pub(super) fn admit_matches(
         &mut self,
         matches: &mut Vec<LocalMatch>,
-        from: Option<u16>,
-        id: u64,
+        from: Option<ShardId>,
+        id: MessageId,
     ) {
         if !self.handover.any_joining() {
             return;
         }
         matches.sort_unstable_by_key(|m| m.slot);
-        let mut verdict: Option<(u32, bool)> = None;
+        let mut verdict: Option<(SlotId, bool)> = None;
         matches.retain(|m| match verdict {
             Some((slot, keep)) if slot == m.slot => keep,
             _ => {
@@ -747,14 +769,19 @@ impl Shard {
     /// Whether a delivery of message `id` (0: unknown) to the session in `slot`, arriving
     /// directly from peer `from` (None: routed here or forwarded), is to be made: a joining
     /// session skips what a peer routed before its fence and takes each id once.
-    pub(super) fn handover_admit(&mut self, slot: u32, from: Option<u16>, id: u64) -> bool {
+    pub(super) fn handover_admit(
+        &mut self,
+        slot: SlotId,
+        from: Option<ShardId>,
+        id: MessageId,
+    ) -> bool {
         let cap = self.forward_cap();
         let Some(j) = self.handover.joining.get_mut(&slot) else { return true };
         if from.is_some_and(|p| j.unfenced.get(usize::from(p)).copied().unwrap_or(false)) {
             self.metrics.handover_skipped += 1;
             return false;
         }
-        if id == 0 {
+        if id.is_unrouted() {
             return true;
         }
         if j.seen.contains(&id) {

@@ -5,6 +5,7 @@
 //! travel on separate lanes (outboxes and mesh channels), so control never waits behind data.
 
 use crate::codec::{QoS, SubscriptionOptions};
+use crate::ids::{ShardId, SlotGen, SlotId};
 use crate::session::{Message, SessionState};
 
 /// A claim's fencing token. The registry shard of a client id numbers every claim it records
@@ -18,7 +19,7 @@ pub struct ClaimGen(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
     /// Shard that claimed the client id.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Generation of that claim.
     pub generation: ClaimGen,
 }
@@ -27,11 +28,11 @@ pub struct Owner {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Member {
     /// Shard that owns the member's session.
-    pub shard: u16,
+    pub shard: ShardId,
     /// Session slot on that shard.
-    pub slot: u32,
+    pub slot: SlotId,
     /// Generation of the slot.
-    pub generation: u32,
+    pub generation: SlotGen,
     /// Subscription options of the member.
     pub options: SubscriptionOptions,
     /// v5 Subscription Identifier.
@@ -44,9 +45,9 @@ impl Member {
     /// Session `slot` (of `generation`) on `shard` as a member, with the options and
     /// identifier of its subscription `sub`.
     pub(crate) fn of(
-        shard: u16,
-        slot: u32,
-        generation: u32,
+        shard: ShardId,
+        slot: SlotId,
+        generation: SlotGen,
         sub: &crate::session::Subscription,
         online: bool,
     ) -> Self {
@@ -129,11 +130,11 @@ pub enum ShardMsg {
         /// Full shared filter.
         group: String,
         /// Shard of the member.
-        shard: u16,
+        shard: ShardId,
         /// Slot of the member.
-        slot: u32,
+        slot: SlotId,
         /// Slot generation of the member (a newer session in the same slot stays).
-        generation: u32,
+        generation: SlotGen,
     },
     /// To the retained sequencer (shard 0): a client set (non-empty payload) or cleared (empty
     /// payload) a retained message on the sending shard. The sequencer applies the bounds and
@@ -231,16 +232,16 @@ pub enum ShardMsg {
     /// stop reading the connection of session `session` (if still `generation`).
     Pause {
         /// Session slot of the publisher.
-        session: u32,
+        session: SlotId,
         /// Its generation.
-        generation: u32,
+        generation: SlotGen,
     },
     /// Flow control: that subscriber drained; one pause of the publisher is lifted.
     Resume {
         /// Session slot of the publisher.
-        session: u32,
+        session: SlotId,
         /// Its generation.
-        generation: u32,
+        generation: SlotGen,
     },
     /// To the registry shard: `owner` no longer holds a session for `client_id`. Applied only
     /// while the registry still records that very owner and generation, so a late release

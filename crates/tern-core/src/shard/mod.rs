@@ -37,6 +37,7 @@ mod slab;
 mod subscribe;
 mod timers;
 
+use crate::ids::{ShardId, SlotGen, SlotId};
 use core::net::SocketAddr;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -357,7 +358,7 @@ pub(crate) struct SessionSlot {
     session: Session,
     /// Local generation of the slot index (reused slots differ), for shared-subscription
     /// members and No Local.
-    generation: u32,
+    generation: SlotGen,
     /// The registry generation of the claim that installed this session.
     claim: ClaimGen,
     conn: Option<ConnId>,
@@ -365,7 +366,7 @@ pub(crate) struct SessionSlot {
     expires_at: Option<Instant>,
     /// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2), and when it is due.
     /// Boxed: few sessions have one, and a `Will` is large.
-    pending_will: Option<Box<(Will, Instant)>>,
+    pending_will: Option<Box<PendingWill>>,
     /// Flow control state, as subscriber and as publisher.
     flow: flow::SlotFlow,
     /// Expiry and will deadlines armed in the shard's heap.
@@ -373,6 +374,14 @@ pub(crate) struct SessionSlot {
     /// Bytes this session's messages are charged to the memory budget (its `held_bytes` when
     /// last recharged).
     charged: usize,
+}
+
+/// A v5 will waiting for its Will Delay Interval (§3.1.3.2.2).
+#[derive(Debug)]
+pub(crate) struct PendingWill {
+    will: Will,
+    /// When it is published unless its client comes back first.
+    due: Instant,
 }
 
 /// A CONNECT waiting for the registry or a takeover.
@@ -408,15 +417,15 @@ pub struct ConnStatus {
 
 /// The broker state of one core.
 pub struct Shard {
-    id: u16,
+    id: ShardId,
     cfg: ShardConfig,
     /// Connections, in chunks (see [`slab`]).
     conns: slab::Slab<Conn>,
     conns_per_listener: Vec<usize>,
     /// Session slots, in chunks.
-    sessions: slab::Slab<SessionSlot>,
-    next_generation: u32,
-    by_client: HashMap<String, u32>,
+    sessions: slab::Slab<SessionSlot, SlotId>,
+    next_generation: SlotGen,
+    by_client: HashMap<String, SlotId>,
     trie: SubscriptionTrie<subscribe::SubKey, subscribe::SubVal>,
     local_filter_refs: HashMap<String, u32>,
     shared: SharedGroups,
@@ -450,7 +459,7 @@ pub struct Shard {
     handover: handover::Handover,
     /// Acknowledgements waiting for the other shards to apply subscriptions, by request id,
     /// with the number of peer answers still missing.
-    pending_acks: HashMap<u64, (subscribe::PendingAck, usize)>,
+    pending_acks: HashMap<u64, subscribe::HeldAck>,
     next_req: u64,
     /// Serial of the next accepted connection.
     next_conn_serial: u64,
@@ -461,7 +470,7 @@ pub struct Shard {
     /// Local publishers paused because the data outbox of a peer was full, by peer.
     outbox_blocked: Vec<HashSet<crate::session::message::Origin>>,
     /// Session slots above their high-water mark (visited by the slow-consumer check).
-    congested: HashSet<u32>,
+    congested: HashSet<SlotId>,
     /// Set when a full offline queue refused the message being routed (v5 PUBACK 0x97).
     route_refused: bool,
     /// Connect timeouts, keep alive, session expiry and delayed wills, earliest first.
@@ -499,8 +508,8 @@ pub struct Shard {
 
 impl Shard {
     /// A new, empty shard `id` of `cfg.shards`.
-    pub fn new(id: u16, cfg: ShardConfig) -> Self {
-        assert!(id < cfg.shards, "invariant: shard id below shard count");
+    pub fn new(id: ShardId, cfg: ShardConfig) -> Self {
+        assert!(id.0 < cfg.shards, "invariant: shard id below shard count");
         assert!(cfg.tx_bytes_max >= 1024, "invariant: tx bound holds a few packets");
         assert!(cfg.listeners.len() <= usize::from(u16::MAX), "invariant: listener index fits u16");
         let peers = cfg.shards as usize;
@@ -511,7 +520,7 @@ impl Shard {
             cfg,
             conns: slab::Slab::default(),
             sessions: slab::Slab::default(),
-            next_generation: 1,
+            next_generation: SlotGen(1),
             by_client: HashMap::new(),
             trie: SubscriptionTrie::new(),
             local_filter_refs: HashMap::new(),
@@ -557,14 +566,14 @@ impl Shard {
     }
 
     /// Whether the ACL lets `slot`'s client receive `topic` (true without an ACL).
-    pub(crate) fn can_read(&self, slot: u32, topic: &str) -> bool {
+    pub(crate) fn can_read(&self, slot: SlotId, topic: &str) -> bool {
         let Some(acl) = &self.cfg.security.acl else { return true };
         let Some(s) = self.slot(slot) else { return false };
         acl.can_read(s.session.username.as_deref(), &s.session.client_id, topic)
     }
 
     /// This shard's id.
-    pub fn id(&self) -> u16 {
+    pub fn id(&self) -> ShardId {
         self.id
     }
 
@@ -885,7 +894,7 @@ impl Shard {
         }
     }
 
-    fn handle_disconnect(&mut self, id: ConnId, slot: u32, d: ReasonPacket, now: Instant) {
+    fn handle_disconnect(&mut self, id: ConnId, slot: SlotId, d: ReasonPacket, now: Instant) {
         let v5 = self.conn(id).is_some_and(|c| c.version().is_v5());
         if v5 {
             if let Some(expiry) = d.properties.session_expiry_interval() {
@@ -972,8 +981,8 @@ impl Shard {
 
     /// The session slot whose CONNACK waits for the other shards on behalf of connection `r`.
     /// Linear in the held acknowledgements (bounded by the connections waiting for peers).
-    fn held_connack_slot(&self, r: ConnRef) -> Option<u32> {
-        self.pending_acks.values().find_map(|(a, _)| match a {
+    fn held_connack_slot(&self, r: ConnRef) -> Option<SlotId> {
+        self.pending_acks.values().find_map(|held| match &held.ack {
             subscribe::PendingAck::Conn { conn, slot, claim, .. } if *conn == r => {
                 self.slot(*slot).is_some_and(|s| s.claim == *claim).then_some(*slot)
             }
@@ -1024,7 +1033,7 @@ impl Shard {
     /// Publishes a will now, or holds it for its v5 Will Delay Interval: it goes out when the
     /// delay or the session ends, whichever is first, unless the client reconnects before
     /// ([MQTT-3.1.3-9]).
-    fn will_or_delay(&mut self, slot: u32, will: Will, now: Instant) {
+    fn will_or_delay(&mut self, slot: SlotId, will: Will, now: Instant) {
         let delay = will.properties.will_delay_interval().unwrap_or(0);
         let expiry = self.slot(slot).map_or(0, |s| s.session.expiry_secs);
         if delay == 0 || expiry == 0 {
@@ -1033,13 +1042,13 @@ impl Shard {
         let due = now + Duration::from_secs(u64::from(delay.min(expiry)));
         self.journal_will_pending(slot, &will, due);
         if let Some(s) = self.slot_mut(slot) {
-            s.pending_will = Some(Box::new((will, due)));
+            s.pending_will = Some(Box::new(PendingWill { will, due }));
             self.arm_will(slot, due);
         }
     }
 
     /// The connection of a session went away: end the session or start its expiry clock.
-    fn detach_session(&mut self, slot: u32, now: Instant) {
+    fn detach_session(&mut self, slot: SlotId, now: Instant) {
         self.journal_touch(slot);
         self.flow_offline(slot);
         let Some(s) = self.slot_mut(slot) else { return };
@@ -1059,7 +1068,7 @@ impl Shard {
 
     /// Brings the memory-budget charge of `slot` in line with what its session holds now.
     /// Called after every change to a session's queue or in-flight map.
-    pub(crate) fn recharge_slot(&mut self, slot: u32) {
+    pub(crate) fn recharge_slot(&mut self, slot: SlotId) {
         let Some(s) = self.sessions.get_mut(slot) else {
             return;
         };
@@ -1074,21 +1083,20 @@ impl Shard {
         self.cfg.memory.exhausted()
     }
 
-    fn slot(&self, slot: u32) -> Option<&SessionSlot> {
+    fn slot(&self, slot: SlotId) -> Option<&SessionSlot> {
         self.sessions.get(slot)
     }
 
-    fn slot_mut(&mut self, slot: u32) -> Option<&mut SessionSlot> {
+    fn slot_mut(&mut self, slot: SlotId) -> Option<&mut SessionSlot> {
         self.sessions.get_mut(slot)
     }
 
     /// Removes a session: its subscriptions leave the trie (and the other shards' replicas),
     /// and the registry forgets this shard as the owner.
-    fn destroy_session(&mut self, slot: u32, now: Instant) {
+    fn destroy_session(&mut self, slot: SlotId, now: Instant) {
         // A delayed will goes out when its session ends ([MQTT-3.1.3-9]).
         if let Some(pending) = self.take_pending_will(slot) {
-            let (will, _) = *pending;
-            self.publish_will(slot, will, now);
+            self.publish_will(slot, pending.will, now);
         }
         self.flow_forget(slot);
         let upstream = self.joining_take(slot).and_then(|t| t.upstream());
@@ -1170,29 +1178,29 @@ impl Shard {
     }
 
     /// Queues `msg` for `peer` on its lane; a message to this shard itself is handled at once.
-    fn send_to_peer(&mut self, peer: u16, msg: ShardMsg, now: Instant) {
+    fn send_to_peer(&mut self, peer: ShardId, msg: ShardMsg, now: Instant) {
         if peer == self.id {
             self.handle_peer(peer, msg, now);
         } else if msg.is_data() {
-            self.outbox[peer as usize].push_back(msg);
+            self.outbox[peer.index()].push_back(msg);
         } else {
-            self.control[peer as usize].push_back(msg);
+            self.control[peer.index()].push_back(msg);
         }
     }
 
     /// Sends a control message to every other shard.
     fn broadcast(&mut self, make: impl Fn() -> ShardMsg) {
-        for peer in 0..self.cfg.shards {
+        for peer in (0..self.cfg.shards).map(ShardId) {
             if peer != self.id {
                 let msg = make();
                 let lane = if msg.is_data() { &mut self.outbox } else { &mut self.control };
-                lane[peer as usize].push_back(msg);
+                lane[peer.index()].push_back(msg);
             }
         }
     }
 
     /// A message from shard `from`.
-    pub fn handle_peer(&mut self, from: u16, msg: ShardMsg, now: Instant) {
+    pub fn handle_peer(&mut self, from: ShardId, msg: ShardMsg, now: Instant) {
         match msg {
             ShardMsg::Publish { msg, normal, shared } => {
                 // Charged by the sender while it crossed the mesh (see `route`).

@@ -9,10 +9,11 @@
 //! every retained update the replica applied). The driver appends them to the shard's log, and
 //! with `fsync = "always"` holds the output produced in that turn until they are durable.
 
+use crate::ids::SlotId;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use super::{ClaimGen, Owner, Shard};
+use super::{ClaimGen, Owner, PendingWill, Shard};
 use crate::codec::Will;
 use crate::persist::journal::{self, Clock};
 use crate::persist::record::{Record, SessionSnapshot, StoredMessage, StoredSource};
@@ -25,8 +26,8 @@ pub(crate) struct Journal {
     /// Records in the order they must be appended.
     records: Vec<Record>,
     /// Slots touched since the last `take_records`, in first-touch order.
-    touched: Vec<u32>,
-    touched_set: HashSet<u32>,
+    touched: Vec<SlotId>,
+    touched_set: HashSet<SlotId>,
     /// Sessions that left this shard since the last `take_records`, and whether each lives
     /// on (handed to a new connection, maybe on another shard) rather than ended.
     ended: Vec<(String, bool)>,
@@ -109,7 +110,7 @@ impl Shard {
                 let client_id = s.session.client_id.clone();
                 let stamp = j.persisted.get(&client_id).copied();
                 out.push(Record::Snapshot { client_id: client_id.clone(), session });
-                if let Some((will, due)) = s.pending_will.as_deref() {
+                if let Some(PendingWill { will, due }) = s.pending_will.as_deref() {
                     out.push(Record::WillPending {
                         client_id: client_id.clone(),
                         will: will.clone(),
@@ -142,7 +143,7 @@ impl Shard {
     /// acknowledgement, an inbound QoS 2 id). Written only for a session the log already
     /// holds and that no snapshot follows in this batch; a session not in the log yet gets
     /// a snapshot instead, and a clean session (expiry 0) writes nothing.
-    pub(super) fn journal_op(&mut self, slot: u32, make: impl FnOnce(String) -> Record) {
+    pub(super) fn journal_op(&mut self, slot: SlotId, make: impl FnOnce(String) -> Record) {
         let Some(j) = &self.journal else { return };
         if j.touched_set.contains(&slot) {
             return; // the snapshot taken with this batch holds the change
@@ -185,7 +186,7 @@ impl Shard {
     /// hot path (PUBLISH, the acknowledgements, PINGREQ) write fine-grained records where
     /// they change the session; any other (SUBSCRIBE, UNSUBSCRIBE, DISCONNECT, AUTH) may
     /// change it in other ways and is followed by a snapshot of it.
-    pub(super) fn journal_packet(&mut self, slot: u32, packet: &crate::codec::Packet) {
+    pub(super) fn journal_packet(&mut self, slot: SlotId, packet: &crate::codec::Packet) {
         use crate::codec::Packet;
         if self.journal.is_none() {
             return;
@@ -202,7 +203,7 @@ impl Shard {
     }
 
     /// A turn changed the session in `slot`.
-    pub(super) fn journal_touch(&mut self, slot: u32) {
+    pub(super) fn journal_touch(&mut self, slot: SlotId) {
         if let Some(j) = &mut self.journal {
             if j.touched_set.insert(slot) {
                 j.touched.push(slot);
@@ -239,7 +240,7 @@ impl Shard {
     }
 
     /// `out` was queued to the session in `slot` (at the back of its queue).
-    pub(super) fn journal_enqueued(&mut self, slot: u32, out: &Outgoing) {
+    pub(super) fn journal_enqueued(&mut self, slot: SlotId, out: &Outgoing) {
         let Some(j) = &self.journal else { return };
         let clock = j.clock;
         self.journal_op(slot, |client_id| Record::Enqueue {
@@ -249,12 +250,12 @@ impl Shard {
     }
 
     /// The head of the queue of `slot` went in flight under `packet_id`.
-    pub(super) fn journal_sent(&mut self, slot: u32, packet_id: u16) {
+    pub(super) fn journal_sent(&mut self, slot: SlotId, packet_id: u16) {
         self.journal_op(slot, |client_id| Record::Sent { client_id, packet_id });
     }
 
     /// `count` messages left the head of the queue of `slot` without going in flight.
-    pub(super) fn journal_dequeued(&mut self, slot: u32, count: u64) {
+    pub(super) fn journal_dequeued(&mut self, slot: SlotId, count: u64) {
         if count > 0 {
             let count = u32::try_from(count).unwrap_or(u32::MAX);
             self.journal_op(slot, |client_id| Record::Dequeued { client_id, count });
@@ -262,17 +263,17 @@ impl Shard {
     }
 
     /// The outbound message `packet_id` of `slot` is done (PUBACK, PUBCOMP, error PUBREC).
-    pub(super) fn journal_acked(&mut self, slot: u32, packet_id: u16) {
+    pub(super) fn journal_acked(&mut self, slot: SlotId, packet_id: u16) {
         self.journal_op(slot, |client_id| Record::Acked { client_id, packet_id });
     }
 
     /// PUBREC received for the outbound QoS 2 message `packet_id` of `slot`.
-    pub(super) fn journal_released(&mut self, slot: u32, packet_id: u16) {
+    pub(super) fn journal_released(&mut self, slot: SlotId, packet_id: u16) {
         self.journal_op(slot, |client_id| Record::Released { client_id, packet_id });
     }
 
     /// An inbound QoS 2 id was accepted (`received`) or released by PUBREL.
-    pub(super) fn journal_inbound_qos2(&mut self, slot: u32, packet_id: u16, received: bool) {
+    pub(super) fn journal_inbound_qos2(&mut self, slot: SlotId, packet_id: u16, received: bool) {
         self.journal_op(slot, |client_id| match received {
             true => Record::Qos2Received { client_id, packet_id },
             false => Record::Qos2Released { client_id, packet_id },
@@ -281,7 +282,7 @@ impl Shard {
 
     /// The session in `slot` holds `will` until `due` (its Will Delay Interval started). Written
     /// whatever the session's other records: replay keeps pending wills apart from sessions.
-    pub(super) fn journal_will_pending(&mut self, slot: u32, will: &Will, due: Instant) {
+    pub(super) fn journal_will_pending(&mut self, slot: SlotId, will: &Will, due: Instant) {
         let Some(cid) = self.slot(slot).map(|s| s.session.client_id.clone()) else { return };
         if let Some(j) = &mut self.journal {
             let due_unix_ms = j.clock.to_unix(due);
@@ -291,7 +292,7 @@ impl Shard {
 
     /// Takes the pending will of `slot` (to publish it, or because its client came back),
     /// writing `WillDone` so that a restart does not publish it again.
-    pub(super) fn take_pending_will(&mut self, slot: u32) -> Option<Box<(Will, Instant)>> {
+    pub(super) fn take_pending_will(&mut self, slot: SlotId) -> Option<Box<PendingWill>> {
         let s = self.slot_mut(slot)?;
         let pending = s.pending_will.take()?;
         let client_id = s.session.client_id.clone();
@@ -320,7 +321,7 @@ impl Shard {
                 // [MQTT-3.1.3-9]: no later than the session's end.
                 due = due.min(at);
             }
-            s.pending_will = Some(Box::new((will, due)));
+            s.pending_will = Some(Box::new(PendingWill { will, due }));
             self.metrics.wills_restored += 1;
             if let Some(slot) = slot {
                 self.arm_will(slot, due);
@@ -338,12 +339,12 @@ impl Shard {
     ) {
         if let Some(j) = &mut self.journal {
             if msg.payload.is_empty() {
-                j.records.push(Record::RetainClear { topic: msg.topic.clone() });
+                j.records.push(Record::RetainClear { topic: msg.topic.to_string() });
                 return;
             }
             j.records.push(Record::RetainSet(journal::store_message(msg, &j.clock)));
             if let Some(source) = source {
-                j.records.push(retain_source(&msg.topic, source));
+                j.records.push(retain_source(msg.topic.as_str(), source));
             }
         }
     }
@@ -374,7 +375,7 @@ impl Shard {
             let mut session = Session::from_state(client_id.clone(), state, self.cfg.session);
             session.expiry_secs = expiry;
             session.username = username;
-            let (slot, _) = self.install_session(session, claim, None);
+            let slot = self.install_session(session, claim, None).slot;
             if expiry != u32::MAX {
                 // Offline since the snapshot said, or (connected at the crash) since now.
                 let since = match offline_since {
@@ -538,7 +539,7 @@ mod tests {
             let acl = crate::auth::Acl::parse("acl", text).expect("test ACL parses");
             cfg.security =
                 std::sync::Arc::new(crate::auth::Security { passwords: None, acl: Some(acl) });
-            Shard::new(0, cfg)
+            Shard::new(crate::ids::ShardId(0), cfg)
         };
         let granted = "topic readwrite news/#\n";
         let mut s = with_acl(granted);
@@ -587,7 +588,7 @@ mod tests {
     fn records_of_a_persistent_session_restore_it() {
         let now = crate::test_clock::test_epoch();
         let clock = Clock { instant: now, unix_ms: 1_700_000_000_000 };
-        let mut s = Shard::new(0, ShardConfig::for_tests(1));
+        let mut s = Shard::new(crate::ids::ShardId(0), ShardConfig::for_tests(1));
         s.enable_persistence(clock);
         let mut log = Vec::new();
         let (dev, _) = connect(&mut s, "dev", false, now);
@@ -628,14 +629,17 @@ mod tests {
         assert_eq!(replayed.sessions["dev"].queue.len(), 1);
 
         // A new shard restores it; the client finds its session and its message.
-        let mut t = Shard::new(0, ShardConfig::for_tests(1));
+        let mut t = Shard::new(crate::ids::ShardId(0), ShardConfig::for_tests(1));
         t.enable_persistence(clock);
         let sessions = replayed
             .sessions
             .into_iter()
             .map(|(cid, snap)| (cid, snap, ClaimGen(1), 1))
             .collect::<Vec<_>>();
-        let registry = vec![("dev".to_string(), Owner { shard: 0, generation: ClaimGen(1) })];
+        let registry = vec![(
+            "dev".to_string(),
+            Owner { shard: crate::ids::ShardId(0), generation: ClaimGen(1) },
+        )];
         t.restore(
             sessions,
             registry,
@@ -682,7 +686,7 @@ mod tests {
         let clock = Clock { instant: now, unix_ms: 1_700_000_000_000 };
         let mut cfg = ShardConfig::for_tests(1);
         cfg.session.inflight_max = 2;
-        let mut s = Shard::new(0, cfg);
+        let mut s = Shard::new(crate::ids::ShardId(0), cfg);
         s.enable_persistence(clock);
         let mut log = Vec::new();
         let (dev, _) = connect(&mut s, "dev", false, now);
@@ -796,7 +800,7 @@ mod will_tests {
             let mut p = Properties::new();
             p.push(Property::WillDelayInterval(d));
             codec::Will {
-                topic: "w/t".into(),
+                topic: crate::codec::TopicName::new("w/t").expect("valid topic"),
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
@@ -842,7 +846,7 @@ mod will_tests {
     /// and, when `back`, reconnected 1 s later; with the compaction of the end state.
     fn log_of_a_drop(clock: Clock, back: bool) -> (Vec<Record>, Vec<Record>) {
         let now = clock.instant;
-        let mut s = Shard::new(0, ShardConfig::for_tests(1));
+        let mut s = Shard::new(crate::ids::ShardId(0), ShardConfig::for_tests(1));
         s.enable_persistence(clock);
         let mut log = Vec::new();
         let w = connect(&mut s, "w", Some(2), now);
@@ -865,13 +869,15 @@ mod will_tests {
     /// with a subscriber to `w/t`; returns the shard and the subscriber.
     fn restart(log: Vec<Record>, clock: Clock, at: Instant) -> (Shard, ConnId) {
         let replayed = replay(log);
-        let mut t = Shard::new(0, ShardConfig::for_tests(1));
+        let mut t = Shard::new(crate::ids::ShardId(0), ShardConfig::for_tests(1));
         t.enable_persistence(clock);
         let sessions: Vec<_> =
             replayed.sessions.into_iter().map(|(cid, snap)| (cid, snap, ClaimGen(1), 1)).collect();
         let registry = sessions
             .iter()
-            .map(|(cid, ..)| (cid.clone(), Owner { shard: 0, generation: ClaimGen(1) }))
+            .map(|(cid, ..)| {
+                (cid.clone(), Owner { shard: crate::ids::ShardId(0), generation: ClaimGen(1) })
+            })
             .collect();
         t.restore(sessions, registry, Vec::new(), at);
         let wills = replayed.wills.into_iter().map(|(c, (w, due))| (c, w, due)).collect();

@@ -1,6 +1,7 @@
 //! PUBLISH in both directions: inbound QoS flows, routing through the trie replica to local
 //! sessions and to other shards, outbound delivery under the in-flight window, and wills.
 
+use crate::ids::{MessageId, ShardId, SlotId};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -9,15 +10,16 @@ use super::subscribe::{SubKey, SubVal};
 use super::{CloseReason, Conn, ConnId, Shard, ShardMsg};
 use crate::codec::{
     self, Packet, PacketId, Properties, Property, PubResp, Publish, QoS, ReasonCode,
-    SubscriptionOptions, Will,
+    SubscriptionOptions, TopicName, Will,
 };
 use crate::session::message::Origin;
 use crate::session::{AckOutcome, Dropped, InflightState, Message, Outgoing};
 
-/// One local subscription that matched a topic.
+/// One local subscription that matched a topic: of the session in a slot, or (`K` =
+/// [`ForwardId`](super::handover::ForwardId)) of a session handed on and forwarded to.
 #[derive(Clone, Debug)]
-pub(crate) struct LocalMatch {
-    pub(super) slot: u32,
+pub(crate) struct LocalMatch<K = SlotId> {
+    pub(super) slot: K,
     pub(super) options: SubscriptionOptions,
     pub(super) identifier: Option<u32>,
 }
@@ -123,7 +125,7 @@ impl Shard {
     }
 
     /// The identity of the client of `slot`, kept with its retained messages.
-    fn retain_source(&self, slot: u32) -> Option<super::message::RetainSource> {
+    fn retain_source(&self, slot: SlotId) -> Option<super::message::RetainSource> {
         let s = &self.slot(slot)?.session;
         let p = super::message::Publisher {
             username: s.username.clone(),
@@ -132,7 +134,7 @@ impl Shard {
         Some(std::sync::Arc::new(p))
     }
 
-    fn origin(&self, slot: u32) -> Option<Origin> {
+    fn origin(&self, slot: SlotId) -> Option<Origin> {
         let s = self.slot(slot)?;
         Some(Origin { shard: self.id, session: slot, generation: s.generation })
     }
@@ -159,7 +161,13 @@ impl Shard {
         }
     }
 
-    pub(super) fn handle_publish(&mut self, id: ConnId, slot: u32, mut p: Publish, now: Instant) {
+    pub(super) fn handle_publish(
+        &mut self,
+        id: ConnId,
+        slot: SlotId,
+        mut p: Publish,
+        now: Instant,
+    ) {
         self.metrics.messages_received += 1;
         let alias_max = self.cfg.topic_alias_max;
         let Some(c) = self.conn_mut(id) else { return };
@@ -174,7 +182,13 @@ impl Shard {
                 return self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
             }
         }
-        if !self.topic_name_allowed(&p.topic) {
+        // Valid by now: the decoder checked it, or it came from the alias map, which holds
+        // only names the decoder checked. An alias-only PUBLISH without a known alias was
+        // closed above; anything else that slips through is a protocol error, not a panic.
+        let Ok(topic) = TopicName::new(std::mem::take(&mut p.topic)) else {
+            return self.close(id, CloseReason::Protocol(ReasonCode::TopicNameInvalid), now);
+        };
+        if !self.topic_name_allowed(&topic) {
             if v5 && p.qos != QoS::AtMostOnce {
                 return self.ack(id, p.qos, p.packet_id, ReasonCode::TopicNameInvalid);
             }
@@ -185,9 +199,9 @@ impl Shard {
             let s = self.slot(slot);
             let user = s.and_then(|s| s.session.username.as_deref());
             let cid = s.map_or("", |s| s.session.client_id.as_str());
-            !acl.can_publish(user, cid, &p.topic)
+            !acl.can_publish(user, cid, &topic)
         });
-        if p.topic.starts_with("$SYS") || denied {
+        if topic.starts_with("$SYS") || denied {
             // `$SYS/` is the broker's: refused (v5) or dropped (v3) like an ACL denial.
             self.metrics.publish_denied += 1;
             let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
@@ -231,7 +245,7 @@ impl Shard {
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
         p.properties.remove(codec::properties::id::MESSAGE_EXPIRY_INTERVAL);
         let mut msg = Message {
-            topic: p.topic,
+            topic,
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
@@ -239,7 +253,7 @@ impl Shard {
             expires_at,
             origin: self.origin(slot),
             received_at: Some(now),
-            id: 0,
+            id: MessageId::UNROUTED,
         };
         // A payload sliced from the read buffer would pin all of it for as long as the
         // message is queued or retained (issue 9: a 1-byte retained payload held 64 KiB).
@@ -262,7 +276,7 @@ impl Shard {
     }
 
     /// Publishes a will as if its client had sent it ([MQTT-3.1.2-8]).
-    pub(super) fn publish_will(&mut self, slot: u32, will: Will, now: Instant) {
+    pub(super) fn publish_will(&mut self, slot: SlotId, will: Will, now: Instant) {
         // The rules of PUBLISH, checked now rather than only at CONNECT: the ACL may have been
         // reloaded since, and `$SYS/` is the broker's whatever the ACL says.
         let denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
@@ -292,7 +306,7 @@ impl Shard {
             expires_at,
             origin: self.origin(slot),
             received_at: None,
-            id: 0,
+            id: MessageId::UNROUTED,
         };
         if msg.retain {
             self.retain_local_and_broadcast(&msg, self.retain_source(slot));
@@ -304,6 +318,8 @@ impl Shard {
     /// subscriber gets the latest values at once.
     pub fn publish_sys(&mut self, topics: Vec<(String, String)>, now: Instant) {
         for (topic, value) in topics {
+            // The runtime's own `$SYS/...` names; one that does not validate is skipped.
+            let Ok(topic) = TopicName::new(topic) else { continue };
             let msg = Message::new(topic, value.into(), QoS::AtMostOnce, true);
             self.retain_local_and_broadcast(&msg, None);
             self.route(msg, now);
@@ -384,7 +400,7 @@ impl Shard {
     /// A publish routed here by another shard.
     pub(super) fn deliver_forwarded(
         &mut self,
-        from: u16,
+        from: ShardId,
         msg: Message,
         normal: bool,
         shared: Vec<SharedDelivery>,
@@ -419,7 +435,7 @@ impl Shard {
     fn deliver_matches(&mut self, msg: &Rc<Message>, matches: &mut Vec<LocalMatch>, now: Instant) {
         let origin = msg.origin;
         let me = self.id;
-        let generation_of = |shard: &Shard, slot: u32| shard.slot(slot).map(|s| s.generation);
+        let generation_of = |shard: &Shard, slot: SlotId| shard.slot(slot).map(|s| s.generation);
         // No Local (v5): never back to the publishing session ([MQTT-3.8.3-3]).
         matches.retain(|m| {
             !(m.options.no_local
@@ -462,17 +478,17 @@ impl Shard {
     /// in-flight window have room and nothing waits before it, queued otherwise (any QoS, past
     /// the offline bounds: flow control slows the publisher down instead, `super::flow`).
     /// Offline: queued under the offline bounds (QoS 1/2) or dropped and counted (QoS 0).
-    pub(super) fn deliver(&mut self, slot: u32, out: Outgoing, now: Instant) {
+    pub(super) fn deliver(&mut self, slot: SlotId, out: Outgoing, now: Instant) {
         self.deliver_from(slot, out, true, now)
     }
 
     /// [`Shard::deliver`] of a stored retained message at SUBSCRIBE: its publisher, who may
     /// have published it long ago, is not the one to slow down.
-    pub(super) fn deliver_retained(&mut self, slot: u32, out: Outgoing, now: Instant) {
+    pub(super) fn deliver_retained(&mut self, slot: SlotId, out: Outgoing, now: Instant) {
         self.deliver_from(slot, out, false, now)
     }
 
-    fn deliver_from(&mut self, slot: u32, out: Outgoing, live: bool, now: Instant) {
+    fn deliver_from(&mut self, slot: SlotId, out: Outgoing, live: bool, now: Instant) {
         // Read access is checked on every delivery, retained ones included.
         if !self.can_read(slot, &out.msg.topic) {
             return;
@@ -489,7 +505,7 @@ impl Shard {
     fn deliver_connected(
         &mut self,
         conn: ConnId,
-        slot: u32,
+        slot: SlotId,
         out: Outgoing,
         live: bool,
         now: Instant,
@@ -542,7 +558,7 @@ impl Shard {
 
     /// Queues for an offline session, under its bounds; a refusal is counted and noted for the
     /// PUBACK of the message being routed.
-    fn enqueue(&mut self, slot: u32, out: Outgoing) {
+    fn enqueue(&mut self, slot: SlotId, out: Outgoing) {
         if self.memory_exhausted() {
             // The broker-wide budget is used up: queues stop growing (see `budget`).
             self.metrics.messages_dropped_memory += 1;
@@ -568,7 +584,7 @@ impl Shard {
     }
 
     /// Starts a QoS 1/2 delivery: assigns a packet id and writes the PUBLISH.
-    fn send_inflight(&mut self, conn: ConnId, slot: u32, out: Outgoing, now: Instant) {
+    fn send_inflight(&mut self, conn: ConnId, slot: SlotId, out: Outgoing, now: Instant) {
         // `out` is the head of the queue (taken by `pump_queue`, or logged as queued by
         // `deliver_connected`): the log records where it went.
         if !self.fits_client(conn, &out, now) {
@@ -622,13 +638,13 @@ impl Shard {
 
     /// Sends queued messages while the in-flight window and the output buffer have room, then
     /// resumes the publishers this subscriber paused if it drained to its low-water mark.
-    pub(super) fn pump(&mut self, conn: ConnId, slot: u32, now: Instant) {
+    pub(super) fn pump(&mut self, conn: ConnId, slot: SlotId, now: Instant) {
         self.pump_queue(conn, slot, now);
         self.recharge_slot(slot);
         self.flow_check_drained(slot);
     }
 
-    fn pump_queue(&mut self, conn: ConnId, slot: u32, now: Instant) {
+    fn pump_queue(&mut self, conn: ConnId, slot: SlotId, now: Instant) {
         let tx_max = self.cfg.tx_bytes_max;
         let Some(c) = self.conn(conn) else { return };
         let receive_max = c.client_receive_max();
@@ -658,7 +674,7 @@ impl Shard {
 
     /// On session resume: PUBLISH again with DUP for unacknowledged messages, PUBREL again for
     /// released ones, in their original order ([MQTT-4.4.0-1]).
-    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: u32, now: Instant) {
+    pub(super) fn resend_inflight(&mut self, conn: ConnId, slot: SlotId, now: Instant) {
         let Some(s) = self.slot(slot) else { return };
         // Send order, not id order: ids wrap past 65535 ([MQTT-4.6.0-1]).
         let items: Vec<(u16, Outgoing, InflightState)> = s
@@ -684,7 +700,7 @@ impl Shard {
         self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
     }
 
-    pub(super) fn handle_puback(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
+    pub(super) fn handle_puback(&mut self, id: ConnId, slot: SlotId, r: PubResp, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         // An unknown id (a late duplicate) is ignored; PUBACK for a QoS 2 message is not.
         match s.session.handle_puback(r.packet_id) {
@@ -695,7 +711,7 @@ impl Shard {
         self.pump(id, slot, now);
     }
 
-    pub(super) fn handle_pubrec(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
+    pub(super) fn handle_pubrec(&mut self, id: ConnId, slot: SlotId, r: PubResp, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         if r.reason.is_error() {
             // v5 §4.3.3: an error PUBREC ends the exchange; the id is free again. On a QoS 1 id
@@ -725,7 +741,7 @@ impl Shard {
         self.send(id, &Packet::PubRel(resp));
     }
 
-    pub(super) fn handle_pubrel(&mut self, id: ConnId, slot: u32, r: PubResp) {
+    pub(super) fn handle_pubrel(&mut self, id: ConnId, slot: SlotId, r: PubResp) {
         let Some(s) = self.slot_mut(slot) else { return };
         let known = s.session.inbound_qos2.remove(&r.packet_id.get());
         if known {
@@ -740,7 +756,7 @@ impl Shard {
         self.send(id, &Packet::PubComp(resp));
     }
 
-    pub(super) fn handle_pubcomp(&mut self, id: ConnId, slot: u32, r: PubResp, now: Instant) {
+    pub(super) fn handle_pubcomp(&mut self, id: ConnId, slot: SlotId, r: PubResp, now: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         // An unknown id is ignored (v5 §3.7.2 lets the client say 0x92 about its own side);
         // PUBCOMP for a QoS 1 message or before our PUBREL is a violation.

@@ -215,7 +215,7 @@ impl RetainedStore {
 /// applies the same updates in the same order and holds the same set, whichever shard the
 /// publishers were on. The cost is one extra mesh hop for a retained publish made on another
 /// shard before its replica shows it.
-pub const RETAIN_SEQUENCER: u16 = 0;
+pub const RETAIN_SEQUENCER: crate::ids::ShardId = crate::ids::ShardId(0);
 
 impl Shard {
     /// A retained update (set, replace or clear) from a client, a will or `$SYS` on this
@@ -231,7 +231,7 @@ impl Shard {
         let mut stored = msg.clone();
         stored.origin = None;
         stored.received_at = None;
-        stored.id = 0;
+        stored.id = crate::ids::MessageId::UNROUTED;
         if self.id == RETAIN_SEQUENCER {
             self.retained_sequence(stored, source);
         } else {
@@ -274,7 +274,12 @@ mod tests {
     use crate::topic::matches;
 
     fn msg(topic: &str, payload: &'static [u8]) -> Message {
-        Message::new(topic.into(), bytes::Bytes::from_static(payload), QoS::AtMostOnce, true)
+        Message::new(
+            crate::codec::TopicName::new(topic).expect("valid topic"),
+            bytes::Bytes::from_static(payload),
+            QoS::AtMostOnce,
+            true,
+        )
     }
 
     impl RetainedStore {
@@ -286,7 +291,7 @@ mod tests {
     fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {
         let mut out = Vec::new();
         store.matching(filter, crate::test_clock::test_epoch(), &mut out);
-        let mut t: Vec<String> = out.iter().map(|m| m.topic.clone()).collect();
+        let mut t: Vec<String> = out.iter().map(|m| m.topic.to_string()).collect();
         t.sort();
         t
     }

@@ -11,6 +11,7 @@
 //! for an online member, then one round for any member; after that the message is dropped and
 //! counted in `messages_dropped_no_member`.
 
+use crate::ids::{ShardId, SlotGen, SlotId};
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
@@ -32,7 +33,7 @@ struct Group {
     /// Round robin: the next turn.
     next: usize,
     /// Sticky: the member picked last, as (shard, slot).
-    sticky: Option<(u16, u32)>,
+    sticky: Option<(ShardId, SlotId)>,
 }
 
 /// The replica of every shared-subscription group.
@@ -84,7 +85,13 @@ impl SharedGroups {
 
     /// Removes the member (`shard`, `slot`) of slot `generation` (a newer session in a reused
     /// slot stays); the group goes when its last member does. True when it was there.
-    pub(crate) fn remove(&mut self, group: &str, shard: u16, slot: u32, generation: u32) -> bool {
+    pub(crate) fn remove(
+        &mut self,
+        group: &str,
+        shard: ShardId,
+        slot: SlotId,
+        generation: SlotGen,
+    ) -> bool {
         let Some(g) = self.groups.get_mut(group) else { return false };
         let before = g.members.len();
         g.members.retain(|m| !(m.shard == shard && m.slot == slot && m.generation == generation));
@@ -177,7 +184,7 @@ pub(crate) enum Resolved {
     /// A member on this shard takes it.
     Local(LocalMatch),
     /// Passed on to another shard, with the member picked there.
-    Forward(u16, SharedDelivery),
+    Forward(ShardId, SharedDelivery),
     /// No member anywhere can take it.
     Dropped,
 }
@@ -221,9 +228,10 @@ impl Shard {
             if d.hops + 1 < shards {
                 // The next shard in ring order whose members (as this replica knows them) may
                 // take it; that shard checks again.
-                let next = (1..shards).map(|k| (self.id + k) % shards).find_map(|peer| {
-                    members.iter().find(|m| m.shard == peer && (m.online || !d.online_only))
-                });
+                let next =
+                    (1..shards).map(|k| ShardId((self.id.0 + k) % shards)).find_map(|peer| {
+                        members.iter().find(|m| m.shard == peer && (m.online || !d.online_only))
+                    });
                 if let Some(m) = next {
                     d.hops += 1;
                     d.member = *m;
@@ -279,7 +287,7 @@ impl Shard {
 
     /// The session in `slot` gained or lost its connection: its shared memberships say so on
     /// every replica, so that publishers prefer online members.
-    pub(super) fn shared_presence(&mut self, slot: u32, online: bool) {
+    pub(super) fn shared_presence(&mut self, slot: SlotId, online: bool) {
         let Some(s) = self.slot(slot) else { return };
         let generation = s.generation;
         let subs: Vec<(String, Member)> = s

@@ -213,7 +213,7 @@ impl Sim {
         // One configuration cloned: the shards share its memory budget and mesh counters, as
         // the runtime's do (a message charged on one shard is released on another).
         let cfg = sim_config(n, long_timeout);
-        let shards = (0..n).map(|i| Shard::new(i, cfg.clone())).collect();
+        let shards = (0..n).map(|i| Shard::new(crate::ids::ShardId(i), cfg.clone())).collect();
         let start = crate::test_clock::test_epoch();
         let mut sim = Self {
             rng,
@@ -395,7 +395,7 @@ impl Sim {
             }
         }
         let will = (role == Role::Chaos && self.rng.chance(30)).then(|| Will {
-            topic: format!("w/{id}"),
+            topic: crate::codec::TopicName::new(format!("w/{id}")).expect("valid topic"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: false,
@@ -518,7 +518,7 @@ impl Sim {
         let Some(msg) = batch.into_iter().next() else { return };
         self.stats.mesh_messages += 1;
         let now = self.now;
-        self.shards[to].handle_peer(from as u16, msg, now);
+        self.shards[to].handle_peer(crate::ids::ShardId(from as u16), msg, now);
     }
 
     fn act_close(&mut self) {
@@ -915,7 +915,10 @@ impl Sim {
                 .get(*cid)
                 .and_then(|&x| self.shards[*si].slot(x))
                 .map(|x| x.claim);
-            let expected = claim.map(|generation| super::Owner { shard: *si as u16, generation });
+            let expected = claim.map(|generation| super::Owner {
+                shard: crate::ids::ShardId(*si as u16),
+                generation,
+            });
             assert_eq!(entry, expected, "registry disagrees on the owner of {cid:?}");
         }
         // And every registry entry names a live session: nothing leaks in the registry.

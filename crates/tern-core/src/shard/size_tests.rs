@@ -48,7 +48,7 @@ fn session_slot_within_budget() {
 #[test]
 fn idle_connection_holds_no_cold_state() {
     let now = crate::test_clock::test_epoch();
-    let mut shard = Shard::new(0, ShardConfig::for_tests(1));
+    let mut shard = Shard::new(crate::ids::ShardId(0), ShardConfig::for_tests(1));
     let peer = "127.0.0.1:5000".parse().expect("literal address");
     let id = shard.accept(0, peer, now).expect("accepted");
     let connect = codec::Connect {
@@ -89,11 +89,11 @@ fn idle_connection_holds_no_cold_state() {
 #[test]
 fn cold_state_comes_and_goes() {
     let now = crate::test_clock::test_epoch();
-    let mut shard = Shard::new(0, ShardConfig::for_tests(1));
+    let mut shard = Shard::new(crate::ids::ShardId(0), ShardConfig::for_tests(1));
     let peer = "127.0.0.1:5000".parse().expect("literal address");
     let id = shard.accept(0, peer, now).expect("accepted");
     let will = Will {
-        topic: "w".into(),
+        topic: crate::codec::TopicName::new("w").expect("valid topic"),
         payload: bytes::Bytes::from_static(b"x"),
         qos: codec::QoS::AtMostOnce,
         retain: false,

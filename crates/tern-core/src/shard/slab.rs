@@ -6,40 +6,69 @@
 //! of [`CHUNK`] entries: the slack is at most one chunk, and growing copies nothing (entries
 //! never move, only the small vector of chunk pointers doubles).
 
+use crate::ids::SlotId;
+
 /// Entries per chunk.
 pub(crate) const CHUNK: usize = 1024;
 
-/// Entries addressed by a `u32` index, reused after removal (lowest free first is not
-/// promised: the most recently freed index is reused first).
+/// The index type of a slab: a `u32` or a newtype over one ([`SlotId`]).
+pub(crate) trait Key: Copy {
+    /// The key of index `i`.
+    fn from_index(i: u32) -> Self;
+    /// The index of this key.
+    fn index(self) -> u32;
+}
+
+impl Key for u32 {
+    fn from_index(i: u32) -> Self {
+        i
+    }
+    fn index(self) -> u32 {
+        self
+    }
+}
+
+impl Key for SlotId {
+    fn from_index(i: u32) -> Self {
+        SlotId(i)
+    }
+    fn index(self) -> u32 {
+        self.0
+    }
+}
+
+/// Entries addressed by a `u32` index (or a [`Key`] over one), reused after removal (lowest
+/// free first is not promised: the most recently freed index is reused first).
 #[derive(Debug)]
-pub(crate) struct Slab<T> {
+pub(crate) struct Slab<T, K = u32> {
     chunks: Vec<Box<[Option<T>]>>,
     free: Vec<u32>,
     /// Indexes ever handed out: `0..len` are valid to look up.
     len: u32,
+    key: std::marker::PhantomData<K>,
 }
 
-impl<T> Default for Slab<T> {
+impl<T, K> Default for Slab<T, K> {
     fn default() -> Self {
-        Self { chunks: Vec::new(), free: Vec::new(), len: 0 }
+        Self { chunks: Vec::new(), free: Vec::new(), len: 0, key: std::marker::PhantomData }
     }
 }
 
-impl<T> Slab<T> {
+impl<T, K: Key> Slab<T, K> {
     /// The entry at `i`, if occupied.
-    pub(crate) fn get(&self, i: u32) -> Option<&T> {
-        let i = i as usize;
+    pub(crate) fn get(&self, i: K) -> Option<&T> {
+        let i = i.index() as usize;
         self.chunks.get(i / CHUNK)?[i % CHUNK].as_ref()
     }
 
     /// The entry at `i`, if occupied.
-    pub(crate) fn get_mut(&mut self, i: u32) -> Option<&mut T> {
-        let i = i as usize;
+    pub(crate) fn get_mut(&mut self, i: K) -> Option<&mut T> {
+        let i = i.index() as usize;
         self.chunks.get_mut(i / CHUNK)?[i % CHUNK].as_mut()
     }
 
     /// Stores `value` in a free entry and returns its index.
-    pub(crate) fn insert(&mut self, value: T) -> u32 {
+    pub(crate) fn insert(&mut self, value: T) -> K {
         let i = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -53,11 +82,12 @@ impl<T> Slab<T> {
         };
         let i_usize = i as usize;
         self.chunks[i_usize / CHUNK][i_usize % CHUNK] = Some(value);
-        i
+        K::from_index(i)
     }
 
     /// Takes the entry at `i` out; its index is reused by a later insert.
-    pub(crate) fn remove(&mut self, i: u32) -> Option<T> {
+    pub(crate) fn remove(&mut self, i: K) -> Option<T> {
+        let i = i.index();
         let iu = i as usize;
         let v = self.chunks.get_mut(iu / CHUNK)?[iu % CHUNK].take()?;
         self.free.push(i);
@@ -69,15 +99,20 @@ impl<T> Slab<T> {
         self.len
     }
 
+    /// The keys ever handed out (occupied or not), in index order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = K> {
+        (0..self.len).map(K::from_index)
+    }
+
     /// The occupied entries with their indexes, in index order (the simulation's and the
     /// fuzz body's invariants).
     #[cfg(any(test, feature = "fuzzing"))]
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (u32, &T)> {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (K, &T)> {
         self.chunks
             .iter()
             .flat_map(|c| c.iter())
             .zip(0u32..)
-            .filter_map(|(e, i)| Some((i, e.as_ref()?)))
+            .filter_map(|(e, i)| Some((K::from_index(i), e.as_ref()?)))
     }
 
     /// The occupied entries, in index order.
@@ -107,6 +142,7 @@ mod tests {
         assert_eq!(s.get(u32::MAX), None);
         assert_eq!(s.iter().count(), CHUNK + 1);
         assert_eq!(s.end(), CHUNK as u32 + 1);
+        assert_eq!(s.keys().count(), CHUNK + 1);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! date by `SubAdd`/`SubRemove` deltas. A publish therefore reaches each other shard once,
 //! whatever its number of subscribers there.
 
+use crate::ids::{ShardId, SlotGen, SlotId};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -22,12 +23,12 @@ use crate::topic::{levels, parse_shared};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum SubKey {
     /// A session on this shard.
-    Local(u32),
+    Local(SlotId),
     /// Every subscription of another shard on this filter.
-    Remote(u16),
+    Remote(ShardId),
     /// A session handed to another shard, still matched here to forward what arrives for it
     /// (`shard::handover`); the number is its forward record.
-    Forward(u32),
+    Forward(super::handover::ForwardId),
 }
 
 /// Value of a trie entry.
@@ -47,6 +48,14 @@ pub(crate) enum SubVal {
     },
 }
 
+/// A [`PendingAck`] and the number of peer answers ([`ShardMsg::DeltaAck`]) it still waits for.
+#[derive(Debug)]
+pub(crate) struct HeldAck {
+    pub(super) ack: PendingAck,
+    /// Peer answers missing, at least 1 while held.
+    pub(super) left: usize,
+}
+
 /// An acknowledgement held until every other shard has applied the subscriptions it covers,
 /// so that a publish accepted anywhere after the client sees it reaches the client.
 #[derive(Debug)]
@@ -58,7 +67,7 @@ pub(crate) enum PendingAck {
         /// Connection.
         conn: super::ConnRef,
         /// Session slot.
-        slot: u32,
+        slot: SlotId,
         /// Generation of the claim that installed the session in `slot`.
         claim: super::ClaimGen,
         /// The CONNACK.
@@ -71,7 +80,7 @@ pub(crate) enum PendingAck {
 pub(crate) struct PendingSubAck {
     /// The connection by (id, serial): the id may be reused before the peers answer.
     conn: super::ConnRef,
-    slot: u32,
+    slot: SlotId,
     ack: SubAck,
     retained_for: Vec<(String, QoS)>,
     identifier: Option<u32>,
@@ -83,7 +92,13 @@ impl Shard {
         topic.len() <= self.cfg.topic_bytes_max && levels(topic) <= self.cfg.topic_levels_max
     }
 
-    pub(super) fn handle_subscribe(&mut self, id: ConnId, slot: u32, s: Subscribe, now: Instant) {
+    pub(super) fn handle_subscribe(
+        &mut self,
+        id: ConnId,
+        slot: SlotId,
+        s: Subscribe,
+        now: Instant,
+    ) {
         let version = self.conn(id).map_or(ProtocolVersion::V311, super::Conn::version);
         let (v5, v31) = (version.is_v5(), version == ProtocolVersion::V31);
         let identifier = s.properties.subscription_identifiers().next();
@@ -193,16 +208,17 @@ impl Shard {
             self.complete_suback(pending, now);
         } else {
             c.set_awaiting_peers(true);
-            self.pending_acks.insert(req, (PendingAck::Sub(pending), told * peers));
+            self.pending_acks
+                .insert(req, HeldAck { ack: PendingAck::Sub(pending), left: told * peers });
         }
     }
 
     /// A peer applied one of our subscription deltas.
     pub(super) fn delta_acked(&mut self, req: u64, now: Instant) {
-        let Some((_, left)) = self.pending_acks.get_mut(&req) else { return };
-        *left -= 1;
-        if *left == 0 {
-            let Some((ack, _)) = self.pending_acks.remove(&req) else { return };
+        let Some(held) = self.pending_acks.get_mut(&req) else { return };
+        held.left -= 1;
+        if held.left == 0 {
+            let Some(HeldAck { ack, .. }) = self.pending_acks.remove(&req) else { return };
             match ack {
                 PendingAck::Sub(p) => self.complete_suback(p, now),
                 PendingAck::Conn { conn, slot, claim, ack } => {
@@ -264,7 +280,7 @@ impl Shard {
         acl.can_publish(src.username.as_deref(), &src.client_id, topic)
     }
 
-    pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: u32, u: Unsubscribe) {
+    pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: SlotId, u: Unsubscribe) {
         let v5 = self.conn(id).is_some_and(|c| c.version().is_v5());
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
@@ -289,7 +305,7 @@ impl Shard {
     /// Returns whether other shards were told (and, with `ack`, will answer).
     pub(super) fn add_subscription_entry(
         &mut self,
-        slot: u32,
+        slot: SlotId,
         filter: &str,
         sub: &Subscription,
         ack: Option<u64>,
@@ -324,7 +340,12 @@ impl Shard {
     /// Removes a session's subscription entry; tells the other shards when this shard has no
     /// subscriber left on the filter.
     /// `generation`: the slot generation of the session the entry belongs to.
-    pub(super) fn remove_subscription_entry(&mut self, slot: u32, generation: u32, filter: &str) {
+    pub(super) fn remove_subscription_entry(
+        &mut self,
+        slot: SlotId,
+        generation: SlotGen,
+        filter: &str,
+    ) {
         if is_shared(filter) {
             return self.remove_shared_member(filter, slot, generation);
         }
@@ -343,7 +364,7 @@ impl Shard {
 
     /// Removes the shared-group member (this shard, `slot`, `generation`) here and on every
     /// replica.
-    pub(super) fn remove_shared_member(&mut self, group: &str, slot: u32, generation: u32) {
+    pub(super) fn remove_shared_member(&mut self, group: &str, slot: SlotId, generation: SlotGen) {
         if self.shared.remove(group, self.id, slot, generation) {
             self.metrics.subscriptions_current -= 1;
         }
@@ -351,7 +372,7 @@ impl Shard {
         self.broadcast(|| ShardMsg::SharedRemove { group: group.clone(), shard, slot, generation });
     }
 
-    pub(super) fn remote_sub_add(&mut self, from: u16, filter: &str) {
+    pub(super) fn remote_sub_add(&mut self, from: ShardId, filter: &str) {
         let key = SubKey::Remote(from);
         let count = match self.trie.get(filter, &key) {
             Some(SubVal::Remote { count }) => count + 1,
@@ -360,7 +381,7 @@ impl Shard {
         self.trie.insert(filter, key, SubVal::Remote { count });
     }
 
-    pub(super) fn remote_sub_remove(&mut self, from: u16, filter: &str) {
+    pub(super) fn remote_sub_remove(&mut self, from: ShardId, filter: &str) {
         let key = SubKey::Remote(from);
         match self.trie.get(filter, &key) {
             Some(SubVal::Remote { count }) if *count > 1 => {
@@ -379,7 +400,13 @@ impl Shard {
         self.shared.add(group, member, strategy);
     }
 
-    pub(super) fn shared_remove(&mut self, group: &str, shard: u16, slot: u32, generation: u32) {
+    pub(super) fn shared_remove(
+        &mut self,
+        group: &str,
+        shard: ShardId,
+        slot: SlotId,
+        generation: SlotGen,
+    ) {
         self.shared.remove(group, shard, slot, generation);
     }
 }

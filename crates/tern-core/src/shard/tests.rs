@@ -36,7 +36,8 @@ impl Cluster {
 
     /// Shards sharing `cfg` (and so one memory budget).
     fn with_config(cfg: ShardConfig) -> Self {
-        let shards = (0..cfg.shards).map(|i| Shard::new(i, cfg.clone())).collect();
+        let shards =
+            (0..cfg.shards).map(|i| Shard::new(crate::ids::ShardId(i), cfg.clone())).collect();
         Self { shards, now: crate::test_clock::test_epoch() }
     }
 
@@ -57,7 +58,7 @@ impl Cluster {
                     for m in msgs {
                         moved = true;
                         let now = self.now;
-                        self.shards[to].handle_peer(from as u16, m, now);
+                        self.shards[to].handle_peer(crate::ids::ShardId(from as u16), m, now);
                     }
                 }
             }
@@ -83,13 +84,13 @@ impl Cluster {
                         let Some(m) = self.shards[f].control_lane()[t].pop_front() else { break };
                         moved = true;
                         let now = self.now;
-                        self.shards[t].handle_peer(f as u16, m, now);
+                        self.shards[t].handle_peer(crate::ids::ShardId(f as u16), m, now);
                     }
                     // The data lane is a channel of its own: never held.
                     for m in self.shards[f].take_batch(t, usize::MAX) {
                         moved = true;
                         let now = self.now;
-                        self.shards[t].handle_peer(f as u16, m, now);
+                        self.shards[t].handle_peer(crate::ids::ShardId(f as u16), m, now);
                     }
                 }
             }
@@ -347,7 +348,7 @@ fn will_is_published_on_abnormal_close_only() {
         let mut connect = connect_packet(V4, id, true);
         if let Packet::Connect(cp) = &mut connect {
             cp.will = Some(Will {
-                topic: format!("will/{id}"),
+                topic: crate::codec::TopicName::new(format!("will/{id}")).expect("valid topic"),
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtMostOnce,
                 retain: false,
@@ -600,8 +601,12 @@ fn subscription_count_is_incremental_and_exact() {
 #[test]
 fn stored_payload_does_not_pin_the_read_buffer() {
     let chunk = Bytes::from(vec![7u8; 64 * 1024]);
-    let mut msg =
-        crate::session::Message::new("t".into(), chunk.slice(10..11), QoS::AtMostOnce, true);
+    let mut msg = crate::session::Message::new(
+        crate::codec::TopicName::new("t").expect("valid topic"),
+        chunk.slice(10..11),
+        QoS::AtMostOnce,
+        true,
+    );
     assert!(!chunk.is_unique(), "the slice shares the chunk");
     msg.detach();
     assert!(chunk.is_unique(), "after detach the message holds its own copy");
@@ -720,7 +725,7 @@ fn wills_are_charged_while_held() {
     let mut connect = connect_packet(V5, "w", true);
     if let Packet::Connect(cp) = &mut connect {
         cp.will = Some(Will {
-            topic: "will/w".into(),
+            topic: crate::codec::TopicName::new("will/w").expect("valid topic"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,
             retain: false,
@@ -783,7 +788,7 @@ fn connect_as(version: ProtocolVersion, id: &str, user: &str, clean: bool) -> Pa
 fn with_will(mut p: Packet, topic: &str) -> Packet {
     if let Packet::Connect(c) = &mut p {
         c.will = Some(Will {
-            topic: topic.into(),
+            topic: crate::codec::TopicName::new(topic).expect("valid topic"),
             payload: Bytes::from_static(b"gone"),
             qos: QoS::AtMostOnce,
             retain: false,
@@ -979,9 +984,9 @@ fn mesh_bytes_bound_pauses_publishers_until_received() {
         sent += 1;
         assert!(sent <= 5, "paused once ~4 KiB are in the mesh");
     }
-    assert!(cl.shards[0].config().mesh_bytes.in_flight(0) >= 4096);
+    assert!(cl.shards[0].config().mesh_bytes.in_flight(crate::ids::ShardId(0)) >= 4096);
     cl.settle();
-    assert_eq!(cl.shards[0].config().mesh_bytes.in_flight(0), 0);
+    assert_eq!(cl.shards[0].config().mesh_bytes.in_flight(crate::ids::ShardId(0)), 0);
     assert!(!cl.shards[0].status(p.conn).read_paused, "reads resume");
     assert_eq!(publishes(&cl.recv(s)).len(), sent);
 }
@@ -997,7 +1002,7 @@ fn takeover_while_the_new_connection_waits_for_connack() {
     // A client id whose registry is shard 1, so that a claim from shard 1 is answered at once.
     let id = (0..)
         .map(|i| format!("x{i}"))
-        .find(|id| connect::registry_shard(id, 2) == 1)
+        .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(1))
         .expect("some id hashes to shard 1");
     let old = cl.connect(0, V4, &id, false);
     cl.subscribe(old, "s", QoS::AtLeastOnce);
@@ -1038,14 +1043,22 @@ fn late_release_does_not_erase_a_newer_claim() {
     let reg = usize::from(connect::registry_shard(&id, 2));
     let now = cl.now;
     let claim = |req| ShardMsg::Claim { client_id: id.clone(), req };
-    cl.shards[reg].handle_peer(0, claim(1), now);
+    cl.shards[reg].handle_peer(crate::ids::ShardId(0), claim(1), now);
     let first = cl.shards[reg].registry_owner(&id).expect("claimed");
-    cl.shards[reg].handle_peer(1, claim(2), now);
+    cl.shards[reg].handle_peer(crate::ids::ShardId(1), claim(2), now);
     let second = cl.shards[reg].registry_owner(&id).expect("claimed");
     assert!(second.generation > first.generation, "a newer claim has a larger generation");
-    cl.shards[reg].handle_peer(0, ShardMsg::Release { client_id: id.clone(), owner: first }, now);
+    cl.shards[reg].handle_peer(
+        crate::ids::ShardId(0),
+        ShardMsg::Release { client_id: id.clone(), owner: first },
+        now,
+    );
     assert_eq!(cl.shards[reg].registry_owner(&id), Some(second), "the newer claim stays");
-    cl.shards[reg].handle_peer(1, ShardMsg::Release { client_id: id.clone(), owner: second }, now);
+    cl.shards[reg].handle_peer(
+        crate::ids::ShardId(1),
+        ShardMsg::Release { client_id: id.clone(), owner: second },
+        now,
+    );
     assert_eq!(cl.shards[reg].registry_owner(&id), None, "its own release ends it");
 }
 
@@ -1057,7 +1070,7 @@ fn connecting_has_a_deadline() {
     let mut cl = Cluster::new(2);
     let id = (0..)
         .map(|i| format!("d{i}"))
-        .find(|id| connect::registry_shard(id, 2) == 0)
+        .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(0))
         .expect("some id hashes to shard 0");
     let c = cl.open(1, V4);
     let mut buf = BytesMut::new();
@@ -1085,7 +1098,7 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
     let mut cl = Cluster::new(2);
     let id = (0..)
         .map(|i| format!("s{i}"))
-        .find(|id| connect::registry_shard(id, 2) == 1)
+        .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(1))
         .expect("some id hashes to shard 1");
     let old = cl.connect(1, V4, &id, false);
     let s = Subscribe {
@@ -1136,7 +1149,7 @@ fn connect_with_user_properties(id: &str, connect_props: usize, will_props: usiz
     let Packet::Connect(mut c) = connect_packet(V5, id, true) else { unreachable!() };
     c.properties = empties(connect_props);
     c.will = Some(crate::codec::Will {
-        topic: "will/t".into(),
+        topic: crate::codec::TopicName::new("will/t").expect("valid topic"),
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtMostOnce,
         retain: false,
@@ -1277,7 +1290,10 @@ fn cluster_with_passwords(queued: bool) -> Cluster {
     });
     cfg.failed_logins_per_minute_max = 3;
     cfg.password_checks_inline = !queued;
-    Cluster { shards: vec![Shard::new(0, cfg)], now: crate::test_clock::test_epoch() }
+    Cluster {
+        shards: vec![Shard::new(crate::ids::ShardId(0), cfg)],
+        now: crate::test_clock::test_epoch(),
+    }
 }
 
 fn login(version: ProtocolVersion, id: &str, password: &'static [u8]) -> Packet {
@@ -1486,7 +1502,7 @@ fn fan_out_shares_one_encoding_with_per_subscriber_packet_ids() {
 fn id_registered_on(prefix: &str, reg: u16) -> String {
     (0..)
         .map(|i| format!("{prefix}{i}"))
-        .find(|id| connect::registry_shard(id, 2) == reg)
+        .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(reg))
         .expect("some id hashes to that shard")
 }
 
@@ -1603,7 +1619,7 @@ fn step_one(cl: &mut Cluster) -> bool {
             let m = m.or_else(|| cl.shards[f].take_batch(t, 1).pop());
             if let Some(m) = m {
                 let now = cl.now;
-                cl.shards[t].handle_peer(f as u16, m, now);
+                cl.shards[t].handle_peer(crate::ids::ShardId(f as u16), m, now);
                 return true;
             }
         }
@@ -1646,7 +1662,7 @@ fn publish_during_resume(moves: &[(usize, usize)], filter: &str) {
     for registry in 0..2u16 {
         let id = (0..)
             .map(|i| format!("dev{i}"))
-            .find(|id| connect::registry_shard(id, 2) == registry)
+            .find(|id| connect::registry_shard(id, 2) == crate::ids::ShardId(registry))
             .expect("some id hashes to each shard");
         for &(old_shard, new_shard) in moves {
             for publisher in 0..2usize {

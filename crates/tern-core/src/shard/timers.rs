@@ -15,6 +15,7 @@
 //!   for the slot (it re-arms at the real time when it pops); a flapping client therefore adds
 //!   no entries.
 
+use crate::ids::{SlotGen, SlotId};
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,9 @@ pub(crate) enum Due {
     /// Connect timeout or keep alive of connection `id` with this serial.
     Conn { id: u32, serial: u64 },
     /// Expiry of the offline session in `slot` of this generation.
-    Expiry { slot: u32, generation: u32 },
+    Expiry { slot: SlotId, generation: SlotGen },
     /// The delayed will of the session in `slot` of this generation.
-    Will { slot: u32, generation: u32 },
+    Will { slot: SlotId, generation: SlotGen },
 }
 
 /// The heap: earliest deadline first.
@@ -53,7 +54,7 @@ impl Shard {
     }
 
     /// Arms the expiry of the offline session in `slot` at `at`.
-    pub(super) fn arm_expiry(&mut self, slot: u32, at: Instant) {
+    pub(super) fn arm_expiry(&mut self, slot: SlotId, at: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         if s.timers.expiry.is_some_and(|armed| armed <= at) {
             return; // an earlier entry re-arms at the real time
@@ -64,7 +65,7 @@ impl Shard {
     }
 
     /// Arms the delayed will of `slot` at `at`.
-    pub(super) fn arm_will(&mut self, slot: u32, at: Instant) {
+    pub(super) fn arm_will(&mut self, slot: SlotId, at: Instant) {
         let Some(s) = self.slot_mut(slot) else { return };
         if s.timers.will.is_some_and(|armed| armed <= at) {
             return;
@@ -111,7 +112,7 @@ impl Shard {
         }
     }
 
-    fn expiry_deadline(&mut self, slot: u32, generation: u32, at: Instant, now: Instant) {
+    fn expiry_deadline(&mut self, slot: SlotId, generation: SlotGen, at: Instant, now: Instant) {
         let Some(s) = self.slot_mut(slot).filter(|s| s.generation == generation) else { return };
         if s.timers.expiry != Some(at) {
             return; // superseded by an earlier entry
@@ -130,17 +131,16 @@ impl Shard {
         }
     }
 
-    fn will_deadline(&mut self, slot: u32, generation: u32, at: Instant, now: Instant) {
+    fn will_deadline(&mut self, slot: SlotId, generation: SlotGen, at: Instant, now: Instant) {
         let Some(s) = self.slot_mut(slot).filter(|s| s.generation == generation) else { return };
         if s.timers.will != Some(at) {
             return;
         }
         s.timers.will = None;
-        match s.pending_will.as_ref().map(|p| p.1) {
+        match s.pending_will.as_ref().map(|p| p.due) {
             Some(due) if now >= due => {
                 if let Some(pending) = self.take_pending_will(slot) {
-                    let (will, _) = *pending;
-                    self.publish_will(slot, will, now);
+                    self.publish_will(slot, pending.will, now);
                 }
             }
             Some(due) => self.arm_will(slot, due),

@@ -142,7 +142,7 @@ fn will_delay_is_cancelled_by_a_reconnect_and_honoured_otherwise() {
             let mut properties = Properties::new();
             properties.push(Property::WillDelayInterval(delay));
             c.will = Some(Will {
-                topic: format!("wd/{id}"),
+                topic: crate::codec::TopicName::new(format!("wd/{id}")).expect("valid topic"),
                 payload: Bytes::from_static(b"gone"),
                 qos: QoS::AtMostOnce,
                 retain: false,
