@@ -605,7 +605,7 @@ fn unwritten_driver_output_counts_against_the_output_bound() {
             let publisher = cl.connect(pub_shard, V4, "pub", true);
             let now = cl.now;
             let output =
-                |cl: &Cluster| cl.shards[sub_shard].conn(sub.conn).map_or(0, |c| c.tx.len());
+                |cl: &Cluster| cl.shards[sub_shard].conn(sub.conn).map_or(0, |c| c.tx_len());
             for seq in 1..=4 {
                 cl.send(publisher, kib_publish("t", qos, seq));
             }
