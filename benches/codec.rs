@@ -45,7 +45,10 @@ fn publish(version: ProtocolVersion, payload_len: usize) -> Packet {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
-        topic: "sensors/building-7/floor-3/room-12/temperature".to_owned(),
+        topic: Some(
+            tern::codec::TopicName::new("sensors/building-7/floor-3/room-12/temperature")
+                .expect("valid topic"),
+        ),
         packet_id: Some(packet_id(4242)),
         properties,
         payload: Bytes::from(vec![0x5A; payload_len]),

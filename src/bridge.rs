@@ -436,8 +436,14 @@ impl Bridge<'_> {
             } else {
                 (t.direction.incoming(), (&t.remote_prefix, &t.local_prefix))
             };
-            let rest = m.topic.strip_prefix(dst.0.as_str())?;
-            (src && matches(&t.filter, rest)).then(|| (format!("{}{rest}", dst.1), t.qos))
+            // A PUBLISH that names its topic by alias alone is not mapped (the bridge keeps
+            // no alias table) and is dropped like an unmapped one.
+            let rest = m.topic.as_deref()?.strip_prefix(dst.0.as_str())?;
+            if !(src && matches(&t.filter, rest)) {
+                return None;
+            }
+            let topic = crate::codec::TopicName::new(format!("{}{rest}", dst.1)).ok()?;
+            Some((topic, t.qos))
         });
         let Some((topic, qos_max)) = mapped else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -469,7 +475,7 @@ impl Bridge<'_> {
             dup: false,
             qos,
             retain: m.retain,
-            topic,
+            topic: Some(topic),
             packet_id,
             properties,
             payload: m.payload,

@@ -341,7 +341,7 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 dup: dup && !at_most_once,
                 qos,
                 retain,
-                topic,
+                topic: tern::codec::TopicName::new(topic).ok(), // empty: named by the alias
                 packet_id: if at_most_once { None } else { Some(id) },
                 properties,
                 payload,
@@ -629,7 +629,7 @@ fn publish_at_remaining_length_boundaries() {
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                topic: "t".to_owned(),
+                topic: Some(tern::codec::TopicName::new("t").expect("valid topic")),
                 packet_id: PacketId::new(1),
                 properties: Properties::new(),
                 payload: Bytes::from(vec![0xA5; remaining - overhead]),

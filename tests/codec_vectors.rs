@@ -48,7 +48,8 @@ fn publish(qos: QoS, topic: &str, packet_id: Option<u16>, payload: &'static [u8]
         dup: false,
         qos,
         retain: false,
-        topic: topic.to_owned(),
+        // "" stands for the v5 alias-only form (no topic name on the wire).
+        topic: tern::codec::TopicName::new(topic).ok(),
         packet_id: packet_id.map(id),
         properties: Properties::new(),
         payload: Bytes::from_static(payload),

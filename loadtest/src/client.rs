@@ -975,7 +975,7 @@ mod tests {
                     dup: false,
                     qos,
                     retain: true,
-                    topic: "a/b".into(),
+                    topic: Some(tern::codec::TopicName::new("a/b").expect("valid topic")),
                     packet_id: if qos == QoS::AtMostOnce { None } else { PacketId::new(9) },
                     properties,
                     payload: Bytes::from_static(b"hello"),

@@ -175,8 +175,9 @@ pub struct Publish {
     pub qos: QoS,
     /// RETAIN flag.
     pub retain: bool,
-    /// Topic name; empty only in v5 with a Topic Alias property.
-    pub topic: String,
+    /// Topic name; None (an empty name on the wire) only in v5 with a Topic Alias property
+    /// (§3.3.2.3.4), which the receiver resolves.
+    pub topic: Option<TopicName>,
     /// Packet identifier; present exactly when QoS > 0.
     pub packet_id: Option<PacketId>,
     /// PUBLISH properties (v5).

@@ -497,7 +497,7 @@ fn build(spec: &PacketSpec, c: &Client) -> Packet {
                 dup,
                 qos,
                 retain,
-                topic: topic(t),
+                topic: crate::codec::TopicName::new(topic(t)).ok(),
                 packet_id: (qos != QoS::AtMostOnce).then(|| pick_pid(c, pid)),
                 properties,
                 payload: Bytes::from(vec![b'x'; usize::from(payload)]),

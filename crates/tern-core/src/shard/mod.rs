@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, Will};
+use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, TopicName, Will};
 use crate::counters::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
@@ -376,7 +376,7 @@ pub(crate) struct ConnCold {
     /// Bytes `will` is charged to the memory budget.
     will_charged: usize,
     /// Inbound topic aliases (v5): alias → topic. At most `topic_alias_max` entries.
-    aliases: HashMap<u16, String>,
+    aliases: HashMap<u16, TopicName>,
     /// Outbound topic aliases (v5): topic → alias, assigned on first use up to
     /// min(client's Topic Alias Maximum, our `topic_alias_max`).
     out_aliases: HashMap<String, u16>,

@@ -490,7 +490,7 @@ mod tests {
             dup: false,
             qos: QoS::AtLeastOnce,
             retain,
-            topic: topic.into(),
+            topic: Some(crate::codec::TopicName::new(topic).expect("valid topic")),
             packet_id: crate::codec::PacketId::new(id),
             properties: Properties::new(),
             payload: Bytes::from_static(payload),
@@ -622,7 +622,7 @@ mod tests {
             dup: false,
             qos: QoS::ExactlyOnce,
             retain: false,
-            topic: "t/b".into(),
+            topic: Some(crate::codec::TopicName::new("t/b").expect("valid topic")),
             packet_id: PacketId::new(9),
             properties: Properties::new(),
             payload: Bytes::from_static(b"two"),
@@ -749,7 +749,7 @@ mod will_tests {
     fn wills_received(s: &mut Shard, c: ConnId) -> usize {
         recv(s, c)
             .iter()
-            .filter(|p| matches!(p, Packet::Publish(p) if p.topic == "w/t" && &p.payload[..] == b"gone"))
+            .filter(|p| matches!(p, Packet::Publish(p) if p.topic.as_deref() == Some("w/t") && &p.payload[..] == b"gone"))
             .count()
     }
 

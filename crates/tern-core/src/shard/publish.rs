@@ -171,9 +171,9 @@ impl Shard {
                     );
                 }
                 let Some(c) = self.conn_mut(id) else { return };
-                if p.topic.is_empty() {
-                    match c.cold.as_ref().and_then(|cold| cold.aliases.get(&alias)) {
-                        Some(t) => p.topic = t.clone(),
+                match &p.topic {
+                    None => match c.cold.as_ref().and_then(|cold| cold.aliases.get(&alias)) {
+                        Some(t) => p.topic = Some(t.clone()),
                         None => {
                             return self.close(
                                 id,
@@ -181,9 +181,10 @@ impl Shard {
                                 now,
                             )
                         }
+                    },
+                    Some(t) => {
+                        c.cold_mut().aliases.insert(alias, t.clone());
                     }
-                } else {
-                    c.cold_mut().aliases.insert(alias, p.topic.clone());
                 }
                 p.properties.remove(codec::properties::id::TOPIC_ALIAS);
             }
@@ -192,11 +193,10 @@ impl Shard {
                 return self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
             }
         }
-        // Valid by now: the decoder checked it, or it came from the alias map, which holds
-        // only names the decoder checked. An alias-only PUBLISH without a known alias was
-        // closed above; anything else that slips through is a protocol error, not a panic.
-        let Ok(topic) = TopicName::new(std::mem::take(&mut p.topic)) else {
-            return self.close(id, CloseReason::Protocol(ReasonCode::TopicNameInvalid), now);
+        // The decoder lets only a v5 PUBLISH with a Topic Alias leave the name out, and an
+        // unknown alias was closed above ([MQTT-3.3.2-1]).
+        let Some(topic) = p.topic.take() else {
+            return self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
         };
         if !self.topic_name_allowed(&topic) {
             if v5 && p.qos != QoS::AtMostOnce {

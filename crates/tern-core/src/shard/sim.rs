@@ -612,7 +612,7 @@ impl Sim {
             dup: false,
             qos,
             retain: false,
-            topic,
+            topic: Some(crate::codec::TopicName::new(topic).expect("valid topic")),
             packet_id,
             properties: Properties::new(),
             payload: payload.into(),
@@ -812,7 +812,7 @@ impl Sim {
             _ => panic!("QoS > 0 PUBLISH without a packet id"),
         };
         let Some(li) = self.conns[idx].ledger_index else { return };
-        if !p.topic.starts_with("t/") {
+        if !p.topic.as_deref().unwrap_or("").starts_with("t/") {
             return;
         }
         if self.conns[idx].role == Role::Resuming {

@@ -183,7 +183,7 @@ fn publish_packet(topic: &str, payload: &'static [u8], qos: QoS, id: u16, retain
         dup: false,
         qos,
         retain,
-        topic: topic.into(),
+        topic: Some(crate::codec::TopicName::new(topic).expect("valid topic")),
         packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
         properties: Properties::new(),
         payload: Bytes::from_static(payload),
@@ -209,7 +209,7 @@ fn publish_reaches_subscriber_on_the_same_and_the_other_shard() {
         let got = cl.recv(c);
         let p = publishes(&got);
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].topic, "a/b");
+        assert_eq!(p[0].topic.as_deref(), Some("a/b"));
         assert_eq!(&p[0].payload[..], b"hi");
     }
     assert_eq!(cl.shards[0].metrics.messages_forwarded, 1, "one hop to shard 1");
@@ -368,7 +368,7 @@ fn will_is_published_on_abnormal_close_only() {
     let got = cl.recv(watcher);
     let p = publishes(&got);
     assert_eq!(p.len(), 1, "[MQTT-3.1.2-10] will not published after DISCONNECT");
-    assert_eq!(p[0].topic, "will/b");
+    assert_eq!(p[0].topic.as_deref(), Some("will/b"));
 }
 
 #[test]
@@ -640,7 +640,7 @@ fn properties_count_in_queue_and_retained_bounds() {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: true,
-        topic: "u".into(),
+        topic: Some(crate::codec::TopicName::new("u").expect("valid topic")),
         packet_id: Some(pid(1)),
         properties: user_properties(n),
         payload: Bytes::from_static(b"x"),
@@ -867,7 +867,7 @@ fn takeover_by_another_user_rechecks_inflight_messages() {
     assert!(matches!(&got[0], Packet::ConnAck(a) if a.session_present));
     let resent = publishes(&got);
     assert_eq!(resent.len(), 1, "only what bob may read: {got:?}");
-    assert_eq!(resent[0].topic, "pub/1");
+    assert_eq!(resent[0].topic.as_deref(), Some("pub/1"));
     assert!(resent[0].dup);
 }
 
@@ -1480,7 +1480,7 @@ fn fan_out_shares_one_encoding_with_per_subscriber_packet_ids() {
         assert_eq!(got.len(), 1, "one PUBLISH each");
         let m = got[0];
         assert_eq!(
-            (m.topic.as_str(), &m.payload[..], m.qos),
+            (m.topic.as_deref().unwrap_or(""), &m.payload[..], m.qos),
             ("fan/x", &b"shared payload"[..], *qos)
         );
         assert!(!m.dup && !m.retain);
@@ -1508,7 +1508,10 @@ fn id_registered_on(prefix: &str, reg: u16) -> String {
 
 /// Wills to `will/#` the watcher has received.
 fn wills_seen(cl: &mut Cluster, watcher: Client) -> Vec<String> {
-    publishes(&cl.recv(watcher)).iter().map(|p| p.topic.clone()).collect()
+    publishes(&cl.recv(watcher))
+        .iter()
+        .map(|p| p.topic.as_deref().unwrap_or("").to_owned())
+        .collect()
 }
 
 /// [MQTT-3.1.2-8]: a will exists once the CONNECT is accepted. A connection closed while its

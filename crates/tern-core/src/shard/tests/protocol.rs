@@ -139,7 +139,8 @@ fn retained_on(cl: &mut Cluster, shard: usize, id: &str) -> Vec<String> {
     };
     cl.send(c, Packet::Subscribe(s));
     let got = cl.recv(c);
-    let mut topics: Vec<String> = publishes(&got).iter().map(|p| p.topic.clone()).collect();
+    let mut topics: Vec<String> =
+        publishes(&got).iter().map(|p| p.topic.as_deref().unwrap_or("").to_owned()).collect();
     topics.sort();
     topics
 }
