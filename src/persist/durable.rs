@@ -39,6 +39,10 @@ pub struct Durability {
     moved: RefCell<std::collections::VecDeque<MovedAway>>,
     /// Connection outputs held by a [`Gate`]: woken after every sync.
     gated: RefCell<Vec<Waker>>,
+    /// Handled counts synced and not yet published (see [`Publications`]).
+    publications: RefCell<Publications>,
+    /// `handover_forwarded` of the shard when the last handled counts were taken.
+    forwards_seen: std::cell::Cell<u64>,
     /// See [`PersistOptions::pending_records_max`].
     pending_max: u64,
     /// The shard is at that bound (counted once per episode).
@@ -334,7 +338,9 @@ impl Durability {
         loop {
             match self.mode {
                 // Moved sessions wait for peers, whose progress does not wake this shard.
-                FsyncMode::Always if !self.moved.borrow().is_empty() => {
+                FsyncMode::Always
+                    if !self.moved.borrow().is_empty() || self.publications.borrow().waiting() =>
+                {
                     futures_lite::future::or(self.wake.wait(), glommio::timer::sleep(PEER_POLL))
                         .await
                 }
@@ -344,6 +350,7 @@ impl Durability {
             let handled = self.handled.borrow().clone();
             // Before the append: the records behind these messages are all appended below.
             let produced = self.produced(&shard.borrow());
+            let forwards = shard.borrow().metrics.handover_forwarded;
             let lsn = self.append_from(&mut shard.borrow_mut());
             if lsn > self.wal.durable().unwrap_or(lsn) {
                 if let Err(e) = self.sync(shard, lsn).await {
@@ -352,10 +359,24 @@ impl Durability {
                     return;
                 }
             }
-            for (i, n) in handled.iter().enumerate() {
-                let (lane, from) = (i / self.shards, i % self.shards);
-                let cell = &self.progress[(lane * self.shards + from) * self.shards + self.me];
-                cell.fetch_max(*n, std::sync::atomic::Ordering::AcqRel);
+            // A message handled here may have been forwarded to a session's new shard
+            // (`shard::handover`), which alone logs it: its sender's acknowledgement then also
+            // waits for that shard, so these counts wait until the control-lane messages
+            // produced so far are synced where they went.
+            let waits = if forwards > self.forwards_seen.replace(forwards) {
+                (0..self.shards)
+                    .filter(|to| *to != self.me)
+                    .map(|to| {
+                        ((self.shards + self.me) * self.shards + to, produced[self.shards + to])
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            {
+                let mut publications = self.publications.borrow_mut();
+                publications.push(handled, waits);
+                publications.publish(&self.progress, self.me, self.shards);
             }
             for (i, n) in produced.iter().enumerate() {
                 let (lane, to) = (i / self.shards, i % self.shards);
@@ -378,6 +399,64 @@ impl Durability {
         let woken = std::mem::take(&mut *self.gated.borrow_mut());
         for w in woken {
             w.wake();
+        }
+    }
+}
+
+/// Handled counts (one per lane and peer) that are synced here but wait, before they are
+/// published in [`Progress`], for peers to sync the control-lane messages this shard produced
+/// while handling them (a message forwarded to a session's new shard is logged only there).
+/// Published in order: a later snapshot includes the earlier ones. Bounded: past
+/// [`PUBLICATIONS_MAX`] entries a new snapshot is merged into the last (it waits for both).
+#[derive(Debug, Default)]
+struct Publications {
+    queue: std::collections::VecDeque<Snapshot>,
+}
+
+/// Handled counts per lane and peer, and the `(Progress index, mark)` pairs they wait for.
+#[derive(Debug)]
+struct Snapshot {
+    handled: Vec<u64>,
+    waits: Vec<(usize, u64)>,
+}
+
+/// See [`Publications`].
+const PUBLICATIONS_MAX: usize = 64;
+
+impl Publications {
+    /// Whether a snapshot waits for peers (whose progress does not wake this shard).
+    fn waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Queues the handled counts `handled`, publishable once every `(cell, mark)` of `waits`
+    /// has reached its mark.
+    fn push(&mut self, handled: Vec<u64>, waits: Vec<(usize, u64)>) {
+        // Nothing new to wait for: the last snapshot waiting takes the newer counts.
+        if waits.is_empty() || self.queue.len() >= PUBLICATIONS_MAX {
+            if let Some(last) = self.queue.back_mut() {
+                last.handled = handled;
+                last.waits.extend(waits);
+                return;
+            }
+        }
+        self.queue.push_back(Snapshot { handled, waits });
+    }
+
+    /// Publishes, oldest first, every snapshot whose waits are over; stops at the first that
+    /// still waits (the later ones include its counts).
+    fn publish(&mut self, progress: &Progress, me: usize, shards: usize) {
+        use std::sync::atomic::Ordering;
+        while let Some(Snapshot { handled, waits }) = self.queue.front_mut() {
+            waits.retain(|(cell, mark)| progress[*cell].load(Ordering::Acquire) < *mark);
+            if !waits.is_empty() {
+                return;
+            }
+            for (i, n) in handled.iter().enumerate() {
+                let (lane, from) = (i / shards, i % shards);
+                progress[(lane * shards + from) * shards + me].fetch_max(*n, Ordering::AcqRel);
+            }
+            self.queue.pop_front();
         }
     }
 }
@@ -407,7 +486,7 @@ pub struct ShardRestore {
     recovered: super::wal::Recovered,
     sessions: Vec<(String, super::record::SessionSnapshot, crate::shard::ClaimGen, u64)>,
     registry: Vec<(String, crate::shard::Owner)>,
-    retained: Vec<super::record::StoredMessage>,
+    retained: Vec<(super::record::StoredMessage, Option<super::record::StoredSource>)>,
     /// Delayed wills pending in the restored sessions: client id, will, due (Unix ms).
     wills: Vec<(String, crate::codec::Will, u64)>,
     recovery_ms: u64,
@@ -479,8 +558,13 @@ pub fn recover_all(opts: &PersistOptions, shards: u16) -> std::io::Result<Vec<Sh
     }
     let (owner, duplicates) = owners(&replays);
     let sequencer = usize::from(crate::shard::RETAIN_SEQUENCER);
-    let retained: Vec<_> =
-        replays.get(sequencer).map(|r| r.retained.values().cloned().collect()).unwrap_or_default();
+    let retained: Vec<_> = replays
+        .get(sequencer)
+        .map(|r| {
+            let source = |t: &String| r.retained_sources.get(t).cloned();
+            r.retained.iter().map(|(t, m)| (m.clone(), source(t))).collect()
+        })
+        .unwrap_or_default();
     if duplicates > 0 {
         tracing::warn!(duplicates, "sessions found in two shards' logs; kept the first");
     }
@@ -551,6 +635,8 @@ pub async fn open_shard(
         shards,
         sent: RefCell::new(vec![0; 2 * shards]),
         handled: RefCell::new(vec![0; 2 * shards]),
+        publications: RefCell::new(Publications::default()),
+        forwards_seen: std::cell::Cell::new(0),
         compacted: std::cell::Cell::new(0),
         gated: RefCell::new(Vec::new()),
         moved: RefCell::default(),
@@ -569,4 +655,64 @@ pub fn clock_now() -> super::journal::Clock {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     super::journal::Clock { instant: std::time::Instant::now(), unix_ms }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{new_progress, Publications, PUBLICATIONS_MAX};
+    use std::sync::atomic::Ordering;
+
+    /// Two shards; this is shard 0. Cell `(lane * 2 + from) * 2 + to` of "messages from
+    /// shard 1 on the data lane handled by shard 0" (lane 0, from 1, to 0), and of "shard 0's
+    /// control-lane messages handled by shard 1" (lane 1, from 0, to 1).
+    const HANDLED_FROM_1: usize = 2;
+    const CONTROL_0_TO_1: usize = 5;
+
+    #[test]
+    fn handled_counts_wait_for_the_forwards_they_produced() {
+        let progress = new_progress(2);
+        let mut p = Publications::default();
+        // Handled 5 messages from shard 1 (data lane); one was forwarded: 3 control messages
+        // produced for shard 1, which has synced 2 of them.
+        progress[CONTROL_0_TO_1].store(2, Ordering::Release);
+        p.push(vec![0, 5, 0, 0], vec![(CONTROL_0_TO_1, 3)]);
+        p.publish(&progress, 0, 2);
+        assert_eq!(progress[HANDLED_FROM_1].load(Ordering::Acquire), 0, "not before the forward");
+        // A later snapshot with no new forward is not published ahead of the earlier one.
+        p.push(vec![0, 7, 0, 0], Vec::new());
+        p.publish(&progress, 0, 2);
+        assert_eq!(progress[HANDLED_FROM_1].load(Ordering::Acquire), 0);
+        assert!(p.waiting());
+        // The peer synced the forward: both snapshots' counts are published.
+        progress[CONTROL_0_TO_1].store(3, Ordering::Release);
+        p.publish(&progress, 0, 2);
+        assert_eq!(progress[HANDLED_FROM_1].load(Ordering::Acquire), 7);
+        assert!(!p.waiting());
+        // Without a forward, counts are published at once.
+        p.push(vec![0, 9, 0, 0], Vec::new());
+        p.publish(&progress, 0, 2);
+        assert_eq!(progress[HANDLED_FROM_1].load(Ordering::Acquire), 9);
+    }
+
+    #[test]
+    fn waiting_snapshots_are_bounded() {
+        let progress = new_progress(2);
+        let mut p = Publications::default();
+        for i in 1..=(PUBLICATIONS_MAX as u64 + 10) {
+            p.push(vec![0, i, 0, 0], vec![(CONTROL_0_TO_1, i)]);
+            p.publish(&progress, 0, 2);
+        }
+        assert_eq!(p.queue.len(), PUBLICATIONS_MAX, "merged past the bound");
+        let last = PUBLICATIONS_MAX as u64 + 10;
+        progress[CONTROL_0_TO_1].store(last - 1, Ordering::Release);
+        p.publish(&progress, 0, 2);
+        assert_eq!(
+            progress[HANDLED_FROM_1].load(Ordering::Acquire),
+            PUBLICATIONS_MAX as u64 - 1,
+            "published up to the merged snapshot, which waits for every merged mark"
+        );
+        progress[CONTROL_0_TO_1].store(last, Ordering::Release);
+        p.publish(&progress, 0, 2);
+        assert_eq!(progress[HANDLED_FROM_1].load(Ordering::Acquire), last);
+    }
 }

@@ -65,18 +65,7 @@ fn props_len(props: &Properties, v5: bool) -> Result<usize, EncodeError> {
         return Ok(0);
     }
     for p in props.iter() {
-        let field = match p {
-            Property::ContentType(s)
-            | Property::ResponseTopic(s)
-            | Property::AssignedClientIdentifier(s)
-            | Property::AuthenticationMethod(s)
-            | Property::ResponseInformation(s)
-            | Property::ServerReference(s)
-            | Property::ReasonString(s) => s.len(),
-            Property::CorrelationData(b) | Property::AuthenticationData(b) => b.len(),
-            Property::UserProperty(k, v) => k.len().max(v.len()),
-            _ => 0,
-        };
+        let field = p.variable().longest_field();
         if field > u16::MAX as usize {
             return Err(EncodeError::FieldTooLong(field));
         }

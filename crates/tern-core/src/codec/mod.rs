@@ -37,7 +37,7 @@ pub use decode::{decode, decode_with, DecodeLimits};
 pub use encode::{encode, encode_publish, encoded_len, publish_len, PublishView};
 pub use error::{DecodeError, EncodeError, ErrorKind};
 pub use header::{check, connect_version, FixedHeader, PacketType};
-pub use properties::{Properties, Property, PropertyContext, UserPropertyBudget};
+pub use properties::{Properties, Property, PropertyContext, UserPropertyBudget, Variable};
 pub use reason::{ReasonCode, ReasonContext};
 
 /// The protocol version a connection speaks, fixed by its CONNECT.

@@ -149,6 +149,31 @@ fn allowed_contexts(id: u8) -> u16 {
     }
 }
 
+/// A property's variable-length values ([`Property::variable`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Variable<'a> {
+    /// None: the value has a fixed size (or is a Variable Byte Integer).
+    Fixed,
+    /// A UTF-8 string.
+    Str(&'a String),
+    /// Binary data.
+    Bin(&'a Bytes),
+    /// A user property's name and value.
+    Pair(&'a String, &'a String),
+}
+
+impl Variable<'_> {
+    /// The longest single field (each is bounded to 65 535 bytes on the wire).
+    pub fn longest_field(self) -> usize {
+        match self {
+            Variable::Fixed => 0,
+            Variable::Str(s) => s.len(),
+            Variable::Bin(b) => b.len(),
+            Variable::Pair(k, v) => k.len().max(v.len()),
+        }
+    }
+}
+
 impl Property {
     /// The identifier byte of this property.
     pub const fn id(&self) -> u8 {
@@ -188,6 +213,24 @@ impl Property {
         allowed_contexts(self.id()) & ctx.bit() != 0
     }
 
+    /// The variable-length values of this property (strings, binary data, the user property
+    /// pair), for the measures that only concern them: wire length, heap held, the 65 535-byte
+    /// field bound.
+    pub fn variable(&self) -> Variable<'_> {
+        match self {
+            Property::ContentType(s)
+            | Property::ResponseTopic(s)
+            | Property::AssignedClientIdentifier(s)
+            | Property::AuthenticationMethod(s)
+            | Property::ResponseInformation(s)
+            | Property::ServerReference(s)
+            | Property::ReasonString(s) => Variable::Str(s),
+            Property::CorrelationData(b) | Property::AuthenticationData(b) => Variable::Bin(b),
+            Property::UserProperty(k, v) => Variable::Pair(k, v),
+            _ => Variable::Fixed,
+        }
+    }
+
     /// Bytes this property takes on the wire, identifier included.
     pub fn encoded_len(&self) -> usize {
         1 + match self {
@@ -208,15 +251,12 @@ impl Property {
             | Property::WillDelayInterval(_)
             | Property::MaximumPacketSize(_) => 4,
             Property::SubscriptionIdentifier(v) => primitives::varint_len(*v as usize),
-            Property::ContentType(s)
-            | Property::ResponseTopic(s)
-            | Property::AssignedClientIdentifier(s)
-            | Property::AuthenticationMethod(s)
-            | Property::ResponseInformation(s)
-            | Property::ServerReference(s)
-            | Property::ReasonString(s) => 2 + s.len(),
-            Property::CorrelationData(b) | Property::AuthenticationData(b) => 2 + b.len(),
-            Property::UserProperty(k, v) => 4 + k.len() + v.len(),
+            _ => match self.variable() {
+                Variable::Str(s) => 2 + s.len(),
+                Variable::Bin(b) => 2 + b.len(),
+                Variable::Pair(k, v) => 4 + k.len() + v.len(),
+                Variable::Fixed => 0,
+            },
         }
     }
 
@@ -367,17 +407,11 @@ impl Properties {
         let values: usize = self
             .0
             .iter()
-            .map(|p| match p {
-                Property::ContentType(s)
-                | Property::ResponseTopic(s)
-                | Property::AssignedClientIdentifier(s)
-                | Property::AuthenticationMethod(s)
-                | Property::ResponseInformation(s)
-                | Property::ServerReference(s)
-                | Property::ReasonString(s) => s.capacity(),
-                Property::CorrelationData(b) | Property::AuthenticationData(b) => b.len(),
-                Property::UserProperty(k, v) => k.capacity() + v.capacity(),
-                _ => 0,
+            .map(|p| match p.variable() {
+                Variable::Str(s) => s.capacity(),
+                Variable::Bin(b) => b.len(),
+                Variable::Pair(k, v) => k.capacity() + v.capacity(),
+                Variable::Fixed => 0,
             })
             .sum();
         self.0.capacity() * std::mem::size_of::<Property>() + values

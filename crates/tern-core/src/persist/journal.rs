@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use super::record::{Record, SessionSnapshot, StoredDelivery, StoredInflight, StoredMessage};
+use super::record::{
+    Record, SessionSnapshot, StoredDelivery, StoredInflight, StoredMessage, StoredSource,
+};
 use crate::session::{Message, Outgoing, SessionState, TransferredInflight};
 
 /// One reading of both clocks, taken by the driver, to convert instants to wall-clock time.
@@ -167,6 +169,8 @@ pub struct Replayed {
     pub sessions: BTreeMap<String, SessionSnapshot>,
     /// Retained messages by topic.
     pub retained: BTreeMap<String, StoredMessage>,
+    /// Publishers of retained messages by topic (a topic absent here has none).
+    pub retained_sources: BTreeMap<String, StoredSource>,
     /// Records that named a session or packet id the replay did not know (counted, skipped).
     pub orphans: usize,
     /// When this shard took each session ([`Record::Owned`]), where the log says.
@@ -287,10 +291,20 @@ pub fn replay(records: impl IntoIterator<Item = Record>) -> Replayed {
                 None => orphan += 1,
             },
             Record::RetainSet(m) => {
+                // A new message: its source, if any, follows it.
+                out.retained_sources.remove(m.topic.as_str());
                 out.retained.insert(m.topic.to_string(), m);
+            }
+            Record::RetainSource { topic, source } => {
+                if out.retained.contains_key(&topic) {
+                    out.retained_sources.insert(topic, source);
+                } else {
+                    orphan += 1;
+                }
             }
             Record::RetainClear { topic } => {
                 out.retained.remove(&topic);
+                out.retained_sources.remove(&topic);
             }
             Record::Snapshot { client_id, session } => {
                 heads.remove(&client_id);

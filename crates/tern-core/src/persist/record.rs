@@ -20,6 +20,7 @@
 //! | `Acked` | the client's PUBACK / PUBCOMP: the message is done |
 //! | `Qos2Received` / `Qos2Released` | an inbound QoS 2 id, before PUBREC / before PUBCOMP |
 //! | `RetainSet` / `RetainClear` | a retained message is stored or cleared |
+//! | `RetainSource` | after a client's `RetainSet`: who published it (the ACL check of CVE-2018-12546 survives a restart) |
 //! | `Snapshot` | a whole session, written by compaction and by the shard a session moves to |
 //! | `WillPending` | a v5 will starts waiting for its Will Delay Interval (and by compaction) |
 //! | `WillDone` | that will was published or cancelled (the client came back) |
@@ -30,6 +31,15 @@ use crate::codec::primitives::Reader;
 use crate::codec::{
     Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, TopicName, Will,
 };
+
+/// The client that published a retained message ([`Record::RetainSource`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSource {
+    /// Client identifier.
+    pub client_id: String,
+    /// User name, if the client gave one.
+    pub username: Option<String>,
+}
 
 /// A message as the log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,6 +212,16 @@ pub enum Record {
     },
     /// A retained message was stored.
     RetainSet(StoredMessage),
+    /// Who published the retained message of `topic`, written right after its `RetainSet`
+    /// (none for one the broker published): the ACL check of CVE-2018-12546 still applies
+    /// after a restart. A `RetainSet` without one (the broker's, or a log written before
+    /// sources were logged) restores with no source.
+    RetainSource {
+        /// Topic name.
+        topic: String,
+        /// The publishing client.
+        source: StoredSource,
+    },
     /// The retained message of a topic was cleared.
     RetainClear {
         /// Topic name.
@@ -271,6 +291,7 @@ mod kind {
     pub const QOS2_RELEASED: u8 = 0x31;
     pub const RETAIN_SET: u8 = 0x40;
     pub const RETAIN_CLEAR: u8 = 0x41;
+    pub const RETAIN_SOURCE: u8 = 0x42;
     pub const SNAPSHOT: u8 = 0x50;
     pub const WILL_PENDING: u8 = 0x60;
     pub const WILL_DONE: u8 = 0x61;
@@ -331,24 +352,23 @@ impl Writer<'_> {
             | (o.retain_handling as u8) << 4;
         self.u8(byte);
     }
+    /// What a stored message and a will both start with: topic, payload, QoS, retain and
+    /// properties.
+    fn head(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool, props: &Properties) {
+        self.str(topic);
+        self.bin(payload);
+        self.u8(qos as u8);
+        self.bool(retain);
+        let mut encoded = BytesMut::new();
+        props.encode(&mut encoded);
+        self.bin(&encoded);
+    }
     fn message(&mut self, m: &StoredMessage) {
-        self.str(&m.topic);
-        self.bin(&m.payload);
-        self.u8(m.qos as u8);
-        self.bool(m.retain);
-        let mut props = BytesMut::new();
-        m.properties.encode(&mut props);
-        self.bin(&props);
+        self.head(&m.topic, &m.payload, m.qos, m.retain, &m.properties);
         self.opt_u64(m.expires_at_unix_ms);
     }
     fn will(&mut self, w: &Will) {
-        self.str(&w.topic);
-        self.bin(&w.payload);
-        self.u8(w.qos as u8);
-        self.bool(w.retain);
-        let mut props = BytesMut::new();
-        w.properties.encode(&mut props);
-        self.bin(&props);
+        self.head(&w.topic, &w.payload, w.qos, w.retain, &w.properties);
     }
     fn delivery(&mut self, d: &StoredDelivery) {
         self.message(&d.msg);
@@ -443,35 +463,29 @@ impl<'a> Fields<'a> {
             retain_handling,
         })
     }
-    fn message(&mut self) -> Result<StoredMessage, RecordError> {
+    /// See [`Writer::head`]; the properties are those allowed in `context`.
+    fn head(&mut self, context: PropertyContext) -> Result<Will, RecordError> {
         let topic = TopicName::new(self.str()?).map_err(|_| RecordError::Invalid("topic"))?;
         let payload = Bytes::copy_from_slice(self.bin()?);
         let qos = self.qos()?;
         let retain = self.bool()?;
         let props = Bytes::copy_from_slice(self.bin()?);
         let mut r = Reader::new(props);
-        let properties = Properties::decode(&mut r, PropertyContext::Publish)
+        let properties = Properties::decode(&mut r, context)
             .map_err(|_| RecordError::Invalid("message properties"))?;
         if r.remaining() != 0 {
             return Err(RecordError::Invalid("bytes after the message properties"));
         }
+        Ok(Will { topic, payload, qos, retain, properties })
+    }
+    fn message(&mut self) -> Result<StoredMessage, RecordError> {
+        let Will { topic, payload, qos, retain, properties } =
+            self.head(PropertyContext::Publish)?;
         let expires_at_unix_ms = self.opt_u64()?;
         Ok(StoredMessage { topic, payload, qos, retain, properties, expires_at_unix_ms })
     }
     fn will(&mut self) -> Result<Will, RecordError> {
-        let topic = self.str()?;
-        let payload = Bytes::copy_from_slice(self.bin()?);
-        let qos = self.qos()?;
-        let retain = self.bool()?;
-        let props = Bytes::copy_from_slice(self.bin()?);
-        let mut r = Reader::new(props);
-        let properties = Properties::decode(&mut r, PropertyContext::Will)
-            .map_err(|_| RecordError::Invalid("will properties"))?;
-        if r.remaining() != 0 {
-            return Err(RecordError::Invalid("bytes after the will properties"));
-        }
-        let topic = TopicName::new(topic).map_err(|_| RecordError::Invalid("will topic"))?;
-        Ok(Will { topic, payload, qos, retain, properties })
+        self.head(PropertyContext::Will)
     }
     fn delivery(&mut self) -> Result<StoredDelivery, RecordError> {
         let msg = self.message()?;
@@ -567,6 +581,12 @@ impl Record {
                 w.u8(kind::RETAIN_CLEAR);
                 w.str(topic);
             }
+            Record::RetainSource { topic, source } => {
+                w.u8(kind::RETAIN_SOURCE);
+                w.str(topic);
+                w.str(&source.client_id);
+                w.opt_str(source.username.as_deref());
+            }
             Record::Snapshot { client_id, session: s } => {
                 w.u8(kind::SNAPSHOT);
                 w.str(client_id);
@@ -644,6 +664,10 @@ impl Record {
             }
             kind::RETAIN_SET => Record::RetainSet(f.message()?),
             kind::RETAIN_CLEAR => Record::RetainClear { topic: f.str()? },
+            kind::RETAIN_SOURCE => Record::RetainSource {
+                topic: f.str()?,
+                source: StoredSource { client_id: f.str()?, username: f.opt_str()? },
+            },
             kind::SNAPSHOT => {
                 let client_id = f.str()?;
                 let username = f.opt_str()?;
@@ -777,6 +801,14 @@ pub mod examples {
             Record::Qos2Released { client_id: cid(), packet_id: 4 },
             Record::RetainSet(msg("r/t")),
             Record::RetainClear { topic: "r/t".into() },
+            Record::RetainSource {
+                topic: "r/t".into(),
+                source: StoredSource { client_id: cid(), username: Some("u".into()) },
+            },
+            Record::RetainSource {
+                topic: String::new(),
+                source: StoredSource { client_id: String::new(), username: None },
+            },
             Record::Snapshot {
                 client_id: cid(),
                 session: SessionSnapshot {

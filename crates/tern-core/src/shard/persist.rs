@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::{ClaimGen, Owner, PendingWill, Shard};
 use crate::codec::Will;
 use crate::persist::journal::{self, Clock};
-use crate::persist::record::{Record, SessionSnapshot, StoredMessage};
+use crate::persist::record::{Record, SessionSnapshot, StoredMessage, StoredSource};
 use crate::session::{Outgoing, Session};
 
 /// What the shard has to write to its log.
@@ -125,8 +125,11 @@ impl Shard {
         // Only the sequencer's log holds retained messages (see `retained_sequence`).
         let retained =
             if self.id == super::retained::RETAIN_SEQUENCER { self.retained.all() } else { vec![] };
-        for m in retained {
+        for (m, source) in retained {
             out.push(Record::RetainSet(journal::store_message(&m, &j.clock)));
+            if let Some(source) = source {
+                out.push(retain_source(&m.topic, &source));
+            }
         }
         out
     }
@@ -327,13 +330,22 @@ impl Shard {
     }
 
     /// The retained replica stored or cleared a message.
-    pub(super) fn journal_retained(&mut self, msg: &crate::session::Message) {
+    /// `source`: its publisher (None: the broker), logged after it (see
+    /// [`Record::RetainSource`]).
+    pub(super) fn journal_retained(
+        &mut self,
+        msg: &crate::session::Message,
+        source: Option<&super::message::Publisher>,
+    ) {
         if let Some(j) = &mut self.journal {
-            j.records.push(if msg.payload.is_empty() {
-                Record::RetainClear { topic: msg.topic.to_string() }
-            } else {
-                Record::RetainSet(journal::store_message(msg, &j.clock))
-            });
+            if msg.payload.is_empty() {
+                j.records.push(Record::RetainClear { topic: msg.topic.to_string() });
+                return;
+            }
+            j.records.push(Record::RetainSet(journal::store_message(msg, &j.clock)));
+            if let Some(source) = source {
+                j.records.push(retain_source(&msg.topic, source));
+            }
         }
     }
 
@@ -345,7 +357,7 @@ impl Shard {
         &mut self,
         sessions: Vec<(String, SessionSnapshot, ClaimGen, u64)>,
         registry: Vec<(String, Owner)>,
-        retained: Vec<StoredMessage>,
+        retained: Vec<(StoredMessage, Option<StoredSource>)>,
         now: Instant,
     ) {
         let Some(mut j) = self.journal.take() else { return };
@@ -382,16 +394,32 @@ impl Shard {
             self.next_claim = self.next_claim.max(owner.generation.0 + 1);
             self.registry.insert(client_id, owner);
         }
-        for m in retained {
-            // The log does not keep the publisher of a retained message (CVE-2018-12546's check):
-            // a restored one has no source and is served like a broker-published one.
-            self.retained_apply(journal::load_message(m, &j.clock), None);
+        for (m, source) in retained {
+            // Its publisher, checked against the ACL whenever it is delivered (CVE-2018-12546).
+            let source = source.map(|s| {
+                std::sync::Arc::new(super::message::Publisher {
+                    username: s.username,
+                    client_id: s.client_id,
+                })
+            });
+            self.retained_apply(journal::load_message(m, &j.clock), source);
         }
         self.journal = Some(j);
         // The restored state is in the log already.
         if let Some(j) = &mut self.journal {
             j.records.clear();
         }
+    }
+}
+
+/// The record naming `source` as the publisher of the retained message of `topic`.
+fn retain_source(topic: &str, source: &super::message::Publisher) -> Record {
+    Record::RetainSource {
+        topic: topic.to_owned(),
+        source: StoredSource {
+            client_id: source.client_id.clone(),
+            username: source.username.clone(),
+        },
     }
 }
 
@@ -497,6 +525,62 @@ mod tests {
         })
     }
 
+    /// CVE-2018-12546 across a restart: the log keeps who published a retained message
+    /// ([`Record::RetainSource`], in the update's records and in compaction), so after a
+    /// restart whose ACL revokes the publisher's write right the message is not served
+    /// (counted in `retained_denied_source`), and with the right kept it is. Before, a
+    /// restored retained message had no publisher and was served like the broker's own.
+    #[test]
+    fn retained_message_keeps_its_publisher_across_a_restart() {
+        let now = crate::test_clock::test_epoch();
+        let clock = Clock { instant: now, unix_ms: 1_700_000_000_000 };
+        let with_acl = |text: &str| {
+            let mut cfg = ShardConfig::for_tests(1);
+            let acl = crate::auth::Acl::parse("acl", text).expect("test ACL parses");
+            cfg.security =
+                std::sync::Arc::new(crate::auth::Security { passwords: None, acl: Some(acl) });
+            Shard::new(crate::ids::ShardId(0), cfg)
+        };
+        let granted = "topic readwrite news/#\n";
+        let mut s = with_acl(granted);
+        s.enable_persistence(clock);
+        let (p, _) = connect(&mut s, "newsroom", true, now);
+        send(&mut s, p, publish("news/flash", b"kept", 1, true), now);
+        let source = StoredSource { client_id: "newsroom".into(), username: None };
+        let logged = replay(s.take_records(now));
+        assert_eq!(logged.retained_sources.get("news/flash"), Some(&source));
+        let compacted = replay(s.compaction_records());
+        assert_eq!(compacted.retained_sources, logged.retained_sources, "compaction keeps it");
+        // A broker-side clear removes it with the message.
+        let cleared = {
+            let mut recs = s.compaction_records();
+            recs.push(Record::RetainClear { topic: "news/flash".into() });
+            replay(recs)
+        };
+        assert!(cleared.retained.is_empty() && cleared.retained_sources.is_empty());
+        let retained: Vec<_> = logged
+            .retained
+            .iter()
+            .map(|(t, m)| (m.clone(), logged.retained_sources.get(t).cloned()))
+            .collect();
+        for (acl, served) in [(granted, true), ("topic read news/#\n", false)] {
+            let mut t = with_acl(acl);
+            t.enable_persistence(clock);
+            t.restore(Vec::new(), Vec::new(), retained.clone(), now);
+            let (reader, _) = connect(&mut t, "reader", true, now);
+            let sub = Subscribe {
+                packet_id: crate::codec::PacketId::new(1).expect("id"),
+                filters: vec![("news/#".into(), SubscriptionOptions::default())],
+                properties: Properties::new(),
+            };
+            send(&mut t, reader, Packet::Subscribe(sub), now);
+            let got = recv(&mut t, reader);
+            let delivered = got.iter().any(|p| matches!(p, Packet::Publish(m) if m.retain));
+            assert_eq!(delivered, served, "ACL {acl:?}: {got:?}");
+            assert_eq!(t.metrics.retained_denied_source, u64::from(!served));
+        }
+    }
+
     /// The records a persistent session's life produces replay into a shard that serves the
     /// session again: subscription, queued message and retained message survive [MQTT-3.1.2-4]
     /// (session state of a clean_session=0 session is kept), while a clean session writes none.
@@ -556,7 +640,12 @@ mod tests {
             "dev".to_string(),
             Owner { shard: crate::ids::ShardId(0), generation: ClaimGen(1) },
         )];
-        t.restore(sessions, registry, replayed.retained.into_values().collect(), now);
+        t.restore(
+            sessions,
+            registry,
+            replayed.retained.into_values().map(|m| (m, None)).collect(),
+            now,
+        );
         assert!(t.take_records(now).is_empty(), "restored state is not written again");
         assert_eq!(t.metrics.sessions_restored, 1);
         let c = t.accept(0, "127.0.0.1:1".parse().expect("addr"), now).expect("accept");

@@ -180,13 +180,13 @@ impl RetainedStore {
     }
 
     /// Every retained message (compaction), `$` topics included.
-    pub(crate) fn all(&self) -> Vec<Rc<Message>> {
+    pub(crate) fn all(&self) -> Vec<(Rc<Message>, Option<RetainSource>)> {
         let mut out = Vec::new();
         let mut stack = vec![&self.root];
         // Bounded by the trie's nodes.
         while let Some(n) = stack.pop() {
             if let Some(m) = &n.msg {
-                out.push(Rc::clone(m));
+                out.push((Rc::clone(m), n.source.clone()));
             }
             stack.extend(n.children.values());
         }
@@ -254,7 +254,7 @@ impl Shard {
             return;
         }
         // The sequencer's log holds the retained set (every replica is restored from it).
-        self.journal_retained(&msg);
+        self.journal_retained(&msg, source.as_deref());
         self.broadcast(|| ShardMsg::Retain { msg: msg.clone(), source: source.clone() });
     }
 

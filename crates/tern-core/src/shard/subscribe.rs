@@ -165,11 +165,10 @@ impl Shard {
                 } else {
                     let sub = Subscription { options, identifier };
                     sess.session.subscriptions.insert(filter.clone(), sub.clone());
-                    let generation = sess.generation;
-                    if existing {
-                        // [MQTT-3.8.4-3]: replaces the old subscription.
-                        self.remove_subscription_entry(slot, generation, &filter);
-                    }
+                    // [MQTT-3.8.4-3]: an existing subscription is replaced in place (the
+                    // trie entry and the shared member are overwritten here and on every
+                    // replica): removing it first would leave the other shards a moment with
+                    // no subscriber on the filter, and a publish routed then would be lost.
                     told +=
                         usize::from(self.add_subscription_entry(slot, &filter, &sub, Some(req)));
                     let send_retained = match options.retain_handling {

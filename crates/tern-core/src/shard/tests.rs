@@ -1797,3 +1797,89 @@ fn a_forward_record_forwards_at_most_its_bound() {
         assert_eq!(s.handover.in_transit(), 0, "shard {i}: the handover finished");
     }
 }
+
+/// A joining session's de-duplication set is bounded like a forward record (queue bound +
+/// window): ids past it are counted in `handover_dedup_full`, and their messages are still
+/// delivered — a full set may let a QoS 1 copy through twice (allowed: QoS 1 is "at least
+/// once", [MQTT-4.3.2-1]), never drop one.
+#[test]
+fn a_joining_sessions_dedup_set_is_bounded_and_counts_what_it_cannot_record() {
+    let mut cfg = ShardConfig::for_tests(2);
+    cfg.session.queue_messages_max = 2;
+    cfg.session.inflight_max = 1;
+    let mut cl = Cluster::with_config(cfg);
+    let old = cl.connect(0, V4, "mover", false);
+    cl.subscribe(old, "cmd", QoS::AtLeastOnce);
+    let p = cl.connect(1, V4, "pub", true);
+    // Resume on shard 1; move mesh messages one at a time until its CONNACK is out.
+    let back = cl.open(1, V4);
+    let mut buf = BytesMut::new();
+    codec::encode(&connect_packet(V4, "mover", false), V4, &mut buf).expect("encodes");
+    let now = cl.now;
+    cl.shards[1].handle_read(back.conn, &buf, now);
+    while !cl.recv(back).iter().any(|p| matches!(p, Packet::ConnAck(_))) {
+        assert!(step_one(&mut cl), "the resume is answered");
+    }
+    assert!(cl.shards[1].handover.any_joining(), "the session is still joining");
+    // Five publishes routed on shard 1 while it joins, each delivered and acknowledged before
+    // the next: three ids recorded, two not (the set is full), all five delivered.
+    let mut got = 0;
+    for i in 1..=5u16 {
+        let mut buf = BytesMut::new();
+        let m = publish_packet("cmd", b"m", QoS::AtLeastOnce, i, false);
+        codec::encode(&m, V4, &mut buf).expect("encodes");
+        let now = cl.now;
+        cl.shards[1].handle_read(p.conn, &buf, now);
+        let packets = cl.recv(back);
+        for id in publishes(&packets).iter().filter_map(|m| m.packet_id) {
+            got += 1;
+            let mut buf = BytesMut::new();
+            codec::encode(&Packet::PubAck(PubResp::success(id)), V4, &mut buf).expect("encodes");
+            cl.shards[1].handle_read(back.conn, &buf, now);
+        }
+    }
+    assert!(cl.shards[1].handover.any_joining(), "all five arrived inside the window");
+    assert_eq!(cl.shards[1].metrics.handover_dedup_full, 2, "ids past the bound counted");
+    assert_eq!(got, 5, "every acknowledged publish delivered");
+    // The old shard forwards its copies (up to its own bound); the recorded ids are not
+    // delivered twice.
+    cl.settle();
+    for (i, s) in cl.shards.iter().enumerate() {
+        assert_eq!(s.handover.in_transit(), 0, "shard {i}: the handover finished");
+    }
+    assert!(cl.shards[1].metrics.handover_duplicates >= 1, "a forwarded copy was recognised");
+    assert!(publishes(&cl.recv(back)).is_empty(), "no recorded id delivered twice");
+    assert_eq!(cl.shards[1].metrics.messages_dropped_queue_full, 0, "nothing dropped for it");
+}
+
+/// [MQTT-3.8.4-3]: a SUBSCRIBE repeating an existing filter replaces the subscription, and
+/// the subscription is there throughout: a QoS 1 publish on the other shard reaches it
+/// whichever of the re-SUBSCRIBE's mesh messages that shard has applied. Before the fix the
+/// shard withdrew the filter (`SubRemove` / `SharedRemove`) and announced it again, and a
+/// publish routed between the two matched nobody.
+#[test]
+fn resubscribing_keeps_the_subscription_for_publishes_on_other_shards() {
+    for filter in ["t", "$share/g/t"] {
+        for cut in 0..6 {
+            let mut cl = Cluster::new(2);
+            let sub = cl.connect(0, V4, "sub", true);
+            cl.subscribe(sub, filter, QoS::AtLeastOnce);
+            let p = cl.connect(1, V4, "pub", true);
+            let mut buf = BytesMut::new();
+            let again = subscribe_packet(2, &[(filter, QoS::AtLeastOnce)]);
+            codec::encode(&again, V4, &mut buf).expect("encodes");
+            let now = cl.now;
+            cl.shards[0].handle_read(sub.conn, &buf, now);
+            for _ in 0..cut {
+                step_one(&mut cl);
+            }
+            let mut buf = BytesMut::new();
+            codec::encode(&publish_packet("t", b"m", QoS::AtLeastOnce, 1, false), V4, &mut buf)
+                .expect("encodes");
+            cl.shards[1].handle_read(p.conn, &buf, now);
+            cl.settle();
+            let got = cl.recv(sub);
+            assert_eq!(publishes(&got).len(), 1, "{filter}, cut {cut}: delivered once: {got:?}");
+        }
+    }
+}
