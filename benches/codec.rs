@@ -99,7 +99,7 @@ fn subscribe(version: ProtocolVersion) -> Packet {
                 retain_as_published: false,
                 retain_handling: RetainHandling::SendAtSubscribe,
             };
-            (filter, options)
+            (tern::codec::TopicFilter::new(filter, true).expect("valid filter"), options)
         })
         .collect();
     let properties = if version.is_v5() {

@@ -586,12 +586,12 @@ impl Bridge<'_> {
     /// Subscribes each side to the filters that come from it.
     fn subscribe(&self, remote: &mut Side, local: &mut Side) -> std::io::Result<()> {
         for (side, incoming) in [(remote, true), (local, false)] {
-            let filters: Vec<(String, SubscriptionOptions)> = self
+            let filters: Vec<(crate::codec::TopicFilter, SubscriptionOptions)> = self
                 .cfg
                 .topics
                 .iter()
                 .filter(|t| if incoming { t.direction.incoming() } else { t.direction.outgoing() })
-                .map(|t| {
+                .filter_map(|t| {
                     let prefix = if incoming { &t.remote_prefix } else { &t.local_prefix };
                     let options = SubscriptionOptions {
                         qos: if t.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
@@ -601,7 +601,11 @@ impl Bridge<'_> {
                         retain_as_published: side.version.is_v5(),
                         ..Default::default()
                     };
-                    (format!("{prefix}{}", t.filter), options)
+                    // The config loader checked `{prefix}{filter}` on both sides already.
+                    let filter =
+                        crate::codec::TopicFilter::new(format!("{prefix}{}", t.filter), true)
+                            .ok()?;
+                    Some((filter, options))
                 })
                 .collect();
             if filters.is_empty() {

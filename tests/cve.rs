@@ -95,7 +95,10 @@ fn cve_2017_7650_wildcards_in_identities_never_widen_pattern_acls() {
         let (mut evil, _) = RawClient::mqtt_connect(b.addr, V4, id, true);
         let s = Subscribe {
             packet_id: common::pid(1),
-            filters: vec![("devices/victim/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                tern::codec::TopicFilter::new("devices/victim/#", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         evil.send(&Packet::Subscribe(s));
@@ -173,7 +176,10 @@ fn cve_2017_7652_failed_reload_keeps_the_old_rules() {
         let (mut c, _) = RawClient::mqtt_connect(b.addr, V4, "after-reload", true);
         let s = Subscribe {
             packet_id: common::pid(1),
-            filters: vec![("secret/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                tern::codec::TopicFilter::new("secret/#", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         c.send(&Packet::Subscribe(s));
@@ -196,7 +202,10 @@ fn cve_2018_12550_12551_empty_or_malformed_auth_files_fail_closed() {
     let (mut c, _) = RawClient::mqtt_connect(b.addr, V4, "anyone", true);
     let s = Subscribe {
         packet_id: common::pid(1),
-        filters: vec![("#".into(), SubscriptionOptions::default())],
+        filters: vec![(
+            tern::codec::TopicFilter::new("#", true).expect("valid filter"),
+            SubscriptionOptions::default(),
+        )],
         properties: Properties::new(),
     };
     c.send(&Packet::Subscribe(s));
@@ -249,7 +258,10 @@ fn cve_2019_11779_deep_topics_are_refused_without_recursion() {
     let (mut c, _) = RawClient::mqtt_connect(b.addr, V5, "deep", true);
     let s = Subscribe {
         packet_id: common::pid(1),
-        filters: vec![(format!("{deep}#"), SubscriptionOptions::default())],
+        filters: vec![(
+            tern::codec::TopicFilter::new(format!("{deep}#"), true).expect("valid filter"),
+            SubscriptionOptions::default(),
+        )],
         properties: Properties::new(),
     };
     c.send(&Packet::Subscribe(s));
@@ -640,13 +652,16 @@ fn cve_2025_59946_cross_shard_subscription_updates_are_messages() {
     for i in 0..200u16 {
         let sub = Subscribe {
             packet_id: common::pid(i + 1),
-            filters: vec![("churn/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                tern::codec::TopicFilter::new("churn/#", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         s.send(&Packet::Subscribe(sub));
         let unsub = tern::codec::Unsubscribe {
             packet_id: common::pid(i + 1),
-            filters: vec!["churn/#".into()],
+            filters: vec![tern::codec::TopicFilter::new("churn/#", true).expect("valid filter")],
             properties: Properties::new(),
         };
         s.send(&Packet::Unsubscribe(unsub));

@@ -51,7 +51,7 @@ fn sub(
 ) -> Vec<ReasonCode> {
     c.subscribe_with(Packet::Subscribe(Subscribe {
         packet_id: pid(1),
-        filters: vec![(filter.into(), opts)],
+        filters: vec![(tern::codec::TopicFilter::new(filter, true).expect("valid filter"), opts)],
         properties: props.into(),
     }))
     .reasons

@@ -222,7 +222,10 @@ pub fn connect_packet(version: ProtocolVersion, id: &str) -> Packet {
 pub fn subscribe_packet(filter: &str, qos: QoS, id: u16) -> Packet {
     Packet::Subscribe(codec::Subscribe {
         packet_id: pid(id),
-        filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+        filters: vec![(
+            tern::codec::TopicFilter::new(filter, true).expect("valid filter"),
+            SubscriptionOptions { qos, ..Default::default() },
+        )],
         properties: Properties::new(),
     })
 }

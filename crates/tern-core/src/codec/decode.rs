@@ -9,7 +9,7 @@ use super::header::{check, FixedHeader, PacketType};
 use super::primitives::Reader;
 use super::properties::{Properties, PropertyContext, UserPropertyBudget};
 use super::reason::{ReasonCode, ReasonContext};
-use super::topic::{is_shared, validate_topic_filter};
+use super::topic::is_shared;
 use super::*;
 
 /// Decodes one packet from the front of `buf`.
@@ -243,8 +243,7 @@ impl Dec {
         let properties = self.properties(r, PropertyContext::Subscribe)?;
         let mut filters = Vec::new();
         while r.remaining() > 0 {
-            let filter = r.string()?;
-            validate_topic_filter(&filter, self.v5)?;
+            let filter = TopicFilter::new(r.string()?, self.v5)?;
             let opts = self.subscription_options(r.u8()?, &filter)?;
             filters.push((filter, opts));
         }
@@ -329,9 +328,7 @@ impl Dec {
         let properties = self.properties(r, PropertyContext::Unsubscribe)?;
         let mut filters = Vec::new();
         while r.remaining() > 0 {
-            let filter = r.string()?;
-            validate_topic_filter(&filter, self.v5)?;
-            filters.push(filter);
+            filters.push(TopicFilter::new(r.string()?, self.v5)?);
         }
         if filters.is_empty() {
             return Err(DecodeError::new(ErrorKind::NoTopicFilters, "MQTT-3.10.3-2"));

@@ -250,7 +250,7 @@ pub struct Subscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
     /// Topic filters and their options, in order; never empty.
-    pub filters: Vec<(String, SubscriptionOptions)>,
+    pub filters: Vec<(TopicFilter, SubscriptionOptions)>,
     /// Properties (v5).
     pub properties: Properties,
 }
@@ -272,7 +272,7 @@ pub struct Unsubscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
     /// Topic filters; never empty.
-    pub filters: Vec<String>,
+    pub filters: Vec<TopicFilter>,
     /// Properties (v5).
     pub properties: Properties,
 }

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::codec::{PacketId, QoS, SubscriptionOptions};
+use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter};
 pub use message::{Message, SessionState, TransferredInflight};
 
 /// What to do when a session queue is full.
@@ -125,7 +125,7 @@ pub struct Session {
     /// User name of the connection that owns the session (for ACL checks on delivery).
     pub username: Option<String>,
     /// Topic filter → subscription.
-    pub subscriptions: HashMap<String, Subscription>,
+    pub subscriptions: HashMap<TopicFilter, Subscription>,
     /// Outbound QoS 1/2 in flight, by packet id. Resend order is [`Inflight::seq`], not the
     /// id, which wraps.
     pub inflight: HashMap<u16, Inflight>,

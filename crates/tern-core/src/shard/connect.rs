@@ -477,9 +477,10 @@ impl Shard {
             .subscriptions
             .keys()
             .filter(|f| {
-                !crate::codec::topic::is_shared(f) && self.local_filter_refs.contains_key(*f)
+                !crate::codec::topic::is_shared(f)
+                    && self.local_filter_refs.contains_key(f.as_str())
             })
-            .cloned()
+            .map(|f| f.to_string())
             .collect();
         for f in &filters {
             if let Some(refs) = self.local_filter_refs.get_mut(f) {
@@ -573,7 +574,7 @@ impl Shard {
                 .filter(|_| crate::codec::topic::is_shared(filter))
             {
                 let member = SlotRef { slot, generation: s.generation };
-                held.push(SharedMembership { group: filter.clone(), member });
+                held.push(SharedMembership { group: filter.to_string(), member });
                 continue;
             }
             self.remove_subscription_entry(slot, s.generation, filter);
@@ -848,7 +849,7 @@ impl Shard {
         let generation = self.next_generation;
         self.next_generation = SlotGen(self.next_generation.0.wrapping_add(1).max(1));
         let client_id = session.client_id.clone();
-        let filters: Vec<(String, crate::session::Subscription)> =
+        let filters: Vec<(crate::codec::TopicFilter, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
         let entry = SessionSlot {
             charged: 0,

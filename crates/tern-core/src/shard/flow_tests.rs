@@ -347,7 +347,7 @@ fn retained_burst_at_subscribe_pauses_no_publisher() {
     let s = Subscribe {
         packet_id: pid(1),
         filters: vec![(
-            "r/#".into(),
+            crate::codec::TopicFilter::new("r/#", true).expect("valid filter"),
             SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
         )],
         properties: Properties::new(),

@@ -570,7 +570,10 @@ mod tests {
             let (reader, _) = connect(&mut t, "reader", true, now);
             let sub = Subscribe {
                 packet_id: crate::codec::PacketId::new(1).expect("id"),
-                filters: vec![("news/#".into(), SubscriptionOptions::default())],
+                filters: vec![(
+                    crate::codec::TopicFilter::new("news/#", true).expect("valid filter"),
+                    SubscriptionOptions::default(),
+                )],
                 properties: Properties::new(),
             };
             send(&mut t, reader, Packet::Subscribe(sub), now);
@@ -595,7 +598,7 @@ mod tests {
         let sub = Subscribe {
             packet_id: crate::codec::PacketId::new(1).expect("id"),
             filters: vec![(
-                "t".into(),
+                crate::codec::TopicFilter::new("t", true).expect("valid filter"),
                 SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
             )],
             properties: Properties::new(),
@@ -666,7 +669,10 @@ mod tests {
         let (probe, _) = connect(&mut t, "probe", true, now);
         let sub = Subscribe {
             packet_id: crate::codec::PacketId::new(1).expect("id"),
-            filters: vec![("r".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                crate::codec::TopicFilter::new("r", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         send(&mut t, probe, Packet::Subscribe(sub), now);
@@ -693,7 +699,7 @@ mod tests {
         let sub = Subscribe {
             packet_id: PacketId::new(1).expect("id"),
             filters: vec![(
-                "t/#".into(),
+                crate::codec::TopicFilter::new("t/#", true).expect("valid filter"),
                 SubscriptionOptions { qos: QoS::ExactlyOnce, ..Default::default() },
             )],
             properties: Properties::new(),
@@ -826,7 +832,7 @@ mod will_tests {
         let sub = Subscribe {
             packet_id: crate::codec::PacketId::new(1).expect("id"),
             filters: vec![(
-                "w/t".into(),
+                crate::codec::TopicFilter::new("w/t", true).expect("valid filter"),
                 SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
             )],
             properties: Properties::new(),

@@ -246,7 +246,7 @@ impl Sim {
             let s = Subscribe {
                 packet_id: pid(1),
                 filters: vec![(
-                    "t/#".into(),
+                    crate::codec::TopicFilter::new("t/#", true).expect("valid filter"),
                     SubscriptionOptions { qos: QoS::ExactlyOnce, ..Default::default() },
                 )],
                 properties: Properties::new(),
@@ -275,7 +275,10 @@ impl Sim {
             let filter = ["t/#", "$share/r/t/#"][i];
             let s = Subscribe {
                 packet_id: pid(1),
-                filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+                filters: vec![(
+                    crate::codec::TopicFilter::new(filter, true).expect("valid filter"),
+                    SubscriptionOptions { qos, ..Default::default() },
+                )],
                 properties: Properties::new(),
             };
             self.write(idx, &Packet::Subscribe(s));
@@ -560,7 +563,10 @@ impl Sim {
         self.conns[idx].sub_pids.insert(packet_id.get());
         let s = Subscribe {
             packet_id,
-            filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+            filters: vec![(
+                crate::codec::TopicFilter::new(filter, true).expect("valid filter"),
+                SubscriptionOptions { qos, ..Default::default() },
+            )],
             properties: Properties::new(),
         };
         self.write(idx, &Packet::Subscribe(s));
@@ -576,7 +582,7 @@ impl Sim {
             self.conns[idx].sub_pids.insert(packet_id.get());
             let u = Unsubscribe {
                 packet_id,
-                filters: vec![filter.into()],
+                filters: vec![crate::codec::TopicFilter::new(filter, true).expect("valid filter")],
                 properties: Properties::new(),
             };
             self.write(idx, &Packet::Unsubscribe(u));

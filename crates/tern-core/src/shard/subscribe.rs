@@ -12,6 +12,7 @@ use std::time::Instant;
 use super::message::Member;
 use super::{ConnId, Shard, ShardMsg};
 use crate::codec::topic::is_shared;
+use crate::codec::TopicFilter;
 use crate::codec::{
     Packet, Properties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
@@ -81,7 +82,7 @@ pub(crate) struct PendingSubAck {
     conn: super::ConnRef,
     slot: SlotId,
     ack: SubAck,
-    retained_for: Vec<(String, QoS)>,
+    retained_for: Vec<(TopicFilter, QoS)>,
     identifier: Option<u32>,
 }
 

@@ -148,7 +148,10 @@ impl Cluster {
     fn subscribe(&mut self, c: Client, filter: &str, qos: QoS) {
         let s = Subscribe {
             packet_id: pid(1),
-            filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+            filters: vec![(
+                crate::codec::TopicFilter::new(filter, true).expect("valid filter"),
+                SubscriptionOptions { qos, ..Default::default() },
+            )],
             properties: Properties::new(),
         };
         self.send(c, Packet::Subscribe(s));
@@ -396,7 +399,7 @@ fn retained_delivered_on_subscribe_with_retain_flag_and_cleared_by_empty_payload
         Packet::Subscribe(Subscribe {
             packet_id: pid(1),
             filters: vec![(
-                "r/+".into(),
+                crate::codec::TopicFilter::new("r/+", true).expect("valid filter"),
                 SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
             )],
             properties: Properties::new(),
@@ -469,7 +472,10 @@ fn packets_pipelined_after_connect_wait_for_connack() {
         codec::encode(&connect_packet(V4, &id, true), V4, &mut bytes).expect("encode");
         let sub = Subscribe {
             packet_id: pid(4),
-            filters: vec![("p/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                crate::codec::TopicFilter::new("p/#", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         codec::encode(&Packet::Subscribe(sub), V4, &mut bytes).expect("encode");
@@ -489,7 +495,12 @@ fn subscribe_packet(id: u16, filters: &[(&str, QoS)]) -> Packet {
         packet_id: pid(id),
         filters: filters
             .iter()
-            .map(|(f, qos)| ((*f).into(), SubscriptionOptions { qos: *qos, ..Default::default() }))
+            .map(|(f, qos)| {
+                (
+                    crate::codec::TopicFilter::new(*f, true).expect("valid filter"),
+                    SubscriptionOptions { qos: *qos, ..Default::default() },
+                )
+            })
             .collect(),
         properties: Properties::new(),
     })
@@ -581,7 +592,7 @@ fn subscription_count_is_incremental_and_exact() {
     assert_eq!(cl.shards[1].metrics.subscriptions_current, 0, "remote entries are not counted");
     let un = codec::Unsubscribe {
         packet_id: pid(9),
-        filters: vec!["z".into()],
+        filters: vec![crate::codec::TopicFilter::new("z", true).expect("valid filter")],
         properties: Properties::new(),
     };
     cl.send(b, Packet::Unsubscribe(un));
@@ -1103,7 +1114,10 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
     let old = cl.connect(1, V4, &id, false);
     let s = Subscribe {
         packet_id: pid(8),
-        filters: vec![("held/1".into(), SubscriptionOptions::default())],
+        filters: vec![(
+            crate::codec::TopicFilter::new("held/1", true).expect("valid filter"),
+            SubscriptionOptions::default(),
+        )],
         properties: Properties::new(),
     };
     let mut buf = BytesMut::new();
