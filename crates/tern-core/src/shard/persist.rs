@@ -344,7 +344,7 @@ impl Shard {
             }
             j.records.push(Record::RetainSet(journal::store_message(msg, &j.clock)));
             if let Some(source) = source {
-                j.records.push(retain_source(&msg.topic, source));
+                j.records.push(retain_source(msg.topic.as_str(), source));
             }
         }
     }
