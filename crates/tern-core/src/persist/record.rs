@@ -737,6 +737,11 @@ pub mod examples {
     use super::*;
     use crate::codec::Property;
 
+    /// An example filter (each is a valid one).
+    fn filter(f: &str) -> TopicFilter {
+        TopicFilter::new(f, true).expect("invariant: example filters are valid")
+    }
+
     fn msg(topic: &str) -> StoredMessage {
         let mut properties = Properties::new();
         properties.push(Property::ContentType("text/plain".into()));
@@ -786,22 +791,17 @@ pub mod examples {
             Record::Owned { client_id: cid(), stamp_us: 1_764_000_000_000_123 },
             Record::Subscribe {
                 client_id: cid(),
-                filter: TopicFilter::new("$share/g/a/#", true)
-                    .expect("invariant: example filters are valid"),
+                filter: filter("$share/g/a/#"),
                 options,
                 identifier: Some(7),
             },
             Record::Subscribe {
                 client_id: cid(),
-                filter: TopicFilter::new("+", true).expect("invariant: example filters are valid"),
+                filter: filter("+"),
                 options: SubscriptionOptions::default(),
                 identifier: None,
             },
-            Record::Unsubscribe {
-                client_id: cid(),
-                filter: TopicFilter::new("a/+", true)
-                    .expect("invariant: example filters are valid"),
-            },
+            Record::Unsubscribe { client_id: cid(), filter: filter("a/+") },
             Record::Enqueue { client_id: cid(), delivery: delivery() },
             Record::Sent { client_id: cid(), packet_id: 65_535 },
             Record::Dequeued { client_id: cid(), count: 3 },
@@ -826,18 +826,8 @@ pub mod examples {
                     expiry_secs: 3600,
                     offline_since_unix_ms: Some(9),
                     subscriptions: vec![
-                        (
-                            TopicFilter::new("a/#", true)
-                                .expect("invariant: example filters are valid"),
-                            options,
-                            Some(1),
-                        ),
-                        (
-                            TopicFilter::new("b", true)
-                                .expect("invariant: example filters are valid"),
-                            SubscriptionOptions::default(),
-                            None,
-                        ),
+                        (filter("a/#"), options, Some(1)),
+                        (filter("b"), SubscriptionOptions::default(), None),
                     ],
                     inflight: vec![StoredInflight {
                         packet_id: 9,
