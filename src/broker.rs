@@ -56,6 +56,8 @@ pub fn shard_config(config: &Config) -> ShardConfig {
         subscriptions_per_client_max: l.subscriptions_per_client_max as usize,
         connect_timeout: Duration::from_secs(u64::from(l.connect_timeout_secs)),
         write_timeout: Duration::from_secs(u64::from(l.write_timeout_secs)),
+        park_idle: Duration::from_millis(u64::from(l.park_idle_ms)),
+        connecting_max: l.connecting_max as usize,
         memory: std::sync::Arc::new(crate::shard::budget::MemoryBudget::new(
             l.memory_budget_bytes as usize,
         )),

@@ -1051,6 +1051,23 @@ settings! {
         /// Seconds a client may accept no bytes of its output before its connection is closed
         /// (and its will published). Default 30. Bound: 1..=3600.
         write_timeout_secs: u32 = 30, 1..=3600;
+        /// Milliseconds a plain-TCP connection that was parked and resumed (by its client's
+        /// bytes or by output for it) keeps its task once it has nothing to read or write,
+        /// before it parks again: its task ends and its socket waits in the shard's epoll set,
+        /// about 1 KiB less per idle connection (a new connection parks as soon as it is idle
+        /// after CONNACK). Shorter saves memory sooner; longer saves a park and a resume (a
+        /// `dup`, two `epoll_ctl` and a task spawn) for clients that talk every few hundred
+        /// ms. Default 1000. Bound: 10..=3_600_000.
+        park_idle_ms: u32 = 1000, 10..=3_600_000;
+        /// Connections per shard between accept and CONNACK at once (TLS or WebSocket
+        /// handshake, waiting for CONNECT, for the client-id registry or a takeover). At the
+        /// bound the shard stops accepting until one settles; the next clients wait in the
+        /// kernel's listen backlog, and each wait counts in `accepts_deferred`. A storm of
+        /// reconnecting devices then holds a bounded number of handshake states (a TLS
+        /// handshake holds ~30-60 KB) and leaves the shard time for its connected clients.
+        /// Silent connections hold their place up to `connect_timeout_secs`. Default 1024.
+        /// Bound: 1..=1_000_000.
+        connecting_max: u32 = 1024, 1..=1_000_000;
         /// Bytes of messages the whole broker may hold for delivery (queued, in flight,
         /// crossing between shards, wills, retained messages owed after a SUBACK; the retained
         /// store has its own bounds), each at payload + topic + properties + overhead. When
@@ -2323,6 +2340,8 @@ mod tests {
             user_property_bytes_max = 27
             connect_timeout_secs = 20
             write_timeout_secs = 27
+            park_idle_ms = 1234
+            connecting_max = 77
             memory_budget_bytes = 2000000
             keepalive_secs_max = 21
             sessions_max = 22
@@ -2390,6 +2409,8 @@ mod tests {
             user_property_bytes_max: 27,
             connect_timeout_secs: 20,
             write_timeout_secs: 27,
+            park_idle_ms: 1234,
+            connecting_max: 77,
             memory_budget_bytes: 2_000_000,
             keepalive_secs_max: 21,
             sessions_max: 22,
@@ -2472,6 +2493,10 @@ mod tests {
         assert_err(&e, 2, 10, "broker.shards", "must be between 1 and 256 (got 0)");
         let e = parse_err("[limits]\nclient_id_bytes_max = 22\n");
         assert_err(&e, 2, 23, "limits.client_id_bytes_max", "between 23 and 65535");
+        let e = parse_err("[limits]\npark_idle_ms = 9\n");
+        assert_err(&e, 2, 16, "limits.park_idle_ms", "between 10 and 3600000 (got 9)");
+        let e = parse_err("[limits]\npark_idle_ms = 3600001\n");
+        assert_err(&e, 2, 16, "limits.park_idle_ms", "between 10 and 3600000");
         let e = parse_err("[runtime]\nspin_before_park_us = 100001\n");
         assert_err(&e, 2, 23, "runtime.spin_before_park_us", "between 0 and 100000");
     }
@@ -2491,6 +2516,8 @@ mod tests {
             "subscriptions_per_client_max",
             "connect_timeout_secs",
             "write_timeout_secs",
+            "park_idle_ms",
+            "connecting_max",
             "memory_budget_bytes",
             "keepalive_secs_max",
             "sessions_max",

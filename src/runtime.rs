@@ -519,6 +519,7 @@ async fn shard_main(
         outbox_ready: Default::default(),
         stopping: std::cell::Cell::new(false),
         stop_waiters: Default::default(),
+        admission: Default::default(),
     });
     let mut listeners = Vec::new();
     for addr in &addrs {

@@ -13,7 +13,7 @@ const V311: ProtocolVersion = ProtocolVersion::V311;
 
 /// Waits (bounded) until the broker reports `n` parked connections.
 fn wait_parked(b: &TestBroker, n: u64) {
-    // The gauge is published with the shard's 1 s tick; parking takes `PARK_IDLE` (1 s).
+    // The gauge is published with the shard's 1 s tick; a resumed connection parks after `limits.park_idle_ms`.
     let deadline = Instant::now() + Duration::from_secs(6);
     loop {
         let parked = b.stats.total().connections_parked;
@@ -37,6 +37,29 @@ fn a_parked_connection_answers_pingreq_and_parks_again() {
         assert_eq!(c.recv(), Packet::PingResp);
         wait_parked(&b, 1);
     }
+}
+
+/// `limits.park_idle_ms` is how long a resumed connection keeps its task once idle: at one
+/// hour, a connection resumed by its PINGREQ [MQTT-3.12.4-1] stays unparked (a new connection
+/// still parks as soon as it is idle after CONNACK); at 10 ms it parks again at once.
+#[test]
+fn park_idle_ms_sets_when_a_resumed_connection_parks_again() {
+    let b = start_with(1, |c| c.limits.park_idle_ms = 3_600_000);
+    let (mut c, _) = RawClient::mqtt_connect(b.addr, V311, "park-late", true);
+    wait_parked(&b, 1);
+    c.send(&Packet::PingReq);
+    assert_eq!(c.recv(), Packet::PingResp);
+    wait_parked(&b, 0);
+    // Three of the shard's 1 s gauge ticks: a 1 s delay (the default) would have parked it.
+    std::thread::sleep(Duration::from_millis(3_000));
+    assert_eq!(b.stats.total().connections_parked, 0, "still serving after 3 s idle");
+    drop(c);
+    let b = start_with(1, |c| c.limits.park_idle_ms = 10);
+    let (mut c, _) = RawClient::mqtt_connect(b.addr, V311, "park-soon", true);
+    wait_parked(&b, 1);
+    c.send(&Packet::PingReq);
+    assert_eq!(c.recv(), Packet::PingResp);
+    wait_parked(&b, 1);
 }
 
 /// A parked subscriber receives a matching publish (the shard's output resumes it)

@@ -426,3 +426,34 @@ impl Drop for KillOnDrop {
         let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
     }
 }
+
+/// Connection storms (issue 11): a TLS handshake holds one of the shard's
+/// `limits.connecting_max` places. With one place, a client that opened TCP and never starts its
+/// handshake keeps the next client's handshake waiting (in the listen backlog, counted in
+/// `accepts_deferred`) until it goes away; then the next is served [MQTT-3.2.0-1].
+#[test]
+fn a_tls_handshake_holds_a_connecting_place() {
+    let pki = Pki::new("tls-storm");
+    let b = start_with(1, |c| {
+        tls_listener(c, &pki);
+        c.limits.connecting_max = 1;
+    });
+    let silent = std::net::TcpStream::connect(b.addr).expect("tcp connect");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while b.stats.total().accepts_deferred == 0 {
+        assert!(Instant::now() < deadline, "the accept loop never waited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (addr, ca) = (b.addr, pki.ca_file.clone());
+    let client = std::thread::spawn(move || {
+        let tls = TlsClient::default().connect(addr, &ca).map_err(|e| e.to_string());
+        let _ = tx.send(());
+        tls
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(1_500)).is_err(), "handshake waits");
+    drop(silent);
+    let tls = client.join().expect("client thread").expect("handshake once the place is free");
+    let mut c = RawClient::new(tls, V4);
+    c.connect_ok("tls-storm");
+}

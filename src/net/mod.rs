@@ -55,12 +55,6 @@ const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// scratch buffer, so the drain holds no memory of its own).
 const CLOSE_DRAIN_BYTES_MAX: usize = 1 << 20;
 
-/// A plain-TCP connection with nothing to write and nothing read for this long is parked: its
-/// task ends and its socket waits in the shard's epoll set ([`Parking`]). Long enough that a
-/// connection exchanging packets every few hundred milliseconds keeps its task (a park and an
-/// unpark cost a `dup`, two `epoll_ctl` and a task spawn), short against keep-alive intervals.
-pub const PARK_IDLE: Duration = Duration::from_secs(1);
-
 /// Connections the parker resumes per turn at most (epoll events and shard wake-ups each), so a
 /// shutdown or a broadcast to a million parked connections is spread over turns.
 const UNPARK_PER_TURN: usize = 256;
@@ -335,6 +329,72 @@ pub struct ShardIo {
     pub stopping: Cell<bool>,
     /// Tasks waiting for `stopping` (the accept loops).
     pub stop_waiters: RefCell<Vec<Waker>>,
+    /// Connections accepted and not yet past CONNACK (`limits.connecting_max`).
+    pub admission: Admission,
+}
+
+/// Connections accepted this many at most in a row; then the accept loop yields, so a
+/// connection storm's accepts are spread over turns and the shard's other tasks (keep alive,
+/// deliveries) run between batches (issue 11).
+const ACCEPTS_PER_TURN: usize = 64;
+
+/// The shard's connections between accept and CONNACK: TLS or WebSocket handshake, waiting
+/// for CONNECT, for the registry or for a takeover. At most `limits.connecting_max` per shard;
+/// at the bound the accept loops wait (the next clients wait in the kernel's listen backlog)
+/// until one settles, so a storm of reconnecting devices holds a bounded number of handshake
+/// and CONNECT states and cannot starve the connected ones (issue 11).
+#[derive(Default)]
+pub struct Admission {
+    connecting: Cell<usize>,
+    /// Accept loops waiting for room.
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Admission {
+    /// Connections between accept and CONNACK now.
+    pub fn connecting(&self) -> usize {
+        self.connecting.get()
+    }
+
+    fn enter(&self) {
+        self.connecting.set(self.connecting.get() + 1);
+    }
+
+    fn leave(&self) {
+        self.connecting.set(self.connecting.get().saturating_sub(1));
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Waits until fewer than `max` connections are connecting.
+    async fn room(&self, max: usize) {
+        poll_fn(|cx| {
+            if self.connecting.get() < max {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// One connection's place in [`Admission`], from accept until its CONNACK or its end.
+struct Connecting<'a>(&'a Admission);
+
+impl Connecting<'_> {
+    /// The place passes to the connection's serving task (which takes its own guard).
+    fn hand_on(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
 }
 
 impl ShardIo {
@@ -456,7 +516,31 @@ impl ListenerCtx {
 /// Accepts connections on `listener` until the shard stops.
 pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<ListenerCtx>) {
     let mut backoff = Duration::from_millis(5);
+    let mut batch = 0;
     while !io.stopping.get() {
+        batch += 1;
+        if batch > ACCEPTS_PER_TURN {
+            batch = 1;
+            futures_lite::future::yield_now().await;
+        }
+        let connecting_max = io.shard.borrow().config().connecting_max;
+        if io.admission.connecting() >= connecting_max {
+            io.shard.borrow_mut().metrics.accepts_deferred += 1;
+            let room = futures_lite::future::or(
+                async {
+                    io.admission.room(connecting_max).await;
+                    true
+                },
+                async {
+                    io.stopped().await;
+                    false
+                },
+            );
+            if !room.await {
+                break;
+            }
+            continue;
+        }
         // The accept is raced only against shutdown, never against a timer: dropping an
         // io_uring accept that has already completed would lose that connection (its client
         // would wait for a CONNACK that never comes).
@@ -487,6 +571,7 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
             // No handshake: the shard takes the connection now (and refuses it over the limit).
             let id = io.shard.borrow_mut().accept(ctx.index, peer, Instant::now());
             let Some(id) = id else { continue }; // over the limit: dropping closes it
+            io.admission.enter(); // left by `serve` at CONNACK
             glommio::spawn_local(serve(Rc::clone(&io), stream, id, false)).detach();
             continue;
         }
@@ -496,6 +581,7 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
             continue;
         }
         ctx.handshakes.set(ctx.handshakes.get() + 1);
+        io.admission.enter(); // left by the handshake task or, once established, by `serve`
         glommio::spawn_local(handshake_and_serve(Rc::clone(&io), Rc::clone(&ctx), stream, peer))
             .detach();
     }
@@ -516,6 +602,7 @@ async fn handshake_and_serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
+    let connecting = Connecting(&io.admission);
     let timeout = ctx.handshake_timeout;
     let result = futures_lite::future::or(async { Some(establish(&ctx, stream).await) }, async {
         glommio::timer::sleep(timeout).await;
@@ -540,7 +627,7 @@ async fn handshake_and_serve(
     }
     let id = io.shard.borrow_mut().accept_with_identity(ctx.index, peer, Instant::now(), identity);
     let Some(id) = id else { return }; // over the limit: dropping closes it
-
+    connecting.hand_on();
     // A task of its own, so the memory of this handshake future is freed now rather than held
     // for the life of the connection (it is laid out to hold the streams of every transport).
     match established {
@@ -611,7 +698,7 @@ enum Event {
     /// The CONNECT was accepted: the client id is known (recorded in the span outside the
     /// poll, where the span is entered).
     Identified,
-    /// Idle for [`PARK_IDLE`] with nothing to write: park the connection ([`Parking`]).
+    /// Idle for `limits.park_idle_ms` with nothing to write: park the connection ([`Parking`]).
     Park,
 }
 
@@ -834,15 +921,19 @@ async fn serve<S: Transport>(io: Rc<ShardIo>, stream: S, id: ConnId, resumed: bo
 /// the shard wakes it when it may read again.
 async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId, resumed: bool) {
     let mut client_id_known = false;
-    // The park timer (see `PARK_IDLE`) and the last time bytes moved. The timer is not reset
+    // A new connection holds its place among the connecting ones until its CONNACK.
+    let mut connecting = (!resumed).then(|| Connecting(&io.admission));
+    // The park timer (`limits.park_idle_ms`: a resumed plain-TCP connection with nothing to
+    // write and nothing read for this long parks, its task ends and its socket waits in the
+    // shard's epoll set, see `Parking`) and the last time bytes moved. The timer is not reset
     // by traffic (a timer insert and removal per read cost a busy connection ~15 % of its
     // throughput): when it fires, the connection parks if it has been quiet since, and
-    // otherwise re-arms for the rest; at most one timer per `PARK_IDLE` per connection.
+    // otherwise re-arms for the rest; at most one timer per `park_idle` per connection.
     let mut idle: Option<glommio::timer::Timer> = None;
     let mut last_io = Instant::now();
     let parks = S::PARKS && io.shard.parking.is_some();
     // A new connection parks as soon as it is first idle after its CONNACK, without waiting
-    // `PARK_IDLE`: in a connection storm the tasks and read polls of the connections just
+    // `park_idle`: in a connection storm the tasks and read polls of the connections just
     // accepted would otherwise pile up for a second, and the allocator keeps the pages they
     // took (issue 11). One park and resume more for a client that goes on talking.
     let mut park_at_once = !resumed;
@@ -852,6 +943,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
     // The client closed or the socket failed: nothing to drain at the end.
     let mut peer_gone = false;
     let write_timeout = io.shard.borrow().config().write_timeout;
+    let park_idle = io.shard.borrow().config().park_idle;
     let mut timed_out = false;
     loop {
         if !client_id_known {
@@ -863,6 +955,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                     tracing::info!(shard = shard.id().0, %peer, client_id = cid, "connected");
                 }
                 client_id_known = true;
+                connecting = None;
             }
         }
         let event = poll_fn(|cx| {
@@ -924,16 +1017,16 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                     if park_at_once {
                         return Poll::Ready(Event::Park);
                     }
-                    // Nothing to read or write: park once this has lasted `PARK_IDLE`.
-                    let timer = idle.get_or_insert_with(|| glommio::timer::Timer::new(PARK_IDLE));
+                    // Nothing to read or write: park once this has lasted `park_idle`.
+                    let timer = idle.get_or_insert_with(|| glommio::timer::Timer::new(park_idle));
                     if Pin::new(timer).poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                     let quiet = last_io.elapsed();
-                    if quiet >= PARK_IDLE {
+                    if quiet >= park_idle {
                         return Poll::Ready(Event::Park);
                     }
-                    let mut rest = glommio::timer::Timer::new(PARK_IDLE - quiet);
+                    let mut rest = glommio::timer::Timer::new(park_idle - quiet);
                     if Pin::new(&mut rest).poll(cx).is_ready() {
                         return Poll::Ready(Event::Park); // quiet for all but a moment
                     }
@@ -993,6 +1086,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
     // Boxed: the close and drain futures (their timers, the transport's close) are live only
     // at the end, but an async fn is as large as its largest state, so inline they would
     // enlarge every idle connection's task (issue 11).
+    drop(connecting); // closed before its CONNACK: its place goes to the next client
     Box::pin(finish(io, stream, id, timed_out, peer_gone)).await;
 }
 
@@ -1194,6 +1288,7 @@ mod tests {
                     outbox_ready: Signal::default(),
                     stopping: Cell::new(false),
                     stop_waiters: RefCell::new(Vec::new()),
+                    admission: Admission::default(),
                 });
                 let id = io.shard.borrow_mut().accept(0, addr, Instant::now()).expect("accepted");
                 let task = serve(io, stream, id, false);

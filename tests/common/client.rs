@@ -138,7 +138,7 @@ impl<S: Transport> RawClient<S> {
     }
 
     /// The CONNACK that must be the first packet from the server [MQTT-3.2.0-1].
-    fn connack(&mut self) -> ConnAck {
+    pub fn connack(&mut self) -> ConnAck {
         match self.recv() {
             Packet::ConnAck(a) => a,
             other => panic!("expected CONNACK, got {other:?}"),

@@ -37,6 +37,8 @@ metrics! {
     counter connections_total,
     /// Connections refused because a listener's `connections_max` was reached.
     counter connections_refused_limit,
+    /// Times a listener stopped accepting because `limits.connecting_max` connections were between accept and CONNACK (the next clients waited in the listen backlog).
+    counter accepts_deferred,
     /// Successful CONNECTs.
     counter connects,
     /// CONNECTs answered with a refusal.

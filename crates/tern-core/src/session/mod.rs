@@ -10,13 +10,15 @@
 //! bytes, with a configured overflow policy; inbound QoS 2 ids are bounded by the Receive
 //! Maximum the broker advertises (a client that exceeds it is disconnected by the shard).
 
+pub mod lazy;
 pub mod message;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
 
 use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter};
+use lazy::{LazyMap, LazySet};
 pub use message::{Message, SessionState, TransferredInflight};
 
 /// What to do when a session queue is full.
@@ -120,15 +122,17 @@ pub enum Dropped {
 /// The persistent state of a session.
 #[derive(Debug)]
 pub struct Session {
-    /// Client identifier.
-    pub client_id: String,
+    /// Client identifier, stored once: the shard's client-id map (and, on the registry's shard,
+    /// the registry) key on this same allocation (issue 11).
+    pub client_id: Rc<str>,
     /// User name of the connection that owns the session (for ACL checks on delivery).
     pub username: Option<String>,
-    /// Topic filter → subscription.
-    pub subscriptions: HashMap<TopicFilter, Subscription>,
+    /// Topic filter → subscription (no table while there is none).
+    pub subscriptions: LazyMap<TopicFilter, Subscription>,
     /// Outbound QoS 1/2 in flight, by packet id. Resend order is [`Inflight::seq`], not the
     /// id, which wraps.
-    pub inflight: HashMap<u16, Inflight>,
+    /// No table while nothing is in flight.
+    pub inflight: LazyMap<u16, Inflight>,
     /// The `seq` of the next message put in flight.
     next_seq: u64,
     /// Messages not yet sent.
@@ -138,7 +142,8 @@ pub struct Session {
     /// Bytes in `inflight` (kept with it, so [`Session::held_bytes`] costs O(1)).
     pub inflight_bytes: usize,
     /// Inbound QoS 2 packet ids received and not yet released (exactly-once, §4.3.3).
-    pub inbound_qos2: HashSet<u16>,
+    /// No table while there is none.
+    pub inbound_qos2: LazySet<u16>,
     /// Next packet id to try.
     next_packet_id: u16,
     /// Session Expiry Interval in seconds; 0 ends the session with the connection,
@@ -150,18 +155,18 @@ pub struct Session {
 
 impl Session {
     /// A new, empty session.
-    pub fn new(client_id: String, limits: SessionLimits, expiry_secs: u32) -> Self {
+    pub fn new(client_id: impl Into<Rc<str>>, limits: SessionLimits, expiry_secs: u32) -> Self {
         assert!(limits.inflight_max > 0, "invariant: config validates inflight_max >= 1");
         Self {
-            client_id,
+            client_id: client_id.into(),
             username: None,
-            subscriptions: HashMap::new(),
-            inflight: HashMap::new(),
+            subscriptions: LazyMap::new(),
+            inflight: LazyMap::new(),
             next_seq: 0,
             queue: VecDeque::new(),
             queue_bytes: 0,
             inflight_bytes: 0,
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: LazySet::new(),
             next_packet_id: 1,
             expiry_secs,
             limits,
@@ -390,7 +395,7 @@ mod tests {
 
     #[test]
     fn queue_drop_newest_keeps_old_messages() {
-        let mut s = Session::new("c".into(), limits(OverflowPolicy::DropNewest), 0);
+        let mut s = Session::new("c", limits(OverflowPolicy::DropNewest), 0);
         for n in 0..3 {
             assert_eq!(s.enqueue(out(n, QoS::AtLeastOnce)), Ok(()));
         }
@@ -402,7 +407,7 @@ mod tests {
 
     #[test]
     fn queue_drop_oldest_evicts_front() {
-        let mut s = Session::new("c".into(), limits(OverflowPolicy::DropOldest), 0);
+        let mut s = Session::new("c", limits(OverflowPolicy::DropOldest), 0);
         for n in 0..3 {
             s.enqueue(out(n, QoS::AtLeastOnce)).expect("room");
         }
@@ -419,7 +424,7 @@ mod tests {
     fn queue_byte_bound_is_enforced() {
         let mut l = limits(OverflowPolicy::DropNewest);
         l.queue_bytes_max = out(0, QoS::AtLeastOnce).cost_bytes() * 2;
-        let mut s = Session::new("c".into(), l, 0);
+        let mut s = Session::new("c", l, 0);
         s.enqueue(out(0, QoS::AtLeastOnce)).expect("room");
         s.enqueue(out(1, QoS::AtLeastOnce)).expect("room");
         assert_eq!(s.enqueue(out(2, QoS::AtLeastOnce)), Err(Dropped::QueueFull));
@@ -428,7 +433,7 @@ mod tests {
 
     #[test]
     fn qos2_outbound_flow_and_window() {
-        let mut s = Session::new("c".into(), limits(OverflowPolicy::DropNewest), 0);
+        let mut s = Session::new("c", limits(OverflowPolicy::DropNewest), 0);
         assert!(s.window_open(u16::MAX));
         let a = s.begin_inflight(out(0, QoS::ExactlyOnce)).expect("id");
         let b = s.begin_inflight(out(1, QoS::AtLeastOnce)).expect("id");
@@ -448,11 +453,23 @@ mod tests {
         assert!(s.inflight.is_empty());
     }
 
+    /// Issue 11: the in-flight table exists while a message is in flight and is freed with
+    /// the last acknowledgement, so an idle session holds no table.
+    #[test]
+    fn inflight_table_freed_when_empty() {
+        let mut s = Session::new("c", limits(OverflowPolicy::DropNewest), 0);
+        assert!(!s.inflight.is_allocated());
+        let a = s.begin_inflight(out(0, QoS::AtLeastOnce)).expect("id");
+        assert!(s.inflight.is_allocated());
+        assert_eq!(s.handle_puback(a), AckOutcome::Done);
+        assert!(!s.inflight.is_allocated(), "freed with the last PUBACK");
+    }
+
     #[test]
     fn packet_ids_skip_ids_in_flight_and_wrap() {
         let mut l = limits(OverflowPolicy::DropNewest);
         l.inflight_max = u16::MAX;
-        let mut s = Session::new("c".into(), l, 0);
+        let mut s = Session::new("c", l, 0);
         s.next_packet_id = u16::MAX;
         let a = s.begin_inflight(out(0, QoS::AtLeastOnce)).expect("id");
         assert_eq!(a.get(), u16::MAX);
@@ -466,7 +483,7 @@ mod tests {
     fn send_order_survives_packet_id_wrap_around() {
         let mut l = limits(OverflowPolicy::DropNewest);
         l.inflight_max = 8;
-        let mut s = Session::new("c".into(), l, 0);
+        let mut s = Session::new("c", l, 0);
         s.next_packet_id = u16::MAX - 1;
         let ids: Vec<u16> = (0..4u8)
             .map(|n| s.begin_inflight(out(n, QoS::AtLeastOnce)).expect("id").get())
@@ -487,7 +504,7 @@ mod tests {
 
     #[test]
     fn expired_messages_are_skipped() {
-        let mut s = Session::new("c".into(), limits(OverflowPolicy::DropNewest), 0);
+        let mut s = Session::new("c", limits(OverflowPolicy::DropNewest), 0);
         let now = crate::test_clock::test_epoch();
         let mut m = Message::new(
             crate::codec::TopicName::new("t").expect("valid topic"),

@@ -163,11 +163,11 @@ impl Shard {
                 AdminReply::Clients(out, cut)
             }
             AdminRequest::Client { id } => {
-                let slot = self.by_client.get(id).copied();
+                let slot = self.by_client.get(id.as_str()).copied();
                 AdminReply::Client(slot.and_then(|s| self.client_info(s, now)))
             }
             AdminRequest::Disconnect { id } => {
-                let Some(&slot) = self.by_client.get(id) else {
+                let Some(&slot) = self.by_client.get(id.as_str()) else {
                     return AdminReply::Disconnect { found: false, disconnected: false };
                 };
                 let conn = self.slot(slot).and_then(|s| s.conn);
@@ -190,7 +190,7 @@ impl Shard {
                             break 'sessions;
                         }
                         out.push(SubscriptionInfo {
-                            client_id: s.session.client_id.clone(),
+                            client_id: s.session.client_id.to_string(),
                             filter: f.to_string(),
                             qos: qos_number(sub.options.qos),
                             shard: self.id,
@@ -227,7 +227,7 @@ impl Shard {
         let conn = s.conn.and_then(|c: ConnId| self.conn(c));
         let conn = conn.filter(|c| matches!(c.phase, Phase::Active { .. }));
         Some(ClientInfo {
-            client_id: s.session.client_id.clone(),
+            client_id: s.session.client_id.to_string(),
             username: s.session.username.clone(),
             connected: conn.is_some(),
             peer: conn.map(|c| c.peer.to_string()),

@@ -14,6 +14,7 @@
 use super::handover::SharedMembership;
 use crate::ids::{ShardId, SlotGen, SlotId, SlotRef};
 use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::subscribe::{HeldAck, PendingAck};
@@ -250,7 +251,7 @@ impl Shard {
             c.phase = Phase::Connecting { deadline };
         }
         if self.by_client.len() >= self.cfg.sessions_max
-            && !self.by_client.contains_key(&connect.client_id)
+            && !self.by_client.contains_key(connect.client_id.as_str())
         {
             return self.refuse(id, version, ReasonCode::QuotaExceeded, now);
         }
@@ -277,6 +278,18 @@ impl Shard {
         self.registry.get(client_id).copied()
     }
 
+    /// `client_id` as one shared allocation: that of a session or registry entry of the same
+    /// id already on this shard, else a new one (issue 11: a client id is stored once).
+    pub(super) fn shared_client_id(&self, client_id: String) -> Rc<str> {
+        match self.by_client.get_key_value(client_id.as_str()) {
+            Some((k, _)) => Rc::clone(k),
+            None => match self.registry.get_key_value(client_id.as_str()) {
+                Some((k, _)) => Rc::clone(k),
+                None => Rc::from(client_id),
+            },
+        }
+    }
+
     /// On the registry shard: record `from` as the owner under a new generation, answer with
     /// the generation and the previous owner.
     pub(super) fn registry_claim(
@@ -288,7 +301,10 @@ impl Shard {
     ) {
         let generation = ClaimGen(self.next_claim);
         self.next_claim += 1;
-        let previous = self.registry.insert(client_id, Owner { shard: from, generation });
+        // An existing entry keeps its key (`insert` does not replace it); a new one shares the
+        // allocation of a session of that id already on this shard.
+        let key = self.shared_client_id(client_id);
+        let previous = self.registry.insert(key, Owner { shard: from, generation });
         self.send_to_peer(from, ShardMsg::ClaimReply { req, generation, previous }, now);
     }
 
@@ -383,7 +399,7 @@ impl Shard {
         ask: Handoff,
         now: Instant,
     ) {
-        if let Some(slot) = self.by_client.get(&client_id).copied() {
+        if let Some(slot) = self.by_client.get(client_id.as_str()).copied() {
             if self.slot(slot).is_some_and(|s| s.claim == target) {
                 // Resumed on this same shard: the reply below installs the session inline. Its
                 // filters stay announced to the other shards meanwhile, or a publish routed on
@@ -842,13 +858,17 @@ impl Shard {
     /// deltas were broadcast with `ack`.
     pub(super) fn install_session(
         &mut self,
-        session: Session,
+        mut session: Session,
         claim: ClaimGen,
         ack: Option<u64>,
     ) -> Installed {
         let generation = self.next_generation;
         self.next_generation = SlotGen(self.next_generation.0.wrapping_add(1).max(1));
-        let client_id = session.client_id.clone();
+        // One allocation for the client id: the registry's key when it lives here.
+        if let Some((k, _)) = self.registry.get_key_value(&*session.client_id) {
+            session.client_id = Rc::clone(k);
+        }
+        let client_id = Rc::clone(&session.client_id);
         let filters: Vec<(crate::codec::TopicFilter, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
         let entry = SessionSlot {

@@ -416,7 +416,7 @@ fn queued_qos0_is_dropped_when_the_subscriber_goes_offline() {
     cl.shards[0].handle_closed(sub.conn, now);
     cl.shards[0].release(sub.conn, now);
     let m = &cl.shards[0].metrics;
-    let queue = &cl.shards[0].sessions.iter().find(|s| s.session.client_id == "sub");
+    let queue = &cl.shards[0].sessions.iter().find(|s| &*s.session.client_id == "sub");
     let queue = &queue.expect("persistent session kept").session.queue;
     assert!(queue.iter().all(|o| o.qos == QoS::AtLeastOnce), "only QoS 1 kept offline");
     assert!(m.messages_dropped_qos0_offline > 0);
@@ -471,7 +471,7 @@ fn kib_publish(topic: &str, qos: QoS, seq: u16) -> Packet {
 
 /// Bytes queued for the session named `client_id` on `shard`.
 fn queue_bytes(cl: &Cluster, shard: usize, client_id: &str) -> usize {
-    let s = cl.shards[shard].sessions.iter().find(|s| s.session.client_id == client_id);
+    let s = cl.shards[shard].sessions.iter().find(|s| &*s.session.client_id == client_id);
     s.expect("session exists").session.queue_bytes
 }
 

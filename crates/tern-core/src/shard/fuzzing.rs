@@ -580,8 +580,8 @@ pub(crate) fn check_cluster(shards: &[Shard]) {
     let mut live: HashMap<&str, (usize, u32)> = HashMap::new();
     for (si, s) in shards.iter().enumerate() {
         for (cid, &slot) in &s.by_client {
-            let bound = s.slot(slot).map(|x| x.session.client_id.as_str());
-            assert_eq!(bound, Some(cid.as_str()), "shard {si}: slot {slot} bound to two ids");
+            let bound = s.slot(slot).map(|x| &*x.session.client_id);
+            assert_eq!(bound, Some(&**cid), "shard {si}: slot {slot} bound to two ids");
         }
         let mut subscriptions = 0;
         for (i, slot) in s.sessions.entries() {
@@ -598,7 +598,7 @@ pub(crate) fn check_cluster(shards: &[Shard]) {
             // The client id is stored once, in the session: the slot must name this
             // connection back, or the connection is on a foreign slot.
             assert_eq!(sess.conn, Some(ConnId(i)), "shard {si}: slot {slot} not bound to {i}");
-            let cid = sess.session.client_id.as_str();
+            let cid = &*sess.session.client_id;
             if let Some(other) = live.insert(cid, (si, i)) {
                 panic!("two live connections for {cid:?}: {other:?} and {:?}", (si, i));
             }
@@ -622,7 +622,7 @@ pub(crate) fn check_quiet(shards: &[Shard]) {
     let mut owners: HashMap<&str, usize> = HashMap::new();
     for (si, s) in shards.iter().enumerate() {
         for cid in s.by_client.keys() {
-            if let Some(other) = owners.insert(cid.as_str(), si) {
+            if let Some(other) = owners.insert(&**cid, si) {
                 panic!("sessions for {cid:?} on shards {other} and {si}");
             }
         }

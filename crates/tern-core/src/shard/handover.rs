@@ -489,7 +489,8 @@ impl Shard {
                 }
                 j.upstream.stop_sent = true;
                 let (from, generation) = (j.upstream.from, j.upstream.generation);
-                let Some(client_id) = self.slot(slot).map(|s| s.session.client_id.clone()) else {
+                let Some(client_id) = self.slot(slot).map(|s| s.session.client_id.to_string())
+                else {
                     return;
                 };
                 self.send_to_peer(from, ShardMsg::ForwardStop { client_id, generation }, now);
@@ -701,7 +702,7 @@ impl Shard {
         }
         // Or delivered to the session, if it is still the one handed over.
         let slot =
-            self.by_client.get(&client_id).copied().filter(|s| {
+            self.by_client.get(client_id.as_str()).copied().filter(|s| {
                 self.slot(*s).is_some_and(|x| x.claim == generation)
                     || self.handover.joining.get(s).is_some_and(|j| {
                         j.upstream.from == from && j.upstream.generation == generation

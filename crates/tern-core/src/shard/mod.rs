@@ -34,6 +34,7 @@ mod timers;
 use crate::ids::{ShardId, SlotGen, SlotId};
 use core::net::SocketAddr;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -168,6 +169,12 @@ pub struct ShardConfig {
     /// Time a peer may accept no output bytes before its connection is closed (the IO driver
     /// applies it; the will is published).
     pub write_timeout: Duration,
+    /// Time a resumed plain-TCP connection with nothing to read or write keeps its task before
+    /// the IO driver parks it (`limits.park_idle_ms`; issue 11). The core does not use it.
+    pub park_idle: Duration,
+    /// Connections of this shard between accept and CONNACK at once (`limits.connecting_max`);
+    /// the IO driver stops accepting at the bound. The core does not use it.
+    pub connecting_max: usize,
 }
 
 impl ShardConfig {
@@ -224,6 +231,8 @@ impl ShardConfig {
             shared: Default::default(),
             memory: Default::default(),
             write_timeout: Duration::from_secs(30),
+            park_idle: Duration::from_secs(1),
+            connecting_max: 1024,
         }
     }
 }
@@ -475,10 +484,11 @@ pub(crate) struct RetainedOut {
 }
 
 /// Deadlines (keep alive, connect timeout, expiry, delayed will) handled per turn of the shard.
-/// `tests/timers.rs` (a million idle sessions) measured ~2.3 us of wall time per deadline on
-/// average on a 2-vCPU machine at load 14 (a close or an expiry costs more than a re-arm), so a
-/// turn of 256 averages ~0.6 ms; see loadtest/README.md for the worst turns measured.
-pub const DEADLINES_PER_TURN: usize = 256;
+/// `tests/timers.rs` (a million idle sessions) times each turn with the wall clock and sets
+/// apart the turns its thread was switched out of: of those not switched out, the 99.9th
+/// percentile was 0.72 ms at 256 per turn and 0.39 ms at 128 (2-vCPU VM at load ~7, 2026-11-26;
+/// a close or an expiry costs more than a re-arm), hence 128; see loadtest/README.md.
+pub const DEADLINES_PER_TURN: usize = 128;
 
 /// Retained messages written per drain of a connection's backlog.
 const RETAINED_BATCH: usize = 64;
@@ -556,13 +566,16 @@ pub struct Shard {
     /// Session slots, in chunks.
     sessions: slab::Slab<SessionSlot, SlotId>,
     next_generation: SlotGen,
-    by_client: HashMap<String, SlotId>,
+    /// Client id → session slot. The key is the session's own `client_id` (one allocation).
+    by_client: HashMap<Rc<str>, SlotId>,
     trie: SubscriptionTrie<subscribe::SubKey, subscribe::SubVal>,
     local_filter_refs: HashMap<String, u32>,
     shared: SharedGroups,
     retained: RetainedStore,
     /// Registry partition: client id → owning shard and the generation of its claim.
-    registry: HashMap<String, Owner>,
+    /// A session installed on this shard takes its client id from here when present, so
+    /// both share one allocation (issue 11).
+    registry: HashMap<Rc<str>, Owner>,
     /// The registry partition's generation counter (one for all its client ids).
     next_claim: u64,
     /// Per registry shard: the highest generation of our claims it has answered. Answers
@@ -795,7 +808,7 @@ impl Shard {
     pub fn client_id(&self, id: ConnId) -> Option<&str> {
         // Stored once, in the session: the connection knows its slot once CONNECT is accepted.
         match self.conn(id)?.phase {
-            Phase::Active { slot } => self.slot(slot).map(|s| s.session.client_id.as_str()),
+            Phase::Active { slot } => self.slot(slot).map(|s| &*s.session.client_id),
             _ => None,
         }
     }
@@ -1229,7 +1242,7 @@ impl Shard {
             // The connection's own span exists at debug level only: name it here.
             let peer = self.conn(id).map(|c| c.peer.to_string()).unwrap_or_default();
             let cid = match phase {
-                Phase::Active { slot } => self.slot(slot).map(|s| s.session.client_id.as_str()),
+                Phase::Active { slot } => self.slot(slot).map(|s| &*s.session.client_id),
                 _ => None,
             };
             let cid = cid.unwrap_or_default();
@@ -1360,7 +1373,7 @@ impl Shard {
         self.journal_ended(&s.session.client_id);
         self.metrics.sessions_current = self.by_client.len() as u64;
         let owner = Owner { shard: self.id, generation: s.claim };
-        let client_id = s.session.client_id;
+        let client_id = s.session.client_id.to_string();
         self.send_to_registry(ShardMsg::Release { client_id, owner }, now);
     }
 
@@ -1502,8 +1515,8 @@ impl Shard {
             ShardMsg::Resume { session, generation } => self.publisher_resume(session, generation),
             ShardMsg::Release { client_id, owner } => {
                 // Only the claim it names: a newer claim stays ([MQTT-3.1.4-2] fencing).
-                if self.registry.get(&client_id) == Some(&owner) {
-                    self.registry.remove(&client_id);
+                if self.registry.get(client_id.as_str()) == Some(&owner) {
+                    self.registry.remove(client_id.as_str());
                 }
             }
         }

@@ -11,6 +11,7 @@
 
 use crate::ids::SlotId;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::{ClaimGen, Owner, PendingWill, Shard};
@@ -36,7 +37,7 @@ pub(crate) struct Journal {
     moved: Vec<String>,
     /// Client ids whose session the log holds (a snapshot written and no end since), with
     /// when this shard took it (the stamp of its `Owned` record).
-    persisted: HashMap<String, u64>,
+    persisted: HashMap<Rc<str>, u64>,
 }
 
 impl Shard {
@@ -63,10 +64,10 @@ impl Shard {
     pub fn take_records(&mut self, now: Instant) -> Vec<Record> {
         let Some(mut j) = self.journal.take() else { return Vec::new() };
         for (client_id, lives_on) in std::mem::take(&mut j.ended) {
-            if j.persisted.remove(&client_id).is_none() {
+            if j.persisted.remove(client_id.as_str()).is_none() {
                 continue;
             }
-            if lives_on && !self.by_client.contains_key(&client_id) {
+            if lives_on && !self.by_client.contains_key(client_id.as_str()) {
                 // Moved to another shard: ending it here now could leave it in no log.
                 j.moved.push(client_id);
             } else {
@@ -80,17 +81,17 @@ impl Shard {
             let cid = &s.session.client_id;
             if s.session.expiry_secs == 0 {
                 if j.persisted.remove(cid).is_some() {
-                    j.records.push(Record::SessionEnd { client_id: cid.clone() });
+                    j.records.push(Record::SessionEnd { client_id: cid.to_string() });
                 }
                 continue;
             }
             let session = slot_snapshot(s, &j.clock);
-            j.records.push(Record::Snapshot { client_id: cid.clone(), session });
+            j.records.push(Record::Snapshot { client_id: cid.to_string(), session });
             if !j.persisted.contains_key(cid) {
                 // New in this log (created, resumed after an end, or moved here).
                 let stamp_us = j.clock.to_unix_us(now);
-                j.persisted.insert(cid.clone(), stamp_us);
-                j.records.push(Record::Owned { client_id: cid.clone(), stamp_us });
+                j.persisted.insert(Rc::clone(cid), stamp_us);
+                j.records.push(Record::Owned { client_id: cid.to_string(), stamp_us });
             }
         }
         let out = std::mem::take(&mut j.records);
@@ -107,8 +108,8 @@ impl Shard {
         for s in self.sessions.iter() {
             if s.session.expiry_secs > 0 {
                 let session = slot_snapshot(s, &j.clock);
-                let client_id = s.session.client_id.clone();
-                let stamp = j.persisted.get(&client_id).copied();
+                let client_id = s.session.client_id.to_string();
+                let stamp = j.persisted.get(client_id.as_str()).copied();
                 out.push(Record::Snapshot { client_id: client_id.clone(), session });
                 if let Some(PendingWill { will, due }) = s.pending_will.as_deref() {
                     out.push(Record::WillPending {
@@ -157,7 +158,7 @@ impl Shard {
         if s.session.expiry_secs == 0 || !persisted {
             return self.journal_touch(slot);
         }
-        let record = make(cid.clone());
+        let record = make(cid.to_string());
         if let Some(j) = &mut self.journal {
             j.records.push(record);
         }
@@ -283,7 +284,7 @@ impl Shard {
     /// The session in `slot` holds `will` until `due` (its Will Delay Interval started). Written
     /// whatever the session's other records: replay keeps pending wills apart from sessions.
     pub(super) fn journal_will_pending(&mut self, slot: SlotId, will: &Will, due: Instant) {
-        let Some(cid) = self.slot(slot).map(|s| s.session.client_id.clone()) else { return };
+        let Some(cid) = self.slot(slot).map(|s| s.session.client_id.to_string()) else { return };
         if let Some(j) = &mut self.journal {
             let due_unix_ms = j.clock.to_unix(due);
             j.records.push(Record::WillPending { client_id: cid, will: will.clone(), due_unix_ms });
@@ -295,7 +296,7 @@ impl Shard {
     pub(super) fn take_pending_will(&mut self, slot: SlotId) -> Option<Box<PendingWill>> {
         let s = self.slot_mut(slot)?;
         let pending = s.pending_will.take()?;
-        let client_id = s.session.client_id.clone();
+        let client_id = s.session.client_id.to_string();
         if let Some(j) = &mut self.journal {
             j.records.push(Record::WillDone { client_id });
         }
@@ -310,7 +311,7 @@ impl Shard {
     pub fn restore_wills(&mut self, wills: Vec<(String, Will, u64)>, now: Instant) {
         let Some(clock) = self.journal.as_ref().map(|j| j.clock) else { return };
         for (client_id, will, due_unix_ms) in wills {
-            let slot = self.by_client.get(&client_id).copied();
+            let slot = self.by_client.get(client_id.as_str()).copied();
             let Some(s) = slot.and_then(|slot| self.slot_mut(slot)).filter(|s| s.conn.is_none())
             else {
                 self.metrics.wills_not_restored += 1;
@@ -362,7 +363,7 @@ impl Shard {
     ) {
         let Some(mut j) = self.journal.take() else { return };
         for (client_id, snap, claim, stamp_us) in sessions {
-            if self.by_client.contains_key(&client_id)
+            if self.by_client.contains_key(client_id.as_str())
                 || self.by_client.len() >= self.cfg.sessions_max
             {
                 self.metrics.sessions_not_restored += 1;
@@ -372,7 +373,7 @@ impl Shard {
             let offline_since = snap.offline_since_unix_ms;
             let state = journal::load_state(snap, &j.clock);
             let expiry = state.expiry_secs.min(self.cfg.session_expiry_secs_max);
-            let mut session = Session::from_state(client_id.clone(), state, self.cfg.session);
+            let mut session = Session::from_state(client_id, state, self.cfg.session);
             session.expiry_secs = expiry;
             session.username = username;
             let slot = self.install_session(session, claim, None).slot;
@@ -387,12 +388,15 @@ impl Shard {
                     s.expires_at = Some(at.max(now));
                 }
             }
-            j.persisted.insert(client_id, stamp_us);
+            if let Some(s) = self.slot(slot) {
+                j.persisted.insert(Rc::clone(&s.session.client_id), stamp_us);
+            }
             self.metrics.sessions_restored += 1;
         }
         for (client_id, owner) in registry {
             self.next_claim = self.next_claim.max(owner.generation.0 + 1);
-            self.registry.insert(client_id, owner);
+            let key = self.shared_client_id(client_id);
+            self.registry.insert(key, owner);
         }
         for (m, source) in retained {
             // Its publisher, checked against the ACL whenever it is delivered (CVE-2018-12546).

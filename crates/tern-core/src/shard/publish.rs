@@ -117,7 +117,7 @@ impl Shard {
         let s = &self.slot(slot)?.session;
         let p = super::message::Publisher {
             username: s.username.clone(),
-            client_id: s.client_id.clone(),
+            client_id: s.client_id.to_string(),
         };
         Some(std::sync::Arc::new(p))
     }
@@ -208,7 +208,7 @@ impl Shard {
         let denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
             let s = self.slot(slot);
             let user = s.and_then(|s| s.session.username.as_deref());
-            let cid = s.map_or("", |s| s.session.client_id.as_str());
+            let cid = s.map_or("", |s| &*s.session.client_id);
             !acl.can_publish(user, cid, &topic)
         });
         if topic.starts_with("$SYS") || denied {
@@ -292,7 +292,7 @@ impl Shard {
         let denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
             let s = self.slot(slot);
             let user = s.and_then(|s| s.session.username.as_deref());
-            let cid = s.map_or("", |s| s.session.client_id.as_str());
+            let cid = s.map_or("", |s| &*s.session.client_id);
             !acl.can_publish(user, cid, &will.topic)
         });
         if denied || will.topic.starts_with("$SYS") {
@@ -364,7 +364,7 @@ impl Shard {
             .origin
             .filter(|o| o.shard == self.id)
             .and_then(|o| self.sessions.get(o.session))
-            .map_or("", |s| s.session.client_id.as_str());
+            .map_or("", |s| &*s.session.client_id);
         for (group, member, online_only) in self.shared.pick(&msg.topic, publisher) {
             let d = SharedDelivery { group, member, online_only, hops: 0 };
             if member.shard == self.id {

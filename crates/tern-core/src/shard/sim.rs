@@ -855,8 +855,8 @@ impl Sim {
         let mut live: HashMap<&str, (usize, u32)> = HashMap::new();
         for (si, s) in self.shards.iter().enumerate() {
             for (cid, &slot) in &s.by_client {
-                let bound = s.slot(slot).map(|x| x.session.client_id.as_str());
-                assert_eq!(bound, Some(cid.as_str()), "shard {si}: slot {slot} bound to two ids");
+                let bound = s.slot(slot).map(|x| &*x.session.client_id);
+                assert_eq!(bound, Some(&**cid), "shard {si}: slot {slot} bound to two ids");
             }
             for (i, slot) in s.sessions.entries() {
                 let owner = s.by_client.get(&slot.session.client_id);
@@ -872,7 +872,7 @@ impl Sim {
                     Some(ConnId(i)),
                     "shard {si}: slot {slot} not bound to conn {i}"
                 );
-                let cid = sess.session.client_id.as_str();
+                let cid = &*sess.session.client_id;
                 if let Some(other) = live.insert(cid, (si, i)) {
                     panic!("two live connections for {cid:?}: {other:?} and {:?}", (si, i));
                 }
@@ -908,7 +908,7 @@ impl Sim {
         let mut owners: HashMap<&str, usize> = HashMap::new();
         for (si, s) in self.shards.iter().enumerate() {
             for cid in s.by_client.keys() {
-                if let Some(other) = owners.insert(cid.as_str(), si) {
+                if let Some(other) = owners.insert(&**cid, si) {
                     panic!("sessions for {cid:?} on shards {other} and {si}");
                 }
             }

@@ -146,7 +146,7 @@ impl Shard {
             let acl_denied = self.cfg.security.acl.as_ref().is_some_and(|acl| {
                 let s = self.slot(slot);
                 let user = s.and_then(|s| s.session.username.as_deref());
-                let cid = s.map_or("", |s| s.session.client_id.as_str());
+                let cid = s.map_or("", |s| &*s.session.client_id);
                 !acl.can_subscribe(user, cid, inner)
             });
             let reason = if filter.len() > self.cfg.topic_bytes_max

@@ -544,7 +544,13 @@ fn repeated_filter_in_one_subscribe_counts_once() {
     assert!(retained.iter().all(|p| p.qos == QoS::AtMostOnce && p.retain));
     assert_eq!(cl.shards[1].metrics.subscriptions_current, 1);
     let sess = cl.shards[1].by_client["s"];
-    let sub = &cl.shards[1].slot(sess).expect("session").session.subscriptions["r/#"];
+    let sub = &cl.shards[1]
+        .slot(sess)
+        .expect("session")
+        .session
+        .subscriptions
+        .get("r/#")
+        .expect("subscribed");
     assert_eq!(sub.options.qos, QoS::AtLeastOnce, "[MQTT-3.8.4-3] the later one replaces");
 }
 
