@@ -11,7 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{CloseReason, ConnId, Phase, Shard};
+use super::{CloseReason, ConnId, Shard};
 use crate::codec::{ProtocolVersion, QoS};
 use crate::session::Message;
 use crate::topic::matches;
@@ -225,15 +225,15 @@ impl Shard {
     fn client_info(&self, slot: SlotId, now: Instant) -> Option<ClientInfo> {
         let s = self.slot(slot)?;
         let conn = s.conn.and_then(|c: ConnId| self.conn(c));
-        let conn = conn.filter(|c| matches!(c.phase, Phase::Active { .. }));
+        let conn = conn.filter(|c| c.active_slot().is_some());
         Some(ClientInfo {
             client_id: s.session.client_id.to_string(),
             username: s.session.username.clone(),
             connected: conn.is_some(),
-            peer: conn.map(|c| c.peer.to_string()),
-            protocol: conn.map(|c| protocol_name(c.version)),
+            peer: conn.map(|c| c.peer().to_string()),
+            protocol: conn.map(|c| protocol_name(c.version())),
             shard: self.id,
-            connected_secs: conn.map(|c| now.saturating_duration_since(c.accepted_at).as_secs()),
+            connected_secs: conn.map(|c| now.saturating_duration_since(c.accepted_at()).as_secs()),
             subscriptions: s.session.subscriptions.len(),
             queued: s.session.queue.len(),
             inflight: s.session.inflight.len(),

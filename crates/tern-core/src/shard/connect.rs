@@ -81,7 +81,7 @@ impl Shard {
                 if version == Some(ProtocolVersion::V5) =>
             {
                 if let Some(c) = self.conn_mut(id) {
-                    c.version = ProtocolVersion::V5;
+                    c.set_version(ProtocolVersion::V5);
                 }
                 self.metrics.connect_refused += 1;
                 self.send(id, &connack(false, e.reason_code()));
@@ -93,7 +93,7 @@ impl Shard {
 
     fn refuse(&mut self, id: ConnId, version: ProtocolVersion, reason: ReasonCode, now: Instant) {
         if let Some(c) = self.conn_mut(id) {
-            c.version = version;
+            c.set_version(version);
         }
         self.metrics.connect_refused += 1;
         self.send(id, &connack(false, reason));
@@ -104,7 +104,7 @@ impl Shard {
     /// which cannot be told where to go, get "server unavailable".
     fn redirect(&mut self, id: ConnId, version: ProtocolVersion, r: super::Redirect, now: Instant) {
         if let Some(c) = self.conn_mut(id) {
-            c.version = version;
+            c.set_version(version);
         }
         let reason =
             if r.permanent { ReasonCode::ServerMoved } else { ReasonCode::UseAnotherServer };
@@ -122,14 +122,12 @@ impl Shard {
         let v5 = version.is_v5();
         let deadline = now + self.cfg.connect_timeout;
         let Some(c) = self.conn_mut(id) else { return };
-        c.version = version;
-        c.phase = Phase::Connecting { deadline };
-        let listener = usize::from(c.listener);
+        c.set_version(version);
+        c.start_connecting(deadline);
+        let listener = c.listener();
         // The transport's identity (TLS client certificate CN) wins over the CONNECT user name.
-        if let Some(name) = c.cold.as_mut().and_then(|cold| cold.tls_username.take()) {
+        if let Some(name) = c.take_transport_identity() {
             connect.username = Some(name.into());
-            c.identity_verified = true;
-            c.trim_cold();
         }
 
         // Client identifier rules ([MQTT-3.1.3-5..9] in 3.1.1, §3.1.3.1 in 5.0).
@@ -207,8 +205,9 @@ impl Shard {
         now: Instant,
     ) {
         let version = connect.version;
-        let listener = self.conn(id).map_or(0, |c| usize::from(c.listener));
-        let verified = auth_done.is_some() || self.conn(id).is_some_and(|c| c.identity_verified);
+        let Some(c) = self.conn(id) else { return };
+        let listener = c.listener();
+        let verified = auth_done.is_some() || c.identity_verified();
         match self.authenticate(listener, &connect, verified) {
             Auth::Pass => {}
             Auth::Refuse(reason) => {
@@ -248,7 +247,7 @@ impl Shard {
         // From an AUTH exchange, too: the connect timeout starts again for the claim.
         let deadline = now + self.cfg.connect_timeout;
         if let Some(c) = self.conn_mut(id) {
-            c.phase = Phase::Connecting { deadline };
+            c.start_connecting(deadline);
         }
         if self.by_client.len() >= self.cfg.sessions_max
             && !self.by_client.contains_key(connect.client_id.as_str())
@@ -714,13 +713,19 @@ impl Shard {
         let alias_cap = self.cfg.topic_alias_max;
         // The phase stays Connecting until CONNACK is sent: packets the client pipelines after
         // CONNECT wait in `rx` ([MQTT-3.1.4-5] allows them), deliveries wait in the session.
-        let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
-        c.keep_alive_secs = keep_alive;
-        self.set_will(conn, connect.will.clone());
-        let Some(c) = self.conn_mut(conn) else { return self.detach_session(slot, now) };
+        // The field, not `conn_mut`: the memory budget is borrowed beside the connection.
+        let Some(c) = self.conns.get_mut(conn.0) else { return self.detach_session(slot, now) };
+        c.set_keep_alive(keep_alive);
         if v5 {
-            apply_client_limits(c, &connect.properties, alias_cap);
+            c.apply_client_limits(&connect.properties, alias_cap);
         }
+        if let Some((method, _)) = auth_done.as_ref().filter(|_| v5) {
+            // Re-authentication must repeat it (§4.12.1).
+            c.set_auth_method(method.clone());
+        }
+        let will_cost = connect.will.as_ref().map_or(0, super::will_cost);
+        c.set_will(connect.will.clone(), will_cost, &self.cfg.memory);
+        let peer = c.peer();
         let mut ack = ConnAck {
             session_present: resumed,
             reason: ReasonCode::Success,
@@ -729,15 +734,11 @@ impl Shard {
         if v5 {
             self.connack_properties(&mut ack.properties, &connect, keep_alive, assigned_id, expiry);
             if let Some((method, data)) = auth_done {
-                ack.properties.push(Property::AuthenticationMethod(method.clone()));
+                ack.properties.push(Property::AuthenticationMethod(method));
                 ack.properties.push(Property::AuthenticationData(data));
-                if let Some(c) = self.conn_mut(conn) {
-                    c.cold_mut().auth_method = Some(method);
-                }
             }
         }
-        let peer = self.conn(conn).map(|c| c.peer);
-        tracing::debug!(conn = conn.0, ?peer, client_id = %connect.client_id, resumed, "session bound");
+        tracing::debug!(conn = conn.0, %peer, client_id = %connect.client_id, resumed, "session bound");
         let peers = usize::from(self.cfg.shards) - 1;
         if told == 0 || peers == 0 {
             self.complete_connack(cref, slot, claim, ack, now);
@@ -796,7 +797,7 @@ impl Shard {
             return;
         }
         let Some(c) = self.conn_mut(conn) else { return };
-        c.phase = Phase::Active { slot };
+        c.activate(slot);
         if let Some(s) = self.slot_mut(slot) {
             s.conn = Some(conn);
         }
@@ -1000,7 +1001,7 @@ impl Shard {
     ) {
         let id = pending.conn;
         let version = pending.connect.version;
-        let Some(peer) = self.conn(id).map(|c| c.peer) else { return };
+        let Some(peer) = self.conn(id).map(Conn::peer) else { return };
         if self.failed_logins.is_blocked(peer.ip(), now) {
             self.metrics.auth_failures += 1;
             tracing::info!(conn = id.0, %peer, "too many failed logins from this address");
@@ -1037,9 +1038,7 @@ impl Shard {
     pub fn password_check_refused(&mut self, ticket: u64, now: Instant) {
         let Some(pending) = self.verifying.remove(&ticket) else { return };
         let id = pending.conn;
-        let waiting = self
-            .conn(id)
-            .is_some_and(|c| matches!(c.phase, Phase::Verifying { ticket: t, .. } if t == ticket));
+        let waiting = self.conn(id).is_some_and(|c| c.awaits_verdict(ticket));
         if waiting {
             tracing::warn!(conn = id.0, "password check queue full: refusing CONNECT");
             self.refuse(id, pending.connect.version, ReasonCode::ServerBusy, now);
@@ -1049,7 +1048,7 @@ impl Shard {
     fn set_phase_verifying(&mut self, id: ConnId, ticket: u64, now: Instant) {
         let deadline = now + self.cfg.connect_timeout;
         if let Some(c) = self.conn_mut(id) {
-            c.phase = Phase::Verifying { deadline, ticket };
+            c.start_verifying(deadline, ticket);
         }
     }
 
@@ -1059,19 +1058,13 @@ impl Shard {
     pub fn handle_password_verdict(&mut self, verdict: crate::auth::Verdict, now: Instant) {
         let Some(pending) = self.verifying.remove(&verdict.ticket) else { return };
         let AwaitingVerdict { conn: id, connect, assigned_id, auth_done } = pending;
-        let waiting = self.conn(id).is_some_and(
-            |c| matches!(c.phase, Phase::Verifying { ticket, .. } if ticket == verdict.ticket),
-        );
-        if !waiting {
-            return;
-        }
+        let Some(c) = self.conn(id).filter(|c| c.awaits_verdict(verdict.ticket)) else { return };
+        let peer = c.peer();
         if verdict.ok {
             return self.claim_after_auth(id, connect, assigned_id, auth_done, now);
         }
         self.metrics.auth_failures += 1;
-        if let Some(peer) = self.conn(id).map(|c| c.peer) {
-            self.failed_logins.record_failure(peer.ip(), now);
-        }
+        self.failed_logins.record_failure(peer.ip(), now);
         tracing::info!(conn = id.0, user = ?connect.username, client_id = %connect.client_id,
             "authentication failed: bad user name or password");
         self.refuse(id, connect.version, ReasonCode::BadUserNameOrPassword, now);
@@ -1109,10 +1102,9 @@ impl Shard {
             Ok(Step::Continue(out, exchange)) => {
                 let deadline = now + self.cfg.connect_timeout;
                 let Some(c) = self.conn_mut(id) else { return };
-                c.phase = Phase::Authenticating { deadline };
                 let connect = Some((connect, assigned_id));
-                c.cold_mut().auth =
-                    Some(AuthInProgress { exchange, method: method.clone(), connect });
+                let progress = AuthInProgress { exchange, method: method.clone(), connect };
+                c.start_authenticating(deadline, progress);
                 self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
             }
             Ok(Step::Success { username, data }) => {
@@ -1132,21 +1124,20 @@ impl Shard {
         let Some(c) = self.conn_mut(id) else { return };
         let method = a.properties.authentication_method();
         let data = a.properties.authentication_data().unwrap_or_default();
-        let authenticating = matches!(c.phase, Phase::Authenticating { .. });
+        let authenticating = matches!(c.phase(), Phase::Authenticating { .. });
         let reauth_method = c.auth_method().cloned();
-        let progress = c.cold.as_mut().and_then(|cold| cold.auth.take());
-        c.trim_cold();
-        match (a.reason, progress) {
-            (ReasonCode::ContinueAuthentication, Some(progress))
-                if method.as_deref() == Some(progress.method.as_str()) =>
+        let progress = c.take_auth();
+        match (a.reason, progress, method) {
+            (ReasonCode::ContinueAuthentication, Some(progress), Some(method))
+                if method == progress.method =>
             {
                 self.auth_step(id, progress, &data, now)
             }
             // §4.12.1: re-authentication repeats the CONNECT's method, while connected.
-            (ReasonCode::ReAuthenticate, None)
-                if !authenticating && method.is_some() && method == reauth_method =>
+            (ReasonCode::ReAuthenticate, None, Some(method))
+                if !authenticating && reauth_method.as_ref() == Some(&method) =>
             {
-                self.reauth_start(id, method.expect("invariant: checked is_some"), &data, now)
+                self.reauth_start(id, method, &data, now)
             }
             // Any other AUTH is a Protocol Error (§4.12, §3.15.2.1).
             _ => {
@@ -1166,7 +1157,7 @@ impl Shard {
             Ok(Step::Continue(out, exchange)) => {
                 let Some(c) = self.conn_mut(id) else { return };
                 let progress = AuthInProgress { exchange, method: method.clone(), connect: None };
-                c.cold_mut().auth = Some(progress);
+                c.set_auth(progress);
                 self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
             }
             Ok(Step::Success { data, .. }) => {
@@ -1184,8 +1175,7 @@ impl Shard {
         match (exchange.step(data), connect) {
             (Ok(Step::Continue(out, exchange)), connect) => {
                 let Some(c) = self.conn_mut(id) else { return };
-                c.cold_mut().auth =
-                    Some(AuthInProgress { exchange, method: method.clone(), connect });
+                c.set_auth(AuthInProgress { exchange, method: method.clone(), connect });
                 self.send(id, &auth_packet(ReasonCode::ContinueAuthentication, &method, out));
             }
             (Ok(Step::Success { username, data }), Some((mut connect, assigned_id))) => {
@@ -1226,19 +1216,4 @@ fn generate_client_id() -> Option<String> {
 
 fn connack(session_present: bool, reason: ReasonCode) -> Packet {
     Packet::ConnAck(ConnAck { session_present, reason, properties: Properties::new() })
-}
-
-/// Records what a v5 client said it can take.
-fn apply_client_limits(c: &mut Conn, props: &Properties, alias_cap: u16) {
-    // Outbound aliases: as many as the client takes, bounded by our own maximum.
-    c.out_alias_max = props.topic_alias_maximum().unwrap_or(0).min(alias_cap);
-    if let Some(r) = props.receive_maximum() {
-        c.client_receive_max = r;
-    }
-    if let Some(m) = props.maximum_packet_size() {
-        c.client_packet_max = m;
-    }
-    if props.request_problem_information() == Some(0) {
-        c.problem_info = false;
-    }
 }

@@ -236,7 +236,7 @@ impl Shard {
         self.metrics.flow_paused_publishers -= 1;
         if let Some(id) = conn {
             if let Some(c) = self.conn_mut(id) {
-                c.flow_resumed = true;
+                c.note_flow_resumed();
                 self.mark_ready(id);
             }
         }

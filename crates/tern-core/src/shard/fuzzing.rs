@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::{Bytes, BytesMut};
 
-use super::{budget, ConnId, Phase, Shard, ShardConfig};
+use super::{budget, ConnId, Shard, ShardConfig};
 use crate::codec::{
     self, Connect, Packet, PacketId, Properties, Property, ProtocolVersion, PubResp, Publish, QoS,
     ReasonCode, ReasonPacket, RetainHandling, Subscribe, SubscriptionOptions, TopicFilter,
@@ -329,7 +329,7 @@ impl Cluster {
         let c = &mut self.clients[i];
         let shard = &mut self.shards[c.shard];
         // The broker encodes in the version of the CONNECT it read (v3.1.1 before one).
-        let version = shard.conn(c.conn).map_or(ProtocolVersion::V311, |x| x.version);
+        let version = shard.conn(c.conn).map_or(ProtocolVersion::V311, |x| x.version());
         let mut tx = shard.take_tx(c.conn, self.now);
         while !tx.is_empty() {
             let p = match codec::decode(&mut tx, version, usize::MAX) {
@@ -593,7 +593,7 @@ pub(crate) fn check_cluster(shards: &[Shard]) {
         let mut conns = 0;
         for (i, c) in s.conns.entries() {
             conns += 1;
-            let Phase::Active { slot } = c.phase else { continue };
+            let Some(slot) = c.active_slot() else { continue };
             let sess = s.slot(slot).expect("an Active connection has its session");
             // The client id is stored once, in the session: the slot must name this
             // connection back, or the connection is on a foreign slot.
@@ -614,7 +614,7 @@ pub(crate) fn check_quiet(shards: &[Shard]) {
     for (si, s) in shards.iter().enumerate() {
         for (i, c) in s.conns.entries() {
             assert!(
-                !matches!(c.phase, Phase::Connecting { .. }),
+                !c.is_connecting(),
                 "shard {si}: conn {i} still waits for CONNACK with the mesh empty"
             );
         }

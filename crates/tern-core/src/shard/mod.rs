@@ -13,12 +13,18 @@
 //!   a close, a lifted pause), drained with [`Shard::take_ready`]: the runtime wakes its own
 //!   tasks for them. The shard holds no task wakers.
 //!
+//! Each connection's own protocol state (framing, phase and deadlines, keep alive, topic
+//! aliases, the client's limits, its output buffer) is a `Conn` of `conn.rs` with private
+//! fields: the shard asks it for packets and deadlines and acts on the answers, and keeps to
+//! itself what spans connections (sessions, registry, replicas, routing).
+//!
 //! The runtime (`tern::runtime`, `tern::net`) moves bytes and messages; the tests drive
 //! several shards in one thread through the same calls. Nothing here blocks, awaits or allocates
 //! without a bound.
 
 pub mod admin;
 pub mod budget;
+mod conn;
 mod connect;
 mod flow;
 mod handover;
@@ -39,10 +45,13 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use crate::codec::{self, Packet, ProtocolVersion, ReasonCode, ReasonPacket, TopicName, Will};
+#[cfg(test)]
+use crate::codec::ProtocolVersion;
+use crate::codec::{self, Packet, ReasonCode, ReasonPacket, Will};
 use crate::counters::Metrics;
 use crate::session::{Session, SessionLimits};
 use crate::topic::SubscriptionTrie;
+use conn::{Conn, ConnCold, Input, Phase};
 pub use connect::registry_shard;
 pub use flow::{FlowLimits, SlowConsumerPolicy};
 pub use message::{ClaimGen, Member, Owner, ShardMsg};
@@ -306,146 +315,6 @@ impl CloseReason {
             CloseReason::SlowConsumer => Some(flow::SLOW_CONSUMER_REASON),
             _ => None,
         }
-    }
-}
-
-/// Where a connection stands.
-#[derive(Debug)]
-enum Phase {
-    /// Accepted, waiting for CONNECT until the deadline.
-    AwaitConnect { deadline: Instant },
-    /// CONNECT with an Authentication Method received; AUTH exchange under way (§4.12).
-    Authenticating { deadline: Instant },
-    /// CONNECT received; its password is being checked on a worker thread (`ticket` names the
-    /// job). Nothing is read meanwhile.
-    Verifying { deadline: Instant, ticket: u64 },
-    /// CONNECT received; waiting for the registry, maybe a takeover, and the subscriptions of
-    /// a moved session. Closed at `deadline` (the connect timeout again) if still waiting.
-    Connecting { deadline: Instant },
-    /// Bound to a session slot.
-    Active { slot: SlotId },
-    /// Closed by the shard; bytes in `tx` are flushed, then the socket is closed.
-    Closing,
-}
-
-/// One network connection: the hot record, what every connection needs between packets
-/// (issue 11: at a million mostly idle connections each byte here is a megabyte; the budget is
-/// checked in `size_tests`). Whatever only some connections use lives in [`ConnCold`], boxed
-/// and allocated on first use.
-#[derive(Debug)]
-pub(crate) struct Conn {
-    phase: Phase,
-    /// Unique per shard over its life (see [`ConnRef`]).
-    serial: u64,
-    /// Received bytes not yet decoded (a partial packet). Empty and unallocated when idle.
-    rx: BytesMut,
-    /// Encoded bytes waiting to be written.
-    tx: BytesMut,
-    /// Already listed in [`Shard::take_ready`]'s list (each connection at most once).
-    ready: bool,
-    /// Last time a packet arrived.
-    last_rx: Instant,
-    /// When the connection was accepted (the admin API's connected-since).
-    accepted_at: Instant,
-    /// Peer address, for logs, the failed-login limit and the admin API.
-    peer: SocketAddr,
-    /// Client's Maximum Packet Size (v5), unlimited for v3.
-    client_packet_max: u32,
-    /// Listener the connection came in on.
-    listener: u16,
-    /// Keep alive granted, 0 = none.
-    keep_alive_secs: u16,
-    /// Client's Receive Maximum (v5), 65535 for v3.
-    client_receive_max: u16,
-    /// Outbound aliases this connection may hold (the map is in `cold`, made on first use).
-    out_alias_max: u16,
-    /// Negotiated version (V311 until CONNECT says otherwise).
-    version: ProtocolVersion,
-    /// Whether the client asked for problem information (v5), default true.
-    problem_info: bool,
-    /// A SUBSCRIBE waits for the other shards: later packets wait in `rx` so that responses
-    /// keep the order of requests.
-    awaiting_peers: bool,
-    /// The user name was proven by the transport (TLS client certificate) or by enhanced
-    /// authentication, not just claimed in CONNECT.
-    identity_verified: bool,
-    /// Flow control resumed reading: the keep-alive clock restarts at the next tick (the
-    /// broker, not the client, was the one not reading).
-    flow_resumed: bool,
-    /// The rare state, `None` until something needs it (see [`Conn::cold_mut`]).
-    cold: Option<Box<ConnCold>>,
-}
-
-/// What few connections use: allocated on first use, freed when it holds nothing again
-/// ([`Conn::trim_cold`]). The client id is not here: it is the session's (stored once).
-#[derive(Debug, Default)]
-pub(crate) struct ConnCold {
-    /// Will to publish on abnormal close.
-    will: Option<Will>,
-    /// Bytes `will` is charged to the memory budget.
-    will_charged: usize,
-    /// Inbound topic aliases (v5): alias → topic. At most `topic_alias_max` entries.
-    aliases: HashMap<u16, TopicName>,
-    /// Outbound topic aliases (v5): topic → alias, assigned on first use up to
-    /// min(client's Topic Alias Maximum, our `topic_alias_max`).
-    out_aliases: HashMap<String, u16>,
-    /// The user name the transport vouches for (TLS listener with `use_identity_as_username`:
-    /// the client certificate's CN). When set, it replaces the CONNECT user name. Set only by
-    /// [`Shard::accept_with_identity`]; the shard knows nothing else about transports.
-    tls_username: Option<Box<str>>,
-    /// Enhanced authentication exchange under way (CONNECT or re-authentication).
-    auth: Option<connect::AuthInProgress>,
-    /// The Authentication Method of the CONNECT, which re-authentication must repeat.
-    auth_method: Option<String>,
-    /// Retained messages owed after a SUBACK, written a batch at a time as `tx` drains
-    /// ([`Shard::drain_retained`]). At most `retained_messages_max` entries; reading pauses
-    /// while any wait, so one connection holds one SUBSCRIBE's worth at a time.
-    retained_backlog: VecDeque<RetainedOut>,
-    /// Bytes `retained_backlog` is charged to the memory budget.
-    backlog_charged: usize,
-}
-
-impl ConnCold {
-    /// Whether it holds nothing that a fresh one would not (so it can be freed).
-    fn is_empty(&self) -> bool {
-        self.will.is_none()
-            && self.will_charged == 0
-            && self.aliases.is_empty()
-            && self.out_aliases.is_empty()
-            && self.tls_username.is_none()
-            && self.auth.is_none()
-            && self.auth_method.is_none()
-            && self.retained_backlog.is_empty()
-            && self.backlog_charged == 0
-    }
-}
-
-impl Conn {
-    /// The rare state, allocated now if it was not.
-    fn cold_mut(&mut self) -> &mut ConnCold {
-        self.cold.get_or_insert_with(Box::default)
-    }
-
-    /// Frees the rare state when it holds nothing.
-    fn trim_cold(&mut self) {
-        if self.cold.as_ref().is_some_and(|c| c.is_empty()) {
-            self.cold = None;
-        }
-    }
-
-    /// Whether retained messages are owed to this connection.
-    fn has_backlog(&self) -> bool {
-        self.cold.as_ref().is_some_and(|c| !c.retained_backlog.is_empty())
-    }
-
-    /// The Authentication Method of the CONNECT, if enhanced authentication was used.
-    fn auth_method(&self) -> Option<&String> {
-        self.cold.as_ref().and_then(|c| c.auth_method.as_ref())
-    }
-
-    /// The client's Maximum Packet Size in bytes.
-    fn packet_max(&self) -> usize {
-        self.client_packet_max as usize
     }
 }
 
@@ -749,31 +618,9 @@ impl Shard {
         self.conns_per_listener[listener] += 1;
         let serial = self.next_conn_serial;
         self.next_conn_serial += 1;
-        let cold = tls_username.map(|name| {
-            Box::new(ConnCold { tls_username: Some(name.into_boxed_str()), ..Default::default() })
-        });
-        let conn = Conn {
-            phase: Phase::AwaitConnect { deadline: now + self.cfg.connect_timeout },
-            serial,
-            version: ProtocolVersion::V311,
-            // Listener indexes come from the configuration's listener list (far below 65 536).
-            listener: listener as u16,
-            peer,
-            rx: BytesMut::new(),
-            tx: BytesMut::new(),
-            ready: false,
-            keep_alive_secs: 0,
-            last_rx: now,
-            accepted_at: now,
-            client_receive_max: u16::MAX,
-            client_packet_max: u32::MAX,
-            out_alias_max: 0,
-            problem_info: true,
-            awaiting_peers: false,
-            flow_resumed: false,
-            identity_verified: false,
-            cold,
-        };
+        let deadline = now + self.cfg.connect_timeout;
+        // Listener indexes come from the configuration's listener list (far below 65 536).
+        let conn = Conn::new(serial, listener as u16, peer, now, deadline, tls_username);
         self.metrics.connections_total += 1;
         self.metrics.connections_current += 1;
         let id = self.conns.insert(conn);
@@ -782,13 +629,12 @@ impl Shard {
     }
 
     fn conn_ref(&self, id: ConnId) -> Option<ConnRef> {
-        self.conn(id).map(|c| ConnRef { id, serial: c.serial })
+        self.conn(id).map(|c| ConnRef { id, serial: c.serial() })
     }
 
     /// Whether the very connection `r` names is still waiting for its CONNACK.
     fn still_connecting(&self, r: ConnRef) -> bool {
-        self.conn(r.id)
-            .is_some_and(|c| c.serial == r.serial && matches!(c.phase, Phase::Connecting { .. }))
+        self.conn(r.id).is_some_and(|c| c.serial() == r.serial && c.is_connecting())
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
@@ -801,16 +647,14 @@ impl Shard {
 
     /// The peer address of a connection, for logs.
     pub fn peer(&self, id: ConnId) -> Option<SocketAddr> {
-        self.conn(id).map(|c| c.peer)
+        self.conn(id).map(Conn::peer)
     }
 
     /// The client id of a connection once its CONNECT was accepted, for logs.
     pub fn client_id(&self, id: ConnId) -> Option<&str> {
         // Stored once, in the session: the connection knows its slot once CONNECT is accepted.
-        match self.conn(id)?.phase {
-            Phase::Active { slot } => self.slot(slot).map(|s| &*s.session.client_id),
-            _ => None,
-        }
+        let slot = self.conn(id)?.active_slot()?;
+        self.slot(slot).map(|s| &*s.session.client_id)
     }
 
     /// Moves the connections that became ready since the last call (new output in `tx`, a
@@ -820,7 +664,7 @@ impl Shard {
     pub fn take_ready(&mut self, out: &mut Vec<ConnId>) {
         for id in self.ready.drain(..) {
             if let Some(c) = self.conns.get_mut(id.0) {
-                c.ready = false;
+                c.clear_ready();
                 out.push(id);
             }
         }
@@ -829,8 +673,7 @@ impl Shard {
     /// Lists connection `id` as ready (see [`Shard::take_ready`]).
     fn mark_ready(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(id.0) {
-            if !c.ready {
-                c.ready = true;
+            if c.mark_ready() {
                 self.ready.push(id);
             }
         }
@@ -841,24 +684,19 @@ impl Shard {
         match self.conn(id) {
             Some(c) => {
                 let memory_paused = self.memory_exhausted()
-                    && match c.phase {
-                        Phase::Active { slot } => {
-                            self.slot(slot).is_none_or(|s| s.session.held_bytes() == 0)
-                        }
+                    && match c.active_slot() {
+                        Some(slot) => self.slot(slot).is_none_or(|s| s.session.held_bytes() == 0),
                         // A CONNECT is read, to be refused with a reason code.
-                        _ => false,
+                        None => false,
                     };
-                let backlog = c.has_backlog();
                 ConnStatus {
-                    has_tx: !c.tx.is_empty() || backlog,
-                    closing: matches!(c.phase, Phase::Closing),
+                    has_tx: c.has_output(),
+                    closing: c.is_closing(),
                     // No shard-wide condition here: a full peer outbox or mesh byte bound
                     // pauses the publishers that add to it (`flow`).
-                    read_paused: c.tx.len() >= 2 * self.cfg.tx_bytes_max
-                        || self.publisher_paused(&c.phase)
-                        || c.awaiting_peers
-                        || backlog
-                        || matches!(c.phase, Phase::Connecting { .. } | Phase::Verifying { .. })
+                    read_paused: c.tx_len() >= 2 * self.cfg.tx_bytes_max
+                        || self.publisher_paused(c.phase())
+                        || c.read_held()
                         || memory_paused,
                     memory_paused,
                 }
@@ -887,15 +725,13 @@ impl Shard {
             self.drain_retained(id, now);
         }
         let Some(c) = self.conn_mut(id) else { return };
-        std::mem::swap(&mut c.tx, buf);
-        if let Phase::Active { slot } = c.phase {
+        c.swap_tx(buf);
+        if let Some(slot) = c.active_slot() {
             self.pump(id, slot, now);
         }
         // An idle connection keeps no large output buffer (the driver frees its own likewise).
         if let Some(c) = self.conn_mut(id) {
-            if c.tx.is_empty() && c.tx.capacity() > IDLE_TX_CAPACITY_MAX {
-                c.tx = BytesMut::new();
-            }
+            c.trim_idle_tx(IDLE_TX_CAPACITY_MAX);
         }
     }
 
@@ -903,11 +739,9 @@ impl Shard {
     /// one. A malformed packet closes this connection only.
     pub fn handle_read(&mut self, id: ConnId, data: &[u8], now: Instant) {
         let Some(c) = self.conn_mut(id) else { return };
-        if matches!(c.phase, Phase::Closing) {
+        if !c.receive(data, now) {
             return;
         }
-        c.rx.extend_from_slice(data);
-        c.last_rx = now;
         self.metrics.bytes_received += data.len() as u64;
         if self.reading {
             // Called from inside a decode loop (a completed CONNACK or SUBACK): resume later,
@@ -929,51 +763,28 @@ impl Shard {
     /// Decodes and handles the whole packets buffered for `id` while the connection may
     /// read (not closing, not waiting for CONNACK or a held SUBACK).
     fn decode_packets(&mut self, id: ConnId, now: Instant) {
+        let limits = conn::InputLimits {
+            packet_bytes_max: self.cfg.packet_size_bytes_max,
+            preauth_packet_bytes_max: self.cfg.preauth_packet_bytes_max,
+            user_properties: codec::UserPropertyBudget {
+                count: self.cfg.user_properties_max,
+                bytes: self.cfg.user_property_bytes_max,
+            },
+        };
         // Bounded: each iteration consumes at least one packet from a finite buffer.
         loop {
             let Some(c) = self.conn_mut(id) else { return };
-            match c.phase {
-                Phase::Closing => return,
-                // Pipelined packets wait until CONNACK (or a held SUBACK) is out.
-                Phase::Connecting { .. } | Phase::Verifying { .. } => return,
-                _ if c.awaiting_peers => return,
-                _ => {}
-            }
-            let version = c.version;
-            let pre_auth =
-                matches!(c.phase, Phase::AwaitConnect { .. } | Phase::Authenticating { .. });
-            // CVE-2023-0809's class: the first packet must be a CONNECT. Refused from its first
-            // byte, before a remaining length is even read, so nothing else is ever buffered.
-            let first_not_connect = matches!(c.phase, Phase::AwaitConnect { .. })
-                && c.rx.first().is_some_and(|b| b >> 4 != codec::PacketType::Connect as u8);
-            if first_not_connect {
-                self.metrics.protocol_errors += 1;
-                tracing::debug!(conn = id.0, "first packet is not CONNECT [MQTT-3.1.0-1]");
-                self.close(id, CloseReason::Refused, now);
-                return;
-            }
-            let limits = codec::DecodeLimits {
-                // CVE-2017-7651's class: before authentication only a small packet is accepted,
-                // checked at the fixed header, before its body is buffered.
-                packet_bytes_max: if pre_auth {
-                    self.cfg.preauth_packet_bytes_max
-                } else {
-                    self.cfg.packet_size_bytes_max
-                },
-                user_properties: codec::UserPropertyBudget {
-                    count: self.cfg.user_properties_max,
-                    bytes: self.cfg.user_property_bytes_max,
-                },
-            };
-            let Some(c) = self.conn_mut(id) else { return };
-            // Read before decoding consumes the bytes: how to refuse a CONNECT that fails.
-            let connect_version = if pre_auth { codec::connect_version(&c.rx) } else { None };
-            match codec::decode_with(&mut c.rx, version, &limits) {
-                Ok(Some(packet)) => self.handle_packet(id, packet, now),
-                Ok(None) => break,
-                Err(e) => {
+            match c.poll_packet(&limits) {
+                Input::Packet(packet) => self.handle_packet(id, packet, now),
+                Input::Incomplete | Input::Held => return,
+                Input::NotConnect => {
                     self.metrics.protocol_errors += 1;
-                    match e.kind {
+                    tracing::debug!(conn = id.0, "first packet is not CONNECT [MQTT-3.1.0-1]");
+                    return self.close(id, CloseReason::Refused, now);
+                }
+                Input::Malformed { error, pre_auth, awaiting_connect, connect_version } => {
+                    self.metrics.protocol_errors += 1;
+                    match error.kind {
                         codec::ErrorKind::PacketTooLarge { .. } if pre_auth => {
                             self.metrics.preauth_packets_refused_size += 1;
                         }
@@ -982,20 +793,14 @@ impl Shard {
                         }
                         _ => {}
                     }
-                    tracing::debug!(conn = id.0, error = %e, "malformed packet");
-                    if matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect { .. })) {
-                        self.refuse_connect_error(id, &e, connect_version, now);
+                    tracing::debug!(conn = id.0, %error, "malformed packet");
+                    if awaiting_connect {
+                        self.refuse_connect_error(id, &error, connect_version, now);
                     } else {
-                        self.close(id, CloseReason::Protocol(e.reason_code()), now);
+                        self.close(id, CloseReason::Protocol(error.reason_code()), now);
                     }
                     return;
                 }
-            }
-        }
-        // An idle connection keeps no receive buffer.
-        if let Some(c) = self.conn_mut(id) {
-            if c.rx.is_empty() && c.rx.capacity() > 0 {
-                c.rx = BytesMut::new();
             }
         }
     }
@@ -1006,18 +811,14 @@ impl Shard {
         let half = self.cfg.tx_bytes_max / 2;
         for _ in 0..RETAINED_BATCH {
             let Some(c) = self.conn_mut(id) else { return };
-            let Phase::Active { slot } = c.phase else {
-                if let Some(cold) = c.cold.as_mut() {
-                    cold.retained_backlog.clear();
-                }
+            let Some(slot) = c.active_slot() else {
+                c.clear_backlog();
                 break;
             };
-            if c.tx.len() >= half {
+            if c.tx_len() >= half {
                 break;
             }
-            let Some(r) = c.cold.as_mut().and_then(|cold| cold.retained_backlog.pop_front()) else {
-                break;
-            };
+            let Some(r) = c.pop_backlog() else { break };
             let out = crate::session::Outgoing {
                 msg: r.msg,
                 qos: r.qos,
@@ -1033,14 +834,8 @@ impl Shard {
     /// length (the messages are the store's; an entry costs its own size).
     fn recharge_backlog(&mut self, id: ConnId) {
         // The fields, not `conn_mut`: the memory budget is borrowed beside the connection.
-        let Some(c) = self.conns.get_mut(id.0) else { return };
-        let Some(cold) = c.cold.as_mut() else { return };
-        let now = cold.retained_backlog.len() * std::mem::size_of::<RetainedOut>();
-        self.cfg.memory.recharge(cold.backlog_charged, now);
-        cold.backlog_charged = now;
-        if now == 0 {
-            cold.retained_backlog = VecDeque::new();
-            c.trim_cold();
+        if let Some(c) = self.conns.get_mut(id.0) {
+            c.recharge_backlog(&self.cfg.memory);
         }
     }
 
@@ -1054,43 +849,37 @@ impl Shard {
     pub fn handle_write_timeout(&mut self, id: ConnId, now: Instant) {
         self.close(id, CloseReason::WriteTimeout, now);
         if let Some(c) = self.conn_mut(id) {
-            c.tx = BytesMut::new();
+            c.discard_tx();
         }
     }
 
     /// The driver closed the socket: the connection slot is freed.
     pub fn release(&mut self, id: ConnId, now: Instant) {
-        if self.conn(id).is_some_and(|c| !matches!(c.phase, Phase::Closing)) {
+        if self.conn(id).is_some_and(|c| !c.is_closing()) {
             self.close(id, CloseReason::NetworkError, now);
         }
-        self.take_will(id);
-        if let Some(cold) = self.conn_mut(id).and_then(|c| c.cold.as_mut()) {
-            cold.retained_backlog = VecDeque::new();
-        }
-        self.recharge_backlog(id);
-        if let Some(c) = self.conns.remove(id.0) {
-            self.conns_per_listener[usize::from(c.listener)] -= 1;
-            self.metrics.connections_current -= 1;
-        }
+        let Some(mut c) = self.conns.remove(id.0) else { return };
+        // What it still holds is released from the memory budget with it.
+        c.take_will(&self.cfg.memory);
+        c.clear_backlog();
+        c.recharge_backlog(&self.cfg.memory);
+        self.conns_per_listener[c.listener()] -= 1;
+        self.metrics.connections_current -= 1;
     }
 
     fn handle_packet(&mut self, id: ConnId, packet: Packet, now: Instant) {
-        if let Some(Phase::Active { slot }) = self.conn(id).map(|c| &c.phase) {
-            let slot = *slot;
+        let Some(c) = self.conn(id) else { return };
+        let phase_active = c.active_slot();
+        let awaiting_connect = matches!(c.phase(), Phase::AwaitConnect { .. });
+        let authenticating = matches!(c.phase(), Phase::Authenticating { .. });
+        if let Some(slot) = phase_active {
             self.journal_packet(slot, &packet);
         }
-        let Some(c) = self.conn(id) else { return };
-        let phase_active = match c.phase {
-            Phase::Active { slot } => Some(slot),
-            _ => None,
-        };
         match (packet, phase_active) {
-            (Packet::Connect(connect), None) if matches!(c.phase, Phase::AwaitConnect { .. }) => {
+            (Packet::Connect(connect), None) if awaiting_connect => {
                 self.handle_connect(id, connect, now)
             }
-            (Packet::Auth(a), None) if matches!(c.phase, Phase::Authenticating { .. }) => {
-                self.handle_auth(id, a, now)
-            }
+            (Packet::Auth(a), None) if authenticating => self.handle_auth(id, a, now),
             (Packet::Auth(a), Some(_)) => self.handle_auth(id, a, now),
             // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
             (Packet::Connect(_), _) => {
@@ -1119,7 +908,7 @@ impl Shard {
     }
 
     fn handle_disconnect(&mut self, id: ConnId, slot: SlotId, d: ReasonPacket, now: Instant) {
-        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let v5 = self.conn(id).is_some_and(|c| c.version().is_v5());
         if v5 {
             if let Some(expiry) = d.properties.session_expiry_interval() {
                 let cap = self.cfg.session_expiry_secs_max;
@@ -1151,32 +940,23 @@ impl Shard {
     /// [`Shard::send`], returning whether the packet was sent.
     fn send_fitted(&mut self, id: ConnId, packet: &Packet) -> bool {
         let Some(c) = self.conn_mut(id) else { return false };
-        let before = c.tx.len();
-        if let Err(e) = codec::encode(packet, c.version, &mut c.tx) {
-            // Only reachable with a packet the broker built wrong; keep serving others.
-            tracing::error!(conn = id.0, error = %e, "could not encode packet");
-            return false;
-        }
-        if c.tx.len() - before > c.packet_max() {
-            c.tx.truncate(before);
-            let (version, max) = (c.version, c.packet_max());
-            let fitted =
-                fit_packet(packet, |p| codec::encoded_len(p, version).is_ok_and(|n| n <= max));
-            let Some(fitted) = fitted else {
+        match c.send(packet) {
+            Ok(written) => {
+                self.mark_ready(id);
+                self.metrics.bytes_sent += written as u64;
+                true
+            }
+            Err(conn::Unsent::TooLarge) => {
                 self.metrics.packets_dropped_too_large += 1;
                 tracing::debug!(conn = id.0, "packet exceeds the client's maximum packet size");
-                return false;
-            };
-            let Some(c) = self.conn_mut(id) else { return false };
-            if codec::encode(&fitted, version, &mut c.tx).is_err() {
-                return false;
+                false
+            }
+            Err(conn::Unsent::Encode(e)) => {
+                // Only reachable with a packet the broker built wrong; keep serving others.
+                tracing::error!(conn = id.0, error = %e, "could not encode packet");
+                false
             }
         }
-        let Some(c) = self.conn_mut(id) else { return false };
-        let written = c.tx.len() - before;
-        self.mark_ready(id);
-        self.metrics.bytes_sent += written as u64;
-        true
     }
 
     /// Closes a connection: sends the v5 DISCONNECT the reason calls for, publishes the will when
@@ -1230,17 +1010,15 @@ impl Shard {
         id: ConnId,
         reason: CloseReason,
     ) -> Option<(Phase, Option<Will>)> {
-        let c = self.conn_mut(id)?;
-        if matches!(c.phase, Phase::Closing) {
-            return None;
-        }
-        let phase = std::mem::replace(&mut c.phase, Phase::Closing);
-        let v5 = c.version.is_v5();
+        // The fields, not `conn_mut`: the memory budget is borrowed beside the connection.
+        let c = self.conns.get_mut(id.0)?;
+        let phase = c.start_close()?;
+        let v5 = c.version().is_v5();
+        let will = c.take_will(&self.cfg.memory);
+        let peer = c.peer();
         self.mark_ready(id);
-        let will = self.take_will(id);
         if tracing::enabled!(tracing::Level::INFO) {
             // The connection's own span exists at debug level only: name it here.
-            let peer = self.conn(id).map(|c| c.peer.to_string()).unwrap_or_default();
             let cid = match phase {
                 Phase::Active { slot } => self.slot(slot).map(|s| &*s.session.client_id),
                 _ => None,
@@ -1316,31 +1094,6 @@ impl Shard {
     /// refuses something ([`Metrics::memory_budget_refusals`]).
     pub fn memory_exhausted(&self) -> bool {
         self.cfg.memory.exhausted()
-    }
-
-    /// Stores a connection's will and charges it to the memory budget.
-    pub(crate) fn set_will(&mut self, id: ConnId, will: Option<Will>) {
-        let cost = will.as_ref().map_or(0, will_cost);
-        let Some(c) = self.conns.get_mut(id.0) else { return };
-        if will.is_none() && c.cold.is_none() {
-            return;
-        }
-        let cold = c.cold_mut();
-        self.cfg.memory.recharge(cold.will_charged, cost);
-        cold.will_charged = cost;
-        cold.will = will;
-        c.trim_cold();
-    }
-
-    /// Takes a connection's will and releases its charge.
-    fn take_will(&mut self, id: ConnId) -> Option<Will> {
-        let c = self.conns.get_mut(id.0)?;
-        let cold = c.cold.as_mut()?;
-        self.cfg.memory.recharge(cold.will_charged, 0);
-        cold.will_charged = 0;
-        let will = cold.will.take();
-        c.trim_cold();
-        will
     }
 
     fn slot(&self, slot: SlotId) -> Option<&SessionSlot> {
@@ -1526,53 +1279,6 @@ impl Shard {
     pub fn connection_count(&self) -> usize {
         self.metrics.connections_current as usize
     }
-}
-
-/// `packet` with optional v5 properties left out, step by step, until `fits` says it does: first
-/// Reason String and User Properties, which the server must not send when they would exceed
-/// the client's Maximum Packet Size ([MQTT-3.2.2-19], [MQTT-3.2.2-20], [MQTT-3.4.2-2],
-/// [MQTT-3.14.2-3] and the like for every packet); then, in a CONNACK, the properties whose
-/// absence means what we would say anyway or something more restrictive: Retain, Wildcard,
-/// Subscription Identifier and Shared Subscription Available (absent = 1), Topic Alias Maximum
-/// (absent = 0: the client uses no aliases), Response Information (optional, §3.2.2.3.15),
-/// Receive Maximum when it is 65 535 and Maximum Packet Size when it is the protocol maximum.
-/// `None` when even that does not fit.
-fn fit_packet(packet: &Packet, fits: impl Fn(&Packet) -> bool) -> Option<Packet> {
-    use codec::Property as P;
-    let diagnostic = |p: &P| !matches!(p, P::ReasonString(_) | P::UserProperty(..));
-    let mut p = packet.clone();
-    let props = match &mut p {
-        Packet::ConnAck(a) => &mut a.properties,
-        Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
-            &mut r.properties
-        }
-        Packet::SubAck(a) => &mut a.properties,
-        Packet::UnsubAck(a) => &mut a.properties,
-        Packet::Disconnect(d) | Packet::Auth(d) => &mut d.properties,
-        _ => return None,
-    };
-    props.retain(diagnostic);
-    if fits(&p) {
-        return Some(p);
-    }
-    // Left out one kind at a time, least useful first, so as much as fits is kept.
-    let optional: [fn(&P) -> bool; 6] = [
-        |p| matches!(p, P::RetainAvailable(1) | P::WildcardSubscriptionAvailable(1)),
-        |p| matches!(p, P::SubscriptionIdentifierAvailable(1) | P::SharedSubscriptionAvailable(1)),
-        |p| matches!(p, P::ResponseInformation(_)),
-        |p| matches!(p, P::TopicAliasMaximum(_)),
-        |p| matches!(p, P::ReceiveMaximum(u16::MAX)),
-        |p| matches!(p, P::MaximumPacketSize(268_435_455..)),
-    ];
-    let Packet::ConnAck(a) = &mut p else { return None };
-    for is_optional in optional {
-        a.properties.retain(|p| !is_optional(p));
-        let fitted = Packet::ConnAck(a.clone());
-        if fits(&fitted) {
-            return Some(fitted);
-        }
-    }
-    None
 }
 
 /// Bytes a will counts for in the memory budget, as a message would.

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::message::{delivery_qos, SharedDelivery};
 use super::subscribe::{SubKey, SubVal};
-use super::{CloseReason, ConnId, Shard, ShardMsg};
+use super::{CloseReason, Conn, ConnId, Shard, ShardMsg};
 use crate::codec::{
-    self, Packet, PacketId, Properties, Property, PubResp, Publish, PublishView, QoS, ReasonCode,
+    self, Packet, PacketId, Properties, Property, PubResp, Publish, QoS, ReasonCode,
     SubscriptionOptions, TopicName, Will,
 };
 use crate::session::message::Origin;
@@ -52,16 +52,28 @@ struct Variant {
 }
 
 impl SharedEncoding {
-    /// The live encoding of `msg` in variant `key`.
-    fn find(&self, msg: &Rc<Message>, key: (bool, QoS, bool)) -> Option<&Variant> {
+    /// Whether a fan-out to more than one subscriber is under way.
+    pub(super) fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// The live encoding of `msg` in variant `key`, and the offset of its packet id.
+    pub(super) fn find(&self, msg: &Rc<Message>, key: (bool, QoS, bool)) -> Option<(&[u8], usize)> {
         if !self.msg.as_ref().is_some_and(|m| Rc::ptr_eq(m, msg)) {
             return None;
         }
-        self.variants.iter().find(|v| v.live && v.key == key)
+        let v = self.variants.iter().find(|v| v.live && v.key == key)?;
+        Some((&v.bytes, v.pid_at))
     }
 
     /// Stores `frame` as the encoding of `msg` in variant `key`.
-    fn store(&mut self, msg: &Rc<Message>, key: (bool, QoS, bool), frame: &[u8], pid_at: usize) {
+    pub(super) fn store(
+        &mut self,
+        msg: &Rc<Message>,
+        key: (bool, QoS, bool),
+        frame: &[u8],
+        pid_at: usize,
+    ) {
         if !self.msg.as_ref().is_some_and(|m| Rc::ptr_eq(m, msg)) {
             self.clear();
             self.msg = Some(Rc::clone(msg));
@@ -139,7 +151,7 @@ impl Shard {
         let mut resp = PubResp { packet_id: pid, reason, properties: Properties::new() };
         // A Reason String only if the client did not turn problem information off
         // ([MQTT-3.1.2-29]).
-        if reason.is_error() && self.conn(id).is_some_and(|c| c.problem_info && c.version.is_v5()) {
+        if reason.is_error() && self.conn(id).is_some_and(Conn::wants_reason_strings) {
             resp.properties.push(Property::ReasonString(refusal_text(reason).into()));
         }
         match qos {
@@ -157,36 +169,13 @@ impl Shard {
         now: Instant,
     ) {
         self.metrics.messages_received += 1;
+        let alias_max = self.cfg.topic_alias_max;
         let Some(c) = self.conn_mut(id) else { return };
-        let v5 = c.version.is_v5();
+        let v5 = c.version().is_v5();
         if v5 {
             // Topic Alias (§3.3.2.3.4): resolve it, then forget it (aliases are per hop).
-            if let Some(alias) = p.properties.topic_alias() {
-                if alias > self.cfg.topic_alias_max {
-                    // [MQTT-3.3.2-9]: alias above the maximum we advertised.
-                    return self.close(
-                        id,
-                        CloseReason::Protocol(ReasonCode::TopicAliasInvalid),
-                        now,
-                    );
-                }
-                let Some(c) = self.conn_mut(id) else { return };
-                match &p.topic {
-                    None => match c.cold.as_ref().and_then(|cold| cold.aliases.get(&alias)) {
-                        Some(t) => p.topic = Some(t.clone()),
-                        None => {
-                            return self.close(
-                                id,
-                                CloseReason::Protocol(ReasonCode::ProtocolError),
-                                now,
-                            )
-                        }
-                    },
-                    Some(t) => {
-                        c.cold_mut().aliases.insert(alias, t.clone());
-                    }
-                }
-                p.properties.remove(codec::properties::id::TOPIC_ALIAS);
+            if let Err(reason) = c.resolve_topic_alias(&mut p, alias_max) {
+                return self.close(id, CloseReason::Protocol(reason), now);
             }
             // [MQTT-3.3.4-6]: a client must not send a Subscription Identifier.
             if p.properties.subscription_identifiers().next().is_some() {
@@ -522,8 +511,17 @@ impl Shard {
     ) {
         let tx_max = self.cfg.tx_bytes_max;
         let Some(c) = self.conn(conn) else { return };
-        let (receive_max, tx_room) = (c.client_receive_max, c.tx.len() < tx_max);
-        let Some(s) = self.slot_mut(slot) else { return };
+        let (receive_max, tx_room) = (c.client_receive_max(), c.tx_len() < tx_max);
+        let origin = out.msg.origin.filter(|_| live);
+        let qos0_max = self.cfg.flow.qos0_queue_bytes_max;
+        // A client fed by itself is never paused on its own behalf: its QoS 0 is left to the
+        // hard caps, which close it (issue 9, CVE-2021-33175's class), rather than dropped
+        // while the broker goes on reading it.
+        let me = self.id;
+        let own = out.msg.origin.is_some_and(|o| o.shard == me && o.session == slot);
+        let journaled = self.persistence_enabled();
+        // The field, not `slot_mut`: the counters are borrowed beside the session.
+        let Some(s) = self.sessions.get_mut(slot) else { return };
         if s.flow.dropping() {
             // A slow consumer under policy `drop`: it alone loses messages until it drains.
             self.metrics.messages_dropped_slow_consumer += 1;
@@ -539,14 +537,6 @@ impl Shard {
                 return self.send_inflight(conn, slot, out, now);
             }
         }
-        let origin = out.msg.origin.filter(|_| live);
-        let qos0_max = self.cfg.flow.qos0_queue_bytes_max;
-        // A client fed by itself is never paused on its own behalf: its QoS 0 is left to the
-        // hard caps, which close it (issue 9, CVE-2021-33175's class), rather than dropped
-        // while the broker goes on reading it.
-        let me = self.id;
-        let own = out.msg.origin.is_some_and(|o| o.shard == me && o.session == slot);
-        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
         if out.qos == QoS::AtMostOnce
             && !own
             && !s.session.queue.is_empty()
@@ -557,8 +547,7 @@ impl Shard {
             self.metrics.messages_dropped_qos0_slow += 1;
             return self.flow_after_delivery(slot, origin, now);
         }
-        let journaled = self.persistence_enabled().then(|| out.clone());
-        let s = self.slot_mut(slot).expect("invariant: checked by the caller");
+        let journaled = journaled.then(|| out.clone());
         s.session.enqueue_connected(out);
         if let Some(out) = journaled {
             self.journal_enqueued(slot, &out);
@@ -615,21 +604,7 @@ impl Shard {
 
     /// Whether the encoded PUBLISH fits the client's Maximum Packet Size ([MQTT-3.1.2-25]).
     fn fits_client(&self, conn: ConnId, out: &Outgoing, now: Instant) -> bool {
-        let Some(c) = self.conn(conn) else { return false };
-        if c.client_packet_max == u32::MAX {
-            return true;
-        }
-        let props = outgoing_properties(out, c.version.is_v5(), now, None);
-        let view = PublishView {
-            dup: false,
-            qos: out.qos,
-            retain: out.retain,
-            topic: &out.msg.topic,
-            packet_id: PacketId::new(1).filter(|_| out.qos != QoS::AtMostOnce),
-            properties: props.as_ref().unwrap_or(&out.msg.properties),
-            payload: &out.msg.payload,
-        };
-        codec::publish_len(&view, c.version).is_ok_and(|n| n <= c.packet_max())
+        self.conn(conn).is_some_and(|c| c.fits(out, now))
     }
 
     fn write_publish(
@@ -640,53 +615,15 @@ impl Shard {
         dup: bool,
         now: Instant,
     ) {
-        if out.qos == QoS::AtMostOnce && !self.fits_client(conn, out, now) {
+        // The field, not `conn_mut`: the counters and the shared encoding are borrowed beside
+        // the connection.
+        let Some(c) = self.conns.get_mut(conn.0) else { return };
+        if out.qos == QoS::AtMostOnce && !c.fits(out, now) {
             self.metrics.messages_dropped_too_large += 1;
             return;
         }
-        let mut shared = std::mem::take(&mut self.shared_encoding);
-        let Some(c) = self.conn_mut(conn) else {
-            self.shared_encoding = shared;
-            return;
-        };
-        let v5 = c.version.is_v5();
-        let (alias, with_topic) = outbound_alias(c, &out.msg.topic);
-        let props = outgoing_properties(out, v5, now, alias);
-        // The same bytes as every other subscriber of this fan-out: no properties of its own.
-        let reusable = shared.active && props.is_none() && alias.is_none() && !dup;
-        let key = (v5, out.qos, out.retain);
-        let found = if reusable { shared.find(&out.msg, key) } else { None };
-        let written = if let Some(v) = found {
-            let start = c.tx.len();
-            c.tx.extend_from_slice(&v.bytes);
-            if let Some(pid) = packet_id {
-                let at = start + v.pid_at;
-                c.tx[at..at + 2].copy_from_slice(&pid.get().to_be_bytes());
-            }
-            Ok(v.bytes.len())
-        } else {
-            let view = PublishView {
-                dup,
-                qos: out.qos,
-                retain: out.retain,
-                topic: if with_topic { &out.msg.topic } else { "" },
-                packet_id,
-                properties: props.as_ref().unwrap_or(&out.msg.properties),
-                payload: &out.msg.payload,
-            };
-            let start = c.tx.len();
-            let result = codec::encode_publish(&view, c.version, &mut c.tx);
-            if let (true, Ok(n)) = (reusable, &result) {
-                // Remembered for the next subscriber: fixed header, topic, then the packet id.
-                let frame = &c.tx[start..start + n];
-                let pid_at = fixed_header_len(frame) + 2 + out.msg.topic.len();
-                shared.store(&out.msg, key, frame, pid_at);
-            }
-            result
-        };
-        match written {
+        match c.write_publish(out, packet_id, dup, now, &mut self.shared_encoding) {
             Ok(n) => {
-                self.shared_encoding = shared;
                 self.mark_ready(conn);
                 self.metrics.bytes_sent += n as u64;
                 self.metrics.messages_sent += 1;
@@ -694,10 +631,7 @@ impl Shard {
                     self.record_latency(now.saturating_duration_since(t).as_micros() as u64);
                 }
             }
-            Err(e) => {
-                self.shared_encoding = shared;
-                tracing::error!(conn = conn.0, error = %e, "could not encode PUBLISH");
-            }
+            Err(e) => tracing::error!(conn = conn.0, error = %e, "could not encode PUBLISH"),
         }
     }
 
@@ -712,10 +646,10 @@ impl Shard {
     fn pump_queue(&mut self, conn: ConnId, slot: SlotId, now: Instant) {
         let tx_max = self.cfg.tx_bytes_max;
         let Some(c) = self.conn(conn) else { return };
-        let receive_max = c.client_receive_max;
+        let receive_max = c.client_receive_max();
         // Bounded by the queue length.
         loop {
-            if self.conn(conn).is_none_or(|c| c.tx.len() >= tx_max) {
+            if self.conn(conn).is_none_or(|c| c.tx_len() >= tx_max) {
                 return;
             }
             let Some(s) = self.slot_mut(slot) else { return };
@@ -797,7 +731,7 @@ impl Shard {
                 ReasonCode::Success
             }
             // v5 §3.6.2: PUBREL 0x92 for an id we do not know; 3.1.1 has no reason codes.
-            AckOutcome::Unknown if self.conn(id).is_some_and(|c| c.version.is_v5()) => {
+            AckOutcome::Unknown if self.conn(id).is_some_and(|c| c.version().is_v5()) => {
                 ReasonCode::PacketIdentifierNotFound
             }
             AckOutcome::Unknown => ReasonCode::Success,
@@ -812,7 +746,7 @@ impl Shard {
         if known {
             self.journal_inbound_qos2(slot, r.packet_id.get(), false);
         }
-        let reason = if known || !self.conn(id).is_some_and(|c| c.version.is_v5()) {
+        let reason = if known || !self.conn(id).is_some_and(|c| c.version().is_v5()) {
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
@@ -834,29 +768,9 @@ impl Shard {
     }
 }
 
-/// The outbound Topic Alias for `topic` on this connection (§3.3.2.3.4), assigning the next
-/// one on first use while the client's maximum allows; and whether the topic name must still
-/// be sent (true when the alias is new or there is none).
-fn outbound_alias(c: &mut super::Conn, topic: &str) -> (Option<u16>, bool) {
-    if c.out_alias_max == 0 || !c.version.is_v5() {
-        return (None, true);
-    }
-    if let Some(&a) = c.cold.as_ref().and_then(|cold| cold.out_aliases.get(topic)) {
-        return (Some(a), false);
-    }
-    let max = usize::from(c.out_alias_max);
-    let out_aliases = &mut c.cold_mut().out_aliases;
-    if out_aliases.len() < max {
-        let a = out_aliases.len() as u16 + 1;
-        out_aliases.insert(topic.to_owned(), a);
-        return (Some(a), true);
-    }
-    (None, true)
-}
-
 /// Bytes of an encoded packet's fixed header: the type byte and the Remaining Length varint
 /// (a byte with the high bit clear ends it; at most 4).
-fn fixed_header_len(frame: &[u8]) -> usize {
+pub(super) fn fixed_header_len(frame: &[u8]) -> usize {
     1 + frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0).map_or(4, |i| i + 1)
 }
 
@@ -873,7 +787,7 @@ fn refusal_text(reason: ReasonCode) -> &'static str {
 /// The v5 properties of an outgoing PUBLISH when they differ from the stored message's: the
 /// remaining Message Expiry Interval ([MQTT-3.3.2-6]) and the matching Subscription
 /// Identifiers. `None` means "send the stored properties as they are" (and always for v3).
-fn outgoing_properties(
+pub(super) fn outgoing_properties(
     out: &Outgoing,
     v5: bool,
     now: Instant,

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::{ConnId, Phase, Shard, ShardConfig};
+use super::{ConnId, Shard, ShardConfig};
 use crate::codec::ReasonCode;
 use crate::codec::{
     self, Connect, Packet, PacketId, Properties, Property, ProtocolVersion, PubResp, Publish, QoS,
@@ -863,7 +863,7 @@ impl Sim {
                 assert_eq!(owner, Some(&i), "shard {si}: slot {i} unreachable");
             }
             for (i, c) in s.conns.entries() {
-                let Phase::Active { slot } = c.phase else { continue };
+                let Some(slot) = c.active_slot() else { continue };
                 let sess = s.slot(slot).expect("an Active connection has its session");
                 // The client id is stored once, in the session: the slot must name this
                 // connection back, or the connection is on a foreign slot.
@@ -900,7 +900,7 @@ impl Sim {
         for (si, s) in self.shards.iter().enumerate() {
             for (i, c) in s.conns.entries() {
                 assert!(
-                    !matches!(c.phase, Phase::Connecting { .. }),
+                    !c.is_connecting(),
                     "shard {si}: conn {i} still waits for CONNACK with the mesh empty"
                 );
             }

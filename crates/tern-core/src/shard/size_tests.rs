@@ -70,7 +70,7 @@ fn idle_connection_holds_no_cold_state() {
         .expect("encodes");
     // A partial packet is kept until it completes, then the buffer is freed.
     shard.handle_read(id, &bytes[..5], now);
-    assert!(shard.conn(id).is_some_and(|c| c.rx.capacity() > 0), "partial CONNECT kept");
+    assert!(shard.conn(id).is_some_and(|c| c.footprint().0 > 0), "partial CONNECT kept");
     shard.handle_read(id, &bytes[5..], now);
     assert!(!shard.take_tx(id, now).is_empty(), "CONNACK");
     shard.handle_read(id, &[0xC0, 0x00], now); // PINGREQ
@@ -81,12 +81,13 @@ fn idle_connection_holds_no_cold_state() {
     shard.swap_tx(id, &mut written, now);
     assert!(written.is_empty());
     let c = shard.conn(id).expect("connected");
-    assert_eq!(c.tx.capacity(), 0, "no output buffer between packets");
-    assert!(c.cold.is_none(), "no cold part on an idle connection");
-    assert_eq!(c.rx.capacity(), 0, "no receive buffer between packets");
+    let (rx, tx, cold) = c.footprint();
+    assert_eq!(tx, 0, "no output buffer between packets");
+    assert!(!cold, "no cold part on an idle connection");
+    assert_eq!(rx, 0, "no receive buffer between packets");
     // The client id is stored once, in the session, and found through the slot.
     assert_eq!(shard.client_id(id), Some("idle"));
-    let Phase::Active { slot } = c.phase else { panic!("connected: {:?}", c.phase) };
+    let Some(slot) = c.active_slot() else { panic!("connected: {:?}", c.phase()) };
     let s = &shard.slot(slot).expect("session").session;
     // An idle session holds no table for subscriptions, messages in flight or QoS 2 ids.
     assert!(!s.subscriptions.is_allocated() && !s.inflight.is_allocated());
@@ -115,10 +116,12 @@ fn cold_state_comes_and_goes() {
         retain: false,
         properties: Default::default(),
     };
-    shard.set_will(id, Some(will));
-    assert!(shard.conn(id).is_some_and(|c| c.cold.is_some()), "a will lives in the cold part");
-    assert!(shard.take_will(id).is_some());
-    assert!(shard.conn(id).is_some_and(|c| c.cold.is_none()), "freed once the will is gone");
+    let memory = std::sync::Arc::clone(&shard.cfg.memory);
+    let cost = super::will_cost(&will);
+    shard.conn_mut(id).expect("accepted").set_will(Some(will), cost, &memory);
+    assert!(shard.conn(id).is_some_and(|c| c.footprint().2), "a will lives in the cold part");
+    assert!(shard.conn_mut(id).and_then(|c| c.take_will(&memory)).is_some());
+    assert!(shard.conn(id).is_some_and(|c| !c.footprint().2), "freed once the will is gone");
     let used = shard.cfg.memory.used();
     assert_eq!(used, 0, "the will's charge is released with it");
 }

@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::message::Member;
-use super::{ConnId, Shard, ShardMsg};
+use super::{ConnId, ConnRef, Shard, ShardMsg};
 use crate::codec::topic::is_shared;
 use crate::codec::TopicFilter;
 use crate::codec::{
-    Packet, Properties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
 };
 use crate::session::Subscription;
 use crate::topic::{levels, parse_shared};
@@ -99,8 +100,8 @@ impl Shard {
         s: Subscribe,
         now: Instant,
     ) {
-        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
-        let v31 = self.conn(id).is_some_and(|c| c.version == crate::codec::ProtocolVersion::V31);
+        let version = self.conn(id).map_or(ProtocolVersion::V311, super::Conn::version);
+        let (v5, v31) = (version.is_v5(), version == ProtocolVersion::V31);
         let identifier = s.properties.subscription_identifiers().next();
         let req = self.next_req;
         self.next_req += 1;
@@ -200,17 +201,16 @@ impl Shard {
             reasons.push(answer[w].unwrap_or(ReasonCode::UnspecifiedError));
         }
         let ack = SubAck { packet_id: s.packet_id, reasons, properties: Properties::new() };
-        let Some(conn) = self.conn_ref(id) else { return };
-        let pending = PendingSubAck { conn, slot, ack, retained_for, identifier };
         let peers = usize::from(self.cfg.shards) - 1;
+        let Some(c) = self.conn_mut(id) else { return };
+        let conn = ConnRef { id, serial: c.serial() };
+        let pending = PendingSubAck { conn, slot, ack, retained_for, identifier };
         if told == 0 || peers == 0 {
             self.complete_suback(pending, now);
         } else {
+            c.set_awaiting_peers(true);
             self.pending_acks
                 .insert(req, HeldAck { ack: PendingAck::Sub(pending), left: told * peers });
-            if let Some(c) = self.conn_mut(id) {
-                c.awaiting_peers = true;
-            }
         }
     }
 
@@ -234,16 +234,12 @@ impl Shard {
         // The very connection that subscribed, still on its session: a connection that reused
         // the id (even on the same slot, after a takeover) never sees this SUBACK (issue 9).
         let conn = p.conn.id;
-        let still_bound = self.conn(conn).is_some_and(|c| {
-            c.serial == p.conn.serial
-                && matches!(c.phase, super::Phase::Active { slot } if slot == p.slot)
-        });
-        if !still_bound {
-            return;
-        }
-        if let Some(c) = self.conn_mut(conn) {
-            c.awaiting_peers = false;
-        }
+        let still_bound =
+            |c: &&mut super::Conn| c.serial() == p.conn.serial && c.active_slot() == Some(p.slot);
+        let Some(c) = self.conn_mut(conn).filter(still_bound) else { return };
+        c.set_awaiting_peers(false);
+        // Taken before the SUBACK is written (which leaves it alone), put back below.
+        let mut backlog = c.take_backlog();
         self.send(conn, &Packet::SubAck(p.ack));
         let identifier = p.identifier;
         // Retained messages follow the SUBACK, with RETAIN set ([MQTT-3.3.1-8]). They are
@@ -252,11 +248,6 @@ impl Shard {
         // and bounded work per turn after, and QoS 0 ones are not dropped for a full buffer.
         let cap = self.cfg.retained_messages_max;
         let mut msgs = Vec::new();
-        let backlog = match self.conn_mut(conn) {
-            Some(c) => c.cold.as_mut().map(|cold| std::mem::take(&mut cold.retained_backlog)),
-            None => return,
-        };
-        let mut backlog = backlog.unwrap_or_default();
         for (filter, qos) in p.retained_for {
             msgs.clear();
             self.retained.matching(&filter, now, &mut msgs);
@@ -274,9 +265,7 @@ impl Shard {
             }
         }
         if let Some(c) = self.conn_mut(conn) {
-            if !backlog.is_empty() || c.cold.is_some() {
-                c.cold_mut().retained_backlog = backlog;
-            }
+            c.set_backlog(backlog);
         }
         self.drain_retained(conn, now);
         // Packets that arrived behind the SUBSCRIBE.
@@ -293,7 +282,7 @@ impl Shard {
     }
 
     pub(super) fn handle_unsubscribe(&mut self, id: ConnId, slot: SlotId, u: Unsubscribe) {
-        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let v5 = self.conn(id).is_some_and(|c| c.version().is_v5());
         let mut reasons = Vec::with_capacity(u.filters.len());
         for filter in &u.filters {
             let Some(s) = self.slot_mut(slot) else { return };

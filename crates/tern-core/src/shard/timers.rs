@@ -19,7 +19,8 @@ use crate::ids::{SlotGen, SlotId};
 use std::cmp::Reverse;
 use std::time::{Duration, Instant};
 
-use super::{CloseReason, ConnId, Phase, Shard};
+use super::conn::Deadline;
+use super::{ConnId, Shard};
 
 /// What a deadline is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -95,43 +96,20 @@ impl Shard {
     }
 
     fn conn_deadline(&mut self, id: ConnId, serial: u64, now: Instant) {
-        let paused = match self.conn(id) {
-            Some(c) if c.serial == serial => self.publisher_paused(&c.phase),
-            _ => return, // released; the slot may hold another connection now
+        // The fields, not `conn_mut`: the session is read beside the connection.
+        let Some(c) = self.conns.get_mut(id.0).filter(|c| c.serial() == serial) else {
+            return; // released; the slot may hold another connection now
         };
-        let Some(c) = self.conn_mut(id) else { return };
-        let next = match c.phase {
-            Phase::AwaitConnect { deadline }
-            | Phase::Authenticating { deadline }
-            | Phase::Verifying { deadline, .. }
-            | Phase::Connecting { deadline } => {
-                if now >= deadline {
-                    return self.close(id, CloseReason::ConnectTimeout, now);
-                }
-                // At the deadline, or sooner to see it become active.
-                deadline.min(now + PHASE_RECHECK)
+        // Flow control holds its reading (`Shard::publisher_paused`).
+        let session = c.active_slot().and_then(|slot| self.sessions.get(slot));
+        let paused = session.is_some_and(|s| s.flow.paused());
+        match c.poll_timeout(now, paused, PHASE_RECHECK) {
+            Deadline::None => {}
+            Deadline::Expired(reason) => self.close(id, reason, now),
+            Deadline::At(next) => {
+                self.deadlines.push(Reverse((next, Due::Conn { id: id.0, serial })));
             }
-            Phase::Closing => return,
-            Phase::Active { .. } if c.keep_alive_secs == 0 => return,
-            Phase::Active { .. } => {
-                if paused || c.flow_resumed {
-                    // Not read because of flow control: its packets wait in the socket. The
-                    // clock restarts here, at the first check after a resume: never early, at
-                    // most one keep-alive period late (and any packet read sets it anyway).
-                    c.last_rx = now;
-                    c.flow_resumed = false;
-                }
-                // [MQTT-3.1.2-24] (3.1.1) / [MQTT-3.1.2-22] (5.0): 1.5 times the keep alive.
-                let limit = Duration::from_millis(u64::from(c.keep_alive_secs) * 1500);
-                let deadline = c.last_rx + limit;
-                if now > deadline {
-                    return self.close(id, CloseReason::KeepAliveTimeout, now);
-                }
-                // Strictly after `now`, and at the same one-second grain as the tick.
-                deadline.max(now + Duration::from_millis(1))
-            }
-        };
-        self.deadlines.push(Reverse((next, Due::Conn { id: id.0, serial })));
+        }
     }
 
     fn expiry_deadline(&mut self, slot: SlotId, generation: SlotGen, at: Instant, now: Instant) {
