@@ -45,7 +45,10 @@ fn publish(version: ProtocolVersion, payload_len: usize) -> Packet {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
-        topic: "sensors/building-7/floor-3/room-12/temperature".to_owned(),
+        topic: Some(
+            tern::codec::TopicName::new("sensors/building-7/floor-3/room-12/temperature")
+                .expect("valid topic"),
+        ),
         packet_id: Some(packet_id(4242)),
         properties,
         payload: Bytes::from(vec![0x5A; payload_len]),
@@ -96,7 +99,7 @@ fn subscribe(version: ProtocolVersion) -> Packet {
                 retain_as_published: false,
                 retain_handling: RetainHandling::SendAtSubscribe,
             };
-            (filter, options)
+            (tern::codec::TopicFilter::new(filter, true).expect("valid filter"), options)
         })
         .collect();
     let properties = if version.is_v5() {

@@ -436,8 +436,14 @@ impl Bridge<'_> {
             } else {
                 (t.direction.incoming(), (&t.remote_prefix, &t.local_prefix))
             };
-            let rest = m.topic.strip_prefix(dst.0.as_str())?;
-            (src && matches(&t.filter, rest)).then(|| (format!("{}{rest}", dst.1), t.qos))
+            // A PUBLISH that names its topic by alias alone is not mapped (the bridge keeps
+            // no alias table) and is dropped like an unmapped one.
+            let rest = m.topic.as_deref()?.strip_prefix(dst.0.as_str())?;
+            if !(src && matches(&t.filter, rest)) {
+                return None;
+            }
+            let topic = crate::codec::TopicName::new(format!("{}{rest}", dst.1)).ok()?;
+            Some((topic, t.qos))
         });
         let Some((topic, qos_max)) = mapped else {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
@@ -469,7 +475,7 @@ impl Bridge<'_> {
             dup: false,
             qos,
             retain: m.retain,
-            topic,
+            topic: Some(topic),
             packet_id,
             properties,
             payload: m.payload,
@@ -580,12 +586,12 @@ impl Bridge<'_> {
     /// Subscribes each side to the filters that come from it.
     fn subscribe(&self, remote: &mut Side, local: &mut Side) -> std::io::Result<()> {
         for (side, incoming) in [(remote, true), (local, false)] {
-            let filters: Vec<(String, SubscriptionOptions)> = self
+            let filters: Vec<(crate::codec::TopicFilter, SubscriptionOptions)> = self
                 .cfg
                 .topics
                 .iter()
                 .filter(|t| if incoming { t.direction.incoming() } else { t.direction.outgoing() })
-                .map(|t| {
+                .filter_map(|t| {
                     let prefix = if incoming { &t.remote_prefix } else { &t.local_prefix };
                     let options = SubscriptionOptions {
                         qos: if t.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
@@ -595,7 +601,11 @@ impl Bridge<'_> {
                         retain_as_published: side.version.is_v5(),
                         ..Default::default()
                     };
-                    (format!("{prefix}{}", t.filter), options)
+                    // The config loader checked `{prefix}{filter}` on both sides already.
+                    let filter =
+                        crate::codec::TopicFilter::new(format!("{prefix}{}", t.filter), true)
+                            .ok()?;
+                    Some((filter, options))
                 })
                 .collect();
             if filters.is_empty() {

@@ -72,7 +72,10 @@ fn drain(c: &mut RawClient, wait: Duration) -> Vec<(String, String)> {
                 if let Some(id) = p.packet_id {
                     c.send(&Packet::PubAck(tern::codec::PubResp::success(id)));
                 }
-                out.push((p.topic.clone(), String::from_utf8_lossy(&p.payload).into_owned()));
+                out.push((
+                    p.topic.as_deref().unwrap_or("").to_owned(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                ));
             }
             Some(_) => {}
             None => break,

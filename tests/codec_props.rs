@@ -83,7 +83,7 @@ fn topic_name() -> impl Strategy<Value = String> {
 
 /// A valid topic filter: `+` alone in a level, `#` alone in the last level, optionally a
 /// `$share/{name}/` prefix ([MQTT-4.7.1-*], [MQTT-4.8.2-*]).
-fn topic_filter() -> impl Strategy<Value = String> {
+fn topic_filter() -> impl Strategy<Value = tern::codec::TopicFilter> {
     let level = prop_oneof![3 => topic_level(), 1 => Just("+".to_owned())];
     let share_name = vec(topic_level(), 1..2).prop_map(|l| {
         let name = l.concat();
@@ -93,8 +93,8 @@ fn topic_filter() -> impl Strategy<Value = String> {
             name
         }
     });
-    (vec(level, 1..5), any::<bool>(), proptest::option::weighted(0.2, share_name)).prop_map(
-        |(mut levels, hash, share)| {
+    (vec(level, 1..5), any::<bool>(), proptest::option::weighted(0.2, share_name))
+        .prop_map(|(mut levels, hash, share)| {
             if hash {
                 levels.push("#".to_owned());
             }
@@ -106,8 +106,10 @@ fn topic_filter() -> impl Strategy<Value = String> {
                 Some(name) => format!("$share/{name}/{filter}"),
                 None => filter,
             }
-        },
-    )
+        })
+        .prop_map(|f| {
+            tern::codec::TopicFilter::new(f, true).expect("the strategy makes valid filters")
+        })
 }
 
 fn packet_id() -> impl Strategy<Value = PacketId> {
@@ -341,7 +343,7 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 dup: dup && !at_most_once,
                 qos,
                 retain,
-                topic,
+                topic: tern::codec::TopicName::new(topic).ok(), // empty: named by the alias
                 packet_id: if at_most_once { None } else { Some(id) },
                 properties,
                 payload,
@@ -629,7 +631,7 @@ fn publish_at_remaining_length_boundaries() {
                 dup: false,
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                topic: "t".to_owned(),
+                topic: Some(tern::codec::TopicName::new("t").expect("valid topic")),
                 packet_id: PacketId::new(1),
                 properties: Properties::new(),
                 payload: Bytes::from(vec![0xA5; remaining - overhead]),

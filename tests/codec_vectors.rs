@@ -48,7 +48,8 @@ fn publish(qos: QoS, topic: &str, packet_id: Option<u16>, payload: &'static [u8]
         dup: false,
         qos,
         retain: false,
-        topic: topic.to_owned(),
+        // "" stands for the v5 alias-only form (no topic name on the wire).
+        topic: tern::codec::TopicName::new(topic).ok(),
         packet_id: packet_id.map(id),
         properties: Properties::new(),
         payload: Bytes::from_static(payload),
@@ -615,9 +616,18 @@ fn subscribe_v3() {
     let expected = Packet::Subscribe(Subscribe {
         packet_id: id(10),
         filters: vec![
-            ("a/+".into(), opts(QoS::AtLeastOnce)),
-            ("#".into(), opts(QoS::AtMostOnce)),
-            ("x/y".into(), opts(QoS::ExactlyOnce)),
+            (
+                tern::codec::TopicFilter::new("a/+", true).expect("valid filter"),
+                opts(QoS::AtLeastOnce),
+            ),
+            (
+                tern::codec::TopicFilter::new("#", true).expect("valid filter"),
+                opts(QoS::AtMostOnce),
+            ),
+            (
+                tern::codec::TopicFilter::new("x/y", true).expect("valid filter"),
+                opts(QoS::ExactlyOnce),
+            ),
         ],
         properties: Properties::new(),
     });
@@ -641,7 +651,7 @@ fn subscribe_v5_options_and_properties() {
         packet_id: id(11),
         filters: vec![
             (
-                "a/b".into(),
+                tern::codec::TopicFilter::new("a/b", true).expect("valid filter"),
                 SubscriptionOptions {
                     qos: QoS::AtLeastOnce,
                     no_local: true,
@@ -650,7 +660,7 @@ fn subscribe_v5_options_and_properties() {
                 },
             ),
             (
-                "$share/g/c/#".into(),
+                tern::codec::TopicFilter::new("$share/g/c/#", true).expect("valid filter"),
                 SubscriptionOptions {
                     qos: QoS::ExactlyOnce,
                     no_local: false,
@@ -658,7 +668,10 @@ fn subscribe_v5_options_and_properties() {
                     retain_handling: RetainHandling::DoNotSend,
                 },
             ),
-            ("d".into(), opts(QoS::AtMostOnce)),
+            (
+                tern::codec::TopicFilter::new("d", true).expect("valid filter"),
+                opts(QoS::AtMostOnce),
+            ),
         ],
         properties: props(vec![Property::SubscriptionIdentifier(5), user("k", "v")]),
     });
@@ -672,7 +685,10 @@ fn subscribe_v5_options_are_refused_for_v3() {
     let sub = |options| {
         Packet::Subscribe(Subscribe {
             packet_id: id(1),
-            filters: vec![("a".into(), options)],
+            filters: vec![(
+                tern::codec::TopicFilter::new("a", true).expect("valid filter"),
+                options,
+            )],
             properties: props(vec![Property::SubscriptionIdentifier(5)]),
         })
     };
@@ -747,7 +763,10 @@ fn suback_v5() {
 fn unsubscribe_v3() {
     let expected = Packet::Unsubscribe(Unsubscribe {
         packet_id: id(12),
-        filters: vec!["a/b".into(), "#".into()],
+        filters: vec![
+            tern::codec::TopicFilter::new("a/b", true).expect("valid filter"),
+            tern::codec::TopicFilter::new("#", true).expect("valid filter"),
+        ],
         properties: Properties::new(),
     });
     for version in V3 {
@@ -764,7 +783,10 @@ fn unsubscribe_v5() {
     );
     let expected = Packet::Unsubscribe(Unsubscribe {
         packet_id: id(13),
-        filters: vec!["a/+".into(), "$share/g/x".into()],
+        filters: vec![
+            tern::codec::TopicFilter::new("a/+", true).expect("valid filter"),
+            tern::codec::TopicFilter::new("$share/g/x", true).expect("valid filter"),
+        ],
         properties: props(vec![user("k", "v")]),
     });
     vector(V5, &bytes, &expected);
@@ -1029,13 +1051,16 @@ fn malformed_reserved_header_flags_mqtt_2_1_3_1_and_2_2_2_2() {
 fn v31_accepts_dup_on_resent_subscribe_unsubscribe_pubrel() {
     let sub = Packet::Subscribe(Subscribe {
         packet_id: id(1),
-        filters: vec![("a/b".into(), opts(QoS::AtMostOnce))],
+        filters: vec![(
+            tern::codec::TopicFilter::new("a/b", true).expect("valid filter"),
+            opts(QoS::AtMostOnce),
+        )],
         properties: Properties::new(),
     });
     decodes_to(V31, &hex!("8A 08 00 01 00 03 61 2F 62 00"), &sub);
     let unsub = Packet::Unsubscribe(Unsubscribe {
         packet_id: id(1),
-        filters: vec!["a/b".into()],
+        filters: vec![tern::codec::TopicFilter::new("a/b", true).expect("valid filter")],
         properties: Properties::new(),
     });
     decodes_to(V31, &hex!("AA 07 00 01 00 03 61 2F 62"), &unsub);

@@ -95,7 +95,10 @@ fn cve_2017_7650_wildcards_in_identities_never_widen_pattern_acls() {
         let (mut evil, _) = RawClient::mqtt_connect(b.addr, V4, id, true);
         let s = Subscribe {
             packet_id: common::pid(1),
-            filters: vec![("devices/victim/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                tern::codec::TopicFilter::new("devices/victim/#", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         evil.send(&Packet::Subscribe(s));
@@ -108,7 +111,10 @@ fn cve_2017_7650_wildcards_in_identities_never_widen_pattern_acls() {
     // The victim's own message arrives; none of the attackers' did.
     victim.publish("devices/victim/self", b"mine", QoS::AtMostOnce, 0, false);
     let p = victim.recv_publish();
-    assert_eq!((p.topic.as_str(), &p.payload[..]), ("devices/victim/self", &b"mine"[..]));
+    assert_eq!(
+        (p.topic.as_deref().unwrap_or(""), &p.payload[..]),
+        ("devices/victim/self", &b"mine"[..])
+    );
 }
 
 /// CVE-2017-7651 (Mosquitto <= 1.4.14): a huge Remaining Length on an unauthenticated
@@ -170,7 +176,10 @@ fn cve_2017_7652_failed_reload_keeps_the_old_rules() {
         let (mut c, _) = RawClient::mqtt_connect(b.addr, V4, "after-reload", true);
         let s = Subscribe {
             packet_id: common::pid(1),
-            filters: vec![("secret/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                tern::codec::TopicFilter::new("secret/#", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         c.send(&Packet::Subscribe(s));
@@ -193,7 +202,10 @@ fn cve_2018_12550_12551_empty_or_malformed_auth_files_fail_closed() {
     let (mut c, _) = RawClient::mqtt_connect(b.addr, V4, "anyone", true);
     let s = Subscribe {
         packet_id: common::pid(1),
-        filters: vec![("#".into(), SubscriptionOptions::default())],
+        filters: vec![(
+            tern::codec::TopicFilter::new("#", true).expect("valid filter"),
+            SubscriptionOptions::default(),
+        )],
         properties: Properties::new(),
     };
     c.send(&Packet::Subscribe(s));
@@ -227,8 +239,8 @@ fn cve_2018_12543_dollar_topics_never_panic() {
     // `$xyz` and `$xyz/a` arrive through `$xyz/#`, and nothing through `#`.
     let mut topics = Vec::new();
     while let Some(Packet::Publish(m)) = sub.recv_timeout(Duration::from_secs(2)) {
-        topics.push(m.topic.clone());
-        if m.topic == "$xyz/end" {
+        topics.push(m.topic.as_deref().unwrap_or("").to_owned());
+        if m.topic.as_deref() == Some("$xyz/end") {
             break;
         }
     }
@@ -246,7 +258,10 @@ fn cve_2019_11779_deep_topics_are_refused_without_recursion() {
     let (mut c, _) = RawClient::mqtt_connect(b.addr, V5, "deep", true);
     let s = Subscribe {
         packet_id: common::pid(1),
-        filters: vec![(format!("{deep}#"), SubscriptionOptions::default())],
+        filters: vec![(
+            tern::codec::TopicFilter::new(format!("{deep}#"), true).expect("valid filter"),
+            SubscriptionOptions::default(),
+        )],
         properties: Properties::new(),
     };
     c.send(&Packet::Subscribe(s));
@@ -349,7 +364,7 @@ fn cve_2021_41039_user_properties_are_capped_per_packet() {
         dup: false,
         qos: QoS::AtMostOnce,
         retain: false,
-        topic: "t".into(),
+        topic: Some(tern::codec::TopicName::new("t").expect("valid topic")),
         packet_id: None,
         properties: empty_user_properties(180_000),
         payload: Bytes::from_static(b"x"),
@@ -637,13 +652,16 @@ fn cve_2025_59946_cross_shard_subscription_updates_are_messages() {
     for i in 0..200u16 {
         let sub = Subscribe {
             packet_id: common::pid(i + 1),
-            filters: vec![("churn/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                tern::codec::TopicFilter::new("churn/#", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         s.send(&Packet::Subscribe(sub));
         let unsub = tern::codec::Unsubscribe {
             packet_id: common::pid(i + 1),
-            filters: vec!["churn/#".into()],
+            filters: vec![tern::codec::TopicFilter::new("churn/#", true).expect("valid filter")],
             properties: Properties::new(),
         };
         s.send(&Packet::Unsubscribe(unsub));

@@ -34,7 +34,7 @@ fn qos2_burst(first: u16, n: u16, payload: usize) -> BytesMut {
             dup: false,
             qos: QoS::ExactlyOnce,
             retain: false,
-            topic: "flood".into(),
+            topic: Some(tern::codec::TopicName::new("flood").expect("valid topic")),
             packet_id: Some(pid(first.wrapping_add(i).max(1))),
             properties: Properties::new(),
             payload: Bytes::from(vec![b'x'; payload]),

@@ -32,7 +32,7 @@ fn cross_shard_delivery_at_each_qos_with_downgrade() {
             }
         }
         let p = sub.recv_publish();
-        assert_eq!(p.topic, "fleet/7/temp");
+        assert_eq!(p.topic.as_deref(), Some("fleet/7/temp"));
         assert_eq!(&p.payload[..], b"21.5");
         assert_eq!(p.qos, qos.min(QoS::AtLeastOnce));
         assert!(!p.retain, "[MQTT-3.3.1-9] RETAIN 0 on established subscriptions");
@@ -106,7 +106,7 @@ fn first_of_x_then_y(c: &mut RawClient, publ: &mut RawClient, id: u16) -> (Strin
     assert!(matches!(publ.recv(), Packet::PubAck(_)));
     let m = c.recv_publish();
     c.send(&Packet::PubAck(PubResp::success(m.packet_id.expect("QoS 1 has an id"))));
-    (m.topic.to_string(), m.payload.to_vec())
+    (m.topic.as_deref().unwrap_or("").to_owned(), m.payload.to_vec())
 }
 
 #[test]
@@ -190,7 +190,7 @@ fn keepalive_expiry_closes_and_publishes_will() {
     assert!(matches!(dev.recv(), Packet::ConnAck(_)));
     assert!(dev.closed_within(Duration::from_secs(4)), "closed after 1.5 s of silence");
     let w = watcher.recv_publish();
-    assert_eq!(w.topic, "status/sleepy");
+    assert_eq!(w.topic.as_deref(), Some("status/sleepy"));
     assert_eq!(&w.payload[..], b"offline");
 }
 
@@ -260,7 +260,7 @@ fn retained_messages_on_wildcard_subscribe_across_shards() {
     s.subscribe("site/+/state", QoS::AtLeastOnce);
     let m = s.recv_publish();
     assert!(m.retain);
-    assert_eq!((m.topic.as_str(), &m.payload[..]), ("site/a/state", &b"on"[..]));
+    assert_eq!((m.topic.as_deref().unwrap_or(""), &m.payload[..]), ("site/a/state", &b"on"[..]));
     assert!(s.recv_timeout(Duration::from_millis(300)).is_none(), "cleared topic not sent");
 }
 

@@ -51,7 +51,7 @@ fn sub(
 ) -> Vec<ReasonCode> {
     c.subscribe_with(Packet::Subscribe(Subscribe {
         packet_id: pid(1),
-        filters: vec![(filter.into(), opts)],
+        filters: vec![(tern::codec::TopicFilter::new(filter, true).expect("valid filter"), opts)],
         properties: props.into(),
     }))
     .reasons
@@ -73,7 +73,9 @@ fn publish(
         dup: false,
         qos: q,
         retain,
-        topic: topic.into(),
+        // "" is the v5 alias-only form; any other name must be valid (a test bug otherwise).
+        topic: (!topic.is_empty())
+            .then(|| tern::codec::TopicName::new(topic).expect("valid topic")),
         packet_id: (q != QoS::AtMostOnce).then(|| pid(id)),
         properties: props.into(),
         payload: Bytes::copy_from_slice(payload),
@@ -174,7 +176,7 @@ fn inbound_topic_aliases_resolve_and_out_of_range_alias_disconnects() {
     p.send(&publish("", b"2", QoS::AtMostOnce, 0, false, vec![Property::TopicAlias(3)]));
     for want in [b"1", b"2"] {
         let m = s.recv_publish();
-        assert_eq!(m.topic, "alias/long/topic");
+        assert_eq!(m.topic.as_deref(), Some("alias/long/topic"));
         assert_eq!(&m.payload[..], want);
         assert_eq!(m.properties.topic_alias(), None, "aliases are per connection");
     }
@@ -193,13 +195,25 @@ fn outbound_topic_aliases_up_to_the_clients_maximum() {
         p.send(&publish(t, b"x", QoS::AtMostOnce, 0, false, vec![]));
     }
     let first = s.recv_publish();
-    assert_eq!((first.topic.as_str(), first.properties.topic_alias()), ("oa/a", Some(1)));
+    assert_eq!(
+        (first.topic.as_deref().unwrap_or(""), first.properties.topic_alias()),
+        ("oa/a", Some(1))
+    );
     let second = s.recv_publish();
-    assert_eq!((second.topic.as_str(), second.properties.topic_alias()), ("", Some(1)));
+    assert_eq!(
+        (second.topic.as_deref().unwrap_or(""), second.properties.topic_alias()),
+        ("", Some(1))
+    );
     let third = s.recv_publish();
-    assert_eq!((third.topic.as_str(), third.properties.topic_alias()), ("oa/b", Some(2)));
+    assert_eq!(
+        (third.topic.as_deref().unwrap_or(""), third.properties.topic_alias()),
+        ("oa/b", Some(2))
+    );
     let fourth = s.recv_publish();
-    assert_eq!((fourth.topic.as_str(), fourth.properties.topic_alias()), ("oa/c", None));
+    assert_eq!(
+        (fourth.topic.as_deref().unwrap_or(""), fourth.properties.topic_alias()),
+        ("oa/c", None)
+    );
 }
 
 #[test]
@@ -397,7 +411,7 @@ fn will_delay_is_cancelled_by_a_reconnect_and_honoured_otherwise() {
     let (_back, a) = open(b.shard_addrs[1], again);
     assert!(a.session_present);
     let m = w.recv_publish();
-    assert_eq!(m.topic, "wd/late", "published after its 1 s delay");
+    assert_eq!(m.topic.as_deref(), Some("wd/late"), "published after its 1 s delay");
     assert!(w.recv_timeout(Duration::from_millis(2500)).is_none(), "wd/back was cancelled");
 }
 

@@ -80,7 +80,10 @@ fn pipelined_subscribes_are_answered_without_overflowing_the_shard_stack() {
     for i in 1..=N {
         let s = Subscribe {
             packet_id: common::pid(i),
-            filters: vec![("p".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                tern::codec::TopicFilter::new("p", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         codec::encode(&Packet::Subscribe(s), V4, &mut buf).expect("encode");
@@ -145,7 +148,7 @@ fn subscriber_that_stops_reading_is_closed_by_the_write_deadline() {
         _ => None,
     });
     let will = will.expect("the stalled subscriber's will is published");
-    assert_eq!(will.topic, "will/stalled");
+    assert_eq!(will.topic.as_deref(), Some("will/stalled"));
     assert!(start.elapsed() < Duration::from_secs(15));
     assert!(stalled.closed_within(Duration::from_secs(5)), "its socket is closed");
     still_serves(b.addr, "honest");
@@ -172,7 +175,13 @@ fn repeated_filter_subscribe_over_retained_messages_keeps_the_broker_answering()
     let subscribe = |n: usize| {
         Packet::Subscribe(Subscribe {
             packet_id: common::pid(1),
-            filters: vec![("r/#".into(), SubscriptionOptions::default()); n],
+            filters: vec![
+                (
+                    tern::codec::TopicFilter::new("r/#", true).expect("valid filter"),
+                    SubscriptionOptions::default()
+                );
+                n
+            ],
             properties: Properties::new(),
         })
     };

@@ -636,7 +636,11 @@ fn recovery_time_of_a_large_log() {
         let session = SessionSnapshot {
             expiry_secs: 3600,
             offline_since_unix_ms: Some(0),
-            subscriptions: vec![(format!("s/{s}"), Default::default(), None)],
+            subscriptions: vec![(
+                tern::codec::TopicFilter::new(format!("s/{s}"), true).expect("valid filter"),
+                Default::default(),
+                None,
+            )],
             ..Default::default()
         };
         emit(

@@ -56,7 +56,10 @@ fn run(shards: u16) -> Vec<Packet> {
     for i in 1..=N {
         let s = Subscribe {
             packet_id: PacketId::new(i).expect("nonzero"),
-            filters: vec![("p".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                tern::codec::TopicFilter::new("p", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         codec::encode(&Packet::Subscribe(s), V4, &mut buf).expect("encodes");

@@ -607,10 +607,17 @@ fn send_subscribe(c: &mut Conn, ctx: &mut Ctx, now: Instant) {
         return;
     }
     sub.subscribe_sent = true;
+    let filter = match tern::codec::TopicFilter::new(sub.filter.clone(), true) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tern-loadtest: not subscribing to invalid filter {:?}: {e}", sub.filter);
+            return;
+        }
+    };
     let opts = SubscriptionOptions { qos: ctx.scenario.qos, ..Default::default() };
     let packet = Packet::Subscribe(Subscribe {
         packet_id: PacketId::new(1).expect("invariant: 1 is a valid packet id"),
-        filters: vec![(sub.filter.clone(), opts)],
+        filters: vec![(filter, opts)],
         properties: Properties::new(),
     });
     encode_into(&packet, ctx.scenario.version, &mut c.out);
@@ -975,7 +982,7 @@ mod tests {
                     dup: false,
                     qos,
                     retain: true,
-                    topic: "a/b".into(),
+                    topic: Some(tern::codec::TopicName::new("a/b").expect("valid topic")),
                     packet_id: if qos == QoS::AtMostOnce { None } else { PacketId::new(9) },
                     properties,
                     payload: Bytes::from_static(b"hello"),

@@ -222,7 +222,10 @@ pub fn connect_packet(version: ProtocolVersion, id: &str) -> Packet {
 pub fn subscribe_packet(filter: &str, qos: QoS, id: u16) -> Packet {
     Packet::Subscribe(codec::Subscribe {
         packet_id: pid(id),
-        filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+        filters: vec![(
+            tern::codec::TopicFilter::new(filter, true).expect("valid filter"),
+            SubscriptionOptions { qos, ..Default::default() },
+        )],
         properties: Properties::new(),
     })
 }
@@ -232,7 +235,9 @@ pub fn publish(topic: &str, payload: &[u8], qos: QoS, id: u16, retain: bool) -> 
         dup: false,
         qos,
         retain,
-        topic: topic.into(),
+        // "" is the v5 alias-only form; any other name must be valid (a test bug otherwise).
+        topic: (!topic.is_empty())
+            .then(|| tern::codec::TopicName::new(topic).expect("valid topic")),
         packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
         properties: Properties::new(),
         payload: Bytes::copy_from_slice(payload),

@@ -137,7 +137,10 @@ pub fn wait_retained(addr: SocketAddr, topic: &str, payload: &[u8]) {
         probe.subscribe(topic, tern::codec::QoS::AtMostOnce);
         while let Some(p) = probe.recv_timeout(Duration::from_millis(100)) {
             if let tern::codec::Packet::Publish(m) = p {
-                if m.retain && m.topic.as_str() == topic && m.payload[..] == *payload {
+                if m.retain
+                    && m.topic.as_deref().unwrap_or("") == topic
+                    && m.payload[..] == *payload
+                {
                     return Some(());
                 }
             }

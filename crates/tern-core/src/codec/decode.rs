@@ -9,7 +9,7 @@ use super::header::{check, FixedHeader, PacketType};
 use super::primitives::Reader;
 use super::properties::{Properties, PropertyContext, UserPropertyBudget};
 use super::reason::{ReasonCode, ReasonContext};
-use super::topic::{is_shared, validate_topic_filter, validate_topic_name};
+use super::topic::is_shared;
 use super::*;
 
 /// Decodes one packet from the front of `buf`.
@@ -197,14 +197,15 @@ impl Dec {
         let topic = r.string()?;
         let packet_id = if qos == QoS::AtMostOnce { None } else { Some(self.packet_id(r)?) };
         let properties = self.properties(r, PropertyContext::Publish)?;
-        if topic.is_empty() && self.v5 {
+        let topic = if topic.is_empty() && self.v5 {
             // A v5 PUBLISH may leave the topic empty and name it by alias (§3.3.2.3.4).
             if properties.topic_alias().is_none() {
                 return Err(DecodeError::new(ErrorKind::EmptyTopicWithoutAlias, "MQTT-3.3.2-1"));
             }
+            None
         } else {
-            validate_topic_name(&topic, self.v5)?;
-        }
+            Some(TopicName::new(topic)?)
+        };
         Ok(Publish {
             dup,
             qos,
@@ -242,8 +243,7 @@ impl Dec {
         let properties = self.properties(r, PropertyContext::Subscribe)?;
         let mut filters = Vec::new();
         while r.remaining() > 0 {
-            let filter = r.string()?;
-            validate_topic_filter(&filter, self.v5)?;
+            let filter = TopicFilter::new(r.string()?, self.v5)?;
             let opts = self.subscription_options(r.u8()?, &filter)?;
             filters.push((filter, opts));
         }
@@ -328,9 +328,7 @@ impl Dec {
         let properties = self.properties(r, PropertyContext::Unsubscribe)?;
         let mut filters = Vec::new();
         while r.remaining() > 0 {
-            let filter = r.string()?;
-            validate_topic_filter(&filter, self.v5)?;
-            filters.push(filter);
+            filters.push(TopicFilter::new(r.string()?, self.v5)?);
         }
         if filters.is_empty() {
             return Err(DecodeError::new(ErrorKind::NoTopicFilters, "MQTT-3.10.3-2"));

@@ -347,7 +347,7 @@ impl<'a> PublishView<'a> {
             dup: p.dup,
             qos: p.qos,
             retain: p.retain,
-            topic: &p.topic,
+            topic: p.topic.as_deref().unwrap_or(""),
             packet_id: p.packet_id,
             properties: &p.properties,
             payload: &p.payload,

@@ -175,8 +175,9 @@ pub struct Publish {
     pub qos: QoS,
     /// RETAIN flag.
     pub retain: bool,
-    /// Topic name; empty only in v5 with a Topic Alias property.
-    pub topic: String,
+    /// Topic name; None (an empty name on the wire) only in v5 with a Topic Alias property
+    /// (§3.3.2.3.4), which the receiver resolves.
+    pub topic: Option<TopicName>,
     /// Packet identifier; present exactly when QoS > 0.
     pub packet_id: Option<PacketId>,
     /// PUBLISH properties (v5).
@@ -249,7 +250,7 @@ pub struct Subscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
     /// Topic filters and their options, in order; never empty.
-    pub filters: Vec<(String, SubscriptionOptions)>,
+    pub filters: Vec<(TopicFilter, SubscriptionOptions)>,
     /// Properties (v5).
     pub properties: Properties,
 }
@@ -271,7 +272,7 @@ pub struct Unsubscribe {
     /// Packet identifier.
     pub packet_id: PacketId,
     /// Topic filters; never empty.
-    pub filters: Vec<String>,
+    pub filters: Vec<TopicFilter>,
     /// Properties (v5).
     pub properties: Properties,
 }

@@ -157,7 +157,7 @@ mod tests {
             dup: false,
             qos,
             retain: false,
-            topic: "t".into(),
+            topic: Some(crate::codec::TopicName::new("t").expect("valid topic")),
             packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
             properties: Default::default(),
             payload: bytes::Bytes::from_static(b"x"),

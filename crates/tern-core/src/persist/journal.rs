@@ -407,7 +407,7 @@ mod tests {
             Record::SessionOpen { client_id: c(), clean: true, username: None, expiry_secs: 60 },
             Record::Subscribe {
                 client_id: c(),
-                filter: "t".into(),
+                filter: crate::codec::TopicFilter::new("t", true).expect("valid filter"),
                 options: SubscriptionOptions::default(),
                 identifier: None,
             },

@@ -29,7 +29,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::codec::primitives::Reader;
 use crate::codec::{
-    Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, TopicName, Will,
+    Properties, PropertyContext, QoS, RetainHandling, SubscriptionOptions, TopicFilter, TopicName,
+    Will,
 };
 
 /// The client that published a retained message ([`Record::RetainSource`]).
@@ -92,7 +93,7 @@ pub struct SessionSnapshot {
     /// When it went offline, Unix milliseconds (None while connected at snapshot time).
     pub offline_since_unix_ms: Option<u64>,
     /// Subscriptions: filter, options, identifier.
-    pub subscriptions: Vec<(String, SubscriptionOptions, Option<u32>)>,
+    pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<u32>)>,
     /// Outbound messages in flight, in send order.
     pub inflight: Vec<StoredInflight>,
     /// Queued deliveries, oldest first.
@@ -146,7 +147,7 @@ pub enum Record {
         /// Client identifier.
         client_id: String,
         /// Topic filter as sent (with `$share/` prefix when shared).
-        filter: String,
+        filter: TopicFilter,
         /// Options.
         options: SubscriptionOptions,
         /// v5 Subscription Identifier.
@@ -157,7 +158,7 @@ pub enum Record {
         /// Client identifier.
         client_id: String,
         /// Topic filter.
-        filter: String,
+        filter: TopicFilter,
     },
     /// A message was queued for the session.
     Enqueue {
@@ -417,6 +418,10 @@ impl<'a> Fields<'a> {
             _ => Err(RecordError::Invalid("flag is not 0 or 1")),
         }
     }
+    /// A topic filter, checked as a SUBSCRIBE's would be.
+    fn filter(&mut self) -> Result<TopicFilter, RecordError> {
+        TopicFilter::new(self.str()?, true).map_err(|_| RecordError::Invalid("topic filter"))
+    }
     fn str(&mut self) -> Result<String, RecordError> {
         let n = usize::from(self.u16()?);
         let b = self.take(n)?;
@@ -646,11 +651,11 @@ impl Record {
             kind::OWNED => Record::Owned { client_id: f.str()?, stamp_us: f.u64()? },
             kind::SUBSCRIBE => Record::Subscribe {
                 client_id: f.str()?,
-                filter: f.str()?,
+                filter: f.filter()?,
                 options: f.options()?,
                 identifier: f.opt_u32()?,
             },
-            kind::UNSUBSCRIBE => Record::Unsubscribe { client_id: f.str()?, filter: f.str()? },
+            kind::UNSUBSCRIBE => Record::Unsubscribe { client_id: f.str()?, filter: f.filter()? },
             kind::ENQUEUE => Record::Enqueue { client_id: f.str()?, delivery: f.delivery()? },
             kind::SENT => Record::Sent { client_id: f.str()?, packet_id: f.packet_id()? },
             kind::DEQUEUED => Record::Dequeued { client_id: f.str()?, count: f.u32()? },
@@ -677,7 +682,7 @@ impl Record {
                 let n = f.count(4)?;
                 let mut subscriptions = Vec::with_capacity(n);
                 for _ in 0..n {
-                    subscriptions.push((f.str()?, f.options()?, f.opt_u32()?));
+                    subscriptions.push((f.filter()?, f.options()?, f.opt_u32()?));
                 }
                 let n = f.count(20)?;
                 let mut inflight = Vec::with_capacity(n);
@@ -732,6 +737,11 @@ pub mod examples {
     use super::*;
     use crate::codec::Property;
 
+    /// An example filter (each is a valid one).
+    fn filter(f: &str) -> TopicFilter {
+        TopicFilter::new(f, true).expect("invariant: example filters are valid")
+    }
+
     fn msg(topic: &str) -> StoredMessage {
         let mut properties = Properties::new();
         properties.push(Property::ContentType("text/plain".into()));
@@ -781,17 +791,17 @@ pub mod examples {
             Record::Owned { client_id: cid(), stamp_us: 1_764_000_000_000_123 },
             Record::Subscribe {
                 client_id: cid(),
-                filter: "$share/g/a/#".into(),
+                filter: filter("$share/g/a/#"),
                 options,
                 identifier: Some(7),
             },
             Record::Subscribe {
                 client_id: cid(),
-                filter: "+".into(),
+                filter: filter("+"),
                 options: SubscriptionOptions::default(),
                 identifier: None,
             },
-            Record::Unsubscribe { client_id: cid(), filter: "a/+".into() },
+            Record::Unsubscribe { client_id: cid(), filter: filter("a/+") },
             Record::Enqueue { client_id: cid(), delivery: delivery() },
             Record::Sent { client_id: cid(), packet_id: 65_535 },
             Record::Dequeued { client_id: cid(), count: 3 },
@@ -816,8 +826,8 @@ pub mod examples {
                     expiry_secs: 3600,
                     offline_since_unix_ms: Some(9),
                     subscriptions: vec![
-                        ("a/#".into(), options, Some(1)),
-                        ("b".into(), SubscriptionOptions::default(), None),
+                        (filter("a/#"), options, Some(1)),
+                        (filter("b"), SubscriptionOptions::default(), None),
                     ],
                     inflight: vec![StoredInflight {
                         packet_id: 9,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{Inflight, InflightState, Outgoing, Session, SessionLimits, Subscription};
-use crate::codec::{Properties, QoS, TopicName};
+use crate::codec::{Properties, QoS, TopicFilter, TopicName};
 
 /// Who published a message: used for the v5 No Local option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -112,7 +112,7 @@ pub struct TransferredInflight {
 #[derive(Clone, Debug, Default)]
 pub struct SessionState {
     /// Subscriptions.
-    pub subscriptions: Vec<(String, Subscription)>,
+    pub subscriptions: Vec<(TopicFilter, Subscription)>,
     /// Outbound messages in flight, in the order they were sent ([MQTT-4.6.0-1]).
     pub inflight: Vec<TransferredInflight>,
     /// Queued deliveries: message, QoS, retain, subscription ids.

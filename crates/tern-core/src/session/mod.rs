@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Instant;
 
-use crate::codec::{PacketId, QoS, SubscriptionOptions};
+use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter};
 use lazy::{LazyMap, LazySet};
 pub use message::{Message, SessionState, TransferredInflight};
 
@@ -128,7 +128,7 @@ pub struct Session {
     /// User name of the connection that owns the session (for ACL checks on delivery).
     pub username: Option<String>,
     /// Topic filter → subscription (no table while there is none).
-    pub subscriptions: LazyMap<String, Subscription>,
+    pub subscriptions: LazyMap<TopicFilter, Subscription>,
     /// Outbound QoS 1/2 in flight, by packet id. Resend order is [`Inflight::seq`], not the
     /// id, which wraps.
     /// No table while nothing is in flight.

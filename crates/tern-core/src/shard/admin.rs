@@ -191,7 +191,7 @@ impl Shard {
                         }
                         out.push(SubscriptionInfo {
                             client_id: s.session.client_id.to_string(),
-                            filter: f.clone(),
+                            filter: f.to_string(),
                             qos: qos_number(sub.options.qos),
                             shard: self.id,
                         });

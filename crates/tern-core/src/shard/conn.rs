@@ -95,7 +95,7 @@ pub(crate) struct ConnCold {
     /// Bytes `will` is charged to the memory budget.
     will_charged: usize,
     /// Inbound topic aliases (v5): alias → topic. At most `topic_alias_max` entries.
-    aliases: HashMap<u16, String>,
+    aliases: HashMap<u16, codec::TopicName>,
     /// Outbound topic aliases (v5): topic → alias, assigned on first use up to
     /// min(client's Topic Alias Maximum, our `topic_alias_max`).
     out_aliases: HashMap<String, u16>,
@@ -504,13 +504,15 @@ impl Conn {
             // [MQTT-3.3.2-9]: alias above the maximum we advertised.
             return Err(ReasonCode::TopicAliasInvalid);
         }
-        if p.topic.is_empty() {
-            match self.cold.as_ref().and_then(|cold| cold.aliases.get(&alias)) {
-                Some(t) => p.topic = t.clone(),
+        match &p.topic {
+            None => match self.cold.as_ref().and_then(|cold| cold.aliases.get(&alias)) {
+                Some(t) => p.topic = Some(t.clone()),
                 None => return Err(ReasonCode::ProtocolError),
+            },
+            Some(t) => {
+                let t = t.clone();
+                self.cold_mut().aliases.insert(alias, t);
             }
-        } else {
-            self.cold_mut().aliases.insert(alias, p.topic.clone());
         }
         p.properties.remove(codec::properties::id::TOPIC_ALIAS);
         Ok(())
@@ -871,7 +873,8 @@ mod tests {
             dup: false,
             qos: QoS::AtMostOnce,
             retain: false,
-            topic: topic.into(),
+            topic: (!topic.is_empty())
+                .then(|| crate::codec::TopicName::new(topic).expect("valid topic")),
             packet_id: None,
             properties,
             payload: Bytes::from_static(b"x"),
@@ -992,7 +995,7 @@ mod tests {
         assert_eq!(p.properties.topic_alias(), None, "aliases are per hop");
         let mut p = publish("", Some(2));
         assert_eq!(c.resolve_topic_alias(&mut p, 4), Ok(()));
-        assert_eq!(p.topic, "a/b");
+        assert_eq!(p.topic.as_deref(), Some("a/b"));
         // [MQTT-3.3.2-9]: above the maximum we advertised.
         let mut p = publish("x", Some(5));
         assert_eq!(c.resolve_topic_alias(&mut p, 4), Err(ReasonCode::TopicAliasInvalid));

@@ -492,9 +492,10 @@ impl Shard {
             .subscriptions
             .keys()
             .filter(|f| {
-                !crate::codec::topic::is_shared(f) && self.local_filter_refs.contains_key(*f)
+                !crate::codec::topic::is_shared(f)
+                    && self.local_filter_refs.contains_key(f.as_str())
             })
-            .cloned()
+            .map(|f| f.to_string())
             .collect();
         for f in &filters {
             if let Some(refs) = self.local_filter_refs.get_mut(f) {
@@ -588,7 +589,7 @@ impl Shard {
                 .filter(|_| crate::codec::topic::is_shared(filter))
             {
                 let member = SlotRef { slot, generation: s.generation };
-                held.push(SharedMembership { group: filter.clone(), member });
+                held.push(SharedMembership { group: filter.to_string(), member });
                 continue;
             }
             self.remove_subscription_entry(slot, s.generation, filter);
@@ -869,7 +870,7 @@ impl Shard {
             session.client_id = Rc::clone(k);
         }
         let client_id = Rc::clone(&session.client_id);
-        let filters: Vec<(String, crate::session::Subscription)> =
+        let filters: Vec<(crate::codec::TopicFilter, crate::session::Subscription)> =
             session.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect();
         let entry = SessionSlot {
             charged: 0,

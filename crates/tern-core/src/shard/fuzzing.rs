@@ -31,7 +31,8 @@ use bytes::{Bytes, BytesMut};
 use super::{budget, ConnId, Shard, ShardConfig};
 use crate::codec::{
     self, Connect, Packet, PacketId, Properties, Property, ProtocolVersion, PubResp, Publish, QoS,
-    ReasonCode, ReasonPacket, RetainHandling, Subscribe, SubscriptionOptions, Unsubscribe, Will,
+    ReasonCode, ReasonPacket, RetainHandling, Subscribe, SubscriptionOptions, TopicFilter,
+    Unsubscribe, Will,
 };
 
 /// Operations per input: bounds the time one input may take.
@@ -425,6 +426,11 @@ fn topic(i: u8) -> String {
     TOPICS[usize::from(i) % TOPICS.len()].to_owned()
 }
 
+/// The filter of a SUBSCRIBE or UNSUBSCRIBE whose drawn filters were all invalid.
+fn fallback_filter() -> TopicFilter {
+    TopicFilter::new("t/#", true).expect("invariant: `t/#` is a valid filter")
+}
+
 fn build(spec: &PacketSpec, c: &Client) -> Packet {
     match *spec {
         PacketSpec::Connect {
@@ -504,7 +510,7 @@ fn build(spec: &PacketSpec, c: &Client) -> Packet {
                 dup,
                 qos,
                 retain,
-                topic: topic(t),
+                topic: crate::codec::TopicName::new(topic(t)).ok(),
                 packet_id: (qos != QoS::AtMostOnce).then(|| pick_pid(c, pid)),
                 properties,
                 payload: Bytes::from(vec![b'x'; usize::from(payload)]),
@@ -515,10 +521,13 @@ fn build(spec: &PacketSpec, c: &Client) -> Packet {
             if let Some(id) = identifier.filter(|_| c.version.is_v5()) {
                 properties.push(Property::SubscriptionIdentifier(u32::from(id)));
             }
-            let mut list: Vec<(String, SubscriptionOptions)> = filters
+            // Filters that do not validate cannot be built (the decoder refuses them): the
+            // SUBSCRIBE carries the valid ones, or `t/#`.
+            let mut list: Vec<(TopicFilter, SubscriptionOptions)> = filters
                 .iter()
                 .take(6)
-                .map(|&(f, o)| {
+                .filter_map(|&(f, o)| {
+                    let filter = TopicFilter::new(topic(f), true).ok()?;
                     let options = SubscriptionOptions {
                         qos: QoS::from_u8(o % 3).unwrap_or(QoS::AtMostOnce),
                         no_local: o & 4 != 0,
@@ -529,18 +538,22 @@ fn build(spec: &PacketSpec, c: &Client) -> Packet {
                             _ => RetainHandling::DoNotSend,
                         },
                     };
-                    (topic(f), options)
+                    Some((filter, options))
                 })
                 .collect();
             if list.is_empty() {
-                list.push(("t/#".into(), SubscriptionOptions::default()));
+                list.push((fallback_filter(), SubscriptionOptions::default()));
             }
             Packet::Subscribe(Subscribe { packet_id: pick_pid(c, pid), filters: list, properties })
         }
         PacketSpec::Unsubscribe { pid, ref filters } => {
-            let mut list: Vec<String> = filters.iter().take(6).map(|&f| topic(f)).collect();
+            let mut list: Vec<TopicFilter> = filters
+                .iter()
+                .take(6)
+                .filter_map(|&f| TopicFilter::new(topic(f), true).ok())
+                .collect();
             if list.is_empty() {
-                list.push("t/#".into());
+                list.push(fallback_filter());
             }
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: pick_pid(c, pid),

@@ -348,11 +348,12 @@ impl Shard {
             .subscriptions
             .iter()
             .filter(|(f, _)| {
-                !crate::codec::topic::is_shared(f) && self.local_filter_refs.contains_key(*f)
+                !crate::codec::topic::is_shared(f)
+                    && self.local_filter_refs.contains_key(f.as_str())
             })
             .map(|(f, sub)| {
                 let val = SubVal::Local { options: sub.options, identifier: sub.identifier };
-                (f.clone(), val)
+                (f.to_string(), val)
             })
             .collect()
     }

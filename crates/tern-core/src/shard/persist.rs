@@ -522,7 +522,7 @@ mod tests {
             dup: false,
             qos: QoS::AtLeastOnce,
             retain,
-            topic: topic.into(),
+            topic: Some(crate::codec::TopicName::new(topic).expect("valid topic")),
             packet_id: crate::codec::PacketId::new(id),
             properties: Properties::new(),
             payload: Bytes::from_static(payload),
@@ -574,7 +574,10 @@ mod tests {
             let (reader, _) = connect(&mut t, "reader", true, now);
             let sub = Subscribe {
                 packet_id: crate::codec::PacketId::new(1).expect("id"),
-                filters: vec![("news/#".into(), SubscriptionOptions::default())],
+                filters: vec![(
+                    crate::codec::TopicFilter::new("news/#", true).expect("valid filter"),
+                    SubscriptionOptions::default(),
+                )],
                 properties: Properties::new(),
             };
             send(&mut t, reader, Packet::Subscribe(sub), now);
@@ -599,7 +602,7 @@ mod tests {
         let sub = Subscribe {
             packet_id: crate::codec::PacketId::new(1).expect("id"),
             filters: vec![(
-                "t".into(),
+                crate::codec::TopicFilter::new("t", true).expect("valid filter"),
                 SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
             )],
             properties: Properties::new(),
@@ -670,7 +673,10 @@ mod tests {
         let (probe, _) = connect(&mut t, "probe", true, now);
         let sub = Subscribe {
             packet_id: crate::codec::PacketId::new(1).expect("id"),
-            filters: vec![("r".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                crate::codec::TopicFilter::new("r", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         send(&mut t, probe, Packet::Subscribe(sub), now);
@@ -697,7 +703,7 @@ mod tests {
         let sub = Subscribe {
             packet_id: PacketId::new(1).expect("id"),
             filters: vec![(
-                "t/#".into(),
+                crate::codec::TopicFilter::new("t/#", true).expect("valid filter"),
                 SubscriptionOptions { qos: QoS::ExactlyOnce, ..Default::default() },
             )],
             properties: Properties::new(),
@@ -715,7 +721,7 @@ mod tests {
             dup: false,
             qos: QoS::ExactlyOnce,
             retain: false,
-            topic: "t/b".into(),
+            topic: Some(crate::codec::TopicName::new("t/b").expect("valid topic")),
             packet_id: PacketId::new(9),
             properties: Properties::new(),
             payload: Bytes::from_static(b"two"),
@@ -830,7 +836,7 @@ mod will_tests {
         let sub = Subscribe {
             packet_id: crate::codec::PacketId::new(1).expect("id"),
             filters: vec![(
-                "w/t".into(),
+                crate::codec::TopicFilter::new("w/t", true).expect("valid filter"),
                 SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
             )],
             properties: Properties::new(),
@@ -842,7 +848,7 @@ mod will_tests {
     fn wills_received(s: &mut Shard, c: ConnId) -> usize {
         recv(s, c)
             .iter()
-            .filter(|p| matches!(p, Packet::Publish(p) if p.topic == "w/t" && &p.payload[..] == b"gone"))
+            .filter(|p| matches!(p, Packet::Publish(p) if p.topic.as_deref() == Some("w/t") && &p.payload[..] == b"gone"))
             .count()
     }
 

@@ -182,11 +182,10 @@ impl Shard {
                 return self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
             }
         }
-        // Valid by now: the decoder checked it, or it came from the alias map, which holds
-        // only names the decoder checked. An alias-only PUBLISH without a known alias was
-        // closed above; anything else that slips through is a protocol error, not a panic.
-        let Ok(topic) = TopicName::new(std::mem::take(&mut p.topic)) else {
-            return self.close(id, CloseReason::Protocol(ReasonCode::TopicNameInvalid), now);
+        // The decoder lets only a v5 PUBLISH with a Topic Alias leave the name out, and an
+        // unknown alias was closed above ([MQTT-3.3.2-1]).
+        let Some(topic) = p.topic.take() else {
+            return self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
         };
         if !self.topic_name_allowed(&topic) {
             if v5 && p.qos != QoS::AtMostOnce {

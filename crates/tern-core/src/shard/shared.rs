@@ -295,7 +295,7 @@ impl Shard {
             .subscriptions
             .iter()
             .filter(|(f, _)| crate::codec::topic::is_shared(f))
-            .map(|(f, sub)| (f.clone(), Member::of(self.id, slot, generation, sub, online)))
+            .map(|(f, sub)| (f.to_string(), Member::of(self.id, slot, generation, sub, online)))
             .collect();
         for (group, member) in subs {
             let strategy = self.shared_strategy(&group);

@@ -246,7 +246,7 @@ impl Sim {
             let s = Subscribe {
                 packet_id: pid(1),
                 filters: vec![(
-                    "t/#".into(),
+                    crate::codec::TopicFilter::new("t/#", true).expect("valid filter"),
                     SubscriptionOptions { qos: QoS::ExactlyOnce, ..Default::default() },
                 )],
                 properties: Properties::new(),
@@ -275,7 +275,10 @@ impl Sim {
             let filter = ["t/#", "$share/r/t/#"][i];
             let s = Subscribe {
                 packet_id: pid(1),
-                filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+                filters: vec![(
+                    crate::codec::TopicFilter::new(filter, true).expect("valid filter"),
+                    SubscriptionOptions { qos, ..Default::default() },
+                )],
                 properties: Properties::new(),
             };
             self.write(idx, &Packet::Subscribe(s));
@@ -560,7 +563,10 @@ impl Sim {
         self.conns[idx].sub_pids.insert(packet_id.get());
         let s = Subscribe {
             packet_id,
-            filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+            filters: vec![(
+                crate::codec::TopicFilter::new(filter, true).expect("valid filter"),
+                SubscriptionOptions { qos, ..Default::default() },
+            )],
             properties: Properties::new(),
         };
         self.write(idx, &Packet::Subscribe(s));
@@ -576,7 +582,7 @@ impl Sim {
             self.conns[idx].sub_pids.insert(packet_id.get());
             let u = Unsubscribe {
                 packet_id,
-                filters: vec![filter.into()],
+                filters: vec![crate::codec::TopicFilter::new(filter, true).expect("valid filter")],
                 properties: Properties::new(),
             };
             self.write(idx, &Packet::Unsubscribe(u));
@@ -612,7 +618,7 @@ impl Sim {
             dup: false,
             qos,
             retain: false,
-            topic,
+            topic: Some(crate::codec::TopicName::new(topic).expect("valid topic")),
             packet_id,
             properties: Properties::new(),
             payload: payload.into(),
@@ -812,7 +818,7 @@ impl Sim {
             _ => panic!("QoS > 0 PUBLISH without a packet id"),
         };
         let Some(li) = self.conns[idx].ledger_index else { return };
-        if !p.topic.starts_with("t/") {
+        if !p.topic.as_deref().unwrap_or("").starts_with("t/") {
             return;
         }
         if self.conns[idx].role == Role::Resuming {

@@ -12,6 +12,7 @@ use std::time::Instant;
 use super::message::Member;
 use super::{ConnId, ConnRef, Shard, ShardMsg};
 use crate::codec::topic::is_shared;
+use crate::codec::TopicFilter;
 use crate::codec::{
     Packet, Properties, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
     UnsubAck, Unsubscribe,
@@ -82,7 +83,7 @@ pub(crate) struct PendingSubAck {
     conn: super::ConnRef,
     slot: SlotId,
     ack: SubAck,
-    retained_for: Vec<(String, QoS)>,
+    retained_for: Vec<(TopicFilter, QoS)>,
     identifier: Option<u32>,
 }
 

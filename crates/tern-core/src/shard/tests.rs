@@ -148,7 +148,10 @@ impl Cluster {
     fn subscribe(&mut self, c: Client, filter: &str, qos: QoS) {
         let s = Subscribe {
             packet_id: pid(1),
-            filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+            filters: vec![(
+                crate::codec::TopicFilter::new(filter, true).expect("valid filter"),
+                SubscriptionOptions { qos, ..Default::default() },
+            )],
             properties: Properties::new(),
         };
         self.send(c, Packet::Subscribe(s));
@@ -183,7 +186,7 @@ fn publish_packet(topic: &str, payload: &'static [u8], qos: QoS, id: u16, retain
         dup: false,
         qos,
         retain,
-        topic: topic.into(),
+        topic: Some(crate::codec::TopicName::new(topic).expect("valid topic")),
         packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
         properties: Properties::new(),
         payload: Bytes::from_static(payload),
@@ -209,7 +212,7 @@ fn publish_reaches_subscriber_on_the_same_and_the_other_shard() {
         let got = cl.recv(c);
         let p = publishes(&got);
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].topic, "a/b");
+        assert_eq!(p[0].topic.as_deref(), Some("a/b"));
         assert_eq!(&p[0].payload[..], b"hi");
     }
     assert_eq!(cl.shards[0].metrics.messages_forwarded, 1, "one hop to shard 1");
@@ -368,7 +371,7 @@ fn will_is_published_on_abnormal_close_only() {
     let got = cl.recv(watcher);
     let p = publishes(&got);
     assert_eq!(p.len(), 1, "[MQTT-3.1.2-10] will not published after DISCONNECT");
-    assert_eq!(p[0].topic, "will/b");
+    assert_eq!(p[0].topic.as_deref(), Some("will/b"));
 }
 
 #[test]
@@ -396,7 +399,7 @@ fn retained_delivered_on_subscribe_with_retain_flag_and_cleared_by_empty_payload
         Packet::Subscribe(Subscribe {
             packet_id: pid(1),
             filters: vec![(
-                "r/+".into(),
+                crate::codec::TopicFilter::new("r/+", true).expect("valid filter"),
                 SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
             )],
             properties: Properties::new(),
@@ -469,7 +472,10 @@ fn packets_pipelined_after_connect_wait_for_connack() {
         codec::encode(&connect_packet(V4, &id, true), V4, &mut bytes).expect("encode");
         let sub = Subscribe {
             packet_id: pid(4),
-            filters: vec![("p/#".into(), SubscriptionOptions::default())],
+            filters: vec![(
+                crate::codec::TopicFilter::new("p/#", true).expect("valid filter"),
+                SubscriptionOptions::default(),
+            )],
             properties: Properties::new(),
         };
         codec::encode(&Packet::Subscribe(sub), V4, &mut bytes).expect("encode");
@@ -489,7 +495,12 @@ fn subscribe_packet(id: u16, filters: &[(&str, QoS)]) -> Packet {
         packet_id: pid(id),
         filters: filters
             .iter()
-            .map(|(f, qos)| ((*f).into(), SubscriptionOptions { qos: *qos, ..Default::default() }))
+            .map(|(f, qos)| {
+                (
+                    crate::codec::TopicFilter::new(*f, true).expect("valid filter"),
+                    SubscriptionOptions { qos: *qos, ..Default::default() },
+                )
+            })
             .collect(),
         properties: Properties::new(),
     })
@@ -587,7 +598,7 @@ fn subscription_count_is_incremental_and_exact() {
     assert_eq!(cl.shards[1].metrics.subscriptions_current, 0, "remote entries are not counted");
     let un = codec::Unsubscribe {
         packet_id: pid(9),
-        filters: vec!["z".into()],
+        filters: vec![crate::codec::TopicFilter::new("z", true).expect("valid filter")],
         properties: Properties::new(),
     };
     cl.send(b, Packet::Unsubscribe(un));
@@ -646,7 +657,7 @@ fn properties_count_in_queue_and_retained_bounds() {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: true,
-        topic: "u".into(),
+        topic: Some(crate::codec::TopicName::new("u").expect("valid topic")),
         packet_id: Some(pid(1)),
         properties: user_properties(n),
         payload: Bytes::from_static(b"x"),
@@ -873,7 +884,7 @@ fn takeover_by_another_user_rechecks_inflight_messages() {
     assert!(matches!(&got[0], Packet::ConnAck(a) if a.session_present));
     let resent = publishes(&got);
     assert_eq!(resent.len(), 1, "only what bob may read: {got:?}");
-    assert_eq!(resent[0].topic, "pub/1");
+    assert_eq!(resent[0].topic.as_deref(), Some("pub/1"));
     assert!(resent[0].dup);
 }
 
@@ -1109,7 +1120,10 @@ fn held_suback_does_not_reach_the_next_connection_on_the_same_id() {
     let old = cl.connect(1, V4, &id, false);
     let s = Subscribe {
         packet_id: pid(8),
-        filters: vec![("held/1".into(), SubscriptionOptions::default())],
+        filters: vec![(
+            crate::codec::TopicFilter::new("held/1", true).expect("valid filter"),
+            SubscriptionOptions::default(),
+        )],
         properties: Properties::new(),
     };
     let mut buf = BytesMut::new();
@@ -1486,7 +1500,7 @@ fn fan_out_shares_one_encoding_with_per_subscriber_packet_ids() {
         assert_eq!(got.len(), 1, "one PUBLISH each");
         let m = got[0];
         assert_eq!(
-            (m.topic.as_str(), &m.payload[..], m.qos),
+            (m.topic.as_deref().unwrap_or(""), &m.payload[..], m.qos),
             ("fan/x", &b"shared payload"[..], *qos)
         );
         assert!(!m.dup && !m.retain);
@@ -1514,7 +1528,10 @@ fn id_registered_on(prefix: &str, reg: u16) -> String {
 
 /// Wills to `will/#` the watcher has received.
 fn wills_seen(cl: &mut Cluster, watcher: Client) -> Vec<String> {
-    publishes(&cl.recv(watcher)).iter().map(|p| p.topic.clone()).collect()
+    publishes(&cl.recv(watcher))
+        .iter()
+        .map(|p| p.topic.as_deref().unwrap_or("").to_owned())
+        .collect()
 }
 
 /// [MQTT-3.1.2-8]: a will exists once the CONNECT is accepted. A connection closed while its

@@ -134,12 +134,16 @@ fn retained_on(cl: &mut Cluster, shard: usize, id: &str) -> Vec<String> {
     let c = cl.connect(shard, V4, id, true);
     let s = Subscribe {
         packet_id: pid(1),
-        filters: vec![("#".into(), SubscriptionOptions::default())],
+        filters: vec![(
+            crate::codec::TopicFilter::new("#", true).expect("valid filter"),
+            SubscriptionOptions::default(),
+        )],
         properties: Properties::new(),
     };
     cl.send(c, Packet::Subscribe(s));
     let got = cl.recv(c);
-    let mut topics: Vec<String> = publishes(&got).iter().map(|p| p.topic.clone()).collect();
+    let mut topics: Vec<String> =
+        publishes(&got).iter().map(|p| p.topic.as_deref().unwrap_or("").to_owned()).collect();
     topics.sort();
     topics
 }
@@ -479,7 +483,10 @@ fn refused_subscription_closes_an_mqtt_3_1_connection() {
     let c = cl.connect(0, ProtocolVersion::V31, "old", true);
     let s = Subscribe {
         packet_id: pid(1),
-        filters: vec![("a/b/c/d".into(), SubscriptionOptions::default())],
+        filters: vec![(
+            crate::codec::TopicFilter::new("a/b/c/d", true).expect("valid filter"),
+            SubscriptionOptions::default(),
+        )],
         properties: Properties::new(),
     };
     cl.send(c, Packet::Subscribe(s));
