@@ -476,10 +476,13 @@ async fn shard_main(
         Some(m) => {
             // glommio numbers the peers of a mesh by executor id, so each shard has the same
             // peer id in both meshes (checked below).
-            let joined = match m.data.join().await {
-                Ok(d) => m.control.join().await.map(|c| (d, c)),
-                Err(e) => Err(e),
-            };
+            let joined = awake_while(async {
+                match m.data.join().await {
+                    Ok(d) => m.control.join().await.map(|c| (d, c)),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
             match joined {
                 Ok((d, c)) if d.0.peer_id() == c.0.peer_id() => (Some(d), Some(c)),
                 Ok(_) => {
@@ -681,6 +684,27 @@ async fn shard_main(
         }
     }
     shutdown_shard(&io).await;
+}
+
+/// How often an executor in [`awake_while`] wakes up.
+const JOIN_RECHECK: Duration = Duration::from_millis(1);
+
+/// Runs `f` (the mesh join at start-up) with a timer that wakes the executor every
+/// [`JOIN_RECHECK`] until it completes. The join waits for the other shards through glommio's
+/// shared channels, whose cross-thread wake-up (an eventfd write when the peer sleeps) was
+/// seen lost under load: both shard threads asleep in `io_uring_enter` with the join
+/// unfinished, the start timing out after 30 s ("start-up timed out", ~1 run in 10 of the
+/// flow and hostile tests at load 13-20; a debugger's attach woke them and the start went on).
+/// Nothing else wakes an executor then: no timer and no socket is armed yet. After start-up
+/// the shard's 100 ms tick plays this part (glommio looks at every channel each time its
+/// reactor runs).
+async fn awake_while<F: std::future::Future>(f: F) -> F::Output {
+    let recheck = async {
+        loop {
+            glommio::timer::sleep(JOIN_RECHECK).await;
+        }
+    };
+    futures_lite::future::or(f, recheck).await
 }
 
 /// Answers the admin API requests waiting for this shard: at most 64 per turn, so a burst

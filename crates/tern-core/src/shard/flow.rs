@@ -366,3 +366,46 @@ impl Shard {
 
 /// The v5 DISCONNECT reason for a slow consumer.
 pub(super) const SLOW_CONSUMER_REASON: ReasonCode = ReasonCode::QuotaExceeded;
+
+/// What flow control holds on one shard, for the simulation's quiet-state check (issue 9: a
+/// publisher left paused once everything drained stops for good, and nothing wakes it).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct FlowLedger {
+    /// Every live session of the shard that is paused, with its pause count.
+    pub paused: Vec<(Origin, u32)>,
+    /// Every pause this shard holds on a publisher (here or on another shard): one per
+    /// subscriber episode that paused it, one per full peer outbox it waits for.
+    pub holds: Vec<Origin>,
+    /// Subscribers whose congestion episode is still open although they drained to their
+    /// low-water mark or are not connected: nothing will ever release what they paused.
+    pub stale_episodes: Vec<SlotId>,
+}
+
+#[cfg(test)]
+impl Shard {
+    /// See [`FlowLedger`].
+    pub(super) fn flow_ledger(&self) -> FlowLedger {
+        let mut l = FlowLedger::default();
+        let low = self.cfg.flow.low_water_messages;
+        let low_bytes = self.cfg.flow.high_water_bytes / 2;
+        for (slot, s) in self.sessions.entries() {
+            if s.flow.paused_by > 0 {
+                let o = Origin { shard: self.id, session: slot, generation: s.generation };
+                l.paused.push((o, s.flow.paused_by));
+            }
+            if let Some(b) = &s.flow.blocking {
+                l.holds.extend(b.iter().copied());
+            }
+            let open = s.flow.congested_since.is_some() || s.flow.blocking.is_some();
+            let drained = s.session.queue.len() <= low && s.session.queue_bytes <= low_bytes;
+            if open && !s.flow.dropping && (drained || s.conn.is_none()) {
+                l.stale_episodes.push(slot);
+            }
+        }
+        for blocked in &self.outbox_blocked {
+            l.holds.extend(blocked.iter().copied());
+        }
+        l
+    }
+}

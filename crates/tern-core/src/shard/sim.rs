@@ -182,6 +182,7 @@ pub(super) struct SimStats {
     settles: u64,
     publishes_acked: u64,
     deliveries_checked: u64,
+    flow_pauses: u64,
 }
 
 fn peer_addr() -> SocketAddr {
@@ -206,13 +207,14 @@ fn sim_config(shards: u16, long_timeout: bool) -> ShardConfig {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, tweak: fn(&mut ShardConfig)) -> Self {
         let mut rng = Rng(seed);
         let n = 2 + rng.below(2) as u16;
         let long_timeout = rng.chance(50);
         // One configuration cloned: the shards share its memory budget and mesh counters, as
         // the runtime's do (a message charged on one shard is released on another).
-        let cfg = sim_config(n, long_timeout);
+        let mut cfg = sim_config(n, long_timeout);
+        tweak(&mut cfg);
         let shards = (0..n).map(|i| Shard::new(crate::ids::ShardId(i), cfg.clone())).collect();
         let start = crate::test_clock::test_epoch();
         let mut sim = Self {
@@ -944,6 +946,45 @@ impl Sim {
             );
         }
         self.check_deliveries();
+        self.check_flow();
+    }
+
+    /// Flow control balances once the mesh is empty (no Pause or Resume in transit): every
+    /// live session is paused exactly as many times as pauses are held on it (subscriber
+    /// episodes and full outboxes, on any shard), and no episode outlives its congestion.
+    /// Otherwise a publisher stays paused with nothing left to resume it (issue 9).
+    fn check_flow(&self) {
+        let ledgers: Vec<_> = self.shards.iter().map(|s| s.flow_ledger()).collect();
+        let mut held: HashMap<crate::session::message::Origin, u32> = HashMap::new();
+        for l in &ledgers {
+            for o in &l.holds {
+                *held.entry(*o).or_default() += 1;
+            }
+        }
+        for (si, l) in ledgers.iter().enumerate() {
+            assert!(
+                l.stale_episodes.is_empty(),
+                "shard {si}: congestion episodes never released: {:?}",
+                l.stale_episodes
+            );
+            for (o, n) in &l.paused {
+                assert_eq!(
+                    held.get(o).copied().unwrap_or(0),
+                    *n,
+                    "shard {si}: publisher {o:?} paused {n} times; the pauses held on it differ"
+                );
+            }
+        }
+        for (o, n) in &held {
+            let Some(s) = self.shards.get(usize::from(o.shard)) else { continue };
+            let live = s.slot(o.session).is_some_and(|x| x.generation == o.generation);
+            let paused = ledgers[usize::from(o.shard)]
+                .paused
+                .iter()
+                .find(|(p, _)| p == o)
+                .map_or(0, |(_, k)| *k);
+            assert!(!live || paused == *n, "publisher {o:?}: {n} pauses held, paused {paused}");
+        }
     }
 
     /// Every acknowledged QoS >= 1 message reached both stable subscribers (QoS 2 once), and
@@ -1005,13 +1046,19 @@ impl Sim {
 
 /// Runs one seed; on failure, panics with the line that reproduces it.
 pub(super) fn run_seed(seed: u64, steps: u64) -> SimStats {
+    run_seed_with(seed, steps, |_| {})
+}
+
+/// [`run_seed`] with the configuration changed by `tweak`.
+fn run_seed_with(seed: u64, steps: u64, tweak: fn(&mut ShardConfig)) -> SimStats {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let mut sim = Sim::new(seed);
+        let mut sim = Sim::new(seed, tweak);
         sim.run(steps);
         for s in &sim.shards {
             sim.stats.takeovers += s.metrics.takeovers;
             sim.stats.superseded += s.metrics.takeovers_superseded;
             sim.stats.connect_timeouts += s.metrics.connect_timeouts;
+            sim.stats.flow_pauses += s.metrics.flow_pauses;
         }
         sim.stats
     }));
@@ -1064,4 +1111,30 @@ fn simulation_holds_the_invariants() {
     }
     eprintln!("simulation: {} seeds, {:?} in {:.1?}", seeds.len(), total, started.elapsed());
     assert!(total.connacks > 0 && total.publishes_acked > 0, "the simulation did something");
+}
+
+/// Flow control so tight that nearly every delivery pauses its publisher and every
+/// acknowledgement resumes it, with one message in flight per subscriber and two per peer
+/// outbox: the Pause/Resume accounting across shards, takeovers and closes (issue 9: a
+/// publisher left paused stops for good). `TERN_SIM_SEED` / `TERN_SIM_STEPS` /
+/// `TERN_SIM_SEEDS` as for [`simulation_holds_the_invariants`].
+#[test]
+fn simulation_balances_flow_control() {
+    fn tight(cfg: &mut ShardConfig) {
+        cfg.session.inflight_max = 1;
+        cfg.flow.high_water_messages = 1;
+        cfg.flow.low_water_messages = 0;
+        cfg.flow.slow_consumer_timeout = Duration::from_secs(1 << 30);
+        cfg.outbox_messages_max = 2;
+    }
+    let steps = env_u64("TERN_SIM_STEPS").unwrap_or(DEFAULT_STEPS);
+    let seeds: Vec<u64> = match env_u64("TERN_SIM_SEED") {
+        Some(s) => vec![s],
+        None => (1..=env_u64("TERN_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+    };
+    let mut pauses = 0;
+    for &seed in &seeds {
+        pauses += run_seed_with(seed, steps, tight).flow_pauses;
+    }
+    assert!(pauses > 0, "the publishers were paused");
 }
