@@ -271,16 +271,22 @@ impl Broker {
         }
         drop(ready_tx);
         let mut shard_addrs = vec![None; usize::from(n)];
+        let mut started = vec![false; usize::from(n)];
         for _ in 0..n {
             match ready_rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(Ok((id, addr))) => shard_addrs[usize::from(id)] = addr,
+                Ok(Ok((id, addr))) => {
+                    shard_addrs[usize::from(id)] = addr;
+                    started[usize::from(id)] = true;
+                }
                 Ok(Err(e)) => {
                     stop.store(true, Ordering::SeqCst);
                     return Err(e);
                 }
                 Err(_) => {
                     stop.store(true, Ordering::SeqCst);
-                    return Err(StartError::Shard(0, "start-up timed out".into()));
+                    // Names the first shard that has not reported (not always shard 0).
+                    let late = started.iter().position(|s| !s).unwrap_or(0) as u16;
+                    return Err(StartError::Shard(late, "start-up timed out".into()));
                 }
             }
         }
