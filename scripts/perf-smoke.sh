@@ -26,7 +26,8 @@
 #     AND Tern is more than 5 ms above the relay there (sub-5 ms tails are descheduling on a
 #     2-vCPU machine shared with builds; a broker that cannot keep up is 100 ms and more),
 #   - any QoS 1 message is lost (a correctness bug, never noise), or nothing was published.
-# A rate or latency failure reruns every scenario once and counts only if it fails again (a
+# A rate or latency failure reruns every scenario, up to three passes, and counts only if every
+# pass fails (a
 # one-off 60-90 ms stall, not attributed to broker or generator, is common on this VM); a
 # loss fails at once.
 set -euo pipefail
@@ -84,8 +85,8 @@ fi
 BROKER_CMD=("${BROKER_PIN[@]}" "$BROKER" --config "$OUT/tern.toml")
 if [[ ${TERN_PERF_SLOW:-0} == 1 ]]; then
     echo "perf-smoke: TERN_PERF_SLOW=1: broker at nice 19 sharing its CPU with a busy loop" >&2
-    # The busy loop is bounded like everything else: it stops after 120 s.
-    "${BROKER_PIN[@]}" timeout 120 sh -c 'while :; do :; done' &
+    # The busy loop is bounded like everything else: it stops after 300 s (three passes).
+    "${BROKER_PIN[@]}" timeout 300 sh -c 'while :; do :; done' &
     PIDS+=($!)
     BROKER_CMD=(nice -n 19 "${BROKER_CMD[@]}")
 fi
@@ -152,16 +153,17 @@ check() {
     "$LOADTEST" check --baseline "$BASELINE" --throughput-min $THROUGHPUT_MIN \
         --latency-max $LATENCY_MAX --latency-slack-us $LATENCY_SLACK_US "${results[@]}"
 }
-# A rate or latency failure must repeat to count: on this 2-vCPU VM a single stall of
+# A rate or latency failure must repeat in three passes to count: on this 2-vCPU VM a single stall of
 # 60-90 ms (broker or generator: not attributed) lands in about 1 run in 5 of the 4 s scenario
 # (its 8 slowest of 8 000 messages are the p99.9), in this session's builds and in the last
 # CI-green one alike (issue 10 note), while a regression shows in every run. A lost QoS 1/2
 # message or a run that published nothing is never noise: it fails at once.
-if ! check | tee "$OUT/check.txt"; then
+for pass in 1 2 3; do
+    if check | tee "$OUT/check.txt"; then exit 0; fi
     if grep -qE "not delivered|nothing was published" "$OUT/check.txt"; then exit 1; fi
-    echo "perf-smoke: a latency or rate figure failed once; running every scenario again" >&2
+    if [[ $pass == 3 ]]; then exit 1; fi
+    echo "perf-smoke: a latency or rate figure failed in pass $pass of 3; running every scenario again" >&2
     rm -f "$OUT"/smoke-*.json
     run_all
     results=("$OUT"/smoke-*.json)
-    check
-fi
+done
