@@ -666,7 +666,7 @@ fn encode_message(p: &mut Publisher, ctx: &mut Ctx, out: &mut BytesMut) {
         dup: false,
         qos,
         retain: p.retain,
-        topic,
+        topic: topic.as_bytes(),
         packet_id,
         properties: &ctx.empty_props,
         payload: &p.payload,

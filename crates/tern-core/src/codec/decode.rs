@@ -49,6 +49,17 @@ pub fn decode_with(
     version: ProtocolVersion,
     limits: &DecodeLimits,
 ) -> Result<Option<Packet>, DecodeError> {
+    decode_with_hint(buf, version, limits, None)
+}
+
+/// [`decode_with`], and a PUBLISH whose topic name has the bytes of `hint` gets a clone of
+/// `hint` (shared bytes, no check: `hint` is a valid name) instead of its own.
+pub fn decode_with_hint(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    limits: &DecodeLimits,
+    hint: Option<&TopicName>,
+) -> Result<Option<Packet>, DecodeError> {
     let Some(header) = check(buf, limits.packet_bytes_max, Some(version))? else {
         return Ok(None);
     };
@@ -56,23 +67,44 @@ pub fn decode_with(
         return Ok(None);
     }
     let frame = buf.split_to(header.packet_len()).freeze();
-    let body = frame.slice(header.header_len..);
-    decode_frame(&header, body, version, limits.user_properties).map(Some)
+    let body = Reader::new(frame.slice(header.header_len..));
+    decode_frame(&header, body, version, limits.user_properties, hint).map(Some)
+}
+
+/// Decodes one packet from the front of the caller's buffer in place, without copying it into
+/// a receive buffer first (issue 10): what the packet keeps (payload, binary properties, a
+/// topic name unlike `hint`) is copied out of `buf` into allocations of its own size.
+/// `Ok(Some((packet, n)))`: the packet was the first `n` bytes of `buf`; `Ok(None)`: `buf`
+/// does not hold a whole packet (its header is checked against `limits` all the same).
+pub fn decode_slice(
+    buf: &[u8],
+    version: ProtocolVersion,
+    limits: &DecodeLimits,
+    hint: Option<&TopicName>,
+) -> Result<Option<(Packet, usize)>, DecodeError> {
+    let Some(header) = check(buf, limits.packet_bytes_max, Some(version))? else {
+        return Ok(None);
+    };
+    let n = header.packet_len();
+    let Some(frame) = buf.get(..n) else { return Ok(None) };
+    let body = Reader::borrowed(&frame[header.header_len..]);
+    decode_frame(&header, body, version, limits.user_properties, hint).map(|p| Some((p, n)))
 }
 
 /// Decodes the body of a packet whose fixed header is `header`. `body` holds exactly the
 /// remaining length; its User Properties are charged to `budget`.
 fn decode_frame(
     header: &FixedHeader,
-    body: Bytes,
+    body: Reader,
     version: ProtocolVersion,
     budget: UserPropertyBudget,
+    hint: Option<&TopicName>,
 ) -> Result<Packet, DecodeError> {
-    debug_assert_eq!(body.len(), header.remaining_len);
+    debug_assert_eq!(body.remaining(), header.remaining_len);
     // Errors cite the statements of the connection's version; CONNECT cites those of the
     // version it names itself (see `decode_connect`).
     let connect = header.packet_type == PacketType::Connect;
-    decode_body(header, body, version, budget).map_err(|e| {
+    decode_body(header, body, version, budget, hint).map_err(|e| {
         if connect {
             e
         } else {
@@ -83,15 +115,16 @@ fn decode_frame(
 
 fn decode_body(
     header: &FixedHeader,
-    body: Bytes,
+    mut r: Reader,
     version: ProtocolVersion,
     budget: UserPropertyBudget,
+    hint: Option<&TopicName>,
 ) -> Result<Packet, DecodeError> {
-    let mut r = Reader::new(body);
     let d = Dec {
         v5: version.is_v5(),
         v31: version == ProtocolVersion::V31,
         budget: Cell::new(budget),
+        hint,
     };
     let packet = match header.packet_type {
         PacketType::Connect => Packet::Connect(Box::new(decode_connect(&mut r, budget)?)),
@@ -123,14 +156,16 @@ fn decode_body(
 }
 
 /// Version-dependent decoding context.
-struct Dec {
+struct Dec<'h> {
     v5: bool,
     v31: bool,
     /// User Properties the rest of the packet may still carry.
     budget: Cell<UserPropertyBudget>,
+    /// A valid topic name a PUBLISH probably repeats (the last one the shard saw).
+    hint: Option<&'h TopicName>,
 }
 
-impl Dec {
+impl Dec<'_> {
     fn spec(&self, v5: &'static str, v3: &'static str) -> &'static str {
         if self.v5 {
             v5
@@ -194,17 +229,25 @@ impl Dec {
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::new(ErrorKind::DupOnQoS0, "MQTT-3.3.1-2"));
         }
-        let topic = r.string()?;
+        // The hint's bytes need no check; any other name is checked here, before the fields
+        // behind it (the order of the errors a malformed packet gets).
+        let span = r.string_span()?;
+        let (known, raw) = match self.hint.filter(|h| h.as_bytes() == r.span(span)) {
+            Some(h) => (Some(h.clone()), Bytes::new()),
+            None => (None, r.checked_span(span)?),
+        };
         let packet_id = if qos == QoS::AtMostOnce { None } else { Some(self.packet_id(r)?) };
         let properties = self.properties(r, PropertyContext::Publish)?;
-        let topic = if topic.is_empty() && self.v5 {
+        let topic = if known.is_some() {
+            known
+        } else if raw.is_empty() && self.v5 {
             // A v5 PUBLISH may leave the topic empty and name it by alias (§3.3.2.3.4).
             if properties.topic_alias().is_none() {
                 return Err(DecodeError::new(ErrorKind::EmptyTopicWithoutAlias, "MQTT-3.3.2-1"));
             }
             None
         } else {
-            Some(TopicName::new(topic)?)
+            Some(TopicName::from_wire(raw)?)
         };
         Ok(Publish {
             dup,
@@ -402,6 +445,7 @@ fn decode_connect_rest(
         v5: version.is_v5(),
         v31: version == ProtocolVersion::V31,
         budget: Cell::new(budget),
+        hint: None,
     };
     let flags = r.u8()?;
     if flags & 0x01 != 0 {
@@ -432,7 +476,7 @@ fn decode_connect_rest(
     let client_id = r.string()?;
     let will = if will_flag {
         let properties = d.properties(r, PropertyContext::Will)?;
-        let topic = TopicName::new(r.string()?)?;
+        let topic = TopicName::from_wire(r.string_bytes()?)?;
         let payload = r.binary()?;
         Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
     } else {

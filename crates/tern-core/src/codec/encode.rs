@@ -330,8 +330,10 @@ pub struct PublishView<'a> {
     pub qos: QoS,
     /// RETAIN flag.
     pub retain: bool,
-    /// Topic name.
-    pub topic: &'a str,
+    /// Topic name, UTF-8 (a [`crate::codec::TopicName`]'s bytes, or empty when a v5 Topic
+    /// Alias stands for it). Bytes rather than `&str`: the broker encodes from a `TopicName`
+    /// without re-checking its UTF-8.
+    pub topic: &'a [u8],
     /// Packet id; present exactly when QoS > 0.
     pub packet_id: Option<PacketId>,
     /// Properties (v5 only).
@@ -347,7 +349,7 @@ impl<'a> PublishView<'a> {
             dup: p.dup,
             qos: p.qos,
             retain: p.retain,
-            topic: p.topic.as_deref().unwrap_or(""),
+            topic: p.topic.as_ref().map_or(&[][..], |t| t.as_bytes()),
             packet_id: p.packet_id,
             properties: &p.properties,
             payload: &p.payload,
@@ -381,11 +383,11 @@ fn publish_body_len(p: &PublishView, v5: bool) -> Result<usize, EncodeError> {
         }
     }
     let id = if p.packet_id.is_some() { 2 } else { 0 };
-    Ok(str_len(p.topic)? + id + props_len(p.properties, v5)? + p.payload.len())
+    Ok(bin_len(p.topic)? + id + props_len(p.properties, v5)? + p.payload.len())
 }
 
 fn write_publish_body(p: &PublishView, v5: bool, buf: &mut BytesMut) {
-    put_bytes(buf, p.topic.as_bytes());
+    put_bytes(buf, p.topic);
     if let Some(id) = p.packet_id {
         buf.put_u16(id.get());
     }

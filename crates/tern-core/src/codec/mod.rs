@@ -33,7 +33,7 @@ use std::num::NonZeroU16;
 
 use bytes::Bytes;
 
-pub use decode::{decode, decode_with, DecodeLimits};
+pub use decode::{decode, decode_slice, decode_with, decode_with_hint, DecodeLimits};
 pub use encode::{encode, encode_publish, encoded_len, publish_len, PublishView};
 pub use error::{DecodeError, EncodeError, ErrorKind};
 pub use header::{check, connect_version, FixedHeader, PacketType};

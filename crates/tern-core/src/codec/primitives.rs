@@ -13,9 +13,21 @@ pub const VARINT_MAX: usize = 268_435_455;
 
 /// Cursor over one packet's bytes.
 #[derive(Debug)]
-pub struct Reader {
-    buf: Bytes,
+pub struct Reader<'a> {
+    src: Src<'a>,
     pos: usize,
+}
+
+/// What a [`Reader`] reads: a frame it shares (fields are slices of it) or the caller's read
+/// buffer (fields that outlive the packet are copied out of it).
+#[derive(Debug)]
+enum Src<'a> {
+    Shared(Bytes),
+    Borrowed(&'a [u8]),
+}
+
+fn invalid_utf8() -> DecodeError {
+    DecodeError::new(ErrorKind::InvalidUtf8, "MQTT-1.5.4-1")
 }
 
 fn end() -> DecodeError {
@@ -23,20 +35,44 @@ fn end() -> DecodeError {
     DecodeError::new(ErrorKind::UnexpectedEnd, "§2.1.4")
 }
 
-impl Reader {
-    /// A reader over `buf`, starting at its first byte.
+impl Reader<'static> {
+    /// A reader over `buf`, starting at its first byte. Binary fields and payloads are slices
+    /// of `buf` (no copy).
     pub fn new(buf: Bytes) -> Self {
-        Self { buf, pos: 0 }
+        Self { src: Src::Shared(buf), pos: 0 }
+    }
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over the caller's buffer (decoding in place, issue 10): binary fields and
+    /// payloads are copied out, each into an allocation of its own size.
+    pub fn borrowed(buf: &'a [u8]) -> Self {
+        Self { src: Src::Borrowed(buf), pos: 0 }
+    }
+
+    fn buf(&self) -> &[u8] {
+        match &self.src {
+            Src::Shared(b) => b,
+            Src::Borrowed(s) => s,
+        }
+    }
+
+    /// `self.buf()[from..to]` as `Bytes`: a slice of a shared frame, or a copy.
+    fn bytes(&self, from: usize, to: usize) -> Bytes {
+        match &self.src {
+            Src::Shared(b) => b.slice(from..to),
+            Src::Borrowed(s) => Bytes::copy_from_slice(&s[from..to]),
+        }
     }
 
     /// Bytes not yet read.
     pub fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.buf().len() - self.pos
     }
 
     /// Reads one byte.
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
-        let b = *self.buf.get(self.pos).ok_or_else(end)?;
+        let b = *self.buf().get(self.pos).ok_or_else(end)?;
         self.pos += 1;
         Ok(b)
     }
@@ -57,14 +93,14 @@ impl Reader {
         if self.remaining() < n {
             return Err(end());
         }
-        let s = &self.buf[self.pos..self.pos + n];
+        let at = self.pos;
         self.pos += n;
-        Ok(s)
+        Ok(&self.buf()[at..at + n])
     }
 
     /// Reads a variable byte integer of at most 4 bytes in its shortest form ([MQTT-1.5.5-1]).
     pub fn varint(&mut self) -> Result<usize, DecodeError> {
-        match decode_varint(&self.buf[self.pos..])? {
+        match decode_varint(&self.buf()[self.pos..])? {
             Some((value, used)) => {
                 self.pos += used;
                 Ok(value)
@@ -74,13 +110,16 @@ impl Reader {
     }
 
     /// Reads `n` bytes as a sub-reader (a property list) without copying.
-    pub fn take(&mut self, n: usize) -> Result<Reader, DecodeError> {
+    pub fn take(&mut self, n: usize) -> Result<Reader<'a>, DecodeError> {
         if self.remaining() < n {
             return Err(end());
         }
-        let sub = self.buf.slice(self.pos..self.pos + n);
+        let at = self.pos;
         self.pos += n;
-        Ok(Reader::new(sub))
+        Ok(match &self.src {
+            Src::Shared(b) => Reader::new(b.slice(at..at + n)),
+            Src::Borrowed(s) => Reader::borrowed(&s[at..at + n]),
+        })
     }
 
     /// Reads two-byte-length-prefixed binary data (§1.5.6) without copying.
@@ -89,7 +128,7 @@ impl Reader {
         if self.remaining() < len {
             return Err(end());
         }
-        let b = self.buf.slice(self.pos..self.pos + len);
+        let b = self.bytes(self.pos, self.pos + len);
         self.pos += len;
         Ok(b)
     }
@@ -97,20 +136,49 @@ impl Reader {
     /// Reads a UTF-8 encoded string (§1.5.4): well-formed, no surrogates ([MQTT-1.5.4-1]), no
     /// U+0000 ([MQTT-1.5.4-2]). A U+FEFF is kept as is ([MQTT-1.5.4-3]).
     pub fn string(&mut self) -> Result<String, DecodeError> {
+        let b = self.string_bytes()?;
+        // Checked as UTF-8 just above; the second check cannot fail.
+        Ok(std::str::from_utf8(&b).map_err(|_| invalid_utf8())?.to_owned())
+    }
+
+    /// [`Reader::string`] without the copy: the string's bytes (a slice of a shared frame),
+    /// checked exactly as there (well-formed UTF-8, no U+0000).
+    pub fn string_bytes(&mut self) -> Result<Bytes, DecodeError> {
+        let span = self.string_span()?;
+        self.checked_span(span)
+    }
+
+    /// Reads a two-byte length and steps over that many bytes, unchecked: their range.
+    pub(crate) fn string_span(&mut self) -> Result<(usize, usize), DecodeError> {
         let len = self.u16()? as usize;
-        let raw = self.slice(len)?;
-        let s = std::str::from_utf8(raw)
-            .map_err(|_| DecodeError::new(ErrorKind::InvalidUtf8, "MQTT-1.5.4-1"))?;
-        if s.as_bytes().contains(&0) {
+        if self.remaining() < len {
+            return Err(end());
+        }
+        let from = self.pos;
+        self.pos += len;
+        Ok((from, from + len))
+    }
+
+    /// The bytes of a range [`Reader::string_span`] returned.
+    pub(crate) fn span(&self, (from, to): (usize, usize)) -> &[u8] {
+        &self.buf()[from..to]
+    }
+
+    /// A range [`Reader::string_span`] returned, checked as [`Reader::string_bytes`] checks.
+    pub(crate) fn checked_span(&self, (from, to): (usize, usize)) -> Result<Bytes, DecodeError> {
+        let raw = &self.buf()[from..to];
+        std::str::from_utf8(raw).map_err(|_| invalid_utf8())?;
+        if raw.contains(&0) {
             return Err(DecodeError::new(ErrorKind::NullCharacter, "MQTT-1.5.4-2"));
         }
-        Ok(s.to_owned())
+        Ok(self.bytes(from, to))
     }
 
     /// Everything not yet read, without copying (a PUBLISH payload).
     pub fn rest(&mut self) -> Bytes {
-        let b = self.buf.slice(self.pos..);
-        self.pos = self.buf.len();
+        let end = self.buf().len();
+        let b = self.bytes(self.pos, end);
+        self.pos = end;
         b
     }
 }

@@ -1,6 +1,8 @@
 //! Topic name and topic filter syntax (§4.7), as the codec checks it on every packet.
 //! Matching lives in `crate::topic`; this file only decides what is well-formed.
 
+use bytes::Bytes;
+
 use super::error::{DecodeError, ErrorKind};
 
 /// Prefix of a shared subscription filter (§4.8.2).
@@ -71,39 +73,128 @@ fn reject_nul(s: &str) -> Result<(), DecodeError> {
 }
 
 /// A topic name (§4.7): non-empty ([MQTT-4.7.3-1]), without wildcards ([MQTT-3.3.2-2]) or
-/// U+0000 ([MQTT-1.5.4-2]). Made only by [`TopicName::new`], so holding one means it is valid.
+/// U+0000 ([MQTT-1.5.4-2]), well-formed UTF-8. Made only by [`TopicName::new`] or by the
+/// decoder, so holding one means it is valid.
 /// (A v5 PUBLISH that names its topic by alias alone has no topic name until the alias is
 /// resolved: [`crate::codec::Publish::topic`] is empty then.)
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TopicName(String);
+///
+/// Backed by [`Bytes`] (issue 10): the decoder slices the name out of the frame without a
+/// copy, and a clone (a message sent to another shard, an alias, the shard's last-topic
+/// cache) shares the bytes instead of allocating. A name sliced from a frame pins the
+/// frame's buffer: whatever keeps one beyond the packet calls [`TopicName::detach`].
+/// [`TopicName::as_str`] re-checks UTF-8 (no `unsafe` here): a scan of the name that takes a
+/// few nanoseconds for a short topic; hot paths that only compare or copy bytes use
+/// [`TopicName::as_bytes`].
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TopicName(Bytes);
 
 impl TopicName {
-    /// Checks `name` and wraps it.
+    /// Checks `name` and wraps it (no copy: the `String`'s buffer becomes the `Bytes`').
     pub fn new(name: impl Into<String>) -> Result<Self, DecodeError> {
         let name = name.into();
         validate_topic_name(&name, true)?;
         reject_nul(&name)?;
+        Ok(TopicName(Bytes::from(name)))
+    }
+
+    /// Wraps a name the decoder read with [`super::primitives::Reader::string_bytes`], which
+    /// already checked UTF-8 and U+0000: only the topic name rules remain.
+    pub(crate) fn from_wire(name: Bytes) -> Result<Self, DecodeError> {
+        if name.is_empty() {
+            return Err(DecodeError::new(ErrorKind::EmptyTopic, "MQTT-4.7.3-1"));
+        }
+        if name.iter().any(|&b| b == b'+' || b == b'#') {
+            return Err(DecodeError::new(ErrorKind::WildcardInTopicName, "MQTT-3.3.2-2"));
+        }
+        debug_assert!(std::str::from_utf8(&name).is_ok() && !name.contains(&0));
         Ok(TopicName(name))
     }
 
     /// The name.
     pub fn as_str(&self) -> &str {
+        // Valid UTF-8 by construction (both constructors check it), so this never fails; the
+        // check is the price of `#![forbid(unsafe_code)]`.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The name's bytes (UTF-8), without the check of [`TopicName::as_str`].
+    pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
-    /// The name as a `String`.
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true (a topic name is not empty, [MQTT-4.7.3-1]); for clippy's `len` rule.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The name as a `String` (a copy).
     pub fn into_string(self) -> String {
-        self.0
+        self.as_str().to_owned()
     }
 
-    /// Bytes allocated for the name (memory accounting).
-    pub fn capacity(&self) -> usize {
-        self.0.capacity()
+    /// Bytes of the name counted in memory accounting: its length. Clones share the bytes,
+    /// so each message that holds the name counts it again (an over-count, never an under-).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.len()
     }
 
-    /// Frees spare capacity (a name kept for long: a retained message, a will).
-    pub fn shrink_to_fit(&mut self) {
-        self.0.shrink_to_fit();
+    /// Makes the name own exactly its bytes (a copy), so that it no longer pins the buffer it
+    /// was decoded from: for names kept beyond their packet (messages, aliases, wills).
+    pub fn detach(&mut self) {
+        self.0 = Bytes::copy_from_slice(&self.0);
+    }
+}
+
+impl std::ops::Deref for TopicName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+impl AsRef<str> for TopicName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+impl std::borrow::Borrow<str> for TopicName {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+// By the `str` (not the bytes): `Borrow<str>` needs a name and its `&str` to hash alike.
+impl std::hash::Hash for TopicName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+impl std::fmt::Display for TopicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl std::fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+impl PartialEq<str> for TopicName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl PartialEq<&str> for TopicName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+impl From<TopicName> for String {
+    fn from(v: TopicName) -> String {
+        v.into_string()
     }
 }
 
@@ -185,7 +276,6 @@ macro_rules! str_newtype {
         }
     };
 }
-str_newtype!(TopicName);
 str_newtype!(TopicFilter);
 
 #[cfg(test)]

@@ -71,7 +71,7 @@ impl Message {
     /// the fixed overhead, the topic, the payload and the heap its properties hold.
     pub fn cost_bytes(&self) -> usize {
         MESSAGE_OVERHEAD_BYTES
-            + self.topic.capacity()
+            + self.topic.heap_bytes()
             + self.payload.len()
             + self.properties.heap_bytes()
     }
@@ -80,8 +80,14 @@ impl Message {
     /// out of the receive buffer they were decoded from, spare capacity is released. Called once
     /// when a message enters the broker, so what the bounds count is what it holds.
     pub fn detach(&mut self) {
+        self.topic.detach();
+        self.detach_body();
+    }
+
+    /// [`Message::detach`] but for the topic, which the caller made its own already (the
+    /// shard shares one copy of a topic among the messages published to it).
+    pub fn detach_body(&mut self) {
         self.payload = Bytes::copy_from_slice(&self.payload);
-        self.topic.shrink_to_fit();
         self.properties.detach();
     }
 

@@ -510,7 +510,9 @@ impl Conn {
                 None => return Err(ReasonCode::ProtocolError),
             },
             Some(t) => {
-                let t = t.clone();
+                // Kept beyond this packet: its own bytes, not a slice pinning the frame.
+                let mut t = t.clone();
+                t.detach();
                 self.cold_mut().aliases.insert(alias, t);
             }
         }
@@ -521,10 +523,11 @@ impl Conn {
     /// The outbound Topic Alias for `topic` (§3.3.2.3.4), assigning the next one on first use
     /// while the client's maximum allows; and whether the topic name must still be sent (true
     /// when the alias is new or there is none).
-    fn outbound_alias(&mut self, topic: &str) -> (Option<u16>, bool) {
+    fn outbound_alias(&mut self, topic: &codec::TopicName) -> (Option<u16>, bool) {
         if self.out_alias_max == 0 || !self.version.is_v5() {
             return (None, true);
         }
+        let topic = topic.as_str();
         if let Some(&a) = self.cold.as_ref().and_then(|cold| cold.out_aliases.get(topic)) {
             return (Some(a), false);
         }
@@ -606,7 +609,7 @@ impl Conn {
             dup: false,
             qos: out.qos,
             retain: out.retain,
-            topic: &out.msg.topic,
+            topic: out.msg.topic.as_bytes(),
             packet_id: codec::PacketId::new(1).filter(|_| out.qos != codec::QoS::AtMostOnce),
             properties: props.as_ref().unwrap_or(&out.msg.properties),
             payload: &out.msg.payload,
@@ -645,7 +648,7 @@ impl Conn {
             dup,
             qos: out.qos,
             retain: out.retain,
-            topic: if with_topic { &out.msg.topic } else { "" },
+            topic: if with_topic { out.msg.topic.as_bytes() } else { b"" },
             packet_id,
             properties: props.as_ref().unwrap_or(&out.msg.properties),
             payload: &out.msg.payload,
@@ -1009,9 +1012,10 @@ mod tests {
         let mut props = Properties::new();
         props.push(Property::TopicAliasMaximum(1));
         c.apply_client_limits(&props, 8);
-        assert_eq!(c.outbound_alias("a"), (Some(1), true));
-        assert_eq!(c.outbound_alias("a"), (Some(1), false));
-        assert_eq!(c.outbound_alias("b"), (None, true), "the client takes one alias only");
+        let name = |t: &str| codec::TopicName::new(t).expect("valid topic");
+        assert_eq!(c.outbound_alias(&name("a")), (Some(1), true));
+        assert_eq!(c.outbound_alias(&name("a")), (Some(1), false));
+        assert_eq!(c.outbound_alias(&name("b")), (None, true), "the client takes one alias only");
     }
 
     /// [MQTT-3.1.2-24], [MQTT-3.4.2-2]: the Reason String goes when the packet would exceed the

@@ -169,11 +169,11 @@ impl Shard {
             // Held for the life of the connection: own its bytes rather than pin the buffer
             // the CONNECT was read into.
             w.payload = bytes::Bytes::copy_from_slice(&w.payload);
-            w.topic.shrink_to_fit();
+            w.topic.detach();
             w.properties.detach();
         }
         if let Some(w) = &connect.will {
-            if !self.topic_name_allowed(&w.topic) {
+            if !self.topic_name_allowed(w.topic.as_bytes()) {
                 return self.refuse(id, version, ReasonCode::TopicNameInvalid, now);
             }
             // The same rule as PUBLISH: `$SYS/` is the broker's, ACL file or not.

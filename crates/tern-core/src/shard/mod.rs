@@ -486,6 +486,11 @@ pub struct Shard {
     congested: HashSet<SlotId>,
     /// Set when a full offline queue refused the message being routed (v5 PUBACK 0x97).
     route_refused: bool,
+    /// The topic name of the last PUBLISH that entered through this shard, owning its bytes:
+    /// the next PUBLISH to the same topic (a publisher's stream, a fan-in) shares them instead
+    /// of copying its own out of the read buffer (`publish::own_topic`). One name, at most a
+    /// topic's size (64 KiB).
+    last_topic: Option<codec::TopicName>,
     /// Connect timeouts, keep alive, session expiry and delayed wills, earliest first.
     deadlines: timers::Deadlines,
     /// Counters, read by the metrics endpoint and `$SYS`.
@@ -561,6 +566,7 @@ impl Shard {
             outbox_blocked: (0..peers).map(|_| HashSet::new()).collect(),
             congested: HashSet::new(),
             route_refused: false,
+            last_topic: None,
             deadlines: Default::default(),
             metrics: Metrics::default(),
             latency: crate::counters::new_latency_histogram(),
@@ -579,10 +585,10 @@ impl Shard {
     }
 
     /// Whether the ACL lets `slot`'s client receive `topic` (true without an ACL).
-    pub(crate) fn can_read(&self, slot: SlotId, topic: &str) -> bool {
+    pub(crate) fn can_read(&self, slot: SlotId, topic: &codec::TopicName) -> bool {
         let Some(acl) = &self.cfg.security.acl else { return true };
         let Some(s) = self.slot(slot) else { return false };
-        acl.can_read(s.session.username.as_deref(), &s.session.client_id, topic)
+        acl.can_read(s.session.username.as_deref(), &s.session.client_id, topic.as_str())
     }
 
     /// This shard's id.
@@ -1315,7 +1321,7 @@ impl Shard {
 /// Bytes a will counts for in the memory budget, as a message would.
 fn will_cost(w: &Will) -> usize {
     crate::session::message::MESSAGE_OVERHEAD_BYTES
-        + w.topic.capacity()
+        + w.topic.heap_bytes()
         + w.payload.len()
         + w.properties.heap_bytes()
 }

@@ -187,7 +187,7 @@ impl Shard {
         let Some(topic) = p.topic.take() else {
             return self.close(id, CloseReason::Protocol(ReasonCode::ProtocolError), now);
         };
-        if !self.topic_name_allowed(&topic) {
+        if !self.topic_name_allowed(topic.as_bytes()) {
             if v5 && p.qos != QoS::AtMostOnce {
                 return self.ack(id, p.qos, p.packet_id, ReasonCode::TopicNameInvalid);
             }
@@ -200,7 +200,7 @@ impl Shard {
             let cid = s.map_or("", |s| &*s.session.client_id);
             !acl.can_publish(user, cid, &topic)
         });
-        if topic.starts_with("$SYS") || denied {
+        if topic.as_bytes().starts_with(b"$SYS") || denied {
             // `$SYS/` is the broker's: refused (v5) or dropped (v3) like an ACL denial.
             self.metrics.publish_denied += 1;
             let reason = if v5 { ReasonCode::NotAuthorized } else { ReasonCode::Success };
@@ -243,6 +243,7 @@ impl Shard {
             .message_expiry_interval()
             .map(|secs| now + Duration::from_secs(u64::from(secs)));
         p.properties.remove(codec::properties::id::MESSAGE_EXPIRY_INTERVAL);
+        let topic = self.own_topic(topic);
         let mut msg = Message {
             topic,
             payload: p.payload,
@@ -256,7 +257,7 @@ impl Shard {
         };
         // A payload sliced from the read buffer would pin all of it for as long as the
         // message is queued or retained (issue 9: a 1-byte retained payload held 64 KiB).
-        msg.detach();
+        msg.detach_body();
         if msg.retain {
             self.retain_local_and_broadcast(&msg, self.retain_source(slot));
         }
@@ -272,6 +273,20 @@ impl Shard {
             ReasonCode::Success
         };
         self.ack(id, p.qos, p.packet_id, reason);
+    }
+
+    /// `topic` owning its bytes (not a slice pinning the read buffer): the shard's copy when
+    /// the last PUBLISH had the same topic (shared, no allocation), else a copy, which becomes
+    /// the shard's (issue 10: no topic allocation per PUBLISH of a stream to one topic).
+    fn own_topic(&mut self, mut topic: TopicName) -> TopicName {
+        if let Some(last) = &self.last_topic {
+            if last.as_bytes() == topic.as_bytes() {
+                return last.clone();
+            }
+        }
+        topic.detach();
+        self.last_topic = Some(topic.clone());
+        topic
     }
 
     /// Publishes a will as if its client had sent it ([MQTT-3.1.2-8]).

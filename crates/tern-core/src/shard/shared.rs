@@ -113,10 +113,11 @@ impl SharedGroups {
     /// One member per matching group ([MQTT-4.8.2-4]: each message goes to one member of each
     /// group), by the group's strategy, among the online members if there are any.
     /// `publisher` is the publishing client's id ("" for the broker's own messages).
-    pub(crate) fn pick(&mut self, topic: &str, publisher: &str) -> Vec<Pick> {
+    pub(crate) fn pick(&mut self, topic: &crate::codec::TopicName, publisher: &str) -> Vec<Pick> {
         if self.groups.is_empty() {
             return Vec::new();
         }
+        let topic = topic.as_str();
         let mut keys = Vec::new();
         self.trie.for_each_match(topic, |k, _| keys.push(*k));
         let mut out = Vec::with_capacity(keys.len());
@@ -199,7 +200,13 @@ impl Shard {
     /// Whether `m`, a member of `group` on this shard, can take a message on `topic` now: its
     /// session is the one that subscribed, it still holds the subscription, the ACL lets it
     /// read the topic, and it is online unless `online_only` is false.
-    fn member_can_take(&self, group: &str, m: &Member, topic: &str, online_only: bool) -> bool {
+    fn member_can_take(
+        &self,
+        group: &str,
+        m: &Member,
+        topic: &crate::codec::TopicName,
+        online_only: bool,
+    ) -> bool {
         m.shard == self.id
             && self.slot(m.slot).is_some_and(|s| {
                 s.generation == m.generation
@@ -212,7 +219,11 @@ impl Shard {
     /// Decides where a shared delivery goes: the picked member if it can take the message,
     /// else another member on this shard, else the next shard with a member that may. Each
     /// shard passes a delivery on at most once per round ([`SharedDelivery::hops`]).
-    pub(crate) fn resolve_shared(&self, mut d: SharedDelivery, topic: &str) -> Resolved {
+    pub(crate) fn resolve_shared(
+        &self,
+        mut d: SharedDelivery,
+        topic: &crate::codec::TopicName,
+    ) -> Resolved {
         let shards = self.cfg.shards;
         // Bounded: two passes (online members, then any), each returning or changing the pass.
         for _ in 0..2 {

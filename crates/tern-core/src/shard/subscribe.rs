@@ -89,8 +89,10 @@ pub(crate) struct PendingSubAck {
 
 impl Shard {
     /// Whether a topic name is within the configured bounds.
-    pub(super) fn topic_name_allowed(&self, topic: &str) -> bool {
-        topic.len() <= self.cfg.topic_bytes_max && levels(topic) <= self.cfg.topic_levels_max
+    pub(super) fn topic_name_allowed(&self, topic: &[u8]) -> bool {
+        // As `topic::levels`, on the bytes (a `TopicName` without its UTF-8 re-check).
+        let levels = topic.iter().filter(|&&b| b == b'/').count() + 1;
+        topic.len() <= self.cfg.topic_bytes_max && levels <= self.cfg.topic_levels_max
     }
 
     pub(super) fn handle_subscribe(
