@@ -353,10 +353,25 @@ impl Conn {
         true
     }
 
+    /// Whether no partial packet is buffered (the next read may be decoded in place).
+    pub(super) fn rx_is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// The next whole packet from the input, under `limits`: before authentication only a
     /// small packet is accepted, checked at its fixed header before its body is buffered
     /// (CVE-2017-7651's class), and the first packet must be a CONNECT.
-    pub(super) fn poll_packet(&mut self, limits: &InputLimits) -> Input {
+    ///
+    /// The input is `rx` while it holds bytes, else the caller's read buffer `input` (decoded in
+    /// place, issue 10), whose packets are consumed from its front; what the caller's loop
+    /// leaves of `input` goes into `rx` afterwards ([`Conn::receive`]). A PUBLISH repeating the
+    /// topic `hint` shares it.
+    pub(super) fn poll_packet(
+        &mut self,
+        limits: &InputLimits,
+        input: &mut &[u8],
+        hint: Option<&codec::TopicName>,
+    ) -> Input {
         match self.phase {
             Phase::Closing | Phase::Connecting { .. } | Phase::Verifying { .. } => {
                 return Input::Held
@@ -364,10 +379,13 @@ impl Conn {
             _ if self.awaiting_peers => return Input::Held,
             _ => {}
         }
+        debug_assert!(self.rx.is_empty() || input.is_empty(), "invariant: rx is read first");
+        let in_place = self.rx.is_empty();
         let awaiting_connect = matches!(self.phase, Phase::AwaitConnect { .. });
         let pre_auth = awaiting_connect || matches!(self.phase, Phase::Authenticating { .. });
+        let buffered: &[u8] = if in_place { input } else { &self.rx };
         if awaiting_connect
-            && self.rx.first().is_some_and(|b| b >> 4 != codec::PacketType::Connect as u8)
+            && buffered.first().is_some_and(|b| b >> 4 != codec::PacketType::Connect as u8)
         {
             return Input::NotConnect;
         }
@@ -380,8 +398,26 @@ impl Conn {
             user_properties: limits.user_properties,
         };
         // Read before decoding consumes the bytes: how to refuse a CONNECT that fails.
-        let connect_version = if pre_auth { codec::connect_version(&self.rx) } else { None };
-        match codec::decode_with(&mut self.rx, self.version, &decode) {
+        let connect_version = if pre_auth { codec::connect_version(buffered) } else { None };
+        if in_place {
+            return match codec::decode_slice(input, self.version, &decode, hint) {
+                Ok(Some((packet, n))) => {
+                    *input = &input[n..];
+                    Input::Packet(packet)
+                }
+                Ok(None) => {
+                    // An idle connection keeps no receive buffer (`rx` is empty here).
+                    if self.rx.capacity() > 0 {
+                        self.rx = BytesMut::new();
+                    }
+                    Input::Incomplete
+                }
+                Err(error) => {
+                    Input::Malformed { error, pre_auth, awaiting_connect, connect_version }
+                }
+            };
+        }
+        match codec::decode_with_hint(&mut self.rx, self.version, &decode, hint) {
             Ok(Some(packet)) => Input::Packet(packet),
             Ok(None) => {
                 // An idle connection keeps no receive buffer.
@@ -891,11 +927,14 @@ mod tests {
         let bytes = connect_bytes(ProtocolVersion::V311, 4);
         let (head, tail) = bytes.split_at(5);
         assert!(c.receive(head, t0));
-        assert!(matches!(c.poll_packet(&LIMITS), Input::Incomplete));
+        assert!(matches!(c.poll_packet(&LIMITS, &mut &[][..], None), Input::Incomplete));
         assert!(c.footprint().0 > 0, "the partial CONNECT is kept");
         assert!(c.receive(tail, t0));
-        assert!(matches!(c.poll_packet(&LIMITS), Input::Packet(Packet::Connect(_))));
-        assert!(matches!(c.poll_packet(&LIMITS), Input::Incomplete));
+        assert!(matches!(
+            c.poll_packet(&LIMITS, &mut &[][..], None),
+            Input::Packet(Packet::Connect(_))
+        ));
+        assert!(matches!(c.poll_packet(&LIMITS, &mut &[][..], None), Input::Incomplete));
         assert_eq!(c.footprint().0, 0, "no receive buffer once idle");
     }
 
@@ -905,7 +944,7 @@ mod tests {
         let t0 = crate::test_clock::test_epoch();
         let mut c = conn(t0);
         assert!(c.receive(&[0xC0], t0)); // PINGREQ's first byte, no length yet
-        assert!(matches!(c.poll_packet(&LIMITS), Input::NotConnect));
+        assert!(matches!(c.poll_packet(&LIMITS, &mut &[][..], None), Input::NotConnect));
     }
 
     /// CVE-2017-7651's class: before authentication the small bound applies, after it the
@@ -917,7 +956,7 @@ mod tests {
         let big = connect_bytes(ProtocolVersion::V5, 2000);
         // Refused from its first bytes (the fixed header, and the level for the CONNACK).
         assert!(c.receive(&big[..16], t0));
-        match c.poll_packet(&LIMITS) {
+        match c.poll_packet(&LIMITS, &mut &[][..], None) {
             Input::Malformed { error, pre_auth, awaiting_connect, connect_version } => {
                 assert!(matches!(error.kind, codec::ErrorKind::PacketTooLarge { .. }));
                 assert!(pre_auth && awaiting_connect);
@@ -933,7 +972,10 @@ mod tests {
         p.payload = Bytes::from(vec![0; 2000]);
         codec::encode(&Packet::Publish(p), ProtocolVersion::V5, &mut pubs).expect("encodes");
         assert!(c.receive(&pubs, t0));
-        assert!(matches!(c.poll_packet(&LIMITS), Input::Packet(Packet::Publish(_))));
+        assert!(matches!(
+            c.poll_packet(&LIMITS, &mut &[][..], None),
+            Input::Packet(Packet::Publish(_))
+        ));
     }
 
     #[test]
@@ -942,11 +984,14 @@ mod tests {
         let mut c = conn(t0);
         c.start_connecting(t0 + Duration::from_secs(5));
         assert!(c.receive(&[0xC0, 0x00], t0));
-        assert!(matches!(c.poll_packet(&LIMITS), Input::Held));
+        assert!(matches!(c.poll_packet(&LIMITS, &mut &[][..], None), Input::Held));
         assert!(c.read_held());
         c.activate(SlotId(3));
         assert_eq!(c.active_slot(), Some(SlotId(3)));
-        assert!(matches!(c.poll_packet(&LIMITS), Input::Packet(Packet::PingReq)));
+        assert!(matches!(
+            c.poll_packet(&LIMITS, &mut &[][..], None),
+            Input::Packet(Packet::PingReq)
+        ));
         assert_eq!(
             c.start_close().map(|p| matches!(p, Phase::Active { slot: SlotId(3) })),
             Some(true)

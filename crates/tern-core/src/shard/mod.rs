@@ -491,6 +491,9 @@ pub struct Shard {
     /// of copying its own out of the read buffer (`publish::own_topic`). One name, at most a
     /// topic's size (64 KiB).
     last_topic: Option<codec::TopicName>,
+    /// Whether the packet being handled was decoded in place from the caller's read buffer:
+    /// its payload is then a copy of its own size already, not a slice of `rx`.
+    decoded_in_place: bool,
     /// Connect timeouts, keep alive, session expiry and delayed wills, earliest first.
     deadlines: timers::Deadlines,
     /// Counters, read by the metrics endpoint and `$SYS`.
@@ -567,6 +570,7 @@ impl Shard {
             congested: HashSet::new(),
             route_refused: false,
             last_topic: None,
+            decoded_in_place: false,
             deadlines: Default::default(),
             metrics: Metrics::default(),
             latency: crate::counters::new_latency_histogram(),
@@ -771,12 +775,18 @@ impl Shard {
     /// Bytes arrived on a connection. Decodes and handles every whole packet; keeps a partial
     /// one. A malformed packet closes this connection only.
     pub fn handle_read(&mut self, id: ConnId, data: &[u8], now: Instant) {
+        let reading = self.reading;
         let Some(c) = self.conn_mut(id) else { return };
-        if !c.receive(data, now) {
+        // Nothing buffered before these bytes and no decode loop running: their whole packets
+        // are decoded straight from `data`, and only what the loop leaves (a partial packet,
+        // or packets a held or paused connection does not read yet) is copied into `rx`
+        // (issue 10: no copy of every read).
+        let in_place = !reading && c.rx_is_empty();
+        if !c.receive(if in_place { &[] } else { data }, now) {
             return;
         }
         self.metrics.bytes_received += data.len() as u64;
-        if self.reading {
+        if reading {
             // Called from inside a decode loop (a completed CONNACK or SUBACK): resume later,
             // iteratively, never by recursion.
             if !self.resume_reads.contains(&id) {
@@ -785,17 +795,27 @@ impl Shard {
             return;
         }
         self.reading = true;
-        self.decode_packets(id, now);
+        let mut input = if in_place { data } else { &[][..] };
+        self.decode_packets(id, now, &mut input);
+        if !input.is_empty() {
+            // Before any resumed connection decodes: this one's bytes stay in order. Dropped
+            // if the loop closed the connection (as `receive` drops bytes for a closing one).
+            if let Some(c) = self.conn_mut(id) {
+                c.receive(input, now);
+            }
+        }
         // Bounded: an id is queued again only by a completion that consumed a held state.
         while let Some(next) = self.resume_reads.pop() {
-            self.decode_packets(next, now);
+            self.decode_packets(next, now, &mut &[][..]);
         }
         self.reading = false;
     }
 
     /// Decodes and handles the whole packets buffered for `id` while the connection may
-    /// read (not closing, not waiting for CONNACK or a held SUBACK).
-    fn decode_packets(&mut self, id: ConnId, now: Instant) {
+    /// read (not closing, not waiting for CONNACK or a held SUBACK): those of its `rx`, then
+    /// those at the front of `input` (the caller's read buffer, decoded in place; what is not
+    /// decoded is left in `input` for the caller to buffer).
+    fn decode_packets(&mut self, id: ConnId, now: Instant, input: &mut &[u8]) {
         let limits = conn::InputLimits {
             packet_bytes_max: self.cfg.packet_size_bytes_max,
             preauth_packet_bytes_max: self.cfg.preauth_packet_bytes_max,
@@ -806,8 +826,10 @@ impl Shard {
         };
         // Bounded: each iteration consumes at least one packet from a finite buffer.
         loop {
-            let Some(c) = self.conn_mut(id) else { return };
-            match c.poll_packet(&limits) {
+            // The fields, not `conn_mut`: the last topic is lent beside the connection.
+            let Some(c) = self.conns.get_mut(id.0) else { return };
+            self.decoded_in_place = c.rx_is_empty() && !input.is_empty();
+            match c.poll_packet(&limits, input, self.last_topic.as_ref()) {
                 Input::Packet(packet) => self.handle_packet(id, packet, now),
                 Input::Incomplete | Input::Held => return,
                 Input::NotConnect => {

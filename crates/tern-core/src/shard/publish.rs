@@ -257,7 +257,12 @@ impl Shard {
         };
         // A payload sliced from the read buffer would pin all of it for as long as the
         // message is queued or retained (issue 9: a 1-byte retained payload held 64 KiB).
-        msg.detach_body();
+        if self.decoded_in_place {
+            // Decoded from the caller's read buffer: the payload is its own copy already.
+            msg.properties.detach();
+        } else {
+            msg.detach_body();
+        }
         if msg.retain {
             self.retain_local_and_broadcast(&msg, self.retain_source(slot));
         }
@@ -284,7 +289,10 @@ impl Shard {
                 return last.clone();
             }
         }
-        topic.detach();
+        if !self.decoded_in_place {
+            // In place, the decoder copied it already.
+            topic.detach();
+        }
         self.last_topic = Some(topic.clone());
         topic
     }

@@ -1903,3 +1903,43 @@ fn resubscribing_keeps_the_subscription_for_publishes_on_other_shards() {
         }
     }
 }
+
+#[test]
+fn whole_packets_decode_in_place_and_only_a_partial_one_is_buffered() {
+    // Issue 10: packets whole in the read buffer are decoded from it (no copy into `rx`); a
+    // trailing partial packet is kept and completed by the next read, in order.
+    let mut cl = Cluster::new(1);
+    let sub = cl.connect(0, V4, "sub", true);
+    let publisher = cl.connect(0, V4, "pub", true);
+    cl.subscribe(sub, "t/#", QoS::AtLeastOnce);
+    let mut wire = BytesMut::new();
+    for (i, payload) in [&b"one"[..], b"two", b"three"].into_iter().enumerate() {
+        let mut p = publish_packet("t/a", b"", QoS::AtLeastOnce, i as u16 + 1, false);
+        if let Packet::Publish(p) = &mut p {
+            p.payload = Bytes::copy_from_slice(payload);
+        }
+        codec::encode(&p, V4, &mut wire).expect("test packets encode");
+    }
+    let cut = wire.len() - 4;
+    let now = cl.now;
+    cl.shards[0].handle_read(publisher.conn, &wire[..cut], now);
+    let rx = cl.shards[0].conn(publisher.conn).expect("open").footprint().0;
+    assert!(rx > 0 && rx < 16, "only the partial third packet is buffered ({rx} B)");
+    let got = cl.recv(sub);
+    let payloads: Vec<&[u8]> = publishes(&got).iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"one"[..], b"two"], "the two whole packets, in order");
+    cl.shards[0].handle_read(publisher.conn, &wire[cut..], now);
+    let got = cl.recv(sub);
+    let payloads: Vec<&[u8]> = publishes(&got).iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"three"[..]], "completed by the next read");
+    // Whole packets only: nothing is buffered at all.
+    let mut more = BytesMut::new();
+    let p = publish_packet("t/b", b"four", QoS::AtMostOnce, 0, false);
+    codec::encode(&p, V4, &mut more).expect("test packets encode");
+    cl.shards[0].handle_read(publisher.conn, &more, now);
+    assert_eq!(cl.shards[0].conn(publisher.conn).expect("open").footprint().0, 0);
+    assert_eq!(publishes(&cl.recv(sub)).len(), 1);
+    // Every QoS 1 PUBLISH was acknowledged once ([MQTT-4.3.2-2]).
+    let acks = cl.recv(publisher).iter().filter(|p| matches!(p, Packet::PubAck(_))).count();
+    assert_eq!(acks, 3);
+}
