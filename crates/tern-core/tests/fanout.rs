@@ -186,3 +186,64 @@ fn on_cpu_ns() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     text.split_whitespace().next()?.parse().ok()
 }
+
+/// Issue 10, "cross-shard batches without a fresh `Vec` per flush": what the fresh `Vec` costs.
+/// One thread fills batches of `n` publishes as the flusher does (`Shard::take_batch` collects
+/// them into a new `Vec`) and sends them to a second thread, which handles each message (drops
+/// it here) and frees the `Vec`, as a receiving shard does; or, reused, sends the emptied
+/// `Vec` back on a bounded return channel for the next batch. Printed: ns per message of both.
+///
+/// `cargo test -p tern-core --release --test fanout mesh_batch -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement: run with --release --ignored --nocapture"]
+fn mesh_batch_vec_fresh_or_reused() {
+    use std::sync::mpsc;
+    use tern_core::session::Message;
+    use tern_core::shard::ShardMsg;
+    let topic = TopicName::new("bench/building-7/floor-3/temperature").expect("valid topic");
+    let msg = Message::new(topic, bytes::Bytes::from(vec![0x5A; 64]), QoS::AtMostOnce, false);
+    let messages = env("TERN_BENCH_MESH_MESSAGES", 2_000_000);
+    println!("size_of::<ShardMsg>() = {} B", std::mem::size_of::<ShardMsg>());
+    for n in [1usize, 4, 16, 64] {
+        for reuse in [false, true] {
+            let (tx, rx) = mpsc::sync_channel::<Vec<ShardMsg>>(1024);
+            let (back_tx, back_rx) = mpsc::sync_channel::<Vec<ShardMsg>>(4);
+            let receiver = std::thread::spawn(move || {
+                let start = on_cpu_ns();
+                for mut batch in rx {
+                    for m in batch.drain(..) {
+                        drop(m);
+                    }
+                    if reuse {
+                        let _ = back_tx.try_send(batch);
+                    }
+                }
+                on_cpu_ns().zip(start).map(|(e, s)| e - s)
+            });
+            let start = on_cpu_ns();
+            for _ in 0..messages / n {
+                let mut batch = if reuse {
+                    back_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(n))
+                } else {
+                    Vec::with_capacity(n)
+                };
+                batch.extend((0..n).map(|_| ShardMsg::Publish {
+                    msg: msg.clone(),
+                    normal: true,
+                    shared: Vec::new(),
+                }));
+                tx.send(batch).expect("receiver runs");
+            }
+            drop(tx);
+            let sent = on_cpu_ns().zip(start).map(|(e, s)| e - s).unwrap_or(0);
+            let received = receiver.join().expect("receiver thread").unwrap_or(0);
+            let per = |ns: u64| ns as f64 / (messages / n * n) as f64;
+            println!(
+                "mesh batches of {n:>2}, {}: sender {:.1} ns/msg, receiver {:.1} ns/msg on-CPU",
+                if reuse { "Vec reused" } else { "fresh Vec " },
+                per(sent),
+                per(received),
+            );
+        }
+    }
+}

@@ -267,11 +267,19 @@ impl Shard {
     /// Takes up to `n` data messages for `peer` (the runtime's flusher); resumes the publishers
     /// the outbox paused once it is half empty.
     pub fn take_batch(&mut self, peer: usize, n: usize) -> Vec<ShardMsg> {
+        let mut batch = Vec::new();
+        self.take_batch_into(peer, n, &mut batch);
+        batch
+    }
+
+    /// [`Shard::take_batch`] into the caller's `batch` (emptied first), so that the runtime
+    /// reuses the vectors the peers send back instead of allocating one per flush (issue 10).
+    pub fn take_batch_into(&mut self, peer: usize, n: usize, batch: &mut Vec<ShardMsg>) {
+        batch.clear();
         let q = &mut self.outbox[peer];
         let n = q.len().min(n);
-        let batch: Vec<ShardMsg> = q.drain(..n).collect();
+        batch.extend(q.drain(..n));
         self.flow_retry_outboxes();
-        batch
     }
 
     /// Resumes the publishers paused by a peer outbox once it is half empty and this shard's
