@@ -3,7 +3,9 @@
 //! every other one at QoS 1. Printed: shard time per delivery and per publish.
 //!
 //! `cargo test -p tern-core --release --test fanout -- --ignored --nocapture`
-//! (`TERN_BENCH_PUBLISHES`, `TERN_BENCH_SUBSCRIBERS`, `TERN_BENCH_BATCH` change the shape).
+//! (`TERN_BENCH_PUBLISHES`, `TERN_BENCH_SUBSCRIBERS`, `TERN_BENCH_BATCH` change the shape;
+//! `TERN_BENCH_READ_BYTES=N` cuts the publisher's input into reads of N bytes instead, most of
+//! them ending inside a packet).
 //!
 //! The publisher's packets arrive `TERN_BENCH_BATCH` (default 16) to a read, as a socket read of a
 //! busy publisher hands them over. Timed: only the shard's calls (the publisher's reads, each
@@ -87,6 +89,7 @@ fn fan_out_cost_per_delivery() {
     let publishes = env("TERN_BENCH_PUBLISHES", 100_000);
     let subscribers = env("TERN_BENCH_SUBSCRIBERS", 20);
     let batch = env("TERN_BENCH_BATCH", 16).max(1);
+    let read_bytes = env("TERN_BENCH_READ_BYTES", 0);
     let mut cfg = ShardConfig::for_tests(1);
     cfg.listeners[0].connections_max = subscribers + 1;
     let mut shard = Shard::new(tern_core::ids::ShardId(0), cfg);
@@ -126,9 +129,13 @@ fn fan_out_cost_per_delivery() {
             payload: payload.clone(),
         };
         encode(&Packet::Publish(p), &mut buf);
-        if (i + 1) % batch == 0 || i + 1 == publishes {
+        if read_bytes == 0 && ((i + 1) % batch == 0 || i + 1 == publishes) {
             reads.push(buf.split().freeze());
         }
+    }
+    // Reads of a fixed size instead, cut anywhere in a packet, as a socket's are.
+    while read_bytes > 0 && !buf.is_empty() {
+        reads.push(buf.split_to(read_bytes.min(buf.len())).freeze());
     }
     let cpu_start = on_cpu_ns();
     let mut timed = Duration::ZERO;
@@ -207,7 +214,7 @@ fn mesh_batch_vec_fresh_or_reused() {
     for n in [1usize, 4, 16, 64] {
         for reuse in [false, true] {
             let (tx, rx) = mpsc::sync_channel::<Vec<ShardMsg>>(1024);
-            let (back_tx, back_rx) = mpsc::sync_channel::<Vec<ShardMsg>>(4);
+            let (back_tx, back_rx) = mpsc::sync_channel::<Vec<ShardMsg>>(2);
             let receiver = std::thread::spawn(move || {
                 let start = on_cpu_ns();
                 for mut batch in rx {

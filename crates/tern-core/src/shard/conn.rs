@@ -363,14 +363,39 @@ impl Conn {
         self.rx.is_empty()
     }
 
+    /// How many bytes at the front of `data` complete the partial packet `rx` holds: the
+    /// rest of `data` can then be decoded in place. All of `data` when `rx` holds a whole
+    /// packet already, or when its header is not whole even with `data`'s first bytes.
+    pub(super) fn completing_rx(&self, data: &[u8]) -> usize {
+        if self.rx.is_empty() {
+            return 0;
+        }
+        let mut head = [0u8; 5];
+        let n = self.rx.len().min(head.len());
+        head[..n].copy_from_slice(&self.rx[..n]);
+        let m = (head.len() - n).min(data.len());
+        head[n..n + m].copy_from_slice(&data[..m]);
+        match codec::primitives::decode_varint(&head[1..n + m]) {
+            Ok(Some((len, used))) => {
+                let total = 1 + used + len;
+                if total <= self.rx.len() {
+                    data.len()
+                } else {
+                    (total - self.rx.len()).min(data.len())
+                }
+            }
+            _ => data.len(),
+        }
+    }
+
     /// The next whole packet from the input, under `limits`: before authentication only a
     /// small packet is accepted, checked at its fixed header before its body is buffered
     /// (CVE-2017-7651's class), and the first packet must be a CONNECT.
     ///
-    /// The input is `rx` while it holds bytes, else the caller's read buffer `input` (decoded in
-    /// place, issue 10), whose packets are consumed from its front; what the caller's loop
-    /// leaves of `input` goes into `rx` afterwards ([`Conn::receive`]). A PUBLISH repeating the
-    /// topic `hint` shares it.
+    /// The input is `rx` while it holds bytes (older bytes), then the caller's read buffer
+    /// `input` (decoded in place, issue 10), whose packets are consumed from its front; what
+    /// the caller's loop leaves of `input` goes into `rx` afterwards ([`Conn::receive`]). A
+    /// PUBLISH repeating the topic `hint` shares it.
     pub(super) fn poll_packet(
         &mut self,
         limits: &InputLimits,
@@ -384,7 +409,6 @@ impl Conn {
             _ if self.awaiting_peers => return Input::Held,
             _ => {}
         }
-        debug_assert!(self.rx.is_empty() || input.is_empty(), "invariant: rx is read first");
         let in_place = self.rx.is_empty();
         let awaiting_connect = matches!(self.phase, Phase::AwaitConnect { .. });
         let pre_auth = awaiting_connect || matches!(self.phase, Phase::Authenticating { .. });

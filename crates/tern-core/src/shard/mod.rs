@@ -804,12 +804,12 @@ impl Shard {
     pub fn handle_read(&mut self, id: ConnId, data: &[u8], now: Instant) {
         let reading = self.reading;
         let Some(c) = self.conn_mut(id) else { return };
-        // Nothing buffered before these bytes and no decode loop running: their whole packets
-        // are decoded straight from `data`, and only what the loop leaves (a partial packet,
-        // or packets a held or paused connection does not read yet) is copied into `rx`
-        // (issue 10: no copy of every read).
-        let in_place = !reading && c.rx_is_empty();
-        if !c.receive(if in_place { &[] } else { data }, now) {
+        // No decode loop running: the whole packets of `data` are decoded straight from it,
+        // and only what the loop leaves (a partial packet, or packets a held or paused
+        // connection does not read yet) is copied into `rx` (issue 10: no copy of every read).
+        // A partial packet buffered before gets just the bytes that complete it.
+        let split = if reading { data.len() } else { c.completing_rx(data) };
+        if !c.receive(&data[..split], now) {
             return;
         }
         self.metrics.bytes_received += data.len() as u64;
@@ -822,7 +822,7 @@ impl Shard {
             return;
         }
         self.reading = true;
-        let mut input = if in_place { data } else { &[][..] };
+        let mut input = &data[split..];
         self.decode_packets(id, now, &mut input);
         if !input.is_empty() {
             // Before any resumed connection decodes: this one's bytes stay in order. Dropped
