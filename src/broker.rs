@@ -266,26 +266,44 @@ fn start_bridges(
 }
 
 /// Binds and releases a probe socket on `addr` without `SO_REUSEPORT` (port 0 is not probed:
-/// it picks a fresh port). `SO_REUSEADDR` is set, as every server does. The connections a
-/// previous run closed first still wait in TIME_WAIT on the port for a minute, and they were
-/// accepted from glommio's listener, which sets no `SO_REUSEADDR`, so the kernel refuses the
-/// probe for them too (a restart after a connection storm could not start): when the probe is
-/// refused, the port counts as in use only if a socket listens on it (`/proc/net/tcp*`).
+/// it picks a fresh port). `SO_REUSEADDR` is set, as every server does. Two leftovers of a
+/// previous run on the port are not a listener and must not stop a restart:
+/// - the connections it closed first wait in TIME_WAIT for a minute, and they were accepted
+///   from glommio's listener, which sets no `SO_REUSEADDR`, so the kernel refuses the probe for
+///   them too (a restart after a connection storm could not start): when the probe is refused,
+///   the port counts as in use only if a socket listens on it (`/proc/net/tcp*`);
+/// - the previous process's listener outlives it for a moment (io_uring tears its ring down
+///   in the background): the probe is tried again for up to [`PROBE_PATIENCE`] before a
+///   listener counts.
 pub fn probe_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
     use socket2::{Domain, Socket, Type};
     if addr.port() == 0 {
         return Ok(());
     }
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    sock.set_reuse_address(true)?;
-    match sock.bind(&addr.into()) {
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && !listening_on(addr.port()) => {
-            tracing::info!(%addr, "the port holds only closed connections (TIME_WAIT): binding");
-            Ok(())
+    let deadline = std::time::Instant::now() + PROBE_PATIENCE;
+    // Bounded by the deadline.
+    loop {
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        match sock.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if !listening_on(addr.port()) {
+                    tracing::info!(%addr, "the port holds only closed connections: binding");
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
         }
-        other => other,
     }
 }
+
+/// How long [`probe_bind`] waits for a listener on its port to go away (the previous run's,
+/// closing) before it reports the port in use.
+pub const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Whether a TCP socket of this network namespace listens on `port` (any address): the
 /// `LISTEN` rows (state 0A) of `/proc/net/tcp` and `/proc/net/tcp6`. True when neither can be
