@@ -153,6 +153,9 @@ struct Parking {
     /// The parked sockets, indexed by connection id (a duplicate of the descriptor the task
     /// had; registered in `epoll` under the connection id).
     sockets: RefCell<Vec<Option<std::net::TcpStream>>>,
+    /// The rustls state of the parked TLS connections, indexed like `sockets` (grown only
+    /// when a TLS connection parks).
+    tls: RefCell<Vec<Option<tls::ParkedTls>>>,
     /// Parked connections the shard made ready: the parker resumes them.
     wake: RefCell<Vec<ConnId>>,
     /// Wakes the parker when `wake` grows.
@@ -166,6 +169,7 @@ impl Parking {
             Ok(epoll) => Some(Self {
                 epoll,
                 sockets: RefCell::default(),
+                tls: RefCell::default(),
                 wake: RefCell::default(),
                 notify: Notify::default(),
             }),
@@ -219,10 +223,23 @@ impl ShardCell {
         true
     }
 
-    /// Takes parked connection `id`'s socket out of the epoll set (`None`: not parked).
-    fn unpark(&self, id: ConnId) -> Option<std::net::TcpStream> {
+    /// Keeps the rustls state of TLS connection `id`, parked just now by [`Self::park`].
+    fn park_tls(&self, id: ConnId, state: tls::ParkedTls) {
+        let Some(p) = &self.parking else { return };
+        let i = id.0 as usize;
+        let mut states = p.tls.borrow_mut();
+        if states.len() <= i {
+            states.resize_with(i + 1, || None);
+        }
+        states[i] = Some(state);
+    }
+
+    /// Takes parked connection `id`'s socket out of the epoll set, with its rustls state when
+    /// it is a TLS connection (`None`: not parked).
+    fn unpark(&self, id: ConnId) -> Option<(std::net::TcpStream, Option<tls::ParkedTls>)> {
         let p = self.parking.as_ref()?;
         let socket = p.sockets.borrow_mut().get_mut(id.0 as usize)?.take()?;
+        let state = p.tls.borrow_mut().get_mut(id.0 as usize).and_then(Option::take);
         // Before the descriptor can close: a registration outlives a closed descriptor while
         // a duplicate of it is open.
         if let Err(e) = p.epoll.delete(&socket) {
@@ -230,7 +247,7 @@ impl ShardCell {
         }
         let mut shard = self.shard.borrow_mut();
         shard.metrics.connections_parked = shard.metrics.connections_parked.saturating_sub(1);
-        Some(socket)
+        Some((socket, state))
     }
 
     /// Shared access (no call that changes the shard).
@@ -589,9 +606,9 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
 
 /// A transport established and ready for MQTT bytes.
 enum Established {
-    Tls(futures_rustls::server::TlsStream<TcpStream>),
+    Tls(tls::TlsStream<TcpStream>),
     Ws(WsStream<TcpStream>),
-    Wss(WsStream<futures_rustls::server::TlsStream<TcpStream>>),
+    Wss(WsStream<tls::TlsStream<TcpStream>>),
 }
 
 /// Runs the TLS and/or WebSocket handshake within the listener's time bound, then registers
@@ -656,9 +673,9 @@ async fn establish(
     let spec = ctx.transport.tls().expect("invariant: Tls and Wss carry TLS settings");
     // The configuration current at accept; a reload later does not affect this connection.
     let config = ctx.tls.borrow().clone().expect("invariant: TLS listeners have a config");
-    let mut tls = futures_rustls::TlsAcceptor::from(config).accept(stream).await?;
+    let mut tls = tls::TlsStream::accept(config, stream).await?;
     let identity = if spec.use_identity_as_username {
-        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let cert = tls.peer_certificates().and_then(|c| c.first());
         // require_certificate is validated to be on, so rustls refused a client without one.
         let cn = cert.and_then(|c| tls::subject_common_name(c.as_ref()));
         match cn {
@@ -703,14 +720,22 @@ enum Event {
 }
 
 /// A connection's byte stream as the driver needs it; `park` hands an idle connection's socket
-/// to the shard's epoll set. Only plain TCP parks: TLS and WebSocket streams hold protocol state
-/// (rustls buffers, frame decoding) that a bare socket cannot carry.
-trait Transport: AsyncRead + AsyncWrite + Unpin {
+/// to the shard's epoll set. Plain TCP and TLS park: a TLS stream parks only with no byte
+/// buffered (no partial record, no unread plaintext, no unsent ciphertext) and keeps rustls'
+/// state ([`tls::ParkedTls`]). WebSocket streams do not park (their frame decoding state is
+/// not split off yet).
+trait Transport: AsyncRead + AsyncWrite + Unpin + Sized {
     /// Whether `park` can succeed.
     const PARKS: bool = false;
 
-    /// A duplicate of the socket's descriptor, when the transport can park.
+    /// A duplicate of the socket's descriptor, when the transport can park now.
     fn park(&self) -> Option<std::net::TcpStream> {
+        None
+    }
+
+    /// What the parked connection keeps besides its socket, once [`Self::park`]'s socket is
+    /// in the epoll set.
+    fn into_parked(self) -> Option<tls::ParkedTls> {
         None
     }
 }
@@ -723,9 +748,23 @@ impl Transport for TcpStream {
     }
 }
 
-impl Transport for futures_rustls::server::TlsStream<TcpStream> {}
+impl Transport for tls::TlsStream<TcpStream> {
+    const PARKS: bool = true;
+
+    fn park(&self) -> Option<std::net::TcpStream> {
+        if !self.parkable() {
+            return None; // a partial record or bytes in flight: it stays with its task
+        }
+        self.get_ref().park()
+    }
+
+    fn into_parked(self) -> Option<tls::ParkedTls> {
+        Some(tls::TlsStream::into_parked(self).1)
+    }
+}
+
 impl Transport for WsStream<TcpStream> {}
-impl Transport for WsStream<futures_rustls::server::TlsStream<TcpStream>> {}
+impl Transport for WsStream<tls::TlsStream<TcpStream>> {}
 
 /// The write half of a connection's state: the bytes of the current write (taken from the
 /// shard with [`Shard::swap_tx`], so the buffer's allocation is reused) and how far it got.
@@ -1083,6 +1122,9 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                 // checks in the poll above and this: nothing arrived for it in between.
                 if let Some(socket) = stream.park() {
                     if io.shard.park(id, socket) {
+                        if let Some(state) = stream.into_parked() {
+                            io.shard.park_tls(id, state);
+                        }
                         return;
                     }
                 }
@@ -1204,9 +1246,16 @@ pub async fn parker(io: Rc<ShardIo>) {
 
 /// A new task for parked connection `id` (nothing when it is no longer parked).
 fn resume(io: &Rc<ShardIo>, id: ConnId) {
-    if let Some(socket) = io.shard.unpark(id) {
+    if let Some((socket, state)) = io.shard.unpark(id) {
         let stream = TcpStream::from(socket2::Socket::from(socket));
-        glommio::spawn_local(serve(Rc::clone(io), stream, id, true)).detach();
+        let task = match state {
+            None => glommio::spawn_local(serve(Rc::clone(io), stream, id, true)),
+            Some(state) => {
+                let stream = tls::TlsStream::resume(stream, state);
+                glommio::spawn_local(serve(Rc::clone(io), stream, id, true))
+            }
+        };
+        task.detach();
     }
 }
 
