@@ -19,7 +19,7 @@ const V5: ProtocolVersion = ProtocolVersion::V5;
 
 /// One shard; listener 0 TLS (client certificates optional, verified when presented),
 /// listener 1 plain TCP.
-fn start(pki: &Pki, park_idle_ms: u64) -> TestBroker {
+fn start(pki: &Pki, park_idle_ms: u32) -> TestBroker {
     start_with(1, |c| {
         let l = &mut c.listeners[0];
         l.transport = Transport::Tls;
