@@ -35,7 +35,11 @@ struct Pipe {
 }
 
 impl AsyncRead for Pipe {
-    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut rx = self.rx.borrow_mut();
         if rx.is_empty() {
             return Poll::Pending;
@@ -49,7 +53,11 @@ impl AsyncRead for Pipe {
 }
 
 impl AsyncWrite for Pipe {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.tx.borrow_mut().extend(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -61,10 +69,16 @@ impl AsyncWrite for Pipe {
     }
 }
 
+/// The bytes in flight: (client to server, server to client).
+type Pipes = (Rc<RefCell<VecDeque<u8>>>, Rc<RefCell<VecDeque<u8>>>);
+
 struct Pki {
     _dir: tempfile::TempDir,
     server: Arc<rustls::ServerConfig>,
-    client_cert: (Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>),
+    client_cert: (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
     ca_der: rustls::pki_types::CertificateDer<'static>,
 }
 
@@ -122,7 +136,11 @@ fn client(p: &Pki, tls12: bool, with_cert: bool) -> rustls::ClientConnection {
 }
 
 /// Moves the client's records into `to_server` and the server's into the client.
-fn shuttle(c: &mut rustls::ClientConnection, to_server: &RefCell<VecDeque<u8>>, to_client: &RefCell<VecDeque<u8>>) {
+fn shuttle(
+    c: &mut rustls::ClientConnection,
+    to_server: &RefCell<VecDeque<u8>>,
+    to_client: &RefCell<VecDeque<u8>>,
+) {
     let mut out = Vec::new();
     while c.wants_write() {
         c.write_tls(&mut out).expect("client records");
@@ -140,7 +158,7 @@ fn shuttle(c: &mut rustls::ClientConnection, to_server: &RefCell<VecDeque<u8>>, 
 fn drive<T>(
     mut fut: Pin<&mut impl std::future::Future<Output = T>>,
     c: &mut rustls::ClientConnection,
-    pipes: &(Rc<RefCell<VecDeque<u8>>>, Rc<RefCell<VecDeque<u8>>>),
+    pipes: &Pipes,
 ) -> T {
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
@@ -155,7 +173,11 @@ fn drive<T>(
 }
 
 /// Handshake and one round trip through Tern's stream; returns the stream and the client.
-fn tern_stream(p: &Pki, tls12: bool, with_cert: bool) -> (TlsStream<Pipe>, rustls::ClientConnection) {
+fn tern_stream(
+    p: &Pki,
+    tls12: bool,
+    with_cert: bool,
+) -> (TlsStream<Pipe>, rustls::ClientConnection) {
     let pipes = (Rc::default(), Rc::default());
     let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1) };
     let mut c = client(p, tls12, with_cert);
@@ -243,8 +265,14 @@ fn idle_tls_state_has_no_buffers_and_stays_within_its_budget() {
             "  of which UnbufferedServerConnection inline {} B",
             std::mem::size_of::<rustls::server::UnbufferedServerConnection>()
         );
-        assert!(new <= PARKED_TLS_HEAP_MAX, "{label}: parked TLS state {new} B > {PARKED_TLS_HEAP_MAX}");
-        assert!(new + 2048 <= old + std::mem::size_of::<rustls::ServerConnection>(), "{label}: {new} vs {old}");
+        assert!(
+            new <= PARKED_TLS_HEAP_MAX,
+            "{label}: parked TLS state {new} B > {PARKED_TLS_HEAP_MAX}"
+        );
+        assert!(
+            new + 2048 <= old + std::mem::size_of::<rustls::ServerConnection>(),
+            "{label}: {new} vs {old}"
+        );
     }
 }
 
@@ -253,7 +281,7 @@ fn idle_tls_state_has_no_buffers_and_stays_within_its_budget() {
 #[test]
 fn a_partial_record_keeps_the_stream_from_parking() {
     let p = pki();
-    let pipes: (Rc<RefCell<VecDeque<u8>>>, Rc<RefCell<VecDeque<u8>>>) = (Rc::default(), Rc::default());
+    let pipes: Pipes = (Rc::default(), Rc::default());
     let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1) };
     let mut c = client(&p, false, false);
     let accept = std::pin::pin!(TlsStream::accept(Arc::clone(&p.server), io));

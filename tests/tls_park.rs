@@ -65,10 +65,8 @@ fn parked_tls_connections_resume_and_exchange_packets() {
     let mut sub = RawClient::new(tls13, V5);
     sub.connect_ok("park-sub");
     sub.subscribe("park/#", QoS::AtLeastOnce);
-    let with_cert = TlsClient {
-        tls12_only: true,
-        client_cert: Some(pki.client_files("park-device")),
-    };
+    let with_cert =
+        TlsClient { tls12_only: true, client_cert: Some(pki.client_files("park-device")) };
     let tls12 = with_cert.connect(b.addr, &pki.ca_file).expect("TLS 1.2 with a certificate");
     assert_eq!(tls12.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
     let mut publ = RawClient::new(tls12, V4);

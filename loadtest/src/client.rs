@@ -12,7 +12,7 @@
 //! [`tern::codec::decode`]. The receive path parses PUBLISH and the 4-byte acknowledgements in
 //! place (no allocation per message), which the unit tests check against the codec.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,8 +25,8 @@ use tern::codec::{
 };
 
 use crate::scenario::{ConnPlan, Kind, Role, Scenario, PAYLOAD_HEADER_BYTES, PAYLOAD_MAGIC};
-use crate::tls::Sock;
 use crate::stats::{Phase, PublisherTotals, SeqTracker, Shared, WorkerResult};
+use crate::tls::Sock;
 
 /// Largest packet accepted from the broker (the protocol maximum).
 const PACKET_BYTES_MAX: usize = 268_435_460;
@@ -304,8 +304,7 @@ impl Worker {
         match open_socket(s, c.plan.index).and_then(|tcp| Sock::new(tcp, self.tls.as_ref())) {
             Ok(mut stream) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                if let Err(e) = self.poll.registry().register(&mut stream.tcp, Token(i), interest)
-                {
+                if let Err(e) = self.poll.registry().register(&mut stream.tcp, Token(i), interest) {
                     self.ctx.result.error(&format!("register: {}", e.kind()));
                     fail(c, &mut self.ctx, false);
                     return;

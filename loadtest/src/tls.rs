@@ -14,17 +14,20 @@ use rustls::ClientConnection;
 use crate::scenario::Scenario;
 
 /// The client configuration of a scenario (`None`: plain TCP).
-pub fn client_config(s: &Scenario) -> Result<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>> {
+pub fn client_config(
+    s: &Scenario,
+) -> Result<Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>> {
     if !s.tls_insecure && s.tls_ca.is_none() {
         return Ok(None);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if s.tls12 {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(if s.tls12 {
-            &[&rustls::version::TLS12]
-        } else {
-            &[&rustls::version::TLS13, &rustls::version::TLS12]
-        })
+        .with_protocol_versions(versions)
         .context("TLS versions")?;
     let config = if let Some(ca) = &s.tls_ca {
         let mut roots = rustls::RootCertStore::empty();

@@ -194,6 +194,12 @@ thread_local! {
     static CIPHERTEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// rustls' writable state, as [`pump`] hands it out.
+type Writable<'c> = rustls::unbuffered::WriteTraffic<'c, rustls::server::ServerConnectionData>;
+
+/// What to do with the writable state: encrypt or queue close_notify into the `Vec`.
+type WriteFn<'a> = dyn FnMut(&mut Writable<'_>, &mut Vec<u8>) -> std::io::Result<()> + 'a;
+
 /// Where the rustls state machine stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Progress {
@@ -247,10 +253,7 @@ fn pump(
     incoming: &mut [u8],
     tx: &mut Vec<u8>,
     sink: &mut dyn FnMut(&[u8]),
-    write: &mut dyn FnMut(
-        &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
-        &mut Vec<u8>,
-    ) -> std::io::Result<()>,
+    write: &mut WriteFn<'_>,
 ) -> std::io::Result<(usize, Progress)> {
     use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
     let mut used = 0;
@@ -430,7 +433,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // Bounded: every pass writes at least one byte.
         while self.tx_at < self.tx.len() {
-            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.tx[self.tx_at..]))?;
+            let n =
+                std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.tx[self.tx_at..]))?;
             if n == 0 {
                 return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
@@ -487,13 +491,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     }
 
     /// Runs `write` with rustls' writable state (the handshake is done).
-    fn with_writable(
-        &mut self,
-        write: &mut dyn FnMut(
-            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
-            &mut Vec<u8>,
-        ) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
+    fn with_writable(&mut self, write: &mut WriteFn<'_>) -> std::io::Result<()> {
         let plain = &mut self.plain;
         let mut sink = |p: &[u8]| plain.extend_from_slice(p);
         let (used, progress) =
