@@ -6,12 +6,13 @@
 //! bytes to the shard at once, so a connection waiting for data holds no read buffer of its own
 //! (glommio's `poll_read` arms a readiness poll that holds only a waker). A partial packet is
 //! kept in the connection's `rx` until it completes. WebSocket frames are decoded in that same
-//! scratch buffer ([`ws_stream`]); TLS is the exception: rustls keeps its own receive buffer
-//! ([`tls`]).
+//! scratch buffer ([`ws_stream`]); TLS ciphertext goes through a per-thread buffer and the
+//! stream keeps only a partial record ([`tls`]).
 //!
 //! - [`ws`]: the WebSocket handshake parser and frame codec, no IO.
 //! - [`ws_stream`]: the WebSocket stream adapter over TCP or TLS.
-//! - [`tls`]: rustls configuration from PEM files, client certificate identity.
+//! - [`tls`]: rustls configuration from PEM files, client certificate identity, and the TLS
+//!   stream over rustls' unbuffered API (parks with rustls' state alone).
 
 pub mod tls;
 pub mod ws;
@@ -137,11 +138,12 @@ pub struct ShardCell {
     pool: Option<Arc<crate::auth::HashPool>>,
     /// Reused by every drain.
     checks: RefCell<Vec<crate::auth::HashJob>>,
-    /// Idle plain-TCP connections without a task (`None`: epoll unavailable, nothing parks).
+    /// Idle plain-TCP and TLS connections without a task (`None`: epoll unavailable, nothing
+    /// parks).
     parking: Option<Parking>,
 }
 
-/// Idle plain-TCP connections parked without a task of their own (issue 11). glommio waits
+/// Idle plain-TCP and TLS connections parked without a task of their own (issue 11). glommio waits
 /// for a socket's readiness only through a per-socket `Source` (~0.5 KB, allocated per armed
 /// poll) held by the task that reads it (~0.7 KB of future and header): most of an idle
 /// connection's memory. A parked connection is a bare socket in one epoll set per shard
