@@ -308,3 +308,18 @@ fn a_partial_record_keeps_the_stream_from_parking() {
     assert!(s.parkable());
     assert_eq!(s.buffered_capacity(), 0);
 }
+
+/// Closing the stream sends close_notify: the client sees a clean end of stream, not a
+/// truncation.
+#[test]
+fn close_sends_close_notify() {
+    let p = pki();
+    let pipes: Pipes = (Rc::default(), Rc::default());
+    let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1) };
+    let mut c = client(&p, true, false);
+    let accept = std::pin::pin!(TlsStream::accept(Arc::clone(&p.server), io));
+    let mut s = drive(accept, &mut c, &pipes).expect("handshake");
+    drive(std::pin::pin!(s.close()), &mut c, &pipes).expect("close");
+    let mut buf = [0u8; 8];
+    assert_eq!(c.reader().read(&mut buf).expect("clean end"), 0);
+}

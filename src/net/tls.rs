@@ -12,7 +12,7 @@
 //! a partial record (the tail of a read that did not end on a record boundary), plaintext the
 //! reader has not taken yet, and ciphertext the socket has not taken yet. Each is freed as soon
 //! as it is empty. What is left while idle is the boxed rustls state (keys, sequence numbers,
-//! the peer's certificates), which is what a parked TLS connection keeps ([`TlsStream::park`]).
+//! the peer's certificates), which is what a parked TLS connection keeps ([`TlsStream::into_parked`]).
 //! The buffered `ServerConnection` (which futures-rustls wraps) keeps a 4 KiB+ receive buffer
 //! and its plaintext and TLS queues' capacity for the connection's life.
 use std::path::{Path, PathBuf};
@@ -596,7 +596,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         use rustls::unbuffered::{EncryptError, InsufficientSizeError};
         let this = self.get_mut();
         if !this.closing && !this.conn.is_handshaking() {
-            this.closing = true;
+            // Earlier output first; `closing` is set once close_notify is queued behind it, so
+            // a `Pending` here comes back to queue it.
             std::task::ready!(this.poll_send(cx))?;
             let queued = this.with_writable(&mut |w, tx| {
                 append_with(tx, 64, |out| {
