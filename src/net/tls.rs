@@ -12,9 +12,10 @@
 //! a partial record (the tail of a read that did not end on a record boundary), plaintext the
 //! reader has not taken yet, and ciphertext the socket has not taken yet. Each is freed as soon
 //! as it is empty. What is left while idle is the boxed rustls state (keys, sequence numbers,
-//! the peer's certificates), which is what a parked TLS connection keeps ([`TlsStream::into_parked`]).
-//! The buffered `ServerConnection` (which futures-rustls wraps) keeps a 4 KiB+ receive buffer
-//! and its plaintext and TLS queues' capacity for the connection's life.
+//! the peer's certificates), which is what a parked TLS connection keeps
+//! ([`TlsStream::into_parked`]). rustls' buffered `ServerConnection` (which futures-rustls
+//! wrapped, before this stream) keeps a 4 KiB receive buffer for the connection's life.
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
