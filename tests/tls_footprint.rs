@@ -257,7 +257,8 @@ fn idle_tls_state_has_no_buffers_and_stays_within_its_budget() {
         let (_io, parked) = s.into_parked();
         let new = freed_by_drop(parked);
         println!(
-            "{label}: rustls ServerConnection {old} B heap + {} B inline; parked Tern TLS {new} B heap + {} B inline",
+            "{label}: rustls ServerConnection {old} B heap + {} B inline; \
+             parked Tern TLS {new} B heap + {} B inline",
             std::mem::size_of::<rustls::ServerConnection>(),
             std::mem::size_of::<ParkedTls>(),
         );
