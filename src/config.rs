@@ -1134,10 +1134,11 @@ settings! {
         flow_high_water_bytes: u64 = 256 << 10, 4096..=GIB;
         /// Bytes queued for a connected subscriber past which a new QoS 0 delivery to it is
         /// dropped and counted (`messages_dropped_qos0_slow`) instead of queued (an empty
-        /// queue always takes one message). The pause at the high-water mark takes hold only
-        /// after what was already read, or is crossing from other shards, has arrived: this
+        /// queue always takes one message). A publisher on the subscriber's shard stops at
+        /// the packet that reached the high-water mark (the rest of its read waits); one on
+        /// another shard only after what it already sent across the mesh has arrived: this
         /// bounds that overshoot for QoS 0 (issue 9: a stalled subscriber held ~2 000 messages
-        /// of 1 KiB past a mark of 1 000). QoS 1/2 is never dropped here: the hard caps apply.
+        /// of 1 KiB past a mark of 1 000 before paused publishers stopped mid-read). QoS 1/2 is never dropped here: the hard caps apply.
         /// Default 786_432 (768 KiB; was 1 MiB): at least `flow_high_water_bytes` plus
         /// `mesh_bytes_max` plus a read, the largest overshoot of a subscriber that is only
         /// slow. Bound: 4 KiB..=1 GiB, and at least `flow_high_water_bytes`. Worst-case

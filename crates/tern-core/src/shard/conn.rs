@@ -82,6 +82,10 @@ pub(crate) struct Conn {
     /// Flow control resumed reading: the keep-alive clock restarts at the next tick (the
     /// broker, not the client, was the one not reading).
     flow_resumed: bool,
+    /// Decoding stopped with bytes left in `rx` because flow control paused this publisher:
+    /// once it may read again, what it had sent is decoded before the socket is read
+    /// ([`super::ConnStatus::input_waiting`]).
+    input_stopped: bool,
     /// The rare state, `None` until something needs it (see [`Conn::cold_mut`]).
     cold: Option<Box<ConnCold>>,
 }
@@ -222,6 +226,7 @@ impl Conn {
             problem_info: true,
             awaiting_peers: false,
             flow_resumed: false,
+            input_stopped: false,
             identity_verified: false,
             cold,
         }
@@ -392,6 +397,17 @@ impl Conn {
             }
             Err(error) => Input::Malformed { error, pre_auth, awaiting_connect, connect_version },
         }
+    }
+
+    /// Flow control paused the publisher with `rx` not empty (`true`), or decoding resumed
+    /// (`false`).
+    pub(super) fn set_input_stopped(&mut self, stopped: bool) {
+        self.input_stopped = stopped && !self.rx.is_empty();
+    }
+
+    /// Whether decoding stopped for flow control with bytes left to decode.
+    pub(super) fn input_stopped(&self) -> bool {
+        self.input_stopped
     }
 
     /// Whether reading waits for something other than its own output or flow control: a

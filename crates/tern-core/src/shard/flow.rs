@@ -21,9 +21,11 @@
 //!   publishers feeding other shards and local subscribers keep flowing (no shard-wide pause).
 //! - **No QoS 1/2 drop while connected.** Deliveries to a connected subscriber are queued past
 //!   the offline bounds; the pauses keep the queue near the high-water mark.
-//! - **The QoS 0 overshoot is bounded.** A pause takes hold only once what its publisher had
-//!   already read, or had sent across the mesh, has arrived (issue 9: ~2 000 messages of 1 KiB
-//!   past a mark of 1 000 behind a stalled subscriber). A QoS 0 delivery that would take the
+//! - **The QoS 0 overshoot is bounded.** A paused publisher on this shard stops decoding at
+//!   the packet that paused it (the rest of its read waits in its input,
+//!   [`super::ConnStatus::input_waiting`]); one on another shard is paused only once what it
+//!   had sent across the mesh has arrived (issue 9: ~2 000 messages of 1 KiB past a mark of
+//!   1 000 behind a stalled subscriber). A QoS 0 delivery that would take the
 //!   queue past [`FlowLimits::qos0_queue_bytes_max`] is dropped and counted
 //!   (`messages_dropped_qos0_slow`) instead; an empty queue always takes one message. QoS 0 is
 //!   at most once, acknowledged to nobody: no promise is broken.

@@ -337,6 +337,10 @@ impl Cluster {
         let shard = &mut self.shards[c.shard];
         // The broker encodes in the version of the CONNECT it read (v3.1.1 before one).
         let version = shard.conn(c.conn).map_or(ProtocolVersion::V311, |x| x.version());
+        // The driver's turn for a publisher that flow control let go.
+        if shard.status(c.conn).input_waiting {
+            shard.handle_read(c.conn, &[], self.now);
+        }
         let mut tx = shard.take_tx(c.conn, self.now);
         while !tx.is_empty() {
             let p = match codec::decode(&mut tx, version, usize::MAX) {
@@ -623,6 +627,11 @@ pub(crate) fn check_quiet(shards: &[Shard]) {
             assert!(
                 !c.is_connecting(),
                 "shard {si}: conn {i} still waits for CONNACK with the mesh empty"
+            );
+            // The harness decodes a resumed publisher's waiting input as the driver does.
+            assert!(
+                !s.status(super::ConnId(i)).input_waiting,
+                "shard {si}: conn {i} was resumed but its buffered packets were never decoded"
             );
         }
     }

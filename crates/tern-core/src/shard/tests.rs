@@ -62,6 +62,11 @@ impl Cluster {
                     }
                 }
             }
+            // Resumed publishers decode what they had sent before the pause, as the driver
+            // does when it wakes them.
+            for shard in &mut self.shards {
+                moved |= shard.decode_waiting_inputs(self.now) > 0;
+            }
             if !moved {
                 return;
             }
