@@ -134,3 +134,42 @@ fn a_tls_connection_with_a_partial_record_does_not_park() {
     assert_eq!(&p.payload[..], b"split record");
     wait_parked(&b, 2);
 }
+
+/// Keep alive closes a parked TLS connection that goes silent [MQTT-3.1.2-24]: the shard's
+/// close resumes it with its rustls state, and the client gets a close_notify (a clean end of
+/// the TLS stream, not a truncation); the connection is released.
+#[test]
+fn keep_alive_closes_a_parked_tls_connection_with_close_notify() {
+    use std::io::Read;
+    let pki = Pki::new("tls-park-keepalive");
+    let b = start(&pki, 1000);
+    let tls = TlsClient::default().connect(b.addr, &pki.ca_file).expect("TLS 1.3");
+    let mut c = RawClient::new(tls, V4);
+    c.send(&common::connect(V4, "parked-tls-silent", true, 2));
+    assert!(matches!(c.recv(), Packet::ConnAck(_)));
+    wait_parked(&b, 1);
+    // 1.5 x keep alive = 3 s after CONNECT, checked on the shard's 1 s tick.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut buf = [0u8; 64];
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => panic!("unexpected {n} bytes from the broker"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                assert!(Instant::now() < deadline, "not closed by keep alive");
+            }
+            Err(e) => panic!("not a clean TLS close: {e}"),
+        }
+    }
+    wait_parked(&b, 0);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while b.stats.total().connections_current != 0 {
+        assert!(Instant::now() < deadline, "connection released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
