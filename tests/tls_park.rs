@@ -1,7 +1,8 @@
 //! Parked TLS connections (issue 11): an idle TLS connection gives up its task and its buffers
 //! and waits in the shard's epoll set with only rustls' state, then resumes and exchanges
 //! packets as before, in both directions, on TLS 1.3 and 1.2 and with a client certificate.
-//! A connection holding a partial TLS record does not park.
+//! A connection holding a partial TLS record does not park. WebSocket connections (`ws`, `wss`)
+//! park the same way between frames.
 
 mod common;
 use common::interop as support;
@@ -10,7 +11,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{start_with, RawClient, TestBroker};
-use support::{Pki, TlsClient};
+use support::{Pki, TlsClient, WsClient, OP_BINARY, OP_CONT, OP_PING, OP_PONG};
 use tern::codec::{Packet, ProtocolVersion, QoS};
 use tern::config::Transport;
 
@@ -172,4 +173,65 @@ fn keep_alive_closes_a_parked_tls_connection_with_close_notify() {
         assert!(Instant::now() < deadline, "connection released");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// WebSocket and secure WebSocket connections park between frames and resume: a parked `ws`
+/// subscriber receives, a parked `wss` publisher's QoS 1 PUBLISH is acknowledged and delivered
+/// [MQTT-3.3.4-1], a ping resumes a parked `wss` connection and gets its pong, and a connection
+/// in the middle of a fragmented WebSocket message does not park until the message is whole.
+#[test]
+fn parked_ws_and_wss_connections_resume_between_frames() {
+    let pki = Pki::new("ws-park");
+    let b = start_with(1, |c| {
+        let l = &mut c.listeners[0];
+        l.transport = Transport::Wss;
+        l.certfile = Some(pki.server_cert.clone());
+        l.keyfile = Some(pki.server_key.clone());
+        for transport in [Transport::Ws, Transport::Tcp] {
+            c.listeners.push(tern::config::ListenerConfig {
+                bind: "127.0.0.1:0".parse().expect("literal"),
+                transport,
+                ..Default::default()
+            });
+        }
+        c.limits.park_idle_ms = 10;
+    });
+    let addrs = b.broker.as_ref().expect("running").local_addrs.clone();
+    let mut sub = RawClient::new(WsClient::upgrade(support::tcp(addrs[1]), "/mqtt"), V5);
+    sub.connect_ok("ws-park-sub");
+    sub.subscribe("wspark/#", QoS::AtLeastOnce);
+    let tls = TlsClient::default().connect(addrs[0], &pki.ca_file).expect("tls");
+    let mut publ = RawClient::new(WsClient::upgrade(tls, "/mqtt"), V4);
+    publ.connect_ok("wss-park-pub");
+    wait_parked(&b, 2);
+
+    let mut tcp = RawClient::connect_tcp(addrs[2], V4);
+    tcp.connect_ok("ws-park-tcp");
+    tcp.publish("wspark/tcp", b"to parked ws", QoS::AtMostOnce, 0, false);
+    assert_eq!(&sub.recv_publish().payload[..], b"to parked ws");
+    drop(tcp);
+    wait_parked(&b, 2);
+
+    publ.publish("wspark/wss", b"from parked wss", QoS::AtLeastOnce, 3, false);
+    match publ.recv() {
+        Packet::PubAck(a) => assert_eq!(a.packet_id.get(), 3),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    assert_eq!(&sub.recv_publish().payload[..], b"from parked wss");
+    wait_parked(&b, 2);
+
+    publ.stream.send_frame(true, OP_PING, b"p");
+    assert_eq!(publ.stream.next_control().map(|f| f.op), Some(OP_PONG));
+    wait_parked(&b, 2);
+
+    // The first fragment of a message: the publisher resumes and must not park again.
+    let packet = common::client::publish("wspark/frag", b"fragmented", QoS::AtMostOnce, 0, false);
+    let bytes = common::client::encode(&packet, V4);
+    publ.stream.send_frame(false, OP_BINARY, &bytes[..4]);
+    wait_parked(&b, 1);
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(b.stats.total().connections_parked, 1, "parked inside a fragmented message");
+    publ.stream.send_frame(true, OP_CONT, &bytes[4..]);
+    assert_eq!(&sub.recv_publish().payload[..], b"fragmented");
+    wait_parked(&b, 2);
 }

@@ -155,9 +155,9 @@ struct Parking {
     /// The parked sockets, indexed by connection id (a duplicate of the descriptor the task
     /// had; registered in `epoll` under the connection id).
     sockets: RefCell<Vec<Option<std::net::TcpStream>>>,
-    /// The rustls state of the parked TLS connections, indexed like `sockets` (grown only
-    /// when a TLS connection parks).
-    tls: RefCell<Vec<Option<tls::ParkedTls>>>,
+    /// What the parked TLS and WebSocket connections keep besides their socket, indexed like
+    /// `sockets` (grown only when such a connection parks).
+    layers: RefCell<Vec<Option<Parked>>>,
     /// Parked connections the shard made ready: the parker resumes them.
     wake: RefCell<Vec<ConnId>>,
     /// Wakes the parker when `wake` grows.
@@ -171,7 +171,7 @@ impl Parking {
             Ok(epoll) => Some(Self {
                 epoll,
                 sockets: RefCell::default(),
-                tls: RefCell::default(),
+                layers: RefCell::default(),
                 wake: RefCell::default(),
                 notify: Notify::default(),
             }),
@@ -225,23 +225,24 @@ impl ShardCell {
         true
     }
 
-    /// Keeps the rustls state of TLS connection `id`, parked just now by [`Self::park`].
-    fn park_tls(&self, id: ConnId, state: tls::ParkedTls) {
+    /// Keeps what TLS or WebSocket connection `id`, parked just now by [`Self::park`], needs
+    /// besides its socket.
+    fn park_layers(&self, id: ConnId, state: Parked) {
         let Some(p) = &self.parking else { return };
         let i = id.0 as usize;
-        let mut states = p.tls.borrow_mut();
+        let mut states = p.layers.borrow_mut();
         if states.len() <= i {
             states.resize_with(i + 1, || None);
         }
         states[i] = Some(state);
     }
 
-    /// Takes parked connection `id`'s socket out of the epoll set, with its rustls state when
-    /// it is a TLS connection (`None`: not parked).
-    fn unpark(&self, id: ConnId) -> Option<(std::net::TcpStream, Option<tls::ParkedTls>)> {
+    /// Takes parked connection `id`'s socket out of the epoll set, with what its TLS or
+    /// WebSocket layer kept (`None`: not parked).
+    fn unpark(&self, id: ConnId) -> Option<(std::net::TcpStream, Option<Parked>)> {
         let p = self.parking.as_ref()?;
         let socket = p.sockets.borrow_mut().get_mut(id.0 as usize)?.take()?;
-        let state = p.tls.borrow_mut().get_mut(id.0 as usize).and_then(Option::take);
+        let state = p.layers.borrow_mut().get_mut(id.0 as usize).and_then(Option::take);
         // Before the descriptor can close: a registration outlives a closed descriptor while
         // a duplicate of it is open.
         if let Err(e) = p.epoll.delete(&socket) {
@@ -721,11 +722,21 @@ enum Event {
     Park,
 }
 
+/// What a parked connection keeps besides its socket, by transport (plain TCP: nothing).
+enum Parked {
+    /// rustls' connection state.
+    Tls(tls::ParkedTls),
+    /// The WebSocket frame bound.
+    Ws(usize),
+    /// Both.
+    Wss(tls::ParkedTls, usize),
+}
+
 /// A connection's byte stream as the driver needs it; `park` hands an idle connection's socket
-/// to the shard's epoll set. Plain TCP and TLS park: a TLS stream parks only with no byte
-/// buffered (no partial record, no unread plaintext, no unsent ciphertext) and keeps rustls'
-/// state ([`tls::ParkedTls`]). WebSocket streams do not park (their frame decoding state is
-/// not split off yet).
+/// to the shard's epoll set. Every transport parks when it holds no byte: a TLS stream with
+/// no partial record, unread plaintext or unsent ciphertext keeps rustls' state
+/// ([`tls::ParkedTls`]); a WebSocket stream between frames with nothing pending keeps its
+/// frame bound.
 trait Transport: AsyncRead + AsyncWrite + Unpin + Sized {
     /// Whether `park` can succeed.
     const PARKS: bool = false;
@@ -737,7 +748,7 @@ trait Transport: AsyncRead + AsyncWrite + Unpin + Sized {
 
     /// What the parked connection keeps besides its socket, once [`Self::park`]'s socket is
     /// in the epoll set.
-    fn into_parked(self) -> Option<tls::ParkedTls> {
+    fn into_parked(self) -> Option<Parked> {
         None
     }
 }
@@ -760,13 +771,41 @@ impl Transport for tls::TlsStream<TcpStream> {
         self.get_ref().park()
     }
 
-    fn into_parked(self) -> Option<tls::ParkedTls> {
-        Some(tls::TlsStream::into_parked(self).1)
+    fn into_parked(self) -> Option<Parked> {
+        Some(Parked::Tls(tls::TlsStream::into_parked(self).1))
     }
 }
 
-impl Transport for WsStream<TcpStream> {}
-impl Transport for WsStream<tls::TlsStream<TcpStream>> {}
+impl Transport for WsStream<TcpStream> {
+    const PARKS: bool = true;
+
+    fn park(&self) -> Option<std::net::TcpStream> {
+        if !self.parkable() {
+            return None; // a partial frame or bytes in flight: it stays with its task
+        }
+        self.get_ref().park()
+    }
+
+    fn into_parked(self) -> Option<Parked> {
+        Some(Parked::Ws(WsStream::into_parked(self).1))
+    }
+}
+
+impl Transport for WsStream<tls::TlsStream<TcpStream>> {
+    const PARKS: bool = true;
+
+    fn park(&self) -> Option<std::net::TcpStream> {
+        if !self.parkable() {
+            return None;
+        }
+        self.get_ref().park()
+    }
+
+    fn into_parked(self) -> Option<Parked> {
+        let (tls, frame_bytes_max) = WsStream::into_parked(self);
+        Some(Parked::Wss(tls::TlsStream::into_parked(tls).1, frame_bytes_max))
+    }
+}
 
 /// The write half of a connection's state: the bytes of the current write (taken from the
 /// shard with [`Shard::swap_tx`], so the buffer's allocation is reused) and how far it got.
@@ -1131,7 +1170,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                 if let Some(socket) = stream.park() {
                     if io.shard.park(id, socket) {
                         if let Some(state) = stream.into_parked() {
-                            io.shard.park_tls(id, state);
+                            io.shard.park_layers(id, state);
                         }
                         return;
                     }
@@ -1256,11 +1295,21 @@ pub async fn parker(io: Rc<ShardIo>) {
 fn resume(io: &Rc<ShardIo>, id: ConnId) {
     if let Some((socket, state)) = io.shard.unpark(id) {
         let stream = TcpStream::from(socket2::Socket::from(socket));
+        let io = Rc::clone(io);
         let task = match state {
-            None => glommio::spawn_local(serve(Rc::clone(io), stream, id, true)),
-            Some(state) => {
+            None => glommio::spawn_local(serve(io, stream, id, true)),
+            Some(Parked::Tls(state)) => {
                 let stream = tls::TlsStream::resume(stream, state);
-                glommio::spawn_local(serve(Rc::clone(io), stream, id, true))
+                glommio::spawn_local(serve(io, stream, id, true))
+            }
+            Some(Parked::Ws(frame_bytes_max)) => {
+                let stream = WsStream::new(stream, Vec::new(), frame_bytes_max);
+                glommio::spawn_local(serve(io, stream, id, true))
+            }
+            Some(Parked::Wss(state, frame_bytes_max)) => {
+                let stream = tls::TlsStream::resume(stream, state);
+                let stream = WsStream::new(stream, Vec::new(), frame_bytes_max);
+                glommio::spawn_local(serve(io, stream, id, true))
             }
         };
         task.detach();
