@@ -138,12 +138,11 @@ pub struct ShardCell {
     pool: Option<Arc<crate::auth::HashPool>>,
     /// Reused by every drain.
     checks: RefCell<Vec<crate::auth::HashJob>>,
-    /// Idle plain-TCP and TLS connections without a task (`None`: epoll unavailable, nothing
-    /// parks).
+    /// Idle connections without a task (`None`: epoll unavailable, nothing parks).
     parking: Option<Parking>,
 }
 
-/// Idle plain-TCP and TLS connections parked without a task of their own (issue 11). glommio waits
+/// Idle connections (TCP, TLS, WebSocket) parked without a task of their own (issue 11). glommio waits
 /// for a socket's readiness only through a per-socket `Source` (~0.5 KB, allocated per armed
 /// poll) held by the task that reads it (~0.7 KB of future and header): most of an idle
 /// connection's memory. A parked connection is a bare socket in one epoll set per shard
