@@ -1239,7 +1239,7 @@ async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) -> bool
     futures_lite::future::or(drain, timer).await
 }
 
-/// Resumes parked connections ([`Parking`]) for the life of the shard: those whose socket became
+/// Resumes parked connections (`Parking`) for the life of the shard: those whose socket became
 /// readable or closed (the epoll set), and those the shard made ready. Each gets a new task on
 /// its socket. Runs in the connections' task queue (spawn it there).
 pub async fn parker(io: Rc<ShardIo>) {
