@@ -1167,7 +1167,9 @@ settings! {
         ring_depth: usize = 256, 8..=32768;
         /// Microseconds a shard spins looking for work before it parks its thread. Default 50.
         /// Bound: 0..=100_000. **0 is a real value: park at once, without spinning** (saves
-        /// CPU, costs latency).
+        /// CPU, costs latency). An idle shard does not spin; a busy one spends up to this much
+        /// CPU per wake-up. Effective only with `pin_cores` (glommio spins only on a thread it
+        /// bound to a CPU; before issue 10 the key was ignored for that reason).
         spin_before_park_us: u32 = 50, 0..=100_000;
         /// Pin each shard's thread to its own core. Default `true`.
         pin_cores: bool = true;
