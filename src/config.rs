@@ -1051,8 +1051,8 @@ settings! {
         /// Seconds a client may accept no bytes of its output before its connection is closed
         /// (and its will published). Default 30. Bound: 1..=3600.
         write_timeout_secs: u32 = 30, 1..=3600;
-        /// Milliseconds a plain-TCP connection that was parked and resumed (by its client's
-        /// bytes or by output for it) keeps its task once it has nothing to read or write,
+        /// Milliseconds a connection (any transport) that was parked and resumed (by its
+        /// client's bytes or by output for it) keeps its task once it has nothing to read or write,
         /// before it parks again: its task ends and its socket waits in the shard's epoll set,
         /// about 1 KiB less per idle connection (a new connection parks as soon as it is idle
         /// after CONNACK). Shorter saves memory sooner; longer saves a park and a resume (a
