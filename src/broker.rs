@@ -266,16 +266,72 @@ fn start_bridges(
 }
 
 /// Binds and releases a probe socket on `addr` without `SO_REUSEPORT` (port 0 is not probed:
-/// it picks a fresh port). `SO_REUSEADDR` is set, as every server does, so connections of a
-/// previous run in TIME_WAIT do not count as a listener.
+/// it picks a fresh port). `SO_REUSEADDR` is set, as every server does. Two leftovers of a
+/// previous run on the port are not a listener and must not stop a restart:
+/// - the connections it closed first wait in TIME_WAIT for a minute, and they were accepted
+///   from glommio's listener, which sets no `SO_REUSEADDR`, so the kernel refuses the probe for
+///   them too (a restart after a connection storm could not start): when the probe is refused,
+///   the port counts as in use only if a socket listens on it (`/proc/net/tcp*`);
+/// - the previous process's listener outlives it for a moment (io_uring tears its ring down
+///   in the background): the probe is tried again for up to [`PROBE_PATIENCE`] before a
+///   listener counts.
 pub fn probe_bind(addr: std::net::SocketAddr) -> std::io::Result<()> {
     use socket2::{Domain, Socket, Type};
     if addr.port() == 0 {
         return Ok(());
     }
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    sock.set_reuse_address(true)?;
-    sock.bind(&addr.into())
+    let deadline = std::time::Instant::now() + PROBE_PATIENCE;
+    // Bounded by the deadline.
+    loop {
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        match sock.bind(&addr.into()) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if !listening_on(addr.port()) {
+                    tracing::info!(%addr, "the port holds only closed connections: binding");
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long [`probe_bind`] waits for a listener on its port to go away (the previous run's,
+/// closing) before it reports the port in use.
+pub const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a TCP socket of this network namespace listens on `port` (any address): the
+/// `LISTEN` rows (state 0A) of `/proc/net/tcp` and `/proc/net/tcp6`. True when neither can be
+/// read, so that the refusal stands.
+fn listening_on(port: u16) -> bool {
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        read_any = true;
+        if listening_in(&text, port) {
+            return true;
+        }
+    }
+    !read_any
+}
+
+/// [`listening_on`] over the text of one table: each row is `sl local rem st ...`, the local
+/// address `HEXADDR:HEXPORT`.
+fn listening_in(table: &str, port: u16) -> bool {
+    table.lines().skip(1).any(|row| {
+        let mut cols = row.split_whitespace();
+        let (Some(local), Some(_remote), Some(state)) = (cols.nth(1), cols.next(), cols.next())
+        else {
+            return false;
+        };
+        let local_port = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        state == "0A" && local_port == Some(port)
+    })
 }
 
 fn in_use(key: String, addr: std::net::SocketAddr, source: std::io::Error) -> StartError {
@@ -283,5 +339,32 @@ fn in_use(key: String, addr: std::net::SocketAddr, source: std::io::Error) -> St
         StartError::AddrInUse { key, addr }
     } else {
         StartError::Bind { addr, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listening_in;
+
+    /// Rows as the kernel prints them: a listener on 127.0.0.1:27850 (0x6CCA), a connection in
+    /// TIME_WAIT (06) from that port, an established one (01) on port 1883 (0x075B).
+    const TABLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:6CCA 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:6CCA 0200007F:9C40 06 00000000:00000000 03:00000C5A 00000000     0        0 0 3 0
+   2: 0100007F:075B 0200007F:9C41 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+";
+
+    #[test]
+    fn a_listener_counts_and_time_wait_does_not() {
+        assert!(listening_in(TABLE, 27850), "the LISTEN row");
+        assert!(!listening_in(TABLE, 1883), "an established connection is not a listener");
+        let only_time_wait: String = TABLE
+            .lines()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        assert!(!listening_in(&only_time_wait, 27850), "TIME_WAIT only");
+        assert!(!listening_in("garbage\nnot a table row\n", 27850));
     }
 }

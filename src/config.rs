@@ -1051,8 +1051,8 @@ settings! {
         /// Seconds a client may accept no bytes of its output before its connection is closed
         /// (and its will published). Default 30. Bound: 1..=3600.
         write_timeout_secs: u32 = 30, 1..=3600;
-        /// Milliseconds a plain-TCP connection that was parked and resumed (by its client's
-        /// bytes or by output for it) keeps its task once it has nothing to read or write,
+        /// Milliseconds a connection (any transport) that was parked and resumed (by its
+        /// client's bytes or by output for it) keeps its task once it has nothing to read or write,
         /// before it parks again: its task ends and its socket waits in the shard's epoll set,
         /// about 1 KiB less per idle connection (a new connection parks as soon as it is idle
         /// after CONNACK). Shorter saves memory sooner; longer saves a park and a resume (a
@@ -1167,7 +1167,9 @@ settings! {
         ring_depth: usize = 256, 8..=32768;
         /// Microseconds a shard spins looking for work before it parks its thread. Default 50.
         /// Bound: 0..=100_000. **0 is a real value: park at once, without spinning** (saves
-        /// CPU, costs latency).
+        /// CPU, costs latency). An idle shard does not spin; a busy one spends up to this much
+        /// CPU per wake-up. Effective only with `pin_cores` (glommio spins only on a thread it
+        /// bound to a CPU; before issue 10 the key was ignored for that reason).
         spin_before_park_us: u32 = 50, 0..=100_000;
         /// Pin each shard's thread to its own core. Default `true`.
         pin_cores: bool = true;

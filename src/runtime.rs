@@ -291,15 +291,34 @@ impl Broker {
             let handle = std::thread::Builder::new()
                 .name(format!("tern-shard-{i}"))
                 .spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    let builder = LocalExecutorBuilder::new(Placement::Unbound)
-                        .name(&format!("tern-{i}"))
-                        .io_memory(opts.io_memory_bytes)
-                        .ring_depth(opts.ring_depth)
-                        .spin_before_park(opts.spin_before_park);
-                    let ex = match builder.make() {
+                    // A pinned shard is bound by glommio itself (`Placement::Fixed`): glommio
+                    // honours `spin_before_park` only on an executor it bound to a CPU and
+                    // silently drops it otherwise, so pinning with `core_affinity` beside an
+                    // `Unbound` executor left `runtime.spin_before_park_us` without effect
+                    // (issue 10). Where glommio cannot bind (no CPU topology in /sys), the
+                    // thread is pinned the old way and parks without spinning.
+                    let builder = |placement| {
+                        LocalExecutorBuilder::new(placement)
+                            .name(&format!("tern-{i}"))
+                            .io_memory(opts.io_memory_bytes)
+                            .ring_depth(opts.ring_depth)
+                            .spin_before_park(opts.spin_before_park)
+                    };
+                    let made = match core {
+                        Some(core) => builder(Placement::Fixed(core.id)).make().or_else(|e| {
+                            tracing::warn!(
+                                shard = i,
+                                cpu = core.id,
+                                error = %e,
+                                "glommio cannot bind the shard to its CPU: pinned without \
+                                 spinning before park (runtime.spin_before_park_us unused)"
+                            );
+                            core_affinity::set_for_current(core);
+                            builder(Placement::Unbound).make()
+                        }),
+                        None => builder(Placement::Unbound).make(),
+                    };
+                    let ex = match made {
                         Ok(ex) => ex,
                         Err(e) => {
                             let need_kib =

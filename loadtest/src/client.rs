@@ -12,13 +12,12 @@
 //! [`tern::codec::decode`]. The receive path parses PUBLISH and the 4-byte acknowledgements in
 //! place (no allocation per message), which the unit tests check against the codec.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use tern::codec::{
     self, Connect, Packet, PacketId, PacketType, Properties, Property, ProtocolVersion,
@@ -27,6 +26,7 @@ use tern::codec::{
 
 use crate::scenario::{ConnPlan, Kind, Role, Scenario, PAYLOAD_HEADER_BYTES, PAYLOAD_MAGIC};
 use crate::stats::{Phase, PublisherTotals, SeqTracker, Shared, WorkerResult};
+use crate::tls::Sock;
 
 /// Largest packet accepted from the broker (the protocol maximum).
 const PACKET_BYTES_MAX: usize = 268_435_460;
@@ -90,7 +90,7 @@ struct FromPublisher {
 
 struct Conn {
     plan: ConnPlan,
-    stream: Option<TcpStream>,
+    stream: Option<Sock>,
     state: State,
     out: BytesMut,
     write_blocked: bool,
@@ -133,6 +133,8 @@ pub struct Worker {
     scratch: Vec<u8>,
     /// Connections whose socket may still hold data (read budget ran out).
     rearm: Vec<usize>,
+    /// The TLS client configuration (`None`: plain TCP).
+    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
 }
 
 impl Worker {
@@ -183,6 +185,8 @@ impl Worker {
                 }
             })
             .collect();
+        // Checked by `Scenario::validate` before any worker starts.
+        let tls = crate::tls::client_config(&scenario).ok().flatten();
         Self {
             // invariant-free: a poller failing to start means the process cannot work at all.
             poll: Poll::new().expect("epoll_create failed"),
@@ -197,6 +201,7 @@ impl Worker {
             },
             scratch: vec![0; SCRATCH_BYTES],
             rearm: Vec::new(),
+            tls,
         }
     }
 
@@ -296,10 +301,10 @@ impl Worker {
         self.ctx.result.first_connect.get_or_insert(now);
         let c = &mut self.conns[i];
         c.connect_at = now;
-        match open_socket(s, c.plan.index) {
+        match open_socket(s, c.plan.index).and_then(|tcp| Sock::new(tcp, self.tls.as_ref())) {
             Ok(mut stream) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
-                if let Err(e) = self.poll.registry().register(&mut stream, Token(i), interest) {
+                if let Err(e) = self.poll.registry().register(&mut stream.tcp, Token(i), interest) {
                     self.ctx.result.error(&format!("register: {}", e.kind()));
                     fail(c, &mut self.ctx, false);
                     return;
@@ -389,7 +394,7 @@ impl Worker {
         match c.state {
             State::Connecting => {
                 let Some(stream) = c.stream.as_ref() else { return };
-                match stream.take_error() {
+                match stream.tcp.take_error() {
                     Ok(None) => {}
                     Ok(Some(e)) | Err(e) => {
                         ctx.result.error(&format!("connect: {}", e.kind()));
@@ -397,7 +402,7 @@ impl Worker {
                         return;
                     }
                 }
-                match stream.peer_addr() {
+                match stream.tcp.peer_addr() {
                     Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::NotConnected => return,
                     Err(e) => {
@@ -413,6 +418,21 @@ impl Worker {
             }
             State::AwaitConnAck | State::Ready => {
                 c.write_blocked = false;
+                // TLS records rustls could not send yet (the handshake, the tail of a write).
+                if let Some(stream) = c.stream.as_mut() {
+                    match stream.flush_tls() {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            c.write_blocked = true;
+                            return;
+                        }
+                        Err(e) => {
+                            ctx.result.error(&format!("write: {}", e.kind()));
+                            fail(c, ctx, true);
+                            return;
+                        }
+                    }
+                }
                 if !c.out.is_empty() {
                     flush(c, ctx);
                 }
@@ -560,7 +580,7 @@ impl Worker {
 
 /// A non-blocking socket, bound to a loopback source address when the broker is on loopback,
 /// connecting.
-fn open_socket(s: &Scenario, index: usize) -> std::io::Result<TcpStream> {
+fn open_socket(s: &Scenario, index: usize) -> std::io::Result<mio::net::TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let ip: IpAddr =
         s.host.parse().map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "bad host"))?;
@@ -580,7 +600,7 @@ fn open_socket(s: &Scenario, index: usize) -> std::io::Result<TcpStream> {
         Err(e) if e.raw_os_error() == Some(115) || e.kind() == ErrorKind::WouldBlock => {}
         Err(e) => return Err(e),
     }
-    Ok(TcpStream::from_std(sock.into()))
+    Ok(mio::net::TcpStream::from_std(sock.into()))
 }
 
 fn connect_packet(s: &Scenario, client_id: &str) -> Packet {

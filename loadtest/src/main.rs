@@ -18,6 +18,7 @@ mod report;
 mod runner;
 mod scenario;
 mod stats;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -195,6 +196,18 @@ pub struct ScenarioArgs {
     /// Broker pid: RSS, CPU and bytes per connection from /proc.
     #[arg(long, value_name = "PID", help_heading = "Broker")]
     pub broker_pid: Option<u32>,
+    /// TLS: verify the broker's certificate against this CA (PEM file).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub tls_ca: Option<String>,
+    /// TLS without verifying the broker's certificate (loopback measurements only).
+    #[arg(long, help_heading = "TLS")]
+    pub tls_insecure: bool,
+    /// TLS 1.2 only (with --tls-ca or --tls-insecure).
+    #[arg(long, help_heading = "TLS")]
+    pub tls12: bool,
+    /// Name the broker's certificate must carry (also the SNI).
+    #[arg(long, default_value = "localhost", value_name = "NAME", help_heading = "TLS")]
+    pub tls_server_name: String,
     /// Label copied into the report (default: the scenario name).
     #[arg(long, value_name = "NAME", help_heading = "Output")]
     pub label: Option<String>,

@@ -125,6 +125,18 @@ pub struct Scenario {
     pub run_id: String,
     /// Broker pid to read RSS and CPU from (/proc).
     pub broker_pid: Option<u32>,
+    /// TLS, verifying the broker against this CA file (PEM).
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    /// TLS without verifying the broker's certificate (loopback measurements).
+    #[serde(default)]
+    pub tls_insecure: bool,
+    /// TLS 1.2 only (default: 1.3, or 1.2 when the broker offers only that).
+    #[serde(default)]
+    pub tls12: bool,
+    /// The name the broker's certificate is checked against (and sent as SNI).
+    #[serde(default)]
+    pub tls_server_name: String,
 }
 
 fn ser_version<S: serde::Serializer>(v: &ProtocolVersion, s: S) -> Result<S::Ok, S::Error> {
@@ -227,6 +239,10 @@ impl Scenario {
             conn_offset: 0,
             run_id: args.run_id.clone().unwrap_or_else(|| format!("{:x}", std::process::id())),
             broker_pid: args.broker_pid,
+            tls_ca: args.tls_ca.clone(),
+            tls_insecure: args.tls_insecure,
+            tls12: args.tls12,
+            tls_server_name: args.tls_server_name.clone(),
         };
         s.validate()?;
         Ok(s)
@@ -234,6 +250,7 @@ impl Scenario {
 
     /// Every bound of a scenario (also checked again in a client process).
     pub fn validate(&self) -> Result<()> {
+        crate::tls::client_config(self)?;
         if self.payload_bytes < PAYLOAD_HEADER_BYTES {
             bail!("--payload must be at least {PAYLOAD_HEADER_BYTES} bytes (timestamp + sequence)");
         }

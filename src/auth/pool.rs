@@ -1,5 +1,5 @@
 //! Password checks off the shard threads: a small pool of blocking worker threads, fed by a
-//! bounded `crossbeam-channel` queue, that runs the key derivations of [`PasswordDb::check`]
+//! bounded `crossbeam-channel` queue, that runs the key derivations of [`super::PasswordDb::check`]
 //! (PBKDF2, Argon2id, SCRAM's PBKDF2 for a plain CONNECT password) and hands each verdict back
 //! to the shard that asked.
 //!

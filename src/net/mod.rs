@@ -6,12 +6,13 @@
 //! bytes to the shard at once, so a connection waiting for data holds no read buffer of its own
 //! (glommio's `poll_read` arms a readiness poll that holds only a waker). A partial packet is
 //! kept in the connection's `rx` until it completes. WebSocket frames are decoded in that same
-//! scratch buffer ([`ws_stream`]); TLS is the exception: rustls keeps its own receive buffer
-//! ([`tls`]).
+//! scratch buffer ([`ws_stream`]); TLS ciphertext goes through a per-thread buffer and the
+//! stream keeps only a partial record ([`tls`]).
 //!
 //! - [`ws`]: the WebSocket handshake parser and frame codec, no IO.
 //! - [`ws_stream`]: the WebSocket stream adapter over TCP or TLS.
-//! - [`tls`]: rustls configuration from PEM files, client certificate identity.
+//! - [`tls`]: rustls configuration from PEM files, client certificate identity, and the TLS
+//!   stream over rustls' unbuffered API (parks with rustls' state alone).
 
 pub mod tls;
 pub mod ws;
@@ -137,11 +138,11 @@ pub struct ShardCell {
     pool: Option<Arc<crate::auth::HashPool>>,
     /// Reused by every drain.
     checks: RefCell<Vec<crate::auth::HashJob>>,
-    /// Idle plain-TCP connections without a task (`None`: epoll unavailable, nothing parks).
+    /// Idle connections without a task (`None`: epoll unavailable, nothing parks).
     parking: Option<Parking>,
 }
 
-/// Idle plain-TCP connections parked without a task of their own (issue 11). glommio waits
+/// Idle connections (TCP, TLS, WebSocket) parked without a task of their own (issue 11). glommio waits
 /// for a socket's readiness only through a per-socket `Source` (~0.5 KB, allocated per armed
 /// poll) held by the task that reads it (~0.7 KB of future and header): most of an idle
 /// connection's memory. A parked connection is a bare socket in one epoll set per shard
@@ -153,6 +154,9 @@ struct Parking {
     /// The parked sockets, indexed by connection id (a duplicate of the descriptor the task
     /// had; registered in `epoll` under the connection id).
     sockets: RefCell<Vec<Option<std::net::TcpStream>>>,
+    /// What the parked TLS and WebSocket connections keep besides their socket, indexed like
+    /// `sockets` (grown only when such a connection parks).
+    layers: RefCell<Vec<Option<Parked>>>,
     /// Parked connections the shard made ready: the parker resumes them.
     wake: RefCell<Vec<ConnId>>,
     /// Wakes the parker when `wake` grows.
@@ -166,6 +170,7 @@ impl Parking {
             Ok(epoll) => Some(Self {
                 epoll,
                 sockets: RefCell::default(),
+                layers: RefCell::default(),
                 wake: RefCell::default(),
                 notify: Notify::default(),
             }),
@@ -219,10 +224,24 @@ impl ShardCell {
         true
     }
 
-    /// Takes parked connection `id`'s socket out of the epoll set (`None`: not parked).
-    fn unpark(&self, id: ConnId) -> Option<std::net::TcpStream> {
+    /// Keeps what TLS or WebSocket connection `id`, parked just now by [`Self::park`], needs
+    /// besides its socket.
+    fn park_layers(&self, id: ConnId, state: Parked) {
+        let Some(p) = &self.parking else { return };
+        let i = id.0 as usize;
+        let mut states = p.layers.borrow_mut();
+        if states.len() <= i {
+            states.resize_with(i + 1, || None);
+        }
+        states[i] = Some(state);
+    }
+
+    /// Takes parked connection `id`'s socket out of the epoll set, with what its TLS or
+    /// WebSocket layer kept (`None`: not parked).
+    fn unpark(&self, id: ConnId) -> Option<(std::net::TcpStream, Option<Parked>)> {
         let p = self.parking.as_ref()?;
         let socket = p.sockets.borrow_mut().get_mut(id.0 as usize)?.take()?;
+        let state = p.layers.borrow_mut().get_mut(id.0 as usize).and_then(Option::take);
         // Before the descriptor can close: a registration outlives a closed descriptor while
         // a duplicate of it is open.
         if let Err(e) = p.epoll.delete(&socket) {
@@ -230,7 +249,7 @@ impl ShardCell {
         }
         let mut shard = self.shard.borrow_mut();
         shard.metrics.connections_parked = shard.metrics.connections_parked.saturating_sub(1);
-        Some(socket)
+        Some((socket, state))
     }
 
     /// Shared access (no call that changes the shard).
@@ -589,9 +608,9 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
 
 /// A transport established and ready for MQTT bytes.
 enum Established {
-    Tls(futures_rustls::server::TlsStream<TcpStream>),
+    Tls(tls::TlsStream<TcpStream>),
     Ws(WsStream<TcpStream>),
-    Wss(WsStream<futures_rustls::server::TlsStream<TcpStream>>),
+    Wss(WsStream<tls::TlsStream<TcpStream>>),
 }
 
 /// Runs the TLS and/or WebSocket handshake within the listener's time bound, then registers
@@ -656,9 +675,9 @@ async fn establish(
     let spec = ctx.transport.tls().expect("invariant: Tls and Wss carry TLS settings");
     // The configuration current at accept; a reload later does not affect this connection.
     let config = ctx.tls.borrow().clone().expect("invariant: TLS listeners have a config");
-    let mut tls = futures_rustls::TlsAcceptor::from(config).accept(stream).await?;
+    let mut tls = tls::TlsStream::accept(config, stream).await?;
     let identity = if spec.use_identity_as_username {
-        let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        let cert = tls.peer_certificates().and_then(|c| c.first());
         // require_certificate is validated to be on, so rustls refused a client without one.
         let cn = cert.and_then(|c| tls::subject_common_name(c.as_ref()));
         match cn {
@@ -702,15 +721,33 @@ enum Event {
     Park,
 }
 
+/// What a parked connection keeps besides its socket, by transport (plain TCP: nothing).
+enum Parked {
+    /// rustls' connection state.
+    Tls(tls::ParkedTls),
+    /// The WebSocket frame bound.
+    Ws(usize),
+    /// Both.
+    Wss(tls::ParkedTls, usize),
+}
+
 /// A connection's byte stream as the driver needs it; `park` hands an idle connection's socket
-/// to the shard's epoll set. Only plain TCP parks: TLS and WebSocket streams hold protocol state
-/// (rustls buffers, frame decoding) that a bare socket cannot carry.
-trait Transport: AsyncRead + AsyncWrite + Unpin {
+/// to the shard's epoll set. Every transport parks when it holds no byte: a TLS stream with
+/// no partial record, unread plaintext or unsent ciphertext keeps rustls' state
+/// ([`tls::ParkedTls`]); a WebSocket stream between frames with nothing pending keeps its
+/// frame bound.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Sized {
     /// Whether `park` can succeed.
     const PARKS: bool = false;
 
-    /// A duplicate of the socket's descriptor, when the transport can park.
+    /// A duplicate of the socket's descriptor, when the transport can park now.
     fn park(&self) -> Option<std::net::TcpStream> {
+        None
+    }
+
+    /// What the parked connection keeps besides its socket, once [`Self::park`]'s socket is
+    /// in the epoll set.
+    fn into_parked(self) -> Option<Parked> {
         None
     }
 }
@@ -723,9 +760,51 @@ impl Transport for TcpStream {
     }
 }
 
-impl Transport for futures_rustls::server::TlsStream<TcpStream> {}
-impl Transport for WsStream<TcpStream> {}
-impl Transport for WsStream<futures_rustls::server::TlsStream<TcpStream>> {}
+impl Transport for tls::TlsStream<TcpStream> {
+    const PARKS: bool = true;
+
+    fn park(&self) -> Option<std::net::TcpStream> {
+        if !self.parkable() {
+            return None; // a partial record or bytes in flight: it stays with its task
+        }
+        self.get_ref().park()
+    }
+
+    fn into_parked(self) -> Option<Parked> {
+        Some(Parked::Tls(tls::TlsStream::into_parked(self).1))
+    }
+}
+
+impl Transport for WsStream<TcpStream> {
+    const PARKS: bool = true;
+
+    fn park(&self) -> Option<std::net::TcpStream> {
+        if !self.parkable() {
+            return None; // a partial frame or bytes in flight: it stays with its task
+        }
+        self.get_ref().park()
+    }
+
+    fn into_parked(self) -> Option<Parked> {
+        Some(Parked::Ws(WsStream::into_parked(self).1))
+    }
+}
+
+impl Transport for WsStream<tls::TlsStream<TcpStream>> {
+    const PARKS: bool = true;
+
+    fn park(&self) -> Option<std::net::TcpStream> {
+        if !self.parkable() {
+            return None;
+        }
+        self.get_ref().park()
+    }
+
+    fn into_parked(self) -> Option<Parked> {
+        let (tls, frame_bytes_max) = WsStream::into_parked(self);
+        Some(Parked::Wss(tls::TlsStream::into_parked(tls).1, frame_bytes_max))
+    }
+}
 
 /// The write half of a connection's state: the bytes of the current write (taken from the
 /// shard with [`Shard::swap_tx`], so the buffer's allocation is reused) and how far it got.
@@ -1089,6 +1168,9 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
                 // checks in the poll above and this: nothing arrived for it in between.
                 if let Some(socket) = stream.park() {
                     if io.shard.park(id, socket) {
+                        if let Some(state) = stream.into_parked() {
+                            io.shard.park_layers(id, state);
+                        }
                         return;
                     }
                 }
@@ -1157,7 +1239,7 @@ async fn drain_input<S: AsyncRead + Unpin>(io: &ShardIo, stream: &mut S) -> bool
     futures_lite::future::or(drain, timer).await
 }
 
-/// Resumes parked connections ([`Parking`]) for the life of the shard: those whose socket became
+/// Resumes parked connections (`Parking`) for the life of the shard: those whose socket became
 /// readable or closed (the epoll set), and those the shard made ready. Each gets a new task on
 /// its socket. Runs in the connections' task queue (spawn it there).
 pub async fn parker(io: Rc<ShardIo>) {
@@ -1210,9 +1292,26 @@ pub async fn parker(io: Rc<ShardIo>) {
 
 /// A new task for parked connection `id` (nothing when it is no longer parked).
 fn resume(io: &Rc<ShardIo>, id: ConnId) {
-    if let Some(socket) = io.shard.unpark(id) {
+    if let Some((socket, state)) = io.shard.unpark(id) {
         let stream = TcpStream::from(socket2::Socket::from(socket));
-        glommio::spawn_local(serve(Rc::clone(io), stream, id, true)).detach();
+        let io = Rc::clone(io);
+        let task = match state {
+            None => glommio::spawn_local(serve(io, stream, id, true)),
+            Some(Parked::Tls(state)) => {
+                let stream = tls::TlsStream::resume(stream, state);
+                glommio::spawn_local(serve(io, stream, id, true))
+            }
+            Some(Parked::Ws(frame_bytes_max)) => {
+                let stream = WsStream::new(stream, Vec::new(), frame_bytes_max);
+                glommio::spawn_local(serve(io, stream, id, true))
+            }
+            Some(Parked::Wss(state, frame_bytes_max)) => {
+                let stream = tls::TlsStream::resume(stream, state);
+                let stream = WsStream::new(stream, Vec::new(), frame_bytes_max);
+                glommio::spawn_local(serve(io, stream, id, true))
+            }
+        };
+        task.detach();
     }
 }
 

@@ -1,21 +1,31 @@
 //! TLS listeners: builds the rustls `ServerConfig` from PEM files (certificate chain, key, and
-//! the CA for client certificates), and reads the client certificate's subject CN for
-//! `use_identity_as_username`.
+//! the CA for client certificates), reads the client certificate's subject CN for
+//! `use_identity_as_username`, and is Tern's TLS stream ([`TlsStream`]).
 //!
-//! The stream itself is futures-rustls over glommio's `TcpStream`. Reloading (SIGHUP) is
-//! building a new config with [`server_config`] and swapping the `Arc` each shard hands to new
-//! connections; connections already up keep the config they started with.
+//! Reloading (SIGHUP) is building a new config with [`server_config`] and swapping the `Arc`
+//! each shard hands to new connections; connections already up keep the config they started
+//! with.
 //!
-//! Memory: rustls keeps a 4 KiB receive buffer per connection even while idle, on top of its
-//! connection state; see the README's memory table. (Driving rustls' unbuffered API from the
-//! shard's scratch buffer would remove that; not done yet.)
+//! The stream drives rustls' unbuffered connection ([`UnbufferedServerConnection`]) itself,
+//! so that an idle connection holds no buffer at all (issue 11): ciphertext is read into one
+//! scratch buffer per thread and decrypted from there, and the only per-connection buffers are
+//! a partial record (the tail of a read that did not end on a record boundary), plaintext the
+//! reader has not taken yet, and ciphertext the socket has not taken yet. Each is freed as soon
+//! as it is empty. What is left while idle is the boxed rustls state (keys, sequence numbers,
+//! the peer's certificates), which is what a parked TLS connection keeps
+//! ([`TlsStream::into_parked`]). rustls' buffered `ServerConnection` (which futures-rustls
+//! wrapped, before this stream) keeps a 4 KiB receive buffer for the connection's life.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 
 /// Largest PEM file read, so a wrong path (a log, a device) cannot eat memory.
@@ -163,6 +173,454 @@ pub fn subject_common_name(cert: &[u8]) -> Option<String> {
     };
     let s = std::str::from_utf8(text).ok()?;
     (!s.is_empty() && !s.contains('\0')).then(|| s.to_owned())
+}
+
+/// Largest TLS record on the wire: the 5-byte header and 2^14 + 2048 bytes of ciphertext (TLS
+/// 1.2 allows the most). A partial record kept between reads is shorter.
+const RECORD_BYTES_MAX: usize = 5 + (1 << 14) + 2048;
+/// Ciphertext read from the socket per read at most (after a partial record).
+const READ_BYTES: usize = 32 * 1024;
+/// Plaintext encrypted per `poll_write` at most (four full records): bounds the ciphertext a
+/// connection holds while the socket does not take it.
+const WRITE_CHUNK_BYTES: usize = 4 << 14;
+/// Reads of the socket in one `poll_read` that produced no plaintext (handshake or empty
+/// records) before the task yields, so a peer cannot hold the shard with records that carry
+/// nothing.
+const EMPTY_READS_PER_POLL: usize = 8;
+
+thread_local! {
+    /// The ciphertext read buffer shared by every TLS connection of the thread (shard): a
+    /// partial record left from the last read, then what the socket gives. Borrowed only inside
+    /// one poll.
+    static CIPHERTEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// rustls' writable state, as [`pump`] hands it out.
+type Writable<'c> = rustls::unbuffered::WriteTraffic<'c, rustls::server::ServerConnectionData>;
+
+/// What to do with the writable state: encrypt or queue close_notify into the `Vec`.
+type WriteFn<'a> = dyn FnMut(&mut Writable<'_>, &mut Vec<u8>) -> std::io::Result<()> + 'a;
+
+/// Where the rustls state machine stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// It needs more records from the peer (the handshake, or a partial record).
+    NeedData,
+    /// The handshake is done and nothing is left to process: application data may be sent.
+    Writable,
+    /// The peer sent close_notify.
+    PeerClosed,
+}
+
+fn tls_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Appends to `tx` what a rustls call writes into a buffer it sizes: `write` gets the free
+/// space and returns the bytes written, or the size it needs.
+fn append_with<E: std::fmt::Display>(
+    tx: &mut Vec<u8>,
+    guess: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, Result<usize, E>>,
+) -> std::io::Result<()> {
+    let at = tx.len();
+    let mut room = guess;
+    // Bounded: the second pass has the room rustls asked for.
+    for _ in 0..2 {
+        tx.resize(at + room, 0);
+        match write(&mut tx[at..]) {
+            Ok(n) => {
+                tx.truncate(at + n);
+                return Ok(());
+            }
+            Err(Ok(required)) if required > room => room = required,
+            Err(Ok(_)) => break,
+            Err(Err(e)) => {
+                tx.truncate(at);
+                return Err(tls_error(e));
+            }
+        }
+    }
+    tx.truncate(at);
+    Err(tls_error("rustls kept asking for more output room"))
+}
+
+/// Runs rustls over `incoming` until it needs more records or may send application data:
+/// plaintext goes to `sink`, the TLS messages to send are appended to `tx`, and `write` is
+/// called once with the writable state (to encrypt or to queue close_notify). Returns how many
+/// bytes of `incoming` are consumed (the rest is a partial record) and where it stopped.
+fn pump(
+    conn: &mut UnbufferedServerConnection,
+    incoming: &mut [u8],
+    tx: &mut Vec<u8>,
+    sink: &mut dyn FnMut(&[u8]),
+    write: &mut WriteFn<'_>,
+) -> std::io::Result<(usize, Progress)> {
+    use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
+    let mut used = 0;
+    // Bounded: every pass consumes a record, hands out queued plaintext or TLS messages, or
+    // returns.
+    loop {
+        let status = conn.process_tls_records(&mut incoming[used..]);
+        let discard = status.discard;
+        let state = status.state.map_err(tls_error)?;
+        let stop = match state {
+            ConnectionState::ReadTraffic(mut r) => {
+                while let Some(record) = r.next_record() {
+                    sink(record.map_err(tls_error)?.payload);
+                }
+                None
+            }
+            ConnectionState::EncodeTlsData(mut e) => {
+                append_with(tx, 512, |out| {
+                    e.encode(out).map_err(|err| match err {
+                        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                            Ok(required_size)
+                        }
+                        other => Err(other),
+                    })
+                })?;
+                None
+            }
+            ConnectionState::TransmitTlsData(t) => {
+                // Sent by the stream before it reads or writes anything else.
+                t.done();
+                None
+            }
+            ConnectionState::BlockedHandshake => Some(Progress::NeedData),
+            ConnectionState::WriteTraffic(mut w) => {
+                write(&mut w, tx)?;
+                Some(Progress::Writable)
+            }
+            ConnectionState::PeerClosed => Some(Progress::PeerClosed),
+            ConnectionState::Closed => Some(Progress::PeerClosed),
+            // Early data is not enabled in the config; nothing else exists today.
+            _ => return Err(tls_error("unexpected TLS state")),
+        };
+        used += discard;
+        if let Some(stop) = stop {
+            return Ok((used, stop));
+        }
+    }
+}
+
+/// What a parked TLS connection keeps: rustls' connection state (keys, sequence numbers, the
+/// peer's certificates) and no buffer. Built by [`TlsStream::into_parked`].
+pub struct ParkedTls(Box<UnbufferedServerConnection>);
+
+/// A server-side TLS stream over `S` (glommio's `TcpStream` in the broker), driven by rustls'
+/// unbuffered API; see the module documentation for its buffers.
+pub struct TlsStream<S> {
+    io: S,
+    conn: Box<UnbufferedServerConnection>,
+    /// The tail of the last read that is not a whole record yet.
+    partial: Vec<u8>,
+    /// Plaintext decrypted and not yet taken by the reader, from `plain_at`.
+    plain: Vec<u8>,
+    plain_at: usize,
+    /// Ciphertext to send, from `tx_at`.
+    tx: Vec<u8>,
+    tx_at: usize,
+    /// The peer sent close_notify, or the socket reached its end.
+    eof: bool,
+    /// Our close_notify is queued.
+    closing: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
+    /// Runs the server side of the handshake on `io` (bound it with a timer: a peer that stops
+    /// mid-handshake keeps this waiting). Plaintext that arrives with the client's last
+    /// handshake flight is kept for the first read.
+    pub async fn accept(config: Arc<ServerConfig>, io: S) -> std::io::Result<Self> {
+        let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+        let mut s = Self::resume(io, ParkedTls(Box::new(conn)));
+        let result = std::future::poll_fn(|cx| s.poll_handshake(cx)).await;
+        match result {
+            Ok(()) => Ok(s),
+            Err(e) => {
+                // The alert rustls queued for the failure, if the socket takes it at once.
+                s.queue_alert();
+                let _ = futures_lite::future::poll_once(std::future::poll_fn(|cx| s.poll_send(cx)))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The stream of a parked connection, ready to serve again.
+    pub fn resume(io: S, parked: ParkedTls) -> Self {
+        Self {
+            io,
+            conn: parked.0,
+            partial: Vec::new(),
+            plain: Vec::new(),
+            plain_at: 0,
+            tx: Vec::new(),
+            tx_at: 0,
+            eof: false,
+            closing: false,
+        }
+    }
+
+    /// Whether the connection can park now: the handshake is done and no byte is held (no
+    /// partial record, no unread plaintext, no unsent ciphertext) and it is not closing.
+    pub fn parkable(&self) -> bool {
+        self.partial.is_empty()
+            && self.plain.is_empty()
+            && self.tx.is_empty()
+            && !self.eof
+            && !self.closing
+            && !self.conn.is_handshaking()
+    }
+
+    /// Splits the stream into its transport and what a parked connection keeps. Call only when
+    /// [`Self::parkable`]; anything held would be lost.
+    pub fn into_parked(self) -> (S, ParkedTls) {
+        debug_assert!(self.parkable(), "invariant: only an idle TLS stream parks");
+        (self.io, ParkedTls(self.conn))
+    }
+
+    /// The transport.
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The client's certificate chain, leaf first (`None`: it sent none).
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    /// The negotiated protocol version (`None` during the handshake).
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// Bytes this connection holds in its own buffers (their capacity): zero while idle.
+    pub fn buffered_capacity(&self) -> usize {
+        self.partial.capacity() + self.plain.capacity() + self.tx.capacity()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Bounded: every pass reads from the socket (or returns).
+        loop {
+            std::task::ready!(self.poll_send(cx))?;
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            let (n, _) = std::task::ready!(self.poll_fill(cx, &mut []))?;
+            if n == 0 || self.eof {
+                return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// After an error: the alert rustls queued, into `tx`.
+    fn queue_alert(&mut self) {
+        use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
+        let status = self.conn.process_tls_records(&mut []);
+        if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
+            let _ = append_with(&mut self.tx, 64, |out| {
+                e.encode(out).map_err(|err| match err {
+                    EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                        Ok(required_size)
+                    }
+                    other => Err(other),
+                })
+            });
+        }
+    }
+
+    /// Writes `tx` out; `Ready(Ok)` once it is empty (and freed).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Bounded: every pass writes at least one byte.
+        while self.tx_at < self.tx.len() {
+            let n =
+                std::task::ready!(Pin::new(&mut self.io).poll_write(cx, &self.tx[self.tx_at..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.tx_at += n;
+        }
+        if self.tx.capacity() > 0 {
+            self.tx = Vec::new();
+            self.tx_at = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads the socket once into the thread's ciphertext buffer (after the partial record)
+    /// and runs rustls over it: plaintext fills `out`, the rest goes to `plain`. Returns the
+    /// ciphertext bytes read (0: end of stream) and the plaintext bytes put in `out`.
+    fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<std::io::Result<(usize, usize)>> {
+        CIPHERTEXT.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let k = self.partial.len();
+            if k >= RECORD_BYTES_MAX {
+                return Poll::Ready(Err(tls_error("TLS record larger than the protocol allows")));
+            }
+            if buf.len() < RECORD_BYTES_MAX + READ_BYTES {
+                buf.resize(RECORD_BYTES_MAX + READ_BYTES, 0);
+            }
+            buf[..k].copy_from_slice(&self.partial);
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf[k..]))?;
+            if n == 0 {
+                self.eof = true;
+                return Poll::Ready(Ok((0, 0)));
+            }
+            let end = k + n;
+            let mut filled = 0;
+            let plain = &mut self.plain;
+            let mut sink = |p: &[u8]| {
+                let take = (out.len() - filled).min(p.len());
+                out[filled..filled + take].copy_from_slice(&p[..take]);
+                filled += take;
+                plain.extend_from_slice(&p[take..]);
+            };
+            let (used, progress) =
+                pump(&mut self.conn, &mut buf[..end], &mut self.tx, &mut sink, &mut |_, _| Ok(()))?;
+            if progress == Progress::PeerClosed {
+                self.eof = true;
+            }
+            // Empty when the read ended on a record boundary: no allocation.
+            self.partial = buf[used..end].to_vec();
+            Poll::Ready(Ok((n, filled)))
+        })
+    }
+
+    /// Runs `write` with rustls' writable state (the handshake is done).
+    fn with_writable(&mut self, write: &mut WriteFn<'_>) -> std::io::Result<()> {
+        let plain = &mut self.plain;
+        let mut sink = |p: &[u8]| plain.extend_from_slice(p);
+        let (used, progress) =
+            pump(&mut self.conn, &mut self.partial, &mut self.tx, &mut sink, write)?;
+        self.partial.drain(..used);
+        match progress {
+            Progress::Writable => Ok(()),
+            Progress::PeerClosed => {
+                self.eof = true;
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            Progress::NeedData => Err(tls_error("write before the TLS handshake is done")),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.plain_at < this.plain.len() {
+            let take = (this.plain.len() - this.plain_at).min(buf.len());
+            buf[..take].copy_from_slice(&this.plain[this.plain_at..this.plain_at + take]);
+            this.plain_at += take;
+            if this.plain_at == this.plain.len() {
+                this.plain = Vec::new();
+                this.plain_at = 0;
+            }
+            return Poll::Ready(Ok(take));
+        }
+        if this.eof || buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // TLS messages rustls queued (a key update's answer) go out first; a full socket
+        // registers the task for writability and does not stop the read.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        for _ in 0..EMPTY_READS_PER_POLL {
+            let (n, filled) = std::task::ready!(this.poll_fill(cx, buf))?;
+            if filled > 0 {
+                return Poll::Ready(Ok(filled));
+            }
+            if n == 0 || this.eof {
+                // A close without close_notify ends the stream too (MQTT has its own framing).
+                return Poll::Ready(Ok(0));
+            }
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        use rustls::unbuffered::{EncryptError, InsufficientSizeError};
+        let this = self.get_mut();
+        // What an earlier call encrypted goes first: bounds `tx` to one chunk.
+        std::task::ready!(this.poll_send(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.closing {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let data = &data[..data.len().min(WRITE_CHUNK_BYTES)];
+        let guess = data.len() + (data.len() / (1 << 14) + 1) * 64;
+        this.with_writable(&mut |w, tx| {
+            append_with(tx, guess, |out| {
+                w.encrypt(data, out).map_err(|err| match err {
+                    EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                        Ok(required_size)
+                    }
+                    other => Err(other),
+                })
+            })
+        })?;
+        // Accepted: the ciphertext goes out now or with the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        use rustls::unbuffered::{EncryptError, InsufficientSizeError};
+        let this = self.get_mut();
+        if !this.closing && !this.conn.is_handshaking() {
+            // Earlier output first; `closing` is set once close_notify is queued behind it, so
+            // a `Pending` here comes back to queue it.
+            std::task::ready!(this.poll_send(cx))?;
+            let queued = this.with_writable(&mut |w, tx| {
+                append_with(tx, 64, |out| {
+                    w.queue_close_notify(out).map_err(|err| match err {
+                        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                            Ok(required_size)
+                        }
+                        other => Err(other),
+                    })
+                })
+            });
+            // The peer closed already: nothing to notify.
+            if let Err(e) = queued {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        this.closing = true;
+        std::task::ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.io).poll_close(cx)
+    }
 }
 
 #[cfg(test)]

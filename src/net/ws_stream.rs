@@ -124,6 +124,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         &self.inner
     }
 
+    /// Whether the connection can park as far as WebSocket goes: open, between frames, nothing
+    /// held to read or write (issue 11). The wrapped stream has its own condition.
+    pub fn parkable(&self) -> bool {
+        self.state == State::Open
+            && self.dec.is_idle()
+            && self.early.is_empty()
+            && self.out.is_empty()
+    }
+
+    /// The wrapped stream and the frame bound, all a parked connection keeps of this layer; a
+    /// stream rebuilt with [`Self::new`] from them (no early bytes) carries on. Call only when
+    /// [`Self::parkable`].
+    pub fn into_parked(self) -> (S, usize) {
+        debug_assert!(self.parkable(), "invariant: only an idle WebSocket stream parks");
+        let frame_bytes_max = self.dec.frame_bytes_max();
+        (self.inner, frame_bytes_max)
+    }
+
     /// Writes `out` to the socket. `Ready(Ok)` once it is all written.
     fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.out_pos < self.out.len() {

@@ -59,7 +59,7 @@ const PEER_POLL: Duration = Duration::from_micros(100);
 /// How far each shard has made the messages of each other shard durable: entry
 /// `(lane * shards + from) * shards + to` counts the messages from `from` on `lane` that `to`
 /// handled and then synced. Entries from `2 * shards * shards` on (same indexing after that
-/// offset, [`origin_cell`]) count the messages `from` sent `to` whose sender had synced every
+/// offset, `origin_cell`) count the messages `from` sent `to` whose sender had synced every
 /// record it produced before sending them.
 ///
 /// A publisher's PUBACK can depend on a record another shard writes (a message queued for a

@@ -1,6 +1,6 @@
 //! Durable state (issue 12), first layers: the write-ahead log of a shard.
 //!
-//! - [`format`]: segment header, checksummed record frames and the recovery scan. No IO.
+//! - [`mod@format`]: segment header, checksummed record frames and the recovery scan. No IO.
 //! - [`record`]: the typed records (session, subscription, message, QoS 2 and retained state
 //!   changes) and their encoding. No IO, no clock.
 //! - [`wal`]: the log on glommio DMA files: group commit and recovery.

@@ -116,6 +116,23 @@ impl FrameDecoder {
         }
     }
 
+    /// Between frames with nothing held: no partial header, no fragmented message, no control
+    /// payload, ping or close pending. A decoder in this state is the same as a new one with
+    /// the same bound, so a parked connection keeps only [`Self::frame_bytes_max`].
+    pub fn is_idle(&self) -> bool {
+        self.part == Part::Header
+            && self.hdr_len == 0
+            && !self.in_message
+            && self.control.is_empty()
+            && self.pong.is_none()
+            && self.close.is_none()
+    }
+
+    /// The largest frame payload accepted.
+    pub fn frame_bytes_max(&self) -> usize {
+        usize::try_from(self.frame_bytes_max).unwrap_or(usize::MAX)
+    }
+
     /// Decodes the frames in `buf` (bytes as read from the socket). The unmasked payload of
     /// data frames is moved to the front of `buf`; returns its length. Pings and a close are
     /// recorded for [`take_pong`](Self::take_pong) and [`close_received`](Self::close_received).

@@ -1,5 +1,5 @@
 //! The records of a shard's log: every state change that must survive a restart, encoded as
-//! the body of one frame ([`super::format`]), with no IO and no clock.
+//! the body of one frame (`tern::persist::format` in the broker crate), with no IO and no clock.
 //!
 //! Each body starts with a kind byte. Strings are a u16 length then UTF-8; binary fields a u32
 //! length then bytes; options a 0/1 byte then the value. Times are absolute Unix milliseconds,

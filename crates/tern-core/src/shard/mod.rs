@@ -1185,7 +1185,7 @@ impl Shard {
     }
 
     /// Whether the broker-wide memory budget is used up (see [`budget`]). Counted when it
-    /// refuses something ([`Metrics::memory_budget_refusals`]).
+    /// refuses something (`connect_refused_memory`, `messages_dropped_memory`).
     pub fn memory_exhausted(&self) -> bool {
         self.cfg.memory.exhausted()
     }

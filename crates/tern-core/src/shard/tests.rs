@@ -1786,24 +1786,33 @@ fn resume_case(
     true
 }
 
-/// The bound on what one forward record forwards (the session's queue bound plus its window,
-/// `handover`): while a session moves, messages past it are dropped and counted in
-/// `messages_dropped_queue_full` on the old shard, not held without limit.
-#[test]
-fn a_forward_record_forwards_at_most_its_bound() {
+/// The set-up of the handover bound tests: two shards whose sessions keep 2 queued messages and
+/// 1 in flight; persistent session "mover" subscribed to `cmd` on shard 0; a publisher on
+/// `pub_shard`; and a connection on shard 1 whose CONNECT resuming "mover" has been read, with
+/// no mesh message moved yet. Returns the cluster, the publisher and the resuming connection.
+fn session_moving_to_shard_1(pub_shard: usize) -> (Cluster, Client, Client) {
     let mut cfg = ShardConfig::for_tests(2);
     cfg.session.queue_messages_max = 2;
     cfg.session.inflight_max = 1;
     let mut cl = Cluster::with_config(cfg);
     let old = cl.connect(0, V4, "mover", false);
     cl.subscribe(old, "cmd", QoS::AtLeastOnce);
-    let p = cl.connect(0, V4, "pub", true);
-    // Resume on shard 1; move mesh messages until shard 0 has handed the session over.
+    let publisher = cl.connect(pub_shard, V4, "pub", true);
     let back = cl.open(1, V4);
     let mut buf = BytesMut::new();
     codec::encode(&connect_packet(V4, "mover", false), V4, &mut buf).expect("encodes");
     let now = cl.now;
     cl.shards[1].handle_read(back.conn, &buf, now);
+    (cl, publisher, back)
+}
+
+/// The bound on what one forward record forwards (the session's queue bound plus its window,
+/// `handover`): while a session moves, messages past it are dropped and counted in
+/// `messages_dropped_queue_full` on the old shard, not held without limit.
+#[test]
+fn a_forward_record_forwards_at_most_its_bound() {
+    let (mut cl, p, _back) = session_moving_to_shard_1(0);
+    // Move mesh messages until shard 0 has handed the session over.
     while cl.shards[0].metrics.handover_records == 0 {
         assert!(step_one(&mut cl), "the takeover reaches shard 0");
     }
@@ -1829,19 +1838,8 @@ fn a_forward_record_forwards_at_most_its_bound() {
 /// once", [MQTT-4.3.2-1]), never drop one.
 #[test]
 fn a_joining_sessions_dedup_set_is_bounded_and_counts_what_it_cannot_record() {
-    let mut cfg = ShardConfig::for_tests(2);
-    cfg.session.queue_messages_max = 2;
-    cfg.session.inflight_max = 1;
-    let mut cl = Cluster::with_config(cfg);
-    let old = cl.connect(0, V4, "mover", false);
-    cl.subscribe(old, "cmd", QoS::AtLeastOnce);
-    let p = cl.connect(1, V4, "pub", true);
-    // Resume on shard 1; move mesh messages one at a time until its CONNACK is out.
-    let back = cl.open(1, V4);
-    let mut buf = BytesMut::new();
-    codec::encode(&connect_packet(V4, "mover", false), V4, &mut buf).expect("encodes");
-    let now = cl.now;
-    cl.shards[1].handle_read(back.conn, &buf, now);
+    let (mut cl, p, back) = session_moving_to_shard_1(1);
+    // Move mesh messages one at a time until its CONNACK is out.
     while !cl.recv(back).iter().any(|p| matches!(p, Packet::ConnAck(_))) {
         assert!(step_one(&mut cl), "the resume is answered");
     }

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Issue 11, connection storms: does a storm of new connections stall the clients already
+# connected, or run the broker out of memory? One Tern shard (pinned to CPU $BROKER_CPU) serves
+# a QoS 1 probe pair at 1 000 msg/s; STORM_AT seconds in, CONNS new MQTT connections arrive as
+# fast as the generator can open them (`tern-loadtest conn --conn-rate 0`), are held HOLD
+# seconds and closed. The probe's client runs at real-time priority (chrt -f 10) so that the
+# storm's generator on the same CPU does not delay it. The probe's latency over the whole run (p50/p99/p99.9/max, and loss) and
+# the broker's peak RSS (VmHWM) say whether the storm held up the connected clients: a probe
+# delayed beyond its keep-alive would be a stall.
+#
+#   scripts/storm-probe.sh [OUTDIR]
+#
+# Environment: CONNS (default 18000: this host caps a process at 20 000 files), HOLD (5),
+# STORM_AT (3), PROBE_SECS (20), BROKER_CPU (0), GEN_CPU (1), BASELINE=1 also runs the probe
+# alone first (same length) for comparison. Loopback only; every run is bounded by its
+# --duration/--hold and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${1:-target/storm-probe/$(date -u +%Y%m%dT%H%M%SZ)}
+CONNS=${CONNS:-18000}
+HOLD=${HOLD:-5}
+STORM_AT=${STORM_AT:-3}
+PROBE_SECS=${PROBE_SECS:-20}
+BROKER_CPU=${BROKER_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+PORT=${PORT:-27850}
+ADMIN=${ADMIN:-27851}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+BIN=$CARGO_TARGET_DIR/release
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cargo build --release -q -p tern -p tern-loadtest
+
+cat >"$OUT/tern.toml" <<EOF
+[broker]
+shards = 1
+[[listener]]
+bind = "127.0.0.1:$PORT"
+connections_max = 100000
+[log]
+level = "warn"
+[admin]
+bind = "127.0.0.1:$ADMIN"
+EOF
+
+BROKER_PID=""
+stop_broker() {
+    if [[ -n $BROKER_PID ]]; then
+        kill "$BROKER_PID" 2>/dev/null || true
+        wait "$BROKER_PID" 2>/dev/null || true
+        BROKER_PID=""
+    fi
+}
+trap stop_broker EXIT
+
+start_broker() {
+    taskset -c "$BROKER_CPU" "$BIN/tern" --config "$OUT/tern.toml" 2>>"$OUT/tern.log" &
+    BROKER_PID=$!
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "tern did not listen on $PORT" >&2
+    return 1
+}
+
+probe() { # label
+    # Real-time priority (root): the probe's client shares CPU $GEN_CPU with the storm's
+    # generator and would otherwise wait behind it, which is not the broker's doing.
+    chrt -f 10 taskset -c "$GEN_CPU" "$BIN/tern-loadtest" p2p --port "$PORT" --qos 1 --publishers 1 \
+        --subscribers 1 --rate 1000 --duration "$PROBE_SECS" --messages 1000000 --target tern \
+        --label "$1" --json "$OUT/$1.json" >"$OUT/$1.log" 2>&1
+}
+
+summary() { # label
+    python3 - "$OUT/$1.json" "$1" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r = r[0] if isinstance(r, list) else r
+lat = r.get("latency_us") or r.get("latency") or {}
+def g(*keys):
+    for k in keys:
+        for src in (r, lat):
+            if k in src:
+                return src[k]
+    return "?"
+print(f"{sys.argv[2]}: delivered {g('received')} lost {g('lost')} "
+      f"p50 {g('p50_us', 'p50')} p99 {g('p99_us', 'p99')} p99.9 {g('p999_us', 'p99.9', 'p999')} "
+      f"max {g('max_us', 'max')} us")
+EOF
+}
+
+if [[ -n ${BASELINE:-} ]]; then
+    start_broker
+    probe alone
+    summary alone | tee -a "$OUT/summary.txt"
+    stop_broker
+fi
+
+start_broker
+probe storm &
+PROBE=$!
+sleep "$STORM_AT"
+taskset -c "$GEN_CPU" "$BIN/tern-loadtest" conn --port "$PORT" --connections "$CONNS" \
+    --conn-rate 0 --hold "$HOLD" --procs 2 --broker-pid "$BROKER_PID" \
+    --json "$OUT/conn.json" >"$OUT/conn.log" 2>&1 || echo "!!! the storm's generator failed" >&2
+wait "$PROBE" || echo "!!! the probe failed" >&2
+HWM=$(awk '/VmHWM/ {print $2}' "/proc/$BROKER_PID/status")
+METRICS=$(curl -s "127.0.0.1:$ADMIN/metrics" | grep -E '^tern_(accepts_deferred|connections_total|connect_refused)' || true)
+{
+    summary storm
+    grep -E 'connect(ed|s)|conn/s|failed|bytes per' "$OUT/conn.log" | tail -6 || true
+    echo "broker peak RSS (VmHWM): $HWM kB"
+    echo "$METRICS"
+    echo "load: $(cat /proc/loadavg)"
+} | tee -a "$OUT/summary.txt"
