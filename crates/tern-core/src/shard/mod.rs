@@ -696,7 +696,7 @@ impl Shard {
     /// The harnesses' stand-in for the driver's turn on [`ConnStatus::input_waiting`]: decodes
     /// the input flow control left waiting on every connection that may read again. Returns
     /// how many connections it decoded for.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(test)]
     pub(crate) fn decode_waiting_inputs(&mut self, now: Instant) -> usize {
         let waiting: Vec<ConnId> = self
             .conns
