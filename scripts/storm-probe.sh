@@ -50,6 +50,12 @@ stop_broker() {
         kill "$BROKER_PID" 2>/dev/null || true
         wait "$BROKER_PID" 2>/dev/null || true
         BROKER_PID=""
+        # The listener outlives the process for a moment (io_uring closes it in the
+        # background): a client connecting then would reach the old broker's backlog.
+        for _ in $(seq 50); do
+            ss -Hltn "sport = :$PORT" | grep -q . || break
+            sleep 0.1
+        done
     fi
 }
 trap stop_broker EXIT
