@@ -6,6 +6,7 @@
 #   scram                  tern::fuzzing::scram                  (tests/parsers_props.rs)
 #   ws_handshake           tern::fuzzing::ws_handshake
 #   ws_frames              tern::fuzzing::ws_frames
+#   tls_stream             tern::fuzzing::tls_stream: Tern's own TLS stream on a hostile client's bytes
 #   cert_cn                tern::fuzzing::certificate_cn
 #   acl_file               tern::fuzzing::acl_file
 #   password_file          tern::fuzzing::password_file
@@ -42,8 +43,8 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode_v3 decode_v5 scram ws_handshake ws_frames cert_cn acl_file password_file
-    config_toml wal shard_core)
+  targets=(decode_v3 decode_v5 scram ws_handshake ws_frames tls_stream cert_cn acl_file
+    password_file config_toml wal shard_core)
 fi
 jobs="${FUZZ_JOBS:-1}"
 rss_mb="${FUZZ_RSS_MB:-2048}"
@@ -108,7 +109,9 @@ seed_corpus() {
   local -a seeds
   case "$target" in
     decode_v3 | decode_v5) ;;
-    wal | shard_core) return ;; # libFuzzer starts from nothing (shard_core: any bytes are ops).
+    # libFuzzer starts from nothing (shard_core: any bytes are ops; tls_stream: an odd first
+    # byte puts a real ClientHello before the rest).
+    wal | shard_core | tls_stream) return ;;
     *)
       seed_text_corpus "$target" "$dir"
       return

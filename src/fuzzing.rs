@@ -1,7 +1,7 @@
 //! Bodies shared by the property tests (`tests/parsers_props.rs`) and the cargo-fuzz targets
 //! (`tests/fuzz/fuzz_targets/`) for every parser of outside input except the MQTT codec (whose
 //! bodies are in [`crate::codec::fuzzing`]): SCRAM messages, the WebSocket upgrade request and
-//! frames, the client certificate's subject CN, the ACL and password files, and `tern.toml`.
+//! frames, the TLS stream's input, the client certificate's subject CN, the ACL and password files, and `tern.toml`.
 //!
 //! Each body takes arbitrary bytes, must never panic, and asserts what the parser promises on
 //! every input (a consumed length within what was given, a round trip, split invariance), so a
@@ -188,3 +188,145 @@ pub fn config_text(data: &[u8]) {
         Err(e) => assert_eq!(e.file, "fuzz.toml"),
     }
 }
+
+/// A throw-away self-signed P-256 certificate and key for `localhost`, made for the TLS fuzz
+/// body only (not a secret: it protects nothing).
+const FUZZ_TLS_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBgDCCASWgAwIBAgIUD3c/evdNsJryymo/XYZh035+Xh4wCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEyNjA1NDExMVoYDzIxMjYxMTAy
+MDU0MTExWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAATED7znpK6F8zpcsIweIx33Y5LEYxodDMbJBhyOe7UsmMfb6piz5QrV
+LrNBhSyJ5Kn/D2YFXkBKKPr5YArR+CAvo1MwUTAdBgNVHQ4EFgQUYG0PLUHxW6xr
+8XWj1R728tp7LWUwHwYDVR0jBBgwFoAUYG0PLUHxW6xr8XWj1R728tp7LWUwDwYD
+VR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEA9Pt5hFlgu9cOAnmD3v18
+Apcu6/ReScfO9E7hD5rNn68CIQCOeybgF+yjNZsnX4wY0b7PZDzPorrBtp2nqwPx
+SEj5Dg==
+-----END CERTIFICATE-----
+";
+const FUZZ_TLS_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg0c0ImevxNDnj7loi
+Zgd3YTDBXlghQkpf9dRkYRvz9ZWhRANCAATED7znpK6F8zpcsIweIx33Y5LEYxod
+DMbJBhyOe7UsmMfb6piz5QrVLrNBhSyJ5Kn/D2YFXkBKKPr5YArR+CAv
+-----END PRIVATE KEY-----
+";
+
+/// The server configuration and a real ClientHello for it, made once.
+fn fuzz_tls() -> &'static (Arc<rustls::ServerConfig>, Vec<u8>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    static TLS: std::sync::OnceLock<(Arc<rustls::ServerConfig>, Vec<u8>)> =
+        std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cert = CertificateDer::from_pem_slice(FUZZ_TLS_CERT.as_bytes()).expect("fixed cert");
+        let key = PrivateKeyDer::from_pem_slice(FUZZ_TLS_KEY.as_bytes()).expect("fixed key");
+        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("fixed cert and key match");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("fixed cert");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").expect("literal name");
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).expect("into a Vec");
+        (Arc::new(server), hello)
+    })
+}
+
+/// A peer in memory: reads give `input` in chunks of at most `chunk` bytes, then end of
+/// stream (never pending); writes are taken whole and counted.
+struct MemoryPeer {
+    input: Vec<u8>,
+    at: usize,
+    chunk: usize,
+    written: usize,
+}
+
+impl futures_lite::io::AsyncRead for MemoryPeer {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = self.chunk.min(buf.len()).min(self.input.len() - self.at);
+        let at = self.at;
+        buf[..n].copy_from_slice(&self.input[at..at + n]);
+        self.at += n;
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+impl futures_lite::io::AsyncWrite for MemoryPeer {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.written += buf.len();
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Tern's TLS stream ([`crate::net::tls::TlsStream`], the server side) on what a hostile
+/// client sends: the first byte picks the read size (1..=255 bytes per read, so records arrive
+/// split anywhere) and, when odd, puts a real ClientHello before the rest, so that the rest
+/// meets a server that has answered and waits for the client's next flight. The handshake
+/// runs to its end (it cannot succeed: the rest is not the client's keyed flight), then, if it
+/// did, the plaintext is read to the end.
+///
+/// Checks: no panic; the stream ends (error or end of stream) within the input; the stream's
+/// own buffers stay within [`TLS_HELD_MAX`].
+pub fn tls_stream(data: &[u8]) {
+    use futures_lite::io::AsyncReadExt;
+    let (config, hello) = fuzz_tls();
+    let (first, rest) = data.split_first().map_or((1, data), |(f, r)| (*f, r));
+    let mut input = Vec::with_capacity(hello.len() + rest.len());
+    if first & 1 == 1 {
+        input.extend_from_slice(hello);
+    }
+    input.extend_from_slice(rest);
+    let peer = MemoryPeer { input, at: 0, chunk: usize::from(first.max(1)), written: 0 };
+    futures_lite::future::block_on(async {
+        let Ok(mut s) = crate::net::tls::TlsStream::accept(Arc::clone(config), peer).await else {
+            return;
+        };
+        assert!(s.buffered_capacity() <= TLS_HELD_MAX, "{} B held", s.buffered_capacity());
+        let mut buf = [0u8; 4096];
+        // Bounded: every read either returns data taken from the finite input or ends.
+        for _ in 0..=data.len() + 1 {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    assert!(s.buffered_capacity() <= TLS_HELD_MAX, "{} B", s.buffered_capacity())
+                }
+            }
+        }
+        panic!("the stream did not end with its input");
+    });
+}
+
+/// What [`tls_stream`] allows the stream to hold in its own buffers: a partial record, a
+/// read's plaintext and a few records of output (src/net/tls.rs has the exact bounds).
+const TLS_HELD_MAX: usize = 256 << 10;

@@ -194,6 +194,25 @@ proptest! {
     }
 
     #[test]
+    fn tls_stream_input(data in prop_oneof![
+        // A ClientHello first (odd first byte), then garbage or a record header and a body.
+        (any::<u8>(), vec(any::<u8>(), 0..300)).prop_map(|(f, rest)| {
+            let mut d = vec![f | 1];
+            d.extend(rest);
+            d
+        }),
+        (1u8..=255, any::<u8>(), vec(any::<u8>(), 0..200)).prop_map(|(f, kind, body)| {
+            let mut d = vec![f, 0x14 + kind % 4, 0x03, 0x03];
+            d.extend((body.len() as u16).to_be_bytes());
+            d.extend(body);
+            d
+        }),
+        vec(any::<u8>(), 0..300),
+    ]) {
+        fuzzing::tls_stream(&data);
+    }
+
+    #[test]
     fn certificate_cn(data in prop_oneof![
         mutated(test_certificate()),
         vec(any::<u8>(), 0..300),

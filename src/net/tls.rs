@@ -263,7 +263,26 @@ fn pump(
     loop {
         let status = conn.process_tls_records(&mut incoming[used..]);
         let discard = status.discard;
-        let state = status.state.map_err(tls_error)?;
+        let state = match status.state {
+            Ok(state) => state,
+            Err(e) => {
+                // rustls hands out the alert for the failure on the next call, which must see
+                // the same rest of the buffer (its progress points into it); the caller never
+                // calls it again after this.
+                let next = conn.process_tls_records(&mut incoming[used + discard..]);
+                if let Ok(ConnectionState::EncodeTlsData(mut alert)) = next.state {
+                    let _ = append_with(tx, 64, |out| {
+                        alert.encode(out).map_err(|err| match err {
+                            EncodeError::InsufficientSize(InsufficientSizeError {
+                                required_size,
+                            }) => Ok(required_size),
+                            other => Err(other),
+                        })
+                    });
+                }
+                return Err(tls_error(e));
+            }
+        };
         let stop = match state {
             ConnectionState::ReadTraffic(mut r) => {
                 while let Some(record) = r.next_record() {
@@ -325,6 +344,10 @@ pub struct TlsStream<S> {
     eof: bool,
     /// Our close_notify is queued.
     closing: bool,
+    /// rustls returned an error: it is never called again (after an error its progress through
+    /// the caller's buffer no longer matches any buffer we hold, and a call then panics inside
+    /// rustls: found by the `tls_stream` fuzz body, a hostile client aborting the broker).
+    failed: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
@@ -338,8 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         match result {
             Ok(()) => Ok(s),
             Err(e) => {
-                // The alert rustls queued for the failure, if the socket takes it at once.
-                s.queue_alert();
+                // The alert `pump` queued for the failure, if the socket takes it at once.
                 let _ = futures_lite::future::poll_once(std::future::poll_fn(|cx| s.poll_send(cx)))
                     .await;
                 Err(e)
@@ -359,6 +381,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             tx_at: 0,
             eof: false,
             closing: false,
+            failed: false,
         }
     }
 
@@ -414,22 +437,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
     }
 
-    /// After an error: the alert rustls queued, into `tx`.
-    fn queue_alert(&mut self) {
-        use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
-        let status = self.conn.process_tls_records(&mut []);
-        if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
-            let _ = append_with(&mut self.tx, 64, |out| {
-                e.encode(out).map_err(|err| match err {
-                    EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
-                        Ok(required_size)
-                    }
-                    other => Err(other),
-                })
-            });
-        }
-    }
-
     /// Writes `tx` out; `Ready(Ok)` once it is empty (and freed).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // Bounded: every pass writes at least one byte.
@@ -456,6 +463,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         cx: &mut Context<'_>,
         out: &mut [u8],
     ) -> Poll<std::io::Result<(usize, usize)>> {
+        if self.failed {
+            return Poll::Ready(Err(tls_error("the TLS connection failed")));
+        }
         CIPHERTEXT.with(|buf| {
             let mut buf = buf.borrow_mut();
             let k = self.partial.len();
@@ -480,8 +490,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 filled += take;
                 plain.extend_from_slice(&p[take..]);
             };
-            let (used, progress) =
-                pump(&mut self.conn, &mut buf[..end], &mut self.tx, &mut sink, &mut |_, _| Ok(()))?;
+            let pumped =
+                pump(&mut self.conn, &mut buf[..end], &mut self.tx, &mut sink, &mut |_, _| Ok(()));
+            let (used, progress) = match pumped {
+                Ok(p) => p,
+                Err(e) => {
+                    self.failed = true;
+                    return Poll::Ready(Err(e));
+                }
+            };
             if progress == Progress::PeerClosed {
                 self.eof = true;
             }
@@ -493,10 +510,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
 
     /// Runs `write` with rustls' writable state (the handshake is done).
     fn with_writable(&mut self, write: &mut WriteFn<'_>) -> std::io::Result<()> {
+        if self.failed {
+            return Err(tls_error("the TLS connection failed"));
+        }
         let plain = &mut self.plain;
         let mut sink = |p: &[u8]| plain.extend_from_slice(p);
-        let (used, progress) =
-            pump(&mut self.conn, &mut self.partial, &mut self.tx, &mut sink, write)?;
+        let pumped = pump(&mut self.conn, &mut self.partial, &mut self.tx, &mut sink, write);
+        let (used, progress) = pumped.inspect_err(|_| self.failed = true)?;
         self.partial.drain(..used);
         match progress {
             Progress::Writable => Ok(()),
