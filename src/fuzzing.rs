@@ -297,7 +297,7 @@ impl futures_lite::io::AsyncWrite for MemoryPeer {
 /// did, the plaintext is read to the end.
 ///
 /// Checks: no panic; the stream ends (error or end of stream) within the input; the stream's
-/// own buffers stay within [`TLS_HELD_MAX`].
+/// own buffers stay within `TLS_HELD_MAX` (256 KiB).
 pub fn tls_stream(data: &[u8]) {
     use futures_lite::io::AsyncReadExt;
     let (config, hello) = fuzz_tls();
