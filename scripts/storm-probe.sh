@@ -83,17 +83,9 @@ summary() { # label
     python3 - "$OUT/$1.json" "$1" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-r = r[0] if isinstance(r, list) else r
-lat = r.get("latency_us") or r.get("latency") or {}
-def g(*keys):
-    for k in keys:
-        for src in (r, lat):
-            if k in src:
-                return src[k]
-    return "?"
-print(f"{sys.argv[2]}: delivered {g('received')} lost {g('lost')} "
-      f"p50 {g('p50_us', 'p50')} p99 {g('p99_us', 'p99')} p99.9 {g('p999_us', 'p99.9', 'p999')} "
-      f"max {g('max_us', 'max')} us")
+lat = r["latency_us"]
+print(f"{sys.argv[2]}: delivered {r['received']} lost {r['lost']} p50 {lat['p50']} "
+      f"p99 {lat['p99']} p99.9 {lat['p999']} max {lat['max']} us")
 EOF
 }
 

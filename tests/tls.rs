@@ -458,6 +458,25 @@ fn a_tls_handshake_holds_a_connecting_place() {
     c.connect_ok("tls-storm");
 }
 
+/// Runs `attack` (one or more hostile connections to the TLS listener) beside a TLS subscriber,
+/// then checks that the broker still serves: a new TLS publisher's QoS 1 message reaches the
+/// subscriber.
+fn carries_on_after(name: &str, attack: impl FnOnce(SocketAddr, &Pki)) {
+    let pki = Pki::new(name);
+    let b = start_tls(&pki, |_| {});
+    let mut good =
+        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("handshake"), V4);
+    good.connect_ok("tls-good");
+    good.subscribe("still/#", QoS::AtLeastOnce);
+    attack(b.addr, &pki);
+    let mut publisher =
+        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("handshake"), V4);
+    publisher.connect_ok("tls-publisher");
+    publisher.publish("still/up", b"yes", QoS::AtLeastOnce, 1, false);
+    let got = good.recv_publish();
+    assert_eq!(&got.payload[..], b"yes", "the broker and the other connection carry on");
+}
+
 /// Six bytes and a close crashed the broker: a handshake record holding one byte of a
 /// handshake message (`16 03 03 00 01 00`), then end of stream. rustls keeps such a record
 /// until the message is whole; the failed handshake then asked rustls for its alert over an
@@ -467,26 +486,16 @@ fn a_tls_handshake_holds_a_connecting_place() {
 /// connected beside it, carry on. Each shard gets a few of these.
 #[test]
 fn a_cut_handshake_message_then_end_of_stream_does_not_crash_the_broker() {
-    let pki = Pki::new("tls-cut-handshake");
-    let b = start_tls(&pki, |_| {});
-    let mut good =
-        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("handshake"), V4);
-    good.connect_ok("tls-good");
-    good.subscribe("still/#", QoS::AtLeastOnce);
-    for _ in 0..8 {
-        let mut tcp = std::net::TcpStream::connect(b.addr).expect("connect");
-        tcp.write_all(&[0x16, 0x03, 0x03, 0x00, 0x01, 0x00]).expect("write");
-        tcp.shutdown(std::net::Shutdown::Write).expect("half close");
-        tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let mut rest = Vec::new();
-        let _ = tcp.read_to_end(&mut rest); // the broker's alert, if any, then its close
-    }
-    let mut publisher =
-        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("handshake"), V4);
-    publisher.connect_ok("tls-publisher");
-    publisher.publish("still/up", b"yes", QoS::AtLeastOnce, 1, false);
-    let got = good.recv_publish();
-    assert_eq!(&got.payload[..], b"yes", "the broker and the other connection carry on");
+    carries_on_after("tls-cut-handshake", |addr, _| {
+        for _ in 0..8 {
+            let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+            tcp.write_all(&[0x16, 0x03, 0x03, 0x00, 0x01, 0x00]).expect("write");
+            tcp.shutdown(std::net::Shutdown::Write).expect("half close");
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest); // the broker's alert, if any, then its close
+        }
+    });
 }
 
 /// A client that completes the TLS handshake and then sends a record that does not decrypt
@@ -494,32 +503,22 @@ fn a_cut_handshake_message_then_end_of_stream_does_not_crash_the_broker() {
 /// for the rest. The broker, and a TLS client connected beside it, carry on.
 #[test]
 fn a_record_that_does_not_decrypt_closes_only_that_connection() {
-    let pki = Pki::new("tls-forged-record");
-    let b = start_tls(&pki, |_| {});
-    let mut good =
-        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("handshake"), V4);
-    good.connect_ok("tls-good");
-    good.subscribe("still/#", QoS::AtLeastOnce);
-    for forged in [
-        // Application data (0x17), TLS 1.2 legacy version, 40 bytes that are no ciphertext.
-        [&[0x17u8, 0x03, 0x03, 0x00, 0x28][..], &[0xAB; 40]].concat(),
-        // A handshake record after the handshake, cut short.
-        vec![0x16, 0x03, 0x03, 0x00, 0x10, 0x01, 0x02],
-    ] {
-        let mut bad = TlsClient::default().connect(b.addr, &pki.ca_file).expect("handshake");
-        // Raw bytes on the socket, under the TLS layer.
-        bad.sock.write_all(&forged).expect("write");
-        bad.sock.flush().expect("flush");
-        bad.sock.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
-        let mut rest = Vec::new();
-        // The broker closes it (an alert may come first), or waits for the rest of the cut
-        // record: end of stream, a reset or the timeout.
-        let _ = bad.sock.read_to_end(&mut rest);
-    }
-    let mut publisher =
-        RawClient::new(TlsClient::default().connect(b.addr, &pki.ca_file).expect("handshake"), V4);
-    publisher.connect_ok("tls-publisher");
-    publisher.publish("still/up", b"yes", QoS::AtLeastOnce, 1, false);
-    let got = good.recv_publish();
-    assert_eq!(&got.payload[..], b"yes", "the broker and the other connection carry on");
+    carries_on_after("tls-forged-record", |addr, pki| {
+        for forged in [
+            // Application data (0x17), TLS 1.2 legacy version, 40 bytes that are no ciphertext.
+            [&[0x17u8, 0x03, 0x03, 0x00, 0x28][..], &[0xAB; 40]].concat(),
+            // A handshake record after the handshake, cut short.
+            vec![0x16, 0x03, 0x03, 0x00, 0x10, 0x01, 0x02],
+        ] {
+            let mut bad = TlsClient::default().connect(addr, &pki.ca_file).expect("handshake");
+            // Raw bytes on the socket, under the TLS layer.
+            bad.sock.write_all(&forged).expect("write");
+            bad.sock.flush().expect("flush");
+            bad.sock.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+            let mut rest = Vec::new();
+            // The broker closes it (an alert may come first), or waits for the rest of the cut
+            // record: end of stream, a reset or the timeout.
+            let _ = bad.sock.read_to_end(&mut rest);
+        }
+    });
 }
