@@ -904,7 +904,14 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            // Tern patch: no IPI per completion while this thread runs (5.19+);
+            // older kernels refuse the flags and get the ring as before.
+            ring: iou::IoUring::new_with_flags(
+                size as _,
+                iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
+                iou::SetupFeatures::empty(),
+            )
+            .or_else(|_| iou::IoUring::new(size as _))?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -918,6 +925,14 @@ impl SleepableRing {
 
     fn ring_fd(&self) -> RawFd {
         self.ring.raw().ring_fd
+    }
+
+    /// Task work (completions not yet posted) is pending: `IORING_SQ_TASKRUN`.
+    fn task_work_pending(&self) -> bool {
+        let flags = self.ring.raw().sq.kflags;
+        // SAFETY: kflags points into the mapped SQ ring for the ring's life.
+        let flags = unsafe { std::ptr::read_volatile(flags) };
+        flags & (1 << 2) != 0
     }
 
     /// This function prepares a timer that fires unconditionally after a
@@ -1072,13 +1087,19 @@ impl SleepableRing {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
-            if self
-                .submit_sqes()
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)?
-                != 1
-            {
+            // Tern patch: submitted and waited for in one `io_uring_enter`
+            // (upstream: one call to submit, one to wait). The kernel reports
+            // the SQE submitted even when the wait is then interrupted.
+            let submitted = match self.ring.submit_sqes_and_wait(1) {
+                Ok(n) => {
+                    self.in_kernel += n as usize;
+                    n
+                }
+                Err(e) => Reactor::busy_ok(e)
+                    .or_else(Reactor::again_ok)
+                    .or_else(Reactor::intr_ok)?,
+            };
+            if submitted != 1 {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
                 // needed.
@@ -1086,14 +1107,8 @@ impl SleepableRing {
                 unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
-                // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                // The rings were linked, and we slept. Good morning!
+                Ok(1)
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1164,8 +1179,23 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
+        let mut cqe = self.ring.peek_for_cqe();
+        if cqe.is_none() && self.task_work_pending() {
+            // Tern patch (COOP_TASKRUN): completions wait in task work until
+            // this thread enters the kernel; collect them now.
+            unsafe {
+                crate::uring_sys::syscalls::io_uring_enter(
+                    self.ring_fd(),
+                    0,
+                    0,
+                    1, /* IORING_ENTER_GETEVENTS */
+                    std::ptr::null(),
+                );
+            }
+            cqe = self.ring.peek_for_cqe();
+        }
         process_one_event(
-            self.ring.peek_for_cqe(),
+            cqe,
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
@@ -1221,7 +1251,15 @@ pub(crate) struct Reactor {
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
+    /// The preemption timer on the latency ring and when it fires. Kept
+    /// armed across loop turns while it still gives the running task queue
+    /// at least half its slice (Tern patch: not cancelled and re-armed, two
+    /// `io_uring_enter` calls, on every turn).
+    latency_preemption_timeout_src: Cell<Option<(Source, Instant)>>,
+    /// The timer that wakes a sleeping reactor for its nearest user timer,
+    /// and its deadline. Kept armed while that deadline stays the nearest
+    /// one (Tern patch: not re-armed before every sleep, cancelled after).
+    user_timeout_src: Cell<Option<(Source, Instant)>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1353,6 +1391,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            user_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1814,22 +1853,71 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // Tern patch: the timers below are changed only where they must be,
+        // and every change to the latency ring goes to the kernel in one
+        // `io_uring_enter` with whatever else is queued there. Upstream
+        // cancels and re-arms the preemption timer (two calls) and the
+        // throughput timer (one call) on every loop turn.
+        let now = Instant::now();
+        let preempt = preempt_timer();
 
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // The throughput-based timer fires after `ring_depth` completions on
+        // the main ring since it was armed; armed anew only once it fired.
+        let throughput = self
+            .throughput_preemption_timeout_src
+            .take()
+            .filter(|src| src.result().is_none());
+        self.throughput_preemption_timeout_src
+            .replace(Some(throughput.unwrap_or_else(|| {
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                )
+            })));
+
+        match preempt {
+            Some(dur) => {
+                // Busy: a preemption timer must be armed. One armed earlier
+                // that has not fired stays while it fires within this slice
+                // and leaves at least half of it: the next task queue gets a
+                // shorter slice, never a longer one.
+                let keep = match self.latency_preemption_timeout_src.take() {
+                    Some((src, at))
+                        if src.result().is_none() && at >= now + dur / 2 && at <= now + dur =>
+                    {
+                        Some((src, at))
+                    }
+                    _ => None, // dropped: cancelled if still in the kernel
+                };
+                let armed = keep.unwrap_or_else(|| {
+                    (lat_ring.prepare_latency_preemption_timer(dur), now + dur)
+                });
+                self.latency_preemption_timeout_src.set(Some(armed));
+            }
+            None => {
+                // About to sleep (unless events came): the preemption timer
+                // would wake us for nothing.
+                drop(self.latency_preemption_timeout_src.take());
+                // The nearest user timer must wake us. One armed for a
+                // deadline up to a millisecond before this one stays (an
+                // early wake-up finds nothing due and sleeps again).
+                let user = self.user_timeout_src.take();
+                let user = match (user_timer, user) {
+                    (Some(dur), Some((src, at)))
+                        if src.result().is_none()
+                            && at <= now + dur
+                            && at + Duration::from_millis(1) >= now + dur =>
+                    {
+                        Some((src, at))
+                    }
+                    (Some(dur), _) => {
+                        Some((lat_ring.prepare_latency_preemption_timer(dur), now + dur))
+                    }
+                    (None, _) => None,
+                };
+                self.user_timeout_src.set(user);
+            }
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1841,20 +1929,13 @@ impl Reactor {
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
         // If we generated any event so far, we can't sleep. Need to handle them.
-        let should_sleep = preempt_timer().is_none()
+        let should_sleep = preempt.is_none()
             && (woke == 0)
             && poll_ring.can_sleep()
             && main_ring.can_sleep()
             && lat_ring.can_sleep();
 
         if should_sleep {
-            // We are about to go to sleep. It's ok to sleep, but if there
-            // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
-            }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
@@ -1877,12 +1958,6 @@ impl Reactor {
                 // Woke up, so no need to notify us anymore.
                 self.notifier.wake_up();
             }
-        }
-
-        if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
         }
 
         // A Note about `need_preempt`:
