@@ -140,6 +140,12 @@ pub struct ShardCell {
     checks: RefCell<Vec<crate::auth::HashJob>>,
     /// Idle connections without a task (`None`: epoll unavailable, nothing parks).
     parking: Option<Parking>,
+    /// The connection whose task is polling now (set by its driver before it borrows the
+    /// shard), so a drain can tell whether it woke some other connection.
+    polling: Cell<Option<ConnId>>,
+    /// A drain woke (or resumed) a connection other than [`Self::polling`]: the driver lets
+    /// it run before its own output goes out ([`ShardCell::took_others`]).
+    woke_others: Cell<bool>,
 }
 
 /// Idle connections (TCP, TLS, WebSocket) parked without a task of their own (issue 11). glommio waits
@@ -196,7 +202,22 @@ impl ShardCell {
             pool,
             checks: RefCell::default(),
             parking: Parking::new(),
+            polling: Cell::new(None),
+            woke_others: Cell::new(false),
         }
+    }
+
+    /// Connection `id`'s task starts a poll: what its borrows wake from now on is counted
+    /// for [`Self::took_others`].
+    fn polling(&self, id: ConnId) {
+        self.polling.set(Some(id));
+        self.woke_others.set(false);
+    }
+
+    /// Whether the borrows since [`Self::polling`] woke another connection (and clears it).
+    fn took_others(&self) -> bool {
+        self.polling.set(None);
+        self.woke_others.replace(false)
     }
 
     /// Parks connection `id`: `socket` (a duplicate of the task's descriptor) goes into the
@@ -321,6 +342,10 @@ impl Drop for ShardMut<'_> {
             return;
         }
         let wakers = self.cell.wakers.borrow();
+        let polling = self.cell.polling.get();
+        if ready.iter().any(|id| Some(*id) != polling) {
+            self.cell.woke_others.set(true);
+        }
         for id in ready.drain(..) {
             // Waking only schedules the task; none runs inside this call.
             if let Some(Some(w)) = wakers.get(id.0 as usize) {
@@ -1044,6 +1069,7 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
             }
         }
         let event = poll_fn(|cx| {
+            io.shard.polling(id);
             let mut shard = io.shard.borrow_mut();
             shard.register_waker(id, cx.waker());
             match out.poll_write(cx, &mut stream, &mut shard, id, io.durable.as_ref()) {
@@ -1131,8 +1157,15 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
         match event {
             Event::Read => {
                 io.outbox_ready.notify_pending(&io.shard.borrow());
-                // Bounded work per turn: one read and its packets, then the others' turn.
-                glommio::yield_if_needed().await;
+                if io.shard.took_others() {
+                    // Deliver before acknowledging: the subscribers this read's PUBLISH
+                    // reached run first, so the delivery does not wait behind this
+                    // connection's own PUBACK (a loopback send, ~10-20 us here; issue 10).
+                    futures_lite::future::yield_now().await;
+                } else {
+                    // Bounded work per turn: one read and its packets, then the others' turn.
+                    glommio::yield_if_needed().await;
+                }
             }
             Event::Closed => {
                 eof = true;
