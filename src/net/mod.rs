@@ -1536,6 +1536,74 @@ mod tests {
         );
     }
 
+    /// Issue 10, deliver before acknowledging: a read whose PUBLISH reaches a subscriber on
+    /// the shard tells its driver that it woke another connection (the driver then yields to
+    /// it before writing its own PUBACK); a read that only makes its own connection ready
+    /// (a PINGREQ, a PUBLISH nobody subscribed to) does not.
+    #[test]
+    fn a_read_that_reaches_a_subscriber_reports_woken_others() {
+        use crate::codec::{
+            Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
+            SubscriptionOptions, TopicFilter, TopicName,
+        };
+        let v4 = ProtocolVersion::V311;
+        let cell = ShardCell::new(
+            Shard::new(tern_core::ids::ShardId(0), crate::shard::ShardConfig::for_tests(1)),
+            None,
+        );
+        let now = Instant::now();
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let read = |id: ConnId, packet: Packet| {
+            let mut buf = bytes::BytesMut::new();
+            crate::codec::encode(&packet, v4, &mut buf).expect("encodes");
+            cell.polling(id);
+            cell.borrow_mut().handle_read(id, &buf, now);
+            cell.took_others()
+        };
+        let connect = |client_id: &str| {
+            Packet::Connect(Box::new(Connect {
+                version: v4,
+                clean_start: true,
+                keep_alive_secs: 60,
+                client_id: client_id.into(),
+                will: None,
+                username: None,
+                password: None,
+                properties: Properties::new(),
+            }))
+        };
+        let publish = |topic: &str| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: Some(TopicName::new(topic).expect("topic")),
+                packet_id: crate::codec::PacketId::new(7),
+                properties: Properties::new(),
+                payload: bytes::Bytes::from_static(b"x"),
+            })
+        };
+        let sub = cell.borrow_mut().accept(0, peer, now).expect("accepted");
+        let publisher = cell.borrow_mut().accept(0, peer, now).expect("accepted");
+        assert!(!read(sub, connect("sub")), "a CONNACK is the connection's own output");
+        assert!(!read(publisher, connect("pub")));
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: crate::codec::PacketId::new(1).expect("non-zero"),
+            filters: vec![(
+                TopicFilter::new("t", true).expect("filter"),
+                SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            )],
+            properties: Properties::new(),
+        });
+        assert!(!read(sub, subscribe));
+        // Its output so far is taken, as the driver would write it.
+        let _ = cell.borrow_mut().take_tx(sub, now);
+        let _ = cell.borrow_mut().take_tx(publisher, now);
+        assert!(read(publisher, publish("t")), "the subscriber was made ready");
+        assert!(!read(publisher, publish("nobody")), "only its own PUBACK");
+        assert!(!read(publisher, Packet::PingReq), "only its own PINGRESP");
+    }
+
     /// Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT` (issue 9: a peer that vanished
     /// without a FIN, or stopped acknowledging, held its connection forever).
     #[test]
