@@ -92,11 +92,6 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
-        /// Tern patch: completions posted by task work are not signalled to a
-        /// running task with an IPI; it runs them at its next kernel entry.
-        const COOP_TASKRUN = 1 << 8;
-        /// Tern patch: the kernel flags pending task work in the SQ ring.
-        const TASKRUN_FLAG = 1 << 9;
     }
 }
 

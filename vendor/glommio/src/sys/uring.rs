@@ -904,14 +904,7 @@ impl SleepableRing {
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            // Tern patch: no IPI per completion while this thread runs (5.19+);
-            // older kernels refuse the flags and get the ring as before.
-            ring: iou::IoUring::new_with_flags(
-                size as _,
-                iou::SetupFlags::COOP_TASKRUN | iou::SetupFlags::TASKRUN_FLAG,
-                iou::SetupFeatures::empty(),
-            )
-            .or_else(|_| iou::IoUring::new(size as _))?,
+            ring: iou::IoUring::new(size as _)?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -925,14 +918,6 @@ impl SleepableRing {
 
     fn ring_fd(&self) -> RawFd {
         self.ring.raw().ring_fd
-    }
-
-    /// Task work (completions not yet posted) is pending: `IORING_SQ_TASKRUN`.
-    fn task_work_pending(&self) -> bool {
-        let flags = self.ring.raw().sq.kflags;
-        // SAFETY: kflags points into the mapped SQ ring for the ring's life.
-        let flags = unsafe { std::ptr::read_volatile(flags) };
-        flags & (1 << 2) != 0
     }
 
     /// This function prepares a timer that fires unconditionally after a
@@ -1179,23 +1164,8 @@ impl UringCommon for SleepableRing {
 
     fn consume_one_event(&mut self) -> Option<bool> {
         let source_map = self.source_map.clone();
-        let mut cqe = self.ring.peek_for_cqe();
-        if cqe.is_none() && self.task_work_pending() {
-            // Tern patch (COOP_TASKRUN): completions wait in task work until
-            // this thread enters the kernel; collect them now.
-            unsafe {
-                crate::uring_sys::syscalls::io_uring_enter(
-                    self.ring_fd(),
-                    0,
-                    0,
-                    1, /* IORING_ENTER_GETEVENTS */
-                    std::ptr::null(),
-                );
-            }
-            cqe = self.ring.peek_for_cqe();
-        }
         process_one_event(
-            cqe,
+            self.ring.peek_for_cqe(),
             |source| match source.source_type {
                 SourceType::LinkRings => Some(()),
                 _ => None,
