@@ -588,6 +588,25 @@ async fn shard_main(
         },
         _ => None,
     };
+    // Connection tasks (accept loops and the connections they spawn) run in a task queue whose
+    // latency requirement sets glommio's preemption timer while it has work: `yield_if_needed`
+    // after each read then yields every `preempt_timer`, so one flooding connection cannot
+    // hold the shard. (Set on the executor itself, a sub-millisecond timer stalled the mesh
+    // join at start-up under load; a queue's requirement only applies once it runs.)
+    let conns = glommio::executor().create_task_queue(
+        glommio::Shares::default(),
+        glommio::Latency::Matters(opts.preempt_timer),
+        "connections",
+    );
+    // TLS and WebSocket handshakes run in a queue of their own with a tenth of the
+    // connections' shares: in a reconnect storm the handshakes' CPU (key exchange, signature)
+    // goes to the clients already connected first, and to the storm whenever they have nothing
+    // to do (issue 11). An established connection's task is spawned into `conns`.
+    let handshakes = glommio::executor().create_task_queue(
+        glommio::Shares::Static(crate::net::HANDSHAKE_SHARES),
+        glommio::Latency::NotImportant,
+        "handshakes",
+    );
     let io = Rc::new(ShardIo {
         durable,
         shard,
@@ -596,6 +615,7 @@ async fn shard_main(
         stopping: std::cell::Cell::new(false),
         stop_waiters: Default::default(),
         admission: Default::default(),
+        queues: crate::net::Queues { connections: conns, handshakes },
     });
     let mut listeners = Vec::new();
     for addr in &addrs {
@@ -619,16 +639,6 @@ async fn shard_main(
             Rc::new(ctx)
         })
         .collect();
-    // Connection tasks (accept loops and the connections they spawn) run in a task queue whose
-    // latency requirement sets glommio's preemption timer while it has work: `yield_if_needed`
-    // after each read then yields every `preempt_timer`, so one flooding connection cannot
-    // hold the shard. (Set on the executor itself, a sub-millisecond timer stalled the mesh
-    // join at start-up under load; a queue's requirement only applies once it runs.)
-    let conns = glommio::executor().create_task_queue(
-        glommio::Shares::default(),
-        glommio::Latency::Matters(opts.preempt_timer),
-        "connections",
-    );
     let spawn_conns = |fut| glommio::spawn_local_into(fut, conns);
     let mut private = None;
     if opts.shard_ports {
