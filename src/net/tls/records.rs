@@ -27,15 +27,15 @@ use rustls::server::ServerConnectionData;
 use rustls::{ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
 
 /// Largest plaintext of one record (RFC 8446 §5.1, RFC 5246 §6.2.1).
-pub(crate) const PLAINTEXT_MAX: usize = 1 << 14;
+pub const PLAINTEXT_MAX: usize = 1 << 14;
 /// Largest TLS 1.3 record body (RFC 8446 §5.2: 2^14 + 256).
-pub(crate) const TLS13_CIPHERTEXT_MAX: usize = PLAINTEXT_MAX + 256;
+pub const TLS13_CIPHERTEXT_MAX: usize = PLAINTEXT_MAX + 256;
 /// Largest TLS 1.2 record body (RFC 5246 §6.2.3: 2^14 + 2048).
-pub(crate) const TLS12_CIPHERTEXT_MAX: usize = PLAINTEXT_MAX + 2048;
+pub const TLS12_CIPHERTEXT_MAX: usize = PLAINTEXT_MAX + 2048;
 /// Records in a row that carry no application data (empty application data records, key
 /// updates, warning alerts) before the connection is closed: a peer cannot keep the shard busy
 /// with records that deliver nothing. rustls' own reader allows a similar number.
-pub(crate) const EMPTY_RECORDS_RUN_MAX: u32 = 32;
+pub const EMPTY_RECORDS_RUN_MAX: u32 = 32;
 /// Records sealed under one key before the end of the suite's confidentiality limit at which
 /// Tern acts (a TLS 1.3 key update; a TLS 1.2 connection closes): this many before it.
 const LIMIT_MARGIN: u64 = 16;
@@ -53,7 +53,7 @@ const APPLICATION_DATA: u8 = 23;
 const KEY_UPDATE: u8 = 24;
 
 /// Alert descriptions Tern sends or recognises (RFC 8446 §6).
-pub(crate) mod alert {
+pub mod alert {
     /// close_notify.
     pub const CLOSE_NOTIFY: u8 = 0;
     /// unexpected_message.
@@ -80,6 +80,8 @@ pub struct Fatal {
     pub alert: Option<u8>,
     /// What happened.
     pub reason: &'static str,
+    /// The alert description the peer sent, when it ended the connection with one.
+    pub peer: Option<u8>,
 }
 
 impl std::fmt::Display for Fatal {
@@ -92,7 +94,7 @@ impl std::fmt::Display for Fatal {
 }
 
 fn fatal(alert: u8, reason: &'static str) -> Fatal {
-    Fatal { alert: Some(alert), reason }
+    Fatal { alert: Some(alert), reason, peer: None }
 }
 
 /// The AEAD of the suite.
@@ -252,6 +254,17 @@ impl Records {
         Ok(Self { version, cipher, rx, tx, limit, empty_run: 0, kernel, keys: None })
     }
 
+    /// A record layer from secrets extracted from a rustls connection, with no key schedule
+    /// (a key update is refused): tests play a hostile client with the client's secrets
+    /// (`tx` is what the client sends).
+    #[doc(hidden)]
+    pub fn from_secrets(secrets: ExtractedSecrets, version: Version) -> Result<Self, Fatal> {
+        let (cipher, rx) = Secret::from_rustls(secrets.rx.0, &secrets.rx.1)?;
+        let (_, tx) = Secret::from_rustls(secrets.tx.0, &secrets.tx.1)?;
+        let limit = if cipher == Cipher::Chacha20Poly1305 { u64::MAX } else { 1 << 24 };
+        Ok(Self { version, cipher, rx, tx, limit, empty_run: 0, kernel: None, keys: None })
+    }
+
     /// A record layer from fixed secrets, with no key schedule (a key update is refused):
     /// the fuzz body and the unit tests. `rx` and `tx` are `(key, iv)`.
     pub fn from_fixed(
@@ -360,7 +373,10 @@ impl Records {
             };
             let len = usize::from(u16::from_be_bytes([l0, l1]));
             if len > self.ciphertext_max() {
-                return Err(fatal(alert::RECORD_OVERFLOW, "record larger than the protocol allows"));
+                return Err(fatal(
+                    alert::RECORD_OVERFLOW,
+                    "record larger than the protocol allows",
+                ));
             }
             if rest.len() < HEADER + len {
                 return Ok((used, ReadEnd::NeedData));
@@ -385,10 +401,14 @@ impl Records {
                     };
                     match (self.version, level, description) {
                         (_, _, alert::CLOSE_NOTIFY) => return Ok((used, ReadEnd::Closed)),
-                        (Version::Tls13, _, alert::USER_CANCELED) | (Version::Tls12, 1, _) => {
-                            false
+                        (Version::Tls13, _, alert::USER_CANCELED) | (Version::Tls12, 1, _) => false,
+                        _ => {
+                            return Err(Fatal {
+                                alert: None,
+                                reason: "the peer sent a fatal alert",
+                                peer: Some(description),
+                            })
                         }
-                        _ => return Err(Fatal { alert: None, reason: "the peer sent a fatal alert" }),
                     }
                 }
                 HANDSHAKE if self.version == Version::Tls13 => {
@@ -438,7 +458,12 @@ impl Records {
                     "change_cipher_spec after the handshake",
                 ))
             }
-            _ => return Err(fatal(alert::UNEXPECTED_MESSAGE, "unprotected record after the handshake")),
+            _ => {
+                return Err(fatal(
+                    alert::UNEXPECTED_MESSAGE,
+                    "unprotected record after the handshake",
+                ))
+            }
         }
         if body.len() < TAG + 1 {
             return Err(fatal(alert::BAD_RECORD_MAC, "record shorter than its tag"));
@@ -466,6 +491,16 @@ impl Records {
         header: [u8; HEADER],
         body: &'b mut [u8],
     ) -> Result<(u8, &'b [u8]), Fatal> {
+        match header[0] {
+            ALERT | HANDSHAKE | APPLICATION_DATA => {}
+            CHANGE_CIPHER_SPEC => {
+                return Err(fatal(
+                    alert::UNEXPECTED_MESSAGE,
+                    "change_cipher_spec after the handshake",
+                ))
+            }
+            _ => return Err(fatal(alert::UNEXPECTED_MESSAGE, "unknown record content type")),
+        }
         let explicit = match self.cipher {
             Cipher::Chacha20Poly1305 => 0,
             Cipher::Aes128Gcm | Cipher::Aes256Gcm => EXPLICIT_NONCE,
@@ -488,7 +523,11 @@ impl Records {
         let keys = self.keys()?;
         let plain = keys
             .rx
-            .open_in_place(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), &mut body[explicit..])
+            .open_in_place(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                &mut body[explicit..],
+            )
             .map_err(|_| fatal(alert::BAD_RECORD_MAC, "record does not decrypt"))?;
         self.rx.advance()?;
         Ok((header[0], plain))
@@ -600,7 +639,9 @@ impl Records {
                     Version::Tls12 => {
                         return Err(Fatal {
                             alert: None,
-                            reason: "the cipher's confidentiality limit is reached (TLS 1.2 cannot update keys)",
+                            reason: "the cipher's confidentiality limit is reached \
+                                     (TLS 1.2 cannot update keys)",
+                            peer: None,
                         })
                     }
                 }
@@ -631,7 +672,8 @@ impl Records {
             Version::Tls13 => {
                 let len = chunk.len() + 1 + padding + TAG;
                 let len16 = u16::try_from(len).map_err(|_| too_long())?;
-                let header = [APPLICATION_DATA, 3, 3, len16.to_be_bytes()[0], len16.to_be_bytes()[1]];
+                let header =
+                    [APPLICATION_DATA, 3, 3, len16.to_be_bytes()[0], len16.to_be_bytes()[1]];
                 let nonce = aead::Nonce::assume_unique_for_key(self.tx.nonce());
                 tx.extend_from_slice(&header);
                 tx.extend_from_slice(chunk);
@@ -640,7 +682,11 @@ impl Records {
                 let keys = self.keys()?;
                 let tag = keys
                     .tx
-                    .seal_in_place_separate_tag(nonce, aead::Aad::from(header), &mut tx[at + HEADER..])
+                    .seal_in_place_separate_tag(
+                        nonce,
+                        aead::Aad::from(header),
+                        &mut tx[at + HEADER..],
+                    )
                     .map_err(|_| fatal(alert::INTERNAL_ERROR, "sealing failed"))?;
                 tx.extend_from_slice(tag.as_ref());
             }
