@@ -117,7 +117,8 @@ impl Cipher {
         }
     }
 
-    fn key_len(self) -> usize {
+    /// The key length in bytes.
+    pub fn key_len(self) -> usize {
         match self {
             Cipher::Aes128Gcm => 16,
             Cipher::Aes256Gcm | Cipher::Chacha20Poly1305 => 32,
