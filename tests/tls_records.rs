@@ -217,6 +217,62 @@ fn a_corrupt_record_gets_bad_record_mac_and_closes_only_that_connection() {
     }
 }
 
+/// The bound on records without application data, through the broker: a client holding its
+/// own traffic keys sends 33 empty application data records after CONNECT; the broker sends
+/// unexpected_message, closes that connection, and counts it in
+/// `tls_empty_record_runs_refused`; 32 then data pass on another connection.
+#[test]
+fn a_run_of_empty_records_is_bounded_and_counted() {
+    let pki = Pki::new("tls-records-empty-run");
+    let b = start_tls(&pki);
+    for (i, (suite, tls12)) in suites().into_iter().enumerate() {
+        let version = if tls12 { Version::Tls12 } else { Version::Tls13 };
+        for extra in [false, true] {
+            let mut c = RawClient::new(connect(b.addr, &pki, suite), V4);
+            c.connect_ok(&format!("empty-{i}-{extra}"));
+            let s = c.stream;
+            let mut sock = s.sock.try_clone().expect("socket");
+            #[allow(deprecated)] // the one way to a rustls client's keys; fine in a test
+            let secrets = s.conn.dangerous_extract_secrets().expect("client secrets");
+            let mut keys = Records::from_secrets(secrets, version).expect("client record layer");
+            let mut wire = Vec::new();
+            for _ in 0..records::EMPTY_RECORDS_RUN_MAX {
+                keys.seal_padded(APP, b"", 0, &mut wire).expect("seal");
+            }
+            let ping = [0xC0u8, 0x00]; // PINGREQ
+            keys.seal_padded(APP, if extra { b"" } else { &ping }, 0, &mut wire).expect("seal");
+            sock.write_all(&wire).expect("write");
+            sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let (mut back, mut plain) = (Vec::new(), Vec::new());
+            let mut end = Ok(records::ReadEnd::NeedData);
+            // Bounded: each pass reads from the socket, which the timeout bounds.
+            while plain.len() < 2 && end == Ok(records::ReadEnd::NeedData) {
+                let mut chunk = [0u8; 4096];
+                let n = sock.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                back.extend_from_slice(&chunk[..n]);
+                end = keys
+                    .read(&mut back, &mut Vec::new(), &mut |p| plain.extend_from_slice(p))
+                    .map(|(used, at)| {
+                        back.drain(..used);
+                        at
+                    });
+            }
+            if extra {
+                let e = end.expect_err("refused");
+                assert_eq!(e.peer, Some(alert::UNEXPECTED_MESSAGE), "{suite:?}");
+            } else {
+                // Within the bound: the PINGRESP [MQTT-3.12.4-1] arrives.
+                assert_eq!(plain, [0xD0, 0x00], "{suite:?}");
+            }
+        }
+    }
+    let want = suites().len() as u64;
+    assert!(b.wait_stats(|m| m.tls_empty_record_runs_refused == want), "counted once each");
+}
+
 // ------------------------------------------------------------------------------------------
 // In memory: Tern's stream against a rustls client, then a hostile client with its keys.
 // ------------------------------------------------------------------------------------------

@@ -11,10 +11,15 @@
 //! scratch buffer per thread and decrypted from there, and the only per-connection buffers are
 //! a partial record (the tail of a read that did not end on a record boundary), plaintext the
 //! reader has not taken yet, and ciphertext the socket has not taken yet. Each is freed as soon
-//! as it is empty. What is left while idle is the boxed rustls state (keys, sequence numbers,
-//! the peer's certificates), which is what a parked TLS connection keeps
-//! ([`TlsStream::into_parked`]). rustls' buffered `ServerConnection` (which futures-rustls
-//! wrapped, before this stream) keeps a 4 KiB receive buffer for the connection's life.
+//! as it is empty. rustls' buffered `ServerConnection` (which futures-rustls wrapped, before
+//! this stream) keeps a 4 KiB receive buffer for the connection's life.
+//!
+//! rustls runs the handshake only. At the first read or write after it (so the caller can take
+//! the client's certificate first, [`TlsStream::peer_certificates`]) rustls hands the traffic
+//! keys over and Tern's own record layer ([`records`]) seals and opens the records; what a
+//! parked TLS connection keeps ([`TlsStream::into_parked`]) is that layer without its expanded
+//! keys: cipher, keys, IVs, sequence numbers, and for TLS 1.3 rustls' key schedule for key
+//! updates.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
