@@ -378,8 +378,7 @@ pub fn tls_records(data: &[u8]) {
     let mut expected = Vec::new();
     let mut clean = true;
     // Bounded: every pass takes at least the operation byte.
-    loop {
-        let Some(&op) = take(1).first() else { break };
+    while let Some(&op) = take(1).first() {
         match op % 4 {
             0 | 1 => {
                 let (typ, padding) = if op % 4 == 0 {

@@ -397,7 +397,7 @@ impl Records {
                     !content.is_empty()
                 }
                 ALERT => {
-                    let &[level, description] = &*content else {
+                    let &[level, description] = content else {
                         return Err(fatal(alert::DECODE_ERROR, "alert of the wrong length"));
                     };
                     match (self.version, level, description) {
@@ -538,43 +538,44 @@ impl Records {
     /// accepted (a client never sends NewSessionTicket; post-handshake authentication is not
     /// offered). Each message must be whole in its record: Tern does not join fragments after
     /// the handshake (rustls' clients never fragment these).
-    fn handshake13(&mut self, mut msgs: &[u8], tx: &mut Vec<u8>) -> Result<(), Fatal> {
-        if msgs.is_empty() {
-            return Err(fatal(alert::UNEXPECTED_MESSAGE, "empty handshake record"));
-        }
-        // Bounded: every pass consumes a message of at least 4 bytes.
-        while let Some(&[typ, a, b, c]) = msgs.get(..4) {
-            let len = u32::from_be_bytes([0, a, b, c]) as usize;
-            let Some(body) = msgs.get(4..4 + len) else {
-                return Err(fatal(
-                    alert::UNEXPECTED_MESSAGE,
-                    "handshake message split across records after the handshake",
-                ));
+    fn handshake13(&mut self, msgs: &[u8], tx: &mut Vec<u8>) -> Result<(), Fatal> {
+        let Some(&[typ, a, b, c]) = msgs.get(..4) else {
+            let reason = if msgs.is_empty() {
+                "empty handshake record"
+            } else {
+                "handshake message split across records after the handshake"
             };
-            msgs = &msgs[4 + len..];
-            if typ != KEY_UPDATE {
-                return Err(fatal(
-                    alert::UNEXPECTED_MESSAGE,
-                    "handshake message other than KeyUpdate after the handshake",
-                ));
-            }
-            let &[request] = body else {
-                return Err(fatal(alert::DECODE_ERROR, "KeyUpdate of the wrong length"));
-            };
-            if request > 1 {
-                return Err(fatal(alert::ILLEGAL_PARAMETER, "KeyUpdate request not 0 or 1"));
-            }
-            // RFC 8446 §5.1: a message before a key change ends its record.
-            if !msgs.is_empty() {
-                return Err(fatal(alert::UNEXPECTED_MESSAGE, "data after KeyUpdate in its record"));
-            }
-            self.update_rx()?;
-            if request == 1 {
-                self.update_tx(tx)?;
-            }
-            return Ok(());
+            return Err(fatal(alert::UNEXPECTED_MESSAGE, reason));
+        };
+        if typ != KEY_UPDATE {
+            return Err(fatal(
+                alert::UNEXPECTED_MESSAGE,
+                "handshake message other than KeyUpdate after the handshake",
+            ));
         }
-        Err(fatal(alert::UNEXPECTED_MESSAGE, "handshake message split across records"))
+        // At most 2^24 - 1: no overflow.
+        let end = 4 + u32::from_be_bytes([0, a, b, c]) as usize;
+        let Some(body) = msgs.get(4..end) else {
+            return Err(fatal(
+                alert::UNEXPECTED_MESSAGE,
+                "handshake message split across records after the handshake",
+            ));
+        };
+        let &[request] = body else {
+            return Err(fatal(alert::DECODE_ERROR, "KeyUpdate of the wrong length"));
+        };
+        if request > 1 {
+            return Err(fatal(alert::ILLEGAL_PARAMETER, "KeyUpdate request not 0 or 1"));
+        }
+        // RFC 8446 §5.1: a message before a key change ends its record.
+        if msgs.len() > end {
+            return Err(fatal(alert::UNEXPECTED_MESSAGE, "data after KeyUpdate in its record"));
+        }
+        self.update_rx()?;
+        if request == 1 {
+            self.update_tx(tx)?;
+        }
+        Ok(())
     }
 
     fn update_rx(&mut self) -> Result<(), Fatal> {
