@@ -281,6 +281,10 @@ fn idle_tls_state_has_no_buffers_and_stays_within_its_budget() {
                 rustls::kernel::KernelConnection<rustls::server::ServerConnectionData>,
             >(),
         );
+        println!(
+            "  while active only: two expanded ring keys, {} B each (boxed together)",
+            std::mem::size_of::<ring::aead::LessSafeKey>()
+        );
         let max = parked_tls_heap_max(tls12, with_cert);
         assert!(new <= max, "{label}: parked TLS state {new} B > {max}");
         assert!(
