@@ -740,3 +740,103 @@ thread_local! {
 pub fn empty_runs_refused() -> u64 {
     EMPTY_RUNS_REFUSED.with(|c| c.get())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server and a client layer on fixed secrets (the client's `tx` is the server's `rx`).
+    fn pair(version: Version, cipher: Cipher) -> (Records, Records) {
+        let (ck, civ, sk, siv) = ([1u8; 32], [2u8; 12], [3u8; 32], [4u8; 12]);
+        let n = cipher.key_len();
+        let server = Records::from_fixed(version, cipher, (&ck[..n], &civ), (&sk[..n], &siv));
+        let client = Records::from_fixed(version, cipher, (&sk[..n], &siv), (&ck[..n], &civ));
+        (server.expect("server"), client.expect("client"))
+    }
+
+    const ALL: [(Version, Cipher); 6] = [
+        (Version::Tls13, Cipher::Aes128Gcm),
+        (Version::Tls13, Cipher::Aes256Gcm),
+        (Version::Tls13, Cipher::Chacha20Poly1305),
+        (Version::Tls12, Cipher::Aes128Gcm),
+        (Version::Tls12, Cipher::Aes256Gcm),
+        (Version::Tls12, Cipher::Chacha20Poly1305),
+    ];
+
+    #[test]
+    fn records_round_trip_split_anywhere() {
+        for (version, cipher) in ALL {
+            let (mut server, mut client) = pair(version, cipher);
+            let data: Vec<u8> = (0..40_000u32).map(|x| x as u8).collect();
+            let mut wire = Vec::new();
+            client.write(&data, &mut wire).expect("seal");
+            client.write(b"tail", &mut wire).expect("seal");
+            let mut got = Vec::new();
+            let mut held = Vec::new();
+            for piece in wire.chunks(777) {
+                held.extend_from_slice(piece);
+                let (used, end) = server
+                    .read(&mut held, &mut Vec::new(), &mut |p| got.extend_from_slice(p))
+                    .expect("open");
+                assert_eq!(end, ReadEnd::NeedData);
+                held.drain(..used);
+            }
+            assert!(held.is_empty());
+            assert_eq!(got.len(), data.len() + 4, "{version:?} {cipher:?}");
+            assert_eq!(&got[..data.len()], &data[..]);
+            // 40 000 bytes: three records of 2^14 and one more, then "tail".
+            assert_eq!(server.sequence_numbers().0, 4);
+        }
+    }
+
+    /// TLS 1.2 GCM: the explicit nonce on the wire is the low 8 bytes of IV XOR sequence
+    /// number (rustls' construction), and on receipt it is taken from the record.
+    #[test]
+    fn tls12_gcm_explicit_nonce_is_iv_xor_sequence() {
+        let (_, mut client) = pair(Version::Tls12, Cipher::Aes128Gcm);
+        let mut wire = Vec::new();
+        client.write(b"a", &mut wire).expect("seal");
+        client.write(b"b", &mut wire).expect("seal");
+        let first = &wire[5..13];
+        assert_eq!(first, &[2u8; 8]);
+        let second = &wire[5 + 8 + 1 + 16 + 5..][..8];
+        assert_eq!(second, &[2, 2, 2, 2, 2, 2, 2, 3]);
+    }
+
+    /// RFC 8446 §5.3: a sequence number must not wrap. The last number opens its record, then
+    /// the layer refuses; sealing at the end of the numbers is refused before it seals.
+    #[test]
+    fn sequence_numbers_do_not_wrap() {
+        for (version, cipher) in ALL {
+            let (mut server, mut client) = pair(version, cipher);
+            client.tx.seq = u64::MAX;
+            client.limit = u64::MAX;
+            server.rx.seq = u64::MAX;
+            let mut wire = Vec::new();
+            // The client seals its last record; only its own next number fails.
+            let sealed = client.seal_one(APPLICATION_DATA, b"x", &mut wire);
+            assert!(sealed.is_err());
+            assert!(!wire.is_empty());
+            let mut answers = Vec::new();
+            let e = server.read(&mut wire, &mut answers, &mut |_| {}).expect_err("exhausted");
+            assert_eq!(e.alert, Some(alert::INTERNAL_ERROR), "{version:?} {cipher:?}");
+            // Sealing near the end of the numbers: the limit check refuses first (no key
+            // schedule here to update the key with).
+            let (mut server, _) = pair(version, cipher);
+            server.tx.seq = u64::MAX - 3;
+            server.limit = u64::MAX;
+            assert!(server.write(b"y", &mut Vec::new()).is_err(), "{version:?} {cipher:?}");
+        }
+    }
+
+    /// A KeyUpdate without rustls' key schedule (the fuzz body's layers) is refused, not a
+    /// panic.
+    #[test]
+    fn key_update_without_a_key_schedule_is_refused() {
+        let (mut server, mut client) = pair(Version::Tls13, Cipher::Aes128Gcm);
+        let mut wire = Vec::new();
+        client.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 1], &mut wire).expect("seal");
+        let e = server.read(&mut wire, &mut Vec::new(), &mut |_| {}).expect_err("refused");
+        assert_eq!(e.alert, Some(alert::UNEXPECTED_MESSAGE));
+    }
+}
