@@ -619,3 +619,32 @@ fn parking_drops_the_expanded_keys() {
         assert!(server.records().expect("own").keys_expanded());
     }
 }
+
+/// The answer to update_requested (RFC 8446 §4.6.3): the broker sends its own KeyUpdate under
+/// the old key and seals from then on under the next one (its sequence number restarts), and
+/// the client reads on with the key it derived.
+#[test]
+fn update_requested_is_answered_with_our_own_key_update() {
+    let pki = Pki::new("tls-records-answer");
+    for (suite, tls12) in suites() {
+        if tls12 {
+            continue;
+        }
+        let mut s = session(&pki, suite);
+        let (_, sent_before) = s.server.records().expect("own").sequence_numbers();
+        assert!(sent_before > 0, "{suite:?}: pong (and tickets) were sealed");
+        s.client.refresh_traffic_keys().expect("KeyUpdate(update_requested)");
+        s.client.writer().write_all(b"after").expect("plaintext");
+        let mut buf = [0u8; 8];
+        let n = drive(std::pin::pin!(s.server.read(&mut buf)), &mut s.client, &s.pipes)
+            .expect("read after the client's KeyUpdate");
+        assert_eq!(&buf[..n], b"after");
+        // One record opened under the client's next key; nothing sealed yet under ours.
+        assert_eq!(s.server.records().expect("own").sequence_numbers(), (1, 0), "{suite:?}");
+        drive(std::pin::pin!(s.server.write_all(b"pong2")), &mut s.client, &s.pipes)
+            .expect("write");
+        let mut got = [0u8; 5];
+        s.client.reader().read_exact(&mut got).expect("the client opens it with the next key");
+        assert_eq!(&got, b"pong2");
+    }
+}
