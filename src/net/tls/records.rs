@@ -1,10 +1,10 @@
 //! Tern's own TLS record layer, used after the handshake (issue 11): rustls runs the
 //! handshake, then hands over the traffic keys
-//! ([`UnbufferedServerConnection::dangerous_into_kernel_connection`], the split kernel TLS
-//! uses), and this module seals and opens the records itself with ring's AEAD. What a parked
-//! connection keeps is then per direction the cipher, the key, the IV and the sequence number
-//! (and for TLS 1.3 rustls' small key schedule, for key updates): a few hundred bytes instead
-//! of rustls' whole connection with its two expanded keys. The expanded ring keys exist only
+//! ([`rustls::server::UnbufferedServerConnection::dangerous_into_kernel_connection`], the
+//! split kernel TLS uses), and this module seals and opens the records itself with ring's
+//! AEAD. What a parked connection keeps is then per direction the cipher, the key, the IV and
+//! the sequence number (and for TLS 1.3 rustls' small key schedule, for key updates): a few
+//! hundred bytes instead of rustls' whole connection with its two expanded keys. The expanded ring keys exist only
 //! while the connection is active ([`Records::park`] drops them).
 //!
 //! Record formats (RFC 8446 §5.2, RFC 5246 §6.2.3.3, RFC 5288 §3, RFC 7905 §2):
