@@ -269,10 +269,12 @@ fn a_run_of_empty_records_is_bounded_and_counted() {
 // In memory: Tern's stream against a rustls client, then a hostile client with its keys.
 // ------------------------------------------------------------------------------------------
 
-/// One end of an in-memory byte pipe; reads are `Pending` when it is empty.
+/// One end of an in-memory byte pipe; reads are `Pending` when it is empty, writes while
+/// `blocked` (a peer that reads nothing).
 struct Pipe {
     rx: Rc<RefCell<VecDeque<u8>>>,
     tx: Rc<RefCell<VecDeque<u8>>>,
+    blocked: Rc<std::cell::Cell<bool>>,
 }
 
 impl AsyncRead for Pipe {
@@ -299,6 +301,9 @@ impl AsyncWrite for Pipe {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.blocked.get() {
+            return Poll::Pending;
+        }
         self.tx.borrow_mut().extend(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -350,6 +355,7 @@ struct Session {
     server: TlsStream<Pipe>,
     client: rustls::ClientConnection,
     pipes: (Bytes, Bytes),
+    blocked: Rc<std::cell::Cell<bool>>,
 }
 
 /// Handshake with `suite` and one round trip (so the server runs on its own record layer).
@@ -363,7 +369,9 @@ fn session(pki: &Pki, suite: SupportedCipherSuite) -> Session {
     };
     let config = tls::server_config(&spec).expect("server config");
     let pipes: (Bytes, Bytes) = (Rc::default(), Rc::default());
-    let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1) };
+    let blocked = Rc::new(std::cell::Cell::new(false));
+    let io =
+        Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1), blocked: Rc::clone(&blocked) };
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let mut client =
         rustls::ClientConnection::new(Arc::new(client_config(&pki.ca_file, suite)), name)
@@ -379,7 +387,7 @@ fn session(pki: &Pki, suite: SupportedCipherSuite) -> Session {
     client.reader().read_exact(&mut got).expect("client read");
     assert_eq!(&got, b"pong");
     assert!(server.records().is_some(), "on Tern's record layer after the first read");
-    Session { server, client, pipes }
+    Session { server, client, pipes, blocked }
 }
 
 /// The hostile client: the rustls client's traffic keys in a record layer of our own, which
@@ -647,4 +655,49 @@ fn update_requested_is_answered_with_our_own_key_update() {
         s.client.reader().read_exact(&mut got).expect("the client opens it with the next key");
         assert_eq!(&got, b"pong2");
     }
+}
+
+/// A peer that asks for key update after key update and reads nothing: the answers wait in the
+/// stream's output, and past a bound (twice the 64 KiB write chunk) the stream stops reading
+/// until the socket takes them; then everything is read.
+#[test]
+fn key_update_answers_to_a_peer_that_reads_nothing_are_bounded() {
+    let pki = Pki::new("tls-records-answers-bound");
+    let mut s = session(&pki, cs::TLS13_AES_128_GCM_SHA256);
+    s.blocked.set(true);
+    let mut wire = Vec::new();
+    for i in 0..6_000 {
+        s.client.refresh_traffic_keys().expect("KeyUpdate(update_requested)");
+        // Data often enough that the bound on records without data does not end it first.
+        if i % 16 == 15 {
+            s.client.writer().write_all(b"x").expect("plaintext");
+        }
+        while s.client.wants_write() {
+            s.client.write_tls(&mut wire).expect("records");
+        }
+    }
+    s.pipes.0.borrow_mut().extend(wire);
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    // Bounded: the input is finite; a `Pending` ends the pass.
+    for _ in 0..100_000 {
+        match poll_once(std::pin::pin!(s.server.read(&mut buf))) {
+            Poll::Ready(Ok(n)) if n > 0 => got += n,
+            Poll::Ready(other) => panic!("the stream ended: {other:?}"),
+            Poll::Pending => break,
+        }
+    }
+    assert!(!s.pipes.0.borrow().is_empty(), "the stream stopped reading");
+    let held = s.server.buffered_capacity();
+    assert!(held <= 512 << 10, "{held} B held");
+    assert!(got < 375, "not everything was read yet ({got})");
+    s.blocked.set(false);
+    for _ in 0..100_000 {
+        match poll_once(std::pin::pin!(s.server.read(&mut buf))) {
+            Poll::Ready(Ok(n)) if n > 0 => got += n,
+            Poll::Ready(other) => panic!("the stream ended: {other:?}"),
+            Poll::Pending => break,
+        }
+    }
+    assert_eq!(got, 6_000 / 16, "every byte arrives once the peer reads");
 }

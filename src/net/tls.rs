@@ -193,6 +193,10 @@ const READ_BYTES: usize = 32 * 1024;
 /// Plaintext encrypted per `poll_write` at most (four full records): bounds the ciphertext a
 /// connection holds while the socket does not take it.
 const WRITE_CHUNK_BYTES: usize = 4 << 14;
+/// Unsent ciphertext above which a read waits for the socket to take it: a write's chunk and
+/// as much again of answers queued while reading (key updates), so a peer that sends key
+/// updates and reads nothing is not read from until it does.
+const TX_HELD_MAX: usize = 2 * WRITE_CHUNK_BYTES;
 /// Reads of the socket in one `poll_read` that produced no plaintext (handshake or empty
 /// records) before the task yields, so a peer cannot hold the shard with records that carry
 /// nothing.
@@ -511,6 +515,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
     }
 
+    /// Writes `tx` out before a read: `Ready(Ok)` once fewer than `TX_HELD_MAX` bytes wait
+    /// (the socket registered the task for writability if any wait), `Pending` above that.
+    fn poll_send_for_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.poll_send(cx) {
+            Poll::Pending if self.tx.len() - self.tx_at >= TX_HELD_MAX => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
     /// Writes `tx` out; `Ready(Ok)` once it is empty (and freed).
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // Bounded: every pass writes at least one byte.
@@ -646,11 +660,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
         if !this.failed {
             this.switch()?;
         }
-        // TLS messages queued (a key update's answer) go out first; a full socket registers
-        // the task for writability and does not stop the read.
-        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-            return Poll::Ready(Err(e));
-        }
+        // TLS messages queued (key update answers) go out first; a full socket registers the
+        // task for writability and stops the read only once `TX_HELD_MAX` bytes wait, so a
+        // peer that sends key updates and reads nothing cannot grow `tx` without bound.
+        std::task::ready!(this.poll_send_for_read(cx))?;
         for _ in 0..EMPTY_READS_PER_POLL {
             let (n, filled) = std::task::ready!(this.poll_fill(cx, buf))?;
             if filled > 0 {
@@ -660,9 +673,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 // A close without close_notify ends the stream too (MQTT has its own framing).
                 return Poll::Ready(Ok(0));
             }
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
+            std::task::ready!(this.poll_send_for_read(cx))?;
         }
         cx.waker().wake_by_ref();
         Poll::Pending
