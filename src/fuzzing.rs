@@ -401,8 +401,17 @@ pub fn tls_records(data: &[u8]) {
                 if client.seal_padded(typ, &content, padding, &mut wire).is_err() {
                     break;
                 }
+                // TLS 1.3 with type 0 (which is padding, RFC 8446 §5.2): the receiver takes the
+                // last non-zero byte of the content as the type.
+                let (typ, content) = match (version, typ) {
+                    (Version::Tls13, 0) => match content.iter().rposition(|&b| b != 0) {
+                        Some(at) => (content[at], &content[..at]),
+                        None => (0, &content[..0]),
+                    },
+                    _ => (typ, &content[..]),
+                };
                 if typ == 23 {
-                    expected.extend_from_slice(&content);
+                    expected.extend_from_slice(content);
                 }
                 clean &= typ == 23 && !content.is_empty() && content.len() <= PLAINTEXT_MAX;
             }

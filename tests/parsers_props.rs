@@ -322,3 +322,12 @@ fn fuzz_findings() {
     // scram: a server-first message asking the client for 40 955 095 iterations timed out.
     fuzzing::scram(b"r=acdAA,s=caaaaaaa,i=40955095");
 }
+
+/// The first find of the `tls_records` cargo-fuzz target (a check of the body, not of the
+/// layer): a TLS 1.3 record sealed with inner type 0 and content `00 15 17 00` is application
+/// data `00 15` to the receiver (the type is the last non-zero byte, RFC 8446 §5.2); the body
+/// expected nothing.
+#[test]
+fn tls_records_inner_type_zero_is_read_as_the_last_non_zero_byte() {
+    fuzzing::tls_records(&[0x00, 0x15, 0x00, 0x00, 0x01, 0x02, 0x00, 0x15, 0x17, 0x00]);
+}
