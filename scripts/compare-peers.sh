@@ -18,6 +18,8 @@
 #   CONNS=5000                             connections of the conn-* row
 #   CARGO_TARGET_DIR                       where the release build goes (default: target)
 #   RUMQTTD_ROOT=/opt/rumqttd                where rumqttd is (or gets) installed
+#   TERN_BIN_DIR=DIR                       use DIR/tern and DIR/tern-loadtest, build nothing
+#   TERN_EXTRA_CONFIG='[runtime]...'       TOML appended to Tern's configuration (A/B runs)
 # Installs mosquitto (apt) and rumqttd 0.20.0 (cargo install, minutes) when missing;
 # with CI set it installs nothing and leaves rumqttd out.
 set -euo pipefail
@@ -54,8 +56,14 @@ if [[ " $PEERS " == *" rumqttd "* ]] && ! command -v rumqttd >/dev/null; then
         cargo install rumqttd --version 0.20.0 --root "$RUMQTTD_ROOT"
     fi
 fi
-echo "building tern and tern-loadtest (release)" >&2
-cargo build --release -q -p tern -p tern-loadtest
+if [[ -n ${TERN_BIN_DIR:-} ]]; then
+    # A/B runs: prebuilt `tern` and `tern-loadtest` (copied aside), so that editing or building
+    # the tree meanwhile changes nothing under test.
+    BIN=$TERN_BIN_DIR
+else
+    echo "building tern and tern-loadtest (release)" >&2
+    cargo build --release -q -p tern -p tern-loadtest
+fi
 
 # --- Brokers --------------------------------------------------------------------------------
 PORT_TERN=27830 PORT_MOSQ=27831 PORT_RUMQ4=27832 PORT_RUMQ5=27833 PORT_RELAY=27834
@@ -69,6 +77,7 @@ bind = "127.0.0.1:$PORT_TERN"
 connections_max = 100000
 [log]
 level = "warn"
+${TERN_EXTRA_CONFIG:-}
 EOF
 
 cat >"$OUT/mosquitto.conf" <<EOF

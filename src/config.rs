@@ -1185,6 +1185,15 @@ settings! {
         /// a stalled subscriber, ~17 MB more at start). `false` disables them for the process
         /// (`PR_SET_THP_DISABLE`) at start.
         transparent_huge_pages: bool = false;
+        /// Milliseconds the allocator (mimalloc) keeps freed memory before returning it to
+        /// the kernel. Default 10. Bound: 0..=60_000 (0 is a real value: return it at once,
+        /// in many small calls). mimalloc's own default (1 000) returns
+        /// a second of frees in one call: when a million sessions expired in one second that
+        /// call held a shard for 2-3 ms (issue 11, `crates/tern-core/tests/timers.rs`); at 10
+        /// no turn took 1 ms. Applied by setting `MIMALLOC_PURGE_DELAY` and `tern` replacing
+        /// itself (same process id and arguments) once at start, since mimalloc reads it only
+        /// when the process is loaded; an environment that already holds the value is kept.
+        allocator_purge_delay_ms: u32 = 10, 0..=60_000;
     }
 }
 
@@ -2374,6 +2383,7 @@ mod tests {
             pin_cores = false
             preempt_timer_us = 250
             transparent_huge_pages = true
+            allocator_purge_delay_ms = 0
             [log]
             level = "debug"
         "#;
@@ -2445,6 +2455,7 @@ mod tests {
             pin_cores: false,
             preempt_timer_us: 250,
             transparent_huge_pages: true,
+            allocator_purge_delay_ms: 0,
         };
         assert_eq!(c.runtime, runtime);
         assert_eq!(c.runtime.spin_before_park(), None);
@@ -2869,6 +2880,7 @@ mod tests {
                 "limits.user_property_bytes_max",
                 "limits.topic_alias_max",
                 "runtime.spin_before_park_us",
+                "runtime.allocator_purge_delay_ms",
                 "bridge.topic.qos",
             ]
         );

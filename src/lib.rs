@@ -44,6 +44,7 @@
 pub use tern_core::{codec, counters, enhanced_auth, ids, session, shard, topic};
 
 pub mod admin;
+pub mod allocator;
 pub mod auth;
 pub mod bridge;
 pub mod broker;

@@ -152,7 +152,28 @@ fn serve(
     if let Some(dir) = data_dir {
         config.persistence.dir = Some(dir);
     }
+    // Before logging, threads or sockets exist: the allocator's purge delay is read only when
+    // the process is loaded, so the process replaces itself once to change it
+    // (`runtime.allocator_purge_delay_ms`, src/allocator.rs).
+    let purge = tern::allocator::plan_from_env(config.runtime.allocator_purge_delay_ms);
+    let reexec_failed = match &purge {
+        tern::allocator::PurgeDelay::Reexec(value) => Some(tern::allocator::reexec(value)),
+        _ => None,
+    };
     tern::logging::init(&config.log);
+    if let Some(e) = reexec_failed {
+        tracing::warn!(
+            error = %e,
+            "could not restart with the allocator's purge delay (runtime.allocator_purge_delay_ms); \
+             running with mimalloc's default"
+        );
+    } else if let tern::allocator::PurgeDelay::Mismatch { found, wanted } = &purge {
+        tracing::warn!(
+            ?found,
+            wanted,
+            "the allocator's purge delay differs from runtime.allocator_purge_delay_ms after a restart"
+        );
+    }
     if config.runtime.transparent_huge_pages {
         // `main` turned them off before anything else; the configuration wants them.
         if let Err(e) = nix::sys::prctl::set_thp_disable(false) {

@@ -315,3 +315,50 @@ fn under_systemd_lines_have_journal_priorities_and_no_timestamp() {
     assert!(text.lines().all(|l| l.starts_with('<')), "{text}");
     assert!(!text.contains('\u{1b}'), "{text:?}");
 }
+
+/// The environment a running process was started with, as `KEY=VALUE` strings.
+fn environment_of(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("read /proc/PID/environ");
+    raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+}
+
+#[test]
+fn the_allocator_purge_delay_is_in_effect_in_the_same_process() {
+    // `runtime.allocator_purge_delay_ms` can only reach mimalloc through the environment it
+    // reads when the process is loaded: tern replaces itself once, keeping its process id.
+    let dir = TempDir::new("purge-delay");
+    let port = free_port();
+    let config = dir.file(
+        "tern.toml",
+        &format!("{}\n[runtime]\nallocator_purge_delay_ms = 25\n", listener_config(port)),
+    );
+    // An operator's different value is replaced by the configured one.
+    let tern = Tern::start(&config, &[("MIMALLOC_PURGE_DELAY", "1000")]);
+    let addr = tern.listening();
+    let env = environment_of(tern.child.id());
+    assert!(env.iter().any(|v| v == "MIMALLOC_PURGE_DELAY=25"), "{env:?}");
+    let (mut c, _) = RawClient::mqtt_connect(addr, V4, "after-reexec", true);
+    c.send(&Packet::PingReq);
+    assert!(matches!(c.recv(), Packet::PingResp), "the replaced process serves");
+    // Nothing warned about the replacement.
+    drop(c);
+    let _ =
+        std::process::Command::new("kill").args(["-TERM", &tern.child.id().to_string()]).status();
+    let mut tern = tern;
+    let _ = tern.child.wait();
+    while let Ok(line) = tern.lines.recv_timeout(Duration::from_millis(100)) {
+        assert!(!line.contains("purge delay"), "unexpected warning: {line}");
+    }
+
+    // Already in the environment: kept as it is, the default (10) included.
+    let port = free_port();
+    let config = dir.file("default.toml", &listener_config(port));
+    let tern = Tern::start(&config, &[("MIMALLOC_PURGE_DELAY", "10")]);
+    tern.listening();
+    let env = environment_of(tern.child.id());
+    assert!(env.iter().any(|v| v == "MIMALLOC_PURGE_DELAY=10"), "{env:?}");
+    assert!(
+        !env.iter().any(|v| v.starts_with("TERN_ALLOCATOR_REEXEC=")),
+        "no replacement when the value is already there: {env:?}"
+    );
+}

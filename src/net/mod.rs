@@ -1086,10 +1086,8 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
             if status.read_paused {
                 return Poll::Pending; // woken by the shard (resume, drain) or the write side
             }
-            if status.input_waiting {
-                // Resumed with packets it sent before the pause still buffered: those first
-                // (the client may send nothing more to wake the read).
-                shard.handle_read(id, &[], Instant::now());
+            // Resumed with packets it sent before the pause still buffered: those first.
+            if status.input_waiting && shard.decode_waiting_input(id, Instant::now()) {
                 return Poll::Ready(Event::Read);
             }
             if let Some(d) = &io.durable {

@@ -2,7 +2,10 @@
 //! longest turn of deadline work takes.
 //!
 //! `cargo test -p tern-core --release --test timers -- --ignored --nocapture` (an ignored test:
-//! it takes a minute and several GB; `TERN_BENCH_SESSIONS=200000` for a smaller run). One shard; `N` MQTT 5 clients connect over a 10 s ramp of simulated time with keep alive
+//! it takes a minute and several GB; `TERN_BENCH_SESSIONS=200000` for a smaller run). It runs
+//! with the broker's allocator settings: mimalloc, transparent huge pages off, and a purge
+//! delay of 10 ms (re-running itself with `MIMALLOC_PURGE_DELAY=10` unless the environment
+//! sets another value: `MIMALLOC_PURGE_DELAY=1000` is mimalloc's own default). One shard; `N` MQTT 5 clients connect over a 10 s ramp of simulated time with keep alive
 //! 60 s and a Session Expiry Interval of 120 s, then say nothing. Simulated time then advances a
 //! second at a time; at each second the shard's deadline work runs as the runtime runs it:
 //! [`Shard::tick_bounded`], then [`Shard::run_due`] calls of at most `DEADLINES_PER_TURN`
@@ -54,6 +57,26 @@ fn connect_bytes(i: usize) -> BytesMut {
 #[test]
 #[ignore = "a million sessions: minutes in a debug build; run with --release --ignored"]
 fn million_idle_sessions_worst_turn() {
+    // The broker runs mimalloc with a purge delay of 10 ms (`runtime.allocator_purge_delay_ms`,
+    // set through the environment before the process loads): run this bench the same way, in
+    // a child process, unless the environment already chooses a value.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        let exe = std::env::current_exe().expect("the bench's own executable");
+        eprintln!("running the bench again with MIMALLOC_PURGE_DELAY=10 (as the broker runs)");
+        let status = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("MIMALLOC_PURGE_DELAY", "10")
+            .status()
+            .expect("start the bench");
+        assert!(status.success(), "the bench failed: {status}");
+        return;
+    }
+    // As the broker's `main` does before its heap grows (`runtime.transparent_huge_pages`,
+    // default off): with them, the first touch of each 2 MiB region of the allocator's arena
+    // zeroes the whole region inside one turn (4-10 ms here). `TERN_BENCH_THP=1` keeps them.
+    if std::env::var("TERN_BENCH_THP").is_err() {
+        nix::sys::prctl::set_thp_disable(true).expect("PR_SET_THP_DISABLE");
+    }
     let n: usize =
         std::env::var("TERN_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let mut cfg = ShardConfig::for_tests(1);
@@ -73,6 +96,12 @@ fn million_idle_sessions_worst_turn() {
     // switched out during it.
     let mut timed: Vec<(Duration, u64, bool)> = Vec::new();
     let mut ready = Vec::new();
+    // The thread's CPU time of each turn: what the shard itself spent, without the time other
+    // processes held the core (the kernel's CPU clock of the thread is exact to the
+    // nanosecond at each read, unlike `/proc/thread-self/schedstat`).
+    // With whether the machine's steal time moved during the turn: on a VM the thread's clock
+    // also runs while the hypervisor holds its vCPU.
+    let mut cpu_times: Vec<(Duration, bool)> = Vec::new();
     let mut turn = |shard: &mut Shard, now: Instant, turns: &mut Vec<Duration>| {
         // Bounded: each call handles at most `budget` entries, and an entry is re-armed
         // strictly after `now`, so the loop ends.
@@ -81,12 +110,24 @@ fn million_idle_sessions_worst_turn() {
         while more {
             let switches = context_switches();
             let stolen = steal_ticks();
+            let cpu_start = thread_cpu();
             let start = Instant::now();
             more = if first { shard.tick_bounded(now, budget) } else { shard.run_due(now, budget) };
             first = false;
             let took = start.elapsed();
+            let cpu = thread_cpu().saturating_sub(cpu_start);
+            if took > Duration::from_millis(1) && std::env::var("TERN_BENCH_SLOW").is_ok() {
+                // The wall-clock start (CLOCK_MONOTONIC) to find the turn in `perf record -k
+                // CLOCK_MONOTONIC` samples.
+                eprintln!(
+                    "SLOW {start:?} {took:?} cpu {cpu:?} at {} s",
+                    now.duration_since(t0).as_secs()
+                );
+            }
             // Switched out by the kernel, or the vCPU held by the hypervisor (steal time).
-            let switched = context_switches() != switches || steal_ticks() != stolen;
+            let stolen = steal_ticks() != stolen;
+            let switched = context_switches() != switches || stolen;
+            cpu_times.push((cpu, stolen));
             turns.push(took);
             timed.push((took, now.duration_since(t0).as_secs(), switched));
             // As the runtime does after every call (outside the timed turn).
@@ -157,6 +198,22 @@ fn million_idle_sessions_worst_turn() {
         own_worst.as_secs_f64() * 1e3,
         own.get(own.len() * 999 / 1000).copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
+    let mut cpu_own: Vec<Duration> =
+        cpu_times.iter().filter(|(_, stolen)| !stolen).map(|(cpu, _)| *cpu).collect();
+    cpu_own.sort_unstable();
+    let cpu_worst = cpu_own.last().copied().unwrap_or_default();
+    let cpu_over = cpu_own.iter().filter(|t| **t > Duration::from_millis(1)).count();
+    let cpu_all_worst = cpu_times.iter().map(|(cpu, _)| *cpu).max().unwrap_or_default();
+    println!(
+        "thread CPU time per turn, {} turns without steal time: worst {:.3} ms, p99.9 {:.3} ms, \
+         p99 {:.3} ms, {cpu_over} over 1 ms (all {} turns: worst {:.3} ms)",
+        cpu_own.len(),
+        cpu_worst.as_secs_f64() * 1e3,
+        cpu_own.get(cpu_own.len() * 999 / 1000).copied().unwrap_or_default().as_secs_f64() * 1e3,
+        cpu_own.get(cpu_own.len() * 99 / 100).copied().unwrap_or_default().as_secs_f64() * 1e3,
+        cpu_times.len(),
+        cpu_all_worst.as_secs_f64() * 1e3,
+    );
     let worst = turns.last().copied().unwrap_or_default();
     let p99 = turns.get(turns.len() * 99 / 100).copied().unwrap_or_default();
     let p999 = turns.get(turns.len() * 999 / 1000).copied().unwrap_or_default();
@@ -183,6 +240,13 @@ fn million_idle_sessions_worst_turn() {
             "!!! {own_over} turns neither switched out nor stolen took more than 1 ms of wall time"
         );
     }
+}
+
+/// CPU time this thread has used so far (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// Steal time of the whole machine so far, in clock ticks (`/proc/stat`, the `cpu` line's

@@ -338,9 +338,7 @@ impl Cluster {
         // The broker encodes in the version of the CONNECT it read (v3.1.1 before one).
         let version = shard.conn(c.conn).map_or(ProtocolVersion::V311, |x| x.version());
         // The driver's turn for a publisher that flow control let go.
-        if shard.status(c.conn).input_waiting {
-            shard.handle_read(c.conn, &[], self.now);
-        }
+        shard.decode_waiting_input(c.conn, self.now);
         let mut tx = shard.take_tx(c.conn, self.now);
         while !tx.is_empty() {
             let p = match codec::decode(&mut tx, version, usize::MAX) {

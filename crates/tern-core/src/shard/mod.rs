@@ -693,21 +693,24 @@ impl Shard {
         }
     }
 
-    /// The harnesses' stand-in for the driver's turn on [`ConnStatus::input_waiting`]: decodes
-    /// the input flow control left waiting on every connection that may read again. Returns
-    /// how many connections it decoded for.
-    #[cfg(test)]
-    pub(crate) fn decode_waiting_inputs(&mut self, now: Instant) -> usize {
-        let waiting: Vec<ConnId> = self
-            .conns
-            .entries()
-            .map(|(i, _)| ConnId(i))
-            .filter(|&id| self.status(id).input_waiting)
-            .collect();
-        for &id in &waiting {
+    /// The driver's turn on [`ConnStatus::input_waiting`]: when flow control let this
+    /// connection go with packets it sent before the pause still in `rx`, decodes those (the
+    /// client may send nothing more to wake a read) and returns `true`; else does nothing.
+    /// The IO driver, the simulation and the fuzz body all call this before reading more.
+    pub fn decode_waiting_input(&mut self, id: ConnId, now: Instant) -> bool {
+        let waiting = self.status(id).input_waiting;
+        if waiting {
             self.handle_read(id, &[], now);
         }
-        waiting.len()
+        waiting
+    }
+
+    /// [`Shard::decode_waiting_input`] for every connection (the test cluster's turn).
+    /// Returns how many connections it decoded for.
+    #[cfg(test)]
+    pub(crate) fn decode_waiting_inputs(&mut self, now: Instant) -> usize {
+        let ids: Vec<ConnId> = self.conns.entries().map(|(i, _)| ConnId(i)).collect();
+        ids.into_iter().filter(|&id| self.decode_waiting_input(id, now)).count()
     }
 
     /// What the IO driver should do for this connection.

@@ -725,9 +725,7 @@ impl Sim {
         let now = self.now;
         // The driver's turn for a publisher that flow control let go: what it sent before the
         // pause is decoded before anything new is read.
-        if self.shards[shard].status(conn).input_waiting {
-            self.shards[shard].handle_read(conn, &[], now);
-        }
+        self.shards[shard].decode_waiting_input(conn, now);
         let mut tx = self.shards[shard].take_tx(conn, now);
         let mut replies = Vec::new();
         let mut read = 0;
