@@ -764,6 +764,9 @@ async fn shard_main(
                 more = io.shard.borrow_mut().run_due(now, DEADLINES_PER_TURN);
             }
             let mut shard = io.shard.borrow_mut();
+            // Counted by the TLS record layer on this (the shard's) thread.
+            shard.metrics.tls_empty_record_runs_refused =
+                crate::net::tls::records::empty_runs_refused();
             opts.stats.update(usize::from(id), &shard.metrics, &shard.latency);
             if id == 0 && now.duration_since(last_sys) >= opts.sys_interval {
                 last_sys = now;

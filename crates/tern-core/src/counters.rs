@@ -121,6 +121,8 @@ metrics! {
     counter user_properties_refused,
     /// Connections closed for a protocol error.
     counter protocol_closes,
+    /// TLS connections closed for more than 32 records in a row without application data (empty records, key updates, warning alerts), Tern's TLS record layer.
+    counter tls_empty_record_runs_refused,
     /// Connections closed by keep alive.
     counter keepalive_timeouts,
     /// Connections closed before CONNECT by the connect timeout.
