@@ -1442,6 +1442,10 @@ mod tests {
                     stopping: Cell::new(false),
                     stop_waiters: RefCell::new(Vec::new()),
                     admission: Admission::default(),
+                    queues: Queues {
+                        connections: glommio::executor().current_task_queue(),
+                        handshakes: glommio::executor().current_task_queue(),
+                    },
                 });
                 let id = io.shard.borrow_mut().accept(0, addr, Instant::now()).expect("accepted");
                 let task = serve(io, stream, id, false);
