@@ -116,14 +116,13 @@ impl SpareBatches {
             .unwrap_or_default()
     }
 
-    /// `batch`, emptied by `to`, goes back to `from` unless the pair has its spares already.
-    fn give(&self, from: usize, to: usize, batch: Batch) {
+    /// `batch`, emptied by `to`, goes back to `from` unless the pair has its spares already
+    /// or the batch grew past `mesh_batch_max`. Returns `false` when it was freed instead
+    /// (`mesh_spare_batches_freed`).
+    fn give(&self, from: usize, to: usize, batch: Batch) -> bool {
         debug_assert!(batch.is_empty());
-        if batch.capacity() <= self.batch_max {
-            if let Some(p) = self.pairs.get(from * self.shards + to) {
-                let _ = p.0.try_send(batch);
-            }
-        }
+        batch.capacity() <= self.batch_max
+            && self.pairs.get(from * self.shards + to).is_some_and(|p| p.0.try_send(batch).is_ok())
     }
 }
 
@@ -945,7 +944,9 @@ fn spawn_receivers(
                         shard.handle_peer(tern_core::ids::ShardId(from as u16), msg, now);
                     }
                     if let Some(spares) = &spares {
-                        spares.give(from, me, batch);
+                        if !spares.give(from, me, batch) {
+                            shard.metrics.mesh_spare_batches_freed += 1;
+                        }
                     }
                     if let Some(d) = &io.durable {
                         d.note_handled(from, lane == Lane::Control, n);
@@ -973,18 +974,19 @@ mod tests {
         assert_eq!(b.capacity(), 0, "none spare yet: a new vector");
         b.reserve_exact(4);
         let ptr = b.as_ptr();
-        spares.give(0, 1, b);
+        assert!(spares.give(0, 1, b), "kept");
         assert_eq!(spares.take(1, 0).capacity(), 0, "the other direction has its own");
         let again = spares.take(0, 1);
         assert_eq!(again.as_ptr(), ptr, "the same allocation comes back");
-        // The bound: two per pair; a third is freed.
-        for _ in 0..SPARE_BATCHES_PER_PAIR + 1 {
-            spares.give(0, 1, Vec::with_capacity(2));
-        }
+        // The bound: two per pair; a third is freed (and reported, for the metric).
+        let kept: Vec<bool> = (0..SPARE_BATCHES_PER_PAIR + 1)
+            .map(|_| spares.give(0, 1, Vec::with_capacity(2)))
+            .collect();
+        assert_eq!(kept, [true, true, false]);
         assert_eq!(spares.pairs[1].1.len(), SPARE_BATCHES_PER_PAIR);
         // Larger than a batch: freed, not kept.
         let spares = SpareBatches::new(2, 4);
-        spares.give(1, 0, Vec::with_capacity(64));
+        assert!(!spares.give(1, 0, Vec::with_capacity(64)));
         assert_eq!(spares.take(1, 0).capacity(), 0);
     }
 

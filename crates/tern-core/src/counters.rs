@@ -129,6 +129,8 @@ metrics! {
     counter connect_timeouts,
     /// Times a peer shard's channel was full and the flusher had to wait.
     counter mesh_backpressure,
+    /// Emptied cross-shard batches freed instead of going back to their sender for reuse (the pair held its 2 spares, or the batch grew past `mesh_batch_max`): an allocation per flush, not a loss.
+    counter mesh_spare_batches_freed,
     /// Times a publisher was paused by a congested subscriber or a full peer outbox.
     counter flow_pauses,
     /// Times such a pause was lifted (the subscriber drained to `flow_low_water_messages`).
