@@ -701,3 +701,143 @@ fn key_update_answers_to_a_peer_that_reads_nothing_are_bounded() {
     }
     assert_eq!(got, 6_000 / 16, "every byte arrives once the peer reads");
 }
+
+/// A server stream and a rustls client for `suite`, before the handshake.
+fn unstarted(
+    pki: &Pki,
+    suite: SupportedCipherSuite,
+) -> (Pipe, rustls::ClientConnection, (Bytes, Bytes)) {
+    let pipes: (Bytes, Bytes) = (Rc::default(), Rc::default());
+    let blocked = Rc::new(std::cell::Cell::new(false));
+    let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1), blocked };
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let client = rustls::ClientConnection::new(Arc::new(client_config(&pki.ca_file, suite)), name)
+        .expect("client");
+    (io, client, pipes)
+}
+
+fn server_config_of(pki: &Pki) -> Arc<rustls::ServerConfig> {
+    let spec = tls::TlsSpec {
+        certfile: pki.server_cert.clone(),
+        keyfile: pki.server_key.clone(),
+        cafile: None,
+        require_certificate: false,
+        use_identity_as_username: false,
+    };
+    tls::server_config(&spec).expect("server config")
+}
+
+/// Runs the handshake; as soon as the client is done it queues `after` (KeyUpdate, data,
+/// close_notify) so that it leaves in the same flight as its Finished (TLS 1.3; in TLS 1.2
+/// the client's Finished is not its last handshake message, so it follows). Returns the
+/// server stream (or the handshake's error).
+fn handshake_with_flight(
+    pki: &Pki,
+    suite: SupportedCipherSuite,
+    after: impl FnOnce(&mut rustls::ClientConnection),
+) -> (std::io::Result<TlsStream<Pipe>>, rustls::ClientConnection, (Bytes, Bytes)) {
+    let (io, mut client, pipes) = unstarted(pki, suite);
+    let mut accept = std::pin::pin!(TlsStream::accept(server_config_of(pki), io));
+    let mut after = Some(after);
+    // Bounded: a handshake takes a few round trips.
+    for _ in 0..100 {
+        if let Poll::Ready(r) = poll_once(accept.as_mut()) {
+            // TLS 1.2: the server is done first (the client finishes on the server's Finished),
+            // so what `after` adds arrives in the next flight.
+            if let Some(f) = after.take() {
+                shuttle(&mut client, &pipes.0, &pipes.1);
+                assert!(!client.is_handshaking(), "the client has the server's Finished");
+                f(&mut client);
+                shuttle(&mut client, &pipes.0, &pipes.1);
+            }
+            return (r, client, pipes);
+        }
+        // Before the client's records move: its Finished is still queued, so what `after`
+        // adds goes out with it.
+        if !client.is_handshaking() {
+            if let Some(f) = after.take() {
+                f(&mut client);
+            }
+        }
+        shuttle(&mut client, &pipes.0, &pipes.1);
+    }
+    panic!("the handshake did not end");
+}
+
+/// Review of the record layer (issue 11): a client KeyUpdate(update_requested) in the same
+/// flight as its Finished. Before the fix rustls acted on it during the hand-over, sealed its
+/// answer under a key the hand-over then dropped, and the client could not open anything the
+/// server sent afterwards (`DecryptError`). [RFC 8446 §4.6.3]
+#[test]
+fn a_key_update_in_the_flight_of_finished_keeps_both_sides_on_the_same_keys() {
+    let pki = Pki::new("tls-records-ku-flight");
+    for (suite, tls12) in suites() {
+        if tls12 {
+            continue; // no KeyUpdate in TLS 1.2
+        }
+        let (server, mut client, pipes) = handshake_with_flight(&pki, suite, |c| {
+            c.refresh_traffic_keys().expect("KeyUpdate(update_requested)");
+            c.writer().write_all(b"ping").expect("plaintext");
+        });
+        let mut server = server.expect("handshake");
+        let mut buf = [0u8; 8];
+        let n = drive(std::pin::pin!(server.read(&mut buf)), &mut client, &pipes).expect("read");
+        assert_eq!(&buf[..n], b"ping", "{suite:?}");
+        drive(std::pin::pin!(server.write_all(b"pong")), &mut client, &pipes).expect("write");
+        let mut got = [0u8; 4];
+        client.reader().read_exact(&mut got).expect("the client opens the server's records");
+        assert_eq!(&got, b"pong", "{suite:?}");
+    }
+}
+
+/// Review: data and close_notify in the flight of the client's Finished: the handshake
+/// succeeds and the first read returns the data, then the end of the stream (before, the
+/// handshake failed with `UnexpectedEof` and the data was dropped).
+#[test]
+fn data_and_close_notify_in_the_flight_of_finished_are_read() {
+    let pki = Pki::new("tls-records-cn-flight");
+    for (suite, _) in suites() {
+        let (server, mut client, pipes) = handshake_with_flight(&pki, suite, |c| {
+            c.writer().write_all(b"CONNECT+PUBLISH").expect("plaintext");
+            c.send_close_notify();
+        });
+        let mut server = server.unwrap_or_else(|e| panic!("{suite:?}: handshake: {e}"));
+        let mut got = Vec::new();
+        drive(std::pin::pin!(server.read_to_end(&mut got)), &mut client, &pipes)
+            .unwrap_or_else(|e| panic!("{suite:?}: read: {e}"));
+        assert_eq!(got, b"CONNECT+PUBLISH", "{suite:?}");
+    }
+}
+
+/// Review: RFC 8446 §5.4, the inner plaintext (content, type, padding) is at most 2^14 + 1
+/// bytes: 2^14 bytes of content with 200 bytes of padding is record_overflow.
+#[test]
+fn a_padded_inner_plaintext_over_the_limit_is_record_overflow() {
+    let pki = Pki::new("tls-records-padding");
+    let mut h = hostile(&pki, cs::TLS13_AES_128_GCM_SHA256);
+    // At the limit exactly: accepted.
+    h.send(APP, &vec![7; records::PLAINTEXT_MAX], 0);
+    assert_eq!(h.server_read().expect("at the limit").len(), records::PLAINTEXT_MAX);
+    h.send(APP, &vec![7; records::PLAINTEXT_MAX], 200);
+    h.refused_with(alert::RECORD_OVERFLOW, "2^14 + 1 + 200 byte inner plaintext");
+}
+
+/// Review: after our close_notify nothing more is sent [RFC 8446 §6.1]: a KeyUpdate
+/// (update_requested) from the client then moves only the receive key.
+#[test]
+fn no_key_update_answer_after_our_close_notify() {
+    let pki = Pki::new("tls-records-ku-after-close");
+    let mut s = session(&pki, cs::TLS13_AES_128_GCM_SHA256);
+    drive(std::pin::pin!(s.server.close()), &mut s.client, &s.pipes).expect("close");
+    assert!(s.pipes.1.borrow().is_empty(), "close_notify delivered");
+    s.client.refresh_traffic_keys().expect("KeyUpdate(update_requested)");
+    s.client.writer().write_all(b"late").expect("plaintext");
+    let mut out = Vec::new();
+    while s.client.wants_write() {
+        s.client.write_tls(&mut out).expect("records");
+    }
+    s.pipes.0.borrow_mut().extend(out);
+    let mut buf = [0u8; 64];
+    let _ = poll_once(std::pin::pin!(s.server.read(&mut buf)));
+    assert_eq!(s.pipes.1.borrow().len(), 0, "bytes sent after close_notify");
+}

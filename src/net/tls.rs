@@ -267,7 +267,15 @@ fn pump(
     // Bounded: every pass consumes a record, hands out queued plaintext or TLS messages, or
     // returns.
     loop {
-        let status = conn.process_tls_records(&mut incoming[used..]);
+        // Once the client's Finished is processed the rest of the input is for Tern's record
+        // layer (`records`): rustls is only drained of what it has to send (its tickets). Fed
+        // more, it would act on a KeyUpdate there and seal an answer under a key the hand-over
+        // drops (rustls keeps that answer outside what `dangerous_into_kernel_connection`
+        // checks), leaving the client and Tern on different keys. rustls stops after Finished
+        // to emit its tickets (`send_tls13_tickets` >= 1, the default), so nothing after
+        // Finished reaches it.
+        let rest: &mut [u8] = if conn.is_handshaking() { &mut incoming[used..] } else { &mut [] };
+        let status = conn.process_tls_records(rest);
         let discard = status.discard;
         let state = match status.state {
             Ok(state) => state,
@@ -356,8 +364,11 @@ impl ParkedTls {
 pub struct TlsStream<S> {
     io: S,
     layer: Layer,
-    /// The tail of the last read that is not a whole record yet.
+    /// The tail of the last read that is not a whole record yet; or, with `unread`, records
+    /// that followed the client's Finished in the same read and are for Tern's record layer.
     partial: Vec<u8>,
+    /// `partial` holds whole records not yet read (the handshake ended inside a read).
+    unread: bool,
     /// Plaintext decrypted and not yet taken by the reader, from `plain_at`.
     plain: Vec<u8>,
     plain_at: usize,
@@ -401,6 +412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             io,
             layer: parked.0,
             partial: Vec::new(),
+            unread: false,
             plain: Vec::new(),
             plain_at: 0,
             tx: Vec::new(),
@@ -446,8 +458,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     }
 
     /// The client's certificate chain, leaf first (`None`: it sent none). Available from the
-    /// end of [`Self::accept`] until the first read or write: the record layer does not keep
-    /// the chain.
+    /// end of [`Self::accept`] until the first read or write: after the hand-over to Tern's
+    /// record layer this returns `None` (for TLS 1.3 rustls' `KernelConnection` still holds the
+    /// chain, ~0.5 KB, and offers no way to read or drop it).
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
         match &self.layer {
             Layer::Handshake(conn) => conn.peer_certificates(),
@@ -509,7 +522,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 return Poll::Ready(Ok(()));
             }
             let (n, _) = std::task::ready!(self.poll_fill(cx, &mut []))?;
-            if n == 0 || self.eof {
+            let still = matches!(&self.layer, Layer::Handshake(c) if c.is_handshaking());
+            // The end of the stream after a complete handshake is the first read's to report
+            // (the flight may have carried data and close_notify after Finished).
+            if still && (n == 0 || self.eof) {
                 return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
@@ -567,6 +583,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         cx: &mut Context<'_>,
         out: &mut [u8],
     ) -> Poll<std::io::Result<(usize, usize)>> {
+        let unread = std::mem::take(&mut self.unread);
+        if unread {
+            // They are the record layer's: hand over first.
+            self.switch()?;
+        }
         CIPHERTEXT.with(|buf| {
             let mut buf = buf.borrow_mut();
             let k = self.partial.len();
@@ -577,12 +598,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 buf.resize(RECORD_BYTES_MAX + READ_BYTES, 0);
             }
             buf[..k].copy_from_slice(&self.partial);
-            let n = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf[k..]))?;
-            if n == 0 {
-                self.eof = true;
-                return Poll::Ready(Ok((0, 0)));
-            }
-            let end = k + n;
+            // Records left from the handshake's last read are read before the socket (their
+            // client may send nothing more until it is answered); counted as read.
+            let n = if unread {
+                k
+            } else {
+                let n = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf[k..]))?;
+                if n == 0 {
+                    self.eof = true;
+                    return Poll::Ready(Ok((0, 0)));
+                }
+                n
+            };
+            let end = if unread { k } else { k + n };
             let mut filled = 0;
             let plain = &mut self.plain;
             let mut sink = |p: &[u8]| {
@@ -591,9 +619,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 filled += take;
                 plain.extend_from_slice(&p[take..]);
             };
+            let mut handshake_done = false;
             let read = match &mut self.layer {
-                Layer::Handshake(conn) => pump(conn, &mut buf[..end], &mut self.tx, &mut sink)
-                    .map(|(used, progress)| (used, progress == Progress::PeerClosed)),
+                Layer::Handshake(conn) => {
+                    pump(conn, &mut buf[..end], &mut self.tx, &mut sink).map(|(used, progress)| {
+                        handshake_done = !conn.is_handshaking();
+                        (used, progress == Progress::PeerClosed)
+                    })
+                }
                 Layer::Records(r) => r
                     .read(&mut buf[..end], &mut self.tx, &mut sink)
                     .map(|(used, at)| (used, at == records::ReadEnd::Closed))
@@ -612,6 +645,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             }
             // Empty when the read ended on a record boundary: no allocation.
             self.partial = buf[used..end].to_vec();
+            // What followed Finished is read by the record layer at the next read.
+            self.unread = handshake_done && !self.partial.is_empty();
             Poll::Ready(Ok((n, filled)))
         })
     }

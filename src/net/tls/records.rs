@@ -173,6 +173,14 @@ impl Secret {
     }
 
     /// The next sequence number (RFC 8446 §5.3: it must not wrap).
+    /// Refuses when no number is left for one more record (before its nonce is used).
+    fn check_left(&self) -> Result<(), Fatal> {
+        if self.seq == u64::MAX {
+            return Err(fatal(alert::INTERNAL_ERROR, "record sequence number exhausted"));
+        }
+        Ok(())
+    }
+
     fn advance(&mut self) -> Result<(), Fatal> {
         self.seq = self
             .seq
@@ -224,6 +232,9 @@ pub struct Records {
     limit: u64,
     /// Records in a row without application data.
     empty_run: u32,
+    /// Our close_notify is sealed: nothing more is sent (RFC 8446 §6.1), a KeyUpdate from the
+    /// peer then only moves the receive key.
+    sent_close: bool,
     /// rustls' key schedule for TLS 1.3 key updates (`None` for TLS 1.2, and in the fuzz body).
     /// Boxed: 560 B inline, which TLS 1.2 does not pay.
     kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
@@ -252,7 +263,17 @@ impl Records {
         }
         // Only TLS 1.3 updates keys; TLS 1.2 needs nothing more from rustls.
         let kernel = (version == Version::Tls13).then(|| Box::new(kernel));
-        Ok(Self { version, cipher, rx, tx, limit, empty_run: 0, kernel, keys: None })
+        Ok(Self {
+            version,
+            cipher,
+            rx,
+            tx,
+            limit,
+            empty_run: 0,
+            sent_close: false,
+            kernel,
+            keys: None,
+        })
     }
 
     /// A record layer from secrets extracted from a rustls connection, with no key schedule
@@ -263,7 +284,17 @@ impl Records {
         let (cipher, rx) = Secret::from_rustls(secrets.rx.0, &secrets.rx.1)?;
         let (_, tx) = Secret::from_rustls(secrets.tx.0, &secrets.tx.1)?;
         let limit = if cipher == Cipher::Chacha20Poly1305 { u64::MAX } else { 1 << 24 };
-        Ok(Self { version, cipher, rx, tx, limit, empty_run: 0, kernel: None, keys: None })
+        Ok(Self {
+            version,
+            cipher,
+            rx,
+            tx,
+            limit,
+            empty_run: 0,
+            sent_close: false,
+            kernel: None,
+            keys: None,
+        })
     }
 
     /// A record layer from fixed secrets, with no key schedule (a key update is refused):
@@ -285,6 +316,7 @@ impl Records {
             tx: Secret::new(cipher, tx.0, tx.1, 0)?,
             limit,
             empty_run: 0,
+            sent_close: false,
             kernel: None,
             keys: None,
         })
@@ -469,6 +501,7 @@ impl Records {
         if body.len() < TAG + 1 {
             return Err(fatal(alert::BAD_RECORD_MAC, "record shorter than its tag"));
         }
+        self.rx.check_left()?;
         let nonce = aead::Nonce::assume_unique_for_key(self.rx.nonce());
         let keys = self.keys()?;
         let plain = keys
@@ -476,6 +509,14 @@ impl Records {
             .open_in_place(nonce, aead::Aad::from(header), body)
             .map_err(|_| fatal(alert::BAD_RECORD_MAC, "record does not decrypt"))?;
         self.rx.advance()?;
+        // RFC 8446 §5.4: the whole inner plaintext (content, type, padding) is at most
+        // 2^14 + 1 bytes.
+        if plain.len() > PLAINTEXT_MAX + 1 {
+            return Err(fatal(
+                alert::RECORD_OVERFLOW,
+                "inner plaintext larger than 2^14 + 1 bytes",
+            ));
+        }
         // The inner plaintext: content, content type, zero padding (RFC 8446 §5.2).
         let Some(at) = plain.iter().rposition(|&b| b != 0) else {
             return Err(fatal(alert::UNEXPECTED_MESSAGE, "record without a content type"));
@@ -513,6 +554,7 @@ impl Records {
         if plain_len > PLAINTEXT_MAX {
             return Err(fatal(alert::RECORD_OVERFLOW, "plaintext larger than 2^14 bytes"));
         }
+        self.rx.check_left()?;
         let nonce = if explicit == 0 {
             self.rx.nonce()
         } else {
@@ -572,7 +614,7 @@ impl Records {
             return Err(fatal(alert::UNEXPECTED_MESSAGE, "data after KeyUpdate in its record"));
         }
         self.update_rx()?;
-        if request == 1 {
+        if request == 1 && !self.sent_close {
             self.update_tx(tx)?;
         }
         Ok(())
@@ -625,7 +667,9 @@ impl Records {
 
     /// Seals close_notify onto `tx`.
     pub fn close_notify(&mut self, tx: &mut Vec<u8>) -> Result<(), Fatal> {
-        self.seal(ALERT, &[1, alert::CLOSE_NOTIFY], tx)
+        self.seal(ALERT, &[1, alert::CLOSE_NOTIFY], tx)?;
+        self.sent_close = true;
+        Ok(())
     }
 
     /// Seals `data` as records of `content_type`, 2^14 bytes each at most (one empty record
@@ -669,6 +713,23 @@ impl Records {
         tx: &mut Vec<u8>,
     ) -> Result<(), Fatal> {
         let at = tx.len();
+        let sealed = self.seal_padded_at(content_type, chunk, padding, tx, at);
+        if sealed.is_err() {
+            // Nothing of a record that failed goes out: no plaintext, and no second record
+            // under the same nonce (the sequence number was taken before sealing).
+            tx.truncate(at);
+        }
+        sealed
+    }
+
+    fn seal_padded_at(
+        &mut self,
+        content_type: u8,
+        chunk: &[u8],
+        padding: usize,
+        tx: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<(), Fatal> {
         let too_long = || fatal(alert::INTERNAL_ERROR, "record too long to seal");
         match self.version {
             Version::Tls13 => {
@@ -677,6 +738,8 @@ impl Records {
                 let header =
                     [APPLICATION_DATA, 3, 3, len16.to_be_bytes()[0], len16.to_be_bytes()[1]];
                 let nonce = aead::Nonce::assume_unique_for_key(self.tx.nonce());
+                // Taken before anything is written: an exhausted number seals nothing.
+                self.tx.advance()?;
                 tx.extend_from_slice(&header);
                 tx.extend_from_slice(chunk);
                 tx.push(content_type);
@@ -702,6 +765,7 @@ impl Records {
                 let header = [content_type, 3, 3, len16.to_be_bytes()[0], len16.to_be_bytes()[1]];
                 let nonce = self.tx.nonce();
                 let aad = aad12(self.tx.seq, header, chunk.len());
+                self.tx.advance()?;
                 tx.extend_from_slice(&header);
                 tx.extend_from_slice(&nonce[4..4 + explicit]);
                 tx.extend_from_slice(chunk);
@@ -717,7 +781,7 @@ impl Records {
                 tx.extend_from_slice(tag.as_ref());
             }
         }
-        self.tx.advance()
+        Ok(())
     }
 }
 
@@ -813,10 +877,17 @@ mod tests {
             client.limit = u64::MAX;
             server.rx.seq = u64::MAX;
             let mut wire = Vec::new();
-            // The client seals its last record; only its own next number fails.
+            // The client's number u64::MAX - 1 seals; the last one does not, and writes
+            // nothing (no plaintext, no record under a used nonce).
+            client.tx.seq = u64::MAX - 1;
+            client.seal_one(APPLICATION_DATA, b"x", &mut wire).expect("the last usable number");
+            let sealed_len = wire.len();
             let sealed = client.seal_one(APPLICATION_DATA, b"x", &mut wire);
             assert!(sealed.is_err());
-            assert!(!wire.is_empty());
+            assert_eq!(wire.len(), sealed_len, "a failed seal writes nothing");
+            assert_eq!(client.tx.seq, u64::MAX);
+            // A receiver with no number left refuses any record before opening it.
+            server.rx.seq = u64::MAX;
             let mut answers = Vec::new();
             let e = server.read(&mut wire, &mut answers, &mut |_| {}).expect_err("exhausted");
             assert_eq!(e.alert, Some(alert::INTERNAL_ERROR), "{version:?} {cipher:?}");
