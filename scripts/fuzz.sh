@@ -7,6 +7,8 @@
 #   ws_handshake           tern::fuzzing::ws_handshake
 #   ws_frames              tern::fuzzing::ws_frames
 #   tls_stream             tern::fuzzing::tls_stream: Tern's own TLS stream on a hostile client's bytes
+#   tls_records            tern::fuzzing::tls_records: Tern's TLS record layer after the handshake,
+#                          a hostile client holding the client's keys (fixed test secrets)
 #   cert_cn                tern::fuzzing::certificate_cn
 #   acl_file               tern::fuzzing::acl_file
 #   password_file          tern::fuzzing::password_file
@@ -18,7 +20,7 @@
 # Usage:
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #   scripts/fuzz.sh            # 600 s per target
-#   scripts/fuzz.sh 10         # smoke run for CI: 10 s per target (11 targets) after one build
+#   scripts/fuzz.sh 10         # smoke run for CI: 10 s per target (13 targets) after one build
 #   scripts/fuzz.sh 60 decode_v5
 #
 # Environment: FUZZ_JOBS (targets run at once, default 1; the machine has 2 shared cores, so at
@@ -43,7 +45,7 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode_v3 decode_v5 scram ws_handshake ws_frames tls_stream cert_cn acl_file
+  targets=(decode_v3 decode_v5 scram ws_handshake ws_frames tls_stream tls_records cert_cn acl_file
     password_file config_toml wal shard_core)
 fi
 jobs="${FUZZ_JOBS:-1}"
@@ -111,7 +113,7 @@ seed_corpus() {
     decode_v3 | decode_v5) ;;
     # libFuzzer starts from nothing (shard_core: any bytes are ops; tls_stream: an odd first
     # byte puts a real ClientHello before the rest).
-    wal | shard_core | tls_stream) return ;;
+    wal | shard_core | tls_stream | tls_records) return ;;
     *)
       seed_text_corpus "$target" "$dir"
       return

@@ -12,8 +12,11 @@
 #
 # Environment: CONNS (default 18000: this host caps a process at 20 000 files), HOLD (5),
 # STORM_AT (3), PROBE_SECS (20), BROKER_CPU (0), GEN_CPU (1), BASELINE=1 also runs the probe
-# alone first (same length) for comparison. Loopback only; every run is bounded by its
-# --duration/--hold and stops by itself.
+# alone first (same length) for comparison, TERN_BIN_DIR=DIR runs DIR/tern and
+# DIR/tern-loadtest without building, TLS=1 makes the storm a TLS one (TLS 1.3, a
+# throw-away P-256 certificate made with openssl, a second listener on PORT+2; the probe stays
+# on plain TCP): every handshake is CPU on the broker's one core. Loopback only; every run is
+# bounded by its --duration/--hold and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +33,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 BIN=$CARGO_TARGET_DIR/release
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-cargo build --release -q -p tern -p tern-loadtest
+if [[ -n ${TERN_BIN_DIR:-} ]]; then
+    BIN=$TERN_BIN_DIR # prebuilt binaries (A/B runs); nothing is built
+else
+    cargo build --release -q -p tern -p tern-loadtest
+fi
 
 cat >"$OUT/tern.toml" <<EOF
 [broker]
@@ -43,6 +50,26 @@ level = "warn"
 [admin]
 bind = "127.0.0.1:$ADMIN"
 EOF
+
+STORM_PORT=$PORT
+STORM_TLS=()
+if [[ -n ${TLS:-} ]]; then
+    STORM_PORT=$((PORT + 2))
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$OUT/key.pem" -out "$OUT/cert.pem" -days 2 -subj "/CN=localhost" \
+        -addext "subjectAltName=DNS:localhost" 2>/dev/null
+    cat >>"$OUT/tern.toml" <<EOF
+[[listener]]
+bind = "127.0.0.1:$STORM_PORT"
+transport = "tls"
+certfile = "$OUT/cert.pem"
+keyfile = "$OUT/key.pem"
+connections_max = 100000
+EOF
+    # No verification: the storm measures the broker, and the generator shares a core with
+    # the probe (loopback only).
+    STORM_TLS=(--tls-insecure)
+fi
 
 BROKER_PID=""
 stop_broker() {
@@ -100,8 +127,8 @@ start_broker
 probe storm &
 PROBE=$!
 sleep "$STORM_AT"
-taskset -c "$GEN_CPU" "$BIN/tern-loadtest" conn --port "$PORT" --connections "$CONNS" \
-    --conn-rate 0 --hold "$HOLD" --procs 2 --broker-pid "$BROKER_PID" \
+taskset -c "$GEN_CPU" "$BIN/tern-loadtest" conn --port "$STORM_PORT" --connections "$CONNS" \
+    --conn-rate 0 --hold "$HOLD" --procs 2 --broker-pid "$BROKER_PID" "${STORM_TLS[@]}" \
     --json "$OUT/conn.json" >"$OUT/conn.log" 2>&1 || echo "!!! the storm's generator failed" >&2
 wait "$PROBE" || echo "!!! the probe failed" >&2
 HWM=$(awk '/VmHWM/ {print $2}' "/proc/$BROKER_PID/status")

@@ -1,7 +1,7 @@
 //! Bodies shared by the property tests (`tests/parsers_props.rs`) and the cargo-fuzz targets
 //! (`tests/fuzz/fuzz_targets/`) for every parser of outside input except the MQTT codec (whose
 //! bodies are in [`crate::codec::fuzzing`]): SCRAM messages, the WebSocket upgrade request and
-//! frames, the TLS stream's input, the client certificate's subject CN, the ACL and password files, and `tern.toml`.
+//! frames, the TLS stream's input and its record layer after the handshake, the client certificate's subject CN, the ACL and password files, and `tern.toml`.
 //!
 //! Each body takes arbitrary bytes, must never panic, and asserts what the parser promises on
 //! every input (a consumed length within what was given, a round trip, split invariance), so a
@@ -220,12 +220,14 @@ fn fuzz_tls() -> &'static (Arc<rustls::ServerConfig>, Vec<u8>) {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cert = CertificateDer::from_pem_slice(FUZZ_TLS_CERT.as_bytes()).expect("fixed cert");
         let key = PrivateKeyDer::from_pem_slice(FUZZ_TLS_KEY.as_bytes()).expect("fixed key");
-        let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .expect("versions")
             .with_no_client_auth()
             .with_single_cert(vec![cert.clone()], key)
             .expect("fixed cert and key match");
+        // As `tls::server_config` sets it: the keys move to Tern's record layer.
+        server.enable_secret_extraction = true;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert).expect("fixed cert");
         let client = rustls::ClientConfig::builder_with_provider(provider)
@@ -330,3 +332,148 @@ pub fn tls_stream(data: &[u8]) {
 /// What [`tls_stream`] allows the stream to hold in its own buffers: a partial record, a
 /// read's plaintext and a few records of output (src/net/tls.rs has the exact bounds).
 const TLS_HELD_MAX: usize = 256 << 10;
+
+/// Tern's TLS record layer after the handshake ([`crate::net::tls::records`]) on what a hostile
+/// client that holds the client's traffic keys sends. Both sides start from fixed secrets; the
+/// first byte picks the version (bit 0: TLS 1.2), the cipher (bits 1-2) and how the bytes
+/// arrive (bits 3-7: read size). The rest is a list of operations building the client's bytes:
+/// `0`: a sealed application data record (2 length bytes, then the content, or a fill byte when
+/// the high bit of the length is set), `1`: a sealed record of any inner type (type byte, 2
+/// length bytes, padding byte for TLS 1.3, content), `2`: raw bytes (length byte, bytes), `3`:
+/// flip bits of a byte already written (2 position bytes, mask byte).
+///
+/// Checks: no panic; the plaintext the server hands out is a prefix of the application data
+/// the client sealed, in order, and all of it when every record was a valid non-empty
+/// application data record; the bytes held between reads are less than one record; the server
+/// only ever answers with one alert, and that alert opens on the client side as the one the
+/// server's error names.
+pub fn tls_records(data: &[u8]) {
+    use crate::net::tls::records::{Cipher, ReadEnd, Records, Version, PLAINTEXT_MAX};
+    let Some((&setup, mut ops)) = data.split_first() else {
+        return;
+    };
+    let version = if setup & 1 == 0 { Version::Tls13 } else { Version::Tls12 };
+    let cipher = match (setup >> 1) & 3 {
+        0 => Cipher::Aes128Gcm,
+        1 => Cipher::Aes256Gcm,
+        _ => Cipher::Chacha20Poly1305,
+    };
+    let chunk = match setup >> 3 {
+        0 => usize::MAX,
+        n => usize::from(n) * usize::from(n) * 20,
+    };
+    let (ck, civ, sk, siv) = ([0x11u8; 32], [0x22u8; 12], [0x33u8; 32], [0x44u8; 12]);
+    let klen = cipher.key_len();
+    let (ck, sk) = (&ck[..klen], &sk[..klen]);
+    let fixed = "fixed secrets of the right size";
+    let mut server = Records::from_fixed(version, cipher, (ck, &civ), (sk, &siv)).expect(fixed);
+    let mut client = Records::from_fixed(version, cipher, (sk, &siv), (ck, &civ)).expect(fixed);
+
+    let mut take = |n: usize| -> &[u8] {
+        let (head, rest) = ops.split_at(n.min(ops.len()));
+        ops = rest;
+        head
+    };
+    let mut wire = Vec::new();
+    let mut expected = Vec::new();
+    let mut clean = true;
+    // Bounded: every pass takes at least the operation byte.
+    while let Some(&op) = take(1).first() {
+        match op % 4 {
+            0 | 1 => {
+                let (typ, padding) = if op % 4 == 0 {
+                    (23, 0)
+                } else {
+                    let t = take(2);
+                    (t.first().copied().unwrap_or(23), usize::from(t.get(1).copied().unwrap_or(0)))
+                };
+                let l = take(2);
+                let len = u16::from_be_bytes([
+                    l.first().copied().unwrap_or(0),
+                    l.get(1).copied().unwrap_or(0),
+                ]);
+                let content = if len & 0x8000 != 0 {
+                    let fill = take(1).first().copied().unwrap_or(0);
+                    vec![fill; usize::from(len & 0x7fff).min(PLAINTEXT_MAX + 1)]
+                } else {
+                    take(usize::from(len)).to_vec()
+                };
+                if client.seal_padded(typ, &content, padding, &mut wire).is_err() {
+                    break;
+                }
+                // TLS 1.3 with type 0 (which is padding, RFC 8446 §5.2): the receiver takes the
+                // last non-zero byte of the content as the type.
+                let (typ, content) = match (version, typ) {
+                    (Version::Tls13, 0) => match content.iter().rposition(|&b| b != 0) {
+                        Some(at) => (content[at], &content[..at]),
+                        None => (0, &content[..0]),
+                    },
+                    _ => (typ, &content[..]),
+                };
+                if typ == 23 {
+                    expected.extend_from_slice(content);
+                }
+                clean &= typ == 23 && !content.is_empty() && content.len() <= PLAINTEXT_MAX;
+            }
+            2 => {
+                let n = take(1).first().copied().unwrap_or(0);
+                wire.extend_from_slice(take(usize::from(n)));
+                clean = false;
+            }
+            _ => {
+                let p = take(3);
+                if let (Some(&a), Some(&b), Some(&mask)) = (p.first(), p.get(1), p.get(2)) {
+                    if !wire.is_empty() {
+                        let at = usize::from(u16::from_be_bytes([a, b])) % wire.len();
+                        wire[at] ^= mask | 1;
+                        clean = false;
+                    }
+                }
+            }
+        }
+    }
+
+    let record_max = 5 + match version {
+        Version::Tls13 => crate::net::tls::records::TLS13_CIPHERTEXT_MAX,
+        Version::Tls12 => crate::net::tls::records::TLS12_CIPHERTEXT_MAX,
+    };
+    let mut held = Vec::new();
+    let mut plain = Vec::new();
+    let mut answers = Vec::new();
+    let mut outcome = Ok(ReadEnd::NeedData);
+    for piece in wire.chunks(chunk.max(1)) {
+        held.extend_from_slice(piece);
+        match server.read(&mut held, &mut answers, &mut |p| plain.extend_from_slice(p)) {
+            Ok((used, end)) => {
+                assert!(used <= held.len());
+                held.drain(..used);
+                outcome = Ok(end);
+                if end == ReadEnd::Closed {
+                    // Nothing after close_notify is read.
+                    break;
+                }
+                assert!(held.len() < record_max, "{} B held between reads", held.len());
+            }
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
+    }
+    assert!(expected.starts_with(&plain), "plaintext that the client did not seal");
+    if clean {
+        assert_eq!(outcome, Ok(ReadEnd::NeedData), "valid records refused");
+        assert_eq!(plain, expected, "valid records lost");
+    }
+    match outcome {
+        Err(e) if e.alert.is_some() => {
+            assert!(answers.len() <= 64, "{} B of answers", answers.len());
+            let mut got = Vec::new();
+            let opened =
+                client.read(&mut answers, &mut Vec::new(), &mut |p| got.extend_from_slice(p));
+            assert!(got.is_empty());
+            assert_eq!(opened.map_err(|f| f.peer), Err(e.alert), "the alert sent is the one named");
+        }
+        _ => assert!(answers.is_empty(), "answers without a key update: {} B", answers.len()),
+    }
+}

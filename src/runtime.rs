@@ -116,14 +116,13 @@ impl SpareBatches {
             .unwrap_or_default()
     }
 
-    /// `batch`, emptied by `to`, goes back to `from` unless the pair has its spares already.
-    fn give(&self, from: usize, to: usize, batch: Batch) {
+    /// `batch`, emptied by `to`, goes back to `from` unless the pair has its spares already
+    /// or the batch grew past `mesh_batch_max`. Returns `false` when it was freed instead
+    /// (`mesh_spare_batches_freed`).
+    fn give(&self, from: usize, to: usize, batch: Batch) -> bool {
         debug_assert!(batch.is_empty());
-        if batch.capacity() <= self.batch_max {
-            if let Some(p) = self.pairs.get(from * self.shards + to) {
-                let _ = p.0.try_send(batch);
-            }
-        }
+        batch.capacity() <= self.batch_max
+            && self.pairs.get(from * self.shards + to).is_some_and(|p| p.0.try_send(batch).is_ok())
     }
 }
 
@@ -588,6 +587,25 @@ async fn shard_main(
         },
         _ => None,
     };
+    // Connection tasks (accept loops and the connections they spawn) run in a task queue whose
+    // latency requirement sets glommio's preemption timer while it has work: `yield_if_needed`
+    // after each read then yields every `preempt_timer`, so one flooding connection cannot
+    // hold the shard. (Set on the executor itself, a sub-millisecond timer stalled the mesh
+    // join at start-up under load; a queue's requirement only applies once it runs.)
+    let conns = glommio::executor().create_task_queue(
+        glommio::Shares::default(),
+        glommio::Latency::Matters(opts.preempt_timer),
+        "connections",
+    );
+    // TLS and WebSocket handshakes run in a queue of their own with a tenth of the
+    // connections' shares: in a reconnect storm the handshakes' CPU (key exchange, signature)
+    // goes to the clients already connected first, and to the storm whenever they have nothing
+    // to do (issue 11). An established connection's task is spawned into `conns`.
+    let handshakes = glommio::executor().create_task_queue(
+        glommio::Shares::Static(crate::net::HANDSHAKE_SHARES),
+        glommio::Latency::NotImportant,
+        "handshakes",
+    );
     let io = Rc::new(ShardIo {
         durable,
         shard,
@@ -596,6 +614,7 @@ async fn shard_main(
         stopping: std::cell::Cell::new(false),
         stop_waiters: Default::default(),
         admission: Default::default(),
+        queues: crate::net::Queues { connections: conns, handshakes },
     });
     let mut listeners = Vec::new();
     for addr in &addrs {
@@ -619,16 +638,6 @@ async fn shard_main(
             Rc::new(ctx)
         })
         .collect();
-    // Connection tasks (accept loops and the connections they spawn) run in a task queue whose
-    // latency requirement sets glommio's preemption timer while it has work: `yield_if_needed`
-    // after each read then yields every `preempt_timer`, so one flooding connection cannot
-    // hold the shard. (Set on the executor itself, a sub-millisecond timer stalled the mesh
-    // join at start-up under load; a queue's requirement only applies once it runs.)
-    let conns = glommio::executor().create_task_queue(
-        glommio::Shares::default(),
-        glommio::Latency::Matters(opts.preempt_timer),
-        "connections",
-    );
     let spawn_conns = |fut| glommio::spawn_local_into(fut, conns);
     let mut private = None;
     if opts.shard_ports {
@@ -754,6 +763,9 @@ async fn shard_main(
                 more = io.shard.borrow_mut().run_due(now, DEADLINES_PER_TURN);
             }
             let mut shard = io.shard.borrow_mut();
+            // Counted by the TLS record layer on this (the shard's) thread.
+            shard.metrics.tls_empty_record_runs_refused =
+                crate::net::tls::records::empty_runs_refused();
             opts.stats.update(usize::from(id), &shard.metrics, &shard.latency);
             if id == 0 && now.duration_since(last_sys) >= opts.sys_interval {
                 last_sys = now;
@@ -932,7 +944,9 @@ fn spawn_receivers(
                         shard.handle_peer(tern_core::ids::ShardId(from as u16), msg, now);
                     }
                     if let Some(spares) = &spares {
-                        spares.give(from, me, batch);
+                        if !spares.give(from, me, batch) {
+                            shard.metrics.mesh_spare_batches_freed += 1;
+                        }
                     }
                     if let Some(d) = &io.durable {
                         d.note_handled(from, lane == Lane::Control, n);
@@ -960,18 +974,19 @@ mod tests {
         assert_eq!(b.capacity(), 0, "none spare yet: a new vector");
         b.reserve_exact(4);
         let ptr = b.as_ptr();
-        spares.give(0, 1, b);
+        assert!(spares.give(0, 1, b), "kept");
         assert_eq!(spares.take(1, 0).capacity(), 0, "the other direction has its own");
         let again = spares.take(0, 1);
         assert_eq!(again.as_ptr(), ptr, "the same allocation comes back");
-        // The bound: two per pair; a third is freed.
-        for _ in 0..SPARE_BATCHES_PER_PAIR + 1 {
-            spares.give(0, 1, Vec::with_capacity(2));
-        }
+        // The bound: two per pair; a third is freed (and reported, for the metric).
+        let kept: Vec<bool> = (0..SPARE_BATCHES_PER_PAIR + 1)
+            .map(|_| spares.give(0, 1, Vec::with_capacity(2)))
+            .collect();
+        assert_eq!(kept, [true, true, false]);
         assert_eq!(spares.pairs[1].1.len(), SPARE_BATCHES_PER_PAIR);
         // Larger than a batch: freed, not kept.
         let spares = SpareBatches::new(2, 4);
-        spares.give(1, 0, Vec::with_capacity(64));
+        assert!(!spares.give(1, 0, Vec::with_capacity(64)));
         assert_eq!(spares.take(1, 0).capacity(), 0);
     }
 

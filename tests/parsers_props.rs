@@ -29,6 +29,42 @@ fn text_of(pieces: &'static [&'static str], sep: &'static str) -> impl Strategy<
     vec(piece, 0..24).prop_map(move |v| v.join(sep))
 }
 
+/// One operation of `fuzzing::tls_records`: a sealed application data record (sometimes
+/// empty, sometimes one byte over 2^14), a sealed record of a chosen inner type (alert, KeyUpdate,
+/// other handshake messages, change_cipher_spec, unknown) with padding, raw bytes, or a flipped
+/// byte.
+fn tls_record_op() -> impl Strategy<Value = Vec<u8>> {
+    let with_len = |head: Vec<u8>, body: Vec<u8>| {
+        let mut op = head;
+        op.extend((body.len() as u16).to_be_bytes());
+        op.extend(body);
+        op
+    };
+    prop_oneof![
+        4 => vec(any::<u8>(), 0..64).prop_map(move |b| with_len(vec![0], b)),
+        1 => prop_oneof![Just(0x4000u16), Just(0x4001), Just(0)]
+            .prop_map(|n| { let l = (n | 0x8000).to_be_bytes(); vec![0, l[0], l[1], 0x5a] }),
+        3 => (
+            proptest::sample::select(vec![0u8, 20, 21, 22, 23, 24, 99]),
+            any::<u8>(),
+            prop_oneof![
+                Just(vec![24u8, 0, 0, 1, 0]),
+                Just(vec![24u8, 0, 0, 1, 1]),
+                Just(vec![24u8, 0, 0, 1, 2]),
+                Just(vec![24u8, 0, 0]),
+                Just(vec![4u8, 0, 0, 1, 0]),
+                Just(vec![1u8, 0]),
+                Just(vec![2u8, 90]),
+                Just(vec![1u8, 0]),
+                vec(any::<u8>(), 0..8),
+            ],
+        )
+            .prop_map(move |(t, pad, b)| with_len(vec![1, t, pad % 40], b)),
+        1 => vec(any::<u8>(), 0..12).prop_map(|b| { let mut op = vec![2, b.len() as u8]; op.extend(b); op }),
+        1 => (any::<u16>(), any::<u8>()).prop_map(|(at, m)| { let a = at.to_be_bytes(); vec![3, a[0], a[1], m] }),
+    ]
+}
+
 /// `base` with a few bytes overwritten and maybe truncated: mutations of a valid input.
 fn mutated(base: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     let len = base.len().max(1);
@@ -213,6 +249,20 @@ proptest! {
     }
 
     #[test]
+    fn tls_records_input(setup in any::<u8>(), ops in vec(tls_record_op(), 0..12)) {
+        let mut data = vec![setup];
+        for op in ops {
+            data.extend(op);
+        }
+        fuzzing::tls_records(&data);
+    }
+
+    #[test]
+    fn tls_records_bytes(data in vec(any::<u8>(), 0..400)) {
+        fuzzing::tls_records(&data);
+    }
+
+    #[test]
     fn certificate_cn(data in prop_oneof![
         mutated(test_certificate()),
         vec(any::<u8>(), 0..300),
@@ -271,4 +321,13 @@ fn fuzz_findings() {
     fuzzing::password_file(b"\r\r");
     // scram: a server-first message asking the client for 40 955 095 iterations timed out.
     fuzzing::scram(b"r=acdAA,s=caaaaaaa,i=40955095");
+}
+
+/// The first find of the `tls_records` cargo-fuzz target (a check of the body, not of the
+/// layer): a TLS 1.3 record sealed with inner type 0 and content `00 15 17 00` is application
+/// data `00 15` to the receiver (the type is the last non-zero byte, RFC 8446 §5.2); the body
+/// expected nothing.
+#[test]
+fn tls_records_inner_type_zero_is_read_as_the_last_non_zero_byte() {
+    fuzzing::tls_records(&[0x00, 0x15, 0x00, 0x00, 0x01, 0x02, 0x00, 0x15, 0x17, 0x00]);
 }

@@ -22,10 +22,19 @@ use tern::net::tls::{self, ParkedTls, TlsStream};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Heap a parked TLS connection may keep: rustls' state (the record layer's keys, the traffic
-/// secrets for key updates, the session's details) and, with client certificates, the peer's
-/// chain. Measured here (x86-64, ring): see the printed numbers.
-const PARKED_TLS_HEAP_MAX: usize = 4_096;
+/// Heap a parked TLS connection may keep on Tern's record layer: per direction the cipher, key,
+/// IV and sequence number (TLS 1.2: 144 B measured, x86-64, ring) and, for TLS 1.3, rustls'
+/// `KernelConnection` for key updates (its key schedule: 928 B in all measured), which also
+/// keeps the client's certificate chain when there is one (1 434 B measured with a small
+/// rcgen chain). Before Tern's record layer the parked state was rustls' whole connection:
+/// 1 088 B inline and ~2 200 B heap.
+fn parked_tls_heap_max(tls12: bool, with_cert: bool) -> usize {
+    match (tls12, with_cert) {
+        (true, _) => 256,
+        (false, false) => 1_024,
+        (false, true) => 1_536,
+    }
+}
 
 /// One end of an in-memory byte pipe; reads are `Pending` when it is empty (the tests poll by
 /// hand, nothing waits for a wake).
@@ -241,13 +250,13 @@ fn freed_by_drop<T>(x: T) -> usize {
     c.bytes_deallocated
 }
 
-/// An idle connection on Tern's stream holds no buffer; the parked state (rustls' connection
-/// state alone) stays within [`PARKED_TLS_HEAP_MAX`] and is much smaller than rustls' buffered
+/// An idle connection on Tern's stream holds no buffer; the parked state (Tern's record layer
+/// without expanded keys) stays within [`parked_tls_heap_max`] and is much smaller than rustls' buffered
 /// connection, on TLS 1.3 and 1.2, with and without a client certificate.
 #[test]
 fn idle_tls_state_has_no_buffers_and_stays_within_its_budget() {
     let p = pki();
-    assert_eq!(std::mem::size_of::<ParkedTls>(), std::mem::size_of::<usize>(), "one box");
+    assert!(std::mem::size_of::<ParkedTls>() <= 2 * std::mem::size_of::<usize>(), "one box");
     for (tls12, with_cert) in [(false, false), (true, false), (false, true), (true, true)] {
         let label = format!("TLS 1.{} client cert {with_cert}", if tls12 { 2 } else { 3 });
         let old = freed_by_drop(buffered(&p, tls12, with_cert));
@@ -255,6 +264,7 @@ fn idle_tls_state_has_no_buffers_and_stays_within_its_budget() {
         assert_eq!(s.buffered_capacity(), 0, "{label}: idle stream holds buffers");
         assert!(s.parkable(), "{label}: an idle stream can park");
         let (_io, parked) = s.into_parked();
+        assert!(parked.on_own_records(), "{label}: parked on Tern's record layer");
         let new = freed_by_drop(parked);
         println!(
             "{label}: rustls ServerConnection {old} B heap + {} B inline; \
@@ -263,13 +273,20 @@ fn idle_tls_state_has_no_buffers_and_stays_within_its_budget() {
             std::mem::size_of::<ParkedTls>(),
         );
         println!(
-            "  of which UnbufferedServerConnection inline {} B",
-            std::mem::size_of::<rustls::server::UnbufferedServerConnection>()
+            "  rustls UnbufferedServerConnection inline {} B; Tern's Records {} B (boxed), \
+             and for TLS 1.3 rustls' KernelConnection {} B (boxed) and its state",
+            std::mem::size_of::<rustls::server::UnbufferedServerConnection>(),
+            std::mem::size_of::<tls::records::Records>(),
+            std::mem::size_of::<
+                rustls::kernel::KernelConnection<rustls::server::ServerConnectionData>,
+            >(),
         );
-        assert!(
-            new <= PARKED_TLS_HEAP_MAX,
-            "{label}: parked TLS state {new} B > {PARKED_TLS_HEAP_MAX}"
+        println!(
+            "  while active only: two expanded ring keys, {} B each (boxed together)",
+            std::mem::size_of::<ring::aead::LessSafeKey>()
         );
+        let max = parked_tls_heap_max(tls12, with_cert);
+        assert!(new <= max, "{label}: parked TLS state {new} B > {max}");
         assert!(
             new + 2048 <= old + std::mem::size_of::<rustls::ServerConnection>(),
             "{label}: {new} vs {old}"

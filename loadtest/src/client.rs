@@ -301,7 +301,11 @@ impl Worker {
         self.ctx.result.first_connect.get_or_insert(now);
         let c = &mut self.conns[i];
         c.connect_at = now;
-        match open_socket(s, c.plan.index).and_then(|tcp| Sock::new(tcp, self.tls.as_ref())) {
+        let ws = s.ws.then_some(("localhost", s.ws_path.as_str()));
+        let seed = c.plan.index as u32;
+        match open_socket(s, c.plan.index)
+            .and_then(|tcp| Sock::new(tcp, self.tls.as_ref(), ws, seed))
+        {
             Ok(mut stream) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 if let Err(e) = self.poll.registry().register(&mut stream.tcp, Token(i), interest) {

@@ -19,6 +19,7 @@ mod runner;
 mod scenario;
 mod stats;
 mod tls;
+mod ws;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -208,6 +209,12 @@ pub struct ScenarioArgs {
     /// Name the broker's certificate must carry (also the SNI).
     #[arg(long, default_value = "localhost", value_name = "NAME", help_heading = "TLS")]
     pub tls_server_name: String,
+    /// MQTT over WebSocket (subprotocol "mqtt"; over TLS with --tls-ca/--tls-insecure: wss).
+    #[arg(long, help_heading = "WebSocket")]
+    pub ws: bool,
+    /// The WebSocket request path.
+    #[arg(long, default_value = "/mqtt", value_name = "PATH", help_heading = "WebSocket")]
+    pub ws_path: String,
     /// Label copied into the report (default: the scenario name).
     #[arg(long, value_name = "NAME", help_heading = "Output")]
     pub label: Option<String>,

@@ -137,6 +137,12 @@ pub struct Scenario {
     /// The name the broker's certificate is checked against (and sent as SNI).
     #[serde(default)]
     pub tls_server_name: String,
+    /// MQTT over WebSocket (above TLS with a TLS option): `ws`/`wss` listeners.
+    #[serde(default)]
+    pub ws: bool,
+    /// The WebSocket request path.
+    #[serde(default)]
+    pub ws_path: String,
 }
 
 fn ser_version<S: serde::Serializer>(v: &ProtocolVersion, s: S) -> Result<S::Ok, S::Error> {
@@ -243,6 +249,8 @@ impl Scenario {
             tls_insecure: args.tls_insecure,
             tls12: args.tls12,
             tls_server_name: args.tls_server_name.clone(),
+            ws: args.ws,
+            ws_path: args.ws_path.clone(),
         };
         s.validate()?;
         Ok(s)

@@ -375,7 +375,25 @@ pub struct ShardIo {
     pub stop_waiters: RefCell<Vec<Waker>>,
     /// Connections accepted and not yet past CONNACK (`limits.connecting_max`).
     pub admission: Admission,
+    /// The shard's task queues for connections.
+    pub queues: Queues,
 }
+
+/// The task queues a shard runs its connections in.
+#[derive(Clone, Copy, Debug)]
+pub struct Queues {
+    /// Established connections, the accept loops and the parker.
+    pub connections: glommio::TaskQueueHandle,
+    /// TLS and WebSocket handshakes, until the connection is established
+    /// ([`HANDSHAKE_SHARES`]).
+    pub handshakes: glommio::TaskQueueHandle,
+}
+
+/// The handshake queue's shares against the connections' 1 000 (glommio's default): while
+/// connected clients have work, handshakes get about a tenth of the shard's CPU; when they do
+/// not, all of it. A storm of TLS reconnects then delays the connected clients by about one
+/// handshake step at a time instead of a whole round of handshakes (issue 11).
+pub const HANDSHAKE_SHARES: usize = 100;
 
 /// Connections accepted this many at most in a row; then the accept loop yields, so a
 /// connection storm's accepts are spread over turns and the shard's other tasks (keep alive,
@@ -626,8 +644,19 @@ pub async fn accept_loop(io: Rc<ShardIo>, listener: TcpListener, ctx: Rc<Listene
         }
         ctx.handshakes.set(ctx.handshakes.get() + 1);
         io.admission.enter(); // left by the handshake task or, once established, by `serve`
-        glommio::spawn_local(handshake_and_serve(Rc::clone(&io), Rc::clone(&ctx), stream, peer))
-            .detach();
+        let handshake = handshake_and_serve(Rc::clone(&io), Rc::clone(&ctx), stream, peer);
+        match glommio::spawn_local_into(handshake, io.queues.handshakes) {
+            Ok(t) => {
+                t.detach();
+            }
+            // Only if the queue were gone, which the shard never does while it accepts: the
+            // future never ran, so its counts are undone here.
+            Err(e) => {
+                tracing::error!(error = %e, "handshake queue unavailable; connection dropped");
+                ctx.handshakes.set(ctx.handshakes.get() - 1);
+                io.admission.leave();
+            }
+        }
     }
 }
 
@@ -674,11 +703,26 @@ async fn handshake_and_serve(
     connecting.hand_on();
     // A task of its own, so the memory of this handshake future is freed now rather than held
     // for the life of the connection (it is laid out to hold the streams of every transport).
-    match established {
-        Established::Tls(s) => glommio::spawn_local(serve(io, s, id, false)).detach(),
-        Established::Ws(s) => glommio::spawn_local(serve(io, s, id, false)).detach(),
-        Established::Wss(s) => glommio::spawn_local(serve(io, s, id, false)).detach(),
+    // In the connections' queue: the handshake queue's low shares are for handshakes only.
+    let queue = io.queues.connections;
+    let io_for_cleanup = Rc::clone(&io);
+    let spawned = match established {
+        Established::Tls(s) => glommio::spawn_local_into(serve(io, s, id, false), queue),
+        Established::Ws(s) => glommio::spawn_local_into(serve(io, s, id, false), queue),
+        Established::Wss(s) => glommio::spawn_local_into(serve(io, s, id, false), queue),
     };
+    match spawned {
+        Ok(t) => {
+            t.detach();
+        }
+        Err(e) => {
+            // As above, never while the shard runs: `serve` never ran, so the connection and
+            // its admission place are released here.
+            tracing::error!(error = %e, "connection queue unavailable; connection dropped");
+            io_for_cleanup.shard.borrow_mut().release(id, Instant::now());
+            io_for_cleanup.admission.leave();
+        }
+    }
 }
 
 /// The handshakes of a listener's transport; returns the stream and, with
@@ -1431,6 +1475,10 @@ mod tests {
                     stopping: Cell::new(false),
                     stop_waiters: RefCell::new(Vec::new()),
                     admission: Admission::default(),
+                    queues: Queues {
+                        connections: glommio::executor().current_task_queue(),
+                        handshakes: glommio::executor().current_task_queue(),
+                    },
                 });
                 let id = io.shard.borrow_mut().accept(0, addr, Instant::now()).expect("accepted");
                 let task = serve(io, stream, id, false);

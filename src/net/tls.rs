@@ -11,10 +11,15 @@
 //! scratch buffer per thread and decrypted from there, and the only per-connection buffers are
 //! a partial record (the tail of a read that did not end on a record boundary), plaintext the
 //! reader has not taken yet, and ciphertext the socket has not taken yet. Each is freed as soon
-//! as it is empty. What is left while idle is the boxed rustls state (keys, sequence numbers,
-//! the peer's certificates), which is what a parked TLS connection keeps
-//! ([`TlsStream::into_parked`]). rustls' buffered `ServerConnection` (which futures-rustls
-//! wrapped, before this stream) keeps a 4 KiB receive buffer for the connection's life.
+//! as it is empty. rustls' buffered `ServerConnection` (which futures-rustls wrapped, before
+//! this stream) keeps a 4 KiB receive buffer for the connection's life.
+//!
+//! rustls runs the handshake only. At the first read or write after it (so the caller can take
+//! the client's certificate first, [`TlsStream::peer_certificates`]) rustls hands the traffic
+//! keys over and Tern's own record layer ([`records`]) seals and opens the records; what a
+//! parked TLS connection keeps ([`TlsStream::into_parked`]) is that layer without its expanded
+//! keys: cipher, keys, IVs, sequence numbers, and for TLS 1.3 rustls' key schedule for key
+//! updates.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +32,8 @@ use std::task::{Context, Poll};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
+
+pub mod records;
 
 /// Largest PEM file read, so a wrong path (a log, a device) cannot eat memory.
 const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
@@ -116,7 +123,10 @@ pub fn server_config(spec: &TlsSpec) -> Result<Arc<ServerConfig>, TlsError> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder.with_single_cert(chain, key).map_err(|e| config_error(e.to_string()))?;
+    let mut config =
+        builder.with_single_cert(chain, key).map_err(|e| config_error(e.to_string()))?;
+    // After the handshake the traffic keys move to Tern's own record layer (records.rs).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -183,6 +193,10 @@ const READ_BYTES: usize = 32 * 1024;
 /// Plaintext encrypted per `poll_write` at most (four full records): bounds the ciphertext a
 /// connection holds while the socket does not take it.
 const WRITE_CHUNK_BYTES: usize = 4 << 14;
+/// Unsent ciphertext above which a read waits for the socket to take it: a write's chunk and
+/// as much again of answers queued while reading (key updates), so a peer that sends key
+/// updates and reads nothing is not read from until it does.
+const TX_HELD_MAX: usize = 2 * WRITE_CHUNK_BYTES;
 /// Reads of the socket in one `poll_read` that produced no plaintext (handshake or empty
 /// records) before the task yields, so a peer cannot hold the shard with records that carry
 /// nothing.
@@ -194,12 +208,6 @@ thread_local! {
     /// one poll.
     static CIPHERTEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
-
-/// rustls' writable state, as [`pump`] hands it out.
-type Writable<'c> = rustls::unbuffered::WriteTraffic<'c, rustls::server::ServerConnectionData>;
-
-/// What to do with the writable state: encrypt or queue close_notify into the `Vec`.
-type WriteFn<'a> = dyn FnMut(&mut Writable<'_>, &mut Vec<u8>) -> std::io::Result<()> + 'a;
 
 /// Where the rustls state machine stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -245,23 +253,29 @@ fn append_with<E: std::fmt::Display>(
     Err(tls_error("rustls kept asking for more output room"))
 }
 
-/// Runs rustls over `incoming` until it needs more records or may send application data:
-/// plaintext goes to `sink`, the TLS messages to send are appended to `tx`, and `write` is
-/// called once with the writable state (to encrypt or to queue close_notify). Returns how many
+/// Runs rustls over `incoming` until it needs more records or the handshake is done:
+/// plaintext goes to `sink`, the TLS messages to send are appended to `tx`. Returns how many
 /// bytes of `incoming` are consumed (the rest is a partial record) and where it stopped.
 fn pump(
     conn: &mut UnbufferedServerConnection,
     incoming: &mut [u8],
     tx: &mut Vec<u8>,
     sink: &mut dyn FnMut(&[u8]),
-    write: &mut WriteFn<'_>,
 ) -> std::io::Result<(usize, Progress)> {
     use rustls::unbuffered::{ConnectionState, EncodeError, InsufficientSizeError};
     let mut used = 0;
     // Bounded: every pass consumes a record, hands out queued plaintext or TLS messages, or
     // returns.
     loop {
-        let status = conn.process_tls_records(&mut incoming[used..]);
+        // Once the client's Finished is processed the rest of the input is for Tern's record
+        // layer (`records`): rustls is only drained of what it has to send (its tickets). Fed
+        // more, it would act on a KeyUpdate there and seal an answer under a key the hand-over
+        // drops (rustls keeps that answer outside what `dangerous_into_kernel_connection`
+        // checks), leaving the client and Tern on different keys. rustls stops after Finished
+        // to emit its tickets (`send_tls13_tickets` >= 1, the default), so nothing after
+        // Finished reaches it.
+        let rest: &mut [u8] = if conn.is_handshaking() { &mut incoming[used..] } else { &mut [] };
+        let status = conn.process_tls_records(rest);
         let discard = status.discard;
         let state = match status.state {
             Ok(state) => state,
@@ -307,10 +321,7 @@ fn pump(
                 None
             }
             ConnectionState::BlockedHandshake => Some(Progress::NeedData),
-            ConnectionState::WriteTraffic(mut w) => {
-                write(&mut w, tx)?;
-                Some(Progress::Writable)
-            }
+            ConnectionState::WriteTraffic(_) => Some(Progress::Writable),
             ConnectionState::PeerClosed => Some(Progress::PeerClosed),
             ConnectionState::Closed => Some(Progress::PeerClosed),
             // Early data is not enabled in the config; nothing else exists today.
@@ -323,17 +334,41 @@ fn pump(
     }
 }
 
-/// What a parked TLS connection keeps: rustls' connection state (keys, sequence numbers, the
-/// peer's certificates) and no buffer. Built by [`TlsStream::into_parked`].
-pub struct ParkedTls(Box<UnbufferedServerConnection>);
+/// The protocol engine of a stream: rustls during the handshake, Tern's own record layer
+/// after it ([`records`]).
+enum Layer {
+    /// The handshake (and, until the first read or write after it, the finished connection,
+    /// so the peer's certificates can be read).
+    Handshake(Box<UnbufferedServerConnection>),
+    /// After the handshake: keys, IVs and sequence numbers only.
+    Records(Box<records::Records>),
+    /// Handing over from rustls failed: the stream only returns errors.
+    Gone,
+}
 
-/// A server-side TLS stream over `S` (glommio's `TcpStream` in the broker), driven by rustls'
-/// unbuffered API; see the module documentation for its buffers.
+/// What a parked TLS connection keeps: after the handshake, Tern's record layer without its
+/// expanded keys (cipher, keys, IVs, sequence numbers, and for TLS 1.3 rustls' key schedule
+/// for key updates) and no buffer. Built by [`TlsStream::into_parked`].
+pub struct ParkedTls(Layer);
+
+impl ParkedTls {
+    /// Whether the connection runs on Tern's own record layer (else still on rustls).
+    pub fn on_own_records(&self) -> bool {
+        matches!(self.0, Layer::Records(_))
+    }
+}
+
+/// A server-side TLS stream over `S` (glommio's `TcpStream` in the broker): rustls' unbuffered
+/// API for the handshake, then Tern's record layer; see the module documentation for its
+/// buffers.
 pub struct TlsStream<S> {
     io: S,
-    conn: Box<UnbufferedServerConnection>,
-    /// The tail of the last read that is not a whole record yet.
+    layer: Layer,
+    /// The tail of the last read that is not a whole record yet; or, with `unread`, records
+    /// that followed the client's Finished in the same read and are for Tern's record layer.
     partial: Vec<u8>,
+    /// `partial` holds whole records not yet read (the handshake ended inside a read).
+    unread: bool,
     /// Plaintext decrypted and not yet taken by the reader, from `plain_at`.
     plain: Vec<u8>,
     plain_at: usize,
@@ -344,9 +379,10 @@ pub struct TlsStream<S> {
     eof: bool,
     /// Our close_notify is queued.
     closing: bool,
-    /// rustls returned an error: it is never called again (after an error its progress through
-    /// the caller's buffer no longer matches any buffer we hold, and a call then panics inside
-    /// rustls: found by the `tls_stream` fuzz body, a hostile client aborting the broker).
+    /// The protocol engine returned an error: it is never called again (after an error
+    /// rustls' progress through the caller's buffer no longer matches any buffer we hold, and
+    /// a call then panics inside rustls: found by the `tls_stream` fuzz body, a hostile client
+    /// aborting the broker; Tern's record layer is not used after an error either).
     failed: bool,
 }
 
@@ -356,7 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// handshake flight is kept for the first read.
     pub async fn accept(config: Arc<ServerConfig>, io: S) -> std::io::Result<Self> {
         let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-        let mut s = Self::resume(io, ParkedTls(Box::new(conn)));
+        let mut s = Self::resume(io, ParkedTls(Layer::Handshake(Box::new(conn))));
         let result = std::future::poll_fn(|cx| s.poll_handshake(cx)).await;
         match result {
             Ok(()) => Ok(s),
@@ -371,36 +407,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
 
     /// The stream of a parked connection, ready to serve again.
     pub fn resume(io: S, parked: ParkedTls) -> Self {
+        let failed = matches!(parked.0, Layer::Gone);
         Self {
             io,
-            conn: parked.0,
+            layer: parked.0,
             partial: Vec::new(),
+            unread: false,
             plain: Vec::new(),
             plain_at: 0,
             tx: Vec::new(),
             tx_at: 0,
             eof: false,
             closing: false,
-            failed: false,
+            failed,
         }
     }
 
     /// Whether the connection can park now: the handshake is done and no byte is held (no
     /// partial record, no unread plaintext, no unsent ciphertext) and it is not closing.
     pub fn parkable(&self) -> bool {
-        self.partial.is_empty()
+        let done = match &self.layer {
+            Layer::Handshake(conn) => !conn.is_handshaking(),
+            Layer::Records(_) => true,
+            Layer::Gone => false,
+        };
+        done && self.partial.is_empty()
             && self.plain.is_empty()
             && self.tx.is_empty()
             && !self.eof
             && !self.closing
-            && !self.conn.is_handshaking()
+            && !self.failed
     }
 
-    /// Splits the stream into its transport and what a parked connection keeps. Call only when
-    /// [`Self::parkable`]; anything held would be lost.
-    pub fn into_parked(self) -> (S, ParkedTls) {
+    /// Splits the stream into its transport and what a parked connection keeps: hands the
+    /// connection over to Tern's record layer if that has not happened yet, and drops the
+    /// expanded keys. Call only when [`Self::parkable`]; anything held would be lost.
+    pub fn into_parked(mut self) -> (S, ParkedTls) {
         debug_assert!(self.parkable(), "invariant: only an idle TLS stream parks");
-        (self.io, ParkedTls(self.conn))
+        // A failure leaves `Gone`: the resumed stream fails on its first use.
+        let _ = self.switch();
+        if let Layer::Records(r) = &mut self.layer {
+            r.park();
+        }
+        (self.io, ParkedTls(self.layer))
     }
 
     /// The transport.
@@ -408,14 +457,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         &self.io
     }
 
-    /// The client's certificate chain, leaf first (`None`: it sent none).
+    /// The client's certificate chain, leaf first (`None`: it sent none). Available from the
+    /// end of [`Self::accept`] until the first read or write: after the hand-over to Tern's
+    /// record layer this returns `None` (for TLS 1.3 rustls' `KernelConnection` still holds the
+    /// chain, ~0.5 KB, and offers no way to read or drop it).
     pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
-        self.conn.peer_certificates()
+        match &self.layer {
+            Layer::Handshake(conn) => conn.peer_certificates(),
+            _ => None,
+        }
     }
 
     /// The negotiated protocol version (`None` during the handshake).
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.conn.protocol_version()
+        match &self.layer {
+            Layer::Handshake(conn) => conn.protocol_version(),
+            Layer::Records(r) => Some(match r.version() {
+                records::Version::Tls13 => rustls::ProtocolVersion::TLSv1_3,
+                records::Version::Tls12 => rustls::ProtocolVersion::TLSv1_2,
+            }),
+            Layer::Gone => None,
+        }
+    }
+
+    /// Tern's record layer, once the stream runs on it (after the first read or write).
+    pub fn records(&mut self) -> Option<&mut records::Records> {
+        match &mut self.layer {
+            Layer::Records(r) => Some(r),
+            _ => None,
+        }
     }
 
     /// Bytes this connection holds in its own buffers (their capacity): zero while idle.
@@ -423,17 +493,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         self.partial.capacity() + self.plain.capacity() + self.tx.capacity()
     }
 
+    /// Hands a finished handshake over to Tern's record layer (a no-op during the handshake
+    /// and after it). rustls' state is consumed; a failure leaves the stream failed.
+    fn switch(&mut self) -> std::io::Result<()> {
+        if !matches!(&self.layer, Layer::Handshake(conn) if !conn.is_handshaking()) {
+            return Ok(());
+        }
+        let Layer::Handshake(conn) = std::mem::replace(&mut self.layer, Layer::Gone) else {
+            return Ok(());
+        };
+        self.failed = true;
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+        let own = records::Records::new(secrets, kernel).map_err(tls_error)?;
+        self.layer = Layer::Records(Box::new(own));
+        self.failed = false;
+        Ok(())
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // Bounded: every pass reads from the socket (or returns).
         loop {
             std::task::ready!(self.poll_send(cx))?;
-            if !self.conn.is_handshaking() {
+            let handshaking = match &self.layer {
+                Layer::Handshake(conn) => conn.is_handshaking(),
+                _ => false,
+            };
+            if !handshaking {
                 return Poll::Ready(Ok(()));
             }
             let (n, _) = std::task::ready!(self.poll_fill(cx, &mut []))?;
-            if n == 0 || self.eof {
+            let still = matches!(&self.layer, Layer::Handshake(c) if c.is_handshaking());
+            // The end of the stream after a complete handshake is the first read's to report
+            // (the flight may have carried data and close_notify after Finished).
+            if still && (n == 0 || self.eof) {
                 return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
             }
+        }
+    }
+
+    /// Writes `tx` out before a read: `Ready(Ok)` once fewer than `TX_HELD_MAX` bytes wait
+    /// (the socket registered the task for writability if any wait), `Pending` above that.
+    fn poll_send_for_read(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.poll_send(cx) {
+            Poll::Pending if self.tx.len() - self.tx_at >= TX_HELD_MAX => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(())),
         }
     }
 
@@ -456,8 +560,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     }
 
     /// Reads the socket once into the thread's ciphertext buffer (after the partial record)
-    /// and runs rustls over it: plaintext fills `out`, the rest goes to `plain`. Returns the
-    /// ciphertext bytes read (0: end of stream) and the plaintext bytes put in `out`.
+    /// and runs the protocol engine over it: plaintext fills `out`, the rest goes to `plain`.
+    /// Returns the ciphertext bytes read (0: end of stream) and the plaintext bytes put in
+    /// `out`. After an error, the alert queued for it goes out if the socket takes it at once.
     fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
@@ -465,6 +570,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     ) -> Poll<std::io::Result<(usize, usize)>> {
         if self.failed {
             return Poll::Ready(Err(tls_error("the TLS connection failed")));
+        }
+        let filled = self.poll_fill_inner(cx, out);
+        if self.failed {
+            let _ = self.poll_send(cx);
+        }
+        filled
+    }
+
+    fn poll_fill_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut [u8],
+    ) -> Poll<std::io::Result<(usize, usize)>> {
+        let unread = std::mem::take(&mut self.unread);
+        if unread {
+            // They are the record layer's: hand over first.
+            self.switch()?;
         }
         CIPHERTEXT.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -476,12 +598,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 buf.resize(RECORD_BYTES_MAX + READ_BYTES, 0);
             }
             buf[..k].copy_from_slice(&self.partial);
-            let n = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf[k..]))?;
-            if n == 0 {
-                self.eof = true;
-                return Poll::Ready(Ok((0, 0)));
-            }
-            let end = k + n;
+            // Records left from the handshake's last read are read before the socket (their
+            // client may send nothing more until it is answered); counted as read.
+            let n = if unread {
+                k
+            } else {
+                let n = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf[k..]))?;
+                if n == 0 {
+                    self.eof = true;
+                    return Poll::Ready(Ok((0, 0)));
+                }
+                n
+            };
+            let end = if unread { k } else { k + n };
             let mut filled = 0;
             let plain = &mut self.plain;
             let mut sink = |p: &[u8]| {
@@ -490,42 +619,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 filled += take;
                 plain.extend_from_slice(&p[take..]);
             };
-            let pumped =
-                pump(&mut self.conn, &mut buf[..end], &mut self.tx, &mut sink, &mut |_, _| Ok(()));
-            let (used, progress) = match pumped {
-                Ok(p) => p,
+            let mut handshake_done = false;
+            let read = match &mut self.layer {
+                Layer::Handshake(conn) => {
+                    pump(conn, &mut buf[..end], &mut self.tx, &mut sink).map(|(used, progress)| {
+                        handshake_done = !conn.is_handshaking();
+                        (used, progress == Progress::PeerClosed)
+                    })
+                }
+                Layer::Records(r) => r
+                    .read(&mut buf[..end], &mut self.tx, &mut sink)
+                    .map(|(used, at)| (used, at == records::ReadEnd::Closed))
+                    .map_err(tls_error),
+                Layer::Gone => Err(tls_error("the TLS connection failed")),
+            };
+            let (used, closed) = match read {
+                Ok(r) => r,
                 Err(e) => {
                     self.failed = true;
                     return Poll::Ready(Err(e));
                 }
             };
-            if progress == Progress::PeerClosed {
+            if closed {
                 self.eof = true;
             }
             // Empty when the read ended on a record boundary: no allocation.
             self.partial = buf[used..end].to_vec();
+            // What followed Finished is read by the record layer at the next read.
+            self.unread = handshake_done && !self.partial.is_empty();
             Poll::Ready(Ok((n, filled)))
         })
     }
 
-    /// Runs `write` with rustls' writable state (the handshake is done).
-    fn with_writable(&mut self, write: &mut WriteFn<'_>) -> std::io::Result<()> {
+    /// Seals with Tern's record layer onto `tx` (application data, or close_notify when
+    /// `data` is `None`), handing over from rustls first if the handshake just ended.
+    fn seal(&mut self, data: Option<&[u8]>) -> std::io::Result<()> {
         if self.failed {
             return Err(tls_error("the TLS connection failed"));
         }
-        let plain = &mut self.plain;
-        let mut sink = |p: &[u8]| plain.extend_from_slice(p);
-        let pumped = pump(&mut self.conn, &mut self.partial, &mut self.tx, &mut sink, write);
-        let (used, progress) = pumped.inspect_err(|_| self.failed = true)?;
-        self.partial.drain(..used);
-        match progress {
-            Progress::Writable => Ok(()),
-            Progress::PeerClosed => {
-                self.eof = true;
-                Err(std::io::ErrorKind::BrokenPipe.into())
-            }
-            Progress::NeedData => Err(tls_error("write before the TLS handshake is done")),
-        }
+        self.switch()?;
+        let Layer::Records(r) = &mut self.layer else {
+            return Err(tls_error("write before the TLS handshake is done"));
+        };
+        let sealed = match data {
+            Some(data) => r.write(data, &mut self.tx),
+            None => r.close_notify(&mut self.tx),
+        };
+        sealed.map_err(|e| {
+            self.failed = true;
+            tls_error(e)
+        })
     }
 }
 
@@ -549,11 +692,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
         if this.eof || buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        // TLS messages rustls queued (a key update's answer) go out first; a full socket
-        // registers the task for writability and does not stop the read.
-        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-            return Poll::Ready(Err(e));
+        if !this.failed {
+            this.switch()?;
         }
+        // TLS messages queued (key update answers) go out first; a full socket registers the
+        // task for writability and stops the read only once `TX_HELD_MAX` bytes wait, so a
+        // peer that sends key updates and reads nothing cannot grow `tx` without bound.
+        std::task::ready!(this.poll_send_for_read(cx))?;
         for _ in 0..EMPTY_READS_PER_POLL {
             let (n, filled) = std::task::ready!(this.poll_fill(cx, buf))?;
             if filled > 0 {
@@ -563,9 +708,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 // A close without close_notify ends the stream too (MQTT has its own framing).
                 return Poll::Ready(Ok(0));
             }
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
-            }
+            std::task::ready!(this.poll_send_for_read(cx))?;
         }
         cx.waker().wake_by_ref();
         Poll::Pending
@@ -578,7 +721,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        use rustls::unbuffered::{EncryptError, InsufficientSizeError};
         let this = self.get_mut();
         // What an earlier call encrypted goes first: bounds `tx` to one chunk.
         std::task::ready!(this.poll_send(cx))?;
@@ -589,17 +731,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         }
         let data = &data[..data.len().min(WRITE_CHUNK_BYTES)];
-        let guess = data.len() + (data.len() / (1 << 14) + 1) * 64;
-        this.with_writable(&mut |w, tx| {
-            append_with(tx, guess, |out| {
-                w.encrypt(data, out).map_err(|err| match err {
-                    EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
-                        Ok(required_size)
-                    }
-                    other => Err(other),
-                })
-            })
-        })?;
+        this.tx.reserve(data.len() + (data.len() / (1 << 14) + 1) * 64);
+        this.seal(Some(data))?;
         // Accepted: the ciphertext goes out now or with the next write or flush.
         if let Poll::Ready(Err(e)) = this.poll_send(cx) {
             return Poll::Ready(Err(e));
@@ -614,27 +747,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        use rustls::unbuffered::{EncryptError, InsufficientSizeError};
         let this = self.get_mut();
-        if !this.closing && !this.conn.is_handshaking() {
+        if !this.closing && !this.failed {
             // Earlier output first; `closing` is set once close_notify is queued behind it, so
             // a `Pending` here comes back to queue it.
             std::task::ready!(this.poll_send(cx))?;
-            let queued = this.with_writable(&mut |w, tx| {
-                append_with(tx, 64, |out| {
-                    w.queue_close_notify(out).map_err(|err| match err {
-                        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
-                            Ok(required_size)
-                        }
-                        other => Err(other),
-                    })
-                })
-            });
-            // The peer closed already: nothing to notify.
-            if let Err(e) = queued {
-                if e.kind() != std::io::ErrorKind::BrokenPipe {
-                    return Poll::Ready(Err(e));
-                }
+            // During the handshake there is nothing to notify.
+            let handshaking =
+                matches!(&this.layer, Layer::Handshake(conn) if conn.is_handshaking());
+            if !handshaking {
+                this.seal(None)?;
             }
         }
         this.closing = true;

@@ -121,12 +121,16 @@ metrics! {
     counter user_properties_refused,
     /// Connections closed for a protocol error.
     counter protocol_closes,
+    /// TLS connections closed for more than 32 records in a row without application data (empty records, key updates, warning alerts), Tern's TLS record layer.
+    counter tls_empty_record_runs_refused,
     /// Connections closed by keep alive.
     counter keepalive_timeouts,
     /// Connections closed before CONNECT by the connect timeout.
     counter connect_timeouts,
     /// Times a peer shard's channel was full and the flusher had to wait.
     counter mesh_backpressure,
+    /// Emptied cross-shard batches freed instead of going back to their sender for reuse (the pair held its 2 spares, or the batch grew past `mesh_batch_max`): an allocation per flush, not a loss.
+    counter mesh_spare_batches_freed,
     /// Times a publisher was paused by a congested subscriber or a full peer outbox.
     counter flow_pauses,
     /// Times such a pause was lifted (the subscriber drained to `flow_low_water_messages`).
