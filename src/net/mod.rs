@@ -140,12 +140,6 @@ pub struct ShardCell {
     checks: RefCell<Vec<crate::auth::HashJob>>,
     /// Idle connections without a task (`None`: epoll unavailable, nothing parks).
     parking: Option<Parking>,
-    /// The connection whose task is polling now (set by its driver before it borrows the
-    /// shard), so a drain can tell whether it woke some other connection.
-    polling: Cell<Option<ConnId>>,
-    /// A drain woke (or resumed) a connection other than [`Self::polling`]: the driver lets
-    /// it run before its own output goes out ([`ShardCell::took_others`]).
-    woke_others: Cell<bool>,
 }
 
 /// Idle connections (TCP, TLS, WebSocket) parked without a task of their own (issue 11). glommio waits
@@ -202,22 +196,7 @@ impl ShardCell {
             pool,
             checks: RefCell::default(),
             parking: Parking::new(),
-            polling: Cell::new(None),
-            woke_others: Cell::new(false),
         }
-    }
-
-    /// Connection `id`'s task starts a poll: what its borrows wake from now on is counted
-    /// for [`Self::took_others`].
-    fn polling(&self, id: ConnId) {
-        self.polling.set(Some(id));
-        self.woke_others.set(false);
-    }
-
-    /// Whether the borrows since [`Self::polling`] woke another connection (and clears it).
-    fn took_others(&self) -> bool {
-        self.polling.set(None);
-        self.woke_others.replace(false)
     }
 
     /// Parks connection `id`: `socket` (a duplicate of the task's descriptor) goes into the
@@ -342,10 +321,6 @@ impl Drop for ShardMut<'_> {
             return;
         }
         let wakers = self.cell.wakers.borrow();
-        let polling = self.cell.polling.get();
-        if ready.iter().any(|id| Some(*id) != polling) {
-            self.cell.woke_others.set(true);
-        }
         for id in ready.drain(..) {
             // Waking only schedules the task; none runs inside this call.
             if let Some(Some(w)) = wakers.get(id.0 as usize) {
@@ -1113,7 +1088,6 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
             }
         }
         let event = poll_fn(|cx| {
-            io.shard.polling(id);
             let mut shard = io.shard.borrow_mut();
             shard.register_waker(id, cx.waker());
             match out.poll_write(cx, &mut stream, &mut shard, id, io.durable.as_ref()) {
@@ -1199,15 +1173,8 @@ async fn serve_in_span<S: Transport>(io: Rc<ShardIo>, mut stream: S, id: ConnId,
         match event {
             Event::Read => {
                 io.outbox_ready.notify_pending(&io.shard.borrow());
-                if io.shard.took_others() {
-                    // Deliver before acknowledging: the subscribers this read's PUBLISH
-                    // reached run first, so the delivery does not wait behind this
-                    // connection's own PUBACK (a loopback send, ~10-20 us here; issue 10).
-                    futures_lite::future::yield_now().await;
-                } else {
-                    // Bounded work per turn: one read and its packets, then the others' turn.
-                    glommio::yield_if_needed().await;
-                }
+                // Bounded work per turn: one read and its packets, then the others' turn.
+                glommio::yield_if_needed().await;
             }
             Event::Closed => {
                 eof = true;
@@ -1582,74 +1549,6 @@ mod tests {
             matches!(&got, Some(Packet::ConnAck(a)) if a.reason == ReasonCode::ServerBusy),
             "{got:?}"
         );
-    }
-
-    /// Issue 10, deliver before acknowledging: a read whose PUBLISH reaches a subscriber on
-    /// the shard tells its driver that it woke another connection (the driver then yields to
-    /// it before writing its own PUBACK); a read that only makes its own connection ready
-    /// (a PINGREQ, a PUBLISH nobody subscribed to) does not.
-    #[test]
-    fn a_read_that_reaches_a_subscriber_reports_woken_others() {
-        use crate::codec::{
-            Connect, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe,
-            SubscriptionOptions, TopicFilter, TopicName,
-        };
-        let v4 = ProtocolVersion::V311;
-        let cell = ShardCell::new(
-            Shard::new(tern_core::ids::ShardId(0), crate::shard::ShardConfig::for_tests(1)),
-            None,
-        );
-        let now = Instant::now();
-        let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        let read = |id: ConnId, packet: Packet| {
-            let mut buf = bytes::BytesMut::new();
-            crate::codec::encode(&packet, v4, &mut buf).expect("encodes");
-            cell.polling(id);
-            cell.borrow_mut().handle_read(id, &buf, now);
-            cell.took_others()
-        };
-        let connect = |client_id: &str| {
-            Packet::Connect(Box::new(Connect {
-                version: v4,
-                clean_start: true,
-                keep_alive_secs: 60,
-                client_id: client_id.into(),
-                will: None,
-                username: None,
-                password: None,
-                properties: Properties::new(),
-            }))
-        };
-        let publish = |topic: &str| {
-            Packet::Publish(Publish {
-                dup: false,
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                topic: Some(TopicName::new(topic).expect("topic")),
-                packet_id: crate::codec::PacketId::new(7),
-                properties: Properties::new(),
-                payload: bytes::Bytes::from_static(b"x"),
-            })
-        };
-        let sub = cell.borrow_mut().accept(0, peer, now).expect("accepted");
-        let publisher = cell.borrow_mut().accept(0, peer, now).expect("accepted");
-        assert!(!read(sub, connect("sub")), "a CONNACK is the connection's own output");
-        assert!(!read(publisher, connect("pub")));
-        let subscribe = Packet::Subscribe(Subscribe {
-            packet_id: crate::codec::PacketId::new(1).expect("non-zero"),
-            filters: vec![(
-                TopicFilter::new("t", true).expect("filter"),
-                SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-            )],
-            properties: Properties::new(),
-        });
-        assert!(!read(sub, subscribe));
-        // Its output so far is taken, as the driver would write it.
-        let _ = cell.borrow_mut().take_tx(sub, now);
-        let _ = cell.borrow_mut().take_tx(publisher, now);
-        assert!(read(publisher, publish("t")), "the subscriber was made ready");
-        assert!(!read(publisher, publish("nobody")), "only its own PUBACK");
-        assert!(!read(publisher, Packet::PingReq), "only its own PINGRESP");
     }
 
     /// Accepted sockets get TCP keepalive and `TCP_USER_TIMEOUT` (issue 9: a peer that vanished
