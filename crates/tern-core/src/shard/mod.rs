@@ -353,11 +353,11 @@ pub(crate) struct RetainedOut {
 }
 
 /// Deadlines (keep alive, connect timeout, expiry, delayed will) handled per turn of the shard.
-/// `tests/timers.rs` (a million idle sessions) times each turn with the wall clock and sets
-/// apart the turns its thread was switched out of: of those not switched out, the 99.9th
-/// percentile was 0.72 ms at 256 per turn and 0.39 ms at 128 (2-vCPU VM at load ~7, 2026-11-26;
-/// a close or an expiry costs more than a re-arm), hence 128; see loadtest/README.md.
-pub const DEADLINES_PER_TURN: usize = 128;
+/// `tests/timers.rs` (a million idle sessions) times each turn's thread CPU time: on a quiet
+/// 2-vCPU VM (2026-11-26, allocator purge delay 10 ms) the 99.9th percentile was 0.47-0.56 ms
+/// at 128 per turn and 0.21-0.27 ms at 64, the worst 1.0-1.4 ms against 0.76-1.1 ms (a close
+/// or an expiry costs more than a re-arm), hence 64; see loadtest/README.md.
+pub const DEADLINES_PER_TURN: usize = 64;
 
 /// Retained messages written per drain of a connection's backlog.
 const RETAINED_BATCH: usize = 64;
