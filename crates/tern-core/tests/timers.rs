@@ -79,6 +79,47 @@ fn million_idle_sessions_worst_turn() {
     }
     let n: usize =
         std::env::var("TERN_BENCH_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let budget: usize = std::env::var("TERN_BENCH_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEADLINES_PER_TURN);
+    let runs: usize =
+        std::env::var("TERN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    // Every run does the same deadline work in the same turns (the order of the deadline heap
+    // does not depend on hashing or addresses), so turn `i` of one run is turn `i` of the
+    // next. The shard's own cost of a turn is then at most its smallest CPU time over the
+    // runs: a stall of the machine (`machine_floor` below measures how often this VM has
+    // them) falls on a given turn in one run, not in all, while a pause of the code's own (a
+    // table that grows, a large free) falls on the same turn in every run.
+    let mut least: Vec<Duration> = Vec::new();
+    for run in 1..=runs {
+        let cpu = run_once(run, n, budget);
+        if least.is_empty() {
+            least = cpu;
+        } else {
+            assert_eq!(cpu.len(), least.len(), "run {run} took another number of turns");
+            for (l, c) in least.iter_mut().zip(cpu) {
+                *l = (*l).min(c);
+            }
+        }
+    }
+    least.sort_unstable();
+    let over = least.iter().filter(|t| **t > Duration::from_millis(1)).count();
+    let pick = |q: usize| least.get(least.len() * q / 1000).copied().unwrap_or_default();
+    println!(
+        "each turn's least thread CPU time over {runs} runs, {} turns of <= {budget} deadlines: \
+         worst {:.3} ms, p99.9 {:.3} ms, p99 {:.3} ms, median {:.3} ms, {over} over 1 ms",
+        least.len(),
+        least.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        pick(999).as_secs_f64() * 1e3,
+        pick(990).as_secs_f64() * 1e3,
+        pick(500).as_secs_f64() * 1e3,
+    );
+}
+
+/// One run of the bench: `n` sessions through their timers; prints what it measured and
+/// returns the thread CPU time of every turn, in order.
+fn run_once(run: usize, n: usize, budget: usize) -> Vec<Duration> {
     let mut cfg = ShardConfig::for_tests(1);
     cfg.listeners[0].connections_max = n;
     cfg.sessions_max = n;
@@ -88,10 +129,6 @@ fn million_idle_sessions_worst_turn() {
     let t0 = Instant::now();
     let ramp = Duration::from_secs(10);
     let mut turns: Vec<Duration> = Vec::new();
-    let budget: usize = std::env::var("TERN_BENCH_BUDGET")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEADLINES_PER_TURN);
     // Wall time of each turn, the simulated second it ran at, and whether the thread was
     // switched out during it.
     let mut timed: Vec<(Duration, u64, bool)> = Vec::new();
@@ -102,6 +139,8 @@ fn million_idle_sessions_worst_turn() {
     // With whether the machine's steal time moved during the turn: on a VM the thread's clock
     // also runs while the hypervisor holds its vCPU.
     let mut cpu_times: Vec<(Duration, bool)> = Vec::new();
+    // `TERN_BENCH_SLOW=<µs>` prints every turn longer than that (wall or CPU time).
+    let slow_us: Option<u64> = std::env::var("TERN_BENCH_SLOW").ok().and_then(|v| v.parse().ok());
     let mut turn = |shard: &mut Shard, now: Instant, turns: &mut Vec<Duration>| {
         // Bounded: each call handles at most `budget` entries, and an entry is re-armed
         // strictly after `now`, so the loop ends.
@@ -110,17 +149,19 @@ fn million_idle_sessions_worst_turn() {
         while more {
             let switches = context_switches();
             let stolen = steal_ticks();
+            let faults = minor_faults();
             let cpu_start = thread_cpu();
             let start = Instant::now();
             more = if first { shard.tick_bounded(now, budget) } else { shard.run_due(now, budget) };
             first = false;
             let took = start.elapsed();
             let cpu = thread_cpu().saturating_sub(cpu_start);
-            if took > Duration::from_millis(1) && std::env::var("TERN_BENCH_SLOW").is_ok() {
+            let faults = minor_faults().saturating_sub(faults);
+            if slow_us.is_some_and(|us| took.max(cpu) > Duration::from_micros(us)) {
                 // The wall-clock start (CLOCK_MONOTONIC) to find the turn in `perf record -k
                 // CLOCK_MONOTONIC` samples.
                 eprintln!(
-                    "SLOW {start:?} {took:?} cpu {cpu:?} at {} s",
+                    "SLOW {start:?} {took:?} cpu {cpu:?} {faults} minor faults at {} s",
                     now.duration_since(t0).as_secs()
                 );
             }
@@ -152,7 +193,7 @@ fn million_idle_sessions_worst_turn() {
         open.push(id);
     }
     eprintln!(
-        "{n} sessions connected in {:.1} s of wall time ({} connections, {} sessions)",
+        "run {run}: {n} sessions connected in {:.1} s of wall time ({} connections, {} sessions)",
         build.elapsed().as_secs_f64(),
         shard.metrics.connections_current,
         shard.metrics.sessions_current,
@@ -187,12 +228,12 @@ fn million_idle_sessions_worst_turn() {
             )
         })
         .collect();
-    println!("slowest turns (wall time, simulated second): {}", slowest.join(", "));
+    println!("run {run}: slowest turns (wall time, simulated second): {}", slowest.join(", "));
     let own: Vec<Duration> = timed.iter().filter(|t| !t.2).map(|t| t.0).collect();
     let own_worst = own.last().copied().unwrap_or_default();
     let own_over = own.iter().filter(|t| **t > Duration::from_millis(1)).count();
     println!(
-        "turns not switched out nor stolen: {} of {}, worst {:.3} ms, p99.9 {:.3} ms, {own_over} over 1 ms",
+        "run {run}: turns not switched out nor stolen: {} of {}, worst {:.3} ms, p99.9 {:.3} ms, {own_over} over 1 ms",
         own.len(),
         timed.len(),
         own_worst.as_secs_f64() * 1e3,
@@ -205,7 +246,7 @@ fn million_idle_sessions_worst_turn() {
     let cpu_over = cpu_own.iter().filter(|t| **t > Duration::from_millis(1)).count();
     let cpu_all_worst = cpu_times.iter().map(|(cpu, _)| *cpu).max().unwrap_or_default();
     println!(
-        "thread CPU time per turn, {} turns without steal time: worst {:.3} ms, p99.9 {:.3} ms, \
+        "run {run}: thread CPU time per turn, {} turns without steal time: worst {:.3} ms, p99.9 {:.3} ms, \
          p99 {:.3} ms, {cpu_over} over 1 ms (all {} turns: worst {:.3} ms)",
         cpu_own.len(),
         cpu_worst.as_secs_f64() * 1e3,
@@ -220,7 +261,7 @@ fn million_idle_sessions_worst_turn() {
     let over = turns.iter().filter(|t| **t > Duration::from_millis(1)).count();
     let total: Duration = turns.iter().sum();
     println!(
-        "timers: {n} idle sessions, {} turns of <= {budget} deadlines: wall worst {:.3} ms, \
+        "run {run}: timers: {n} idle sessions, {} turns of <= {budget} deadlines: wall worst {:.3} ms, \
          p99.9 {:.3} ms, p99 {:.3} ms, total {:.1} ms, {over} turns over 1 ms; keep-alive \
          timeouts {}, sessions expired {}, left: {} connections, {} sessions",
         turns.len(),
@@ -240,6 +281,112 @@ fn million_idle_sessions_worst_turn() {
             "!!! {own_over} turns neither switched out nor stolen took more than 1 ms of wall time"
         );
     }
+    cpu_times.into_iter().map(|(cpu, _)| cpu).collect()
+}
+
+/// The machine's own floor for the bench above: turns of fixed, known work, timed the same way.
+///
+/// `cargo test -p tern-core --release --test timers machine_floor -- --ignored --nocapture`.
+/// A turn follows `TERN_FLOOR_STEPS` (default 384) links of a random cycle through a 1 GiB
+/// array (every step a cache and TLB miss, as the shard's deadline work is over its million
+/// sessions), so every turn does exactly the same work, with no allocation, no system call
+/// and no page fault inside it (the array is written whole first). Printed as the bench
+/// prints: thread CPU time per turn, without the turns during which steal time moved. A turn
+/// of this loop that takes several times the median is the machine's (hypervisor exits, host
+/// memory management, interrupts charged to the thread), not the code's. It runs
+/// `TERN_BENCH_RUNS` passes (default 3) over the same turns, as the bench runs.
+#[test]
+#[ignore = "a 1 GiB array and 100 000 timed turns: run with --release --ignored"]
+fn machine_floor() {
+    if std::env::var("TERN_BENCH_THP").is_err() {
+        nix::sys::prctl::set_thp_disable(true).expect("PR_SET_THP_DISABLE");
+    }
+    let steps: usize =
+        std::env::var("TERN_FLOOR_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(384);
+    let turns: usize =
+        std::env::var("TERN_FLOOR_TURNS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    // One cycle through every index (Sattolo's shuffle), from a fixed-seed xorshift.
+    let len: usize = 1 << 28;
+    let mut next: Vec<u32> = (0..len as u32).collect();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..len).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let j = (x % i as u64) as usize;
+        next.swap(i, j);
+    }
+    let passes: usize =
+        std::env::var("TERN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
+    let pick = |v: &[Duration], q: usize| {
+        v.get(v.len() * q / 1000).copied().unwrap_or_default().as_secs_f64() * 1e3
+    };
+    // Each pass starts the walk at the same index, so turn `i` reads the same links in every
+    // pass: the least CPU time of a turn over the passes is taken as the bench takes it.
+    let mut least = vec![Duration::MAX; turns];
+    let mut at = 0usize;
+    for pass in 1..=passes {
+        at = 0;
+        let mut cpu_own: Vec<Duration> = Vec::with_capacity(turns);
+        let mut wall_worst = Duration::ZERO;
+        let mut over = Vec::new();
+        for least in least.iter_mut() {
+            let stolen = steal_ticks();
+            let cpu_start = thread_cpu();
+            let start = Instant::now();
+            for _ in 0..steps {
+                at = next[at] as usize;
+            }
+            let took = start.elapsed();
+            let cpu = thread_cpu().saturating_sub(cpu_start);
+            wall_worst = wall_worst.max(took);
+            *least = (*least).min(cpu);
+            if steal_ticks() == stolen {
+                cpu_own.push(cpu);
+                if cpu > Duration::from_millis(1) {
+                    over.push(format!(
+                        "{:.3} ms cpu / {:.3} ms wall",
+                        cpu.as_secs_f64() * 1e3,
+                        took.as_secs_f64() * 1e3
+                    ));
+                }
+            }
+        }
+        cpu_own.sort_unstable();
+        println!(
+            "machine floor, pass {pass}: {turns} turns of {steps} dependent random reads over \
+             1 GiB; thread CPU per turn, {} turns without steal time: median {:.3} ms, p99 \
+             {:.3} ms, p99.9 {:.3} ms, worst {:.3} ms, {} over 1 ms; wall worst {:.3} ms",
+            cpu_own.len(),
+            pick(&cpu_own, 500),
+            pick(&cpu_own, 990),
+            pick(&cpu_own, 999),
+            cpu_own.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            over.len(),
+            wall_worst.as_secs_f64() * 1e3,
+        );
+        if !over.is_empty() {
+            println!("  turns over 1 ms of CPU: {}", over.join(", "));
+        }
+    }
+    std::hint::black_box(at);
+    least.sort_unstable();
+    println!(
+        "machine floor: each turn's least thread CPU time over {passes} passes: median {:.3} ms, \
+         p99.9 {:.3} ms, worst {:.3} ms, {} over 1 ms",
+        pick(&least, 500),
+        pick(&least, 999),
+        least.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        least.iter().filter(|t| **t > Duration::from_millis(1)).count(),
+    );
+    assert!(pick(&least, 500) > 0.0, "the turns took measurable time");
+}
+
+/// Minor page faults of this thread so far (`getrusage(RUSAGE_THREAD)`).
+fn minor_faults() -> i64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD)
+        .map(|u| u.minor_page_faults())
+        .unwrap_or_default()
 }
 
 /// CPU time this thread has used so far (`CLOCK_THREAD_CPUTIME_ID`).
