@@ -15,7 +15,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+#[path = "common/pipe.rs"]
+mod pipe;
+use pipe::{Bytes, Pipe};
+
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tern::net::tls::{self, ParkedTls, TlsStream};
 
@@ -36,50 +40,8 @@ fn parked_tls_heap_max(tls12: bool, with_cert: bool) -> usize {
     }
 }
 
-/// One end of an in-memory byte pipe; reads are `Pending` when it is empty (the tests poll by
-/// hand, nothing waits for a wake).
-struct Pipe {
-    rx: Rc<RefCell<VecDeque<u8>>>,
-    tx: Rc<RefCell<VecDeque<u8>>>,
-}
-
-impl AsyncRead for Pipe {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let mut rx = self.rx.borrow_mut();
-        if rx.is_empty() {
-            return Poll::Pending;
-        }
-        let n = rx.len().min(buf.len());
-        for (b, x) in buf.iter_mut().zip(rx.drain(..n)) {
-            *b = x;
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl AsyncWrite for Pipe {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.tx.borrow_mut().extend(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 /// The bytes in flight: (client to server, server to client).
-type Pipes = (Rc<RefCell<VecDeque<u8>>>, Rc<RefCell<VecDeque<u8>>>);
+type Pipes = (Bytes, Bytes);
 
 struct Pki {
     _dir: tempfile::TempDir,
@@ -188,7 +150,7 @@ fn tern_stream(
     with_cert: bool,
 ) -> (TlsStream<Pipe>, rustls::ClientConnection) {
     let pipes = (Rc::default(), Rc::default());
-    let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1) };
+    let io = Pipe::new(&pipes.0, &pipes.1);
     let mut c = client(p, tls12, with_cert);
     c.writer().write_all(b"ping").expect("plaintext");
     let accept = std::pin::pin!(TlsStream::accept(Arc::clone(&p.server), io));
@@ -300,7 +262,7 @@ fn idle_tls_state_has_no_buffers_and_stays_within_its_budget() {
 fn a_partial_record_keeps_the_stream_from_parking() {
     let p = pki();
     let pipes: Pipes = (Rc::default(), Rc::default());
-    let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1) };
+    let io = Pipe::new(&pipes.0, &pipes.1);
     let mut c = client(&p, false, false);
     let accept = std::pin::pin!(TlsStream::accept(Arc::clone(&p.server), io));
     let mut s = drive(accept, &mut c, &pipes).expect("handshake");
@@ -333,7 +295,7 @@ fn a_partial_record_keeps_the_stream_from_parking() {
 fn close_sends_close_notify() {
     let p = pki();
     let pipes: Pipes = (Rc::default(), Rc::default());
-    let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1) };
+    let io = Pipe::new(&pipes.0, &pipes.1);
     let mut c = client(&p, true, false);
     let accept = std::pin::pin!(TlsStream::accept(Arc::clone(&p.server), io));
     let mut s = drive(accept, &mut c, &pipes).expect("handshake");

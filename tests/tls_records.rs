@@ -7,9 +7,8 @@
 
 mod common;
 use common::interop as support;
+use common::pipe::{Bytes, Pipe};
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::{start_with, RawClient, TestBroker};
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use rustls::crypto::ring::cipher_suite as cs;
 use rustls::SupportedCipherSuite;
 use support::Pki;
@@ -268,54 +267,6 @@ fn a_run_of_empty_records_is_bounded_and_counted() {
 // ------------------------------------------------------------------------------------------
 // In memory: Tern's stream against a rustls client, then a hostile client with its keys.
 // ------------------------------------------------------------------------------------------
-
-/// One end of an in-memory byte pipe; reads are `Pending` when it is empty, writes while
-/// `blocked` (a peer that reads nothing).
-struct Pipe {
-    rx: Rc<RefCell<VecDeque<u8>>>,
-    tx: Rc<RefCell<VecDeque<u8>>>,
-    blocked: Rc<std::cell::Cell<bool>>,
-}
-
-impl AsyncRead for Pipe {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let mut rx = self.rx.borrow_mut();
-        if rx.is_empty() {
-            return Poll::Pending;
-        }
-        let n = rx.len().min(buf.len());
-        for (b, x) in buf.iter_mut().zip(rx.drain(..n)) {
-            *b = x;
-        }
-        Poll::Ready(Ok(n))
-    }
-}
-
-impl AsyncWrite for Pipe {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.blocked.get() {
-            return Poll::Pending;
-        }
-        self.tx.borrow_mut().extend(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-type Bytes = Rc<RefCell<VecDeque<u8>>>;
 
 /// Moves the client's records to the server and the server's into the client.
 fn shuttle(c: &mut rustls::ClientConnection, to_server: &Bytes, to_client: &Bytes) {

@@ -14,6 +14,7 @@ use tern::runtime::Broker;
 
 pub mod client;
 pub mod interop;
+pub mod pipe;
 pub mod process;
 
 #[allow(unused_imports)] // each test binary uses a different subset

@@ -126,6 +126,15 @@ impl Cipher {
     }
 }
 
+/// Which half of the connection a key update is for.
+#[derive(Clone, Copy)]
+enum Direction {
+    /// What the peer sends.
+    Rx,
+    /// What we send.
+    Tx,
+}
+
 /// One direction's traffic secret as a record layer needs it: key, IV, sequence number.
 #[derive(Clone)]
 struct Secret {
@@ -621,19 +630,9 @@ impl Records {
     }
 
     fn update_rx(&mut self) -> Result<(), Fatal> {
-        let kernel = self
-            .kernel
-            .as_mut()
-            .ok_or(fatal(alert::UNEXPECTED_MESSAGE, "KeyUpdate without a key schedule"))?;
-        let (seq, secret) = kernel
-            .update_rx_secret()
-            .map_err(|_| fatal(alert::INTERNAL_ERROR, "rustls refused the key update"))?;
-        let (cipher, rx) = Secret::from_rustls(seq, &secret)?;
-        if cipher != self.cipher {
-            return Err(fatal(alert::INTERNAL_ERROR, "the key update changed the cipher"));
-        }
+        let rx = self.next_secret(Direction::Rx)?;
         if let Some(keys) = self.keys.as_deref_mut() {
-            keys.rx = rx.expand(cipher)?;
+            keys.rx = rx.expand(self.cipher)?;
         }
         self.rx = rx;
         Ok(())
@@ -641,23 +640,33 @@ impl Records {
 
     /// Sends KeyUpdate(update_not_requested) under the current key, then switches to the next.
     fn update_tx(&mut self, tx: &mut Vec<u8>) -> Result<(), Fatal> {
-        let kernel = self
-            .kernel
-            .as_mut()
-            .ok_or(fatal(alert::INTERNAL_ERROR, "key update without a key schedule"))?;
-        let (seq, secret) = kernel
-            .update_tx_secret()
-            .map_err(|_| fatal(alert::INTERNAL_ERROR, "rustls refused the key update"))?;
+        let next = self.next_secret(Direction::Tx)?;
+        self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], tx)?;
+        if let Some(keys) = self.keys.as_deref_mut() {
+            keys.tx = next.expand(self.cipher)?;
+        }
+        self.tx = next;
+        Ok(())
+    }
+
+    /// The next traffic secret of one direction from rustls' TLS 1.3 key schedule
+    /// (RFC 8446 §7.2), checked to keep the cipher.
+    fn next_secret(&mut self, direction: Direction) -> Result<Secret, Fatal> {
+        let kernel = self.kernel.as_mut().ok_or(match direction {
+            Direction::Rx => fatal(alert::UNEXPECTED_MESSAGE, "KeyUpdate without a key schedule"),
+            Direction::Tx => fatal(alert::INTERNAL_ERROR, "key update without a key schedule"),
+        })?;
+        let updated = match direction {
+            Direction::Rx => kernel.update_rx_secret(),
+            Direction::Tx => kernel.update_tx_secret(),
+        };
+        let (seq, secret) =
+            updated.map_err(|_| fatal(alert::INTERNAL_ERROR, "rustls refused the key update"))?;
         let (cipher, next) = Secret::from_rustls(seq, &secret)?;
         if cipher != self.cipher {
             return Err(fatal(alert::INTERNAL_ERROR, "the key update changed the cipher"));
         }
-        self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, 0], tx)?;
-        if let Some(keys) = self.keys.as_deref_mut() {
-            keys.tx = next.expand(cipher)?;
-        }
-        self.tx = next;
-        Ok(())
+        Ok(next)
     }
 
     /// Seals `data` as application data records onto `tx`.
