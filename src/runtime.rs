@@ -420,9 +420,14 @@ fn key_label(key: &str) -> &str {
     }
 }
 
+/// Binds `addr` once before the shards start, so that a port 0 resolves to one port that every
+/// shard's listener then binds with `SO_REUSEPORT`.
 fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As the shards' listeners bind: the port may still hold connections of an earlier run in
+    // TIME_WAIT (`broker::probe_bind` has waited out a listener that had not closed yet).
+    sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
     sock.bind(&addr.into())?;
     Ok(sock)

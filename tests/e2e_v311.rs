@@ -265,6 +265,34 @@ fn retained_messages_on_wildcard_subscribe_across_shards() {
 }
 
 #[test]
+fn many_qos1_retained_messages_reach_a_subscriber_that_acknowledges_them() {
+    // [MQTT-3.8.4-3] every matching retained message is sent after the SUBACK, at most the
+    // in-flight window of them unacknowledged at a time. Reading was held while retained
+    // messages were owed, so the PUBACKs that open the window were never read: a subscriber
+    // got one window (32) and then nothing.
+    const N: u16 = 600;
+    let b = start();
+    let (mut p, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "p", true);
+    for i in 1..=N {
+        p.publish(&format!("many/{i}"), &i.to_be_bytes(), QoS::AtLeastOnce, i, true);
+        assert!(matches!(p.recv(), Packet::PubAck(_)));
+    }
+    let (mut s, _) = RawClient::mqtt_connect(b.shard_addrs[0], V4, "s", true);
+    s.subscribe("many/#", QoS::AtLeastOnce);
+    let mut got = std::collections::BTreeSet::new();
+    // Bounded: N messages, each within the timeout.
+    while got.len() < usize::from(N) {
+        let Some(Packet::Publish(m)) = s.recv_timeout(Duration::from_secs(5)) else { break };
+        assert!(m.retain);
+        got.insert(u16::from_be_bytes([m.payload[0], m.payload[1]]));
+        if let Some(id) = m.packet_id {
+            s.send(&Packet::PubAck(PubResp::success(id)));
+        }
+    }
+    assert_eq!(got.len(), usize::from(N), "every retained message, each once");
+}
+
+#[test]
 fn shared_subscription_delivers_each_message_once() {
     // $share/{group}/{filter} for 3.1.1 clients, round robin across shards.
     let b = start();

@@ -472,11 +472,10 @@ impl Conn {
     }
 
     /// Whether reading waits for something other than its own output or flow control: a
-    /// CONNACK (registry, takeover, password verdict), the other shards, or retained messages
-    /// it is owed.
+    /// CONNACK (registry, takeover, password verdict) or the other shards. (Retained messages
+    /// owed hold it too, unless they wait for the client's acknowledgements: `Shard::status`.)
     pub(super) fn read_held(&self) -> bool {
         self.awaiting_peers
-            || self.has_backlog()
             || matches!(self.phase, Phase::Connecting { .. } | Phase::Verifying { .. })
     }
 
@@ -827,6 +826,11 @@ impl Conn {
         if !backlog.is_empty() || self.cold.is_some() {
             self.cold_mut().retained_backlog = backlog;
         }
+    }
+
+    /// The delivery QoS of the next retained message owed.
+    pub(super) fn next_backlog_qos(&self) -> Option<crate::codec::QoS> {
+        self.cold.as_ref().and_then(|cold| cold.retained_backlog.front()).map(|r| r.qos)
     }
 
     /// The next retained message owed.

@@ -378,6 +378,69 @@ fn retained_burst_at_subscribe_pauses_no_publisher() {
     assert_eq!(got, seqs(150));
 }
 
+/// QoS 1 retained messages owed after a SUBACK ([MQTT-3.8.4-3]) wait in the connection's
+/// backlog while its in-flight window is full ([MQTT-3.3.4-9] in v5; the same bound in 3.1.1),
+/// and the subscriber's PUBACKs are read meanwhile. Reading was held for as long as any
+/// retained message was owed, so a driver that reads no paused connection never saw the
+/// PUBACKs that would open the window: a wildcard subscriber to 3 000 retained QoS 1 messages
+/// got one window of them and nothing more (found by `compare-peers.sh`'s `retained-10k`).
+#[test]
+fn qos1_retained_backlog_waits_for_acks_and_reads_them() {
+    const N: u16 = 3000;
+    let mut cl = Cluster::with_edit(1, |cfg| cfg.retained_messages_max = usize::from(N));
+    let publisher = cl.connect(0, V4, "pub", true);
+    for seq in 1..=N {
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: Some(crate::codec::TopicName::new(format!("r/{seq}")).expect("valid topic")),
+            packet_id: Some(pid(seq)),
+            properties: Properties::new(),
+            payload: Bytes::copy_from_slice(&u64::from(seq).to_be_bytes()),
+        };
+        cl.send(publisher, Packet::Publish(p));
+    }
+    cl.recv(publisher);
+    let sub = cl.connect(0, V4, "sub", true);
+    let s = Subscribe {
+        packet_id: pid(1),
+        filters: vec![(
+            crate::codec::TopicFilter::new("r/#", true).expect("valid filter"),
+            SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+        )],
+        properties: Properties::new(),
+    };
+    cl.send(sub, Packet::Subscribe(s));
+    let mut got = Vec::new();
+    // Bounded: every round delivers at least one message or stops.
+    for _ in 0..usize::from(N) {
+        let packets = cl.recv(sub);
+        let p = publishes(&packets);
+        if p.is_empty() {
+            break;
+        }
+        // As the IO driver does: the client's bytes are read only while reading is not paused.
+        assert!(
+            !cl.paused(sub),
+            "the PUBACKs that open the window are read ({} so far)",
+            got.len()
+        );
+        let ids: Vec<PacketId> = p.iter().filter_map(|p| p.packet_id).collect();
+        for p in p {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&p.payload[..8]);
+            got.push(u64::from_be_bytes(b));
+        }
+        for id in ids {
+            cl.send(sub, Packet::PubAck(PubResp::success(id)));
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, seqs(N), "every retained message delivered once");
+    assert_eq!(cl.shards[0].config().memory.used(), 0, "the drained backlog is released");
+}
+
 /// Deadlines without scans: the heap holds one entry per connection however often it is
 /// checked, connect timeouts and keep alive still fire on time, and an expired offline
 /// session and a delayed will go out at their time ([MQTT-3.1.2-24], [MQTT-3.1.3-9]).

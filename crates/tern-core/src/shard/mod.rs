@@ -725,9 +725,14 @@ impl Shard {
                     };
                 // No shard-wide condition here: a full peer outbox or mesh byte bound pauses
                 // the publishers that add to it (`flow`).
+                // Retained messages owed after a SUBACK hold reading while they are written
+                // (bounded work per SUBSCRIBE), but not while the next one waits for the
+                // client's PUBACK/PUBREC/PUBCOMP: those must be read for it to go out.
+                let backlog_held = c.has_backlog() && !self.backlog_awaits_acks(c);
                 let read_paused = c.output_bytes() >= 2 * self.cfg.tx_bytes_max
                     || self.publisher_paused(c.phase())
                     || c.read_held()
+                    || backlog_held
                     || memory_paused;
                 ConnStatus {
                     has_tx: c.has_output(),
@@ -907,15 +912,20 @@ impl Shard {
     pub(crate) fn drain_retained(&mut self, id: ConnId, now: Instant) {
         let half = self.cfg.tx_bytes_max / 2;
         for _ in 0..RETAINED_BATCH {
-            let Some(c) = self.conn_mut(id) else { return };
+            let Some(c) = self.conn(id) else { return };
             let Some(slot) = c.active_slot() else {
-                c.clear_backlog();
+                if let Some(c) = self.conn_mut(id) {
+                    c.clear_backlog();
+                }
                 break;
             };
-            if c.output_bytes() >= half {
+            // A QoS 1/2 message behind a full in-flight window is not moved into the session
+            // queue: it stays owed until the window opens (the client's acknowledgements are
+            // read meanwhile, `status`), so the backlog, not the queue, holds the rest.
+            if c.output_bytes() >= half || self.backlog_awaits_acks(c) {
                 break;
             }
-            let Some(r) = c.pop_backlog() else { break };
+            let Some(r) = self.conn_mut(id).and_then(Conn::pop_backlog) else { break };
             let out = crate::session::Outgoing {
                 msg: r.msg,
                 qos: r.qos,
@@ -925,6 +935,16 @@ impl Shard {
             self.deliver_retained(slot, out, now);
         }
         self.recharge_backlog(id);
+    }
+
+    /// Whether the next retained message owed to `c` is QoS 1 or 2 and its session's in-flight
+    /// window is full: it can go out only after the client acknowledges what is in flight.
+    fn backlog_awaits_acks(&self, c: &Conn) -> bool {
+        let Some(qos) = c.next_backlog_qos() else { return false };
+        qos != codec::QoS::AtMostOnce
+            && c.active_slot()
+                .and_then(|slot| self.slot(slot))
+                .is_some_and(|s| !s.session.window_open(c.client_receive_max()))
     }
 
     /// Brings the memory-budget charge of a connection's retained backlog in line with its
