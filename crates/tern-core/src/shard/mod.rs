@@ -355,8 +355,9 @@ pub(crate) struct RetainedOut {
 /// Deadlines (keep alive, connect timeout, expiry, delayed will) handled per turn of the shard.
 /// `tests/timers.rs` (a million idle sessions) times each turn's thread CPU time: on a quiet
 /// 2-vCPU VM (2026-11-26, allocator purge delay 10 ms) the 99.9th percentile was 0.47-0.56 ms
-/// at 128 per turn and 0.21-0.27 ms at 64, the worst 1.0-1.4 ms against 0.76-1.1 ms (a close
-/// or an expiry costs more than a re-arm), hence 64; see loadtest/README.md.
+/// at 128 per turn and 0.21-0.27 ms at 64, hence 64 (a close or an expiry costs more than a
+/// re-arm). At 64 the longest turn of the shard's own work (each turn's least CPU time over
+/// three runs, which leaves out the VM's stalls) is 0.54-0.64 ms; see loadtest/README.md.
 pub const DEADLINES_PER_TURN: usize = 64;
 
 /// Retained messages written per drain of a connection's backlog.
