@@ -35,6 +35,36 @@ impl Cluster {
         self.send(c, Packet::Publish(p));
     }
 
+    /// Stores `n` retained QoS 1 messages `r/1` ..= `r/n` (payload: the number) from a client
+    /// "pub" on shard 0, then connects "sub" there and subscribes it to `r/#` at QoS 1.
+    fn retained_then_subscriber(&mut self, n: u16) -> (Client, Client) {
+        let publisher = self.connect(0, V4, "pub", true);
+        for seq in 1..=n {
+            let p = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                topic: Some(crate::codec::TopicName::new(format!("r/{seq}")).expect("valid topic")),
+                packet_id: Some(pid(seq)),
+                properties: Properties::new(),
+                payload: Bytes::copy_from_slice(&u64::from(seq).to_be_bytes()),
+            };
+            self.send(publisher, Packet::Publish(p));
+        }
+        self.recv(publisher);
+        let sub = self.connect(0, V4, "sub", true);
+        let s = Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                crate::codec::TopicFilter::new("r/#", true).expect("valid filter"),
+                SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
+            )],
+            properties: Properties::new(),
+        };
+        self.send(sub, Packet::Subscribe(s));
+        (publisher, sub)
+    }
+
     fn paused(&self, c: Client) -> bool {
         self.shards[c.shard].status(c.conn).read_paused
     }
@@ -348,30 +378,7 @@ fn paused_publisher_is_not_timed_out_by_keep_alive() {
 #[test]
 fn retained_burst_at_subscribe_pauses_no_publisher() {
     let mut cl = Cluster::new(1);
-    let publisher = cl.connect(0, V4, "pub", true);
-    for seq in 1..=150u16 {
-        let p = Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            topic: Some(crate::codec::TopicName::new(format!("r/{seq}")).expect("valid topic")),
-            packet_id: Some(pid(seq)),
-            properties: Properties::new(),
-            payload: Bytes::copy_from_slice(&u64::from(seq).to_be_bytes()),
-        };
-        cl.send(publisher, Packet::Publish(p));
-    }
-    cl.recv(publisher);
-    let sub = cl.connect(0, V4, "sub", true);
-    let s = Subscribe {
-        packet_id: pid(1),
-        filters: vec![(
-            crate::codec::TopicFilter::new("r/#", true).expect("valid filter"),
-            SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-        )],
-        properties: Properties::new(),
-    };
-    cl.send(sub, Packet::Subscribe(s));
+    let (publisher, sub) = cl.retained_then_subscriber(150);
     assert!(!cl.paused(publisher));
     let mut got = cl.drain_acking(sub);
     got.sort_unstable();
@@ -388,30 +395,7 @@ fn retained_burst_at_subscribe_pauses_no_publisher() {
 fn qos1_retained_backlog_waits_for_acks_and_reads_them() {
     const N: u16 = 3000;
     let mut cl = Cluster::with_edit(1, |cfg| cfg.retained_messages_max = usize::from(N));
-    let publisher = cl.connect(0, V4, "pub", true);
-    for seq in 1..=N {
-        let p = Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            topic: Some(crate::codec::TopicName::new(format!("r/{seq}")).expect("valid topic")),
-            packet_id: Some(pid(seq)),
-            properties: Properties::new(),
-            payload: Bytes::copy_from_slice(&u64::from(seq).to_be_bytes()),
-        };
-        cl.send(publisher, Packet::Publish(p));
-    }
-    cl.recv(publisher);
-    let sub = cl.connect(0, V4, "sub", true);
-    let s = Subscribe {
-        packet_id: pid(1),
-        filters: vec![(
-            crate::codec::TopicFilter::new("r/#", true).expect("valid filter"),
-            SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-        )],
-        properties: Properties::new(),
-    };
-    cl.send(sub, Packet::Subscribe(s));
+    let (_, sub) = cl.retained_then_subscriber(N);
     let mut got = Vec::new();
     // Bounded: every round delivers at least one message or stops.
     for _ in 0..usize::from(N) {
