@@ -73,7 +73,7 @@ metrics! {
     gauge retained_bytes,
     /// Retained messages refused by the retained bounds.
     counter retained_refused,
-    /// Retained messages not sent after a SUBACK: the connection already owed the maximum.
+    /// Subscriptions whose retained messages did not all fit the connection's backlog (one per filter).
     counter retained_dropped_backlog,
     /// Retained messages not sent because their publisher may no longer publish to the topic.
     counter retained_denied_source,

@@ -425,6 +425,34 @@ fn qos1_retained_backlog_waits_for_acks_and_reads_them() {
     assert_eq!(cl.shards[0].config().memory.used(), 0, "the drained backlog is released");
 }
 
+/// A QoS 1 subscriber that never acknowledges keeps its retained backlog full, and its
+/// packets are still read (above). Each further SUBSCRIBE is answered, adds nothing past
+/// `retained_messages_max` (which bounds the store and each backlog alike), and its walk of the
+/// store stops at once when nothing fits: one count per filter.
+#[test]
+fn a_subscriber_that_never_acknowledges_cannot_grow_its_retained_backlog() {
+    let mut cl = Cluster::with_edit(1, |cfg| cfg.retained_messages_max = 100);
+    let (_, sub) = cl.retained_then_subscriber(100);
+    let first = cl.recv(sub);
+    assert!(matches!(first.first(), Some(Packet::SubAck(_))), "{first:?}");
+    assert_eq!(publishes(&first).len(), 16, "one in-flight window, then nothing unacknowledged");
+    let subscribe_again = |cl: &mut Cluster, i: u16| {
+        assert!(!cl.paused(sub), "read while the backlog waits for acknowledgements");
+        cl.send(sub, subscribe_packet(i, &[("r/#", QoS::AtLeastOnce)]));
+        let got = cl.recv(sub);
+        assert!(matches!(got.as_slice(), [Packet::SubAck(_)]), "SUBACK only: {got:?}");
+    };
+    // The 16 in flight left room for 16 more: the backlog is full again, 84 left out.
+    subscribe_again(&mut cl, 2);
+    assert_eq!(cl.shards[0].metrics.retained_dropped_backlog, 1);
+    let used = cl.shards[0].config().memory.used();
+    for i in 3..=52u16 {
+        subscribe_again(&mut cl, i);
+    }
+    assert_eq!(cl.shards[0].metrics.retained_dropped_backlog, 51, "one per filter");
+    assert_eq!(cl.shards[0].config().memory.used(), used, "the backlog did not grow");
+}
+
 /// Deadlines without scans: the heap holds one entry per connection however often it is
 /// checked, connect timeouts and keep alive still fire on time, and an expired offline
 /// session and a delayed will go out at their time ([MQTT-3.1.2-24], [MQTT-3.1.3-9]).

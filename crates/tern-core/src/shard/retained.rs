@@ -127,30 +127,52 @@ impl RetainedStore {
         node.children.remove(levels[keep_depth]);
     }
 
-    /// Unexpired retained messages whose topic matches `filter`, appended to `out`.
+    /// Unexpired retained messages whose topic matches `filter` and that `keep` accepts,
+    /// appended to `out` until it holds `max`; returns how many matching ones `keep` refused.
     ///
-    /// Cost: the trie nodes the filter can reach, not the whole store. A topic starting with
-    /// `$` is not matched by a first-level wildcard ([MQTT-4.7.2-1]).
-    pub(crate) fn matching(&self, filter: &str, now: Instant, out: &mut Vec<Rc<Message>>) {
+    /// Cost: the trie nodes the filter can reach, not the whole store, and the walk stops at
+    /// `max` (a SUBSCRIBE whose connection has room for few more retained messages walks no
+    /// further). A topic starting with `$` is not matched by a first-level wildcard
+    /// ([MQTT-4.7.2-1]).
+    pub(crate) fn matching(
+        &self,
+        filter: &str,
+        now: Instant,
+        max: usize,
+        keep: impl Fn(&Message) -> bool,
+        out: &mut Vec<Rc<Message>>,
+    ) -> usize {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut stack: Vec<(&Node, usize)> = vec![(&self.root, 0)];
-        let push = |out: &mut Vec<Rc<Message>>, m: &Option<Rc<Message>>| {
+        let mut refused = 0;
+        // Whether the walk is done (`out` full).
+        let mut push = |out: &mut Vec<Rc<Message>>, m: &Option<Rc<Message>>| {
             if let Some(m) = m.as_ref().filter(|m| !m.is_expired(now)) {
-                out.push(Rc::clone(m));
+                if keep(m) {
+                    out.push(Rc::clone(m));
+                } else {
+                    refused += 1;
+                }
             }
+            out.len() >= max
         };
+        if max == 0 {
+            return 0;
+        }
         // Bounded: each trie node is pushed at most once per filter level.
         while let Some((node, depth)) = stack.pop() {
             let Some(&level) = levels.get(depth) else {
-                push(out, &node.msg);
+                if push(out, &node.msg) {
+                    break;
+                }
                 continue;
             };
             let wild_ok = |name: &str| depth > 0 || !name.starts_with('$');
             match level {
                 "#" => {
                     // [MQTT-4.7.1-2]: `a/#` matches `a` too.
-                    if depth > 0 {
-                        push(out, &node.msg);
+                    if depth > 0 && push(out, &node.msg) {
+                        break;
                     }
                     let mut below: Vec<&Node> = node
                         .children
@@ -158,9 +180,16 @@ impl RetainedStore {
                         .filter(|(name, _)| wild_ok(name))
                         .map(|(_, n)| n)
                         .collect();
+                    let mut full = false;
                     while let Some(n) = below.pop() {
-                        push(out, &n.msg);
+                        if push(out, &n.msg) {
+                            full = true;
+                            break;
+                        }
                         below.extend(n.children.values());
+                    }
+                    if full {
+                        break;
                     }
                 }
                 "+" => {
@@ -177,6 +206,7 @@ impl RetainedStore {
                 }
             }
         }
+        refused
     }
 
     /// Every retained message (compaction), `$` topics included.
@@ -290,7 +320,7 @@ mod tests {
 
     fn topics(store: &RetainedStore, filter: &str) -> Vec<String> {
         let mut out = Vec::new();
-        store.matching(filter, crate::test_clock::test_epoch(), &mut out);
+        store.matching(filter, crate::test_clock::test_epoch(), usize::MAX, |_| true, &mut out);
         let mut t: Vec<String> = out.iter().map(|m| m.topic.to_string()).collect();
         t.sort();
         t
@@ -316,6 +346,42 @@ mod tests {
                 names.iter().filter(|n| matches(f, n)).map(|n| n.to_string()).collect();
             want.sort();
             assert_eq!(topics(&store, f), want, "filter {f}");
+        }
+    }
+
+    /// The walk stops once `max` messages are kept: every filter shape gives exactly
+    /// `min(max, matches)` of the full answer, and refused ones are counted, not kept.
+    #[test]
+    fn the_walk_stops_at_max_and_counts_what_keep_refuses() {
+        let mut store = RetainedStore::default();
+        for i in 0..50 {
+            let topic = format!("r/{i}/x");
+            let m = Message::new(
+                crate::codec::TopicName::new(topic).expect("valid topic"),
+                bytes::Bytes::from_static(b"v"),
+                QoS::AtMostOnce,
+                true,
+            );
+            store.apply_test(m, 100, 1 << 20);
+        }
+        let now = crate::test_clock::test_epoch();
+        for filter in ["#", "r/#", "r/+/x", "+/+/+"] {
+            let all = topics(&store, filter);
+            assert_eq!(all.len(), 50, "{filter}");
+            for max in [0, 1, 7, 50, 51] {
+                let mut out = Vec::new();
+                let refused = store.matching(filter, now, max, |_| true, &mut out);
+                assert_eq!((out.len(), refused), (max.min(50), 0), "{filter} max {max}");
+                assert!(out.iter().all(|m| all.contains(&m.topic.to_string())));
+            }
+            // Odd-numbered topics refused: they are counted until the walk stops.
+            let odd = |m: &Message| {
+                m.topic.split('/').nth(1).is_some_and(|n| n.ends_with(['1', '3', '5', '7', '9']))
+            };
+            let mut out = Vec::new();
+            let refused = store.matching(filter, now, usize::MAX, |m| !odd(m), &mut out);
+            assert_eq!((out.len(), refused), (25, 25), "{filter}");
+            assert!(out.iter().all(|m| !odd(m)));
         }
     }
 

@@ -248,20 +248,28 @@ impl Shard {
         // queued on the connection and written as its output drains (`drain_retained`), a
         // batch at a time: a SUBSCRIBE matching thousands of them costs one trie walk now
         // and bounded work per turn after, and QoS 0 ones are not dropped for a full buffer.
+        // The backlog holds at most `retained_messages_max`, and each filter's walk of the
+        // store stops one message past the room left (to tell that some were left out): a
+        // client that keeps its backlog full (a QoS 1 one that does not acknowledge, whose
+        // packets are still read) cannot make every SUBSCRIBE walk the whole store.
         let cap = self.cfg.retained_messages_max;
         let mut msgs = Vec::new();
         for (filter, qos) in p.retained_for {
             msgs.clear();
-            self.retained.matching(&filter, now, &mut msgs);
+            let room = cap.saturating_sub(backlog.len());
+            let denied = self.retained.matching(
+                &filter,
+                now,
+                room.saturating_add(1),
+                |m| self.retained_source_allowed(&m.topic),
+                &mut msgs,
+            );
+            self.metrics.retained_denied_source += denied as u64;
+            if msgs.len() > room {
+                msgs.truncate(room);
+                self.metrics.retained_dropped_backlog += 1;
+            }
             for msg in msgs.drain(..) {
-                if !self.retained_source_allowed(&msg.topic) {
-                    self.metrics.retained_denied_source += 1;
-                    continue;
-                }
-                if backlog.len() >= cap {
-                    self.metrics.retained_dropped_backlog += 1;
-                    continue;
-                }
                 let qos = crate::shard::message::delivery_qos(msg.qos, qos);
                 backlog.push_back(super::RetainedOut { msg, qos, identifier });
             }
