@@ -311,24 +311,10 @@ struct Session {
 
 /// Handshake with `suite` and one round trip (so the server runs on its own record layer).
 fn session(pki: &Pki, suite: SupportedCipherSuite) -> Session {
-    let spec = tls::TlsSpec {
-        certfile: pki.server_cert.clone(),
-        keyfile: pki.server_key.clone(),
-        cafile: None,
-        require_certificate: false,
-        use_identity_as_username: false,
-    };
-    let config = tls::server_config(&spec).expect("server config");
-    let pipes: (Bytes, Bytes) = (Rc::default(), Rc::default());
-    let blocked = Rc::new(std::cell::Cell::new(false));
-    let io =
-        Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1), blocked: Rc::clone(&blocked) };
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut client =
-        rustls::ClientConnection::new(Arc::new(client_config(&pki.ca_file, suite)), name)
-            .expect("client");
-    let mut server =
-        drive(std::pin::pin!(TlsStream::accept(config, io)), &mut client, &pipes).expect("hs");
+    let (io, mut client, pipes) = unstarted(pki, suite);
+    let blocked = Rc::clone(&io.blocked);
+    let accept = TlsStream::accept(server_config_of(pki), io);
+    let mut server = drive(std::pin::pin!(accept), &mut client, &pipes).expect("hs");
     client.writer().write_all(b"ping").expect("plaintext");
     let mut buf = [0u8; 8];
     let n = drive(std::pin::pin!(server.read(&mut buf)), &mut client, &pipes).expect("read");
@@ -659,8 +645,7 @@ fn unstarted(
     suite: SupportedCipherSuite,
 ) -> (Pipe, rustls::ClientConnection, (Bytes, Bytes)) {
     let pipes: (Bytes, Bytes) = (Rc::default(), Rc::default());
-    let blocked = Rc::new(std::cell::Cell::new(false));
-    let io = Pipe { rx: Rc::clone(&pipes.0), tx: Rc::clone(&pipes.1), blocked };
+    let io = Pipe::new(&pipes.0, &pipes.1);
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let client = rustls::ClientConnection::new(Arc::new(client_config(&pki.ca_file, suite)), name)
         .expect("client");

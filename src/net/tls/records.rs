@@ -109,6 +109,16 @@ pub enum Cipher {
 }
 
 impl Cipher {
+    /// Records one key may protect when no negotiated suite gives its limit (the test and
+    /// fuzz constructors): 2^24 for AES-GCM (RFC 8446 §5.5, rustls' figure), none for
+    /// ChaCha20-Poly1305.
+    fn default_limit(self) -> u64 {
+        match self {
+            Cipher::Chacha20Poly1305 => u64::MAX,
+            _ => 1 << 24,
+        }
+    }
+
     fn algorithm(self) -> &'static aead::Algorithm {
         match self {
             Cipher::Aes128Gcm => &aead::AES_128_GCM,
@@ -272,17 +282,19 @@ impl Records {
         }
         // Only TLS 1.3 updates keys; TLS 1.2 needs nothing more from rustls.
         let kernel = (version == Version::Tls13).then(|| Box::new(kernel));
-        Ok(Self {
-            version,
-            cipher,
-            rx,
-            tx,
-            limit,
-            empty_run: 0,
-            sent_close: false,
-            kernel,
-            keys: None,
-        })
+        Ok(Self::from_parts(version, cipher, (rx, tx), limit, kernel))
+    }
+
+    /// A record layer at the start of its traffic keys: nothing sealed or opened under them yet
+    /// beyond the sequence numbers in `rx` and `tx`, no expanded keys (built at the first record).
+    fn from_parts(
+        version: Version,
+        cipher: Cipher,
+        (rx, tx): (Secret, Secret),
+        limit: u64,
+        kernel: Option<Box<KernelConnection<ServerConnectionData>>>,
+    ) -> Self {
+        Self { version, cipher, rx, tx, limit, empty_run: 0, sent_close: false, kernel, keys: None }
     }
 
     /// A record layer from secrets extracted from a rustls connection, with no key schedule
@@ -292,18 +304,7 @@ impl Records {
     pub fn from_secrets(secrets: ExtractedSecrets, version: Version) -> Result<Self, Fatal> {
         let (cipher, rx) = Secret::from_rustls(secrets.rx.0, &secrets.rx.1)?;
         let (_, tx) = Secret::from_rustls(secrets.tx.0, &secrets.tx.1)?;
-        let limit = if cipher == Cipher::Chacha20Poly1305 { u64::MAX } else { 1 << 24 };
-        Ok(Self {
-            version,
-            cipher,
-            rx,
-            tx,
-            limit,
-            empty_run: 0,
-            sent_close: false,
-            kernel: None,
-            keys: None,
-        })
+        Ok(Self::from_parts(version, cipher, (rx, tx), cipher.default_limit(), None))
     }
 
     /// A record layer from fixed secrets, with no key schedule (a key update is refused):
@@ -314,21 +315,8 @@ impl Records {
         rx: (&[u8], &[u8]),
         tx: (&[u8], &[u8]),
     ) -> Result<Self, Fatal> {
-        let limit = match cipher {
-            Cipher::Chacha20Poly1305 => u64::MAX,
-            _ => 1 << 24,
-        };
-        Ok(Self {
-            version,
-            cipher,
-            rx: Secret::new(cipher, rx.0, rx.1, 0)?,
-            tx: Secret::new(cipher, tx.0, tx.1, 0)?,
-            limit,
-            empty_run: 0,
-            sent_close: false,
-            kernel: None,
-            keys: None,
-        })
+        let secrets = (Secret::new(cipher, rx.0, rx.1, 0)?, Secret::new(cipher, tx.0, tx.1, 0)?);
+        Ok(Self::from_parts(version, cipher, secrets, cipher.default_limit(), None))
     }
 
     /// The negotiated protocol version.
