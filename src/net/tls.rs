@@ -600,17 +600,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             buf[..k].copy_from_slice(&self.partial);
             // Records left from the handshake's last read are read before the socket (their
             // client may send nothing more until it is answered); counted as read.
-            let n = if unread {
-                k
+            let (n, end) = if unread {
+                (k, k)
             } else {
                 let n = std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf[k..]))?;
                 if n == 0 {
                     self.eof = true;
                     return Poll::Ready(Ok((0, 0)));
                 }
-                n
+                (n, k + n)
             };
-            let end = if unread { k } else { k + n };
             let mut filled = 0;
             let plain = &mut self.plain;
             let mut sink = |p: &[u8]| {
