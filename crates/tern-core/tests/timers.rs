@@ -108,15 +108,14 @@ fn million_idle_sessions_worst_turn() {
     }
     least.sort_unstable();
     let over = least.iter().filter(|t| **t > Duration::from_millis(1)).count();
-    let pick = |q: usize| least.get(least.len() * q / 1000).copied().unwrap_or_default();
     println!(
         "each turn's least thread CPU time over {runs} runs, {} turns of <= {budget} deadlines: \
          worst {:.3} ms, p99.9 {:.3} ms, p99 {:.3} ms, median {:.3} ms, {over} over 1 ms",
         least.len(),
-        least.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        pick(999).as_secs_f64() * 1e3,
-        pick(990).as_secs_f64() * 1e3,
-        pick(500).as_secs_f64() * 1e3,
+        ms_at(&least, 1000),
+        ms_at(&least, 999),
+        ms_at(&least, 990),
+        ms_at(&least, 500),
     );
 }
 
@@ -239,28 +238,24 @@ fn run_once(run: usize, n: usize, budget: usize) -> Vec<Duration> {
         "run {run}: turns not switched out nor stolen: {} of {}, worst {:.3} ms, p99.9 {:.3} ms, {own_over} over 1 ms",
         own.len(),
         timed.len(),
-        own_worst.as_secs_f64() * 1e3,
-        own.get(own.len() * 999 / 1000).copied().unwrap_or_default().as_secs_f64() * 1e3,
+        ms_at(&own, 1000),
+        ms_at(&own, 999),
     );
     let mut cpu_own: Vec<Duration> =
         cpu_times.iter().filter(|(_, stolen)| !stolen).map(|(cpu, _)| *cpu).collect();
     cpu_own.sort_unstable();
-    let cpu_worst = cpu_own.last().copied().unwrap_or_default();
     let cpu_over = cpu_own.iter().filter(|t| **t > Duration::from_millis(1)).count();
     let cpu_all_worst = cpu_times.iter().map(|(cpu, _)| *cpu).max().unwrap_or_default();
     println!(
         "run {run}: thread CPU time per turn, {} turns without steal time: worst {:.3} ms, p99.9 {:.3} ms, \
          p99 {:.3} ms, {cpu_over} over 1 ms (all {} turns: worst {:.3} ms)",
         cpu_own.len(),
-        cpu_worst.as_secs_f64() * 1e3,
-        cpu_own.get(cpu_own.len() * 999 / 1000).copied().unwrap_or_default().as_secs_f64() * 1e3,
-        cpu_own.get(cpu_own.len() * 99 / 100).copied().unwrap_or_default().as_secs_f64() * 1e3,
+        ms_at(&cpu_own, 1000),
+        ms_at(&cpu_own, 999),
+        ms_at(&cpu_own, 990),
         cpu_times.len(),
         cpu_all_worst.as_secs_f64() * 1e3,
     );
-    let worst = turns.last().copied().unwrap_or_default();
-    let p99 = turns.get(turns.len() * 99 / 100).copied().unwrap_or_default();
-    let p999 = turns.get(turns.len() * 999 / 1000).copied().unwrap_or_default();
     let over = turns.iter().filter(|t| **t > Duration::from_millis(1)).count();
     let total: Duration = turns.iter().sum();
     println!(
@@ -268,9 +263,9 @@ fn run_once(run: usize, n: usize, budget: usize) -> Vec<Duration> {
          p99.9 {:.3} ms, p99 {:.3} ms, total {:.1} ms, {over} turns over 1 ms; keep-alive \
          timeouts {}, sessions expired {}, left: {} connections, {} sessions",
         turns.len(),
-        worst.as_secs_f64() * 1e3,
-        p999.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
+        ms_at(&turns, 1000),
+        ms_at(&turns, 999),
+        ms_at(&turns, 990),
         total.as_secs_f64() * 1e3,
         m.keepalive_timeouts,
         m.sessions_expired,
@@ -321,9 +316,6 @@ fn machine_floor() {
     }
     let passes: usize =
         std::env::var("TERN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
-    let pick = |v: &[Duration], q: usize| {
-        v.get(v.len() * q / 1000).copied().unwrap_or_default().as_secs_f64() * 1e3
-    };
     // Each pass starts the walk at the same index, so turn `i` reads the same links in every
     // pass: the least CPU time of a turn over the passes is taken as the bench takes it.
     let mut least = vec![Duration::MAX; turns];
@@ -361,10 +353,10 @@ fn machine_floor() {
              1 GiB; thread CPU per turn, {} turns without steal time: median {:.3} ms, p99 \
              {:.3} ms, p99.9 {:.3} ms, worst {:.3} ms, {} over 1 ms; wall worst {:.3} ms",
             cpu_own.len(),
-            pick(&cpu_own, 500),
-            pick(&cpu_own, 990),
-            pick(&cpu_own, 999),
-            cpu_own.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            ms_at(&cpu_own, 500),
+            ms_at(&cpu_own, 990),
+            ms_at(&cpu_own, 999),
+            ms_at(&cpu_own, 1000),
             over.len(),
             wall_worst.as_secs_f64() * 1e3,
         );
@@ -377,12 +369,19 @@ fn machine_floor() {
     println!(
         "machine floor: each turn's least thread CPU time over {passes} passes: median {:.3} ms, \
          p99.9 {:.3} ms, worst {:.3} ms, {} over 1 ms",
-        pick(&least, 500),
-        pick(&least, 999),
-        least.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        ms_at(&least, 500),
+        ms_at(&least, 999),
+        ms_at(&least, 1000),
         least.iter().filter(|t| **t > Duration::from_millis(1)).count(),
     );
-    assert!(pick(&least, 500) > 0.0, "the turns took measurable time");
+    assert!(ms_at(&least, 500) > 0.0, "the turns took measurable time");
+}
+
+/// The `per_mille` quantile of the sorted `v`, in milliseconds: 1000 is the largest, 0 when
+/// `v` is empty.
+fn ms_at(v: &[Duration], per_mille: usize) -> f64 {
+    let i = (v.len() * per_mille / 1000).min(v.len().saturating_sub(1));
+    v.get(i).copied().unwrap_or_default().as_secs_f64() * 1e3
 }
 
 /// Minor page faults of this thread so far (`getrusage(RUSAGE_THREAD)`).
